@@ -1,0 +1,330 @@
+//! Downloads: one record per finalized output object, tracking its copy to the
+//! destination.
+
+use super::job::{JobError, Retention};
+use super::validate::ValidationError;
+use super::{Lease, Transition, TransitionError};
+use crate::time::Timestamp;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// Copies allowed per object before the download fails for good.
+pub const DEFAULT_DOWNLOAD_ATTEMPTS: u32 = 3;
+
+/// Where a download stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DownloadStatus {
+    /// Waiting for a copier.
+    Pending,
+    /// A copier holds the lease.
+    Downloading,
+    /// Copied and verified.
+    Completed,
+    /// Gave up; `error` says why.
+    Failed,
+}
+
+impl DownloadStatus {
+    /// Every status, in pipeline order.
+    pub const ALL: [DownloadStatus; 4] = [
+        DownloadStatus::Pending,
+        DownloadStatus::Downloading,
+        DownloadStatus::Completed,
+        DownloadStatus::Failed,
+    ];
+
+    /// The name used in documents and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DownloadStatus::Pending => "pending",
+            DownloadStatus::Downloading => "downloading",
+            DownloadStatus::Completed => "completed",
+            DownloadStatus::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for DownloadStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for DownloadStatus {
+    type Err = ValidationError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let wanted = text.trim().to_ascii_lowercase();
+        DownloadStatus::ALL
+            .into_iter()
+            .find(|s| s.as_str() == wanted)
+            .ok_or_else(|| {
+                let all = DownloadStatus::ALL.map(DownloadStatus::as_str).join(", ");
+                ValidationError::new(
+                    "status",
+                    format!("{text:?} is not a download status; use one of {all}"),
+                )
+            })
+    }
+}
+
+/// What kind of file an object is, from its path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileType {
+    /// Under `images/`.
+    Image,
+    /// Under `videos/`.
+    Video,
+    /// Anything else.
+    Other,
+}
+
+/// A download document (`downloads/{id}`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Download {
+    /// Derived from bucket, object and generation: see [`Download::id_for`].
+    pub id: String,
+    /// The job the object belongs to.
+    pub job_id: String,
+    /// `gs://bucket/object`.
+    pub source: String,
+    /// The object generation that was finalized.
+    #[serde(default)]
+    pub generation: Option<i64>,
+    /// Where the copy goes.
+    pub destination: String,
+    /// From the object path.
+    pub file_type: FileType,
+    /// Higher copies first.
+    #[serde(default)]
+    pub priority: i64,
+    /// Where it stands.
+    pub status: DownloadStatus,
+    /// Copies started so far.
+    #[serde(default)]
+    pub attempts: u32,
+    /// Copies allowed.
+    pub max_attempts: u32,
+    /// Bytes at the destination so far (a resumed copy starts here).
+    #[serde(default)]
+    pub bytes_copied: u64,
+    /// Object size, from its metadata.
+    #[serde(default)]
+    pub size: Option<u64>,
+    /// Object CRC32C (base64, as GCS gives it).
+    #[serde(default)]
+    pub crc32c: Option<String>,
+    /// Who holds the lease while downloading.
+    #[serde(default)]
+    pub lease_owner: Option<String>,
+    /// When that lease runs out.
+    #[serde(default)]
+    pub lease_expires_at: Option<Timestamp>,
+    /// Why it failed, or why the last attempt failed.
+    #[serde(default)]
+    pub error: Option<JobError>,
+    /// Creation time.
+    pub created_at: Timestamp,
+    /// Last change.
+    pub updated_at: Timestamp,
+    /// When the first copy started.
+    #[serde(default)]
+    pub started_at: Option<Timestamp>,
+    /// When the copy was verified.
+    #[serde(default)]
+    pub completed_at: Option<Timestamp>,
+    /// When the retention rules allow deleting it.
+    #[serde(default)]
+    pub expire_at: Option<Timestamp>,
+}
+
+/// What it takes to create a download record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewDownload {
+    /// The job the object belongs to.
+    pub job_id: String,
+    /// Source bucket.
+    pub bucket: String,
+    /// Source object name.
+    pub object: String,
+    /// Source object generation.
+    pub generation: Option<i64>,
+    /// Where the copy goes.
+    pub destination: String,
+    /// From the object path.
+    pub file_type: FileType,
+    /// Higher copies first.
+    pub priority: i64,
+    /// Object size, when the event carried it.
+    pub size: Option<u64>,
+    /// Object CRC32C, when the event carried it.
+    pub crc32c: Option<String>,
+}
+
+impl Download {
+    /// The record id of one object generation: a redelivered finalize event
+    /// maps to the same record.
+    pub fn id_for(bucket: &str, object: &str, generation: Option<i64>) -> String {
+        const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x1f0c_55e2_8a7d_4b39_b6a4_2d9e_73c1_0f88);
+        let generation = generation.map(|g| g.to_string()).unwrap_or_default();
+        // Length-prefixed so that no two (bucket, object) pairs share a key.
+        let key = format!("{}:{bucket}{object}#{generation}", bucket.len());
+        uuid::Uuid::new_v5(&NAMESPACE, key.as_bytes())
+            .simple()
+            .to_string()
+    }
+
+    /// A new pending download.
+    pub fn new(new: NewDownload, now: Timestamp) -> Self {
+        Self {
+            id: Self::id_for(&new.bucket, &new.object, new.generation),
+            job_id: new.job_id,
+            source: format!("gs://{}/{}", new.bucket, new.object),
+            generation: new.generation,
+            destination: new.destination,
+            file_type: new.file_type,
+            priority: new.priority,
+            status: DownloadStatus::Pending,
+            attempts: 0,
+            max_attempts: DEFAULT_DOWNLOAD_ATTEMPTS,
+            bytes_copied: 0,
+            size: new.size,
+            crc32c: new.crc32c,
+            lease_owner: None,
+            lease_expires_at: None,
+            error: None,
+            created_at: now,
+            updated_at: now,
+            started_at: None,
+            completed_at: None,
+            expire_at: None,
+        }
+    }
+
+    fn refuse(&self, action: &'static str) -> TransitionError {
+        TransitionError::NotAllowed {
+            action,
+            status: self.status.as_str(),
+        }
+    }
+
+    fn check_owner(&self, owner: &str) -> Transition {
+        if self.status == DownloadStatus::Downloading && self.lease_owner.as_deref() == Some(owner) {
+            Ok(())
+        } else {
+            Err(TransitionError::NotLeaseOwner {
+                owner: owner.to_string(),
+                holder: self.lease_owner.clone(),
+            })
+        }
+    }
+
+    /// pending, or downloading with a lease that ran out → downloading. Counts
+    /// an attempt; refuses with [`super::job::ClaimRefusal::Exhausted`] when none is left.
+    pub fn claim(&mut self, lease: &Lease, now: Timestamp) -> Result<(), super::job::ClaimRefusal> {
+        use super::job::ClaimRefusal;
+        match self.status {
+            DownloadStatus::Pending => {}
+            DownloadStatus::Downloading
+                if self.lease_expires_at.is_none_or(|until| until <= now) => {}
+            DownloadStatus::Downloading => {
+                return Err(ClaimRefusal::Leased {
+                    owner: self.lease_owner.clone().unwrap_or_default(),
+                    until: self.lease_expires_at.unwrap_or(now),
+                });
+            }
+            other => return Err(ClaimRefusal::NotClaimable(other.as_str())),
+        }
+        if self.attempts >= self.max_attempts {
+            return Err(ClaimRefusal::Exhausted);
+        }
+        self.status = DownloadStatus::Downloading;
+        self.attempts += 1;
+        self.lease_owner = Some(lease.owner.clone());
+        self.lease_expires_at = Some(now.plus(lease.ttl));
+        self.started_at.get_or_insert(now);
+        self.updated_at = now;
+        Ok(())
+    }
+
+    /// Fails a download that has no attempt left.
+    pub fn exhaust(&mut self, now: Timestamp) -> Transition {
+        if self.status == DownloadStatus::Completed || self.status == DownloadStatus::Failed {
+            return Err(self.refuse("fail"));
+        }
+        let last = self
+            .error
+            .as_ref()
+            .map(|e| format!("; last error: {e}"))
+            .unwrap_or_default();
+        self.status = DownloadStatus::Failed;
+        self.error = Some(JobError::new(
+            super::job::ATTEMPTS_EXHAUSTED,
+            format!("gave up after {} attempts{last}", self.attempts),
+            false,
+        ));
+        self.lease_owner = None;
+        self.lease_expires_at = None;
+        self.updated_at = now;
+        Ok(())
+    }
+
+    /// Records progress of the copy and extends the lease.
+    pub fn progress(&mut self, lease: &Lease, bytes_copied: u64, now: Timestamp) -> Transition {
+        self.check_owner(&lease.owner)?;
+        self.bytes_copied = bytes_copied;
+        self.lease_expires_at = Some(now.plus(lease.ttl));
+        self.updated_at = now;
+        Ok(())
+    }
+
+    /// downloading → completed, verified at `bytes` bytes.
+    pub fn complete(&mut self, owner: &str, bytes: u64, now: Timestamp, retention: &Retention) -> Transition {
+        self.check_owner(owner)?;
+        self.status = DownloadStatus::Completed;
+        self.bytes_copied = bytes;
+        self.error = None;
+        self.lease_owner = None;
+        self.lease_expires_at = None;
+        self.completed_at = Some(now);
+        self.expire_at = Some(now.plus(retention.completed_downloads));
+        self.updated_at = now;
+        Ok(())
+    }
+
+    /// A copy attempt failed: back to pending when the error is retryable and
+    /// attempts remain, else failed.
+    pub fn fail(&mut self, owner: &str, error: JobError, now: Timestamp) -> Transition {
+        self.check_owner(owner)?;
+        self.lease_owner = None;
+        self.lease_expires_at = None;
+        self.updated_at = now;
+        if error.retryable && self.attempts < self.max_attempts {
+            self.status = DownloadStatus::Pending;
+            self.error = Some(error);
+        } else if error.retryable {
+            self.error = Some(error);
+            self.exhaust(now)?;
+        } else {
+            self.status = DownloadStatus::Failed;
+            self.error = Some(error);
+        }
+        Ok(())
+    }
+
+    /// An operator's retry: failed → pending with fresh attempts. The bytes
+    /// already copied are kept so the copy can resume.
+    pub fn retry(&mut self, now: Timestamp) -> Transition {
+        if self.status != DownloadStatus::Failed {
+            return Err(self.refuse("retry"));
+        }
+        self.status = DownloadStatus::Pending;
+        self.attempts = 0;
+        self.error = None;
+        self.updated_at = now;
+        Ok(())
+    }
+}

@@ -1,0 +1,707 @@
+//! Jobs: what was asked for, where it stands, and the only ways it may move.
+//!
+//! Every change of status goes through a method here. The store adapters read a
+//! document, call one of these methods, and write the result back with a
+//! compare-and-set; they never set a status themselves.
+
+use super::validate::{ValidationError, validate_params, validate_prompt};
+use super::{Lease, Transition, TransitionError};
+use crate::time::Timestamp;
+use serde::{Deserialize, Deserializer, Serialize};
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// How many times a job may be claimed before it fails for good.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+
+/// Error code of a job whose claims were all used up.
+pub const ATTEMPTS_EXHAUSTED: &str = "attempts_exhausted";
+/// Error code of a job whose output the model's safety filters withheld. Such
+/// a job is never sent to the model again unless an operator insists.
+pub const FILTERED: &str = "filtered";
+
+/// What a job makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    /// A still image (Imagen or a Gemini image model).
+    Image,
+    /// A video clip (Veo).
+    Video,
+}
+
+impl JobKind {
+    /// Both kinds, in display order.
+    pub const ALL: [JobKind; 2] = [JobKind::Image, JobKind::Video];
+
+    /// The name used in documents, messages and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Image => "image",
+            JobKind::Video => "video",
+        }
+    }
+}
+
+impl fmt::Display for JobKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for JobKind {
+    type Err = ValidationError;
+
+    /// Accepts `image` and `video` in any case, and the old system's
+    /// `IMAGE_TEST` and `VIDEO_PROD`.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "image" | "image_test" => Ok(JobKind::Image),
+            "video" | "video_prod" => Ok(JobKind::Video),
+            _ => Err(ValidationError::new(
+                "kind",
+                format!("{text:?} is not a job kind; use image or video"),
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for JobKind {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Where a job stands. See DESIGN.md for the state machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    /// Waiting for a generator.
+    Pending,
+    /// Claimed by a generator, which holds the lease.
+    Processing,
+    /// A long-running model operation was submitted (video).
+    Generating,
+    /// Outputs exist in the output bucket; delivery follows.
+    Completed,
+    /// Every output was copied to the destination.
+    Delivered,
+    /// Gave up; `error` says why.
+    Failed,
+    /// Stopped by an operator.
+    Cancelled,
+}
+
+impl JobStatus {
+    /// Every status, in pipeline order.
+    pub const ALL: [JobStatus; 7] = [
+        JobStatus::Pending,
+        JobStatus::Processing,
+        JobStatus::Generating,
+        JobStatus::Completed,
+        JobStatus::Delivered,
+        JobStatus::Failed,
+        JobStatus::Cancelled,
+    ];
+
+    /// The name used in documents and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "pending",
+            JobStatus::Processing => "processing",
+            JobStatus::Generating => "generating",
+            JobStatus::Completed => "completed",
+            JobStatus::Delivered => "delivered",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// No transition leaves these, except an operator's retry of a failed or
+    /// cancelled job.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Delivered | JobStatus::Failed | JobStatus::Cancelled
+        )
+    }
+
+    /// A worker holds a lease on jobs in these statuses.
+    pub fn is_leased(self) -> bool {
+        matches!(self, JobStatus::Processing | JobStatus::Generating)
+    }
+}
+
+impl fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for JobStatus {
+    type Err = ValidationError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let wanted = text.trim().to_ascii_lowercase();
+        JobStatus::ALL
+            .into_iter()
+            .find(|s| s.as_str() == wanted)
+            .ok_or_else(|| {
+                let all = JobStatus::ALL.map(JobStatus::as_str).join(", ");
+                ValidationError::new("status", format!("{text:?} is not a job status; use one of {all}"))
+            })
+    }
+}
+
+/// Model parameters of a job. Every field is optional: the generator fills in
+/// the model's default for what is missing.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobParams {
+    /// `16:9`, `9:16`, `1:1`...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aspect_ratio: Option<String>,
+    /// Outputs per request, 1 to 4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_count: Option<u32>,
+    /// Video length: 4, 6 or 8 seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_seconds: Option<u32>,
+    /// What the output must not show.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub negative_prompt: Option<String>,
+    /// Seed for repeatable output, where the model honours it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u32>,
+    /// Veo 3: whether the clip has sound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generate_audio: Option<bool>,
+    /// `720p`, `1080p`, `4k` for video; `1K`, `2K` for images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolution: Option<String>,
+    /// A model id that overrides IMAGE_MODEL / VIDEO_MODEL for this job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+}
+
+impl JobParams {
+    /// The parameter names [`JobParams::set`] knows.
+    pub const KEYS: [&'static str; 8] = [
+        "aspect_ratio",
+        "sample_count",
+        "duration_seconds",
+        "negative_prompt",
+        "seed",
+        "generate_audio",
+        "resolution",
+        "model",
+    ];
+
+    /// Sets one parameter from text, as `--param key=value` gives it.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ValidationError> {
+        let field = format!("params.{key}");
+        let number = |value: &str| {
+            value.trim().parse::<u32>().map_err(|_| {
+                ValidationError::new(&field, format!("{value:?} is not a whole number"))
+            })
+        };
+        let text = Some(value.to_string());
+        match key {
+            "aspect_ratio" => self.aspect_ratio = text,
+            "sample_count" => self.sample_count = Some(number(value)?),
+            "duration_seconds" | "duration" => self.duration_seconds = Some(number(value)?),
+            "negative_prompt" => self.negative_prompt = text,
+            "seed" => self.seed = Some(number(value)?),
+            "generate_audio" => {
+                self.generate_audio = Some(match value.trim().to_ascii_lowercase().as_str() {
+                    "true" | "yes" | "1" | "on" => true,
+                    "false" | "no" | "0" | "off" => false,
+                    _ => {
+                        return Err(ValidationError::new(
+                            field,
+                            format!("{value:?} is not true or false"),
+                        ));
+                    }
+                })
+            }
+            "resolution" => self.resolution = text,
+            "model" => self.model = text,
+            _ => {
+                return Err(ValidationError::new(
+                    "params",
+                    format!(
+                        "unknown parameter {key:?}; known are {}",
+                        Self::KEYS.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a job or a download failed (or last failed).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobError {
+    /// A short stable code: `filtered`, `rate_limited`, `attempts_exhausted`...
+    pub code: String,
+    /// What happened, as the model or the store said it.
+    pub message: String,
+    /// Whether trying again can help.
+    pub retryable: bool,
+}
+
+impl JobError {
+    /// An error with the given code and message.
+    pub fn new(code: impl Into<String>, message: impl Into<String>, retryable: bool) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+            retryable,
+        }
+    }
+}
+
+impl fmt::Display for JobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+/// One output copied to the destination.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// The output it copies (`gs://bucket/images/{job}/0.png`).
+    pub source: String,
+    /// Where the copy is (`gs://archive/...` or a path under the volume).
+    pub destination: String,
+}
+
+/// What it takes to create a job.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewJob {
+    /// The text sent to the model.
+    pub prompt: String,
+    /// Image or video.
+    pub kind: JobKind,
+    /// Model parameters.
+    pub params: JobParams,
+    /// Higher runs first.
+    pub priority: i64,
+    /// Idempotency key: the same key twice yields one job.
+    pub request_id: Option<String>,
+    /// Whether the generators write placeholders instead of calling the model.
+    pub dry_run: bool,
+    /// Claims allowed before the job fails.
+    pub max_attempts: u32,
+}
+
+impl NewJob {
+    /// A job with default parameters, priority 0, dry run, three attempts.
+    pub fn new(prompt: impl Into<String>, kind: JobKind) -> Self {
+        Self {
+            prompt: prompt.into(),
+            kind,
+            params: JobParams::default(),
+            priority: 0,
+            request_id: None,
+            dry_run: true,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+        }
+    }
+
+    /// Checks the prompt and parameters.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        validate_prompt(&self.prompt)?;
+        validate_params(self.kind, &self.params)?;
+        if self.max_attempts == 0 {
+            return Err(ValidationError::new("max_attempts", "must be at least 1"));
+        }
+        if let Some(request_id) = &self.request_id
+            && (request_id.trim().is_empty() || request_id.len() > 500)
+        {
+            return Err(ValidationError::new(
+                "request_id",
+                "must be between 1 and 500 bytes and not blank",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A job document (`jobs/{id}`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// Document id; derived from `request_id` when there is one.
+    pub id: String,
+    /// The text sent to the model.
+    pub prompt: String,
+    /// Image or video.
+    pub kind: JobKind,
+    /// Model parameters.
+    #[serde(default)]
+    pub params: JobParams,
+    /// Higher runs first.
+    #[serde(default)]
+    pub priority: i64,
+    /// Where the job stands.
+    pub status: JobStatus,
+    /// Claims so far.
+    #[serde(default)]
+    pub attempts: u32,
+    /// Claims allowed.
+    pub max_attempts: u32,
+    /// Who holds the lease (processing, generating).
+    #[serde(default)]
+    pub lease_owner: Option<String>,
+    /// When the lease runs out; after that another worker may take the job.
+    #[serde(default)]
+    pub lease_expires_at: Option<Timestamp>,
+    /// The Veo long-running operation, once submitted. Kept across requeues so
+    /// a generator can resume polling instead of paying for a second video.
+    #[serde(default)]
+    pub operation_name: Option<String>,
+    /// `gs://` URIs of what the model produced.
+    #[serde(default)]
+    pub outputs: Vec<String>,
+    /// Where each output was copied.
+    #[serde(default)]
+    pub deliveries: Vec<Delivery>,
+    /// Why it failed, or why the last attempt failed.
+    #[serde(default)]
+    pub error: Option<JobError>,
+    /// Idempotency key of the request that created it.
+    #[serde(default)]
+    pub request_id: Option<String>,
+    /// Placeholders instead of model calls.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Creation time.
+    pub created_at: Timestamp,
+    /// Last change.
+    pub updated_at: Timestamp,
+    /// When it reached `completed`.
+    #[serde(default)]
+    pub completed_at: Option<Timestamp>,
+    /// When the retention rules allow deleting it.
+    #[serde(default)]
+    pub expire_at: Option<Timestamp>,
+}
+
+/// How long finished records are kept before the store may delete them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// Failed and cancelled jobs (the old system: 30 days).
+    pub failed_jobs: Duration,
+    /// Completed downloads (the old system: 7 days).
+    pub completed_downloads: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            failed_jobs: Duration::from_secs(30 * 24 * 3600),
+            completed_downloads: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// Why a claim did not happen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClaimRefusal {
+    /// The status does not allow it (already done, cancelled, generating...).
+    NotClaimable(&'static str),
+    /// Another worker holds a lease that has not run out.
+    Leased {
+        /// The holder.
+        owner: String,
+        /// When its lease runs out.
+        until: Timestamp,
+    },
+    /// Every attempt was used; the caller should record the failure.
+    Exhausted,
+}
+
+impl Job {
+    /// A new pending job. The id comes from the request id when there is one.
+    pub fn new(new: NewJob, now: Timestamp) -> Self {
+        let id = match &new.request_id {
+            Some(request_id) => Self::id_for_request(request_id),
+            None => uuid::Uuid::new_v4().simple().to_string(),
+        };
+        Self {
+            id,
+            prompt: new.prompt,
+            kind: new.kind,
+            params: new.params,
+            priority: new.priority,
+            status: JobStatus::Pending,
+            attempts: 0,
+            max_attempts: new.max_attempts,
+            lease_owner: None,
+            lease_expires_at: None,
+            operation_name: None,
+            outputs: Vec::new(),
+            deliveries: Vec::new(),
+            error: None,
+            request_id: new.request_id,
+            dry_run: new.dry_run,
+            created_at: now,
+            updated_at: now,
+            completed_at: None,
+            expire_at: None,
+        }
+    }
+
+    /// The job id a request id maps to. Deterministic, so that creating by
+    /// request id is a create-if-absent on one document.
+    pub fn id_for_request(request_id: &str) -> String {
+        const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6a5e_7c1d_2b4f_4e0a_9d3c_8f1e_0b2a_7c55);
+        uuid::Uuid::new_v5(&NAMESPACE, request_id.as_bytes())
+            .simple()
+            .to_string()
+    }
+
+    fn lease_expired(&self, now: Timestamp) -> bool {
+        self.lease_expires_at.is_none_or(|until| until <= now)
+    }
+
+    fn check_owner(&self, owner: &str) -> Result<(), TransitionError> {
+        if self.lease_owner.as_deref() == Some(owner) {
+            Ok(())
+        } else {
+            Err(TransitionError::NotLeaseOwner {
+                owner: owner.to_string(),
+                holder: self.lease_owner.clone(),
+            })
+        }
+    }
+
+    fn refuse(&self, action: &'static str) -> TransitionError {
+        TransitionError::NotAllowed {
+            action,
+            status: self.status.as_str(),
+        }
+    }
+
+    fn touch(&mut self, now: Timestamp) {
+        self.updated_at = now;
+    }
+
+    fn clear_lease(&mut self) {
+        self.lease_owner = None;
+        self.lease_expires_at = None;
+    }
+
+    fn finish_failed(&mut self, error: JobError, now: Timestamp, retention: &Retention) {
+        self.status = JobStatus::Failed;
+        self.error = Some(error);
+        self.clear_lease();
+        self.expire_at = Some(now.plus(retention.failed_jobs));
+        self.touch(now);
+    }
+
+    /// Takes the job for `lease`: pending, or processing with a lease that ran
+    /// out. Counts an attempt. A job with no attempt left is refused with
+    /// [`ClaimRefusal::Exhausted`]; the caller then calls [`Job::exhaust`].
+    pub fn claim(&mut self, lease: &Lease, now: Timestamp) -> Result<(), ClaimRefusal> {
+        match self.status {
+            JobStatus::Pending => {}
+            JobStatus::Processing if self.lease_expired(now) => {}
+            JobStatus::Processing => {
+                return Err(ClaimRefusal::Leased {
+                    owner: self.lease_owner.clone().unwrap_or_default(),
+                    until: self.lease_expires_at.unwrap_or(now),
+                });
+            }
+            other => return Err(ClaimRefusal::NotClaimable(other.as_str())),
+        }
+        if self.attempts >= self.max_attempts {
+            return Err(ClaimRefusal::Exhausted);
+        }
+        self.status = JobStatus::Processing;
+        self.attempts += 1;
+        self.lease_owner = Some(lease.owner.clone());
+        self.lease_expires_at = Some(now.plus(lease.ttl));
+        self.touch(now);
+        Ok(())
+    }
+
+    /// Fails a job that has no attempt left.
+    pub fn exhaust(&mut self, now: Timestamp, retention: &Retention) -> Transition {
+        if self.status.is_terminal() || self.status == JobStatus::Completed {
+            return Err(self.refuse("fail"));
+        }
+        let last = self
+            .error
+            .as_ref()
+            .map(|e| format!("; last error: {e}"))
+            .unwrap_or_default();
+        let message = format!("gave up after {} attempts{last}", self.attempts);
+        self.finish_failed(JobError::new(ATTEMPTS_EXHAUSTED, message, false), now, retention);
+        Ok(())
+    }
+
+    /// Pushes the lease of `owner` forward.
+    pub fn extend_lease(&mut self, lease: &Lease, now: Timestamp) -> Transition {
+        if !self.status.is_leased() {
+            return Err(self.refuse("extend the lease of"));
+        }
+        self.check_owner(&lease.owner)?;
+        self.lease_expires_at = Some(now.plus(lease.ttl));
+        self.touch(now);
+        Ok(())
+    }
+
+    /// Records the submitted long-running operation: processing → generating.
+    pub fn start_generating(
+        &mut self,
+        owner: &str,
+        operation_name: &str,
+        now: Timestamp,
+    ) -> Transition {
+        if self.status != JobStatus::Processing {
+            return Err(self.refuse("start generating"));
+        }
+        self.check_owner(owner)?;
+        self.status = JobStatus::Generating;
+        self.operation_name = Some(operation_name.to_string());
+        self.touch(now);
+        Ok(())
+    }
+
+    /// processing | generating → completed, with the produced outputs. If every
+    /// output was already delivered (a video can land before its operation is
+    /// seen done) the job goes straight on to delivered.
+    pub fn complete(&mut self, owner: &str, outputs: Vec<String>, now: Timestamp) -> Transition {
+        if !self.status.is_leased() {
+            return Err(self.refuse("complete"));
+        }
+        self.check_owner(owner)?;
+        self.status = JobStatus::Completed;
+        self.outputs = outputs;
+        self.error = None;
+        self.clear_lease();
+        self.completed_at = Some(now);
+        self.touch(now);
+        self.settle_delivery();
+        Ok(())
+    }
+
+    fn settle_delivery(&mut self) {
+        let all_delivered = !self.outputs.is_empty()
+            && self
+                .outputs
+                .iter()
+                .all(|out| self.deliveries.iter().any(|d| &d.source == out));
+        if self.status == JobStatus::Completed && all_delivered {
+            self.status = JobStatus::Delivered;
+        }
+    }
+
+    /// Records that one output was copied. Allowed in any status but
+    /// cancelled; the job becomes delivered once it is completed and every
+    /// output has a delivery. Recording the same source twice keeps the newer
+    /// destination.
+    pub fn record_delivery(&mut self, delivery: Delivery, now: Timestamp) -> Transition {
+        if self.status == JobStatus::Cancelled {
+            return Err(self.refuse("record a delivery for"));
+        }
+        match self.deliveries.iter_mut().find(|d| d.source == delivery.source) {
+            Some(existing) => *existing = delivery,
+            None => self.deliveries.push(delivery),
+        }
+        self.touch(now);
+        self.settle_delivery();
+        Ok(())
+    }
+
+    /// Any unfinished job → failed. When `owner` is given and the job is
+    /// leased, only the lease holder may fail it.
+    pub fn fail(
+        &mut self,
+        owner: Option<&str>,
+        error: JobError,
+        now: Timestamp,
+        retention: &Retention,
+    ) -> Transition {
+        if self.status.is_terminal() || self.status == JobStatus::Completed {
+            return Err(self.refuse("fail"));
+        }
+        if let Some(owner) = owner
+            && self.status.is_leased()
+        {
+            self.check_owner(owner)?;
+        }
+        self.finish_failed(error, now, retention);
+        Ok(())
+    }
+
+    /// pending | processing | generating → cancelled.
+    pub fn cancel(&mut self, now: Timestamp, retention: &Retention) -> Transition {
+        if self.status.is_terminal() || self.status == JobStatus::Completed {
+            return Err(self.refuse("cancel"));
+        }
+        self.status = JobStatus::Cancelled;
+        self.clear_lease();
+        self.expire_at = Some(now.plus(retention.failed_jobs));
+        self.touch(now);
+        Ok(())
+    }
+
+    /// The lease holder gives the job back (transient trouble): processing →
+    /// pending, keeping the attempt count and the error for the record.
+    pub fn release(&mut self, owner: &str, error: Option<JobError>, now: Timestamp) -> Transition {
+        if self.status != JobStatus::Processing {
+            return Err(self.refuse("release"));
+        }
+        self.check_owner(owner)?;
+        self.status = JobStatus::Pending;
+        self.clear_lease();
+        if error.is_some() {
+            self.error = error;
+        }
+        self.touch(now);
+        Ok(())
+    }
+
+    /// Takes back a job whose worker vanished: processing | generating →
+    /// pending, or failed when no attempt is left. `operation_name` is kept.
+    /// Unless `force`, the lease must have run out.
+    pub fn reset(&mut self, force: bool, now: Timestamp, retention: &Retention) -> Transition {
+        if !self.status.is_leased() {
+            return Err(self.refuse("reset"));
+        }
+        if !force && !self.lease_expired(now) {
+            return Err(TransitionError::LeaseActive {
+                holder: self.lease_owner.clone(),
+            });
+        }
+        if self.attempts >= self.max_attempts {
+            return self.exhaust(now, retention);
+        }
+        self.status = JobStatus::Pending;
+        self.clear_lease();
+        self.touch(now);
+        Ok(())
+    }
+
+    /// An operator's retry: failed | cancelled → pending with fresh attempts.
+    /// A job the safety filters stopped is refused unless `include_filtered`.
+    pub fn retry(&mut self, include_filtered: bool, now: Timestamp) -> Transition {
+        if !matches!(self.status, JobStatus::Failed | JobStatus::Cancelled) {
+            return Err(self.refuse("retry"));
+        }
+        if !include_filtered && self.error.as_ref().is_some_and(|e| e.code == FILTERED) {
+            return Err(TransitionError::Filtered);
+        }
+        self.status = JobStatus::Pending;
+        self.attempts = 0;
+        self.error = None;
+        self.clear_lease();
+        self.expire_at = None;
+        self.touch(now);
+        Ok(())
+    }
+}

@@ -1,0 +1,64 @@
+//! The domain: jobs, downloads, their state machines and input validation.
+//! Nothing here knows about a database, HTTP or Google.
+
+pub mod download;
+pub mod job;
+pub mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+/// A worker's hold on a job or download: who, and for how long from now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// A name unique to the worker (instance id, task index, process id...).
+    pub owner: String,
+    /// How long the hold lasts unless extended.
+    pub ttl: Duration,
+}
+
+impl Lease {
+    /// A lease for `owner` lasting `ttl`.
+    pub fn new(owner: impl Into<String>, ttl: Duration) -> Self {
+        Self {
+            owner: owner.into(),
+            ttl,
+        }
+    }
+}
+
+/// A transition that the state machine refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TransitionError {
+    /// The current status does not allow the action.
+    #[error("cannot {action} a {status} record")]
+    NotAllowed {
+        /// What was attempted ("cancel", "complete"...).
+        action: &'static str,
+        /// The status it is in.
+        status: &'static str,
+    },
+    /// Someone else holds the lease (or none does).
+    #[error("the lease is held by {}, not {owner}", holder.as_deref().unwrap_or("nobody"))]
+    NotLeaseOwner {
+        /// Who asked.
+        owner: String,
+        /// Who holds it.
+        holder: Option<String>,
+    },
+    /// The lease has not run out yet.
+    #[error("the lease held by {} has not expired", holder.as_deref().unwrap_or("nobody"))]
+    LeaseActive {
+        /// Who holds it.
+        holder: Option<String>,
+    },
+    /// The safety filters stopped this job; sending it again would be refused
+    /// the same way and may be billed.
+    #[error("the model's safety filters stopped this job; retrying it needs --include-filtered")]
+    Filtered,
+}
+
+/// The result of a state-machine method.
+pub type Transition = Result<(), TransitionError>;

@@ -1,0 +1,85 @@
+//! The one error type of `shared`.
+
+use crate::domain::TransitionError;
+use crate::domain::validate::ValidationError;
+
+/// Anything that can go wrong below a stage. Each variant names what failed;
+/// [`Error::is_retryable`] says whether trying again can help.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Input that can never be accepted (bad prompt, bad parameter).
+    #[error("invalid input: {0}")]
+    Invalid(#[from] ValidationError),
+    /// No record with that id.
+    #[error("{kind} {id} not found")]
+    NotFound {
+        /// `job` or `download`.
+        kind: &'static str,
+        /// The id asked for.
+        id: String,
+    },
+    /// The state machine refused the change.
+    #[error("{kind} {id}: {source}")]
+    Transition {
+        /// `job` or `download`.
+        kind: &'static str,
+        /// The record.
+        id: String,
+        /// What the state machine said.
+        source: TransitionError,
+    },
+    /// Other writers kept changing the record; give up for now and retry later.
+    #[error("{kind} {id} kept changing under us; try again")]
+    Contention {
+        /// `job` or `download`.
+        kind: &'static str,
+        /// The record.
+        id: String,
+    },
+    /// A stored document could not be read back.
+    #[error("stored {collection} document {id} is unreadable: {source}")]
+    Corrupt {
+        /// Collection name.
+        collection: &'static str,
+        /// Document id.
+        id: String,
+        /// The decoding error.
+        source: serde_json::Error,
+    },
+    /// The store itself failed (network, database file, emulator down...).
+    #[error("{context}: {message}")]
+    Store {
+        /// What was being done.
+        context: String,
+        /// What the store said.
+        message: String,
+        /// Whether the store marked it as transient.
+        retryable: bool,
+    },
+}
+
+impl Error {
+    /// Whether a later attempt of the same operation can succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Contention { .. } => true,
+            Error::Store { retryable, .. } => *retryable,
+            Error::Invalid(_)
+            | Error::NotFound { .. }
+            | Error::Transition { .. }
+            | Error::Corrupt { .. } => false,
+        }
+    }
+
+    /// A store failure while doing `context`.
+    pub fn store(context: impl Into<String>, message: impl ToString, retryable: bool) -> Self {
+        Error::Store {
+            context: context.into(),
+            message: message.to_string(),
+            retryable,
+        }
+    }
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

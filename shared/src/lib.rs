@@ -1,0 +1,10 @@
+//! The asmr library: the domain (jobs, downloads, their state machines), the
+//! ports the stages use and their adapters. Every stage binary is a thin
+//! `main.rs` over this crate.
+
+pub mod domain;
+pub mod error;
+pub mod store;
+pub mod time;
+
+pub use error::{Error, Result};

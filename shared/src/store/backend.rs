@@ -1,0 +1,150 @@
+//! The storage port: versioned JSON documents with compare-and-set writes and
+//! a small query language. [`crate::store::Store`] builds every job and
+//! download operation on it, so the adapters hold no business logic.
+
+use crate::error::Result;
+use crate::time::Timestamp;
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+
+/// A document body: a JSON object whose `id` field repeats the document id.
+pub type Doc = Map<String, Value>;
+
+/// The collections asmr keeps. Adapters add their configured prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Collection {
+    /// `jobs/{job_id}`
+    Jobs,
+    /// `downloads/{download_id}`
+    Downloads,
+}
+
+impl Collection {
+    /// Both collections.
+    pub const ALL: [Collection; 2] = [Collection::Jobs, Collection::Downloads];
+
+    /// The unprefixed name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Collection::Jobs => "jobs",
+            Collection::Downloads => "downloads",
+        }
+    }
+
+    /// Top-level fields that hold a [`Timestamp`]. Adapters with a native time
+    /// type (Firestore) store these as such, so that TTL policies and the
+    /// console see times, not text.
+    pub fn timestamp_fields(self) -> &'static [&'static str] {
+        match self {
+            Collection::Jobs => &[
+                "created_at",
+                "updated_at",
+                "completed_at",
+                "expire_at",
+                "lease_expires_at",
+            ],
+            Collection::Downloads => &[
+                "created_at",
+                "updated_at",
+                "started_at",
+                "completed_at",
+                "expire_at",
+                "lease_expires_at",
+            ],
+        }
+    }
+}
+
+/// An opaque token for the state of a document when it was read. A write
+/// conditioned on it fails if anyone wrote the document since.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Version(pub String);
+
+/// A document as read, with its id and version.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stored {
+    /// Document id.
+    pub id: String,
+    /// Body.
+    pub doc: Doc,
+    /// Version for compare-and-set.
+    pub version: Version,
+}
+
+/// A value in a query condition or cursor.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Scalar {
+    /// Text.
+    Str(String),
+    /// Whole number.
+    Int(i64),
+    /// A point in time.
+    Time(Timestamp),
+}
+
+/// One condition of a query; a query ANDs its conditions.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Cond {
+    /// `field == value`
+    Eq(&'static str, Scalar),
+    /// `field` is one of the values.
+    In(&'static str, Vec<Scalar>),
+    /// `field < value`; documents without the field (or with null) never match.
+    Lt(&'static str, Scalar),
+}
+
+/// Sort direction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dir {
+    /// Smallest first.
+    Asc,
+    /// Largest first.
+    Desc,
+}
+
+/// A query over one collection. The last order field must be `id`, so that
+/// the order is total and `after` cursors are exact.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Query {
+    /// Conditions, all of which must hold.
+    pub conds: Vec<Cond>,
+    /// Sort order.
+    pub order: Vec<(&'static str, Dir)>,
+    /// Start after the document with these values of the order fields.
+    pub after: Option<Vec<Scalar>>,
+    /// Most documents to return.
+    pub limit: u32,
+}
+
+/// A store of versioned documents. Every write is conditional, which is what
+/// makes claims safe with many writers.
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// One line naming the adapter and where its data lives.
+    fn describe(&self) -> String;
+
+    /// Reads one document.
+    async fn get(&self, collection: Collection, id: &str) -> Result<Option<Stored>>;
+
+    /// Creates a document unless one with that id exists. `true` if created.
+    async fn create(&self, collection: Collection, id: &str, doc: &Doc) -> Result<bool>;
+
+    /// Replaces a document if it is still at `expected`. `true` if written;
+    /// `false` if it changed or vanished since it was read.
+    async fn replace(
+        &self,
+        collection: Collection,
+        id: &str,
+        expected: &Version,
+        doc: &Doc,
+    ) -> Result<bool>;
+
+    /// Deletes a document if it is still at `expected`. `true` if deleted.
+    async fn delete(&self, collection: Collection, id: &str, expected: &Version) -> Result<bool>;
+
+    /// Runs a query.
+    async fn query(&self, collection: Collection, query: &Query) -> Result<Vec<Stored>>;
+
+    /// Counts the documents matching every condition.
+    async fn count(&self, collection: Collection, conds: &[Cond]) -> Result<u64>;
+}

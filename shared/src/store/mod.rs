@@ -1,0 +1,734 @@
+//! The job and download store.
+//!
+//! [`Store`] is what the stages use: every operation on jobs and downloads,
+//! written once over the [`Backend`] port. A write reads the document, applies
+//! one state-machine method from [`crate::domain`], and writes it back only if
+//! nobody changed it in between (compare-and-set), retrying on conflict. The
+//! two adapters, [`embedded`] and [`firestore`], only store documents.
+
+pub mod backend;
+pub mod embedded;
+pub mod firestore;
+
+use crate::domain::download::{Download, DownloadStatus, NewDownload};
+use crate::domain::job::{
+    ClaimRefusal, Delivery, Job, JobError, JobKind, JobStatus, NewJob, Retention,
+};
+use crate::domain::{Lease, TransitionError};
+use crate::error::{Error, Result};
+use crate::time::Timestamp;
+use backend::{Backend, Collection, Cond, Dir, Doc, Query, Scalar, Stored, Version};
+use rand::seq::SliceRandom;
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How many pending candidates a claimer looks at. Each claimer tries them in
+/// its own random order, so concurrent claimers rarely fight over one
+/// document.
+const CLAIM_CANDIDATES: u32 = 16;
+/// Rounds of re-reading before a contended write gives up with
+/// [`Error::Contention`].
+const CAS_ROUNDS: usize = 50;
+/// Page size of sweeps (resets, retention).
+const SWEEP_PAGE: u32 = 200;
+
+/// A record kept in the store.
+trait Record: Serialize + DeserializeOwned + Send + Sync {
+    const COLLECTION: Collection;
+    const KIND: &'static str;
+
+    fn id(&self) -> &str;
+    fn claim(&mut self, lease: &Lease, now: Timestamp) -> Result<(), ClaimRefusal>;
+    fn exhaust(&mut self, now: Timestamp, retention: &Retention) -> Result<(), TransitionError>;
+}
+
+impl Record for Job {
+    const COLLECTION: Collection = Collection::Jobs;
+    const KIND: &'static str = "job";
+
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn claim(&mut self, lease: &Lease, now: Timestamp) -> Result<(), ClaimRefusal> {
+        Job::claim(self, lease, now)
+    }
+    fn exhaust(&mut self, now: Timestamp, retention: &Retention) -> Result<(), TransitionError> {
+        Job::exhaust(self, now, retention)
+    }
+}
+
+impl Record for Download {
+    const COLLECTION: Collection = Collection::Downloads;
+    const KIND: &'static str = "download";
+
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn claim(&mut self, lease: &Lease, now: Timestamp) -> Result<(), ClaimRefusal> {
+        Download::claim(self, lease, now)
+    }
+    fn exhaust(&mut self, now: Timestamp, _retention: &Retention) -> Result<(), TransitionError> {
+        Download::exhaust(self, now)
+    }
+}
+
+/// The result of a create: the record, and whether this call made it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Created<T> {
+    /// The stored record (the existing one when `created` is false).
+    pub record: T,
+    /// `false` when a record with the same id existed already.
+    pub created: bool,
+}
+
+/// The result of a claim of one record.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Claim<T> {
+    /// This caller now holds the lease.
+    Claimed(T),
+    /// Not claimable now: finished, leased by another worker, or generating.
+    Refused(T, ClaimRefusal),
+    /// No attempt was left; the record is now failed.
+    Exhausted(T),
+    /// No such record.
+    NotFound,
+}
+
+/// One page of a listing.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Page<T> {
+    /// The records, in listing order.
+    pub items: Vec<T>,
+    /// Pass back as `after` for the next page; `None` on the last page.
+    pub next: Option<String>,
+}
+
+/// Filter of [`Store::list_jobs`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JobFilter {
+    /// Only this status.
+    pub status: Option<JobStatus>,
+    /// Only this kind.
+    pub kind: Option<JobKind>,
+}
+
+/// Jobs per status and kind.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JobCounts(pub BTreeMap<(JobStatus, JobKind), u64>);
+
+impl JobCounts {
+    /// Jobs in `status`, both kinds.
+    pub fn status(&self, status: JobStatus) -> u64 {
+        JobKind::ALL.iter().map(|k| self.get(status, *k)).sum()
+    }
+    /// Jobs in `status` of `kind`.
+    pub fn get(&self, status: JobStatus, kind: JobKind) -> u64 {
+        self.0.get(&(status, kind)).copied().unwrap_or(0)
+    }
+    /// All jobs.
+    pub fn total(&self) -> u64 {
+        self.0.values().sum()
+    }
+}
+
+/// Downloads per status.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DownloadCounts(pub BTreeMap<DownloadStatus, u64>);
+
+impl DownloadCounts {
+    /// Downloads in `status`.
+    pub fn status(&self, status: DownloadStatus) -> u64 {
+        self.0.get(&status).copied().unwrap_or(0)
+    }
+    /// All downloads.
+    pub fn total(&self) -> u64 {
+        self.0.values().sum()
+    }
+}
+
+/// What a reset of stuck or expired jobs did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ResetReport {
+    /// Jobs put back to pending (to be dispatched again).
+    pub requeued: Vec<Job>,
+    /// Jobs that had no attempt left and are now failed.
+    pub failed: Vec<Job>,
+}
+
+/// What a retention sweep deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Deleted {
+    /// Jobs deleted.
+    pub jobs: u64,
+    /// Downloads deleted.
+    pub downloads: u64,
+}
+
+/// Which adapter holds the store, and where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// SQLite under a local state directory.
+    Embedded {
+        /// The state directory (`.asmr` by default).
+        state_dir: std::path::PathBuf,
+    },
+    /// Firestore.
+    Firestore(firestore::FirestoreConfig),
+}
+
+/// The job and download store: cheap to clone, safe to share between tasks.
+#[derive(Clone)]
+pub struct Store {
+    backend: Arc<dyn Backend>,
+    retention: Retention,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend.describe())
+            .finish()
+    }
+}
+
+fn to_doc<T: Serialize>(record: &T) -> Result<Doc> {
+    match serde_json::to_value(record) {
+        Ok(Value::Object(doc)) => Ok(doc),
+        Ok(_) => Err(Error::store("encoding a record", "not a JSON object", false)),
+        Err(e) => Err(Error::store("encoding a record", e, false)),
+    }
+}
+
+fn from_stored<T: Record>(stored: Stored) -> Result<(T, Version)> {
+    let record = serde_json::from_value(Value::Object(stored.doc)).map_err(|source| Error::Corrupt {
+        collection: T::COLLECTION.name(),
+        id: stored.id,
+        source,
+    })?;
+    Ok((record, stored.version))
+}
+
+fn status_in(statuses: &[JobStatus]) -> Cond {
+    Cond::In(
+        "status",
+        statuses.iter().map(|s| Scalar::Str(s.as_str().into())).collect(),
+    )
+}
+
+fn str_eq(field: &'static str, value: &str) -> Cond {
+    Cond::Eq(field, Scalar::Str(value.to_string()))
+}
+
+/// The cursor after `doc` in a query ordered by `order`.
+fn cursor_of(order: &[(&'static str, Dir)], doc: &Doc) -> Result<String> {
+    let values: Vec<Value> = order
+        .iter()
+        .map(|(field, _)| doc.get(*field).cloned().unwrap_or(Value::Null))
+        .collect();
+    serde_json::to_string(&values).map_err(|e| Error::store("encoding a page token", e, false))
+}
+
+fn parse_cursor(collection: Collection, order: &[(&'static str, Dir)], token: &str) -> Result<Vec<Scalar>> {
+    use crate::domain::validate::ValidationError;
+    let bad = || Error::Invalid(ValidationError::new("after", "is not a page token from this listing"));
+    let values: Vec<Value> = serde_json::from_str(token).map_err(|_| bad())?;
+    if values.len() != order.len() {
+        return Err(bad());
+    }
+    order
+        .iter()
+        .zip(values)
+        .map(|((field, _), value)| match value {
+            Value::String(s) if collection.timestamp_fields().contains(field) => {
+                Timestamp::parse(&s).map(Scalar::Time).ok_or_else(bad)
+            }
+            Value::String(s) => Ok(Scalar::Str(s)),
+            Value::Number(n) => n.as_i64().map(Scalar::Int).ok_or_else(bad),
+            _ => Err(bad()),
+        })
+        .collect()
+}
+
+const JOB_LIST_ORDER: &[(&str, Dir)] = &[("created_at", Dir::Desc), ("id", Dir::Desc)];
+const CLAIM_ORDER: &[(&str, Dir)] = &[("priority", Dir::Desc), ("created_at", Dir::Asc), ("id", Dir::Asc)];
+
+impl Store {
+    /// A store over `backend` with the default retention.
+    pub fn new(backend: Arc<dyn Backend>) -> Self {
+        Self {
+            backend,
+            retention: Retention::default(),
+        }
+    }
+
+    /// Opens the store `config` names.
+    pub async fn open(config: &StoreConfig) -> Result<Self> {
+        let backend: Arc<dyn Backend> = match config {
+            StoreConfig::Embedded { state_dir } => Arc::new(embedded::EmbeddedBackend::open(state_dir)?),
+            StoreConfig::Firestore(config) => {
+                Arc::new(firestore::FirestoreBackend::connect(config.clone()).await?)
+            }
+        };
+        Ok(Self::new(backend))
+    }
+
+    /// Overrides how long finished records are kept.
+    pub fn with_retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// One line naming the backend and where its data is.
+    pub fn describe(&self) -> String {
+        self.backend.describe()
+    }
+
+    // ---- generic machinery ----
+
+    async fn load<T: Record>(&self, id: &str) -> Result<Option<(T, Version)>> {
+        match self.backend.get(T::COLLECTION, id).await? {
+            Some(stored) => from_stored(stored).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn fetch<T: Record>(&self, id: &str) -> Result<T> {
+        match self.load::<T>(id).await? {
+            Some((record, _)) => Ok(record),
+            None => Err(Error::NotFound {
+                kind: T::KIND,
+                id: id.to_string(),
+            }),
+        }
+    }
+
+    async fn create<T: Record>(&self, record: T) -> Result<Created<T>> {
+        let doc = to_doc(&record)?;
+        for _ in 0..CAS_ROUNDS {
+            if self.backend.create(T::COLLECTION, record.id(), &doc).await? {
+                return Ok(Created { record, created: true });
+            }
+            // It exists: return what is stored. If it vanished in between
+            // (retention), create again.
+            if let Some((existing, _)) = self.load::<T>(record.id()).await? {
+                return Ok(Created {
+                    record: existing,
+                    created: false,
+                });
+            }
+        }
+        Err(Error::Contention {
+            kind: T::KIND,
+            id: record.id().to_string(),
+        })
+    }
+
+    /// Reads, applies `change`, writes back if unchanged; repeats on conflict.
+    async fn update<T: Record>(
+        &self,
+        id: &str,
+        change: impl Fn(&mut T, Timestamp) -> Result<(), TransitionError> + Send,
+    ) -> Result<T> {
+        for _ in 0..CAS_ROUNDS {
+            let Some((mut record, version)) = self.load::<T>(id).await? else {
+                return Err(Error::NotFound {
+                    kind: T::KIND,
+                    id: id.to_string(),
+                });
+            };
+            change(&mut record, Timestamp::now()).map_err(|source| Error::Transition {
+                kind: T::KIND,
+                id: id.to_string(),
+                source,
+            })?;
+            if self
+                .backend
+                .replace(T::COLLECTION, id, &version, &to_doc(&record)?)
+                .await?
+            {
+                return Ok(record);
+            }
+        }
+        Err(Error::Contention {
+            kind: T::KIND,
+            id: id.to_string(),
+        })
+    }
+
+    /// Tries to claim a record as read at `version`. `Ok(None)` when someone
+    /// else wrote it first.
+    async fn try_claim<T: Record>(
+        &self,
+        mut record: T,
+        version: &Version,
+        lease: &Lease,
+    ) -> Result<Option<Claim<T>>> {
+        let now = Timestamp::now();
+        let outcome = match record.claim(lease, now) {
+            Ok(()) => Claim::Claimed,
+            Err(ClaimRefusal::Exhausted) => {
+                record
+                    .exhaust(now, &self.retention)
+                    .map_err(|source| Error::Transition {
+                        kind: T::KIND,
+                        id: record.id().to_string(),
+                        source,
+                    })?;
+                Claim::Exhausted
+            }
+            Err(refusal) => return Ok(Some(Claim::Refused(record, refusal))),
+        };
+        let written = self
+            .backend
+            .replace(T::COLLECTION, record.id(), version, &to_doc(&record)?)
+            .await?;
+        Ok(written.then(|| outcome(record)))
+    }
+
+    async fn claim_by_id<T: Record>(&self, id: &str, lease: &Lease) -> Result<Claim<T>> {
+        for _ in 0..CAS_ROUNDS {
+            let Some((record, version)) = self.load::<T>(id).await? else {
+                return Ok(Claim::NotFound);
+            };
+            if let Some(outcome) = self.try_claim(record, &version, lease).await? {
+                return Ok(outcome);
+            }
+        }
+        Err(Error::Contention {
+            kind: T::KIND,
+            id: id.to_string(),
+        })
+    }
+
+    /// Claims the first record of `conds` in claim order, choosing among the
+    /// first few candidates at random so claimers spread out.
+    async fn claim_first<T: Record>(&self, conds: Vec<Cond>, lease: &Lease) -> Result<Option<T>> {
+        let query = Query {
+            conds,
+            order: CLAIM_ORDER.to_vec(),
+            after: None,
+            limit: CLAIM_CANDIDATES,
+        };
+        for _ in 0..CAS_ROUNDS {
+            let mut candidates = self.backend.query(T::COLLECTION, &query).await?;
+            if candidates.is_empty() {
+                return Ok(None);
+            }
+            candidates.shuffle(&mut rand::rng());
+            for stored in candidates {
+                let (record, version) = from_stored::<T>(stored)?;
+                match self.try_claim(record, &version, lease).await? {
+                    Some(Claim::Claimed(record)) => return Ok(Some(record)),
+                    // Exhausted records were failed; stale candidates were
+                    // taken by someone else. Either way, try the next one.
+                    _ => continue,
+                }
+            }
+        }
+        Err(Error::Contention {
+            kind: T::KIND,
+            id: "(next pending)".into(),
+        })
+    }
+
+    async fn page<T: Record>(
+        &self,
+        conds: Vec<Cond>,
+        order: &[(&'static str, Dir)],
+        limit: u32,
+        after: Option<&str>,
+    ) -> Result<Page<T>> {
+        let limit = limit.clamp(1, 1000);
+        let query = Query {
+            conds,
+            order: order.to_vec(),
+            after: after
+                .map(|token| parse_cursor(T::COLLECTION, order, token))
+                .transpose()?,
+            limit: limit + 1,
+        };
+        let mut stored = self.backend.query(T::COLLECTION, &query).await?;
+        let more = stored.len() > limit as usize;
+        stored.truncate(limit as usize);
+        let next = match (more, stored.last()) {
+            (true, Some(last)) => Some(cursor_of(order, &last.doc)?),
+            _ => None,
+        };
+        let items = stored
+            .into_iter()
+            .map(|s| from_stored::<T>(s).map(|(record, _)| record))
+            .collect::<Result<_>>()?;
+        Ok(Page { items, next })
+    }
+
+    /// Every record matching `conds`, page by page, in `order`.
+    async fn sweep(&self, collection: Collection, conds: Vec<Cond>, order: &[(&'static str, Dir)]) -> Result<Vec<Stored>> {
+        let mut all = Vec::new();
+        let mut query = Query {
+            conds,
+            order: order.to_vec(),
+            after: None,
+            limit: SWEEP_PAGE,
+        };
+        loop {
+            let page = self.backend.query(collection, &query).await?;
+            let full = page.len() == SWEEP_PAGE as usize;
+            if let Some(last) = page.last() {
+                let token = cursor_of(order, &last.doc)?;
+                query.after = Some(parse_cursor(collection, order, &token)?);
+            }
+            all.extend(page);
+            if !full {
+                return Ok(all);
+            }
+        }
+    }
+
+    // ---- jobs ----
+
+    /// Creates a job after validating it. With a `request_id`, the same
+    /// request twice (even concurrently) yields one job.
+    pub async fn create_job(&self, new: NewJob) -> Result<Created<Job>> {
+        new.validate()?;
+        self.create(Job::new(new, Timestamp::now())).await
+    }
+
+    /// The job, if it exists.
+    pub async fn get_job(&self, id: &str) -> Result<Option<Job>> {
+        Ok(self.load::<Job>(id).await?.map(|(job, _)| job))
+    }
+
+    /// The job, or [`Error::NotFound`].
+    pub async fn job(&self, id: &str) -> Result<Job> {
+        self.fetch(id).await
+    }
+
+    /// Jobs newest first, `limit` at a time; `after` is the previous page's `next`.
+    pub async fn list_jobs(&self, filter: &JobFilter, limit: u32, after: Option<&str>) -> Result<Page<Job>> {
+        let mut conds = Vec::new();
+        if let Some(status) = filter.status {
+            conds.push(str_eq("status", status.as_str()));
+        }
+        if let Some(kind) = filter.kind {
+            conds.push(str_eq("kind", kind.as_str()));
+        }
+        self.page(conds, JOB_LIST_ORDER, limit, after).await
+    }
+
+    /// Claims one job (the one a push message names): pending, or processing
+    /// with an expired lease. Counts an attempt.
+    pub async fn claim_job(&self, id: &str, lease: &Lease) -> Result<Claim<Job>> {
+        self.claim_by_id(id, lease).await
+    }
+
+    /// Claims the next pending job of `kind`: highest priority, then oldest.
+    pub async fn claim_next_job(&self, kind: JobKind, lease: &Lease) -> Result<Option<Job>> {
+        let conds = vec![
+            str_eq("status", JobStatus::Pending.as_str()),
+            str_eq("kind", kind.as_str()),
+        ];
+        self.claim_first(conds, lease).await
+    }
+
+    /// Pushes the holder's lease forward.
+    pub async fn extend_job_lease(&self, id: &str, lease: &Lease) -> Result<Job> {
+        self.update(id, |job: &mut Job, now| job.extend_lease(lease, now)).await
+    }
+
+    /// Records a submitted long-running operation: processing → generating.
+    pub async fn start_generating(&self, id: &str, owner: &str, operation_name: &str) -> Result<Job> {
+        self.update(id, |job: &mut Job, now| job.start_generating(owner, operation_name, now))
+            .await
+    }
+
+    /// processing | generating → completed with its outputs.
+    pub async fn complete_job(&self, id: &str, owner: &str, outputs: Vec<String>) -> Result<Job> {
+        self.update(id, |job: &mut Job, now| job.complete(owner, outputs.clone(), now))
+            .await
+    }
+
+    /// Records one delivered output; the job becomes delivered with the last one.
+    pub async fn record_delivery(&self, id: &str, delivery: Delivery) -> Result<Job> {
+        self.update(id, |job: &mut Job, now| job.record_delivery(delivery.clone(), now))
+            .await
+    }
+
+    /// Fails an unfinished job. With `owner`, only the lease holder may.
+    pub async fn fail_job(&self, id: &str, owner: Option<&str>, error: JobError) -> Result<Job> {
+        let retention = self.retention;
+        self.update(id, |job: &mut Job, now| job.fail(owner, error.clone(), now, &retention))
+            .await
+    }
+
+    /// Cancels an unfinished job.
+    pub async fn cancel_job(&self, id: &str) -> Result<Job> {
+        let retention = self.retention;
+        self.update(id, |job: &mut Job, now| job.cancel(now, &retention)).await
+    }
+
+    /// The holder gives a job back after transient trouble: processing → pending.
+    pub async fn release_job(&self, id: &str, owner: &str, error: Option<JobError>) -> Result<Job> {
+        self.update(id, |job: &mut Job, now| job.release(owner, error.clone(), now))
+            .await
+    }
+
+    /// An operator's retry of a failed or cancelled job, with fresh attempts.
+    pub async fn retry_job(&self, id: &str, include_filtered: bool) -> Result<Job> {
+        self.update(id, |job: &mut Job, now| job.retry(include_filtered, now)).await
+    }
+
+    async fn reset_where(&self, conds: Vec<Cond>, force: bool) -> Result<ResetReport> {
+        let order = [("updated_at", Dir::Asc), ("id", Dir::Asc)];
+        let mut report = ResetReport::default();
+        for stored in self.sweep(Collection::Jobs, conds, &order).await? {
+            let (mut job, version) = from_stored::<Job>(stored)?;
+            if job.reset(force, Timestamp::now(), &self.retention).is_err() {
+                continue;
+            }
+            // A conflict means the job moved on its own: it was not stuck.
+            if self.backend.replace(Collection::Jobs, &job.id, &version, &to_doc(&job)?).await? {
+                match job.status {
+                    JobStatus::Pending => report.requeued.push(job),
+                    _ => report.failed.push(job),
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Puts back jobs that sat in processing or generating for longer than
+    /// `older_than` without any update, whatever their lease says (the old
+    /// system's reset of stuck jobs). Jobs with no attempt left fail.
+    pub async fn reset_stuck_jobs(&self, older_than: Duration) -> Result<ResetReport> {
+        let cutoff = Timestamp::now().minus(older_than);
+        let conds = vec![
+            status_in(&[JobStatus::Processing, JobStatus::Generating]),
+            Cond::Lt("updated_at", Scalar::Time(cutoff)),
+        ];
+        self.reset_where(conds, true).await
+    }
+
+    /// Puts back jobs whose lease ran out; jobs with no attempt left fail.
+    pub async fn expire_job_leases(&self) -> Result<ResetReport> {
+        let conds = vec![
+            status_in(&[JobStatus::Processing, JobStatus::Generating]),
+            Cond::Lt("lease_expires_at", Scalar::Time(Timestamp::now())),
+        ];
+        self.reset_where(conds, false).await
+    }
+
+    /// Jobs per status and kind.
+    pub async fn job_counts(&self) -> Result<JobCounts> {
+        let cells: Vec<(JobStatus, JobKind)> = JobStatus::ALL
+            .iter()
+            .flat_map(|s| JobKind::ALL.iter().map(move |k| (*s, *k)))
+            .collect();
+        let counts = futures::future::try_join_all(cells.iter().map(|(status, kind)| {
+            let conds = [str_eq("status", status.as_str()), str_eq("kind", kind.as_str())];
+            async move { self.backend.count(Collection::Jobs, &conds).await }
+        }))
+        .await?;
+        Ok(JobCounts(cells.into_iter().zip(counts).collect()))
+    }
+
+    // ---- downloads ----
+
+    /// Creates a download record unless one exists for that object generation.
+    pub async fn create_download(&self, new: NewDownload) -> Result<Created<Download>> {
+        self.create(Download::new(new, Timestamp::now())).await
+    }
+
+    /// The download, if it exists.
+    pub async fn get_download(&self, id: &str) -> Result<Option<Download>> {
+        Ok(self.load::<Download>(id).await?.map(|(d, _)| d))
+    }
+
+    /// The download, or [`Error::NotFound`].
+    pub async fn download(&self, id: &str) -> Result<Download> {
+        self.fetch(id).await
+    }
+
+    /// Downloads in copy order (priority, then oldest).
+    pub async fn list_downloads(
+        &self,
+        status: Option<DownloadStatus>,
+        limit: u32,
+        after: Option<&str>,
+    ) -> Result<Page<Download>> {
+        let conds = status
+            .map(|s| vec![str_eq("status", s.as_str())])
+            .unwrap_or_default();
+        self.page(conds, CLAIM_ORDER, limit, after).await
+    }
+
+    /// Claims one download: pending, or downloading with an expired lease.
+    pub async fn claim_download(&self, id: &str, lease: &Lease) -> Result<Claim<Download>> {
+        self.claim_by_id(id, lease).await
+    }
+
+    /// Claims the next pending download in copy order.
+    pub async fn claim_next_download(&self, lease: &Lease) -> Result<Option<Download>> {
+        let conds = vec![str_eq("status", DownloadStatus::Pending.as_str())];
+        self.claim_first(conds, lease).await
+    }
+
+    /// Records copy progress and extends the lease.
+    pub async fn download_progress(&self, id: &str, lease: &Lease, bytes_copied: u64) -> Result<Download> {
+        self.update(id, |d: &mut Download, now| d.progress(lease, bytes_copied, now))
+            .await
+    }
+
+    /// downloading → completed.
+    pub async fn complete_download(&self, id: &str, owner: &str, bytes: u64) -> Result<Download> {
+        let retention = self.retention;
+        self.update(id, |d: &mut Download, now| d.complete(owner, bytes, now, &retention))
+            .await
+    }
+
+    /// A copy attempt failed: pending again while attempts remain and the
+    /// error is retryable, else failed.
+    pub async fn fail_download(&self, id: &str, owner: &str, error: JobError) -> Result<Download> {
+        self.update(id, |d: &mut Download, now| d.fail(owner, error.clone(), now))
+            .await
+    }
+
+    /// An operator's retry of a failed download.
+    pub async fn retry_download(&self, id: &str) -> Result<Download> {
+        self.update(id, |d: &mut Download, now| d.retry(now)).await
+    }
+
+    /// Downloads per status.
+    pub async fn download_counts(&self) -> Result<DownloadCounts> {
+        let counts = futures::future::try_join_all(DownloadStatus::ALL.iter().map(|status| {
+            let conds = [str_eq("status", status.as_str())];
+            async move { self.backend.count(Collection::Downloads, &conds).await }
+        }))
+        .await?;
+        Ok(DownloadCounts(DownloadStatus::ALL.into_iter().zip(counts).collect()))
+    }
+
+    // ---- retention ----
+
+    /// Deletes jobs and downloads whose `expire_at` has passed. A record
+    /// changed since it was read (retried, say) is left alone.
+    pub async fn delete_expired(&self) -> Result<Deleted> {
+        let now = Timestamp::now();
+        let order = [("expire_at", Dir::Asc), ("id", Dir::Asc)];
+        let mut deleted = Deleted::default();
+        for collection in Collection::ALL {
+            let conds = vec![Cond::Lt("expire_at", Scalar::Time(now))];
+            for stored in self.sweep(collection, conds, &order).await? {
+                if self.backend.delete(collection, &stored.id, &stored.version).await? {
+                    match collection {
+                        Collection::Jobs => deleted.jobs += 1,
+                        Collection::Downloads => deleted.downloads += 1,
+                    }
+                }
+            }
+        }
+        Ok(deleted)
+    }
+}
