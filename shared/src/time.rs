@@ -42,13 +42,21 @@ impl Timestamp {
     /// This instant plus a duration, saturating at the far future.
     pub fn plus(&self, by: Duration) -> Self {
         let by = chrono::Duration::from_std(by).unwrap_or(chrono::Duration::MAX);
-        Self(self.0.checked_add_signed(by).unwrap_or(DateTime::<Utc>::MAX_UTC))
+        Self(
+            self.0
+                .checked_add_signed(by)
+                .unwrap_or(DateTime::<Utc>::MAX_UTC),
+        )
     }
 
     /// This instant minus a duration, saturating at the far past.
     pub fn minus(&self, by: Duration) -> Self {
         let by = chrono::Duration::from_std(by).unwrap_or(chrono::Duration::MAX);
-        Self(self.0.checked_sub_signed(by).unwrap_or(DateTime::<Utc>::MIN_UTC))
+        Self(
+            self.0
+                .checked_sub_signed(by)
+                .unwrap_or(DateTime::<Utc>::MIN_UTC),
+        )
     }
 
     /// Seconds since the Unix epoch and the nanoseconds within that second.
@@ -119,6 +127,10 @@ mod tests {
         let now = Timestamp::now();
         assert!(now.plus(Duration::MAX) > now);
         assert!(now.minus(Duration::MAX) < now);
-        assert_eq!(now.plus(Duration::from_secs(60)).minus(Duration::from_secs(60)), now);
+        assert_eq!(
+            now.plus(Duration::from_secs(60))
+                .minus(Duration::from_secs(60)),
+            now
+        );
     }
 }

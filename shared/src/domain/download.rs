@@ -168,7 +168,8 @@ impl Download {
     /// The record id of one object generation: a redelivered finalize event
     /// maps to the same record.
     pub fn id_for(bucket: &str, object: &str, generation: Option<i64>) -> String {
-        const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x1f0c_55e2_8a7d_4b39_b6a4_2d9e_73c1_0f88);
+        const NAMESPACE: uuid::Uuid =
+            uuid::Uuid::from_u128(0x1f0c_55e2_8a7d_4b39_b6a4_2d9e_73c1_0f88);
         let generation = generation.map(|g| g.to_string()).unwrap_or_default();
         // Length-prefixed so that no two (bucket, object) pairs share a key.
         let key = format!("{}:{bucket}{object}#{generation}", bucket.len());
@@ -212,7 +213,8 @@ impl Download {
     }
 
     fn check_owner(&self, owner: &str) -> Transition {
-        if self.status == DownloadStatus::Downloading && self.lease_owner.as_deref() == Some(owner) {
+        if self.status == DownloadStatus::Downloading && self.lease_owner.as_deref() == Some(owner)
+        {
             Ok(())
         } else {
             Err(TransitionError::NotLeaseOwner {
@@ -282,7 +284,13 @@ impl Download {
     }
 
     /// downloading → completed, verified at `bytes` bytes.
-    pub fn complete(&mut self, owner: &str, bytes: u64, now: Timestamp, retention: &Retention) -> Transition {
+    pub fn complete(
+        &mut self,
+        owner: &str,
+        bytes: u64,
+        now: Timestamp,
+        retention: &Retention,
+    ) -> Transition {
         self.check_owner(owner)?;
         self.status = DownloadStatus::Completed;
         self.bytes_copied = bytes;

@@ -150,7 +150,10 @@ impl FromStr for JobStatus {
             .find(|s| s.as_str() == wanted)
             .ok_or_else(|| {
                 let all = JobStatus::ALL.map(JobStatus::as_str).join(", ");
-                ValidationError::new("status", format!("{text:?} is not a job status; use one of {all}"))
+                ValidationError::new(
+                    "status",
+                    format!("{text:?} is not a job status; use one of {all}"),
+                )
             })
     }
 }
@@ -457,7 +460,8 @@ impl Job {
     /// The job id a request id maps to. Deterministic, so that creating by
     /// request id is a create-if-absent on one document.
     pub fn id_for_request(request_id: &str) -> String {
-        const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6a5e_7c1d_2b4f_4e0a_9d3c_8f1e_0b2a_7c55);
+        const NAMESPACE: uuid::Uuid =
+            uuid::Uuid::from_u128(0x6a5e_7c1d_2b4f_4e0a_9d3c_8f1e_0b2a_7c55);
         uuid::Uuid::new_v5(&NAMESPACE, request_id.as_bytes())
             .simple()
             .to_string()
@@ -539,7 +543,11 @@ impl Job {
             .map(|e| format!("; last error: {e}"))
             .unwrap_or_default();
         let message = format!("gave up after {} attempts{last}", self.attempts);
-        self.finish_failed(JobError::new(ATTEMPTS_EXHAUSTED, message, false), now, retention);
+        self.finish_failed(
+            JobError::new(ATTEMPTS_EXHAUSTED, message, false),
+            now,
+            retention,
+        );
         Ok(())
     }
 
@@ -608,7 +616,11 @@ impl Job {
         if self.status == JobStatus::Cancelled {
             return Err(self.refuse("record a delivery for"));
         }
-        match self.deliveries.iter_mut().find(|d| d.source == delivery.source) {
+        match self
+            .deliveries
+            .iter_mut()
+            .find(|d| d.source == delivery.source)
+        {
             Some(existing) => *existing = delivery,
             None => self.deliveries.push(delivery),
         }

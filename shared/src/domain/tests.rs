@@ -34,20 +34,41 @@ type Action = (&'static str, fn(&mut Job, Timestamp) -> bool);
 fn actions() -> Vec<Action> {
     vec![
         ("claim", |j, now| j.claim(&lease("w2"), now).is_ok()),
-        ("extend_lease", |j, now| j.extend_lease(&lease("w1"), now).is_ok()),
-        ("start_generating", |j, now| j.start_generating("w1", "ops/1", now).is_ok()),
-        ("complete", |j, now| j.complete("w1", vec!["gs://out/x".into()], now).is_ok()),
+        ("extend_lease", |j, now| {
+            j.extend_lease(&lease("w1"), now).is_ok()
+        }),
+        ("start_generating", |j, now| {
+            j.start_generating("w1", "ops/1", now).is_ok()
+        }),
+        ("complete", |j, now| {
+            j.complete("w1", vec!["gs://out/x".into()], now).is_ok()
+        }),
         ("record_delivery", |j, now| {
-            j.record_delivery(Delivery { source: "gs://out/x".into(), destination: "/d/x".into() }, now)
-                .is_ok()
+            j.record_delivery(
+                Delivery {
+                    source: "gs://out/x".into(),
+                    destination: "/d/x".into(),
+                },
+                now,
+            )
+            .is_ok()
         }),
         ("fail", |j, now| {
-            j.fail(Some("w1"), JobError::new("boom", "it broke", false), now, &Retention::default())
-                .is_ok()
+            j.fail(
+                Some("w1"),
+                JobError::new("boom", "it broke", false),
+                now,
+                &Retention::default(),
+            )
+            .is_ok()
         }),
-        ("cancel", |j, now| j.cancel(now, &Retention::default()).is_ok()),
+        ("cancel", |j, now| {
+            j.cancel(now, &Retention::default()).is_ok()
+        }),
         ("release", |j, now| j.release("w1", None, now).is_ok()),
-        ("reset", |j, now| j.reset(true, now, &Retention::default()).is_ok()),
+        ("reset", |j, now| {
+            j.reset(true, now, &Retention::default()).is_ok()
+        }),
         ("retry", |j, now| j.retry(false, now).is_ok()),
     ]
 }
@@ -76,7 +97,10 @@ fn every_job_transition_from_every_status_is_allowed_or_refused_as_designed() {
             let ok = act(&mut job, now);
             assert_eq!(ok, allowed(name, status), "{name} from {status}");
             if !ok {
-                assert_eq!(job, before, "a refused {name} from {status} changed the job");
+                assert_eq!(
+                    job, before,
+                    "a refused {name} from {status} changed the job"
+                );
             }
             checked += 1;
         }
@@ -95,14 +119,30 @@ fn transitions_land_in_the_designed_status() {
     let actions = actions();
     let find = |name: &str| actions.iter().find(|(n, _)| *n == name).unwrap().1;
     check(JobStatus::Pending, find("claim"), JobStatus::Processing);
-    check(JobStatus::Processing, find("start_generating"), JobStatus::Generating);
-    check(JobStatus::Processing, find("complete"), JobStatus::Completed);
-    check(JobStatus::Generating, find("complete"), JobStatus::Completed);
+    check(
+        JobStatus::Processing,
+        find("start_generating"),
+        JobStatus::Generating,
+    );
+    check(
+        JobStatus::Processing,
+        find("complete"),
+        JobStatus::Completed,
+    );
+    check(
+        JobStatus::Generating,
+        find("complete"),
+        JobStatus::Completed,
+    );
     check(JobStatus::Processing, find("release"), JobStatus::Pending);
     check(JobStatus::Generating, find("reset"), JobStatus::Pending);
     check(JobStatus::Failed, find("retry"), JobStatus::Pending);
     check(JobStatus::Cancelled, find("retry"), JobStatus::Pending);
-    for from in [JobStatus::Pending, JobStatus::Processing, JobStatus::Generating] {
+    for from in [
+        JobStatus::Pending,
+        JobStatus::Processing,
+        JobStatus::Generating,
+    ] {
         check(from, find("fail"), JobStatus::Failed);
         check(from, find("cancel"), JobStatus::Cancelled);
     }
@@ -124,7 +164,10 @@ fn a_live_lease_blocks_a_claim_and_an_expired_one_does_not() {
     let mut job = job_in(JobStatus::Processing, now);
     assert_eq!(
         job.claim(&lease("w2"), now),
-        Err(ClaimRefusal::Leased { owner: "w1".into(), until: now.plus(MINUTE) })
+        Err(ClaimRefusal::Leased {
+            owner: "w1".into(),
+            until: now.plus(MINUTE)
+        })
     );
     let later = now.plus(MINUTE * 2);
     job.claim(&lease("w2"), later).unwrap();
@@ -137,15 +180,26 @@ fn a_generating_job_is_never_claimed_even_with_its_lease_expired() {
     let now = Timestamp::now();
     let mut job = job_in(JobStatus::Generating, now);
     let later = now.plus(MINUTE * 2);
-    assert_eq!(job.claim(&lease("w2"), later), Err(ClaimRefusal::NotClaimable("generating")));
+    assert_eq!(
+        job.claim(&lease("w2"), later),
+        Err(ClaimRefusal::NotClaimable("generating"))
+    );
 }
 
 #[test]
 fn finished_jobs_are_not_claimable() {
     let now = Timestamp::now();
-    for status in [JobStatus::Completed, JobStatus::Delivered, JobStatus::Failed, JobStatus::Cancelled] {
+    for status in [
+        JobStatus::Completed,
+        JobStatus::Delivered,
+        JobStatus::Failed,
+        JobStatus::Cancelled,
+    ] {
         let mut job = job_in(status, now);
-        assert_eq!(job.claim(&lease("w2"), now), Err(ClaimRefusal::NotClaimable(status.as_str())));
+        assert_eq!(
+            job.claim(&lease("w2"), now),
+            Err(ClaimRefusal::NotClaimable(status.as_str()))
+        );
     }
 }
 
@@ -185,9 +239,12 @@ fn an_unforced_reset_waits_for_the_lease_to_run_out() {
     let mut job = job_in(JobStatus::Processing, now);
     assert_eq!(
         job.reset(false, now, &Retention::default()),
-        Err(TransitionError::LeaseActive { holder: Some("w1".into()) })
+        Err(TransitionError::LeaseActive {
+            holder: Some("w1".into())
+        })
     );
-    job.reset(false, now.plus(MINUTE), &Retention::default()).unwrap();
+    job.reset(false, now.plus(MINUTE), &Retention::default())
+        .unwrap();
     assert_eq!(job.status, JobStatus::Pending);
 }
 
@@ -195,16 +252,30 @@ fn an_unforced_reset_waits_for_the_lease_to_run_out() {
 fn only_the_lease_holder_may_complete_extend_or_fail() {
     let now = Timestamp::now();
     let mut job = job_in(JobStatus::Processing, now);
-    let not_owner = TransitionError::NotLeaseOwner { owner: "w9".into(), holder: Some("w1".into()) };
+    let not_owner = TransitionError::NotLeaseOwner {
+        owner: "w9".into(),
+        holder: Some("w1".into()),
+    };
     assert_eq!(job.complete("w9", vec![], now), Err(not_owner.clone()));
     assert_eq!(job.extend_lease(&lease("w9"), now), Err(not_owner.clone()));
     assert_eq!(job.release("w9", None, now), Err(not_owner.clone()));
     assert_eq!(
-        job.fail(Some("w9"), JobError::new("x", "y", false), now, &Retention::default()),
+        job.fail(
+            Some("w9"),
+            JobError::new("x", "y", false),
+            now,
+            &Retention::default()
+        ),
         Err(not_owner)
     );
     // An operator (no owner) may fail it.
-    job.fail(None, JobError::new("dead_letter", "gone", false), now, &Retention::default()).unwrap();
+    job.fail(
+        None,
+        JobError::new("dead_letter", "gone", false),
+        now,
+        &Retention::default(),
+    )
+    .unwrap();
     assert_eq!(job.status, JobStatus::Failed);
 }
 
@@ -212,12 +283,20 @@ fn only_the_lease_holder_may_complete_extend_or_fail() {
 fn a_filtered_job_is_retried_only_when_asked_explicitly() {
     let now = Timestamp::now();
     let mut job = job_in(JobStatus::Processing, now);
-    job.fail(Some("w1"), JobError::new(FILTERED, "raiMediaFilteredReasons: x", false), now, &Retention::default())
-        .unwrap();
+    job.fail(
+        Some("w1"),
+        JobError::new(FILTERED, "raiMediaFilteredReasons: x", false),
+        now,
+        &Retention::default(),
+    )
+    .unwrap();
     assert_eq!(job.retry(false, now), Err(TransitionError::Filtered));
     assert_eq!(job.status, JobStatus::Failed);
     job.retry(true, now).unwrap();
-    assert_eq!((job.status, job.attempts, job.error.clone(), job.expire_at), (JobStatus::Pending, 0, None, None));
+    assert_eq!(
+        (job.status, job.attempts, job.error.clone(), job.expire_at),
+        (JobStatus::Pending, 0, None, None)
+    );
 }
 
 #[test]
@@ -226,15 +305,36 @@ fn a_job_is_delivered_once_every_output_is() {
     let mut job = job_in(JobStatus::Generating, now);
     let out = |n: u32| format!("gs://out/videos/j/t/sample_{n}.mp4");
     // One video lands before the operation is seen done.
-    job.record_delivery(Delivery { source: out(0), destination: "/v/0".into() }, now).unwrap();
+    job.record_delivery(
+        Delivery {
+            source: out(0),
+            destination: "/v/0".into(),
+        },
+        now,
+    )
+    .unwrap();
     assert_eq!(job.status, JobStatus::Generating);
     job.complete("w1", vec![out(0), out(1)], now).unwrap();
     assert_eq!(job.status, JobStatus::Completed);
-    job.record_delivery(Delivery { source: out(1), destination: "/v/1".into() }, now).unwrap();
+    job.record_delivery(
+        Delivery {
+            source: out(1),
+            destination: "/v/1".into(),
+        },
+        now,
+    )
+    .unwrap();
     assert_eq!(job.status, JobStatus::Delivered);
     assert_eq!(job.deliveries.len(), 2);
     // A redelivered event does not duplicate the record.
-    job.record_delivery(Delivery { source: out(1), destination: "/v/1".into() }, now).unwrap();
+    job.record_delivery(
+        Delivery {
+            source: out(1),
+            destination: "/v/1".into(),
+        },
+        now,
+    )
+    .unwrap();
     assert_eq!(job.deliveries.len(), 2);
 }
 
@@ -242,7 +342,14 @@ fn a_job_is_delivered_once_every_output_is() {
 fn completing_with_everything_already_delivered_goes_straight_to_delivered() {
     let now = Timestamp::now();
     let mut job = job_in(JobStatus::Generating, now);
-    job.record_delivery(Delivery { source: "gs://o/a".into(), destination: "/a".into() }, now).unwrap();
+    job.record_delivery(
+        Delivery {
+            source: "gs://o/a".into(),
+            destination: "/a".into(),
+        },
+        now,
+    )
+    .unwrap();
     job.complete("w1", vec!["gs://o/a".into()], now).unwrap();
     assert_eq!(job.status, JobStatus::Delivered);
 }
@@ -262,7 +369,10 @@ fn request_ids_map_to_stable_distinct_job_ids() {
     assert_eq!(Job::id_for_request("r-1").len(), 32);
     let mut new = NewJob::new("p", JobKind::Image);
     new.request_id = Some("r-1".into());
-    assert_eq!(Job::new(new, Timestamp::now()).id, Job::id_for_request("r-1"));
+    assert_eq!(
+        Job::new(new, Timestamp::now()).id,
+        Job::id_for_request("r-1")
+    );
 }
 
 #[test]
@@ -275,11 +385,17 @@ fn kinds_accept_the_old_names_and_statuses_parse() {
     check("Video", Some(JobKind::Video));
     check("VIDEO_PROD", Some(JobKind::Video));
     check("audio", None);
-    assert_eq!(serde_json::from_str::<JobKind>("\"VIDEO_PROD\"").unwrap(), JobKind::Video);
+    assert_eq!(
+        serde_json::from_str::<JobKind>("\"VIDEO_PROD\"").unwrap(),
+        JobKind::Video
+    );
     assert_eq!(serde_json::to_string(&JobKind::Video).unwrap(), "\"video\"");
     for status in JobStatus::ALL {
         assert_eq!(status.as_str().parse::<JobStatus>().unwrap(), status);
-        assert_eq!(serde_json::to_string(&status).unwrap(), format!("\"{status}\""));
+        assert_eq!(
+            serde_json::to_string(&status).unwrap(),
+            format!("\"{status}\"")
+        );
     }
     let err = "done".parse::<JobStatus>().unwrap_err().to_string();
     assert!(err.contains("use one of pending, processing"), "{err}");
@@ -316,12 +432,32 @@ fn every_download_transition_from_every_status_is_allowed_or_refused_as_designed
     use DownloadStatus::*;
     let now = Timestamp::now();
     let r = Retention::default();
-    type DAction = (&'static str, fn(&mut Download, Timestamp, &Retention) -> bool, &'static [DownloadStatus]);
+    type DAction = (
+        &'static str,
+        fn(&mut Download, Timestamp, &Retention) -> bool,
+        &'static [DownloadStatus],
+    );
     let table: [DAction; 5] = [
-        ("claim", |d, now, _| d.claim(&lease("w2"), now).is_ok(), &[Pending]),
-        ("progress", |d, now, _| d.progress(&lease("w1"), 5, now).is_ok(), &[Downloading]),
-        ("complete", |d, now, r| d.complete("w1", 10, now, r).is_ok(), &[Downloading]),
-        ("fail", |d, now, _| d.fail("w1", JobError::new("io", "x", true), now).is_ok(), &[Downloading]),
+        (
+            "claim",
+            |d, now, _| d.claim(&lease("w2"), now).is_ok(),
+            &[Pending],
+        ),
+        (
+            "progress",
+            |d, now, _| d.progress(&lease("w1"), 5, now).is_ok(),
+            &[Downloading],
+        ),
+        (
+            "complete",
+            |d, now, r| d.complete("w1", 10, now, r).is_ok(),
+            &[Downloading],
+        ),
+        (
+            "fail",
+            |d, now, _| d.fail("w1", JobError::new("io", "x", true), now).is_ok(),
+            &[Downloading],
+        ),
         ("retry", |d, now, _| d.retry(now).is_ok(), &[Failed]),
     ];
     for status in DownloadStatus::ALL {
@@ -344,7 +480,12 @@ fn a_failed_copy_is_retried_until_attempts_run_out() {
     for attempt in 1..=3 {
         d.claim(&lease("w1"), now).unwrap();
         assert_eq!(d.attempts, attempt);
-        d.fail("w1", JobError::new("crc_mismatch", "crc differs", true), now).unwrap();
+        d.fail(
+            "w1",
+            JobError::new("crc_mismatch", "crc differs", true),
+            now,
+        )
+        .unwrap();
     }
     assert_eq!(d.status, DownloadStatus::Failed);
     assert_eq!(d.error.as_ref().unwrap().code, "attempts_exhausted");
@@ -357,13 +498,21 @@ fn a_failed_copy_is_retried_until_attempts_run_out() {
 fn a_permanent_copy_error_fails_at_once_and_completion_sets_retention() {
     let now = Timestamp::now();
     let mut d = download_in(DownloadStatus::Downloading, now);
-    d.fail("w1", JobError::new("not_found", "object deleted", false), now).unwrap();
+    d.fail(
+        "w1",
+        JobError::new("not_found", "object deleted", false),
+        now,
+    )
+    .unwrap();
     assert_eq!(d.status, DownloadStatus::Failed);
 
     let mut d = download_in(DownloadStatus::Downloading, now);
     d.complete("w1", 10, now, &Retention::default()).unwrap();
     assert_eq!(d.status, DownloadStatus::Completed);
-    assert_eq!(d.expire_at, Some(now.plus(Duration::from_secs(7 * 24 * 3600))));
+    assert_eq!(
+        d.expire_at,
+        Some(now.plus(Duration::from_secs(7 * 24 * 3600)))
+    );
 }
 
 #[test]
@@ -372,5 +521,8 @@ fn download_ids_depend_on_bucket_object_and_generation() {
     assert_eq!(a, Download::id_for("out", "images/j/0.png", Some(1)));
     assert_ne!(a, Download::id_for("out", "images/j/0.png", Some(2)));
     assert_ne!(a, Download::id_for("out2", "images/j/0.png", Some(1)));
-    assert_ne!(Download::id_for("a", "b\nc", None), Download::id_for("a\nb", "c", None));
+    assert_ne!(
+        Download::id_for("a", "b\nc", None),
+        Download::id_for("a\nb", "c", None)
+    );
 }

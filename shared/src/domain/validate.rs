@@ -118,7 +118,8 @@ pub fn validate_params(kind: JobKind, params: &JobParams) -> Result<(), Validati
         ));
     }
     if let Some(prompt) = &params.negative_prompt {
-        validate_prompt(prompt).map_err(|e| ValidationError::new("params.negative_prompt", e.message))?;
+        validate_prompt(prompt)
+            .map_err(|e| ValidationError::new("params.negative_prompt", e.message))?;
     }
     if let Some(model) = &params.model {
         let model = model.trim();
@@ -152,20 +153,35 @@ pub fn validate_params(kind: JobKind, params: &JobParams) -> Result<(), Validati
                 one_of("aspect_ratio", &ratio.as_str(), list, context)?;
             }
             if let Some(resolution) = &params.resolution {
-                one_of("resolution", &resolution.as_str(), IMAGE_RESOLUTIONS, "for images")?;
+                one_of(
+                    "resolution",
+                    &resolution.as_str(),
+                    IMAGE_RESOLUTIONS,
+                    "for images",
+                )?;
             }
             video_only("duration_seconds", params.duration_seconds.is_some())?;
             video_only("generate_audio", params.generate_audio.is_some())?;
         }
         JobKind::Video => {
             if let Some(ratio) = &params.aspect_ratio {
-                one_of("aspect_ratio", &ratio.as_str(), VIDEO_ASPECT_RATIOS, "for videos")?;
+                one_of(
+                    "aspect_ratio",
+                    &ratio.as_str(),
+                    VIDEO_ASPECT_RATIOS,
+                    "for videos",
+                )?;
             }
             if let Some(duration) = params.duration_seconds {
                 one_of("duration_seconds", &duration, VIDEO_DURATIONS, "for videos")?;
             }
             if let Some(resolution) = &params.resolution {
-                one_of("resolution", &resolution.as_str(), VIDEO_RESOLUTIONS, "for videos")?;
+                one_of(
+                    "resolution",
+                    &resolution.as_str(),
+                    VIDEO_RESOLUTIONS,
+                    "for videos",
+                )?;
             }
         }
     }
@@ -180,7 +196,9 @@ mod tests {
         let got = validate_prompt(prompt).map_err(|e| e.to_string());
         match (got, expected) {
             (Ok(()), Ok(())) => {}
-            (Err(got), Err(want)) => assert!(got.contains(want), "{prompt:?}: {got:?} lacks {want:?}"),
+            (Err(got), Err(want)) => {
+                assert!(got.contains(want), "{prompt:?}: {got:?} lacks {want:?}")
+            }
             (got, want) => panic!("{prompt:?}: got {got:?}, want {want:?}"),
         }
     }
@@ -193,7 +211,10 @@ mod tests {
         check_prompt(" \n\t ", Err("prompt: is empty"));
         check_prompt(&"a".repeat(4_000), Ok(()));
         check_prompt(&"é".repeat(4_000), Ok(()));
-        check_prompt(&"a".repeat(4_001), Err("is 4001 characters long; the limit is 4000"));
+        check_prompt(
+            &"a".repeat(4_001),
+            Err("is 4001 characters long; the limit is 4000"),
+        );
         check_prompt("bell\u{7}", Err("control character U+0007 at character 5"));
         check_prompt("carriage\r\nreturn", Err("U+000D"));
         check_prompt("nul\0", Err("U+0000"));
@@ -212,7 +233,9 @@ mod tests {
         let got = validate_params(kind, &params(pairs)).map_err(|e| e.to_string());
         match (got, expected) {
             (Ok(()), Ok(())) => {}
-            (Err(got), Err(want)) => assert!(got.contains(want), "{pairs:?}: {got:?} lacks {want:?}"),
+            (Err(got), Err(want)) => {
+                assert!(got.contains(want), "{pairs:?}: {got:?} lacks {want:?}")
+            }
             (got, want) => panic!("{kind} {pairs:?}: got {got:?}, want {want:?}"),
         }
     }
@@ -221,34 +244,89 @@ mod tests {
     fn image_params_follow_the_image_models() {
         use JobKind::Image;
         check(Image, &[], Ok(()));
-        check(Image, &[("aspect_ratio", "16:9"), ("sample_count", "4")], Ok(()));
+        check(
+            Image,
+            &[("aspect_ratio", "16:9"), ("sample_count", "4")],
+            Ok(()),
+        );
         check(Image, &[("aspect_ratio", "21:9")], Ok(()));
         check(
             Image,
-            &[("aspect_ratio", "21:9"), ("model", "imagen-4.0-generate-001")],
+            &[
+                ("aspect_ratio", "21:9"),
+                ("model", "imagen-4.0-generate-001"),
+            ],
             Err("21:9 is not accepted by Imagen models"),
         );
-        check(Image, &[("aspect_ratio", "7:3")], Err("params.aspect_ratio: 7:3 is not accepted"));
+        check(
+            Image,
+            &[("aspect_ratio", "7:3")],
+            Err("params.aspect_ratio: 7:3 is not accepted"),
+        );
         check(Image, &[("sample_count", "0")], Err("0 is out of range"));
         check(Image, &[("sample_count", "5")], Err("5 is out of range"));
-        check(Image, &[("duration_seconds", "8")], Err("params.duration_seconds: applies to video jobs only"));
-        check(Image, &[("generate_audio", "true")], Err("applies to video jobs only"));
+        check(
+            Image,
+            &[("duration_seconds", "8")],
+            Err("params.duration_seconds: applies to video jobs only"),
+        );
+        check(
+            Image,
+            &[("generate_audio", "true")],
+            Err("applies to video jobs only"),
+        );
         check(Image, &[("resolution", "2K")], Ok(()));
         check(Image, &[("resolution", "1080p")], Err("params.resolution"));
-        check(Image, &[("model", "veo-3.1-generate-001")], Err("is not an imagen-* or gemini-* model"));
-        check(Image, &[("negative_prompt", "bad\u{1b}")], Err("params.negative_prompt"));
+        check(
+            Image,
+            &[("model", "veo-3.1-generate-001")],
+            Err("is not an imagen-* or gemini-* model"),
+        );
+        check(
+            Image,
+            &[("negative_prompt", "bad\u{1b}")],
+            Err("params.negative_prompt"),
+        );
     }
 
     #[test]
     fn video_params_follow_veo() {
         use JobKind::Video;
-        check(Video, &[("duration_seconds", "4"), ("aspect_ratio", "9:16")], Ok(()));
-        check(Video, &[("duration_seconds", "6"), ("generate_audio", "false")], Ok(()));
-        check(Video, &[("duration_seconds", "8"), ("resolution", "1080p"), ("seed", "7")], Ok(()));
-        check(Video, &[("duration_seconds", "5")], Err("5 is not accepted for videos; use one of 4, 6, 8"));
-        check(Video, &[("aspect_ratio", "1:1")], Err("use one of 16:9, 9:16"));
+        check(
+            Video,
+            &[("duration_seconds", "4"), ("aspect_ratio", "9:16")],
+            Ok(()),
+        );
+        check(
+            Video,
+            &[("duration_seconds", "6"), ("generate_audio", "false")],
+            Ok(()),
+        );
+        check(
+            Video,
+            &[
+                ("duration_seconds", "8"),
+                ("resolution", "1080p"),
+                ("seed", "7"),
+            ],
+            Ok(()),
+        );
+        check(
+            Video,
+            &[("duration_seconds", "5")],
+            Err("5 is not accepted for videos; use one of 4, 6, 8"),
+        );
+        check(
+            Video,
+            &[("aspect_ratio", "1:1")],
+            Err("use one of 16:9, 9:16"),
+        );
         check(Video, &[("resolution", "2K")], Err("params.resolution"));
-        check(Video, &[("model", "gemini-2.5-flash-image")], Err("is not a veo-* model"));
+        check(
+            Video,
+            &[("model", "gemini-2.5-flash-image")],
+            Err("is not a veo-* model"),
+        );
         check(Video, &[("model", "veo-3.1-fast-generate-001")], Ok(()));
     }
 }

@@ -134,7 +134,11 @@ fn sql_value(value: &Scalar) -> SqlValue {
 }
 
 /// `WHERE` clause (possibly empty) and its parameters.
-fn where_clause(conds: &[Cond], order: &[(&'static str, Dir)], after: Option<&[Scalar]>) -> (String, Vec<SqlValue>) {
+fn where_clause(
+    conds: &[Cond],
+    order: &[(&'static str, Dir)],
+    after: Option<&[Scalar]>,
+) -> (String, Vec<SqlValue>) {
     let mut parts = Vec::new();
     let mut params = Vec::new();
     for cond in conds {
@@ -180,8 +184,9 @@ fn where_clause(conds: &[Cond], order: &[(&'static str, Dir)], after: Option<&[S
 }
 
 fn decode(id: String, version: i64, text: String) -> rusqlite::Result<Stored> {
-    let doc: Doc = serde_json::from_str(&text)
-        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, Box::new(e)))?;
+    let doc: Doc = serde_json::from_str(&text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, Box::new(e))
+    })?;
     Ok(Stored {
         id,
         doc,
@@ -205,13 +210,18 @@ impl Backend for EmbeddedBackend {
     }
 
     async fn get(&self, collection: Collection, id: &str) -> Result<Option<Stored>> {
-        let sql = format!("SELECT id, version, doc FROM {} WHERE id = ?", table(collection));
+        let sql = format!(
+            "SELECT id, version, doc FROM {} WHERE id = ?",
+            table(collection)
+        );
         let id = id.to_string();
         self.with_conn("reading a document", move |conn| {
-            conn.query_row(&sql, [&id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
-                .optional()?
-                .map(|(id, version, text)| decode(id, version, text))
-                .transpose()
+            conn.query_row(&sql, [&id], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })
+            .optional()?
+            .map(|(id, version, text)| decode(id, version, text))
+            .transpose()
         })
         .await
     }
@@ -228,7 +238,13 @@ impl Backend for EmbeddedBackend {
         .await
     }
 
-    async fn replace(&self, collection: Collection, id: &str, expected: &Version, doc: &Doc) -> Result<bool> {
+    async fn replace(
+        &self,
+        collection: Collection,
+        id: &str,
+        expected: &Version,
+        doc: &Doc,
+    ) -> Result<bool> {
         let sql = format!(
             "UPDATE {} SET doc = ?, version = version + 1 WHERE id = ? AND version = ?",
             table(collection)
@@ -241,7 +257,10 @@ impl Backend for EmbeddedBackend {
     }
 
     async fn delete(&self, collection: Collection, id: &str, expected: &Version) -> Result<bool> {
-        let sql = format!("DELETE FROM {} WHERE id = ? AND version = ?", table(collection));
+        let sql = format!(
+            "DELETE FROM {} WHERE id = ? AND version = ?",
+            table(collection)
+        );
         let (id, version) = (id.to_string(), parse_version(expected));
         self.with_conn("deleting a document", move |conn| {
             Ok(conn.execute(&sql, (&id, version))? == 1)
@@ -254,20 +273,30 @@ impl Backend for EmbeddedBackend {
         let order = query
             .order
             .iter()
-            .map(|(field, dir)| format!("{} {}", field_expr(field), if *dir == Dir::Asc { "ASC" } else { "DESC" }))
+            .map(|(field, dir)| {
+                format!(
+                    "{} {}",
+                    field_expr(field),
+                    if *dir == Dir::Asc { "ASC" } else { "DESC" }
+                )
+            })
             .collect::<Vec<_>>();
         let order = if order.is_empty() {
             String::new()
         } else {
             format!(" ORDER BY {}", order.join(", "))
         };
-        let sql = format!("SELECT id, version, doc FROM {}{clause}{order} LIMIT ?", table(collection));
+        let sql = format!(
+            "SELECT id, version, doc FROM {}{clause}{order} LIMIT ?",
+            table(collection)
+        );
         params.push(SqlValue::Integer(i64::from(query.limit)));
         self.with_conn("querying documents", move |conn| {
             let mut statement = conn.prepare_cached(&sql)?;
-            let rows = statement.query_map(params_from_iter(params.iter().map(|p| p as &dyn ToSql)), |row| {
-                decode(row.get(0)?, row.get(1)?, row.get(2)?)
-            })?;
+            let rows = statement.query_map(
+                params_from_iter(params.iter().map(|p| p as &dyn ToSql)),
+                |row| decode(row.get(0)?, row.get(1)?, row.get(2)?),
+            )?;
             rows.collect()
         })
         .await
@@ -277,7 +306,11 @@ impl Backend for EmbeddedBackend {
         let (clause, params) = where_clause(conds, &[], None);
         let sql = format!("SELECT COUNT(*) FROM {}{clause}", table(collection));
         self.with_conn("counting documents", move |conn| {
-            let count: i64 = conn.query_row(&sql, params_from_iter(params.iter().map(|p| p as &dyn ToSql)), |row| row.get(0))?;
+            let count: i64 = conn.query_row(
+                &sql,
+                params_from_iter(params.iter().map(|p| p as &dyn ToSql)),
+                |row| row.get(0),
+            )?;
             Ok(u64::try_from(count).unwrap_or(0))
         })
         .await

@@ -197,24 +197,32 @@ impl std::fmt::Debug for Store {
 fn to_doc<T: Serialize>(record: &T) -> Result<Doc> {
     match serde_json::to_value(record) {
         Ok(Value::Object(doc)) => Ok(doc),
-        Ok(_) => Err(Error::store("encoding a record", "not a JSON object", false)),
+        Ok(_) => Err(Error::store(
+            "encoding a record",
+            "not a JSON object",
+            false,
+        )),
         Err(e) => Err(Error::store("encoding a record", e, false)),
     }
 }
 
 fn from_stored<T: Record>(stored: Stored) -> Result<(T, Version)> {
-    let record = serde_json::from_value(Value::Object(stored.doc)).map_err(|source| Error::Corrupt {
-        collection: T::COLLECTION.name(),
-        id: stored.id,
-        source,
-    })?;
+    let record =
+        serde_json::from_value(Value::Object(stored.doc)).map_err(|source| Error::Corrupt {
+            collection: T::COLLECTION.name(),
+            id: stored.id,
+            source,
+        })?;
     Ok((record, stored.version))
 }
 
 fn status_in(statuses: &[JobStatus]) -> Cond {
     Cond::In(
         "status",
-        statuses.iter().map(|s| Scalar::Str(s.as_str().into())).collect(),
+        statuses
+            .iter()
+            .map(|s| Scalar::Str(s.as_str().into()))
+            .collect(),
     )
 }
 
@@ -231,9 +239,18 @@ fn cursor_of(order: &[(&'static str, Dir)], doc: &Doc) -> Result<String> {
     serde_json::to_string(&values).map_err(|e| Error::store("encoding a page token", e, false))
 }
 
-fn parse_cursor(collection: Collection, order: &[(&'static str, Dir)], token: &str) -> Result<Vec<Scalar>> {
+fn parse_cursor(
+    collection: Collection,
+    order: &[(&'static str, Dir)],
+    token: &str,
+) -> Result<Vec<Scalar>> {
     use crate::domain::validate::ValidationError;
-    let bad = || Error::Invalid(ValidationError::new("after", "is not a page token from this listing"));
+    let bad = || {
+        Error::Invalid(ValidationError::new(
+            "after",
+            "is not a page token from this listing",
+        ))
+    };
     let values: Vec<Value> = serde_json::from_str(token).map_err(|_| bad())?;
     if values.len() != order.len() {
         return Err(bad());
@@ -253,7 +270,11 @@ fn parse_cursor(collection: Collection, order: &[(&'static str, Dir)], token: &s
 }
 
 const JOB_LIST_ORDER: &[(&str, Dir)] = &[("created_at", Dir::Desc), ("id", Dir::Desc)];
-const CLAIM_ORDER: &[(&str, Dir)] = &[("priority", Dir::Desc), ("created_at", Dir::Asc), ("id", Dir::Asc)];
+const CLAIM_ORDER: &[(&str, Dir)] = &[
+    ("priority", Dir::Desc),
+    ("created_at", Dir::Asc),
+    ("id", Dir::Asc),
+];
 
 impl Store {
     /// A store over `backend` with the default retention.
@@ -267,7 +288,9 @@ impl Store {
     /// Opens the store `config` names.
     pub async fn open(config: &StoreConfig) -> Result<Self> {
         let backend: Arc<dyn Backend> = match config {
-            StoreConfig::Embedded { state_dir } => Arc::new(embedded::EmbeddedBackend::open(state_dir)?),
+            StoreConfig::Embedded { state_dir } => {
+                Arc::new(embedded::EmbeddedBackend::open(state_dir)?)
+            }
             StoreConfig::Firestore(config) => {
                 Arc::new(firestore::FirestoreBackend::connect(config.clone()).await?)
             }
@@ -308,8 +331,15 @@ impl Store {
     async fn create<T: Record>(&self, record: T) -> Result<Created<T>> {
         let doc = to_doc(&record)?;
         for _ in 0..CAS_ROUNDS {
-            if self.backend.create(T::COLLECTION, record.id(), &doc).await? {
-                return Ok(Created { record, created: true });
+            if self
+                .backend
+                .create(T::COLLECTION, record.id(), &doc)
+                .await?
+            {
+                return Ok(Created {
+                    record,
+                    created: true,
+                });
             }
             // It exists: return what is stored. If it vanished in between
             // (retention), create again.
@@ -403,8 +433,9 @@ impl Store {
         })
     }
 
-    /// Claims the first record of `conds` in claim order, choosing among the
-    /// first few candidates at random so claimers spread out.
+    /// Claims the first record of `conds` in claim order: the highest
+    /// priority, and among the oldest few of that priority a random one, so
+    /// that concurrent claimers spread out instead of fighting over one.
     async fn claim_first<T: Record>(&self, conds: Vec<Cond>, lease: &Lease) -> Result<Option<T>> {
         let query = Query {
             conds,
@@ -414,9 +445,12 @@ impl Store {
         };
         for _ in 0..CAS_ROUNDS {
             let mut candidates = self.backend.query(T::COLLECTION, &query).await?;
-            if candidates.is_empty() {
+            let Some(top) = candidates.first().map(|c| c.doc.get("priority").cloned()) else {
                 return Ok(None);
-            }
+            };
+            // Priority is strict; age within a priority is approximate, which
+            // is what lets concurrent claimers spread out.
+            candidates.retain(|c| c.doc.get("priority").cloned() == top);
             candidates.shuffle(&mut rand::rng());
             for stored in candidates {
                 let (record, version) = from_stored::<T>(stored)?;
@@ -465,7 +499,12 @@ impl Store {
     }
 
     /// Every record matching `conds`, page by page, in `order`.
-    async fn sweep(&self, collection: Collection, conds: Vec<Cond>, order: &[(&'static str, Dir)]) -> Result<Vec<Stored>> {
+    async fn sweep(
+        &self,
+        collection: Collection,
+        conds: Vec<Cond>,
+        order: &[(&'static str, Dir)],
+    ) -> Result<Vec<Stored>> {
         let mut all = Vec::new();
         let mut query = Query {
             conds,
@@ -507,7 +546,12 @@ impl Store {
     }
 
     /// Jobs newest first, `limit` at a time; `after` is the previous page's `next`.
-    pub async fn list_jobs(&self, filter: &JobFilter, limit: u32, after: Option<&str>) -> Result<Page<Job>> {
+    pub async fn list_jobs(
+        &self,
+        filter: &JobFilter,
+        limit: u32,
+        after: Option<&str>,
+    ) -> Result<Page<Job>> {
         let mut conds = Vec::new();
         if let Some(status) = filter.status {
             conds.push(str_eq("status", status.as_str()));
@@ -535,53 +579,82 @@ impl Store {
 
     /// Pushes the holder's lease forward.
     pub async fn extend_job_lease(&self, id: &str, lease: &Lease) -> Result<Job> {
-        self.update(id, |job: &mut Job, now| job.extend_lease(lease, now)).await
+        self.update(id, |job: &mut Job, now| job.extend_lease(lease, now))
+            .await
     }
 
     /// Records a submitted long-running operation: processing → generating.
-    pub async fn start_generating(&self, id: &str, owner: &str, operation_name: &str) -> Result<Job> {
-        self.update(id, |job: &mut Job, now| job.start_generating(owner, operation_name, now))
-            .await
+    pub async fn start_generating(
+        &self,
+        id: &str,
+        owner: &str,
+        operation_name: &str,
+    ) -> Result<Job> {
+        self.update(id, |job: &mut Job, now| {
+            job.start_generating(owner, operation_name, now)
+        })
+        .await
     }
 
     /// processing | generating → completed with its outputs.
     pub async fn complete_job(&self, id: &str, owner: &str, outputs: Vec<String>) -> Result<Job> {
-        self.update(id, |job: &mut Job, now| job.complete(owner, outputs.clone(), now))
-            .await
+        self.update(id, |job: &mut Job, now| {
+            job.complete(owner, outputs.clone(), now)
+        })
+        .await
     }
 
     /// Records one delivered output; the job becomes delivered with the last one.
     pub async fn record_delivery(&self, id: &str, delivery: Delivery) -> Result<Job> {
-        self.update(id, |job: &mut Job, now| job.record_delivery(delivery.clone(), now))
-            .await
+        self.update(id, |job: &mut Job, now| {
+            job.record_delivery(delivery.clone(), now)
+        })
+        .await
     }
 
     /// Fails an unfinished job. With `owner`, only the lease holder may.
     pub async fn fail_job(&self, id: &str, owner: Option<&str>, error: JobError) -> Result<Job> {
         let retention = self.retention;
-        self.update(id, |job: &mut Job, now| job.fail(owner, error.clone(), now, &retention))
-            .await
+        self.update(id, |job: &mut Job, now| {
+            job.fail(owner, error.clone(), now, &retention)
+        })
+        .await
     }
 
     /// Cancels an unfinished job.
     pub async fn cancel_job(&self, id: &str) -> Result<Job> {
         let retention = self.retention;
-        self.update(id, |job: &mut Job, now| job.cancel(now, &retention)).await
+        self.update(id, |job: &mut Job, now| job.cancel(now, &retention))
+            .await
     }
 
     /// The holder gives a job back after transient trouble: processing → pending.
     pub async fn release_job(&self, id: &str, owner: &str, error: Option<JobError>) -> Result<Job> {
-        self.update(id, |job: &mut Job, now| job.release(owner, error.clone(), now))
-            .await
+        self.update(id, |job: &mut Job, now| {
+            job.release(owner, error.clone(), now)
+        })
+        .await
     }
 
     /// An operator's retry of a failed or cancelled job, with fresh attempts.
     pub async fn retry_job(&self, id: &str, include_filtered: bool) -> Result<Job> {
-        self.update(id, |job: &mut Job, now| job.retry(include_filtered, now)).await
+        self.update(id, |job: &mut Job, now| job.retry(include_filtered, now))
+            .await
     }
 
-    async fn reset_where(&self, conds: Vec<Cond>, force: bool) -> Result<ResetReport> {
-        let order = [("updated_at", Dir::Asc), ("id", Dir::Asc)];
+    /// Resets every leased job whose `field` is before `cutoff`.
+    async fn reset_before(
+        &self,
+        field: &'static str,
+        cutoff: Timestamp,
+        force: bool,
+    ) -> Result<ResetReport> {
+        let conds = vec![
+            status_in(&[JobStatus::Processing, JobStatus::Generating]),
+            Cond::Lt(field, Scalar::Time(cutoff)),
+        ];
+        // Firestore wants a range filter's field first in the order.
+        let order = [(field, Dir::Asc), ("id", Dir::Asc)];
         let mut report = ResetReport::default();
         for stored in self.sweep(Collection::Jobs, conds, &order).await? {
             let (mut job, version) = from_stored::<Job>(stored)?;
@@ -589,7 +662,11 @@ impl Store {
                 continue;
             }
             // A conflict means the job moved on its own: it was not stuck.
-            if self.backend.replace(Collection::Jobs, &job.id, &version, &to_doc(&job)?).await? {
+            if self
+                .backend
+                .replace(Collection::Jobs, &job.id, &version, &to_doc(&job)?)
+                .await?
+            {
                 match job.status {
                     JobStatus::Pending => report.requeued.push(job),
                     _ => report.failed.push(job),
@@ -604,20 +681,13 @@ impl Store {
     /// system's reset of stuck jobs). Jobs with no attempt left fail.
     pub async fn reset_stuck_jobs(&self, older_than: Duration) -> Result<ResetReport> {
         let cutoff = Timestamp::now().minus(older_than);
-        let conds = vec![
-            status_in(&[JobStatus::Processing, JobStatus::Generating]),
-            Cond::Lt("updated_at", Scalar::Time(cutoff)),
-        ];
-        self.reset_where(conds, true).await
+        self.reset_before("updated_at", cutoff, true).await
     }
 
     /// Puts back jobs whose lease ran out; jobs with no attempt left fail.
     pub async fn expire_job_leases(&self) -> Result<ResetReport> {
-        let conds = vec![
-            status_in(&[JobStatus::Processing, JobStatus::Generating]),
-            Cond::Lt("lease_expires_at", Scalar::Time(Timestamp::now())),
-        ];
-        self.reset_where(conds, false).await
+        self.reset_before("lease_expires_at", Timestamp::now(), false)
+            .await
     }
 
     /// Jobs per status and kind.
@@ -627,7 +697,10 @@ impl Store {
             .flat_map(|s| JobKind::ALL.iter().map(move |k| (*s, *k)))
             .collect();
         let counts = futures::future::try_join_all(cells.iter().map(|(status, kind)| {
-            let conds = [str_eq("status", status.as_str()), str_eq("kind", kind.as_str())];
+            let conds = [
+                str_eq("status", status.as_str()),
+                str_eq("kind", kind.as_str()),
+            ];
             async move { self.backend.count(Collection::Jobs, &conds).await }
         }))
         .await?;
@@ -676,23 +749,34 @@ impl Store {
     }
 
     /// Records copy progress and extends the lease.
-    pub async fn download_progress(&self, id: &str, lease: &Lease, bytes_copied: u64) -> Result<Download> {
-        self.update(id, |d: &mut Download, now| d.progress(lease, bytes_copied, now))
-            .await
+    pub async fn download_progress(
+        &self,
+        id: &str,
+        lease: &Lease,
+        bytes_copied: u64,
+    ) -> Result<Download> {
+        self.update(id, |d: &mut Download, now| {
+            d.progress(lease, bytes_copied, now)
+        })
+        .await
     }
 
     /// downloading → completed.
     pub async fn complete_download(&self, id: &str, owner: &str, bytes: u64) -> Result<Download> {
         let retention = self.retention;
-        self.update(id, |d: &mut Download, now| d.complete(owner, bytes, now, &retention))
-            .await
+        self.update(id, |d: &mut Download, now| {
+            d.complete(owner, bytes, now, &retention)
+        })
+        .await
     }
 
     /// A copy attempt failed: pending again while attempts remain and the
     /// error is retryable, else failed.
     pub async fn fail_download(&self, id: &str, owner: &str, error: JobError) -> Result<Download> {
-        self.update(id, |d: &mut Download, now| d.fail(owner, error.clone(), now))
-            .await
+        self.update(id, |d: &mut Download, now| {
+            d.fail(owner, error.clone(), now)
+        })
+        .await
     }
 
     /// An operator's retry of a failed download.
@@ -707,7 +791,9 @@ impl Store {
             async move { self.backend.count(Collection::Downloads, &conds).await }
         }))
         .await?;
-        Ok(DownloadCounts(DownloadStatus::ALL.into_iter().zip(counts).collect()))
+        Ok(DownloadCounts(
+            DownloadStatus::ALL.into_iter().zip(counts).collect(),
+        ))
     }
 
     // ---- retention ----
@@ -721,7 +807,11 @@ impl Store {
         for collection in Collection::ALL {
             let conds = vec![Cond::Lt("expire_at", Scalar::Time(now))];
             for stored in self.sweep(collection, conds, &order).await? {
-                if self.backend.delete(collection, &stored.id, &stored.version).await? {
+                if self
+                    .backend
+                    .delete(collection, &stored.id, &stored.version)
+                    .await?
+                {
                     match collection {
                         Collection::Jobs => deleted.jobs += 1,
                         Collection::Downloads => deleted.downloads += 1,

@@ -1,0 +1,68 @@
+//! Stores for tests: a fresh embedded store in a temporary directory, or a
+//! Firestore store on the emulator with collections no other test uses.
+
+use shared::domain::job::Retention;
+use shared::store::Store;
+use shared::store::backend::Backend;
+use shared::store::embedded::EmbeddedBackend;
+use shared::store::firestore::{FirestoreBackend, FirestoreConfig};
+use std::sync::Arc;
+
+/// A store and whatever must live as long as it.
+pub struct TestStore {
+    /// The store under test.
+    pub store: Store,
+    /// The backend under it, for tests of the port itself.
+    pub backend: Arc<dyn Backend>,
+    /// The state directory of an embedded store.
+    pub dir: Option<tempfile::TempDir>,
+}
+
+/// A unique, short prefix for collection names, topics and buckets.
+pub fn unique_prefix() -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("t{}_", &id[..12])
+}
+
+/// An empty embedded store in its own temporary directory.
+pub async fn embedded(retention: Retention) -> TestStore {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let backend: Arc<dyn Backend> =
+        Arc::new(EmbeddedBackend::open(dir.path()).expect("the embedded store opens"));
+    TestStore {
+        store: Store::new(backend.clone()).with_retention(retention),
+        backend,
+        dir: Some(dir),
+    }
+}
+
+/// The project the emulators serve.
+pub fn emulator_project() -> String {
+    std::env::var("GOOGLE_CLOUD_PROJECT").unwrap_or_else(|_| "asmr-test".into())
+}
+
+/// A Firestore backend on the emulator with fresh collections. Panics with
+/// what to do when the emulator is not configured: these tests never skip.
+pub async fn firestore_backend() -> FirestoreBackend {
+    assert!(
+        std::env::var("FIRESTORE_EMULATOR_HOST").is_ok(),
+        "FIRESTORE_EMULATOR_HOST is not set: run the tests with tests/run, which starts the emulator"
+    );
+    FirestoreBackend::connect(FirestoreConfig {
+        project: emulator_project(),
+        database: "(default)".into(),
+        prefix: unique_prefix(),
+    })
+    .await
+    .expect("the Firestore emulator answers")
+}
+
+/// An empty Firestore store on the emulator.
+pub async fn firestore(retention: Retention) -> TestStore {
+    let backend: Arc<dyn Backend> = Arc::new(firestore_backend().await);
+    TestStore {
+        store: Store::new(backend.clone()).with_retention(retention),
+        backend,
+        dir: None,
+    }
+}

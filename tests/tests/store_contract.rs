@@ -1,0 +1,881 @@
+//! The store contract: the same tests, unchanged, against every adapter.
+//! `embedded` always runs; `firestore` runs on the emulator with the
+//! `emulators` feature (tests/run turns it on).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use futures::future::join_all;
+use shared::Error;
+use shared::domain::download::{DownloadStatus, FileType, NewDownload};
+use shared::domain::job::{
+    Delivery, FILTERED, JobError, JobKind, JobParams, JobStatus, NewJob, Retention,
+};
+use shared::domain::{Lease, TransitionError};
+use shared::store::{Claim, JobFilter, Store};
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+use tests::harness::TestStore;
+
+const MINUTE: Duration = Duration::from_secs(60);
+const SHORT: Duration = Duration::from_millis(1);
+
+fn lease(owner: &str) -> Lease {
+    Lease::new(owner, MINUTE)
+}
+
+fn new_job(prompt: &str, kind: JobKind) -> NewJob {
+    NewJob::new(prompt, kind)
+}
+
+async fn add(store: &Store, prompt: impl Into<String>, kind: JobKind) -> String {
+    store
+        .create_job(NewJob::new(prompt, kind))
+        .await
+        .unwrap()
+        .record
+        .id
+}
+
+/// Lets a lease of [`SHORT`] run out.
+async fn let_leases_expire() {
+    tokio::time::sleep(Duration::from_millis(20)).await;
+}
+
+// ---- the tests, each a function of a fresh store ----
+
+async fn twenty_claimers_take_fifty_jobs_exactly_once(t: TestStore) {
+    let store = &t.store;
+    let ids: HashSet<String> =
+        join_all((0..50).map(|i| add(store, format!("rain {i}"), JobKind::Video)))
+            .await
+            .into_iter()
+            .collect();
+    assert_eq!(ids.len(), 50);
+    let started = Instant::now();
+    let claimers = (0..20).map(|c| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let owner = format!("claimer-{c}");
+            let mut mine = Vec::new();
+            while let Some(job) = store
+                .claim_next_job(JobKind::Video, &lease(&owner))
+                .await
+                .unwrap()
+            {
+                assert_eq!(job.lease_owner.as_deref(), Some(owner.as_str()));
+                mine.push(job.id);
+            }
+            (owner, mine)
+        })
+    });
+    let results: Vec<(String, Vec<String>)> = join_all(claimers)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    eprintln!("20 claimers took 50 jobs in {:?}", started.elapsed());
+
+    let mut claimed = BTreeMap::new();
+    for (owner, jobs) in &results {
+        for id in jobs {
+            assert!(
+                claimed.insert(id.clone(), owner.clone()).is_none(),
+                "{id} claimed twice"
+            );
+        }
+    }
+    assert_eq!(
+        claimed.keys().cloned().collect::<HashSet<_>>(),
+        ids,
+        "every job claimed"
+    );
+    for (id, owner) in &claimed {
+        let job = store.job(id).await.unwrap();
+        assert_eq!(
+            (job.status, job.attempts),
+            (JobStatus::Processing, 1),
+            "{id}"
+        );
+        assert_eq!(job.lease_owner.as_ref(), Some(owner));
+    }
+    assert_eq!(
+        store
+            .job_counts()
+            .await
+            .unwrap()
+            .status(JobStatus::Processing),
+        50
+    );
+}
+
+async fn the_same_request_id_yields_one_job(t: TestStore) {
+    let store = &t.store;
+    let mut request = new_job("waves", JobKind::Image);
+    request.request_id = Some("req-1".into());
+    let first = store.create_job(request.clone()).await.unwrap();
+    let second = store.create_job(request.clone()).await.unwrap();
+    assert!(first.created);
+    assert!(!second.created);
+    assert_eq!(first.record.id, second.record.id);
+    assert_eq!(second.record.prompt, "waves");
+
+    request.request_id = Some("req-concurrent".into());
+    let results = join_all((0..10).map(|_| store.create_job(request.clone()))).await;
+    let results: Vec<_> = results.into_iter().map(Result::unwrap).collect();
+    assert_eq!(
+        results.iter().filter(|r| r.created).count(),
+        1,
+        "exactly one create wins"
+    );
+    let ids: HashSet<_> = results.iter().map(|r| r.record.id.clone()).collect();
+    assert_eq!(ids.len(), 1);
+    assert_eq!(store.job_counts().await.unwrap().total(), 2);
+}
+
+async fn an_expired_lease_is_claimable_again_with_attempts_counted(t: TestStore) {
+    let store = &t.store;
+    let id = add(store, "crackling fire", JobKind::Image).await;
+    let Claim::Claimed(job) = store
+        .claim_job(&id, &Lease::new("w1", SHORT))
+        .await
+        .unwrap()
+    else {
+        panic!("the first claim succeeds");
+    };
+    assert_eq!(job.attempts, 1);
+
+    // While the lease is live nobody else gets it.
+    let id2 = add(store, "whispers", JobKind::Image).await;
+    store.claim_job(&id2, &lease("w1")).await.unwrap();
+    match store.claim_job(&id2, &lease("w2")).await.unwrap() {
+        Claim::Refused(job, _) => assert_eq!(job.lease_owner.as_deref(), Some("w1")),
+        other => panic!("a live lease must refuse, got {other:?}"),
+    }
+
+    let_leases_expire().await;
+    let Claim::Claimed(job) = store.claim_job(&id, &lease("w2")).await.unwrap() else {
+        panic!("an expired lease is claimable");
+    };
+    assert_eq!((job.attempts, job.lease_owner.as_deref()), (2, Some("w2")));
+
+    // The old holder can no longer complete it.
+    let err = store.complete_job(&id, "w1", vec![]).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Transition {
+                source: TransitionError::NotLeaseOwner { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    // The janitor's path: expired leases go back to pending and are claimable by claim-next.
+    store
+        .extend_job_lease(&id, &Lease::new("w2", SHORT))
+        .await
+        .unwrap();
+    let_leases_expire().await;
+    let report = store.expire_job_leases().await.unwrap();
+    assert_eq!(
+        report
+            .requeued
+            .iter()
+            .map(|j| j.id.as_str())
+            .collect::<Vec<_>>(),
+        vec![id.as_str()]
+    );
+    assert!(report.failed.is_empty());
+    let job = store
+        .claim_next_job(JobKind::Image, &lease("w3"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((job.id.as_str(), job.attempts), (id.as_str(), 3));
+}
+
+async fn attempts_past_max_fail_the_job_instead_of_requeueing_it(t: TestStore) {
+    let store = &t.store;
+    let mut request = new_job("tapping", JobKind::Video);
+    request.max_attempts = 2;
+    let id = store.create_job(request).await.unwrap().record.id;
+    for n in 1..=2 {
+        let Claim::Claimed(job) = store.claim_job(&id, &Lease::new("w", SHORT)).await.unwrap()
+        else {
+            panic!("claim {n}");
+        };
+        assert_eq!(job.attempts, n);
+        let_leases_expire().await;
+        let report = store.expire_job_leases().await.unwrap();
+        if n == 1 {
+            assert_eq!(report.requeued.len(), 1);
+        } else {
+            assert_eq!(report.failed.len(), 1, "the second expiry fails the job");
+        }
+    }
+    let job = store.job(&id).await.unwrap();
+    assert_eq!(job.status, JobStatus::Failed);
+    assert_eq!(job.error.as_ref().unwrap().code, "attempts_exhausted");
+    assert!(job.expire_at.is_some());
+
+    // A pending job that somehow has no attempt left fails on claim instead of running.
+    let mut request = new_job("brushing", JobKind::Video);
+    request.max_attempts = 1;
+    let id = store.create_job(request).await.unwrap().record.id;
+    store.claim_job(&id, &lease("w")).await.unwrap();
+    store
+        .release_job(&id, "w", Some(JobError::new("rate_limited", "429", true)))
+        .await
+        .unwrap();
+    match store.claim_job(&id, &lease("w")).await.unwrap() {
+        Claim::Exhausted(job) => {
+            assert_eq!(job.status, JobStatus::Failed);
+            assert!(job.error.unwrap().message.contains("rate_limited: 429"));
+        }
+        other => panic!("expected exhausted, got {other:?}"),
+    }
+    assert_eq!(store.job(&id).await.unwrap().status, JobStatus::Failed);
+    assert!(
+        store
+            .claim_next_job(JobKind::Video, &lease("w"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn counts_are_exact_after_a_mixed_workload(t: TestStore) {
+    let store = &t.store;
+    let images = join_all((0..6).map(|i| add(store, format!("img {i}"), JobKind::Image))).await;
+    let videos = join_all((0..5).map(|i| add(store, format!("vid {i}"), JobKind::Video))).await;
+    let owner = "w";
+    // images: 0 completed, 1 delivered, 2 failed, 3 cancelled, 4 processing, 5 pending
+    for id in &images[..5] {
+        assert!(matches!(
+            store.claim_job(id, &lease(owner)).await.unwrap(),
+            Claim::Claimed(_)
+        ));
+    }
+    store
+        .complete_job(&images[0], owner, vec!["gs://o/images/a/0.png".into()])
+        .await
+        .unwrap();
+    store
+        .complete_job(&images[1], owner, vec!["gs://o/images/b/0.png".into()])
+        .await
+        .unwrap();
+    let delivered = store
+        .record_delivery(
+            &images[1],
+            Delivery {
+                source: "gs://o/images/b/0.png".into(),
+                destination: "/d/b".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(delivered.status, JobStatus::Delivered);
+    store
+        .fail_job(
+            &images[2],
+            Some(owner),
+            JobError::new(FILTERED, "blocked", false),
+        )
+        .await
+        .unwrap();
+    store.cancel_job(&images[3]).await.unwrap();
+    // videos: 0 generating, 1 completed, 2 cancelled (while pending), 3..4 pending
+    for id in &videos[..2] {
+        store.claim_job(id, &lease(owner)).await.unwrap();
+        store
+            .start_generating(id, owner, "projects/p/operations/o")
+            .await
+            .unwrap();
+    }
+    store.complete_job(&videos[1], owner, vec![]).await.unwrap();
+    store.cancel_job(&videos[2]).await.unwrap();
+
+    let counts = store.job_counts().await.unwrap();
+    let expected = [
+        (JobStatus::Pending, JobKind::Image, 1),
+        (JobStatus::Processing, JobKind::Image, 1),
+        (JobStatus::Completed, JobKind::Image, 1),
+        (JobStatus::Delivered, JobKind::Image, 1),
+        (JobStatus::Failed, JobKind::Image, 1),
+        (JobStatus::Cancelled, JobKind::Image, 1),
+        (JobStatus::Pending, JobKind::Video, 2),
+        (JobStatus::Generating, JobKind::Video, 1),
+        (JobStatus::Completed, JobKind::Video, 1),
+        (JobStatus::Cancelled, JobKind::Video, 1),
+    ];
+    for status in JobStatus::ALL {
+        for kind in JobKind::ALL {
+            let want = expected
+                .iter()
+                .find(|(s, k, _)| *s == status && *k == kind)
+                .map_or(0, |e| e.2);
+            assert_eq!(counts.get(status, kind), want, "{status} {kind}");
+        }
+    }
+    assert_eq!(counts.total(), 11);
+
+    // Downloads too: 2 pending, 1 downloading, 1 completed, 1 failed.
+    let ids = join_all(
+        (0..5)
+            .map(|i| store.create_download(download(&images[0], &format!("images/x/{i}.png"), 0))),
+    )
+    .await
+    .into_iter()
+    .map(|c| c.unwrap().record.id)
+    .collect::<Vec<_>>();
+    for id in &ids[..3] {
+        store.claim_download(id, &lease(owner)).await.unwrap();
+    }
+    store.complete_download(&ids[1], owner, 10).await.unwrap();
+    store
+        .fail_download(&ids[2], owner, JobError::new("not_found", "gone", false))
+        .await
+        .unwrap();
+    let counts = store.download_counts().await.unwrap();
+    let got: Vec<u64> = DownloadStatus::ALL
+        .iter()
+        .map(|s| counts.status(*s))
+        .collect();
+    assert_eq!(got, vec![2, 1, 1, 1]);
+    assert_eq!(counts.total(), 5);
+}
+
+async fn claim_next_takes_higher_priority_first_and_only_its_kind(t: TestStore) {
+    let store = &t.store;
+    add(store, "low", JobKind::Image).await;
+    let mut high = new_job("high", JobKind::Image);
+    high.priority = 5;
+    let high = store.create_job(high).await.unwrap().record.id;
+    add(store, "a video", JobKind::Video).await;
+
+    let first = store
+        .claim_next_job(JobKind::Image, &lease("w"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.id, high);
+    let second = store
+        .claim_next_job(JobKind::Image, &lease("w"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.prompt, "low");
+    assert!(
+        store
+            .claim_next_job(JobKind::Image, &lease("w"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        store
+            .claim_next_job(JobKind::Video, &lease("w"))
+            .await
+            .unwrap()
+            .unwrap()
+            .prompt,
+        "a video"
+    );
+}
+
+async fn listing_pages_through_everything_newest_first(t: TestStore) {
+    let store = &t.store;
+    let mut created = Vec::new();
+    for i in 0..7 {
+        created.push(
+            add(
+                store,
+                format!("p{i}"),
+                if i % 2 == 0 {
+                    JobKind::Image
+                } else {
+                    JobKind::Video
+                },
+            )
+            .await,
+        );
+    }
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list_jobs(&JobFilter::default(), 3, after.as_deref())
+            .await
+            .unwrap();
+        assert!(page.items.len() <= 3);
+        seen.extend(page.items.into_iter().map(|j| j.id));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    created.reverse();
+    assert_eq!(seen, created, "newest first, each once");
+
+    let videos = store
+        .list_jobs(
+            &JobFilter {
+                kind: Some(JobKind::Video),
+                status: None,
+            },
+            50,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(videos.items.len(), 3);
+    assert!(videos.next.is_none());
+    store.cancel_job(&created[0]).await.unwrap();
+    let cancelled = store
+        .list_jobs(
+            &JobFilter {
+                status: Some(JobStatus::Cancelled),
+                kind: Some(JobKind::Image),
+            },
+            50,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        cancelled.items.iter().map(|j| &j.id).collect::<Vec<_>>(),
+        vec![&created[0]]
+    );
+
+    let err = store
+        .list_jobs(&JobFilter::default(), 3, Some("not a token"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Invalid(_)), "{err}");
+}
+
+async fn a_job_document_round_trips_every_field(t: TestStore) {
+    let store = &t.store;
+    let mut params = JobParams::default();
+    for (k, v) in [
+        ("aspect_ratio", "9:16"),
+        ("duration_seconds", "6"),
+        ("sample_count", "2"),
+        ("negative_prompt", "no music"),
+        ("seed", "4294967295"),
+        ("generate_audio", "true"),
+        ("resolution", "1080p"),
+        ("model", "veo-3.1-fast-generate-001"),
+    ] {
+        params.set(k, v).unwrap();
+    }
+    let mut request = new_job("héllo \"quoted\"\n\tsecond line 🌧", JobKind::Video);
+    request.params = params;
+    request.priority = -3;
+    request.request_id = Some("round/trip?id".into());
+    request.dry_run = false;
+    let created = store.create_job(request).await.unwrap().record;
+    assert_eq!(store.job(&created.id).await.unwrap(), created);
+
+    store.claim_job(&created.id, &lease("w")).await.unwrap();
+    store
+        .start_generating(&created.id, "w", "projects/p/locations/l/operations/1")
+        .await
+        .unwrap();
+    store
+        .record_delivery(
+            &created.id,
+            Delivery {
+                source: "gs://o/videos/x/t/sample_0.mp4".into(),
+                destination: "/v/0.mp4".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let completed = store
+        .complete_job(
+            &created.id,
+            "w",
+            vec![
+                "gs://o/videos/x/t/sample_0.mp4".into(),
+                "gs://o/videos/x/t/sample_1.mp4".into(),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(completed.status, JobStatus::Completed);
+    assert_eq!(store.job(&created.id).await.unwrap(), completed);
+
+    let mut failed = new_job("x", JobKind::Image);
+    failed.request_id = Some("f".into());
+    let failed = store.create_job(failed).await.unwrap().record;
+    let failed = store
+        .fail_job(
+            &failed.id,
+            None,
+            JobError::new("invalid_argument", "Support codes: 61493863", false),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.job(&failed.id).await.unwrap(), failed);
+}
+
+async fn refused_and_missing_operations_say_why(t: TestStore) {
+    let store = &t.store;
+    let missing = store.cancel_job("nope").await.unwrap_err();
+    assert_eq!(missing.to_string(), "job nope not found");
+    assert!(store.get_job("nope").await.unwrap().is_none());
+    assert_eq!(
+        store.claim_job("nope", &lease("w")).await.unwrap(),
+        Claim::NotFound
+    );
+
+    let id = add(store, "paper", JobKind::Image).await;
+    store.cancel_job(&id).await.unwrap();
+    let err = store.cancel_job(&id).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("job {id}: cannot cancel a cancelled record")
+    );
+    assert!(!err.is_retryable());
+    match store.claim_job(&id, &lease("w")).await.unwrap() {
+        Claim::Refused(job, _) => assert_eq!(job.status, JobStatus::Cancelled),
+        other => panic!("a cancelled job must not be claimed: {other:?}"),
+    }
+
+    let blank = store
+        .create_job(new_job("  ", JobKind::Image))
+        .await
+        .unwrap_err();
+    assert_eq!(blank.to_string(), "invalid input: prompt: is empty");
+    assert_eq!(
+        store.job_counts().await.unwrap().total(),
+        1,
+        "nothing stored for invalid input"
+    );
+}
+
+async fn stuck_jobs_are_reset_and_filtered_jobs_are_not_retried(t: TestStore) {
+    let store = &t.store;
+    let a = add(store, "a", JobKind::Video).await;
+    let b = add(store, "b", JobKind::Video).await;
+    store.claim_job(&a, &lease("w")).await.unwrap();
+    store.claim_job(&b, &lease("w")).await.unwrap();
+    store.start_generating(&b, "w", "ops/b").await.unwrap();
+
+    let none = store
+        .reset_stuck_jobs(Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert!(
+        none.requeued.is_empty() && none.failed.is_empty(),
+        "nothing is an hour old"
+    );
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let report = store
+        .reset_stuck_jobs(Duration::from_millis(5))
+        .await
+        .unwrap();
+    let mut requeued: Vec<_> = report.requeued.iter().map(|j| j.id.clone()).collect();
+    requeued.sort();
+    let mut want = vec![a.clone(), b.clone()];
+    want.sort();
+    assert_eq!(requeued, want, "live leases do not protect stuck jobs");
+    let b_job = store.job(&b).await.unwrap();
+    assert_eq!(b_job.status, JobStatus::Pending);
+    assert_eq!(
+        b_job.operation_name.as_deref(),
+        Some("ops/b"),
+        "the operation is kept so it is not paid twice"
+    );
+
+    store.claim_job(&a, &lease("w")).await.unwrap();
+    store
+        .fail_job(
+            &a,
+            Some("w"),
+            JobError::new(FILTERED, "raiMediaFilteredReasons: child", false),
+        )
+        .await
+        .unwrap();
+    let err = store.retry_job(&a, false).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Transition {
+                source: TransitionError::Filtered,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let retried = store.retry_job(&a, true).await.unwrap();
+    assert_eq!(
+        (retried.status, retried.attempts, retried.error),
+        (JobStatus::Pending, 0, None)
+    );
+}
+
+async fn a_write_on_a_stale_version_is_refused(t: TestStore) {
+    use shared::store::backend::Collection::Jobs;
+    let backend = &t.backend;
+    let doc = |n: i64| {
+        let mut doc = serde_json::Map::new();
+        doc.insert("id".into(), "cas".into());
+        doc.insert("n".into(), n.into());
+        doc
+    };
+    assert!(backend.create(Jobs, "cas", &doc(1)).await.unwrap());
+    assert!(
+        !backend.create(Jobs, "cas", &doc(2)).await.unwrap(),
+        "create never overwrites"
+    );
+    let read = backend.get(Jobs, "cas").await.unwrap().unwrap();
+    assert_eq!(read.doc, doc(1));
+    assert!(
+        backend
+            .replace(Jobs, "cas", &read.version, &doc(3))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !backend
+            .replace(Jobs, "cas", &read.version, &doc(4))
+            .await
+            .unwrap(),
+        "the second writer of the same version loses"
+    );
+    assert!(
+        !backend.delete(Jobs, "cas", &read.version).await.unwrap(),
+        "a stale delete is refused"
+    );
+    let now = backend.get(Jobs, "cas").await.unwrap().unwrap();
+    assert_eq!(now.doc, doc(3));
+    assert_ne!(now.version, read.version);
+    assert!(backend.delete(Jobs, "cas", &now.version).await.unwrap());
+    assert!(backend.get(Jobs, "cas").await.unwrap().is_none());
+    assert!(
+        !backend
+            .replace(Jobs, "cas", &now.version, &doc(5))
+            .await
+            .unwrap(),
+        "no resurrection"
+    );
+    assert!(backend.get(Jobs, "cas").await.unwrap().is_none());
+}
+
+fn download(job_id: &str, object: &str, priority: i64) -> NewDownload {
+    NewDownload {
+        job_id: job_id.into(),
+        bucket: "out".into(),
+        object: object.into(),
+        generation: Some(1),
+        destination: format!("/archive/{object}"),
+        file_type: if object.starts_with("videos/") {
+            FileType::Video
+        } else {
+            FileType::Image
+        },
+        priority,
+        size: Some(1024),
+        crc32c: Some("AAAAAA==".into()),
+    }
+}
+
+async fn downloads_are_created_once_claimed_in_order_and_retried(t: TestStore) {
+    let store = &t.store;
+    let first = store
+        .create_download(download("j", "videos/j/t/sample_0.mp4", 1))
+        .await
+        .unwrap();
+    let again = store
+        .create_download(download("j", "videos/j/t/sample_0.mp4", 1))
+        .await
+        .unwrap();
+    assert!(first.created && !again.created);
+    assert_eq!(first.record.id, again.record.id);
+    let image = store
+        .create_download(download("j", "images/j/0.png", 10))
+        .await
+        .unwrap()
+        .record;
+
+    let next = store
+        .claim_next_download(&lease("c"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.id, image.id, "images (higher priority) first");
+    let progressed = store
+        .download_progress(&next.id, &lease("c"), 512)
+        .await
+        .unwrap();
+    assert_eq!(progressed.bytes_copied, 512);
+    let done = store.complete_download(&next.id, "c", 1024).await.unwrap();
+    assert_eq!(
+        (done.status, done.bytes_copied),
+        (DownloadStatus::Completed, 1024)
+    );
+    assert!(done.expire_at.is_some());
+
+    let video = first.record.id;
+    for attempt in 1..=3 {
+        let claimed = store
+            .claim_next_download(&lease("c"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (claimed.id.as_str(), claimed.attempts),
+            (video.as_str(), attempt)
+        );
+        store
+            .fail_download(
+                &video,
+                "c",
+                JobError::new("crc_mismatch", "crc32c differs", true),
+            )
+            .await
+            .unwrap();
+    }
+    let failed = store.download(&video).await.unwrap();
+    assert_eq!(failed.status, DownloadStatus::Failed);
+    assert!(
+        store
+            .claim_next_download(&lease("c"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let retried = store.retry_download(&video).await.unwrap();
+    assert_eq!(
+        (retried.status, retried.attempts),
+        (DownloadStatus::Pending, 0)
+    );
+
+    let listed = store
+        .list_downloads(Some(DownloadStatus::Pending), 10, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.items.iter().map(|d| &d.id).collect::<Vec<_>>(),
+        vec![&video]
+    );
+}
+
+async fn expired_records_are_deleted_and_nothing_else(t: TestStore) {
+    let store = &t.store;
+    let keep = add(store, "keep", JobKind::Image).await;
+    let gone = add(store, "gone", JobKind::Image).await;
+    store.cancel_job(&gone).await.unwrap();
+    let d = store
+        .create_download(download(&keep, "images/k/0.png", 0))
+        .await
+        .unwrap()
+        .record
+        .id;
+    store.claim_download(&d, &lease("c")).await.unwrap();
+    store.complete_download(&d, "c", 1).await.unwrap();
+    let pending_download = store
+        .create_download(download(&keep, "images/k/1.png", 0))
+        .await
+        .unwrap()
+        .record
+        .id;
+
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let deleted = store.delete_expired().await.unwrap();
+    assert_eq!((deleted.jobs, deleted.downloads), (1, 1));
+    assert!(store.get_job(&gone).await.unwrap().is_none());
+    assert!(store.get_download(&d).await.unwrap().is_none());
+    assert!(store.get_job(&keep).await.unwrap().is_some());
+    assert!(
+        store
+            .get_download(&pending_download)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(store.delete_expired().await.unwrap().jobs, 0);
+}
+
+macro_rules! contract {
+    ($adapter:ident, $make:path) => {
+        mod $adapter {
+            use super::*;
+
+            async fn store() -> TestStore {
+                $make(Retention::default()).await
+            }
+
+            /// Retention of zero: finished records expire at once.
+            async fn store_without_retention() -> TestStore {
+                $make(Retention {
+                    failed_jobs: Duration::ZERO,
+                    completed_downloads: Duration::ZERO,
+                })
+                .await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn twenty_claimers_take_fifty_jobs_exactly_once() {
+                super::twenty_claimers_take_fifty_jobs_exactly_once(store().await).await
+            }
+            #[tokio::test]
+            async fn a_write_on_a_stale_version_is_refused() {
+                super::a_write_on_a_stale_version_is_refused(store().await).await
+            }
+            #[tokio::test]
+            async fn the_same_request_id_yields_one_job() {
+                super::the_same_request_id_yields_one_job(store().await).await
+            }
+            #[tokio::test]
+            async fn an_expired_lease_is_claimable_again_with_attempts_counted() {
+                super::an_expired_lease_is_claimable_again_with_attempts_counted(store().await)
+                    .await
+            }
+            #[tokio::test]
+            async fn attempts_past_max_fail_the_job_instead_of_requeueing_it() {
+                super::attempts_past_max_fail_the_job_instead_of_requeueing_it(store().await).await
+            }
+            #[tokio::test]
+            async fn counts_are_exact_after_a_mixed_workload() {
+                super::counts_are_exact_after_a_mixed_workload(store().await).await
+            }
+            #[tokio::test]
+            async fn claim_next_takes_higher_priority_first_and_only_its_kind() {
+                super::claim_next_takes_higher_priority_first_and_only_its_kind(store().await).await
+            }
+            #[tokio::test]
+            async fn listing_pages_through_everything_newest_first() {
+                super::listing_pages_through_everything_newest_first(store().await).await
+            }
+            #[tokio::test]
+            async fn a_job_document_round_trips_every_field() {
+                super::a_job_document_round_trips_every_field(store().await).await
+            }
+            #[tokio::test]
+            async fn refused_and_missing_operations_say_why() {
+                super::refused_and_missing_operations_say_why(store().await).await
+            }
+            #[tokio::test]
+            async fn stuck_jobs_are_reset_and_filtered_jobs_are_not_retried() {
+                super::stuck_jobs_are_reset_and_filtered_jobs_are_not_retried(store().await).await
+            }
+            #[tokio::test]
+            async fn downloads_are_created_once_claimed_in_order_and_retried() {
+                super::downloads_are_created_once_claimed_in_order_and_retried(store().await).await
+            }
+            #[tokio::test]
+            async fn expired_records_are_deleted_and_nothing_else() {
+                super::expired_records_are_deleted_and_nothing_else(store_without_retention().await)
+                    .await
+            }
+        }
+    };
+}
+
+contract!(embedded, tests::harness::embedded);
+#[cfg(feature = "emulators")]
+contract!(firestore, tests::harness::firestore);
