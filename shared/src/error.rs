@@ -9,7 +9,7 @@ use crate::domain::validate::ValidationError;
 pub enum Error {
     /// Input that can never be accepted (bad prompt, bad parameter).
     #[error("invalid input: {0}")]
-    Invalid(#[from] ValidationError),
+    Invalid(ValidationError),
     /// No record with that id.
     #[error("{kind} {id} not found")]
     NotFound {
@@ -19,14 +19,14 @@ pub enum Error {
         id: String,
     },
     /// The state machine refused the change.
-    #[error("{kind} {id}: {source}")]
+    #[error("{kind} {id}: {reason}")]
     Transition {
         /// `job` or `download`.
         kind: &'static str,
         /// The record.
         id: String,
         /// What the state machine said.
-        source: TransitionError,
+        reason: TransitionError,
     },
     /// Other writers kept changing the record; give up for now and retry later.
     #[error("{kind} {id} kept changing under us; try again")]
@@ -37,14 +37,14 @@ pub enum Error {
         id: String,
     },
     /// A stored document could not be read back.
-    #[error("stored {collection} document {id} is unreadable: {source}")]
+    #[error("stored {collection} document {id} is unreadable: {cause}")]
     Corrupt {
         /// Collection name.
         collection: &'static str,
         /// Document id.
         id: String,
         /// The decoding error.
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
     /// The store itself failed (network, database file, emulator down...).
     #[error("{context}: {message}")]
@@ -56,6 +56,14 @@ pub enum Error {
         /// Whether the store marked it as transient.
         retryable: bool,
     },
+}
+
+// Every message above already says what its cause said, so no variant
+// reports a `source()`: a `{:#}` chain would print each cause twice.
+impl From<ValidationError> for Error {
+    fn from(e: ValidationError) -> Self {
+        Error::Invalid(e)
+    }
 }
 
 impl Error {

@@ -164,7 +164,7 @@ async fn an_expired_lease_is_claimable_again_with_attempts_counted(t: TestStore)
         matches!(
             err,
             Error::Transition {
-                source: TransitionError::NotLeaseOwner { .. },
+                reason: TransitionError::NotLeaseOwner { .. },
                 ..
             }
         ),
@@ -536,7 +536,7 @@ async fn refused_and_missing_operations_say_why(t: TestStore) {
     let err = store.cancel_job(&id).await.unwrap_err();
     assert_eq!(
         err.to_string(),
-        format!("job {id}: cannot cancel a cancelled record")
+        format!("job {id}: cannot cancel a cancelled job")
     );
     assert!(!err.is_retryable());
     match store.claim_job(&id, &lease("w")).await.unwrap() {
@@ -604,7 +604,7 @@ async fn stuck_jobs_are_reset_and_filtered_jobs_are_not_retried(t: TestStore) {
         matches!(
             err,
             Error::Transition {
-                source: TransitionError::Filtered,
+                reason: TransitionError::Filtered,
                 ..
             }
         ),

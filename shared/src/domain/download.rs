@@ -209,6 +209,7 @@ impl Download {
         TransitionError::NotAllowed {
             action,
             status: self.status.as_str(),
+            kind: "download",
         }
     }
 

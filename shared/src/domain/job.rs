@@ -486,6 +486,7 @@ impl Job {
         TransitionError::NotAllowed {
             action,
             status: self.status.as_str(),
+            kind: "job",
         }
     }
 

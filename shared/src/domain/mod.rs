@@ -33,12 +33,14 @@ impl Lease {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TransitionError {
     /// The current status does not allow the action.
-    #[error("cannot {action} a {status} record")]
+    #[error("cannot {action} a {status} {kind}")]
     NotAllowed {
         /// What was attempted ("cancel", "complete"...).
         action: &'static str,
         /// The status it is in.
         status: &'static str,
+        /// `job` or `download`.
+        kind: &'static str,
     },
     /// Someone else holds the lease (or none does).
     #[error("the lease is held by {}, not {owner}", holder.as_deref().unwrap_or("nobody"))]

@@ -44,6 +44,7 @@ CREATE INDEX IF NOT EXISTS downloads_expire ON downloads (json_extract(doc, '$.e
 #[derive(Clone)]
 pub struct EmbeddedBackend {
     conn: Arc<Mutex<Connection>>,
+    /// What [`Backend::describe`] says.
     location: String,
 }
 
@@ -68,13 +69,14 @@ impl EmbeddedBackend {
         let path: PathBuf = state_dir.join(DATABASE_FILE);
         let conn = Connection::open(&path)
             .map_err(|e| sql_error(&format!("opening {}", path.display()), e))?;
-        Self::init(conn, path.display().to_string())
+        Self::init(conn, describe(state_dir))
     }
 
     /// A store that lives only as long as the process (unit tests).
     pub fn in_memory() -> Result<Self> {
-        let conn = Connection::open_in_memory().map_err(|e| sql_error("opening memory", e))?;
-        Self::init(conn, ":memory:".into())
+        let conn =
+            Connection::open_in_memory().map_err(|e| sql_error("opening an in-memory store", e))?;
+        Self::init(conn, "embedded (in memory)".into())
     }
 
     fn init(conn: Connection, location: String) -> Result<Self> {
@@ -87,7 +89,7 @@ impl EmbeddedBackend {
             conn.pragma_update(None, "synchronous", "FULL")?;
             conn.execute_batch(SCHEMA)
         };
-        setup(&conn).map_err(|e| sql_error(&format!("preparing {location}"), e))?;
+        setup(&conn).map_err(|e| sql_error(&format!("preparing the store: {location}"), e))?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             location,
@@ -110,6 +112,14 @@ impl EmbeddedBackend {
         .await
         .map_err(|e| Error::store(context, e, false))?
     }
+}
+
+/// How the store in `state_dir` describes itself.
+pub fn describe(state_dir: &Path) -> String {
+    format!(
+        "embedded (state in {})",
+        state_dir.join(DATABASE_FILE).display()
+    )
 }
 
 fn table(collection: Collection) -> &'static str {
@@ -206,7 +216,7 @@ fn parse_version(version: &Version) -> i64 {
 #[async_trait]
 impl Backend for EmbeddedBackend {
     fn describe(&self) -> String {
-        format!("embedded (state in {})", self.location)
+        self.location.clone()
     }
 
     async fn get(&self, collection: Collection, id: &str) -> Result<Option<Stored>> {

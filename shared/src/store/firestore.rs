@@ -36,6 +36,21 @@ pub struct FirestoreConfig {
     pub prefix: String,
 }
 
+impl FirestoreConfig {
+    /// One line naming the project, database and prefix.
+    pub fn describe(&self) -> String {
+        let prefix = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!(", collections prefixed {:?}", self.prefix)
+        };
+        format!(
+            "firestore (project {}, database {}{prefix})",
+            self.project, self.database
+        )
+    }
+}
+
 /// Jobs and downloads in Firestore.
 pub struct FirestoreBackend {
     db: FirestoreDb,
@@ -76,13 +91,37 @@ impl FirestoreBackend {
     }
 }
 
+/// One readable sentence from a client error. The crate's own text of a
+/// transport failure is a `Debug` dump of nested errors; the operator needs
+/// the innermost message ("Connection refused").
 fn fs_error(context: &str, e: FirestoreError) -> Error {
-    let retryable = match &e {
-        FirestoreError::DatabaseError(e) => e.retry_possible,
-        FirestoreError::NetworkError(_) => true,
-        _ => false,
+    let innermost = |dump: &str| {
+        dump.rsplit_once("message: \"")
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map(|(message, _)| message.to_string())
     };
-    Error::store(context, e, retryable)
+    let (message, retryable) = match &e {
+        FirestoreError::DatabaseError(e) => (
+            format!("{}: {}", e.public.code, e.details),
+            e.retry_possible,
+        ),
+        FirestoreError::SystemError(s) => (
+            match innermost(&s.public.code) {
+                Some(cause) => format!("cannot reach Firestore ({cause})"),
+                None => s.message.clone(),
+            },
+            true,
+        ),
+        FirestoreError::NetworkError(n) => (
+            match innermost(&n.public.code) {
+                Some(cause) => format!("cannot reach Firestore ({cause})"),
+                None => n.message.clone(),
+            },
+            true,
+        ),
+        other => (other.to_string(), false),
+    };
+    Error::store(context, message.replace('\n', " "), retryable)
 }
 
 /// Whether a conditional write lost: the document changed, vanished or exists.
@@ -243,15 +282,7 @@ fn filter(conds: &[Cond]) -> Option<FirestoreQueryFilter> {
 #[async_trait]
 impl Backend for FirestoreBackend {
     fn describe(&self) -> String {
-        let prefix = if self.config.prefix.is_empty() {
-            String::new()
-        } else {
-            format!(", collections prefixed {:?}", self.config.prefix)
-        };
-        format!(
-            "firestore (project {}, database {}{prefix})",
-            self.config.project, self.config.database
-        )
+        self.config.describe()
     }
 
     async fn get(&self, collection: Collection, id: &str) -> Result<Option<Stored>> {

@@ -34,6 +34,8 @@ const CLAIM_CANDIDATES: u32 = 16;
 const CAS_ROUNDS: usize = 50;
 /// Page size of sweeps (resets, retention).
 const SWEEP_PAGE: u32 = 200;
+/// The largest page a listing returns.
+pub const MAX_PAGE: u32 = 1000;
 
 /// A record kept in the store.
 trait Record: Serialize + DeserializeOwned + Send + Sync {
@@ -124,6 +126,10 @@ impl JobCounts {
     pub fn status(&self, status: JobStatus) -> u64 {
         JobKind::ALL.iter().map(|k| self.get(status, *k)).sum()
     }
+    /// Jobs of `kind`, every status.
+    pub fn kind(&self, kind: JobKind) -> u64 {
+        JobStatus::ALL.iter().map(|s| self.get(*s, kind)).sum()
+    }
     /// Jobs in `status` of `kind`.
     pub fn get(&self, status: JobStatus, kind: JobKind) -> u64 {
         self.0.get(&(status, kind)).copied().unwrap_or(0)
@@ -179,6 +185,17 @@ pub enum StoreConfig {
     Firestore(firestore::FirestoreConfig),
 }
 
+impl StoreConfig {
+    /// One line naming the adapter and where its data lives, the same line
+    /// [`Store::describe`] gives once it is open.
+    pub fn describe(&self) -> String {
+        match self {
+            StoreConfig::Embedded { state_dir } => embedded::describe(state_dir),
+            StoreConfig::Firestore(config) => config.describe(),
+        }
+    }
+}
+
 /// The job and download store: cheap to clone, safe to share between tasks.
 #[derive(Clone)]
 pub struct Store {
@@ -208,10 +225,10 @@ fn to_doc<T: Serialize>(record: &T) -> Result<Doc> {
 
 fn from_stored<T: Record>(stored: Stored) -> Result<(T, Version)> {
     let record =
-        serde_json::from_value(Value::Object(stored.doc)).map_err(|source| Error::Corrupt {
+        serde_json::from_value(Value::Object(stored.doc)).map_err(|cause| Error::Corrupt {
             collection: T::COLLECTION.name(),
             id: stored.id,
-            source,
+            cause,
         })?;
     Ok((record, stored.version))
 }
@@ -369,10 +386,10 @@ impl Store {
                     id: id.to_string(),
                 });
             };
-            change(&mut record, Timestamp::now()).map_err(|source| Error::Transition {
+            change(&mut record, Timestamp::now()).map_err(|reason| Error::Transition {
                 kind: T::KIND,
                 id: id.to_string(),
-                source,
+                reason,
             })?;
             if self
                 .backend
@@ -402,10 +419,10 @@ impl Store {
             Err(ClaimRefusal::Exhausted) => {
                 record
                     .exhaust(now, &self.retention)
-                    .map_err(|source| Error::Transition {
+                    .map_err(|reason| Error::Transition {
                         kind: T::KIND,
                         id: record.id().to_string(),
-                        source,
+                        reason,
                     })?;
                 Claim::Exhausted
             }
@@ -475,7 +492,7 @@ impl Store {
         limit: u32,
         after: Option<&str>,
     ) -> Result<Page<T>> {
-        let limit = limit.clamp(1, 1000);
+        let limit = limit.clamp(1, MAX_PAGE);
         let query = Query {
             conds,
             order: order.to_vec(),
@@ -545,7 +562,8 @@ impl Store {
         self.fetch(id).await
     }
 
-    /// Jobs newest first, `limit` at a time; `after` is the previous page's `next`.
+    /// Jobs newest first, `limit` (at most [`MAX_PAGE`]) at a time; `after`
+    /// is the previous page's `next`.
     pub async fn list_jobs(
         &self,
         filter: &JobFilter,

@@ -1,0 +1,145 @@
+//! `asmr reset`, `asmr retry` and `asmr cancel`: an operator moving jobs.
+//! The state machine in `shared` decides what is allowed; these commands
+//! report what it did, ids on stdout.
+
+use super::IN_FLIGHT;
+use crate::args::{ResetArgs, RetryArgs};
+use crate::out;
+use anyhow::{Result, bail};
+use futures::stream::{self, StreamExt};
+use shared::Error;
+use shared::domain::job::JobStatus;
+use shared::store::{JobFilter, Store};
+
+/// Page size when walking every failed job.
+const PAGE: u32 = 500;
+
+pub async fn reset(store: &Store, args: &ResetArgs) -> Result<()> {
+    let older_than = humantime::format_duration(args.older_than);
+    let report = store.reset_stuck_jobs(args.older_than).await?;
+    for job in &report.requeued {
+        out::line(&job.id)?;
+        out::note(format_args!(
+            "requeued {} job {} (attempt {} of {} used)",
+            job.kind, job.id, job.attempts, job.max_attempts
+        ));
+    }
+    for job in &report.failed {
+        out::line(&job.id)?;
+        let reason = job
+            .error
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        out::note(format_args!("failed {} job {}: {reason}", job.kind, job.id));
+    }
+    if report.requeued.is_empty() && report.failed.is_empty() {
+        out::note(format_args!(
+            "no job stuck in processing or generating for more than {older_than}"
+        ));
+    } else {
+        out::note(format_args!(
+            "requeued {}, failed {} (stuck for more than {older_than})",
+            report.requeued.len(),
+            report.failed.len()
+        ));
+    }
+    Ok(())
+}
+
+pub async fn retry(store: &Store, args: &RetryArgs) -> Result<()> {
+    match (&args.id, args.failed) {
+        (Some(id), false) => {
+            let job = store.retry_job(id, args.include_filtered).await?;
+            out::line(&job.id)?;
+            out::note(format_args!("requeued {} job {}", job.kind, job.id));
+            Ok(())
+        }
+        (None, true) => retry_failed(store, args.include_filtered).await,
+        // clap's `which` group makes this unreachable; say so rather than panic.
+        _ => bail!("give exactly one of a job id and --failed"),
+    }
+}
+
+/// Requeues every failed job. Refusals (filtered jobs, jobs that moved on
+/// meanwhile) are reported and counted; a store error ends the command with
+/// exit 1 after the summary.
+async fn retry_failed(store: &Store, include_filtered: bool) -> Result<()> {
+    // Collect the ids first: requeued jobs leave the listing while we page.
+    let filter = JobFilter {
+        status: Some(JobStatus::Failed),
+        kind: None,
+    };
+    let mut ids = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.list_jobs(&filter, PAGE, after.as_deref()).await?;
+        ids.extend(page.items.into_iter().map(|job| job.id));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    if ids.is_empty() {
+        out::note("no failed jobs");
+        return Ok(());
+    }
+
+    let (mut requeued, mut refused, mut errors, mut filtered) = (0, 0, 0, 0);
+    // `buffered` keeps the results in id order.
+    let mut results = stream::iter(&ids)
+        .map(|id| async move { (id, store.retry_job(id, include_filtered).await) })
+        .buffered(IN_FLIGHT);
+    while let Some((id, outcome)) = results.next().await {
+        match outcome {
+            Ok(job) => {
+                requeued += 1;
+                out::line(&job.id)?;
+            }
+            Err(Error::Transition { reason, .. }) => {
+                refused += 1;
+                if matches!(reason, shared::domain::TransitionError::Filtered) {
+                    filtered += 1;
+                }
+                out::note(format_args!("refused job {id}: {reason}"));
+            }
+            Err(Error::NotFound { .. }) => {
+                refused += 1;
+                out::note(format_args!("refused job {id}: it no longer exists"));
+            }
+            Err(err) => {
+                errors += 1;
+                out::note(format_args!("job {id}: {err}"));
+            }
+        }
+    }
+
+    let mut summary = format!(
+        "requeued {} of {}",
+        requeued,
+        out::count(ids.len(), "failed job", "failed jobs")
+    );
+    if refused > 0 {
+        summary.push_str(&format!(", refused {refused}"));
+        if filtered > 0 && !include_filtered {
+            summary.push_str(&format!(
+                " ({filtered} stopped by the safety filters: add --include-filtered to retry those too)"
+            ));
+        }
+    }
+    out::note(summary);
+    if errors > 0 {
+        bail!(
+            "{} could not be retried because of store errors",
+            out::count(errors, "job", "jobs")
+        );
+    }
+    Ok(())
+}
+
+pub async fn cancel(store: &Store, id: &str) -> Result<()> {
+    let job = store.cancel_job(id).await?;
+    out::line(&job.id)?;
+    out::note(format_args!("cancelled {} job {}", job.kind, job.id));
+    Ok(())
+}

@@ -1,0 +1,1006 @@
+//! Black-box tests of the `asmr` binary: each test runs the real executable
+//! against a fresh store and checks stdout, stderr and the exit code. Setup
+//! the CLI cannot do (failing a job, claiming one, adding a download) goes
+//! through `shared::store::Store` on the same store.
+//!
+//! Every test body runs on the embedded backend; with the `emulators` feature
+//! the same bodies also run on Firestore (FIRESTORE_EMULATOR_HOST must be set,
+//! GOOGLE_CLOUD_PROJECT defaults to `asmr-test`), each test under its own
+//! collection prefix.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use serde_json::Value;
+use shared::domain::Lease;
+use shared::domain::download::{FileType, NewDownload};
+use shared::domain::job::{FILTERED, JobError};
+use shared::store::{Store, StoreConfig};
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+/// Instantiates each test body once per backend.
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(#[test]
+            fn $name() {
+                super::$name(&super::Env::embedded());
+            })*
+        }
+
+        #[cfg(feature = "emulators")]
+        mod firestore {
+            $(#[test]
+            fn $name() {
+                super::$name(&super::Env::firestore());
+            })*
+        }
+    };
+}
+
+on_every_backend!(
+    add_prints_only_the_job_id,
+    adding_the_same_request_id_twice_prints_the_same_id,
+    add_sets_kind_priority_params_and_dry_run,
+    add_file_adds_valid_lines_and_reports_invalid_ones_by_line_number,
+    add_file_prints_ids_in_line_order,
+    add_file_that_cannot_be_read_fails,
+    bad_input_is_one_clear_error_with_exit_code_1,
+    stats_json_has_the_exact_shape_and_counts,
+    stats_prints_aligned_tables,
+    list_filters_by_status_and_kind,
+    list_json_is_an_array_of_job_documents,
+    list_stops_at_the_limit_and_says_there_are_more,
+    list_shows_prompts_on_one_line,
+    show_json_has_status_and_error_at_the_top_level,
+    show_prints_key_value_lines,
+    show_of_an_unknown_id_is_a_one_line_error,
+    cancelling_twice_is_a_clear_error,
+    retry_of_one_job_requeues_it,
+    retry_failed_requeues_failed_jobs_and_refuses_filtered_ones,
+    reset_with_nothing_stuck_says_so,
+    reset_requeues_a_stuck_job,
+    the_first_stderr_line_names_the_backend,
+);
+
+// ---- harness ----
+
+/// The environment variables the CLI reads for its configuration. Each run
+/// starts without them, so the developer's shell cannot leak into a test.
+const CONFIG_VARS: [&str; 6] = [
+    "ASMR_BACKEND",
+    "ASMR_STATE_DIR",
+    "GOOGLE_CLOUD_PROJECT",
+    "ASMR_COLLECTION_PREFIX",
+    "FIRESTORE_DATABASE",
+    "DRY_RUN",
+];
+
+/// One isolated store and a scratch directory.
+struct Env {
+    dir: tempfile::TempDir,
+    vars: Vec<(&'static str, String)>,
+    config: StoreConfig,
+    /// How the first line of stderr starts.
+    banner: &'static str,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Env {
+    fn new(
+        vars: Vec<(&'static str, String)>,
+        config: StoreConfig,
+        banner: &'static str,
+        dir: tempfile::TempDir,
+    ) -> Self {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        Self {
+            dir,
+            vars,
+            config,
+            banner,
+            runtime,
+        }
+    }
+
+    fn embedded() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join("state");
+        let vars = vec![
+            ("ASMR_BACKEND", "embedded".to_string()),
+            ("ASMR_STATE_DIR", state_dir.display().to_string()),
+        ];
+        Self::new(
+            vars,
+            StoreConfig::Embedded { state_dir },
+            "asmr: backend embedded",
+            dir,
+        )
+    }
+
+    #[cfg(feature = "emulators")]
+    fn firestore() -> Self {
+        let host = std::env::var("FIRESTORE_EMULATOR_HOST").expect(
+            "the emulators feature is on but FIRESTORE_EMULATOR_HOST is not set: start the Firestore emulator (tests/run does)",
+        );
+        let project = std::env::var("GOOGLE_CLOUD_PROJECT").unwrap_or_else(|_| "asmr-test".into());
+        let prefix = format!("cli{}_", uuid::Uuid::new_v4().simple());
+        let vars = vec![
+            ("ASMR_BACKEND", "firestore".to_string()),
+            ("GOOGLE_CLOUD_PROJECT", project.clone()),
+            ("ASMR_COLLECTION_PREFIX", prefix.clone()),
+            ("FIRESTORE_EMULATOR_HOST", host),
+        ];
+        let config = StoreConfig::Firestore(shared::store::firestore::FirestoreConfig {
+            project,
+            database: "(default)".into(),
+            prefix,
+        });
+        Self::new(
+            vars,
+            config,
+            "asmr: backend firestore",
+            tempfile::tempdir().unwrap(),
+        )
+    }
+
+    /// Runs `asmr ARGS`.
+    fn asmr(&self, args: &[&str]) -> Run {
+        self.asmr_with(args, &[])
+    }
+
+    /// Runs `asmr ARGS` with extra environment variables.
+    fn asmr_with(&self, args: &[&str], vars: &[(&str, &str)]) -> Run {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_asmr"));
+        command.args(args).current_dir(self.dir.path());
+        for var in CONFIG_VARS {
+            command.env_remove(var);
+        }
+        command.envs(self.vars.iter().map(|(k, v)| (*k, v.as_str())));
+        command.envs(vars.iter().copied());
+        let output = command.output().unwrap();
+        Run {
+            command: format!("asmr {}", args.join(" ")),
+            code: output.status.code(),
+            stdout: String::from_utf8(output.stdout).unwrap(),
+            stderr: String::from_utf8(output.stderr).unwrap(),
+            banner: self.banner,
+        }
+    }
+
+    /// Adds one image job and returns its id.
+    fn add(&self, prompt: &str) -> String {
+        self.asmr(&["add", "--kind", "image", "--prompt", prompt])
+            .ok()
+            .id()
+    }
+
+    /// Writes a file in the scratch directory.
+    fn write(&self, name: &str, contents: &[u8]) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+
+    /// Runs `f` on the store the CLI uses.
+    fn store<T, F: Future<Output = T>>(&self, f: impl FnOnce(Store) -> F) -> T {
+        self.runtime.block_on(async {
+            let store = Store::open(&self.config).await.unwrap();
+            f(store).await
+        })
+    }
+
+    fn fail(&self, id: &str, code: &str) {
+        let id = id.to_string();
+        let error = JobError::new(code, format!("{code} in a test"), false);
+        self.store(|store| async move { store.fail_job(&id, None, error).await.unwrap() });
+    }
+
+    fn claim(&self, id: &str) {
+        let id = id.to_string();
+        let lease = Lease::new("test-worker", Duration::from_secs(600));
+        self.store(|store| async move { store.claim_job(&id, &lease).await.unwrap() });
+    }
+
+    fn stats(&self) -> Value {
+        self.asmr(&["stats", "--json"]).ok().json()
+    }
+
+    fn job(&self, id: &str) -> Value {
+        self.asmr(&["show", id, "--json"]).ok().json()
+    }
+}
+
+/// What one run of the binary did.
+struct Run {
+    command: String,
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    banner: &'static str,
+}
+
+impl Run {
+    fn context(&self) -> String {
+        format!(
+            "{} exited with {:?}\n--- stdout\n{}--- stderr\n{}",
+            self.command, self.code, self.stdout, self.stderr
+        )
+    }
+
+    /// Asserts exit code 0.
+    fn ok(self) -> Self {
+        assert_eq!(self.code, Some(0), "{}", self.context());
+        self.check_banner();
+        self
+    }
+
+    /// Asserts exit code 1 with no panic.
+    fn failed(self) -> Self {
+        assert_eq!(self.code, Some(1), "{}", self.context());
+        assert!(!self.stderr.contains("panicked"), "{}", self.context());
+        self
+    }
+
+    fn check_banner(&self) {
+        let first = self.stderr.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with(self.banner),
+            "first stderr line should name the backend\n{}",
+            self.context()
+        );
+    }
+
+    /// The stderr lines after the backend line.
+    fn messages(&self) -> Vec<&str> {
+        self.check_banner();
+        self.stderr.lines().skip(1).collect()
+    }
+
+    /// The one error line of a failed run, with nothing on stdout.
+    fn error(&self) -> &str {
+        let messages = self.messages();
+        assert_eq!(
+            messages.len(),
+            1,
+            "expected one error line\n{}",
+            self.context()
+        );
+        assert!(messages[0].starts_with("error: "), "{}", self.context());
+        assert_eq!(self.stdout, "", "{}", self.context());
+        messages[0]
+    }
+
+    /// The ids printed on stdout, one per line.
+    fn ids(&self) -> Vec<String> {
+        let ids: Vec<String> = self.stdout.lines().map(str::to_string).collect();
+        for id in &ids {
+            assert!(
+                id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{id:?} is not a job id\n{}",
+                self.context()
+            );
+        }
+        ids
+    }
+
+    /// The single id printed on stdout.
+    fn id(&self) -> String {
+        let ids = self.ids();
+        assert_eq!(ids.len(), 1, "expected exactly one id\n{}", self.context());
+        ids.into_iter().next().unwrap()
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON: {e}\n{}", self.context()))
+    }
+}
+
+// ---- add ----
+
+fn add_prints_only_the_job_id(env: &Env) {
+    let run = env
+        .asmr(&[
+            "add",
+            "--prompt",
+            "soft rain on a tin roof",
+            "--kind",
+            "image",
+        ])
+        .ok();
+    let id = run.id();
+    assert_eq!(run.stdout, format!("{id}\n"));
+    assert!(
+        run.stderr
+            .contains(&format!("added image job {id} (dry run)")),
+        "{}",
+        run.context()
+    );
+    assert_eq!(env.job(&id)["prompt"], "soft rain on a tin roof");
+}
+
+fn adding_the_same_request_id_twice_prints_the_same_id(env: &Env) {
+    let args = [
+        "add",
+        "--prompt",
+        "whispering",
+        "--kind",
+        "video",
+        "--request-id",
+        "req-1",
+    ];
+    let first = env.asmr(&args).ok();
+    let second = env.asmr(&args).ok();
+    assert_eq!(first.id(), second.id());
+    assert!(
+        !first.stderr.contains("already existed"),
+        "{}",
+        first.context()
+    );
+    assert!(
+        second.stderr.contains("already existed"),
+        "{}",
+        second.context()
+    );
+    assert_eq!(env.stats()["jobs"]["total"], 1);
+}
+
+fn add_sets_kind_priority_params_and_dry_run(env: &Env) {
+    let id = env
+        .asmr(&[
+            "add",
+            "--prompt",
+            "ocean",
+            "--kind",
+            "VIDEO_PROD",
+            "--priority",
+            "-3",
+            "--param",
+            "aspect_ratio=9:16",
+            "--param",
+            "duration_seconds=6",
+            "--dry-run",
+            "false",
+        ])
+        .ok()
+        .id();
+    let job = env.job(&id);
+    assert_eq!(job["kind"], "video");
+    assert_eq!(job["priority"], -3);
+    assert_eq!(
+        job["params"],
+        serde_json::json!({"aspect_ratio": "9:16", "duration_seconds": 6})
+    );
+    assert_eq!(job["dry_run"], false);
+
+    let id = env
+        .asmr(&["add", "--prompt", "sand", "--kind", "IMAGE_TEST"])
+        .ok()
+        .id();
+    assert_eq!(env.job(&id)["kind"], "image");
+    assert_eq!(env.job(&id)["dry_run"], true, "dry run is the default");
+
+    let id = env
+        .asmr_with(
+            &["add", "--prompt", "wind", "--kind", "image"],
+            &[("DRY_RUN", "false")],
+        )
+        .ok()
+        .id();
+    assert_eq!(env.job(&id)["dry_run"], false, "DRY_RUN=false turns it off");
+}
+
+fn add_file_adds_valid_lines_and_reports_invalid_ones_by_line_number(env: &Env) {
+    let too_long = "a".repeat(4001);
+    let contents = format!(
+        "# ASMR prompts\n\
+         soft rain on a tin roof\n\
+         \n\
+         bad \u{7} bell\n\
+         \x20  # an indented comment\n\
+         \x20 crackling fire  \n\
+         {too_long}\n\
+         \n\
+         pages turning\n"
+    );
+    let file = env.write("prompts.txt", contents.as_bytes());
+    let run = env
+        .asmr(&["add", "--file", file.to_str().unwrap(), "--kind", "image"])
+        .ok();
+    let ids = run.ids();
+    assert_eq!(ids.len(), 3, "{}", run.context());
+    let prompts: Vec<Value> = ids.iter().map(|id| env.job(id)["prompt"].clone()).collect();
+    assert_eq!(
+        prompts,
+        ["soft rain on a tin roof", "crackling fire", "pages turning"]
+    );
+
+    let messages = run.messages();
+    assert!(
+        messages[0].starts_with("line 4: prompt: contains the control character U+0007"),
+        "{}",
+        run.context()
+    );
+    assert_eq!(
+        messages[1],
+        "line 7: prompt: is 4001 characters long; the limit is 4000"
+    );
+    assert_eq!(
+        messages.last().copied(),
+        Some("added 3 jobs, skipped 2 invalid lines")
+    );
+    assert_eq!(messages.len(), 3, "{}", run.context());
+}
+
+fn add_file_prints_ids_in_line_order(env: &Env) {
+    // Enough lines to run many creates at once and to pass the progress-bar
+    // threshold (the bar hides itself: stderr is not a terminal here).
+    let contents: String = (0..150).map(|i| format!("prompt number {i}\n")).collect();
+    let file = env.write("many.txt", contents.as_bytes());
+    let run = env
+        .asmr(&[
+            "add",
+            "--file",
+            file.to_str().unwrap(),
+            "--kind",
+            "video",
+            "--priority",
+            "2",
+        ])
+        .ok();
+    let ids = run.ids();
+    assert_eq!(ids.len(), 150);
+    assert_eq!(run.messages(), ["added 150 jobs, skipped 0 invalid lines"]);
+
+    let listed = env.asmr(&["list", "--json", "--limit", "1000"]).ok().json();
+    let prompt_of: std::collections::HashMap<&str, &str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|job| (job["id"].as_str().unwrap(), job["prompt"].as_str().unwrap()))
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(
+            prompt_of[id.as_str()],
+            format!("prompt number {i}"),
+            "id of line {}",
+            i + 1
+        );
+    }
+}
+
+fn add_file_that_cannot_be_read_fails(env: &Env) {
+    let run = env
+        .asmr(&["add", "--file", "missing.txt", "--kind", "image"])
+        .failed();
+    let error = run.error();
+    assert!(
+        error.starts_with("error: reading missing.txt: "),
+        "{}",
+        run.context()
+    );
+}
+
+fn bad_input_is_one_clear_error_with_exit_code_1(env: &Env) {
+    let check = |args: &[&str], expected: &str| {
+        let run = env.asmr(args).failed();
+        assert_eq!(
+            run.error(),
+            format!("error: {expected}"),
+            "{}",
+            run.context()
+        );
+    };
+    let add = |extra: &[&str], expected: &str| {
+        let mut args = vec!["add", "--prompt", "rain", "--kind", "image"];
+        args.extend_from_slice(extra);
+        check(&args, expected);
+    };
+    check(
+        &["add", "--prompt", "rain", "--kind", "gif"],
+        r#"invalid input: kind: "gif" is not a job kind; use image or video"#,
+    );
+    check(
+        &["add", "--prompt", "   ", "--kind", "image"],
+        "invalid input: prompt: is empty",
+    );
+    add(
+        &["--param", "seed=abc"],
+        r#"invalid input: params.seed: "abc" is not a whole number"#,
+    );
+    add(
+        &["--param", "duration_seconds=8"],
+        "invalid input: params.duration_seconds: applies to video jobs only",
+    );
+    add(
+        &["--param", "seed"],
+        r#"--param "seed" is not KEY=VALUE (known keys: aspect_ratio, sample_count, duration_seconds, negative_prompt, seed, generate_audio, resolution, model)"#,
+    );
+    add(
+        &["--param", "colour=red"],
+        r#"invalid input: params: unknown parameter "colour"; known are aspect_ratio, sample_count, duration_seconds, negative_prompt, seed, generate_audio, resolution, model"#,
+    );
+    check(
+        &["list", "--status", "done"],
+        r#"invalid input: status: "done" is not a job status; use one of pending, processing, generating, completed, delivered, failed, cancelled"#,
+    );
+    check(
+        &["list", "--kind", "audio"],
+        r#"invalid input: kind: "audio" is not a job kind; use image or video"#,
+    );
+
+    assert_eq!(env.stats()["jobs"]["total"], 0, "nothing was added");
+}
+
+// ---- stats ----
+
+fn stats_json_has_the_exact_shape_and_counts(env: &Env) {
+    let empty = env.asmr(&["stats", "--json"]).ok();
+    assert_eq!(
+        empty.stdout,
+        concat!(
+            r#"{"jobs": {"pending": 0, "processing": 0, "generating": 0, "completed": 0, "delivered": 0, "failed": 0, "cancelled": 0, "total": 0}, "#,
+            r#""downloads": {"pending": 0, "downloading": 0, "completed": 0, "failed": 0, "total": 0}}"#,
+            "\n"
+        )
+    );
+
+    let a = env.add("a");
+    let b = env.add("b");
+    let c = env.add("c");
+    let d = env
+        .asmr(&["add", "--prompt", "d", "--kind", "video"])
+        .ok()
+        .id();
+    let _e = env.add("e");
+    env.asmr(&["cancel", &a]).ok();
+    env.asmr(&["retry", &a]).ok(); // pending again
+    env.asmr(&["cancel", &b]).ok();
+    env.fail(&c, "model_error");
+    env.claim(&d);
+    env.store(|store| async move {
+        store
+            .create_download(NewDownload {
+                job_id: d,
+                bucket: "out".into(),
+                object: "videos/d/0.mp4".into(),
+                generation: Some(1),
+                destination: "/tmp/d.mp4".into(),
+                file_type: FileType::Video,
+                priority: 0,
+                size: None,
+                crc32c: None,
+            })
+            .await
+            .unwrap()
+    });
+
+    let run = env.asmr(&["stats", "--json"]).ok();
+    assert_eq!(
+        run.stdout,
+        concat!(
+            r#"{"jobs": {"pending": 2, "processing": 1, "generating": 0, "completed": 0, "delivered": 0, "failed": 1, "cancelled": 1, "total": 5}, "#,
+            r#""downloads": {"pending": 1, "downloading": 0, "completed": 0, "failed": 0, "total": 1}}"#,
+            "\n"
+        )
+    );
+}
+
+fn stats_prints_aligned_tables(env: &Env) {
+    env.add("a");
+    env.add("b");
+    let v = env
+        .asmr(&["add", "--prompt", "v", "--kind", "video"])
+        .ok()
+        .id();
+    env.asmr(&["cancel", &v]).ok();
+    let run = env.asmr(&["stats"]).ok();
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines[0], "jobs        image  video  total");
+    assert_eq!(lines[1], "pending         2      0      2");
+    assert_eq!(lines[7], "cancelled       0      1      1");
+    assert_eq!(lines[8], "total           2      1      3");
+    assert_eq!(lines[9], "");
+    assert_eq!(lines[10], "downloads    count");
+    assert_eq!(lines[11], "pending          0");
+    assert_eq!(lines.last().copied(), Some("total            0"));
+}
+
+// ---- list and show ----
+
+fn list_filters_by_status_and_kind(env: &Env) {
+    let image = env.add("image one");
+    let cancelled = env.add("image two");
+    let video = env
+        .asmr(&["add", "--prompt", "video one", "--kind", "video"])
+        .ok()
+        .id();
+    env.asmr(&["cancel", &cancelled]).ok();
+
+    let ids_of = |args: &[&str]| -> Vec<String> {
+        let mut full = vec!["list", "--json"];
+        full.extend_from_slice(args);
+        let listed = env.asmr(&full).ok().json();
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|job| job["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        ids_of(&[]),
+        [video.clone(), cancelled.clone(), image.clone()],
+        "newest first"
+    );
+    assert_eq!(
+        ids_of(&["--status", "pending"]),
+        [video.clone(), image.clone()]
+    );
+    assert_eq!(
+        ids_of(&["--kind", "image"]),
+        [cancelled.clone(), image.clone()]
+    );
+    assert_eq!(
+        ids_of(&["--kind", "image", "--status", "cancelled"]),
+        [cancelled]
+    );
+    assert_eq!(
+        ids_of(&["--kind", "VIDEO_PROD", "--status", "pending"]),
+        [video]
+    );
+    assert!(ids_of(&["--status", "failed"]).is_empty());
+
+    let run = env.asmr(&["list", "--status", "failed"]).ok();
+    assert_eq!(run.stdout, "");
+    assert_eq!(run.messages(), ["no jobs match"]);
+}
+
+fn list_json_is_an_array_of_job_documents(env: &Env) {
+    let run = env.asmr(&["list", "--json"]).ok();
+    assert_eq!(run.json(), serde_json::json!([]));
+
+    let id = env.add("rain");
+    let listed = env.asmr(&["list", "--json"]).ok().json();
+    let jobs = listed.as_array().unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0]["id"], id.as_str());
+    assert_eq!(jobs[0]["status"], "pending");
+    assert_eq!(jobs[0], env.job(&id), "the same document as show --json");
+}
+
+fn list_stops_at_the_limit_and_says_there_are_more(env: &Env) {
+    let _oldest = env.add("one");
+    let second = env.add("two");
+    let newest = env.add("three");
+    let run = env.asmr(&["list", "--limit", "2"]).ok();
+    let rows: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(rows.len(), 3, "header and two rows\n{}", run.context());
+    assert!(
+        rows[1].starts_with(&newest) && rows[2].starts_with(&second),
+        "{}",
+        run.context()
+    );
+    assert_eq!(
+        run.messages(),
+        ["2 jobs, newest first; there are more (raise --limit)"]
+    );
+
+    let run = env.asmr(&["list", "--limit", "3"]).ok();
+    assert_eq!(run.messages(), ["3 jobs, newest first"]);
+}
+
+fn list_shows_prompts_on_one_line(env: &Env) {
+    let long = format!("the gentle sound of {} and more", "rain ".repeat(20));
+    let long_id = env.add(&long);
+    let multi_id = env.add("rain\non glass");
+    let run = env.asmr(&["list"]).ok();
+    let rows: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(rows.len(), 3, "{}", run.context());
+    let header = rows[0];
+    for column in [
+        "id",
+        "kind",
+        "status",
+        "attempts",
+        "priority",
+        "created (UTC)",
+        "prompt",
+    ] {
+        assert!(header.contains(column), "{header}");
+    }
+    let prompt_at = header.find("prompt").unwrap();
+
+    let multi = rows[1];
+    assert!(multi.starts_with(&multi_id), "{}", run.context());
+    let cells: Vec<&str> = multi.split_whitespace().take(5).collect();
+    assert_eq!(
+        cells,
+        [multi_id.as_str(), "image", "pending", "0/3", "0"],
+        "{multi}"
+    );
+    assert_eq!(&multi[prompt_at..], "rain on glass");
+
+    let long_row = rows[2];
+    assert!(long_row.starts_with(&long_id), "{}", run.context());
+    let shown = &long_row[prompt_at..];
+    assert_eq!(shown.chars().count(), 60, "{shown}");
+    assert!(
+        shown.starts_with("the gentle sound of rain rain") && shown.ends_with('…'),
+        "{shown}"
+    );
+}
+
+fn show_json_has_status_and_error_at_the_top_level(env: &Env) {
+    let id = env.add("rain");
+    let job = env.job(&id);
+    assert_eq!(job["id"], id.as_str());
+    assert_eq!(job["status"], "pending");
+    assert_eq!(job["error"], Value::Null);
+
+    env.fail(&id, "model_error");
+    let job = env.job(&id);
+    assert_eq!(job["status"], "failed");
+    assert_eq!(job["error"]["code"], "model_error");
+    assert_eq!(job["error"]["retryable"], false);
+}
+
+fn show_prints_key_value_lines(env: &Env) {
+    let id = env
+        .asmr(&[
+            "add",
+            "--prompt",
+            "rain\non glass",
+            "--kind",
+            "video",
+            "--param",
+            "aspect_ratio=16:9",
+            "--request-id",
+            "r9",
+        ])
+        .ok()
+        .id();
+    env.fail(&id, "model_error");
+    let run = env.asmr(&["show", &id]).ok();
+    let text = &run.stdout;
+    for line in [
+        format!("id: {id}"),
+        "kind: video".into(),
+        "status: failed".into(),
+        "prompt: rain\n  on glass".into(),
+        "attempts: 0/3".into(),
+        "dry_run: true".into(),
+        "request_id: r9".into(),
+        "params.aspect_ratio: 16:9".into(),
+        "outputs: -".into(),
+        "deliveries: -".into(),
+        "error: model_error: model_error in a test (not retryable)".into(),
+    ] {
+        assert!(
+            text.contains(&format!("{line}\n")),
+            "missing {line:?}\n{}",
+            run.context()
+        );
+    }
+}
+
+fn show_of_an_unknown_id_is_a_one_line_error(env: &Env) {
+    let run = env.asmr(&["show", "nope"]).failed();
+    assert_eq!(run.error(), "error: job nope not found");
+    let run = env.asmr(&["show", "nope", "--json"]).failed();
+    assert_eq!(run.error(), "error: job nope not found");
+}
+
+// ---- cancel, retry, reset ----
+
+fn cancelling_twice_is_a_clear_error(env: &Env) {
+    let id = env.add("rain");
+    let run = env.asmr(&["cancel", &id]).ok();
+    assert_eq!(run.id(), id);
+    assert_eq!(run.messages(), [format!("cancelled image job {id}")]);
+    assert_eq!(env.job(&id)["status"], "cancelled");
+
+    let run = env.asmr(&["cancel", &id]).failed();
+    assert_eq!(
+        run.error(),
+        format!("error: job {id}: cannot cancel a cancelled job")
+    );
+    let run = env.asmr(&["cancel", "nope"]).failed();
+    assert_eq!(run.error(), "error: job nope not found");
+}
+
+fn retry_of_one_job_requeues_it(env: &Env) {
+    let id = env.add("rain");
+    let run = env.asmr(&["retry", &id]).failed();
+    assert_eq!(
+        run.error(),
+        format!("error: job {id}: cannot retry a pending job")
+    );
+
+    env.fail(&id, FILTERED);
+    let run = env.asmr(&["retry", &id]).failed();
+    assert!(
+        run.error().contains("--include-filtered"),
+        "{}",
+        run.context()
+    );
+    let run = env.asmr(&["retry", &id, "--include-filtered"]).ok();
+    assert_eq!(run.id(), id);
+    let job = env.job(&id);
+    assert_eq!(job["status"], "pending");
+    assert_eq!(job["error"], Value::Null);
+}
+
+fn retry_failed_requeues_failed_jobs_and_refuses_filtered_ones(env: &Env) {
+    let run = env.asmr(&["retry", "--failed"]).ok();
+    assert_eq!(run.stdout, "");
+    assert_eq!(run.messages(), ["no failed jobs"]);
+
+    let failed = env.add("failed");
+    let filtered = env.add("filtered");
+    let cancelled = env.add("cancelled");
+    let pending = env.add("pending");
+    env.fail(&failed, "model_error");
+    env.fail(&filtered, FILTERED);
+    env.asmr(&["cancel", &cancelled]).ok();
+
+    let run = env.asmr(&["retry", "--failed"]).ok();
+    assert_eq!(run.id(), failed);
+    let messages = run.messages();
+    assert_eq!(messages.len(), 2, "{}", run.context());
+    assert!(
+        messages[0].starts_with(&format!(
+            "refused job {filtered}: the model's safety filters"
+        )),
+        "{}",
+        run.context()
+    );
+    assert_eq!(
+        messages[1],
+        "requeued 1 of 2 failed jobs, refused 1 (1 stopped by the safety filters: add --include-filtered to retry those too)"
+    );
+
+    let run = env.asmr(&["retry", "--failed", "--include-filtered"]).ok();
+    assert_eq!(run.id(), filtered);
+    assert_eq!(run.messages(), ["requeued 1 of 1 failed job"]);
+
+    for id in [&failed, &filtered, &pending] {
+        assert_eq!(env.job(id)["status"], "pending");
+    }
+    assert_eq!(
+        env.job(&cancelled)["status"],
+        "cancelled",
+        "--failed leaves cancelled jobs alone"
+    );
+}
+
+fn reset_with_nothing_stuck_says_so(env: &Env) {
+    let id = env.add("rain");
+    env.claim(&id); // processing, but only just
+    let run = env.asmr(&["reset"]).ok();
+    assert_eq!(run.stdout, "");
+    assert_eq!(
+        run.messages(),
+        ["no job stuck in processing or generating for more than 1h"]
+    );
+    assert_eq!(env.job(&id)["status"], "processing");
+}
+
+fn reset_requeues_a_stuck_job(env: &Env) {
+    let stuck = env.add("stuck");
+    let waiting = env.add("waiting");
+    env.claim(&stuck);
+    std::thread::sleep(Duration::from_millis(50));
+    let run = env.asmr(&["reset", "--older-than", "10ms"]).ok();
+    assert_eq!(run.id(), stuck);
+    let messages = run.messages();
+    assert_eq!(
+        messages[0],
+        format!("requeued image job {stuck} (attempt 1 of 3 used)")
+    );
+    assert_eq!(
+        messages[1],
+        "requeued 1, failed 0 (stuck for more than 10ms)"
+    );
+    assert_eq!(env.job(&stuck)["status"], "pending");
+    assert_eq!(env.job(&waiting)["status"], "pending");
+}
+
+fn the_first_stderr_line_names_the_backend(env: &Env) {
+    let id = env.add("rain");
+    let runs = [
+        env.asmr(&["stats"]),
+        env.asmr(&["stats", "--json"]),
+        env.asmr(&["list"]),
+        env.asmr(&["show", &id]),
+        env.asmr(&["reset"]),
+        env.asmr(&["retry", "--failed"]),
+        env.asmr(&["cancel", &id]),
+        env.asmr(&["retry", &id]),
+        env.asmr(&["show", "nope"]),
+    ];
+    for run in runs {
+        run.check_banner();
+    }
+}
+
+// ---- backend-independent ----
+
+#[test]
+fn usage_errors_keep_clap_exit_code_2() {
+    let env = Env::embedded();
+    for args in [
+        &["retry"][..],
+        &["retry", "abc", "--failed"],
+        &["add", "--kind", "image"],
+        &["add", "--kind", "image", "--prompt", "a", "--file", "f"],
+        &["add", "--kind", "image", "--file", "f", "--request-id", "r"],
+        &[
+            "add",
+            "--kind",
+            "image",
+            "--prompt",
+            "a",
+            "--dry-run",
+            "maybe",
+        ],
+        &["list", "--limit", "0"],
+        &["reset", "--older-than", "soon"],
+        &["--backend", "sqlite", "stats"],
+        &["frobnicate"],
+    ] {
+        let run = env.asmr(args);
+        assert_eq!(run.code, Some(2), "{}", run.context());
+        assert_eq!(run.stdout, "", "{}", run.context());
+        assert!(run.stderr.starts_with("error: "), "{}", run.context());
+    }
+}
+
+#[test]
+fn firestore_without_a_project_is_a_clear_error() {
+    let env = Env::embedded();
+    let run = env.asmr(&["--backend", "firestore", "stats"]);
+    assert_eq!(run.code, Some(1), "{}", run.context());
+    assert_eq!(
+        run.stderr,
+        "error: the firestore backend needs a project: pass --project or set GOOGLE_CLOUD_PROJECT\n"
+    );
+}
+
+#[test]
+fn the_state_dir_flag_and_env_choose_the_embedded_store() {
+    let env = Env::embedded();
+    let elsewhere = env.dir.path().join("elsewhere");
+    let elsewhere = elsewhere.to_str().unwrap();
+    let id = env
+        .asmr(&[
+            "--state-dir",
+            elsewhere,
+            "add",
+            "--prompt",
+            "rain",
+            "--kind",
+            "image",
+        ])
+        .ok()
+        .id();
+    let run = env.asmr(&["list", "--json", "--state-dir", elsewhere]).ok();
+    assert!(
+        run.stderr
+            .starts_with(&format!("asmr: backend embedded (state in {elsewhere}")),
+        "{}",
+        run.context()
+    );
+    assert_eq!(run.json()[0]["id"], id.as_str());
+    assert_eq!(
+        env.asmr(&["list", "--json"]).ok().json(),
+        serde_json::json!([]),
+        "ASMR_STATE_DIR is another store"
+    );
+}
