@@ -46,6 +46,19 @@ pub enum Error {
         /// The decoding error.
         cause: serde_json::Error,
     },
+    /// The object store failed (GCS, fake-gcs-server, the local directory).
+    #[error("{context}: {message}")]
+    Objects {
+        /// What was being done (`writing gs://out/images/j/0.png`).
+        context: String,
+        /// What the object store said.
+        message: String,
+        /// Whether trying again can help (5xx, 429, connection trouble).
+        retryable: bool,
+    },
+    /// A model call failed (after its in-call retries).
+    #[error("model call failed: {0}")]
+    Model(crate::vertex::ModelError),
     /// The store itself failed (network, database file, emulator down...).
     #[error("{context}: {message}")]
     Store {
@@ -66,16 +79,32 @@ impl From<ValidationError> for Error {
     }
 }
 
+impl From<crate::vertex::ModelError> for Error {
+    fn from(e: crate::vertex::ModelError) -> Self {
+        Error::Model(e)
+    }
+}
+
 impl Error {
     /// Whether a later attempt of the same operation can succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Contention { .. } => true,
-            Error::Store { retryable, .. } => *retryable,
+            Error::Store { retryable, .. } | Error::Objects { retryable, .. } => *retryable,
+            Error::Model(e) => e.class == crate::vertex::ErrorClass::Transient,
             Error::Invalid(_)
             | Error::NotFound { .. }
             | Error::Transition { .. }
             | Error::Corrupt { .. } => false,
+        }
+    }
+
+    /// An object store failure while doing `context`.
+    pub fn objects(context: impl Into<String>, message: impl ToString, retryable: bool) -> Self {
+        Error::Objects {
+            context: context.into(),
+            message: message.to_string(),
+            retryable,
         }
     }
 

@@ -4,7 +4,10 @@
 
 pub mod domain;
 pub mod error;
+pub mod objects;
+pub mod placeholder;
 pub mod store;
 pub mod time;
+pub mod vertex;
 
 pub use error::{Error, Result};

@@ -1,0 +1,1 @@
+//! Cloud Storage adapter (to be written).

@@ -1,0 +1,1 @@
+//! Local-directory adapter (to be written).

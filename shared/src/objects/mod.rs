@@ -1,0 +1,138 @@
+//! The object store port: buckets of immutable objects, as GCS has them.
+//!
+//! Two adapters: [`gcs`] (Cloud Storage, or fake-gcs-server when
+//! `STORAGE_EMULATOR_HOST` is set) and [`local`] (one directory per bucket,
+//! for the local run and tests). Reads are streams, so no caller ever holds a
+//! whole video in memory.
+
+pub mod gcs;
+pub mod local;
+
+use crate::error::Result;
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Custom metadata key naming the job an output belongs to.
+pub const JOB_ID_METADATA: &str = "asmr-job-id";
+
+/// What the store knows about one object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// Bucket name.
+    pub bucket: String,
+    /// Object name (`images/{job}/0.png`).
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// CRC32C (Castagnoli) of the content, as GCS computes it.
+    pub crc32c: u32,
+    /// Generation: changes whenever the object is rewritten.
+    pub generation: i64,
+    /// MIME type.
+    pub content_type: String,
+    /// Custom metadata.
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl ObjectMeta {
+    /// `gs://bucket/name`.
+    pub fn uri(&self) -> GsUri {
+        GsUri {
+            bucket: self.bucket.clone(),
+            name: self.name.clone(),
+        }
+    }
+}
+
+/// Which bytes of an object to read: from `start`, up to (not including)
+/// `end` when given.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadRange {
+    /// First byte.
+    pub start: u64,
+    /// One past the last byte; `None` reads to the end.
+    pub end: Option<u64>,
+}
+
+impl ReadRange {
+    /// The whole object.
+    pub const ALL: ReadRange = ReadRange {
+        start: 0,
+        end: None,
+    };
+
+    /// From `start` to the end (resuming a copy).
+    pub fn from(start: u64) -> Self {
+        Self { start, end: None }
+    }
+}
+
+/// A stream of chunks of an object.
+pub type ByteStream = BoxStream<'static, Result<Bytes>>;
+
+/// A `gs://bucket/name` address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct GsUri {
+    /// Bucket.
+    pub bucket: String,
+    /// Object name or prefix (may be empty).
+    pub name: String,
+}
+
+impl GsUri {
+    /// Parses `gs://bucket/name`; `None` if it is not one.
+    pub fn parse(text: &str) -> Option<Self> {
+        let rest = text.strip_prefix("gs://")?;
+        let (bucket, name) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return None;
+        }
+        Some(Self {
+            bucket: bucket.to_string(),
+            name: name.to_string(),
+        })
+    }
+}
+
+impl fmt::Display for GsUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "gs://{}/{}", self.bucket, self.name)
+    }
+}
+
+/// Buckets of objects.
+#[async_trait]
+pub trait ObjectStore: Send + Sync {
+    /// One line naming the adapter and where its data lives.
+    fn describe(&self) -> String;
+
+    /// Creates a bucket if it does not exist (tests, local run; production
+    /// buckets come from terraform).
+    async fn ensure_bucket(&self, bucket: &str) -> Result<()>;
+
+    /// Writes a whole object (replacing any previous generation) and returns
+    /// its metadata.
+    async fn write(
+        &self,
+        bucket: &str,
+        name: &str,
+        data: Bytes,
+        content_type: &str,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<ObjectMeta>;
+
+    /// Streams the bytes of `range`. A missing object is `Error::NotFound`.
+    async fn read(&self, bucket: &str, name: &str, range: ReadRange) -> Result<ByteStream>;
+
+    /// The object's metadata, `None` if it does not exist.
+    async fn metadata(&self, bucket: &str, name: &str) -> Result<Option<ObjectMeta>>;
+
+    /// Every object whose name starts with `prefix`, in name order.
+    async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<ObjectMeta>>;
+
+    /// Deletes an object; `false` if it did not exist.
+    async fn delete(&self, bucket: &str, name: &str) -> Result<bool>;
+}

@@ -1,0 +1,1 @@
+//! Dry-run placeholders (to be written).
