@@ -13,7 +13,7 @@ pub enum Error {
     /// No record with that id.
     #[error("{kind} {id} not found")]
     NotFound {
-        /// `job` or `download`.
+        /// `job`, `download`, `object` or `bucket`.
         kind: &'static str,
         /// The id asked for.
         id: String,
