@@ -2,11 +2,16 @@
 //! ports the stages use and their adapters. Every stage binary is a thin
 //! `main.rs` over this crate.
 
+pub mod config;
 pub mod domain;
 pub mod error;
+pub mod generate;
 pub mod objects;
 pub mod placeholder;
+pub mod push;
+pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod time;
 pub mod vertex;
 

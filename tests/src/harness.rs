@@ -44,6 +44,11 @@ pub fn emulator_project() -> String {
 /// A Firestore backend on the emulator with fresh collections. Panics with
 /// what to do when the emulator is not configured: these tests never skip.
 pub async fn firestore_backend() -> FirestoreBackend {
+    firestore_backend_with_prefix(&unique_prefix()).await
+}
+
+/// A Firestore backend on the emulator with collections named by `prefix`.
+pub async fn firestore_backend_with_prefix(prefix: &str) -> FirestoreBackend {
     assert!(
         std::env::var("FIRESTORE_EMULATOR_HOST").is_ok(),
         "FIRESTORE_EMULATOR_HOST is not set: run the tests with tests/run, which starts the emulator"
@@ -51,7 +56,7 @@ pub async fn firestore_backend() -> FirestoreBackend {
     FirestoreBackend::connect(FirestoreConfig {
         project: emulator_project(),
         database: "(default)".into(),
-        prefix: unique_prefix(),
+        prefix: prefix.to_string(),
     })
     .await
     .expect("the Firestore emulator answers")
@@ -65,4 +70,17 @@ pub async fn firestore(retention: Retention) -> TestStore {
         backend,
         dir: None,
     }
+}
+
+/// The GCS adapter on fake-gcs-server. Panics with what to do when
+/// `STORAGE_EMULATOR_HOST` is not set: these tests never skip.
+pub async fn gcs() -> shared::objects::gcs::GcsObjectStore {
+    let endpoint = std::env::var("STORAGE_EMULATOR_HOST").expect(
+        "STORAGE_EMULATOR_HOST is not set: run the tests with tests/run, which starts fake-gcs-server",
+    );
+    shared::objects::gcs::GcsObjectStore::new(shared::objects::gcs::GcsConfig {
+        emulator_endpoint: Some(endpoint),
+    })
+    .await
+    .expect("fake-gcs-server answers")
 }

@@ -289,11 +289,11 @@ async fn counts_are_exact_after_a_mixed_workload(t: TestStore) {
     for id in &videos[..2] {
         store.claim_job(id, &lease(owner)).await.unwrap();
         store
-            .start_generating(id, owner, "projects/p/operations/o")
+            .start_generating(id, &lease(owner), "projects/p/operations/o")
             .await
             .unwrap();
     }
-    store.complete_job(&videos[1], owner, vec![]).await.unwrap();
+    store.finish_operation(&videos[1], vec![]).await.unwrap();
     store.cancel_job(&videos[2]).await.unwrap();
 
     let counts = store.job_counts().await.unwrap();
@@ -480,7 +480,11 @@ async fn a_job_document_round_trips_every_field(t: TestStore) {
 
     store.claim_job(&created.id, &lease("w")).await.unwrap();
     store
-        .start_generating(&created.id, "w", "projects/p/locations/l/operations/1")
+        .start_generating(
+            &created.id,
+            &lease("w"),
+            "projects/p/locations/l/operations/1",
+        )
         .await
         .unwrap();
     store
@@ -562,7 +566,10 @@ async fn stuck_jobs_are_reset_and_filtered_jobs_are_not_retried(t: TestStore) {
     let b = add(store, "b", JobKind::Video).await;
     store.claim_job(&a, &lease("w")).await.unwrap();
     store.claim_job(&b, &lease("w")).await.unwrap();
-    store.start_generating(&b, "w", "ops/b").await.unwrap();
+    store
+        .start_generating(&b, &lease("w"), "ops/b")
+        .await
+        .unwrap();
 
     let none = store
         .reset_stuck_jobs(Duration::from_secs(3600))

@@ -74,7 +74,7 @@ impl<'de> Deserialize<'de> for JobKind {
     }
 }
 
-/// Where a job stands. See DESIGN.md for the state machine.
+/// Where a job stands. The README draws the state machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
@@ -365,6 +365,9 @@ pub struct Job {
     /// a generator can resume polling instead of paying for a second video.
     #[serde(default)]
     pub operation_name: Option<String>,
+    /// When that operation was submitted (its age decides the time-out).
+    #[serde(default)]
+    pub submitted_at: Option<Timestamp>,
     /// `gs://` URIs of what the model produced.
     #[serde(default)]
     pub outputs: Vec<String>,
@@ -445,6 +448,7 @@ impl Job {
             lease_owner: None,
             lease_expires_at: None,
             operation_name: None,
+            submitted_at: None,
             outputs: Vec::new(),
             deliveries: Vec::new(),
             error: None,
@@ -564,19 +568,44 @@ impl Job {
     }
 
     /// Records the submitted long-running operation: processing → generating.
+    /// The lease is renewed for `lease.ttl`, the time the operation may take;
+    /// if it runs out nobody watched the operation, and the job is reset with
+    /// its operation kept. Re-recording the same operation (a resumed job)
+    /// keeps its submission time.
     pub fn start_generating(
         &mut self,
-        owner: &str,
+        lease: &Lease,
         operation_name: &str,
         now: Timestamp,
     ) -> Transition {
         if self.status != JobStatus::Processing {
             return Err(self.refuse("start generating"));
         }
-        self.check_owner(owner)?;
+        self.check_owner(&lease.owner)?;
+        if self.operation_name.as_deref() != Some(operation_name) || self.submitted_at.is_none() {
+            self.submitted_at = Some(now);
+        }
         self.status = JobStatus::Generating;
         self.operation_name = Some(operation_name.to_string());
+        self.lease_expires_at = Some(now.plus(lease.ttl));
         self.touch(now);
+        Ok(())
+    }
+
+    /// The poller saw the operation finish: generating → completed. No lease
+    /// check: the operation, not a worker, did the work, and the write is a
+    /// compare-and-set like every other.
+    pub fn finish_operation(&mut self, outputs: Vec<String>, now: Timestamp) -> Transition {
+        if self.status != JobStatus::Generating {
+            return Err(self.refuse("finish the operation of"));
+        }
+        self.status = JobStatus::Completed;
+        self.outputs = outputs;
+        self.error = None;
+        self.clear_lease();
+        self.completed_at = Some(now);
+        self.touch(now);
+        self.settle_delivery();
         Ok(())
     }
 

@@ -38,7 +38,7 @@ fn actions() -> Vec<Action> {
             j.extend_lease(&lease("w1"), now).is_ok()
         }),
         ("start_generating", |j, now| {
-            j.start_generating("w1", "ops/1", now).is_ok()
+            j.start_generating(&lease("w1"), "ops/1", now).is_ok()
         }),
         ("complete", |j, now| {
             j.complete("w1", vec!["gs://out/x".into()], now).is_ok()
@@ -524,5 +524,31 @@ fn download_ids_depend_on_bucket_object_and_generation() {
     assert_ne!(
         Download::id_for("a", "b\nc", None),
         Download::id_for("a\nb", "c", None)
+    );
+}
+
+#[test]
+fn the_poller_finishes_only_generating_jobs_and_resumes_keep_the_submission_time() {
+    let now = Timestamp::now();
+    for status in JobStatus::ALL {
+        let mut job = job_in(status, now);
+        let ok = job.finish_operation(vec!["gs://o/v".into()], now).is_ok();
+        assert_eq!(ok, status == JobStatus::Generating, "from {status}");
+    }
+    let mut job = job_in(JobStatus::Processing, now);
+    job.start_generating(&Lease::new("w1", MINUTE * 40), "ops/1", now)
+        .unwrap();
+    assert_eq!(job.submitted_at, Some(now));
+    assert_eq!(job.lease_expires_at, Some(now.plus(MINUTE * 40)));
+    // Reset and resumed later: the same operation keeps its age.
+    job.reset(true, now, &Retention::default()).unwrap();
+    job.claim(&lease("w2"), now.plus(MINUTE)).unwrap();
+    job.start_generating(&lease("w2"), "ops/1", now.plus(MINUTE))
+        .unwrap();
+    assert_eq!(job.submitted_at, Some(now));
+    job.finish_operation(vec!["gs://o/v".into()], now).unwrap();
+    assert_eq!(
+        (job.status, job.lease_owner.clone()),
+        (JobStatus::Completed, None)
     );
 }

@@ -601,15 +601,24 @@ impl Store {
             .await
     }
 
-    /// Records a submitted long-running operation: processing → generating.
+    /// Records a submitted long-running operation: processing → generating,
+    /// with the lease renewed for as long as the operation may take.
     pub async fn start_generating(
         &self,
         id: &str,
-        owner: &str,
+        lease: &Lease,
         operation_name: &str,
     ) -> Result<Job> {
         self.update(id, |job: &mut Job, now| {
-            job.start_generating(owner, operation_name, now)
+            job.start_generating(lease, operation_name, now)
+        })
+        .await
+    }
+
+    /// The poller saw the operation of a generating job finish: completed.
+    pub async fn finish_operation(&self, id: &str, outputs: Vec<String>) -> Result<Job> {
+        self.update(id, |job: &mut Job, now| {
+            job.finish_operation(outputs.clone(), now)
         })
         .await
     }

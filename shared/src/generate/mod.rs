@@ -1,0 +1,332 @@
+//! The generation stages: the image and video generators (push services and
+//! drain jobs) and the video poller.
+//!
+//! Every paid model call happens only after a successful claim, so a
+//! duplicated push, a second drain or a retried request never pays twice.
+//! Outcomes map to Pub/Sub acknowledgements in one place, [`Handled`]'s
+//! `IntoResponse`: done, duplicate and poison are acknowledged (2xx);
+//! transient trouble is a 429 or 503 so Pub/Sub redelivers with back-off.
+
+pub mod images;
+pub mod poller;
+pub mod service;
+pub mod videos;
+
+use crate::domain::Lease;
+use crate::domain::job::{Job, JobError};
+use crate::error::{Error, Result};
+use crate::store::Store;
+use crate::vertex::{ErrorClass, ModelError};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// What handling one job message (or one drained job) came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Handled {
+    /// The work was done (completed, submitted, or failed for good).
+    Done(String),
+    /// Nothing to do: already finished, or another worker holds it.
+    Duplicate(String),
+    /// The message can never be processed; acknowledged so it stops coming.
+    Poison(String),
+    /// Transient trouble; the job was given back and the message should be
+    /// redelivered later.
+    Retry {
+        /// A model quota (429) rather than an outage (503).
+        rate_limited: bool,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+impl Handled {
+    /// The HTTP status that tells Pub/Sub what to do.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Handled::Done(_) | Handled::Duplicate(_) | Handled::Poison(_) => StatusCode::OK,
+            Handled::Retry {
+                rate_limited: true, ..
+            } => StatusCode::TOO_MANY_REQUESTS,
+            Handled::Retry { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn parts(&self) -> (&'static str, &str) {
+        match self {
+            Handled::Done(detail) => ("done", detail),
+            Handled::Duplicate(detail) => ("duplicate", detail),
+            Handled::Poison(detail) => ("poison", detail),
+            Handled::Retry { reason, .. } => ("retry", reason),
+        }
+    }
+
+    /// A transient store failure.
+    fn store_trouble(e: &Error) -> Self {
+        Handled::Retry {
+            rate_limited: false,
+            reason: e.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for Handled {
+    fn into_response(self) -> Response {
+        let (outcome, detail) = self.parts();
+        let body = serde_json::json!({ "outcome": outcome, "detail": detail });
+        (self.status(), axum::Json(body)).into_response()
+    }
+}
+
+/// Names the claims of one process: `image-generator-3f2a9c1e/17`. Unique per
+/// claim, so that two tasks of one instance never pass for each other.
+#[derive(Debug)]
+pub struct Workers {
+    prefix: String,
+    next: AtomicU64,
+}
+
+impl Workers {
+    /// Claim names for `stage`, with a random instance suffix.
+    pub fn new(stage: &str) -> Self {
+        let instance = uuid::Uuid::new_v4().simple().to_string();
+        Self {
+            prefix: format!("{stage}-{}", &instance[..8]),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    /// A fresh lease of `ttl` under a new claim name.
+    pub fn lease(&self, ttl: Duration) -> Lease {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        Lease::new(format!("{}/{n}", self.prefix), ttl)
+    }
+}
+
+/// Limits of a drain run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DrainLimits {
+    /// Stop after this many jobs.
+    pub max_jobs: Option<u64>,
+    /// Stop claiming after this long.
+    pub max_duration: Option<Duration>,
+}
+
+/// What a drain run did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Jobs claimed and worked on.
+    pub processed: u64,
+    /// Of those, handed back for a later try.
+    pub retried: u64,
+}
+
+/// A model error as the job's error record.
+fn job_error(e: &ModelError) -> JobError {
+    JobError::new(
+        e.code.clone(),
+        e.to_string(),
+        e.class != ErrorClass::Permanent,
+    )
+}
+
+/// Settles a job after a model error: permanent → failed; transient or
+/// unknown → given back (the attempt stays counted) for a later try.
+async fn settle_model_error(store: &Store, job: &Job, lease: &Lease, e: &ModelError) -> Handled {
+    let error = job_error(e);
+    if e.class == ErrorClass::Permanent {
+        tracing::warn!(job_id = %job.id, error = %e, event = "job_failed", "the model refused the job");
+        return match with_store_retries(|| {
+            store.fail_job(&job.id, Some(&lease.owner), error.clone())
+        })
+        .await
+        {
+            Ok(_) => Handled::Done(format!("failed: {e}")),
+            Err(e) => settled_elsewhere_or_retry(&e),
+        };
+    }
+    tracing::warn!(job_id = %job.id, error = %e, "model trouble; the job goes back to the queue");
+    match with_store_retries(|| store.release_job(&job.id, &lease.owner, Some(error.clone()))).await
+    {
+        Ok(_) => Handled::Retry {
+            rate_limited: e.code == "rate_limited",
+            reason: e.to_string(),
+        },
+        Err(e) => settled_elsewhere_or_retry(&e),
+    }
+}
+
+/// A write after the work failed: either someone else settled the job (a
+/// refused transition: acknowledge) or the store is in trouble (retry).
+fn settled_elsewhere_or_retry(e: &Error) -> Handled {
+    match e {
+        Error::Transition { .. } | Error::NotFound { .. } => Handled::Duplicate(e.to_string()),
+        _ => Handled::store_trouble(e),
+    }
+}
+
+/// Retries a store write a few times on transient errors. Used after a paid
+/// call, where losing the write would mean paying again.
+async fn with_store_retries<T, F, Fut>(mut write: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut delay = Duration::from_millis(200);
+    let mut tries = 0;
+    loop {
+        match write().await {
+            Err(e) if e.is_retryable() && tries < 5 => {
+                tries += 1;
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Settings shared by the generators.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GeneratorSettings {
+    /// GCS_OUTPUT_BUCKET: where outputs are written.
+    pub output_bucket: String,
+    /// IMAGE_MODEL or VIDEO_MODEL: used unless the job names a model.
+    pub default_model: String,
+    /// DRY_RUN: placeholders instead of model calls. A job is sent to the
+    /// paid model only when neither the service nor the job says dry run.
+    pub dry_run: bool,
+    /// How long a claim lasts while the model works.
+    pub lease_ttl: Duration,
+    /// OPERATION_TIMEOUT: how long a video operation may run.
+    pub operation_timeout: Duration,
+    /// Back-off of a drain after transient trouble (BASE_DELAY, MAX_DELAY).
+    pub retry: crate::vertex::RetryPolicy,
+}
+
+impl GeneratorSettings {
+    /// The model for `job`: its own override, else the default.
+    fn model_for(&self, job: &Job) -> String {
+        job.params
+            .model
+            .clone()
+            .unwrap_or_else(|| self.default_model.clone())
+    }
+
+    /// Whether `job` runs on placeholders.
+    fn is_dry(&self, job: &Job) -> bool {
+        self.dry_run || job.dry_run
+    }
+}
+
+/// A generator: claims jobs of one kind and works on them.
+#[async_trait::async_trait]
+pub trait Generator: Send + Sync + 'static {
+    /// The kind of jobs it takes.
+    const KIND: crate::domain::job::JobKind;
+    /// The store.
+    fn store(&self) -> &Store;
+    /// Claim names.
+    fn workers(&self) -> &Workers;
+    /// Settings.
+    fn settings(&self) -> &GeneratorSettings;
+    /// Works on a job this worker has claimed under `lease`.
+    async fn run(&self, job: Job, lease: &Lease) -> Handled;
+}
+
+fn describe_refusal(job: &Job, refusal: &crate::domain::job::ClaimRefusal) -> String {
+    use crate::domain::job::ClaimRefusal;
+    match refusal {
+        ClaimRefusal::NotClaimable(status) => format!("job {} is {status}; nothing to do", job.id),
+        ClaimRefusal::Leased { owner, until } => {
+            format!(
+                "job {} is being worked on by {owner} (lease until {until})",
+                job.id
+            )
+        }
+        ClaimRefusal::Exhausted => format!("job {} has no attempt left", job.id),
+    }
+}
+
+/// Handles the job message for `job_id`: claim it, then work on it.
+pub async fn handle<G: Generator>(generator: &G, job_id: &str) -> Handled {
+    use crate::store::Claim;
+    let store = generator.store();
+    // A cheap read first: a job of the other kind is poison, and duplicates
+    // of finished jobs are answered without a write.
+    match store.get_job(job_id).await {
+        Ok(Some(job)) if job.kind != G::KIND => {
+            return Handled::Poison(format!(
+                "job {job_id} is a {} job, not a {} job",
+                job.kind,
+                G::KIND
+            ));
+        }
+        Ok(Some(job))
+            if job.status != crate::domain::job::JobStatus::Pending
+                && job.status != crate::domain::job::JobStatus::Processing =>
+        {
+            return Handled::Duplicate(format!("job {job_id} is {}; nothing to do", job.status));
+        }
+        Ok(Some(_)) => {}
+        Ok(None) => return Handled::Poison(format!("job {job_id} does not exist")),
+        Err(e) if e.is_retryable() => return Handled::store_trouble(&e),
+        Err(e) => return Handled::Poison(e.to_string()),
+    }
+    let lease = generator.workers().lease(generator.settings().lease_ttl);
+    match store.claim_job(job_id, &lease).await {
+        Ok(Claim::Claimed(job)) => generator.run(job, &lease).await,
+        Ok(Claim::Refused(job, refusal)) => Handled::Duplicate(describe_refusal(&job, &refusal)),
+        Ok(Claim::Exhausted(job)) => {
+            tracing::warn!(job_id = %job.id, event = "job_failed", "no attempt left; the job failed");
+            Handled::Done(format!("job {} had no attempt left and failed", job.id))
+        }
+        Ok(Claim::NotFound) => Handled::Poison(format!("job {job_id} does not exist")),
+        Err(e) if e.is_retryable() => Handled::store_trouble(&e),
+        Err(e) => Handled::Poison(e.to_string()),
+    }
+}
+
+/// Claims and works on pending jobs of the generator's kind until none is
+/// left or a limit is reached. After transient trouble it backs off
+/// (BASE_DELAY doubling up to MAX_DELAY) and gives up after five in a row, so
+/// a quota outage does not burn every job's attempts.
+pub async fn drain<G: Generator>(generator: &G, limits: DrainLimits) -> Result<DrainReport> {
+    let started = std::time::Instant::now();
+    let retry = generator.settings().retry;
+    let mut report = DrainReport::default();
+    let mut backoff = retry.base_delay;
+    let mut troubles_in_a_row = 0;
+    loop {
+        if limits.max_jobs.is_some_and(|max| report.processed >= max)
+            || limits
+                .max_duration
+                .is_some_and(|max| started.elapsed() >= max)
+        {
+            break;
+        }
+        let lease = generator.workers().lease(generator.settings().lease_ttl);
+        let Some(job) = generator.store().claim_next_job(G::KIND, &lease).await? else {
+            break;
+        };
+        report.processed += 1;
+        let job_id = job.id.clone();
+        let handled = generator.run(job, &lease).await;
+        tracing::info!(job_id = %job_id, outcome = ?handled, "drained one job");
+        if let Handled::Retry { .. } = handled {
+            report.retried += 1;
+            troubles_in_a_row += 1;
+            if troubles_in_a_row >= 5 {
+                tracing::warn!("five transient failures in a row; stopping the drain");
+                break;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(retry.max_delay);
+        } else {
+            troubles_in_a_row = 0;
+            backoff = retry.base_delay;
+        }
+    }
+    Ok(report)
+}

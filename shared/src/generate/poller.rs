@@ -1,0 +1,252 @@
+//! The video poller: asks Vertex about every `generating` job's operation,
+//! completes the finished ones, fails the failed, filtered and timed-out
+//! ones, and repeats every POLLING_INTERVAL until nothing is generating or
+//! its time budget is spent. It keeps no state of its own: a fresh instance
+//! resumes from the operation names in the store.
+
+use super::videos::fail_filtered_video;
+use super::{Handled, settled_elsewhere_or_retry, with_store_retries};
+use crate::domain::job::{Job, JobError, JobStatus};
+use crate::error::Result;
+use crate::store::{JobFilter, MAX_PAGE, Store};
+use crate::time::Timestamp;
+use crate::vertex::{ErrorClass, OperationState, VideoModel};
+use futures::StreamExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Error code of a video whose operation ran past OPERATION_TIMEOUT.
+pub const TIMED_OUT: &str = "timed_out";
+/// Operations polled at once.
+const CONCURRENT_POLLS: usize = 8;
+
+/// Poller settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PollerSettings {
+    /// OPERATION_TIMEOUT: an operation older than this fails as timed out.
+    pub operation_timeout: Duration,
+    /// POLLING_INTERVAL: the pause between rounds.
+    pub polling_interval: Duration,
+    /// Stop after this long (the Cloud Run job's task budget).
+    pub max_runtime: Duration,
+}
+
+/// What the poller saw.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PollReport {
+    /// Rounds run.
+    pub rounds: u64,
+    /// Operations asked about.
+    pub polled: u64,
+    /// Jobs completed.
+    pub completed: u64,
+    /// Jobs failed by the operation's error.
+    pub failed: u64,
+    /// Jobs whose videos were all filtered.
+    pub filtered: u64,
+    /// Jobs whose operation ran too long.
+    pub timed_out: u64,
+    /// Operations still running after the last round.
+    pub running: u64,
+    /// Polls that failed transiently (tried again next round).
+    pub errors: u64,
+}
+
+impl PollReport {
+    fn add(&mut self, other: &PollReport) {
+        self.polled += other.polled;
+        self.completed += other.completed;
+        self.failed += other.failed;
+        self.filtered += other.filtered;
+        self.timed_out += other.timed_out;
+        self.errors += other.errors;
+        self.running = other.running;
+    }
+}
+
+/// Watches the operations of generating video jobs.
+pub struct VideoPoller {
+    store: Store,
+    model: Arc<dyn VideoModel>,
+    settings: PollerSettings,
+}
+
+enum Seen {
+    Completed,
+    Failed,
+    Filtered,
+    TimedOut,
+    Running,
+    Error,
+    Skipped,
+}
+
+impl VideoPoller {
+    /// A poller over `store`, asking `model`.
+    pub fn new(store: Store, model: Arc<dyn VideoModel>, settings: PollerSettings) -> Self {
+        Self {
+            store,
+            model,
+            settings,
+        }
+    }
+
+    async fn generating_jobs(&self) -> Result<Vec<Job>> {
+        let filter = JobFilter {
+            status: Some(JobStatus::Generating),
+            kind: None,
+        };
+        let mut jobs = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self
+                .store
+                .list_jobs(&filter, MAX_PAGE, after.as_deref())
+                .await?;
+            jobs.extend(page.items);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(jobs),
+            }
+        }
+    }
+
+    fn timed_out(&self, job: &Job, now: Timestamp) -> bool {
+        let since = job.submitted_at.unwrap_or(job.updated_at);
+        since.plus(self.settings.operation_timeout) <= now
+    }
+
+    async fn fail(&self, job: &Job, error: JobError) -> Handled {
+        match with_store_retries(|| self.store.fail_job(&job.id, None, error.clone())).await {
+            Ok(_) => Handled::Done(String::new()),
+            Err(e) => settled_elsewhere_or_retry(&e),
+        }
+    }
+
+    async fn check(&self, job: &Job) -> Seen {
+        let Some(operation) = job.operation_name.as_deref() else {
+            return Seen::Skipped;
+        };
+        let state = self.model.poll(operation).await;
+        let now = Timestamp::now();
+        let outcome = match state {
+            Ok(OperationState::Done { videos }) => {
+                match with_store_retries(|| self.store.finish_operation(&job.id, videos.clone()))
+                    .await
+                {
+                    Ok(_) => {
+                        tracing::info!(job_id = %job.id, kind = "video", outputs = videos.len(), event = "job_completed", "job completed");
+                        return Seen::Completed;
+                    }
+                    Err(e) => settled_elsewhere_or_retry(&e),
+                }
+            }
+            Ok(OperationState::Filtered { reasons }) => {
+                let handled = fail_filtered_video(&self.store, job, &reasons).await;
+                if matches!(handled, Handled::Done(_)) {
+                    return Seen::Filtered;
+                }
+                handled
+            }
+            Ok(OperationState::Failed { code, message }) => {
+                tracing::warn!(job_id = %job.id, code, message, event = "job_failed", "the operation failed");
+                let error =
+                    JobError::new("operation_failed", format!("code {code}: {message}"), false);
+                if matches!(self.fail(job, error).await, Handled::Done(_)) {
+                    return Seen::Failed;
+                }
+                return Seen::Error;
+            }
+            Ok(OperationState::Running) if self.timed_out(job, now) => {
+                let error = JobError::new(
+                    TIMED_OUT,
+                    format!(
+                        "operation {operation} did not finish within {}",
+                        humantime_like(self.settings.operation_timeout)
+                    ),
+                    false,
+                );
+                tracing::warn!(job_id = %job.id, operation, event = "job_failed", code = TIMED_OUT, "operation timed out");
+                if matches!(self.fail(job, error).await, Handled::Done(_)) {
+                    return Seen::TimedOut;
+                }
+                return Seen::Error;
+            }
+            Ok(OperationState::Running) => return Seen::Running,
+            Err(e) if e.class == ErrorClass::Permanent => {
+                tracing::warn!(job_id = %job.id, operation, error = %e, event = "job_failed", "the operation cannot be polled");
+                let error = JobError::new(e.code.clone(), e.to_string(), false);
+                if matches!(self.fail(job, error).await, Handled::Done(_)) {
+                    return Seen::Failed;
+                }
+                return Seen::Error;
+            }
+            Err(e) => {
+                tracing::warn!(job_id = %job.id, operation, error = %e, "polling failed; trying again next round");
+                return Seen::Error;
+            }
+        };
+        match outcome {
+            Handled::Duplicate(_) => Seen::Skipped,
+            _ => Seen::Error,
+        }
+    }
+
+    /// One pass over every generating job.
+    pub async fn round(&self) -> Result<PollReport> {
+        let jobs = self.generating_jobs().await?;
+        let seen: Vec<Seen> = futures::stream::iter(&jobs)
+            .map(|job| self.check(job))
+            .buffer_unordered(CONCURRENT_POLLS)
+            .collect()
+            .await;
+        let mut report = PollReport {
+            rounds: 1,
+            ..PollReport::default()
+        };
+        for outcome in seen {
+            report.polled += 1;
+            match outcome {
+                Seen::Completed => report.completed += 1,
+                Seen::Failed => report.failed += 1,
+                Seen::Filtered => report.filtered += 1,
+                Seen::TimedOut => report.timed_out += 1,
+                Seen::Running => report.running += 1,
+                Seen::Error => {
+                    report.errors += 1;
+                    report.running += 1;
+                }
+                Seen::Skipped => report.polled -= 1,
+            }
+        }
+        Ok(report)
+    }
+
+    /// Rounds every POLLING_INTERVAL until nothing is generating or the time
+    /// budget would be exceeded.
+    pub async fn run(&self) -> Result<PollReport> {
+        let started = Instant::now();
+        let mut total = PollReport::default();
+        loop {
+            let report = self.round().await?;
+            total.rounds += 1;
+            total.add(&report);
+            tracing::info!(round = total.rounds, report = ?report, "poll round");
+            if report.running == 0
+                || started.elapsed() + self.settings.polling_interval >= self.settings.max_runtime
+            {
+                return Ok(total);
+            }
+            tokio::time::sleep(self.settings.polling_interval).await;
+        }
+    }
+}
+
+fn humantime_like(duration: Duration) -> String {
+    let secs = duration.as_secs();
+    if secs.is_multiple_of(60) && secs >= 60 {
+        format!("{} min", secs / 60)
+    } else {
+        format!("{secs} s")
+    }
+}

@@ -1,0 +1,187 @@
+//! The HTTP face of a generator and the entry points of the generation
+//! binaries (`image-generator`, `video-generator`, `video-poller`).
+
+use super::images::ImageGenerator;
+use super::poller::{PollerSettings, VideoPoller};
+use super::videos::VideoGenerator;
+use super::{DrainLimits, Generator, GeneratorSettings, Handled, drain, handle};
+use crate::config::StageArgs;
+use crate::push::{self, JobMessage};
+use crate::server;
+use crate::vertex::client::VertexClient;
+use anyhow::Context;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::routing::post;
+use clap::Subcommand;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::Instrument;
+
+/// How long one push may take: under Pub/Sub's longest ack deadline (600 s).
+pub const PUSH_TIMEOUT: Duration = Duration::from_secs(540);
+/// How long a claim lasts while a model works on an image or a submit.
+pub const LEASE_TTL: Duration = Duration::from_secs(900);
+
+/// `POST /` takes the push of a job message; `GET /healthz` answers.
+pub fn router<G: Generator>(generator: Arc<G>) -> Router {
+    let app = Router::new()
+        .route("/", post(push_handler::<G>))
+        .with_state(generator);
+    server::with_basics(app, PUSH_TIMEOUT)
+}
+
+async fn push_handler<G: Generator>(State(generator): State<Arc<G>>, body: Bytes) -> Handled {
+    let delivery = match push::decode(&body) {
+        Ok(delivery) => delivery,
+        Err(poison) => {
+            tracing::error!(error = %poison, "poison push acknowledged");
+            return Handled::Poison(poison.0);
+        }
+    };
+    let span = tracing::info_span!("job_message", message_id = %delivery.message_id, job_id = tracing::field::Empty);
+    async move {
+        let message = match JobMessage::from_delivery(&delivery) {
+            Ok(message) => message,
+            Err(poison) => {
+                tracing::error!(error = %poison, "poison message acknowledged");
+                return Handled::Poison(poison.0);
+            }
+        };
+        tracing::Span::current().record("job_id", message.job_id.as_str());
+        let handled = handle(generator.as_ref(), &message.job_id).await;
+        match &handled {
+            Handled::Poison(reason) => tracing::error!(reason, "poison message acknowledged"),
+            Handled::Retry { reason, .. } => tracing::warn!(reason, "asking Pub/Sub to redeliver"),
+            other => tracing::info!(outcome = ?other, "handled"),
+        }
+        handled
+    }
+    .instrument(span)
+    .await
+}
+
+/// How a generator binary runs.
+#[derive(Clone, Debug, Subcommand)]
+pub enum Mode {
+    /// Serve push deliveries on $PORT (the default).
+    Serve,
+    /// Claim and process pending jobs until none is left or a limit is hit
+    /// (a Cloud Run job).
+    Drain {
+        /// Stop after this many jobs.
+        #[arg(long)]
+        max_jobs: Option<u64>,
+        /// Stop claiming after this many seconds.
+        #[arg(long)]
+        max_seconds: Option<u64>,
+    },
+}
+
+fn settings(args: &StageArgs, model: &str) -> anyhow::Result<GeneratorSettings> {
+    Ok(GeneratorSettings {
+        output_bucket: args.output_bucket()?,
+        default_model: model.to_string(),
+        dry_run: args.dry_run,
+        lease_ttl: LEASE_TTL,
+        operation_timeout: args.operation_timeout,
+        retry: args.retry(),
+    })
+}
+
+async fn serve_or_drain<G: Generator>(
+    generator: G,
+    args: &StageArgs,
+    mode: Mode,
+) -> anyhow::Result<()> {
+    match mode {
+        Mode::Serve => {
+            let listener = server::bind(args.port)
+                .await
+                .with_context(|| format!("binding port {}", args.port))?;
+            server::serve(listener, router(Arc::new(generator))).await?;
+        }
+        Mode::Drain {
+            max_jobs,
+            max_seconds,
+        } => {
+            let limits = DrainLimits {
+                max_jobs,
+                max_duration: max_seconds.map(Duration::from_secs),
+            };
+            let report = drain(&generator, limits).await?;
+            tracing::info!(
+                processed = report.processed,
+                retried = report.retried,
+                event = "drain_finished",
+                "drain finished"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The `image-generator` binary.
+pub async fn image_generator(args: StageArgs, mode: Mode) -> anyhow::Result<()> {
+    tracing::info!(config = %args.summary(), "image-generator starting");
+    let generator = ImageGenerator::new(
+        args.open_store().await?,
+        args.object_store().await?,
+        Arc::new(VertexClient::new(args.vertex())?),
+        settings(&args, &args.image_model)?,
+    );
+    serve_or_drain(generator, &args, mode).await
+}
+
+/// The `video-generator` binary.
+pub async fn video_generator(args: StageArgs, mode: Mode) -> anyhow::Result<()> {
+    tracing::info!(config = %args.summary(), "video-generator starting");
+    let generator = VideoGenerator::new(
+        args.open_store().await?,
+        args.object_store().await?,
+        Arc::new(VertexClient::new(args.vertex())?),
+        settings(&args, &args.video_model)?,
+    );
+    serve_or_drain(generator, &args, mode).await
+}
+
+/// The `video-poller` binary: rounds until nothing is generating or
+/// `max_runtime` is spent; prints the summary as one JSON line.
+pub async fn video_poller(args: StageArgs, max_runtime: Duration) -> anyhow::Result<()> {
+    tracing::info!(config = %args.summary(), "video-poller starting");
+    let poller = VideoPoller::new(
+        args.open_store().await?,
+        Arc::new(VertexClient::new(args.vertex())?),
+        PollerSettings {
+            operation_timeout: args.operation_timeout,
+            polling_interval: args.polling_interval,
+            max_runtime,
+        },
+    );
+    let report = poller.run().await?;
+    tracing::info!(
+        rounds = report.rounds,
+        polled = report.polled,
+        completed = report.completed,
+        failed = report.failed,
+        filtered = report.filtered,
+        timed_out = report.timed_out,
+        running = report.running,
+        errors = report.errors,
+        event = "poller_finished",
+        "video-poller finished"
+    );
+    Ok(())
+}
+
+/// The exit status of a stage binary: failures are logged as one line.
+pub fn exit_code(outcome: anyhow::Result<()>) -> std::process::ExitCode {
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "stopped");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

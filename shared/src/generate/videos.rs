@@ -1,0 +1,176 @@
+//! The video generator: one claimed job → a Veo long-running operation whose
+//! name is stored (status `generating`; the poller finishes it), or, in dry
+//! run, placeholder MP4s written where Veo would write them.
+
+use super::images::fail_filtered;
+use super::{
+    Generator, GeneratorSettings, Handled, Workers, settle_model_error, settled_elsewhere_or_retry,
+    with_store_retries,
+};
+use crate::domain::Lease;
+use crate::domain::job::{Job, JobError, JobKind};
+use crate::objects::{JOB_ID_METADATA, ObjectStore};
+use crate::store::Store;
+use crate::time::Timestamp;
+use crate::vertex::{VideoModel, VideoRequest};
+use async_trait::async_trait;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Extra lease time on top of OPERATION_TIMEOUT, so the poller, not a lease
+/// expiry, is what times an operation out.
+const LEASE_MARGIN: Duration = Duration::from_secs(600);
+
+/// Generates the videos of video jobs.
+pub struct VideoGenerator {
+    store: Store,
+    objects: Arc<dyn ObjectStore>,
+    model: Arc<dyn VideoModel>,
+    settings: GeneratorSettings,
+    workers: Workers,
+}
+
+impl VideoGenerator {
+    /// A generator submitting live jobs to `model` and writing dry-run
+    /// placeholders to `objects`.
+    pub fn new(
+        store: Store,
+        objects: Arc<dyn ObjectStore>,
+        model: Arc<dyn VideoModel>,
+        settings: GeneratorSettings,
+    ) -> Self {
+        Self {
+            store,
+            objects,
+            model,
+            settings,
+            workers: Workers::new("video-generator"),
+        }
+    }
+
+    /// `gs://OUT/videos/{job_id}/`: where Veo writes the job's files.
+    pub fn storage_uri(&self, job: &Job) -> String {
+        format!("gs://{}/videos/{}/", self.settings.output_bucket, job.id)
+    }
+
+    /// The lease of a generating job: as long as the operation may take.
+    fn operation_lease(&self, lease: &Lease) -> Lease {
+        Lease::new(
+            lease.owner.clone(),
+            self.settings.operation_timeout + LEASE_MARGIN,
+        )
+    }
+
+    /// Records the operation; on failure says loudly which operation was
+    /// lost, since the next attempt will submit (and pay) again.
+    async fn watch(&self, job: &Job, lease: &Lease, operation: &str, resumed: bool) -> Handled {
+        let lease = self.operation_lease(lease);
+        match with_store_retries(|| self.store.start_generating(&job.id, &lease, operation)).await {
+            Ok(_) => {
+                tracing::info!(job_id = %job.id, operation, resumed, event = "job_generating", "operation submitted");
+                Handled::Done(format!("job {} is generating ({operation})", job.id))
+            }
+            Err(e) => {
+                tracing::error!(job_id = %job.id, operation, error = %e, "could not record the submitted operation");
+                settled_elsewhere_or_retry(&e)
+            }
+        }
+    }
+
+    /// Writes placeholder clips as Veo lays them out
+    /// (`videos/{job}/{timestamp}/sample_{n}.mp4`) and completes the job.
+    async fn dry_run(&self, job: &Job, lease: &Lease) -> Handled {
+        let bucket = &self.settings.output_bucket;
+        let folder = Timestamp::now().as_datetime().format("%Y%m%d%H%M%S%6f");
+        let metadata = BTreeMap::from([(JOB_ID_METADATA.to_string(), job.id.clone())]);
+        let samples = job.params.sample_count.unwrap_or(1).max(1);
+        let mut outputs = Vec::new();
+        for n in 0..samples {
+            let name = format!("videos/{}/{folder}/sample_{n}.mp4", job.id);
+            let data = crate::placeholder::mp4(
+                &format!("{} sample {n}", job.id),
+                job.params.aspect_ratio.as_deref(),
+            );
+            match with_store_retries(|| {
+                self.objects
+                    .write(bucket, &name, data.clone(), "video/mp4", &metadata)
+            })
+            .await
+            {
+                Ok(meta) => outputs.push(meta.uri().to_string()),
+                Err(e) => {
+                    let error = JobError::new("storage", e.to_string(), true);
+                    return match self
+                        .store
+                        .release_job(&job.id, &lease.owner, Some(error))
+                        .await
+                    {
+                        Ok(_) => Handled::Retry {
+                            rate_limited: false,
+                            reason: e.to_string(),
+                        },
+                        Err(e) => settled_elsewhere_or_retry(&e),
+                    };
+                }
+            }
+        }
+        match with_store_retries(|| {
+            self.store
+                .complete_job(&job.id, &lease.owner, outputs.clone())
+        })
+        .await
+        {
+            Ok(_) => {
+                tracing::info!(job_id = %job.id, kind = "video", outputs = outputs.len(), dry_run = true, event = "job_completed", "job completed");
+                Handled::Done(format!(
+                    "job {} completed with {} placeholder videos",
+                    job.id,
+                    outputs.len()
+                ))
+            }
+            Err(e) => settled_elsewhere_or_retry(&e),
+        }
+    }
+}
+
+#[async_trait]
+impl Generator for VideoGenerator {
+    const KIND: JobKind = JobKind::Video;
+
+    fn store(&self) -> &Store {
+        &self.store
+    }
+    fn workers(&self) -> &Workers {
+        &self.workers
+    }
+    fn settings(&self) -> &GeneratorSettings {
+        &self.settings
+    }
+
+    async fn run(&self, job: Job, lease: &Lease) -> Handled {
+        // A job reset while its operation ran: watch that operation again
+        // instead of paying for a second one.
+        if let Some(operation) = job.operation_name.clone() {
+            return self.watch(&job, lease, &operation, true).await;
+        }
+        if self.settings.is_dry(&job) {
+            return self.dry_run(&job, lease).await;
+        }
+        let request = VideoRequest {
+            prompt: job.prompt.clone(),
+            params: job.params.clone(),
+            model: self.settings.model_for(&job),
+            storage_uri: self.storage_uri(&job),
+        };
+        match self.model.submit(&request).await {
+            Ok(operation) => self.watch(&job, lease, &operation, false).await,
+            Err(e) => settle_model_error(&self.store, &job, lease, &e).await,
+        }
+    }
+}
+
+/// Fails a generating job whose every video was filtered (used by the poller).
+pub(super) async fn fail_filtered_video(store: &Store, job: &Job, reasons: &[String]) -> Handled {
+    fail_filtered(store, job, None, reasons).await
+}

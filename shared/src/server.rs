@@ -1,0 +1,133 @@
+//! The one serve path of every HTTP stage: bind `0.0.0.0:$PORT`, add
+//! `GET /healthz`, a request span (with the Cloud Trace id when the request
+//! carries one) and a time limit, and shut down gracefully on SIGTERM, which
+//! Cloud Run sends before it stops an instance.
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::routing::get;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+/// The trace id of a request: `X-Cloud-Trace-Context: TRACE/SPAN;o=1` or
+/// W3C `traceparent: 00-TRACE-SPAN-01`.
+pub fn trace_id(request: &Request<Body>) -> Option<String> {
+    let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
+    if let Some(value) = header("traceparent") {
+        let mut parts = value.split('-');
+        if let (Some(_version), Some(trace)) = (parts.next(), parts.next())
+            && trace.len() == 32
+            && trace.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Some(trace.to_string());
+        }
+    }
+    let value = header("x-cloud-trace-context")?;
+    let trace = value.split('/').next()?;
+    (!trace.is_empty() && trace.bytes().all(|b| b.is_ascii_hexdigit())).then(|| trace.to_string())
+}
+
+/// Adds `GET /healthz`, the request span and a time limit to `app`.
+pub fn with_basics(app: Router, request_timeout: Duration) -> Router {
+    app.route("/healthz", get(|| async { "ok" }))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            request_timeout,
+        ))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request<Body>| {
+                let trace = trace_id(request).unwrap_or_default();
+                tracing::info_span!(
+                    "request",
+                    method = %request.method(),
+                    path = %request.uri().path(),
+                    trace = %trace,
+                )
+            }),
+        )
+}
+
+/// Binds `0.0.0.0:port` (port 0 picks a free one, for tests).
+pub async fn bind(port: u16) -> io::Result<TcpListener> {
+    TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))).await
+}
+
+/// Serves `app` until SIGTERM or Ctrl-C, then lets requests in flight finish.
+pub async fn serve(listener: TcpListener, app: Router) -> io::Result<()> {
+    let address = listener.local_addr()?;
+    tracing::info!(%address, "listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    fn request(headers: &[(&str, &str)]) -> Request<Body> {
+        let mut builder = Request::builder().uri("/");
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(Body::empty()).unwrap()
+    }
+
+    #[test]
+    fn trace_ids_come_from_either_header() {
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let check = |headers: &[(&str, &str)], want: Option<&str>| {
+            assert_eq!(trace_id(&request(headers)).as_deref(), want, "{headers:?}");
+        };
+        check(
+            &[("traceparent", &format!("00-{trace}-00f067aa0ba902b7-01"))],
+            Some(trace),
+        );
+        check(
+            &[("x-cloud-trace-context", &format!("{trace}/1;o=1"))],
+            Some(trace),
+        );
+        check(&[("x-cloud-trace-context", "not hex/1")], None);
+        check(&[("traceparent", "garbage")], None);
+        check(&[], None);
+    }
+
+    #[tokio::test]
+    async fn healthz_answers() {
+        let app = with_basics(Router::new(), Duration::from_secs(1));
+        let response = app
+            .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+}

@@ -1,0 +1,267 @@
+//! The stage binaries as they run on Cloud Run: started with only the
+//! documented environment, fed by a real Pub/Sub push subscription (the
+//! emulator's), against the Firestore emulator, fake-gcs-server and the fake
+//! Vertex server.
+
+#![cfg(feature = "emulators")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use base64::Engine;
+use shared::domain::job::{JobKind, JobStatus};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tests::fake_vertex::{FakeOptions, Verb};
+use tests::stages::{World, emulators};
+
+/// A built binary of the workspace, next to this test's own target dir.
+fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run the tests with tests/run (cargo nextest run --workspace)",
+        path.display()
+    );
+    path
+}
+
+/// Kills the child when the test ends, passed or not.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The documented environment of a stage, and nothing else.
+fn stage_command(name: &str, world: &World, extra: &[(&str, String)]) -> Command {
+    let mut command = Command::new(binary(name));
+    command.env_clear();
+    let env = [
+        ("GOOGLE_CLOUD_PROJECT", tests::harness::emulator_project()),
+        (
+            "FIRESTORE_EMULATOR_HOST",
+            std::env::var("FIRESTORE_EMULATOR_HOST").unwrap(),
+        ),
+        (
+            "STORAGE_EMULATOR_HOST",
+            std::env::var("STORAGE_EMULATOR_HOST").unwrap(),
+        ),
+        ("ASMR_COLLECTION_PREFIX", world.prefix.clone().unwrap()),
+        ("GCS_OUTPUT_BUCKET", world.bucket.clone()),
+        ("VERTEX_BASE_URL", world.fake.base_url()),
+        ("VERTEX_ACCESS_TOKEN", world.fake.token().to_string()),
+        ("DRY_RUN", "false".to_string()),
+        ("BASE_DELAY", "10ms".to_string()),
+        ("MAX_DELAY", "100ms".to_string()),
+        ("RUST_LOG", "info".to_string()),
+    ];
+    for (key, value) in env.iter().chain(extra) {
+        command.env(key, value);
+    }
+    command.stdout(Stdio::null()).stderr(Stdio::inherit());
+    command
+}
+
+async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Creates a topic with a push subscription to `endpoint` in the Pub/Sub emulator.
+async fn push_topic(endpoint: &str) -> (reqwest::Client, String) {
+    let host = std::env::var("PUBSUB_EMULATOR_HOST")
+        .expect("PUBSUB_EMULATOR_HOST is not set: run tests/run");
+    let project = tests::harness::emulator_project();
+    let name = tests::harness::unique_prefix()
+        .trim_end_matches('_')
+        .to_string();
+    let base = format!("http://{host}/v1/projects/{project}");
+    let client = reqwest::Client::new();
+    let topic = client
+        .put(format!("{base}/topics/{name}"))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert!(topic.status().is_success(), "{:?}", topic.text().await);
+    let subscription = client
+        .put(format!("{base}/subscriptions/{name}"))
+        .json(&serde_json::json!({
+            "topic": format!("projects/{project}/topics/{name}"),
+            "pushConfig": {"pushEndpoint": endpoint},
+            "ackDeadlineSeconds": 60,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        subscription.status().is_success(),
+        "{:?}",
+        subscription.text().await
+    );
+    (client, format!("{base}/topics/{name}:publish"))
+}
+
+async fn publish(client: &reqwest::Client, url: &str, job_id: &str) {
+    let data =
+        base64::engine::general_purpose::STANDARD.encode(format!("{{\"job_id\":\"{job_id}\"}}"));
+    let response = client
+        .post(url)
+        .json(&serde_json::json!({"messages": [{"data": data}]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{:?}",
+        response.text().await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_image_generator_serves_pushes_from_a_real_subscription() {
+    let world = emulators(FakeOptions::default()).await;
+    let port = free_port();
+    let _service = Running(
+        stage_command("image-generator", &world, &[("PORT", port.to_string())])
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    wait_for("/healthz", async || {
+        http.get(format!("{url}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+
+    let id = world.job("fingers on velvet", JobKind::Image, &[]).await;
+    let (client, publish_url) = push_topic(&format!("{url}/")).await;
+    publish(&client, &publish_url, &id).await;
+    wait_for("the job to complete", async || {
+        world.store.job(&id).await.unwrap().status == JobStatus::Completed
+    })
+    .await;
+    let job = world.store.job(&id).await.unwrap();
+    assert_eq!(
+        job.outputs,
+        vec![format!("gs://{}/images/{id}/0.png", world.bucket)]
+    );
+    assert!(
+        world
+            .objects
+            .metadata(&world.bucket, &format!("images/{id}/0.png"))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(world.fake.calls(Verb::GenerateContent), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_video_generator_drains_and_the_poller_finishes_what_it_submitted() {
+    let world = emulators(FakeOptions::default()).await;
+    let ids = futures::future::join_all(
+        (0..3).map(|n| world.job(format!("kneading dough {n}"), JobKind::Video, &[])),
+    )
+    .await;
+    let status = stage_command("video-generator", &world, &[])
+        .arg("drain")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for id in &ids {
+        assert_eq!(
+            world.store.job(id).await.unwrap().status,
+            JobStatus::Generating
+        );
+    }
+    let status = stage_command(
+        "video-poller",
+        &world,
+        &[("POLLING_INTERVAL", "100ms".into())],
+    )
+    .status()
+    .unwrap();
+    assert!(status.success());
+    for id in &ids {
+        let job = world.store.job(id).await.unwrap();
+        assert_eq!((job.status, job.outputs.len()), (JobStatus::Completed, 1));
+    }
+    assert_eq!(world.fake.calls(Verb::PredictLongRunning), 3);
+}
+
+#[test]
+fn every_binary_lists_its_environment_in_help() {
+    for name in ["image-generator", "video-generator", "video-poller"] {
+        let output = Command::new(binary(name)).arg("--help").output().unwrap();
+        assert!(output.status.success());
+        let help = String::from_utf8(output.stdout).unwrap();
+        for variable in [
+            "GOOGLE_CLOUD_PROJECT",
+            "GOOGLE_CLOUD_LOCATION",
+            "GCS_OUTPUT_BUCKET",
+            "IMAGE_MODEL",
+            "VIDEO_MODEL",
+            "VERTEX_BASE_URL",
+            "VERTEX_ACCESS_TOKEN",
+            "DRY_RUN",
+            "MAX_RETRIES",
+            "BASE_DELAY",
+            "MAX_DELAY",
+            "OPERATION_TIMEOUT",
+            "POLLING_INTERVAL",
+            "PORT",
+            "ASMR_COLLECTION_PREFIX",
+            "FIRESTORE_EMULATOR_HOST",
+            "STORAGE_EMULATOR_HOST",
+        ] {
+            assert!(
+                help.contains(variable),
+                "{name} --help does not mention {variable}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_binary_without_its_bucket_says_so_and_exits_non_zero() {
+    let output = Command::new(binary("image-generator"))
+        .env_clear()
+        .env("GOOGLE_CLOUD_PROJECT", "p")
+        .env(
+            "FIRESTORE_EMULATOR_HOST",
+            std::env::var("FIRESTORE_EMULATOR_HOST").unwrap(),
+        )
+        .env(
+            "STORAGE_EMULATOR_HOST",
+            std::env::var("STORAGE_EMULATOR_HOST").unwrap(),
+        )
+        .arg("drain")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let logs = String::from_utf8_lossy(&output.stdout);
+    assert!(logs.contains("GCS_OUTPUT_BUCKET is not set"), "{logs}");
+}
