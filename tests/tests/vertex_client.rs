@@ -4,19 +4,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use async_trait::async_trait;
-use bytes::Bytes;
-use futures::StreamExt;
 use serde_json::json;
 use shared::domain::job::JobParams;
-use shared::objects::{ByteStream, ObjectMeta, ObjectStore, ReadRange};
+use shared::objects::ObjectStore;
 use shared::vertex::client::VertexClient;
 use shared::vertex::{
     ErrorClass, ImageModel, ImageOutcome, ImageRequest, ModelError, OperationState, RetryPolicy,
     VertexConfig, VideoModel, VideoRequest,
 };
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tests::fake_vertex::{
     BLOCKED_MESSAGE, FILTERED_REASON, FakeOptions, FakeVertex, Fault, OP_FAILED_MESSAGE, PNG_1X1,
@@ -27,91 +23,6 @@ const IMAGEN: &str = "imagen-4.0-generate-001";
 const GEMINI: &str = "gemini-2.5-flash-image";
 const VEO: &str = "veo-3.1-generate-001";
 
-/// An object store in memory: enough for the fake to write videos into.
-#[derive(Default)]
-struct MemoryObjects {
-    objects: Mutex<BTreeMap<(String, String), (Bytes, ObjectMeta)>>,
-}
-
-#[async_trait]
-impl ObjectStore for MemoryObjects {
-    fn describe(&self) -> String {
-        "in-memory test objects".into()
-    }
-
-    async fn ensure_bucket(&self, _bucket: &str) -> shared::Result<()> {
-        Ok(())
-    }
-
-    async fn write(
-        &self,
-        bucket: &str,
-        name: &str,
-        data: Bytes,
-        content_type: &str,
-        metadata: &BTreeMap<String, String>,
-    ) -> shared::Result<ObjectMeta> {
-        let meta = ObjectMeta {
-            bucket: bucket.into(),
-            name: name.into(),
-            size: data.len() as u64,
-            crc32c: 0,
-            generation: 1,
-            content_type: content_type.into(),
-            metadata: metadata.clone(),
-        };
-        self.objects
-            .lock()
-            .unwrap()
-            .insert((bucket.into(), name.into()), (data, meta.clone()));
-        Ok(meta)
-    }
-
-    async fn read(
-        &self,
-        bucket: &str,
-        name: &str,
-        _range: ReadRange,
-    ) -> shared::Result<ByteStream> {
-        let data = self
-            .objects
-            .lock()
-            .unwrap()
-            .get(&(bucket.into(), name.into()))
-            .map(|(data, _)| data.clone())
-            .ok_or_else(|| shared::Error::objects(format!("reading {name}"), "missing", false))?;
-        Ok(futures::stream::iter([Ok(data)]).boxed())
-    }
-
-    async fn metadata(&self, bucket: &str, name: &str) -> shared::Result<Option<ObjectMeta>> {
-        Ok(self
-            .objects
-            .lock()
-            .unwrap()
-            .get(&(bucket.into(), name.into()))
-            .map(|(_, meta)| meta.clone()))
-    }
-
-    async fn list(&self, bucket: &str, prefix: &str) -> shared::Result<Vec<ObjectMeta>> {
-        Ok(self
-            .objects
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|((b, n), _)| b == bucket && n.starts_with(prefix))
-            .map(|(_, (_, meta))| meta.clone())
-            .collect())
-    }
-
-    async fn delete(&self, bucket: &str, name: &str) -> shared::Result<bool> {
-        Ok(self
-            .objects
-            .lock()
-            .unwrap()
-            .remove(&(bucket.into(), name.into()))
-            .is_some())
-    }
-}
 
 fn client(config: VertexConfig) -> VertexClient {
     VertexClient::new(config).expect("the client accepts the fake's config")
@@ -395,7 +306,8 @@ async fn vertex_partly_filtered_imagen_output_keeps_the_images_and_the_reasons()
 
 #[tokio::test]
 async fn vertex_a_video_is_submitted_polled_and_written_where_veo_writes() {
-    let objects = Arc::new(MemoryObjects::default());
+    let dir = tempfile::tempdir().unwrap();
+    let objects = Arc::new(shared::objects::local::LocalObjectStore::new(dir.path().to_path_buf()));
     let fake = FakeVertex::start(FakeOptions {
         polls_until_done: 2,
         objects: Some(objects.clone()),

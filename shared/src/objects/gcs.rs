@@ -410,6 +410,10 @@ impl ObjectStore for GcsObjectStore {
         Ok(objects)
     }
 
+    async fn copy(&self, from: &crate::objects::GsUri, to: &crate::objects::GsUri) -> Result<ObjectMeta> {
+        Err(Error::objects(format!("copying {from} to {to}"), "not built yet", false))
+    }
+
     async fn delete(&self, bucket: &str, name: &str) -> Result<bool> {
         let context = format!("deleting {}", gs(bucket, name));
         let url = self.object_url(bucket, name);

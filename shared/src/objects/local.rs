@@ -327,6 +327,10 @@ impl ObjectStore for LocalObjectStore {
         .await?
     }
 
+    async fn copy(&self, from: &crate::objects::GsUri, to: &crate::objects::GsUri) -> Result<ObjectMeta> {
+        Err(Error::objects(format!("copying {from} to {to}"), "not built yet", false))
+    }
+
     async fn delete(&self, bucket: &str, name: &str) -> Result<bool> {
         let context = format!("deleting {}", gs(bucket, name));
         check_bucket(bucket, &context)?;

@@ -135,4 +135,9 @@ pub trait ObjectStore: Send + Sync {
 
     /// Deletes an object; `false` if it did not exist.
     async fn delete(&self, bucket: &str, name: &str) -> Result<bool>;
+
+    /// Copies an object inside the store, without the bytes passing through
+    /// this process where the store allows it (GCS rewrite). The copy keeps
+    /// content type and custom metadata; its CRC32C equals the source's.
+    async fn copy(&self, from: &GsUri, to: &GsUri) -> Result<ObjectMeta>;
 }
