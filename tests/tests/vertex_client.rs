@@ -308,6 +308,7 @@ async fn vertex_partly_filtered_imagen_output_keeps_the_images_and_the_reasons()
 async fn vertex_a_video_is_submitted_polled_and_written_where_veo_writes() {
     let dir = tempfile::tempdir().unwrap();
     let objects = Arc::new(shared::objects::local::LocalObjectStore::new(dir.path().to_path_buf()));
+    objects.ensure_bucket("out").await.unwrap();
     let fake = FakeVertex::start(FakeOptions {
         polls_until_done: 2,
         objects: Some(objects.clone()),
