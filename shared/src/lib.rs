@@ -2,9 +2,11 @@
 //! ports the stages use and their adapters. Every stage binary is a thin
 //! `main.rs` over this crate.
 
+pub mod ack;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod events;
 pub mod generate;
 pub mod objects;
 pub mod placeholder;
