@@ -101,6 +101,39 @@ impl StoreArgs {
     }
 }
 
+/// Where the buckets are.
+#[derive(Clone, Debug, Args)]
+pub struct ObjectArgs {
+    /// fake-gcs-server (http://host:port) instead of Cloud Storage.
+    #[arg(long, env = "STORAGE_EMULATOR_HOST")]
+    pub storage_emulator_host: Option<String>,
+    /// A local directory (one sub-directory per bucket) instead of Cloud Storage.
+    #[arg(long, env = "ASMR_OBJECTS_DIR")]
+    pub objects_dir: Option<PathBuf>,
+}
+
+impl ObjectArgs {
+    /// The object store: a local directory, or GCS (the emulator when set).
+    pub async fn object_store(&self) -> Result<Arc<dyn ObjectStore>> {
+        if let Some(dir) = &self.objects_dir {
+            return Ok(Arc::new(LocalObjectStore::new(dir.clone())));
+        }
+        let config = GcsConfig {
+            emulator_endpoint: self.storage_emulator_host.clone(),
+        };
+        Ok(Arc::new(GcsObjectStore::new(config).await?))
+    }
+
+    /// Which object store, in a word.
+    pub fn describe(&self) -> String {
+        self.objects_dir
+            .as_ref()
+            .map(|d| d.display().to_string())
+            .or_else(|| self.storage_emulator_host.clone())
+            .unwrap_or_else(|| "gcs".into())
+    }
+}
+
 /// Everything a generation stage reads from the environment.
 #[derive(Clone, Debug, Args)]
 pub struct StageArgs {
@@ -149,12 +182,9 @@ pub struct StageArgs {
     /// Port of the HTTP service.
     #[arg(long, env = "PORT", default_value = "8080")]
     pub port: u16,
-    /// fake-gcs-server (http://host:port) instead of Cloud Storage.
-    #[arg(long, env = "STORAGE_EMULATOR_HOST")]
-    pub storage_emulator_host: Option<String>,
-    /// A local directory (one sub-directory per bucket) instead of Cloud Storage.
-    #[arg(long, env = "ASMR_OBJECTS_DIR")]
-    pub objects_dir: Option<PathBuf>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub objects: ObjectArgs,
 }
 
 impl StageArgs {
@@ -163,15 +193,9 @@ impl StageArgs {
         Store::open(&self.store.store_config()?).await
     }
 
-    /// The object store: a local directory, or GCS (the emulator when set).
+    /// The object store.
     pub async fn object_store(&self) -> Result<Arc<dyn ObjectStore>> {
-        if let Some(dir) = &self.objects_dir {
-            return Ok(Arc::new(LocalObjectStore::new(dir.clone())));
-        }
-        let config = GcsConfig {
-            emulator_endpoint: self.storage_emulator_host.clone(),
-        };
-        Ok(Arc::new(GcsObjectStore::new(config).await?))
+        self.objects.object_store().await
     }
 
     /// The output bucket, required by the generators.
@@ -236,11 +260,7 @@ impl StageArgs {
             self.max_delay,
             self.operation_timeout,
             self.polling_interval,
-            self.objects_dir
-                .as_ref()
-                .map(|d| d.display().to_string())
-                .or_else(|| self.storage_emulator_host.clone())
-                .unwrap_or_else(|| "gcs".into()),
+            self.objects.describe(),
         )
     }
 }

@@ -17,67 +17,9 @@ use crate::domain::job::{Job, JobError};
 use crate::error::{Error, Result};
 use crate::store::Store;
 use crate::vertex::{ErrorClass, ModelError};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+pub use crate::ack::Handled;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-
-/// What handling one job message (or one drained job) came to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Handled {
-    /// The work was done (completed, submitted, or failed for good).
-    Done(String),
-    /// Nothing to do: already finished, or another worker holds it.
-    Duplicate(String),
-    /// The message can never be processed; acknowledged so it stops coming.
-    Poison(String),
-    /// Transient trouble; the job was given back and the message should be
-    /// redelivered later.
-    Retry {
-        /// A model quota (429) rather than an outage (503).
-        rate_limited: bool,
-        /// What went wrong.
-        reason: String,
-    },
-}
-
-impl Handled {
-    /// The HTTP status that tells Pub/Sub what to do.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            Handled::Done(_) | Handled::Duplicate(_) | Handled::Poison(_) => StatusCode::OK,
-            Handled::Retry {
-                rate_limited: true, ..
-            } => StatusCode::TOO_MANY_REQUESTS,
-            Handled::Retry { .. } => StatusCode::SERVICE_UNAVAILABLE,
-        }
-    }
-
-    fn parts(&self) -> (&'static str, &str) {
-        match self {
-            Handled::Done(detail) => ("done", detail),
-            Handled::Duplicate(detail) => ("duplicate", detail),
-            Handled::Poison(detail) => ("poison", detail),
-            Handled::Retry { reason, .. } => ("retry", reason),
-        }
-    }
-
-    /// A transient store failure.
-    fn store_trouble(e: &Error) -> Self {
-        Handled::Retry {
-            rate_limited: false,
-            reason: e.to_string(),
-        }
-    }
-}
-
-impl IntoResponse for Handled {
-    fn into_response(self) -> Response {
-        let (outcome, detail) = self.parts();
-        let body = serde_json::json!({ "outcome": outcome, "detail": detail });
-        (self.status(), axum::Json(body)).into_response()
-    }
-}
 
 /// Names the claims of one process: `image-generator-3f2a9c1e/17`. Unique per
 /// claim, so that two tasks of one instance never pass for each other.
