@@ -69,4 +69,3 @@ impl IntoResponse for Handled {
         (self.status(), axum::Json(body)).into_response()
     }
 }
-

@@ -4,11 +4,13 @@
 
 pub mod ack;
 pub mod config;
+pub mod deliver;
 pub mod domain;
 pub mod error;
 pub mod events;
 pub mod generate;
 pub mod objects;
+pub mod paths;
 pub mod placeholder;
 pub mod push;
 pub mod server;

@@ -8,7 +8,7 @@
 
 use base64::Engine;
 use shared::domain::job::{JobKind, JobStatus};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tests::fake_vertex::{FakeOptions, Verb};
@@ -264,4 +264,220 @@ fn a_binary_without_its_bucket_says_so_and_exits_non_zero() {
     assert!(!output.status.success());
     let logs = String::from_utf8_lossy(&output.stdout);
     assert!(logs.contains("GCS_OUTPUT_BUCKET is not set"), "{logs}");
+}
+
+/// The downloader's documented environment, delivering to `destination`.
+fn downloader_command(world: &World, destination: &Path, port: u16) -> Command {
+    let mut command = Command::new(binary("downloader"));
+    command.env_clear();
+    let env = [
+        ("GOOGLE_CLOUD_PROJECT", tests::harness::emulator_project()),
+        (
+            "FIRESTORE_EMULATOR_HOST",
+            std::env::var("FIRESTORE_EMULATOR_HOST").unwrap(),
+        ),
+        (
+            "STORAGE_EMULATOR_HOST",
+            std::env::var("STORAGE_EMULATOR_HOST").unwrap(),
+        ),
+        ("ASMR_COLLECTION_PREFIX", world.prefix.clone().unwrap()),
+        ("GCS_OUTPUT_BUCKET", world.bucket.clone()),
+        ("DOWNLOAD_DESTINATION", destination.display().to_string()),
+        ("DOWNLOAD_LEASE", "2s".to_string()),
+        ("PORT", port.to_string()),
+        ("RUST_LOG", "info".to_string()),
+    ];
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.stdout(Stdio::null()).stderr(Stdio::inherit());
+    command
+}
+
+/// A push subscription on the topic fake-gcs-server publishes its
+/// notifications to (tests/run wires that up), aimed at `endpoint`.
+async fn storage_events_to(endpoint: &str) {
+    let host = std::env::var("PUBSUB_EMULATOR_HOST")
+        .expect("PUBSUB_EMULATOR_HOST is not set: run tests/run");
+    let topic = std::env::var("ASMR_TEST_GCS_EVENTS_TOPIC")
+        .expect("ASMR_TEST_GCS_EVENTS_TOPIC is not set: run tests/run");
+    let project = tests::harness::emulator_project();
+    let name = tests::harness::unique_prefix()
+        .trim_end_matches('_')
+        .to_string();
+    let response = reqwest::Client::new()
+        .put(format!(
+            "http://{host}/v1/projects/{project}/subscriptions/{name}"
+        ))
+        .json(&serde_json::json!({
+            "topic": format!("projects/{project}/topics/{topic}"),
+            "pushConfig": {"pushEndpoint": endpoint},
+            "ackDeadlineSeconds": 10,
+            "retryPolicy": {"minimumBackoff": "1s", "maximumBackoff": "2s"},
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{:?}",
+        response.text().await
+    );
+}
+
+/// A completed job whose one output of `data` is uploaded to the output bucket.
+async fn job_with_output(world: &World, data: bytes::Bytes) -> (String, String) {
+    let id = world.job("delivered", JobKind::Image, &[]).await;
+    let lease = shared::domain::Lease::new("w", Duration::from_secs(600));
+    world.store.claim_job(&id, &lease).await.unwrap();
+    let name = format!("images/{id}/0.png");
+    let uri = format!("gs://{}/{name}", world.bucket);
+    world.store.complete_job(&id, "w", vec![uri]).await.unwrap();
+    world
+        .objects
+        .write(&world.bucket, &name, data, "image/png", &Default::default())
+        .await
+        .unwrap();
+    (id, name)
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_reaches_the_destination_through_real_notifications() {
+    let world = emulators(FakeOptions::default()).await;
+    let destination = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _downloader = Running(
+        downloader_command(&world, destination.path(), port)
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    wait_for("/healthz", async || {
+        http.get(format!("{url}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    storage_events_to(&format!("{url}/")).await;
+
+    let data = bytes::Bytes::from(
+        (0..3_000_000u32)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<u8>>(),
+    );
+    let (id, name) = job_with_output(&world, data.clone()).await;
+    let target = destination.path().join(&name);
+    wait_for("the job to be delivered", async || {
+        world.store.job(&id).await.unwrap().status == JobStatus::Delivered
+    })
+    .await;
+    assert_eq!(std::fs::read(&target).unwrap(), data.to_vec());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_256_mib_copy_killed_halfway_resumes_with_flat_memory() {
+    const SIZE: usize = 256 * 1024 * 1024;
+    let world = emulators(FakeOptions::default()).await;
+    let destination = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut first = Running(
+        downloader_command(&world, destination.path(), port)
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    wait_for("/healthz", async || {
+        http.get(format!("{url}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    storage_events_to(&format!("{url}/")).await;
+
+    let data = bytes::Bytes::from(
+        (0..SIZE)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect::<Vec<u8>>(),
+    );
+    let crc = shared::deliver::crc32c_text(crc32c::crc32c(&data));
+    let (id, name) = job_with_output(&world, data.clone()).await;
+    drop(data);
+    let target = destination.path().join(&name);
+    let generation = world
+        .objects
+        .metadata(&world.bucket, &name)
+        .await
+        .unwrap()
+        .unwrap()
+        .generation;
+    let partial = shared::deliver::copy::partial_path(&target, Some(generation));
+
+    // Kill the copier once a good part of the object is on disk.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (copied_before_kill, first_peak) = loop {
+        let size = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+        if size >= (SIZE / 8) as u64 {
+            let peak = peak_rss_kib(first.0.id());
+            first.0.kill().unwrap();
+            break (size, peak);
+        }
+        assert!(
+            !target.exists(),
+            "the copy finished before it could be interrupted"
+        );
+        assert!(Instant::now() < deadline, "the copy never started");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    let _ = first.0.wait();
+    assert!(
+        !target.exists(),
+        "a killed copy leaves no file at the final path"
+    );
+
+    // A new instance gets the redelivered event once the lease has run out.
+    let second = Running(
+        downloader_command(&world, destination.path(), port)
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the job to be delivered", async || {
+        world.store.job(&id).await.unwrap().status == JobStatus::Delivered
+    })
+    .await;
+    let peak = peak_rss_kib(second.0.id());
+    let download = &world
+        .store
+        .list_downloads(None, 10, None)
+        .await
+        .unwrap()
+        .items[0];
+    assert_eq!(
+        (download.status, download.attempts),
+        (shared::domain::download::DownloadStatus::Completed, 2)
+    );
+    assert_eq!(download.crc32c.as_deref(), Some(crc.as_str()));
+    let on_disk = std::fs::read(&target).unwrap();
+    assert_eq!(on_disk.len(), SIZE);
+    assert_eq!(shared::deliver::crc32c_text(crc32c::crc32c(&on_disk)), crc);
+    eprintln!(
+        "killed after {copied_before_kill} bytes at {first_peak} KiB peak RSS; the resumed downloader peaked at {peak} KiB"
+    );
+    assert!(
+        first_peak < 64 * 1024,
+        "peak RSS {first_peak} KiB is over 64 MiB"
+    );
+    assert!(peak < 64 * 1024, "peak RSS {peak} KiB is over 64 MiB");
 }

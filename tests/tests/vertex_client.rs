@@ -23,7 +23,6 @@ const IMAGEN: &str = "imagen-4.0-generate-001";
 const GEMINI: &str = "gemini-2.5-flash-image";
 const VEO: &str = "veo-3.1-generate-001";
 
-
 fn client(config: VertexConfig) -> VertexClient {
     VertexClient::new(config).expect("the client accepts the fake's config")
 }
@@ -307,7 +306,9 @@ async fn vertex_partly_filtered_imagen_output_keeps_the_images_and_the_reasons()
 #[tokio::test]
 async fn vertex_a_video_is_submitted_polled_and_written_where_veo_writes() {
     let dir = tempfile::tempdir().unwrap();
-    let objects = Arc::new(shared::objects::local::LocalObjectStore::new(dir.path().to_path_buf()));
+    let objects = Arc::new(shared::objects::local::LocalObjectStore::new(
+        dir.path().to_path_buf(),
+    ));
     objects.ensure_bucket("out").await.unwrap();
     let fake = FakeVertex::start(FakeOptions {
         polls_until_done: 2,

@@ -12,12 +12,12 @@ pub mod poller;
 pub mod service;
 pub mod videos;
 
+pub use crate::ack::Handled;
 use crate::domain::Lease;
 use crate::domain::job::{Job, JobError};
 use crate::error::{Error, Result};
 use crate::store::Store;
 use crate::vertex::{ErrorClass, ModelError};
-pub use crate::ack::Handled;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 

@@ -50,11 +50,9 @@ const META_DIR: &str = ".meta";
 const SIDECAR_SUFFIX: &str = ".json";
 /// Start of the name of a temporary file; listings skip such files, and no
 /// object name segment may start with it.
-const TEMP_PREFIX: &str = ".asmr-tmp-";
+use crate::paths::TEMP_PREFIX;
 /// Bytes per chunk of a read.
 const CHUNK: usize = 256 * 1024;
-/// The longest object name, as in Cloud Storage.
-const MAX_NAME_BYTES: usize = 1024;
 /// The longest name segment: file systems allow 255 bytes and the sidecar
 /// adds `.json`.
 const MAX_SEGMENT_BYTES: usize = 250;
@@ -327,8 +325,59 @@ impl ObjectStore for LocalObjectStore {
         .await?
     }
 
-    async fn copy(&self, from: &crate::objects::GsUri, to: &crate::objects::GsUri) -> Result<ObjectMeta> {
-        Err(Error::objects(format!("copying {from} to {to}"), "not built yet", false))
+    /// A streamed file copy into a temporary file, synced and renamed, then
+    /// a new sidecar: atomic like `write`.
+    async fn copy(
+        &self,
+        from: &crate::objects::GsUri,
+        to: &crate::objects::GsUri,
+    ) -> Result<ObjectMeta> {
+        let context = format!("copying {from} to {to}");
+        check_bucket(&to.bucket, &context)?;
+        check_name(&to.name, &context)?;
+        let source = self
+            .metadata(&from.bucket, &from.name)
+            .await?
+            .ok_or_else(|| not_found(&from.to_string()))?;
+        if !tokio::fs::metadata(self.bucket_dir(&to.bucket))
+            .await
+            .is_ok_and(|m| m.is_dir())
+        {
+            return Err(Error::NotFound {
+                kind: "bucket",
+                id: format!("gs://{}", to.bucket),
+            });
+        }
+        let (source_path, _) = self.paths(&from.bucket, &from.name);
+        let (data_path, meta_path) = self.paths(&to.bucket, &to.name);
+        let generation = self.next_generation();
+        let sidecar = Sidecar {
+            size: source.size,
+            crc32c: source.crc32c,
+            generation,
+            content_type: source.content_type.clone(),
+            metadata: source.metadata.clone(),
+        };
+        let sidecar_json =
+            serde_json::to_vec_pretty(&sidecar).map_err(|e| Error::objects(&context, e, false))?;
+        let mtime = UNIX_EPOCH + Duration::from_micros(generation.unsigned_abs());
+        blocking(&context, move || {
+            replace_with(&data_path, Some(mtime), |file| {
+                let mut source = std::fs::File::open(&source_path)?;
+                std::io::copy(&mut source, file).map(|_| ())
+            })?;
+            replace(&meta_path, &sidecar_json, None)
+        })
+        .await?;
+        Ok(ObjectMeta {
+            bucket: to.bucket.clone(),
+            name: to.name.clone(),
+            size: sidecar.size,
+            crc32c: sidecar.crc32c,
+            generation,
+            content_type: sidecar.content_type,
+            metadata: sidecar.metadata,
+        })
     }
 
     async fn delete(&self, bucket: &str, name: &str) -> Result<bool> {
@@ -385,52 +434,42 @@ fn check_bucket(bucket: &str, context: &str) -> Result<()> {
     ))
 }
 
-/// Refuses object names that could not map to a path inside the bucket.
+/// Refuses object names that could not map to a path inside the bucket:
+/// the project's one normalisation ([`crate::paths`]), plus a shorter
+/// segment limit because the sidecar adds `.json`.
 fn check_name(name: &str, context: &str) -> Result<()> {
-    let refuse = |why: &str| {
+    if let Err(e) = crate::paths::relative_path(name) {
+        return Err(Error::objects(context, e, false));
+    }
+    if name
+        .split('/')
+        .any(|segment| segment.len() > MAX_SEGMENT_BYTES)
+    {
         let shown: String = name.chars().take(80).collect();
-        let more = if shown.len() < name.len() { "…" } else { "" };
-        Err(Error::objects(
+        return Err(Error::objects(
             context,
-            format!("object name {shown:?}{more} is refused: {why}"),
+            format!(
+                "object name {shown:?} is refused: a segment is longer than {MAX_SEGMENT_BYTES} bytes"
+            ),
             false,
-        ))
-    };
-    if name.is_empty() {
-        return refuse("it is empty");
-    }
-    if name.len() > MAX_NAME_BYTES {
-        return refuse("it is longer than 1024 bytes");
-    }
-    if name.contains('\0') {
-        return refuse("it contains a NUL character");
-    }
-    if name.contains('\\') {
-        return refuse("it contains a backslash");
-    }
-    if name.starts_with('/') {
-        return refuse("it is an absolute path");
-    }
-    for segment in name.split('/') {
-        match segment {
-            "" => return refuse("it has an empty segment"),
-            "." | ".." => return refuse("it has a `.` or `..` segment"),
-            s if s.starts_with(TEMP_PREFIX) => {
-                return refuse("a segment starts with the prefix of temporary files");
-            }
-            s if s.len() > MAX_SEGMENT_BYTES => {
-                return refuse("a segment is longer than 250 bytes");
-            }
-            _ => {}
-        }
+        ));
     }
     Ok(())
 }
 
-/// Replaces `path` atomically with `bytes`: a temporary file beside it,
-/// synced, then renamed over it. Creates the parent directories, and
-/// retries if a concurrent delete prunes them in between.
+/// Replaces `path` atomically with `bytes`.
 fn replace(path: &Path, bytes: &[u8], mtime: Option<SystemTime>) -> io::Result<()> {
+    replace_with(path, mtime, |file| file.write_all(bytes))
+}
+
+/// Replaces `path` atomically with what `fill` writes: a temporary file
+/// beside it, synced, then renamed over it. Creates the parent directories,
+/// and retries if a concurrent delete prunes them in between.
+fn replace_with(
+    path: &Path,
+    mtime: Option<SystemTime>,
+    fill: impl FnOnce(&mut std::fs::File) -> io::Result<()>,
+) -> io::Result<()> {
     let dir = path.parent().ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -449,7 +488,7 @@ fn replace(path: &Path, bytes: &[u8], mtime: Option<SystemTime>) -> io::Result<(
         }
     };
     let written = (|| {
-        file.write_all(bytes)?;
+        fill(&mut file)?;
         if let Some(mtime) = mtime {
             file.set_modified(mtime)?;
         }

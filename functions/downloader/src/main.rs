@@ -1,0 +1,25 @@
+//! `downloader`: the Cloud Run service that receives GCS object-finalize
+//! events (`POST /`: a Pub/Sub push of a bucket notification, or an Eventarc
+//! CloudEvent) and copies every output, verified, to DOWNLOAD_DESTINATION (a
+//! bucket or a mounted directory). `downloader --help` lists the environment.
+
+use clap::Parser;
+use shared::deliver::service::{self, DownloaderArgs};
+
+#[derive(Parser)]
+#[command(
+    name = "downloader",
+    version,
+    about = "Delivers every output to the destination"
+)]
+struct Cli {
+    #[command(flatten)]
+    args: DownloaderArgs,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    shared::telemetry::init();
+    let cli = Cli::parse();
+    shared::generate::service::exit_code(service::downloader(cli.args).await)
+}

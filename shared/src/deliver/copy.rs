@@ -1,0 +1,266 @@
+//! One copy attempt of one object, to a bucket or to a file.
+
+use super::{Destination, Downloader, crc32c_value};
+use crate::domain::Lease;
+use crate::domain::download::Download;
+use crate::error::Error;
+use crate::objects::{GsUri, ReadRange};
+use futures::StreamExt;
+use std::path::{Path, PathBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Suffix of a file being copied; object names with it are refused (see
+/// [`crate::paths`]), so a temporary file can never be mistaken for, or
+/// overwrite, an output.
+pub use crate::paths::PARTIAL_SUFFIX;
+/// Progress is recorded (and the lease extended) every this many bytes, or
+/// after this long, whichever comes first.
+const PROGRESS_EVERY: u64 = 16 * 1024 * 1024;
+const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Why an attempt failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CopyError {
+    /// `crc_mismatch`, `size_mismatch`, `not_found`, `storage`, `io`, `timeout`...
+    pub code: String,
+    /// What happened.
+    pub message: String,
+    /// Whether another attempt can help.
+    pub retryable: bool,
+}
+
+impl CopyError {
+    /// A failure another attempt may not repeat.
+    pub fn retryable(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+            retryable: true,
+        }
+    }
+
+    fn permanent(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+            retryable: false,
+        }
+    }
+
+    fn io(context: &str, e: std::io::Error) -> Self {
+        Self::retryable("io", format!("{context}: {e}"))
+    }
+}
+
+impl From<Error> for CopyError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::NotFound { .. } => Self::permanent("not_found", e.to_string()),
+            e => Self {
+                code: "storage".into(),
+                retryable: e.is_retryable(),
+                message: e.to_string(),
+            },
+        }
+    }
+}
+
+/// The size and CRC32C the copy must match: the event's, else the object's
+/// current metadata.
+async fn expected(
+    downloader: &Downloader,
+    download: &Download,
+    source: &GsUri,
+) -> Result<(u64, u32), CopyError> {
+    if let (Some(size), Some(crc)) = (
+        download.size,
+        download.crc32c.as_deref().and_then(crc32c_value),
+    ) {
+        return Ok((size, crc));
+    }
+    let meta = downloader
+        .objects
+        .metadata(&source.bucket, &source.name)
+        .await?
+        .ok_or_else(|| CopyError::permanent("not_found", format!("{source} no longer exists")))?;
+    Ok((meta.size, meta.crc32c))
+}
+
+/// Copies `download` once; returns the bytes delivered.
+pub async fn copy(
+    downloader: &Downloader,
+    download: &Download,
+    lease: &Lease,
+) -> Result<u64, CopyError> {
+    let source = GsUri::parse(&download.source).ok_or_else(|| {
+        CopyError::permanent(
+            "bad_source",
+            format!("{:?} is not a gs:// URI", download.source),
+        )
+    })?;
+    let (size, crc) = expected(downloader, download, &source).await?;
+    match &downloader.settings.destination {
+        Destination::Bucket { .. } => {
+            let target = GsUri::parse(&download.destination).ok_or_else(|| {
+                CopyError::permanent(
+                    "bad_destination",
+                    format!("{:?} is not a gs:// URI", download.destination),
+                )
+            })?;
+            let meta = downloader.objects.copy(&source, &target).await?;
+            if meta.size != size || meta.crc32c != crc {
+                return Err(CopyError::retryable(
+                    "crc_mismatch",
+                    format!(
+                        "the copy at {target} has size {} and CRC32C {:08x}, the source {size} and {crc:08x}",
+                        meta.size, meta.crc32c
+                    ),
+                ));
+            }
+            Ok(meta.size)
+        }
+        Destination::Directory(_) => {
+            let target = PathBuf::from(&download.destination);
+            to_file(downloader, download, lease, &source, &target, size, crc).await
+        }
+    }
+}
+
+/// The temporary file of a copy: beside the target, named after the object
+/// generation, so a later attempt for the same generation resumes it.
+pub fn partial_path(target: &Path, generation: Option<i64>) -> PathBuf {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    target.with_file_name(format!(
+        ".{name}.{}{PARTIAL_SUFFIX}",
+        generation.unwrap_or(0)
+    ))
+}
+
+/// CRC32C of the first `len` bytes of `path`, read in chunks.
+async fn crc_of_prefix(path: &Path, len: u64) -> std::io::Result<u32> {
+    let mut file = tokio::fs::File::open(path).await?;
+    let mut buffer = vec![0u8; 1024 * 1024];
+    let mut crc = 0u32;
+    let mut left = len;
+    while left > 0 {
+        let want = usize::try_from(left.min(buffer.len() as u64)).unwrap_or(buffer.len());
+        let read = file.read(&mut buffer[..want]).await?;
+        if read == 0 {
+            break;
+        }
+        crc = crc32c::crc32c_append(crc, &buffer[..read]);
+        left -= read as u64;
+    }
+    Ok(crc)
+}
+
+async fn to_file(
+    downloader: &Downloader,
+    download: &Download,
+    lease: &Lease,
+    source: &GsUri,
+    target: &Path,
+    size: u64,
+    crc: u32,
+) -> Result<u64, CopyError> {
+    let parent = target.parent().ok_or_else(|| {
+        CopyError::permanent(
+            "bad_destination",
+            format!("{} has no directory", target.display()),
+        )
+    })?;
+    tokio::fs::create_dir_all(parent)
+        .await
+        .map_err(|e| CopyError::io(&format!("creating {}", parent.display()), e))?;
+    let partial = partial_path(target, download.generation);
+
+    // Resume from what an earlier attempt left, unless it is already too long.
+    let mut offset = match tokio::fs::metadata(&partial).await {
+        Ok(meta) if meta.len() <= size => meta.len(),
+        Ok(_) => {
+            let _ = tokio::fs::remove_file(&partial).await;
+            0
+        }
+        Err(_) => 0,
+    };
+    let mut running = if offset > 0 {
+        crc_of_prefix(&partial, offset)
+            .await
+            .map_err(|e| CopyError::io(&format!("reading {}", partial.display()), e))?
+    } else {
+        0
+    };
+    if offset > 0 {
+        tracing::info!(download_id = %download.id, offset, "resuming a copy");
+    }
+    let mut file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&partial)
+        .await
+        .map_err(|e| CopyError::io(&format!("opening {}", partial.display()), e))?;
+
+    if offset < size {
+        let mut stream = downloader
+            .objects
+            .read(&source.bucket, &source.name, ReadRange::from(offset))
+            .await?;
+        let mut reported = offset;
+        let mut reported_at = std::time::Instant::now();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| CopyError::io(&format!("writing {}", partial.display()), e))?;
+            running = crc32c::crc32c_append(running, &chunk);
+            offset += chunk.len() as u64;
+            if offset - reported >= PROGRESS_EVERY || reported_at.elapsed() >= PROGRESS_INTERVAL {
+                reported = offset;
+                reported_at = std::time::Instant::now();
+                // Also extends the lease; losing it means another worker took over.
+                if let Err(e) = downloader
+                    .store
+                    .download_progress(&download.id, lease, offset)
+                    .await
+                    && !e.is_retryable()
+                {
+                    return Err(CopyError::permanent("lease_lost", e.to_string()));
+                }
+            }
+        }
+    }
+    file.flush()
+        .await
+        .map_err(|e| CopyError::io("flushing", e))?;
+    file.sync_all()
+        .await
+        .map_err(|e| CopyError::io(&format!("syncing {}", partial.display()), e))?;
+    drop(file);
+
+    if offset != size || running != crc {
+        // Whatever is on disk is wrong: the next attempt starts over.
+        let _ = tokio::fs::remove_file(&partial).await;
+        let code = if offset != size {
+            "size_mismatch"
+        } else {
+            "crc_mismatch"
+        };
+        return Err(CopyError::retryable(
+            code,
+            format!(
+                "{source}: copied {offset} bytes with CRC32C {running:08x}; the object has {size} bytes with CRC32C {crc:08x}"
+            ),
+        ));
+    }
+    tokio::fs::rename(&partial, target)
+        .await
+        .map_err(|e| CopyError::io(&format!("renaming into {}", target.display()), e))?;
+    // The rename is durable only once the directory is.
+    if let Ok(dir) = tokio::fs::File::open(parent).await {
+        let _ = dir.sync_all().await;
+    }
+    Ok(offset)
+}

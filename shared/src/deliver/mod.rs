@@ -1,0 +1,376 @@
+//! Delivery: every finalized output object is copied, intact, to the
+//! destination — another bucket (a server-side rewrite) or a directory (a
+//! Cloud Run volume mount, or a local folder).
+//!
+//! One `downloads/{id}` record per object generation (so a redelivered event
+//! is a no-op) tracks the copy: claimed under a lease, at most
+//! DOWNLOAD_CONCURRENCY at once per instance, DOWNLOAD_TIMEOUT per attempt,
+//! three attempts. A copy to a directory streams into a temporary file next
+//! to the target, verifies size and CRC32C against the object's metadata,
+//! fsyncs and renames, so a reader never sees a partial file; an interrupted
+//! copy resumes from the bytes already on disk. When the last output of a job
+//! lands, the job becomes `delivered`.
+
+pub mod copy;
+pub mod service;
+
+use crate::ack::Handled;
+use crate::domain::Lease;
+use crate::domain::download::{Download, DownloadStatus, FileType, NewDownload};
+use crate::domain::job::{Delivery, JobError};
+use crate::error::Error;
+use crate::events::{ObjectEvent, ObjectEventKind};
+use crate::generate::Workers;
+use crate::objects::{GsUri, ObjectStore};
+use crate::store::{Claim, Store};
+use base64::Engine;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// Where copies go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Destination {
+    /// `gs://bucket/prefix`: a server-side copy into another bucket.
+    Bucket {
+        /// The archive bucket.
+        bucket: String,
+        /// Prepended to each object name; empty or ending in `/`.
+        prefix: String,
+    },
+    /// A directory: each object lands at its name under it.
+    Directory(PathBuf),
+}
+
+impl FromStr for Destination {
+    type Err = String;
+
+    /// `gs://bucket[/prefix]` or a filesystem path.
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err("DOWNLOAD_DESTINATION is empty".into());
+        }
+        if text.starts_with("gs://") {
+            let uri =
+                GsUri::parse(text).ok_or_else(|| format!("{text:?} is not gs://bucket/prefix"))?;
+            let mut prefix = uri.name.trim_matches('/').to_string();
+            if !prefix.is_empty() {
+                crate::paths::relative_path(&prefix).map_err(|e| e.to_string())?;
+                prefix.push('/');
+            }
+            return Ok(Destination::Bucket {
+                bucket: uri.bucket,
+                prefix,
+            });
+        }
+        Ok(Destination::Directory(PathBuf::from(text)))
+    }
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Destination::Bucket { bucket, prefix } => write!(f, "gs://{bucket}/{prefix}"),
+            Destination::Directory(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// Downloader settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DownloaderSettings {
+    /// The bucket(s) whose objects are delivered; events of others are ignored.
+    pub output_buckets: Vec<String>,
+    /// Where copies go.
+    pub destination: Destination,
+    /// DOWNLOAD_CONCURRENCY: copies at once per instance.
+    pub concurrency: usize,
+    /// DOWNLOAD_TIMEOUT: the longest one attempt may take.
+    pub timeout: Duration,
+    /// How long a claim lasts without progress. A copier extends it as bytes
+    /// arrive, so a crashed copier's download is free again soon.
+    pub lease: Duration,
+    /// Priority of images (copied first by default).
+    pub image_priority: i64,
+    /// Priority of videos.
+    pub video_priority: i64,
+}
+
+/// Copies finalized outputs to the destination.
+pub struct Downloader {
+    store: Store,
+    objects: Arc<dyn ObjectStore>,
+    settings: DownloaderSettings,
+    slots: Semaphore,
+    workers: Workers,
+}
+
+/// The job an output object belongs to and its file type, from its name:
+/// `images/{job_id}/...` or `videos/{job_id}/...`.
+pub fn job_of(name: &str) -> Option<(String, FileType)> {
+    let mut parts = name.splitn(3, '/');
+    let file_type = match parts.next()? {
+        "images" => FileType::Image,
+        "videos" => FileType::Video,
+        _ => return None,
+    };
+    let job_id = parts.next()?;
+    let rest = parts.next()?;
+    let valid_id = !job_id.is_empty()
+        && job_id.len() <= 200
+        && job_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    (valid_id && !rest.is_empty()).then(|| (job_id.to_string(), file_type))
+}
+
+/// The record's CRC32C text: base64 of the big-endian value, as GCS writes it.
+pub fn crc32c_text(crc: u32) -> String {
+    base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes())
+}
+
+/// Reads a record's CRC32C text back.
+pub fn crc32c_value(text: &str) -> Option<u32> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .ok()?;
+    Some(u32::from_be_bytes(bytes.try_into().ok()?))
+}
+
+impl Downloader {
+    /// A downloader reading from `objects` (which also holds a bucket
+    /// destination) and recording in `store`.
+    pub fn new(store: Store, objects: Arc<dyn ObjectStore>, settings: DownloaderSettings) -> Self {
+        Self {
+            store,
+            objects,
+            slots: Semaphore::new(settings.concurrency.max(1)),
+            settings,
+            workers: Workers::new("downloader"),
+        }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &DownloaderSettings {
+        &self.settings
+    }
+
+    /// Where `name` is copied to, as recorded (a gs:// URI or a path).
+    /// Names that could escape the destination are refused here.
+    pub fn destination_of(&self, name: &str) -> std::result::Result<String, String> {
+        match &self.settings.destination {
+            Destination::Bucket { bucket, prefix } => {
+                crate::paths::relative_path(name).map_err(|e| e.to_string())?;
+                Ok(format!("gs://{bucket}/{prefix}{name}"))
+            }
+            Destination::Directory(root) => crate::paths::join_under(root, name)
+                .map(|path| path.display().to_string())
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    fn lease(&self) -> Lease {
+        self.workers.lease(self.settings.lease)
+    }
+
+    /// Handles one storage event.
+    pub async fn handle(&self, event: &ObjectEvent) -> Handled {
+        if event.kind != ObjectEventKind::Finalized {
+            return Handled::Ignored(format!(
+                "{:?} of {} is not a finalize event",
+                event.kind,
+                event.uri()
+            ));
+        }
+        if !self
+            .settings
+            .output_buckets
+            .iter()
+            .any(|b| b == &event.bucket)
+        {
+            return Handled::Ignored(format!("{} is not in an output bucket", event.uri()));
+        }
+        let Some((job_id, file_type)) = job_of(&event.name) else {
+            return Handled::Ignored(format!(
+                "{} is not under images/{{job}}/ or videos/{{job}}/",
+                event.uri()
+            ));
+        };
+        let destination = match self.destination_of(&event.name) {
+            Ok(destination) => destination,
+            Err(reason) => {
+                return Handled::Poison(format!("{} cannot be delivered: {reason}", event.uri()));
+            }
+        };
+        match self.store.get_job(&job_id).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return Handled::Ignored(format!("{} belongs to no job ({job_id})", event.uri()));
+            }
+            Err(e) if e.is_retryable() => return Handled::store_trouble(&e),
+            Err(e) => return Handled::Poison(e.to_string()),
+        }
+        let priority = match file_type {
+            FileType::Image => self.settings.image_priority,
+            FileType::Video => self.settings.video_priority,
+            FileType::Other => 0,
+        };
+        let new = NewDownload {
+            job_id,
+            bucket: event.bucket.clone(),
+            object: event.name.clone(),
+            generation: event.generation,
+            destination,
+            file_type,
+            priority,
+            size: event.size,
+            crc32c: event.crc32c.map(crc32c_text),
+        };
+        let created = match self.store.create_download(new).await {
+            Ok(created) => created,
+            Err(e) if e.is_retryable() => return Handled::store_trouble(&e),
+            Err(e) => return Handled::Poison(e.to_string()),
+        };
+        let download = created.record;
+        match download.status {
+            DownloadStatus::Completed => {
+                return Handled::Duplicate(format!("{} was already delivered", download.source));
+            }
+            DownloadStatus::Failed => {
+                return Handled::Duplicate(format!(
+                    "{} failed for good; `asmr retry-download {}` tries again",
+                    download.source, download.id
+                ));
+            }
+            DownloadStatus::Pending | DownloadStatus::Downloading => {}
+        }
+        self.deliver(&download.id).await
+    }
+
+    /// Claims a download and copies it, within the concurrency limit.
+    pub async fn deliver(&self, download_id: &str) -> Handled {
+        let Ok(_slot) = self.slots.acquire().await else {
+            return Handled::Retry {
+                rate_limited: false,
+                reason: "the downloader is shutting down".into(),
+            };
+        };
+        let lease = self.lease();
+        let download = match self.store.claim_download(download_id, &lease).await {
+            Ok(Claim::Claimed(download)) => download,
+            // Another copier holds it. Until its copy is verified the event
+            // must come back: if that copier died, the next delivery after
+            // its lease runs out resumes the copy.
+            Ok(Claim::Refused(download, _)) if download.status == DownloadStatus::Downloading => {
+                return Handled::Retry {
+                    rate_limited: false,
+                    reason: format!(
+                        "{} is being copied by {}",
+                        download.source,
+                        download.lease_owner.unwrap_or_default()
+                    ),
+                };
+            }
+            Ok(Claim::Refused(download, _)) => {
+                return Handled::Duplicate(format!("{} is {}", download.source, download.status));
+            }
+            Ok(Claim::Exhausted(download)) => {
+                tracing::error!(download_id, source = %download.source, event = "download_failed", "no attempt left");
+                return Handled::Done(format!(
+                    "{} failed after {} attempts",
+                    download.source, download.attempts
+                ));
+            }
+            Ok(Claim::NotFound) => {
+                return Handled::Poison(format!("download {download_id} does not exist"));
+            }
+            Err(e) if e.is_retryable() => return Handled::store_trouble(&e),
+            Err(e) => return Handled::Poison(e.to_string()),
+        };
+        let copied =
+            tokio::time::timeout(self.settings.timeout, copy::copy(self, &download, &lease)).await;
+        let result = match copied {
+            Ok(result) => result,
+            Err(_) => Err(copy::CopyError::retryable(
+                "timeout",
+                format!(
+                    "the copy took longer than {:?}; the next attempt resumes it",
+                    self.settings.timeout
+                ),
+            )),
+        };
+        match result {
+            Ok(bytes) => self.finish(&download, &lease, bytes).await,
+            Err(e) => self.give_up_attempt(&download, &lease, e).await,
+        }
+    }
+
+    async fn finish(&self, download: &Download, lease: &Lease, bytes: u64) -> Handled {
+        if let Err(e) = self
+            .store
+            .complete_download(&download.id, &lease.owner, bytes)
+            .await
+        {
+            return match e {
+                Error::Transition { .. } => Handled::Duplicate(e.to_string()),
+                e => Handled::store_trouble(&e),
+            };
+        }
+        tracing::info!(
+            job_id = %download.job_id,
+            download_id = %download.id,
+            source = %download.source,
+            destination = %download.destination,
+            bytes,
+            event = "download_completed",
+            "delivered"
+        );
+        let delivery = Delivery {
+            source: download.source.clone(),
+            destination: download.destination.clone(),
+        };
+        match self.store.record_delivery(&download.job_id, delivery).await {
+            Ok(job) => {
+                if job.status == crate::domain::job::JobStatus::Delivered {
+                    tracing::info!(job_id = %job.id, kind = %job.kind, event = "job_delivered", "every output delivered");
+                }
+                Handled::Done(format!("{} → {}", download.source, download.destination))
+            }
+            // The file is in place; a cancelled job just does not record it.
+            Err(Error::Transition { .. } | Error::NotFound { .. }) => Handled::Done(format!(
+                "{} → {} (the job no longer takes deliveries)",
+                download.source, download.destination
+            )),
+            Err(e) => Handled::store_trouble(&e),
+        }
+    }
+
+    async fn give_up_attempt(
+        &self,
+        download: &Download,
+        lease: &Lease,
+        e: copy::CopyError,
+    ) -> Handled {
+        let error = JobError::new(e.code.clone(), e.message.clone(), e.retryable);
+        tracing::warn!(download_id = %download.id, source = %download.source, attempt = download.attempts, error = %error, "copy failed");
+        match self
+            .store
+            .fail_download(&download.id, &lease.owner, error)
+            .await
+        {
+            Ok(after) if after.status == DownloadStatus::Pending => Handled::Retry {
+                rate_limited: false,
+                reason: format!("{}: {}", e.code, e.message),
+            },
+            Ok(after) => {
+                tracing::error!(download_id = %download.id, source = %download.source, error = ?after.error, event = "download_failed", "download failed");
+                Handled::Done(format!("{} failed: {}", download.source, e.message))
+            }
+            Err(Error::Transition { .. }) => Handled::Duplicate("the lease was lost".into()),
+            Err(e) => Handled::store_trouble(&e),
+        }
+    }
+}

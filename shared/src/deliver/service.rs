@@ -1,0 +1,138 @@
+//! The downloader's HTTP face (`POST /` for both Pub/Sub pushes and Eventarc
+//! CloudEvents) and its binary entry point.
+
+use super::{Destination, Downloader, DownloaderSettings};
+use crate::ack::Handled;
+use crate::config::{ObjectArgs, StoreArgs, parse_duration};
+use crate::server;
+use anyhow::Context;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::routing::post;
+use clap::Args;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::Instrument;
+
+/// Everything the downloader reads from the environment.
+#[derive(Clone, Debug, Args)]
+pub struct DownloaderArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub store: StoreArgs,
+    /// Output bucket(s) whose objects are delivered (comma-separated).
+    #[arg(
+        long,
+        env = "GCS_OUTPUT_BUCKET",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub output_buckets: Vec<String>,
+    /// Where copies go: gs://bucket/prefix, or a directory (a volume mount).
+    #[arg(long, env = "DOWNLOAD_DESTINATION")]
+    pub destination: Destination,
+    /// Copies at once per instance.
+    #[arg(long, env = "DOWNLOAD_CONCURRENCY", default_value = "5")]
+    pub concurrency: usize,
+    /// Longest one copy attempt may take.
+    #[arg(long, env = "DOWNLOAD_TIMEOUT", default_value = "300", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// How long a copy's claim lasts without progress (a crashed copier's
+    /// download is taken over after this).
+    #[arg(long, env = "DOWNLOAD_LEASE", default_value = "60", value_parser = parse_duration)]
+    pub lease: Duration,
+    /// Priority of images.
+    #[arg(
+        long,
+        env = "DOWNLOAD_PRIORITY_IMAGE",
+        default_value = "10",
+        allow_hyphen_values = true
+    )]
+    pub image_priority: i64,
+    /// Priority of videos.
+    #[arg(
+        long,
+        env = "DOWNLOAD_PRIORITY_VIDEO",
+        default_value = "0",
+        allow_hyphen_values = true
+    )]
+    pub video_priority: i64,
+    /// Port of the HTTP service.
+    #[arg(long, env = "PORT", default_value = "8080")]
+    pub port: u16,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub objects: ObjectArgs,
+}
+
+/// How long one push may take: the copy, under Pub/Sub's 600 s ack deadline.
+const PUSH_TIMEOUT: Duration = Duration::from_secs(590);
+
+/// `POST /` takes a storage event; `GET /healthz` answers.
+pub fn router(downloader: Arc<Downloader>) -> Router {
+    let app = Router::new()
+        .route("/", post(event_handler))
+        .with_state(downloader);
+    server::with_basics(app, PUSH_TIMEOUT)
+}
+
+async fn event_handler(
+    State(downloader): State<Arc<Downloader>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Handled {
+    let event = match crate::events::decode(&headers, &body) {
+        Ok(event) => event,
+        Err(poison) => {
+            tracing::error!(error = %poison, "poison event acknowledged");
+            return Handled::Poison(poison.to_string());
+        }
+    };
+    let span =
+        tracing::info_span!("storage_event", message_id = %event.event_id, object = %event.uri());
+    async move {
+        let handled = downloader.handle(&event).await;
+        match &handled {
+            Handled::Poison(reason) => tracing::error!(reason, "poison event acknowledged"),
+            Handled::Retry { reason, .. } => tracing::warn!(reason, "asking for redelivery"),
+            Handled::Ignored(reason) => tracing::debug!(reason, "ignored"),
+            other => tracing::info!(outcome = ?other, "handled"),
+        }
+        handled
+    }
+    .instrument(span)
+    .await
+}
+
+/// The `downloader` binary.
+pub async fn downloader(args: DownloaderArgs) -> anyhow::Result<()> {
+    tracing::info!(
+        buckets = ?args.output_buckets,
+        destination = %args.destination,
+        concurrency = args.concurrency,
+        timeout = ?args.timeout,
+        "downloader starting"
+    );
+    let store = crate::store::Store::open(&args.store.store_config()?).await?;
+    let objects = args.objects.object_store().await?;
+    let settings = DownloaderSettings {
+        output_buckets: args.output_buckets.clone(),
+        destination: args.destination.clone(),
+        concurrency: args.concurrency,
+        timeout: args.timeout,
+        lease: args.lease,
+        image_priority: args.image_priority,
+        video_priority: args.video_priority,
+    };
+    let listener = server::bind(args.port)
+        .await
+        .with_context(|| format!("binding port {}", args.port))?;
+    server::serve(
+        listener,
+        router(Arc::new(Downloader::new(store, objects, settings))),
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,588 @@
+//! The downloader: storage events in, verified copies out, jobs delivered.
+//! Each test runs on the local world (embedded store, directory buckets) and,
+//! with the `emulators` feature, on the emulator world (Firestore,
+//! fake-gcs-server).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use async_trait::async_trait;
+use base64::Engine;
+use bytes::Bytes;
+use futures::future::join_all;
+use shared::deliver::copy::partial_path;
+use shared::deliver::service::router;
+use shared::deliver::{Destination, Downloader, DownloaderSettings};
+use shared::domain::Lease;
+use shared::domain::download::DownloadStatus;
+use shared::domain::job::{JobKind, JobStatus};
+use shared::objects::{ByteStream, GsUri, ObjectMeta, ObjectStore, ReadRange};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tests::fake_vertex::FakeOptions;
+use tests::stages::{World, post_raw, serve};
+
+fn settings(world: &World, destination: Destination) -> DownloaderSettings {
+    DownloaderSettings {
+        output_buckets: vec![world.bucket.clone()],
+        destination,
+        concurrency: 5,
+        timeout: Duration::from_secs(60),
+        lease: Duration::from_secs(30),
+        image_priority: 10,
+        video_priority: 0,
+    }
+}
+
+/// A job whose outputs exist in the output bucket and which is completed.
+async fn completed_job(world: &World, outputs: &[(&str, Vec<u8>)]) -> (String, Vec<ObjectMeta>) {
+    let id = world.job("delivered prompt", JobKind::Image, &[]).await;
+    let mut metas = Vec::new();
+    for (suffix, data) in outputs {
+        let name = format!("images/{id}/{suffix}");
+        let meta = world
+            .objects
+            .write(
+                &world.bucket,
+                &name,
+                Bytes::from(data.clone()),
+                "image/png",
+                &BTreeMap::new(),
+            )
+            .await
+            .unwrap();
+        metas.push(meta);
+    }
+    let lease = Lease::new("w", Duration::from_secs(60));
+    world.store.claim_job(&id, &lease).await.unwrap();
+    let uris = metas.iter().map(|m| m.uri().to_string()).collect();
+    world.store.complete_job(&id, "w", uris).await.unwrap();
+    (id, metas)
+}
+
+/// The Pub/Sub push of a bucket notification, as GCS sends it.
+fn notification(meta: &ObjectMeta, event_type: &str, message_id: &str) -> String {
+    let resource = object_resource(meta);
+    serde_json::json!({
+        "message": {
+            "attributes": {
+                "eventType": event_type,
+                "bucketId": meta.bucket,
+                "objectId": meta.name,
+                "objectGeneration": meta.generation.to_string(),
+                "payloadFormat": "JSON_API_V1",
+                "notificationConfig": "projects/_/buckets/out/notificationConfigs/1",
+            },
+            "data": base64::engine::general_purpose::STANDARD.encode(resource.to_string()),
+            "messageId": message_id,
+            "publishTime": "2026-11-28T10:00:00Z",
+        },
+        "subscription": "projects/asmr-test/subscriptions/gcs-events-push",
+    })
+    .to_string()
+}
+
+fn object_resource(meta: &ObjectMeta) -> serde_json::Value {
+    serde_json::json!({
+        "kind": "storage#object",
+        "bucket": meta.bucket,
+        "name": meta.name,
+        "generation": meta.generation.to_string(),
+        "size": meta.size.to_string(),
+        "crc32c": base64::engine::general_purpose::STANDARD.encode(meta.crc32c.to_be_bytes()),
+        "contentType": meta.content_type,
+    })
+}
+
+async fn read_file(path: &Path) -> Vec<u8> {
+    tokio::fs::read(path).await.unwrap()
+}
+
+fn bytes(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+async fn a_finalize_event_copies_the_file_and_delivers_the_job(world: World) {
+    let root = tempfile::tempdir().unwrap();
+    let downloader = Arc::new(Downloader::new(
+        world.store.clone(),
+        world.objects.clone(),
+        settings(&world, Destination::Directory(root.path().into())),
+    ));
+    let url = serve(router(downloader)).await;
+    let data = [bytes(300_000, 1), bytes(10, 2)];
+    let (id, metas) = completed_job(
+        &world,
+        &[("0.png", data[0].clone()), ("1.png", data[1].clone())],
+    )
+    .await;
+
+    assert_eq!(
+        post_raw(&url, notification(&metas[0], "OBJECT_FINALIZE", "e1")).await,
+        200
+    );
+    assert_eq!(
+        world.store.job(&id).await.unwrap().status,
+        JobStatus::Completed,
+        "one of two delivered"
+    );
+    assert_eq!(
+        post_raw(&url, notification(&metas[1], "OBJECT_FINALIZE", "e2")).await,
+        200
+    );
+
+    for (n, data) in data.iter().enumerate() {
+        let path = root.path().join(format!("images/{id}/{n}.png"));
+        assert_eq!(&read_file(&path).await, data, "{}", path.display());
+    }
+    let job = world.store.job(&id).await.unwrap();
+    assert_eq!(job.status, JobStatus::Delivered);
+    assert_eq!(job.deliveries.len(), 2);
+    assert_eq!(
+        job.deliveries[0].destination,
+        root.path()
+            .join(format!("images/{id}/0.png"))
+            .display()
+            .to_string()
+    );
+    let downloads = world
+        .store
+        .list_downloads(None, 10, None)
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(downloads.len(), 2);
+    assert!(
+        downloads
+            .iter()
+            .all(|d| d.status == DownloadStatus::Completed && d.attempts == 1)
+    );
+    assert!(no_partial_files(root.path()), "no temporary file is left");
+}
+
+fn no_partial_files(root: &Path) -> bool {
+    fn walk(dir: &Path, found: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, found);
+            } else if path.to_string_lossy().ends_with(".asmr-partial") {
+                found.push(path.display().to_string());
+            }
+        }
+    }
+    let mut found = Vec::new();
+    walk(root, &mut found);
+    found.is_empty()
+}
+
+async fn an_eventarc_cloud_event_is_handled_the_same_way(world: World) {
+    let root = tempfile::tempdir().unwrap();
+    let downloader = Arc::new(Downloader::new(
+        world.store.clone(),
+        world.objects.clone(),
+        settings(&world, Destination::Directory(root.path().into())),
+    ));
+    let url = serve(router(downloader)).await;
+    let (id, metas) = completed_job(&world, &[("0.png", bytes(5000, 3))]).await;
+    let meta = &metas[0];
+    let status = reqwest::Client::new()
+        .post(format!("{url}/"))
+        .header("ce-specversion", "1.0")
+        .header("ce-type", "google.cloud.storage.object.v1.finalized")
+        .header(
+            "ce-source",
+            format!(
+                "//storage.googleapis.com/projects/_/buckets/{}",
+                meta.bucket
+            ),
+        )
+        .header("ce-subject", format!("objects/{}", meta.name))
+        .header("ce-id", "cloud-event-1")
+        .header("ce-time", "2026-11-28T10:00:00Z")
+        .header("content-type", "application/json")
+        .body(object_resource(meta).to_string())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    assert_eq!(
+        read_file(&root.path().join(format!("images/{id}/0.png"))).await,
+        bytes(5000, 3)
+    );
+    assert_eq!(
+        world.store.job(&id).await.unwrap().status,
+        JobStatus::Delivered
+    );
+}
+
+async fn the_same_event_three_times_makes_one_copy_and_one_record(world: World) {
+    let root = tempfile::tempdir().unwrap();
+    let downloader = Arc::new(Downloader::new(
+        world.store.clone(),
+        world.objects.clone(),
+        settings(&world, Destination::Directory(root.path().into())),
+    ));
+    let url = serve(router(downloader)).await;
+    let (id, metas) = completed_job(&world, &[("0.png", bytes(2_000_000, 4))]).await;
+    let body = notification(&metas[0], "OBJECT_FINALIZE", "same");
+    let statuses = join_all((0..3).map(|_| post_raw(&url, body.clone()))).await;
+    // A delivery that finds another copier at work asks to come back (503);
+    // once the copy is verified every redelivery is acknowledged.
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 503),
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&200));
+    assert_eq!(post_raw(&url, body.clone()).await, 200);
+    let downloads = world
+        .store
+        .list_downloads(None, 10, None)
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(downloads.len(), 1, "one record");
+    assert_eq!(
+        (downloads[0].status, downloads[0].attempts),
+        (DownloadStatus::Completed, 1),
+        "one copy"
+    );
+    assert_eq!(
+        read_file(&root.path().join(format!("images/{id}/0.png"))).await,
+        bytes(2_000_000, 4)
+    );
+}
+
+async fn other_events_buckets_paths_and_jobs_are_acknowledged_and_ignored(world: World) {
+    let root = tempfile::tempdir().unwrap();
+    let downloader = Arc::new(Downloader::new(
+        world.store.clone(),
+        world.objects.clone(),
+        settings(&world, Destination::Directory(root.path().into())),
+    ));
+    let url = serve(router(downloader)).await;
+    let (_, metas) = completed_job(&world, &[("0.png", bytes(10, 5))]).await;
+    let mut other_bucket = metas[0].clone();
+    other_bucket.bucket = "someone-elses-bucket".into();
+    let mut other_path = metas[0].clone();
+    other_path.name = "logs/today.txt".into();
+    let mut no_job = metas[0].clone();
+    no_job.name = "images/nojobwiththisid/0.png".into();
+    for body in [
+        notification(&metas[0], "OBJECT_DELETE", "d"),
+        notification(&metas[0], "OBJECT_METADATA_UPDATE", "m"),
+        notification(&other_bucket, "OBJECT_FINALIZE", "b"),
+        notification(&other_path, "OBJECT_FINALIZE", "p"),
+        notification(&no_job, "OBJECT_FINALIZE", "j"),
+        "not json".to_string(),
+        r#"{"message": {"messageId": "1", "attributes": {"eventType": "OBJECT_FINALIZE"}}}"#
+            .to_string(),
+    ] {
+        assert_eq!(post_raw(&url, body.clone()).await, 200, "{body}");
+    }
+    assert!(
+        world
+            .store
+            .list_downloads(None, 10, None)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert_eq!(
+        std::fs::read_dir(root.path()).unwrap().count(),
+        0,
+        "nothing copied"
+    );
+}
+
+async fn hostile_object_names_never_escape_the_destination(world: World) {
+    let outer = tempfile::tempdir().unwrap();
+    let root = outer.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let downloader = Arc::new(Downloader::new(
+        world.store.clone(),
+        world.objects.clone(),
+        settings(&world, Destination::Directory(root.clone())),
+    ));
+    let url = serve(router(downloader)).await;
+    let (id, metas) = completed_job(&world, &[("0.png", bytes(10, 6))]).await;
+    for name in [
+        format!("images/{id}/../../../escaped"),
+        format!("images/{id}/../../escaped"),
+        format!("images/{id}//escaped"),
+        format!("images/{id}/a\\..\\..\\escaped"),
+        format!("images/{id}/\u{0}escaped"),
+        format!("images/{id}/./escaped"),
+        format!("images/{id}/{}", "x".repeat(300)),
+        format!("images/{id}/x.asmr-partial"),
+    ] {
+        let mut meta = metas[0].clone();
+        meta.name = name.clone();
+        assert_eq!(
+            post_raw(&url, notification(&meta, "OBJECT_FINALIZE", "h")).await,
+            200,
+            "{name:?}"
+        );
+    }
+    let outside: Vec<_> = std::fs::read_dir(outer.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        outside,
+        vec![std::ffi::OsString::from("root")],
+        "nothing next to the root"
+    );
+    assert_eq!(
+        std::fs::read_dir(&root).unwrap().count(),
+        0,
+        "nothing inside either"
+    );
+}
+
+/// Corrupts every read: one byte flipped in the first chunk.
+struct Corrupting(Arc<dyn ObjectStore>);
+
+/// Records where reads started.
+struct Recording(Arc<dyn ObjectStore>, Mutex<Vec<u64>>);
+
+macro_rules! delegate {
+    ($ty:ident, $read:expr) => {
+        #[async_trait]
+        impl ObjectStore for $ty {
+            fn describe(&self) -> String {
+                self.0.describe()
+            }
+            async fn ensure_bucket(&self, bucket: &str) -> shared::Result<()> {
+                self.0.ensure_bucket(bucket).await
+            }
+            async fn write(
+                &self,
+                b: &str,
+                n: &str,
+                d: Bytes,
+                c: &str,
+                m: &BTreeMap<String, String>,
+            ) -> shared::Result<ObjectMeta> {
+                self.0.write(b, n, d, c, m).await
+            }
+            async fn read(
+                &self,
+                bucket: &str,
+                name: &str,
+                range: ReadRange,
+            ) -> shared::Result<ByteStream> {
+                let read: fn(&$ty, ByteStream, ReadRange) -> ByteStream = $read;
+                let stream = self.0.read(bucket, name, range).await?;
+                Ok(read(self, stream, range))
+            }
+            async fn metadata(&self, b: &str, n: &str) -> shared::Result<Option<ObjectMeta>> {
+                self.0.metadata(b, n).await
+            }
+            async fn list(&self, b: &str, p: &str) -> shared::Result<Vec<ObjectMeta>> {
+                self.0.list(b, p).await
+            }
+            async fn delete(&self, b: &str, n: &str) -> shared::Result<bool> {
+                self.0.delete(b, n).await
+            }
+            async fn copy(&self, from: &GsUri, to: &GsUri) -> shared::Result<ObjectMeta> {
+                self.0.copy(from, to).await
+            }
+        }
+    };
+}
+
+delegate!(Corrupting, |_, stream, _| {
+    use futures::StreamExt;
+    let mut first = true;
+    Box::pin(stream.map(move |chunk| {
+        chunk.map(|bytes| {
+            if std::mem::take(&mut first) && !bytes.is_empty() {
+                let mut v = bytes.to_vec();
+                v[0] ^= 0xff;
+                Bytes::from(v)
+            } else {
+                bytes
+            }
+        })
+    }))
+});
+delegate!(Recording, |this, stream, range| {
+    this.1.lock().unwrap().push(range.start);
+    stream
+});
+
+async fn a_corrupted_copy_is_retried_then_failed_with_the_reason(world: World) {
+    let root = tempfile::tempdir().unwrap();
+    let objects: Arc<dyn ObjectStore> = Arc::new(Corrupting(world.objects.clone()));
+    let downloader = Arc::new(Downloader::new(
+        world.store.clone(),
+        objects,
+        settings(&world, Destination::Directory(root.path().into())),
+    ));
+    let url = serve(router(downloader)).await;
+    let (id, metas) = completed_job(&world, &[("0.png", bytes(100_000, 7))]).await;
+    let body = notification(&metas[0], "OBJECT_FINALIZE", "c");
+    assert_eq!(
+        post_raw(&url, body.clone()).await,
+        503,
+        "attempt 1 fails, redeliver"
+    );
+    assert_eq!(
+        post_raw(&url, body.clone()).await,
+        503,
+        "attempt 2 fails, redeliver"
+    );
+    assert_eq!(
+        post_raw(&url, body.clone()).await,
+        200,
+        "attempt 3 fails for good"
+    );
+    assert_eq!(post_raw(&url, body.clone()).await, 200, "and stays failed");
+    let download = &world
+        .store
+        .list_downloads(None, 10, None)
+        .await
+        .unwrap()
+        .items[0];
+    assert_eq!(
+        (download.status, download.attempts),
+        (DownloadStatus::Failed, 3)
+    );
+    let error = download.error.as_ref().unwrap();
+    assert_eq!(error.code, "attempts_exhausted");
+    assert!(error.message.contains("crc_mismatch"), "{}", error.message);
+    assert!(
+        !root.path().join(format!("images/{id}/0.png")).exists(),
+        "no file at the final path"
+    );
+    assert!(no_partial_files(root.path()));
+    assert_eq!(
+        world.store.job(&id).await.unwrap().status,
+        JobStatus::Completed,
+        "not delivered"
+    );
+}
+
+async fn an_interrupted_copy_resumes_from_the_bytes_on_disk(world: World) {
+    let root = tempfile::tempdir().unwrap();
+    let recording = Arc::new(Recording(world.objects.clone(), Mutex::new(Vec::new())));
+    let downloader = Arc::new(Downloader::new(
+        world.store.clone(),
+        recording.clone(),
+        settings(&world, Destination::Directory(root.path().into())),
+    ));
+    let url = serve(router(downloader)).await;
+    let data = bytes(1_000_000, 8);
+    let (id, metas) = completed_job(&world, &[("0.png", data.clone())]).await;
+    // What a copier killed halfway leaves behind.
+    let target = root.path().join(format!("images/{id}/0.png"));
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    std::fs::write(
+        partial_path(&target, Some(metas[0].generation)),
+        &data[..400_000],
+    )
+    .unwrap();
+    assert_eq!(
+        post_raw(&url, notification(&metas[0], "OBJECT_FINALIZE", "r")).await,
+        200
+    );
+    assert_eq!(
+        *recording.1.lock().unwrap(),
+        vec![400_000],
+        "one ranged read from the first missing byte"
+    );
+    assert_eq!(read_file(&target).await, data);
+    assert!(no_partial_files(root.path()));
+}
+
+async fn a_bucket_destination_is_a_server_side_copy(world: World) {
+    let archive = format!("{}-archive", world.bucket);
+    world.objects.ensure_bucket(&archive).await.unwrap();
+    let destination = Destination::Bucket {
+        bucket: archive.clone(),
+        prefix: "asmr/".into(),
+    };
+    let downloader = Arc::new(Downloader::new(
+        world.store.clone(),
+        world.objects.clone(),
+        settings(&world, destination),
+    ));
+    let url = serve(router(downloader)).await;
+    let (id, metas) = completed_job(&world, &[("0.png", bytes(70_000, 9))]).await;
+    assert_eq!(
+        post_raw(&url, notification(&metas[0], "OBJECT_FINALIZE", "a")).await,
+        200
+    );
+    let name = format!("asmr/images/{id}/0.png");
+    let copy = world
+        .objects
+        .metadata(&archive, &name)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((copy.size, copy.crc32c), (metas[0].size, metas[0].crc32c));
+    let job = world.store.job(&id).await.unwrap();
+    assert_eq!(job.status, JobStatus::Delivered);
+    assert_eq!(
+        job.deliveries[0].destination,
+        format!("gs://{archive}/{name}")
+    );
+}
+
+macro_rules! scenarios {
+    ($world:ident, $make:path) => {
+        mod $world {
+            use super::*;
+
+            async fn world() -> World {
+                $make(FakeOptions::default()).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_finalize_event_copies_the_file_and_delivers_the_job() {
+                super::a_finalize_event_copies_the_file_and_delivers_the_job(world().await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn an_eventarc_cloud_event_is_handled_the_same_way() {
+                super::an_eventarc_cloud_event_is_handled_the_same_way(world().await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn the_same_event_three_times_makes_one_copy_and_one_record() {
+                super::the_same_event_three_times_makes_one_copy_and_one_record(world().await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn other_events_buckets_paths_and_jobs_are_acknowledged_and_ignored() {
+                super::other_events_buckets_paths_and_jobs_are_acknowledged_and_ignored(
+                    world().await,
+                )
+                .await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn hostile_object_names_never_escape_the_destination() {
+                super::hostile_object_names_never_escape_the_destination(world().await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_corrupted_copy_is_retried_then_failed_with_the_reason() {
+                super::a_corrupted_copy_is_retried_then_failed_with_the_reason(world().await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn an_interrupted_copy_resumes_from_the_bytes_on_disk() {
+                super::an_interrupted_copy_resumes_from_the_bytes_on_disk(world().await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_bucket_destination_is_a_server_side_copy() {
+                super::a_bucket_destination_is_a_server_side_copy(world().await).await
+            }
+        }
+    };
+}
+
+scenarios!(local, tests::stages::local);
+#[cfg(feature = "emulators")]
+scenarios!(emulators, tests::stages::emulators);
