@@ -37,10 +37,24 @@ fn settings(world: &World, destination: Destination) -> DownloaderSettings {
 
 /// A job whose outputs exist in the output bucket and which is completed.
 async fn completed_job(world: &World, outputs: &[(&str, Vec<u8>)]) -> (String, Vec<ObjectMeta>) {
-    let id = world.job("delivered prompt", JobKind::Image, &[]).await;
+    completed_job_in(world, "images", outputs).await
+}
+
+/// The same under `images/` or `videos/`.
+async fn completed_job_in(
+    world: &World,
+    folder: &str,
+    outputs: &[(&str, Vec<u8>)],
+) -> (String, Vec<ObjectMeta>) {
+    let kind = if folder == "videos" {
+        JobKind::Video
+    } else {
+        JobKind::Image
+    };
+    let id = world.job("delivered prompt", kind, &[]).await;
     let mut metas = Vec::new();
     for (suffix, data) in outputs {
-        let name = format!("images/{id}/{suffix}");
+        let name = format!("{folder}/{id}/{suffix}");
         let meta = world
             .objects
             .write(
@@ -535,6 +549,62 @@ async fn a_bucket_destination_is_a_server_side_copy(world: World) {
     );
 }
 
+async fn a_retried_download_is_copied_by_a_drain_images_first(world: World) {
+    let root = tempfile::tempdir().unwrap();
+    let dir = Destination::Directory(root.path().into());
+    let broken = Arc::new(Downloader::new(
+        world.store.clone(),
+        Arc::new(Corrupting(world.objects.clone())),
+        settings(&world, dir.clone()),
+    ));
+    let url = serve(router(broken)).await;
+    let (video_job, video) =
+        completed_job_in(&world, "videos", &[("t/sample_0.mp4", bytes(50_000, 10))]).await;
+    let (image_job, image) = completed_job(&world, &[("0.png", bytes(40_000, 11))]).await;
+    for meta in [&video[0], &image[0]] {
+        let body = notification(meta, "OBJECT_FINALIZE", "x");
+        while post_raw(&url, body.clone()).await == 503 {}
+    }
+    let failed = world
+        .store
+        .list_downloads(Some(DownloadStatus::Failed), 10, None)
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(failed.len(), 2);
+    for download in &failed {
+        world.store.retry_download(&download.id).await.unwrap();
+    }
+    let mut one_at_a_time = settings(&world, dir);
+    one_at_a_time.concurrency = 1;
+    let healthy = Downloader::new(world.store.clone(), world.objects.clone(), one_at_a_time);
+    let report = healthy.drain(None).await.unwrap();
+    assert_eq!((report.processed, report.retried), (2, 0));
+    let done = world
+        .store
+        .list_downloads(Some(DownloadStatus::Completed), 10, None)
+        .await
+        .unwrap()
+        .items;
+    let by_job = |job: &str| {
+        done.iter()
+            .find(|d| d.job_id == job)
+            .unwrap()
+            .completed_at
+            .unwrap()
+    };
+    assert!(
+        by_job(&image_job) <= by_job(&video_job),
+        "images are copied first"
+    );
+    for id in [&image_job, &video_job] {
+        assert_eq!(
+            world.store.job(id).await.unwrap().status,
+            JobStatus::Delivered
+        );
+    }
+}
+
 macro_rules! scenarios {
     ($world:ident, $make:path) => {
         mod $world {
@@ -574,6 +644,10 @@ macro_rules! scenarios {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn an_interrupted_copy_resumes_from_the_bytes_on_disk() {
                 super::an_interrupted_copy_resumes_from_the_bytes_on_disk(world().await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_retried_download_is_copied_by_a_drain_images_first() {
+                super::a_retried_download_is_copied_by_a_drain_images_first(world().await).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_bucket_destination_is_a_server_side_copy() {

@@ -290,6 +290,12 @@ impl Downloader {
             Err(e) if e.is_retryable() => return Handled::store_trouble(&e),
             Err(e) => return Handled::Poison(e.to_string()),
         };
+        self.attempt(download, &lease).await
+    }
+
+    /// One copy attempt of a claimed download, and its record.
+    async fn attempt(&self, download: Download, lease: &Lease) -> Handled {
+        let lease = lease.clone();
         let copied =
             tokio::time::timeout(self.settings.timeout, copy::copy(self, &download, &lease)).await;
         let result = match copied {
@@ -372,5 +378,47 @@ impl Downloader {
             Err(Error::Transition { .. }) => Handled::Duplicate("the lease was lost".into()),
             Err(e) => Handled::store_trouble(&e),
         }
+    }
+
+    /// Copies pending downloads in priority order (images first by default,
+    /// then oldest) until none is left or `max_jobs` is reached: the way a
+    /// download an operator retried (`asmr retry-download`), or one whose
+    /// event was lost, gets copied. Runs DOWNLOAD_CONCURRENCY at once.
+    pub async fn drain(
+        &self,
+        max_jobs: Option<u64>,
+    ) -> crate::error::Result<crate::generate::DrainReport> {
+        use futures::StreamExt;
+        let claimed = std::sync::atomic::AtomicU64::new(0);
+        let retried = std::sync::atomic::AtomicU64::new(0);
+        let worker = || async {
+            loop {
+                if max_jobs
+                    .is_some_and(|max| claimed.load(std::sync::atomic::Ordering::SeqCst) >= max)
+                {
+                    return Ok::<(), Error>(());
+                }
+                let lease = self.lease();
+                let Some(download) = self.store.claim_next_download(&lease).await? else {
+                    return Ok(());
+                };
+                claimed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if let Handled::Retry { .. } = self.attempt(download, &lease).await {
+                    retried.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        };
+        let results: Vec<_> = futures::stream::iter(0..self.settings.concurrency.max(1))
+            .map(|_| worker())
+            .buffer_unordered(self.settings.concurrency.max(1))
+            .collect()
+            .await;
+        for result in results {
+            result?;
+        }
+        Ok(crate::generate::DrainReport {
+            processed: claimed.into_inner(),
+            retried: retried.into_inner(),
+        })
     }
 }

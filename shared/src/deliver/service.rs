@@ -106,8 +106,22 @@ async fn event_handler(
     .await
 }
 
+/// How the downloader binary runs.
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum Mode {
+    /// Serve storage events on $PORT (the default).
+    Serve,
+    /// Copy every pending download (retried ones, ones whose event was lost)
+    /// in priority order, then exit (a Cloud Run job).
+    Drain {
+        /// Stop after this many downloads.
+        #[arg(long)]
+        max_jobs: Option<u64>,
+    },
+}
+
 /// The `downloader` binary.
-pub async fn downloader(args: DownloaderArgs) -> anyhow::Result<()> {
+pub async fn downloader(args: DownloaderArgs, mode: Mode) -> anyhow::Result<()> {
     tracing::info!(
         buckets = ?args.output_buckets,
         destination = %args.destination,
@@ -126,13 +140,23 @@ pub async fn downloader(args: DownloaderArgs) -> anyhow::Result<()> {
         image_priority: args.image_priority,
         video_priority: args.video_priority,
     };
-    let listener = server::bind(args.port)
-        .await
-        .with_context(|| format!("binding port {}", args.port))?;
-    server::serve(
-        listener,
-        router(Arc::new(Downloader::new(store, objects, settings))),
-    )
-    .await?;
+    let downloader = Downloader::new(store, objects, settings);
+    match mode {
+        Mode::Serve => {
+            let listener = server::bind(args.port)
+                .await
+                .with_context(|| format!("binding port {}", args.port))?;
+            server::serve(listener, router(Arc::new(downloader))).await?;
+        }
+        Mode::Drain { max_jobs } => {
+            let report = downloader.drain(max_jobs).await?;
+            tracing::info!(
+                processed = report.processed,
+                retried = report.retried,
+                event = "drain_finished",
+                "downloader drain finished"
+            );
+        }
+    }
     Ok(())
 }
