@@ -89,6 +89,17 @@ pub async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// The exit status of a stage binary: failures are logged as one line.
+pub fn exit_code(outcome: anyhow::Result<()>) -> std::process::ExitCode {
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "stopped");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,7 +25,7 @@ struct Cli {
 async fn main() -> std::process::ExitCode {
     shared::telemetry::init();
     let cli = Cli::parse();
-    shared::generate::service::exit_code(
+    shared::server::exit_code(
         service::downloader(cli.args, cli.mode.unwrap_or(Mode::Serve)).await,
     )
 }

@@ -25,5 +25,5 @@ struct Cli {
 async fn main() -> std::process::ExitCode {
     shared::telemetry::init();
     let cli = Cli::parse();
-    service::exit_code(service::image_generator(cli.args, cli.mode.unwrap_or(Mode::Serve)).await)
+    shared::server::exit_code(service::image_generator(cli.args, cli.mode.unwrap_or(Mode::Serve)).await)
 }

@@ -26,5 +26,5 @@ struct Cli {
 async fn main() -> std::process::ExitCode {
     shared::telemetry::init();
     let cli = Cli::parse();
-    service::exit_code(service::video_poller(cli.args, cli.max_runtime).await)
+    shared::server::exit_code(service::video_poller(cli.args, cli.max_runtime).await)
 }

@@ -174,14 +174,3 @@ pub async fn video_poller(args: StageArgs, max_runtime: Duration) -> anyhow::Res
     );
     Ok(())
 }
-
-/// The exit status of a stage binary: failures are logged as one line.
-pub fn exit_code(outcome: anyhow::Result<()>) -> std::process::ExitCode {
-    match outcome {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "stopped");
-            std::process::ExitCode::FAILURE
-        }
-    }
-}
