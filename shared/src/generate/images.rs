@@ -5,13 +5,13 @@ use super::{
     Generator, GeneratorSettings, Handled, Workers, settle_model_error, settled_elsewhere_or_retry,
     with_store_retries,
 };
+use super::{Output, keep_outputs};
 use crate::domain::Lease;
 use crate::domain::job::{FILTERED, Job, JobError, JobKind};
-use crate::objects::{JOB_ID_METADATA, ObjectStore};
+use crate::objects::ObjectStore;
 use crate::store::Store;
 use crate::vertex::{GeneratedImage, ImageModel, ImageOutcome, ImageRequest, ModelError};
 use async_trait::async_trait;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Placeholder images instead of a model: the dry run.
@@ -81,62 +81,34 @@ impl ImageGenerator {
         images: Vec<GeneratedImage>,
         filtered: &[String],
     ) -> Handled {
-        let bucket = &self.settings.output_bucket;
-        let metadata = BTreeMap::from([(JOB_ID_METADATA.to_string(), job.id.clone())]);
-        let mut outputs = Vec::with_capacity(images.len());
-        for (n, image) in images.into_iter().enumerate() {
-            let name = format!(
-                "images/{}/{n}.{}",
-                job.id,
-                Self::extension(&image.mime_type)
-            );
-            let written = with_store_retries(|| {
-                self.objects.write(
-                    bucket,
-                    &name,
-                    image.data.clone(),
-                    &image.mime_type,
-                    &metadata,
-                )
-            })
-            .await;
-            match written {
-                Ok(meta) => outputs.push(meta.uri().to_string()),
-                Err(e) => {
-                    // The images are lost with this attempt; the next one
-                    // generates them again.
-                    tracing::error!(job_id = %job.id, error = %e, "could not write an output");
-                    let error = JobError::new("storage", e.to_string(), true);
-                    return match self
-                        .store
-                        .release_job(&job.id, &lease.owner, Some(error))
-                        .await
-                    {
-                        Ok(_) => Handled::Retry {
-                            rate_limited: false,
-                            reason: e.to_string(),
-                        },
-                        Err(e) => settled_elsewhere_or_retry(&e),
-                    };
-                }
-            }
-        }
         if !filtered.is_empty() {
             tracing::warn!(job_id = %job.id, reasons = ?filtered, "some samples were filtered");
         }
-        let count = outputs.len();
-        match with_store_retries(|| {
-            self.store
-                .complete_job(&job.id, &lease.owner, outputs.clone())
-        })
+        let outputs = images
+            .into_iter()
+            .enumerate()
+            .map(|(n, image)| {
+                let extension = Self::extension(&image.mime_type);
+                Output {
+                    name: format!("images/{}/{n}.{extension}", job.id),
+                    data: image.data,
+                    content_type: match extension {
+                        "jpg" => "image/jpeg",
+                        "webp" => "image/webp",
+                        _ => "image/png",
+                    },
+                }
+            })
+            .collect();
+        keep_outputs(
+            &self.store,
+            self.objects.as_ref(),
+            &self.settings.output_bucket,
+            job,
+            lease,
+            outputs,
+        )
         .await
-        {
-            Ok(_) => {
-                tracing::info!(job_id = %job.id, kind = "image", outputs = count, event = "job_completed", "job completed");
-                Handled::Done(format!("job {} completed with {count} images", job.id))
-            }
-            Err(e) => settled_elsewhere_or_retry(&e),
-        }
     }
 }
 

@@ -108,6 +108,68 @@ fn settled_elsewhere_or_retry(e: &Error) -> Handled {
     }
 }
 
+/// One output a generator writes.
+pub(crate) struct Output {
+    /// Object name in the output bucket.
+    pub name: String,
+    /// Content.
+    pub data: bytes::Bytes,
+    /// MIME type.
+    pub content_type: &'static str,
+}
+
+/// Writes a claimed job's outputs to the output bucket (tagged with the job
+/// id) and completes the job. If a write keeps failing, the job is given
+/// back for a later attempt, which generates again.
+pub(crate) async fn keep_outputs(
+    store: &Store,
+    objects: &dyn crate::objects::ObjectStore,
+    bucket: &str,
+    job: &Job,
+    lease: &Lease,
+    outputs: Vec<Output>,
+) -> Handled {
+    let metadata = std::collections::BTreeMap::from([(
+        crate::objects::JOB_ID_METADATA.to_string(),
+        job.id.clone(),
+    )]);
+    let mut uris = Vec::with_capacity(outputs.len());
+    for output in outputs {
+        let written = with_store_retries(|| {
+            objects.write(
+                bucket,
+                &output.name,
+                output.data.clone(),
+                output.content_type,
+                &metadata,
+            )
+        })
+        .await;
+        match written {
+            Ok(meta) => uris.push(meta.uri().to_string()),
+            Err(e) => {
+                tracing::error!(job_id = %job.id, error = %e, "could not write an output");
+                let error = JobError::new("storage", e.to_string(), true);
+                return match store.release_job(&job.id, &lease.owner, Some(error)).await {
+                    Ok(_) => Handled::Retry {
+                        rate_limited: false,
+                        reason: e.to_string(),
+                    },
+                    Err(e) => settled_elsewhere_or_retry(&e),
+                };
+            }
+        }
+    }
+    let count = uris.len();
+    match with_store_retries(|| store.complete_job(&job.id, &lease.owner, uris.clone())).await {
+        Ok(_) => {
+            tracing::info!(job_id = %job.id, kind = %job.kind, outputs = count, event = "job_completed", "job completed");
+            Handled::Done(format!("job {} completed with {count} outputs", job.id))
+        }
+        Err(e) => settled_elsewhere_or_retry(&e),
+    }
+}
+
 /// Retries a store write a few times on transient errors. Used after a paid
 /// call, where losing the write would mean paying again.
 async fn with_store_retries<T, F, Fut>(mut write: F) -> Result<T>

@@ -7,14 +7,14 @@ use super::{
     Generator, GeneratorSettings, Handled, Workers, settle_model_error, settled_elsewhere_or_retry,
     with_store_retries,
 };
+use super::{Output, keep_outputs};
 use crate::domain::Lease;
-use crate::domain::job::{Job, JobError, JobKind};
-use crate::objects::{JOB_ID_METADATA, ObjectStore};
+use crate::domain::job::{Job, JobKind};
+use crate::objects::ObjectStore;
 use crate::store::Store;
 use crate::time::Timestamp;
 use crate::vertex::{VideoModel, VideoRequest};
 use async_trait::async_trait;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,56 +81,27 @@ impl VideoGenerator {
     /// Writes placeholder clips as Veo lays them out
     /// (`videos/{job}/{timestamp}/sample_{n}.mp4`) and completes the job.
     async fn dry_run(&self, job: &Job, lease: &Lease) -> Handled {
-        let bucket = &self.settings.output_bucket;
         let folder = Timestamp::now().as_datetime().format("%Y%m%d%H%M%S%6f");
-        let metadata = BTreeMap::from([(JOB_ID_METADATA.to_string(), job.id.clone())]);
         let samples = job.params.sample_count.unwrap_or(1).max(1);
-        let mut outputs = Vec::new();
-        for n in 0..samples {
-            let name = format!("videos/{}/{folder}/sample_{n}.mp4", job.id);
-            let data = crate::placeholder::mp4(
-                &format!("{} sample {n}", job.id),
-                job.params.aspect_ratio.as_deref(),
-            );
-            match with_store_retries(|| {
-                self.objects
-                    .write(bucket, &name, data.clone(), "video/mp4", &metadata)
+        let outputs = (0..samples)
+            .map(|n| Output {
+                name: format!("videos/{}/{folder}/sample_{n}.mp4", job.id),
+                data: crate::placeholder::mp4(
+                    &format!("{} sample {n}", job.id),
+                    job.params.aspect_ratio.as_deref(),
+                ),
+                content_type: "video/mp4",
             })
-            .await
-            {
-                Ok(meta) => outputs.push(meta.uri().to_string()),
-                Err(e) => {
-                    let error = JobError::new("storage", e.to_string(), true);
-                    return match self
-                        .store
-                        .release_job(&job.id, &lease.owner, Some(error))
-                        .await
-                    {
-                        Ok(_) => Handled::Retry {
-                            rate_limited: false,
-                            reason: e.to_string(),
-                        },
-                        Err(e) => settled_elsewhere_or_retry(&e),
-                    };
-                }
-            }
-        }
-        match with_store_retries(|| {
-            self.store
-                .complete_job(&job.id, &lease.owner, outputs.clone())
-        })
+            .collect();
+        keep_outputs(
+            &self.store,
+            self.objects.as_ref(),
+            &self.settings.output_bucket,
+            job,
+            lease,
+            outputs,
+        )
         .await
-        {
-            Ok(_) => {
-                tracing::info!(job_id = %job.id, kind = "video", outputs = outputs.len(), dry_run = true, event = "job_completed", "job completed");
-                Handled::Done(format!(
-                    "job {} completed with {} placeholder videos",
-                    job.id,
-                    outputs.len()
-                ))
-            }
-            Err(e) => settled_elsewhere_or_retry(&e),
-        }
     }
 }
 
