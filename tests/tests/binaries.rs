@@ -246,6 +246,35 @@ fn every_binary_lists_its_environment_in_help() {
 }
 
 #[test]
+fn the_downloader_lists_its_environment_in_help() {
+    let output = Command::new(binary("downloader"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    for variable in [
+        "GCS_OUTPUT_BUCKET",
+        "DOWNLOAD_DESTINATION",
+        "DOWNLOAD_CONCURRENCY",
+        "DOWNLOAD_TIMEOUT",
+        "DOWNLOAD_LEASE",
+        "DOWNLOAD_PRIORITY_IMAGE",
+        "DOWNLOAD_PRIORITY_VIDEO",
+        "PORT",
+        "GOOGLE_CLOUD_PROJECT",
+        "ASMR_COLLECTION_PREFIX",
+        "FIRESTORE_EMULATOR_HOST",
+        "STORAGE_EMULATOR_HOST",
+    ] {
+        assert!(
+            help.contains(variable),
+            "downloader --help does not mention {variable}"
+        );
+    }
+}
+
+#[test]
 fn a_binary_without_its_bucket_says_so_and_exits_non_zero() {
     let output = Command::new(binary("image-generator"))
         .env_clear()

@@ -365,6 +365,29 @@ struct Corrupting(Arc<dyn ObjectStore>);
 /// Records where reads started.
 struct Recording(Arc<dyn ObjectStore>, Mutex<Vec<u64>>);
 
+/// Counts reads in flight (a read lasts until its stream is dropped) and
+/// remembers the most at once.
+struct Gauge(
+    Arc<dyn ObjectStore>,
+    Arc<(
+        std::sync::atomic::AtomicUsize,
+        std::sync::atomic::AtomicUsize,
+    )>,
+);
+
+struct InFlight(
+    Arc<(
+        std::sync::atomic::AtomicUsize,
+        std::sync::atomic::AtomicUsize,
+    )>,
+);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 macro_rules! delegate {
     ($ty:ident, $read:expr) => {
         #[async_trait]
@@ -425,6 +448,22 @@ delegate!(Corrupting, |_, stream, _| {
             }
         })
     }))
+});
+delegate!(Gauge, |this, stream, _| {
+    use futures::StreamExt;
+    use std::sync::atomic::Ordering::SeqCst;
+    let now = this.1.0.fetch_add(1, SeqCst) + 1;
+    this.1.1.fetch_max(now, SeqCst);
+    let guard = InFlight(this.1.clone());
+    // Slow, so that copies overlap if the limit lets them.
+    Box::pin(
+        futures::stream::once(tokio::time::sleep(Duration::from_millis(150)))
+            .flat_map(move |()| {
+                let _keep = &guard;
+                futures::stream::empty()
+            })
+            .chain(stream),
+    )
 });
 delegate!(Recording, |this, stream, range| {
     this.1.lock().unwrap().push(range.start);
@@ -605,6 +644,31 @@ async fn a_retried_download_is_copied_by_a_drain_images_first(world: World) {
     }
 }
 
+async fn no_more_than_the_configured_number_of_copies_run_at_once(world: World) {
+    let root = tempfile::tempdir().unwrap();
+    let gauge = Arc::new(Gauge(world.objects.clone(), Arc::default()));
+    let mut limited = settings(&world, Destination::Directory(root.path().into()));
+    limited.concurrency = 2;
+    let url = serve(router(Arc::new(Downloader::new(
+        world.store.clone(),
+        gauge.clone(),
+        limited,
+    ))))
+    .await;
+    let mut bodies = Vec::new();
+    for n in 0..6u8 {
+        let (_, metas) = completed_job(&world, &[("0.png", bytes(1000, n))]).await;
+        bodies.push(notification(&metas[0], "OBJECT_FINALIZE", &n.to_string()));
+    }
+    let statuses = join_all(bodies.into_iter().map(|body| post_raw(&url, body))).await;
+    assert_eq!(statuses, vec![200; 6]);
+    assert_eq!(
+        gauge.1.1.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "at most DOWNLOAD_CONCURRENCY copies at once"
+    );
+}
+
 macro_rules! scenarios {
     ($world:ident, $make:path) => {
         mod $world {
@@ -648,6 +712,10 @@ macro_rules! scenarios {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_retried_download_is_copied_by_a_drain_images_first() {
                 super::a_retried_download_is_copied_by_a_drain_images_first(world().await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn no_more_than_the_configured_number_of_copies_run_at_once() {
+                super::no_more_than_the_configured_number_of_copies_run_at_once(world().await).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_bucket_destination_is_a_server_side_copy() {
