@@ -13,7 +13,8 @@ use shared::store::firestore::FirestoreConfig;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Operate the asmr pipeline: add prompts, watch jobs, repair stuck or failed ones.
+/// Operate the asmr pipeline: add prompts, watch jobs and downloads, repair stuck or
+/// failed ones.
 #[derive(Debug, Parser)]
 #[command(name = "asmr", version)]
 pub struct Cli {
@@ -103,6 +104,11 @@ pub enum Command {
     Retry(RetryArgs),
     /// Cancel an unfinished job.
     Cancel(CancelArgs),
+    /// List the download queue in copy order (highest priority, then oldest),
+    /// with progress and the last error.
+    Downloads(DownloadsArgs),
+    /// Requeue a failed download with fresh attempts (the copier resumes a partial copy).
+    RetryDownload(RetryDownloadArgs),
 }
 
 #[derive(Debug, Args)]
@@ -188,6 +194,25 @@ pub struct RetryArgs {
 #[derive(Debug, Args)]
 pub struct CancelArgs {
     /// The job to cancel.
+    pub id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DownloadsArgs {
+    /// Only downloads in this status: pending, downloading, completed or failed.
+    #[arg(long)]
+    pub status: Option<String>,
+    /// At most this many downloads.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: u32,
+    /// Print a JSON array of the download records.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RetryDownloadArgs {
+    /// The download to requeue.
     pub id: String,
 }
 

@@ -1,9 +1,10 @@
 //! `asmr`, the operator command line of the asmr pipeline: add prompts (one,
-//! or a file of them), look at jobs and their counts, and repair stuck,
-//! failed or unwanted jobs. It talks to the same store as the stages: the
-//! embedded one under `.asmr/` by default, or Firestore with
-//! `--backend firestore --project P` (every option also reads an environment
-//! variable; see `asmr --help`). Run it with `cargo run -p cli -- stats`.
+//! or a file of them), look at jobs, downloads and their counts, and repair
+//! stuck, failed or unwanted jobs and failed downloads. It talks to the same
+//! store as the stages: the embedded one under `.asmr/` by default, or
+//! Firestore with `--backend firestore --project P` (every option also reads
+//! an environment variable; see `asmr --help`). Run it with
+//! `cargo run -p cli -- stats`.
 //!
 //! Data (ids, tables, JSON) goes to stdout and messages to stderr, whose
 //! first line names the backend in use; any failure is one `error:` line and

@@ -3,6 +3,7 @@
 
 use anyhow::Error;
 use serde::Serialize;
+use shared::time::Timestamp;
 use std::fmt::Display;
 use std::io::{self, Write};
 use std::process::ExitCode;
@@ -196,6 +197,44 @@ pub fn one_line(text: &str, max: usize) -> String {
     cut
 }
 
+/// `text` cut in the middle to at most `max` characters, with a `…` where
+/// the cut is: the start and the end of a path or URI say the most.
+pub fn middle(text: &str, max: usize) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    if chars.len() <= max {
+        return text.to_string();
+    }
+    let keep = max.saturating_sub(1);
+    let head = keep / 2;
+    let tail = keep - head;
+    let mut cut: String = chars[..head].iter().collect();
+    cut.push('…');
+    cut.extend(&chars[chars.len() - tail..]);
+    cut
+}
+
+/// A byte count for people: `512 B`, `1.5 KiB`, `12.3 MiB` (powers of 1024,
+/// one decimal above bytes).
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    // 1023.96 KiB would print as 1024.0 KiB: that is 1.0 MiB.
+    while value >= 1023.95 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// A time to the second, without the zone (tables say UTC in the header).
+pub fn short_time(at: Timestamp) -> String {
+    at.as_datetime().format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
 /// `n` and the noun, plural when `n` is not 1.
 pub fn count(n: usize, singular: &str, plural: &str) -> String {
     format!("{n} {}", if n == 1 { singular } else { plural })
@@ -238,6 +277,27 @@ mod tests {
         check("abcdefghijk", 10, "abcdefghi…");
         check("abcd efghijk", 6, "abcd…");
         check("ééééééé", 5, "éééé…");
+    }
+
+    #[test]
+    fn middle_keeps_both_ends() {
+        assert_eq!(middle("gs://b/o.png", 20), "gs://b/o.png");
+        assert_eq!(middle("abcdefghij", 10), "abcdefghij");
+        assert_eq!(middle("abcdefghijk", 10), "abcd…ghijk");
+        assert_eq!(middle("abcdefghijk", 9), "abcd…hijk");
+        assert_eq!(middle("éééééééééé", 4), "é…éé");
+    }
+
+    #[test]
+    fn byte_counts_read_in_binary_units() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1024), "1.0 KiB");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(12_897_485), "12.3 MiB");
+        assert_eq!(bytes(1024 * 1024 - 1), "1.0 MiB");
+        assert_eq!(bytes(3 << 30), "3.0 GiB");
+        assert_eq!(bytes(u64::MAX), "16.0 EiB");
     }
 
     #[test]

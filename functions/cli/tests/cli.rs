@@ -12,8 +12,9 @@
 
 use serde_json::Value;
 use shared::domain::Lease;
-use shared::domain::download::{FileType, NewDownload};
+use shared::domain::download::{DownloadStatus, FileType, NewDownload};
 use shared::domain::job::{FILTERED, JobError};
+use shared::store::Claim;
 use shared::store::{Store, StoreConfig};
 use std::future::Future;
 use std::path::PathBuf;
@@ -63,6 +64,14 @@ on_every_backend!(
     reset_with_nothing_stuck_says_so,
     reset_requeues_a_stuck_job,
     the_first_stderr_line_names_the_backend,
+    downloads_with_none_says_so,
+    downloads_json_is_an_array_of_the_records_in_copy_order,
+    downloads_filters_by_status,
+    downloads_table_shows_progress_sizes_and_errors,
+    downloads_stops_at_the_limit_and_says_there_are_more,
+    retry_download_requeues_a_failed_download,
+    retry_download_refuses_what_is_not_failed,
+    stats_counts_downloads_per_status,
 );
 
 // ---- harness ----
@@ -207,12 +216,123 @@ impl Env {
         self.store(|store| async move { store.claim_job(&id, &lease).await.unwrap() });
     }
 
+    /// Adds a download of `gs://out/{object}` for `job_id` and returns its id.
+    /// Downloads of equal priority copy oldest first, so each gets its own
+    /// microsecond.
+    fn download(&self, job_id: &str, object: &str, priority: i64, size: Option<u64>) -> String {
+        let file_type = match object.split('/').next() {
+            Some("images") => FileType::Image,
+            Some("videos") => FileType::Video,
+            _ => FileType::Other,
+        };
+        let new = NewDownload {
+            job_id: job_id.into(),
+            bucket: "out".into(),
+            object: object.into(),
+            generation: Some(1),
+            destination: format!("/tmp/{object}"),
+            file_type,
+            priority,
+            size,
+            crc32c: None,
+        };
+        let created = self.store(|store| async move { store.create_download(new).await.unwrap() });
+        assert!(created.created, "{object} was added twice");
+        std::thread::sleep(Duration::from_millis(2));
+        created.record.id
+    }
+
+    /// Starts a copy of the download (one attempt), as the copier would.
+    fn claim_download(&self, id: &str) {
+        let id = id.to_string();
+        self.store(|store| async move {
+            let claim = store.claim_download(&id, &copier()).await.unwrap();
+            assert!(matches!(claim, Claim::Claimed(_)), "{claim:?}");
+        });
+    }
+
+    /// Records that a claimed download has `bytes` at the destination.
+    fn download_progress(&self, id: &str, bytes: u64) {
+        let id = id.to_string();
+        self.store(|store| async move {
+            store
+                .download_progress(&id, &copier(), bytes)
+                .await
+                .unwrap()
+        });
+    }
+
+    /// Finishes a claimed download.
+    fn complete_download(&self, id: &str, bytes: u64) {
+        let id = id.to_string();
+        self.store(|store| async move {
+            store
+                .complete_download(&id, &copier().owner, bytes)
+                .await
+                .unwrap()
+        });
+    }
+
+    /// Claims the download and fails it for good with error `code`.
+    fn fail_download(&self, id: &str, code: &str) {
+        self.claim_download(id);
+        let id = id.to_string();
+        let error = JobError::new(code, format!("{code} in a test"), false);
+        let failed = self.store(|store| async move {
+            store
+                .fail_download(&id, &copier().owner, error)
+                .await
+                .unwrap()
+        });
+        assert_eq!(failed.status, DownloadStatus::Failed);
+    }
+
+    /// The download record as the store has it, as JSON.
+    fn download_record(&self, id: &str) -> Value {
+        let id = id.to_string();
+        let download = self.store(|store| async move { store.download(&id).await.unwrap() });
+        serde_json::to_value(download).unwrap()
+    }
+
+    /// `asmr downloads --json ARGS`.
+    fn downloads(&self, args: &[&str]) -> Vec<Value> {
+        let mut full = vec!["downloads", "--json"];
+        full.extend_from_slice(args);
+        match self.asmr(&full).ok().json() {
+            Value::Array(downloads) => downloads,
+            other => panic!("not a JSON array: {other}"),
+        }
+    }
+
     fn stats(&self) -> Value {
         self.asmr(&["stats", "--json"]).ok().json()
     }
 
     fn job(&self, id: &str) -> Value {
         self.asmr(&["show", id, "--json"]).ok().json()
+    }
+}
+
+/// The lease of the copier the download tests pretend to be.
+fn copier() -> Lease {
+    Lease::new("test-copier", Duration::from_secs(600))
+}
+
+/// The `id`s of JSON records.
+fn ids_of(records: &[Value]) -> Vec<&str> {
+    records
+        .iter()
+        .map(|record| record["id"].as_str().unwrap())
+        .collect()
+}
+
+/// The cell of a table row that starts at character `at` (the start of its
+/// column in the header): up to the next two spaces.
+fn cell_at(row: &str, at: usize) -> String {
+    let rest: String = row.chars().skip(at).collect();
+    match rest.find("  ") {
+        Some(end) => rest[..end].to_string(),
+        None => rest,
     }
 }
 
@@ -924,10 +1044,335 @@ fn the_first_stderr_line_names_the_backend(env: &Env) {
         env.asmr(&["cancel", &id]),
         env.asmr(&["retry", &id]),
         env.asmr(&["show", "nope"]),
+        env.asmr(&["downloads"]),
+        env.asmr(&["downloads", "--json"]),
+        env.asmr(&["retry-download", "nope"]),
     ];
     for run in runs {
         run.check_banner();
     }
+}
+
+// ---- downloads ----
+
+fn downloads_with_none_says_so(env: &Env) {
+    let run = env.asmr(&["downloads"]).ok();
+    assert_eq!(run.stdout, "");
+    assert_eq!(run.messages(), ["no downloads match"]);
+
+    let run = env.asmr(&["downloads", "--json"]).ok();
+    assert_eq!(run.stdout, "[]\n");
+    assert_eq!(run.messages(), ["no downloads match"]);
+}
+
+fn downloads_json_is_an_array_of_the_records_in_copy_order(env: &Env) {
+    let job = env.add("rain");
+    let old = env.download(&job, &format!("images/{job}/0.png"), 0, Some(100));
+    let urgent = env.download(&job, &format!("videos/{job}/0.mp4"), 5, None);
+    let new = env.download(&job, &format!("images/{job}/1.png"), 0, Some(200));
+    env.fail_download(&new, "checksum_mismatch");
+
+    let run = env.asmr(&["downloads", "--json"]).ok();
+    assert_eq!(run.messages(), ["3 downloads, in copy order"]);
+    let listed = run.json();
+    let listed = listed.as_array().unwrap();
+    assert_eq!(
+        ids_of(listed),
+        [urgent.as_str(), old.as_str(), new.as_str()],
+        "highest priority first, then oldest"
+    );
+    for record in listed {
+        let id = record["id"].as_str().unwrap();
+        assert_eq!(*record, env.download_record(id), "the stored record");
+    }
+
+    let urgent = &listed[0];
+    assert_eq!(urgent["job_id"], job.as_str());
+    assert_eq!(urgent["source"], format!("gs://out/videos/{job}/0.mp4"));
+    assert_eq!(urgent["file_type"], "video");
+    assert_eq!(urgent["priority"], 5);
+    assert_eq!(urgent["status"], "pending");
+    assert_eq!(urgent["attempts"], 0);
+    assert_eq!(urgent["max_attempts"], 3);
+    assert_eq!(urgent["size"], Value::Null);
+    assert_eq!(urgent["error"], Value::Null);
+    assert_eq!(listed[1]["status"], "pending");
+    assert_eq!(listed[1]["size"], 100);
+    let failed = &listed[2];
+    assert_eq!(failed["status"], "failed");
+    assert_eq!(failed["attempts"], 1);
+    assert_eq!(failed["error"]["code"], "checksum_mismatch");
+    assert_eq!(failed["error"]["retryable"], false);
+}
+
+fn downloads_filters_by_status(env: &Env) {
+    let job = env.add("rain");
+    let pending = env.download(&job, "images/a.png", 0, None);
+    let failed = env.download(&job, "images/b.png", 0, None);
+    let downloading = env.download(&job, "images/c.png", 0, None);
+    let completed = env.download(&job, "images/d.png", 0, Some(10));
+    env.fail_download(&failed, "not_found");
+    env.claim_download(&downloading);
+    env.claim_download(&completed);
+    env.complete_download(&completed, 10);
+
+    assert_eq!(ids_of(&env.downloads(&["--status", "failed"])), [&failed]);
+    assert_eq!(ids_of(&env.downloads(&["--status", "pending"])), [&pending]);
+    assert_eq!(
+        ids_of(&env.downloads(&["--status", "downloading"])),
+        [&downloading]
+    );
+    assert_eq!(
+        ids_of(&env.downloads(&["--status", "COMPLETED"])),
+        [&completed]
+    );
+    assert_eq!(env.downloads(&[]).len(), 4);
+
+    let run = env.asmr(&["downloads", "--status", "failed"]).ok();
+    let rows: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(rows.len(), 2, "header and one row\n{}", run.context());
+    assert!(rows[1].starts_with(&failed), "{}", run.context());
+    assert_eq!(run.messages(), ["1 download, in copy order"]);
+
+    let run = env.asmr(&["downloads", "--status", "done"]).failed();
+    assert_eq!(
+        run.error(),
+        r#"error: invalid input: status: "done" is not a download status; use one of pending, downloading, completed, failed"#
+    );
+}
+
+fn downloads_table_shows_progress_sizes_and_errors(env: &Env) {
+    let job = env.add("rain");
+    let video = env.download(&job, &format!("videos/{job}/0.mp4"), 1, Some(12_897_485));
+    env.claim_download(&video);
+    env.download_progress(&video, 6_448_742);
+    let image = env.download(&job, &format!("images/{job}/0.png"), 0, None);
+    let long_object = format!("images/{job}/{}.png", "a-very-long-file-name".repeat(4));
+    let long = env.download(&job, &long_object, 0, Some(2048));
+    env.fail_download(&long, "checksum_mismatch");
+
+    let run = env.asmr(&["downloads"]).ok();
+    assert_eq!(run.messages(), ["3 downloads, in copy order"]);
+    let rows: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(rows.len(), 4, "{}", run.context());
+    let header = rows[0];
+    let columns = [
+        "id",
+        "job",
+        "type",
+        "status",
+        "attempts",
+        "progress",
+        "created (UTC)",
+        "source",
+        "error",
+    ];
+    // Where each header starts (the header row is ASCII).
+    let mut at = Vec::new();
+    for column in columns {
+        let from = at.last().map_or(0, |last| last + 1);
+        let start = header[from..].find(column).map(|i| from + i);
+        at.push(start.unwrap_or_else(|| panic!("no {column:?} in {header:?}")));
+    }
+    let (source_at, error_at) = (at[7], at[8]);
+
+    let cells = |row: &str| -> Vec<String> { row.split_whitespace().map(String::from).collect() };
+
+    // The video: highest priority, half copied.
+    let row = rows[1];
+    assert_eq!(
+        cells(row)[..5],
+        [video.as_str(), job.as_str(), "video", "downloading", "1/3"],
+        "{row}"
+    );
+    assert!(
+        row.contains(" 6.1 MiB/12.3 MiB (49%)  "),
+        "{}",
+        run.context()
+    );
+    assert_eq!(
+        cell_at(row, source_at),
+        format!("gs://out/videos/{job}/0.mp4")
+    );
+    assert_eq!(cell_at(row, error_at), "-");
+
+    // The image: size unknown, nothing copied yet.
+    let row = rows[2];
+    assert_eq!(
+        cells(row)[..5],
+        [image.as_str(), job.as_str(), "image", "pending", "0/3"],
+        "{row}"
+    );
+    assert!(row.contains(" 0 B/?  "), "{}", run.context());
+    assert_eq!(
+        cell_at(row, source_at),
+        format!("gs://out/images/{job}/0.png")
+    );
+    assert_eq!(cell_at(row, error_at), "-");
+
+    // The failed one: its source cut in the middle, its error code last.
+    let row = rows[3];
+    assert_eq!(
+        cells(row)[..5],
+        [long.as_str(), job.as_str(), "image", "failed", "1/3"],
+        "{row}"
+    );
+    assert!(row.contains(" 0 B/2.0 KiB (0%)  "), "{}", run.context());
+    let source = cell_at(row, source_at);
+    assert_eq!(source.chars().count(), 60, "{source}");
+    assert!(
+        source.starts_with("gs://out/images/")
+            && source.contains('…')
+            && source.ends_with("-name.png"),
+        "{source}"
+    );
+    assert_eq!(cell_at(row, error_at), "checksum_mismatch");
+
+    // The progress column is aligned right.
+    let progress_end = at[5] + "progress".len();
+    for row in &rows[1..] {
+        let before_end: String = row.chars().take(progress_end).collect();
+        let after_end: String = row.chars().skip(progress_end).take(2).collect();
+        assert!(
+            before_end.ends_with(')') || before_end.ends_with('?'),
+            "{row}"
+        );
+        assert_eq!(after_end, "  ", "{row}");
+    }
+}
+
+fn downloads_stops_at_the_limit_and_says_there_are_more(env: &Env) {
+    let job = env.add("rain");
+    let first = env.download(&job, "images/0.png", 0, None);
+    let second = env.download(&job, "images/1.png", 0, None);
+    let _third = env.download(&job, "images/2.png", 0, None);
+
+    let run = env.asmr(&["downloads", "--limit", "2"]).ok();
+    let rows: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(rows.len(), 3, "header and two rows\n{}", run.context());
+    assert!(
+        rows[1].starts_with(&first) && rows[2].starts_with(&second),
+        "{}",
+        run.context()
+    );
+    assert_eq!(
+        run.messages(),
+        ["2 downloads, in copy order; there are more (raise --limit)"]
+    );
+    assert_eq!(ids_of(&env.downloads(&["--limit", "2"])), [&first, &second]);
+
+    let run = env.asmr(&["downloads", "--limit", "3"]).ok();
+    assert_eq!(run.messages(), ["3 downloads, in copy order"]);
+}
+
+fn retry_download_requeues_a_failed_download(env: &Env) {
+    let job = env.add("rain");
+    let id = env.download(&job, "videos/v.mp4", 0, Some(4096));
+    env.claim_download(&id);
+    env.download_progress(&id, 1024);
+    let error = JobError::new("not_found", "the object is gone", false);
+    let failing = id.clone();
+    env.store(|store| async move {
+        store
+            .fail_download(&failing, &copier().owner, error)
+            .await
+            .unwrap()
+    });
+    let before = &env.downloads(&[])[0];
+    assert_eq!(before["status"], "failed");
+    assert_eq!(before["attempts"], 1);
+
+    let run = env.asmr(&["retry-download", &id]).ok();
+    assert_eq!(run.stdout, format!("{id}\n"));
+    assert_eq!(
+        run.messages(),
+        [format!(
+            "requeued download {id} (gs://out/videos/v.mp4) with 3 fresh attempts"
+        )]
+    );
+
+    let after = &env.downloads(&[])[0];
+    assert_eq!(after["id"], id.as_str());
+    assert_eq!(after["status"], "pending");
+    assert_eq!(after["attempts"], 0);
+    assert_eq!(after["error"], Value::Null);
+    assert_eq!(after["bytes_copied"], 1024, "kept, for the copy to resume");
+    assert_eq!(env.stats()["downloads"]["failed"], 0);
+    assert_eq!(env.stats()["downloads"]["pending"], 1);
+}
+
+fn retry_download_refuses_what_is_not_failed(env: &Env) {
+    let job = env.add("rain");
+    let pending = env.download(&job, "images/a.png", 0, None);
+    let downloading = env.download(&job, "images/b.png", 0, None);
+    let completed = env.download(&job, "images/c.png", 0, Some(3));
+    env.claim_download(&downloading);
+    env.claim_download(&completed);
+    env.complete_download(&completed, 3);
+
+    for (id, status) in [
+        (&pending, "pending"),
+        (&downloading, "downloading"),
+        (&completed, "completed"),
+    ] {
+        let run = env.asmr(&["retry-download", id]).failed();
+        assert_eq!(
+            run.error(),
+            format!("error: download {id}: cannot retry a {status} download")
+        );
+        assert_eq!(env.download_record(id)["status"], status, "left as it was");
+    }
+
+    let run = env.asmr(&["retry-download", "nope"]).failed();
+    assert_eq!(run.error(), "error: download nope not found");
+    let run = env.asmr(&["retry-download", &job]).failed();
+    assert_eq!(
+        run.error(),
+        format!("error: download {job} not found"),
+        "a job id is not a download id"
+    );
+}
+
+fn stats_counts_downloads_per_status(env: &Env) {
+    let job = env.add("rain");
+    let ids: Vec<String> = (0..6)
+        .map(|i| env.download(&job, &format!("images/{i}.png"), 0, Some(8)))
+        .collect();
+    env.claim_download(&ids[0]); // downloading
+    env.claim_download(&ids[1]);
+    env.complete_download(&ids[1], 8); // completed
+    env.fail_download(&ids[2], "not_found");
+    env.fail_download(&ids[3], "not_found");
+    env.asmr(&["retry-download", &ids[3]]).ok(); // pending again
+    // ids[4] and ids[5] stay pending.
+
+    let run = env.asmr(&["stats", "--json"]).ok();
+    assert_eq!(
+        run.stdout,
+        concat!(
+            r#"{"jobs": {"pending": 1, "processing": 0, "generating": 0, "completed": 0, "delivered": 0, "failed": 0, "cancelled": 0, "total": 1}, "#,
+            r#""downloads": {"pending": 3, "downloading": 1, "completed": 1, "failed": 1, "total": 6}}"#,
+            "\n"
+        )
+    );
+
+    let run = env.asmr(&["stats"]).ok();
+    let table: Vec<&str> = run
+        .stdout
+        .lines()
+        .skip_while(|line| !line.starts_with("downloads"))
+        .collect();
+    assert_eq!(
+        table,
+        [
+            "downloads    count",
+            "pending          3",
+            "downloading      1",
+            "completed        1",
+            "failed           1",
+            "total            6",
+        ]
+    );
 }
 
 // ---- backend-independent ----
@@ -951,6 +1396,10 @@ fn usage_errors_keep_clap_exit_code_2() {
             "maybe",
         ],
         &["list", "--limit", "0"],
+        &["downloads", "--limit", "0"],
+        &["downloads", "--limit", "many"],
+        &["retry-download"],
+        &["retry-download", "a", "b"],
         &["reset", "--older-than", "soon"],
         &["--backend", "sqlite", "stats"],
         &["frobnicate"],
@@ -960,6 +1409,23 @@ fn usage_errors_keep_clap_exit_code_2() {
         assert_eq!(run.stdout, "", "{}", run.context());
         assert!(run.stderr.starts_with("error: "), "{}", run.context());
     }
+}
+
+#[test]
+fn the_help_lists_the_download_commands() {
+    let env = Env::embedded();
+    let run = env.asmr(&["--help"]);
+    assert_eq!(run.code, Some(0), "{}", run.context());
+    let line_of = |command: &str| {
+        run.stdout
+            .lines()
+            .find(|line| line.trim_start().starts_with(&format!("{command} ")))
+            .unwrap_or_else(|| panic!("no {command} in the help\n{}", run.context()))
+            .to_string()
+    };
+    assert!(line_of("downloads").contains("download queue"));
+    assert!(line_of("retry-download").contains("failed download"));
+    assert!(line_of("stats").contains("downloads"));
 }
 
 #[test]

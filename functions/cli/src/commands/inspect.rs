@@ -6,7 +6,6 @@ use anyhow::Result;
 use shared::Error;
 use shared::domain::job::{Job, JobKind, JobStatus};
 use shared::store::{JobFilter, MAX_PAGE, Store};
-use shared::time::Timestamp;
 use std::fmt::Write as _;
 
 /// Width of the prompt column of `asmr list`.
@@ -75,15 +74,11 @@ fn jobs_table(jobs: &[Job]) -> String {
             job.status.to_string(),
             format!("{}/{}", job.attempts, job.max_attempts),
             job.priority.to_string(),
-            short_time(job.created_at),
+            out::short_time(job.created_at),
             out::one_line(&job.prompt, PROMPT_WIDTH),
         ]);
     }
     table.render()
-}
-
-fn short_time(at: Timestamp) -> String {
-    at.as_datetime().format("%Y-%m-%d %H:%M:%S").to_string()
 }
 
 pub async fn show(store: &Store, args: &ShowArgs) -> Result<()> {

@@ -3,6 +3,7 @@
 
 mod add;
 mod change;
+mod downloads;
 mod inspect;
 mod stats;
 
@@ -30,5 +31,7 @@ pub async fn run(config: &StoreConfig, command: Command) -> Result<()> {
         Command::Reset(args) => change::reset(&store, &args).await,
         Command::Retry(args) => change::retry(&store, &args).await,
         Command::Cancel(args) => change::cancel(&store, &args.id).await,
+        Command::Downloads(args) => downloads::list(&store, &args).await,
+        Command::RetryDownload(args) => downloads::retry(&store, &args.id).await,
     }
 }
