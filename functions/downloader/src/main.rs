@@ -25,7 +25,5 @@ struct Cli {
 async fn main() -> std::process::ExitCode {
     shared::telemetry::init();
     let cli = Cli::parse();
-    shared::server::exit_code(
-        service::downloader(cli.args, cli.mode.unwrap_or(Mode::Serve)).await,
-    )
+    shared::server::exit_code(service::downloader(cli.args, cli.mode.unwrap_or(Mode::Serve)).await)
 }

@@ -25,5 +25,7 @@ struct Cli {
 async fn main() -> std::process::ExitCode {
     shared::telemetry::init();
     let cli = Cli::parse();
-    shared::server::exit_code(service::video_generator(cli.args, cli.mode.unwrap_or(Mode::Serve)).await)
+    shared::server::exit_code(
+        service::video_generator(cli.args, cli.mode.unwrap_or(Mode::Serve)).await,
+    )
 }
