@@ -97,7 +97,7 @@ async fn event_handler(
         match &handled {
             Handled::Poison(reason) => tracing::error!(reason, "poison event acknowledged"),
             Handled::Retry { reason, .. } => tracing::warn!(reason, "asking for redelivery"),
-            Handled::Ignored(reason) => tracing::debug!(reason, "ignored"),
+            Handled::Ignored(reason) => tracing::info!(reason, "acknowledged and ignored"),
             other => tracing::info!(outcome = ?other, "handled"),
         }
         handled
