@@ -13,6 +13,7 @@ pub mod objects;
 pub mod paths;
 pub mod placeholder;
 pub mod push;
+pub mod requests;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -1,0 +1,372 @@
+//! Job requests, in the three forms the public interface accepts, turned
+//! into validated [`NewJob`]s. One parser for every way in: the Pub/Sub push
+//! of `asmr-requests`, `POST /v1/jobs`, and `asmr add`.
+//!
+//! - a JSON object: `{"prompt", "kind", "request_id", "priority", "params"}`;
+//! - a batch: `{"kind", "prompts": [...], "params", "priority", "request_id"}`;
+//! - a plain-text body that is the prompt, with `kind` (and optionally
+//!   `request_id`, `priority`) as message attributes, so that
+//!   `gcloud pubsub topics publish asmr-requests --message "..." --attribute kind=video`
+//!   works.
+//!
+//! `kind` is required, in the body or as an attribute; it is never guessed.
+//! Unknown fields and parameters are refused rather than ignored, so a typo
+//! (`"promt"`, `"aspect"`) is reported instead of silently changing the job.
+//! The idempotency key is the request's `request_id`, else the Pub/Sub
+//! message id; a batch's n-th prompt gets `{key}#{n}`.
+
+use crate::domain::job::{JobKind, JobParams, NewJob};
+use crate::domain::validate::ValidationError;
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// The most prompts one batch may carry.
+pub const MAX_BATCH: usize = 1000;
+/// The largest request body accepted, in bytes.
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// Why a request was refused: one sentence for whoever sent it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Rejection(pub String);
+
+impl From<ValidationError> for Rejection {
+    fn from(e: ValidationError) -> Self {
+        Rejection(e.to_string())
+    }
+}
+
+/// Where a request came from, beside its body.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Envelope<'a> {
+    /// Pub/Sub message attributes (empty over HTTP).
+    pub attributes: BTreeMap<String, String>,
+    /// The Pub/Sub message id, the idempotency key of last resort.
+    pub message_id: Option<&'a str>,
+    /// Whether the jobs are dry runs (the service's DRY_RUN).
+    pub dry_run: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Body {
+    #[serde(default)]
+    prompt: Option<String>,
+    #[serde(default)]
+    prompts: Option<Vec<String>>,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    request_id: Option<String>,
+    #[serde(default)]
+    priority: Option<i64>,
+    #[serde(default)]
+    params: Option<serde_json::Map<String, Value>>,
+}
+
+fn params_from(map: &serde_json::Map<String, Value>) -> Result<JobParams, Rejection> {
+    let mut params = JobParams::default();
+    for (key, value) in map {
+        let text = match value {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            Value::Null => continue,
+            _ => {
+                return Err(Rejection(format!(
+                    "params.{key}: must be a string, a number or true/false"
+                )));
+            }
+        };
+        params.set(key, &text)?;
+    }
+    Ok(params)
+}
+
+fn kind_from(
+    body: Option<&str>,
+    attributes: &BTreeMap<String, String>,
+) -> Result<JobKind, Rejection> {
+    match body.or(attributes.get("kind").map(String::as_str)) {
+        Some(kind) => Ok(kind.parse()?),
+        None => Err(Rejection(
+            "kind is missing: give \"kind\": \"image\" or \"video\" in the body, or a kind attribute".into(),
+        )),
+    }
+}
+
+/// Parses and validates one request. Returns the jobs to create, each with
+/// its idempotency key, or why the whole request is refused.
+pub fn parse(body: &[u8], envelope: &Envelope<'_>) -> Result<Vec<NewJob>, Rejection> {
+    if body.len() > MAX_BODY_BYTES {
+        return Err(Rejection(format!(
+            "the request is {} bytes; the limit is {MAX_BODY_BYTES}",
+            body.len()
+        )));
+    }
+    let text =
+        std::str::from_utf8(body).map_err(|_| Rejection("the request is not UTF-8 text".into()))?;
+    let attributes = &envelope.attributes;
+    let trimmed = text.trim_start();
+    let parsed: Body = if trimmed.starts_with('{') {
+        serde_json::from_str(text)
+            .map_err(|e| Rejection(format!("the request is not valid JSON: {e}")))?
+    } else {
+        // Plain text: the body is the prompt; the rest comes from attributes.
+        let priority = match attributes.get("priority") {
+            Some(p) => Some(p.trim().parse().map_err(|_| {
+                Rejection(format!("priority attribute {p:?} is not a whole number"))
+            })?),
+            None => None,
+        };
+        Body {
+            prompt: Some(text.to_string()),
+            prompts: None,
+            kind: None,
+            request_id: None,
+            priority,
+            params: None,
+        }
+    };
+    let kind = kind_from(parsed.kind.as_deref(), attributes)?;
+    let params = match &parsed.params {
+        Some(map) => params_from(map)?,
+        None => JobParams::default(),
+    };
+    let key = parsed
+        .request_id
+        .or_else(|| attributes.get("request_id").cloned())
+        .or_else(|| envelope.message_id.map(str::to_string));
+    let prompts: Vec<(Option<String>, String)> = match (parsed.prompt, parsed.prompts) {
+        (Some(_), Some(_)) => {
+            return Err(Rejection(
+                "give either \"prompt\" or \"prompts\", not both".into(),
+            ));
+        }
+        (None, None) => {
+            return Err(Rejection(
+                "the request has no \"prompt\" and no \"prompts\"".into(),
+            ));
+        }
+        (Some(prompt), None) => vec![(key, prompt)],
+        (None, Some(prompts)) => {
+            if prompts.is_empty() {
+                return Err(Rejection("\"prompts\" is empty".into()));
+            }
+            if prompts.len() > MAX_BATCH {
+                return Err(Rejection(format!(
+                    "the batch has {} prompts; the limit is {MAX_BATCH}",
+                    prompts.len()
+                )));
+            }
+            prompts
+                .into_iter()
+                .enumerate()
+                .map(|(n, prompt)| (key.as_ref().map(|k| format!("{k}#{n}")), prompt))
+                .collect()
+        }
+    };
+    let batch = prompts.len() > 1;
+    let mut jobs = Vec::with_capacity(prompts.len());
+    for (n, (request_id, prompt)) in prompts.into_iter().enumerate() {
+        let mut job = NewJob::new(prompt, kind);
+        job.params = params.clone();
+        job.priority = parsed.priority.unwrap_or(0);
+        job.request_id = request_id;
+        job.dry_run = envelope.dry_run;
+        job.validate().map_err(|e| match batch {
+            true => Rejection(format!("prompts[{n}]: {e}")),
+            false => Rejection::from(e),
+        })?;
+        jobs.push(job);
+    }
+    Ok(jobs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(
+        attributes: &[(&str, &str)],
+        message_id: Option<&'static str>,
+    ) -> Envelope<'static> {
+        Envelope {
+            attributes: attributes
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            message_id,
+            dry_run: true,
+        }
+    }
+
+    fn check(
+        body: &str,
+        attributes: &[(&str, &str)],
+        expected: Result<&[(&str, JobKind, Option<&str>)], &str>,
+    ) {
+        let got = parse(body.as_bytes(), &envelope(attributes, Some("m-1")));
+        match (got, expected) {
+            (Ok(jobs), Ok(want)) => {
+                let got: Vec<_> = jobs
+                    .iter()
+                    .map(|j| (j.prompt.as_str(), j.kind, j.request_id.as_deref()))
+                    .collect();
+                assert_eq!(got, want.to_vec(), "{body}");
+            }
+            (Err(Rejection(got)), Err(want)) => {
+                assert!(got.contains(want), "{body}: {got:?} lacks {want:?}")
+            }
+            (got, want) => panic!("{body}: got {got:?}, want {want:?}"),
+        }
+    }
+
+    #[test]
+    fn the_three_forms_become_jobs_with_their_idempotency_keys() {
+        use JobKind::{Image, Video};
+        check(
+            r#"{"prompt": "rain", "kind": "video", "request_id": "r1"}"#,
+            &[],
+            Ok(&[("rain", Video, Some("r1"))]),
+        );
+        check(
+            r#"{"prompt": "rain", "kind": "IMAGE_TEST"}"#,
+            &[],
+            Ok(&[("rain", Image, Some("m-1"))]),
+        );
+        check(
+            r#"{"prompt": "rain"}"#,
+            &[("kind", "VIDEO_PROD")],
+            Ok(&[("rain", Video, Some("m-1"))]),
+        );
+        check(
+            r#"{"kind": "image", "prompts": ["a", "b"], "request_id": "batch"}"#,
+            &[],
+            Ok(&[("a", Image, Some("batch#0")), ("b", Image, Some("batch#1"))]),
+        );
+        check(
+            r#"{"kind": "image", "prompts": ["a"]}"#,
+            &[],
+            Ok(&[("a", Image, Some("m-1#0"))]),
+        );
+        check(
+            "soft whispers\nand rain",
+            &[("kind", "video")],
+            Ok(&[("soft whispers\nand rain", Video, Some("m-1"))]),
+        );
+        check(
+            "tapping",
+            &[("kind", "image"), ("request_id", "cli-7")],
+            Ok(&[("tapping", Image, Some("cli-7"))]),
+        );
+    }
+
+    #[test]
+    fn bad_requests_are_refused_with_a_reason() {
+        check(r#"{"prompt": "rain"}"#, &[], Err("kind is missing"));
+        check("plain text", &[], Err("kind is missing"));
+        check(
+            r#"{"prompt": "rain", "kind": "audio"}"#,
+            &[],
+            Err("\"audio\" is not a job kind"),
+        );
+        check(
+            r#"{"promt": "rain", "kind": "image"}"#,
+            &[],
+            Err("unknown field `promt`"),
+        );
+        check(
+            r#"{"prompt": "x", "prompts": ["y"], "kind": "image"}"#,
+            &[],
+            Err("not both"),
+        );
+        check(r#"{"kind": "image"}"#, &[], Err("no \"prompt\""));
+        check(
+            r#"{"kind": "image", "prompts": []}"#,
+            &[],
+            Err("\"prompts\" is empty"),
+        );
+        check(
+            r#"{"kind": "image", "prompts": ["ok", " "]}"#,
+            &[],
+            Err("prompts[1]: prompt: is empty"),
+        );
+        check(
+            r#"{"prompt": "", "kind": "image"}"#,
+            &[],
+            Err("prompt: is empty"),
+        );
+        check(
+            r#"{"prompt": "x", "kind": "video", "params": {"duration_seconds": 5}}"#,
+            &[],
+            Err("5 is not accepted"),
+        );
+        check(
+            r#"{"prompt": "x", "kind": "video", "params": {"aspect": "16:9"}}"#,
+            &[],
+            Err("unknown parameter \"aspect\""),
+        );
+        check(
+            r#"{"prompt": "x", "kind": "video", "params": {"seed": [1]}}"#,
+            &[],
+            Err("params.seed: must be"),
+        );
+        check(
+            r#"{"prompt": "x", "kind": "image", "priority": "high"}"#,
+            &[],
+            Err("not valid JSON"),
+        );
+        check("{not json", &[("kind", "image")], Err("not valid JSON"));
+        check(
+            "text",
+            &[("kind", "image"), ("priority", "soon")],
+            Err("priority attribute"),
+        );
+        check("bell\u{7}", &[("kind", "image")], Err("U+0007"));
+    }
+
+    #[test]
+    fn params_priority_and_dry_run_reach_the_jobs() {
+        let body = r#"{"prompt": "x", "kind": "video", "priority": 3,
+            "params": {"duration_seconds": 6, "generate_audio": false, "aspect_ratio": "9:16", "seed": 7}}"#;
+        let mut env = envelope(&[], None);
+        env.dry_run = false;
+        let jobs = parse(body.as_bytes(), &env).unwrap();
+        let job = &jobs[0];
+        assert_eq!(
+            (job.priority, job.dry_run, job.request_id.clone()),
+            (3, false, None)
+        );
+        assert_eq!(job.params.duration_seconds, Some(6));
+        assert_eq!(job.params.generate_audio, Some(false));
+        assert_eq!(job.params.aspect_ratio.as_deref(), Some("9:16"));
+        assert_eq!(job.params.seed, Some(7));
+    }
+
+    #[test]
+    fn oversized_requests_and_batches_are_refused() {
+        let big = vec![b'a'; MAX_BODY_BYTES + 1];
+        assert!(
+            parse(&big, &envelope(&[("kind", "image")], None))
+                .unwrap_err()
+                .0
+                .contains("the limit is")
+        );
+        let prompts: Vec<String> = (0..=MAX_BATCH).map(|n| format!("p{n}")).collect();
+        let body = serde_json::json!({"kind": "image", "prompts": prompts}).to_string();
+        assert!(
+            parse(body.as_bytes(), &envelope(&[], None))
+                .unwrap_err()
+                .0
+                .contains("limit is 1000")
+        );
+        assert!(
+            parse(&[0xff, 0xfe], &envelope(&[("kind", "image")], None))
+                .unwrap_err()
+                .0
+                .contains("not UTF-8")
+        );
+    }
+}
