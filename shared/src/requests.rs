@@ -202,11 +202,10 @@ mod tests {
         }
     }
 
-    fn check(
-        body: &str,
-        attributes: &[(&str, &str)],
-        expected: Result<&[(&str, JobKind, Option<&str>)], &str>,
-    ) {
+    /// A job as the tests expect it: prompt, kind, idempotency key.
+    type Expected<'a> = (&'a str, JobKind, Option<&'a str>);
+
+    fn check(body: &str, attributes: &[(&str, &str)], expected: Result<&[Expected<'_>], &str>) {
         let got = parse(body.as_bytes(), &envelope(attributes, Some("m-1")));
         match (got, expected) {
             (Ok(jobs), Ok(want)) => {
