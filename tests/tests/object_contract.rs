@@ -7,7 +7,7 @@
 
 use futures::StreamExt;
 use shared::Error;
-use shared::objects::{JOB_ID_METADATA, ObjectMeta, ObjectStore, ReadRange};
+use shared::objects::{GsUri, JOB_ID_METADATA, ObjectMeta, ObjectStore, ReadRange};
 use std::collections::BTreeMap;
 use tests::objects::{TestObjects, crc32c, pattern};
 
@@ -437,6 +437,144 @@ async fn a_bucket_that_does_not_exist_is_reported(t: TestObjects) {
     t.store.ensure_bucket(&t.bucket).await.unwrap();
 }
 
+fn uri(bucket: &str, name: &str) -> GsUri {
+    GsUri {
+        bucket: bucket.to_string(),
+        name: name.to_string(),
+    }
+}
+
+async fn a_copy_within_and_across_buckets_keeps_bytes_and_metadata(t: TestObjects) {
+    // Larger than one chunk of any adapter's copy loop.
+    let data = pattern(3 * MIB + 17);
+    let custom = metadata(&[(JOB_ID_METADATA, "j"), ("prompt-hash", "abc")]);
+    let source = t
+        .store
+        .write(
+            &t.bucket,
+            "videos/j/sample_0.mp4",
+            data.clone().into(),
+            "video/mp4",
+            &custom,
+        )
+        .await
+        .unwrap();
+    let archive = tests::objects::unique_bucket();
+    t.store.ensure_bucket(&archive).await.unwrap();
+
+    for to in [
+        uri(&t.bucket, "copies/j/sample_0.mp4"),
+        uri(&archive, "videos/j/sample_0.mp4"),
+    ] {
+        let copy = t.store.copy(&source.uri(), &to).await.unwrap();
+        assert_eq!(copy.uri(), to);
+        assert_eq!(copy.size, data.len() as u64, "{to}");
+        assert_eq!(copy.crc32c, crc32c(&data), "{to}");
+        assert_eq!(copy.content_type, "video/mp4", "{to}");
+        assert_eq!(copy.metadata, custom, "{to}");
+        assert!(copy.generation > 0, "{to}: generation {}", copy.generation);
+        assert_ne!(copy.generation, source.generation, "{to}");
+        assert_eq!(
+            t.store.metadata(&to.bucket, &to.name).await.unwrap(),
+            Some(copy),
+            "{to}"
+        );
+        let bytes = chunks(t.store.as_ref(), &to.bucket, &to.name, ReadRange::ALL).await;
+        assert!(bytes.concat() == data, "{to}: the bytes differ");
+    }
+    // The source is untouched.
+    assert_eq!(
+        t.store
+            .metadata(&t.bucket, "videos/j/sample_0.mp4")
+            .await
+            .unwrap(),
+        Some(source)
+    );
+    assert_eq!(t.store.list(&t.bucket, "").await.unwrap().len(), 2);
+}
+
+async fn copying_what_does_not_exist_is_not_found(t: TestObjects) {
+    let missing_bucket = tests::objects::unique_bucket();
+    let expect = |e: Error, kind: &str, id: &str| match e {
+        Error::NotFound { kind: k, id: i } => assert_eq!((k, i.as_str()), (kind, id)),
+        e => panic!("expected NotFound {kind} {id}, got {e}"),
+    };
+
+    let nope = uri(&t.bucket, "nope/0.png");
+    let e = t
+        .store
+        .copy(&nope, &uri(&t.bucket, "copy.png"))
+        .await
+        .unwrap_err();
+    expect(e, "object", &nope.to_string());
+    // A source in a bucket that does not exist is a missing object too.
+    let nowhere = uri(&missing_bucket, "a.png");
+    let e = t
+        .store
+        .copy(&nowhere, &uri(&t.bucket, "copy.png"))
+        .await
+        .unwrap_err();
+    expect(e, "object", &nowhere.to_string());
+    // A destination bucket that does not exist is a missing bucket.
+    let source = write(&t, "a.png", b"a", "image/png").await;
+    let e = t
+        .store
+        .copy(&source.uri(), &uri(&missing_bucket, "a.png"))
+        .await
+        .unwrap_err();
+    expect(e, "bucket", &format!("gs://{missing_bucket}"));
+
+    assert_eq!(
+        names(&t.store.list(&t.bucket, "").await.unwrap()),
+        ["a.png"]
+    );
+}
+
+async fn a_copy_onto_an_existing_object_replaces_it(t: TestObjects) {
+    let old = t
+        .store
+        .write(
+            &t.bucket,
+            "images/j/0.png",
+            b"the old bytes, longer than the new".to_vec().into(),
+            "image/webp",
+            &metadata(&[("attempt", "1")]),
+        )
+        .await
+        .unwrap();
+    let custom = metadata(&[(JOB_ID_METADATA, "j")]);
+    let new = t
+        .store
+        .write(
+            &t.bucket,
+            "staging/0.png",
+            b"new bytes".to_vec().into(),
+            "image/png",
+            &custom,
+        )
+        .await
+        .unwrap();
+
+    let copy = t.store.copy(&new.uri(), &old.uri()).await.unwrap();
+    assert_eq!(copy.uri(), old.uri());
+    assert_eq!((copy.size, copy.crc32c), (9, crc32c(b"new bytes")));
+    assert_eq!(copy.content_type, "image/png");
+    assert_eq!(copy.metadata, custom);
+    assert!(copy.generation > old.generation);
+    assert_eq!(
+        t.store.metadata(&t.bucket, "images/j/0.png").await.unwrap(),
+        Some(copy)
+    );
+    assert_eq!(
+        read(&t, "images/j/0.png", ReadRange::ALL).await,
+        b"new bytes"
+    );
+    assert_eq!(
+        names(&t.store.list(&t.bucket, "").await.unwrap()),
+        ["images/j/0.png", "staging/0.png"]
+    );
+}
+
 macro_rules! contract {
     ($adapter:ident, $make:path) => {
         mod $adapter {
@@ -476,6 +614,19 @@ macro_rules! contract {
             #[tokio::test]
             async fn a_bucket_that_does_not_exist_is_reported() {
                 super::a_bucket_that_does_not_exist_is_reported($make().await).await
+            }
+            #[tokio::test]
+            async fn a_copy_within_and_across_buckets_keeps_bytes_and_metadata() {
+                super::a_copy_within_and_across_buckets_keeps_bytes_and_metadata($make().await)
+                    .await
+            }
+            #[tokio::test]
+            async fn copying_what_does_not_exist_is_not_found() {
+                super::copying_what_does_not_exist_is_not_found($make().await).await
+            }
+            #[tokio::test]
+            async fn a_copy_onto_an_existing_object_replaces_it() {
+                super::a_copy_onto_an_existing_object_replaces_it($make().await).await
             }
         }
     };
@@ -550,6 +701,9 @@ mod local_only {
             );
             check(name, store.metadata("out", name).await.map(drop));
             check(name, store.delete("out", name).await.map(drop));
+            let (hostile, plain) = (uri("out", name), uri("out", "plain.txt"));
+            check(name, store.copy(&hostile, &plain).await.map(drop));
+            check(name, store.copy(&plain, &hostile).await.map(drop));
         }
         for bucket in ["..", ".meta", "../out", "/tmp", "Out", ""] {
             let data = b"evil".to_vec().into();
@@ -562,6 +716,9 @@ mod local_only {
             );
             check(bucket, store.ensure_bucket(bucket).await);
             check(bucket, store.list(bucket, "").await.map(drop));
+            let (hostile, plain) = (uri(bucket, "a"), uri("out", "a"));
+            check(bucket, store.copy(&hostile, &plain).await.map(drop));
+            check(bucket, store.copy(&plain, &hostile).await.map(drop));
         }
         assert_eq!(tree(outer.path()), before, "something was created");
     }

@@ -14,12 +14,14 @@
 //!
 //! Invariants:
 //! - Nothing is written outside `ROOT`: bucket names are plain
-//!   `[a-z0-9._-]` words and object names are checked segment by segment
-//!   (no `..`, `.`, empty segments, backslashes, NUL, absolute paths) before
-//!   they become paths.
+//!   `[a-z0-9._-]` words, and object names become paths only through
+//!   [`crate::paths::relative_path`], the project's one normalisation (no
+//!   `..`, `.`, empty segments, backslashes, control characters, absolute
+//!   paths, drive prefixes or names of temporary files).
 //! - A reader never sees a partial object: data and sidecar are each written
-//!   to a temporary file in the target directory, synced, then renamed over
-//!   the old one. An open reader keeps reading the generation it opened.
+//!   (or, for a copy, streamed from the source file) to a temporary file in
+//!   the target directory, synced, then renamed over the old one. An open
+//!   reader keeps reading the generation it opened.
 //! - The generation of an object is also the modification time of its file
 //!   (in microseconds), and a sidecar counts only if it records that
 //!   generation and the file's size. So in the moment between the two
@@ -30,7 +32,7 @@
 //! Limits, as any file system has them: an object `a` and an object `a/b`
 //! cannot both exist, and a segment may be at most 250 bytes long.
 
-use super::{ByteStream, ObjectMeta, ObjectStore, ReadRange};
+use super::{ByteStream, GsUri, ObjectMeta, ObjectStore, ReadRange};
 use crate::error::{Error, Result};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -73,6 +75,27 @@ struct Sidecar {
     metadata: BTreeMap<String, String>,
 }
 
+impl Sidecar {
+    fn into_meta(self, bucket: &str, name: &str) -> ObjectMeta {
+        ObjectMeta {
+            bucket: bucket.to_string(),
+            name: name.to_string(),
+            size: self.size,
+            crc32c: self.crc32c,
+            generation: self.generation,
+            content_type: self.content_type,
+            metadata: self.metadata,
+        }
+    }
+}
+
+/// How the file work of a copy ended.
+enum Copied {
+    SourceMissing,
+    BucketMissing,
+    Done(Sidecar),
+}
+
 /// Buckets of objects in a local directory.
 pub struct LocalObjectStore {
     root: PathBuf,
@@ -100,22 +123,17 @@ impl LocalObjectStore {
         self.root.join(META_DIR).join(bucket)
     }
 
-    /// The file of an object and the file of its sidecar; the name must have
-    /// been checked.
-    fn paths(&self, bucket: &str, name: &str) -> (PathBuf, PathBuf) {
-        let mut data = self.bucket_dir(bucket);
-        let mut meta = self.meta_dir(bucket);
-        let mut segments = name.split('/').peekable();
-        while let Some(segment) = segments.next() {
-            if segments.peek().is_some() {
-                data.push(segment);
-                meta.push(segment);
-            } else {
-                data.push(segment);
-                meta.push(format!("{segment}{SIDECAR_SUFFIX}"));
-            }
-        }
-        (data, meta)
+    /// The file of an object and the file of its sidecar, once both names
+    /// have passed their checks: the one way an object name becomes a path
+    /// in this adapter.
+    fn locate(&self, bucket: &str, name: &str, context: &str) -> Result<(PathBuf, PathBuf)> {
+        check_bucket(bucket, context)?;
+        let relative = check_name(name, context)?;
+        let data = self.bucket_dir(bucket).join(&relative);
+        let mut sidecar = relative.into_os_string();
+        sidecar.push(SIDECAR_SUFFIX);
+        let meta = self.meta_dir(bucket).join(sidecar);
+        Ok((data, meta))
     }
 
     /// A generation later than every one this process handed out before.
@@ -161,8 +179,7 @@ impl ObjectStore for LocalObjectStore {
         metadata: &BTreeMap<String, String>,
     ) -> Result<ObjectMeta> {
         let context = format!("writing {}", gs(bucket, name));
-        check_bucket(bucket, &context)?;
-        check_name(name, &context)?;
+        let (data_path, meta_path) = self.locate(bucket, name, &context)?;
         if !tokio::fs::metadata(self.bucket_dir(bucket))
             .await
             .is_ok_and(|m| m.is_dir())
@@ -172,7 +189,6 @@ impl ObjectStore for LocalObjectStore {
                 id: format!("gs://{bucket}"),
             });
         }
-        let (data_path, meta_path) = self.paths(bucket, name);
         let generation = self.next_generation();
         let sidecar = Sidecar {
             size: data.len() as u64,
@@ -189,22 +205,13 @@ impl ObjectStore for LocalObjectStore {
             replace(&meta_path, &sidecar_json, None)
         })
         .await?;
-        Ok(ObjectMeta {
-            bucket: bucket.to_string(),
-            name: name.to_string(),
-            size: sidecar.size,
-            crc32c: sidecar.crc32c,
-            generation,
-            content_type: sidecar.content_type,
-            metadata: sidecar.metadata,
-        })
+        Ok(sidecar.into_meta(bucket, name))
     }
 
     async fn read(&self, bucket: &str, name: &str, range: ReadRange) -> Result<ByteStream> {
         let uri = gs(bucket, name);
         let context = format!("reading {uri}");
-        check_bucket(bucket, &context)?;
-        check_name(name, &context)?;
+        let (data_path, _) = self.locate(bucket, name, &context)?;
         if range.end.is_some_and(|end| end < range.start) {
             return Err(Error::objects(
                 &context,
@@ -216,7 +223,6 @@ impl ObjectStore for LocalObjectStore {
                 false,
             ));
         }
-        let (data_path, _) = self.paths(bucket, name);
         let mut file = match tokio::fs::File::open(&data_path).await {
             Ok(file) => file,
             Err(e) if missing(&e) => return Err(not_found(&uri)),
@@ -272,9 +278,7 @@ impl ObjectStore for LocalObjectStore {
 
     async fn metadata(&self, bucket: &str, name: &str) -> Result<Option<ObjectMeta>> {
         let context = format!("reading the metadata of {}", gs(bucket, name));
-        check_bucket(bucket, &context)?;
-        check_name(name, &context)?;
-        let (data_path, meta_path) = self.paths(bucket, name);
+        let (data_path, meta_path) = self.locate(bucket, name, &context)?;
         let (bucket, name) = (bucket.to_string(), name.to_string());
         blocking(&context, move || {
             object_meta(&bucket, &name, &data_path, &meta_path)
@@ -325,66 +329,74 @@ impl ObjectStore for LocalObjectStore {
         .await?
     }
 
-    /// A streamed file copy into a temporary file, synced and renamed, then
-    /// a new sidecar: atomic like `write`.
-    async fn copy(
-        &self,
-        from: &crate::objects::GsUri,
-        to: &crate::objects::GsUri,
-    ) -> Result<ObjectMeta> {
+    /// The source file streamed into a temporary file beside the target,
+    /// synced and renamed, then a new sidecar: atomic like `write`. The
+    /// CRC32C is computed from the bytes as they are copied, so it describes
+    /// the copy whatever happens to the source meanwhile.
+    async fn copy(&self, from: &GsUri, to: &GsUri) -> Result<ObjectMeta> {
         let context = format!("copying {from} to {to}");
-        check_bucket(&to.bucket, &context)?;
-        check_name(&to.name, &context)?;
-        let source = self
-            .metadata(&from.bucket, &from.name)
-            .await?
-            .ok_or_else(|| not_found(&from.to_string()))?;
-        if !tokio::fs::metadata(self.bucket_dir(&to.bucket))
-            .await
-            .is_ok_and(|m| m.is_dir())
-        {
-            return Err(Error::NotFound {
-                kind: "bucket",
-                id: format!("gs://{}", to.bucket),
-            });
-        }
-        let (source_path, _) = self.paths(&from.bucket, &from.name);
-        let (data_path, meta_path) = self.paths(&to.bucket, &to.name);
+        let (source_path, source_meta_path) = self.locate(&from.bucket, &from.name, &context)?;
+        let (data_path, meta_path) = self.locate(&to.bucket, &to.name, &context)?;
+        let target_bucket = self.bucket_dir(&to.bucket);
         let generation = self.next_generation();
-        let sidecar = Sidecar {
-            size: source.size,
-            crc32c: source.crc32c,
-            generation,
-            content_type: source.content_type.clone(),
-            metadata: source.metadata.clone(),
-        };
-        let sidecar_json =
-            serde_json::to_vec_pretty(&sidecar).map_err(|e| Error::objects(&context, e, false))?;
         let mtime = UNIX_EPOCH + Duration::from_micros(generation.unsigned_abs());
-        blocking(&context, move || {
+        let source_name = from.name.clone();
+        let copied = blocking(&context, move || {
+            // Open first, then judge the sidecar against this very file: a
+            // concurrent write renames a new file over the name, but this
+            // handle keeps reading the generation it opened.
+            let mut source = match std::fs::File::open(&source_path) {
+                Ok(file) => file,
+                Err(e) if missing(&e) || e.kind() == io::ErrorKind::NotADirectory => {
+                    return Ok(Copied::SourceMissing);
+                }
+                Err(e) => return Err(e),
+            };
+            let stat = source.metadata()?;
+            if !stat.is_file() {
+                return Ok(Copied::SourceMissing);
+            }
+            if !target_bucket.is_dir() {
+                return Ok(Copied::BucketMissing);
+            }
+            let described = believed_sidecar(&source_meta_path, &stat)?;
+            let mut counted = (0, 0);
             replace_with(&data_path, Some(mtime), |file| {
-                let mut source = std::fs::File::open(&source_path)?;
-                std::io::copy(&mut source, file).map(|_| ())
+                counted = copy_counting(&mut source, file)?;
+                Ok(())
             })?;
-            replace(&meta_path, &sidecar_json, None)
+            let (size, crc32c) = counted;
+            let (content_type, metadata) = match described {
+                Some(s) => (s.content_type, s.metadata),
+                None => (
+                    guess_content_type(&source_name).to_string(),
+                    BTreeMap::new(),
+                ),
+            };
+            let sidecar = Sidecar {
+                size,
+                crc32c,
+                generation,
+                content_type,
+                metadata,
+            };
+            replace(&meta_path, &serde_json::to_vec_pretty(&sidecar)?, None)?;
+            Ok(Copied::Done(sidecar))
         })
         .await?;
-        Ok(ObjectMeta {
-            bucket: to.bucket.clone(),
-            name: to.name.clone(),
-            size: sidecar.size,
-            crc32c: sidecar.crc32c,
-            generation,
-            content_type: sidecar.content_type,
-            metadata: sidecar.metadata,
-        })
+        match copied {
+            Copied::SourceMissing => Err(not_found(&from.to_string())),
+            Copied::BucketMissing => Err(Error::NotFound {
+                kind: "bucket",
+                id: format!("gs://{}", to.bucket),
+            }),
+            Copied::Done(sidecar) => Ok(sidecar.into_meta(&to.bucket, &to.name)),
+        }
     }
 
     async fn delete(&self, bucket: &str, name: &str) -> Result<bool> {
         let context = format!("deleting {}", gs(bucket, name));
-        check_bucket(bucket, &context)?;
-        check_name(name, &context)?;
-        let (data_path, meta_path) = self.paths(bucket, name);
+        let (data_path, meta_path) = self.locate(bucket, name, &context)?;
         let stops = [self.bucket_dir(bucket), self.meta_dir(bucket)];
         blocking(&context, move || {
             let existed = match std::fs::symlink_metadata(&data_path) {
@@ -434,13 +446,12 @@ fn check_bucket(bucket: &str, context: &str) -> Result<()> {
     ))
 }
 
-/// Refuses object names that could not map to a path inside the bucket:
-/// the project's one normalisation ([`crate::paths`]), plus a shorter
-/// segment limit because the sidecar adds `.json`.
-fn check_name(name: &str, context: &str) -> Result<()> {
-    if let Err(e) = crate::paths::relative_path(name) {
-        return Err(Error::objects(context, e, false));
-    }
+/// The relative path of an object name, by the project's one normalisation
+/// ([`crate::paths::relative_path`]), with a shorter segment limit because
+/// the sidecar adds `.json`.
+fn check_name(name: &str, context: &str) -> Result<PathBuf> {
+    let relative =
+        crate::paths::relative_path(name).map_err(|e| Error::objects(context, e, false))?;
     if name
         .split('/')
         .any(|segment| segment.len() > MAX_SEGMENT_BYTES)
@@ -454,7 +465,7 @@ fn check_name(name: &str, context: &str) -> Result<()> {
             false,
         ));
     }
-    Ok(())
+    Ok(relative)
 }
 
 /// Replaces `path` atomically with `bytes`.
@@ -521,12 +532,7 @@ fn object_meta(
         Err(e) if missing(&e) => return Ok(None),
         Err(e) => return Err(e),
     };
-    let generation = stat.modified().map(micros)?;
-    let sidecar = std::fs::read(meta_path)
-        .ok()
-        .and_then(|bytes| serde_json::from_slice::<Sidecar>(&bytes).ok())
-        .filter(|s| s.generation == generation && s.size == stat.len());
-    let sidecar = match sidecar {
+    let sidecar = match believed_sidecar(meta_path, &stat)? {
         Some(sidecar) => sidecar,
         None => Sidecar {
             size: stat.len(),
@@ -535,20 +541,39 @@ fn object_meta(
                 Err(e) if missing(&e) => return Ok(None),
                 Err(e) => return Err(e),
             },
-            generation,
+            generation: stat.modified().map(micros)?,
             content_type: guess_content_type(name).to_string(),
             metadata: BTreeMap::new(),
         },
     };
-    Ok(Some(ObjectMeta {
-        bucket: bucket.to_string(),
-        name: name.to_string(),
-        size: sidecar.size,
-        crc32c: sidecar.crc32c,
-        generation: sidecar.generation,
-        content_type: sidecar.content_type,
-        metadata: sidecar.metadata,
-    }))
+    Ok(Some(sidecar.into_meta(bucket, name)))
+}
+
+/// The sidecar at `meta_path` if it describes the file of `stat` (same
+/// generation, same size); `None` if it is missing, unreadable or stale.
+fn believed_sidecar(meta_path: &Path, stat: &std::fs::Metadata) -> io::Result<Option<Sidecar>> {
+    let generation = stat.modified().map(micros)?;
+    Ok(std::fs::read(meta_path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Sidecar>(&bytes).ok())
+        .filter(|s| s.generation == generation && s.size == stat.len()))
+}
+
+/// Copies `from` to `to` in chunks; the number of bytes and their CRC32C.
+fn copy_counting(from: &mut impl Read, to: &mut impl Write) -> io::Result<(u64, u32)> {
+    let mut buffer = vec![0; CHUNK];
+    let (mut size, mut crc) = (0u64, 0u32);
+    loop {
+        let n = match from.read(&mut buffer) {
+            Ok(0) => return Ok((size, crc)),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buffer[..n])?;
+        crc = crc32c::crc32c_append(crc, &buffer[..n]);
+        size += n as u64;
+    }
 }
 
 /// The CRC32C of a file, read in chunks.
@@ -747,7 +772,7 @@ mod tests {
     #[test]
     fn sidecars_live_in_their_own_tree() {
         let store = LocalObjectStore::new(PathBuf::from("/r"));
-        let (data, meta) = store.paths("out", "images/j/0.png");
+        let (data, meta) = store.locate("out", "images/j/0.png", "c").unwrap();
         assert_eq!(data, PathBuf::from("/r/out/images/j/0.png"));
         assert_eq!(meta, PathBuf::from("/r/.meta/out/images/j/0.png.json"));
     }
@@ -793,6 +818,36 @@ mod tests {
             .unwrap();
         assert_eq!(stream.next().await.unwrap().unwrap(), &b"really a png"[..]);
         assert!(stream.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_copy_of_a_file_dropped_in_by_hand_gets_its_metadata_from_the_file() {
+        let root = tempfile::tempdir().unwrap();
+        let store = LocalObjectStore::new(root.path().to_path_buf());
+        store.ensure_bucket("out").await.unwrap();
+        std::fs::write(root.path().join("out/hand.mp4"), b"not really a video").unwrap();
+        let uri = |name: &str| GsUri {
+            bucket: "out".into(),
+            name: name.into(),
+        };
+
+        let copy = store.copy(&uri("hand.mp4"), &uri("copy/x")).await.unwrap();
+        assert_eq!(copy.crc32c, crc32c::crc32c(b"not really a video"));
+        assert_eq!(copy.size, 18);
+        // Guessed from the source's name: the copy's has no extension.
+        assert_eq!(copy.content_type, "video/mp4");
+        assert_eq!(
+            store.metadata("out", "copy/x").await.unwrap(),
+            Some(copy),
+            "the sidecar of the copy is believed"
+        );
+        // No temporary file is left behind.
+        let mut names: Vec<_> = std::fs::read_dir(root.path().join("out/copy"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["x"]);
     }
 
     #[tokio::test]
