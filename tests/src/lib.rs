@@ -13,3 +13,4 @@ pub mod fake_vertex;
 pub mod harness;
 pub mod objects;
 pub mod stages;
+pub mod throttle;

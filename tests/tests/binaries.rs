@@ -420,8 +420,14 @@ async fn a_256_mib_copy_killed_halfway_resumes_with_flat_memory() {
     let world = emulators(FakeOptions::default()).await;
     let destination = tempfile::tempdir().unwrap();
     let port = free_port();
+    // The first copier reads through a proxy at 64 MB/s, so the test can
+    // stop it halfway whatever the machine's load; the second reads at full
+    // speed.
+    let slow =
+        tests::throttle::start(&std::env::var("STORAGE_EMULATOR_HOST").unwrap(), 64_000_000).await;
     let mut first = Running(
         downloader_command(&world, destination.path(), port)
+            .env("STORAGE_EMULATOR_HOST", &slow.endpoint)
             .spawn()
             .unwrap(),
     );
