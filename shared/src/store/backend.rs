@@ -17,17 +17,28 @@ pub enum Collection {
     Jobs,
     /// `downloads/{download_id}`
     Downloads,
+    /// `rejected/{message_id}`: requests intake could not accept.
+    Rejected,
+    /// `budgets/{YYYY-MM-DD}`: the cost guard's reservations of one UTC day.
+    Budgets,
 }
 
 impl Collection {
-    /// Both collections.
-    pub const ALL: [Collection; 2] = [Collection::Jobs, Collection::Downloads];
+    /// Every collection.
+    pub const ALL: [Collection; 4] = [
+        Collection::Jobs,
+        Collection::Downloads,
+        Collection::Rejected,
+        Collection::Budgets,
+    ];
 
     /// The unprefixed name.
     pub fn name(self) -> &'static str {
         match self {
             Collection::Jobs => "jobs",
             Collection::Downloads => "downloads",
+            Collection::Rejected => "rejected",
+            Collection::Budgets => "budgets",
         }
     }
 
@@ -51,6 +62,8 @@ impl Collection {
                 "expire_at",
                 "lease_expires_at",
             ],
+            Collection::Rejected => &["received_at", "expire_at"],
+            Collection::Budgets => &["updated_at", "expire_at"],
         }
     }
 }
@@ -116,6 +129,31 @@ pub struct Query {
     pub limit: u32,
 }
 
+/// One write of an atomic [`Backend::commit`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Write {
+    /// Create `id`, which must not exist.
+    Create {
+        /// Where.
+        collection: Collection,
+        /// Document id.
+        id: String,
+        /// Body.
+        doc: Doc,
+    },
+    /// Replace `id`, which must still be at `expected`.
+    Replace {
+        /// Where.
+        collection: Collection,
+        /// Document id.
+        id: String,
+        /// The version it was read at.
+        expected: Version,
+        /// New body.
+        doc: Doc,
+    },
+}
+
 /// A store of versioned documents. Every write is conditional, which is what
 /// makes claims safe with many writers.
 #[async_trait]
@@ -138,6 +176,10 @@ pub trait Backend: Send + Sync {
         expected: &Version,
         doc: &Doc,
     ) -> Result<bool>;
+
+    /// Applies every write or none: `true` if all preconditions held and all
+    /// were written, `false` (nothing written) if any did not.
+    async fn commit(&self, writes: &[Write]) -> Result<bool>;
 
     /// Deletes a document if it is still at `expected`. `true` if deleted.
     async fn delete(&self, collection: Collection, id: &str, expected: &Version) -> Result<bool>;

@@ -8,7 +8,7 @@
 //! directory (say `asmr stats` while `asmr run` works) are serialised by
 //! SQLite's own locking.
 
-use super::backend::{Backend, Collection, Cond, Dir, Doc, Query, Scalar, Stored, Version};
+use super::backend::{Backend, Collection, Cond, Dir, Doc, Query, Scalar, Stored, Version, Write};
 use crate::error::{Error, Result};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, ToSql, params_from_iter, types::Value as SqlValue};
@@ -38,6 +38,17 @@ CREATE INDEX IF NOT EXISTS downloads_claim ON downloads (
     json_extract(doc, '$.status'), json_extract(doc, '$.priority'),
     json_extract(doc, '$.created_at'));
 CREATE INDEX IF NOT EXISTS downloads_expire ON downloads (json_extract(doc, '$.expire_at'));
+CREATE TABLE IF NOT EXISTS rejected (
+    id TEXT PRIMARY KEY NOT NULL,
+    version INTEGER NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rejected_received ON rejected (json_extract(doc, '$.received_at'));
+CREATE TABLE IF NOT EXISTS budgets (
+    id TEXT PRIMARY KEY NOT NULL,
+    version INTEGER NOT NULL,
+    doc TEXT NOT NULL
+);
 ";
 
 /// The SQLite-backed store of a local run.
@@ -262,6 +273,60 @@ impl Backend for EmbeddedBackend {
         let (id, text, version) = (id.to_string(), encode(doc)?, parse_version(expected));
         self.with_conn("updating a document", move |conn| {
             Ok(conn.execute(&sql, (&text, &id, version))? == 1)
+        })
+        .await
+    }
+
+    async fn commit(&self, writes: &[Write]) -> Result<bool> {
+        // (sql, id, body, expected version for a replace)
+        let mut statements: Vec<(String, String, String, Option<i64>)> = Vec::new();
+        for write in writes {
+            statements.push(match write {
+                Write::Create {
+                    collection,
+                    id,
+                    doc,
+                } => (
+                    format!(
+                        "INSERT INTO {} (id, version, doc) VALUES (?1, 1, ?2) \
+                         ON CONFLICT (id) DO NOTHING",
+                        table(*collection)
+                    ),
+                    id.clone(),
+                    encode(doc)?,
+                    None,
+                ),
+                Write::Replace {
+                    collection,
+                    id,
+                    expected,
+                    doc,
+                } => (
+                    format!(
+                        "UPDATE {} SET doc = ?2, version = version + 1 \
+                         WHERE id = ?1 AND version = ?3",
+                        table(*collection)
+                    ),
+                    id.clone(),
+                    encode(doc)?,
+                    Some(parse_version(expected)),
+                ),
+            });
+        }
+        self.with_conn("committing writes", move |conn| {
+            let tx = conn.unchecked_transaction()?;
+            for (sql, id, doc, version) in &statements {
+                let changed = match version {
+                    Some(version) => tx.execute(sql, (id, doc, version))?,
+                    None => tx.execute(sql, (id, doc))?,
+                };
+                if changed != 1 {
+                    // Dropping the transaction rolls back what was written.
+                    return Ok(false);
+                }
+            }
+            tx.commit()?;
+            Ok(true)
         })
         .await
     }

@@ -7,13 +7,14 @@
 //! can share a database. Timestamp fields are stored as Firestore timestamps
 //! (TTL policies need that); everything else maps 1:1 from JSON.
 
-use super::backend::{Backend, Collection, Cond, Dir, Doc, Query, Scalar, Stored, Version};
+use super::backend::{Backend, Collection, Cond, Dir, Doc, Query, Scalar, Stored, Version, Write};
 use crate::error::{Error, Result};
 use crate::time::Timestamp;
 use async_trait::async_trait;
 use firestore::errors::FirestoreError;
 use firestore::gcloud_sdk::google::firestore::v1::{
-    ArrayValue, Document, MapValue, Value as FsValue, value::ValueType,
+    ArrayValue, CommitRequest, Document, MapValue, Precondition, Value as FsValue,
+    Write as FsWrite, precondition::ConditionType, value::ValueType, write::Operation,
 };
 use firestore::{
     FirestoreDb, FirestoreDbOptions, FirestoreQueryCursor, FirestoreQueryDirection,
@@ -225,6 +226,14 @@ fn version_of(doc: &Document) -> Version {
     Version(format!("{}.{:09}", t.seconds, t.nanos))
 }
 
+fn version_timestamp(version: &Version) -> Option<prost_types::Timestamp> {
+    let (seconds, nanos) = version.0.split_once('.')?;
+    Some(prost_types::Timestamp {
+        seconds: seconds.parse().ok()?,
+        nanos: nanos.parse().ok()?,
+    })
+}
+
 fn precondition(version: &Version) -> Option<FirestoreWritePrecondition> {
     let (seconds, nanos) = version.0.split_once('.')?;
     let at = firestore::jiff::Timestamp::new(seconds.parse().ok()?, nanos.parse().ok()?).ok()?;
@@ -347,6 +356,65 @@ impl Backend for FirestoreBackend {
             Ok(_) => Ok(true),
             Err(e) if is_conflict(&e) => Ok(false),
             Err(e) => Err(fs_error("updating a document", e)),
+        }
+    }
+
+    /// One `Commit` without a transaction: Firestore applies its writes
+    /// atomically, each with its own precondition, and takes no locks.
+    async fn commit(&self, writes: &[Write]) -> Result<bool> {
+        let mut fs_writes = Vec::with_capacity(writes.len());
+        for write in writes {
+            let (collection, id, doc, condition) = match write {
+                Write::Create {
+                    collection,
+                    id,
+                    doc,
+                } => (collection, id, doc, ConditionType::Exists(false)),
+                Write::Replace {
+                    collection,
+                    id,
+                    expected,
+                    doc,
+                } => {
+                    let Some(at) = version_timestamp(expected) else {
+                        return Ok(false);
+                    };
+                    (collection, id, doc, ConditionType::UpdateTime(at))
+                }
+            };
+            fs_writes.push(FsWrite {
+                operation: Some(Operation::Update(Document {
+                    name: self.doc_path(*collection, id),
+                    fields: to_fields(*collection, doc),
+                    ..Document::default()
+                })),
+                current_document: Some(Precondition {
+                    condition_type: Some(condition),
+                }),
+                ..FsWrite::default()
+            });
+        }
+        let request = CommitRequest {
+            database: self.db.get_database_path().clone(),
+            writes: fs_writes,
+            ..CommitRequest::default()
+        };
+        let committed = self
+            .db
+            .client()
+            .get()
+            .commit(firestore::gcloud_sdk::tonic::Request::new(request))
+            .await;
+        match committed {
+            Ok(_) => Ok(true),
+            Err(status) => {
+                let e = FirestoreError::from(status);
+                if is_conflict(&e) {
+                    Ok(false)
+                } else {
+                    Err(fs_error("committing writes", e))
+                }
+            }
         }
     }
 

@@ -335,6 +335,9 @@ mod tests {
         ) -> shared::Result<bool> {
             self.inner.replace(c, id, v, doc).await
         }
+        async fn commit(&self, writes: &[shared::store::backend::Write]) -> shared::Result<bool> {
+            self.inner.commit(writes).await
+        }
         async fn delete(&self, c: Collection, id: &str, v: &Version) -> shared::Result<bool> {
             self.inner.delete(c, id, v).await
         }
