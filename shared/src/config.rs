@@ -2,7 +2,10 @@
 //! `--help` and tests). Parsed once in `main`; nothing below reads the
 //! environment.
 
+use crate::bus::pubsub::{PubSubBus, PubSubConfig};
+use crate::bus::{Bus, Topics};
 use crate::error::{Error, Result};
+use crate::job_events::BusJobEvents;
 use crate::objects::ObjectStore;
 use crate::objects::gcs::{GcsConfig, GcsObjectStore};
 use crate::objects::local::LocalObjectStore;
@@ -77,6 +80,16 @@ pub struct StoreArgs {
     /// Read by the Firestore client itself; listed here for --help.
     #[arg(long, env = "FIRESTORE_EMULATOR_HOST")]
     pub firestore_emulator_host: Option<String>,
+    /// Pub/Sub emulator (host:port); when set no credentials are needed.
+    #[arg(long, env = "PUBSUB_EMULATOR_HOST")]
+    pub pubsub_emulator_host: Option<String>,
+    /// Prefix of the Pub/Sub topic names (`dev-` gives `dev-asmr-job-events`).
+    #[arg(long, env = "ASMR_TOPIC_PREFIX", default_value = "")]
+    pub topic_prefix: String,
+    /// Publish a job event on every terminal transition (Firestore store
+    /// only; the local run publishes its own in process).
+    #[arg(long, env = "ASMR_JOB_EVENTS", default_value = "true", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub job_events: bool,
 }
 
 impl StoreArgs {
@@ -98,6 +111,55 @@ impl StoreArgs {
                 prefix: self.collection_prefix.clone(),
             }),
         })
+    }
+
+    /// The pipeline's topic names.
+    pub fn topics(&self) -> Topics {
+        Topics::new(self.topic_prefix.clone())
+    }
+
+    /// The Pub/Sub bus, for a Firestore deployment; `None` on the embedded
+    /// store, which has no Pub/Sub.
+    pub async fn bus(&self) -> Result<Option<Arc<dyn Bus>>> {
+        match self.backend {
+            Backend::Embedded => Ok(None),
+            Backend::Firestore => {
+                let project = self.project.clone().ok_or_else(|| {
+                    Error::store(
+                        "configuring Pub/Sub",
+                        "GOOGLE_CLOUD_PROJECT is not set",
+                        false,
+                    )
+                })?;
+                let bus = PubSubBus::new(PubSubConfig {
+                    project,
+                    emulator_endpoint: self.pubsub_emulator_host.clone(),
+                })
+                .await?;
+                Ok(Some(Arc::new(bus)))
+            }
+        }
+    }
+
+    /// Opens the store, publishing job events to `bus` when they are on.
+    pub async fn open_with(&self, bus: Option<Arc<dyn Bus>>) -> Result<Store> {
+        let store = Store::open(&self.store_config()?).await?;
+        Ok(match bus {
+            Some(bus) if self.job_events => {
+                store.with_events(Arc::new(BusJobEvents::new(bus, self.topics().job_events())))
+            }
+            _ => store,
+        })
+    }
+
+    /// Opens the store with job events on the Pub/Sub bus when they are on.
+    pub async fn open(&self) -> Result<Store> {
+        let bus = if self.job_events {
+            self.bus().await?
+        } else {
+            None
+        };
+        self.open_with(bus).await
     }
 }
 
@@ -190,7 +252,7 @@ pub struct StageArgs {
 impl StageArgs {
     /// Opens the job store.
     pub async fn open_store(&self) -> Result<Store> {
-        Store::open(&self.store.store_config()?).await
+        self.store.open().await
     }
 
     /// The object store.

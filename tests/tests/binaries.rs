@@ -60,6 +60,11 @@ fn stage_command(name: &str, world: &World, extra: &[(&str, String)]) -> Command
             std::env::var("STORAGE_EMULATOR_HOST").unwrap(),
         ),
         ("ASMR_COLLECTION_PREFIX", world.prefix.clone().unwrap()),
+        (
+            "PUBSUB_EMULATOR_HOST",
+            std::env::var("PUBSUB_EMULATOR_HOST").unwrap(),
+        ),
+        ("ASMR_TOPIC_PREFIX", world.prefix.clone().unwrap()),
         ("GCS_OUTPUT_BUCKET", world.bucket.clone()),
         ("VERTEX_BASE_URL", world.fake.base_url()),
         ("VERTEX_ACCESS_TOKEN", world.fake.token().to_string()),
@@ -236,6 +241,9 @@ fn every_binary_lists_its_environment_in_help() {
             "ASMR_COLLECTION_PREFIX",
             "FIRESTORE_EMULATOR_HOST",
             "STORAGE_EMULATOR_HOST",
+            "PUBSUB_EMULATOR_HOST",
+            "ASMR_TOPIC_PREFIX",
+            "ASMR_JOB_EVENTS",
         ] {
             assert!(
                 help.contains(variable),
@@ -266,6 +274,9 @@ fn the_downloader_lists_its_environment_in_help() {
         "ASMR_COLLECTION_PREFIX",
         "FIRESTORE_EMULATOR_HOST",
         "STORAGE_EMULATOR_HOST",
+        "PUBSUB_EMULATOR_HOST",
+        "ASMR_TOPIC_PREFIX",
+        "ASMR_JOB_EVENTS",
     ] {
         assert!(
             help.contains(variable),
@@ -310,6 +321,11 @@ fn downloader_command(world: &World, destination: &Path, port: u16) -> Command {
             std::env::var("STORAGE_EMULATOR_HOST").unwrap(),
         ),
         ("ASMR_COLLECTION_PREFIX", world.prefix.clone().unwrap()),
+        (
+            "PUBSUB_EMULATOR_HOST",
+            std::env::var("PUBSUB_EMULATOR_HOST").unwrap(),
+        ),
+        ("ASMR_TOPIC_PREFIX", world.prefix.clone().unwrap()),
         ("GCS_OUTPUT_BUCKET", world.bucket.clone()),
         ("DOWNLOAD_DESTINATION", destination.display().to_string()),
         ("DOWNLOAD_LEASE", "2s".to_string()),

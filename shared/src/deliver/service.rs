@@ -129,7 +129,7 @@ pub async fn downloader(args: DownloaderArgs, mode: Mode) -> anyhow::Result<()> 
         timeout = ?args.timeout,
         "downloader starting"
     );
-    let store = crate::store::Store::open(&args.store.store_config()?).await?;
+    let store = args.store.open().await?;
     let objects = args.objects.object_store().await?;
     let settings = DownloaderSettings {
         output_buckets: args.output_buckets.clone(),

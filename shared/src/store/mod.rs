@@ -16,6 +16,7 @@ use crate::domain::job::{
 };
 use crate::domain::{Lease, TransitionError};
 use crate::error::{Error, Result};
+use crate::job_events::{JobEvents, became_terminal};
 use crate::time::Timestamp;
 use backend::{Backend, Collection, Cond, Dir, Doc, Query, Scalar, Stored, Version};
 use rand::seq::SliceRandom;
@@ -38,13 +39,17 @@ const SWEEP_PAGE: u32 = 200;
 pub const MAX_PAGE: u32 = 1000;
 
 /// A record kept in the store.
-trait Record: Serialize + DeserializeOwned + Send + Sync {
+trait Record: Clone + Serialize + DeserializeOwned + Send + Sync {
     const COLLECTION: Collection;
     const KIND: &'static str;
 
     fn id(&self) -> &str;
     fn claim(&mut self, lease: &Lease, now: Timestamp) -> Result<(), ClaimRefusal>;
     fn exhaust(&mut self, now: Timestamp, retention: &Retention) -> Result<(), TransitionError>;
+    /// The record as a job, for job events.
+    fn as_job(&self) -> Option<&Job> {
+        None
+    }
 }
 
 impl Record for Job {
@@ -59,6 +64,9 @@ impl Record for Job {
     }
     fn exhaust(&mut self, now: Timestamp, retention: &Retention) -> Result<(), TransitionError> {
         Job::exhaust(self, now, retention)
+    }
+    fn as_job(&self) -> Option<&Job> {
+        Some(self)
     }
 }
 
@@ -171,6 +179,10 @@ pub struct Deleted {
     pub jobs: u64,
     /// Downloads deleted.
     pub downloads: u64,
+    /// Rejected requests deleted.
+    pub rejected: u64,
+    /// Budget days deleted.
+    pub budgets: u64,
 }
 
 /// Which adapter holds the store, and where.
@@ -201,6 +213,8 @@ impl StoreConfig {
 pub struct Store {
     backend: Arc<dyn Backend>,
     retention: Retention,
+    /// Told of every job that became terminal (see [`crate::job_events`]).
+    events: Option<Arc<dyn JobEvents>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -299,6 +313,25 @@ impl Store {
         Self {
             backend,
             retention: Retention::default(),
+            events: None,
+        }
+    }
+
+    /// Raises a job event through `events` after every write that makes a
+    /// job terminal.
+    pub fn with_events(mut self, events: Arc<dyn JobEvents>) -> Self {
+        self.events = Some(events);
+        self
+    }
+
+    /// Raises the job event of a write from `before` to `after`, if that
+    /// write made the job terminal.
+    async fn written<T: Record>(&self, before: &T, after: &T) {
+        if let (Some(events), Some(before), Some(after)) =
+            (&self.events, before.as_job(), after.as_job())
+            && became_terminal(before, after)
+        {
+            events.finished(after).await;
         }
     }
 
@@ -386,6 +419,7 @@ impl Store {
                     id: id.to_string(),
                 });
             };
+            let before = self.events.is_some().then(|| record.clone());
             change(&mut record, Timestamp::now()).map_err(|reason| Error::Transition {
                 kind: T::KIND,
                 id: id.to_string(),
@@ -396,6 +430,9 @@ impl Store {
                 .replace(T::COLLECTION, id, &version, &to_doc(&record)?)
                 .await?
             {
+                if let Some(before) = before {
+                    self.written(&before, &record).await;
+                }
                 return Ok(record);
             }
         }
@@ -414,6 +451,7 @@ impl Store {
         lease: &Lease,
     ) -> Result<Option<Claim<T>>> {
         let now = Timestamp::now();
+        let before = self.events.is_some().then(|| record.clone());
         let outcome = match record.claim(lease, now) {
             Ok(()) => Claim::Claimed,
             Err(ClaimRefusal::Exhausted) => {
@@ -432,6 +470,9 @@ impl Store {
             .backend
             .replace(T::COLLECTION, record.id(), version, &to_doc(&record)?)
             .await?;
+        if written && let Some(before) = before {
+            self.written(&before, &record).await;
+        }
         Ok(written.then(|| outcome(record)))
     }
 
@@ -685,6 +726,7 @@ impl Store {
         let mut report = ResetReport::default();
         for stored in self.sweep(Collection::Jobs, conds, &order).await? {
             let (mut job, version) = from_stored::<Job>(stored)?;
+            let before = job.clone();
             if job.reset(force, Timestamp::now(), &self.retention).is_err() {
                 continue;
             }
@@ -694,6 +736,7 @@ impl Store {
                 .replace(Collection::Jobs, &job.id, &version, &to_doc(&job)?)
                 .await?
             {
+                self.written(&before, &job).await;
                 match job.status {
                     JobStatus::Pending => report.requeued.push(job),
                     _ => report.failed.push(job),
@@ -825,7 +868,7 @@ impl Store {
 
     // ---- retention ----
 
-    /// Deletes jobs and downloads whose `expire_at` has passed. A record
+    /// Deletes every record whose `expire_at` has passed. A record
     /// changed since it was read (retried, say) is left alone.
     pub async fn delete_expired(&self) -> Result<Deleted> {
         let now = Timestamp::now();
@@ -842,6 +885,8 @@ impl Store {
                     match collection {
                         Collection::Jobs => deleted.jobs += 1,
                         Collection::Downloads => deleted.downloads += 1,
+                        Collection::Rejected => deleted.rejected += 1,
+                        Collection::Budgets => deleted.budgets += 1,
                     }
                 }
             }
