@@ -271,6 +271,69 @@ async fn the_same_event_three_times_makes_one_copy_and_one_record(world: World) 
     );
 }
 
+async fn a_copy_completed_but_not_recorded_on_its_job_is_recorded_on_redelivery(world: World) {
+    let root = tempfile::tempdir().unwrap();
+    let downloader = Arc::new(Downloader::new(
+        world.store.clone(),
+        world.objects.clone(),
+        settings(&world, Destination::Directory(root.path().into())),
+    ));
+    let url = serve(router(downloader.clone())).await;
+    let (id, metas) = completed_job(&world, &[("0.png", bytes(5_000, 9))]).await;
+    // A copier that stopped right after completing the download, before it
+    // recorded the delivery on the job.
+    let name = &metas[0].name;
+    let created = world
+        .store
+        .create_download(shared::domain::download::NewDownload {
+            job_id: id.clone(),
+            bucket: world.bucket.clone(),
+            object: name.clone(),
+            generation: Some(metas[0].generation),
+            destination: downloader.destination_of(name).unwrap(),
+            file_type: shared::domain::download::FileType::Image,
+            priority: 10,
+            size: Some(metas[0].size),
+            crc32c: Some(shared::deliver::crc32c_text(metas[0].crc32c)),
+        })
+        .await
+        .unwrap();
+    let lease = Lease::new("stopped", Duration::from_secs(60));
+    world
+        .store
+        .claim_download(&created.record.id, &lease)
+        .await
+        .unwrap();
+    world
+        .store
+        .complete_download(&created.record.id, "stopped", 5_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        world.store.job(&id).await.unwrap().status,
+        JobStatus::Completed
+    );
+
+    assert_eq!(
+        post_raw(&url, notification(&metas[0], "OBJECT_FINALIZE", "again")).await,
+        200
+    );
+    let job = world.store.job(&id).await.unwrap();
+    assert_eq!(
+        job.status,
+        JobStatus::Delivered,
+        "the redelivery finished it"
+    );
+    assert_eq!(job.deliveries.len(), 1);
+    let downloads = world
+        .store
+        .list_downloads(None, 10, None)
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(downloads.len(), 1, "no second record");
+}
+
 async fn other_events_buckets_paths_and_jobs_are_acknowledged_and_ignored(world: World) {
     let root = tempfile::tempdir().unwrap();
     let downloader = Arc::new(Downloader::new(
@@ -689,6 +752,13 @@ macro_rules! scenarios {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn the_same_event_three_times_makes_one_copy_and_one_record() {
                 super::the_same_event_three_times_makes_one_copy_and_one_record(world().await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_copy_completed_but_not_recorded_on_its_job_is_recorded_on_redelivery() {
+                super::a_copy_completed_but_not_recorded_on_its_job_is_recorded_on_redelivery(
+                    world().await,
+                )
+                .await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn other_events_buckets_paths_and_jobs_are_acknowledged_and_ignored() {

@@ -205,14 +205,14 @@ impl Downloader {
                 return Handled::Poison(format!("{} cannot be delivered: {reason}", event.uri()));
             }
         };
-        match self.store.get_job(&job_id).await {
-            Ok(Some(_)) => {}
+        let job = match self.store.get_job(&job_id).await {
+            Ok(Some(job)) => job,
             Ok(None) => {
                 return Handled::Ignored(format!("{} belongs to no job ({job_id})", event.uri()));
             }
             Err(e) if e.is_retryable() => return Handled::store_trouble(&e),
             Err(e) => return Handled::Poison(e.to_string()),
-        }
+        };
         let priority = match file_type {
             FileType::Image => self.settings.image_priority,
             FileType::Video => self.settings.video_priority,
@@ -236,6 +236,13 @@ impl Downloader {
         };
         let download = created.record;
         match download.status {
+            // A copier that stopped between completing the download and
+            // recording it on the job left the job short of a delivery.
+            DownloadStatus::Completed
+                if !job.deliveries.iter().any(|d| d.source == download.source) =>
+            {
+                return self.record_delivery(&download).await;
+            }
             DownloadStatus::Completed => {
                 return Handled::Duplicate(format!("{} was already delivered", download.source));
             }
@@ -334,6 +341,11 @@ impl Downloader {
             event = "download_completed",
             "delivered"
         );
+        self.record_delivery(download).await
+    }
+
+    /// Records a completed download on its job; the last one delivers it.
+    async fn record_delivery(&self, download: &Download) -> Handled {
         let delivery = Delivery {
             source: download.source.clone(),
             destination: download.destination.clone(),
