@@ -10,6 +10,8 @@ pub mod domain;
 pub mod error;
 pub mod events;
 pub mod generate;
+pub mod job_events;
+pub mod local_run;
 pub mod objects;
 pub mod paths;
 pub mod placeholder;

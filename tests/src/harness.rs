@@ -84,3 +84,17 @@ pub async fn gcs() -> shared::objects::gcs::GcsObjectStore {
     .await
     .expect("fake-gcs-server answers")
 }
+
+/// A built binary of the workspace (`asmr`, `intake`...), next to the
+/// running test's own target directory. Fails with how to build it.
+pub fn binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run the tests with tests/run (cargo build --workspace --bins first)",
+        path.display()
+    );
+    path
+}

@@ -89,6 +89,10 @@ impl StoreArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the whole pipeline here, in one process, over a prompts file: jobs,
+    /// generation (placeholders unless --live), delivery to --out. State lives in
+    /// --state-dir; run it again after an interruption to finish the work.
+    Run(RunArgs),
     /// Add one job (--prompt) or one job per line of a file (--file); prints the new ids.
     Add(AddArgs),
     /// Count jobs and downloads per status.
@@ -136,6 +140,65 @@ pub struct AddArgs {
     #[arg(long, env = "DRY_RUN", default_value_t = true, action = ArgAction::Set,
           value_parser = BoolishValueParser::new(), value_name = "true|false")]
     pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// A prompts file: one prompt per line, `#` starts a comment line; `-` reads stdin.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// image or video (the old IMAGE_TEST and VIDEO_PROD are accepted).
+    #[arg(long, default_value = "image")]
+    pub kind: String,
+    /// Where the files are delivered.
+    #[arg(long, value_name = "DIR", default_value = "asmr-output")]
+    pub out: PathBuf,
+    /// Call Vertex AI (paid) instead of writing placeholders; needs Application
+    /// Default Credentials and --project. State stays local.
+    #[arg(long)]
+    pub live: bool,
+    /// With --live: a Cloud Storage bucket for the outputs (required for video:
+    /// Veo writes its videos to Cloud Storage).
+    #[arg(long, requires = "live")]
+    pub bucket: Option<String>,
+    /// Image jobs generated at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub image_workers: u16,
+    /// Video jobs submitted at once.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub video_workers: u16,
+    /// Files copied at once.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub download_workers: u16,
+    /// Print the final report as one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub vertex: VertexArgs,
+}
+
+/// Vertex AI settings of a live run.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Vertex AI options (with --live)")]
+pub struct VertexArgs {
+    /// Region of the Vertex AI endpoint.
+    #[arg(long, env = "GOOGLE_CLOUD_LOCATION", default_value = "us-central1")]
+    pub location: String,
+    /// Image model (imagen-* or gemini-*-image).
+    #[arg(long, env = "IMAGE_MODEL", default_value = shared::vertex::DEFAULT_IMAGE_MODEL)]
+    pub image_model: String,
+    /// Video model (veo-*).
+    #[arg(long, env = "VIDEO_MODEL", default_value = shared::vertex::DEFAULT_VIDEO_MODEL)]
+    pub video_model: String,
+    /// Vertex AI base URL [default: https://{location}-aiplatform.googleapis.com].
+    #[arg(long, env = "VERTEX_BASE_URL")]
+    pub vertex_base_url: Option<String>,
+    /// A static bearer token instead of Application Default Credentials.
+    #[arg(long, env = "VERTEX_ACCESS_TOKEN", hide_env_values = true)]
+    pub vertex_access_token: Option<String>,
+    /// Pause between polls of running video operations.
+    #[arg(long, env = "POLLING_INTERVAL", default_value = "15s", value_parser = shared::config::parse_duration)]
+    pub polling_interval: Duration,
 }
 
 #[derive(Debug, Args)]

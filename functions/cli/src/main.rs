@@ -20,9 +20,13 @@ use std::process::ExitCode;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = args::Cli::parse();
-    let outcome = match cli.store.config() {
-        Ok(config) => commands::run(&config, cli.command).await,
-        Err(err) => Err(err),
+    let outcome = match cli.command {
+        // The local run opens its own embedded store under --state-dir.
+        args::Command::Run(run) => commands::local_run(&cli.store, run).await,
+        command => match cli.store.config() {
+            Ok(config) => commands::run(&config, command).await,
+            Err(err) => Err(err),
+        },
     };
     out::exit_code(outcome)
 }

@@ -5,7 +5,10 @@ mod add;
 mod change;
 mod downloads;
 mod inspect;
+mod local_run;
 mod stats;
+
+pub use local_run::run as local_run;
 
 use crate::args::Command;
 use crate::out;
@@ -33,5 +36,6 @@ pub async fn run(config: &StoreConfig, command: Command) -> Result<()> {
         Command::Cancel(args) => change::cancel(&store, &args.id).await,
         Command::Downloads(args) => downloads::list(&store, &args).await,
         Command::RetryDownload(args) => downloads::retry(&store, &args.id).await,
+        Command::Run(_) => anyhow::bail!("`asmr run` opens its own store"),
     }
 }

@@ -1,0 +1,296 @@
+//! `asmr run`: the whole pipeline in one process on the embedded adapters,
+//! driven through the real `asmr` binary. The dry runs need nothing else;
+//! the live ones talk to the fake Vertex AI server.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use tests::fake_vertex::{FAKE_PROJECT, FakeOptions, FakeVertex};
+use tests::harness::binary;
+
+/// `n` distinct prompts, and one repeated line, as a prompts file.
+fn prompts_file(dir: &Path, n: usize) -> PathBuf {
+    let mut text = String::from("# generated prompts\n\n");
+    for i in 0..n {
+        text.push_str(&format!("slow macro shot of sand number {i} pouring\n"));
+    }
+    let path = dir.join("prompts.txt");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+struct Run {
+    state: PathBuf,
+    out: PathBuf,
+    file: PathBuf,
+}
+
+impl Run {
+    fn new(dir: &Path, prompts: usize) -> Self {
+        Self {
+            state: dir.join("state"),
+            out: dir.join("out"),
+            file: prompts_file(dir, prompts),
+        }
+    }
+
+    fn command(&self, extra: &[&str]) -> Command {
+        let mut command = Command::new(binary("asmr"));
+        command.env_clear();
+        command.args(["--state-dir", self.state.to_str().unwrap(), "run"]);
+        command.arg(&self.file);
+        command.args(["--out", self.out.to_str().unwrap(), "--json"]);
+        command.args(extra);
+        command
+    }
+
+    fn live_command(&self, fake: &FakeVertex, extra: &[&str]) -> Command {
+        let mut command = self.command(&["--live"]);
+        command.args(extra);
+        command
+            .env("GOOGLE_CLOUD_PROJECT", FAKE_PROJECT)
+            .env("VERTEX_BASE_URL", fake.base_url())
+            .env("VERTEX_ACCESS_TOKEN", fake.token());
+        command
+    }
+
+    /// The files delivered so far (temporary copies excluded).
+    fn files(&self) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        let mut dirs = vec![self.out.clone()];
+        while let Some(dir) = dirs.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else {
+                    files.push(path);
+                }
+            }
+        }
+        files.sort();
+        files
+    }
+
+    fn asmr(&self, args: &[&str]) -> Value {
+        let output = Command::new(binary("asmr"))
+            .env_clear()
+            .args(["--state-dir", self.state.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", stderr(&output));
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn report(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "the report is not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&output.stdout),
+            stderr(output)
+        )
+    })
+}
+
+fn is_png(path: &Path) -> bool {
+    std::fs::read(path)
+        .unwrap()
+        .starts_with(b"\x89PNG\r\n\x1a\n")
+}
+
+#[test]
+fn fifty_prompts_are_generated_and_delivered_and_a_rerun_adds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = Run::new(dir.path(), 50);
+
+    let output = run.command(&[]).output().unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let first = report(&output);
+    assert_eq!(first["statuses"], serde_json::json!({"delivered": 50}));
+    assert_eq!(
+        (&first["created"], &first["files"], &first["events"]),
+        (&50.into(), &50.into(), &50.into())
+    );
+    assert!(stderr(&output).contains("dry run"), "{}", stderr(&output));
+    let files = run.files();
+    assert_eq!(files.len(), 50, "{files:?}");
+    assert!(files.iter().all(|f| is_png(f)), "every file is a PNG");
+
+    let stats = run.asmr(&["stats", "--json"]);
+    assert_eq!(stats["jobs"]["delivered"], 50, "{stats}");
+    assert_eq!(stats["downloads"]["completed"], 50, "{stats}");
+
+    let output = run.command(&[]).output().unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let second = report(&output);
+    assert_eq!(
+        (&second["created"], &second["existing"]),
+        (&0.into(), &50.into())
+    );
+    assert_eq!(second["events"], 0, "nothing new finished");
+    assert_eq!(run.files(), files, "the rerun wrote no new file");
+}
+
+#[test]
+fn a_video_run_delivers_real_mp4_files_where_veo_would_put_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = Run::new(dir.path(), 3);
+    let output = run.command(&["--kind", "video"]).output().unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        report(&output)["statuses"],
+        serde_json::json!({"delivered": 3})
+    );
+    let files = run.files();
+    assert_eq!(files.len(), 3);
+    for file in files {
+        let relative = file
+            .strip_prefix(&run.out)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        let parts: Vec<&str> = relative.split('/').collect();
+        assert_eq!(
+            parts.len(),
+            4,
+            "videos/JOB/TIMESTAMP/sample_0.mp4: {relative}"
+        );
+        assert_eq!((parts[0], parts[3]), ("videos", "sample_0.mp4"));
+        let bytes = std::fs::read(&file).unwrap();
+        assert_eq!(&bytes[4..8], b"ftyp", "{relative} is an MP4");
+    }
+}
+
+#[test]
+fn a_second_run_on_a_busy_state_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = Run::new(dir.path(), 2);
+    std::fs::create_dir_all(&run.state).unwrap();
+    let lock = std::fs::File::create(run.state.join("run.lock")).unwrap();
+    lock.try_lock().unwrap();
+    let output = run.command(&[]).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("another `asmr run` is using it"),
+        "{}",
+        stderr(&output)
+    );
+    drop(lock);
+    let output = run.command(&[]).output().unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+}
+
+/// Starts a slow live run, stops it with `signal` once `at_least` files are
+/// delivered, and returns how many there were then.
+fn stop_halfway(run: &Run, fake: &FakeVertex, signal: &str, at_least: usize) -> usize {
+    let mut child = run
+        .live_command(fake, &["--image-workers", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let delivered = run.files().iter().filter(|f| is_final(f)).count();
+        if delivered >= at_least {
+            let status = Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success());
+            let exit = child.wait().unwrap();
+            assert!(!exit.success(), "the run was stopped, not finished");
+            return run.files().iter().filter(|f| is_final(f)).count();
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run finished before it could be stopped"
+        );
+        assert!(Instant::now() < deadline, "the run made no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn is_final(path: &Path) -> bool {
+    !path
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .ends_with(".asmr-partial")
+}
+
+async fn slow_fake() -> FakeVertex {
+    FakeVertex::start(FakeOptions {
+        latency: Duration::from_millis(150),
+        ..FakeOptions::default()
+    })
+    .await
+}
+
+/// Runs to the end and checks the outcome: 50 delivered, one file each, and
+/// at most `in_flight` model calls beyond one per prompt (calls that were
+/// under way when the first run was stopped).
+fn finish_and_check(run: &Run, fake: &FakeVertex, in_flight: usize) {
+    let output = run.live_command(fake, &[]).output().unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report = report(&output);
+    assert_eq!(
+        report["statuses"],
+        serde_json::json!({"delivered": 50}),
+        "{report}"
+    );
+    assert_eq!(report["created"], 0, "the rerun created no job");
+    let files = run.files();
+    assert_eq!(
+        files.len(),
+        50,
+        "one file per job, no partial left: {files:?}"
+    );
+    assert!(files.iter().all(|f| is_png(f)));
+    let jobs = run.asmr(&["list", "--json", "--limit", "1000"]);
+    assert_eq!(jobs.as_array().unwrap().len(), 50, "no duplicate job");
+    let calls = fake.total_calls();
+    assert!(
+        (50..=50 + in_flight).contains(&calls),
+        "{calls} model calls for 50 prompts"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_live_run_resumes_without_duplicates() {
+    let fake = slow_fake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let run = Run::new(dir.path(), 50);
+    let delivered = tokio::task::block_in_place(|| stop_halfway(&run, &fake, "-KILL", 10));
+    assert!(
+        (10..50).contains(&delivered),
+        "{delivered} delivered at the kill"
+    );
+    tokio::task::block_in_place(|| finish_and_check(&run, &fake, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_stops_a_live_run_that_the_next_run_finishes() {
+    let fake = slow_fake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let run = Run::new(dir.path(), 50);
+    let delivered = tokio::task::block_in_place(|| stop_halfway(&run, &fake, "-INT", 10));
+    assert!(
+        (10..50).contains(&delivered),
+        "{delivered} delivered at Ctrl-C"
+    );
+    tokio::task::block_in_place(|| finish_and_check(&run, &fake, 2));
+}
