@@ -8,42 +8,13 @@
 
 use base64::Engine;
 use shared::domain::job::{JobKind, JobStatus};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tests::fake_vertex::{FakeOptions, Verb};
+use tests::harness::binary;
+use tests::process::{Running, free_port};
 use tests::stages::{World, emulators};
-
-/// A built binary of the workspace, next to this test's own target dir.
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is not built: run the tests with tests/run (cargo nextest run --workspace)",
-        path.display()
-    );
-    path
-}
-
-/// Kills the child when the test ends, passed or not.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The documented environment of a stage, and nothing else.
 fn stage_command(name: &str, world: &World, extra: &[(&str, String)]) -> Command {

@@ -1,0 +1,176 @@
+//! The Pub/Sub emulator over its REST API, for wiring test topologies:
+//! topics, push subscriptions aimed at stage binaries, pull subscriptions to
+//! read what a stage published.
+
+use base64::Engine;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+/// One message as a pull returns it.
+#[derive(Clone, Debug)]
+pub struct Pulled {
+    /// The message id.
+    pub id: String,
+    /// The payload.
+    pub data: Vec<u8>,
+    /// The attributes.
+    pub attributes: BTreeMap<String, String>,
+    /// Handle to acknowledge it.
+    pub ack_id: String,
+}
+
+impl Pulled {
+    /// The payload as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.data).unwrap()
+    }
+}
+
+/// The emulator `tests/run` started (`PUBSUB_EMULATOR_HOST`).
+#[derive(Clone)]
+pub struct Emulator {
+    base: String,
+    project: String,
+    http: reqwest::Client,
+}
+
+impl Default for Emulator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Emulator {
+    /// The emulator of this test run; fails loudly when it is not running.
+    pub fn new() -> Self {
+        let host = std::env::var("PUBSUB_EMULATOR_HOST")
+            .expect("PUBSUB_EMULATOR_HOST is not set: run the tests with tests/run");
+        let project = crate::harness::emulator_project();
+        Self {
+            base: format!("http://{host}/v1/projects/{project}"),
+            project,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// `projects/P/topics/NAME`.
+    pub fn topic_path(&self, topic: &str) -> String {
+        format!("projects/{}/topics/{topic}", self.project)
+    }
+
+    async fn put(&self, path: &str, body: Value) {
+        let response = self
+            .http
+            .put(format!("{}/{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        // An existing topic or subscription is fine.
+        assert!(
+            status.is_success() || status.as_u16() == 409,
+            "PUT {path}: {status} {}",
+            response.text().await.unwrap_or_default()
+        );
+    }
+
+    /// Creates a topic.
+    pub async fn topic(&self, topic: &str) {
+        self.put(&format!("topics/{topic}"), json!({})).await;
+    }
+
+    /// A push subscription `name` on `topic` to `endpoint`, retried quickly.
+    pub async fn push(&self, name: &str, topic: &str, endpoint: &str) {
+        self.put(
+            &format!("subscriptions/{name}"),
+            json!({
+                "topic": self.topic_path(topic),
+                "pushConfig": {"pushEndpoint": endpoint},
+                "ackDeadlineSeconds": 30,
+                "retryPolicy": {"minimumBackoff": "1s", "maximumBackoff": "2s"},
+            }),
+        )
+        .await;
+    }
+
+    /// A pull subscription `name` on `topic`.
+    pub async fn pull_subscription(&self, name: &str, topic: &str) {
+        self.put(
+            &format!("subscriptions/{name}"),
+            json!({"topic": self.topic_path(topic), "ackDeadlineSeconds": 30}),
+        )
+        .await;
+    }
+
+    /// Publishes one message; returns its id.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        data: &[u8],
+        attributes: &BTreeMap<String, String>,
+    ) -> String {
+        let data = base64::engine::general_purpose::STANDARD.encode(data);
+        let response: Value = self
+            .http
+            .post(format!("{}/topics/{topic}:publish", self.base))
+            .json(&json!({"messages": [{"data": data, "attributes": attributes}]}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        response["messageIds"][0].as_str().unwrap().to_string()
+    }
+
+    /// Pulls up to `max` messages without waiting, and acknowledges them.
+    pub async fn drain(&self, subscription: &str, max: u32) -> Vec<Pulled> {
+        let response: Value = self
+            .http
+            .post(format!("{}/subscriptions/{subscription}:pull", self.base))
+            .json(&json!({"maxMessages": max, "returnImmediately": true}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let pulled: Vec<Pulled> = response["receivedMessages"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|received| {
+                let message = &received["message"];
+                Pulled {
+                    id: message["messageId"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    data: base64::engine::general_purpose::STANDARD
+                        .decode(message["data"].as_str().unwrap_or_default())
+                        .unwrap(),
+                    attributes: serde_json::from_value(message["attributes"].clone())
+                        .unwrap_or_default(),
+                    ack_id: received["ackId"].as_str().unwrap().to_string(),
+                }
+            })
+            .collect();
+        if !pulled.is_empty() {
+            let ack_ids: Vec<&str> = pulled.iter().map(|p| p.ack_id.as_str()).collect();
+            let response = self
+                .http
+                .post(format!(
+                    "{}/subscriptions/{subscription}:acknowledge",
+                    self.base
+                ))
+                .json(&json!({"ackIds": ack_ids}))
+                .send()
+                .await
+                .unwrap();
+            assert!(response.status().is_success());
+        }
+        pulled
+    }
+}
