@@ -156,20 +156,10 @@ impl RunReport {
         self.statuses.values().sum()
     }
 
-    /// Jobs that reached a terminal status, per second of the run.
+    /// Jobs this run brought to a terminal status (one job event each), per
+    /// second of the run.
     pub fn jobs_per_second(&self) -> f64 {
-        let finished: u64 = self
-            .statuses
-            .iter()
-            .filter(|(status, _)| {
-                matches!(
-                    status,
-                    JobStatus::Delivered | JobStatus::Failed | JobStatus::Cancelled
-                )
-            })
-            .map(|(_, n)| n)
-            .sum();
-        finished as f64 / self.elapsed.as_secs_f64().max(1e-9)
+        self.events as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 }
 
