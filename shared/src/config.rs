@@ -244,6 +244,16 @@ pub struct StageArgs {
     /// Port of the HTTP service.
     #[arg(long, env = "PORT", default_value = "8080")]
     pub port: u16,
+    /// Daily budget of paid model calls in US dollars (UTC day); unset: no
+    /// limit. A job whose estimated cost does not fit waits as pending
+    /// (budget_exhausted).
+    #[arg(long, env = "BUDGET_USD_PER_DAY", value_parser = crate::cost::parse_usd)]
+    pub budget_usd_per_day: Option<u64>,
+    /// Prices over the built-in list, `MODEL=USD,...`: per image, or for
+    /// veo-* models per second as WITH_AUDIO/WITHOUT_AUDIO; a trailing `*`
+    /// names a family (`imagen-4.0-generate-001=0.04,veo-3.1-fast-*=0.15/0.10`).
+    #[arg(long, env = "MODEL_PRICES")]
+    pub model_prices: Option<String>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub objects: ObjectArgs,
@@ -283,6 +293,21 @@ impl StageArgs {
         }
     }
 
+    /// The cost guard: list prices with MODEL_PRICES over them, and the
+    /// daily budget.
+    pub fn cost_guard(&self) -> Result<crate::generate::CostGuard, String> {
+        let prices = match &self.model_prices {
+            Some(text) => crate::cost::PriceTable::list_prices()
+                .with_overrides(text)
+                .map_err(|e| format!("MODEL_PRICES: {e}"))?,
+            None => crate::cost::PriceTable::list_prices(),
+        };
+        Ok(crate::generate::CostGuard {
+            prices,
+            budget_micros: self.budget_usd_per_day,
+        })
+    }
+
     /// How to reach Vertex AI.
     pub fn vertex(&self) -> VertexConfig {
         VertexConfig {
@@ -303,7 +328,7 @@ impl StageArgs {
     /// One line for the start-up log, secrets left out.
     pub fn summary(&self) -> String {
         format!(
-            "backend={:?} project={} prefix={:?} bucket={} dry_run={} image_model={} video_model={} vertex={} token={} retries={} base_delay={:?} max_delay={:?} operation_timeout={:?} polling_interval={:?} storage={}",
+            "backend={:?} project={} prefix={:?} bucket={} dry_run={} image_model={} video_model={} vertex={} token={} retries={} base_delay={:?} max_delay={:?} operation_timeout={:?} polling_interval={:?} storage={} budget_per_day={} model_prices={}",
             self.store.backend,
             self.store.project.as_deref().unwrap_or("-"),
             self.store.collection_prefix,
@@ -323,6 +348,9 @@ impl StageArgs {
             self.operation_timeout,
             self.polling_interval,
             self.objects.describe(),
+            self.budget_usd_per_day
+                .map_or_else(|| "none".to_string(), crate::cost::format_usd),
+            self.model_prices.as_deref().unwrap_or("list"),
         )
     }
 }

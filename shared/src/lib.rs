@@ -5,11 +5,14 @@
 pub mod ack;
 pub mod bus;
 pub mod config;
+pub mod cost;
 pub mod deliver;
 pub mod domain;
 pub mod error;
 pub mod events;
 pub mod generate;
+pub mod intake;
+pub mod janitor;
 pub mod job_events;
 pub mod local_run;
 pub mod objects;

@@ -8,9 +8,12 @@ use futures::future::join_all;
 use shared::Error;
 use shared::domain::download::{DownloadStatus, FileType, NewDownload};
 use shared::domain::job::{
-    Delivery, FILTERED, JobError, JobKind, JobParams, JobStatus, NewJob, Retention,
+    BUDGET_EXHAUSTED, Delivery, FILTERED, Job, JobError, JobKind, JobParams, JobStatus, NewJob,
+    Retention,
 };
 use shared::domain::{Lease, TransitionError};
+use shared::store::backend::{Collection, Version, Write};
+use shared::store::budget::{Billed, Budget, BudgetDay, Budgeted, budget_day_of};
 use shared::store::{Claim, JobFilter, Store};
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
@@ -672,6 +675,433 @@ async fn a_write_on_a_stale_version_is_refused(t: TestStore) {
     assert!(backend.get(Jobs, "cas").await.unwrap().is_none());
 }
 
+// ---- atomic commits ----
+
+fn body(id: &str, n: i64) -> serde_json::Map<String, serde_json::Value> {
+    let mut doc = serde_json::Map::new();
+    doc.insert("id".into(), id.into());
+    doc.insert("n".into(), n.into());
+    doc
+}
+
+async fn read_n(t: &TestStore, collection: Collection, id: &str) -> Option<i64> {
+    t.backend
+        .get(collection, id)
+        .await
+        .unwrap()
+        .map(|stored| stored.doc["n"].as_i64().unwrap())
+}
+
+async fn a_commit_applies_every_write_or_none(t: TestStore) {
+    use Collection::{Budgets, Jobs};
+    let backend = &t.backend;
+    let create = |collection, id: &str, n| Write::Create {
+        collection,
+        id: id.into(),
+        doc: body(id, n),
+    };
+    let replace = |collection, id: &str, expected: &Version, n| Write::Replace {
+        collection,
+        id: id.into(),
+        expected: expected.clone(),
+        doc: body(id, n),
+    };
+
+    // Two creates in two collections: both land.
+    assert!(
+        backend
+            .commit(&[create(Jobs, "a", 1), create(Budgets, "b", 1)])
+            .await
+            .unwrap()
+    );
+    assert_eq!(read_n(&t, Jobs, "a").await, Some(1));
+    assert_eq!(read_n(&t, Budgets, "b").await, Some(1));
+    let a = backend.get(Jobs, "a").await.unwrap().unwrap().version;
+    let b = backend.get(Budgets, "b").await.unwrap().unwrap().version;
+
+    // A create of a document that exists fails the whole commit: the
+    // replace beside it, valid on its own, is not applied.
+    assert!(
+        !backend
+            .commit(&[replace(Jobs, "a", &a, 2), create(Budgets, "b", 2)])
+            .await
+            .unwrap(),
+        "create-if-absent of an existing document conflicts"
+    );
+    assert!(
+        !backend
+            .commit(&[create(Budgets, "c", 2), create(Budgets, "b", 2)])
+            .await
+            .unwrap()
+    );
+    assert_eq!(read_n(&t, Jobs, "a").await, Some(1), "nothing written");
+    assert_eq!(read_n(&t, Budgets, "b").await, Some(1));
+    assert_eq!(read_n(&t, Budgets, "c").await, None, "not even the create");
+    assert_eq!(backend.get(Jobs, "a").await.unwrap().unwrap().version, a);
+
+    // Both replaces at the versions read: both land, both versions move.
+    assert!(
+        backend
+            .commit(&[replace(Jobs, "a", &a, 3), replace(Budgets, "b", &b, 3)])
+            .await
+            .unwrap()
+    );
+    assert_eq!(read_n(&t, Jobs, "a").await, Some(3));
+    assert_eq!(read_n(&t, Budgets, "b").await, Some(3));
+    let a2 = backend.get(Jobs, "a").await.unwrap().unwrap().version;
+    assert_ne!(a2, a);
+
+    // One stale version fails the commit, creates included.
+    assert!(
+        !backend
+            .commit(&[
+                create(Budgets, "d", 4),
+                replace(Jobs, "a", &a2, 4),
+                replace(Budgets, "b", &b, 4),
+            ])
+            .await
+            .unwrap(),
+        "a replace at a stale version conflicts"
+    );
+    assert_eq!(read_n(&t, Budgets, "d").await, None);
+    assert_eq!(read_n(&t, Jobs, "a").await, Some(3));
+    assert_eq!(read_n(&t, Budgets, "b").await, Some(3));
+
+    // A replace of a document that is gone conflicts too.
+    assert!(backend.delete(Jobs, "a", &a2).await.unwrap());
+    assert!(
+        !backend
+            .commit(&[replace(Jobs, "a", &a2, 5), create(Budgets, "e", 5)])
+            .await
+            .unwrap()
+    );
+    assert_eq!(read_n(&t, Jobs, "a").await, None, "no resurrection");
+    assert_eq!(read_n(&t, Budgets, "e").await, None);
+
+    // Racing commits on the same version: exactly one wins, whole.
+    let b = backend.get(Budgets, "b").await.unwrap().unwrap().version;
+    let results = join_all((0..8).map(|i| {
+        let writes = [
+            replace(Budgets, "b", &b, 100 + i),
+            create(Jobs, &format!("race-{i}"), i),
+        ];
+        async move { backend.commit(&writes).await.unwrap() }
+    }))
+    .await;
+    let winners: Vec<usize> = (0..8).filter(|i| results[*i]).collect();
+    assert_eq!(winners.len(), 1, "{results:?}");
+    let winner = i64::try_from(winners[0]).unwrap();
+    assert_eq!(read_n(&t, Budgets, "b").await, Some(100 + winner));
+    for i in 0..8 {
+        let created = read_n(&t, Jobs, &format!("race-{i}")).await;
+        assert_eq!(created.is_some(), i == winner, "race-{i}");
+    }
+}
+
+// ---- the cost guard ----
+
+/// Every image job costs four cents.
+const COST: u64 = 40_000;
+
+fn cost_of(_: &Job) -> Option<u64> {
+    Some(COST)
+}
+
+fn free(_: &Job) -> Option<u64> {
+    None
+}
+
+fn within(limit: Option<u64>) -> Budget<'static> {
+    Budget {
+        limit_micros: limit,
+        cost: &cost_of,
+    }
+}
+
+async fn today_of(store: &Store) -> BudgetDay {
+    store
+        .budget_day(&budget_day_of(shared::time::Timestamp::now()))
+        .await
+        .unwrap()
+}
+
+async fn a_budget_for_n_claims_reserves_exactly_n_among_concurrent_claimers(t: TestStore) {
+    let store = &t.store;
+    let ids: HashSet<String> =
+        join_all((0..12).map(|i| add(store, format!("rain {i}"), JobKind::Image)))
+            .await
+            .into_iter()
+            .collect();
+    let limit = 5 * COST;
+    let started = Instant::now();
+    let claimers = (0..8).map(|c| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let owner = format!("claimer-{c}");
+            let mut mine = Vec::new();
+            loop {
+                match store
+                    .claim_next_job_within(JobKind::Image, &lease(&owner), &within(Some(limit)))
+                    .await
+                    .unwrap()
+                {
+                    Budgeted::Within(Some(job)) => {
+                        let reservation = job.reservation.clone().unwrap();
+                        assert_eq!(
+                            (reservation.micros, reservation.owner),
+                            (COST, owner.clone())
+                        );
+                        mine.push(job.id);
+                    }
+                    Budgeted::Within(None) => panic!("jobs were left, yet none was offered"),
+                    Budgeted::Over(over) => {
+                        assert_eq!((over.needed_micros, over.limit_micros), (COST, limit));
+                        assert!(over.committed_micros + COST > limit, "{over:?}");
+                        return mine;
+                    }
+                }
+            }
+        })
+    });
+    let claimed: Vec<String> = join_all(claimers)
+        .await
+        .into_iter()
+        .flat_map(|r| r.unwrap())
+        .collect();
+    eprintln!(
+        "8 claimers with a budget for 5 of 12 jobs finished in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(claimed.len(), 5, "{claimed:?}");
+    assert_eq!(claimed.iter().collect::<HashSet<_>>().len(), 5, "each once");
+
+    let day = today_of(store).await;
+    assert_eq!(
+        (day.reserved_micros, day.spent_micros, day.limit_micros),
+        (limit, 0, Some(limit))
+    );
+    let counts = store.job_counts().await.unwrap();
+    assert_eq!(counts.status(JobStatus::Processing), 5);
+    assert_eq!(counts.status(JobStatus::Pending), 7);
+    assert_eq!(store.jobs_waiting_on_budget().await.unwrap(), 7);
+    for id in &ids {
+        let job = store.job(id).await.unwrap();
+        if claimed.contains(id) {
+            assert_eq!((job.waiting, job.attempts), (None, 1), "{id}");
+        } else {
+            assert_eq!(
+                (job.waiting.as_deref(), job.attempts, job.reservation),
+                (Some(BUDGET_EXHAUSTED), 0, None),
+                "{id}"
+            );
+        }
+    }
+
+    // Claims by id, all at once, against the same day: none fits.
+    let waiting: Vec<String> = ids
+        .iter()
+        .filter(|id| !claimed.contains(id))
+        .cloned()
+        .collect();
+    let results = join_all(waiting.iter().map(|id| async move {
+        store
+            .claim_job_within(id, &lease("by-id"), &within(Some(limit)))
+            .await
+            .unwrap()
+    }))
+    .await;
+    assert!(results.iter().all(|r| matches!(r, Budgeted::Over(_))));
+
+    // Raised by two jobs: exactly two more, concurrently by id.
+    let raised = limit + 2 * COST;
+    let results = join_all(waiting.iter().map(|id| async move {
+        store
+            .claim_job_within(id, &lease("by-id"), &within(Some(raised)))
+            .await
+            .unwrap()
+    }))
+    .await;
+    let won = results
+        .iter()
+        .filter(|r| matches!(r, Budgeted::Within(Claim::Claimed(_))))
+        .count();
+    assert_eq!(won, 2, "{results:?}");
+    assert_eq!(today_of(store).await.reserved_micros, raised);
+    assert_eq!(store.jobs_waiting_on_budget().await.unwrap(), 5);
+
+    // A job that pays nothing (dry run) is claimed whatever the budget,
+    // and reserves nothing.
+    let dry = add(store, "dry", JobKind::Image).await;
+    let nothing = Budget {
+        limit_micros: Some(0),
+        cost: &free,
+    };
+    let Budgeted::Within(Claim::Claimed(job)) = store
+        .claim_job_within(&dry, &lease("w"), &nothing)
+        .await
+        .unwrap()
+    else {
+        panic!("a free job is claimed");
+    };
+    assert_eq!(job.reservation, None);
+    assert_eq!(today_of(store).await.reserved_micros, raised);
+}
+
+async fn settling_a_reservation_is_exact_and_happens_once(t: TestStore) {
+    let store = &t.store;
+    let no_limit = within(None);
+    let claim = |id: String, owner: &'static str, ttl: Duration| {
+        let no_limit = &no_limit;
+        async move {
+            match store
+                .claim_job_within(&id, &Lease::new(owner, ttl), no_limit)
+                .await
+                .unwrap()
+            {
+                Budgeted::Within(Claim::Claimed(job)) => job,
+                other => panic!("{id} should be claimed: {other:?}"),
+            }
+        }
+    };
+
+    // Spent: with no limit the claim still reserves, and settling moves the
+    // amount from reserved to spent, once.
+    let a = add(store, "a", JobKind::Image).await;
+    let job = claim(a.clone(), "w1", MINUTE).await;
+    assert_eq!(today_of(store).await.reserved_micros, COST);
+    assert_eq!(
+        store
+            .settle_reservation(&a, Some("w2"), Billed::All)
+            .await
+            .unwrap(),
+        None,
+        "another claim's reservation is not touched"
+    );
+    let settled = store
+        .settle_reservation(&a, Some("w1"), Billed::All)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(settled.reservation, job.reservation.clone().unwrap());
+    assert_eq!(settled.spent_micros, COST);
+    assert_eq!(
+        store
+            .settle_reservation(&a, Some("w1"), Billed::All)
+            .await
+            .unwrap(),
+        None,
+        "a second settlement is a no-op"
+    );
+    assert_eq!(store.job(&a).await.unwrap().reservation, None);
+    let day = today_of(store).await;
+    assert_eq!((day.reserved_micros, day.spent_micros), (0, COST));
+
+    // Released (filtered), and a partial share.
+    let b = add(store, "b", JobKind::Image).await;
+    claim(b.clone(), "w1", MINUTE).await;
+    let c = add(store, "c", JobKind::Image).await;
+    claim(c.clone(), "w1", MINUTE).await;
+    let released = store
+        .settle_reservation(&b, None, Billed::Nothing)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(released.spent_micros, 0);
+    let part = Billed::Part {
+        delivered: 1,
+        requested: 4,
+    };
+    store
+        .settle_reservation(&c, None, part)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        store
+            .settle_reservation(&b, None, Billed::All)
+            .await
+            .unwrap(),
+        None,
+        "a released reservation cannot be spent later"
+    );
+    let day = today_of(store).await;
+    assert_eq!(
+        (day.reserved_micros, day.spent_micros),
+        (0, COST + COST / 4)
+    );
+
+    // Concurrent settlements of one reservation: one wins.
+    let d = add(store, "d", JobKind::Image).await;
+    claim(d.clone(), "w1", MINUTE).await;
+    let results =
+        join_all((0..6).map(|_| store.settle_reservation(&d, Some("w1"), Billed::All))).await;
+    assert_eq!(
+        results.iter().filter(|r| matches!(r, Ok(Some(_)))).count(),
+        1
+    );
+    assert!(results.iter().all(Result::is_ok));
+    let day = today_of(store).await;
+    assert_eq!(
+        (day.reserved_micros, day.spent_micros),
+        (0, 2 * COST + COST / 4)
+    );
+
+    // A worker that vanished mid-call: its reservation counts as spent when
+    // the job is claimed again, and the new claim reserves anew.
+    let e = add(store, "e", JobKind::Image).await;
+    claim(e.clone(), "gone", SHORT).await;
+    let_leases_expire().await;
+    let again = claim(e.clone(), "w3", MINUTE).await;
+    assert_eq!(again.attempts, 2);
+    assert_eq!(again.reservation.as_ref().unwrap().owner, "w3");
+    let day = today_of(store).await;
+    assert_eq!(
+        (day.reserved_micros, day.spent_micros),
+        (COST, 3 * COST + COST / 4)
+    );
+    assert_eq!(
+        store
+            .settle_reservation(&e, Some("gone"), Billed::Nothing)
+            .await
+            .unwrap(),
+        None,
+        "the vanished worker cannot release the new claim's reservation"
+    );
+
+    // A submitted video whose job is requeued keeps its reservation for
+    // the operation; the claim that resumes it reserves nothing more.
+    let v = add(store, "v", JobKind::Video).await;
+    claim(v.clone(), "w4", MINUTE).await;
+    store
+        .start_generating(&v, &lease("w4"), "projects/p/operations/v")
+        .await
+        .unwrap();
+    store.reset_stuck_jobs(Duration::ZERO).await.unwrap();
+    let resumed_cost = |job: &Job| job.operation_name.is_none().then_some(COST);
+    let resumed = match store
+        .claim_job_within(
+            &v,
+            &lease("w5"),
+            &Budget {
+                limit_micros: None,
+                cost: &resumed_cost,
+            },
+        )
+        .await
+        .unwrap()
+    {
+        Budgeted::Within(Claim::Claimed(job)) => job,
+        other => panic!("{other:?}"),
+    };
+    let reservation = resumed.reservation.unwrap();
+    assert_eq!(
+        (reservation.micros, reservation.owner.as_str()),
+        (COST, "w5")
+    );
+    // The e job's fresh reservation and the video's.
+    assert_eq!(today_of(store).await.reserved_micros, 2 * COST);
+}
+
 fn download(job_id: &str, object: &str, priority: i64) -> NewDownload {
     NewDownload {
         job_id: job_id.into(),
@@ -873,6 +1303,21 @@ macro_rules! contract {
             #[tokio::test]
             async fn downloads_are_created_once_claimed_in_order_and_retried() {
                 super::downloads_are_created_once_claimed_in_order_and_retried(store().await).await
+            }
+            #[tokio::test]
+            async fn a_commit_applies_every_write_or_none() {
+                super::a_commit_applies_every_write_or_none(store().await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn a_budget_for_n_claims_reserves_exactly_n_among_concurrent_claimers() {
+                super::a_budget_for_n_claims_reserves_exactly_n_among_concurrent_claimers(
+                    store().await,
+                )
+                .await
+            }
+            #[tokio::test]
+            async fn settling_a_reservation_is_exact_and_happens_once() {
+                super::settling_a_reservation_is_exact_and_happens_once(store().await).await
             }
             #[tokio::test]
             async fn expired_records_are_deleted_and_nothing_else() {

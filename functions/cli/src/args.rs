@@ -48,6 +48,30 @@ pub struct StoreArgs {
         default_value = "(default)"
     )]
     pub database: String,
+    /// Prefix of the Pub/Sub topic names (`dev-` gives `dev-asmr-image-jobs`):
+    /// new jobs are published to their kind's topic, and job events to
+    /// `asmr-job-events`.
+    #[arg(
+        long,
+        global = true,
+        env = "ASMR_TOPIC_PREFIX",
+        default_value = "",
+        help_heading = "Pub/Sub options (firestore backend)"
+    )]
+    pub topic_prefix: String,
+    /// The Pub/Sub emulator (host:port) instead of Cloud Pub/Sub.
+    #[arg(
+        long,
+        global = true,
+        env = "PUBSUB_EMULATOR_HOST",
+        help_heading = "Pub/Sub options (firestore backend)"
+    )]
+    pub pubsub_emulator_host: Option<String>,
+    /// Publish a job event when a command ends a job (cancel, reset).
+    #[arg(long, global = true, env = "ASMR_JOB_EVENTS", default_value_t = true,
+          action = ArgAction::Set, value_parser = BoolishValueParser::new(),
+          value_name = "true|false", help_heading = "Pub/Sub options (firestore backend)")]
+    pub job_events: bool,
 }
 
 /// The store adapters.
@@ -113,6 +137,8 @@ pub enum Command {
     Downloads(DownloadsArgs),
     /// Requeue a failed download with fresh attempts (the copier resumes a partial copy).
     RetryDownload(RetryDownloadArgs),
+    /// List the requests intake refused (newest first, kept 30 days), with the reason.
+    Rejected(RejectedArgs),
 }
 
 #[derive(Debug, Args)]
@@ -269,6 +295,16 @@ pub struct DownloadsArgs {
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
     pub limit: u32,
     /// Print a JSON array of the download records.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RejectedArgs {
+    /// At most this many requests.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: u32,
+    /// Print a JSON array of the rejected records.
     #[arg(long)]
     pub json: bool,
 }

@@ -15,7 +15,9 @@ use shared::domain::Lease;
 use shared::domain::download::{DownloadStatus, FileType, NewDownload};
 use shared::domain::job::{FILTERED, JobError};
 use shared::store::Claim;
+use shared::store::rejected::{Rejected, RejectedSource};
 use shared::store::{Store, StoreConfig};
+use shared::time::Timestamp;
 use std::future::Future;
 use std::path::PathBuf;
 use std::process::Command;
@@ -72,19 +74,24 @@ on_every_backend!(
     retry_download_requeues_a_failed_download,
     retry_download_refuses_what_is_not_failed,
     stats_counts_downloads_per_status,
+    add_queues_jobs_on_pubsub_only_with_firestore,
+    rejected_with_none_says_so,
+    rejected_lists_refused_requests_newest_first_with_the_reason,
 );
 
 // ---- harness ----
 
 /// The environment variables the CLI reads for its configuration. Each run
 /// starts without them, so the developer's shell cannot leak into a test.
-const CONFIG_VARS: [&str; 6] = [
+const CONFIG_VARS: [&str; 8] = [
     "ASMR_BACKEND",
     "ASMR_STATE_DIR",
     "GOOGLE_CLOUD_PROJECT",
     "ASMR_COLLECTION_PREFIX",
     "FIRESTORE_DATABASE",
     "DRY_RUN",
+    "ASMR_TOPIC_PREFIX",
+    "PUBSUB_EMULATOR_HOST",
 ];
 
 /// One isolated store and a scratch directory.
@@ -94,6 +101,8 @@ struct Env {
     config: StoreConfig,
     /// How the first line of stderr starts.
     banner: &'static str,
+    /// The prefix of the Pub/Sub topics `asmr add` publishes to (firestore).
+    topic_prefix: Option<String>,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -113,6 +122,7 @@ impl Env {
             vars,
             config,
             banner,
+            topic_prefix: None,
             runtime,
         }
     }
@@ -137,6 +147,9 @@ impl Env {
         let host = std::env::var("FIRESTORE_EMULATOR_HOST").expect(
             "the emulators feature is on but FIRESTORE_EMULATOR_HOST is not set: start the Firestore emulator (tests/run does)",
         );
+        let pubsub = std::env::var("PUBSUB_EMULATOR_HOST").expect(
+            "the emulators feature is on but PUBSUB_EMULATOR_HOST is not set: start the Pub/Sub emulator (tests/run does)",
+        );
         let project = std::env::var("GOOGLE_CLOUD_PROJECT").unwrap_or_else(|_| "asmr-test".into());
         let prefix = format!("cli{}_", uuid::Uuid::new_v4().simple());
         let vars = vec![
@@ -144,18 +157,35 @@ impl Env {
             ("GOOGLE_CLOUD_PROJECT", project.clone()),
             ("ASMR_COLLECTION_PREFIX", prefix.clone()),
             ("FIRESTORE_EMULATOR_HOST", host),
+            ("PUBSUB_EMULATOR_HOST", pubsub.clone()),
+            ("ASMR_TOPIC_PREFIX", prefix.clone()),
         ];
         let config = StoreConfig::Firestore(shared::store::firestore::FirestoreConfig {
-            project,
+            project: project.clone(),
             database: "(default)".into(),
-            prefix,
+            prefix: prefix.clone(),
         });
-        Self::new(
+        let mut env = Self::new(
             vars,
             config,
             "asmr: backend firestore",
             tempfile::tempdir().unwrap(),
-        )
+        );
+        // `asmr add` publishes every new job to its kind's topic.
+        env.runtime.block_on(async {
+            use shared::bus::Bus;
+            let bus = shared::bus::pubsub::PubSubBus::new(shared::bus::pubsub::PubSubConfig {
+                project,
+                emulator_endpoint: Some(pubsub),
+            })
+            .await
+            .unwrap();
+            for topic in shared::bus::Topics::new(prefix.clone()).all() {
+                bus.ensure_topic(&topic).await.unwrap();
+            }
+        });
+        env.topic_prefix = Some(prefix);
+        env
     }
 
     /// Runs `asmr ARGS`.
@@ -664,10 +694,11 @@ fn stats_json_has_the_exact_shape_and_counts(env: &Env) {
     let empty = env.asmr(&["stats", "--json"]).ok();
     assert_eq!(
         empty.stdout,
-        concat!(
+        format!(
+            "{}{}{}\n",
             r#"{"jobs": {"pending": 0, "processing": 0, "generating": 0, "completed": 0, "delivered": 0, "failed": 0, "cancelled": 0, "total": 0}, "#,
-            r#""downloads": {"pending": 0, "downloading": 0, "completed": 0, "failed": 0, "total": 0}}"#,
-            "\n"
+            r#""downloads": {"pending": 0, "downloading": 0, "completed": 0, "failed": 0, "total": 0}, "#,
+            no_budget_json()
         )
     );
 
@@ -704,12 +735,21 @@ fn stats_json_has_the_exact_shape_and_counts(env: &Env) {
     let run = env.asmr(&["stats", "--json"]).ok();
     assert_eq!(
         run.stdout,
-        concat!(
+        format!(
+            "{}{}{}\n",
             r#"{"jobs": {"pending": 2, "processing": 1, "generating": 0, "completed": 0, "delivered": 0, "failed": 1, "cancelled": 1, "total": 5}, "#,
-            r#""downloads": {"pending": 1, "downloading": 0, "completed": 0, "failed": 0, "total": 1}}"#,
-            "\n"
+            r#""downloads": {"pending": 1, "downloading": 0, "completed": 0, "failed": 0, "total": 1}, "#,
+            no_budget_json()
         )
     );
+}
+
+/// The `budget` member of `asmr stats --json` when nothing was spent today.
+fn no_budget_json() -> String {
+    let today = shared::store::budget::budget_day_of(Timestamp::now());
+    format!(
+        r#""budget": {{"day": "{today}", "reserved_usd": 0.0, "spent_usd": 0.0, "budget_usd": null, "waiting_jobs": 0}}}}"#
+    )
 }
 
 fn stats_prints_aligned_tables(env: &Env) {
@@ -729,7 +769,19 @@ fn stats_prints_aligned_tables(env: &Env) {
     assert_eq!(lines[9], "");
     assert_eq!(lines[10], "downloads    count");
     assert_eq!(lines[11], "pending          0");
-    assert_eq!(lines.last().copied(), Some("total            0"));
+    assert_eq!(lines[15], "total            0");
+    assert_eq!(lines[16], "");
+    let today = shared::store::budget::budget_day_of(Timestamp::now());
+    assert_eq!(
+        &lines[17..],
+        [
+            format!("budget (UTC {today})       usd"),
+            "reserved                    $0.00".to_string(),
+            "spent                       $0.00".to_string(),
+            "budget                   no limit".to_string(),
+            "jobs waiting                    0".to_string(),
+        ]
+    );
 }
 
 // ---- list and show ----
@@ -1047,10 +1099,105 @@ fn the_first_stderr_line_names_the_backend(env: &Env) {
         env.asmr(&["downloads"]),
         env.asmr(&["downloads", "--json"]),
         env.asmr(&["retry-download", "nope"]),
+        env.asmr(&["rejected"]),
     ];
     for run in runs {
         run.check_banner();
     }
+}
+
+fn add_queues_jobs_on_pubsub_only_with_firestore(env: &Env) {
+    let run = env
+        .asmr(&["add", "--prompt", "rain", "--kind", "video"])
+        .ok();
+    match &env.topic_prefix {
+        Some(prefix) => assert!(
+            run.stderr
+                .contains(&format!("queued on {prefix}asmr-video-jobs")),
+            "{}",
+            run.context()
+        ),
+        None => assert!(!run.stderr.contains("queued"), "{}", run.context()),
+    }
+    let file = env.write("prompts.txt", b"a\nb\n");
+    env.asmr(&["add", "--file", file.to_str().unwrap(), "--kind", "image"])
+        .ok();
+    assert_eq!(env.stats()["jobs"]["pending"], 3);
+}
+
+// ---- rejected ----
+
+/// Records a request intake refused, received `seconds` after `start`.
+fn reject(env: &Env, start: Timestamp, seconds: u64, message_id: &str, reason: &str) {
+    let record = Rejected::new(
+        RejectedSource::Pubsub,
+        Some(message_id),
+        [("kind".to_string(), "audio".to_string())].into(),
+        b"soft rain",
+        reason,
+        start.plus(Duration::from_secs(seconds)),
+    );
+    let created = env.store(|store| async move { store.record_rejected(record).await.unwrap() });
+    assert!(created.created);
+}
+
+fn rejected_with_none_says_so(env: &Env) {
+    let run = env.asmr(&["rejected"]).ok();
+    assert_eq!(run.stdout, "");
+    assert_eq!(run.messages(), ["no rejected requests"]);
+    let run = env.asmr(&["rejected", "--json"]).ok();
+    assert_eq!(run.json(), serde_json::json!([]));
+}
+
+fn rejected_lists_refused_requests_newest_first_with_the_reason(env: &Env) {
+    let start = Timestamp::now();
+    reject(env, start, 0, "1001", "kind is missing");
+    reject(env, start, 2, "1003", "prompt: is empty");
+    reject(env, start, 1, "1002", "the request is not\nvalid JSON");
+
+    let run = env.asmr(&["rejected", "--json"]).ok();
+    let records = match run.json() {
+        Value::Array(records) => records,
+        other => panic!("not a JSON array: {other}"),
+    };
+    assert_eq!(ids_of(&records), ["1003", "1002", "1001"]);
+    let newest = &records[0];
+    assert_eq!(newest["message_id"], "1003");
+    assert_eq!(newest["reason"], "prompt: is empty");
+    assert_eq!(newest["source"], "pubsub");
+    assert_eq!(newest["attributes"]["kind"], "audio");
+    assert_eq!(newest["body"], "soft rain");
+    assert!(newest["received_at"].is_string() && newest["expire_at"].is_string());
+
+    let run = env.asmr(&["rejected"]).ok();
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{}", run.context());
+    assert!(lines[0].starts_with("received (UTC)"), "{}", run.context());
+    let column = lines[0].find("message id").unwrap();
+    let reason = lines[0].find("reason").unwrap();
+    let cells: Vec<(String, String)> = lines[1..]
+        .iter()
+        .map(|row| (cell_at(row, column), cell_at(row, reason)))
+        .collect();
+    assert_eq!(
+        cells,
+        [
+            ("1003".to_string(), "prompt: is empty".to_string()),
+            (
+                "1002".to_string(),
+                "the request is not valid JSON".to_string()
+            ),
+            ("1001".to_string(), "kind is missing".to_string()),
+        ]
+    );
+    assert_eq!(run.messages(), ["3 rejected requests, newest first"]);
+
+    let run = env.asmr(&["rejected", "--limit", "2", "--json"]).ok();
+    assert_eq!(run.json().as_array().unwrap().len(), 2);
+    assert_eq!(
+        run.messages(),
+        ["2 rejected requests, newest first; there are more (raise --limit)"]
+    );
 }
 
 // ---- downloads ----
@@ -1349,10 +1496,11 @@ fn stats_counts_downloads_per_status(env: &Env) {
     let run = env.asmr(&["stats", "--json"]).ok();
     assert_eq!(
         run.stdout,
-        concat!(
+        format!(
+            "{}{}{}\n",
             r#"{"jobs": {"pending": 1, "processing": 0, "generating": 0, "completed": 0, "delivered": 0, "failed": 0, "cancelled": 0, "total": 1}, "#,
-            r#""downloads": {"pending": 3, "downloading": 1, "completed": 1, "failed": 1, "total": 6}}"#,
-            "\n"
+            r#""downloads": {"pending": 3, "downloading": 1, "completed": 1, "failed": 1, "total": 6}, "#,
+            no_budget_json()
         )
     );
 
@@ -1361,6 +1509,7 @@ fn stats_counts_downloads_per_status(env: &Env) {
         .stdout
         .lines()
         .skip_while(|line| !line.starts_with("downloads"))
+        .take_while(|line| !line.is_empty())
         .collect();
     assert_eq!(
         table,
@@ -1398,6 +1547,7 @@ fn usage_errors_keep_clap_exit_code_2() {
         &["list", "--limit", "0"],
         &["downloads", "--limit", "0"],
         &["downloads", "--limit", "many"],
+        &["rejected", "--limit", "0"],
         &["retry-download"],
         &["retry-download", "a", "b"],
         &["reset", "--older-than", "soon"],

@@ -74,6 +74,16 @@ impl MemoryBus {
             .unwrap_or_default()
     }
 
+    /// The job ids of the job messages (`{"job_id"}`) published to `topic`,
+    /// in publish order; other payloads are left out.
+    pub fn job_ids(&self, topic: &str) -> Vec<String> {
+        self.published(topic)
+            .iter()
+            .filter_map(|m| serde_json::from_slice::<crate::push::JobMessage>(&m.data).ok())
+            .map(|m| m.job_id)
+            .collect()
+    }
+
     // A panic while the lock was held cannot leave the state half-changed
     // (every change is one push), so a poisoned lock is still usable.
     fn lock(&self) -> MutexGuard<'_, State> {

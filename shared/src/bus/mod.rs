@@ -10,6 +10,7 @@
 //! `topic` on every adapter: production topics come from terraform, tests and
 //! the local run create theirs with [`Bus::ensure_topic`].
 
+pub mod dead_letters;
 pub mod memory;
 pub mod pubsub;
 
@@ -122,6 +123,25 @@ pub async fn publish_json<T: Serialize + ?Sized>(
         )
     })?;
     bus.publish(topic, Bytes::from(data), attributes).await
+}
+
+/// Publishes the job message `{"job_id"}` of `job` to its kind's topic, with
+/// `origin` (who sent it: `intake`, `janitor`, `cli`) and `kind` as
+/// attributes; returns the message id.
+pub async fn publish_job(
+    bus: &dyn Bus,
+    topics: &Topics,
+    job: &crate::domain::job::Job,
+    origin: &str,
+) -> Result<String> {
+    let message = crate::push::JobMessage {
+        job_id: job.id.clone(),
+    };
+    let attributes = BTreeMap::from([
+        ("origin".to_string(), origin.to_string()),
+        ("kind".to_string(), job.kind.as_str().to_string()),
+    ]);
+    publish_json(bus, &topics.for_kind(job.kind), &message, &attributes).await
 }
 
 /// The error of a publish to a topic that does not exist.

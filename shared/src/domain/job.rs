@@ -20,6 +20,10 @@ pub const ATTEMPTS_EXHAUSTED: &str = "attempts_exhausted";
 /// Error code of a job whose output the model's safety filters withheld. Such
 /// a job is never sent to the model again unless an operator insists.
 pub const FILTERED: &str = "filtered";
+/// Why a pending job waits: claiming it would take the day's spending past
+/// the budget (`BUDGET_USD_PER_DAY`). It is claimed once the day rolls over
+/// or the budget is raised.
+pub const BUDGET_EXHAUSTED: &str = "budget_exhausted";
 
 /// What a job makes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -281,6 +285,19 @@ pub struct Delivery {
     pub destination: String,
 }
 
+/// The estimated cost of a paid model call, reserved against one day's
+/// budget when the job was claimed, until the call's outcome settles it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reservation {
+    /// The UTC day (`YYYY-MM-DD`) whose budget holds it.
+    pub day: String,
+    /// Micro-dollars reserved.
+    pub micros: u64,
+    /// The claim that made it (the lease owner), so that a late settlement by
+    /// an earlier holder cannot touch a later claim's reservation.
+    pub owner: String,
+}
+
 /// What it takes to create a job.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NewJob {
@@ -393,6 +410,13 @@ pub struct Job {
     /// When the retention rules allow deleting it.
     #[serde(default)]
     pub expire_at: Option<Timestamp>,
+    /// Why a pending job is not being worked on ([`BUDGET_EXHAUSTED`]);
+    /// cleared by the next transition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
+    /// The cost reserved for this job's paid call, until it is settled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reservation: Option<Reservation>,
 }
 
 /// How long finished records are kept before the store may delete them.
@@ -458,6 +482,8 @@ impl Job {
             updated_at: now,
             completed_at: None,
             expire_at: None,
+            waiting: None,
+            reservation: None,
         }
     }
 
@@ -496,6 +522,9 @@ impl Job {
 
     fn touch(&mut self, now: Timestamp) {
         self.updated_at = now;
+        // A wait reason describes a pending job as it sits; any transition
+        // moves on from it.
+        self.waiting = None;
     }
 
     fn clear_lease(&mut self) {

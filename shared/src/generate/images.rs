@@ -2,14 +2,15 @@
 //! `images/{job_id}/{n}.png` in the output bucket → job completed.
 
 use super::{
-    Generator, GeneratorSettings, Handled, Workers, settle_model_error, settled_elsewhere_or_retry,
-    with_store_retries,
+    CostGuard, Generator, GeneratorSettings, Handled, Workers, settle_model_error,
+    settled_elsewhere_or_retry, with_store_retries,
 };
-use super::{Output, keep_outputs};
+use super::{Output, billed_for, keep_outputs, settle_cost};
 use crate::domain::Lease;
 use crate::domain::job::{FILTERED, Job, JobError, JobKind};
 use crate::objects::ObjectStore;
 use crate::store::Store;
+use crate::store::budget::Billed;
 use crate::vertex::{GeneratedImage, ImageModel, ImageOutcome, ImageRequest, ModelError};
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -45,6 +46,7 @@ pub struct ImageGenerator {
     objects: Arc<dyn ObjectStore>,
     model: Arc<dyn ImageModel>,
     settings: GeneratorSettings,
+    cost_guard: CostGuard,
     workers: Workers,
 }
 
@@ -61,8 +63,16 @@ impl ImageGenerator {
             objects,
             model,
             settings,
+            cost_guard: CostGuard::default(),
             workers: Workers::new("image-generator"),
         }
+    }
+
+    /// Reserves the cost of paid calls under `guard` (default: list prices,
+    /// no limit).
+    pub fn with_cost_guard(mut self, guard: CostGuard) -> Self {
+        self.cost_guard = guard;
+        self
     }
 
     fn extension(mime_type: &str) -> &'static str {
@@ -150,6 +160,9 @@ impl Generator for ImageGenerator {
     fn settings(&self) -> &GeneratorSettings {
         &self.settings
     }
+    fn cost_guard(&self) -> &CostGuard {
+        &self.cost_guard
+    }
 
     async fn run(&self, job: Job, lease: &Lease) -> Handled {
         let request = ImageRequest {
@@ -162,8 +175,16 @@ impl Generator for ImageGenerator {
         } else {
             self.model.generate(&request).await
         };
+        // The reservation is settled before the job moves on, while this
+        // claim still holds it.
+        let owner = Some(lease.owner.as_str());
         match outcome {
             Ok(ImageOutcome::Images { images, filtered }) if !images.is_empty() => {
+                let billed = Billed::Part {
+                    delivered: u32::try_from(images.len()).unwrap_or(u32::MAX),
+                    requested: job.params.sample_count.unwrap_or(1).max(1),
+                };
+                settle_cost(&self.store, &job, owner, billed).await;
                 self.keep(&job, lease, images, &filtered).await
             }
             Ok(
@@ -171,8 +192,15 @@ impl Generator for ImageGenerator {
                     filtered: reasons, ..
                 }
                 | ImageOutcome::Filtered { reasons },
-            ) => fail_filtered(&self.store, &job, Some(&lease.owner), &reasons).await,
-            Err(e) => settle_model_error(&self.store, &job, lease, &e).await,
+            ) => {
+                // Google does not bill outputs its filters withheld.
+                settle_cost(&self.store, &job, owner, Billed::Nothing).await;
+                fail_filtered(&self.store, &job, owner, &reasons).await
+            }
+            Err(e) => {
+                settle_cost(&self.store, &job, owner, billed_for(&e)).await;
+                settle_model_error(&self.store, &job, lease, &e).await
+            }
         }
     }
 }

@@ -6,6 +6,13 @@
 //! Outcomes map to Pub/Sub acknowledgements in one place, [`Handled`]'s
 //! `IntoResponse`: done, duplicate and poison are acknowledged (2xx);
 //! transient trouble is a 429 or 503 so Pub/Sub redelivers with back-off.
+//!
+//! The cost guard: the claim of a job that will make a paid call reserves
+//! the call's estimated cost ([`CostGuard`]) in the same commit; a job that
+//! does not fit in the day's budget stays pending as `budget_exhausted` and
+//! its message is acknowledged (the janitor dispatches it again later).
+//! After the call, the reservation is settled: spent when Google generated
+//! (or may have), released when it provably did not or filtered the output.
 
 pub mod images;
 pub mod poller;
@@ -13,10 +20,12 @@ pub mod service;
 pub mod videos;
 
 pub use crate::ack::Handled;
+use crate::cost::{Matched, PriceTable, format_usd};
 use crate::domain::Lease;
 use crate::domain::job::{Job, JobError};
 use crate::error::{Error, Result};
 use crate::store::Store;
+use crate::store::budget::{Billed, Budget, Budgeted, OverBudget};
 use crate::vertex::{ErrorClass, ModelError};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -53,6 +62,74 @@ pub struct DrainLimits {
     pub max_jobs: Option<u64>,
     /// Stop claiming after this long.
     pub max_duration: Option<Duration>,
+}
+
+/// The cost guard of a generator: what models cost, and the daily budget.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CostGuard {
+    /// List prices, with MODEL_PRICES over them.
+    pub prices: PriceTable,
+    /// BUDGET_USD_PER_DAY in micro-dollars; `None`: no limit (spending is
+    /// still recorded, for `asmr stats`).
+    pub budget_micros: Option<u64>,
+}
+
+/// What Google bills for a call that failed with `e`: nothing when it
+/// provably did not generate (it answered with a refusal, 429 or 5xx, or the
+/// request never left), all of it otherwise (an answer that came back
+/// unreadable, a time-out or a broken connection after sending, a 504 from a
+/// gateway that may have let the request through).
+pub fn billed_for(e: &ModelError) -> Billed {
+    match (e.class, e.http_status) {
+        (ErrorClass::Unknown, _) => Billed::All,
+        (_, Some(504)) => Billed::All,
+        (_, Some(status)) if (200..300).contains(&status) => Billed::All,
+        (_, Some(_)) => Billed::Nothing,
+        (_, None) => match e.code.as_str() {
+            // Connection refused, no credentials, a request that could not
+            // be built: nothing reached Vertex.
+            "unavailable" | "unauthenticated" | "auth_unavailable" | "invalid_argument" => {
+                Billed::Nothing
+            }
+            _ => Billed::All,
+        },
+    }
+}
+
+/// Settles the reservation of `job` (if it holds one) after its paid call.
+/// A settlement that cannot be written leaves the reservation in place,
+/// which keeps counting against the budget: too careful, never too lax.
+pub(crate) async fn settle_cost(store: &Store, job: &Job, owner: Option<&str>, billed: Billed) {
+    if job.reservation.is_none() {
+        return;
+    }
+    match with_store_retries(|| store.settle_reservation(&job.id, owner, billed)).await {
+        Ok(Some(settled)) => tracing::info!(
+            job_id = %job.id,
+            day = %settled.reservation.day,
+            reserved = %format_usd(settled.reservation.micros),
+            spent = %format_usd(settled.spent_micros),
+            event = "cost_settled",
+            "reservation settled"
+        ),
+        Ok(None) => {}
+        Err(e) => tracing::error!(
+            job_id = %job.id,
+            error = %e,
+            "could not settle the reservation; it stays counted against the budget"
+        ),
+    }
+}
+
+fn describe_over_budget(over: &OverBudget) -> String {
+    format!(
+        "job {} waits for budget: it needs {}, and {} of today's {} ({} UTC) is committed",
+        over.job.id,
+        format_usd(over.needed_micros),
+        format_usd(over.committed_micros),
+        format_usd(over.limit_micros),
+        over.day
+    )
 }
 
 /// What a drain run did.
@@ -235,8 +312,33 @@ pub trait Generator: Send + Sync + 'static {
     fn workers(&self) -> &Workers;
     /// Settings.
     fn settings(&self) -> &GeneratorSettings;
+    /// Prices and budget.
+    fn cost_guard(&self) -> &CostGuard;
     /// Works on a job this worker has claimed under `lease`.
     async fn run(&self, job: Job, lease: &Lease) -> Handled;
+}
+
+/// The estimated cost of the paid call `job` would make, or `None` when it
+/// makes none: a dry run, or a video whose operation is only watched again.
+fn paid_cost<G: Generator>(generator: &G, job: &Job) -> Option<u64> {
+    let settings = generator.settings();
+    if settings.is_dry(job) || job.operation_name.is_some() {
+        return None;
+    }
+    let model = settings.model_for(job);
+    let estimate = generator
+        .cost_guard()
+        .prices
+        .estimate(G::KIND, &model, &job.params);
+    if estimate.matched == Matched::Fallback {
+        tracing::warn!(
+            job_id = %job.id,
+            model,
+            price = %estimate.price,
+            "no price is known for this model; reserving the highest price of its kind (set MODEL_PRICES)"
+        );
+    }
+    Some(estimate.micros)
 }
 
 fn describe_refusal(job: &Job, refusal: &crate::domain::job::ClaimRefusal) -> String {
@@ -279,14 +381,32 @@ pub async fn handle<G: Generator>(generator: &G, job_id: &str) -> Handled {
         Err(e) => return Handled::Poison(e.to_string()),
     }
     let lease = generator.workers().lease(generator.settings().lease_ttl);
-    match store.claim_job(job_id, &lease).await {
-        Ok(Claim::Claimed(job)) => generator.run(job, &lease).await,
-        Ok(Claim::Refused(job, refusal)) => Handled::Duplicate(describe_refusal(&job, &refusal)),
-        Ok(Claim::Exhausted(job)) => {
+    let cost = |job: &Job| paid_cost(generator, job);
+    let budget = Budget {
+        limit_micros: generator.cost_guard().budget_micros,
+        cost: &cost,
+    };
+    match store.claim_job_within(job_id, &lease, &budget).await {
+        Ok(Budgeted::Within(Claim::Claimed(job))) => generator.run(job, &lease).await,
+        Ok(Budgeted::Within(Claim::Refused(job, refusal))) => {
+            Handled::Duplicate(describe_refusal(&job, &refusal))
+        }
+        Ok(Budgeted::Within(Claim::Exhausted(job))) => {
             tracing::warn!(job_id = %job.id, event = "job_failed", "no attempt left; the job failed");
             Handled::Done(format!("job {} had no attempt left and failed", job.id))
         }
-        Ok(Claim::NotFound) => Handled::Poison(format!("job {job_id} does not exist")),
+        Ok(Budgeted::Within(Claim::NotFound)) => {
+            Handled::Poison(format!("job {job_id} does not exist"))
+        }
+        // Acknowledged, not redelivered: the job stays pending and is
+        // dispatched again by the janitor (or taken by a drain) once the day
+        // rolls over or the budget is raised. A nack would only burn
+        // delivery attempts towards the dead-letter topic.
+        Ok(Budgeted::Over(over)) => {
+            let detail = describe_over_budget(&over);
+            tracing::warn!(job_id = %over.job.id, event = "budget_exhausted", "{detail}");
+            Handled::Done(detail)
+        }
         Err(e) if e.is_retryable() => Handled::store_trouble(&e),
         Err(e) => Handled::Poison(e.to_string()),
     }
@@ -311,8 +431,23 @@ pub async fn drain<G: Generator>(generator: &G, limits: DrainLimits) -> Result<D
             break;
         }
         let lease = generator.workers().lease(generator.settings().lease_ttl);
-        let Some(job) = generator.store().claim_next_job(G::KIND, &lease).await? else {
-            break;
+        let cost = |job: &Job| paid_cost(generator, job);
+        let budget = Budget {
+            limit_micros: generator.cost_guard().budget_micros,
+            cost: &cost,
+        };
+        let job = match generator
+            .store()
+            .claim_next_job_within(G::KIND, &lease, &budget)
+            .await?
+        {
+            Budgeted::Within(Some(job)) => job,
+            Budgeted::Within(None) => break,
+            Budgeted::Over(over) => {
+                let detail = describe_over_budget(&over);
+                tracing::warn!(event = "budget_exhausted", "stopping the drain: {detail}");
+                break;
+            }
         };
         report.processed += 1;
         let job_id = job.id.clone();

@@ -5,9 +5,10 @@
 //! resumes from the operation names in the store.
 
 use super::videos::fail_filtered_video;
-use super::{Handled, settled_elsewhere_or_retry, with_store_retries};
+use super::{Handled, settle_cost, settled_elsewhere_or_retry, with_store_retries};
 use crate::domain::job::{Job, JobError, JobStatus};
 use crate::error::Result;
+use crate::store::budget::Billed;
 use crate::store::{JobFilter, MAX_PAGE, Store};
 use crate::time::Timestamp;
 use crate::vertex::{ErrorClass, OperationState, VideoModel};
@@ -129,6 +130,24 @@ impl VideoPoller {
         };
         let state = self.model.poll(operation).await;
         let now = Timestamp::now();
+        // The submit's reservation is settled before the job moves on: spent
+        // for the videos made, released for those the filters withheld;
+        // spent in full when the operation failed or ran out of time, since
+        // whether Google billed it is not known.
+        let billed = match &state {
+            Ok(OperationState::Done { videos }) => Some(Billed::Part {
+                delivered: u32::try_from(videos.len()).unwrap_or(u32::MAX),
+                requested: job.params.sample_count.unwrap_or(1).max(1),
+            }),
+            Ok(OperationState::Filtered { .. }) => Some(Billed::Nothing),
+            Ok(OperationState::Failed { .. }) => Some(Billed::All),
+            Ok(OperationState::Running) if self.timed_out(job, now) => Some(Billed::All),
+            Err(e) if e.class == ErrorClass::Permanent => Some(Billed::All),
+            Ok(OperationState::Running) | Err(_) => None,
+        };
+        if let Some(billed) = billed {
+            settle_cost(&self.store, job, None, billed).await;
+        }
         let outcome = match state {
             Ok(OperationState::Done { videos }) => {
                 match with_store_retries(|| self.store.finish_operation(&job.id, videos.clone()))

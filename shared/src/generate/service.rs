@@ -130,7 +130,8 @@ pub async fn image_generator(args: StageArgs, mode: Mode) -> anyhow::Result<()> 
         args.object_store().await?,
         Arc::new(VertexClient::new(args.vertex())?),
         settings(&args, &args.image_model)?,
-    );
+    )
+    .with_cost_guard(args.cost_guard().map_err(anyhow::Error::msg)?);
     serve_or_drain(generator, &args, mode).await
 }
 
@@ -142,7 +143,8 @@ pub async fn video_generator(args: StageArgs, mode: Mode) -> anyhow::Result<()> 
         args.object_store().await?,
         Arc::new(VertexClient::new(args.vertex())?),
         settings(&args, &args.video_model)?,
-    );
+    )
+    .with_cost_guard(args.cost_guard().map_err(anyhow::Error::msg)?);
     serve_or_drain(generator, &args, mode).await
 }
 

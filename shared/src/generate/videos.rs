@@ -4,10 +4,10 @@
 
 use super::images::fail_filtered;
 use super::{
-    Generator, GeneratorSettings, Handled, Workers, settle_model_error, settled_elsewhere_or_retry,
-    with_store_retries,
+    CostGuard, Generator, GeneratorSettings, Handled, Workers, settle_model_error,
+    settled_elsewhere_or_retry, with_store_retries,
 };
-use super::{Output, keep_outputs};
+use super::{Output, billed_for, keep_outputs, settle_cost};
 use crate::domain::Lease;
 use crate::domain::job::{Job, JobKind};
 use crate::objects::ObjectStore;
@@ -28,6 +28,7 @@ pub struct VideoGenerator {
     objects: Arc<dyn ObjectStore>,
     model: Arc<dyn VideoModel>,
     settings: GeneratorSettings,
+    cost_guard: CostGuard,
     workers: Workers,
 }
 
@@ -45,8 +46,16 @@ impl VideoGenerator {
             objects,
             model,
             settings,
+            cost_guard: CostGuard::default(),
             workers: Workers::new("video-generator"),
         }
+    }
+
+    /// Reserves the cost of paid calls under `guard` (default: list prices,
+    /// no limit).
+    pub fn with_cost_guard(mut self, guard: CostGuard) -> Self {
+        self.cost_guard = guard;
+        self
     }
 
     /// `gs://OUT/videos/{job_id}/`: where Veo writes the job's files.
@@ -118,6 +127,9 @@ impl Generator for VideoGenerator {
     fn settings(&self) -> &GeneratorSettings {
         &self.settings
     }
+    fn cost_guard(&self) -> &CostGuard {
+        &self.cost_guard
+    }
 
     async fn run(&self, job: Job, lease: &Lease) -> Handled {
         // A job reset while its operation ran: watch that operation again
@@ -135,8 +147,12 @@ impl Generator for VideoGenerator {
             storage_uri: self.storage_uri(&job),
         };
         match self.model.submit(&request).await {
+            // The reservation stays until the poller sees the operation end.
             Ok(operation) => self.watch(&job, lease, &operation, false).await,
-            Err(e) => settle_model_error(&self.store, &job, lease, &e).await,
+            Err(e) => {
+                settle_cost(&self.store, &job, Some(&lease.owner), billed_for(&e)).await;
+                settle_model_error(&self.store, &job, lease, &e).await
+            }
         }
     }
 }

@@ -7,8 +7,12 @@
 //! two adapters, [`embedded`] and [`firestore`], only store documents.
 
 pub mod backend;
+pub mod budget;
 pub mod embedded;
 pub mod firestore;
+pub mod indexes;
+mod janitor;
+pub mod rejected;
 
 use crate::domain::download::{Download, DownloadStatus, NewDownload};
 use crate::domain::job::{

@@ -1,4 +1,9 @@
 //! `asmr add`: one job from `--prompt`, or one job per line of `--file`.
+//!
+//! Jobs go through intake's write path ([`shared::intake::submit_job`]): on
+//! the firestore backend each new job is published to its kind's Pub/Sub
+//! topic, as the intake service does, so the generators take it; on the
+//! embedded store there is no bus and `asmr run` or a drain picks it up.
 
 use super::IN_FLIGHT;
 use crate::args::AddArgs;
@@ -7,9 +12,11 @@ use anyhow::{Context, Result, bail};
 use futures::stream::{self, StreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use shared::Error;
+use shared::bus::{Bus, Topics};
 use shared::domain::job::{Job, JobKind, JobParams, NewJob};
 use shared::domain::validate::{ValidationError, validate_params};
-use shared::store::{Created, Store};
+use shared::intake::{Dispatch, SubmittedJob, submit_job};
+use shared::store::Store;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
@@ -18,13 +25,44 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// Files with at least this many prompts get a progress bar (on a terminal).
 const PROGRESS_FROM: usize = 50;
 
-pub async fn run(store: &Store, args: AddArgs) -> Result<()> {
+pub async fn run(
+    store: &Store,
+    bus: Option<&dyn Bus>,
+    topics: Topics,
+    args: AddArgs,
+) -> Result<()> {
     let template = Template::from_args(&args)?;
+    let intake = Intake { store, bus, topics };
     match (args.prompt, args.file) {
-        (Some(prompt), None) => add_one(store, template.job(prompt, args.request_id)).await,
-        (None, Some(file)) => add_file(store, &template, &file).await,
+        (Some(prompt), None) => add_one(&intake, template.job(prompt, args.request_id)).await,
+        (None, Some(file)) => add_file(&intake, &template, &file).await,
         // clap's `source` group makes this unreachable; say so rather than panic.
         _ => bail!("give exactly one of --prompt and --file"),
+    }
+}
+
+/// Where new jobs go: the store, and the bus that announces them (none on
+/// the embedded store).
+struct Intake<'a> {
+    store: &'a Store,
+    bus: Option<&'a dyn Bus>,
+    topics: Topics,
+}
+
+impl Intake<'_> {
+    async fn submit(&self, job: NewJob) -> shared::Result<SubmittedJob> {
+        submit_job(self.store, self.bus, &self.topics, job).await
+    }
+}
+
+/// Why a created job was not queued, if it was not.
+fn not_queued(submitted: &SubmittedJob) -> Option<String> {
+    match &submitted.dispatch {
+        Dispatch::Failed(e) => Some(format!(
+            "job {} was added but not queued: {e}",
+            submitted.job.id
+        )),
+        _ => None,
     }
 }
 
@@ -79,18 +117,16 @@ fn dry_run_note(job: &Job) -> &'static str {
     if job.dry_run { " (dry run)" } else { "" }
 }
 
-async fn add_one(store: &Store, new: NewJob) -> Result<()> {
-    let Created {
-        record: job,
-        created,
-    } = store.create_job(new.clone()).await?;
+async fn add_one(intake: &Intake<'_>, new: NewJob) -> Result<()> {
+    let submitted = intake.submit(new.clone()).await?;
+    let job = &submitted.job;
     out::line(&job.id)?;
-    if created {
+    if submitted.created {
         out::note(format_args!(
             "added {} job {}{}",
             job.kind,
             job.id,
-            dry_run_note(&job)
+            dry_run_note(job)
         ));
     } else {
         out::note(format_args!(
@@ -104,6 +140,20 @@ async fn add_one(store: &Store, new: NewJob) -> Result<()> {
                 job.kind
             ));
         }
+    }
+    match (&submitted.dispatch, not_queued(&submitted)) {
+        (_, Some(why)) => bail!(
+            "{why}; it stays pending, and the janitor publishes it again once it counts as lost{}",
+            match new.request_id {
+                Some(_) => " (or run this command again now)",
+                None => "",
+            }
+        ),
+        (Dispatch::Published(_), None) => out::note(format_args!(
+            "queued on {}",
+            intake.topics.for_kind(job.kind)
+        )),
+        _ => {}
     }
     Ok(())
 }
@@ -157,12 +207,15 @@ impl Tally {
     fn record(
         &mut self,
         line: usize,
-        outcome: shared::Result<Created<Job>>,
+        outcome: shared::Result<SubmittedJob>,
     ) -> std::io::Result<()> {
         match outcome {
-            Ok(created) => {
+            Ok(submitted) => {
                 self.added += 1;
-                out::line(&created.record.id)
+                if let Some(why) = not_queued(&submitted) {
+                    self.failed(line, why);
+                }
+                out::line(&submitted.job.id)
             }
             Err(Error::Invalid(reason)) => {
                 self.invalid += 1;
@@ -170,21 +223,24 @@ impl Tally {
                 Ok(())
             }
             Err(err) => {
-                // The creates in flight when the store failed usually fail the
-                // same way: say it once, in the final error.
-                let message = err.to_string();
-                match &self.first_failure {
-                    None => self.first_failure = Some((line, message)),
-                    Some((_, first)) if *first == message => {}
-                    Some(_) => out::note(format_args!("line {line}: {message}")),
-                }
+                self.failed(line, err.to_string());
                 Ok(())
             }
         }
     }
+
+    /// The creates (or publishes) in flight when the store (or bus) failed
+    /// usually fail the same way: say it once, in the final error.
+    fn failed(&mut self, line: usize, message: String) {
+        match &self.first_failure {
+            None => self.first_failure = Some((line, message)),
+            Some((_, first)) if *first == message => {}
+            Some(_) => out::note(format_args!("line {line}: {message}")),
+        }
+    }
 }
 
-async fn add_file(store: &Store, template: &Template, path: &Path) -> Result<()> {
+async fn add_file(intake: &Intake<'_>, template: &Template, path: &Path) -> Result<()> {
     let bytes = read(path).with_context(|| format!("reading {}", path.display()))?;
 
     let mut tally = Tally::default();
@@ -219,13 +275,17 @@ async fn add_file(store: &Store, template: &Template, path: &Path) -> Result<()>
             .enumerate()
             .take_while(|_| !stop.load(Ordering::Relaxed)),
     )
-    .map(|(index, (line, job))| async move { (index, *line, store.create_job(job.clone()).await) })
+    .map(|(index, (line, job))| async move { (index, *line, intake.submit(job.clone()).await) })
     .buffer_unordered(IN_FLIGHT);
     let mut done = BTreeMap::new();
     let mut next = 0;
     while let Some((index, line, outcome)) = results.next().await {
         bar.inc(1);
-        if matches!(&outcome, Err(err) if !matches!(err, Error::Invalid(_))) {
+        let failed = match &outcome {
+            Ok(submitted) => matches!(submitted.dispatch, Dispatch::Failed(_)),
+            Err(err) => !matches!(err, Error::Invalid(_)),
+        };
+        if failed {
             stop.store(true, Ordering::Relaxed);
         }
         done.insert(index, (line, outcome));
@@ -357,6 +417,11 @@ mod tests {
             tried: AtomicUsize::new(0),
         });
         let store = Store::new(backend.clone());
+        let intake = Intake {
+            store: &store,
+            bus: None,
+            topics: Topics::default(),
+        };
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("prompts.txt");
         let prompts: String = (0..200).map(|i| format!("prompt {i}\n")).collect();
@@ -368,7 +433,7 @@ mod tests {
             dry_run: true,
         };
 
-        let err = add_file(&store, &template, &file)
+        let err = add_file(&intake, &template, &file)
             .await
             .unwrap_err()
             .to_string();

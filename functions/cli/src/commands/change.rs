@@ -8,13 +8,40 @@ use crate::out;
 use anyhow::{Result, bail};
 use futures::stream::{self, StreamExt};
 use shared::Error;
+use shared::bus::{Bus, Topics};
+use shared::domain::job::Job;
 use shared::domain::job::JobStatus;
 use shared::store::{JobFilter, Store};
+
+/// Where requeued jobs are announced: their kind's topic on Firestore, so
+/// that a generator takes them now rather than when the janitor next looks;
+/// nowhere on the embedded store, where `asmr run` and drains find them.
+pub struct Queue<'a> {
+    pub bus: Option<&'a dyn Bus>,
+    pub topics: &'a Topics,
+}
+
+impl Queue<'_> {
+    /// Publishes the job message of a requeued job. A failure is reported,
+    /// not fatal: the job is pending, and the janitor dispatches pending
+    /// jobs that sat idle.
+    async fn dispatch(&self, job: &Job) {
+        let Some(bus) = self.bus else {
+            return;
+        };
+        if let Err(e) = shared::bus::publish_job(bus, self.topics, job, "cli").await {
+            out::note(format_args!(
+                "warning: job {} is pending but was not queued ({e}); the janitor will dispatch it",
+                job.id
+            ));
+        }
+    }
+}
 
 /// Page size when walking every failed job.
 const PAGE: u32 = 500;
 
-pub async fn reset(store: &Store, args: &ResetArgs) -> Result<()> {
+pub async fn reset(store: &Store, queue: &Queue<'_>, args: &ResetArgs) -> Result<()> {
     let older_than = humantime::format_duration(args.older_than);
     let report = store.reset_stuck_jobs(args.older_than).await?;
     for job in &report.requeued {
@@ -23,6 +50,7 @@ pub async fn reset(store: &Store, args: &ResetArgs) -> Result<()> {
             "requeued {} job {} (attempt {} of {} used)",
             job.kind, job.id, job.attempts, job.max_attempts
         ));
+        queue.dispatch(job).await;
     }
     for job in &report.failed {
         out::line(&job.id)?;
@@ -47,15 +75,16 @@ pub async fn reset(store: &Store, args: &ResetArgs) -> Result<()> {
     Ok(())
 }
 
-pub async fn retry(store: &Store, args: &RetryArgs) -> Result<()> {
+pub async fn retry(store: &Store, queue: &Queue<'_>, args: &RetryArgs) -> Result<()> {
     match (&args.id, args.failed) {
         (Some(id), false) => {
             let job = store.retry_job(id, args.include_filtered).await?;
             out::line(&job.id)?;
             out::note(format_args!("requeued {} job {}", job.kind, job.id));
+            queue.dispatch(&job).await;
             Ok(())
         }
-        (None, true) => retry_failed(store, args.include_filtered).await,
+        (None, true) => retry_failed(store, queue, args.include_filtered).await,
         // clap's `which` group makes this unreachable; say so rather than panic.
         _ => bail!("give exactly one of a job id and --failed"),
     }
@@ -64,7 +93,7 @@ pub async fn retry(store: &Store, args: &RetryArgs) -> Result<()> {
 /// Requeues every failed job. Refusals (filtered jobs, jobs that moved on
 /// meanwhile) are reported and counted; a store error ends the command with
 /// exit 1 after the summary.
-async fn retry_failed(store: &Store, include_filtered: bool) -> Result<()> {
+async fn retry_failed(store: &Store, queue: &Queue<'_>, include_filtered: bool) -> Result<()> {
     // Collect the ids first: requeued jobs leave the listing while we page.
     let filter = JobFilter {
         status: Some(JobStatus::Failed),
@@ -95,6 +124,7 @@ async fn retry_failed(store: &Store, include_filtered: bool) -> Result<()> {
             Ok(job) => {
                 requeued += 1;
                 out::line(&job.id)?;
+                queue.dispatch(&job).await;
             }
             Err(Error::Transition { reason, .. }) => {
                 refused += 1;

@@ -125,6 +125,19 @@ fn describe(job: &Job) -> String {
         );
     }
     field("operation_name", &or_dash(job.operation_name.clone()));
+    if let Some(waiting) = &job.waiting {
+        field("waiting", waiting);
+    }
+    if let Some(reservation) = &job.reservation {
+        field(
+            "reserved",
+            &format_args!(
+                "{} (UTC {})",
+                shared::cost::format_usd(reservation.micros),
+                reservation.day
+            ),
+        );
+    }
 
     // Every parameter that is set, by its document name.
     match serde_json::to_value(&job.params) {

@@ -6,6 +6,7 @@ mod change;
 mod downloads;
 mod inspect;
 mod local_run;
+mod rejected;
 mod stats;
 
 pub use local_run::run as local_run;
@@ -13,29 +14,77 @@ pub use local_run::run as local_run;
 use crate::args::Command;
 use crate::out;
 use anyhow::{Context, Result};
+use shared::bus::pubsub::{PubSubBus, PubSubConfig};
+use shared::bus::{Bus, Topics};
+use shared::job_events::BusJobEvents;
 use shared::store::{Store, StoreConfig};
+use std::sync::Arc;
 
 /// How many store calls a bulk command keeps in flight. Firestore answers
 /// each in tens of milliseconds, so one at a time would make a 10,000-line
 /// file take minutes; the embedded store simply serialises them.
 const IN_FLIGHT: usize = 32;
 
+/// Where the commands that change jobs publish: new jobs to their kind's
+/// topic (`asmr add`), job events when a command ends a job.
+pub struct PubSub {
+    /// `ASMR_TOPIC_PREFIX`.
+    pub topic_prefix: String,
+    /// `PUBSUB_EMULATOR_HOST`.
+    pub emulator_host: Option<String>,
+    /// `ASMR_JOB_EVENTS`.
+    pub job_events: bool,
+}
+
 /// Opens the store, says which one it is, and runs `command` on it.
-pub async fn run(config: &StoreConfig, command: Command) -> Result<()> {
+pub async fn run(config: &StoreConfig, pubsub: &PubSub, command: Command) -> Result<()> {
     // Named before opening, so that a store that cannot be opened is still
     // named on the first line.
     out::note(format_args!("asmr: backend {}", config.describe()));
-    let store = Store::open(config).await.context("opening the store")?;
+    let mut store = Store::open(config).await.context("opening the store")?;
+    let topics = Topics::new(pubsub.topic_prefix.clone());
+    // Only commands that create or end jobs talk to Pub/Sub, and only on
+    // Firestore; the embedded store has no Pub/Sub. Connected before
+    // anything is written, so that a bus that cannot be reached leaves
+    // nothing half done.
+    let changes_jobs = matches!(
+        command,
+        Command::Add(_) | Command::Cancel(_) | Command::Reset(_) | Command::Retry(_)
+    );
+    let bus: Option<Arc<dyn Bus>> = match config {
+        StoreConfig::Firestore(firestore) if changes_jobs => Some(Arc::new(
+            PubSubBus::new(PubSubConfig {
+                project: firestore.project.clone(),
+                emulator_endpoint: pubsub.emulator_host.clone(),
+            })
+            .await
+            .context("connecting to Pub/Sub")?,
+        )),
+        _ => None,
+    };
+    if let Some(bus) = &bus
+        && pubsub.job_events
+    {
+        store = store.with_events(Arc::new(BusJobEvents::new(
+            bus.clone(),
+            topics.job_events(),
+        )));
+    }
+    let queue = change::Queue {
+        bus: bus.as_deref(),
+        topics: &topics,
+    };
     match command {
-        Command::Add(args) => add::run(&store, args).await,
+        Command::Add(args) => add::run(&store, bus.as_deref(), topics.clone(), args).await,
         Command::Stats(args) => stats::run(&store, &args).await,
         Command::List(args) => inspect::list(&store, &args).await,
         Command::Show(args) => inspect::show(&store, &args).await,
-        Command::Reset(args) => change::reset(&store, &args).await,
-        Command::Retry(args) => change::retry(&store, &args).await,
+        Command::Reset(args) => change::reset(&store, &queue, &args).await,
+        Command::Retry(args) => change::retry(&store, &queue, &args).await,
         Command::Cancel(args) => change::cancel(&store, &args.id).await,
         Command::Downloads(args) => downloads::list(&store, &args).await,
         Command::RetryDownload(args) => downloads::retry(&store, &args.id).await,
+        Command::Rejected(args) => rejected::list(&store, &args).await,
         Command::Run(_) => anyhow::bail!("`asmr run` opens its own store"),
     }
 }

@@ -1,19 +1,34 @@
-//! `asmr stats`: jobs and downloads per status.
+//! `asmr stats`: jobs and downloads per status, and today's spending on
+//! paid model calls against the budget.
 
 use crate::args::StatsArgs;
 use crate::out::{self, Table};
 use anyhow::Result;
 use serde::Serialize;
+use shared::cost::{format_usd, usd};
 use shared::domain::download::DownloadStatus;
 use shared::domain::job::{JobKind, JobStatus};
+use shared::store::budget::{BudgetDay, budget_day_of};
 use shared::store::{DownloadCounts, JobCounts, Store};
+use shared::time::Timestamp;
 
 pub async fn run(store: &Store, args: &StatsArgs) -> Result<()> {
-    let (jobs, downloads) = tokio::try_join!(store.job_counts(), store.download_counts())?;
+    let today = budget_day_of(Timestamp::now());
+    let (jobs, downloads, day, waiting) = tokio::try_join!(
+        store.job_counts(),
+        store.download_counts(),
+        store.budget_day(&today),
+        store.jobs_waiting_on_budget(),
+    )?;
     if args.json {
-        out::json_line(&Stats::new(&jobs, &downloads))
+        out::json_line(&Stats::new(&jobs, &downloads, &day, waiting))
     } else {
-        let text = format!("{}\n{}", jobs_table(&jobs), downloads_table(&downloads));
+        let text = format!(
+            "{}\n{}\n{}",
+            jobs_table(&jobs),
+            downloads_table(&downloads),
+            budget_table(&day, waiting)
+        );
         Ok(out::text(&text)?)
     }
 }
@@ -24,6 +39,7 @@ pub async fn run(store: &Store, args: &StatsArgs) -> Result<()> {
 struct Stats {
     jobs: JobStats,
     downloads: DownloadStats,
+    budget: BudgetStats,
 }
 
 #[derive(Debug, Default, PartialEq, Serialize)]
@@ -47,8 +63,32 @@ struct DownloadStats {
     total: u64,
 }
 
+/// Today's spending (UTC day), in US dollars; `budget_usd` is the budget the
+/// generators last reserved under (`null`: no limit, or nothing reserved
+/// today).
+#[derive(Debug, PartialEq, Serialize)]
+struct BudgetStats {
+    day: String,
+    reserved_usd: f64,
+    spent_usd: f64,
+    budget_usd: Option<f64>,
+    waiting_jobs: u64,
+}
+
+impl BudgetStats {
+    fn new(day: &BudgetDay, waiting: u64) -> Self {
+        Self {
+            day: day.day.clone(),
+            reserved_usd: usd(day.reserved_micros),
+            spent_usd: usd(day.spent_micros),
+            budget_usd: day.limit_micros.map(usd),
+            waiting_jobs: waiting,
+        }
+    }
+}
+
 impl Stats {
-    fn new(jobs: &JobCounts, downloads: &DownloadCounts) -> Self {
+    fn new(jobs: &JobCounts, downloads: &DownloadCounts, day: &BudgetDay, waiting: u64) -> Self {
         let mut job_stats = JobStats::default();
         for status in JobStatus::ALL {
             // Exhaustive, so a status added in `shared` cannot go missing here.
@@ -80,6 +120,7 @@ impl Stats {
         Self {
             jobs: job_stats,
             downloads: download_stats,
+            budget: BudgetStats::new(day, waiting),
         }
     }
 }
@@ -109,5 +150,19 @@ fn downloads_table(counts: &DownloadCounts) -> String {
         table.row(vec![status.to_string(), counts.status(status).to_string()]);
     }
     table.row(vec!["total".into(), counts.total().to_string()]);
+    table.render()
+}
+
+fn budget_table(day: &BudgetDay, waiting: u64) -> String {
+    let header = format!("budget (UTC {})", day.day);
+    let mut table = Table::new(&[header.as_str(), "usd"]).right(&[1]);
+    table.row(vec!["reserved".into(), format_usd(day.reserved_micros)]);
+    table.row(vec!["spent".into(), format_usd(day.spent_micros)]);
+    table.row(vec![
+        "budget".into(),
+        day.limit_micros
+            .map_or_else(|| "no limit".into(), format_usd),
+    ]);
+    table.row(vec!["jobs waiting".into(), waiting.to_string()]);
     table.render()
 }

@@ -1,0 +1,29 @@
+//! `intake`: the Cloud Run service where jobs enter the pipeline. `POST /`
+//! takes the Pub/Sub push of `asmr-requests` (a JSON request, a batch, or a
+//! plain-text prompt with a `kind` attribute); `POST /v1/jobs`,
+//! `GET /v1/jobs/{id}` and `GET /v1/stats` are the same over plain HTTP.
+//! Each new job is created once in Firestore and published to
+//! `asmr-image-jobs` or `asmr-video-jobs`; a request that can never be a job
+//! is acknowledged and kept in `rejected`. `intake --help` lists the
+//! environment.
+
+use clap::Parser;
+use shared::intake::service::{self, IntakeArgs};
+
+#[derive(Parser)]
+#[command(
+    name = "intake",
+    version,
+    about = "Turns requests into jobs and queues them for the generators"
+)]
+struct Cli {
+    #[command(flatten)]
+    args: IntakeArgs,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    shared::telemetry::init();
+    let cli = Cli::parse();
+    shared::server::exit_code(service::intake(cli.args).await)
+}

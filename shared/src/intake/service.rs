@@ -1,0 +1,706 @@
+//! The intake service's HTTP face and its binary entry point.
+//!
+//! - `POST /`: the Pub/Sub push of `asmr-requests`. A request that can never
+//!   become jobs (undecodable, no kind, blank prompt...) is recorded in
+//!   `rejected`, logged at ERROR with its message id and acknowledged; store
+//!   or bus trouble is a 503 so Pub/Sub redelivers.
+//! - `POST /v1/jobs`: the same request forms as a JSON body; `201` with the
+//!   jobs, `200` when they all existed (same `request_id`), `400` with
+//!   `{"error"}` for bad input. Bad HTTP input is answered, not recorded in
+//!   `rejected`: the caller has the reason already.
+//! - `GET /v1/jobs/{id}`: the job document, or `404`.
+//! - `GET /v1/stats`: jobs per status and kind, downloads per status, and
+//!   how many rejected requests are kept.
+
+use super::{Submitted, submit};
+use crate::ack::Handled;
+use crate::bus::{Bus, Topics};
+use crate::config::StoreArgs;
+use crate::domain::download::DownloadStatus;
+use crate::domain::job::{JobKind, JobStatus, NewJob};
+use crate::error::Error;
+use crate::push;
+use crate::requests::{self, Envelope, MAX_BODY_BYTES};
+use crate::server;
+use crate::store::Store;
+use crate::store::rejected::{Rejected, RejectedSource};
+use crate::time::Timestamp;
+use anyhow::Context;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use clap::Args;
+use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::Instrument;
+
+/// How long one request may take: a batch of [`requests::MAX_BATCH`] jobs
+/// on Firestore takes seconds.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// The largest push body: a Pub/Sub message (10 MB at most) grows by a
+/// third in base64. The request inside is held to [`MAX_BODY_BYTES`] by the
+/// parser, which records a bigger one as rejected instead of refusing the
+/// push (a refused push would be redelivered).
+const PUSH_BODY_LIMIT: usize = 16 * 1024 * 1024;
+
+/// Everything the intake service reads from the environment.
+#[derive(Clone, Debug, Args)]
+pub struct IntakeArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub store: StoreArgs,
+    /// Create jobs as dry runs: the generators write placeholders instead of
+    /// calling (and paying for) the models.
+    #[arg(long, env = "DRY_RUN", default_value = "true", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub dry_run: bool,
+    /// Port of the HTTP service.
+    #[arg(long, env = "PORT", default_value = "8080")]
+    pub port: u16,
+}
+
+/// What the handlers share: where jobs go and how they are announced.
+pub struct Intake {
+    store: Store,
+    bus: Option<Arc<dyn Bus>>,
+    topics: Topics,
+    dry_run: bool,
+}
+
+impl Intake {
+    /// Intake over `store`, publishing job messages on `bus` (none: jobs are
+    /// only created) to `topics`; `dry_run` marks every new job.
+    pub fn new(store: Store, bus: Option<Arc<dyn Bus>>, topics: Topics, dry_run: bool) -> Self {
+        Self {
+            store,
+            bus,
+            topics,
+            dry_run,
+        }
+    }
+
+    async fn submit(&self, jobs: Vec<NewJob>) -> crate::Result<Submitted> {
+        submit(&self.store, self.bus.as_deref(), &self.topics, jobs).await
+    }
+
+    /// Records a request that can never become jobs and acknowledges it;
+    /// if the record cannot be written, asks for a redelivery instead, so
+    /// the request is not lost unseen.
+    async fn reject(
+        &self,
+        message_id: Option<&str>,
+        attributes: BTreeMap<String, String>,
+        body: &[u8],
+        reason: String,
+    ) -> Handled {
+        let record = Rejected::new(
+            RejectedSource::Pubsub,
+            message_id,
+            attributes,
+            body,
+            reason.clone(),
+            Timestamp::now(),
+        );
+        let id = record.id.clone();
+        match self.store.record_rejected(record).await {
+            Ok(created) => {
+                tracing::error!(
+                    message_id = message_id.unwrap_or("-"),
+                    rejected_id = %id,
+                    reason,
+                    redelivered = !created.created,
+                    event = "request.rejected",
+                    "request rejected and acknowledged"
+                );
+                Handled::Poison(reason)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    message_id = message_id.unwrap_or("-"),
+                    reason,
+                    error = %e,
+                    "could not record a rejected request; asking for redelivery"
+                );
+                Handled::store_trouble(&e)
+            }
+        }
+    }
+}
+
+/// The service's routes, with `GET /healthz`.
+pub fn router(intake: Arc<Intake>) -> Router {
+    let app = Router::new()
+        .route(
+            "/",
+            post(push_handler).layer(DefaultBodyLimit::max(PUSH_BODY_LIMIT)),
+        )
+        .route(
+            "/v1/jobs",
+            post(create_jobs).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
+        )
+        .route("/v1/jobs/{id}", get(get_job))
+        .route("/v1/stats", get(stats))
+        .with_state(intake);
+    server::with_basics(app, REQUEST_TIMEOUT)
+}
+
+async fn push_handler(State(intake): State<Arc<Intake>>, body: Bytes) -> Handled {
+    let delivery = match push::decode(&body) {
+        Ok(delivery) => delivery,
+        Err(poison) => return intake.reject(None, BTreeMap::new(), &body, poison.0).await,
+    };
+    let span = tracing::info_span!("request_message", message_id = %delivery.message_id);
+    async move {
+        let message_id = delivery.message_id.as_str();
+        let envelope = Envelope {
+            attributes: delivery.attributes.clone(),
+            message_id: Some(message_id),
+            dry_run: intake.dry_run,
+        };
+        let jobs = match requests::parse(&delivery.data, &envelope) {
+            Ok(jobs) => jobs,
+            Err(rejection) => {
+                return intake
+                    .reject(
+                        Some(message_id),
+                        delivery.attributes.clone(),
+                        &delivery.data,
+                        rejection.0,
+                    )
+                    .await;
+            }
+        };
+        let handled = match intake.submit(jobs).await {
+            Ok(submitted) => outcome(&submitted),
+            Err(Error::Invalid(e)) => {
+                return intake
+                    .reject(
+                        Some(message_id),
+                        delivery.attributes.clone(),
+                        &delivery.data,
+                        e.to_string(),
+                    )
+                    .await;
+            }
+            Err(e) => Handled::store_trouble(&e),
+        };
+        match &handled {
+            Handled::Retry { reason, .. } => tracing::warn!(reason, "asking Pub/Sub to redeliver"),
+            other => tracing::info!(outcome = ?other, "handled"),
+        }
+        handled
+    }
+    .instrument(span)
+    .await
+}
+
+/// The acknowledgement of a submitted request: redelivery while a job is
+/// not queued, since the redelivery is what publishes it again.
+fn outcome(submitted: &Submitted) -> Handled {
+    if let Some((job, e)) = submitted.publish_failure() {
+        return Handled::Retry {
+            rate_limited: false,
+            reason: format!("job {} is created but not queued: {e}", job.id),
+        };
+    }
+    let created = submitted.created();
+    let existing = submitted.existing();
+    match created.is_empty() {
+        true => Handled::Duplicate(format!("jobs exist already: {}", existing.join(", "))),
+        false if existing.is_empty() => Handled::Done(format!("created {}", created.join(", "))),
+        false => Handled::Done(format!(
+            "created {}; existing {}",
+            created.join(", "),
+            existing.join(", ")
+        )),
+    }
+}
+
+/// An HTTP API error: a status and `{"error": ...}` (with the jobs, when
+/// some were created before the failure).
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    message: String,
+    jobs: Option<Value>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            jobs: None,
+        }
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let status = match &e {
+            Error::Invalid(_) => StatusCode::BAD_REQUEST,
+            Error::NotFound { .. } => StatusCode::NOT_FOUND,
+            e if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::new(status, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "error": self.message });
+        if let Some(jobs) = self.jobs {
+            body["jobs"] = jobs;
+        }
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// Logs what an API call ends in: a warning for the caller's mistakes, an
+/// error for ours.
+fn logged(e: ApiError) -> ApiError {
+    if e.status.is_server_error() {
+        tracing::error!(status = e.status.as_u16(), error = %e.message, "request failed");
+    } else {
+        tracing::warn!(status = e.status.as_u16(), error = %e.message, "request refused");
+    }
+    e
+}
+
+fn jobs_json(submitted: &Submitted) -> Value {
+    submitted
+        .jobs
+        .iter()
+        .map(|j| {
+            json!({
+                "id": j.job.id,
+                "kind": j.job.kind,
+                "status": j.job.status,
+                "created": j.created,
+            })
+        })
+        .collect()
+}
+
+async fn create_jobs(
+    State(intake): State<Arc<Intake>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    create(&intake, body).await.map_err(logged)
+}
+
+async fn create(
+    intake: &Intake,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is over the limit of {MAX_BODY_BYTES} bytes"),
+        ),
+        status => ApiError::new(status, rejection.body_text()),
+    })?;
+    if !body.trim_ascii_start().starts_with(b"{") {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "the body must be a JSON object: {\"prompt\": \"...\", \"kind\": \"image\"} or {\"kind\": \"video\", \"prompts\": [...]}",
+        ));
+    }
+    let envelope = Envelope {
+        attributes: BTreeMap::new(),
+        message_id: None,
+        dry_run: intake.dry_run,
+    };
+    let jobs = requests::parse(&body, &envelope)
+        .map_err(|rejection| ApiError::new(StatusCode::BAD_REQUEST, rejection.0))?;
+    let submitted = intake.submit(jobs).await?;
+    if let Some((job, e)) = submitted.publish_failure() {
+        return Err(ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: format!(
+                "job {} is created but not queued ({e}); send the request again with the same request_id to queue it",
+                job.id
+            ),
+            jobs: Some(jobs_json(&submitted)),
+        });
+    }
+    let status = match submitted.created().is_empty() {
+        true => StatusCode::OK,
+        false => StatusCode::CREATED,
+    };
+    tracing::info!(
+        created = submitted.created().len(),
+        existing = submitted.existing().len(),
+        "jobs submitted"
+    );
+    Ok((status, Json(json!({ "jobs": jobs_json(&submitted) }))))
+}
+
+/// Whether `id` could be a job id at all (they are hex; request-derived
+/// ones too), so that no stray path reaches the store.
+fn plausible_job_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 200
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+async fn get_job(
+    State(intake): State<Arc<Intake>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, format!("job {id} not found"));
+    if !plausible_job_id(&id) {
+        return Err(not_found());
+    }
+    match intake.store.get_job(&id).await {
+        Ok(Some(job)) => serde_json::to_value(&job)
+            .map(Json)
+            .map_err(|e| logged(ApiError::from(Error::store("encoding a job", e, false)))),
+        Ok(None) => Err(not_found()),
+        Err(e) => Err(logged(e.into())),
+    }
+}
+
+async fn stats(State(intake): State<Arc<Intake>>) -> Result<Json<Value>, ApiError> {
+    let store = &intake.store;
+    let (jobs, downloads, rejected) = tokio::try_join!(
+        store.job_counts(),
+        store.download_counts(),
+        store.count_rejected()
+    )
+    .map_err(|e| logged(e.into()))?;
+    let mut by_status = Map::new();
+    for status in JobStatus::ALL {
+        by_status.insert(status.as_str().into(), jobs.status(status).into());
+    }
+    by_status.insert("total".into(), jobs.total().into());
+    let mut by_kind = Map::new();
+    for kind in JobKind::ALL {
+        let mut counts = Map::new();
+        for status in JobStatus::ALL {
+            counts.insert(status.as_str().into(), jobs.get(status, kind).into());
+        }
+        counts.insert("total".into(), jobs.kind(kind).into());
+        by_kind.insert(kind.as_str().into(), counts.into());
+    }
+    let mut download_counts = Map::new();
+    for status in DownloadStatus::ALL {
+        download_counts.insert(status.as_str().into(), downloads.status(status).into());
+    }
+    download_counts.insert("total".into(), downloads.total().into());
+    Ok(Json(json!({
+        "jobs": by_status,
+        "jobs_by_kind": by_kind,
+        "downloads": download_counts,
+        "rejected": rejected,
+    })))
+}
+
+/// The `intake` binary: serves on `$PORT` until SIGTERM.
+pub async fn intake(args: IntakeArgs) -> anyhow::Result<()> {
+    let topics = args.store.topics();
+    tracing::info!(
+        backend = ?args.store.backend,
+        project = args.store.project.as_deref().unwrap_or("-"),
+        collection_prefix = %args.store.collection_prefix,
+        topic_prefix = %topics.prefix(),
+        dry_run = args.dry_run,
+        "intake starting"
+    );
+    let bus = args.store.bus().await.context("connecting to Pub/Sub")?;
+    let store = args
+        .store
+        .open_with(bus.clone())
+        .await
+        .context("opening the store")?;
+    let intake = Intake::new(store, bus, topics, args.dry_run);
+    let listener = server::bind(args.port)
+        .await
+        .with_context(|| format!("binding port {}", args.port))?;
+    server::serve(listener, router(Arc::new(intake))).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::memory::MemoryBus;
+    use crate::store::embedded::EmbeddedBackend;
+    use axum::body::Body;
+    use axum::http::Request;
+    use base64::Engine;
+    use tower::ServiceExt;
+
+    struct App {
+        router: Router,
+        store: Store,
+        bus: Arc<MemoryBus>,
+    }
+
+    async fn app() -> App {
+        let store = Store::new(Arc::new(EmbeddedBackend::in_memory().unwrap()));
+        let bus = Arc::new(MemoryBus::new());
+        for topic in Topics::default().all() {
+            bus.ensure_topic(&topic).await.unwrap();
+        }
+        let intake = Intake::new(store.clone(), Some(bus.clone()), Topics::default(), true);
+        App {
+            router: router(Arc::new(intake)),
+            store,
+            bus,
+        }
+    }
+
+    async fn call(app: &App, request: Request<Body>) -> (StatusCode, Value) {
+        let response = app.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, value)
+    }
+
+    fn envelope(message_id: &str, data: &str, attributes: &[(&str, &str)]) -> Vec<u8> {
+        let attributes: BTreeMap<_, _> = attributes.iter().copied().collect();
+        json!({
+            "message": {
+                "data": base64::engine::general_purpose::STANDARD.encode(data),
+                "attributes": attributes,
+                "messageId": message_id,
+            },
+            "subscription": "projects/p/subscriptions/asmr-requests-push",
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    async fn push(app: &App, body: Vec<u8>) -> (StatusCode, Value) {
+        call(app, Request::post("/").body(Body::from(body)).unwrap()).await
+    }
+
+    async fn post_jobs(app: &App, body: impl Into<Body>) -> (StatusCode, Value) {
+        call(app, Request::post("/v1/jobs").body(body.into()).unwrap()).await
+    }
+
+    fn queued(app: &App, topic: &str) -> Vec<String> {
+        app.bus.job_ids(topic)
+    }
+
+    #[tokio::test]
+    async fn a_pushed_request_becomes_a_queued_job_once() {
+        let app = app().await;
+        let body = envelope("101", "Rain on a tin roof", &[("kind", "video")]);
+        let (status, answer) = push(&app, body.clone()).await;
+        assert_eq!(
+            (status, &answer["outcome"]),
+            (StatusCode::OK, &json!("done"))
+        );
+        let (status, answer) = push(&app, body).await;
+        assert_eq!(
+            (status, &answer["outcome"]),
+            (StatusCode::OK, &json!("duplicate"))
+        );
+        let id = crate::domain::job::Job::id_for_request("101");
+        let job = app.store.job(&id).await.unwrap();
+        assert_eq!((job.kind, job.dry_run), (JobKind::Video, true));
+        // The redelivery queued the still-pending job again; generators take
+        // one of the two messages and acknowledge the other as a duplicate.
+        assert_eq!(queued(&app, "asmr-video-jobs"), [id.clone(), id]);
+        assert_eq!(app.store.job_counts().await.unwrap().total(), 1);
+    }
+
+    #[tokio::test]
+    async fn poison_requests_are_recorded_and_acknowledged() {
+        let app = app().await;
+        let cases: [(Vec<u8>, &str, &str); 4] = [
+            (
+                envelope("201", "no kind here", &[]),
+                "201",
+                "kind is missing",
+            ),
+            (
+                envelope("202", "{\"prompt\": ", &[("kind", "image")]),
+                "202",
+                "not valid JSON",
+            ),
+            (
+                envelope("203", r#"{"prompt": "  ", "kind": "image"}"#, &[]),
+                "203",
+                "prompt: is empty",
+            ),
+            (
+                b"not an envelope".to_vec(),
+                "",
+                "not a Pub/Sub push envelope",
+            ),
+        ];
+        for (body, message_id, reason) in cases {
+            for _ in 0..2 {
+                let (status, answer) = push(&app, body.clone()).await;
+                assert_eq!(status, StatusCode::OK, "{answer}");
+                assert_eq!(answer["outcome"], "poison");
+                assert!(
+                    answer["detail"].as_str().unwrap().contains(reason),
+                    "{answer}"
+                );
+            }
+            if !message_id.is_empty() {
+                let record = app.store.get_rejected(message_id).await.unwrap().unwrap();
+                assert!(record.reason.contains(reason), "{record:?}");
+                assert_eq!(record.message_id.as_deref(), Some(message_id));
+            }
+        }
+        assert_eq!(
+            app.store.count_rejected().await.unwrap(),
+            4,
+            "one per message"
+        );
+        let broken = app.store.list_rejected(10, None).await.unwrap();
+        let broken = broken
+            .items
+            .iter()
+            .find(|r| r.message_id.is_none())
+            .unwrap();
+        assert_eq!(broken.body, "not an envelope");
+        assert_eq!(app.store.job_counts().await.unwrap().total(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_failed_publish_is_redelivered_and_the_redelivery_queues_the_job() {
+        let store = Store::new(Arc::new(EmbeddedBackend::in_memory().unwrap()));
+        let bus = Arc::new(MemoryBus::new()); // no topics yet
+        let intake = Intake::new(store.clone(), Some(bus.clone()), Topics::default(), true);
+        let app = App {
+            router: router(Arc::new(intake)),
+            store,
+            bus,
+        };
+        let body = envelope("301", r#"{"kind": "image", "prompts": ["a", "b"]}"#, &[]);
+        let (status, answer) = push(&app, body.clone()).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+        assert_eq!(
+            app.store
+                .job_counts()
+                .await
+                .unwrap()
+                .status(JobStatus::Pending),
+            2
+        );
+
+        app.bus.ensure_topic("asmr-image-jobs").await.unwrap();
+        let (status, answer) = push(&app, body).await;
+        assert_eq!(
+            (status, &answer["outcome"]),
+            (StatusCode::OK, &json!("duplicate"))
+        );
+        let mut ids = queued(&app, "asmr-image-jobs");
+        ids.sort();
+        let mut want = vec![
+            crate::domain::job::Job::id_for_request("301#0"),
+            crate::domain::job::Job::id_for_request("301#1"),
+        ];
+        want.sort();
+        assert_eq!(ids, want);
+    }
+
+    #[tokio::test]
+    async fn the_http_api_creates_jobs_and_answers_repeats_with_200() {
+        let app = app().await;
+        let body = r#"{"kind": "image", "prompts": ["a", "b"], "request_id": "req-1"}"#;
+        let (status, answer) = post_jobs(&app, body).await;
+        assert_eq!(status, StatusCode::CREATED, "{answer}");
+        let jobs = answer["jobs"].as_array().unwrap();
+        assert_eq!(jobs.len(), 2);
+        for job in jobs {
+            assert_eq!(
+                (&job["kind"], &job["status"], &job["created"]),
+                (&json!("image"), &json!("pending"), &json!(true))
+            );
+        }
+        let (status, again) = post_jobs(&app, body).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(again["jobs"][1]["id"], jobs[1]["id"]);
+        assert_eq!(again["jobs"][1]["created"], false);
+
+        let id = jobs[0]["id"].as_str().unwrap();
+        let (status, job) = call(
+            &app,
+            Request::get(format!("/v1/jobs/{id}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!((status, &job["prompt"]), (StatusCode::OK, &json!("a")));
+        assert_eq!(queued(&app, "asmr-image-jobs").len(), 4);
+    }
+
+    #[tokio::test]
+    async fn the_http_api_refuses_bad_input_with_a_json_error() {
+        let app = app().await;
+        let check = async |body: Body, want: StatusCode, says: &str| {
+            let (status, answer) = post_jobs(&app, body).await;
+            assert_eq!(status, want, "{answer}");
+            let error = answer["error"].as_str().unwrap_or_default();
+            assert!(error.contains(says), "{error:?} lacks {says:?}");
+        };
+        check(
+            Body::from("{bad"),
+            StatusCode::BAD_REQUEST,
+            "not valid JSON",
+        )
+        .await;
+        check(
+            Body::from(r#"{"prompt": "x"}"#),
+            StatusCode::BAD_REQUEST,
+            "kind is missing",
+        )
+        .await;
+        check(
+            Body::from("just a prompt"),
+            StatusCode::BAD_REQUEST,
+            "must be a JSON object",
+        )
+        .await;
+        check(
+            Body::from(vec![b' '; MAX_BODY_BYTES + 1]),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "over the limit",
+        )
+        .await;
+        assert_eq!(app.store.job_counts().await.unwrap().total(), 0);
+        assert_eq!(app.store.count_rejected().await.unwrap(), 0);
+
+        for path in ["/v1/jobs/nope", "/v1/jobs/a%2Fb"] {
+            let (status, answer) =
+                call(&app, Request::get(path).body(Body::empty()).unwrap()).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+            assert!(answer["error"].as_str().unwrap().contains("not found"));
+        }
+    }
+
+    #[tokio::test]
+    async fn stats_count_jobs_by_status_and_kind_and_the_rejected() {
+        let app = app().await;
+        post_jobs(&app, r#"{"kind": "video", "prompts": ["a", "b"]}"#).await;
+        post_jobs(&app, r#"{"kind": "image", "prompt": "c"}"#).await;
+        push(&app, envelope("401", "no kind", &[])).await;
+        let (status, stats) =
+            call(&app, Request::get("/v1/stats").body(Body::empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(stats["jobs"]["pending"], 2 + 1);
+        assert_eq!(stats["jobs"]["total"], 3);
+        assert_eq!(stats["jobs_by_kind"]["video"]["pending"], 2);
+        assert_eq!(stats["jobs_by_kind"]["image"]["total"], 1);
+        assert_eq!(stats["downloads"]["total"], 0);
+        assert_eq!(stats["rejected"], 1);
+    }
+}

@@ -1,0 +1,782 @@
+//! The janitor: the Cloud Run job (Cloud Scheduler, hourly) that keeps the
+//! queue honest. One run does four sweeps, in this order, each on its own (a
+//! failing sweep is reported and the others still run):
+//!
+//! 1. Leases: `processing` / `generating` jobs whose lease ran out go back to
+//!    `pending` and are published again to their kind's job topic, or fail
+//!    when no attempt is left ([`Store::expire_job_leases`]). A requeued
+//!    video job keeps its `operation_name`, and the video generator resumes
+//!    watching that operation instead of submitting (and paying for) a new
+//!    one.
+//! 2. Lost work: `pending` jobs untouched for longer than `LOST_AFTER` are
+//!    published again. Each is first stamped (its `updated_at`, with a
+//!    compare-and-set), so a job is re-published at most once per window
+//!    however many janitors run; a run takes the 1000 longest idle at most.
+//!    Jobs waiting for the daily budget are ordinary pending jobs here: this
+//!    is how they are picked up again.
+//! 3. Dead letters: messages on the dead-letter subscription are read (up to
+//!    `DEAD_LETTER_MAX`); a job message fails its pending job with code
+//!    `dead_lettered` and the job's last error, anything else is logged at
+//!    ERROR; each is acknowledged once handled. A `generating` job is left
+//!    to the poller (its operation is paid for), a job a live worker holds
+//!    to that worker.
+//! 4. Retention: records past their `expire_at` are deleted (Firestore TTL
+//!    does this in production too; the emulator and the embedded store have
+//!    no TTL).
+//!
+//! The run ends with one summary ([`JanitorReport`]): a `tracing` line with
+//! `event = "janitor.summary"`, and the same counts as one JSON line on
+//! stdout. The exit status is non-zero when any sweep failed.
+
+use crate::bus::dead_letters::{DeadLetter, DeadLetters, PubSubDeadLetters};
+use crate::bus::pubsub::PubSubConfig;
+use crate::bus::{Bus, Topics};
+use crate::config::{StoreArgs, parse_duration};
+use crate::domain::job::{Job, JobError, JobStatus};
+use crate::domain::validate::ValidationError;
+use crate::error::{Error, Result};
+use crate::push::{Delivery, JobMessage};
+use crate::store::Store;
+use crate::time::Timestamp;
+use anyhow::Context;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Error code of a job whose message Pub/Sub gave up delivering.
+pub const DEAD_LETTERED: &str = "dead_lettered";
+/// The dead-letter subscription the janitor drains, after the topic prefix.
+pub const DEAD_LETTER_SUBSCRIPTION: &str = "asmr-dead-letter-janitor";
+/// Messages pulled (and acknowledged) at a time.
+const DEAD_LETTER_BATCH: usize = 100;
+
+/// What the janitor works on.
+pub struct Janitor {
+    /// The job store (with job events on, if they are published).
+    pub store: Store,
+    /// Where requeued and lost jobs are published again; `None` on the
+    /// embedded store, whose generators drain pending jobs without messages.
+    pub bus: Option<Arc<dyn Bus>>,
+    /// The topic names.
+    pub topics: Topics,
+    /// The dead-letter subscription; `None` where there is no Pub/Sub.
+    pub dead_letters: Option<Arc<dyn DeadLetters>>,
+}
+
+/// How the janitor runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JanitorSettings {
+    /// A pending job untouched for this long has lost its message.
+    pub lost_after: Duration,
+    /// The most dead letters handled in one run (0: none).
+    pub dead_letter_max: usize,
+}
+
+impl Default for JanitorSettings {
+    fn default() -> Self {
+        Self {
+            lost_after: Duration::from_secs(15 * 60),
+            dead_letter_max: 1000,
+        }
+    }
+}
+
+impl JanitorSettings {
+    fn validate(&self) -> Result<()> {
+        if self.lost_after.is_zero() {
+            return Err(ValidationError::new("LOST_AFTER", "must be more than zero").into());
+        }
+        Ok(())
+    }
+}
+
+/// What one run did: the counts of the summary line.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct JanitorReport {
+    /// Jobs whose lease ran out, put back to pending and published again.
+    pub requeued: u64,
+    /// Jobs whose lease ran out with no attempt left, now failed.
+    pub failed_leases: u64,
+    /// Pending jobs idle past `LOST_AFTER`, published again.
+    pub republished: u64,
+    /// Jobs failed because their message was dead-lettered.
+    pub dead_lettered: u64,
+    /// Dead letters that were not job messages (logged at ERROR).
+    pub dead_letter_other: u64,
+    /// Dead-lettered job messages whose job needed nothing: finished, gone,
+    /// generating (the poller's), or leased by a live worker.
+    pub dead_letter_skipped: u64,
+    /// Jobs deleted by retention.
+    pub deleted_jobs: u64,
+    /// Downloads deleted by retention.
+    pub deleted_downloads: u64,
+    /// Rejected requests deleted by retention.
+    pub deleted_rejected: u64,
+    /// Budget days deleted by retention.
+    pub deleted_budgets: u64,
+    /// Failures: a sweep that failed as a whole, or one record it could not
+    /// handle.
+    pub errors: u64,
+    /// The sweeps with a failure (`leases`, `lost_work`, `dead_letters`,
+    /// `retention`).
+    pub failed_sweeps: Vec<&'static str>,
+}
+
+impl JanitorReport {
+    /// Whether every sweep succeeded.
+    pub fn is_clean(&self) -> bool {
+        self.errors == 0
+    }
+
+    /// The summary as one JSON object, with `event = "janitor.summary"`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        if let Some(object) = value.as_object_mut() {
+            object.insert("event".into(), "janitor.summary".into());
+        }
+        value
+    }
+
+    /// Logs the summary line.
+    pub fn log(&self) {
+        tracing::info!(
+            event = "janitor.summary",
+            requeued = self.requeued,
+            failed_leases = self.failed_leases,
+            republished = self.republished,
+            dead_lettered = self.dead_lettered,
+            dead_letter_other = self.dead_letter_other,
+            dead_letter_skipped = self.dead_letter_skipped,
+            deleted_jobs = self.deleted_jobs,
+            deleted_downloads = self.deleted_downloads,
+            deleted_rejected = self.deleted_rejected,
+            deleted_budgets = self.deleted_budgets,
+            errors = self.errors,
+            failed_sweeps = %self.failed_sweeps.join(","),
+            "janitor finished"
+        );
+    }
+
+    /// Records how a sweep ended: `Ok(n)` with `n` records it could not
+    /// handle, or a failure of the whole sweep.
+    fn settle(&mut self, sweep: &'static str, outcome: Result<u64>) {
+        let failures = match outcome {
+            Ok(failures) => failures,
+            Err(e) => {
+                tracing::error!(event = "janitor.sweep_failed", sweep, error = %e, "sweep failed");
+                1
+            }
+        };
+        if failures > 0 {
+            self.errors += failures;
+            self.failed_sweeps.push(sweep);
+        }
+    }
+}
+
+/// How one dead letter was settled.
+enum Settled {
+    Failed,
+    Other,
+    Skipped,
+}
+
+/// One run of the four sweeps. `Err` only for invalid settings: a sweep's
+/// failure is in the report (`errors`, `failed_sweeps`).
+pub async fn run_once(janitor: &Janitor, settings: &JanitorSettings) -> Result<JanitorReport> {
+    settings.validate()?;
+    let mut report = JanitorReport::default();
+    let outcome = janitor.expire_leases(&mut report).await;
+    report.settle("leases", outcome);
+    let outcome = janitor
+        .republish_lost(settings.lost_after, &mut report)
+        .await;
+    report.settle("lost_work", outcome);
+    let outcome = janitor
+        .drain_dead_letters(settings.dead_letter_max, &mut report)
+        .await;
+    report.settle("dead_letters", outcome);
+    let outcome = janitor.delete_expired(&mut report).await;
+    report.settle("retention", outcome);
+    Ok(report)
+}
+
+impl Janitor {
+    /// Publishes `{"job_id"}` to the job's topic. `false` without a bus.
+    async fn dispatch(&self, job: &Job) -> Result<bool> {
+        let Some(bus) = &self.bus else {
+            return Ok(false);
+        };
+        let topic = self.topics.for_kind(job.kind);
+        let message_id =
+            crate::bus::publish_job(bus.as_ref(), &self.topics, job, "janitor").await?;
+        tracing::info!(job_id = %job.id, topic, message_id, "job message published again");
+        Ok(true)
+    }
+
+    async fn expire_leases(&self, report: &mut JanitorReport) -> Result<u64> {
+        let reset = self.store.expire_job_leases().await?;
+        report.failed_leases += reset.failed.len() as u64;
+        for job in &reset.failed {
+            let code = job
+                .error
+                .as_ref()
+                .map(|e| e.code.as_str())
+                .unwrap_or_default();
+            tracing::warn!(job_id = %job.id, kind = %job.kind, code, attempts = job.attempts, event = "job_failed", "lease expired with no attempt left");
+        }
+        let mut failures = 0;
+        for job in &reset.requeued {
+            report.requeued += 1;
+            // A video job keeps its operation: the generator that takes it
+            // watches that operation again instead of paying for another.
+            tracing::info!(job_id = %job.id, kind = %job.kind, attempts = job.attempts, operation = job.operation_name.as_deref().unwrap_or(""), "lease expired; job requeued");
+            if let Err(e) = self.dispatch(job).await {
+                // Still pending: the lost-work sweep of a later run sends it.
+                tracing::error!(job_id = %job.id, error = %e, "could not publish a requeued job");
+                failures += 1;
+            }
+        }
+        Ok(failures)
+    }
+
+    async fn republish_lost(
+        &self,
+        lost_after: Duration,
+        report: &mut JanitorReport,
+    ) -> Result<u64> {
+        if self.bus.is_none() {
+            return Ok(0);
+        }
+        let cutoff = Timestamp::now().minus(lost_after);
+        let mut failures = 0;
+        for idle in self.store.pending_jobs_idle_since(cutoff).await? {
+            // Stamp first: of two janitors only one stamps, so only one
+            // publishes. A publish that then fails waits for the next window.
+            let job = match self.store.stamp_idle_pending_job(&idle.id, cutoff).await {
+                Ok(Some(job)) => job,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::error!(job_id = %idle.id, error = %e, "could not stamp a lost job");
+                    failures += 1;
+                    continue;
+                }
+            };
+            match self.dispatch(&job).await {
+                Ok(_) => report.republished += 1,
+                Err(e) => {
+                    tracing::error!(job_id = %job.id, error = %e, "could not publish a lost job");
+                    failures += 1;
+                }
+            }
+        }
+        Ok(failures)
+    }
+
+    async fn drain_dead_letters(&self, max: usize, report: &mut JanitorReport) -> Result<u64> {
+        let Some(letters) = &self.dead_letters else {
+            return Ok(0);
+        };
+        let drained = self.drain(letters.as_ref(), max, report).await;
+        let closed = letters.close().await;
+        let failures = drained.map_err(|e| match e {
+            Error::NotFound {
+                kind: "subscription",
+                id,
+            } => Error::store(
+                "draining dead letters",
+                format!(
+                    "the dead-letter subscription {id} does not exist (create it, or set DEAD_LETTER_SUBSCRIPTION)"
+                ),
+                false,
+            ),
+            e => e,
+        })?;
+        closed?;
+        Ok(failures)
+    }
+
+    async fn drain(
+        &self,
+        letters: &dyn DeadLetters,
+        max: usize,
+        report: &mut JanitorReport,
+    ) -> Result<u64> {
+        let mut taken = 0;
+        let mut failures = 0;
+        while taken < max {
+            let asked = DEAD_LETTER_BATCH.min(max - taken);
+            let batch = letters.pull(asked).await?;
+            taken += batch.len();
+            let mut handled = Vec::new();
+            for letter in &batch {
+                match self.settle_dead_letter(letter).await {
+                    Ok(settled) => {
+                        match settled {
+                            Settled::Failed => report.dead_lettered += 1,
+                            Settled::Other => report.dead_letter_other += 1,
+                            Settled::Skipped => report.dead_letter_skipped += 1,
+                        }
+                        handled.push(letter.ack_id.clone());
+                    }
+                    Err(e) => {
+                        // Not acknowledged: delivered again on a later run.
+                        tracing::error!(message_id = letter.message_id, error = %e, "could not settle a dead letter");
+                        failures += 1;
+                    }
+                }
+            }
+            if !handled.is_empty() {
+                letters.ack(&handled).await?;
+            }
+            // A short batch is the end of the backlog; a batch of failures
+            // means the store is in trouble, and the rest can wait.
+            if batch.len() < asked || handled.is_empty() {
+                break;
+            }
+        }
+        Ok(failures)
+    }
+
+    async fn settle_dead_letter(&self, letter: &DeadLetter) -> Result<Settled> {
+        let delivery = Delivery {
+            message_id: letter.message_id.clone(),
+            attributes: letter.attributes.clone(),
+            data: letter.data.to_vec(),
+            subscription: None,
+            delivery_attempt: None,
+            publish_time: None,
+        };
+        let Ok(message) = JobMessage::from_delivery(&delivery) else {
+            let attributes = serde_json::to_string(&letter.attributes).unwrap_or_default();
+            let data: String = String::from_utf8_lossy(&letter.data)
+                .chars()
+                .take(500)
+                .collect();
+            tracing::error!(
+                event = "janitor.dead_letter",
+                outcome = "not_a_job",
+                message_id = letter.message_id,
+                attributes,
+                data,
+                "a message that is not a job message was dead-lettered"
+            );
+            return Ok(Settled::Other);
+        };
+        let id = message.job_id;
+        // One `janitor.dead_letter` line per message handled.
+        let skipped = |reason: &str| {
+            tracing::info!(event = "janitor.dead_letter", outcome = "skipped", job_id = %id, message_id = letter.message_id, reason, "dead letter of a job that needs nothing");
+            Ok(Settled::Skipped)
+        };
+        let Some(job) = self.store.get_job(&id).await? else {
+            return skipped("no such job");
+        };
+        let now = Timestamp::now();
+        match job.status {
+            JobStatus::Pending => {}
+            JobStatus::Processing if job.lease_expires_at.is_none_or(|until| until <= now) => {}
+            // A live worker has it: its outcome, or its lease running out,
+            // settles the job; failing it now would waste the call.
+            JobStatus::Processing => return skipped("a worker holds its lease"),
+            // The operation is submitted and paid for; the poller ends it.
+            JobStatus::Generating => return skipped("generating: left to the video poller"),
+            JobStatus::Completed
+            | JobStatus::Delivered
+            | JobStatus::Failed
+            | JobStatus::Cancelled => return skipped(job.status.as_str()),
+        }
+        let message = match &job.error {
+            Some(last) => last.to_string(),
+            None => match letter
+                .source_delivery_count()
+                .or(letter.delivery_attempt.and_then(|n| u32::try_from(n).ok()))
+            {
+                Some(n) => format!("delivery failed {n} times"),
+                None => "delivery failed repeatedly".to_string(),
+            },
+        };
+        let error = JobError::new(DEAD_LETTERED, message, false);
+        match self.store.fail_job(&id, None, error.clone()).await {
+            Ok(_) => {
+                tracing::warn!(job_id = %id, kind = %job.kind, code = DEAD_LETTERED, message_id = letter.message_id, error = %error, event = "job_failed", "job failed: its message was dead-lettered");
+                tracing::info!(event = "janitor.dead_letter", outcome = "job_failed", job_id = %id, message_id = letter.message_id, "dead letter handled");
+                Ok(Settled::Failed)
+            }
+            // It moved on (claimed, finished, cancelled) since it was read.
+            Err(Error::Transition { .. }) => skipped("changed while being failed"),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn delete_expired(&self, report: &mut JanitorReport) -> Result<u64> {
+        let deleted = self.store.delete_expired().await?;
+        report.deleted_jobs += deleted.jobs;
+        report.deleted_downloads += deleted.downloads;
+        report.deleted_rejected += deleted.rejected;
+        report.deleted_budgets += deleted.budgets;
+        Ok(0)
+    }
+}
+
+/// Everything the `janitor` binary reads from the environment.
+#[derive(Clone, Debug, clap::Args)]
+pub struct JanitorArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub store: StoreArgs,
+    /// Dead-letter subscription to drain [default: {ASMR_TOPIC_PREFIX}asmr-dead-letter-janitor].
+    #[arg(long, env = "DEAD_LETTER_SUBSCRIPTION")]
+    pub dead_letter_subscription: Option<String>,
+    /// How long to wait for the first message of each dead-letter pull.
+    #[arg(long, env = "DEAD_LETTER_WAIT", default_value = "10", value_parser = parse_duration)]
+    pub dead_letter_wait: Duration,
+    /// The most dead letters handled in one run.
+    #[arg(long, env = "DEAD_LETTER_MAX", default_value = "1000")]
+    pub dead_letter_max: usize,
+    /// A pending job untouched for this long is published again.
+    #[arg(long, env = "LOST_AFTER", default_value = "15m", value_parser = parse_duration)]
+    pub lost_after: Duration,
+}
+
+impl JanitorArgs {
+    /// The dead-letter subscription's name.
+    pub fn dead_letter_subscription(&self) -> String {
+        self.dead_letter_subscription
+            .clone()
+            .filter(|s| !s.trim().is_empty())
+            .unwrap_or_else(|| format!("{}{DEAD_LETTER_SUBSCRIPTION}", self.store.topic_prefix))
+    }
+
+    /// The run's settings.
+    pub fn settings(&self) -> JanitorSettings {
+        JanitorSettings {
+            lost_after: self.lost_after,
+            dead_letter_max: self.dead_letter_max,
+        }
+    }
+
+    /// One line for the start-up log.
+    pub fn summary(&self) -> String {
+        format!(
+            "backend={:?} project={} prefix={:?} topic_prefix={:?} dead_letters={} dead_letter_wait={:?} dead_letter_max={} lost_after={:?}",
+            self.store.backend,
+            self.store.project.as_deref().unwrap_or("-"),
+            self.store.collection_prefix,
+            self.store.topic_prefix,
+            self.dead_letter_subscription(),
+            self.dead_letter_wait,
+            self.dead_letter_max,
+            self.lost_after,
+        )
+    }
+}
+
+/// The `janitor` binary: one run, its summary logged and printed as one JSON
+/// line on stdout; an error when any sweep failed.
+pub async fn run(args: JanitorArgs) -> anyhow::Result<()> {
+    tracing::info!(config = %args.summary(), "janitor starting");
+    let bus = args.store.bus().await?;
+    let store = args.store.open_with(bus.clone()).await?;
+    tracing::info!(store = %store.describe(), "store opened");
+    let dead_letters: Option<Arc<dyn DeadLetters>> = match (&bus, &args.store.project) {
+        (Some(_), Some(project)) => {
+            let config = PubSubConfig {
+                project: project.clone(),
+                emulator_endpoint: args.store.pubsub_emulator_host.clone(),
+            };
+            let letters = PubSubDeadLetters::new(
+                config,
+                &args.dead_letter_subscription(),
+                args.dead_letter_wait,
+            )
+            .await?;
+            tracing::info!(dead_letters = %letters.describe(), "dead letters from");
+            Some(Arc::new(letters))
+        }
+        _ => {
+            tracing::info!(
+                "no Pub/Sub on this store: requeued jobs are not published and dead letters are not drained"
+            );
+            None
+        }
+    };
+    let janitor = Janitor {
+        store,
+        bus,
+        topics: args.store.topics(),
+        dead_letters,
+    };
+    let report = run_once(&janitor, &args.settings()).await?;
+    report.log();
+    {
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{}", report.to_json()).context("printing the summary")?;
+        stdout.flush().context("printing the summary")?;
+    }
+    if !report.is_clean() {
+        anyhow::bail!(
+            "{} failure(s) in: {}",
+            report.errors,
+            report.failed_sweeps.join(", ")
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::dead_letters::{MemoryDeadLetters, SOURCE_DELIVERY_COUNT};
+    use crate::bus::memory::MemoryBus;
+    use crate::domain::Lease;
+    use crate::domain::job::{ATTEMPTS_EXHAUSTED, JobKind, NewJob};
+    use crate::store::embedded::EmbeddedBackend;
+
+    struct Setup {
+        janitor: Janitor,
+        bus: Arc<MemoryBus>,
+        letters: Arc<MemoryDeadLetters>,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn setup() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(Arc::new(EmbeddedBackend::open(dir.path()).unwrap()));
+        let bus = Arc::new(MemoryBus::new());
+        let topics = Topics::new("t-");
+        for topic in topics.all() {
+            bus.ensure_topic(&topic).await.unwrap();
+        }
+        let letters = Arc::new(MemoryDeadLetters::new());
+        Setup {
+            janitor: Janitor {
+                store,
+                bus: Some(bus.clone()),
+                topics,
+                dead_letters: Some(letters.clone()),
+            },
+            bus,
+            letters,
+            _dir: dir,
+        }
+    }
+
+    async fn job(s: &Setup, kind: JobKind, max_attempts: u32) -> Job {
+        let mut new = NewJob::new("rain on a window", kind);
+        new.max_attempts = max_attempts;
+        s.janitor.store.create_job(new).await.unwrap().record
+    }
+
+    fn published(s: &Setup, kind: JobKind) -> Vec<String> {
+        s.bus.job_ids(&s.janitor.topics.for_kind(kind))
+    }
+
+    #[tokio::test]
+    async fn expired_leases_are_requeued_and_published_or_failed_when_spent() {
+        let s = setup().await;
+        let store = &s.janitor.store;
+        let expired = Lease::new("gone", Duration::ZERO);
+        let live = Lease::new("busy", Duration::from_secs(600));
+        let requeue = job(&s, JobKind::Image, 3).await;
+        let spent = job(&s, JobKind::Image, 1).await;
+        let held = job(&s, JobKind::Image, 3).await;
+        store.claim_job(&requeue.id, &expired).await.unwrap();
+        store.claim_job(&spent.id, &expired).await.unwrap();
+        store.claim_job(&held.id, &live).await.unwrap();
+
+        let report = run_once(&s.janitor, &JanitorSettings::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            (report.requeued, report.failed_leases),
+            (1, 1),
+            "{report:?}"
+        );
+        assert!(report.is_clean(), "{report:?}");
+        assert_eq!(
+            published(&s, JobKind::Image),
+            std::slice::from_ref(&requeue.id)
+        );
+        assert_eq!(
+            store.job(&requeue.id).await.unwrap().status,
+            JobStatus::Pending
+        );
+        let failed = store.job(&spent.id).await.unwrap();
+        assert_eq!(failed.status, JobStatus::Failed);
+        assert_eq!(failed.error.unwrap().code, ATTEMPTS_EXHAUSTED);
+        assert_eq!(
+            store.job(&held.id).await.unwrap().status,
+            JobStatus::Processing
+        );
+    }
+
+    #[tokio::test]
+    async fn an_expired_generating_lease_is_requeued_with_its_operation_kept() {
+        let s = setup().await;
+        let store = &s.janitor.store;
+        let video = job(&s, JobKind::Video, 3).await;
+        let lease = Lease::new("video-generator-1", Duration::from_secs(60));
+        store.claim_job(&video.id, &lease).await.unwrap();
+        let expired = Lease::new("video-generator-1", Duration::ZERO);
+        store
+            .start_generating(&video.id, &expired, "projects/p/operations/op-1")
+            .await
+            .unwrap();
+
+        let report = run_once(&s.janitor, &JanitorSettings::default())
+            .await
+            .unwrap();
+        assert_eq!(report.requeued, 1, "{report:?}");
+        let back = store.job(&video.id).await.unwrap();
+        assert_eq!(back.status, JobStatus::Pending);
+        assert_eq!(
+            back.operation_name.as_deref(),
+            Some("projects/p/operations/op-1")
+        );
+        assert!(back.submitted_at.is_some());
+        assert_eq!(published(&s, JobKind::Video), [video.id]);
+    }
+
+    #[tokio::test]
+    async fn a_lost_pending_job_is_published_once_per_window() {
+        let s = setup().await;
+        let lost = job(&s, JobKind::Video, 3).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let fresh = job(&s, JobKind::Video, 3).await;
+        let settings = JanitorSettings {
+            lost_after: Duration::from_millis(200),
+            ..JanitorSettings::default()
+        };
+        let report = run_once(&s.janitor, &settings).await.unwrap();
+        assert_eq!(report.republished, 1, "{report:?}");
+        let again = run_once(&s.janitor, &settings).await.unwrap();
+        assert_eq!(again.republished, 0, "{again:?}");
+        assert_eq!(published(&s, JobKind::Video), [lost.id]);
+        assert_eq!(
+            s.janitor.store.job(&fresh.id).await.unwrap().updated_at,
+            fresh.updated_at
+        );
+    }
+
+    #[tokio::test]
+    async fn dead_letters_fail_pending_jobs_leave_the_rest_and_are_all_acknowledged() {
+        let s = setup().await;
+        let store = &s.janitor.store;
+        let quota = job(&s, JobKind::Image, 3).await;
+        let lease = Lease::new("w", Duration::from_secs(60));
+        store.claim_job(&quota.id, &lease).await.unwrap();
+        let last = JobError::new("rate_limited", "Quota exceeded for imagen", true);
+        store
+            .release_job(&quota.id, "w", Some(last.clone()))
+            .await
+            .unwrap();
+        let silent = job(&s, JobKind::Image, 3).await;
+        let done = job(&s, JobKind::Image, 3).await;
+        store.cancel_job(&done.id).await.unwrap();
+        // Paid for and watched by the poller; held by a live worker.
+        let video = job(&s, JobKind::Video, 3).await;
+        let watched = Lease::new("v", Duration::from_secs(600));
+        store.claim_job(&video.id, &watched).await.unwrap();
+        store
+            .start_generating(&video.id, &watched, "operations/op-7")
+            .await
+            .unwrap();
+        let busy = job(&s, JobKind::Image, 3).await;
+        store.claim_job(&busy.id, &watched).await.unwrap();
+
+        let message = |id: &str| format!(r#"{{"job_id":"{id}"}}"#);
+        s.letters
+            .push(message(&quota.id), &[(SOURCE_DELIVERY_COUNT, "5")]);
+        s.letters
+            .push(message(&silent.id), &[(SOURCE_DELIVERY_COUNT, "7")]);
+        s.letters.push(message(&done.id), &[]);
+        s.letters.push(message(&video.id), &[]);
+        s.letters.push(message(&busy.id), &[]);
+        s.letters
+            .push(r#"{"prompt":"x","kind":"image"}"#, &[("kind", "image")]);
+
+        let report = run_once(&s.janitor, &JanitorSettings::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                report.dead_lettered,
+                report.dead_letter_other,
+                report.dead_letter_skipped
+            ),
+            (2, 1, 3),
+            "{report:?}"
+        );
+        assert!(s.letters.remaining().is_empty());
+        assert_eq!(s.letters.acked().len(), 6);
+        let error = store.job(&quota.id).await.unwrap().error.unwrap();
+        assert_eq!(error.code, DEAD_LETTERED);
+        assert!(error.message.contains(&last.message), "{error:?}");
+        assert!(!error.retryable);
+        let error = store.job(&silent.id).await.unwrap().error.unwrap();
+        assert_eq!(error.message, "delivery failed 7 times");
+        assert_eq!(
+            store.job(&done.id).await.unwrap().status,
+            JobStatus::Cancelled
+        );
+        assert_eq!(
+            store.job(&video.id).await.unwrap().status,
+            JobStatus::Generating
+        );
+        assert_eq!(
+            store.job(&busy.id).await.unwrap().status,
+            JobStatus::Processing
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_dead_letter_subscription_fails_that_sweep_only() {
+        let mut s = setup().await;
+        s.janitor.dead_letters = Some(Arc::new(MemoryDeadLetters::missing()));
+        let requeue = job(&s, JobKind::Image, 3).await;
+        s.janitor
+            .store
+            .claim_job(&requeue.id, &Lease::new("gone", Duration::ZERO))
+            .await
+            .unwrap();
+        let report = run_once(&s.janitor, &JanitorSettings::default())
+            .await
+            .unwrap();
+        assert_eq!(report.failed_sweeps, ["dead_letters"]);
+        assert_eq!((report.errors, report.requeued), (1, 1));
+        assert!(!report.is_clean());
+    }
+
+    #[tokio::test]
+    async fn a_zero_lost_after_is_refused() {
+        let s = setup().await;
+        let settings = JanitorSettings {
+            lost_after: Duration::ZERO,
+            ..JanitorSettings::default()
+        };
+        let e = run_once(&s.janitor, &settings).await.unwrap_err();
+        assert!(e.to_string().contains("LOST_AFTER"), "{e}");
+    }
+
+    #[test]
+    fn the_summary_json_names_the_event_and_every_count() {
+        let json = JanitorReport::default().to_json();
+        assert_eq!(json["event"], "janitor.summary");
+        for field in [
+            "requeued",
+            "failed_leases",
+            "republished",
+            "dead_lettered",
+            "dead_letter_other",
+            "deleted_jobs",
+            "deleted_downloads",
+            "deleted_rejected",
+            "deleted_budgets",
+            "errors",
+        ] {
+            assert_eq!(json[field], 0, "{field}");
+        }
+    }
+}

@@ -1,0 +1,550 @@
+//! The cost guard's records: one `budgets/{YYYY-MM-DD}` document per UTC day
+//! with the micro-dollars reserved by claimed jobs and spent by settled ones.
+//!
+//! A claim that is about to pay reserves its estimated cost in the same
+//! atomic commit that claims the job ([`Backend::commit`]: the job at the
+//! version read, the day's document at the version read or created), so a
+//! crash can never leave a claimed job without its reservation or a
+//! reservation without its claim. The job records what it reserved; settling
+//! moves that amount from reserved to spent (or releases it) in one commit
+//! that also clears the job's record, so a repeated settlement is a no-op.
+//!
+//! [`Backend::commit`]: super::backend::Backend::commit
+
+use super::backend::{Collection, Query, Stored, Version, Write};
+use super::{CAS_ROUNDS, CLAIM_CANDIDATES, CLAIM_ORDER, Claim, Store, from_stored, str_eq, to_doc};
+use crate::domain::Lease;
+use crate::domain::job::{BUDGET_EXHAUSTED, ClaimRefusal, Job, JobKind, JobStatus, Reservation};
+use crate::error::{Error, Result};
+use crate::time::Timestamp;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// How long a day's budget document is kept.
+pub const BUDGET_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
+
+/// One UTC day of spending (`budgets/{YYYY-MM-DD}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BudgetDay {
+    /// Document id: the day.
+    pub id: String,
+    /// `YYYY-MM-DD`, UTC.
+    pub day: String,
+    /// Micro-dollars held by claimed jobs whose calls have not settled.
+    pub reserved_micros: u64,
+    /// Micro-dollars of settled calls (including those whose outcome was
+    /// unknown, counted as paid).
+    pub spent_micros: u64,
+    /// The budget in force at the last reservation (`None`: no limit).
+    #[serde(default)]
+    pub limit_micros: Option<u64>,
+    /// Last change.
+    pub updated_at: Timestamp,
+    /// When retention may delete it.
+    pub expire_at: Timestamp,
+}
+
+impl BudgetDay {
+    /// An empty day.
+    pub fn new(day: &str, now: Timestamp) -> Self {
+        Self {
+            id: day.to_string(),
+            day: day.to_string(),
+            reserved_micros: 0,
+            spent_micros: 0,
+            limit_micros: None,
+            updated_at: now,
+            expire_at: now.plus(BUDGET_RETENTION),
+        }
+    }
+
+    /// Reserved plus spent: what counts against the budget.
+    pub fn committed_micros(&self) -> u64 {
+        self.reserved_micros.saturating_add(self.spent_micros)
+    }
+
+    fn touch(&mut self, now: Timestamp) {
+        self.updated_at = now;
+        self.expire_at = now.plus(BUDGET_RETENTION);
+    }
+}
+
+/// The UTC day of `at`, as budget documents are named.
+pub fn budget_day_of(at: Timestamp) -> String {
+    at.as_datetime().format("%Y-%m-%d").to_string()
+}
+
+/// The spending rule of a claim.
+pub struct Budget<'a> {
+    /// The day's budget in micro-dollars; `None`: no limit (spending is
+    /// still recorded).
+    pub limit_micros: Option<u64>,
+    /// The estimated cost of the paid call the claimed job will make, or
+    /// `None` when working on it pays nothing (dry run, a resumed operation).
+    pub cost: &'a (dyn Fn(&Job) -> Option<u64> + Send + Sync),
+}
+
+/// A claim refused because the job's cost does not fit in today's budget.
+/// The job stays pending, marked [`BUDGET_EXHAUSTED`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct OverBudget {
+    /// The job, as it now stands.
+    pub job: Job,
+    /// The UTC day.
+    pub day: String,
+    /// What the job would reserve.
+    pub needed_micros: u64,
+    /// Reserved plus spent today.
+    pub committed_micros: u64,
+    /// Today's budget.
+    pub limit_micros: u64,
+}
+
+/// The result of a claim under a budget.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Budgeted<T> {
+    /// The budget allowed it (or it costs nothing): the usual outcome.
+    Within(T),
+    /// Not claimed: it would exceed the budget.
+    Over(Box<OverBudget>),
+}
+
+/// How much of a reservation a settled call cost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Billed {
+    /// All of it: the call produced its outputs, or may have (unknown).
+    All,
+    /// Nothing: Google refused before generating, or filtered every output.
+    Nothing,
+    /// A share: `delivered` of `requested` outputs came back (the rest were
+    /// filtered, which Google does not bill).
+    Part {
+        /// Outputs produced.
+        delivered: u32,
+        /// Outputs asked for.
+        requested: u32,
+    },
+}
+
+impl Billed {
+    /// The micro-dollars of `reserved` this settles as spent.
+    pub fn of(self, reserved: u64) -> u64 {
+        match self {
+            Billed::All => reserved,
+            Billed::Nothing => 0,
+            Billed::Part { requested: 0, .. } => reserved,
+            Billed::Part {
+                delivered,
+                requested,
+            } => {
+                let delivered = u128::from(delivered.min(requested));
+                let share = u128::from(reserved) * delivered / u128::from(requested);
+                u64::try_from(share).unwrap_or(reserved)
+            }
+        }
+    }
+}
+
+/// What a settlement did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settled {
+    /// The reservation it settled.
+    pub reservation: Reservation,
+    /// Of it, micro-dollars counted as spent; the rest was released.
+    pub spent_micros: u64,
+}
+
+fn decode_day(stored: Stored) -> Result<(BudgetDay, Version)> {
+    let day =
+        serde_json::from_value(Value::Object(stored.doc)).map_err(|cause| Error::Corrupt {
+            collection: Collection::Budgets.name(),
+            id: stored.id,
+            cause,
+        })?;
+    Ok((day, stored.version))
+}
+
+/// Days read for one commit: each with the version it was read at (`None`:
+/// absent, to be created).
+#[derive(Default)]
+struct Days(BTreeMap<String, (BudgetDay, Option<Version>)>);
+
+impl Days {
+    fn get(&mut self, day: &str) -> Option<&mut BudgetDay> {
+        self.0.get_mut(day).map(|(d, _)| d)
+    }
+
+    fn writes(&self) -> Result<Vec<Write>> {
+        self.0
+            .values()
+            .map(|(day, version)| {
+                let doc = to_doc(day)?;
+                Ok(match version {
+                    Some(expected) => Write::Replace {
+                        collection: Collection::Budgets,
+                        id: day.id.clone(),
+                        expected: expected.clone(),
+                        doc,
+                    },
+                    None => Write::Create {
+                        collection: Collection::Budgets,
+                        id: day.id.clone(),
+                        doc,
+                    },
+                })
+            })
+            .collect()
+    }
+}
+
+fn job_write(job: &Job, version: &Version) -> Result<Write> {
+    Ok(Write::Replace {
+        collection: Collection::Jobs,
+        id: job.id.clone(),
+        expected: version.clone(),
+        doc: to_doc(job)?,
+    })
+}
+
+impl Store {
+    /// The budget document of `day`, or an empty day when there is none.
+    pub async fn budget_day(&self, day: &str) -> Result<BudgetDay> {
+        Ok(self
+            .load_day(day)
+            .await?
+            .map(|(d, _)| d)
+            .unwrap_or_else(|| BudgetDay::new(day, Timestamp::now())))
+    }
+
+    /// Pending jobs waiting for budget.
+    pub async fn jobs_waiting_on_budget(&self) -> Result<u64> {
+        let conds = [
+            str_eq("status", JobStatus::Pending.as_str()),
+            str_eq("waiting", BUDGET_EXHAUSTED),
+        ];
+        self.backend.count(Collection::Jobs, &conds).await
+    }
+
+    async fn load_day(&self, day: &str) -> Result<Option<(BudgetDay, Version)>> {
+        self.backend
+            .get(Collection::Budgets, day)
+            .await?
+            .map(decode_day)
+            .transpose()
+    }
+
+    async fn read_days(&self, wanted: &[&str], now: Timestamp) -> Result<Days> {
+        let mut days = Days::default();
+        for day in wanted {
+            if days.0.contains_key(*day) {
+                continue;
+            }
+            let entry = match self.load_day(day).await? {
+                Some((record, version)) => (record, Some(version)),
+                None => (BudgetDay::new(day, now), None),
+            };
+            days.0.insert(day.to_string(), entry);
+        }
+        Ok(days)
+    }
+
+    /// Claims one job like [`Store::claim_job`], reserving the cost of its
+    /// paid call under `budget` in the same commit. A job whose cost does
+    /// not fit stays pending and is marked [`BUDGET_EXHAUSTED`].
+    pub async fn claim_job_within(
+        &self,
+        id: &str,
+        lease: &Lease,
+        budget: &Budget<'_>,
+    ) -> Result<Budgeted<Claim<Job>>> {
+        for _ in 0..CAS_ROUNDS {
+            let Some((job, version)) = self.load::<Job>(id).await? else {
+                return Ok(Budgeted::Within(Claim::NotFound));
+            };
+            if let Some(outcome) = self.try_claim_within(job, &version, lease, budget).await? {
+                return Ok(outcome);
+            }
+        }
+        Err(Error::Contention {
+            kind: "job",
+            id: id.to_string(),
+        })
+    }
+
+    /// Claims the next pending job of `kind` like [`Store::claim_next_job`],
+    /// under `budget`. `Over` when every candidate of the highest priority
+    /// costs more than is left today.
+    pub async fn claim_next_job_within(
+        &self,
+        kind: JobKind,
+        lease: &Lease,
+        budget: &Budget<'_>,
+    ) -> Result<Budgeted<Option<Job>>> {
+        let query = Query {
+            conds: vec![
+                str_eq("status", JobStatus::Pending.as_str()),
+                str_eq("kind", kind.as_str()),
+            ],
+            order: CLAIM_ORDER.to_vec(),
+            after: None,
+            limit: CLAIM_CANDIDATES,
+        };
+        for _ in 0..CAS_ROUNDS {
+            let mut candidates = self.backend.query(Collection::Jobs, &query).await?;
+            let Some(top) = candidates.first().map(|c| c.doc.get("priority").cloned()) else {
+                return Ok(Budgeted::Within(None));
+            };
+            candidates.retain(|c| c.doc.get("priority").cloned() == top);
+            candidates.shuffle(&mut rand::rng());
+            let mut over = None;
+            for stored in candidates {
+                let (job, version) = from_stored::<Job>(stored)?;
+                match self.try_claim_within(job, &version, lease, budget).await? {
+                    Some(Budgeted::Within(Claim::Claimed(job))) => {
+                        return Ok(Budgeted::Within(Some(job)));
+                    }
+                    Some(Budgeted::Over(refused)) => {
+                        over.get_or_insert(refused);
+                    }
+                    // Exhausted (now failed), or taken by someone else.
+                    _ => {}
+                }
+            }
+            if let Some(refused) = over {
+                return Ok(Budgeted::Over(refused));
+            }
+        }
+        Err(Error::Contention {
+            kind: "job",
+            id: "(next pending)".into(),
+        })
+    }
+
+    /// Tries to claim `job` as read at `version`, with its reservation.
+    /// `None` when a document changed in between (read again and retry).
+    async fn try_claim_within(
+        &self,
+        mut job: Job,
+        version: &Version,
+        lease: &Lease,
+        budget: &Budget<'_>,
+    ) -> Result<Option<Budgeted<Claim<Job>>>> {
+        let now = Timestamp::now();
+        let before = job.clone();
+        let claimed = match job.claim(lease, now) {
+            Ok(()) => true,
+            Err(ClaimRefusal::Exhausted) => {
+                job.exhaust(now, &self.retention)
+                    .map_err(|reason| Error::Transition {
+                        kind: "job",
+                        id: job.id.clone(),
+                        reason,
+                    })?;
+                false
+            }
+            Err(refusal) => return Ok(Some(Budgeted::Within(Claim::Refused(job, refusal)))),
+        };
+        let today = budget_day_of(now);
+        let cost = if claimed {
+            (budget.cost)(&job).filter(|micros| *micros > 0)
+        } else {
+            None
+        };
+        // A reservation left by an earlier claim whose worker vanished: its
+        // call may have been paid, so it counts as spent, unless it belongs
+        // to a submitted operation this claim resumes (the poller settles it).
+        let mut leftover = None;
+        if let Some(held) = job.reservation.take() {
+            if claimed && job.operation_name.is_some() {
+                job.reservation = Some(Reservation {
+                    owner: lease.owner.clone(),
+                    ..held
+                });
+            } else {
+                leftover = Some(held);
+            }
+        }
+
+        let mut wanted: Vec<&str> = Vec::new();
+        if let Some(held) = &leftover {
+            wanted.push(&held.day);
+        }
+        if cost.is_some() {
+            wanted.push(&today);
+        }
+        let mut days = self.read_days(&wanted, now).await?;
+        if let Some(held) = &leftover
+            && let Some(day) = days.get(&held.day)
+        {
+            day.reserved_micros = day.reserved_micros.saturating_sub(held.micros);
+            day.spent_micros = day.spent_micros.saturating_add(held.micros);
+            day.touch(now);
+        }
+        if let Some(micros) = cost
+            && let Some(day) = days.get(&today)
+        {
+            if let Some(limit) = budget.limit_micros
+                && day.committed_micros().saturating_add(micros) > limit
+            {
+                let committed = day.committed_micros();
+                return self
+                    .wait_for_budget(before, version, &today, micros, committed, limit)
+                    .await;
+            }
+            day.reserved_micros = day.reserved_micros.saturating_add(micros);
+            day.limit_micros = budget.limit_micros;
+            day.touch(now);
+            job.reservation = Some(Reservation {
+                day: today.clone(),
+                micros,
+                owner: lease.owner.clone(),
+            });
+        }
+
+        let mut writes = vec![job_write(&job, version)?];
+        writes.extend(days.writes()?);
+        let written = if writes.len() == 1 {
+            self.backend
+                .replace(Collection::Jobs, &job.id, version, &to_doc(&job)?)
+                .await?
+        } else {
+            self.backend.commit(&writes).await?
+        };
+        if !written {
+            return Ok(None);
+        }
+        self.written(&before, &job).await;
+        Ok(Some(Budgeted::Within(if claimed {
+            Claim::Claimed(job)
+        } else {
+            Claim::Exhausted(job)
+        })))
+    }
+
+    /// Leaves `job` unclaimed, marking a pending one as waiting for budget
+    /// (once: an already marked job is not written again).
+    async fn wait_for_budget(
+        &self,
+        mut job: Job,
+        version: &Version,
+        day: &str,
+        needed_micros: u64,
+        committed_micros: u64,
+        limit_micros: u64,
+    ) -> Result<Option<Budgeted<Claim<Job>>>> {
+        if job.status == JobStatus::Pending && job.waiting.as_deref() != Some(BUDGET_EXHAUSTED) {
+            // Not a transition: `updated_at` stays, so the janitor still sees
+            // how long the job has been idle and dispatches it again.
+            job.waiting = Some(BUDGET_EXHAUSTED.to_string());
+            if !self
+                .backend
+                .replace(Collection::Jobs, &job.id, version, &to_doc(&job)?)
+                .await?
+            {
+                return Ok(None);
+            }
+        }
+        Ok(Some(Budgeted::Over(Box::new(OverBudget {
+            job,
+            day: day.to_string(),
+            needed_micros,
+            committed_micros,
+            limit_micros,
+        }))))
+    }
+
+    /// Settles the reservation of job `id` after its paid call: `billed` of
+    /// it moves from reserved to spent, the rest is released, and the job's
+    /// record of it is cleared, all in one commit. With `owner`, only that
+    /// claim's reservation is settled. `None` when there is nothing to settle
+    /// (already settled, another claim's, no such job): safe to repeat.
+    pub async fn settle_reservation(
+        &self,
+        id: &str,
+        owner: Option<&str>,
+        billed: Billed,
+    ) -> Result<Option<Settled>> {
+        for _ in 0..CAS_ROUNDS {
+            let Some((mut job, version)) = self.load::<Job>(id).await? else {
+                return Ok(None);
+            };
+            let Some(reservation) = job.reservation.take() else {
+                return Ok(None);
+            };
+            if owner.is_some_and(|owner| owner != reservation.owner) {
+                return Ok(None);
+            }
+            let spent_micros = billed.of(reservation.micros);
+            let now = Timestamp::now();
+            let written = match self.load_day(&reservation.day).await? {
+                Some((mut day, day_version)) => {
+                    day.reserved_micros = day.reserved_micros.saturating_sub(reservation.micros);
+                    day.spent_micros = day.spent_micros.saturating_add(spent_micros);
+                    day.touch(now);
+                    let writes = [
+                        job_write(&job, &version)?,
+                        Write::Replace {
+                            collection: Collection::Budgets,
+                            id: day.id.clone(),
+                            expected: day_version,
+                            doc: to_doc(&day)?,
+                        },
+                    ];
+                    self.backend.commit(&writes).await?
+                }
+                // The day is gone (retention): only the job's record is left.
+                None => {
+                    self.backend
+                        .replace(Collection::Jobs, id, &version, &to_doc(&job)?)
+                        .await?
+                }
+            };
+            if written {
+                return Ok(Some(Settled {
+                    reservation,
+                    spent_micros,
+                }));
+            }
+        }
+        Err(Error::Contention {
+            kind: "budget",
+            id: id.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_share_of_a_reservation_is_exact_and_never_more_than_all() {
+        let check = |billed: Billed, reserved: u64, spent: u64| {
+            assert_eq!(billed.of(reserved), spent, "{billed:?} of {reserved}");
+        };
+        check(Billed::All, 3_200_000, 3_200_000);
+        check(Billed::Nothing, 3_200_000, 0);
+        let part = |delivered, requested| Billed::Part {
+            delivered,
+            requested,
+        };
+        check(part(1, 2), 3_200_000, 1_600_000);
+        check(part(2, 3), 117_000, 78_000);
+        check(part(5, 4), 160_000, 160_000);
+        check(part(0, 4), 160_000, 0);
+        check(part(1, 0), 160_000, 160_000);
+        check(part(1, 3), u64::MAX, u64::MAX / 3);
+    }
+
+    #[test]
+    fn days_are_utc_dates() {
+        let at = Timestamp::parse("2026-03-01T23:59:59.999999-02:00").unwrap();
+        assert_eq!(budget_day_of(at), "2026-03-02");
+        let day = BudgetDay::new("2026-03-02", at);
+        assert_eq!(day.committed_micros(), 0);
+        assert_eq!(day.expire_at, at.plus(BUDGET_RETENTION));
+    }
+}
