@@ -1,0 +1,177 @@
+# Firestore: the database, a composite index for every query the store runs,
+# and TTL on expire_at.
+#
+# firestore_indexes mirrors shared::store::indexes::INDEXES, which a unit
+# test keeps in step with the store's queries; tests/tests/terraform.rs checks
+# that every index there is declared here. Collection names get the prefix,
+# as the code's ASMR_COLLECTION_PREFIX does.
+
+locals {
+  firestore_location = var.firestore_location != "" ? var.firestore_location : var.region
+
+  firestore_indexes = {
+    jobs_claim = {
+      collection = "jobs"
+      fields = [
+        { path = "status", order = "ASCENDING" },
+        { path = "kind", order = "ASCENDING" },
+        { path = "priority", order = "DESCENDING" },
+        { path = "created_at", order = "ASCENDING" },
+        { path = "id", order = "ASCENDING" },
+      ]
+    }
+    jobs_newest = {
+      collection = "jobs"
+      fields = [
+        { path = "created_at", order = "DESCENDING" },
+        { path = "id", order = "DESCENDING" },
+      ]
+    }
+    jobs_status_newest = {
+      collection = "jobs"
+      fields = [
+        { path = "status", order = "ASCENDING" },
+        { path = "created_at", order = "DESCENDING" },
+        { path = "id", order = "DESCENDING" },
+      ]
+    }
+    jobs_kind_newest = {
+      collection = "jobs"
+      fields = [
+        { path = "kind", order = "ASCENDING" },
+        { path = "created_at", order = "DESCENDING" },
+        { path = "id", order = "DESCENDING" },
+      ]
+    }
+    jobs_status_kind_newest = {
+      collection = "jobs"
+      fields = [
+        { path = "status", order = "ASCENDING" },
+        { path = "kind", order = "ASCENDING" },
+        { path = "created_at", order = "DESCENDING" },
+        { path = "id", order = "DESCENDING" },
+      ]
+    }
+    jobs_status_updated = {
+      collection = "jobs"
+      fields = [
+        { path = "status", order = "ASCENDING" },
+        { path = "updated_at", order = "ASCENDING" },
+        { path = "id", order = "ASCENDING" },
+      ]
+    }
+    jobs_status_lease = {
+      collection = "jobs"
+      fields = [
+        { path = "status", order = "ASCENDING" },
+        { path = "lease_expires_at", order = "ASCENDING" },
+        { path = "id", order = "ASCENDING" },
+      ]
+    }
+    downloads_copy_order = {
+      collection = "downloads"
+      fields = [
+        { path = "priority", order = "DESCENDING" },
+        { path = "created_at", order = "ASCENDING" },
+        { path = "id", order = "ASCENDING" },
+      ]
+    }
+    downloads_status_copy_order = {
+      collection = "downloads"
+      fields = [
+        { path = "status", order = "ASCENDING" },
+        { path = "priority", order = "DESCENDING" },
+        { path = "created_at", order = "ASCENDING" },
+        { path = "id", order = "ASCENDING" },
+      ]
+    }
+    rejected_newest = {
+      collection = "rejected"
+      fields = [
+        { path = "received_at", order = "DESCENDING" },
+        { path = "id", order = "DESCENDING" },
+      ]
+    }
+    jobs_expired = {
+      collection = "jobs"
+      fields = [
+        { path = "expire_at", order = "ASCENDING" },
+        { path = "id", order = "ASCENDING" },
+      ]
+    }
+    downloads_expired = {
+      collection = "downloads"
+      fields = [
+        { path = "expire_at", order = "ASCENDING" },
+        { path = "id", order = "ASCENDING" },
+      ]
+    }
+    rejected_expired = {
+      collection = "rejected"
+      fields = [
+        { path = "expire_at", order = "ASCENDING" },
+        { path = "id", order = "ASCENDING" },
+      ]
+    }
+    budgets_expired = {
+      collection = "budgets"
+      fields = [
+        { path = "expire_at", order = "ASCENDING" },
+        { path = "id", order = "ASCENDING" },
+      ]
+    }
+  }
+
+  # Every collection whose records carry expire_at (retention).
+  ttl_collections = toset(["jobs", "downloads", "rejected", "budgets"])
+}
+
+resource "google_firestore_database" "db" {
+  count = var.create_firestore_database ? 1 : 0
+
+  name                              = var.firestore_database
+  location_id                       = local.firestore_location
+  type                              = "FIRESTORE_NATIVE"
+  concurrency_mode                  = "PESSIMISTIC"
+  point_in_time_recovery_enablement = "POINT_IN_TIME_RECOVERY_ENABLED"
+  delete_protection_state           = var.deletion_protection ? "DELETE_PROTECTION_ENABLED" : "DELETE_PROTECTION_DISABLED"
+  deletion_policy                   = var.deletion_protection ? "ABANDON" : "DELETE"
+
+  depends_on = [google_project_service.api]
+}
+
+resource "google_firestore_index" "query" {
+  for_each = local.firestore_indexes
+
+  database    = var.firestore_database
+  collection  = "${var.prefix}${each.value.collection}"
+  query_scope = "COLLECTION"
+
+  dynamic "fields" {
+    for_each = each.value.fields
+    content {
+      field_path = fields.value.path
+      order      = fields.value.order
+    }
+  }
+
+  depends_on = [google_firestore_database.db]
+}
+
+# TTL deletes a record within about a day after expire_at; the janitor's
+# retention sweep deletes what is already due. expire_at is exempt from
+# single-field indexing: only the composite indexes above order by it, and an
+# indexed timestamp that grows with time makes a write hot spot.
+resource "google_firestore_field" "expire_at" {
+  for_each = local.ttl_collections
+
+  database   = var.firestore_database
+  collection = "${var.prefix}${each.key}"
+  field      = "expire_at"
+
+  ttl_config {}
+
+  index_config {}
+
+  depends_on = [google_firestore_database.db]
+}

@@ -1,0 +1,299 @@
+# The stages: Cloud Run services (pushed to by Pub/Sub or Eventarc) and Cloud
+# Run jobs (started by Cloud Scheduler), each described once below and
+# created with for_each. Every stage runs its function's own service account
+# (iam.tf). The environment is the whole configuration of a stage:
+# `<binary> --help` lists what each binary reads, and tests/tests/terraform.rs
+# checks that every variable a binary reads is set here.
+
+locals {
+  registry = var.image_registry != "" ? var.image_registry : "${var.region}-docker.pkg.dev/${var.project}/asmr"
+
+  archive_mount = "/mnt/archive"
+  download_destination = (
+    var.download_destination.kind == "bucket"
+    ? join("/", compact(["gs://${google_storage_bucket.archive.name}", var.download_destination.prefix]))
+    : join("/", compact([local.archive_mount, var.download_destination.prefix]))
+  )
+
+  # Where the state is: every stage but none of the local-run settings.
+  env_store = {
+    ASMR_BACKEND           = "firestore"
+    GOOGLE_CLOUD_PROJECT   = var.project
+    FIRESTORE_DATABASE     = var.firestore_database
+    ASMR_COLLECTION_PREFIX = var.prefix
+    ASMR_TOPIC_PREFIX      = var.prefix
+    ASMR_JOB_EVENTS        = "true"
+  }
+
+  # The model settings of the generators and the poller. The numbers are the
+  # old system's (DESIGN.md); env_overrides changes them per stage.
+  env_models = {
+    GOOGLE_CLOUD_LOCATION = var.vertex_location
+    GCS_OUTPUT_BUCKET     = google_storage_bucket.output.name
+    IMAGE_MODEL           = var.image_model
+    VIDEO_MODEL           = var.video_model
+    DRY_RUN               = tostring(var.dry_run)
+    MAX_RETRIES           = "3"
+    BASE_DELAY            = "5"
+    MAX_DELAY             = "60"
+    VERTEX_TIMEOUT        = "120"
+    OPERATION_TIMEOUT     = "1800"
+    POLLING_INTERVAL      = "15"
+  }
+
+  # The cost guard: the generators reserve the estimated cost of every paid
+  # call with its claim, the poller settles what a video cost. Unset: no
+  # daily limit, and the built-in list prices.
+  env_cost = merge(
+    var.budget_usd_per_day == null ? {} : { BUDGET_USD_PER_DAY = tostring(var.budget_usd_per_day) },
+    var.model_prices == null ? {} : { MODEL_PRICES = var.model_prices },
+  )
+
+  env_downloader = {
+    GCS_OUTPUT_BUCKET       = google_storage_bucket.output.name
+    DOWNLOAD_DESTINATION    = local.download_destination
+    DOWNLOAD_CONCURRENCY    = "5"
+    DOWNLOAD_TIMEOUT        = "300"
+    DOWNLOAD_LEASE          = "60"
+    DOWNLOAD_PRIORITY_IMAGE = "10"
+    DOWNLOAD_PRIORITY_VIDEO = "0"
+  }
+
+  # Only Pub/Sub and Eventarc call these; intake also takes operators' calls.
+  pushed_ingress = var.internal_ingress ? "INGRESS_TRAFFIC_INTERNAL_ONLY" : "INGRESS_TRAFFIC_ALL"
+
+  # Cloud Run services. timeout_s is the request timeout, which the push
+  # subscription's ack deadline matches (pubsub.tf): a generator may retry a
+  # model call for several minutes, a copy may take DOWNLOAD_TIMEOUT.
+  services = {
+    intake = {
+      binary    = "intake"
+      args      = []
+      timeout_s = 120
+      memory    = "512Mi"
+      ingress   = "INGRESS_TRAFFIC_ALL"
+      env       = merge(local.env_store, { DRY_RUN = tostring(var.dry_run) })
+    }
+    image-generator = {
+      binary    = "image-generator"
+      args      = ["serve"]
+      timeout_s = 600
+      memory    = "1Gi"
+      ingress   = local.pushed_ingress
+      env       = merge(local.env_store, local.env_models, local.env_cost)
+    }
+    video-generator = {
+      binary    = "video-generator"
+      args      = ["serve"]
+      timeout_s = 600
+      memory    = "512Mi"
+      ingress   = local.pushed_ingress
+      env       = merge(local.env_store, local.env_models, local.env_cost)
+    }
+    downloader = {
+      binary    = "downloader"
+      args      = ["serve"]
+      timeout_s = 600
+      memory    = "1Gi"
+      ingress   = local.pushed_ingress
+      env       = merge(local.env_store, local.env_downloader)
+    }
+  }
+
+  # Cloud Run jobs. The poller runs every minute and stops before the next
+  # run starts; the drains stop claiming before their task timeout.
+  jobs = {
+    video-poller = {
+      binary      = "video-poller"
+      args        = []
+      timeout_s   = 300
+      max_retries = 0
+      memory      = "512Mi"
+      env         = merge(local.env_store, local.env_models, local.env_cost, { POLLER_MAX_RUNTIME = "50s" })
+    }
+    janitor = {
+      binary      = "janitor"
+      args        = []
+      timeout_s   = 1800
+      max_retries = 1
+      memory      = "512Mi"
+      env = merge(local.env_store, {
+        DEAD_LETTER_SUBSCRIPTION = google_pubsub_subscription.dead_letter.name
+        DEAD_LETTER_WAIT         = "10"
+        DEAD_LETTER_MAX          = "1000"
+        LOST_AFTER               = "15m"
+      })
+    }
+    image-drain = {
+      binary      = "image-generator"
+      args        = ["drain", "--max-seconds", "3000"]
+      timeout_s   = 3600
+      max_retries = 1
+      memory      = "1Gi"
+      env         = merge(local.env_store, local.env_models, local.env_cost)
+    }
+    video-drain = {
+      binary      = "video-generator"
+      args        = ["drain", "--max-seconds", "3000"]
+      timeout_s   = 3600
+      max_retries = 1
+      memory      = "512Mi"
+      env         = merge(local.env_store, local.env_models, local.env_cost)
+    }
+    download-drain = {
+      binary      = "downloader"
+      args        = ["drain"]
+      timeout_s   = 3600
+      max_retries = 1
+      memory      = "1Gi"
+      env         = merge(local.env_store, local.env_downloader)
+    }
+  }
+
+  max_instances = merge({
+    intake            = 5
+    "image-generator" = 3
+    "video-generator" = 2
+    downloader        = 10
+  }, var.max_instances)
+
+  concurrency = merge({
+    intake            = 80
+    "image-generator" = 4
+    "video-generator" = 4
+    downloader        = 5
+  }, var.concurrency)
+
+  # The downloader writes into the mounted archive bucket when the
+  # destination is a volume.
+  mounts_archive = var.download_destination.kind == "volume"
+}
+
+resource "google_cloud_run_v2_service" "stage" {
+  for_each = local.services
+
+  name                = "${var.prefix}${each.key}"
+  location            = var.region
+  ingress             = each.value.ingress
+  deletion_protection = var.deletion_protection
+
+  template {
+    service_account                  = google_service_account.function[each.value.binary].email
+    timeout                          = "${each.value.timeout_s}s"
+    max_instance_request_concurrency = local.concurrency[each.key]
+    execution_environment            = "EXECUTION_ENVIRONMENT_GEN2"
+
+    scaling {
+      min_instance_count = 0
+      max_instance_count = local.max_instances[each.key]
+    }
+
+    containers {
+      image = "${local.registry}/${each.value.binary}:${var.image_tag}"
+      args  = each.value.args
+
+      resources {
+        limits = {
+          cpu    = "1"
+          memory = each.value.memory
+        }
+        cpu_idle = true
+      }
+
+      dynamic "env" {
+        for_each = merge(each.value.env, lookup(var.env_overrides, each.key, {}))
+        content {
+          name  = env.key
+          value = env.value
+        }
+      }
+
+      startup_probe {
+        http_get {
+          path = "/healthz"
+        }
+      }
+
+      dynamic "volume_mounts" {
+        for_each = each.key == "downloader" && local.mounts_archive ? [local.archive_mount] : []
+        content {
+          name       = "archive"
+          mount_path = volume_mounts.value
+        }
+      }
+    }
+
+    dynamic "volumes" {
+      for_each = each.key == "downloader" && local.mounts_archive ? [google_storage_bucket.archive.name] : []
+      content {
+        name = "archive"
+        gcs {
+          bucket    = volumes.value
+          read_only = false
+        }
+      }
+    }
+  }
+
+  depends_on = [google_project_service.api]
+}
+
+resource "google_cloud_run_v2_job" "stage" {
+  for_each = local.jobs
+
+  name                = "${var.prefix}${each.key}"
+  location            = var.region
+  deletion_protection = var.deletion_protection
+
+  template {
+    task_count  = 1
+    parallelism = 1
+
+    template {
+      service_account = google_service_account.function[each.value.binary].email
+      timeout         = "${each.value.timeout_s}s"
+      max_retries     = each.value.max_retries
+
+      containers {
+        image = "${local.registry}/${each.value.binary}:${var.image_tag}"
+        args  = each.value.args
+
+        resources {
+          limits = {
+            cpu    = "1"
+            memory = each.value.memory
+          }
+        }
+
+        dynamic "env" {
+          for_each = merge(each.value.env, lookup(var.env_overrides, each.key, {}))
+          content {
+            name  = env.key
+            value = env.value
+          }
+        }
+
+        dynamic "volume_mounts" {
+          for_each = each.value.binary == "downloader" && local.mounts_archive ? [local.archive_mount] : []
+          content {
+            name       = "archive"
+            mount_path = volume_mounts.value
+          }
+        }
+      }
+
+      dynamic "volumes" {
+        for_each = each.value.binary == "downloader" && local.mounts_archive ? [google_storage_bucket.archive.name] : []
+        content {
+          name = "archive"
+          gcs {
+            bucket    = volumes.value
+            read_only = false
+          }
+        }
+      }
+    }
+  }
+
+  depends_on = [google_project_service.api]
+}
