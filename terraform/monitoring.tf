@@ -1,6 +1,7 @@
 # Log-based metrics, a dashboard and alerts. The stages log JSON lines through
 # tracing-stackdriver (jsonPayload, keys camelCased); every job transition
-# has one line with a stable `event` field, which the metrics filter on.
+# has one `job_transition` line (stable `event` field), which the metrics
+# filter on.
 
 locals {
   # Only this deployment's services and jobs (the prefix), when several
@@ -12,43 +13,54 @@ locals {
 
   # Counters: one log line = one count.
   event_metrics = {
+    # The store logs one `job_transition` line for every status change of
+    # every job, whichever stage or command made it, with `from`, `to`,
+    # `kind` and the error `code`.
     jobs_completed = {
-      event       = "job_completed"
+      event       = "job_transition"
+      to          = "completed"
       description = "Jobs whose outputs are all written (kind: image or video)."
       labels      = { kind = "EXTRACT(jsonPayload.kind)" }
     }
     jobs_failed = {
-      event       = "job_failed"
-      description = "Jobs that failed, by kind and reason (error code: filtered, timed_out, invalid_argument...); kind or reason is empty where the line does not carry it."
+      event       = "job_transition"
+      to          = "failed"
+      description = "Jobs that failed, by kind and reason (error code: filtered, timed_out, invalid_argument, attempts_exhausted, dead_lettered...)."
       labels      = { kind = "EXTRACT(jsonPayload.kind)", reason = "EXTRACT(jsonPayload.code)" }
     }
     jobs_delivered = {
-      event       = "job_delivered"
+      event       = "job_transition"
+      to          = "delivered"
       description = "Jobs whose every output reached the destination."
       labels      = { kind = "EXTRACT(jsonPayload.kind)" }
     }
     downloads_failed = {
       event       = "download_failed"
+      to          = null
       description = "Copies that failed for good (out of attempts or permanent)."
       labels      = {}
     }
     dead_letters = {
       event       = "janitor.dead_letter"
+      to          = null
       description = "Dead-lettered messages the janitor handled."
       labels      = {}
     }
     job_events_lost = {
       event       = "job_event.lost"
+      to          = null
       description = "Job events that could not be published to asmr-job-events."
       labels      = {}
     }
     budget_exhausted = {
       event       = "budget_exhausted"
+      to          = null
       description = "Claims refused because the day's budget (BUDGET_USD_PER_DAY) is spent; the jobs wait as pending."
       labels      = {}
     }
     requests_rejected = {
       event       = "request.rejected"
+      to          = null
       description = "Requests intake could not turn into jobs (kept in the rejected collection)."
       labels      = {}
     }
@@ -60,7 +72,7 @@ resource "google_logging_metric" "event" {
 
   name        = "${var.prefix}asmr/${each.key}"
   description = each.value.description
-  filter      = "(${local.log_scope}) AND jsonPayload.event=\"${each.value.event}\""
+  filter      = "(${local.log_scope}) AND jsonPayload.event=\"${each.value.event}\"${each.value.to == null ? "" : " AND jsonPayload.to=\"${each.value.to}\""}"
 
   metric_descriptor {
     metric_kind = "DELTA"

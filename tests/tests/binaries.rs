@@ -114,6 +114,49 @@ async fn publish(client: &reqwest::Client, url: &str, job_id: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_lines_are_json_for_cloud_logging_with_the_request_trace() {
+    let world = emulators(FakeOptions::default()).await;
+    let port = free_port();
+    let mut command = stage_command("image-generator", &world, &[("PORT", port.to_string())]);
+    command.stdout(Stdio::piped());
+    let mut service = Running(command.spawn().unwrap());
+    let url = format!("http://127.0.0.1:{port}");
+    tests::process::wait_healthy(&url).await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let status = reqwest::Client::new()
+        .post(format!("{url}/"))
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .body(tests::stages::push_body("no-such-job", "m-trace"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200, "a poison message is acknowledged");
+    service.0.kill().unwrap();
+    let output = std::mem::replace(&mut service.0, Command::new("true").spawn().unwrap())
+        .wait_with_output()
+        .unwrap();
+    let lines: Vec<serde_json::Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("every stdout line is JSON"))
+        .collect();
+    let poison = lines
+        .iter()
+        .find(|l| l["severity"] == "ERROR")
+        .unwrap_or_else(|| panic!("no ERROR line in {lines:#?}"));
+    assert_eq!(
+        poison["logging.googleapis.com/trace"],
+        format!(
+            "projects/{}/traces/{trace}",
+            tests::harness::emulator_project()
+        ),
+        "{poison}"
+    );
+    assert!(poison["message"].is_string(), "{poison}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_image_generator_serves_pushes_from_a_real_subscription() {
     let world = emulators(FakeOptions::default()).await;
     let port = free_port();

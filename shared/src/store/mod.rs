@@ -229,6 +229,25 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// The one log line of a job's status change (`from` is `None` for a new
+/// job), with a stable `event` field for log-based metrics.
+fn log_transition(from: Option<JobStatus>, job: &Job) {
+    let code = job.error.as_ref().map_or("", |e| e.code.as_str());
+    tracing::info!(
+        event = "job_transition",
+        job_id = %job.id,
+        kind = job.kind.as_str(),
+        from = from.map_or("", JobStatus::as_str),
+        to = job.status.as_str(),
+        attempt = job.attempts,
+        code,
+        "job {} {} -> {}",
+        job.id,
+        from.map_or("new", JobStatus::as_str),
+        job.status.as_str()
+    );
+}
+
 fn to_doc<T: Serialize>(record: &T) -> Result<Doc> {
     match serde_json::to_value(record) {
         Ok(Value::Object(doc)) => Ok(doc),
@@ -328,11 +347,17 @@ impl Store {
         self
     }
 
-    /// Raises the job event of a write from `before` to `after`, if that
-    /// write made the job terminal.
+    /// After a stored write from `before` to `after`: a job whose status
+    /// changed logs one `job_transition` line (the stable field log-based
+    /// metrics filter on), and a job that became terminal raises its event.
     async fn written<T: Record>(&self, before: &T, after: &T) {
-        if let (Some(events), Some(before), Some(after)) =
-            (&self.events, before.as_job(), after.as_job())
+        let (Some(before), Some(after)) = (before.as_job(), after.as_job()) else {
+            return;
+        };
+        if before.status != after.status {
+            log_transition(Some(before.status), after);
+        }
+        if let Some(events) = &self.events
             && became_terminal(before, after)
         {
             events.finished(after).await;
@@ -423,7 +448,7 @@ impl Store {
                     id: id.to_string(),
                 });
             };
-            let before = self.events.is_some().then(|| record.clone());
+            let before = record.clone();
             change(&mut record, Timestamp::now()).map_err(|reason| Error::Transition {
                 kind: T::KIND,
                 id: id.to_string(),
@@ -434,9 +459,7 @@ impl Store {
                 .replace(T::COLLECTION, id, &version, &to_doc(&record)?)
                 .await?
             {
-                if let Some(before) = before {
-                    self.written(&before, &record).await;
-                }
+                self.written(&before, &record).await;
                 return Ok(record);
             }
         }
@@ -455,7 +478,7 @@ impl Store {
         lease: &Lease,
     ) -> Result<Option<Claim<T>>> {
         let now = Timestamp::now();
-        let before = self.events.is_some().then(|| record.clone());
+        let before = record.clone();
         let outcome = match record.claim(lease, now) {
             Ok(()) => Claim::Claimed,
             Err(ClaimRefusal::Exhausted) => {
@@ -474,7 +497,7 @@ impl Store {
             .backend
             .replace(T::COLLECTION, record.id(), version, &to_doc(&record)?)
             .await?;
-        if written && let Some(before) = before {
+        if written {
             self.written(&before, &record).await;
         }
         Ok(written.then(|| outcome(record)))
@@ -594,7 +617,11 @@ impl Store {
     /// request twice (even concurrently) yields one job.
     pub async fn create_job(&self, new: NewJob) -> Result<Created<Job>> {
         new.validate()?;
-        self.create(Job::new(new, Timestamp::now())).await
+        let created = self.create(Job::new(new, Timestamp::now())).await?;
+        if created.created {
+            log_transition(None, &created.record);
+        }
+        Ok(created)
     }
 
     /// The job, if it exists.
