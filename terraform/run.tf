@@ -38,6 +38,7 @@ locals {
     MAX_DELAY             = "60"
     VERTEX_TIMEOUT        = "120"
     OPERATION_TIMEOUT     = "1800"
+    LEASE_TTL             = "900"
     POLLING_INTERVAL      = "15"
   }
 

@@ -235,6 +235,10 @@ pub struct StageArgs {
     /// Time limit of each model HTTP request.
     #[arg(long, env = "VERTEX_TIMEOUT", default_value = "120", value_parser = parse_duration)]
     pub vertex_timeout: Duration,
+    /// How long a generator's claim on a job lasts; the janitor requeues a
+    /// job whose worker died once its claim has run out.
+    #[arg(long, env = "LEASE_TTL", default_value = "900", value_parser = parse_duration)]
+    pub lease_ttl: Duration,
     /// How long a video operation may run before it fails as timed out.
     #[arg(long, env = "OPERATION_TIMEOUT", default_value = "1800", value_parser = parse_duration)]
     pub operation_timeout: Duration,
@@ -328,7 +332,7 @@ impl StageArgs {
     /// One line for the start-up log, secrets left out.
     pub fn summary(&self) -> String {
         format!(
-            "backend={:?} project={} prefix={:?} bucket={} dry_run={} image_model={} video_model={} vertex={} token={} retries={} base_delay={:?} max_delay={:?} operation_timeout={:?} polling_interval={:?} storage={} budget_per_day={} model_prices={}",
+            "backend={:?} project={} prefix={:?} bucket={} dry_run={} image_model={} video_model={} vertex={} token={} retries={} base_delay={:?} max_delay={:?} operation_timeout={:?} polling_interval={:?} lease_ttl={:?} storage={} budget_per_day={} model_prices={}",
             self.store.backend,
             self.store.project.as_deref().unwrap_or("-"),
             self.store.collection_prefix,
@@ -347,6 +351,7 @@ impl StageArgs {
             self.max_delay,
             self.operation_timeout,
             self.polling_interval,
+            self.lease_ttl,
             self.objects.describe(),
             self.budget_usd_per_day
                 .map_or_else(|| "none".to_string(), crate::cost::format_usd),

@@ -3,8 +3,10 @@
 //! carries one) and a time limit, and shut down gracefully on SIGTERM, which
 //! Cloud Run sends before it stops an instance.
 
+use crate::ack::Handled;
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
 use axum::http::{Request, StatusCode};
 use axum::routing::get;
 use std::io;
@@ -30,6 +32,26 @@ pub fn trace_id(request: &Request<Body>) -> Option<String> {
     let value = header("x-cloud-trace-context")?;
     let trace = value.split('/').next()?;
     (!trace.is_empty() && trace.bytes().all(|b| b.is_ascii_hexdigit())).then(|| trace.to_string())
+}
+
+/// The body of a push, or how to answer it when it cannot be read. A body
+/// over the limit can never be a job message or a storage event: it is
+/// poison and acknowledged, since a 413 would only have Pub/Sub send it
+/// again until it is dead-lettered. A body that failed to arrive is asked
+/// for again.
+pub fn push_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Handled> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            let reason = format!("the push body is too large: {}", rejection.body_text());
+            tracing::error!(reason, "poison push acknowledged");
+            Handled::Poison(reason)
+        } else {
+            Handled::Retry {
+                rate_limited: false,
+                reason: format!("the push body could not be read: {}", rejection.body_text()),
+            }
+        }
+    })
 }
 
 /// Adds `GET /healthz`, the request span and a time limit to `app`.

@@ -9,6 +9,7 @@ use anyhow::Context;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
 use axum::routing::post;
 use clap::Args;
@@ -81,8 +82,12 @@ pub fn router(downloader: Arc<Downloader>) -> Router {
 async fn event_handler(
     State(downloader): State<Arc<Downloader>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Handled {
+    let body = match server::push_body(body) {
+        Ok(body) => body,
+        Err(handled) => return handled,
+    };
     let event = match crate::events::decode(&headers, &body) {
         Ok(event) => event,
         Err(poison) => {

@@ -13,6 +13,7 @@ use anyhow::Context;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
 use axum::routing::post;
 use clap::Subcommand;
 use std::sync::Arc;
@@ -21,8 +22,6 @@ use tracing::Instrument;
 
 /// How long one push may take: under Pub/Sub's longest ack deadline (600 s).
 pub const PUSH_TIMEOUT: Duration = Duration::from_secs(540);
-/// How long a claim lasts while a model works on an image or a submit.
-pub const LEASE_TTL: Duration = Duration::from_secs(900);
 
 /// `POST /` takes the push of a job message; `GET /healthz` answers.
 pub fn router<G: Generator>(generator: Arc<G>) -> Router {
@@ -32,7 +31,14 @@ pub fn router<G: Generator>(generator: Arc<G>) -> Router {
     server::with_basics(app, PUSH_TIMEOUT)
 }
 
-async fn push_handler<G: Generator>(State(generator): State<Arc<G>>, body: Bytes) -> Handled {
+async fn push_handler<G: Generator>(
+    State(generator): State<Arc<G>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Handled {
+    let body = match server::push_body(body) {
+        Ok(body) => body,
+        Err(handled) => return handled,
+    };
     let delivery = match push::decode(&body) {
         Ok(delivery) => delivery,
         Err(poison) => {
@@ -80,11 +86,14 @@ pub enum Mode {
 }
 
 fn settings(args: &StageArgs, model: &str) -> anyhow::Result<GeneratorSettings> {
+    if args.lease_ttl.is_zero() {
+        anyhow::bail!("LEASE_TTL must be more than zero");
+    }
     Ok(GeneratorSettings {
         output_bucket: args.output_bucket()?,
         default_model: model.to_string(),
         dry_run: args.dry_run,
-        lease_ttl: LEASE_TTL,
+        lease_ttl: args.lease_ttl,
         operation_timeout: args.operation_timeout,
         retry: args.retry(),
     })

@@ -343,10 +343,12 @@ async fn create(
 }
 
 /// Whether `id` could be a job id at all (they are hex; request-derived
-/// ones too), so that no stray path reaches the store.
+/// ones too), so that no stray path, and no id Firestore reserves
+/// (`__name__`), reaches the store.
 fn plausible_job_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 200
+        && !id.starts_with("__")
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')

@@ -1,0 +1,1545 @@
+//! The fault suite: tries to lose a job or pay twice for one, against the
+//! real stage binaries on the emulators (Firestore, Pub/Sub, fake-gcs-server)
+//! and the fake Vertex server.
+//!
+//! - duplicate delivery: every job message three times at once, directly and
+//!   through a real push subscription → one model call per job;
+//! - crash after claim: a generator killed while its model call is in flight
+//!   → the `janitor` binary requeues the job once the lease (`LEASE_TTL`)
+//!   runs out, another generator finishes it, nothing stays unfinished; a job
+//!   whose worker dies on every attempt ends failed, not stuck;
+//! - crash mid-copy: the downloader killed partway through an object → the
+//!   next instance resumes and reads only the rest (the 256 MiB variant with
+//!   its memory ceiling is `binaries::a_256_mib_copy_killed_halfway_resumes_with_flat_memory`);
+//! - hostile input: the corpus in `tests/fixtures/hostile/` (see its README)
+//!   and variants of it, sent to `intake`, both generators and the
+//!   downloader → no process dies, no 5xx, every poison push acknowledged
+//!   and, at intake, recorded; nothing written outside the destination.
+//!
+//! Duplicate delivery at scale (200 image and 100 video jobs) is ignored by
+//! default; `--run-ignored all` runs it.
+
+#![cfg(feature = "emulators")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderName, HeaderValue};
+use axum::response::IntoResponse;
+use base64::Engine;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use shared::bus::Topics;
+use shared::domain::job::{ATTEMPTS_EXHAUSTED, Job, JobKind, JobStatus, NewJob};
+use shared::requests::{Envelope, MAX_BODY_BYTES};
+use shared::store::JobFilter;
+use shared::store::rejected::{Rejected, RejectedSource};
+use shared::time::Timestamp;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tests::fake_vertex::{FakeOptions, Verb};
+use tests::harness::{binary, emulator_project};
+use tests::process::{Running, free_port, wait_healthy, wait_until};
+use tests::pubsub::Emulator;
+use tests::stages::{World, emulators, push_body};
+
+// --- stages --------------------------------------------------------------
+
+/// A stage binary with only its documented environment.
+fn stage_command(name: &str, world: &World, extra: &[(&str, String)]) -> Command {
+    let prefix = world.prefix.clone().unwrap();
+    let mut command = Command::new(binary(name));
+    command.env_clear();
+    let env = [
+        ("GOOGLE_CLOUD_PROJECT", emulator_project()),
+        (
+            "FIRESTORE_EMULATOR_HOST",
+            std::env::var("FIRESTORE_EMULATOR_HOST").unwrap(),
+        ),
+        (
+            "PUBSUB_EMULATOR_HOST",
+            std::env::var("PUBSUB_EMULATOR_HOST").unwrap(),
+        ),
+        (
+            "STORAGE_EMULATOR_HOST",
+            std::env::var("STORAGE_EMULATOR_HOST").unwrap(),
+        ),
+        ("ASMR_COLLECTION_PREFIX", prefix.clone()),
+        ("ASMR_TOPIC_PREFIX", prefix),
+        ("GCS_OUTPUT_BUCKET", world.bucket.clone()),
+        ("VERTEX_BASE_URL", world.fake.base_url()),
+        ("VERTEX_ACCESS_TOKEN", world.fake.token().to_string()),
+        ("DRY_RUN", "false".to_string()),
+        ("BASE_DELAY", "10ms".to_string()),
+        ("MAX_DELAY", "100ms".to_string()),
+        ("POLLING_INTERVAL", "100ms".to_string()),
+        ("RUST_LOG", "info".to_string()),
+    ];
+    for (key, value) in env.iter().chain(extra) {
+        command.env(key, value);
+    }
+    command.stdout(Stdio::null()).stderr(Stdio::inherit());
+    command
+}
+
+/// A stage serving HTTP, killed when dropped.
+struct Service {
+    name: &'static str,
+    url: String,
+    process: Running,
+}
+
+impl Service {
+    async fn start(name: &'static str, world: &World, extra: &[(&str, String)]) -> Self {
+        let port = free_port();
+        let mut env = extra.to_vec();
+        env.push(("PORT", port.to_string()));
+        let process = Running(stage_command(name, world, &env).spawn().unwrap());
+        let url = format!("http://127.0.0.1:{port}");
+        wait_healthy(&url).await;
+        Self { name, url, process }
+    }
+
+    /// The process is still running and `/healthz` answers 200.
+    async fn assert_healthy(&mut self) {
+        let exited = self.process.0.try_wait().unwrap();
+        assert!(exited.is_none(), "{} exited: {exited:?}", self.name);
+        let status = reqwest::get(format!("{}/healthz", self.url))
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200, "{} /healthz", self.name);
+    }
+
+    /// SIGKILL: no clean-up, no graceful shutdown.
+    fn kill(&mut self) {
+        self.process.0.kill().unwrap();
+        self.process.0.wait().unwrap();
+    }
+}
+
+/// Every topic of the pipeline with this world's prefix, so that what the
+/// stages publish (job messages, job events) has somewhere to go.
+async fn topics(world: &World) -> (Emulator, Topics) {
+    let topics = Topics::new(world.prefix.clone().unwrap());
+    let pubsub = Emulator::new();
+    for topic in topics.all() {
+        pubsub.topic(&topic).await;
+    }
+    (pubsub, topics)
+}
+
+/// Runs the `janitor` binary; returns its JSON summary line.
+async fn run_janitor(world: &World, pubsub: &Emulator) -> Value {
+    let prefix = world.prefix.clone().unwrap();
+    // The dead-letter sweep needs its subscription.
+    let dead_letters = format!("{prefix}asmr-dead-letter");
+    pubsub.topic(&dead_letters).await;
+    pubsub
+        .pull_subscription(&format!("{prefix}asmr-dead-letter-janitor"), &dead_letters)
+        .await;
+    let mut command = Command::new(binary("janitor"));
+    command.env_clear().envs([
+        ("GOOGLE_CLOUD_PROJECT", emulator_project()),
+        (
+            "FIRESTORE_EMULATOR_HOST",
+            std::env::var("FIRESTORE_EMULATOR_HOST").unwrap(),
+        ),
+        (
+            "PUBSUB_EMULATOR_HOST",
+            std::env::var("PUBSUB_EMULATOR_HOST").unwrap(),
+        ),
+        ("ASMR_COLLECTION_PREFIX", prefix.clone()),
+        ("ASMR_TOPIC_PREFIX", prefix),
+        ("DEAD_LETTER_WAIT", "1s".to_string()),
+        ("RUST_LOG", "info".to_string()),
+    ]);
+    command.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let summary = stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|line| line["event"] == "janitor.summary" && line.get("severity").is_none())
+        .unwrap_or_else(|| panic!("no summary line in {stdout}"));
+    assert!(output.status.success(), "the janitor failed: {summary}");
+    summary
+}
+
+/// Runs the `video-poller` binary until nothing is generating.
+async fn run_poller(world: &World) {
+    let mut command = stage_command("video-poller", world, &[]);
+    let status = tokio::task::spawn_blocking(move || command.status().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "the video poller failed");
+}
+
+/// Jobs of this world that are neither finished nor failed.
+async fn unfinished(world: &World) -> Vec<Job> {
+    let mut left = Vec::new();
+    for status in [
+        JobStatus::Pending,
+        JobStatus::Processing,
+        JobStatus::Generating,
+    ] {
+        let filter = JobFilter {
+            status: Some(status),
+            ..JobFilter::default()
+        };
+        left.extend(
+            world
+                .store
+                .list_jobs(&filter, 100, None)
+                .await
+                .unwrap()
+                .items,
+        );
+    }
+    left
+}
+
+// --- HTTP ----------------------------------------------------------------
+
+/// What a service answered.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    body: Value,
+}
+
+impl Answer {
+    /// `outcome` of a push answer (`done`, `duplicate`, `ignored`, `poison`).
+    fn outcome(&self) -> &str {
+        self.body["outcome"].as_str().unwrap_or("-")
+    }
+}
+
+async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    body: Vec<u8>,
+    headers: &[(String, Vec<u8>)],
+) -> Answer {
+    let mut request = http.post(url).body(body);
+    for (name, value) in headers {
+        request = request.header(
+            HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_bytes(value).unwrap(),
+        );
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await.unwrap();
+    Answer {
+        status,
+        body: serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into())),
+    }
+}
+
+/// One request of a hostile batch.
+struct Sent {
+    label: String,
+    body: Vec<u8>,
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Sent {
+    fn new(label: impl Into<String>, body: impl Into<Vec<u8>>) -> Self {
+        Self {
+            label: label.into(),
+            body: body.into(),
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// POSTs every request to `url`, `at_once` at a time; the answers in order.
+async fn send_all(url: &str, sent: &[Sent], at_once: usize) -> Vec<Answer> {
+    let http = reqwest::Client::new();
+    futures::stream::iter(sent)
+        .map(|s| post(&http, url, s.body.clone(), &s.headers))
+        .buffered(at_once)
+        .collect()
+        .await
+}
+
+/// Checks that no answer is a 5xx and every push was acknowledged.
+fn assert_all_acknowledged(service: &str, sent: &[Sent], answers: &[Answer]) {
+    let bad: Vec<String> = sent
+        .iter()
+        .zip(answers)
+        .filter(|(_, a)| !(200..300).contains(&a.status))
+        .map(|(s, a)| format!("{}: {} {}", s.label, a.status, a.body))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{service} did not acknowledge {} of {} hostile pushes:\n{}",
+        bad.len(),
+        sent.len(),
+        bad.join("\n")
+    );
+}
+
+/// A Pub/Sub push envelope around `data`.
+fn envelope(message_id: &str, data: &[u8], attributes: &BTreeMap<String, String>) -> Vec<u8> {
+    json!({
+        "message": {
+            "data": base64::engine::general_purpose::STANDARD.encode(data),
+            "attributes": attributes,
+            "messageId": message_id,
+            "publishTime": "2026-11-28T10:00:00.000Z",
+        },
+        "subscription": "projects/asmr-test/subscriptions/hostile",
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// POSTs a push until it is acknowledged, as Pub/Sub would redeliver it;
+/// returns why it was not acknowledged before (503 or 429 answers).
+async fn deliver_until_acknowledged(
+    http: &reqwest::Client,
+    url: &str,
+    body: String,
+) -> Vec<String> {
+    let mut refusals = Vec::new();
+    while refusals.len() < 30 {
+        let answer = post(http, &format!("{url}/"), body.clone().into_bytes(), &[]).await;
+        if (200..300).contains(&answer.status) {
+            return refusals;
+        }
+        assert!(
+            answer.status == 503 || answer.status == 429,
+            "a push was answered {} {}",
+            answer.status,
+            answer.body
+        );
+        refusals.push(answer.body["detail"].as_str().unwrap_or("-").to_string());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("a push was not acknowledged after 30 deliveries: {refusals:?}");
+}
+
+/// A push endpoint that forwards to `target` and records, per message id,
+/// every status it answered; it stands between a real push subscription
+/// and a stage, so a test knows when every message was acknowledged.
+async fn recording_proxy(target: &str) -> (String, Arc<Mutex<Vec<(String, u16)>>>) {
+    #[derive(Clone)]
+    struct Proxy {
+        target: String,
+        http: reqwest::Client,
+        answers: Arc<Mutex<Vec<(String, u16)>>>,
+    }
+    async fn forward(State(proxy): State<Proxy>, body: Bytes) -> impl IntoResponse {
+        let message_id = shared::push::decode(&body)
+            .map(|d| d.message_id)
+            .unwrap_or_default();
+        let response = proxy
+            .http
+            .post(&proxy.target)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let bytes = response.bytes().await.unwrap();
+        proxy
+            .answers
+            .lock()
+            .unwrap()
+            .push((message_id, status.as_u16()));
+        (status, bytes)
+    }
+    let answers = Arc::new(Mutex::new(Vec::new()));
+    let proxy = Proxy {
+        target: format!("{target}/"),
+        http: reqwest::Client::new(),
+        answers: answers.clone(),
+    };
+    let app = axum::Router::new()
+        .route("/", axum::routing::post(forward))
+        .with_state(proxy);
+    (tests::stages::serve(app).await, answers)
+}
+
+/// Publishes every message in one request (the copies of a message next to
+/// each other); returns the message ids.
+async fn publish_batch(topic: &str, payloads: &[String]) -> Vec<String> {
+    let host = std::env::var("PUBSUB_EMULATOR_HOST").unwrap();
+    let url = format!(
+        "http://{host}/v1/projects/{}/topics/{topic}:publish",
+        emulator_project()
+    );
+    let messages: Vec<Value> = payloads
+        .iter()
+        .map(|p| json!({"data": base64::engine::general_purpose::STANDARD.encode(p)}))
+        .collect();
+    let mut ids = Vec::new();
+    // The emulator takes at most 1000 messages per request.
+    for chunk in messages.chunks(900) {
+        let response: Value = reqwest::Client::new()
+            .post(&url)
+            .json(&json!({ "messages": chunk }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ids.extend(
+            response["messageIds"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|id| id.as_str().unwrap().to_string()),
+        );
+    }
+    assert_eq!(ids.len(), payloads.len());
+    ids
+}
+
+// --- duplicate delivery --------------------------------------------------
+
+/// Creates `n` live jobs of `kind` with distinct prompts; returns (id, prompt).
+async fn jobs(world: &World, kind: JobKind, n: usize, what: &str) -> Vec<(String, String)> {
+    let prompts: Vec<String> = (0..n).map(|i| format!("{what} {kind}, take {i}")).collect();
+    let ids =
+        futures::future::join_all(prompts.iter().map(|p| world.job(p.clone(), kind, &[]))).await;
+    ids.into_iter().zip(prompts).collect()
+}
+
+async fn duplicates_cost_one_model_call_each(image_jobs: usize, video_jobs: usize) {
+    let world = emulators(FakeOptions {
+        // Long enough that the copies of a message overlap the first call.
+        latency: Duration::from_millis(200),
+        ..FakeOptions::default()
+    })
+    .await;
+    let (pubsub, _) = topics(&world).await;
+    let mut images = Service::start("image-generator", &world, &[]).await;
+    let mut videos = Service::start("video-generator", &world, &[]).await;
+    let image = jobs(&world, JobKind::Image, image_jobs, "a pencil on paper").await;
+    let video = jobs(
+        &world,
+        JobKind::Video,
+        video_jobs,
+        "a brush on a microphone",
+    )
+    .await;
+    let started = Instant::now();
+
+    // Images: three copies of every message POSTed at the same moment, each
+    // delivered again (as Pub/Sub would) until it is acknowledged.
+    let http = reqwest::Client::new();
+    let copies: Vec<String> = image
+        .iter()
+        .flat_map(|(id, _)| (0..3).map(move |copy| push_body(id, &format!("{id}-{copy}"))))
+        .collect();
+    let refusals: Vec<String> = futures::future::join_all(
+        copies
+            .into_iter()
+            .map(|body| deliver_until_acknowledged(&http, &images.url, body)),
+    )
+    .await
+    .into_iter()
+    .flatten()
+    .collect();
+
+    // Videos: three copies of every message published at once to a topic
+    // whose push subscription (the emulator's) feeds the video generator.
+    let prefix = world.prefix.clone().unwrap();
+    let topic = format!("{prefix}duplicated-video-jobs");
+    pubsub.topic(&topic).await;
+    let (proxy, answers) = recording_proxy(&videos.url).await;
+    pubsub
+        .push(
+            &format!("{prefix}duplicated-video-push"),
+            &topic,
+            &format!("{proxy}/"),
+        )
+        .await;
+    let payloads: Vec<String> = video
+        .iter()
+        .flat_map(|(id, _)| std::iter::repeat_n(json!({ "job_id": id }).to_string(), 3))
+        .collect();
+    let message_ids: BTreeSet<String> =
+        publish_batch(&topic, &payloads).await.into_iter().collect();
+    wait_until(
+        "every video job message to be acknowledged",
+        Duration::from_secs(120),
+        async || {
+            let answers = answers.lock().unwrap();
+            let acknowledged: BTreeSet<&String> = answers
+                .iter()
+                .filter(|(_, status)| (200..300).contains(status))
+                .map(|(id, _)| id)
+                .collect();
+            message_ids.iter().all(|id| acknowledged.contains(id))
+        },
+    )
+    .await;
+    let elapsed = started.elapsed();
+
+    for (id, prompt) in &image {
+        assert_eq!(world.fake.calls_for_prompt(prompt), 1, "{prompt}");
+        let job = world.store.job(id).await.unwrap();
+        assert_eq!(
+            (job.status, job.attempts),
+            (JobStatus::Completed, 1),
+            "{id}"
+        );
+    }
+    for (id, prompt) in &video {
+        assert_eq!(world.fake.calls_for_prompt(prompt), 1, "{prompt}");
+        let job = world.store.job(id).await.unwrap();
+        assert_eq!(
+            (job.status, job.attempts),
+            (JobStatus::Generating, 1),
+            "{id}"
+        );
+    }
+    assert_eq!(world.fake.calls(Verb::GenerateContent), image_jobs);
+    assert_eq!(world.fake.calls(Verb::PredictLongRunning), video_jobs);
+    let answers = answers.lock().unwrap().clone();
+    let redelivered = answers.len() - message_ids.len();
+    let bad: Vec<&(String, u16)> = answers
+        .iter()
+        .filter(|(_, status)| !(200..300).contains(status) && *status != 503)
+        .collect();
+    assert!(bad.is_empty(), "answers other than 2xx and 503: {bad:?}");
+    eprintln!(
+        "{} image and {} video jobs, each delivered 3 times: one model call per job in {elapsed:?}; \
+         {} image pushes and {redelivered} video pushes had to be delivered again",
+        image_jobs,
+        video_jobs,
+        refusals.len(),
+    );
+    if let Some(example) = refusals.first() {
+        eprintln!("an image push answered 503: {example}");
+    }
+    images.assert_healthy().await;
+    videos.assert_healthy().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_job_message_delivered_three_times_at_once_costs_one_model_call() {
+    duplicates_cost_one_model_call_each(30, 30).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "takes minutes; run it with `tests/run --no-lint --test faults --run-ignored all`"]
+async fn duplicate_delivery_at_scale() {
+    duplicates_cost_one_model_call_each(200, 100).await;
+}
+
+// --- crash after claim ---------------------------------------------------
+
+/// Pushes `job_id` to `url` in the background: the answer never comes when
+/// the service is killed first.
+fn push_in_background(url: &str, job_id: &str) -> tokio::task::JoinHandle<()> {
+    let url = url.to_string();
+    let body = push_body(job_id, &format!("{job_id}-first"));
+    tokio::spawn(async move {
+        let _ = reqwest::Client::new()
+            .post(format!("{url}/"))
+            .body(body)
+            .send()
+            .await;
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn generators_killed_mid_call_are_requeued_by_the_janitor_and_the_jobs_finish() {
+    let world = emulators(FakeOptions::default()).await;
+    let (pubsub, topics) = topics(&world).await;
+    let prefix = world.prefix.clone().unwrap();
+    let image_prompt = "a generator dies while it draws";
+    let video_prompt = "a generator dies while it films";
+    let image = world.job(image_prompt, JobKind::Image, &[]).await;
+    let video = world.job(video_prompt, JobKind::Video, &[]).await;
+
+    // The first call of each hangs, so the kill lands after the claim, while
+    // the model works.
+    world.fake.slow_next(2, Duration::from_secs(300));
+    let short_lease = [("LEASE_TTL", "5s".to_string())];
+    let mut images = Service::start("image-generator", &world, &short_lease).await;
+    let mut videos = Service::start("video-generator", &world, &short_lease).await;
+    let _first = [
+        push_in_background(&images.url, &image),
+        push_in_background(&videos.url, &video),
+    ];
+    wait_until("both model calls", Duration::from_secs(30), async || {
+        world.fake.calls_for_prompt(image_prompt) == 1
+            && world.fake.calls_for_prompt(video_prompt) == 1
+    })
+    .await;
+    for id in [&image, &video] {
+        let job = world.store.job(id).await.unwrap();
+        assert_eq!(
+            (job.status, job.attempts),
+            (JobStatus::Processing, 1),
+            "{id}"
+        );
+    }
+    images.kill();
+    videos.kill();
+    // Before the lease runs out the janitor leaves the jobs alone.
+    let early = run_janitor(&world, &pubsub).await;
+    assert_eq!(early["requeued"], 0, "{early}");
+
+    // Healthy generators behind real push subscriptions on the job topics,
+    // where the janitor publishes what it requeues.
+    let mut images = Service::start("image-generator", &world, &[]).await;
+    let mut videos = Service::start("video-generator", &world, &[]).await;
+    pubsub
+        .push(
+            &format!("{prefix}image-push"),
+            &topics.image_jobs(),
+            &format!("{}/", images.url),
+        )
+        .await;
+    pubsub
+        .push(
+            &format!("{prefix}video-push"),
+            &topics.video_jobs(),
+            &format!("{}/", videos.url),
+        )
+        .await;
+
+    let leased_until = world.store.job(&image).await.unwrap().lease_expires_at;
+    let wait = leased_until
+        .and_then(|until| {
+            (until.as_datetime() - Timestamp::now().as_datetime())
+                .to_std()
+                .ok()
+        })
+        .unwrap_or_default();
+    tokio::time::sleep(wait + Duration::from_millis(500)).await;
+    let summary = run_janitor(&world, &pubsub).await;
+    assert_eq!(
+        (&summary["requeued"], &summary["failed_leases"]),
+        (&json!(2), &json!(0)),
+        "{summary}"
+    );
+
+    wait_until(
+        "the image job to complete",
+        Duration::from_secs(30),
+        async || world.store.job(&image).await.unwrap().status == JobStatus::Completed,
+    )
+    .await;
+    wait_until(
+        "the video job to be submitted",
+        Duration::from_secs(30),
+        async || world.store.job(&video).await.unwrap().status == JobStatus::Generating,
+    )
+    .await;
+    run_poller(&world).await;
+
+    for (id, prompt) in [(&image, image_prompt), (&video, video_prompt)] {
+        let job = world.store.job(id).await.unwrap();
+        assert_eq!(
+            (job.status, job.attempts, job.outputs.len()),
+            (JobStatus::Completed, 2, 1),
+            "{id}"
+        );
+        // The killed call's outcome is unknown (it may have been billed);
+        // exactly one more was made.
+        assert_eq!(world.fake.calls_for_prompt(prompt), 2, "{prompt}");
+    }
+    let left = unfinished(&world).await;
+    assert!(left.is_empty(), "unfinished jobs: {left:#?}");
+    images.assert_healthy().await;
+    videos.assert_healthy().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_whose_worker_dies_on_every_attempt_fails_instead_of_staying_stuck() {
+    let world = emulators(FakeOptions::default()).await;
+    let (pubsub, _) = topics(&world).await;
+    let prompt = "a worker that never comes back";
+    let mut new = NewJob::new(prompt, JobKind::Image);
+    new.dry_run = false;
+    new.max_attempts = 2;
+    let id = world.store.create_job(new).await.unwrap().record.id;
+    let short_lease = [("LEASE_TTL", "1s".to_string())];
+    world.fake.slow_next(2, Duration::from_secs(300));
+    for attempt in 1..=2 {
+        let mut images = Service::start("image-generator", &world, &short_lease).await;
+        let _push = push_in_background(&images.url, &id);
+        wait_until("the model call", Duration::from_secs(30), async || {
+            world.fake.calls_for_prompt(prompt) == attempt
+        })
+        .await;
+        images.kill();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let summary = run_janitor(&world, &pubsub).await;
+        let expected = match attempt {
+            1 => (json!(1), json!(0)),
+            _ => (json!(0), json!(1)),
+        };
+        assert_eq!(
+            (
+                summary["requeued"].clone(),
+                summary["failed_leases"].clone()
+            ),
+            expected,
+            "{summary}"
+        );
+    }
+    let job = world.store.job(&id).await.unwrap();
+    assert_eq!((job.status, job.attempts), (JobStatus::Failed, 2));
+    assert_eq!(job.error.unwrap().code, ATTEMPTS_EXHAUSTED);
+    // Its message, delivered again, changes nothing and costs nothing.
+    let mut images = Service::start("image-generator", &world, &[]).await;
+    let answer = post(
+        &reqwest::Client::new(),
+        &format!("{}/", images.url),
+        push_body(&id, "late").into_bytes(),
+        &[],
+    )
+    .await;
+    assert_eq!((answer.status, answer.outcome()), (200, "duplicate"));
+    assert_eq!(world.fake.calls_for_prompt(prompt), 2);
+    assert!(unfinished(&world).await.is_empty());
+    images.assert_healthy().await;
+}
+
+// --- crash mid-copy ------------------------------------------------------
+
+/// A TCP proxy to `upstream` that counts the bytes flowing back to clients.
+struct CountingProxy {
+    endpoint: String,
+    received: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for CountingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn counting_proxy(upstream: &str) -> CountingProxy {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = upstream
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let received = Arc::new(AtomicU64::new(0));
+    let counter = received.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let requests = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+                    let _ = server_write.shutdown().await;
+                });
+                let mut buffer = vec![0u8; 64 * 1024];
+                while let Ok(n) = server_read.read(&mut buffer).await {
+                    if n == 0 || client_write.write_all(&buffer[..n]).await.is_err() {
+                        break;
+                    }
+                    counter.fetch_add(n as u64, Ordering::SeqCst);
+                }
+                requests.abort();
+            });
+        }
+    });
+    CountingProxy {
+        endpoint,
+        received,
+        task,
+    }
+}
+
+/// A push subscription on the topic fake-gcs-server publishes its
+/// notifications to (tests/run wires it), aimed at `endpoint`.
+async fn storage_events_to(pubsub: &Emulator, prefix: &str, endpoint: &str) {
+    let topic = std::env::var("ASMR_TEST_GCS_EVENTS_TOPIC")
+        .expect("ASMR_TEST_GCS_EVENTS_TOPIC is not set: run tests/run");
+    pubsub
+        .push(&format!("{prefix}storage-events"), &topic, endpoint)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_copy_killed_partway_resumes_and_reads_only_the_rest() {
+    const SIZE: usize = 48 * 1024 * 1024;
+    let world = emulators(FakeOptions::default()).await;
+    let (pubsub, _) = topics(&world).await;
+    let prefix = world.prefix.clone().unwrap();
+    let sandbox = tempfile::tempdir().unwrap();
+    let destination = sandbox.path().join("archive");
+    let storage = std::env::var("STORAGE_EMULATOR_HOST").unwrap();
+    let copier = |endpoint: &str, port: u16| {
+        let mut command = stage_command(
+            "downloader",
+            &world,
+            &[
+                ("DOWNLOAD_DESTINATION", destination.display().to_string()),
+                ("DOWNLOAD_LEASE", "2s".to_string()),
+                ("PORT", port.to_string()),
+            ],
+        );
+        command.env("STORAGE_EMULATOR_HOST", endpoint);
+        Running(command.spawn().unwrap())
+    };
+    // The first copier reads at 16 MB/s, so the kill lands partway whatever
+    // the machine's load; the second reads through a proxy that counts.
+    let slow = tests::throttle::start(&storage, 16_000_000).await;
+    let counted = counting_proxy(&storage).await;
+    let port = free_port();
+    let mut first = copier(&slow.endpoint, port);
+    let url = format!("http://127.0.0.1:{port}");
+    wait_healthy(&url).await;
+    storage_events_to(&pubsub, &prefix, &format!("{url}/")).await;
+
+    let data: Vec<u8> = (0..SIZE)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    let crc = shared::deliver::crc32c_text(crc32c::crc32c(&data));
+    let id = world.job("an object cut in two", JobKind::Image, &[]).await;
+    let lease = shared::domain::Lease::new("w", Duration::from_secs(600));
+    world.store.claim_job(&id, &lease).await.unwrap();
+    let name = format!("images/{id}/0.png");
+    world
+        .store
+        .complete_job(&id, "w", vec![format!("gs://{}/{name}", world.bucket)])
+        .await
+        .unwrap();
+    world
+        .objects
+        .write(
+            &world.bucket,
+            &name,
+            bytes::Bytes::from(data.clone()),
+            "image/png",
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    let target = destination.join(&name);
+    let generation = world
+        .objects
+        .metadata(&world.bucket, &name)
+        .await
+        .unwrap()
+        .unwrap()
+        .generation;
+    let partial = shared::deliver::copy::partial_path(&target, Some(generation));
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::metadata(&partial).map_or(0, |m| m.len()) < (SIZE / 4) as u64 {
+        assert!(!target.exists(), "the copy finished before the kill");
+        assert!(
+            Instant::now() < deadline,
+            "the copy never got a quarter through"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    let on_disk = std::fs::metadata(&partial).unwrap().len();
+    assert!(on_disk < SIZE as u64, "the kill came too late");
+    assert!(
+        !target.exists(),
+        "a killed copy leaves nothing at the final path"
+    );
+
+    // The event comes back to a new instance once the lease has run out.
+    let _second = copier(&counted.endpoint, port);
+    wait_until(
+        "the job to be delivered",
+        Duration::from_secs(60),
+        async || world.store.job(&id).await.unwrap().status == JobStatus::Delivered,
+    )
+    .await;
+    let read = counted.received.load(Ordering::SeqCst);
+    let rest = SIZE as u64 - on_disk;
+    eprintln!(
+        "killed with {on_disk} of {SIZE} bytes on disk; the resumed copy read {read} bytes for the remaining {rest}"
+    );
+    assert!(
+        read >= rest,
+        "the resumed copy read {read} bytes, less than the {rest} left"
+    );
+    assert!(
+        read < rest + 256 * 1024,
+        "the resumed copy read {read} bytes for the {rest} left: it started over"
+    );
+    let copied = std::fs::read(&target).unwrap();
+    assert!(copied == data, "the delivered file differs from the object");
+    assert_eq!(shared::deliver::crc32c_text(crc32c::crc32c(&copied)), crc);
+    let download = world
+        .store
+        .list_downloads(None, 10, None)
+        .await
+        .unwrap()
+        .items
+        .remove(0);
+    assert_eq!(
+        (
+            download.status,
+            download.attempts,
+            download.crc32c.as_deref()
+        ),
+        (
+            shared::domain::download::DownloadStatus::Completed,
+            2,
+            Some(crc.as_str())
+        )
+    );
+    let leftovers = files_under(sandbox.path());
+    assert_eq!(
+        leftovers,
+        vec![target.clone()],
+        "only the delivered file is left"
+    );
+}
+
+// --- hostile input -------------------------------------------------------
+
+/// The committed corpus of `tests/fixtures/hostile/`.
+struct Corpus {
+    push: Vec<(String, Vec<u8>)>,
+    job_ids: Vec<Value>,
+    job_messages: Vec<String>,
+    requests: Vec<RequestCase>,
+    prompts: Vec<String>,
+    object_names: Vec<String>,
+    uploaded_names: Vec<String>,
+    notifications: Vec<Value>,
+    cloud_events: Vec<Value>,
+}
+
+struct RequestCase {
+    name: String,
+    body: Vec<u8>,
+    attributes: BTreeMap<String, String>,
+}
+
+fn hostile_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/hostile")
+}
+
+fn fixture(name: &str) -> Value {
+    let path = hostile_dir().join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn strings(value: Value) -> Vec<String> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn attributes(value: &Value) -> BTreeMap<String, String> {
+    serde_json::from_value(value.clone()).unwrap_or_default()
+}
+
+impl Corpus {
+    fn load() -> Self {
+        let mut push: Vec<(String, Vec<u8>)> = std::fs::read_dir(hostile_dir().join("push"))
+            .unwrap()
+            .map(|entry| {
+                let path = entry.unwrap().path();
+                let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+                (name, std::fs::read(&path).unwrap())
+            })
+            .collect();
+        push.sort();
+        let requests = fixture("requests.json")
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|case| RequestCase {
+                name: case["name"].as_str().unwrap().to_string(),
+                body: match case["body_base64"].as_str() {
+                    Some(encoded) => base64::engine::general_purpose::STANDARD
+                        .decode(encoded)
+                        .unwrap(),
+                    None => case["body"].as_str().unwrap().as_bytes().to_vec(),
+                },
+                attributes: attributes(&case["attributes"]),
+            })
+            .collect();
+        Self {
+            push,
+            job_ids: fixture("job-ids.json").as_array().unwrap().clone(),
+            job_messages: strings(fixture("job-messages.json")),
+            requests,
+            prompts: strings(fixture("prompts.json")),
+            object_names: strings(fixture("object-names.json")),
+            uploaded_names: strings(fixture("uploaded-names.json")),
+            notifications: fixture("notifications.json").as_array().unwrap().clone(),
+            cloud_events: fixture("cloudevents.json").as_array().unwrap().clone(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.push.len()
+            + self.job_ids.len()
+            + self.job_messages.len()
+            + self.requests.len()
+            + self.prompts.len()
+            + self.object_names.len()
+            + self.notifications.len()
+            + self.cloud_events.len()
+    }
+}
+
+#[test]
+fn the_hostile_corpus_has_at_least_200_cases() {
+    let corpus = Corpus::load();
+    assert!(corpus.len() >= 200, "only {} cases", corpus.len());
+    assert!(
+        corpus.push.len() >= 50,
+        "only {} push bodies",
+        corpus.push.len()
+    );
+}
+
+/// What intake should make of a push: its jobs, or why it is refused.
+fn intake_verdict(push: &[u8]) -> Result<Vec<NewJob>, String> {
+    let delivery = shared::push::decode(push).map_err(|e| e.0)?;
+    let envelope = Envelope {
+        attributes: delivery.attributes.clone(),
+        message_id: Some(&delivery.message_id),
+        dry_run: true,
+    };
+    shared::requests::parse(&delivery.data, &envelope).map_err(|e| e.0)
+}
+
+/// The `rejected` record a refused push must leave.
+fn rejected_id(push: &[u8]) -> String {
+    let now = Timestamp::now();
+    match shared::push::decode(push) {
+        Ok(d) => {
+            Rejected::new(
+                RejectedSource::Pubsub,
+                Some(&d.message_id),
+                d.attributes,
+                &d.data,
+                "",
+                now,
+            )
+            .id
+        }
+        Err(_) => Rejected::new(RejectedSource::Pubsub, None, BTreeMap::new(), push, "", now).id,
+    }
+}
+
+/// A prompt in the two JSON request forms (the third is the bare text).
+fn prompt_requests(prompt: &str) -> [Vec<u8>; 2] {
+    [
+        json!({"prompt": prompt, "kind": "image"})
+            .to_string()
+            .into_bytes(),
+        json!({"kind": "video", "prompts": [prompt, "a quiet room"]})
+            .to_string()
+            .into_bytes(),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn intake_acknowledges_and_records_every_hostile_push_and_refuses_bad_http_input() {
+    let world = emulators(FakeOptions::default()).await;
+    let _topics = topics(&world).await;
+    let mut intake = Service::start("intake", &world, &[]).await;
+    let corpus = Corpus::load();
+
+    // Pushes of asmr-requests: broken envelopes, bad requests, and every
+    // prompt in the three request forms.
+    let mut pushes: Vec<Sent> = corpus
+        .push
+        .iter()
+        .map(|(name, body)| Sent::new(format!("push/{name}"), body.clone()))
+        .collect();
+    for (n, case) in corpus.requests.iter().enumerate() {
+        pushes.push(Sent::new(
+            format!("requests/{}", case.name),
+            envelope(&format!("request-{n}"), &case.body, &case.attributes),
+        ));
+    }
+    // The corpus itself: no request in it may be valid in any form.
+    let valid: Vec<&str> = corpus
+        .requests
+        .iter()
+        .zip(&pushes[corpus.push.len()..])
+        .filter(|(case, push)| {
+            intake_verdict(&push.body).is_ok()
+                || shared::requests::parse(&case.body, &Envelope::default()).is_ok()
+        })
+        .map(|(case, _)| case.name.as_str())
+        .collect();
+    assert!(
+        valid.is_empty(),
+        "requests.json has valid requests: {valid:?}"
+    );
+    let image_kind = BTreeMap::from([("kind".to_string(), "image".to_string())]);
+    for (n, prompt) in corpus.prompts.iter().enumerate() {
+        let [object, batch] = prompt_requests(prompt);
+        for (form, body, attributes) in [
+            ("object", object, BTreeMap::new()),
+            ("batch", batch, BTreeMap::new()),
+            ("text", prompt.as_bytes().to_vec(), image_kind.clone()),
+        ] {
+            pushes.push(Sent::new(
+                format!("prompts[{n}] as {form}"),
+                envelope(&format!("prompt-{n}-{form}"), &body, &attributes),
+            ));
+        }
+    }
+    pushes.push(Sent::new(
+        "a request over the size limit",
+        envelope("oversized", &vec![b'x'; MAX_BODY_BYTES + 1], &image_kind),
+    ));
+    let answers = send_all(&format!("{}/", intake.url), &pushes, 8).await;
+    assert_all_acknowledged("intake", &pushes, &answers);
+
+    let mut refused = BTreeSet::new();
+    let mut expected_jobs = 0;
+    for (sent, answer) in pushes.iter().zip(&answers) {
+        let label = &sent.label;
+        match intake_verdict(&sent.body) {
+            Err(reason) => {
+                assert_eq!(answer.outcome(), "poison", "{label}: {answer:?} ({reason})");
+                let id = rejected_id(&sent.body);
+                let record = world
+                    .store
+                    .get_rejected(&id)
+                    .await
+                    .unwrap()
+                    .unwrap_or_else(|| panic!("{label}: no rejected record {id}"));
+                assert!(!record.reason.is_empty(), "{label}");
+                refused.insert(id);
+            }
+            Ok(jobs) => {
+                assert_eq!(answer.outcome(), "done", "{label}: {answer:?}");
+                for job in &jobs {
+                    let id = Job::id_for_request(job.request_id.as_deref().unwrap());
+                    let stored = world.store.job(&id).await.unwrap();
+                    assert_eq!(stored.prompt, job.prompt, "{label}");
+                }
+                expected_jobs += jobs.len() as u64;
+            }
+        }
+    }
+    assert_eq!(
+        world.store.count_rejected().await.unwrap(),
+        refused.len() as u64
+    );
+
+    // The HTTP API: 4xx for what it cannot take, never a 5xx.
+    let mut calls: Vec<(String, Vec<u8>, bool)> = corpus
+        .requests
+        .iter()
+        .map(|case| (format!("requests/{}", case.name), case.body.clone(), false))
+        .collect();
+    for (n, prompt) in corpus.prompts.iter().enumerate() {
+        for (form, body) in ["object", "batch"].into_iter().zip(prompt_requests(prompt)) {
+            let accepted = shared::requests::parse(&body, &Envelope::default()).is_ok();
+            calls.push((format!("prompts[{n}] as {form}"), body, accepted));
+        }
+        calls.push((
+            format!("prompts[{n}] as text"),
+            prompt.as_bytes().to_vec(),
+            false,
+        ));
+    }
+    for (name, body) in &corpus.push {
+        calls.push((format!("push/{name}"), body.clone(), false));
+    }
+    calls.push((
+        "a body over the size limit".into(),
+        [
+            b"{\"prompt\": \"".as_slice(),
+            &vec![b'x'; MAX_BODY_BYTES],
+            b"\"}",
+        ]
+        .concat(),
+        false,
+    ));
+    let sent: Vec<Sent> = calls
+        .iter()
+        .map(|(label, body, _)| {
+            let mut s = Sent::new(label.clone(), body.clone());
+            s.headers
+                .push(("content-type".into(), b"application/json".to_vec()));
+            s
+        })
+        .collect();
+    let answers = send_all(&format!("{}/v1/jobs", intake.url), &sent, 8).await;
+    for ((label, _, accepted), answer) in calls.iter().zip(&answers) {
+        if *accepted {
+            assert_eq!(answer.status, 201, "{label}: {answer:?}");
+            expected_jobs += answer.body["jobs"].as_array().unwrap().len() as u64;
+        } else {
+            assert!(
+                (400..500).contains(&answer.status),
+                "{label}: {} {}",
+                answer.status,
+                answer.body
+            );
+            assert!(answer.body["error"].is_string(), "{label}: {answer:?}");
+        }
+    }
+    // GET /v1/jobs/{id} with hostile ids: not found, never a 5xx.
+    let http = reqwest::Client::new();
+    for id in corpus.job_ids.iter().filter_map(Value::as_str) {
+        let mut url = reqwest::Url::parse(&intake.url).unwrap();
+        url.path_segments_mut().unwrap().extend(["v1", "jobs", id]);
+        let status = http.get(url.clone()).send().await.unwrap().status();
+        assert!(status.is_client_error(), "GET {url}: {status}");
+    }
+
+    let counts = world.store.job_counts().await.unwrap();
+    assert_eq!(counts.total(), expected_jobs, "jobs created");
+    eprintln!(
+        "intake: {} hostile pushes ({} refused and recorded), {} HTTP requests, {} jobs from the valid ones",
+        pushes.len(),
+        refused.len(),
+        calls.len(),
+        expected_jobs
+    );
+    intake.assert_healthy().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_generators_acknowledge_every_hostile_job_message_as_poison() {
+    let world = emulators(FakeOptions::default()).await;
+    let _topics = topics(&world).await;
+    let mut images = Service::start("image-generator", &world, &[]).await;
+    let mut videos = Service::start("video-generator", &world, &[]).await;
+    let corpus = Corpus::load();
+
+    let mut pushes: Vec<Sent> = corpus
+        .push
+        .iter()
+        .map(|(name, body)| Sent::new(format!("push/{name}"), body.clone()))
+        .collect();
+    let none = BTreeMap::new();
+    for (n, value) in corpus.job_ids.iter().enumerate() {
+        let data = json!({ "job_id": value }).to_string();
+        pushes.push(Sent::new(
+            format!("job-ids[{n}] {value}"),
+            envelope(&format!("job-id-{n}"), data.as_bytes(), &none),
+        ));
+    }
+    for (n, data) in corpus.job_messages.iter().enumerate() {
+        pushes.push(Sent::new(
+            format!("job-messages[{n}]"),
+            envelope(&format!("job-message-{n}"), data.as_bytes(), &none),
+        ));
+    }
+    pushes.push(Sent::new(
+        "a push over the body limit",
+        envelope("oversized", &vec![b' '; 3 * 1024 * 1024], &none),
+    ));
+    let image = world
+        .job("a job of the other kind", JobKind::Image, &[])
+        .await;
+    let video = world
+        .job("a job of the other kind", JobKind::Video, &[])
+        .await;
+
+    for (service, other) in [(&mut images, &video), (&mut videos, &image)] {
+        let mut sent: Vec<Sent> = pushes
+            .iter()
+            .map(|s| Sent::new(s.label.clone(), s.body.clone()))
+            .collect();
+        sent.push(Sent::new(
+            "a job of the other kind",
+            push_body(other, "other-kind").into_bytes(),
+        ));
+        let answers = send_all(&format!("{}/", service.url), &sent, 8).await;
+        assert_all_acknowledged(service.name, &sent, &answers);
+        for (s, answer) in sent.iter().zip(&answers) {
+            assert_eq!(
+                answer.outcome(),
+                "poison",
+                "{}: {}: {answer:?}",
+                service.name,
+                s.label
+            );
+        }
+        service.assert_healthy().await;
+    }
+    assert_eq!(
+        world.fake.total_calls(),
+        0,
+        "a hostile message reached the model"
+    );
+    for id in [&image, &video] {
+        let job = world.store.job(id).await.unwrap();
+        assert_eq!((job.status, job.attempts), (JobStatus::Pending, 0));
+    }
+    eprintln!(
+        "generators: {} hostile pushes each, all acknowledged as poison",
+        pushes.len() + 1
+    );
+}
+
+/// Every file (not directory) under `root`, sorted; symbolic links count as
+/// files, so that a test sees them.
+fn files_under(root: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() {
+                dirs.push(entry.path());
+            } else {
+                files.push(entry.path());
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// Entries of `dir` whose name contains `marker`.
+fn marked(dir: &Path, marker: &str) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().contains(marker))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn fill(text: &str, bucket: &str, job: &str) -> String {
+    text.replace("{bucket}", bucket).replace("{job}", job)
+}
+
+/// A GCS notification push of `name` in `bucket`.
+fn notification(message_id: &str, bucket: &str, name: &str, generation: i64) -> Vec<u8> {
+    let attributes = BTreeMap::from(
+        [
+            ("eventType", "OBJECT_FINALIZE".to_string()),
+            ("bucketId", bucket.to_string()),
+            ("objectId", name.to_string()),
+            ("objectGeneration", generation.to_string()),
+            ("payloadFormat", "NONE".to_string()),
+        ]
+        .map(|(k, v)| (k.to_string(), v)),
+    );
+    envelope(message_id, b"", &attributes)
+}
+
+/// A binary-mode CloudEvent of `name` in `bucket`.
+fn cloud_event(id: &str, bucket: &str, name: &str) -> Sent {
+    let mut sent = Sent::new(
+        format!("CloudEvent of {name:?}"),
+        json!({"bucket": bucket, "name": name, "generation": "1"}).to_string(),
+    );
+    sent.headers = [
+        ("ce-specversion", "1.0"),
+        ("ce-type", "google.cloud.storage.object.v1.finalized"),
+        ("ce-id", id),
+        ("content-type", "application/json"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+    .collect();
+    sent
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_downloader_acknowledges_hostile_events_and_writes_only_under_its_root() {
+    const ESCAPE: &str = "asmr-hostile-escape";
+    let world = emulators(FakeOptions::default()).await;
+    let _topics = topics(&world).await;
+    let corpus = Corpus::load();
+    // The destination inside a sandbox, with a neighbour to keep clean.
+    let sandbox = tempfile::tempdir().unwrap();
+    let root = sandbox.path().join("archive");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(sandbox.path().join("neighbour")).unwrap();
+    std::fs::write(sandbox.path().join("neighbour/keep.txt"), b"keep").unwrap();
+    let watched: Vec<PathBuf> = [
+        Some(std::env::temp_dir()),
+        Some(std::env::current_dir().unwrap()),
+        std::env::current_dir()
+            .unwrap()
+            .parent()
+            .map(Path::to_path_buf),
+        sandbox.path().parent().map(Path::to_path_buf),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let before: Vec<PathBuf> = watched.iter().flat_map(|d| marked(d, ESCAPE)).collect();
+    let mut downloader = Service::start(
+        "downloader",
+        &world,
+        &[
+            ("DOWNLOAD_DESTINATION", root.display().to_string()),
+            ("DOWNLOAD_LEASE", "2s".to_string()),
+        ],
+    )
+    .await;
+    let bucket = world.bucket.clone();
+    let job = world
+        .job("a job with hostile outputs", JobKind::Image, &[])
+        .await;
+
+    // Objects that exist, under names the path rules keep.
+    let mut uploaded = Vec::new();
+    for name in &corpus.uploaded_names {
+        let full = format!("images/{job}/{name}");
+        let data = bytes::Bytes::from(format!("content of {name}"));
+        world
+            .objects
+            .write(
+                &bucket,
+                &full,
+                data.clone(),
+                "image/png",
+                &Default::default(),
+            )
+            .await
+            .unwrap();
+        let meta = world.objects.metadata(&bucket, &full).await.unwrap();
+        let meta = meta.unwrap_or_else(|| panic!("{full:?} was stored under another name"));
+        uploaded.push((full, meta.generation, data));
+    }
+
+    let mut sent: Vec<Sent> = corpus
+        .push
+        .iter()
+        .map(|(name, body)| Sent::new(format!("push/{name}"), body.clone()))
+        .collect();
+    for (n, case) in corpus.notifications.iter().enumerate() {
+        let attributes: BTreeMap<String, String> = attributes(&case["attributes"])
+            .into_iter()
+            .map(|(k, v)| (k, fill(&v, &bucket, &job)))
+            .collect();
+        let data = case["data"]
+            .as_str()
+            .map(|d| fill(d, &bucket, &job))
+            .unwrap_or_default();
+        sent.push(Sent::new(
+            format!("notifications/{}", case["name"].as_str().unwrap()),
+            envelope(&format!("notification-{n}"), data.as_bytes(), &attributes),
+        ));
+    }
+    for case in &corpus.cloud_events {
+        let mut s = Sent::new(
+            format!("cloudevents/{}", case["name"].as_str().unwrap()),
+            fill(case["body"].as_str().unwrap(), &bucket, &job),
+        );
+        s.headers = attributes(&case["headers"])
+            .into_iter()
+            .map(|(k, v)| (k, fill(&v, &bucket, &job).into_bytes()))
+            .collect();
+        sent.push(s);
+    }
+    // Every hostile name inside the job's folder and on its own, as a
+    // notification and as a CloudEvent.
+    let mut named = Vec::new();
+    for (n, name) in corpus.object_names.iter().enumerate() {
+        for (form, full) in [
+            ("in-job", format!("images/{job}/{name}")),
+            ("bare", name.clone()),
+        ] {
+            named.push((sent.len(), full.clone()));
+            let mut s = Sent::new(
+                format!("object-names[{n}] {form} {name:?}"),
+                notification(&format!("name-{n}-{form}"), &bucket, &full, 1),
+            );
+            s.label = format!("object-names[{n}] {form} {name:?} (notification)");
+            sent.push(s);
+            named.push((sent.len(), full.clone()));
+            sent.push(cloud_event(&format!("name-{n}-{form}"), &bucket, &full));
+        }
+    }
+    let first_upload = sent.len();
+    for (n, (full, generation, _)) in uploaded.iter().enumerate() {
+        sent.push(Sent::new(
+            format!("uploaded {full:?}"),
+            notification(&format!("uploaded-{n}"), &bucket, full, *generation),
+        ));
+    }
+    sent.push(Sent::new(
+        "a push over the body limit",
+        envelope("oversized", &vec![b' '; 3 * 1024 * 1024], &BTreeMap::new()),
+    ));
+
+    // One at a time: events of one object sent at once are rightly answered
+    // 503 while the first copy runs (its event must come back should that
+    // copier die), which is not what this test is about.
+    let answers = send_all(&format!("{}/", downloader.url), &sent, 1).await;
+    assert_all_acknowledged("the downloader", &sent, &answers);
+    for (i, full) in &named {
+        let answer = &answers[*i];
+        let label = &sent[*i].label;
+        if shared::deliver::job_of(full).is_some() && shared::paths::relative_path(full).is_err() {
+            assert_eq!(answer.outcome(), "poison", "{label}: {answer:?}");
+        }
+    }
+    for (n, (full, _, data)) in uploaded.iter().enumerate() {
+        let answer = &answers[first_upload + n];
+        assert_eq!(answer.outcome(), "done", "{full:?}: {answer:?}");
+        let path = shared::paths::join_under(&root, full).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), data.to_vec(), "{full:?}");
+    }
+
+    // Nothing outside the destination: the sandbox holds only the
+    // neighbour's file and what is under the root, as plain files.
+    let files = files_under(sandbox.path());
+    for file in &files {
+        let inside = file.starts_with(&root) || file == &sandbox.path().join("neighbour/keep.txt");
+        assert!(
+            inside,
+            "{} was written outside {}",
+            file.display(),
+            root.display()
+        );
+        let meta = std::fs::symlink_metadata(file).unwrap();
+        assert!(meta.is_file(), "{} is not a plain file", file.display());
+        let name = file.file_name().unwrap().to_string_lossy();
+        assert!(
+            !name.ends_with(shared::paths::PARTIAL_SUFFIX),
+            "{} was left",
+            file.display()
+        );
+    }
+    let delivered = files.iter().filter(|f| f.starts_with(&root)).count();
+    assert_eq!(delivered, uploaded.len(), "{files:#?}");
+    let after: Vec<PathBuf> = watched.iter().flat_map(|d| marked(d, ESCAPE)).collect();
+    assert_eq!(after, before, "something escaped the destination");
+    eprintln!(
+        "downloader: {} hostile events acknowledged, {} real copies, all under the root",
+        sent.len(),
+        delivered
+    );
+    downloader.assert_healthy().await;
+}
