@@ -5,7 +5,7 @@ use crate::domain::Lease;
 use crate::domain::download::Download;
 use crate::error::Error;
 use crate::objects::{GsUri, ReadRange};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use std::path::{Path, PathBuf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -17,6 +17,13 @@ pub use crate::paths::PARTIAL_SUFFIX;
 /// after this long, whichever comes first.
 const PROGRESS_EVERY: u64 = 16 * 1024 * 1024;
 const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+/// Bytes gathered before one write to the partial file.
+const WRITE_BUFFER: usize = 1024 * 1024;
+/// The partial file is flushed to disk in the background every this many
+/// bytes, so the final fsync waits for the last stretch only instead of the
+/// whole object (Linux starts writeback on its own only past a share of
+/// memory, more than most outputs).
+const WRITEBACK_EVERY: u64 = 32 * 1024 * 1024;
 
 /// Why an attempt failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -196,20 +203,23 @@ async fn to_file(
     if offset > 0 {
         tracing::info!(download_id = %download.id, offset, "resuming a copy");
     }
-    let mut file = tokio::fs::OpenOptions::new()
+    let file = tokio::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&partial)
         .await
         .map_err(|e| CopyError::io(&format!("opening {}", partial.display()), e))?;
+    let mut writeback = Writeback::new(&file, offset).await;
+    // Network chunks are small; each write to a tokio file is a trip to the
+    // blocking pool, so they go to disk in pieces of WRITE_BUFFER.
+    let mut file = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file);
 
     if offset < size {
         let mut stream = downloader
             .objects
             .read(&source.bucket, &source.name, ReadRange::from(offset))
             .await?;
-        let mut reported = offset;
-        let mut reported_at = std::time::Instant::now();
+        let mut progress = Progress::new(downloader, download, lease, offset);
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
             file.write_all(&chunk)
@@ -217,24 +227,16 @@ async fn to_file(
                 .map_err(|e| CopyError::io(&format!("writing {}", partial.display()), e))?;
             running = crc32c::crc32c_append(running, &chunk);
             offset += chunk.len() as u64;
-            if offset - reported >= PROGRESS_EVERY || reported_at.elapsed() >= PROGRESS_INTERVAL {
-                reported = offset;
-                reported_at = std::time::Instant::now();
-                // Also extends the lease; losing it means another worker took over.
-                if let Err(e) = downloader
-                    .store
-                    .download_progress(&download.id, lease, offset)
-                    .await
-                    && !e.is_retryable()
-                {
-                    return Err(CopyError::permanent("lease_lost", e.to_string()));
-                }
-            }
+            progress.copied(offset)?;
+            writeback.written(offset);
         }
+        progress.finish().await?;
+        writeback.finish().await;
     }
     file.flush()
         .await
         .map_err(|e| CopyError::io("flushing", e))?;
+    let file = file.into_inner();
     file.sync_all()
         .await
         .map_err(|e| CopyError::io(&format!("syncing {}", partial.display()), e))?;
@@ -263,4 +265,140 @@ async fn to_file(
         let _ = dir.sync_all().await;
     }
     Ok(offset)
+}
+
+/// Records a copy's progress (which also extends its lease) in the
+/// background, one record at a time, so the stream never waits on the
+/// store. A record that finds the lease gone ends the copy.
+struct Progress<'a> {
+    downloader: &'a Downloader,
+    download_id: &'a str,
+    lease: &'a Lease,
+    reported: u64,
+    reported_at: std::time::Instant,
+    in_flight: Option<tokio::task::JoinHandle<Result<(), Error>>>,
+}
+
+impl<'a> Progress<'a> {
+    fn new(
+        downloader: &'a Downloader,
+        download: &'a Download,
+        lease: &'a Lease,
+        offset: u64,
+    ) -> Self {
+        Progress {
+            downloader,
+            download_id: &download.id,
+            lease,
+            reported: offset,
+            reported_at: std::time::Instant::now(),
+            in_flight: None,
+        }
+    }
+
+    /// Notes that `offset` bytes are copied; starts a record when one is due
+    /// and the previous one has finished.
+    fn copied(&mut self, offset: u64) -> Result<(), CopyError> {
+        let due = offset - self.reported >= PROGRESS_EVERY
+            || self.reported_at.elapsed() >= PROGRESS_INTERVAL;
+        if !due {
+            return Ok(());
+        }
+        if let Some(previous) = self.in_flight.take() {
+            if !previous.is_finished() {
+                self.in_flight = Some(previous);
+                return Ok(());
+            }
+            if let Some(result) = previous.now_or_never() {
+                Self::check(result)?;
+            }
+        }
+        self.reported = offset;
+        self.reported_at = std::time::Instant::now();
+        let store = self.downloader.store.clone();
+        let id = self.download_id.to_string();
+        let lease = self.lease.clone();
+        self.in_flight = Some(tokio::spawn(async move {
+            store.download_progress(&id, &lease, offset).await.map(drop)
+        }));
+        Ok(())
+    }
+
+    /// Waits for the record in flight, if any.
+    async fn finish(mut self) -> Result<(), CopyError> {
+        match self.in_flight.take() {
+            Some(last) => Self::check(last.await),
+            None => Ok(()),
+        }
+    }
+
+    /// A store that is only unavailable does not stop the copy; a lost lease
+    /// means another worker took it over.
+    fn check(result: Result<Result<(), Error>, tokio::task::JoinError>) -> Result<(), CopyError> {
+        match result {
+            Ok(Err(e)) if !e.is_retryable() => {
+                Err(CopyError::permanent("lease_lost", e.to_string()))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for Progress<'_> {
+    /// A copy that ended early records nothing more.
+    fn drop(&mut self) {
+        if let Some(in_flight) = self.in_flight.take() {
+            in_flight.abort();
+        }
+    }
+}
+
+/// Flushes what a copy has written so far to disk while the copy goes on,
+/// one flush at a time, on a handle of its own.
+struct Writeback {
+    handle: Option<std::sync::Arc<std::fs::File>>,
+    flushed: u64,
+    in_flight: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Writeback {
+    async fn new(file: &tokio::fs::File, offset: u64) -> Self {
+        // Without a second handle the copy goes on without early flushes;
+        // the final fsync still covers everything.
+        let handle = match file.try_clone().await {
+            Ok(clone) => Some(std::sync::Arc::new(clone.into_std().await)),
+            Err(e) => {
+                tracing::debug!(error = %e, "no handle for early flushes");
+                None
+            }
+        };
+        Writeback {
+            handle,
+            flushed: offset,
+            in_flight: None,
+        }
+    }
+
+    /// Notes that `offset` bytes are written; starts a flush when one is due
+    /// and the previous one has finished. Its errors surface again in the
+    /// final fsync, which decides.
+    fn written(&mut self, offset: u64) {
+        let Some(handle) = &self.handle else { return };
+        if offset - self.flushed < WRITEBACK_EVERY
+            || self.in_flight.as_ref().is_some_and(|f| !f.is_finished())
+        {
+            return;
+        }
+        self.flushed = offset;
+        let handle = handle.clone();
+        self.in_flight = Some(tokio::task::spawn_blocking(move || {
+            let _ = handle.sync_data();
+        }));
+    }
+
+    async fn finish(mut self) {
+        if let Some(in_flight) = self.in_flight.take() {
+            let _ = in_flight.await;
+        }
+    }
 }

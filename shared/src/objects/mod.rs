@@ -125,6 +125,9 @@ pub trait ObjectStore: Send + Sync {
     ) -> Result<ObjectMeta>;
 
     /// Streams the bytes of `range`. A missing object is `Error::NotFound`.
+    /// The bytes are not checked here: the caller compares the CRC32C of
+    /// what it kept with [`ObjectMeta::crc32c`] (the downloader does, over a
+    /// resumed copy's earlier part too), so it is computed once.
     async fn read(&self, bucket: &str, name: &str, range: ReadRange) -> Result<ByteStream>;
 
     /// The object's metadata, `None` if it does not exist.
