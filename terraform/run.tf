@@ -36,6 +36,7 @@ locals {
     MAX_RETRIES           = "3"
     BASE_DELAY            = "5"
     MAX_DELAY             = "60"
+    QUOTA_WAIT            = "75"
     VERTEX_TIMEOUT        = "120"
     OPERATION_TIMEOUT     = "1800"
     LEASE_TTL             = "900"

@@ -232,6 +232,10 @@ pub struct StageArgs {
     /// Longest back-off.
     #[arg(long, env = "MAX_DELAY", default_value = "60", value_parser = parse_duration)]
     pub max_delay: Duration,
+    /// How long a model call waits behind a spent quota (after a 429) for
+    /// it to free before its job goes back to the queue.
+    #[arg(long, env = "QUOTA_WAIT", default_value = "75", value_parser = parse_duration)]
+    pub quota_wait: Duration,
     /// Time limit of each model HTTP request.
     #[arg(long, env = "VERTEX_TIMEOUT", default_value = "120", value_parser = parse_duration)]
     pub vertex_timeout: Duration,
@@ -294,6 +298,7 @@ impl StageArgs {
             max_retries: self.max_retries,
             base_delay: self.base_delay,
             max_delay: self.max_delay,
+            quota_wait: self.quota_wait,
         }
     }
 
@@ -332,7 +337,7 @@ impl StageArgs {
     /// One line for the start-up log, secrets left out.
     pub fn summary(&self) -> String {
         format!(
-            "backend={:?} project={} prefix={:?} bucket={} dry_run={} image_model={} video_model={} vertex={} token={} retries={} base_delay={:?} max_delay={:?} operation_timeout={:?} polling_interval={:?} lease_ttl={:?} storage={} budget_per_day={} model_prices={}",
+            "backend={:?} project={} prefix={:?} bucket={} dry_run={} image_model={} video_model={} vertex={} token={} retries={} base_delay={:?} max_delay={:?} quota_wait={:?} operation_timeout={:?} polling_interval={:?} lease_ttl={:?} storage={} budget_per_day={} model_prices={}",
             self.store.backend,
             self.store.project.as_deref().unwrap_or("-"),
             self.store.collection_prefix,
@@ -349,6 +354,7 @@ impl StageArgs {
             self.max_retries,
             self.base_delay,
             self.max_delay,
+            self.quota_wait,
             self.operation_timeout,
             self.polling_interval,
             self.lease_ttl,

@@ -456,11 +456,7 @@ async fn build_stages(store: Store, settings: &RunSettings) -> Result<Stages> {
         dry_run: settings.live.is_none(),
         lease_ttl: Duration::from_secs(600),
         operation_timeout: settings.operation_timeout,
-        retry: RetryPolicy {
-            max_retries: 3,
-            base_delay: Duration::from_secs(5),
-            max_delay: Duration::from_secs(60),
-        },
+        retry: RetryPolicy::default(),
     };
     let (image_model, video_model) = match &settings.live {
         Some(live) => (

@@ -326,6 +326,7 @@ impl FakeVertex {
                 max_retries: 3,
                 base_delay: Duration::from_millis(1),
                 max_delay: Duration::from_millis(20),
+                quota_wait: Duration::from_millis(100),
             },
             request_timeout: Duration::from_secs(5),
             access_token: Some(self.shared.options.token.clone()),

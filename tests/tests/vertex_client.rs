@@ -151,6 +151,7 @@ async fn vertex_retry_after_is_honoured_up_to_the_maximum_delay() {
         max_retries: 3,
         base_delay: Duration::from_millis(1),
         max_delay: Duration::from_secs(5),
+        quota_wait: Duration::from_secs(5),
     };
     fake.fail_next_with(
         1,
@@ -202,27 +203,106 @@ async fn vertex_server_errors_are_retried_then_succeed() {
 }
 
 #[tokio::test]
-async fn vertex_exhausted_retries_give_a_transient_rate_limited_error() {
+async fn vertex_a_quota_that_stays_spent_gives_a_transient_rate_limited_error() {
     let fake = FakeVertex::start(FakeOptions {
         requests_per_minute: Some(1),
         ..FakeOptions::default()
     })
     .await;
-    let client = client(fake.config());
+    let mut config = fake.config();
+    config.retry = RetryPolicy {
+        max_retries: 3,
+        base_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(20),
+        quota_wait: Duration::from_millis(100),
+    };
+    let client = client(config);
     client
         .generate(&image(IMAGEN, "first", samples(1)))
         .await
         .unwrap();
+    let started = Instant::now();
     let e = client
         .generate(&image(IMAGEN, "second", samples(1)))
         .await
         .unwrap_err();
+    let elapsed = started.elapsed();
     assert_error(&e, ErrorClass::Transient, "rate_limited");
     assert_eq!(e.http_status, Some(429));
-    assert!(e.message.contains("Quota exceeded"), "{e}");
+    assert!(e.message.contains("quota is spent"), "{e}");
+    assert!(e.message.contains("QUOTA_WAIT"), "{e}");
+    // It waited QUOTA_WAIT, probing every 10 ms (base_delay under 2 s).
+    assert!(elapsed >= Duration::from_millis(100), "{elapsed:?}");
+    let tries = fake.calls_for_prompt("second");
+    let most = (elapsed.as_millis() / 10) as usize + 2;
+    assert!((3..=most).contains(&tries), "{tries} tries in {elapsed:?}");
+}
+
+#[tokio::test]
+async fn vertex_exhausted_retries_of_other_transient_errors_say_so() {
+    let fake = FakeVertex::start(FakeOptions::default()).await;
+    fake.fail_next(10, 503);
+    let e = client(fake.config())
+        .generate(&image(IMAGEN, "unavailable", samples(1)))
+        .await
+        .unwrap_err();
+    assert_error(&e, ErrorClass::Transient, "unavailable");
     assert!(e.message.contains("gave up after 3 retries"), "{e}");
     // The first try and 3 retries.
-    assert_eq!(fake.calls_for_prompt("second"), 4);
+    assert_eq!(fake.calls_for_prompt("unavailable"), 4);
+}
+
+#[tokio::test]
+async fn vertex_calls_behind_a_spent_quota_wait_for_one_probe_at_a_time() {
+    let fake = FakeVertex::start(FakeOptions {
+        requests_per_minute: Some(2),
+        ..FakeOptions::default()
+    })
+    .await;
+    let mut config = fake.config();
+    // Each call may wait 350 ms behind the quota; the gate probes every 50 ms.
+    config.retry = RetryPolicy {
+        max_retries: 3,
+        base_delay: Duration::from_millis(50),
+        max_delay: Duration::from_secs(5),
+        quota_wait: Duration::from_millis(350),
+    };
+    let client = Arc::new(client(config));
+    for n in 0..2 {
+        client
+            .generate(&image(IMAGEN, &format!("spends the quota {n}"), samples(1)))
+            .await
+            .unwrap();
+    }
+    // The gate learns of the spent quota from the first 429; from then on
+    // the waiting calls send one probe per interval between them, not one
+    // each per back-off step (that would be 4 tries each, 40 in all).
+    let started = Instant::now();
+    let calls: Vec<_> = (0..10)
+        .map(|n| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                client
+                    .generate(&image(IMAGEN, &format!("waits {n}"), samples(1)))
+                    .await
+            })
+        })
+        .collect();
+    for call in calls {
+        let e = call.await.unwrap().unwrap_err();
+        assert_error(&e, ErrorClass::Transient, "rate_limited");
+        assert_eq!(e.http_status, Some(429));
+    }
+    let elapsed = started.elapsed();
+    let tries = fake.total_calls() - 2;
+    // Up to all 10 may go before the first 429 closes the gate; then at most
+    // one probe per 50 ms over the 350 ms (plus a late one each side).
+    let probes_bound = (elapsed.as_millis() / 50) as usize + 2;
+    assert!(
+        tries <= 10 + probes_bound && tries < 40,
+        "{tries} tries in {elapsed:?}"
+    );
+    assert!(elapsed >= Duration::from_millis(300), "{elapsed:?}");
 }
 
 #[tokio::test]
@@ -556,6 +636,7 @@ async fn vertex_an_unreachable_endpoint_is_transient_after_retries() {
             max_retries: 2,
             base_delay: Duration::from_millis(1),
             max_delay: Duration::from_millis(5),
+            quota_wait: Duration::from_millis(100),
         },
         request_timeout: Duration::from_secs(2),
         access_token: Some("t".into()),

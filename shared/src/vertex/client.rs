@@ -5,7 +5,9 @@
 //! per sample, run concurrently, since a Gemini call yields one image), and
 //! videos go to Veo's `:predictLongRunning` / `:fetchPredictOperation`.
 //!
-//! Each call retries transient failures in-call (see [`super::retry`]) and
+//! Each call retries transient failures in-call (see [`super::retry`]),
+//! waits behind a model's spent quota with the others (see [`super::quota`]),
+//! and
 //! never retries a submit whose outcome is unknown (see
 //! [`super::classify`]). Inline base64 is size-checked before it is decoded,
 //! and response bodies are read with a cap, so a broken or hostile answer
@@ -13,7 +15,8 @@
 //! needs is in [`VertexConfig`].
 
 use super::classify::{CallKind, Failure, classify};
-use super::retry::{delay_before_retry, jitter};
+use super::quota::{Outcome, PROBE_INTERVAL, QuotaGates};
+use super::retry::{delay_before_retry, jitter, parse_retry_after};
 use super::wire::{
     Content, FetchOperationRequest, GenerateContentRequest, GenerateContentResponse,
     GenerationConfig, ImageConfig, ImagenParameters, ImagenRequest, ImagenResponse, Operation,
@@ -78,6 +81,40 @@ pub struct VertexClient {
     base_url: String,
     http: reqwest::Client,
     auth: Auth,
+    /// Calls wait here while a model's quota is spent.
+    quota: QuotaGates,
+}
+
+/// What a failed request says about the model's quota: a 429 means it is
+/// spent, for at least the server's `Retry-After`.
+fn quota_outcome(failure: &Failure, policy: &super::RetryPolicy) -> Outcome {
+    match failure {
+        Failure::Status {
+            status: 429,
+            retry_after,
+            ..
+        } => Outcome::RateLimited(
+            retry_after
+                .as_deref()
+                .and_then(|v| parse_retry_after(v, SystemTime::now()))
+                .unwrap_or_default()
+                .min(policy.max_delay),
+        ),
+        _ => Outcome::Other,
+    }
+}
+
+/// A call that waited its time behind a spent quota: transient, so the job
+/// goes back to the queue as rate limited.
+fn quota_spent(model: &str, waited: Duration) -> ModelError {
+    ModelError {
+        class: ErrorClass::Transient,
+        code: "rate_limited".into(),
+        message: format!(
+            "the {model} quota is spent: it did not free within QUOTA_WAIT ({waited:?})"
+        ),
+        http_status: Some(429),
+    }
 }
 
 impl fmt::Debug for VertexClient {
@@ -164,11 +201,13 @@ impl VertexClient {
             Some(token) if !token.is_empty() => Auth::Static(token.to_string()),
             _ => Auth::Adc(OnceCell::new()),
         };
+        let quota = QuotaGates::new(PROBE_INTERVAL.min(config.retry.base_delay));
         Ok(Self {
             config,
             base_url,
             http,
             auth,
+            quota,
         })
     }
 
@@ -230,26 +269,60 @@ impl VertexClient {
             )
         })?);
         let policy = self.config.retry;
+        let mut quota_deadline = tokio::time::Instant::now() + policy.quota_wait;
         let mut retry = 0;
         loop {
+            let Some(ticket) = self.quota.enter(model, quota_deadline).await else {
+                return Err(quota_spent(model, policy.quota_wait));
+            };
+            let probe = ticket.is_probe();
             let failure = match self.attempt(&url, body.clone()).await {
-                Ok((status, bytes)) => match serde_json::from_slice::<R>(&bytes) {
-                    Ok(answer) => return Ok(answer),
-                    Err(e) => Failure::BadBody {
-                        status,
-                        detail: format!("the {verb} answer is not the expected JSON: {e}"),
-                    },
-                },
-                Err(failure) => failure,
+                Ok((status, bytes)) => {
+                    ticket.settle(Outcome::Answered);
+                    match serde_json::from_slice::<R>(&bytes) {
+                        Ok(answer) => return Ok(answer),
+                        Err(e) => Failure::BadBody {
+                            status,
+                            detail: format!("the {verb} answer is not the expected JSON: {e}"),
+                        },
+                    }
+                }
+                Err(failure) => {
+                    ticket.settle(quota_outcome(&failure, &policy));
+                    failure
+                }
             };
             let classified = classify(failure, kind, SystemTime::now());
             let mut error = classified.error;
+            let rate_limited = error.http_status == Some(429);
+            // A probe of a spent quota that meets a 429 is the gate's try,
+            // not this call's: the call waits on, up to QUOTA_WAIT.
+            if error.class == ErrorClass::Transient && rate_limited && probe {
+                continue;
+            }
             if error.class != ErrorClass::Transient || retry >= policy.max_retries {
                 if error.class == ErrorClass::Transient && retry > 0 {
                     let retries = if retry == 1 { "retry" } else { "retries" };
                     error.message = format!("{} (gave up after {retry} {retries})", error.message);
                 }
                 return Err(error);
+            }
+            if rate_limited {
+                // The gate holds the retry until the quota frees, at least
+                // as long as this call's own back-off would have.
+                let own = delay_before_retry(&policy, retry, classified.retry_after, 1.0);
+                quota_deadline = quota_deadline.max(tokio::time::Instant::now() + own);
+                tracing::warn!(
+                    model,
+                    verb,
+                    code = %error.code,
+                    retry = retry + 1,
+                    max_retries = policy.max_retries,
+                    "model quota spent; retrying when it frees: {}",
+                    error.message
+                );
+                retry += 1;
+                continue;
             }
             let delay = delay_before_retry(&policy, retry, classified.retry_after, jitter());
             tracing::warn!(

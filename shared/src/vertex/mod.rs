@@ -7,6 +7,7 @@
 
 mod classify;
 pub mod client;
+mod quota;
 mod retry;
 pub mod wire;
 
@@ -18,6 +19,9 @@ use bytes::Bytes;
 use std::fmt;
 use std::time::Duration;
 
+/// QUOTA_WAIT's default: a minute of quota and a few probes.
+pub const DEFAULT_QUOTA_WAIT: Duration = Duration::from_secs(75);
+
 /// Retries inside one model call (the old system's MAX_RETRIES, BASE_DELAY, MAX_DELAY).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -27,6 +31,10 @@ pub struct RetryPolicy {
     pub base_delay: Duration,
     /// Longest back-off (also caps a `Retry-After`).
     pub max_delay: Duration,
+    /// Longest wait behind a model's spent quota (QUOTA_WAIT) before the
+    /// call gives its job back to the queue. Vertex AI counts quota per
+    /// minute, so a little over a minute lets the window turn.
+    pub quota_wait: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -35,6 +43,7 @@ impl Default for RetryPolicy {
             max_retries: 3,
             base_delay: Duration::from_secs(5),
             max_delay: Duration::from_secs(60),
+            quota_wait: DEFAULT_QUOTA_WAIT,
         }
     }
 }

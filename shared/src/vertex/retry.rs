@@ -84,6 +84,7 @@ mod tests {
             max_retries,
             base_delay: Duration::from_millis(base_ms),
             max_delay: Duration::from_millis(max_ms),
+            ..RetryPolicy::default()
         }
     }
 
@@ -134,6 +135,7 @@ mod tests {
             max_retries: 1,
             base_delay: Duration::MAX,
             max_delay: Duration::MAX,
+            ..RetryPolicy::default()
         };
         assert_eq!(backoff(&big, 3, 1.0), Duration::MAX);
     }

@@ -86,11 +86,7 @@ fn live(store: &StoreArgs, args: &RunArgs) -> Result<Live> {
             }),
             image_model: vertex.image_model.clone(),
             video_model: vertex.video_model.clone(),
-            retry: RetryPolicy {
-                max_retries: 3,
-                base_delay: Duration::from_secs(5),
-                max_delay: Duration::from_secs(60),
-            },
+            retry: RetryPolicy::default(),
             request_timeout: Duration::from_secs(120),
             access_token: vertex.vertex_access_token.clone(),
         },
