@@ -1,0 +1,376 @@
+//! Quota use: a batch of live image jobs through the image-generator binary
+//! behind a Pub/Sub push subscription, against the fake Vertex AI accepting
+//! N requests per rolling minute and answering 429 beyond. A counting proxy
+//! in front of the fake sees every answer.
+
+use crate::common::{self, Context};
+use crate::table::{Report, humanize};
+use anyhow::{Result, bail, ensure};
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::Response;
+use futures::StreamExt;
+use shared::bus::Topics;
+use shared::domain::job::{JobKind, JobStatus, NewJob};
+use shared::store::JobFilter;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use tests::fake_vertex::{FakeOptions, FakeVertex};
+
+const GROUP: &str = "Quota use";
+
+/// One answer the fake gave, when the proxy passed it on.
+type Seen = (Instant, u16);
+
+struct ProxyState {
+    upstream: String,
+    http: reqwest::Client,
+    seen: Mutex<Vec<Seen>>,
+}
+
+impl ProxyState {
+    fn seen(&self) -> Vec<Seen> {
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// Passes every request to the fake and records the status of its answer.
+async fn forward(
+    State(state): State<Arc<ProxyState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut request = state
+        .http
+        .request(method, format!("{}{path}", state.upstream))
+        .body(body);
+    for (name, value) in &headers {
+        if name != "host" && name != "content-length" {
+            request = request.header(name, value);
+        }
+    }
+    let answer = async {
+        let response = request.send().await?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.bytes().await?;
+        Ok::<_, reqwest::Error>((status, headers, body))
+    }
+    .await;
+    match answer {
+        Ok((status, headers, body)) => {
+            state
+                .seen
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((Instant::now(), status.as_u16()));
+            let mut response = Response::new(Body::from(body));
+            *response.status_mut() = status;
+            for (name, value) in &headers {
+                if name != "content-length" && name != "transfer-encoding" {
+                    response.headers_mut().insert(name, value.clone());
+                }
+            }
+            response
+        }
+        Err(e) => {
+            let mut response = Response::new(Body::from(format!("proxy: {e}")));
+            *response.status_mut() = StatusCode::BAD_GATEWAY;
+            response
+        }
+    }
+}
+
+/// Runs `jobs` live image jobs at `rpm` requests per minute.
+pub async fn run(ctx: &Context, rpm: u32, jobs: usize, report: &mut Report) -> Result<()> {
+    ensure!(
+        jobs > rpm as usize,
+        "--quota-jobs ({jobs}) must be more than --quota-rpm ({rpm}), or the quota never binds"
+    );
+    let fake = FakeVertex::start(FakeOptions {
+        requests_per_minute: Some(rpm),
+        ..FakeOptions::default()
+    })
+    .await;
+    let state = Arc::new(ProxyState {
+        upstream: fake.base_url(),
+        http: reqwest::Client::new(),
+        seen: Mutex::new(Vec::new()),
+    });
+    let proxy =
+        tests::stages::serve(Router::new().fallback(forward).with_state(state.clone())).await;
+
+    let objects = tests::harness::gcs().await;
+    let prefix = common::unique_prefix();
+    let bucket = common::unique_bucket();
+    shared::objects::ObjectStore::ensure_bucket(&objects, &bucket).await?;
+    let topics = Topics::new(prefix.clone());
+    let topic_names: Vec<String> = topics.all().to_vec();
+    for topic in &topic_names {
+        ctx.pubsub.topic(topic).await?;
+    }
+    let subscription = format!("{prefix}images");
+    let outcome = measure(
+        ctx,
+        &prefix,
+        &bucket,
+        &topics,
+        &subscription,
+        &proxy,
+        fake.token(),
+        rpm,
+        jobs,
+        &state,
+    )
+    .await;
+    ctx.pubsub.remove(&[subscription], &topic_names).await;
+    if let Ok(listed) = shared::objects::ObjectStore::list(&objects, &bucket, "").await {
+        for object in listed {
+            let _ = shared::objects::ObjectStore::delete(&objects, &bucket, &object.name).await;
+        }
+    }
+    common::delete_bucket(ctx, &bucket).await;
+    let run = outcome?;
+    tabulate(&run, rpm, jobs, report);
+    Ok(())
+}
+
+/// What one quota run saw.
+struct Run {
+    /// Publish to the last job settled.
+    completion: Duration,
+    /// Publish to the first accepted call.
+    first_call: Duration,
+    /// First to last accepted call.
+    span: Duration,
+    accepted: usize,
+    rejected: usize,
+    completed: u64,
+    failed: Vec<(String, String)>,
+    unfinished: u64,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn measure(
+    ctx: &Context,
+    prefix: &str,
+    bucket: &str,
+    topics: &Topics,
+    subscription: &str,
+    proxy: &str,
+    token: &str,
+    rpm: u32,
+    jobs: usize,
+    state: &ProxyState,
+) -> Result<Run> {
+    let mut env = ctx.stage_env(prefix, bucket);
+    env.extend(
+        [
+            ("VERTEX_BASE_URL", proxy),
+            ("VERTEX_ACCESS_TOKEN", token),
+            ("DRY_RUN", "false"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    let mut generator = ctx.spawn("image-generator", &env)?;
+    generator.healthy(&ctx.http).await?;
+    ctx.pubsub
+        .push(
+            subscription,
+            &topics.image_jobs(),
+            &format!("{}/", generator.url),
+            600,
+        )
+        .await?;
+
+    let store = ctx.store(prefix).await;
+    common::detail(&format!("creating {jobs} live image jobs"));
+    let ids: Vec<String> = futures::stream::iter(0..jobs)
+        .map(|n| {
+            let store = &store;
+            async move {
+                let mut new = NewJob::new(crate::pipeline::prompt(n), JobKind::Image);
+                new.dry_run = false;
+                store.create_job(new).await.map(|created| created.record.id)
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<shared::Result<_>>()?;
+    let messages: Vec<(Vec<u8>, BTreeMap<String, String>)> = ids
+        .iter()
+        .map(|id| {
+            (
+                serde_json::json!({ "job_id": id }).to_string().into_bytes(),
+                BTreeMap::new(),
+            )
+        })
+        .collect();
+    let ideal = ideal_span(rpm, jobs);
+    let limit = ideal * 4 + Duration::from_secs(180);
+    common::detail(&format!(
+        "publishing {jobs} job messages; the quota allows it in {} at best, giving up after {}",
+        humanize(ideal),
+        humanize(limit)
+    ));
+    let started = Instant::now();
+    ctx.pubsub.publish(&topics.image_jobs(), &messages).await?;
+    let mut last_report = Instant::now();
+    let (completed, failed_count) = loop {
+        let counts = store.job_counts().await?;
+        let completed = counts.status(JobStatus::Completed);
+        let failed = counts.status(JobStatus::Failed);
+        if (completed + failed) as usize >= jobs || started.elapsed() > limit {
+            break (completed, failed);
+        }
+        if last_report.elapsed() > Duration::from_secs(10) {
+            last_report = Instant::now();
+            let seen = state.seen();
+            common::detail(&format!(
+                "quota: {completed} completed, {failed} failed; the fake answered {} calls, {} with 429",
+                seen.len(),
+                seen.iter().filter(|(_, s)| *s == 429).count()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let completion = started.elapsed();
+    let log = generator.log.clone();
+    drop(generator);
+    let seen = state.seen();
+    // Every answer, for a look at how the retries spread (with --keep).
+    let calls: String = seen
+        .iter()
+        .map(|(t, status)| format!("{:.3},{status}\n", t.duration_since(started).as_secs_f64()))
+        .collect();
+    std::fs::write(
+        ctx.work.join("quota-calls.csv"),
+        format!("seconds,status\n{calls}"),
+    )?;
+    let ok: Vec<Instant> = seen
+        .iter()
+        .filter(|(_, s)| *s == 200)
+        .map(|(t, _)| *t)
+        .collect();
+    let (Some(first), Some(last)) = (ok.iter().min(), ok.iter().max()) else {
+        bail!("the fake accepted no call; {}", common::tail(&log));
+    };
+    let failed = if failed_count > 0 {
+        store
+            .list_jobs(
+                &JobFilter {
+                    status: Some(JobStatus::Failed),
+                    ..JobFilter::default()
+                },
+                1000,
+                None,
+            )
+            .await?
+            .items
+            .into_iter()
+            .map(|job| {
+                let error = job
+                    .error
+                    .map(|e| format!("{}: {}", e.code, e.message))
+                    .unwrap_or_default();
+                (job.id, error)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(Run {
+        completion,
+        first_call: first.duration_since(started),
+        span: last.duration_since(*first),
+        accepted: ok.len(),
+        rejected: seen.iter().filter(|(_, s)| *s == 429).count(),
+        completed,
+        failed,
+        unfinished: jobs as u64 - completed - failed_count,
+    })
+}
+
+/// The shortest time from the first accepted call to the last under a quota
+/// of `rpm` calls in any rolling minute: the first `rpm` calls at once, the
+/// next `rpm` a minute later, and so on.
+fn ideal_span(rpm: u32, jobs: usize) -> Duration {
+    let windows = jobs.div_ceil(rpm as usize).saturating_sub(1);
+    Duration::from_secs(60 * windows as u64)
+}
+
+fn tabulate(run: &Run, rpm: u32, jobs: usize, report: &mut Report) {
+    let ideal = ideal_span(rpm, jobs);
+    let use_share = ideal.as_secs_f64() / run.span.as_secs_f64().max(1e-9);
+    let by_rate = Duration::from_secs_f64(jobs as f64 * 60.0 / f64::from(rpm));
+    report.figure(
+        GROUP,
+        format!("{jobs} live image jobs at {rpm} requests/min: completion"),
+        format!(
+            "{} (ideal {}; first call after {})",
+            humanize(run.completion),
+            humanize(ideal + run.first_call),
+            humanize(run.first_call)
+        ),
+    );
+    report.goal(
+        GROUP,
+        "quota use: ideal ÷ actual span of accepted calls",
+        format!(
+            "{:.0} % ({} for {} calls; ideal {})",
+            use_share * 100.0,
+            humanize(run.span),
+            run.accepted,
+            humanize(ideal)
+        ),
+        "≥ 90 %",
+        use_share >= 0.9,
+    );
+    report.figure(
+        GROUP,
+        "429s answered by the fake",
+        format!(
+            "{} ({} calls in all)",
+            run.rejected,
+            run.rejected + run.accepted
+        ),
+    );
+    let by_quota = run
+        .failed
+        .iter()
+        .filter(|(_, e)| {
+            e.contains("rate_limited") || e.contains("429") || e.contains("RESOURCE_EXHAUSTED")
+        })
+        .count();
+    report.goal(
+        GROUP,
+        "jobs failed by 429",
+        format!(
+            "{by_quota} ({} completed, {} failed in all, {} unfinished)",
+            run.completed,
+            run.failed.len(),
+            run.unfinished
+        ),
+        "0",
+        by_quota == 0 && run.unfinished == 0,
+    );
+    for (id, error) in run.failed.iter().take(3) {
+        report.note(format!("A failed quota job: {id}: {error}"));
+    }
+    report.note(format!(
+        "Quota use: the fake Vertex AI accepts {rpm} requests in any rolling minute and answers 429 `RESOURCE_EXHAUSTED` (no `Retry-After`) beyond; {jobs} live image jobs (Gemini `generateContent`) are created in Firestore and their messages published at once to the image topic, pushed to one release `image-generator` (production retry settings: MAX_RETRIES 3, BASE_DELAY 5 s, MAX_DELAY 60 s) by a subscription configured as production's (back-off 10–600 s). Under a rolling minute the quota lets the calls through in {} at best ({rpm} at once, the rest a minute later); quota use is that ideal over the measured time from the first to the last accepted call, as a counting proxy in front of the fake saw them (at the steady rate of {rpm}/min the batch would take {}).",
+        humanize(ideal),
+        humanize(by_rate)
+    ));
+}
