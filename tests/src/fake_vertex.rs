@@ -392,6 +392,11 @@ impl FakeVertex {
         inner.faults.extend(std::iter::repeat_n(fault, n));
     }
 
+    /// Drops the faults not used yet.
+    pub fn clear_faults(&self) {
+        self.shared.lock().faults.clear();
+    }
+
     /// Delays the answers to the next `n` requests by `delay` instead of the
     /// usual latency.
     pub fn slow_next(&self, n: usize, delay: Duration) {

@@ -197,9 +197,10 @@ async fn refusals_and_filtered_outputs_release_their_reservation(world: World) {
     assert_eq!(money(&world).await, (0, 40_000), "refused: released");
 
     let quota = world.job("tapping", JobKind::Image, &[]).await;
-    // The first try and three retries, all refused.
-    world.fake.fail_next(4, 429);
+    // A quota that stays spent for longer than the call waits (QUOTA_WAIT).
+    world.fake.fail_next(100_000, 429);
     assert_eq!(push(&url, &quota, "q").await, 429);
+    world.fake.clear_faults();
     let back = job(&world, &quota).await;
     assert_eq!((back.status, back.reservation), (JobStatus::Pending, None));
     assert_eq!(money(&world).await, (0, 40_000), "429: released");

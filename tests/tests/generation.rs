@@ -152,6 +152,7 @@ async fn a_quota_that_outlasts_quota_wait_gives_the_job_back_with_a_429(world: W
         429,
         "Pub/Sub should redeliver later"
     );
+    world.fake.clear_faults();
     let back = job(&world, &id).await;
     assert_eq!((back.status, back.attempts), (JobStatus::Pending, 1));
     let error = back.error.as_ref().unwrap();
