@@ -85,6 +85,34 @@ pub async fn gcs() -> shared::objects::gcs::GcsObjectStore {
     .expect("fake-gcs-server answers")
 }
 
+/// A workspace binary on the Firestore and Pub/Sub emulators with only
+/// the environment it documents: the project, the emulator hosts, `prefix`
+/// for collections and topics, and info logs. Nothing is inherited.
+pub fn emulator_command(name: &str, prefix: &str) -> std::process::Command {
+    let mut command = std::process::Command::new(binary(name));
+    command.env_clear().envs([
+        ("GOOGLE_CLOUD_PROJECT", emulator_project()),
+        (
+            "FIRESTORE_EMULATOR_HOST",
+            emulator_host("FIRESTORE_EMULATOR_HOST"),
+        ),
+        (
+            "PUBSUB_EMULATOR_HOST",
+            emulator_host("PUBSUB_EMULATOR_HOST"),
+        ),
+        ("ASMR_COLLECTION_PREFIX", prefix.to_string()),
+        ("ASMR_TOPIC_PREFIX", prefix.to_string()),
+        ("RUST_LOG", "info".to_string()),
+    ]);
+    command
+}
+
+/// An emulator variable that `tests/run` sets; panics with what to do.
+pub fn emulator_host(name: &str) -> String {
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} is not set: run the tests with tests/run"))
+}
+
 /// A built binary of the workspace (`asmr`, `intake`...), next to the
 /// running test's own target directory. Fails with how to build it.
 pub fn binary(name: &str) -> std::path::PathBuf {

@@ -9,6 +9,7 @@ use axum::Router;
 use shared::domain::job::{JobKind, NewJob};
 use shared::objects::ObjectStore;
 use shared::store::Store;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 /// Everything a stage needs, and the fake model it talks to.
@@ -28,6 +29,31 @@ pub struct World {
 }
 
 impl World {
+    /// A stage binary on this emulator world with only its documented
+    /// environment: the emulators, this world's prefixes and bucket, live
+    /// calls to its fake Vertex AI with short back-offs; `extra` over it.
+    /// Its stdout (the JSON logs) is dropped, its stderr kept.
+    pub fn stage_command(&self, name: &str, extra: &[(&str, String)]) -> Command {
+        let prefix = self.prefix.as_deref().expect("an emulator world");
+        let mut command = harness::emulator_command(name, prefix);
+        command.envs([
+            (
+                "STORAGE_EMULATOR_HOST",
+                harness::emulator_host("STORAGE_EMULATOR_HOST"),
+            ),
+            ("GCS_OUTPUT_BUCKET", self.bucket.clone()),
+            ("VERTEX_BASE_URL", self.fake.base_url()),
+            ("VERTEX_ACCESS_TOKEN", self.fake.token().to_string()),
+            ("DRY_RUN", "false".to_string()),
+            ("BASE_DELAY", "10ms".to_string()),
+            ("MAX_DELAY", "100ms".to_string()),
+            ("POLLING_INTERVAL", "100ms".to_string()),
+        ]);
+        command.envs(extra.iter().map(|(k, v)| (k, v)));
+        command.stdout(Stdio::null()).stderr(Stdio::inherit());
+        command
+    }
+
     /// A live (not dry-run) job, created in the store.
     pub async fn job(
         &self,

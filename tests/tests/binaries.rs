@@ -16,41 +16,6 @@ use tests::harness::binary;
 use tests::process::{Running, free_port};
 use tests::stages::{World, emulators};
 
-/// The documented environment of a stage, and nothing else.
-fn stage_command(name: &str, world: &World, extra: &[(&str, String)]) -> Command {
-    let mut command = Command::new(binary(name));
-    command.env_clear();
-    let env = [
-        ("GOOGLE_CLOUD_PROJECT", tests::harness::emulator_project()),
-        (
-            "FIRESTORE_EMULATOR_HOST",
-            std::env::var("FIRESTORE_EMULATOR_HOST").unwrap(),
-        ),
-        (
-            "STORAGE_EMULATOR_HOST",
-            std::env::var("STORAGE_EMULATOR_HOST").unwrap(),
-        ),
-        ("ASMR_COLLECTION_PREFIX", world.prefix.clone().unwrap()),
-        (
-            "PUBSUB_EMULATOR_HOST",
-            std::env::var("PUBSUB_EMULATOR_HOST").unwrap(),
-        ),
-        ("ASMR_TOPIC_PREFIX", world.prefix.clone().unwrap()),
-        ("GCS_OUTPUT_BUCKET", world.bucket.clone()),
-        ("VERTEX_BASE_URL", world.fake.base_url()),
-        ("VERTEX_ACCESS_TOKEN", world.fake.token().to_string()),
-        ("DRY_RUN", "false".to_string()),
-        ("BASE_DELAY", "10ms".to_string()),
-        ("MAX_DELAY", "100ms".to_string()),
-        ("RUST_LOG", "info".to_string()),
-    ];
-    for (key, value) in env.iter().chain(extra) {
-        command.env(key, value);
-    }
-    command.stdout(Stdio::null()).stderr(Stdio::inherit());
-    command
-}
-
 async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
@@ -117,7 +82,7 @@ async fn publish(client: &reqwest::Client, url: &str, job_id: &str) {
 async fn log_lines_are_json_for_cloud_logging_with_the_request_trace() {
     let world = emulators(FakeOptions::default()).await;
     let port = free_port();
-    let mut command = stage_command("image-generator", &world, &[("PORT", port.to_string())]);
+    let mut command = world.stage_command("image-generator", &[("PORT", port.to_string())]);
     command.stdout(Stdio::piped());
     let mut service = Running(command.spawn().unwrap());
     let url = format!("http://127.0.0.1:{port}");
@@ -161,7 +126,8 @@ async fn the_image_generator_serves_pushes_from_a_real_subscription() {
     let world = emulators(FakeOptions::default()).await;
     let port = free_port();
     let _service = Running(
-        stage_command("image-generator", &world, &[("PORT", port.to_string())])
+        world
+            .stage_command("image-generator", &[("PORT", port.to_string())])
             .spawn()
             .unwrap(),
     );
@@ -205,7 +171,8 @@ async fn the_video_generator_drains_and_the_poller_finishes_what_it_submitted() 
         (0..3).map(|n| world.job(format!("kneading dough {n}"), JobKind::Video, &[])),
     )
     .await;
-    let status = stage_command("video-generator", &world, &[])
+    let status = world
+        .stage_command("video-generator", &[])
         .arg("drain")
         .status()
         .unwrap();
@@ -216,13 +183,10 @@ async fn the_video_generator_drains_and_the_poller_finishes_what_it_submitted() 
             JobStatus::Generating
         );
     }
-    let status = stage_command(
-        "video-poller",
-        &world,
-        &[("POLLING_INTERVAL", "100ms".into())],
-    )
-    .status()
-    .unwrap();
+    let status = world
+        .stage_command("video-poller", &[("POLLING_INTERVAL", "100ms".into())])
+        .status()
+        .unwrap();
     assert!(status.success());
     for id in &ids {
         let job = world.store.job(id).await.unwrap();

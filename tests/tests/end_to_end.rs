@@ -13,7 +13,7 @@ use shared::domain::job::{Job, JobKind, JobStatus};
 use shared::store::JobFilter;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 use tests::fake_vertex::{FakeOptions, Verb};
 use tests::harness::{binary, emulator_project};
@@ -21,42 +21,14 @@ use tests::process::{Running, free_port, wait_healthy, wait_until};
 use tests::pubsub::Emulator;
 use tests::stages::{World, emulators};
 
-/// The environment every stage shares in this topology.
+/// A stage of this topology serving on `port`.
 fn stage(name: &str, world: &World, port: u16, extra: &[(&str, String)]) -> Running {
-    let prefix = world.prefix.clone().unwrap();
-    let mut command = Command::new(binary(name));
-    command.env_clear();
-    let common = [
-        ("GOOGLE_CLOUD_PROJECT", emulator_project()),
-        (
-            "FIRESTORE_EMULATOR_HOST",
-            std::env::var("FIRESTORE_EMULATOR_HOST").unwrap(),
-        ),
-        (
-            "PUBSUB_EMULATOR_HOST",
-            std::env::var("PUBSUB_EMULATOR_HOST").unwrap(),
-        ),
-        (
-            "STORAGE_EMULATOR_HOST",
-            std::env::var("STORAGE_EMULATOR_HOST").unwrap(),
-        ),
-        ("ASMR_COLLECTION_PREFIX", prefix.clone()),
-        ("ASMR_TOPIC_PREFIX", prefix),
-        ("GCS_OUTPUT_BUCKET", world.bucket.clone()),
-        ("VERTEX_BASE_URL", world.fake.base_url()),
-        ("VERTEX_ACCESS_TOKEN", world.fake.token().to_string()),
-        ("DRY_RUN", "false".to_string()),
-        ("BASE_DELAY", "10ms".to_string()),
-        ("MAX_DELAY", "100ms".to_string()),
+    let mut env = vec![
         ("POLLING_INTERVAL", "200ms".to_string()),
         ("PORT", port.to_string()),
-        ("RUST_LOG", "info".to_string()),
     ];
-    for (key, value) in common.iter().chain(extra) {
-        command.env(key, value);
-    }
-    command.stdout(Stdio::null()).stderr(Stdio::inherit());
-    Running(command.spawn().unwrap())
+    env.extend_from_slice(extra);
+    Running(world.stage_command(name, &env).spawn().unwrap())
 }
 
 /// `gcloud pubsub topics publish TOPIC --message M [--attribute A]`, as a

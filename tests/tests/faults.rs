@@ -37,54 +37,17 @@ use shared::store::rejected::{Rejected, RejectedSource};
 use shared::time::Timestamp;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tests::fake_vertex::{FakeOptions, Verb};
-use tests::harness::{binary, emulator_project};
+use tests::harness::emulator_command;
 use tests::process::{Running, free_port, wait_healthy, wait_until};
 use tests::pubsub::Emulator;
 use tests::stages::{World, emulators, push_body};
 
 // --- stages --------------------------------------------------------------
-
-/// A stage binary with only its documented environment.
-fn stage_command(name: &str, world: &World, extra: &[(&str, String)]) -> Command {
-    let prefix = world.prefix.clone().unwrap();
-    let mut command = Command::new(binary(name));
-    command.env_clear();
-    let env = [
-        ("GOOGLE_CLOUD_PROJECT", emulator_project()),
-        (
-            "FIRESTORE_EMULATOR_HOST",
-            std::env::var("FIRESTORE_EMULATOR_HOST").unwrap(),
-        ),
-        (
-            "PUBSUB_EMULATOR_HOST",
-            std::env::var("PUBSUB_EMULATOR_HOST").unwrap(),
-        ),
-        (
-            "STORAGE_EMULATOR_HOST",
-            std::env::var("STORAGE_EMULATOR_HOST").unwrap(),
-        ),
-        ("ASMR_COLLECTION_PREFIX", prefix.clone()),
-        ("ASMR_TOPIC_PREFIX", prefix),
-        ("GCS_OUTPUT_BUCKET", world.bucket.clone()),
-        ("VERTEX_BASE_URL", world.fake.base_url()),
-        ("VERTEX_ACCESS_TOKEN", world.fake.token().to_string()),
-        ("DRY_RUN", "false".to_string()),
-        ("BASE_DELAY", "10ms".to_string()),
-        ("MAX_DELAY", "100ms".to_string()),
-        ("POLLING_INTERVAL", "100ms".to_string()),
-        ("RUST_LOG", "info".to_string()),
-    ];
-    for (key, value) in env.iter().chain(extra) {
-        command.env(key, value);
-    }
-    command.stdout(Stdio::null()).stderr(Stdio::inherit());
-    command
-}
 
 /// A stage serving HTTP, killed when dropped.
 struct Service {
@@ -98,7 +61,7 @@ impl Service {
         let port = free_port();
         let mut env = extra.to_vec();
         env.push(("PORT", port.to_string()));
-        let process = Running(stage_command(name, world, &env).spawn().unwrap());
+        let process = Running(world.stage_command(name, &env).spawn().unwrap());
         let url = format!("http://127.0.0.1:{port}");
         wait_healthy(&url).await;
         Self { name, url, process }
@@ -142,22 +105,8 @@ async fn run_janitor(world: &World, pubsub: &Emulator) -> Value {
     pubsub
         .pull_subscription(&format!("{prefix}asmr-dead-letter-janitor"), &dead_letters)
         .await;
-    let mut command = Command::new(binary("janitor"));
-    command.env_clear().envs([
-        ("GOOGLE_CLOUD_PROJECT", emulator_project()),
-        (
-            "FIRESTORE_EMULATOR_HOST",
-            std::env::var("FIRESTORE_EMULATOR_HOST").unwrap(),
-        ),
-        (
-            "PUBSUB_EMULATOR_HOST",
-            std::env::var("PUBSUB_EMULATOR_HOST").unwrap(),
-        ),
-        ("ASMR_COLLECTION_PREFIX", prefix.clone()),
-        ("ASMR_TOPIC_PREFIX", prefix),
-        ("DEAD_LETTER_WAIT", "1s".to_string()),
-        ("RUST_LOG", "info".to_string()),
-    ]);
+    let mut command = emulator_command("janitor", &prefix);
+    command.env("DEAD_LETTER_WAIT", "1s");
     command.stdout(Stdio::piped()).stderr(Stdio::inherit());
     let output = tokio::task::spawn_blocking(move || command.output().unwrap())
         .await
@@ -174,7 +123,7 @@ async fn run_janitor(world: &World, pubsub: &Emulator) -> Value {
 
 /// Runs the `video-poller` binary until nothing is generating.
 async fn run_poller(world: &World) {
-    let mut command = stage_command("video-poller", world, &[]);
+    let mut command = world.stage_command("video-poller", &[]);
     let status = tokio::task::spawn_blocking(move || command.status().unwrap())
         .await
         .unwrap();
@@ -370,42 +319,6 @@ async fn recording_proxy(target: &str) -> (String, Arc<Mutex<Vec<(String, u16)>>
     (tests::stages::serve(app).await, answers)
 }
 
-/// Publishes every message in one request (the copies of a message next to
-/// each other); returns the message ids.
-async fn publish_batch(topic: &str, payloads: &[String]) -> Vec<String> {
-    let host = std::env::var("PUBSUB_EMULATOR_HOST").unwrap();
-    let url = format!(
-        "http://{host}/v1/projects/{}/topics/{topic}:publish",
-        emulator_project()
-    );
-    let messages: Vec<Value> = payloads
-        .iter()
-        .map(|p| json!({"data": base64::engine::general_purpose::STANDARD.encode(p)}))
-        .collect();
-    let mut ids = Vec::new();
-    // The emulator takes at most 1000 messages per request.
-    for chunk in messages.chunks(900) {
-        let response: Value = reqwest::Client::new()
-            .post(&url)
-            .json(&json!({ "messages": chunk }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        ids.extend(
-            response["messageIds"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|id| id.as_str().unwrap().to_string()),
-        );
-    }
-    assert_eq!(ids.len(), payloads.len());
-    ids
-}
-
 // --- duplicate delivery --------------------------------------------------
 
 /// Creates `n` live jobs of `kind` with distinct prompts; returns (id, prompt).
@@ -470,8 +383,11 @@ async fn duplicates_cost_one_model_call_each(image_jobs: usize, video_jobs: usiz
         .iter()
         .flat_map(|(id, _)| std::iter::repeat_n(json!({ "job_id": id }).to_string(), 3))
         .collect();
-    let message_ids: BTreeSet<String> =
-        publish_batch(&topic, &payloads).await.into_iter().collect();
+    let message_ids: BTreeSet<String> = pubsub
+        .publish_all(&topic, &payloads)
+        .await
+        .into_iter()
+        .collect();
     wait_until(
         "every video job message to be acknowledged",
         Duration::from_secs(120),
@@ -790,9 +706,8 @@ async fn a_copy_killed_partway_resumes_and_reads_only_the_rest() {
     let destination = sandbox.path().join("archive");
     let storage = std::env::var("STORAGE_EMULATOR_HOST").unwrap();
     let copier = |endpoint: &str, port: u16| {
-        let mut command = stage_command(
+        let mut command = world.stage_command(
             "downloader",
-            &world,
             &[
                 ("DOWNLOAD_DESTINATION", destination.display().to_string()),
                 ("DOWNLOAD_LEASE", "2s".to_string()),

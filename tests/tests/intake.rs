@@ -17,7 +17,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
-use tests::harness::{binary, emulator_project, firestore_backend_with_prefix, unique_prefix};
+use tests::harness::{
+    binary, emulator_command, emulator_project, firestore_backend_with_prefix, unique_prefix,
+};
 use tests::process::{Running, free_port, wait_healthy, wait_until};
 use tests::pubsub::{Emulator, Pulled};
 
@@ -49,22 +51,8 @@ impl Intake {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("intake.log");
         let port = free_port();
-        let mut command = Command::new(binary("intake"));
-        command.env_clear().envs([
-            ("GOOGLE_CLOUD_PROJECT", emulator_project()),
-            (
-                "FIRESTORE_EMULATOR_HOST",
-                std::env::var("FIRESTORE_EMULATOR_HOST").unwrap(),
-            ),
-            (
-                "PUBSUB_EMULATOR_HOST",
-                std::env::var("PUBSUB_EMULATOR_HOST").unwrap(),
-            ),
-            ("ASMR_COLLECTION_PREFIX", prefix.clone()),
-            ("ASMR_TOPIC_PREFIX", prefix.clone()),
-            ("PORT", port.to_string()),
-            ("RUST_LOG", "info".to_string()),
-        ]);
+        let mut command = emulator_command("intake", &prefix);
+        command.env("PORT", port.to_string());
         command
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(Stdio::inherit());

@@ -231,10 +231,10 @@ mod emulators {
     use shared::vertex::DEFAULT_VIDEO_MODEL;
     use shared::vertex::client::VertexClient;
     use std::collections::BTreeMap;
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     use std::sync::Arc;
     use tests::fake_vertex::{FakeOptions, Verb};
-    use tests::harness::{binary, emulator_project, unique_prefix};
+    use tests::harness::{emulator_command, emulator_project, unique_prefix};
     use tests::pubsub::Emulator;
     use tests::stages::{push, serve};
 
@@ -366,25 +366,8 @@ mod emulators {
         /// Runs the `janitor` binary with the documented environment; returns
         /// whether it succeeded and its JSON summary line.
         async fn run_binary(&self, extra: &[(&str, &str)]) -> (bool, Value) {
-            let mut command = Command::new(binary("janitor"));
-            command.env_clear();
-            let env = [
-                ("GOOGLE_CLOUD_PROJECT", emulator_project()),
-                (
-                    "FIRESTORE_EMULATOR_HOST",
-                    std::env::var("FIRESTORE_EMULATOR_HOST").unwrap(),
-                ),
-                (
-                    "PUBSUB_EMULATOR_HOST",
-                    std::env::var("PUBSUB_EMULATOR_HOST").unwrap(),
-                ),
-                ("ASMR_COLLECTION_PREFIX", self.prefix.clone()),
-                ("ASMR_TOPIC_PREFIX", self.prefix.clone()),
-                ("LOST_AFTER", "10m".to_string()),
-                ("DEAD_LETTER_WAIT", "2s".to_string()),
-                ("RUST_LOG", "info".to_string()),
-            ];
-            command.envs(env);
+            let mut command = emulator_command("janitor", &self.prefix);
+            command.envs([("LOST_AFTER", "10m"), ("DEAD_LETTER_WAIT", "2s")]);
             command.envs(extra.iter().copied());
             command.stdout(Stdio::piped()).stderr(Stdio::inherit());
             let output = tokio::task::spawn_blocking(move || command.output().unwrap())

@@ -192,6 +192,12 @@ mod tests {
     const MODEL: &str = "imagen-4.0-generate-001";
     const PROBE: Duration = Duration::from_secs(2);
 
+    /// A call meets a 429 (the server asking for `retry_after`).
+    async fn spend(gates: &QuotaGates, retry_after: Duration) {
+        let ticket = gates.enter(MODEL, far()).await.unwrap();
+        ticket.settle(Outcome::RateLimited(retry_after));
+    }
+
     fn far() -> Instant {
         Instant::now() + Duration::from_secs(3600)
     }
@@ -212,11 +218,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn after_a_429_one_call_probes_per_interval_and_a_success_releases_all() {
         let gates = Arc::new(QuotaGates::new(PROBE));
-        gates
-            .enter(MODEL, far())
-            .await
-            .unwrap()
-            .settle(Outcome::RateLimited(Duration::ZERO));
+        spend(&gates, Duration::ZERO).await;
         assert!(gates.is_closed(MODEL));
 
         // Twenty waiting calls; the quota frees after three probes (6 s).
@@ -254,11 +256,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn retry_after_longer_than_the_interval_holds_the_probe_back() {
         let gates = QuotaGates::new(PROBE);
-        gates
-            .enter(MODEL, far())
-            .await
-            .unwrap()
-            .settle(Outcome::RateLimited(Duration::from_secs(30)));
+        spend(&gates, Duration::from_secs(30)).await;
         let started = Instant::now();
         let probe = gates.enter(MODEL, far()).await.unwrap();
         assert!(probe.probe);
@@ -268,11 +266,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_waiting_call_gives_up_at_its_deadline() {
         let gates = QuotaGates::new(PROBE);
-        gates
-            .enter(MODEL, far())
-            .await
-            .unwrap()
-            .settle(Outcome::RateLimited(Duration::from_secs(60)));
+        spend(&gates, Duration::from_secs(60)).await;
         let started = Instant::now();
         assert!(
             gates
@@ -286,11 +280,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_cancelled_probe_lets_another_call_probe() {
         let gates = QuotaGates::new(PROBE);
-        gates
-            .enter(MODEL, far())
-            .await
-            .unwrap()
-            .settle(Outcome::RateLimited(Duration::ZERO));
+        spend(&gates, Duration::ZERO).await;
         let probe = gates.enter(MODEL, far()).await.unwrap();
         assert!(probe.probe);
         drop(probe);
@@ -306,11 +296,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn models_have_gates_of_their_own() {
         let gates = QuotaGates::new(PROBE);
-        gates
-            .enter(MODEL, far())
-            .await
-            .unwrap()
-            .settle(Outcome::RateLimited(Duration::from_secs(60)));
+        spend(&gates, Duration::from_secs(60)).await;
         let started = Instant::now();
         let other = gates.enter("veo-3.1-generate-001", far()).await.unwrap();
         assert!(!other.probe);
