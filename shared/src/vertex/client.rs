@@ -295,6 +295,17 @@ impl VertexClient {
             let classified = classify(failure, kind, SystemTime::now());
             let mut error = classified.error;
             let rate_limited = error.http_status == Some(429);
+            if rate_limited {
+                // One line per 429 Vertex AI answered, whatever the call
+                // does next: the log-based metric of model 429s counts these.
+                tracing::info!(
+                    event = "model_rate_limited",
+                    model,
+                    verb,
+                    probe,
+                    "the model answered 429"
+                );
+            }
             // A probe of a spent quota that meets a 429 is the gate's try,
             // not this call's: the call waits on, up to QUOTA_WAIT.
             if error.class == ErrorClass::Transient && rate_limited && probe {
