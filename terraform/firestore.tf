@@ -120,10 +120,26 @@ locals {
         { path = "id", order = "ASCENDING" },
       ]
     }
+    held_expired = {
+      collection = "held"
+      fields = [
+        { path = "expire_at", order = "ASCENDING" },
+        { path = "id", order = "ASCENDING" },
+      ]
+    }
+    # The janitor's sweep of job events left in the outbox.
+    outbox_oldest = {
+      collection = "outbox"
+      fields = [
+        { path = "created_at", order = "ASCENDING" },
+        { path = "id", order = "ASCENDING" },
+      ]
+    }
   }
 
-  # Every collection whose records carry expire_at (retention).
-  ttl_collections = toset(["jobs", "downloads", "rejected", "budgets"])
+  # Every collection whose records carry expire_at (retention). Outbox
+  # entries have none: each stays until it is published.
+  ttl_collections = toset(["jobs", "downloads", "rejected", "budgets", "held"])
 }
 
 resource "google_firestore_database" "db" {

@@ -100,10 +100,14 @@ resource "google_storage_bucket_iam_member" "vertex_output" {
   member = local.vertex_agent
 }
 
-resource "google_storage_bucket_iam_member" "downloader_output" {
+# The downloader reads outputs; the poller lists a job's prefix to find the
+# video of a submit whose answer was lost.
+resource "google_storage_bucket_iam_member" "reader_output" {
+  for_each = toset(["downloader", "video-poller"])
+
   bucket = google_storage_bucket.output.name
   role   = "roles/storage.objectViewer"
-  member = google_service_account.function["downloader"].member
+  member = google_service_account.function[each.key].member
 }
 
 resource "google_storage_bucket_iam_member" "downloader_archive" {

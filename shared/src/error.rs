@@ -55,6 +55,9 @@ pub enum Error {
         message: String,
         /// Whether trying again can help (5xx, 429, connection trouble).
         retryable: bool,
+        /// Refused for want of credentials or a role (401, 403): the
+        /// deployment's fault, not the object's.
+        denied: bool,
     },
     /// A model call failed (after its in-call retries).
     #[error("model call failed: {0}")]
@@ -105,6 +108,27 @@ impl Error {
             context: context.into(),
             message: message.to_string(),
             retryable,
+            denied: false,
+        }
+    }
+
+    /// The object store refused the credentials or the role of this stage.
+    pub fn objects_denied(context: impl Into<String>, message: impl ToString) -> Self {
+        Error::Objects {
+            context: context.into(),
+            message: message.to_string(),
+            retryable: false,
+            denied: true,
+        }
+    }
+
+    /// Whether the deployment, not the work, is at fault: a missing
+    /// credential or role (401, 403) from the object store or the model.
+    pub fn is_permission_denied(&self) -> bool {
+        match self {
+            Error::Objects { denied, .. } => *denied,
+            Error::Model(e) => e.class == crate::vertex::ErrorClass::Misconfigured,
+            _ => false,
         }
     }
 

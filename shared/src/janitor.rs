@@ -1,5 +1,5 @@
 //! The janitor: the Cloud Run job (Cloud Scheduler, hourly) that keeps the
-//! queue honest. One run does four sweeps, in this order, each on its own (a
+//! queue honest. One run does five sweeps, in this order, each on its own (a
 //! failing sweep is reported and the others still run):
 //!
 //! 1. Leases: `processing` / `generating` jobs whose lease ran out go back to
@@ -17,10 +17,15 @@
 //! 3. Dead letters: messages on the dead-letter subscription are read (up to
 //!    `DEAD_LETTER_MAX`); a job message fails its pending job with code
 //!    `dead_lettered` and the job's last error, anything else is logged at
-//!    ERROR; each is acknowledged once handled. A `generating` job is left
-//!    to the poller (its operation is paid for), a job a live worker holds
-//!    to that worker.
-//! 4. Retention: records past their `expire_at` are deleted (Firestore TTL
+//!    ERROR; each is acknowledged once handled. A job that is waiting (on
+//!    the model's quota, the budget, a fixed configuration or the output
+//!    bucket) is not failed but published again: waiting is not failing,
+//!    however many deliveries it takes. A `generating` job is left to the
+//!    poller (its operation is paid for), a job a live worker holds to that
+//!    worker.
+//! 4. Job events: events a crash or a Pub/Sub outage left in the outbox are
+//!    published (and removed from it).
+//! 5. Retention: records past their `expire_at` are deleted (Firestore TTL
 //!    does this in production too; the emulator and the embedded store have
 //!    no TTL).
 //!
@@ -101,6 +106,8 @@ pub struct JanitorReport {
     pub republished: u64,
     /// Jobs failed because their message was dead-lettered.
     pub dead_lettered: u64,
+    /// Dead-lettered job messages of waiting jobs, published again.
+    pub dead_letter_requeued: u64,
     /// Dead letters that were not job messages (logged at ERROR).
     pub dead_letter_other: u64,
     /// Dead-lettered job messages whose job needed nothing: finished, gone,
@@ -114,11 +121,15 @@ pub struct JanitorReport {
     pub deleted_rejected: u64,
     /// Budget days deleted by retention.
     pub deleted_budgets: u64,
+    /// Chunks of held outputs deleted by retention.
+    pub deleted_held: u64,
+    /// Job events published from the outbox.
+    pub events_published: u64,
     /// Failures: a sweep that failed as a whole, or one record it could not
     /// handle.
     pub errors: u64,
     /// The sweeps with a failure (`leases`, `lost_work`, `dead_letters`,
-    /// `retention`).
+    /// `job_events`, `retention`).
     pub failed_sweeps: Vec<&'static str>,
 }
 
@@ -145,12 +156,15 @@ impl JanitorReport {
             failed_leases = self.failed_leases,
             republished = self.republished,
             dead_lettered = self.dead_lettered,
+            dead_letter_requeued = self.dead_letter_requeued,
             dead_letter_other = self.dead_letter_other,
             dead_letter_skipped = self.dead_letter_skipped,
             deleted_jobs = self.deleted_jobs,
             deleted_downloads = self.deleted_downloads,
             deleted_rejected = self.deleted_rejected,
             deleted_budgets = self.deleted_budgets,
+            deleted_held = self.deleted_held,
+            events_published = self.events_published,
             errors = self.errors,
             failed_sweeps = %self.failed_sweeps.join(","),
             "janitor finished"
@@ -177,11 +191,15 @@ impl JanitorReport {
 /// How one dead letter was settled.
 enum Settled {
     Failed,
+    Requeued,
     Other,
     Skipped,
 }
 
-/// One run of the four sweeps. `Err` only for invalid settings: a sweep's
+/// Outbox entries younger than this are left to the relay that wrote them.
+const OUTBOX_GRACE: Duration = Duration::from_secs(10);
+
+/// One run of the five sweeps. `Err` only for invalid settings: a sweep's
 /// failure is in the report (`errors`, `failed_sweeps`).
 pub async fn run_once(janitor: &Janitor, settings: &JanitorSettings) -> Result<JanitorReport> {
     settings.validate()?;
@@ -196,6 +214,8 @@ pub async fn run_once(janitor: &Janitor, settings: &JanitorSettings) -> Result<J
         .drain_dead_letters(settings.dead_letter_max, &mut report)
         .await;
     report.settle("dead_letters", outcome);
+    let outcome = janitor.publish_events(&mut report).await;
+    report.settle("job_events", outcome);
     let outcome = janitor.delete_expired(&mut report).await;
     report.settle("retention", outcome);
     Ok(report)
@@ -314,6 +334,7 @@ impl Janitor {
                     Ok(settled) => {
                         match settled {
                             Settled::Failed => report.dead_lettered += 1,
+                            Settled::Requeued => report.dead_letter_requeued += 1,
                             Settled::Other => report.dead_letter_other += 1,
                             Settled::Skipped => report.dead_letter_skipped += 1,
                         }
@@ -374,6 +395,15 @@ impl Janitor {
         };
         let now = Timestamp::now();
         match job.status {
+            // Waiting is not failing: the quota, the budget, the
+            // configuration or the bucket holds it back, not the job. A
+            // paid request in doubt is settled by the next claim.
+            JobStatus::Pending if job.waiting.is_some() || job.calling.is_some() => {
+                self.dispatch(&job).await?;
+                let reason = job.waiting.as_deref().unwrap_or("a paid request in doubt");
+                tracing::info!(event = "janitor.dead_letter", outcome = "requeued", job_id = %id, message_id = letter.message_id, reason, "dead letter of a waiting job: published again");
+                return Ok(Settled::Requeued);
+            }
             JobStatus::Pending => {}
             JobStatus::Processing if job.lease_expires_at.is_none_or(|until| until <= now) => {}
             // A live worker has it: its outcome, or its lease running out,
@@ -409,8 +439,15 @@ impl Janitor {
         }
     }
 
+    async fn publish_events(&self, report: &mut JanitorReport) -> Result<u64> {
+        let outbox = self.store.publish_outbox(OUTBOX_GRACE).await?;
+        report.events_published += outbox.published;
+        Ok(outbox.failed)
+    }
+
     async fn delete_expired(&self, report: &mut JanitorReport) -> Result<u64> {
         let deleted = self.store.delete_expired().await?;
+        report.deleted_held += deleted.held;
         report.deleted_jobs += deleted.jobs;
         report.deleted_downloads += deleted.downloads;
         report.deleted_rejected += deleted.rejected;

@@ -1,26 +1,33 @@
 //! Job events: one message on `asmr-job-events` per terminal transition, so
 //! downstream systems subscribe instead of polling.
 //!
-//! The [`crate::store::Store`] raises them itself after the write that made a
-//! job terminal, whichever stage or command made it, so no code path can
-//! forget one. A job is terminal when it is `delivered`, `failed` or
-//! `cancelled`, or `completed` with no output to deliver.
+//! The [`crate::store::Store`] raises them itself, whichever stage or command
+//! ended the job, so no code path can forget one. A job is terminal when it
+//! is `delivered`, `failed` or `cancelled`, or `completed` with no output to
+//! deliver.
 //!
-//! The event goes out after the write is stored. If publishing fails after a
-//! few tries the event is logged at ERROR (`event = "job_event.lost"`), with
-//! the job unchanged: the store, not the event stream, is the truth.
+//! No event is lost: the event is written to the `outbox` collection in the
+//! same atomic commit as the transition that raised it, then published, then
+//! deleted from the outbox. If the process dies in between, or Pub/Sub is
+//! down, the event stays in the outbox and the janitor publishes it on its
+//! next run. Each event carries a stable `event_id` (also an attribute), so
+//! a consumer that sees one twice can tell.
 
 use crate::bus::{Bus, publish_json};
 use crate::domain::job::{Delivery, Job, JobError, JobKind, JobStatus};
+use crate::error::Result;
+use crate::time::Timestamp;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The public shape of a job event (DESIGN.md, "Messages and events").
+/// The public shape of a job event.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobEvent {
+    /// Unique and stable: the same event published twice has the same id.
+    pub event_id: String,
     /// The job.
     pub job_id: String,
     /// Its terminal status.
@@ -36,9 +43,10 @@ pub struct JobEvent {
 }
 
 impl JobEvent {
-    /// The event of `job`.
+    /// A new event of `job`, with a fresh id.
     pub fn of(job: &Job) -> Self {
         Self {
+            event_id: uuid::Uuid::new_v4().simple().to_string(),
             job_id: job.id.clone(),
             status: job.status,
             kind: job.kind,
@@ -49,13 +57,36 @@ impl JobEvent {
     }
 
     /// Message attributes, so that a subscription can filter on them
-    /// (`attributes.status = "failed"`).
+    /// (`attributes.status = "failed"`) and a consumer can dedupe.
     pub fn attributes(&self) -> BTreeMap<String, String> {
         BTreeMap::from([
+            ("event_id".to_string(), self.event_id.clone()),
             ("job_id".to_string(), self.job_id.clone()),
             ("status".to_string(), self.status.as_str().to_string()),
             ("kind".to_string(), self.kind.as_str().to_string()),
         ])
+    }
+}
+
+/// An event waiting in the outbox (`outbox/{event_id}`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    /// The event id.
+    pub id: String,
+    /// When the transition that raised it was written.
+    pub created_at: Timestamp,
+    /// The event to publish.
+    pub event: JobEvent,
+}
+
+impl OutboxEntry {
+    /// The outbox entry of `event`, written at `now`.
+    pub fn new(event: JobEvent, now: Timestamp) -> Self {
+        Self {
+            id: event.event_id.clone(),
+            created_at: now,
+            event,
+        }
     }
 }
 
@@ -74,11 +105,12 @@ pub fn became_terminal(before: &Job, after: &Job) -> bool {
     is_terminal(after) && (!is_terminal(before) || before.status != after.status)
 }
 
-/// Told of every job that just became terminal.
+/// Where job events go.
 #[async_trait]
 pub trait JobEvents: Send + Sync {
-    /// Called once per terminal transition, after it was stored.
-    async fn finished(&self, job: &Job);
+    /// Publishes one event, with a few tries. An error leaves the event in
+    /// the outbox for a later run.
+    async fn publish(&self, event: &JobEvent) -> Result<()>;
 }
 
 /// Publishes job events to a topic.
@@ -97,47 +129,35 @@ impl BusJobEvents {
     }
 }
 
-/// Tries before an event is given up as lost.
+/// Tries of one publish before the event is left to the outbox sweep.
 const PUBLISH_TRIES: u32 = 3;
 
 #[async_trait]
 impl JobEvents for BusJobEvents {
-    async fn finished(&self, job: &Job) {
-        let event = JobEvent::of(job);
+    async fn publish(&self, event: &JobEvent) -> Result<()> {
         let attributes = event.attributes();
-        let mut last_error = None;
-        for attempt in 0..PUBLISH_TRIES {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-            }
-            match publish_json(self.bus.as_ref(), &self.topic, &event, &attributes).await {
+        let mut attempt = 0;
+        loop {
+            match publish_json(self.bus.as_ref(), &self.topic, event, &attributes).await {
                 Ok(message_id) => {
                     tracing::debug!(
                         event = "job_event.published",
-                        job_id = %job.id,
-                        status = job.status.as_str(),
+                        event_id = %event.event_id,
+                        job_id = %event.job_id,
+                        status = event.status.as_str(),
                         message_id,
                         "job event published"
                     );
-                    return;
+                    return Ok(());
                 }
                 // A missing topic will not appear by trying again.
-                Err(e @ crate::error::Error::NotFound { .. }) => {
-                    last_error = Some(e);
-                    break;
+                Err(e @ crate::error::Error::NotFound { .. }) => return Err(e),
+                Err(e) if attempt + 1 >= PUBLISH_TRIES => return Err(e),
+                Err(_) => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
                 }
-                Err(e) => last_error = Some(e),
             }
-        }
-        if let Some(error) = last_error {
-            tracing::error!(
-                event = "job_event.lost",
-                job_id = %job.id,
-                status = job.status.as_str(),
-                topic = %self.topic,
-                %error,
-                "could not publish the job event"
-            );
         }
     }
 }
@@ -209,7 +229,8 @@ mod tests {
             "blocked by the safety filter",
             false,
         ));
-        events.finished(&failed).await;
+        let event = JobEvent::of(&failed);
+        events.publish(&event).await.unwrap();
 
         let published = bus.published("asmr-job-events");
         assert_eq!(published.len(), 1);
@@ -217,6 +238,7 @@ mod tests {
         assert_eq!(
             body,
             serde_json::json!({
+                "event_id": event.event_id,
                 "job_id": failed.id,
                 "status": "failed",
                 "kind": "image",
@@ -226,6 +248,7 @@ mod tests {
             })
         );
         assert_eq!(published[0].attributes["status"], "failed");
+        assert_eq!(published[0].attributes["event_id"], event.event_id);
         assert_eq!(published[0].attributes["kind"], "image");
     }
 }

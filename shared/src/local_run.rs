@@ -278,13 +278,19 @@ struct Stages {
     downloader: Downloader,
 }
 
-/// Runs `settings` until every job of the file is settled or `interrupt`
-/// resolves; `progress` is called a few times a second.
-pub async fn run(
+/// Runs `settings` until every job of the file is settled or an interrupt
+/// comes: `interrupt()` resolves once per interrupt. At the first one, no
+/// new job is taken and the paid requests in flight are waited for, so that
+/// their outcomes are recorded rather than left in doubt; a second one
+/// abandons them. `progress` is called a few times a second.
+pub async fn run<F>(
     settings: RunSettings,
     progress: impl Fn(&Progress) + Send + Sync,
-    interrupt: impl std::future::Future<Output = ()>,
-) -> Result<RunReport> {
+    interrupt: impl Fn() -> F,
+) -> Result<RunReport>
+where
+    F: std::future::Future<Output = ()>,
+{
     let started = Instant::now();
     let _lock = StateLock::take(&settings.state_dir)?;
     let bus = Arc::new(MemoryBus::new());
@@ -306,28 +312,35 @@ pub async fn run(
         state_dir: settings.state_dir.clone(),
         ..RunReport::default()
     };
+    // Before anything is created: a live run that cannot reach Vertex AI
+    // says so now, once, instead of failing job after job.
+    let stages = Arc::new(build_stages(store.clone(), &settings).await?);
     // Whatever is leased belongs to a run that died: the lock says no other
-    // run is alive. Video jobs keep their operation, so nothing is paid twice.
+    // run is alive. Video jobs keep their operation, and a paid request the
+    // dead run may have sent is settled by the next claim, never sent again.
     let reset = store.reset_stuck_jobs(Duration::ZERO).await?;
     report.resumed = reset.requeued.len() as u64;
 
     let ids = create_jobs(&store, &settings, &mut report).await?;
-    let stages = Arc::new(build_stages(store.clone(), &settings).await?);
 
+    // Generators stop taking jobs when `stopping` is set; the other loops
+    // stop when `finished` is.
+    let stopping = Arc::new(AtomicBool::new(false));
     let finished = Arc::new(AtomicBool::new(false));
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut generators = tokio::task::JoinSet::new();
     for _ in 0..settings.image_workers.max(1) {
-        let (stages, finished) = (stages.clone(), finished.clone());
-        tasks.spawn(async move { keep_draining(&stages.images, &finished).await });
+        let (stages, stopping) = (stages.clone(), stopping.clone());
+        generators.spawn(async move { keep_draining(&stages.images, &stopping).await });
     }
     for _ in 0..settings.video_workers.max(1) {
-        let (stages, finished) = (stages.clone(), finished.clone());
-        tasks.spawn(async move { keep_draining(&stages.videos, &finished).await });
+        let (stages, stopping) = (stages.clone(), stopping.clone());
+        generators.spawn(async move { keep_draining(&stages.videos, &stopping).await });
     }
+    let mut others = tokio::task::JoinSet::new();
     let delivery = Arc::new(Delivery::default());
     {
         let (stages, finished, delivery) = (stages.clone(), finished.clone(), delivery.clone());
-        tasks.spawn(async move { keep_delivering(&stages, &delivery, &finished).await });
+        others.spawn(async move { keep_delivering(&stages, &delivery, &finished).await });
     }
 
     // The poller runs here rather than as a task: its rounds borrow the jobs
@@ -336,6 +349,7 @@ pub async fn run(
         let watch = async {
             let settled = watch_until_settled(&stages.store, &ids, &delivery, &progress).await;
             finished.store(true, Ordering::SeqCst);
+            stopping.store(true, Ordering::SeqCst);
             settled
         };
         let (settled, polled) = tokio::join!(
@@ -346,17 +360,33 @@ pub async fn run(
     };
     let interrupted = tokio::select! {
         outcome = work => { outcome?; false }
-        () = interrupt => true,
-        Some(Ok(Err(e))) = tasks.join_next() => return Err(e),
+        () = interrupt() => true,
+        Some(Ok(Err(e))) = generators.join_next() => return Err(e),
+        Some(Ok(Err(e))) = others.join_next() => return Err(e),
     };
-    finished.store(true, Ordering::SeqCst);
+    stopping.store(true, Ordering::SeqCst);
     if interrupted {
-        // In-flight work is abandoned; its leases are reset by the next run.
-        tasks.abort_all();
+        tracing::warn!(
+            "interrupted: no new job is taken; waiting for the paid requests in flight (interrupt again to abandon them)"
+        );
+        // Copies and polls are resumable: they stop at once.
+        finished.store(true, Ordering::SeqCst);
+        others.abort_all();
+        let all_done = async { while generators.join_next().await.is_some() {} };
+        tokio::select! {
+            () = all_done => {}
+            () = interrupt() => {
+                tracing::warn!("abandoning the requests in flight; the next run settles them without sending them again");
+                generators.abort_all();
+            }
+        }
     }
-    while let Some(joined) = tasks.join_next().await {
-        if let Ok(Err(e)) = joined {
-            tracing::warn!(error = %e, "a stage of the local run stopped with an error");
+    finished.store(true, Ordering::SeqCst);
+    for tasks in [&mut generators, &mut others] {
+        while let Some(joined) = tasks.join_next().await {
+            if let Ok(Err(e)) = joined {
+                tracing::warn!(error = %e, "a stage of the local run stopped with an error");
+            }
         }
     }
 
@@ -446,6 +476,13 @@ async fn build_stages(store: Store, settings: &RunSettings) -> Result<Stages> {
                 VertexClient::new(live.vertex.clone())
                     .map_err(|e| Error::store("configuring Vertex AI", e, false))?,
             );
+            client.preflight().await.map_err(|e| {
+                Error::store(
+                    "checking that Vertex AI can be called (nothing was created)",
+                    e.message,
+                    false,
+                )
+            })?;
             (client.clone(), client)
         }
         None => (Arc::new(NoModel), Arc::new(NoModel)),
@@ -472,10 +509,12 @@ async fn build_stages(store: Store, settings: &RunSettings) -> Result<Stages> {
         VideoPoller::new(
             store.clone(),
             videos_model.clone(),
+            objects.clone(),
             PollerSettings {
                 operation_timeout: settings.operation_timeout,
                 polling_interval: settings.polling_interval,
                 max_runtime: Duration::MAX,
+                output_bucket: bucket.clone(),
             },
         )
     });
@@ -516,9 +555,15 @@ async fn build_stages(store: Store, settings: &RunSettings) -> Result<Stages> {
 /// How often the loops look for new work.
 const TICK: Duration = Duration::from_millis(100);
 
-async fn keep_draining<G: Generator>(generator: &G, finished: &AtomicBool) -> Result<()> {
-    while !finished.load(Ordering::SeqCst) {
-        let report = drain(generator, DrainLimits::default()).await?;
+/// Takes jobs one at a time until `stopping`: a job taken is always seen
+/// through, so a paid request is never abandoned half-way by a stop.
+async fn keep_draining<G: Generator>(generator: &G, stopping: &AtomicBool) -> Result<()> {
+    let one = DrainLimits {
+        max_jobs: Some(1),
+        ..DrainLimits::default()
+    };
+    while !stopping.load(Ordering::SeqCst) {
+        let report = drain(generator, one).await?;
         if report.processed == 0 {
             tokio::time::sleep(TICK).await;
         }

@@ -54,6 +54,29 @@ impl World {
         command
     }
 
+    /// A video poller of this world: its store, its fake Vertex AI, its
+    /// output bucket, polling every 10 ms for at most 20 s.
+    pub fn poller(
+        &self,
+        operation_timeout: std::time::Duration,
+    ) -> shared::generate::poller::VideoPoller {
+        use shared::generate::poller::{PollerSettings, VideoPoller};
+        VideoPoller::new(
+            self.store.clone(),
+            Arc::new(
+                shared::vertex::VertexClient::new(self.fake.config())
+                    .expect("a client of the fake"),
+            ),
+            self.objects.clone(),
+            PollerSettings {
+                operation_timeout,
+                polling_interval: std::time::Duration::from_millis(10),
+                max_runtime: std::time::Duration::from_secs(20),
+                output_bucket: self.bucket.clone(),
+            },
+        )
+    }
+
     /// A live (not dry-run) job, created in the store.
     pub async fn job(
         &self,

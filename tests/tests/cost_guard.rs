@@ -10,7 +10,7 @@
 use futures::future::join_all;
 use shared::domain::job::{BUDGET_EXHAUSTED, FILTERED, Job, JobKind, JobStatus};
 use shared::generate::images::ImageGenerator;
-use shared::generate::poller::{PollerSettings, VideoPoller};
+use shared::generate::poller::VideoPoller;
 use shared::generate::service::router;
 use shared::generate::videos::VideoGenerator;
 use shared::generate::{CostGuard, DrainLimits, GeneratorSettings, drain};
@@ -67,15 +67,7 @@ fn videos(world: &World, budget_micros: Option<u64>) -> VideoGenerator {
 }
 
 fn poller(world: &World) -> VideoPoller {
-    VideoPoller::new(
-        world.store.clone(),
-        Arc::new(VertexClient::new(world.fake.config()).unwrap()),
-        PollerSettings {
-            operation_timeout: Duration::from_secs(1800),
-            polling_interval: Duration::from_millis(10),
-            max_runtime: Duration::from_secs(20),
-        },
-    )
+    world.poller(Duration::from_secs(1800))
 }
 
 async fn job(world: &World, id: &str) -> Job {

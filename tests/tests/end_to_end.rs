@@ -183,6 +183,10 @@ async fn gcloud_requests_become_delivered_files_and_one_event_per_job() {
                 ("ASMR_COLLECTION_PREFIX", prefix.clone()),
                 ("ASMR_TOPIC_PREFIX", prefix.clone()),
                 ("GCS_OUTPUT_BUCKET", world.bucket.clone()),
+                (
+                    "STORAGE_EMULATOR_HOST",
+                    std::env::var("STORAGE_EMULATOR_HOST").unwrap(),
+                ),
                 ("VERTEX_BASE_URL", world.fake.base_url()),
                 ("VERTEX_ACCESS_TOKEN", world.fake.token().to_string()),
                 ("POLLING_INTERVAL", "200ms".to_string()),

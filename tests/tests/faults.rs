@@ -30,7 +30,7 @@ use base64::Engine;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use shared::bus::Topics;
-use shared::domain::job::{ATTEMPTS_EXHAUSTED, Job, JobKind, JobStatus, NewJob};
+use shared::domain::job::{ATTEMPTS_EXHAUSTED, Job, JobKind, JobStatus, NewJob, SUBMIT_UNKNOWN};
 use shared::requests::{Envelope, MAX_BODY_BYTES};
 use shared::store::JobFilter;
 use shared::store::rejected::{Rejected, RejectedSource};
@@ -122,8 +122,9 @@ async fn run_janitor(world: &World, pubsub: &Emulator) -> Value {
 }
 
 /// Runs the `video-poller` binary until nothing is generating.
-async fn run_poller(world: &World) {
-    let mut command = world.stage_command("video-poller", &[]);
+/// Runs the `video-poller` binary with `extra` environment.
+async fn run_poller_with(world: &World, extra: &[(&str, String)]) {
+    let mut command = world.stage_command("video-poller", extra);
     let status = tokio::task::spawn_blocking(move || command.status().unwrap())
         .await
         .unwrap();
@@ -473,7 +474,7 @@ fn push_in_background(url: &str, job_id: &str) -> tokio::task::JoinHandle<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn generators_killed_mid_call_are_requeued_by_the_janitor_and_the_jobs_finish() {
+async fn generators_killed_mid_call_never_pay_twice_and_leave_no_job_unfinished() {
     let world = emulators(FakeOptions::default()).await;
     let (pubsub, topics) = topics(&world).await;
     let prefix = world.prefix.clone().unwrap();
@@ -482,8 +483,8 @@ async fn generators_killed_mid_call_are_requeued_by_the_janitor_and_the_jobs_fin
     let image = world.job(image_prompt, JobKind::Image, &[]).await;
     let video = world.job(video_prompt, JobKind::Video, &[]).await;
 
-    // The first call of each hangs, so the kill lands after the claim, while
-    // the model works.
+    // The first call of each hangs, so the kill lands after the paid
+    // request went out: whether the model made (and billed) it is unknown.
     world.fake.slow_next(2, Duration::from_secs(300));
     let short_lease = [("LEASE_TTL", "5s".to_string())];
     let mut images = Service::start("image-generator", &world, &short_lease).await;
@@ -546,30 +547,37 @@ async fn generators_killed_mid_call_are_requeued_by_the_janitor_and_the_jobs_fin
         "{summary}"
     );
 
+    // The claims that take them back find the requests in doubt and send
+    // nothing: the image fails with its cost booked, the video waits for
+    // its output under its prefix.
     wait_until(
-        "the image job to complete",
+        "the image job to settle",
         Duration::from_secs(30),
-        async || world.store.job(&image).await.unwrap().status == JobStatus::Completed,
+        async || world.store.job(&image).await.unwrap().status == JobStatus::Failed,
     )
     .await;
     wait_until(
-        "the video job to be submitted",
+        "the video job to await its output",
         Duration::from_secs(30),
-        async || world.store.job(&video).await.unwrap().status == JobStatus::Generating,
+        async || world.store.job(&video).await.unwrap().awaits_output(),
     )
     .await;
-    run_poller(&world).await;
+    // No video ever appears (the killed submit never started one): the
+    // poller ends the wait after OPERATION_TIMEOUT.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    run_poller_with(&world, &[("OPERATION_TIMEOUT", "1s".to_string())]).await;
 
     for (id, prompt) in [(&image, image_prompt), (&video, video_prompt)] {
         let job = world.store.job(id).await.unwrap();
+        assert_eq!((job.status, job.attempts), (JobStatus::Failed, 1), "{id}");
+        let error = job.error.unwrap();
+        assert_eq!(error.code, SUBMIT_UNKNOWN, "{id}");
+        assert!(error.message.contains("--resubmit"), "{}", error.message);
         assert_eq!(
-            (job.status, job.attempts, job.outputs.len()),
-            (JobStatus::Completed, 2, 1),
-            "{id}"
+            world.fake.calls_for_prompt(prompt),
+            1,
+            "paid once: {prompt}"
         );
-        // The killed call's outcome is unknown (it may have been billed);
-        // exactly one more was made.
-        assert_eq!(world.fake.calls_for_prompt(prompt), 2, "{prompt}");
     }
     let left = unfinished(&world).await;
     assert!(left.is_empty(), "unfinished jobs: {left:#?}");
@@ -577,22 +585,41 @@ async fn generators_killed_mid_call_are_requeued_by_the_janitor_and_the_jobs_fin
     videos.assert_healthy().await;
 }
 
+/// A TCP listener that accepts connections and never answers: a service
+/// that hangs.
+async fn black_hole() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    (endpoint, task)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_job_whose_worker_dies_on_every_attempt_fails_instead_of_staying_stuck() {
     let world = emulators(FakeOptions::default()).await;
     let (pubsub, _) = topics(&world).await;
-    let prompt = "a worker that never comes back";
-    let mut new = NewJob::new(prompt, JobKind::Image);
-    new.dry_run = false;
+    // A dry run pays nothing, so a worker that dies mid-job leaves nothing
+    // in doubt: each death uses an attempt. Its bucket hangs, so every
+    // worker dies while writing.
+    let mut new = NewJob::new("a worker that never comes back", JobKind::Image);
     new.max_attempts = 2;
     let id = world.store.create_job(new).await.unwrap().record.id;
-    let short_lease = [("LEASE_TTL", "1s".to_string())];
-    world.fake.slow_next(2, Duration::from_secs(300));
+    let (hanging_storage, _hole) = black_hole().await;
+    let dying = [
+        ("LEASE_TTL", "1s".to_string()),
+        ("DRY_RUN", "true".to_string()),
+        ("STORAGE_EMULATOR_HOST", hanging_storage),
+    ];
     for attempt in 1..=2 {
-        let mut images = Service::start("image-generator", &world, &short_lease).await;
+        let mut images = Service::start("image-generator", &world, &dying).await;
         let _push = push_in_background(&images.url, &id);
-        wait_until("the model call", Duration::from_secs(30), async || {
-            world.fake.calls_for_prompt(prompt) == attempt
+        wait_until("the claim", Duration::from_secs(30), async || {
+            world.store.job(&id).await.unwrap().attempts == attempt
         })
         .await;
         images.kill();
@@ -614,7 +641,7 @@ async fn a_job_whose_worker_dies_on_every_attempt_fails_instead_of_staying_stuck
     let job = world.store.job(&id).await.unwrap();
     assert_eq!((job.status, job.attempts), (JobStatus::Failed, 2));
     assert_eq!(job.error.unwrap().code, ATTEMPTS_EXHAUSTED);
-    // Its message, delivered again, changes nothing and costs nothing.
+    // Its message, delivered again, changes nothing.
     let mut images = Service::start("image-generator", &world, &[]).await;
     let answer = post(
         &reqwest::Client::new(),
@@ -624,7 +651,7 @@ async fn a_job_whose_worker_dies_on_every_attempt_fails_instead_of_staying_stuck
     )
     .await;
     assert_eq!((answer.status, answer.outcome()), (200, "duplicate"));
-    assert_eq!(world.fake.calls_for_prompt(prompt), 2);
+    assert_eq!(world.fake.total_calls(), 0);
     assert!(unfinished(&world).await.is_empty());
     images.assert_healthy().await;
 }

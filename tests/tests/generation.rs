@@ -6,9 +6,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use futures::future::join_all;
-use shared::domain::job::{FILTERED, Job, JobKind, JobStatus};
+use shared::domain::job::{FILTERED, Job, JobKind, JobStatus, QUOTA_EXHAUSTED, SUBMIT_UNKNOWN};
 use shared::generate::images::ImageGenerator;
-use shared::generate::poller::{PollerSettings, TIMED_OUT, VideoPoller};
+use shared::generate::poller::{TIMED_OUT, VideoPoller};
 use shared::generate::service::router;
 use shared::generate::videos::VideoGenerator;
 use shared::generate::{DrainLimits, GeneratorSettings, drain};
@@ -50,15 +50,7 @@ fn videos(world: &World, dry_run: bool) -> VideoGenerator {
 }
 
 fn poller(world: &World, operation_timeout: Duration) -> VideoPoller {
-    VideoPoller::new(
-        world.store.clone(),
-        Arc::new(VertexClient::new(world.fake.config()).unwrap()),
-        PollerSettings {
-            operation_timeout,
-            polling_interval: Duration::from_millis(10),
-            max_runtime: Duration::from_secs(20),
-        },
-    )
+    world.poller(operation_timeout)
 }
 
 async fn job(world: &World, id: &str) -> Job {
@@ -141,27 +133,42 @@ async fn a_quota_429_is_retried_within_the_call(world: World) {
     assert_eq!(world.fake.calls(Verb::GenerateContent), 2);
 }
 
-async fn a_quota_that_outlasts_quota_wait_gives_the_job_back_with_a_429(world: World) {
+async fn a_quota_that_outlasts_quota_wait_puts_the_job_back_to_wait_without_an_attempt(
+    world: World,
+) {
     let url = serve(router(Arc::new(images(&world, false)))).await;
     let id = world.job("tapping", JobKind::Image, &[]).await;
     // More 429s than the call can meet in QUOTA_WAIT (100 ms, probing
-    // every millisecond).
-    world.fake.fail_next(100_000, 429);
-    assert_eq!(
-        push(&url, &id, "m1").await,
-        429,
-        "Pub/Sub should redeliver later"
-    );
+    // every millisecond), delivery after delivery: more deliveries than
+    // the job has attempts.
+    world.fake.fail_next(1_000_000, 429);
+    for delivery in 0..6 {
+        assert_eq!(
+            push(&url, &id, &format!("m{delivery}")).await,
+            429,
+            "Pub/Sub should redeliver later"
+        );
+        let back = job(&world, &id).await;
+        assert_eq!(
+            (back.status, back.attempts, back.waiting.as_deref()),
+            (JobStatus::Pending, 0, Some(QUOTA_EXHAUSTED)),
+            "waiting on quota is not an attempt"
+        );
+        let error = back.error.as_ref().unwrap();
+        assert_eq!(error.code, "rate_limited");
+        assert!(error.message.contains("QUOTA_WAIT"), "{}", error.message);
+    }
     world.fake.clear_faults();
-    let back = job(&world, &id).await;
-    assert_eq!((back.status, back.attempts), (JobStatus::Pending, 1));
-    let error = back.error.as_ref().unwrap();
-    assert_eq!(error.code, "rate_limited");
-    assert!(error.message.contains("QUOTA_WAIT"), "{}", error.message);
     let tries = world.fake.calls(Verb::GenerateContent);
     assert!(
-        (2..=150).contains(&tries),
-        "one try, then about one probe per millisecond: {tries}"
+        (6..=6 * 150).contains(&tries),
+        "one try, then about one probe per millisecond, per delivery: {tries}"
+    );
+    assert_eq!(push(&url, &id, "m-last").await, 200);
+    let done = job(&world, &id).await;
+    assert_eq!(
+        (done.status, done.attempts, done.waiting),
+        (JobStatus::Completed, 1, None)
     );
 }
 
@@ -201,7 +208,11 @@ async fn a_filtered_image_fails_as_filtered_and_is_never_resubmitted(world: Worl
         let failed = job(&world, &id).await;
         assert_eq!(failed.status, JobStatus::Failed, "{model}");
         assert_eq!(failed.error.as_ref().unwrap().code, FILTERED, "{model}");
-        let err = world.store.retry_job(&id, false).await.unwrap_err();
+        let err = world
+            .store
+            .retry_job(&id, Default::default())
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("safety filters"), "{err}");
     }
     assert_eq!(world.fake.total_calls(), 2);
@@ -412,21 +423,90 @@ async fn filtered_failed_and_endless_operations_end_as_they_should(world: World)
     assert_eq!(world.fake.calls(Verb::PredictLongRunning), 3);
 }
 
-async fn an_unknown_submit_outcome_counts_an_attempt_and_is_not_resubmitted_in_the_call(
-    world: World,
-) {
+async fn an_unknown_submit_is_never_sent_again_and_its_video_completes_the_job(world: World) {
     let url = serve(router(Arc::new(videos(&world, false)))).await;
     let id = world.job("creaking door", JobKind::Video, &[]).await;
     world.fake.slow_next(1, Duration::from_secs(8));
-    assert_eq!(push(&url, &id, "m1").await, 503);
-    let back = job(&world, &id).await;
-    assert_eq!((back.status, back.attempts), (JobStatus::Pending, 1));
-    assert_eq!(back.error.as_ref().unwrap().code, "submit_unknown");
+    assert_eq!(push(&url, &id, "m1").await, 200, "nothing to redeliver");
+    let waiting = job(&world, &id).await;
+    assert!(waiting.awaits_output(), "{waiting:?}");
+    assert_eq!(waiting.attempts, 1);
+    assert_eq!(waiting.error.as_ref().unwrap().code, SUBMIT_UNKNOWN);
+    // A redelivery sends nothing.
+    assert_eq!(push(&url, &id, "m2").await, 200);
     assert_eq!(
         world.fake.calls(Verb::PredictLongRunning),
         1,
-        "never retried within the call"
+        "never sent again, within the call or across deliveries"
     );
+    // Still nothing under its prefix: the poller keeps waiting.
+    let report = poller(&world, Duration::from_secs(1800))
+        .round()
+        .await
+        .unwrap();
+    assert_eq!((report.running, report.completed), (1, 0));
+    // The lost submit did start: Veo writes under the job's prefix, and the
+    // poller completes the job with it.
+    let object = format!("videos/{id}/20261203120000/sample_0.mp4");
+    world
+        .objects
+        .write(
+            &world.bucket,
+            &object,
+            shared::placeholder::mp4("late", None),
+            "video/mp4",
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    let report = poller(&world, Duration::from_secs(1800))
+        .round()
+        .await
+        .unwrap();
+    assert_eq!(report.completed, 1);
+    let done = job(&world, &id).await;
+    assert_eq!(
+        (done.status, done.outputs),
+        (
+            JobStatus::Completed,
+            vec![format!("gs://{}/{object}", world.bucket)]
+        )
+    );
+    assert_eq!(world.fake.calls(Verb::PredictLongRunning), 1);
+}
+
+async fn an_unknown_submit_whose_video_never_comes_fails_after_the_operation_timeout(world: World) {
+    let url = serve(router(Arc::new(videos(&world, false)))).await;
+    let id = world
+        .job("a door that never creaks", JobKind::Video, &[])
+        .await;
+    world.fake.slow_next(1, Duration::from_secs(8));
+    assert_eq!(push(&url, &id, "m1").await, 200);
+    poller(&world, Duration::from_millis(50))
+        .run()
+        .await
+        .unwrap();
+    let failed = job(&world, &id).await;
+    assert_eq!(failed.status, JobStatus::Failed);
+    let error = failed.error.unwrap();
+    assert_eq!(error.code, SUBMIT_UNKNOWN);
+    assert!(error.message.contains("--resubmit"), "{}", error.message);
+    // Only an operator pays again.
+    assert!(
+        world
+            .store
+            .retry_job(&id, Default::default())
+            .await
+            .is_err()
+    );
+    let resubmit = shared::domain::job::RetryOptions {
+        resubmit: true,
+        ..Default::default()
+    };
+    world.store.retry_job(&id, resubmit).await.unwrap();
+    assert_eq!(push(&url, &id, "m2").await, 200);
+    assert_eq!(world.fake.calls(Verb::PredictLongRunning), 2);
+    assert_eq!(job(&world, &id).await.status, JobStatus::Generating);
 }
 
 async fn a_requeued_generating_job_resumes_its_operation_instead_of_paying_again(world: World) {
@@ -477,8 +557,8 @@ macro_rules! scenarios {
                 super::a_quota_429_is_retried_within_the_call(world().await).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn a_quota_that_outlasts_quota_wait_gives_the_job_back_with_a_429() {
-                super::a_quota_that_outlasts_quota_wait_gives_the_job_back_with_a_429(world().await).await
+            async fn a_quota_that_outlasts_quota_wait_puts_the_job_back_to_wait_without_an_attempt() {
+                super::a_quota_that_outlasts_quota_wait_puts_the_job_back_to_wait_without_an_attempt(world().await).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_blocked_prompt_fails_for_good_with_googles_message() {
@@ -513,8 +593,12 @@ macro_rules! scenarios {
                 super::filtered_failed_and_endless_operations_end_as_they_should(world().await).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn an_unknown_submit_outcome_counts_an_attempt_and_is_not_resubmitted_in_the_call() {
-                super::an_unknown_submit_outcome_counts_an_attempt_and_is_not_resubmitted_in_the_call(world().await).await
+            async fn an_unknown_submit_is_never_sent_again_and_its_video_completes_the_job() {
+                super::an_unknown_submit_is_never_sent_again_and_its_video_completes_the_job(world().await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn an_unknown_submit_whose_video_never_comes_fails_after_the_operation_timeout() {
+                super::an_unknown_submit_whose_video_never_comes_fails_after_the_operation_timeout(world().await).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_requeued_generating_job_resumes_its_operation_instead_of_paying_again() {

@@ -224,7 +224,6 @@ mod emulators {
     use shared::bus::pubsub::{PubSubBus, PubSubConfig};
     use shared::domain::job::{ATTEMPTS_EXHAUSTED, JobStatus};
     use shared::generate::GeneratorSettings;
-    use shared::generate::poller::{PollerSettings, VideoPoller};
     use shared::generate::service::router;
     use shared::generate::videos::VideoGenerator;
     use shared::janitor::DEAD_LETTERED;
@@ -424,12 +423,15 @@ mod emulators {
             "failed_leases",
             "republished",
             "dead_lettered",
+            "dead_letter_requeued",
             "dead_letter_other",
             "dead_letter_skipped",
             "deleted_jobs",
             "deleted_downloads",
             "deleted_rejected",
             "deleted_budgets",
+            "deleted_held",
+            "events_published",
             "errors",
         ]
         .into_iter()
@@ -748,15 +750,7 @@ mod emulators {
                 generating.submitted_at
             )
         );
-        let poller = VideoPoller::new(
-            world.store.clone(),
-            Arc::new(VertexClient::new(world.fake.config()).unwrap()),
-            PollerSettings {
-                operation_timeout: Duration::from_secs(1800),
-                polling_interval: Duration::from_millis(10),
-                max_runtime: Duration::from_secs(20),
-            },
-        );
+        let poller = world.poller(Duration::from_secs(1800));
         poller.run().await.unwrap();
         assert_eq!(
             world.store.job(&id).await.unwrap().status,

@@ -9,7 +9,7 @@ use shared::Error;
 use shared::domain::download::{DownloadStatus, FileType, NewDownload};
 use shared::domain::job::{
     BUDGET_EXHAUSTED, Delivery, FILTERED, Job, JobError, JobKind, JobParams, JobStatus, NewJob,
-    Retention,
+    Retention, RetryOptions, SUBMIT_UNKNOWN,
 };
 use shared::domain::{Lease, TransitionError};
 use shared::store::backend::{Collection, Version, Write};
@@ -609,7 +609,10 @@ async fn stuck_jobs_are_reset_and_filtered_jobs_are_not_retried(t: TestStore) {
         )
         .await
         .unwrap();
-    let err = store.retry_job(&a, false).await.unwrap_err();
+    let err = store
+        .retry_job(&a, RetryOptions::default())
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             err,
@@ -620,7 +623,16 @@ async fn stuck_jobs_are_reset_and_filtered_jobs_are_not_retried(t: TestStore) {
         ),
         "{err}"
     );
-    let retried = store.retry_job(&a, true).await.unwrap();
+    let retried = store
+        .retry_job(
+            &a,
+            RetryOptions {
+                include_filtered: true,
+                ..RetryOptions::default()
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(
         (retried.status, retried.attempts, retried.error),
         (JobStatus::Pending, 0, None)
@@ -1046,18 +1058,28 @@ async fn settling_a_reservation_is_exact_and_happens_once(t: TestStore) {
         (0, 2 * COST + COST / 4)
     );
 
-    // A worker that vanished mid-call: its reservation counts as spent when
-    // the job is claimed again, and the new claim reserves anew.
+    // A worker that vanished mid-call: its request may have been billed, so
+    // its reservation counts as spent, and the claim that finds it sends
+    // nothing new: the image job fails as submit_unknown, reserving nothing.
     let e = add(store, "e", JobKind::Image).await;
     claim(e.clone(), "gone", SHORT).await;
     let_leases_expire().await;
-    let again = claim(e.clone(), "w3", MINUTE).await;
-    assert_eq!(again.attempts, 2);
-    assert_eq!(again.reservation.as_ref().unwrap().owner, "w3");
+    let Budgeted::Within(Claim::Lost(lost)) = store
+        .claim_job_within(&e, &lease("w3"), &no_limit)
+        .await
+        .unwrap()
+    else {
+        panic!("the claim settles the request in doubt");
+    };
+    assert_eq!(
+        (lost.status, lost.attempts, lost.reservation.clone()),
+        (JobStatus::Failed, 1, None)
+    );
+    assert_eq!(lost.error.unwrap().code, SUBMIT_UNKNOWN);
     let day = today_of(store).await;
     assert_eq!(
         (day.reserved_micros, day.spent_micros),
-        (COST, 3 * COST + COST / 4)
+        (0, 3 * COST + COST / 4)
     );
     assert_eq!(
         store
@@ -1065,7 +1087,7 @@ async fn settling_a_reservation_is_exact_and_happens_once(t: TestStore) {
             .await
             .unwrap(),
         None,
-        "the vanished worker cannot release the new claim's reservation"
+        "the vanished worker cannot release what was booked"
     );
 
     // A submitted video whose job is requeued keeps its reservation for
@@ -1098,8 +1120,8 @@ async fn settling_a_reservation_is_exact_and_happens_once(t: TestStore) {
         (reservation.micros, reservation.owner.as_str()),
         (COST, "w5")
     );
-    // The e job's fresh reservation and the video's.
-    assert_eq!(today_of(store).await.reserved_micros, 2 * COST);
+    // Only the video's reservation is held: the e job's was booked.
+    assert_eq!(today_of(store).await.reserved_micros, COST);
 }
 
 fn download(job_id: &str, object: &str, priority: i64) -> NewDownload {

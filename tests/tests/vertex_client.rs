@@ -78,7 +78,10 @@ async fn vertex_imagen_returns_every_sample_and_sends_the_documented_body() {
         .await
         .unwrap();
 
-    let ImageOutcome::Images { images, filtered } = outcome else {
+    let ImageOutcome::Images {
+        images, filtered, ..
+    } = outcome
+    else {
         panic!("images expected: {outcome:?}");
     };
     assert_eq!(images.len(), 2);
@@ -376,7 +379,10 @@ async fn vertex_partly_filtered_imagen_output_keeps_the_images_and_the_reasons()
         .generate(&image(IMAGEN, "partly [partial]", samples(3)))
         .await
         .unwrap();
-    let ImageOutcome::Images { images, filtered } = outcome else {
+    let ImageOutcome::Images {
+        images, filtered, ..
+    } = outcome
+    else {
         panic!("images expected: {outcome:?}");
     };
     assert_eq!(images.len(), 2);
@@ -544,7 +550,7 @@ async fn vertex_a_poll_that_hits_a_server_error_is_retried() {
 }
 
 #[tokio::test]
-async fn vertex_a_wrong_token_is_permanent_unauthenticated_and_not_retried() {
+async fn vertex_a_wrong_token_is_a_misconfiguration_and_not_retried() {
     let fake = FakeVertex::start(FakeOptions::default()).await;
     let mut config = fake.config();
     config.access_token = Some("not-the-token".into());
@@ -553,13 +559,17 @@ async fn vertex_a_wrong_token_is_permanent_unauthenticated_and_not_retried() {
         .generate(&image(IMAGEN, "tapping", samples(1)))
         .await
         .unwrap_err();
-    assert_error(&e, ErrorClass::Permanent, "unauthenticated");
+    assert_error(&e, ErrorClass::Misconfigured, "unauthenticated");
     assert_eq!(e.http_status, Some(401));
+    assert!(
+        e.message.contains("gcloud auth application-default login"),
+        "{e}"
+    );
     let e = client
         .submit(&video("tapping", JobParams::default()))
         .await
         .unwrap_err();
-    assert_error(&e, ErrorClass::Permanent, "unauthenticated");
+    assert_error(&e, ErrorClass::Misconfigured, "unauthenticated");
     assert_eq!(fake.total_calls(), 2);
     assert_eq!(
         fake.requests()[0].authorization.as_deref(),
@@ -598,7 +608,7 @@ async fn vertex_a_submit_slower_than_the_timeout_is_unknown_and_sent_once() {
         .await
         .unwrap_err();
     assert_error(&e, ErrorClass::Unknown, "submit_unknown");
-    assert!(e.message.contains("may have started"), "{e}");
+    assert!(e.message.contains("may have generated (and billed)"), "{e}");
     assert_eq!(fake.calls(Verb::PredictLongRunning), 1);
     // Nothing else arrives later either.
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -606,17 +616,44 @@ async fn vertex_a_submit_slower_than_the_timeout_is_unknown_and_sent_once() {
 }
 
 #[tokio::test]
-async fn vertex_an_image_call_that_times_out_is_retried() {
+async fn vertex_an_image_call_that_times_out_is_unknown_and_sent_once() {
     let fake = FakeVertex::start(FakeOptions::default()).await;
     let mut config = fake.config();
     config.request_timeout = Duration::from_millis(300);
-    fake.slow_next(1, Duration::from_secs(2));
+    fake.set_latency(Duration::from_secs(2));
+    for model in [IMAGEN, GEMINI] {
+        let e = client(config.clone())
+            .generate(&image(model, "slow brushing", samples(1)))
+            .await
+            .unwrap_err();
+        assert_error(&e, ErrorClass::Unknown, "submit_unknown");
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        (fake.calls(Verb::Predict), fake.calls(Verb::GenerateContent)),
+        (1, 1),
+        "a hanging model gets one request per call"
+    );
+}
+
+#[tokio::test]
+async fn vertex_gemini_keeps_the_samples_that_came_back_when_another_hangs() {
+    let fake = FakeVertex::start(FakeOptions::default()).await;
+    let mut config = fake.config();
+    config.request_timeout = Duration::from_millis(500);
+    fake.slow_next(1, Duration::from_secs(3));
     let outcome = client(config)
-        .generate(&image(IMAGEN, "slow brushing", samples(1)))
+        .generate(&image(GEMINI, "two brushes", samples(2)))
         .await
         .unwrap();
-    assert_eq!(image_count(&outcome), 1);
-    assert_eq!(fake.calls(Verb::Predict), 2);
+    let ImageOutcome::Images {
+        images, in_doubt, ..
+    } = outcome
+    else {
+        panic!("the sample that came back is kept: {outcome:?}");
+    };
+    assert_eq!((images.len(), in_doubt), (1, 1));
+    assert_eq!(fake.calls(Verb::GenerateContent), 2, "nothing sent again");
 }
 
 #[tokio::test]

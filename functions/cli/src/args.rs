@@ -278,6 +278,11 @@ pub struct RetryArgs {
     /// again, and billed again).
     #[arg(long)]
     pub include_filtered: bool,
+    /// Also requeue jobs whose last paid request has an unknown outcome
+    /// (submit_unknown): it may already have been billed, and the retry pays
+    /// again.
+    #[arg(long)]
+    pub resubmit: bool,
 }
 
 #[derive(Debug, Args)]

@@ -294,6 +294,10 @@ impl Downloader {
             Ok(Claim::NotFound) => {
                 return Handled::Poison(format!("download {download_id} does not exist"));
             }
+            // Only jobs make paid calls.
+            Ok(Claim::Lost(download)) => {
+                return Handled::Duplicate(format!("{} is {}", download.source, download.status));
+            }
             Err(e) if e.is_retryable() => return Handled::store_trouble(&e),
             Err(e) => return Handled::Poison(e.to_string()),
         };

@@ -20,10 +20,41 @@ pub const ATTEMPTS_EXHAUSTED: &str = "attempts_exhausted";
 /// Error code of a job whose output the model's safety filters withheld. Such
 /// a job is never sent to the model again unless an operator insists.
 pub const FILTERED: &str = "filtered";
+/// Error code of a job whose paid request went out and whose outcome is not
+/// known (a time-out after sending, a broken connection, a worker that
+/// vanished mid-call). It is never sent again blindly: a video waits for
+/// its output to appear under its prefix; an image, whose bytes came back
+/// only in the lost answer, fails with the cost booked. Only an operator's
+/// `asmr retry --resubmit` pays again.
+pub const SUBMIT_UNKNOWN: &str = "submit_unknown";
+/// Error code of a video whose operation ran past OPERATION_TIMEOUT.
+pub const TIMED_OUT: &str = "timed_out";
+/// Error code of a video whose Veo operation ended with an error.
+pub const OPERATION_FAILED: &str = "operation_failed";
+
 /// Why a pending job waits: claiming it would take the day's spending past
 /// the budget (`BUDGET_USD_PER_DAY`). It is claimed once the day rolls over
 /// or the budget is raised.
 pub const BUDGET_EXHAUSTED: &str = "budget_exhausted";
+/// Why a pending job waits: the model's quota is spent (429). The model is
+/// saying "later", so waiting uses up no attempt, however long it lasts.
+pub const QUOTA_EXHAUSTED: &str = "quota_exhausted";
+/// Why a pending job waits: the deployment cannot reach a service (no
+/// credentials, a missing role: 401/403). The job is not at fault; it
+/// resumes once the configuration is fixed.
+pub const MISCONFIGURED: &str = "misconfigured";
+/// Why a pending job waits: its outputs were generated and paid for, but
+/// the output bucket could not take them; they are held in the store and
+/// the next claim writes them instead of calling the model again.
+pub const STORAGE_UNAVAILABLE: &str = "storage_unavailable";
+
+/// Every reason a pending job may wait, none of which costs an attempt.
+pub const WAIT_REASONS: [&str; 4] = [
+    BUDGET_EXHAUSTED,
+    QUOTA_EXHAUSTED,
+    MISCONFIGURED,
+    STORAGE_UNAVAILABLE,
+];
 
 /// What a job makes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -298,6 +329,35 @@ pub struct Reservation {
     pub owner: String,
 }
 
+/// An output that was generated and paid for but not yet written to the
+/// output bucket. Its bytes are kept in the store, in `chunks` documents,
+/// until the next claim writes them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldOutput {
+    /// Names its chunks in the store: `{key}.{n}` for n in `0..chunks`.
+    pub key: String,
+    /// Object name in the output bucket (`images/{job}/0.png`).
+    pub name: String,
+    /// MIME type.
+    pub content_type: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// CRC32C of the bytes, checked when they are read back.
+    pub crc32c: u32,
+    /// How many store documents hold the bytes.
+    pub chunks: u32,
+}
+
+/// What an operator's retry may do beyond putting a job back in the queue.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetryOptions {
+    /// Send again a job the safety filters stopped.
+    pub include_filtered: bool,
+    /// Pay again for a job whose last paid request has an unknown outcome
+    /// (`submit_unknown`): it may already have been billed.
+    pub resubmit: bool,
+}
+
 /// What it takes to create a job.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NewJob {
@@ -417,6 +477,16 @@ pub struct Job {
     /// The cost reserved for this job's paid call, until it is settled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reservation: Option<Reservation>,
+    /// The claim whose paid request may be in flight: set by a claim that is
+    /// about to pay, cleared by whatever that claim records next. A later
+    /// claim that finds it set knows a paid request went out with an
+    /// unknown outcome, and does not send another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calling: Option<String>,
+    /// Outputs generated and paid for, waiting to be written to the output
+    /// bucket (see [`HeldOutput`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<HeldOutput>,
 }
 
 /// How long finished records are kept before the store may delete them.
@@ -451,6 +521,13 @@ pub enum ClaimRefusal {
     },
     /// Every attempt was used; the caller should record the failure.
     Exhausted,
+    /// An earlier claim sent a paid request and vanished before recording
+    /// its outcome; the caller records that with [`Job::lose_call`]
+    /// instead of sending another.
+    CallLost {
+        /// The claim that made the call.
+        owner: String,
+    },
 }
 
 impl Job {
@@ -484,6 +561,8 @@ impl Job {
             expire_at: None,
             waiting: None,
             reservation: None,
+            calling: None,
+            held: Vec::new(),
         }
     }
 
@@ -535,14 +614,45 @@ impl Job {
     fn finish_failed(&mut self, error: JobError, now: Timestamp, retention: &Retention) {
         self.status = JobStatus::Failed;
         self.error = Some(error);
+        self.calling = None;
         self.clear_lease();
         self.expire_at = Some(now.plus(retention.failed_jobs));
         self.touch(now);
     }
 
+    /// Whether this is a video job waiting for proof of a paid request whose
+    /// outcome is unknown: generating, with no operation to watch. The poller
+    /// looks for its output under its prefix until OPERATION_TIMEOUT.
+    pub fn awaits_output(&self) -> bool {
+        self.kind == JobKind::Video
+            && self.status == JobStatus::Generating
+            && self.operation_name.is_none()
+    }
+
+    /// Whether this job failed in a way that a late output settles: a paid
+    /// video that timed out or whose submit's outcome was unknown. Google
+    /// may still write it, and it was paid for.
+    fn may_still_deliver(&self) -> bool {
+        self.kind == JobKind::Video
+            && self.status == JobStatus::Failed
+            && self
+                .error
+                .as_ref()
+                .is_some_and(|e| e.code == TIMED_OUT || e.code == SUBMIT_UNKNOWN)
+    }
+
+    /// Whether working on this job sends a new paid request, rather than
+    /// writing placeholders, watching a submitted operation or writing the
+    /// outputs it holds.
+    pub fn will_pay(&self) -> bool {
+        !self.dry_run && self.operation_name.is_none() && self.held.is_empty()
+    }
+
     /// Takes the job for `lease`: pending, or processing with a lease that ran
     /// out. Counts an attempt. A job with no attempt left is refused with
-    /// [`ClaimRefusal::Exhausted`]; the caller then calls [`Job::exhaust`].
+    /// [`ClaimRefusal::Exhausted`]; the caller then calls [`Job::exhaust`]. A
+    /// job whose last claim's paid request is in doubt is refused with
+    /// [`ClaimRefusal::CallLost`]; the caller then calls [`Job::lose_call`].
     pub fn claim(&mut self, lease: &Lease, now: Timestamp) -> Result<(), ClaimRefusal> {
         match self.status {
             JobStatus::Pending => {}
@@ -555,6 +665,11 @@ impl Job {
             }
             other => return Err(ClaimRefusal::NotClaimable(other.as_str())),
         }
+        if let Some(owner) = &self.calling {
+            return Err(ClaimRefusal::CallLost {
+                owner: owner.clone(),
+            });
+        }
         if self.attempts >= self.max_attempts {
             return Err(ClaimRefusal::Exhausted);
         }
@@ -563,6 +678,131 @@ impl Job {
         self.lease_owner = Some(lease.owner.clone());
         self.lease_expires_at = Some(now.plus(lease.ttl));
         self.touch(now);
+        Ok(())
+    }
+
+    /// Records the reservation of the paid request the lease holder is about
+    /// to send, and that from now on the request may be in flight
+    /// (`calling`), in the write that claims the job.
+    pub fn reserve(&mut self, reservation: Reservation) -> Transition {
+        if self.status != JobStatus::Processing {
+            return Err(self.refuse("reserve a paid call for"));
+        }
+        self.check_owner(&reservation.owner)?;
+        self.calling = Some(reservation.owner.clone());
+        self.reservation = Some(reservation);
+        Ok(())
+    }
+
+    /// Settles a paid request that went out and whose outcome will never be
+    /// known: nothing is sent again. A video waits, generating without an
+    /// operation, for its output to appear under its prefix; an image, whose
+    /// bytes came back only in the lost answer, fails as [`SUBMIT_UNKNOWN`].
+    fn settle_unknown(&mut self, what: &str, now: Timestamp, retention: &Retention) {
+        self.calling = None;
+        match self.kind {
+            JobKind::Video => {
+                self.status = JobStatus::Generating;
+                self.operation_name = None;
+                self.submitted_at = Some(now);
+                self.error = Some(JobError::new(
+                    SUBMIT_UNKNOWN,
+                    format!(
+                        "{what}; it is not sent again: the job waits for its video to appear under its output prefix"
+                    ),
+                    false,
+                ));
+                self.clear_lease();
+                self.touch(now);
+            }
+            JobKind::Image => {
+                let message = format!(
+                    "{what}; an image made by it came back only in that answer, so the cost is booked and nothing is sent again: `asmr retry --resubmit {}` pays for a new one",
+                    self.id
+                );
+                self.finish_failed(
+                    JobError::new(SUBMIT_UNKNOWN, message, false),
+                    now,
+                    retention,
+                );
+            }
+        }
+    }
+
+    /// Settles the paid request an earlier claim (`calling`) sent before it
+    /// vanished: it may have reached the model, so it is not sent again (see
+    /// [`Job::claim`]).
+    pub fn lose_call(&mut self, now: Timestamp, retention: &Retention) -> Transition {
+        let Some(owner) = self.calling.clone() else {
+            return Err(self.refuse("settle a lost call of"));
+        };
+        if !matches!(self.status, JobStatus::Pending | JobStatus::Processing) {
+            return Err(self.refuse("settle a lost call of"));
+        }
+        let what = format!(
+            "the paid request sent by {owner} may have reached the model, but that worker stopped before recording its outcome"
+        );
+        self.settle_unknown(&what, now, retention);
+        Ok(())
+    }
+
+    /// The lease holder's paid request went out and its outcome is unknown
+    /// (`what`: no answer within the time-out, a broken connection): it is
+    /// not sent again, as for [`Job::lose_call`].
+    pub fn outcome_unknown(
+        &mut self,
+        owner: &str,
+        what: &str,
+        now: Timestamp,
+        retention: &Retention,
+    ) -> Transition {
+        if self.status != JobStatus::Processing {
+            return Err(self.refuse("record an unknown outcome for"));
+        }
+        self.check_owner(owner)?;
+        self.settle_unknown(what, now, retention);
+        Ok(())
+    }
+
+    /// The lease holder gives the job back for a reason that is not the
+    /// job's fault (one of [`WAIT_REASONS`]: a spent quota, a missing
+    /// credential or role, an output bucket that would not take the outputs):
+    /// processing → pending, with the attempt this claim counted given back,
+    /// so waiting never uses attempts up, however long it lasts.
+    pub fn wait(
+        &mut self,
+        owner: &str,
+        reason: &str,
+        error: JobError,
+        now: Timestamp,
+    ) -> Transition {
+        if self.status != JobStatus::Processing {
+            return Err(self.refuse("put back to wait"));
+        }
+        self.check_owner(owner)?;
+        self.status = JobStatus::Pending;
+        self.attempts = self.attempts.saturating_sub(1);
+        self.calling = None;
+        self.error = Some(error);
+        self.clear_lease();
+        self.touch(now);
+        self.waiting = Some(reason.to_string());
+        Ok(())
+    }
+
+    /// The lease holder generated (and paid for) outputs that the output
+    /// bucket would not take: they are `held` (their bytes are in the store)
+    /// and the job waits as [`STORAGE_UNAVAILABLE`]. The next claim writes
+    /// them instead of calling the model again.
+    pub fn hold(
+        &mut self,
+        owner: &str,
+        held: Vec<HeldOutput>,
+        error: JobError,
+        now: Timestamp,
+    ) -> Transition {
+        self.wait(owner, STORAGE_UNAVAILABLE, error, now)?;
+        self.held = held;
         Ok(())
     }
 
@@ -600,7 +840,7 @@ impl Job {
     /// The lease is renewed for `lease.ttl`, the time the operation may take;
     /// if it runs out nobody watched the operation, and the job is reset with
     /// its operation kept. Re-recording the same operation (a resumed job)
-    /// keeps its submission time.
+    /// keeps its submission time, so OPERATION_TIMEOUT counts from the submit.
     pub fn start_generating(
         &mut self,
         lease: &Lease,
@@ -616,14 +856,16 @@ impl Job {
         }
         self.status = JobStatus::Generating;
         self.operation_name = Some(operation_name.to_string());
+        self.calling = None;
         self.lease_expires_at = Some(now.plus(lease.ttl));
         self.touch(now);
         Ok(())
     }
 
-    /// The poller saw the operation finish: generating → completed. No lease
-    /// check: the operation, not a worker, did the work, and the write is a
-    /// compare-and-set like every other.
+    /// The poller saw the operation finish, or found the output of a job that
+    /// awaited it: generating → completed. No lease check: the operation,
+    /// not a worker, did the work, and the write is a compare-and-set like
+    /// every other.
     pub fn finish_operation(&mut self, outputs: Vec<String>, now: Timestamp) -> Transition {
         if self.status != JobStatus::Generating {
             return Err(self.refuse("finish the operation of"));
@@ -649,6 +891,8 @@ impl Job {
         self.status = JobStatus::Completed;
         self.outputs = outputs;
         self.error = None;
+        self.calling = None;
+        self.held.clear();
         self.clear_lease();
         self.completed_at = Some(now);
         self.touch(now);
@@ -670,10 +914,22 @@ impl Job {
     /// Records that one output was copied. Allowed in any status but
     /// cancelled; the job becomes delivered once it is completed and every
     /// output has a delivery. Recording the same source twice keeps the newer
-    /// destination.
+    /// destination. A video that awaited proof of an unknown submit, or
+    /// failed as timed out or unknown, takes the copied file as its output
+    /// and is delivered: it was paid for.
     pub fn record_delivery(&mut self, delivery: Delivery, now: Timestamp) -> Transition {
         if self.status == JobStatus::Cancelled {
             return Err(self.refuse("record a delivery for"));
+        }
+        let adopt = (self.awaits_output() || self.may_still_deliver())
+            && !self.outputs.contains(&delivery.source);
+        if adopt {
+            self.outputs.push(delivery.source.clone());
+            self.status = JobStatus::Completed;
+            self.error = None;
+            self.clear_lease();
+            self.completed_at = Some(now);
+            self.expire_at = None;
         }
         match self
             .deliveries
@@ -721,14 +977,16 @@ impl Job {
         Ok(())
     }
 
-    /// The lease holder gives the job back (transient trouble): processing →
-    /// pending, keeping the attempt count and the error for the record.
+    /// The lease holder gives the job back after transient trouble (a model
+    /// or store outage): processing → pending, keeping the attempt count and
+    /// the error for the record.
     pub fn release(&mut self, owner: &str, error: Option<JobError>, now: Timestamp) -> Transition {
         if self.status != JobStatus::Processing {
             return Err(self.refuse("release"));
         }
         self.check_owner(owner)?;
         self.status = JobStatus::Pending;
+        self.calling = None;
         self.clear_lease();
         if error.is_some() {
             self.error = error;
@@ -738,10 +996,14 @@ impl Job {
     }
 
     /// Takes back a job whose worker vanished: processing | generating →
-    /// pending, or failed when no attempt is left. `operation_name` is kept.
-    /// Unless `force`, the lease must have run out.
+    /// pending, or failed when no attempt is left. `operation_name` is kept,
+    /// and so is `calling`: the next claim settles a paid request the worker
+    /// may have sent instead of sending another (so such a job is never
+    /// failed here for want of attempts). Unless `force`, the lease must
+    /// have run out. A video awaiting its output has no worker to take it
+    /// back from: the poller ends that wait.
     pub fn reset(&mut self, force: bool, now: Timestamp, retention: &Retention) -> Transition {
-        if !self.status.is_leased() {
+        if !self.status.is_leased() || self.awaits_output() {
             return Err(self.refuse("reset"));
         }
         if !force && !self.lease_expired(now) {
@@ -749,7 +1011,7 @@ impl Job {
                 holder: self.lease_owner.clone(),
             });
         }
-        if self.attempts >= self.max_attempts {
+        if self.calling.is_none() && self.attempts >= self.max_attempts {
             return self.exhaust(now, retention);
         }
         self.status = JobStatus::Pending;
@@ -759,17 +1021,32 @@ impl Job {
     }
 
     /// An operator's retry: failed | cancelled → pending with fresh attempts.
-    /// A job the safety filters stopped is refused unless `include_filtered`.
-    pub fn retry(&mut self, include_filtered: bool, now: Timestamp) -> Transition {
+    /// A job the safety filters stopped is refused unless `include_filtered`;
+    /// one whose last paid request has an unknown outcome unless `resubmit`
+    /// (which forgets the operation, so the job pays again). A failed Veo
+    /// operation is forgotten (a new one is submitted, and paid for); a
+    /// timed-out one is watched again, with a fresh OPERATION_TIMEOUT.
+    pub fn retry(&mut self, options: &RetryOptions, now: Timestamp) -> Transition {
         if !matches!(self.status, JobStatus::Failed | JobStatus::Cancelled) {
             return Err(self.refuse("retry"));
         }
-        if !include_filtered && self.error.as_ref().is_some_and(|e| e.code == FILTERED) {
+        let code = self.error.as_ref().map(|e| e.code.as_str());
+        if !options.include_filtered && code == Some(FILTERED) {
             return Err(TransitionError::Filtered);
+        }
+        if !options.resubmit && code == Some(SUBMIT_UNKNOWN) {
+            return Err(TransitionError::OutcomeUnknown);
+        }
+        if options.resubmit || code == Some(OPERATION_FAILED) {
+            self.operation_name = None;
+        }
+        if options.resubmit || matches!(code, Some(OPERATION_FAILED | TIMED_OUT)) {
+            self.submitted_at = None;
         }
         self.status = JobStatus::Pending;
         self.attempts = 0;
         self.error = None;
+        self.calling = None;
         self.clear_lease();
         self.expire_at = None;
         self.touch(now);

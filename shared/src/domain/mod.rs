@@ -60,6 +60,12 @@ pub enum TransitionError {
     /// the same way and may be billed.
     #[error("the model's safety filters stopped this job; retrying it needs --include-filtered")]
     Filtered,
+    /// The job's last paid request went out and its outcome is unknown: it
+    /// may have been billed, so sending it again needs the operator's word.
+    #[error(
+        "this job's last paid request may have been billed (its outcome is unknown); retrying it pays again and needs --resubmit"
+    )]
+    OutcomeUnknown,
 }
 
 /// The result of a state-machine method.

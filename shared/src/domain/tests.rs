@@ -3,6 +3,7 @@
 use super::download::{Download, DownloadStatus, FileType, NewDownload};
 use super::job::{
     ClaimRefusal, Delivery, FILTERED, Job, JobError, JobKind, JobStatus, NewJob, Retention,
+    RetryOptions,
 };
 use super::{Lease, TransitionError};
 use crate::time::Timestamp;
@@ -22,6 +23,9 @@ fn job_in(status: JobStatus, now: Timestamp) -> Job {
         job.attempts = 1;
         job.lease_owner = Some("w1".into());
         job.lease_expires_at = Some(now.plus(MINUTE));
+    }
+    if status == JobStatus::Generating {
+        job.operation_name = Some("ops/0".into());
     }
     if status == JobStatus::Completed || status == JobStatus::Delivered {
         job.outputs = vec!["gs://out/videos/a/sample_0.mp4".into()];
@@ -69,7 +73,9 @@ fn actions() -> Vec<Action> {
         ("reset", |j, now| {
             j.reset(true, now, &Retention::default()).is_ok()
         }),
-        ("retry", |j, now| j.retry(false, now).is_ok()),
+        ("retry", |j, now| {
+            j.retry(&RetryOptions::default(), now).is_ok()
+        }),
     ]
 }
 
@@ -290,9 +296,16 @@ fn a_filtered_job_is_retried_only_when_asked_explicitly() {
         &Retention::default(),
     )
     .unwrap();
-    assert_eq!(job.retry(false, now), Err(TransitionError::Filtered));
+    assert_eq!(
+        job.retry(&RetryOptions::default(), now),
+        Err(TransitionError::Filtered)
+    );
     assert_eq!(job.status, JobStatus::Failed);
-    job.retry(true, now).unwrap();
+    let include_filtered = RetryOptions {
+        include_filtered: true,
+        ..RetryOptions::default()
+    };
+    job.retry(&include_filtered, now).unwrap();
     assert_eq!(
         (job.status, job.attempts, job.error.clone(), job.expire_at),
         (JobStatus::Pending, 0, None, None)
@@ -551,4 +564,291 @@ fn the_poller_finishes_only_generating_jobs_and_resumes_keep_the_submission_time
         (job.status, job.lease_owner.clone()),
         (JobStatus::Completed, None)
     );
+}
+
+fn reservation(owner: &str) -> super::job::Reservation {
+    super::job::Reservation {
+        day: "2026-12-03".into(),
+        micros: 40_000,
+        owner: owner.into(),
+    }
+}
+
+/// A live job of `kind`, claimed by `owner` with a paid request in flight.
+fn calling(kind: JobKind, owner: &str, now: Timestamp) -> Job {
+    let mut new = NewJob::new("rain on a tent", kind);
+    new.dry_run = false;
+    let mut job = Job::new(new, now);
+    job.claim(&lease(owner), now).unwrap();
+    job.reserve(reservation(owner)).unwrap();
+    job
+}
+
+#[test]
+fn waiting_gives_the_attempt_back_however_long_it_lasts() {
+    use super::job::{MISCONFIGURED, QUOTA_EXHAUSTED};
+    let now = Timestamp::now();
+    let mut job = Job::new(NewJob::new("soft rain", JobKind::Image), now);
+    for round in 0..50 {
+        let owner = format!("w{round}");
+        job.claim(&lease(&owner), now).unwrap();
+        let reason = if round % 2 == 0 {
+            QUOTA_EXHAUSTED
+        } else {
+            MISCONFIGURED
+        };
+        job.wait(
+            &owner,
+            reason,
+            JobError::new("rate_limited", "429", true),
+            now,
+        )
+        .unwrap();
+        assert_eq!(
+            (job.status, job.attempts, job.waiting.as_deref()),
+            (JobStatus::Pending, 0, Some(reason))
+        );
+    }
+    // Only the lease holder may put it back, and only from processing.
+    job.claim(&lease("w1"), now).unwrap();
+    let error = JobError::new("rate_limited", "429", true);
+    assert!(job.wait("w2", QUOTA_EXHAUSTED, error.clone(), now).is_err());
+    job.release("w1", None, now).unwrap();
+    assert!(job.wait("w1", QUOTA_EXHAUSTED, error, now).is_err());
+    assert_eq!(job.attempts, 1, "a release after an outage counts");
+}
+
+#[test]
+fn a_paid_request_in_doubt_is_settled_by_the_next_claim_not_sent_again() {
+    use super::job::SUBMIT_UNKNOWN;
+    let now = Timestamp::now();
+    let later = now.plus(MINUTE * 2);
+    for kind in JobKind::ALL {
+        let mut job = calling(kind, "w1", now);
+        assert_eq!(job.calling.as_deref(), Some("w1"));
+        // The worker vanished: its lease runs out and the job is reset...
+        job.reset(false, later, &Retention::default()).unwrap();
+        assert_eq!(job.status, JobStatus::Pending, "{kind}");
+        // ...and the next claim finds the request in doubt.
+        assert_eq!(
+            job.claim(&lease("w2"), later),
+            Err(ClaimRefusal::CallLost { owner: "w1".into() })
+        );
+        job.lose_call(later, &Retention::default()).unwrap();
+        assert_eq!(job.calling, None);
+        assert_eq!(job.error.as_ref().unwrap().code, SUBMIT_UNKNOWN, "{kind}");
+        match kind {
+            JobKind::Image => assert_eq!(job.status, JobStatus::Failed),
+            JobKind::Video => {
+                assert!(job.awaits_output());
+                assert_eq!(job.submitted_at, Some(later));
+            }
+        }
+        assert_eq!(job.attempts, 1, "no new attempt was counted");
+    }
+}
+
+#[test]
+fn a_reset_never_fails_a_job_whose_paid_request_is_in_doubt() {
+    let now = Timestamp::now();
+    let mut new = NewJob::new("rain on a tent", JobKind::Video);
+    new.dry_run = false;
+    new.max_attempts = 1;
+    let mut job = Job::new(new, now);
+    job.claim(&lease("w1"), now).unwrap();
+    job.reserve(reservation("w1")).unwrap();
+    job.reset(true, now, &Retention::default()).unwrap();
+    assert_eq!(
+        job.status,
+        JobStatus::Pending,
+        "left for the claim to settle"
+    );
+}
+
+#[test]
+fn whatever_a_claim_records_next_clears_the_request_in_doubt() {
+    let now = Timestamp::now();
+    let retention = Retention::default();
+    let record: [Action; 5] = [
+        ("complete", |j, now| {
+            j.complete("w1", vec!["gs://o/i/0.png".into()], now).is_ok()
+        }),
+        ("release", |j, now| j.release("w1", None, now).is_ok()),
+        ("fail", |j, now| {
+            j.fail(
+                Some("w1"),
+                JobError::new("x", "y", false),
+                now,
+                &Retention::default(),
+            )
+            .is_ok()
+        }),
+        ("wait", |j, now| {
+            j.wait(
+                "w1",
+                super::job::QUOTA_EXHAUSTED,
+                JobError::new("x", "y", true),
+                now,
+            )
+            .is_ok()
+        }),
+        ("start_generating", |j, now| {
+            j.start_generating(&lease("w1"), "ops/1", now).is_ok()
+        }),
+    ];
+    for (name, act) in record {
+        let mut job = calling(JobKind::Video, "w1", now);
+        assert!(act(&mut job, now), "{name}");
+        assert_eq!(job.calling, None, "{name}");
+    }
+    let mut job = calling(JobKind::Image, "w1", now);
+    job.outcome_unknown("w1", "no answer", now, &retention)
+        .unwrap();
+    assert_eq!((job.status, job.calling.clone()), (JobStatus::Failed, None));
+}
+
+#[test]
+fn a_video_awaiting_its_output_is_not_reset_and_takes_the_output_that_arrives() {
+    let now = Timestamp::now();
+    let retention = Retention::default();
+    let mut job = calling(JobKind::Video, "w1", now);
+    job.outcome_unknown("w1", "no answer within the time-out", now, &retention)
+        .unwrap();
+    assert!(job.awaits_output());
+    assert!(
+        job.reset(true, now, &retention).is_err(),
+        "no worker to take it back from"
+    );
+    assert!(
+        job.claim(&lease("w2"), now).is_err(),
+        "nothing is sent again"
+    );
+    let source = format!("gs://out/videos/{}/2026/sample_0.mp4", job.id);
+    job.record_delivery(
+        Delivery {
+            source: source.clone(),
+            destination: "/archive/v.mp4".into(),
+        },
+        now,
+    )
+    .unwrap();
+    assert_eq!(
+        (job.status, job.outputs.clone(), job.error.clone()),
+        (JobStatus::Delivered, vec![source], None)
+    );
+}
+
+#[test]
+fn a_video_that_arrives_after_its_job_failed_as_timed_out_or_unknown_completes_it() {
+    use super::job::{OPERATION_FAILED, SUBMIT_UNKNOWN, TIMED_OUT};
+    let now = Timestamp::now();
+    for (code, adopted) in [
+        (TIMED_OUT, true),
+        (SUBMIT_UNKNOWN, true),
+        (OPERATION_FAILED, false),
+        ("dead_lettered", false),
+    ] {
+        let mut job = job_in(JobStatus::Generating, now);
+        job.fail(
+            None,
+            JobError::new(code, "m", false),
+            now,
+            &Retention::default(),
+        )
+        .unwrap();
+        job.record_delivery(
+            Delivery {
+                source: "gs://out/videos/a/late/sample_0.mp4".into(),
+                destination: "/d/late.mp4".into(),
+            },
+            now,
+        )
+        .unwrap();
+        let expected = if adopted {
+            JobStatus::Delivered
+        } else {
+            JobStatus::Failed
+        };
+        assert_eq!(job.status, expected, "{code}");
+        assert_eq!(job.expire_at.is_none(), adopted, "{code}");
+    }
+}
+
+#[test]
+fn a_retry_resubmits_a_failed_operation_rewatches_a_timed_out_one_and_pays_again_only_when_told() {
+    use super::job::{OPERATION_FAILED, SUBMIT_UNKNOWN, TIMED_OUT};
+    let now = Timestamp::now();
+    let failed = |code: &str| {
+        let mut job = job_in(JobStatus::Generating, now);
+        job.submitted_at = Some(now);
+        job.fail(
+            None,
+            JobError::new(code, "m", false),
+            now,
+            &Retention::default(),
+        )
+        .unwrap();
+        job
+    };
+    let plain = RetryOptions::default();
+    let mut job = failed(OPERATION_FAILED);
+    job.retry(&plain, now).unwrap();
+    assert_eq!((job.operation_name.clone(), job.submitted_at), (None, None));
+
+    let mut job = failed(TIMED_OUT);
+    job.retry(&plain, now).unwrap();
+    assert_eq!(
+        (job.operation_name.as_deref(), job.submitted_at),
+        (Some("ops/0"), None),
+        "watched again, with a fresh time-out"
+    );
+
+    let mut job = failed(SUBMIT_UNKNOWN);
+    assert_eq!(job.retry(&plain, now), Err(TransitionError::OutcomeUnknown));
+    let resubmit = RetryOptions {
+        resubmit: true,
+        ..plain
+    };
+    job.retry(&resubmit, now).unwrap();
+    assert_eq!(
+        (job.status, job.operation_name.clone()),
+        (JobStatus::Pending, None)
+    );
+}
+
+#[test]
+fn held_outputs_wait_without_an_attempt_and_are_cleared_by_completion() {
+    use super::job::{HeldOutput, STORAGE_UNAVAILABLE};
+    let now = Timestamp::now();
+    let mut job = calling(JobKind::Image, "w1", now);
+    let held = vec![HeldOutput {
+        key: "k".into(),
+        name: format!("images/{}/0.png", job.id),
+        content_type: "image/png".into(),
+        size: 3,
+        crc32c: 7,
+        chunks: 1,
+    }];
+    job.hold(
+        "w1",
+        held.clone(),
+        JobError::new(STORAGE_UNAVAILABLE, "503", true),
+        now,
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            job.status,
+            job.attempts,
+            job.waiting.as_deref(),
+            job.calling.clone()
+        ),
+        (JobStatus::Pending, 0, Some(STORAGE_UNAVAILABLE), None)
+    );
+    assert_eq!(job.held, held);
+    assert!(!job.will_pay(), "the next attempt writes what is held");
+    job.claim(&lease("w2"), now).unwrap();
+    job.complete("w2", vec!["gs://o/images/j/0.png".into()], now)
+        .unwrap();
+    assert!(job.held.is_empty());
 }

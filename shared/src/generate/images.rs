@@ -5,10 +5,10 @@ use super::{
     CostGuard, Generator, GeneratorSettings, Handled, Workers, settle_model_error,
     settled_elsewhere_or_retry, with_store_retries,
 };
-use super::{Output, billed_for, keep_outputs, settle_cost};
+use super::{billed_for, keep_outputs, settle_cost, write_held};
 use crate::domain::Lease;
 use crate::domain::job::{FILTERED, Job, JobError, JobKind};
-use crate::objects::ObjectStore;
+use crate::objects::{ObjectStore, OutputFile};
 use crate::store::Store;
 use crate::store::budget::Billed;
 use crate::vertex::{GeneratedImage, ImageModel, ImageOutcome, ImageRequest, ModelError};
@@ -36,6 +36,7 @@ impl ImageModel for DryRunImages {
         Ok(ImageOutcome::Images {
             images,
             filtered: Vec::new(),
+            in_doubt: 0,
         })
     }
 }
@@ -99,14 +100,15 @@ impl ImageGenerator {
             .enumerate()
             .map(|(n, image)| {
                 let extension = Self::extension(&image.mime_type);
-                Output {
+                OutputFile {
                     name: format!("images/{}/{n}.{extension}", job.id),
                     data: image.data,
                     content_type: match extension {
                         "jpg" => "image/jpeg",
                         "webp" => "image/webp",
                         _ => "image/png",
-                    },
+                    }
+                    .to_string(),
                 }
             })
             .collect();
@@ -165,6 +167,17 @@ impl Generator for ImageGenerator {
     }
 
     async fn run(&self, job: Job, lease: &Lease) -> Handled {
+        // Paid for by an earlier attempt whose bucket write failed.
+        if !job.held.is_empty() {
+            return write_held(
+                &self.store,
+                self.objects.as_ref(),
+                &self.settings.output_bucket,
+                &job,
+                lease,
+            )
+            .await;
+        }
         let request = ImageRequest {
             prompt: job.prompt.clone(),
             params: job.params.clone(),
@@ -179,9 +192,16 @@ impl Generator for ImageGenerator {
         // claim still holds it.
         let owner = Some(lease.owner.as_str());
         match outcome {
-            Ok(ImageOutcome::Images { images, filtered }) if !images.is_empty() => {
+            Ok(ImageOutcome::Images {
+                images,
+                filtered,
+                in_doubt,
+            }) if !images.is_empty() => {
+                // Samples whose request is in doubt may have been billed.
                 let billed = Billed::Part {
-                    delivered: u32::try_from(images.len()).unwrap_or(u32::MAX),
+                    delivered: u32::try_from(images.len())
+                        .unwrap_or(u32::MAX)
+                        .saturating_add(in_doubt),
                     requested: job.params.sample_count.unwrap_or(1).max(1),
                 };
                 settle_cost(&self.store, &job, owner, billed).await;

@@ -13,6 +13,15 @@
 //! its message is acknowledged (the janitor dispatches it again later).
 //! After the call, the reservation is settled: spent when Google generated
 //! (or may have), released when it provably did not or filtered the output.
+//!
+//! What a failed call does to its job depends on whose fault it is
+//! ([`settle_model_error`]): a refusal fails it; a paid request with an
+//! unknown outcome is never sent again (a video waits for its output, an
+//! image fails with the cost booked); a spent quota or a missing credential
+//! or role puts the job back to wait without using up an attempt; other
+//! transient trouble gives it back with the attempt counted. A paid output
+//! the output bucket will not take is held in the store ([`keep_outputs`]),
+//! never discarded.
 
 pub mod images;
 pub mod poller;
@@ -24,6 +33,7 @@ use crate::cost::{Matched, PriceTable, format_usd};
 use crate::domain::Lease;
 use crate::domain::job::{Job, JobError};
 use crate::error::{Error, Result};
+use crate::objects::OutputFile;
 use crate::store::Store;
 use crate::store::budget::{Billed, Budget, Budgeted, OverBudget};
 use crate::vertex::{ErrorClass, ModelError};
@@ -141,37 +151,122 @@ pub struct DrainReport {
     pub retried: u64,
 }
 
-/// A model error as the job's error record.
+/// A model error as the job's error record: the code once, then what
+/// happened.
 fn job_error(e: &ModelError) -> JobError {
+    let message = match e.http_status {
+        Some(status) => format!("HTTP {status}: {}", e.message),
+        None => e.message.clone(),
+    };
     JobError::new(
         e.code.clone(),
-        e.to_string(),
-        e.class != ErrorClass::Permanent,
+        message,
+        e.class != ErrorClass::Permanent && e.class != ErrorClass::Unknown,
     )
 }
 
-/// Settles a job after a model error: permanent → failed; transient or
-/// unknown → given back (the attempt stays counted) for a later try.
-async fn settle_model_error(store: &Store, job: &Job, lease: &Lease, e: &ModelError) -> Handled {
-    let error = job_error(e);
-    if e.class == ErrorClass::Permanent {
-        tracing::warn!(job_id = %job.id, error = %e, event = "job_failed", "the model refused the job");
-        return match with_store_retries(|| {
-            store.fail_job(&job.id, Some(&lease.owner), error.clone())
-        })
-        .await
-        {
-            Ok(_) => Handled::Done(format!("failed: {e}")),
-            Err(e) => settled_elsewhere_or_retry(&e),
-        };
+/// How often a stage repeats the ERROR that says its configuration is
+/// wrong; in between, jobs that meet it wait at WARN.
+const MISCONFIGURED_REPEAT: Duration = Duration::from_secs(300);
+
+/// Logs a misconfiguration (no credentials, a missing role) once per
+/// [`MISCONFIGURED_REPEAT`] at ERROR with the fix, so that a batch waiting
+/// on it says so once, not once per job.
+pub(crate) fn report_misconfiguration(what: &str, e: &dyn std::fmt::Display) {
+    static LAST: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+    let now = std::time::Instant::now();
+    let due = {
+        let mut last = LAST
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let due = last.is_none_or(|at| now.duration_since(at) >= MISCONFIGURED_REPEAT);
+        if due {
+            *last = Some(now);
+        }
+        due
+    };
+    if due {
+        tracing::error!(
+            event = "stage_misconfigured",
+            error = %e,
+            "{what}: jobs wait, without using attempts, until this is fixed"
+        );
+    } else {
+        tracing::warn!(error = %e, "{what}; the job waits");
     }
-    tracing::warn!(job_id = %job.id, error = %e, "model trouble; the job goes back to the queue");
-    match with_store_retries(|| store.release_job(&job.id, &lease.owner, Some(error.clone()))).await
-    {
-        Ok(_) => Handled::Retry {
-            rate_limited: e.code == "rate_limited",
-            reason: e.to_string(),
-        },
+}
+
+/// Settles a job after a model error, by whose fault it is: a refusal fails
+/// it; an unknown outcome is never sent again (a video waits for its
+/// output, an image fails with the cost booked); a spent quota or a
+/// misconfiguration puts it back to wait without using up an attempt; other
+/// transient trouble gives it back with the attempt counted.
+async fn settle_model_error(store: &Store, job: &Job, lease: &Lease, e: &ModelError) -> Handled {
+    use crate::domain::job::{MISCONFIGURED, QUOTA_EXHAUSTED};
+    let error = job_error(e);
+    let owner = lease.owner.as_str();
+    let (written, handled) = match e.class {
+        ErrorClass::Permanent => {
+            tracing::warn!(job_id = %job.id, error = %e, event = "job_failed", "the model refused the job");
+            let written =
+                with_store_retries(|| store.fail_job(&job.id, Some(owner), error.clone())).await;
+            (written, Handled::Done(format!("failed: {e}")))
+        }
+        ErrorClass::Unknown => {
+            tracing::warn!(job_id = %job.id, kind = %job.kind, error = %e, "a paid request's outcome is unknown; it is not sent again");
+            let written =
+                with_store_retries(|| store.outcome_unknown(&job.id, owner, &e.message)).await;
+            let detail = match &written {
+                Ok(after) => after
+                    .error
+                    .as_ref()
+                    .map_or_else(|| e.to_string(), |error| error.message.clone()),
+                Err(_) => e.to_string(),
+            };
+            (written, Handled::Done(detail))
+        }
+        ErrorClass::Misconfigured => {
+            report_misconfiguration("Vertex AI refuses this stage's requests", e);
+            let written =
+                with_store_retries(|| store.wait_job(&job.id, owner, MISCONFIGURED, error.clone()))
+                    .await;
+            (
+                written,
+                Handled::Retry {
+                    rate_limited: false,
+                    reason: e.to_string(),
+                },
+            )
+        }
+        ErrorClass::Transient if e.code == "rate_limited" => {
+            tracing::info!(job_id = %job.id, error = %e, "the model's quota is spent; the job waits without using an attempt");
+            let written = with_store_retries(|| {
+                store.wait_job(&job.id, owner, QUOTA_EXHAUSTED, error.clone())
+            })
+            .await;
+            (
+                written,
+                Handled::Retry {
+                    rate_limited: true,
+                    reason: e.to_string(),
+                },
+            )
+        }
+        ErrorClass::Transient => {
+            tracing::warn!(job_id = %job.id, error = %e, "model trouble; the job goes back to the queue");
+            let written =
+                with_store_retries(|| store.release_job(&job.id, owner, Some(error.clone()))).await;
+            (
+                written,
+                Handled::Retry {
+                    rate_limited: false,
+                    reason: e.to_string(),
+                },
+            )
+        }
+    };
+    match written {
+        Ok(_) => handled,
         Err(e) => settled_elsewhere_or_retry(&e),
     }
 }
@@ -185,66 +280,186 @@ fn settled_elsewhere_or_retry(e: &Error) -> Handled {
     }
 }
 
-/// One output a generator writes.
-pub(crate) struct Output {
-    /// Object name in the output bucket.
-    pub name: String,
-    /// Content.
-    pub data: bytes::Bytes,
-    /// MIME type.
-    pub content_type: &'static str,
+/// Tries of one output write before the outputs are held in the store.
+const OUTPUT_WRITE_TRIES: u32 = 3;
+/// The longest one output write may take. With the tries and their pauses,
+/// a generator gives up on the bucket well inside the push deadline.
+const OUTPUT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Writes one output, a few times over a bounded time.
+async fn write_output(
+    objects: &dyn crate::objects::ObjectStore,
+    bucket: &str,
+    output: &OutputFile,
+    metadata: &std::collections::BTreeMap<String, String>,
+) -> Result<String> {
+    let mut pause = Duration::from_secs(1);
+    let mut tries = 0;
+    loop {
+        let write = objects.write(
+            bucket,
+            &output.name,
+            output.data.clone(),
+            &output.content_type,
+            metadata,
+        );
+        let outcome = match tokio::time::timeout(OUTPUT_WRITE_TIMEOUT, write).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(Error::objects(
+                format!("writing gs://{bucket}/{}", output.name),
+                format!("no answer within {OUTPUT_WRITE_TIMEOUT:?}"),
+                true,
+            )),
+        };
+        tries += 1;
+        match outcome {
+            Ok(meta) => return Ok(meta.uri().to_string()),
+            Err(e) if e.is_retryable() && tries < OUTPUT_WRITE_TRIES => {
+                tracing::warn!(error = %e, tries, "an output write failed; trying again");
+                tokio::time::sleep(pause).await;
+                pause *= 3;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Writes a claimed job's outputs to the output bucket (tagged with the job
-/// id) and completes the job. If a write keeps failing, the job is given
-/// back for a later attempt, which generates again.
+/// id) and completes the job. Outputs are paid for, so if the bucket will not
+/// take them (after a few tries, well inside the push deadline) they are
+/// held in the store and the job waits as `storage_unavailable`, without
+/// using up an attempt: the next claim writes them from there instead of
+/// calling the model again. Outputs a job held before are dropped from the
+/// store once written.
 pub(crate) async fn keep_outputs(
     store: &Store,
     objects: &dyn crate::objects::ObjectStore,
     bucket: &str,
     job: &Job,
     lease: &Lease,
-    outputs: Vec<Output>,
+    outputs: Vec<OutputFile>,
 ) -> Handled {
     let metadata = std::collections::BTreeMap::from([(
         crate::objects::JOB_ID_METADATA.to_string(),
         job.id.clone(),
     )]);
     let mut uris = Vec::with_capacity(outputs.len());
-    for output in outputs {
-        let written = with_store_retries(|| {
-            objects.write(
-                bucket,
-                &output.name,
-                output.data.clone(),
-                output.content_type,
-                &metadata,
-            )
-        })
-        .await;
-        match written {
-            Ok(meta) => uris.push(meta.uri().to_string()),
-            Err(e) => {
-                tracing::error!(job_id = %job.id, error = %e, "could not write an output");
-                let error = JobError::new("storage", e.to_string(), true);
-                return match store.release_job(&job.id, &lease.owner, Some(error)).await {
-                    Ok(_) => Handled::Retry {
-                        rate_limited: false,
-                        reason: e.to_string(),
-                    },
-                    Err(e) => settled_elsewhere_or_retry(&e),
-                };
-            }
+    for output in &outputs {
+        match write_output(objects, bucket, output, &metadata).await {
+            Ok(uri) => uris.push(uri),
+            Err(e) => return hold(store, job, lease, &outputs, &e).await,
         }
     }
     let count = uris.len();
     match with_store_retries(|| store.complete_job(&job.id, &lease.owner, uris.clone())).await {
         Ok(_) => {
+            if !job.held.is_empty()
+                && let Err(e) = store.drop_held(&job.held).await
+            {
+                // Retention removes them in a few days.
+                tracing::warn!(job_id = %job.id, error = %e, "could not delete the held copies of written outputs");
+            }
             tracing::info!(job_id = %job.id, kind = %job.kind, outputs = count, event = "job_completed", "job completed");
             Handled::Done(format!("job {} completed with {count} outputs", job.id))
         }
         Err(e) => settled_elsewhere_or_retry(&e),
     }
+}
+
+/// Keeps paid outputs the bucket would not take: in the store, with the
+/// job waiting for storage. Only if the store fails too is the attempt
+/// given back the old way (and the outputs lost: said at ERROR).
+async fn hold(
+    store: &Store,
+    job: &Job,
+    lease: &Lease,
+    outputs: &[OutputFile],
+    e: &Error,
+) -> Handled {
+    use crate::domain::job::STORAGE_UNAVAILABLE;
+    let denied = e.is_permission_denied();
+    let error = JobError::new(STORAGE_UNAVAILABLE, e.to_string(), true);
+    if denied {
+        report_misconfiguration("the output bucket refuses this stage's writes", e);
+    }
+    let held =
+        with_store_retries(|| store.hold_outputs(&job.id, &lease.owner, outputs, error.clone()))
+            .await;
+    match held {
+        Ok(_) => {
+            tracing::warn!(job_id = %job.id, outputs = outputs.len(), error = %e, event = "outputs_held", "the output bucket would not take the outputs; they are held in the store for the next attempt");
+            Handled::Retry {
+                rate_limited: false,
+                reason: format!("outputs held until the bucket takes them: {e}"),
+            }
+        }
+        Err(Error::Transition { .. } | Error::NotFound { .. }) => Handled::Duplicate(format!(
+            "job {} moved on while its outputs were held",
+            job.id
+        )),
+        Err(hold_error) => {
+            tracing::error!(job_id = %job.id, error = %e, %hold_error, "could not write the outputs nor hold them in the store; they are lost");
+            let error = JobError::new("storage", e.to_string(), true);
+            match store.release_job(&job.id, &lease.owner, Some(error)).await {
+                Ok(_) => Handled::Retry {
+                    rate_limited: false,
+                    reason: e.to_string(),
+                },
+                Err(e) => settled_elsewhere_or_retry(&e),
+            }
+        }
+    }
+}
+
+/// Writes the outputs a job holds (generated and paid for by an earlier
+/// attempt) and completes it: no model is called.
+pub(crate) async fn write_held(
+    store: &Store,
+    objects: &dyn crate::objects::ObjectStore,
+    bucket: &str,
+    job: &Job,
+    lease: &Lease,
+) -> Handled {
+    let mut outputs = Vec::with_capacity(job.held.len());
+    for held in &job.held {
+        match with_store_retries(|| store.held_bytes(held)).await {
+            Ok(data) => outputs.push(OutputFile {
+                name: held.name.clone(),
+                content_type: held.content_type.clone(),
+                data,
+            }),
+            Err(e) if e.is_retryable() => {
+                let error =
+                    JobError::new(crate::domain::job::STORAGE_UNAVAILABLE, e.to_string(), true);
+                return match store
+                    .wait_job(
+                        &job.id,
+                        &lease.owner,
+                        crate::domain::job::STORAGE_UNAVAILABLE,
+                        error,
+                    )
+                    .await
+                {
+                    Ok(_) => Handled::store_trouble(&e),
+                    Err(e) => settled_elsewhere_or_retry(&e),
+                };
+            }
+            Err(e) => {
+                let error = JobError::new(
+                    "held_output_lost",
+                    format!("a paid output held in the store cannot be read back: {e}"),
+                    false,
+                );
+                tracing::error!(job_id = %job.id, error = %e, event = "job_failed", "a held output is lost");
+                return match store.fail_job(&job.id, Some(&lease.owner), error).await {
+                    Ok(_) => Handled::Done(format!("job {} failed: a held output is lost", job.id)),
+                    Err(e) => settled_elsewhere_or_retry(&e),
+                };
+            }
+        }
+    }
+    tracing::info!(job_id = %job.id, outputs = outputs.len(), "writing outputs held from an earlier attempt");
+    keep_outputs(store, objects, bucket, job, lease, outputs).await
 }
 
 /// Retries a store write a few times on transient errors. Used after a paid
@@ -322,7 +537,7 @@ pub trait Generator: Send + Sync + 'static {
 /// makes none: a dry run, or a video whose operation is only watched again.
 fn paid_cost<G: Generator>(generator: &G, job: &Job) -> Option<u64> {
     let settings = generator.settings();
-    if settings.is_dry(job) || job.operation_name.is_some() {
+    if settings.is_dry(job) || !job.will_pay() {
         return None;
     }
     let model = settings.model_for(job);
@@ -352,6 +567,9 @@ fn describe_refusal(job: &Job, refusal: &crate::domain::job::ClaimRefusal) -> St
             )
         }
         ClaimRefusal::Exhausted => format!("job {} has no attempt left", job.id),
+        ClaimRefusal::CallLost { owner } => {
+            format!("job {}'s paid request sent by {owner} is in doubt", job.id)
+        }
     }
 }
 
@@ -394,6 +612,14 @@ pub async fn handle<G: Generator>(generator: &G, job_id: &str) -> Handled {
         Ok(Budgeted::Within(Claim::Exhausted(job))) => {
             tracing::warn!(job_id = %job.id, event = "job_failed", "no attempt left; the job failed");
             Handled::Done(format!("job {} had no attempt left and failed", job.id))
+        }
+        Ok(Budgeted::Within(Claim::Lost(job))) => {
+            let detail = job
+                .error
+                .as_ref()
+                .map_or_else(String::new, |e| e.message.clone());
+            tracing::warn!(job_id = %job.id, kind = %job.kind, status = %job.status, "an earlier claim's paid request is in doubt; nothing is sent again");
+            Handled::Done(format!("job {} is {}: {detail}", job.id, job.status))
         }
         Ok(Budgeted::Within(Claim::NotFound)) => {
             Handled::Poison(format!("job {job_id} does not exist"))

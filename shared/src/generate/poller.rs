@@ -3,11 +3,20 @@
 //! ones, and repeats every POLLING_INTERVAL until nothing is generating or
 //! its time budget is spent. It keeps no state of its own: a fresh instance
 //! resumes from the operation names in the store.
+//!
+//! A job whose paid submit has an unknown outcome has no operation to ask
+//! about: the poller looks for its video under its output prefix
+//! (`videos/{job}/`), where Veo writes, and completes the job with what it
+//! finds. OPERATION_TIMEOUT counts from the submit whatever the polls
+//! answer: an operation that cannot be polled still times out.
 
 use super::videos::fail_filtered_video;
-use super::{Handled, settle_cost, settled_elsewhere_or_retry, with_store_retries};
-use crate::domain::job::{Job, JobError, JobStatus};
+use super::{
+    Handled, report_misconfiguration, settle_cost, settled_elsewhere_or_retry, with_store_retries,
+};
+use crate::domain::job::{Job, JobError, JobStatus, OPERATION_FAILED, SUBMIT_UNKNOWN};
 use crate::error::Result;
+use crate::objects::ObjectStore;
 use crate::store::budget::Billed;
 use crate::store::{JobFilter, MAX_PAGE, Store};
 use crate::time::Timestamp;
@@ -16,13 +25,12 @@ use futures::StreamExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Error code of a video whose operation ran past OPERATION_TIMEOUT.
-pub const TIMED_OUT: &str = "timed_out";
+pub use crate::domain::job::TIMED_OUT;
 /// Operations polled at once.
 const CONCURRENT_POLLS: usize = 8;
 
 /// Poller settings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PollerSettings {
     /// OPERATION_TIMEOUT: an operation older than this fails as timed out.
     pub operation_timeout: Duration,
@@ -30,6 +38,8 @@ pub struct PollerSettings {
     pub polling_interval: Duration,
     /// Stop after this long (the Cloud Run job's task budget).
     pub max_runtime: Duration,
+    /// GCS_OUTPUT_BUCKET: where videos of unknown submits are looked for.
+    pub output_bucket: String,
 }
 
 /// What the poller saw.
@@ -69,6 +79,7 @@ impl PollReport {
 pub struct VideoPoller {
     store: Store,
     model: Arc<dyn VideoModel>,
+    objects: Arc<dyn ObjectStore>,
     settings: PollerSettings,
 }
 
@@ -83,11 +94,18 @@ enum Seen {
 }
 
 impl VideoPoller {
-    /// A poller over `store`, asking `model`.
-    pub fn new(store: Store, model: Arc<dyn VideoModel>, settings: PollerSettings) -> Self {
+    /// A poller over `store`, asking `model`, and looking in `objects` for
+    /// the videos of submits whose outcome is unknown.
+    pub fn new(
+        store: Store,
+        model: Arc<dyn VideoModel>,
+        objects: Arc<dyn ObjectStore>,
+        settings: PollerSettings,
+    ) -> Self {
         Self {
             store,
             model,
+            objects,
             settings,
         }
     }
@@ -124,12 +142,82 @@ impl VideoPoller {
         }
     }
 
+    async fn finish(&self, job: &Job, videos: Vec<String>) -> Seen {
+        match with_store_retries(|| self.store.finish_operation(&job.id, videos.clone())).await {
+            Ok(_) => {
+                tracing::info!(job_id = %job.id, kind = "video", outputs = videos.len(), event = "job_completed", "job completed");
+                Seen::Completed
+            }
+            Err(e) => match settled_elsewhere_or_retry(&e) {
+                Handled::Duplicate(_) => Seen::Skipped,
+                _ => Seen::Error,
+            },
+        }
+    }
+
+    async fn fail_as(&self, job: &Job, error: JobError, seen: Seen) -> Seen {
+        match self.fail(job, error).await {
+            Handled::Done(_) => seen,
+            Handled::Duplicate(_) => Seen::Skipped,
+            _ => Seen::Error,
+        }
+    }
+
+    /// A job whose submit's outcome is unknown: its video, if Veo made one,
+    /// is under `videos/{job}/`. The cost was booked when the outcome became
+    /// unknown.
+    async fn look_for_output(&self, job: &Job, now: Timestamp) -> Seen {
+        let prefix = format!("videos/{}/", job.id);
+        let found = match self
+            .objects
+            .list(&self.settings.output_bucket, &prefix)
+            .await
+        {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(job_id = %job.id, error = %e, "could not look for the output of an unknown submit; trying again next round");
+                return Seen::Error;
+            }
+        };
+        let videos: Vec<String> = found
+            .iter()
+            .filter(|meta| meta.name.ends_with(".mp4"))
+            .map(|meta| meta.uri().to_string())
+            .collect();
+        let wanted = usize::try_from(job.params.sample_count.unwrap_or(1).max(1)).unwrap_or(1);
+        // Veo writes every sample before its operation ends; fewer than asked
+        // is complete only once no more can be expected.
+        if videos.len() >= wanted || (!videos.is_empty() && self.timed_out(job, now)) {
+            tracing::info!(job_id = %job.id, outputs = videos.len(), "the video of an unknown submit appeared under its prefix");
+            return self.finish(job, videos).await;
+        }
+        if !self.timed_out(job, now) {
+            return Seen::Running;
+        }
+        let error = JobError::new(
+            SUBMIT_UNKNOWN,
+            format!(
+                "its paid submit got no answer, and no video appeared under gs://{}/{prefix} within {}; the cost is booked as spent. A video that still arrives completes the job; `asmr retry --resubmit {}` pays for a new one",
+                self.settings.output_bucket,
+                humantime_like(self.settings.operation_timeout),
+                job.id
+            ),
+            false,
+        );
+        tracing::warn!(job_id = %job.id, event = "job_failed", code = SUBMIT_UNKNOWN, "no output appeared for an unknown submit");
+        self.fail_as(job, error, Seen::TimedOut).await
+    }
+
     async fn check(&self, job: &Job) -> Seen {
+        let now = Timestamp::now();
+        if job.awaits_output() {
+            return self.look_for_output(job, now).await;
+        }
         let Some(operation) = job.operation_name.as_deref() else {
             return Seen::Skipped;
         };
         let state = self.model.poll(operation).await;
-        let now = Timestamp::now();
+        let timed_out = self.timed_out(job, now);
         // The submit's reservation is settled before the job moves on: spent
         // for the videos made, released for those the filters withheld;
         // spent in full when the operation failed or ran out of time, since
@@ -141,73 +229,60 @@ impl VideoPoller {
             }),
             Ok(OperationState::Filtered { .. }) => Some(Billed::Nothing),
             Ok(OperationState::Failed { .. }) => Some(Billed::All),
-            Ok(OperationState::Running) if self.timed_out(job, now) => Some(Billed::All),
             Err(e) if e.class == ErrorClass::Permanent => Some(Billed::All),
+            Ok(OperationState::Running) | Err(_) if timed_out => Some(Billed::All),
             Ok(OperationState::Running) | Err(_) => None,
         };
         if let Some(billed) = billed {
             settle_cost(&self.store, job, None, billed).await;
         }
-        let outcome = match state {
-            Ok(OperationState::Done { videos }) => {
-                match with_store_retries(|| self.store.finish_operation(&job.id, videos.clone()))
-                    .await
-                {
-                    Ok(_) => {
-                        tracing::info!(job_id = %job.id, kind = "video", outputs = videos.len(), event = "job_completed", "job completed");
-                        return Seen::Completed;
-                    }
-                    Err(e) => settled_elsewhere_or_retry(&e),
-                }
-            }
+        match state {
+            Ok(OperationState::Done { videos }) => self.finish(job, videos).await,
             Ok(OperationState::Filtered { reasons }) => {
-                let handled = fail_filtered_video(&self.store, job, &reasons).await;
-                if matches!(handled, Handled::Done(_)) {
-                    return Seen::Filtered;
+                match fail_filtered_video(&self.store, job, &reasons).await {
+                    Handled::Done(_) => Seen::Filtered,
+                    Handled::Duplicate(_) => Seen::Skipped,
+                    _ => Seen::Error,
                 }
-                handled
             }
             Ok(OperationState::Failed { code, message }) => {
                 tracing::warn!(job_id = %job.id, code, message, event = "job_failed", "the operation failed");
                 let error =
-                    JobError::new("operation_failed", format!("code {code}: {message}"), false);
-                if matches!(self.fail(job, error).await, Handled::Done(_)) {
-                    return Seen::Failed;
-                }
-                return Seen::Error;
+                    JobError::new(OPERATION_FAILED, format!("code {code}: {message}"), false);
+                self.fail_as(job, error, Seen::Failed).await
             }
-            Ok(OperationState::Running) if self.timed_out(job, now) => {
+            Err(e) if e.class == ErrorClass::Permanent => {
+                tracing::warn!(job_id = %job.id, operation, error = %e, event = "job_failed", "the operation cannot be polled");
+                let error = JobError::new(e.code.clone(), e.message.clone(), false);
+                self.fail_as(job, error, Seen::Failed).await
+            }
+            // OPERATION_TIMEOUT counts from the submit, whatever the polls
+            // answer: an operation that cannot be polled times out too.
+            Ok(OperationState::Running) | Err(_) if timed_out => {
+                let how = match &state {
+                    Err(e) => format!(" (its last poll failed: {e})"),
+                    _ => String::new(),
+                };
                 let error = JobError::new(
                     TIMED_OUT,
                     format!(
-                        "operation {operation} did not finish within {}",
+                        "operation {operation} did not finish within {}{how}; if its video still arrives, the job completes",
                         humantime_like(self.settings.operation_timeout)
                     ),
                     false,
                 );
                 tracing::warn!(job_id = %job.id, operation, event = "job_failed", code = TIMED_OUT, "operation timed out");
-                if matches!(self.fail(job, error).await, Handled::Done(_)) {
-                    return Seen::TimedOut;
-                }
-                return Seen::Error;
+                self.fail_as(job, error, Seen::TimedOut).await
             }
-            Ok(OperationState::Running) => return Seen::Running,
-            Err(e) if e.class == ErrorClass::Permanent => {
-                tracing::warn!(job_id = %job.id, operation, error = %e, event = "job_failed", "the operation cannot be polled");
-                let error = JobError::new(e.code.clone(), e.to_string(), false);
-                if matches!(self.fail(job, error).await, Handled::Done(_)) {
-                    return Seen::Failed;
-                }
-                return Seen::Error;
-            }
+            Ok(OperationState::Running) => Seen::Running,
             Err(e) => {
-                tracing::warn!(job_id = %job.id, operation, error = %e, "polling failed; trying again next round");
-                return Seen::Error;
+                if e.class == ErrorClass::Misconfigured {
+                    report_misconfiguration("Vertex AI refuses this poller's requests", &e);
+                } else {
+                    tracing::warn!(job_id = %job.id, operation, error = %e, "polling failed; trying again next round");
+                }
+                Seen::Error
             }
-        };
-        match outcome {
-            Handled::Duplicate(_) => Seen::Skipped,
-            _ => Seen::Error,
         }
     }
 

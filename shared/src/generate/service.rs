@@ -99,6 +99,38 @@ fn settings(args: &StageArgs, model: &str) -> anyhow::Result<GeneratorSettings> 
     })
 }
 
+/// Checks that a live stage can call Vertex AI, and says once, at ERROR and
+/// with the fix, when it cannot. A drain stops there; a service keeps
+/// serving, and the jobs it meets wait without using attempts until the
+/// configuration is fixed.
+async fn preflight(client: Arc<VertexClient>, args: &StageArgs, mode: &Mode) -> anyhow::Result<()> {
+    if args.dry_run {
+        return Ok(());
+    }
+    let check = async move {
+        match client.preflight().await {
+            Ok(()) => {
+                tracing::info!(event = "preflight_passed", "Vertex AI credentials found");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(event = "preflight_failed", error = %e, "this stage cannot call Vertex AI");
+                Err(e)
+            }
+        }
+    };
+    match mode {
+        Mode::Drain { .. } => check
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot call Vertex AI: {}", e.message)),
+        // Serving starts at once (Cloud Run scales from zero on a request).
+        Mode::Serve => {
+            tokio::spawn(check);
+            Ok(())
+        }
+    }
+}
+
 async fn serve_or_drain<G: Generator>(
     generator: G,
     args: &StageArgs,
@@ -134,10 +166,12 @@ async fn serve_or_drain<G: Generator>(
 /// The `image-generator` binary.
 pub async fn image_generator(args: StageArgs, mode: Mode) -> anyhow::Result<()> {
     tracing::info!(config = %args.summary(), "image-generator starting");
+    let client = Arc::new(VertexClient::new(args.vertex())?);
+    preflight(client.clone(), &args, &mode).await?;
     let generator = ImageGenerator::new(
         args.open_store().await?,
         args.object_store().await?,
-        Arc::new(VertexClient::new(args.vertex())?),
+        client,
         settings(&args, &args.image_model)?,
     )
     .with_cost_guard(args.cost_guard().map_err(anyhow::Error::msg)?);
@@ -147,10 +181,12 @@ pub async fn image_generator(args: StageArgs, mode: Mode) -> anyhow::Result<()> 
 /// The `video-generator` binary.
 pub async fn video_generator(args: StageArgs, mode: Mode) -> anyhow::Result<()> {
     tracing::info!(config = %args.summary(), "video-generator starting");
+    let client = Arc::new(VertexClient::new(args.vertex())?);
+    preflight(client.clone(), &args, &mode).await?;
     let generator = VideoGenerator::new(
         args.open_store().await?,
         args.object_store().await?,
-        Arc::new(VertexClient::new(args.vertex())?),
+        client,
         settings(&args, &args.video_model)?,
     )
     .with_cost_guard(args.cost_guard().map_err(anyhow::Error::msg)?);
@@ -164,10 +200,12 @@ pub async fn video_poller(args: StageArgs, max_runtime: Duration) -> anyhow::Res
     let poller = VideoPoller::new(
         args.open_store().await?,
         Arc::new(VertexClient::new(args.vertex())?),
+        args.object_store().await?,
         PollerSettings {
             operation_timeout: args.operation_timeout,
             polling_interval: args.polling_interval,
             max_runtime,
+            output_bucket: args.output_bucket()?,
         },
     );
     let report = poller.run().await?;

@@ -7,10 +7,10 @@ use super::{
     CostGuard, Generator, GeneratorSettings, Handled, Workers, settle_model_error,
     settled_elsewhere_or_retry, with_store_retries,
 };
-use super::{Output, billed_for, keep_outputs, settle_cost};
+use super::{billed_for, keep_outputs, settle_cost, write_held};
 use crate::domain::Lease;
 use crate::domain::job::{Job, JobKind};
-use crate::objects::ObjectStore;
+use crate::objects::{ObjectStore, OutputFile};
 use crate::store::Store;
 use crate::time::Timestamp;
 use crate::vertex::{VideoModel, VideoRequest};
@@ -93,13 +93,13 @@ impl VideoGenerator {
         let folder = Timestamp::now().as_datetime().format("%Y%m%d%H%M%S%6f");
         let samples = job.params.sample_count.unwrap_or(1).max(1);
         let outputs = (0..samples)
-            .map(|n| Output {
+            .map(|n| OutputFile {
                 name: format!("videos/{}/{folder}/sample_{n}.mp4", job.id),
                 data: crate::placeholder::mp4(
                     &format!("{} sample {n}", job.id),
                     job.params.aspect_ratio.as_deref(),
                 ),
-                content_type: "video/mp4",
+                content_type: "video/mp4".to_string(),
             })
             .collect();
         keep_outputs(
@@ -136,6 +136,16 @@ impl Generator for VideoGenerator {
         // instead of paying for a second one.
         if let Some(operation) = job.operation_name.clone() {
             return self.watch(&job, lease, &operation, true).await;
+        }
+        if !job.held.is_empty() {
+            return write_held(
+                &self.store,
+                self.objects.as_ref(),
+                &self.settings.output_bucket,
+                &job,
+                lease,
+            )
+            .await;
         }
         if self.settings.is_dry(&job) {
             return self.dry_run(&job, lease).await;

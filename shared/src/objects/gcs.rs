@@ -692,7 +692,18 @@ fn status_error(context: &str, status: StatusCode, body: &[u8]) -> Error {
     } else {
         format!("Cloud Storage answered {status}: {said}")
     };
+    if denied_status(status.as_u16()) {
+        return Error::objects_denied(context, format!("{message}; {FIX_STORAGE_ACCESS}"));
+    }
     Error::objects(context, message, retryable_status(status.as_u16()))
+}
+
+/// How to fix a refused bucket, said with the error.
+const FIX_STORAGE_ACCESS: &str = "check the credentials of this stage (`gcloud auth application-default login` on a workstation, the service account on Cloud Run) and its role on the bucket (roles/storage.objectUser)";
+
+/// Whether an HTTP status means the credentials or the role are wrong.
+fn denied_status(status: u16) -> bool {
+    status == 401 || status == 403
 }
 
 /// A JSON API request that got no (complete) answer: retryable.
@@ -709,6 +720,14 @@ fn transport_error(context: &str, e: &reqwest::Error) -> Error {
 
 /// An error of the `google-cloud-storage` client.
 fn storage_error(context: &str, e: &google_cloud_storage::Error) -> Error {
+    let denied = e.http_status_code().is_some_and(denied_status)
+        || e.status().is_some_and(|status| {
+            matches!(status.code.name(), "PERMISSION_DENIED" | "UNAUTHENTICATED")
+        })
+        || (e.is_authentication() && !storage_retryable(e));
+    if denied {
+        return Error::objects_denied(context, format!("{e}; {FIX_STORAGE_ACCESS}"));
+    }
     Error::objects(context, e, storage_retryable(e))
 }
 

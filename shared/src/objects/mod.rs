@@ -47,6 +47,17 @@ impl ObjectMeta {
     }
 }
 
+/// A whole object to write: what the generators produce.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutputFile {
+    /// Object name (`images/{job}/0.png`).
+    pub name: String,
+    /// MIME type.
+    pub content_type: String,
+    /// The bytes.
+    pub data: Bytes,
+}
+
 /// Which bytes of an object to read: from `start`, up to (not including)
 /// `end` when given.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -21,15 +21,23 @@ pub enum Collection {
     Rejected,
     /// `budgets/{YYYY-MM-DD}`: the cost guard's reservations of one UTC day.
     Budgets,
+    /// `outbox/{event_id}`: job events written with the transition that
+    /// raised them, until they are published.
+    Outbox,
+    /// `held/{job_id}.{output}.{chunk}`: the bytes of paid outputs the
+    /// output bucket would not take yet.
+    Held,
 }
 
 impl Collection {
     /// Every collection.
-    pub const ALL: [Collection; 4] = [
+    pub const ALL: [Collection; 6] = [
         Collection::Jobs,
         Collection::Downloads,
         Collection::Rejected,
         Collection::Budgets,
+        Collection::Outbox,
+        Collection::Held,
     ];
 
     /// The unprefixed name.
@@ -39,6 +47,8 @@ impl Collection {
             Collection::Downloads => "downloads",
             Collection::Rejected => "rejected",
             Collection::Budgets => "budgets",
+            Collection::Outbox => "outbox",
+            Collection::Held => "held",
         }
     }
 
@@ -64,6 +74,8 @@ impl Collection {
             ],
             Collection::Rejected => &["received_at", "expire_at"],
             Collection::Budgets => &["updated_at", "expire_at"],
+            Collection::Outbox => &["created_at"],
+            Collection::Held => &["expire_at"],
         }
     }
 }
@@ -151,6 +163,17 @@ pub enum Write {
         expected: Version,
         /// New body.
         doc: Doc,
+    },
+    /// Delete `id`: if it is still at `expected`, or whatever its version
+    /// when `expected` is `None`. A document that does not exist is no
+    /// conflict.
+    Delete {
+        /// Where.
+        collection: Collection,
+        /// Document id.
+        id: String,
+        /// The version it was read at, if it must not have changed.
+        expected: Option<Version>,
     },
 }
 

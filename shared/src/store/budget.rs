@@ -12,14 +12,18 @@
 //! [`Backend::commit`]: super::backend::Backend::commit
 
 use super::backend::{Collection, Query, Stored, Version, Write};
-use super::{CAS_ROUNDS, CLAIM_CANDIDATES, CLAIM_ORDER, Claim, Store, from_stored, str_eq, to_doc};
+use super::{
+    CAS_ROUNDS, CLAIM_CANDIDATES, CLAIM_ORDER, Claim, Store, from_stored, from_stored_as, str_eq,
+    to_doc,
+};
 use crate::domain::Lease;
-use crate::domain::job::{BUDGET_EXHAUSTED, ClaimRefusal, Job, JobKind, JobStatus, Reservation};
+use crate::domain::job::{
+    BUDGET_EXHAUSTED, ClaimRefusal, Job, JobKind, JobStatus, Reservation, WAIT_REASONS,
+};
 use crate::error::{Error, Result};
 use crate::time::Timestamp;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -85,6 +89,18 @@ pub struct Budget<'a> {
     /// The estimated cost of the paid call the claimed job will make, or
     /// `None` when working on it pays nothing (dry run, a resumed operation).
     pub cost: &'a (dyn Fn(&Job) -> Option<u64> + Send + Sync),
+}
+
+fn costs_nothing(_: &Job) -> Option<u64> {
+    None
+}
+
+impl Budget<'static> {
+    /// A claim that will pay nothing and reserves nothing.
+    pub const FREE: Budget<'static> = Budget {
+        limit_micros: None,
+        cost: &costs_nothing,
+    };
 }
 
 /// A claim refused because the job's cost does not fit in today's budget.
@@ -158,13 +174,7 @@ pub struct Settled {
 }
 
 fn decode_day(stored: Stored) -> Result<(BudgetDay, Version)> {
-    let day =
-        serde_json::from_value(Value::Object(stored.doc)).map_err(|cause| Error::Corrupt {
-            collection: Collection::Budgets.name(),
-            id: stored.id,
-            cause,
-        })?;
-    Ok((day, stored.version))
+    from_stored_as(Collection::Budgets, stored)
 }
 
 /// Days read for one commit: each with the version it was read at (`None`:
@@ -221,11 +231,26 @@ impl Store {
 
     /// Pending jobs waiting for budget.
     pub async fn jobs_waiting_on_budget(&self) -> Result<u64> {
+        self.jobs_waiting(BUDGET_EXHAUSTED).await
+    }
+
+    /// Pending jobs waiting for `reason` (one of
+    /// [`crate::domain::job::WAIT_REASONS`]).
+    pub async fn jobs_waiting(&self, reason: &str) -> Result<u64> {
         let conds = [
             str_eq("status", JobStatus::Pending.as_str()),
-            str_eq("waiting", BUDGET_EXHAUSTED),
+            str_eq("waiting", reason),
         ];
         self.backend.count(Collection::Jobs, &conds).await
+    }
+
+    /// Pending jobs per wait reason, every reason listed.
+    pub async fn waiting_counts(&self) -> Result<BTreeMap<&'static str, u64>> {
+        let counts = futures::future::try_join_all(
+            WAIT_REASONS.iter().map(|reason| self.jobs_waiting(reason)),
+        )
+        .await?;
+        Ok(WAIT_REASONS.into_iter().zip(counts).collect())
     }
 
     async fn load_day(&self, day: &str) -> Result<Option<(BudgetDay, Version)>> {
@@ -334,19 +359,28 @@ impl Store {
     ) -> Result<Option<Budgeted<Claim<Job>>>> {
         let now = Timestamp::now();
         let before = job.clone();
-        let claimed = match job.claim(lease, now) {
-            Ok(()) => true,
+        let transition = |id: &str, reason| Error::Transition {
+            kind: "job",
+            id: id.to_string(),
+            reason,
+        };
+        let settled: Option<fn(Job) -> Claim<Job>> = match job.claim(lease, now) {
+            Ok(()) => None,
             Err(ClaimRefusal::Exhausted) => {
                 job.exhaust(now, &self.retention)
-                    .map_err(|reason| Error::Transition {
-                        kind: "job",
-                        id: job.id.clone(),
-                        reason,
-                    })?;
-                false
+                    .map_err(|reason| transition(&job.id, reason))?;
+                Some(Claim::Exhausted)
+            }
+            // An earlier claim's paid request is in doubt: record that
+            // instead of sending another.
+            Err(ClaimRefusal::CallLost { .. }) => {
+                job.lose_call(now, &self.retention)
+                    .map_err(|reason| transition(&job.id, reason))?;
+                Some(Claim::Lost)
             }
             Err(refusal) => return Ok(Some(Budgeted::Within(Claim::Refused(job, refusal)))),
         };
+        let claimed = settled.is_none();
         let today = budget_day_of(now);
         let cost = if claimed {
             (budget.cost)(&job).filter(|micros| *micros > 0)
@@ -397,30 +431,20 @@ impl Store {
             day.reserved_micros = day.reserved_micros.saturating_add(micros);
             day.limit_micros = budget.limit_micros;
             day.touch(now);
-            job.reservation = Some(Reservation {
+            job.reserve(Reservation {
                 day: today.clone(),
                 micros,
                 owner: lease.owner.clone(),
-            });
+            })
+            .map_err(|reason| transition(&job.id, reason))?;
         }
 
-        let mut writes = vec![job_write(&job, version)?];
-        writes.extend(days.writes()?);
-        let written = if writes.len() == 1 {
-            self.backend
-                .replace(Collection::Jobs, &job.id, version, &to_doc(&job)?)
-                .await?
-        } else {
-            self.backend.commit(&writes).await?
-        };
-        if !written {
+        if !self.put(&before, &job, version, days.writes()?).await? {
             return Ok(None);
         }
-        self.written(&before, &job).await;
-        Ok(Some(Budgeted::Within(if claimed {
-            Claim::Claimed(job)
-        } else {
-            Claim::Exhausted(job)
+        Ok(Some(Budgeted::Within(match settled {
+            None => Claim::Claimed(job),
+            Some(settled) => settled(job),
         })))
     }
 

@@ -49,6 +49,17 @@ CREATE TABLE IF NOT EXISTS budgets (
     version INTEGER NOT NULL,
     doc TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS outbox (
+    id TEXT PRIMARY KEY NOT NULL,
+    version INTEGER NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_created ON outbox (json_extract(doc, '$.created_at'));
+CREATE TABLE IF NOT EXISTS held (
+    id TEXT PRIMARY KEY NOT NULL,
+    version INTEGER NOT NULL,
+    doc TEXT NOT NULL
+);
 ";
 
 /// The SQLite-backed store of a local run.
@@ -278,8 +289,9 @@ impl Backend for EmbeddedBackend {
     }
 
     async fn commit(&self, writes: &[Write]) -> Result<bool> {
-        // (sql, id, body, expected version for a replace)
-        let mut statements: Vec<(String, String, String, Option<i64>)> = Vec::new();
+        // (sql, id, body, expected version for a replace; whether the
+        // statement must change exactly one row)
+        let mut statements: Vec<(String, String, Option<String>, Option<i64>, bool)> = Vec::new();
         for write in writes {
             statements.push(match write {
                 Write::Create {
@@ -293,8 +305,9 @@ impl Backend for EmbeddedBackend {
                         table(*collection)
                     ),
                     id.clone(),
-                    encode(doc)?,
+                    Some(encode(doc)?),
                     None,
+                    true,
                 ),
                 Write::Replace {
                     collection,
@@ -308,19 +321,47 @@ impl Backend for EmbeddedBackend {
                         table(*collection)
                     ),
                     id.clone(),
-                    encode(doc)?,
+                    Some(encode(doc)?),
                     Some(parse_version(expected)),
+                    true,
+                ),
+                Write::Delete {
+                    collection,
+                    id,
+                    expected: Some(expected),
+                } => (
+                    format!(
+                        "DELETE FROM {} WHERE id = ?1 AND version = ?2",
+                        table(*collection)
+                    ),
+                    id.clone(),
+                    None,
+                    Some(parse_version(expected)),
+                    true,
+                ),
+                Write::Delete {
+                    collection,
+                    id,
+                    expected: None,
+                } => (
+                    format!("DELETE FROM {} WHERE id = ?1", table(*collection)),
+                    id.clone(),
+                    None,
+                    None,
+                    false,
                 ),
             });
         }
         self.with_conn("committing writes", move |conn| {
             let tx = conn.unchecked_transaction()?;
-            for (sql, id, doc, version) in &statements {
-                let changed = match version {
-                    Some(version) => tx.execute(sql, (id, doc, version))?,
-                    None => tx.execute(sql, (id, doc))?,
+            for (sql, id, doc, version, exactly_one) in &statements {
+                let changed = match (doc, version) {
+                    (Some(doc), Some(version)) => tx.execute(sql, (id, doc, version))?,
+                    (Some(doc), None) => tx.execute(sql, (id, doc))?,
+                    (None, Some(version)) => tx.execute(sql, (id, version))?,
+                    (None, None) => tx.execute(sql, [id])?,
                 };
-                if changed != 1 {
+                if *exactly_one && changed != 1 {
                     // Dropping the transaction rolls back what was written.
                     return Ok(false);
                 }

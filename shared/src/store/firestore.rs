@@ -369,7 +369,12 @@ impl Backend for FirestoreBackend {
                     collection,
                     id,
                     doc,
-                } => (collection, id, doc, ConditionType::Exists(false)),
+                } => (
+                    collection,
+                    id,
+                    Some(doc),
+                    Some(ConditionType::Exists(false)),
+                ),
                 Write::Replace {
                     collection,
                     id,
@@ -379,16 +384,39 @@ impl Backend for FirestoreBackend {
                     let Some(at) = version_timestamp(expected) else {
                         return Ok(false);
                     };
-                    (collection, id, doc, ConditionType::UpdateTime(at))
+                    (
+                        collection,
+                        id,
+                        Some(doc),
+                        Some(ConditionType::UpdateTime(at)),
+                    )
+                }
+                Write::Delete {
+                    collection,
+                    id,
+                    expected,
+                } => {
+                    let condition = match expected {
+                        Some(expected) => match version_timestamp(expected) {
+                            Some(at) => Some(ConditionType::UpdateTime(at)),
+                            None => return Ok(false),
+                        },
+                        None => None,
+                    };
+                    (collection, id, None, condition)
                 }
             };
+            let name = self.doc_path(*collection, id);
             fs_writes.push(FsWrite {
-                operation: Some(Operation::Update(Document {
-                    name: self.doc_path(*collection, id),
-                    fields: to_fields(*collection, doc),
-                    ..Document::default()
-                })),
-                current_document: Some(Precondition {
+                operation: Some(match doc {
+                    Some(doc) => Operation::Update(Document {
+                        name,
+                        fields: to_fields(*collection, doc),
+                        ..Document::default()
+                    }),
+                    None => Operation::Delete(name),
+                }),
+                current_document: condition.map(|condition| Precondition {
                     condition_type: Some(condition),
                 }),
                 ..FsWrite::default()

@@ -118,6 +118,15 @@ pub const INDEXES: &[Index] = &[
         collection: Collection::Budgets,
         fields: &[asc("expire_at"), asc("id")],
     },
+    Index {
+        collection: Collection::Held,
+        fields: &[asc("expire_at"), asc("id")],
+    },
+    // publish_outbox: entries left behind, oldest first
+    Index {
+        collection: Collection::Outbox,
+        fields: &[asc("created_at"), asc("id")],
+    },
 ];
 
 /// What a query asks of an index: its collection, the fields it filters by
@@ -329,6 +338,7 @@ mod tests {
                 .unwrap();
         }
         store.jobs_waiting_on_budget().await.unwrap();
+        store.waiting_counts().await.unwrap();
         store.claim_next_download(&lease).await.unwrap();
         for id in ["1", "2"] {
             let rejected = Rejected::new(
@@ -354,6 +364,16 @@ mod tests {
         store.delete_expired().await.unwrap();
         store
             .pending_jobs_idle_since(Timestamp::now())
+            .await
+            .unwrap();
+        let events = crate::job_events::BusJobEvents::new(
+            std::sync::Arc::new(crate::bus::memory::MemoryBus::new()),
+            "events",
+        );
+        store
+            .clone()
+            .with_events(std::sync::Arc::new(events))
+            .publish_outbox(Duration::ZERO)
             .await
             .unwrap();
     }

@@ -10,19 +10,21 @@ pub mod backend;
 pub mod budget;
 pub mod embedded;
 pub mod firestore;
+mod held;
 pub mod indexes;
 mod janitor;
+mod outbox;
 pub mod rejected;
 
 use crate::domain::download::{Download, DownloadStatus, NewDownload};
 use crate::domain::job::{
-    ClaimRefusal, Delivery, Job, JobError, JobKind, JobStatus, NewJob, Retention,
+    ClaimRefusal, Delivery, Job, JobError, JobKind, JobStatus, NewJob, Retention, RetryOptions,
 };
 use crate::domain::{Lease, TransitionError};
 use crate::error::{Error, Result};
-use crate::job_events::{JobEvents, became_terminal};
+use crate::job_events::{JobEvent, JobEvents, OutboxEntry, became_terminal};
 use crate::time::Timestamp;
-use backend::{Backend, Collection, Cond, Dir, Doc, Query, Scalar, Stored, Version};
+use backend::{Backend, Collection, Cond, Dir, Doc, Query, Scalar, Stored, Version, Write};
 use rand::seq::SliceRandom;
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
@@ -107,6 +109,11 @@ pub enum Claim<T> {
     Refused(T, ClaimRefusal),
     /// No attempt was left; the record is now failed.
     Exhausted(T),
+    /// An earlier claim's paid request may have gone out and its outcome was
+    /// never recorded: nothing new is sent. The job now awaits its output
+    /// (video) or failed as `submit_unknown` (image); see
+    /// [`Job::lose_call`].
+    Lost(T),
     /// No such record.
     NotFound,
 }
@@ -187,6 +194,8 @@ pub struct Deleted {
     pub rejected: u64,
     /// Budget days deleted.
     pub budgets: u64,
+    /// Chunks of held outputs deleted (left behind by a crash).
+    pub held: u64,
 }
 
 /// Which adapter holds the store, and where.
@@ -260,14 +269,21 @@ fn to_doc<T: Serialize>(record: &T) -> Result<Doc> {
     }
 }
 
-fn from_stored<T: Record>(stored: Stored) -> Result<(T, Version)> {
+fn from_stored_as<T: DeserializeOwned>(
+    collection: Collection,
+    stored: Stored,
+) -> Result<(T, Version)> {
     let record =
         serde_json::from_value(Value::Object(stored.doc)).map_err(|cause| Error::Corrupt {
-            collection: T::COLLECTION.name(),
+            collection: collection.name(),
             id: stored.id,
             cause,
         })?;
     Ok((record, stored.version))
+}
+
+fn from_stored<T: Record>(stored: Stored) -> Result<(T, Version)> {
+    from_stored_as(T::COLLECTION, stored)
 }
 
 fn status_in(statuses: &[JobStatus]) -> Cond {
@@ -347,21 +363,57 @@ impl Store {
         self
     }
 
-    /// After a stored write from `before` to `after`: a job whose status
-    /// changed logs one `job_transition` line (the stable field log-based
-    /// metrics filter on), and a job that became terminal raises its event.
-    async fn written<T: Record>(&self, before: &T, after: &T) {
-        let (Some(before), Some(after)) = (before.as_job(), after.as_job()) else {
-            return;
+    /// Writes `after` over the record read at `version` (as `before`), with
+    /// `extra` writes in the same atomic commit. A job that this write makes
+    /// terminal also writes its event to the outbox in that commit, and the
+    /// event is published once the commit is in. `false` on a conflict.
+    async fn put<T: Record>(
+        &self,
+        before: &T,
+        after: &T,
+        version: &Version,
+        mut extra: Vec<Write>,
+    ) -> Result<bool> {
+        let jobs = before.as_job().zip(after.as_job());
+        let event = match (jobs, &self.events) {
+            (Some((before, after)), Some(_)) if became_terminal(before, after) => {
+                let entry = OutboxEntry::new(JobEvent::of(after), Timestamp::now());
+                extra.push(Write::Create {
+                    collection: Collection::Outbox,
+                    id: entry.id.clone(),
+                    doc: to_doc(&entry)?,
+                });
+                Some(entry.event)
+            }
+            _ => None,
         };
-        if before.status != after.status {
+        let doc = to_doc(after)?;
+        let written = if extra.is_empty() {
+            self.backend
+                .replace(T::COLLECTION, after.id(), version, &doc)
+                .await?
+        } else {
+            let mut writes = vec![Write::Replace {
+                collection: T::COLLECTION,
+                id: after.id().to_string(),
+                expected: version.clone(),
+                doc,
+            }];
+            writes.extend(extra);
+            self.backend.commit(&writes).await?
+        };
+        if !written {
+            return Ok(false);
+        }
+        if let Some((before, after)) = jobs
+            && before.status != after.status
+        {
             log_transition(Some(before.status), after);
         }
-        if let Some(events) = &self.events
-            && became_terminal(before, after)
-        {
-            events.finished(after).await;
+        if let Some(event) = event {
+            self.relay(&event).await;
         }
+        Ok(true)
     }
 
     /// Opens the store `config` names.
@@ -454,12 +506,7 @@ impl Store {
                 id: id.to_string(),
                 reason,
             })?;
-            if self
-                .backend
-                .replace(T::COLLECTION, id, &version, &to_doc(&record)?)
-                .await?
-            {
-                self.written(&before, &record).await;
+            if self.put(&before, &record, &version, Vec::new()).await? {
                 return Ok(record);
             }
         }
@@ -493,13 +540,7 @@ impl Store {
             }
             Err(refusal) => return Ok(Some(Claim::Refused(record, refusal))),
         };
-        let written = self
-            .backend
-            .replace(T::COLLECTION, record.id(), version, &to_doc(&record)?)
-            .await?;
-        if written {
-            self.written(&before, &record).await;
-        }
+        let written = self.put(&before, &record, version, Vec::new()).await?;
         Ok(written.then(|| outcome(record)))
     }
 
@@ -653,18 +694,30 @@ impl Store {
     }
 
     /// Claims one job (the one a push message names): pending, or processing
-    /// with an expired lease. Counts an attempt.
+    /// with an expired lease. Counts an attempt. Reserves nothing: see
+    /// [`Store::claim_job_within`] for a claim that is about to pay.
     pub async fn claim_job(&self, id: &str, lease: &Lease) -> Result<Claim<Job>> {
-        self.claim_by_id(id, lease).await
+        match self
+            .claim_job_within(id, lease, &budget::Budget::FREE)
+            .await?
+        {
+            budget::Budgeted::Within(claim) => Ok(claim),
+            budget::Budgeted::Over(over) => Ok(Claim::Refused(
+                over.job,
+                ClaimRefusal::NotClaimable("over budget"),
+            )),
+        }
     }
 
     /// Claims the next pending job of `kind`: highest priority, then oldest.
     pub async fn claim_next_job(&self, kind: JobKind, lease: &Lease) -> Result<Option<Job>> {
-        let conds = vec![
-            str_eq("status", JobStatus::Pending.as_str()),
-            str_eq("kind", kind.as_str()),
-        ];
-        self.claim_first(conds, lease).await
+        match self
+            .claim_next_job_within(kind, lease, &budget::Budget::FREE)
+            .await?
+        {
+            budget::Budgeted::Within(job) => Ok(job),
+            budget::Budgeted::Over(_) => Ok(None),
+        }
     }
 
     /// Pushes the holder's lease forward.
@@ -736,9 +789,34 @@ impl Store {
     }
 
     /// An operator's retry of a failed or cancelled job, with fresh attempts.
-    pub async fn retry_job(&self, id: &str, include_filtered: bool) -> Result<Job> {
-        self.update(id, |job: &mut Job, now| job.retry(include_filtered, now))
+    pub async fn retry_job(&self, id: &str, options: RetryOptions) -> Result<Job> {
+        self.update(id, |job: &mut Job, now| job.retry(&options, now))
             .await
+    }
+
+    /// The lease holder gives the job back to wait (`reason`, one of
+    /// [`crate::domain::job::WAIT_REASONS`]) without using up an attempt.
+    pub async fn wait_job(
+        &self,
+        id: &str,
+        owner: &str,
+        reason: &str,
+        error: JobError,
+    ) -> Result<Job> {
+        self.update(id, |job: &mut Job, now| {
+            job.wait(owner, reason, error.clone(), now)
+        })
+        .await
+    }
+
+    /// The lease holder's paid request has an unknown outcome: the job waits
+    /// for its output (video) or fails as `submit_unknown` (image).
+    pub async fn outcome_unknown(&self, id: &str, owner: &str, what: &str) -> Result<Job> {
+        let retention = self.retention;
+        self.update(id, |job: &mut Job, now| {
+            job.outcome_unknown(owner, what, now, &retention)
+        })
+        .await
     }
 
     /// Resets every leased job whose `field` is before `cutoff`.
@@ -762,12 +840,7 @@ impl Store {
                 continue;
             }
             // A conflict means the job moved on its own: it was not stuck.
-            if self
-                .backend
-                .replace(Collection::Jobs, &job.id, &version, &to_doc(&job)?)
-                .await?
-            {
-                self.written(&before, &job).await;
+            if self.put(&before, &job, &version, Vec::new()).await? {
                 match job.status {
                     JobStatus::Pending => report.requeued.push(job),
                     _ => report.failed.push(job),
@@ -905,7 +978,11 @@ impl Store {
         let now = Timestamp::now();
         let order = [("expire_at", Dir::Asc), ("id", Dir::Asc)];
         let mut deleted = Deleted::default();
-        for collection in Collection::ALL {
+        // Outbox entries have no expiry: each stays until it is published.
+        for collection in Collection::ALL
+            .into_iter()
+            .filter(|c| *c != Collection::Outbox)
+        {
             let conds = vec![Cond::Lt("expire_at", Scalar::Time(now))];
             for stored in self.sweep(collection, conds, &order).await? {
                 if self
@@ -918,6 +995,8 @@ impl Store {
                         Collection::Downloads => deleted.downloads += 1,
                         Collection::Rejected => deleted.rejected += 1,
                         Collection::Budgets => deleted.budgets += 1,
+                        Collection::Held => deleted.held += 1,
+                        Collection::Outbox => {}
                     }
                 }
             }

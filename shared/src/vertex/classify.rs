@@ -14,18 +14,22 @@ use super::{ErrorClass, ModelError};
 use bytes::Bytes;
 use std::time::{Duration, SystemTime};
 
+/// How to fix missing or rejected credentials, said with the error.
+pub(crate) const FIX_CREDENTIALS: &str = "on a workstation run `gcloud auth application-default login` (or set GOOGLE_APPLICATION_CREDENTIALS, or VERTEX_ACCESS_TOKEN); on Cloud Run check the stage's service account";
+/// How to fix a refused permission, said with the error.
+pub(crate) const FIX_PERMISSION: &str = "grant the stage's service account (or your account) roles/aiplatform.user on the project, and check that the Vertex AI API (aiplatform.googleapis.com) is enabled";
+
 /// How much of a non-Google error body an error message keeps.
 pub(crate) const MAX_ERROR_BODY_CHARS: usize = 2048;
 
 /// What a lost or late answer means for this call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum CallKind {
-    /// Polls, and image calls: repeating one costs at most a duplicate image
-    /// nobody keeps, so a lost answer is simply retried.
-    Idempotent,
-    /// The paid Veo submit: a lost answer may hide a started (and billed)
-    /// operation, so it is never repeated in-call.
-    Submit,
+    /// Polls: repeating one costs nothing, so a lost answer is retried.
+    Free,
+    /// A billed request (an image, a Veo submit): a lost answer may hide a
+    /// generated (and billed) result, so it is never repeated.
+    Paid,
 }
 
 /// How one HTTP attempt failed, as observed, before any decision.
@@ -83,20 +87,20 @@ fn error(class: ErrorClass, code: &str, message: String, http_status: Option<u16
 
 /// Decides what a failure means. `now` dates an HTTP-date `Retry-After`.
 pub(crate) fn classify(failure: Failure, kind: CallKind, now: SystemTime) -> Classified {
-    use ErrorClass::{Permanent, Transient, Unknown};
+    use ErrorClass::{Misconfigured, Transient, Unknown};
     let plain = |error| Classified {
         error,
         retry_after: None,
     };
-    let submit = kind == CallKind::Submit;
+    let paid = kind == CallKind::Paid;
     match failure {
         Failure::Credentials {
             missing: true,
             detail,
         } => plain(error(
-            Permanent,
+            Misconfigured,
             "unauthenticated",
-            format!("no Google credentials were found for Vertex AI: {detail}"),
+            format!("no Google credentials were found for Vertex AI ({detail}); {FIX_CREDENTIALS}"),
             None,
         )),
         Failure::Credentials {
@@ -114,19 +118,19 @@ pub(crate) fn classify(failure: Failure, kind: CallKind, now: SystemTime) -> Cla
             format!("could not connect to Vertex AI: {detail}"),
             None,
         )),
-        Failure::Timeout(detail) if submit => plain(error(
+        Failure::Timeout(detail) if paid => plain(error(
             Unknown,
             "submit_unknown",
             format!(
-                "the submit got no answer within the request timeout, so the operation may have started and is not retried: {detail}"
+                "the paid request got no answer within the request timeout, so the model may have generated (and billed) it: {detail}"
             ),
             None,
         )),
-        Failure::Lost(detail) if submit => plain(error(
+        Failure::Lost(detail) if paid => plain(error(
             Unknown,
             "submit_unknown",
             format!(
-                "the connection broke after the submit was sent, so the operation may have started and is not retried: {detail}"
+                "the connection broke after the paid request was sent, so the model may have generated (and billed) it: {detail}"
             ),
             None,
         )),
@@ -142,16 +146,16 @@ pub(crate) fn classify(failure: Failure, kind: CallKind, now: SystemTime) -> Cla
             format!("the connection to Vertex AI broke before the answer arrived: {detail}"),
             None,
         )),
-        Failure::BadBody { status, detail } if submit => plain(error(
+        Failure::BadBody { status, detail } if paid => plain(error(
             Unknown,
             "submit_unknown",
             format!(
-                "Vertex AI accepted the submit but its answer is unreadable, so the operation may have started: {detail}"
+                "Vertex AI accepted the paid request but its answer is unreadable, so it may have been generated (and billed): {detail}"
             ),
             Some(status),
         )),
         Failure::BadBody { status, detail } => plain(error(
-            Permanent,
+            ErrorClass::Permanent,
             "bad_response",
             format!("Vertex AI answered with an unexpected body: {detail}"),
             Some(status),
@@ -171,7 +175,7 @@ fn classify_status(
     kind: CallKind,
     now: SystemTime,
 ) -> Classified {
-    use ErrorClass::{Permanent, Transient, Unknown};
+    use ErrorClass::{Misconfigured, Permanent, Transient, Unknown};
     let envelope = serde_json::from_slice::<ErrorEnvelope>(body).ok();
     let google_status = envelope
         .as_ref()
@@ -183,15 +187,15 @@ fn classify_status(
     };
     let (class, code) = match (status, google_status.as_str()) {
         (429, _) | (_, "RESOURCE_EXHAUSTED") => (Transient, "rate_limited"),
-        // A gateway that gave up waiting may have let a submit through.
-        (504, _) | (_, "DEADLINE_EXCEEDED") if kind == CallKind::Submit => {
+        // A gateway that gave up waiting may have let a paid request through.
+        (504, _) | (_, "DEADLINE_EXCEEDED") if kind == CallKind::Paid => {
             (Unknown, "submit_unknown")
         }
         (500..=599, _) => (Transient, "unavailable"),
         (408, _) => (Transient, "timeout"),
         (409, "ABORTED") => (Transient, "aborted"),
-        (401, _) => (Permanent, "unauthenticated"),
-        (403, _) => (Permanent, "permission_denied"),
+        (401, _) => (Misconfigured, "unauthenticated"),
+        (403, _) => (Misconfigured, "permission_denied"),
         (404, _) => (Permanent, "not_found"),
         (400, "FAILED_PRECONDITION") => (Permanent, "failed_precondition"),
         (400, _) => (Permanent, "invalid_argument"),
@@ -201,10 +205,11 @@ fn classify_status(
     let retry_after = retry_after
         .and_then(|value| parse_retry_after(value, now))
         .or_else(|| envelope.as_ref().and_then(retry_info));
-    let message = if class == Unknown {
-        format!("the submit may have started an operation: {message}")
-    } else {
-        message
+    let message = match (class, code) {
+        (Unknown, _) => format!("the paid request may have been generated (and billed): {message}"),
+        (Misconfigured, "unauthenticated") => format!("{message}; {FIX_CREDENTIALS}"),
+        (Misconfigured, _) => format!("{message}; {FIX_PERMISSION}"),
+        _ => message,
     };
     Classified {
         error: error(class, code, message, Some(status)),
@@ -239,7 +244,7 @@ fn raw_body_message(body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ErrorClass::{Permanent, Transient, Unknown};
+    use ErrorClass::{Misconfigured, Permanent, Transient, Unknown};
 
     fn envelope(code: u16, status: &str, message: &str) -> Bytes {
         Bytes::from(
@@ -260,16 +265,13 @@ mod tests {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480)
     }
 
-    /// Classifies `failure` as both an idempotent call and a submit and
-    /// checks the class and code of each.
     /// The class and code a failure should get.
     type Expected = (ErrorClass, &'static str);
 
-    fn check(failure: Failure, idempotent: Expected, submit: Expected) {
-        for (kind, (class, code)) in [
-            (CallKind::Idempotent, idempotent),
-            (CallKind::Submit, submit),
-        ] {
+    /// Classifies `failure` as both a free call and a paid one and checks
+    /// the class and code of each.
+    fn check(failure: Failure, free: Expected, paid: Expected) {
+        for (kind, (class, code)) in [(CallKind::Free, free), (CallKind::Paid, paid)] {
             let got = classify(failure.clone(), kind, now()).error;
             assert_eq!(
                 (got.class, got.code.as_str()),
@@ -317,11 +319,11 @@ mod tests {
             ),
             (
                 status(401, envelope(401, "UNAUTHENTICATED", "bad token")),
-                both(Permanent, "unauthenticated"),
+                both(Misconfigured, "unauthenticated"),
             ),
             (
                 status(403, envelope(403, "PERMISSION_DENIED", "no role")),
-                both(Permanent, "permission_denied"),
+                both(Misconfigured, "permission_denied"),
             ),
             (
                 status(404, envelope(404, "NOT_FOUND", "no such model")),
@@ -364,7 +366,7 @@ mod tests {
                     missing: true,
                     detail: "none".into(),
                 },
-                both(Permanent, "unauthenticated"),
+                both(Misconfigured, "unauthenticated"),
             ),
             (
                 Failure::Credentials {
@@ -374,8 +376,8 @@ mod tests {
                 both(Transient, "auth_unavailable"),
             ),
         ];
-        for (failure, (idempotent, submit)) in cases {
-            check(failure, idempotent, submit);
+        for (failure, (free, paid)) in cases {
+            check(failure, free, paid);
         }
     }
 
@@ -384,7 +386,7 @@ mod tests {
         let message = "Image generation failed with the following error: The prompt could not be submitted. This prompt contains sensitive words that violate Google's Responsible AI practices. Try rephrasing the prompt. If you think this was an error, send feedback. Support codes: 61493863";
         let got = classify(
             status(400, envelope(400, "INVALID_ARGUMENT", message)),
-            CallKind::Idempotent,
+            CallKind::Free,
             now(),
         )
         .error;
@@ -395,16 +397,16 @@ mod tests {
     #[test]
     fn a_body_that_is_not_googles_envelope_is_kept_truncated() {
         let long = "x".repeat(10_000);
-        let got = classify(status(502, Bytes::from(long)), CallKind::Idempotent, now()).error;
+        let got = classify(status(502, Bytes::from(long)), CallKind::Free, now()).error;
         assert!(got.message.starts_with("xxx"));
         assert!(got.message.ends_with("… (truncated)"));
         assert!(got.message.chars().count() < MAX_ERROR_BODY_CHARS + 20);
-        let got = classify(status(502, Bytes::new()), CallKind::Idempotent, now()).error;
+        let got = classify(status(502, Bytes::new()), CallKind::Free, now()).error;
         assert_eq!(got.message, "empty error body");
         // Multi-byte text is cut between characters, not inside one.
         let got = classify(
             status(502, Bytes::from("é".repeat(5000))),
-            CallKind::Idempotent,
+            CallKind::Free,
             now(),
         )
         .error;
@@ -419,7 +421,7 @@ mod tests {
             body: Bytes::new(),
         };
         assert_eq!(
-            classify(header, CallKind::Idempotent, now()).retry_after,
+            classify(header, CallKind::Free, now()).retry_after,
             Some(Duration::from_secs(7))
         );
         let dated = Failure::Status {
@@ -428,7 +430,7 @@ mod tests {
             body: Bytes::new(),
         };
         assert_eq!(
-            classify(dated, CallKind::Idempotent, now()).retry_after,
+            classify(dated, CallKind::Free, now()).retry_after,
             Some(Duration::from_secs(2))
         );
         let body = serde_json::json!({"error": {"code": 429, "status": "RESOURCE_EXHAUSTED",
@@ -437,32 +439,59 @@ mod tests {
                 {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "3s"}]}});
         let info = status(429, Bytes::from(body.to_string()));
         assert_eq!(
-            classify(info, CallKind::Idempotent, now()).retry_after,
+            classify(info, CallKind::Free, now()).retry_after,
             Some(Duration::from_secs(3))
         );
         let none = status(429, envelope(429, "RESOURCE_EXHAUSTED", "no hint"));
-        assert_eq!(
-            classify(none, CallKind::Idempotent, now()).retry_after,
-            None
-        );
+        assert_eq!(classify(none, CallKind::Free, now()).retry_after, None);
     }
 
     #[test]
-    fn an_unknown_submit_says_the_operation_may_have_started() {
+    fn an_unknown_paid_outcome_says_it_may_have_been_billed() {
         let got = classify(
             Failure::Timeout("operation timed out".into()),
-            CallKind::Submit,
+            CallKind::Paid,
             now(),
         )
         .error;
-        assert!(got.message.contains("may have started"), "{got}");
+        assert!(
+            got.message.contains("may have generated (and billed)"),
+            "{got}"
+        );
         let got = classify(
             status(504, envelope(504, "DEADLINE_EXCEEDED", "Deadline")),
-            CallKind::Submit,
+            CallKind::Paid,
             now(),
         )
         .error;
-        assert!(got.message.contains("may have started"), "{got}");
+        assert!(
+            got.message.contains("may have been generated (and billed)"),
+            "{got}"
+        );
         assert_eq!(got.http_status, Some(504));
+    }
+
+    #[test]
+    fn a_refused_credential_or_role_says_how_to_fix_it() {
+        let check = |failure: Failure, fix: &str| {
+            let got = classify(failure, CallKind::Paid, now()).error;
+            assert_eq!(got.class, ErrorClass::Misconfigured, "{got}");
+            assert!(got.message.contains(fix), "{got}");
+        };
+        check(
+            Failure::Credentials {
+                missing: true,
+                detail: "none".into(),
+            },
+            "gcloud auth application-default login",
+        );
+        check(
+            status(401, envelope(401, "UNAUTHENTICATED", "bad token")),
+            "gcloud auth application-default login",
+        );
+        check(
+            status(403, envelope(403, "PERMISSION_DENIED", "no role")),
+            "roles/aiplatform.user",
+        );
     }
 }

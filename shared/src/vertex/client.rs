@@ -216,6 +216,16 @@ impl VertexClient {
         &self.config
     }
 
+    /// Checks, before any job is taken, that calls can be authenticated: a
+    /// static token is taken as it is; Application Default Credentials must
+    /// yield a token. The error says how to fix what is missing.
+    pub async fn preflight(&self) -> Result<(), ModelError> {
+        match self.token().await {
+            Ok(_) => Ok(()),
+            Err(failure) => Err(classify(failure, CallKind::Free, SystemTime::now()).error),
+        }
+    }
+
     /// `{base}/v1/projects/{p}/locations/{l}/publishers/google/models/{model}:{verb}`.
     fn url(&self, model: &str, verb: &str) -> String {
         format!(
@@ -398,9 +408,7 @@ impl VertexClient {
     ) -> Result<ImageOutcome, ModelError> {
         let body = imagen_request(model, request)?;
         let sample_count = body.parameters.sample_count.unwrap_or(1);
-        let answer: ImagenResponse = self
-            .call(model, "predict", &body, CallKind::Idempotent)
-            .await?;
+        let answer: ImagenResponse = self.call(model, "predict", &body, CallKind::Paid).await?;
         imagen_outcome(answer, sample_count)
     }
 
@@ -413,7 +421,7 @@ impl VertexClient {
         let samples = request.params.sample_count.unwrap_or(1).max(1);
         let calls = (0..samples).map(|_| async {
             let answer: GenerateContentResponse = self
-                .call(model, "generateContent", &body, CallKind::Idempotent)
+                .call(model, "generateContent", &body, CallKind::Paid)
                 .await?;
             gemini_sample(answer)
         });
@@ -604,6 +612,7 @@ fn imagen_outcome(answer: ImagenResponse, sample_count: u32) -> Result<ImageOutc
         ImageOutcome::Images {
             images,
             filtered: reasons,
+            in_doubt: 0,
         }
     })
 }
@@ -703,32 +712,54 @@ fn gemini_sample(answer: GenerateContentResponse) -> Result<GeminiSample, ModelE
     Ok(sample)
 }
 
-/// Joins the answers of the N calls of one Gemini job. Any failed call fails
-/// the job (a permanent failure first: retrying will not fix it), since the
-/// port has no way to return images beside an error.
+/// How much a failed sample's error weighs when one must speak for a job
+/// that got no image at all: an unknown outcome first (it may be billed,
+/// and must not be sent again), then a refusal (final), then a
+/// misconfiguration, then transient trouble.
+fn severity(class: ErrorClass) -> u8 {
+    match class {
+        ErrorClass::Unknown => 3,
+        ErrorClass::Permanent => 2,
+        ErrorClass::Misconfigured => 1,
+        ErrorClass::Transient => 0,
+    }
+}
+
+/// Joins the answers of the N calls of one Gemini job. Images that came back
+/// are kept whatever happened to the other samples: they were paid for, and
+/// calling again would pay for them twice. The failed samples are listed
+/// with the filtered ones (and counted as `in_doubt` when their outcome is
+/// unknown). Without any image, the weightiest error speaks for the job.
 fn combine_gemini_samples(
     results: Vec<Result<GeminiSample, ModelError>>,
 ) -> Result<ImageOutcome, ModelError> {
     let mut images = Vec::new();
     let mut reasons = Vec::new();
-    let mut first_error: Option<ModelError> = None;
-    for result in results {
+    let mut in_doubt = 0;
+    let mut worst: Option<ModelError> = None;
+    for (n, result) in results.into_iter().enumerate() {
         match result {
             Ok(sample) => {
                 images.extend(sample.images);
                 reasons.extend(sample.reasons);
             }
             Err(e) => {
-                let worse = first_error.as_ref().is_none_or(|kept| {
-                    kept.class != ErrorClass::Permanent && e.class == ErrorClass::Permanent
-                });
-                if worse {
-                    first_error = Some(e);
+                reasons.push(format!("sample {n}: {e}"));
+                if e.class == ErrorClass::Unknown {
+                    in_doubt += 1;
+                }
+                if worst
+                    .as_ref()
+                    .is_none_or(|kept| severity(e.class) > severity(kept.class))
+                {
+                    worst = Some(e);
                 }
             }
         }
     }
-    if let Some(e) = first_error {
+    if images.is_empty()
+        && let Some(e) = worst
+    {
         return Err(e);
     }
     Ok(if images.is_empty() {
@@ -737,6 +768,7 @@ fn combine_gemini_samples(
         ImageOutcome::Images {
             images,
             filtered: reasons,
+            in_doubt,
         }
     })
 }
@@ -882,7 +914,7 @@ impl VideoModel for VertexClient {
         }
         let body = veo_request(request)?;
         let answer: OperationRef = self
-            .call(model, "predictLongRunning", &body, CallKind::Submit)
+            .call(model, "predictLongRunning", &body, CallKind::Paid)
             .await?;
         if answer.name.trim().is_empty() {
             return Err(ModelError {
@@ -908,7 +940,7 @@ impl VideoModel for VertexClient {
             operation_name: operation_name.trim().to_string(),
         };
         let operation: Operation = self
-            .call(model, "fetchPredictOperation", &body, CallKind::Idempotent)
+            .call(model, "fetchPredictOperation", &body, CallKind::Free)
             .await?;
         operation_state(operation)
     }
@@ -1105,6 +1137,7 @@ mod tests {
             ImageOutcome::Images {
                 images: vec![image.clone(), image.clone()],
                 filtered: vec![],
+                in_doubt: 0,
             },
         );
         check(
@@ -1130,6 +1163,7 @@ mod tests {
                     "r".into(),
                     "1 of 3 images were withheld without a reason".into(),
                 ],
+                in_doubt: 0,
             },
         );
     }
@@ -1232,6 +1266,7 @@ mod tests {
             ImageOutcome::Images {
                 images: vec![image.clone()],
                 filtered: vec!["SAFETY".into()],
+                in_doubt: 0,
             }
         );
         assert_eq!(
@@ -1240,17 +1275,42 @@ mod tests {
                 reasons: vec!["SAFETY".into(), "SAFETY".into()],
             }
         );
-        let transient = ModelError {
-            class: ErrorClass::Transient,
-            code: "rate_limited".into(),
+        let failed = |class, code: &str| ModelError {
+            class,
+            code: code.into(),
             message: "m".into(),
-            http_status: Some(429),
+            http_status: None,
         };
+        let transient = failed(ErrorClass::Transient, "rate_limited");
+        let unknown = failed(ErrorClass::Unknown, "submit_unknown");
         let blocked = permanent("invalid_argument", "blocked".into());
-        let e =
-            combine_gemini_samples(vec![ok(), Err(transient.clone()), Err(blocked)]).unwrap_err();
+        // A paid image is kept whatever befell the other samples.
+        let ImageOutcome::Images {
+            images,
+            filtered,
+            in_doubt,
+        } = combine_gemini_samples(vec![ok(), Err(transient.clone()), Err(unknown.clone())])
+            .unwrap()
+        else {
+            panic!("images expected");
+        };
+        assert_eq!((images.len(), in_doubt), (1, 1));
+        assert!(
+            filtered[0].starts_with("sample 1: rate_limited"),
+            "{filtered:?}"
+        );
+        // Without an image, the weightiest error speaks: unknown, then
+        // refused, then transient.
+        let e = combine_gemini_samples(vec![
+            Err(transient.clone()),
+            Err(blocked.clone()),
+            Err(unknown),
+        ])
+        .unwrap_err();
+        assert_eq!(e.code, "submit_unknown");
+        let e = combine_gemini_samples(vec![Err(transient.clone()), Err(blocked)]).unwrap_err();
         assert_eq!(e.code, "invalid_argument");
-        let e = combine_gemini_samples(vec![Err(transient), ok()]).unwrap_err();
+        let e = combine_gemini_samples(vec![Err(transient)]).unwrap_err();
         assert_eq!(e.code, "rate_limited");
     }
 

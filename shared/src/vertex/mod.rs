@@ -129,8 +129,12 @@ pub enum ImageOutcome {
     Images {
         /// The images.
         images: Vec<GeneratedImage>,
-        /// Reasons of samples the safety filters withheld.
+        /// Why samples are missing: withheld by the safety filters, or (for a
+        /// model called once per sample) a request that failed.
         filtered: Vec<String>,
+        /// Of the missing samples, those whose request went out with an
+        /// unknown outcome: they may have been billed.
+        in_doubt: u32,
     },
     /// Nothing came back: the prompt or every output was blocked. Final.
     Filtered {
@@ -182,12 +186,16 @@ pub enum ErrorClass {
     /// 429, 5xx, a timeout or connection failure before the request was sent:
     /// trying again later can succeed.
     Transient,
-    /// 400 INVALID_ARGUMENT (a blocked prompt), 403, 404...: never retry.
+    /// 400 INVALID_ARGUMENT (a blocked prompt), 404...: never retry.
     Permanent,
-    /// The request may have reached Vertex (timeout or connection lost after
-    /// sending): whether it was accepted is unknown. For a paid submit this
-    /// counts as an attempt and is not retried in-call.
+    /// A paid request may have reached Vertex (a time-out or a connection
+    /// lost after sending, an unreadable answer): whether it was generated
+    /// and billed is unknown. It is never sent again blindly.
     Unknown,
+    /// The deployment cannot call the model (no credentials, 401, 403): not
+    /// the job's fault. The job waits, without using up an attempt, until
+    /// the configuration is fixed.
+    Misconfigured,
 }
 
 /// A model call that failed, after in-call retries.

@@ -9,8 +9,7 @@ use anyhow::{Result, bail};
 use futures::stream::{self, StreamExt};
 use shared::Error;
 use shared::bus::{Bus, Topics};
-use shared::domain::job::Job;
-use shared::domain::job::JobStatus;
+use shared::domain::job::{Job, JobStatus, RetryOptions};
 use shared::store::{JobFilter, Store};
 
 /// Where requeued jobs are announced: their kind's topic on Firestore, so
@@ -76,24 +75,58 @@ pub async fn reset(store: &Store, queue: &Queue<'_>, args: &ResetArgs) -> Result
 }
 
 pub async fn retry(store: &Store, queue: &Queue<'_>, args: &RetryArgs) -> Result<()> {
+    let options = RetryOptions {
+        include_filtered: args.include_filtered,
+        resubmit: args.resubmit,
+    };
     match (&args.id, args.failed) {
         (Some(id), false) => {
-            let job = store.retry_job(id, args.include_filtered).await?;
+            let job = store.retry_job(id, options).await?;
             out::line(&job.id)?;
-            out::note(format_args!("requeued {} job {}", job.kind, job.id));
+            out::note(format_args!(
+                "requeued {} job {}: {}",
+                job.kind,
+                job.id,
+                what_the_retry_does(&job)
+            ));
             queue.dispatch(&job).await;
             Ok(())
         }
-        (None, true) => retry_failed(store, queue, args.include_filtered).await,
+        (None, true) => retry_failed(store, queue, options).await,
         // clap's `which` group makes this unreachable; say so rather than panic.
         _ => bail!("give exactly one of a job id and --failed"),
     }
 }
 
+/// What the next attempt of a requeued job will do, and whether it pays.
+fn what_the_retry_does(job: &Job) -> String {
+    if let Some(operation) = &job.operation_name {
+        return format!("its operation {operation} is watched again (nothing new is paid)");
+    }
+    if !job.held.is_empty() {
+        return "the outputs it holds are written (nothing new is paid)".into();
+    }
+    if job.dry_run {
+        return "a dry run: placeholders, nothing paid".into();
+    }
+    let model = job.params.model.clone().unwrap_or_else(|| {
+        match job.kind {
+            shared::domain::job::JobKind::Image => shared::vertex::DEFAULT_IMAGE_MODEL,
+            shared::domain::job::JobKind::Video => shared::vertex::DEFAULT_VIDEO_MODEL,
+        }
+        .to_string()
+    });
+    let estimate = shared::cost::PriceTable::list_prices().estimate(job.kind, &model, &job.params);
+    format!(
+        "a new paid request goes to {model} (about {} at list price)",
+        shared::cost::format_usd(estimate.micros)
+    )
+}
+
 /// Requeues every failed job. Refusals (filtered jobs, jobs that moved on
 /// meanwhile) are reported and counted; a store error ends the command with
 /// exit 1 after the summary.
-async fn retry_failed(store: &Store, queue: &Queue<'_>, include_filtered: bool) -> Result<()> {
+async fn retry_failed(store: &Store, queue: &Queue<'_>, options: RetryOptions) -> Result<()> {
     // Collect the ids first: requeued jobs leave the listing while we page.
     let filter = JobFilter {
         status: Some(JobStatus::Failed),
@@ -114,10 +147,10 @@ async fn retry_failed(store: &Store, queue: &Queue<'_>, include_filtered: bool) 
         return Ok(());
     }
 
-    let (mut requeued, mut refused, mut errors, mut filtered) = (0, 0, 0, 0);
+    let (mut requeued, mut refused, mut errors, mut filtered, mut unknown) = (0, 0, 0, 0, 0);
     // `buffered` keeps the results in id order.
     let mut results = stream::iter(&ids)
-        .map(|id| async move { (id, store.retry_job(id, include_filtered).await) })
+        .map(|id| async move { (id, store.retry_job(id, options).await) })
         .buffered(IN_FLIGHT);
     while let Some((id, outcome)) = results.next().await {
         match outcome {
@@ -128,8 +161,10 @@ async fn retry_failed(store: &Store, queue: &Queue<'_>, include_filtered: bool) 
             }
             Err(Error::Transition { reason, .. }) => {
                 refused += 1;
-                if matches!(reason, shared::domain::TransitionError::Filtered) {
-                    filtered += 1;
+                match reason {
+                    shared::domain::TransitionError::Filtered => filtered += 1,
+                    shared::domain::TransitionError::OutcomeUnknown => unknown += 1,
+                    _ => {}
                 }
                 out::note(format_args!("refused job {id}: {reason}"));
             }
@@ -151,9 +186,14 @@ async fn retry_failed(store: &Store, queue: &Queue<'_>, include_filtered: bool) 
     );
     if refused > 0 {
         summary.push_str(&format!(", refused {refused}"));
-        if filtered > 0 && !include_filtered {
+        if filtered > 0 && !options.include_filtered {
             summary.push_str(&format!(
                 " ({filtered} stopped by the safety filters: add --include-filtered to retry those too)"
+            ));
+        }
+        if unknown > 0 && !options.resubmit {
+            summary.push_str(&format!(
+                " ({unknown} whose last paid request may have been billed: add --resubmit to pay for those again)"
             ));
         }
     }

@@ -44,7 +44,7 @@ pub async fn run(store: &StoreArgs, args: RunArgs) -> Result<()> {
     ));
 
     let bars = Bars::new();
-    let interrupt = async {
+    let interrupt = || async {
         // If the handler cannot be installed, the run simply cannot be
         // interrupted gracefully; the next run still resumes it.
         if tokio::signal::ctrl_c().await.is_err() {
