@@ -393,22 +393,17 @@ impl Janitor {
         let Some(job) = self.store.get_job(&id).await? else {
             return skipped("no such job");
         };
-        let now = Timestamp::now();
         match job.status {
             // Waiting is not failing: the quota, the budget, the
             // configuration or the bucket holds it back, not the job. A
-            // paid request in doubt is settled by the next claim.
+            // paid request in doubt is settled by the next claim. A job a
+            // worker holds may be put back to wait by it: its message must
+            // not be the one that is lost (a duplicate costs nothing).
             JobStatus::Pending if job.waiting.is_some() || job.calling.is_some() => {
-                self.dispatch(&job).await?;
-                let reason = job.waiting.as_deref().unwrap_or("a paid request in doubt");
-                tracing::info!(event = "janitor.dead_letter", outcome = "requeued", job_id = %id, message_id = letter.message_id, reason, "dead letter of a waiting job: published again");
-                return Ok(Settled::Requeued);
+                return self.requeue_dead_letter(&job, letter).await;
             }
+            JobStatus::Processing => return self.requeue_dead_letter(&job, letter).await,
             JobStatus::Pending => {}
-            JobStatus::Processing if job.lease_expires_at.is_none_or(|until| until <= now) => {}
-            // A live worker has it: its outcome, or its lease running out,
-            // settles the job; failing it now would waste the call.
-            JobStatus::Processing => return skipped("a worker holds its lease"),
             // The operation is submitted and paid for; the poller ends it.
             JobStatus::Generating => return skipped("generating: left to the video poller"),
             JobStatus::Completed
@@ -443,6 +438,18 @@ impl Janitor {
         let outbox = self.store.publish_outbox(OUTBOX_GRACE).await?;
         report.events_published += outbox.published;
         Ok(outbox.failed)
+    }
+
+    /// Publishes the job message of a dead letter's job again.
+    async fn requeue_dead_letter(&self, job: &Job, letter: &DeadLetter) -> Result<Settled> {
+        self.dispatch(job).await?;
+        let reason = match (job.status, job.waiting.as_deref()) {
+            (JobStatus::Processing, _) => "a worker holds it",
+            (_, Some(reason)) => reason,
+            _ => "a paid request in doubt",
+        };
+        tracing::info!(event = "janitor.dead_letter", outcome = "requeued", job_id = %job.id, message_id = letter.message_id, reason, "dead letter of a job that is not done: published again");
+        Ok(Settled::Requeued)
     }
 
     async fn delete_expired(&self, report: &mut JanitorReport) -> Result<u64> {
@@ -698,7 +705,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn dead_letters_fail_pending_jobs_leave_the_rest_and_are_all_acknowledged() {
+    async fn dead_letters_fail_idle_pending_jobs_requeue_waiting_and_held_ones_and_are_all_acknowledged()
+     {
         let s = setup().await;
         let store = &s.janitor.store;
         let quota = job(&s, JobKind::Image, 3).await;
@@ -722,6 +730,18 @@ mod tests {
             .unwrap();
         let busy = job(&s, JobKind::Image, 3).await;
         store.claim_job(&busy.id, &watched).await.unwrap();
+        // Waiting on quota for longer than the subscription delivers.
+        let waiting = job(&s, JobKind::Image, 3).await;
+        store.claim_job(&waiting.id, &lease).await.unwrap();
+        store
+            .wait_job(
+                &waiting.id,
+                "w",
+                crate::domain::job::QUOTA_EXHAUSTED,
+                JobError::new("rate_limited", "429", true),
+            )
+            .await
+            .unwrap();
 
         let message = |id: &str| format!(r#"{{"job_id":"{id}"}}"#);
         s.letters
@@ -732,6 +752,8 @@ mod tests {
         s.letters.push(message(&video.id), &[]);
         s.letters.push(message(&busy.id), &[]);
         s.letters
+            .push(message(&waiting.id), &[(SOURCE_DELIVERY_COUNT, "10")]);
+        s.letters
             .push(r#"{"prompt":"x","kind":"image"}"#, &[("kind", "image")]);
 
         let report = run_once(&s.janitor, &JanitorSettings::default())
@@ -740,14 +762,23 @@ mod tests {
         assert_eq!(
             (
                 report.dead_lettered,
+                report.dead_letter_requeued,
                 report.dead_letter_other,
                 report.dead_letter_skipped
             ),
-            (2, 1, 3),
+            (2, 2, 1, 2),
             "{report:?}"
         );
         assert!(s.letters.remaining().is_empty());
-        assert_eq!(s.letters.acked().len(), 6);
+        assert_eq!(s.letters.acked().len(), 7);
+        // Neither the held job's message nor the waiting job's is lost.
+        let mut requeued = published(&s, JobKind::Image);
+        requeued.sort();
+        let mut want = vec![busy.id.clone(), waiting.id.clone()];
+        want.sort();
+        assert_eq!(requeued, want);
+        let still = store.job(&waiting.id).await.unwrap();
+        assert_eq!((still.status, still.attempts), (JobStatus::Pending, 0));
         let error = store.job(&quota.id).await.unwrap().error.unwrap();
         assert_eq!(error.code, DEAD_LETTERED);
         assert!(error.message.contains(&last.message), "{error:?}");

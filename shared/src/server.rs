@@ -2,6 +2,11 @@
 //! `GET /healthz`, a request span (with the Cloud Trace id when the request
 //! carries one) and a time limit, and shut down gracefully on SIGTERM, which
 //! Cloud Run sends before it stops an instance.
+//!
+//! Slow and idle clients are cut off: a request's headers must arrive within
+//! [`HEADER_READ_TIMEOUT`] of the connection opening or of the previous
+//! response (so an idle keep-alive connection is closed after that long too),
+//! and its body within [`BODY_READ_TIMEOUT`].
 
 use crate::ack::Handled;
 use axum::Router;
@@ -54,13 +59,67 @@ pub fn push_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Handled> 
     })
 }
 
-/// Adds `GET /healthz`, the request span and a time limit to `app`.
+/// How long a client may take to send a request's headers, counted from
+/// the connection opening or the previous response.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client may take to send a request's body. A push body is at
+/// most a few MiB; a client that trickles it is cut off.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// A request body that fails once [`BODY_READ_TIMEOUT`] has passed since
+/// the request arrived, so that a handler never waits on a trickling
+/// client. Each route's own size limit still applies.
+struct DeadlineBody {
+    inner: Body,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl axum::body::HttpBody for DeadlineBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, axum::Error>>> {
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            return std::task::Poll::Ready(Some(Err(axum::Error::new(format!(
+                "the request body did not arrive within {BODY_READ_TIMEOUT:?}"
+            )))));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+async fn body_deadline(
+    request: Request<Body>,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let request = request.map(|inner| {
+        Body::new(DeadlineBody {
+            inner,
+            deadline: Box::pin(tokio::time::sleep(BODY_READ_TIMEOUT)),
+        })
+    });
+    next.run(request).await
+}
+
+/// Adds `GET /healthz`, the request span, a body read deadline and a time
+/// limit to `app`.
 pub fn with_basics(app: Router, request_timeout: Duration) -> Router {
     app.route("/healthz", get(|| async { "ok" }))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             request_timeout,
         ))
+        .layer(axum::middleware::from_fn(body_deadline))
         .layer(
             TraceLayer::new_for_http().make_span_with(|request: &Request<Body>| {
                 let trace = trace_id(request).unwrap_or_default();
@@ -79,13 +138,54 @@ pub async fn bind(port: u16) -> io::Result<TcpListener> {
     TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))).await
 }
 
-/// Serves `app` until SIGTERM or Ctrl-C, then lets requests in flight finish.
+/// Serves `app` (HTTP/1.1, as Cloud Run and Pub/Sub speak to a container)
+/// until SIGTERM or Ctrl-C, then lets requests in flight finish.
 pub async fn serve(listener: TcpListener, app: Router) -> io::Result<()> {
+    serve_until(listener, app, shutdown_signal()).await
+}
+
+/// [`serve`] until `shutdown` resolves.
+pub async fn serve_until(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
     let address = listener.local_addr()?;
     tracing::info!(%address, "listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(true);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                // Out of file descriptors and the like: pause, then go on.
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let connection =
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection closed with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -121,9 +121,12 @@ impl fmt::Display for Verb {
 pub struct FakeOptions {
     /// The bearer token every request must carry.
     pub token: String,
-    /// Requests accepted per rolling minute; beyond it, 429
-    /// `RESOURCE_EXHAUSTED`. `None`: no quota.
+    /// Requests accepted per rolling [`FakeOptions::quota_window`]; beyond
+    /// it, 429 `RESOURCE_EXHAUSTED`. `None`: no quota.
     pub requests_per_minute: Option<u32>,
+    /// The window of the quota: a minute, as Vertex AI counts, or shorter so
+    /// that a test can spend the quota many times over in seconds.
+    pub quota_window: Duration,
     /// `Retry-After` sent with quota 429s (whole seconds, rounded up).
     pub quota_retry_after: Option<Duration>,
     /// Delay before every answer.
@@ -142,6 +145,7 @@ impl Default for FakeOptions {
         Self {
             token: FAKE_TOKEN.into(),
             requests_per_minute: None,
+            quota_window: Duration::from_secs(60),
             quota_retry_after: None,
             latency: Duration::ZERO,
             polls_until_done: 1,
@@ -155,6 +159,7 @@ impl fmt::Debug for FakeOptions {
         f.debug_struct("FakeOptions")
             .field("token", &self.token)
             .field("requests_per_minute", &self.requests_per_minute)
+            .field("quota_window", &self.quota_window)
             .field("quota_retry_after", &self.quota_retry_after)
             .field("latency", &self.latency)
             .field("polls_until_done", &self.polls_until_done)
@@ -232,6 +237,7 @@ struct Inner {
     latency: Duration,
     operations: HashMap<String, FakeOperation>,
     written: Vec<String>,
+    rate_limited: usize,
 }
 
 struct Shared {
@@ -273,6 +279,7 @@ impl FakeVertex {
                 latency,
                 operations: HashMap::new(),
                 written: Vec::new(),
+                rate_limited: 0,
             }),
         });
         let app = Router::new()
@@ -408,6 +415,11 @@ impl FakeVertex {
     pub fn set_latency(&self, latency: Duration) {
         self.shared.lock().latency = latency;
     }
+
+    /// Requests answered 429 (over the quota or injected).
+    pub fn rate_limited(&self) -> usize {
+        self.shared.lock().rate_limited
+    }
 }
 
 /// The canonical Google status name of an HTTP status.
@@ -512,17 +524,21 @@ async fn handle(
         let decision = if authorization.as_deref() != Some(expected.as_str()) {
             Decision::Unauthenticated
         } else if let Some(fault) = inner.faults.pop_front() {
+            if fault.status == 429 {
+                inner.rate_limited += 1;
+            }
             Decision::Fault(fault)
         } else if let Some(limit) = shared.options.requests_per_minute {
             let now = Instant::now();
             while inner
                 .quota
                 .front()
-                .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
+                .is_some_and(|t| now.duration_since(*t) >= shared.options.quota_window)
             {
                 inner.quota.pop_front();
             }
             if inner.quota.len() >= usize::try_from(limit).unwrap_or(usize::MAX) {
+                inner.rate_limited += 1;
                 Decision::OverQuota
             } else {
                 inner.quota.push_back(now);

@@ -12,6 +12,7 @@
 pub mod fake_vertex;
 pub mod harness;
 pub mod objects;
+pub mod outage;
 pub mod process;
 pub mod pubsub;
 pub mod stages;

@@ -26,6 +26,30 @@ impl Pulled {
     }
 }
 
+/// How a push subscription retries.
+#[derive(Clone, Debug)]
+pub struct PushPolicy {
+    /// The ack deadline, also the push request's time limit.
+    pub ack_deadline_seconds: u32,
+    /// Back-off after the first nack.
+    pub min_backoff_seconds: u32,
+    /// Longest back-off.
+    pub max_backoff_seconds: u32,
+    /// A dead-letter topic and the deliveries before a message goes there.
+    pub dead_letter: Option<(String, u32)>,
+}
+
+impl Default for PushPolicy {
+    fn default() -> Self {
+        Self {
+            ack_deadline_seconds: 30,
+            min_backoff_seconds: 1,
+            max_backoff_seconds: 2,
+            dead_letter: None,
+        }
+    }
+}
+
 /// The emulator `tests/run` started (`PUBSUB_EMULATOR_HOST`).
 #[derive(Clone)]
 pub struct Emulator {
@@ -82,16 +106,29 @@ impl Emulator {
 
     /// A push subscription `name` on `topic` to `endpoint`, retried quickly.
     pub async fn push(&self, name: &str, topic: &str, endpoint: &str) {
-        self.put(
-            &format!("subscriptions/{name}"),
-            json!({
-                "topic": self.topic_path(topic),
-                "pushConfig": {"pushEndpoint": endpoint},
-                "ackDeadlineSeconds": 30,
-                "retryPolicy": {"minimumBackoff": "1s", "maximumBackoff": "2s"},
-            }),
-        )
-        .await;
+        self.push_with(name, topic, endpoint, &PushPolicy::default())
+            .await;
+    }
+
+    /// A push subscription `name` on `topic` to `endpoint` with `policy`.
+    pub async fn push_with(&self, name: &str, topic: &str, endpoint: &str, policy: &PushPolicy) {
+        let mut subscription = json!({
+            "topic": self.topic_path(topic),
+            "pushConfig": {"pushEndpoint": endpoint},
+            "ackDeadlineSeconds": policy.ack_deadline_seconds,
+            "retryPolicy": {
+                "minimumBackoff": format!("{}s", policy.min_backoff_seconds),
+                "maximumBackoff": format!("{}s", policy.max_backoff_seconds),
+            },
+        });
+        if let Some((topic, attempts)) = &policy.dead_letter {
+            subscription["deadLetterPolicy"] = json!({
+                "deadLetterTopic": self.topic_path(topic),
+                "maxDeliveryAttempts": attempts,
+            });
+        }
+        self.put(&format!("subscriptions/{name}"), subscription)
+            .await;
     }
 
     /// A pull subscription `name` on `topic`.

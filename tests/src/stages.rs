@@ -98,6 +98,163 @@ impl World {
     }
 }
 
+/// A stage binary serving HTTP, killed when dropped.
+pub struct Service {
+    /// The binary.
+    pub name: &'static str,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// The process.
+    pub process: crate::process::Running,
+}
+
+impl Service {
+    /// Starts `name` on this emulator world (see [`World::stage_command`])
+    /// with `extra` environment, and waits for its `/healthz`.
+    pub async fn start(name: &'static str, world: &World, extra: &[(&str, String)]) -> Self {
+        let port = crate::process::free_port();
+        let mut env = extra.to_vec();
+        env.push(("PORT", port.to_string()));
+        let process = crate::process::Running(
+            world
+                .stage_command(name, &env)
+                .spawn()
+                .expect("the stage starts"),
+        );
+        let url = format!("http://127.0.0.1:{port}");
+        crate::process::wait_healthy(&url).await;
+        Self { name, url, process }
+    }
+
+    /// [`Service::start`] with the stage's JSON log lines (its stdout)
+    /// written to `log`.
+    pub async fn start_logged(
+        name: &'static str,
+        world: &World,
+        extra: &[(&str, String)],
+        log: &std::path::Path,
+    ) -> Self {
+        let port = crate::process::free_port();
+        let mut env = extra.to_vec();
+        env.push(("PORT", port.to_string()));
+        let mut command = world.stage_command(name, &env);
+        command.stdout(std::fs::File::create(log).expect("the log file is created"));
+        let process = crate::process::Running(command.spawn().expect("the stage starts"));
+        let url = format!("http://127.0.0.1:{port}");
+        crate::process::wait_healthy(&url).await;
+        Self { name, url, process }
+    }
+
+    /// The process is still running and `/healthz` answers 200.
+    pub async fn assert_healthy(&mut self) {
+        let exited = self.process.0.try_wait().expect("the process can be asked");
+        assert!(exited.is_none(), "{} exited: {exited:?}", self.name);
+        let status = reqwest::get(format!("{}/healthz", self.url))
+            .await
+            .expect("/healthz answers")
+            .status();
+        assert_eq!(status, 200, "{} /healthz", self.name);
+    }
+
+    /// SIGKILL: no clean-up, no graceful shutdown.
+    pub fn kill(&mut self) {
+        let _ = self.process.0.kill();
+        let _ = self.process.0.wait();
+    }
+}
+
+impl World {
+    /// Every topic of the pipeline with this world's prefix, so that what
+    /// the stages publish (job messages, job events) has somewhere to go.
+    pub async fn topics(&self) -> (crate::pubsub::Emulator, shared::bus::Topics) {
+        let topics = shared::bus::Topics::new(self.prefix.clone().expect("an emulator world"));
+        let pubsub = crate::pubsub::Emulator::new();
+        for topic in topics.all() {
+            pubsub.topic(&topic).await;
+        }
+        (pubsub, topics)
+    }
+
+    /// The dead-letter topic of this world, and the janitor's subscription
+    /// on it.
+    pub async fn dead_letters(&self, pubsub: &crate::pubsub::Emulator) -> String {
+        let prefix = self.prefix.clone().expect("an emulator world");
+        let topic = format!("{prefix}asmr-dead-letter");
+        pubsub.topic(&topic).await;
+        pubsub
+            .pull_subscription(&format!("{prefix}asmr-dead-letter-janitor"), &topic)
+            .await;
+        topic
+    }
+
+    /// Runs the `janitor` binary; returns its JSON summary line.
+    pub async fn run_janitor(&self, pubsub: &crate::pubsub::Emulator) -> serde_json::Value {
+        self.run_janitor_with(pubsub, &[]).await
+    }
+
+    /// Runs the `janitor` binary with `extra` environment; returns its JSON
+    /// summary line.
+    pub async fn run_janitor_with(
+        &self,
+        pubsub: &crate::pubsub::Emulator,
+        extra: &[(&str, &str)],
+    ) -> serde_json::Value {
+        let prefix = self.prefix.clone().expect("an emulator world");
+        self.dead_letters(pubsub).await;
+        let mut command = harness::emulator_command("janitor", &prefix);
+        command.env("DEAD_LETTER_WAIT", "1s");
+        command.envs(extra.iter().copied());
+        command.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let output =
+            tokio::task::spawn_blocking(move || command.output().expect("the janitor runs"))
+                .await
+                .expect("the janitor is waited for");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let summary = stdout
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .find(|line| line["event"] == "janitor.summary" && line.get("severity").is_none())
+            .unwrap_or_else(|| panic!("no summary line in {stdout}"));
+        assert!(output.status.success(), "the janitor failed: {summary}");
+        summary
+    }
+
+    /// Runs the `video-poller` binary with `extra` environment until nothing
+    /// is generating.
+    pub async fn run_poller(&self, extra: &[(&str, String)]) {
+        let mut command = self.stage_command("video-poller", extra);
+        let status =
+            tokio::task::spawn_blocking(move || command.status().expect("the poller runs"))
+                .await
+                .expect("the poller is waited for");
+        assert!(status.success(), "the video poller failed");
+    }
+
+    /// Jobs of this world that are neither finished nor failed.
+    pub async fn unfinished(&self) -> Vec<shared::domain::job::Job> {
+        use shared::domain::job::JobStatus;
+        let mut left = Vec::new();
+        for status in [
+            JobStatus::Pending,
+            JobStatus::Processing,
+            JobStatus::Generating,
+        ] {
+            let filter = shared::store::JobFilter {
+                status: Some(status),
+                ..Default::default()
+            };
+            left.extend(
+                self.store
+                    .list_jobs(&filter, 1000, None)
+                    .await
+                    .expect("the store lists jobs")
+                    .items,
+            );
+        }
+        left
+    }
+}
+
 /// The local world: embedded store, directory buckets.
 pub async fn local(options: FakeOptions) -> World {
     let objects_dir = tempfile::tempdir().expect("a temporary directory");

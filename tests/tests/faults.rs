@@ -29,131 +29,19 @@ use axum::response::IntoResponse;
 use base64::Engine;
 use futures::StreamExt;
 use serde_json::{Value, json};
-use shared::bus::Topics;
 use shared::domain::job::{ATTEMPTS_EXHAUSTED, Job, JobKind, JobStatus, NewJob, SUBMIT_UNKNOWN};
 use shared::requests::{Envelope, MAX_BODY_BYTES};
-use shared::store::JobFilter;
 use shared::store::rejected::{Rejected, RejectedSource};
 use shared::time::Timestamp;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tests::fake_vertex::{FakeOptions, Verb};
-use tests::harness::emulator_command;
 use tests::process::{Running, free_port, wait_healthy, wait_until};
 use tests::pubsub::Emulator;
-use tests::stages::{World, emulators, push_body};
-
-// --- stages --------------------------------------------------------------
-
-/// A stage serving HTTP, killed when dropped.
-struct Service {
-    name: &'static str,
-    url: String,
-    process: Running,
-}
-
-impl Service {
-    async fn start(name: &'static str, world: &World, extra: &[(&str, String)]) -> Self {
-        let port = free_port();
-        let mut env = extra.to_vec();
-        env.push(("PORT", port.to_string()));
-        let process = Running(world.stage_command(name, &env).spawn().unwrap());
-        let url = format!("http://127.0.0.1:{port}");
-        wait_healthy(&url).await;
-        Self { name, url, process }
-    }
-
-    /// The process is still running and `/healthz` answers 200.
-    async fn assert_healthy(&mut self) {
-        let exited = self.process.0.try_wait().unwrap();
-        assert!(exited.is_none(), "{} exited: {exited:?}", self.name);
-        let status = reqwest::get(format!("{}/healthz", self.url))
-            .await
-            .unwrap()
-            .status();
-        assert_eq!(status, 200, "{} /healthz", self.name);
-    }
-
-    /// SIGKILL: no clean-up, no graceful shutdown.
-    fn kill(&mut self) {
-        self.process.0.kill().unwrap();
-        self.process.0.wait().unwrap();
-    }
-}
-
-/// Every topic of the pipeline with this world's prefix, so that what the
-/// stages publish (job messages, job events) has somewhere to go.
-async fn topics(world: &World) -> (Emulator, Topics) {
-    let topics = Topics::new(world.prefix.clone().unwrap());
-    let pubsub = Emulator::new();
-    for topic in topics.all() {
-        pubsub.topic(&topic).await;
-    }
-    (pubsub, topics)
-}
-
-/// Runs the `janitor` binary; returns its JSON summary line.
-async fn run_janitor(world: &World, pubsub: &Emulator) -> Value {
-    let prefix = world.prefix.clone().unwrap();
-    // The dead-letter sweep needs its subscription.
-    let dead_letters = format!("{prefix}asmr-dead-letter");
-    pubsub.topic(&dead_letters).await;
-    pubsub
-        .pull_subscription(&format!("{prefix}asmr-dead-letter-janitor"), &dead_letters)
-        .await;
-    let mut command = emulator_command("janitor", &prefix);
-    command.env("DEAD_LETTER_WAIT", "1s");
-    command.stdout(Stdio::piped()).stderr(Stdio::inherit());
-    let output = tokio::task::spawn_blocking(move || command.output().unwrap())
-        .await
-        .unwrap();
-    let stdout = String::from_utf8(output.stdout).unwrap();
-    let summary = stdout
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .find(|line| line["event"] == "janitor.summary" && line.get("severity").is_none())
-        .unwrap_or_else(|| panic!("no summary line in {stdout}"));
-    assert!(output.status.success(), "the janitor failed: {summary}");
-    summary
-}
-
-/// Runs the `video-poller` binary until nothing is generating.
-/// Runs the `video-poller` binary with `extra` environment.
-async fn run_poller_with(world: &World, extra: &[(&str, String)]) {
-    let mut command = world.stage_command("video-poller", extra);
-    let status = tokio::task::spawn_blocking(move || command.status().unwrap())
-        .await
-        .unwrap();
-    assert!(status.success(), "the video poller failed");
-}
-
-/// Jobs of this world that are neither finished nor failed.
-async fn unfinished(world: &World) -> Vec<Job> {
-    let mut left = Vec::new();
-    for status in [
-        JobStatus::Pending,
-        JobStatus::Processing,
-        JobStatus::Generating,
-    ] {
-        let filter = JobFilter {
-            status: Some(status),
-            ..JobFilter::default()
-        };
-        left.extend(
-            world
-                .store
-                .list_jobs(&filter, 100, None)
-                .await
-                .unwrap()
-                .items,
-        );
-    }
-    left
-}
+use tests::stages::{Service, World, emulators, push_body};
 
 // --- HTTP ----------------------------------------------------------------
 
@@ -337,7 +225,7 @@ async fn duplicates_cost_one_model_call_each(image_jobs: usize, video_jobs: usiz
         ..FakeOptions::default()
     })
     .await;
-    let (pubsub, _) = topics(&world).await;
+    let (pubsub, _) = world.topics().await;
     let mut images = Service::start("image-generator", &world, &[]).await;
     let mut videos = Service::start("video-generator", &world, &[]).await;
     let image = jobs(&world, JobKind::Image, image_jobs, "a pencil on paper").await;
@@ -476,7 +364,7 @@ fn push_in_background(url: &str, job_id: &str) -> tokio::task::JoinHandle<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn generators_killed_mid_call_never_pay_twice_and_leave_no_job_unfinished() {
     let world = emulators(FakeOptions::default()).await;
-    let (pubsub, topics) = topics(&world).await;
+    let (pubsub, topics) = world.topics().await;
     let prefix = world.prefix.clone().unwrap();
     let image_prompt = "a generator dies while it draws";
     let video_prompt = "a generator dies while it films";
@@ -509,7 +397,7 @@ async fn generators_killed_mid_call_never_pay_twice_and_leave_no_job_unfinished(
     images.kill();
     videos.kill();
     // Before the lease runs out the janitor leaves the jobs alone.
-    let early = run_janitor(&world, &pubsub).await;
+    let early = world.run_janitor(&pubsub).await;
     assert_eq!(early["requeued"], 0, "{early}");
 
     // Healthy generators behind real push subscriptions on the job topics,
@@ -540,7 +428,7 @@ async fn generators_killed_mid_call_never_pay_twice_and_leave_no_job_unfinished(
         })
         .unwrap_or_default();
     tokio::time::sleep(wait + Duration::from_millis(500)).await;
-    let summary = run_janitor(&world, &pubsub).await;
+    let summary = world.run_janitor(&pubsub).await;
     assert_eq!(
         (&summary["requeued"], &summary["failed_leases"]),
         (&json!(2), &json!(0)),
@@ -565,7 +453,9 @@ async fn generators_killed_mid_call_never_pay_twice_and_leave_no_job_unfinished(
     // No video ever appears (the killed submit never started one): the
     // poller ends the wait after OPERATION_TIMEOUT.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    run_poller_with(&world, &[("OPERATION_TIMEOUT", "1s".to_string())]).await;
+    world
+        .run_poller(&[("OPERATION_TIMEOUT", "1s".to_string())])
+        .await;
 
     for (id, prompt) in [(&image, image_prompt), (&video, video_prompt)] {
         let job = world.store.job(id).await.unwrap();
@@ -579,37 +469,23 @@ async fn generators_killed_mid_call_never_pay_twice_and_leave_no_job_unfinished(
             "paid once: {prompt}"
         );
     }
-    let left = unfinished(&world).await;
+    let left = world.unfinished().await;
     assert!(left.is_empty(), "unfinished jobs: {left:#?}");
     images.assert_healthy().await;
     videos.assert_healthy().await;
 }
 
-/// A TCP listener that accepts connections and never answers: a service
-/// that hangs.
-async fn black_hole() -> (String, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    let task = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            held.push(socket);
-        }
-    });
-    (endpoint, task)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_job_whose_worker_dies_on_every_attempt_fails_instead_of_staying_stuck() {
     let world = emulators(FakeOptions::default()).await;
-    let (pubsub, _) = topics(&world).await;
+    let (pubsub, _) = world.topics().await;
     // A dry run pays nothing, so a worker that dies mid-job leaves nothing
     // in doubt: each death uses an attempt. Its bucket hangs, so every
     // worker dies while writing.
     let mut new = NewJob::new("a worker that never comes back", JobKind::Image);
     new.max_attempts = 2;
     let id = world.store.create_job(new).await.unwrap().record.id;
-    let (hanging_storage, _hole) = black_hole().await;
+    let (hanging_storage, _hole) = tests::outage::black_hole().await;
     let dying = [
         ("LEASE_TTL", "1s".to_string()),
         ("DRY_RUN", "true".to_string()),
@@ -624,7 +500,7 @@ async fn a_job_whose_worker_dies_on_every_attempt_fails_instead_of_staying_stuck
         .await;
         images.kill();
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        let summary = run_janitor(&world, &pubsub).await;
+        let summary = world.run_janitor(&pubsub).await;
         let expected = match attempt {
             1 => (json!(1), json!(0)),
             _ => (json!(0), json!(1)),
@@ -652,7 +528,7 @@ async fn a_job_whose_worker_dies_on_every_attempt_fails_instead_of_staying_stuck
     .await;
     assert_eq!((answer.status, answer.outcome()), (200, "duplicate"));
     assert_eq!(world.fake.total_calls(), 0);
-    assert!(unfinished(&world).await.is_empty());
+    assert!(world.unfinished().await.is_empty());
     images.assert_healthy().await;
 }
 
@@ -727,7 +603,7 @@ async fn storage_events_to(pubsub: &Emulator, prefix: &str, endpoint: &str) {
 async fn a_copy_killed_partway_resumes_and_reads_only_the_rest() {
     const SIZE: usize = 48 * 1024 * 1024;
     let world = emulators(FakeOptions::default()).await;
-    let (pubsub, _) = topics(&world).await;
+    let (pubsub, _) = world.topics().await;
     let prefix = world.prefix.clone().unwrap();
     let sandbox = tempfile::tempdir().unwrap();
     let destination = sandbox.path().join("archive");
@@ -1008,7 +884,7 @@ fn prompt_requests(prompt: &str) -> [Vec<u8>; 2] {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn intake_acknowledges_and_records_every_hostile_push_and_refuses_bad_http_input() {
     let world = emulators(FakeOptions::default()).await;
-    let _topics = topics(&world).await;
+    let _topics = world.topics().await;
     let mut intake = Service::start("intake", &world, &[]).await;
     let corpus = Corpus::load();
 
@@ -1172,7 +1048,7 @@ async fn intake_acknowledges_and_records_every_hostile_push_and_refuses_bad_http
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_generators_acknowledge_every_hostile_job_message_as_poison() {
     let world = emulators(FakeOptions::default()).await;
-    let _topics = topics(&world).await;
+    let _topics = world.topics().await;
     let mut images = Service::start("image-generator", &world, &[]).await;
     let mut videos = Service::start("video-generator", &world, &[]).await;
     let corpus = Corpus::load();
@@ -1318,7 +1194,7 @@ fn cloud_event(id: &str, bucket: &str, name: &str) -> Sent {
 async fn the_downloader_acknowledges_hostile_events_and_writes_only_under_its_root() {
     const ESCAPE: &str = "asmr-hostile-escape";
     let world = emulators(FakeOptions::default()).await;
-    let _topics = topics(&world).await;
+    let _topics = world.topics().await;
     let corpus = Corpus::load();
     // The destination inside a sandbox, with a neighbour to keep clean.
     let sandbox = tempfile::tempdir().unwrap();
@@ -1484,4 +1360,202 @@ async fn the_downloader_acknowledges_hostile_events_and_writes_only_under_its_ro
         delivered
     );
     downloader.assert_healthy().await;
+}
+
+// --- limits at the edge ----------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn intake_acknowledges_huge_ids_attributes_and_bodies_as_recorded_poison() {
+    let world = emulators(FakeOptions::default()).await;
+    let _topics = world.topics().await;
+    let mut intake = Service::start("intake", &world, &[]).await;
+    let url = format!("{}/", intake.url);
+    let http = reqwest::Client::new();
+    let huge = "x".repeat(1024 * 1024);
+    let attributes = BTreeMap::from([
+        (huge.clone(), huge.clone()),
+        ("kind".into(), "video".into()),
+    ]);
+    let cases = [
+        (
+            "a 1 MiB message id",
+            envelope(&huge, b"no kind", &BTreeMap::new()),
+        ),
+        (
+            "a 1 MiB attribute",
+            envelope("huge-attribute", &[b'{'; 10], &attributes),
+        ),
+        // Over the 16 MiB every route reads at most.
+        ("a 17 MiB push", vec![b'{'; 17 * 1024 * 1024]),
+    ];
+    for (what, body) in cases {
+        let answer = post(&http, &url, body, &[]).await;
+        assert_eq!(
+            (answer.status, answer.outcome()),
+            (200, "poison"),
+            "{what}: {}",
+            answer.body
+        );
+    }
+    let rejected = world.store.list_rejected(10, None).await.unwrap().items;
+    assert_eq!(rejected.len(), 3, "each one recorded: {rejected:#?}");
+    for record in &rejected {
+        let size = serde_json::to_vec(record).unwrap().len();
+        assert!(size < 16 * 1024, "a record fits a document: {size} bytes");
+    }
+    intake.assert_healthy().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn model_ids_a_generator_would_refuse_are_refused_at_intake() {
+    let world = emulators(FakeOptions::default()).await;
+    let _topics = world.topics().await;
+    let intake = Service::start("intake", &world, &[]).await;
+    let http = reqwest::Client::new();
+    for model in [
+        "gemini-../../x",
+        "gemini-x?alt=1",
+        "gemini-a b",
+        "veo-3.1-generate-001",
+    ] {
+        let body = json!({"prompt": "rain", "kind": "image", "params": {"model": model}});
+        let answer = post(
+            &http,
+            &format!("{}/v1/jobs", intake.url),
+            body.to_string().into_bytes(),
+            &[],
+        )
+        .await;
+        assert_eq!(answer.status, 400, "{model}: {}", answer.body);
+        let pushed = envelope(
+            &format!("model-{}", model.len()),
+            body.to_string().as_bytes(),
+            &BTreeMap::new(),
+        );
+        let answer = post(&http, &format!("{}/", intake.url), pushed, &[]).await;
+        assert_eq!(
+            (answer.status, answer.outcome()),
+            (200, "poison"),
+            "{model}"
+        );
+    }
+    assert!(world.unfinished().await.is_empty(), "no job was created");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_and_idle_clients_are_cut_off_while_the_service_keeps_answering() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let world = emulators(FakeOptions::default()).await;
+    let _topics = world.topics().await;
+    let mut intake = Service::start("intake", &world, &[]).await;
+    let address = intake.url.trim_start_matches("http://").to_string();
+    // Idle connections, a request whose headers trickle at a byte a second,
+    // and one whose body does.
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(tokio::net::TcpStream::connect(&address).await.unwrap());
+    }
+    let trickle = |prefix: &'static [u8]| {
+        let address = address.clone();
+        tokio::spawn(async move {
+            let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+            socket.write_all(prefix).await.unwrap();
+            let started = Instant::now();
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if socket.write_all(b"a").await.is_err() {
+                    return started.elapsed();
+                }
+                let mut buffer = [0u8; 256];
+                if let Ok(Ok(0)) =
+                    tokio::time::timeout(Duration::from_millis(10), socket.read(&mut buffer)).await
+                {
+                    return started.elapsed();
+                }
+                assert!(started.elapsed() < Duration::from_secs(90), "never cut off");
+            }
+        })
+    };
+    let slow_headers = trickle(b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nX-Slow: ");
+    let slow_body = trickle(
+        b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{\"prompt\": \"",
+    );
+    // The service answers others meanwhile.
+    for _ in 0..3 {
+        intake.assert_healthy().await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    let headers_cut = slow_headers.await.unwrap();
+    let body_cut = slow_body.await.unwrap();
+    assert!(
+        headers_cut < Duration::from_secs(40),
+        "headers: {headers_cut:?}"
+    );
+    assert!(body_cut < Duration::from_secs(40), "body: {body_cut:?}");
+    // Every idle connection was closed too.
+    let mut closed = 0;
+    for socket in &mut idle {
+        let mut buffer = [0u8; 16];
+        if let Ok(Ok(0)) =
+            tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buffer)).await
+        {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, idle.len(), "idle connections closed");
+    intake.assert_healthy().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_finalize_event_of_another_generation_copies_nothing() {
+    let world = emulators(FakeOptions::default()).await;
+    let _topics = world.topics().await;
+    let destination = tempfile::tempdir().unwrap();
+    let downloader = Service::start(
+        "downloader",
+        &world,
+        &[(
+            "DOWNLOAD_DESTINATION",
+            destination.path().display().to_string(),
+        )],
+    )
+    .await;
+    let id = world.job("one generation", JobKind::Image, &[]).await;
+    let name = format!("images/{id}/0.png");
+    let meta = world
+        .objects
+        .write(
+            &world.bucket,
+            &name,
+            tests::fake_vertex::PNG_1X1.to_vec().into(),
+            "image/png",
+            &BTreeMap::new(),
+        )
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let url = format!("{}/", downloader.url);
+    for (n, generation) in [meta.generation + 1, meta.generation - 1, 1]
+        .into_iter()
+        .enumerate()
+    {
+        let forged = notification(&format!("forged-{n}"), &world.bucket, &name, generation);
+        let answer = post(&http, &url, forged, &[]).await;
+        assert_eq!(
+            (answer.status, answer.outcome()),
+            (200, "ignored"),
+            "{}",
+            answer.body
+        );
+    }
+    assert_eq!(world.store.download_counts().await.unwrap().total(), 0);
+    let real = notification("real", &world.bucket, &name, meta.generation);
+    let answer = post(&http, &url, real, &[]).await;
+    assert_eq!(
+        (answer.status, answer.outcome()),
+        (200, "done"),
+        "{}",
+        answer.body
+    );
+    assert_eq!(world.store.download_counts().await.unwrap().total(), 1);
 }

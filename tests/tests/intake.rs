@@ -410,7 +410,7 @@ async fn the_http_api_creates_reads_refuses_and_counts() {
     let id = created["jobs"][0]["id"].as_str().unwrap().to_string();
     assert_eq!(
         created["jobs"],
-        json!([{"id": id, "kind": "video", "status": "pending", "created": true}])
+        json!([{"id": id, "kind": "video", "status": "pending", "created": true, "queued": true}])
     );
     let (status, again) = post(request.into()).await;
     assert_eq!(status, 200, "{again}");

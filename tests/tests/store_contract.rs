@@ -1259,6 +1259,70 @@ async fn expired_records_are_deleted_and_nothing_else(t: TestStore) {
     assert_eq!(store.delete_expired().await.unwrap().jobs, 0);
 }
 
+/// Job events that cannot be published: Pub/Sub is down, or the process
+/// stops between the commit and the publish.
+struct Unpublished;
+
+#[async_trait::async_trait]
+impl shared::job_events::JobEvents for Unpublished {
+    async fn publish(&self, _: &shared::job_events::JobEvent) -> shared::Result<()> {
+        Err(Error::store(
+            "publishing a job event",
+            "Pub/Sub is down",
+            true,
+        ))
+    }
+}
+
+async fn an_event_that_was_not_published_waits_in_the_outbox_and_is_published_once(t: TestStore) {
+    use shared::bus::Bus;
+    let broken = t
+        .store
+        .clone()
+        .with_events(std::sync::Arc::new(Unpublished));
+    let id = add(&broken, "an event to keep", JobKind::Image).await;
+    broken
+        .fail_job(&id, None, JobError::new("x", "y", false))
+        .await
+        .unwrap();
+    assert_eq!(
+        broken.outbox_len().await.unwrap(),
+        1,
+        "committed with the transition"
+    );
+    // Later (the janitor's sweep), with Pub/Sub back.
+    let bus = std::sync::Arc::new(shared::bus::memory::MemoryBus::new());
+    bus.ensure_topic("events").await.unwrap();
+    let healed =
+        t.store
+            .clone()
+            .with_events(std::sync::Arc::new(shared::job_events::BusJobEvents::new(
+                bus.clone(),
+                "events",
+            )));
+    let report = healed.publish_outbox(Duration::ZERO).await.unwrap();
+    assert_eq!((report.published, report.failed), (1, 0));
+    assert_eq!(healed.outbox_len().await.unwrap(), 0);
+    let again = healed.publish_outbox(Duration::ZERO).await.unwrap();
+    assert_eq!(again.published, 0, "published once");
+    let published = bus.published("events");
+    assert_eq!(published.len(), 1);
+    let event: serde_json::Value = serde_json::from_slice(&published[0].data).unwrap();
+    assert_eq!(
+        (event["job_id"].as_str(), event["status"].as_str()),
+        (Some(id.as_str()), Some("failed"))
+    );
+    assert_eq!(
+        published[0].attributes["event_id"],
+        event["event_id"].as_str().unwrap()
+    );
+    // A healthy relay leaves nothing behind.
+    let other = add(&healed, "published at once", JobKind::Image).await;
+    healed.cancel_job(&other).await.unwrap();
+    assert_eq!(healed.outbox_len().await.unwrap(), 0);
+    assert_eq!(bus.published("events").len(), 2);
+}
+
 macro_rules! contract {
     ($adapter:ident, $make:path) => {
         mod $adapter {
@@ -1333,6 +1397,13 @@ macro_rules! contract {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn a_budget_for_n_claims_reserves_exactly_n_among_concurrent_claimers() {
                 super::a_budget_for_n_claims_reserves_exactly_n_among_concurrent_claimers(
+                    store().await,
+                )
+                .await
+            }
+            #[tokio::test]
+            async fn an_event_that_was_not_published_waits_in_the_outbox_and_is_published_once() {
+                super::an_event_that_was_not_published_waits_in_the_outbox_and_is_published_once(
                     store().await,
                 )
                 .await

@@ -695,8 +695,9 @@ fn stats_json_has_the_exact_shape_and_counts(env: &Env) {
     assert_eq!(
         empty.stdout,
         format!(
-            "{}{}{}\n",
+            "{}{}{}{}\n",
             r#"{"jobs": {"pending": 0, "processing": 0, "generating": 0, "completed": 0, "delivered": 0, "failed": 0, "cancelled": 0, "total": 0}, "#,
+            r#""waiting": {"budget_exhausted": 0, "misconfigured": 0, "quota_exhausted": 0, "storage_unavailable": 0}, "#,
             r#""downloads": {"pending": 0, "downloading": 0, "completed": 0, "failed": 0, "total": 0}, "#,
             no_budget_json()
         )
@@ -736,8 +737,9 @@ fn stats_json_has_the_exact_shape_and_counts(env: &Env) {
     assert_eq!(
         run.stdout,
         format!(
-            "{}{}{}\n",
+            "{}{}{}{}\n",
             r#"{"jobs": {"pending": 2, "processing": 1, "generating": 0, "completed": 0, "delivered": 0, "failed": 1, "cancelled": 1, "total": 5}, "#,
+            r#""waiting": {"budget_exhausted": 0, "misconfigured": 0, "quota_exhausted": 0, "storage_unavailable": 0}, "#,
             r#""downloads": {"pending": 1, "downloading": 0, "completed": 0, "failed": 0, "total": 1}, "#,
             no_budget_json()
         )
@@ -767,13 +769,24 @@ fn stats_prints_aligned_tables(env: &Env) {
     assert_eq!(lines[7], "cancelled       0      1      1");
     assert_eq!(lines[8], "total           2      1      3");
     assert_eq!(lines[9], "");
-    assert_eq!(lines[10], "downloads    count");
-    assert_eq!(lines[11], "pending          0");
-    assert_eq!(lines[15], "total            0");
-    assert_eq!(lines[16], "");
+    assert_eq!(
+        &lines[10..15],
+        [
+            "pending, waiting on  jobs",
+            "budget_exhausted        0",
+            "misconfigured           0",
+            "quota_exhausted         0",
+            "storage_unavailable     0",
+        ]
+    );
+    assert_eq!(lines[15], "");
+    assert_eq!(lines[16], "downloads    count");
+    assert_eq!(lines[17], "pending          0");
+    assert_eq!(lines[21], "total            0");
+    assert_eq!(lines[22], "");
     let today = shared::store::budget::budget_day_of(Timestamp::now());
     assert_eq!(
-        &lines[17..],
+        &lines[23..],
         [
             format!("budget (UTC {today})       usd"),
             "reserved                    $0.00".to_string(),
@@ -1497,8 +1510,9 @@ fn stats_counts_downloads_per_status(env: &Env) {
     assert_eq!(
         run.stdout,
         format!(
-            "{}{}{}\n",
+            "{}{}{}{}\n",
             r#"{"jobs": {"pending": 1, "processing": 0, "generating": 0, "completed": 0, "delivered": 0, "failed": 0, "cancelled": 0, "total": 1}, "#,
+            r#""waiting": {"budget_exhausted": 0, "misconfigured": 0, "quota_exhausted": 0, "storage_unavailable": 0}, "#,
             r#""downloads": {"pending": 3, "downloading": 1, "completed": 1, "failed": 1, "total": 6}, "#,
             no_budget_json()
         )

@@ -25,6 +25,12 @@ use google_cloud_pubsub::model::Message;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, PoisonError};
 
+/// How long a publish may wait for Pub/Sub's acknowledgement. A stopped or
+/// frozen Pub/Sub makes the caller fail fast (intake answers with the jobs it
+/// created; the janitor queues them later) instead of holding a request
+/// until its deadline.
+pub const PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Where Pub/Sub is.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PubSubConfig {
@@ -147,7 +153,18 @@ impl Bus for PubSubBus {
             .set_data(data)
             .set_attributes(attributes.clone());
         let context = format!("publishing to topic {topic}");
-        match self.publisher(topic).publish(message).await {
+        let published =
+            tokio::time::timeout(PUBLISH_TIMEOUT, self.publisher(topic).publish(message)).await;
+        let Ok(published) = published else {
+            return Err(Error::store(
+                context,
+                format!(
+                    "Pub/Sub did not acknowledge the message within {PUBLISH_TIMEOUT:?} (it may still be delivered later)"
+                ),
+                true,
+            ));
+        };
+        match published {
             Ok(id) => Ok(id),
             Err(PublishError::Rpc(e)) if code(&e) == Some("NOT_FOUND") => {
                 Err(topic_not_found(topic))

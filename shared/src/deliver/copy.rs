@@ -34,6 +34,9 @@ pub struct CopyError {
     pub message: String,
     /// Whether another attempt can help.
     pub retryable: bool,
+    /// The bucket refused this stage's credentials or role: not the copy's
+    /// fault, so it is no attempt.
+    pub denied: bool,
 }
 
 impl CopyError {
@@ -43,6 +46,7 @@ impl CopyError {
             code: code.into(),
             message: message.into(),
             retryable: true,
+            denied: false,
         }
     }
 
@@ -51,6 +55,7 @@ impl CopyError {
             code: code.into(),
             message: message.into(),
             retryable: false,
+            denied: false,
         }
     }
 
@@ -66,6 +71,7 @@ impl From<Error> for CopyError {
             e => Self {
                 code: "storage".into(),
                 retryable: e.is_retryable(),
+                denied: e.is_permission_denied(),
                 message: e.to_string(),
             },
         }

@@ -205,6 +205,33 @@ impl Downloader {
                 return Handled::Poison(format!("{} cannot be delivered: {reason}", event.uri()));
             }
         };
+        // The event says which generation it is about; only the object as
+        // it is in the bucket is copied, so a stale or forged event cannot
+        // make a second record of the same object.
+        let meta = match self.objects.metadata(&event.bucket, &event.name).await {
+            Ok(Some(meta)) => meta,
+            Ok(None) => {
+                return Handled::Ignored(format!("{} no longer exists", event.uri()));
+            }
+            Err(e) if e.is_permission_denied() => {
+                crate::generate::report_misconfiguration(
+                    "Cloud Storage refuses the downloader's credentials or role",
+                    &e,
+                );
+                return Handled::store_trouble(&e);
+            }
+            Err(e) if e.is_retryable() => return Handled::store_trouble(&e),
+            Err(e) => return Handled::Poison(e.to_string()),
+        };
+        if let Some(generation) = event.generation
+            && generation != meta.generation
+        {
+            return Handled::Ignored(format!(
+                "{} is at generation {}, not {generation}: the event is stale or not from Cloud Storage",
+                event.uri(),
+                meta.generation
+            ));
+        }
         let job = match self.store.get_job(&job_id).await {
             Ok(Some(job)) => job,
             Ok(None) => {
@@ -222,12 +249,12 @@ impl Downloader {
             job_id,
             bucket: event.bucket.clone(),
             object: event.name.clone(),
-            generation: event.generation,
+            generation: Some(meta.generation),
             destination,
             file_type,
             priority,
-            size: event.size,
-            crc32c: event.crc32c.map(crc32c_text),
+            size: Some(meta.size),
+            crc32c: Some(crc32c_text(meta.crc32c)),
         };
         let created = match self.store.create_download(new).await {
             Ok(created) => created,
@@ -377,6 +404,24 @@ impl Downloader {
         e: copy::CopyError,
     ) -> Handled {
         let error = JobError::new(e.code.clone(), e.message.clone(), e.retryable);
+        if e.denied {
+            crate::generate::report_misconfiguration(
+                "Cloud Storage refuses the downloader's credentials or role",
+                &error,
+            );
+            return match self
+                .store
+                .wait_download(&download.id, &lease.owner, error)
+                .await
+            {
+                Ok(_) => Handled::Retry {
+                    rate_limited: false,
+                    reason: format!("{}: {}", e.code, e.message),
+                },
+                Err(Error::Transition { .. }) => Handled::Duplicate("the lease was lost".into()),
+                Err(e) => Handled::store_trouble(&e),
+            };
+        }
         tracing::warn!(download_id = %download.id, source = %download.source, attempt = download.attempts, error = %error, "copy failed");
         match self
             .store

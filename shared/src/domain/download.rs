@@ -324,6 +324,23 @@ impl Download {
         Ok(())
     }
 
+    /// The holder gives the copy back for a reason that is not the copy's
+    /// fault (the deployment's credentials or role): downloading → pending,
+    /// with the attempt its claim counted given back.
+    pub fn wait(&mut self, owner: &str, error: JobError, now: Timestamp) -> Transition {
+        if self.status != DownloadStatus::Downloading {
+            return Err(self.refuse("put back to wait"));
+        }
+        self.check_owner(owner)?;
+        self.status = DownloadStatus::Pending;
+        self.attempts = self.attempts.saturating_sub(1);
+        self.lease_owner = None;
+        self.lease_expires_at = None;
+        self.error = Some(error);
+        self.updated_at = now;
+        Ok(())
+    }
+
     /// An operator's retry: failed → pending with fresh attempts. The bytes
     /// already copied are kept so the copy can resume.
     pub fn retry(&mut self, now: Timestamp) -> Transition {

@@ -123,6 +123,22 @@ pub fn validate_params(kind: JobKind, params: &JobParams) -> Result<(), Validati
     }
     if let Some(model) = &params.model {
         let model = model.trim();
+        // The id goes into the request URL as a path segment: only what a
+        // Vertex AI model id is made of.
+        let well_formed = !model.is_empty()
+            && model.len() <= 128
+            && model
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'))
+            && !model.contains("..");
+        if !well_formed {
+            return Err(ValidationError::new(
+                "params.model",
+                format!(
+                    "{model:?} is not a model id (letters, digits, '-', '_', '.', '@'; at most 128)"
+                ),
+            ));
+        }
         let ok = match kind {
             JobKind::Image => model.starts_with("imagen-") || model.starts_with("gemini-"),
             JobKind::Video => model.starts_with("veo-"),
@@ -287,6 +303,22 @@ mod tests {
             &[("negative_prompt", "bad\u{1b}")],
             Err("params.negative_prompt"),
         );
+        for hostile in [
+            "gemini-../../x",
+            "gemini-x?alt=1",
+            "gemini-a b",
+            "gemini-x/../y",
+            "gemini-%2e%2e",
+            "imagen-x#frag",
+        ] {
+            check(Image, &[("model", hostile)], Err("is not a model id"));
+        }
+        check(
+            Image,
+            &[("model", "imagegeneration@006")],
+            Err("is not an imagen-* or gemini-* model"),
+        );
+        check(Image, &[("model", "gemini-3-pro-image-preview")], Ok(()));
     }
 
     #[test]

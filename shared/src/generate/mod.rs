@@ -282,9 +282,10 @@ fn settled_elsewhere_or_retry(e: &Error) -> Handled {
 
 /// Tries of one output write before the outputs are held in the store.
 const OUTPUT_WRITE_TRIES: u32 = 3;
-/// The longest one output write may take. With the tries and their pauses,
-/// a generator gives up on the bucket well inside the push deadline.
-const OUTPUT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest one output write may take. With the tries and their pauses
+/// (about a minute in all), a generator gives up on the bucket well inside
+/// the push deadline (540 s), so it is still there to hold the outputs.
+const OUTPUT_WRITE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Writes one output, a few times over a bounded time.
 async fn write_output(

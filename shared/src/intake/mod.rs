@@ -18,7 +18,7 @@ use crate::bus::{Bus, Topics};
 use crate::domain::job::{Job, JobStatus, NewJob};
 use crate::error::{Error, Result};
 use crate::store::{Created, Store};
-use futures::stream::{self, StreamExt, TryStreamExt};
+use futures::stream::{self, StreamExt};
 
 /// Creates (and publishes) this many jobs of one request at once.
 const IN_FLIGHT: usize = 16;
@@ -110,21 +110,61 @@ pub async fn submit_job(
     })
 }
 
+/// A request whose jobs were not all created: the store failed (or did not
+/// answer in time) part-way.
+#[derive(Debug)]
+pub struct Unfinished {
+    /// The jobs created (or found) before it stopped, in request order.
+    pub submitted: Submitted,
+    /// Jobs the request asked for.
+    pub total: usize,
+    /// Why it stopped.
+    pub error: Error,
+}
+
 /// [`submit_job`] for every job of a request, some at once; the result is
-/// in request order. Stops at the first failed create: with request ids,
-/// submitting the same jobs again creates only the missing ones.
+/// in request order. Stops at the first failed create, and at `deadline`:
+/// with request ids, submitting the same jobs again creates only the
+/// missing ones.
 pub async fn submit(
     store: &Store,
     bus: Option<&dyn Bus>,
     topics: &Topics,
     jobs: Vec<NewJob>,
-) -> Result<Submitted> {
-    let jobs = stream::iter(jobs)
-        .map(|new| submit_job(store, bus, topics, new))
-        .buffered(IN_FLIGHT)
-        .try_collect()
-        .await?;
-    Ok(Submitted { jobs })
+    deadline: Option<tokio::time::Instant>,
+) -> std::result::Result<Submitted, Unfinished> {
+    let total = jobs.len();
+    let mut results = stream::iter(jobs)
+        .map(|new| async move {
+            let submitted = submit_job(store, bus, topics, new);
+            match deadline {
+                None => submitted.await,
+                Some(deadline) => tokio::time::timeout_at(deadline, submitted)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Error::store(
+                            "creating jobs",
+                            "the store did not answer in time",
+                            true,
+                        ))
+                    }),
+            }
+        })
+        .buffered(IN_FLIGHT);
+    let mut submitted = Submitted::default();
+    while let Some(result) = results.next().await {
+        match result {
+            Ok(job) => submitted.jobs.push(job),
+            Err(error) => {
+                return Err(Unfinished {
+                    submitted,
+                    total,
+                    error,
+                });
+            }
+        }
+    }
+    Ok(submitted)
 }
 
 /// The job message of `job`, published to its kind's topic.
@@ -174,7 +214,9 @@ mod tests {
             job("waves", JobKind::Video, Some("r#1")),
             job("sand", JobKind::Image, Some("r#2")),
         ];
-        let submitted = submit(&store, Some(&bus), &topics, jobs).await.unwrap();
+        let submitted = submit(&store, Some(&bus), &topics, jobs, None)
+            .await
+            .unwrap();
         let prompts: Vec<_> = submitted
             .jobs
             .iter()
@@ -247,6 +289,7 @@ mod tests {
             Some(&bus),
             &topics,
             vec![job("a", JobKind::Video, Some("k"))],
+            None,
         )
         .await
         .unwrap();
@@ -270,6 +313,7 @@ mod tests {
                 job("a", JobKind::Image, None),
                 job("b", JobKind::Image, None),
             ],
+            None,
         )
         .await
         .unwrap();

@@ -5,14 +5,19 @@
 //!   `rejected`, logged at ERROR with its message id and acknowledged; store
 //!   or bus trouble is a 503 so Pub/Sub redelivers.
 //! - `POST /v1/jobs`: the same request forms as a JSON body; `201` with the
-//!   jobs, `200` when they all existed (same `request_id`), `400` with
-//!   `{"error"}` for bad input. Bad HTTP input is answered, not recorded in
-//!   `rejected`: the caller has the reason already.
+//!   jobs, `200` when they all existed, `400` with `{"error"}` for bad
+//!   input. Bad HTTP input is answered, not recorded in `rejected`: the
+//!   caller has the reason already. The idempotency key is the body's
+//!   `request_id`, else the `Idempotency-Key` header, else the body itself:
+//!   a client that resends after a time-out or a 5xx creates nothing twice.
+//!   `202` when the jobs are created but Pub/Sub did not take their
+//!   messages (the janitor queues them); `503` with the jobs created so far
+//!   when the store failed part-way (send the same request again).
 //! - `GET /v1/jobs/{id}`: the job document, or `404`.
 //! - `GET /v1/stats`: jobs per status and kind, downloads per status, and
 //!   how many rejected requests are kept.
 
-use super::{Submitted, submit};
+use super::{Submitted, Unfinished, submit};
 use crate::ack::Handled;
 use crate::bus::{Bus, Topics};
 use crate::config::StoreArgs;
@@ -29,7 +34,7 @@ use anyhow::Context;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -43,6 +48,12 @@ use tracing::Instrument;
 /// How long one request may take: a batch of [`requests::MAX_BATCH`] jobs
 /// on Firestore takes seconds.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the jobs of one request may take to create, inside
+/// [`REQUEST_TIMEOUT`], so that a store that stops answering gets an answer
+/// that names the jobs created so far rather than an empty 503.
+const SUBMIT_DEADLINE: Duration = Duration::from_secs(90);
+/// The header a client sets to make `POST /v1/jobs` idempotent.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// The largest push body: a Pub/Sub message (10 MB at most) grows by a
 /// third in base64. The request inside is held to [`MAX_BODY_BYTES`] by the
 /// parser, which records a bigger one as rejected instead of refusing the
@@ -84,8 +95,16 @@ impl Intake {
         }
     }
 
-    async fn submit(&self, jobs: Vec<NewJob>) -> crate::Result<Submitted> {
-        submit(&self.store, self.bus.as_deref(), &self.topics, jobs).await
+    async fn submit(&self, jobs: Vec<NewJob>) -> Result<Submitted, Unfinished> {
+        let deadline = tokio::time::Instant::now() + SUBMIT_DEADLINE;
+        submit(
+            &self.store,
+            self.bus.as_deref(),
+            &self.topics,
+            jobs,
+            Some(deadline),
+        )
+        .await
     }
 
     /// Records a request that can never become jobs and acknowledges it;
@@ -149,7 +168,17 @@ pub fn router(intake: Arc<Intake>) -> Router {
     server::with_basics(app, REQUEST_TIMEOUT)
 }
 
-async fn push_handler(State(intake): State<Arc<Intake>>, body: Bytes) -> Handled {
+async fn push_handler(
+    State(intake): State<Arc<Intake>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Handled {
+    let body = match server::push_body(body) {
+        Ok(body) => body,
+        Err(Handled::Poison(reason)) => {
+            return intake.reject(None, BTreeMap::new(), b"", reason).await;
+        }
+        Err(handled) => return handled,
+    };
     let delivery = match push::decode(&body) {
         Ok(delivery) => delivery,
         Err(poison) => return intake.reject(None, BTreeMap::new(), &body, poison.0).await,
@@ -177,7 +206,10 @@ async fn push_handler(State(intake): State<Arc<Intake>>, body: Bytes) -> Handled
         };
         let handled = match intake.submit(jobs).await {
             Ok(submitted) => outcome(&submitted),
-            Err(Error::Invalid(e)) => {
+            Err(Unfinished {
+                error: Error::Invalid(e),
+                ..
+            }) => {
                 return intake
                     .reject(
                         Some(message_id),
@@ -187,7 +219,7 @@ async fn push_handler(State(intake): State<Arc<Intake>>, body: Bytes) -> Handled
                     )
                     .await;
             }
-            Err(e) => Handled::store_trouble(&e),
+            Err(unfinished) => Handled::store_trouble(&unfinished.error),
         };
         match &handled {
             Handled::Retry { reason, .. } => tracing::warn!(reason, "asking Pub/Sub to redeliver"),
@@ -283,20 +315,50 @@ fn jobs_json(submitted: &Submitted) -> Value {
                 "kind": j.job.kind,
                 "status": j.job.status,
                 "created": j.created,
+                "queued": !matches!(j.dispatch, super::Dispatch::Failed(_)),
             })
         })
         .collect()
 }
 
+/// The idempotency key of an HTTP request without a `request_id`: the
+/// `Idempotency-Key` header, else the body itself, so that a client that
+/// resends after a time-out or a 5xx creates nothing twice.
+fn idempotency_key(headers: &HeaderMap, body: &[u8]) -> Result<String, ApiError> {
+    const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x51c2_7e3a_09d4_4f6b_8a1e_c5b7_2d90_3f68);
+    match headers.get(IDEMPOTENCY_KEY) {
+        Some(value) => {
+            let key = value
+                .to_str()
+                .ok()
+                .map(str::trim)
+                .filter(|key| !key.is_empty() && key.len() <= 255)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "the Idempotency-Key header must be 1 to 255 printable ASCII characters",
+                    )
+                })?;
+            Ok(format!("key:{key}"))
+        }
+        None => Ok(format!(
+            "body:{}",
+            uuid::Uuid::new_v5(&NAMESPACE, body).simple()
+        )),
+    }
+}
+
 async fn create_jobs(
     State(intake): State<Arc<Intake>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    create(&intake, body).await.map_err(logged)
+    create(&intake, &headers, body).await.map_err(logged)
 }
 
 async fn create(
     intake: &Intake,
+    headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let body = body.map_err(|rejection| match rejection.status() {
@@ -312,34 +374,52 @@ async fn create(
             "the body must be a JSON object: {\"prompt\": \"...\", \"kind\": \"image\"} or {\"kind\": \"video\", \"prompts\": [...]}",
         ));
     }
+    let key = idempotency_key(headers, &body)?;
     let envelope = Envelope {
         attributes: BTreeMap::new(),
-        message_id: None,
+        message_id: Some(&key),
         dry_run: intake.dry_run,
     };
     let jobs = requests::parse(&body, &envelope)
         .map_err(|rejection| ApiError::new(StatusCode::BAD_REQUEST, rejection.0))?;
-    let submitted = intake.submit(jobs).await?;
-    if let Some((job, e)) = submitted.publish_failure() {
-        return Err(ApiError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            message: format!(
-                "job {} is created but not queued ({e}); send the request again with the same request_id to queue it",
-                job.id
-            ),
-            jobs: Some(jobs_json(&submitted)),
-        });
-    }
-    let status = match submitted.created().is_empty() {
-        true => StatusCode::OK,
-        false => StatusCode::CREATED,
+    let submitted = match intake.submit(jobs).await {
+        Ok(submitted) => submitted,
+        Err(Unfinished {
+            error: e @ Error::Invalid(_),
+            ..
+        }) => return Err(e.into()),
+        Err(unfinished) => {
+            let created = unfinished.submitted.jobs.len();
+            return Err(ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: format!(
+                    "{created} of the {} jobs were created before the store failed ({}); send the same request again (same body, or the same Idempotency-Key): nothing is created twice",
+                    unfinished.total, unfinished.error
+                ),
+                jobs: Some(jobs_json(&unfinished.submitted)),
+            });
+        }
     };
     tracing::info!(
         created = submitted.created().len(),
         existing = submitted.existing().len(),
         "jobs submitted"
     );
-    Ok((status, Json(json!({ "jobs": jobs_json(&submitted) }))))
+    let mut answer = json!({ "jobs": jobs_json(&submitted) });
+    if let Some((_, e)) = submitted.publish_failure() {
+        // The jobs exist and are pending; a pending job the janitor finds
+        // idle is published again. The request need not be sent again.
+        tracing::warn!(error = %e, "jobs created but not queued; the janitor will queue them");
+        answer["note"] = json!(format!(
+            "the jobs are created but some are not queued yet ({e}); they are queued automatically within minutes, or by sending the same request again"
+        ));
+        return Ok((StatusCode::ACCEPTED, Json(answer)));
+    }
+    let status = match submitted.created().is_empty() {
+        true => StatusCode::OK,
+        false => StatusCode::CREATED,
+    };
+    Ok((status, Json(answer)))
 }
 
 /// Whether `id` could be a job id at all (they are hex; request-derived
@@ -373,10 +453,11 @@ async fn get_job(
 
 async fn stats(State(intake): State<Arc<Intake>>) -> Result<Json<Value>, ApiError> {
     let store = &intake.store;
-    let (jobs, downloads, rejected) = tokio::try_join!(
+    let (jobs, downloads, rejected, waiting) = tokio::try_join!(
         store.job_counts(),
         store.download_counts(),
-        store.count_rejected()
+        store.count_rejected(),
+        store.waiting_counts()
     )
     .map_err(|e| logged(e.into()))?;
     let mut by_status = Map::new();
@@ -400,6 +481,7 @@ async fn stats(State(intake): State<Arc<Intake>>) -> Result<Json<Value>, ApiErro
     download_counts.insert("total".into(), downloads.total().into());
     Ok(Json(json!({
         "jobs": by_status,
+        "waiting": waiting,
         "jobs_by_kind": by_kind,
         "downloads": download_counts,
         "rejected": rejected,

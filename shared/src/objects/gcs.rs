@@ -21,6 +21,7 @@ use async_trait::async_trait;
 use base64::Engine;
 use bytes::Bytes;
 use futures::StreamExt;
+use google_cloud_gax::retry_policy::RetryPolicyExt as _;
 use google_cloud_storage::client::Storage;
 use google_cloud_storage::model::Object;
 use google_cloud_storage::read_object::ReadObjectResponse;
@@ -59,6 +60,9 @@ enum Auth {
     /// Application Default Credentials; the provider caches tokens.
     Adc(Arc<dyn gcp_auth::TokenProvider>),
 }
+
+/// How long one write keeps retrying transient failures.
+const WRITE_RETRY_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Objects in Cloud Storage (or fake-gcs-server).
 pub struct GcsObjectStore {
@@ -258,8 +262,15 @@ impl ObjectStore for GcsObjectStore {
             // The service rejects the upload if the bytes arrive damaged.
             .with_known_crc32c(crc)
             // Rewriting the same bytes twice is harmless, so let the client
-            // retry transient failures.
+            // retry transient failures, but briefly: the client's own default
+            // keeps trying for five minutes, and a caller holding a push must
+            // know well inside its deadline (a generator then holds its
+            // paid outputs elsewhere).
             .with_idempotency(true)
+            .with_retry_policy(
+                google_cloud_storage::retry_policy::RetryableErrors
+                    .with_time_limit(WRITE_RETRY_TIME),
+            )
             .send_buffered();
         // The upload's state machine is a 32 KB future: keep it off the stack.
         let object = Box::pin(upload)

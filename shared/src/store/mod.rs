@@ -953,6 +953,15 @@ impl Store {
         .await
     }
 
+    /// The holder gives a copy back without using up its attempt (the
+    /// deployment, not the copy, is at fault).
+    pub async fn wait_download(&self, id: &str, owner: &str, error: JobError) -> Result<Download> {
+        self.update(id, |d: &mut Download, now| {
+            d.wait(owner, error.clone(), now)
+        })
+        .await
+    }
+
     /// An operator's retry of a failed download.
     pub async fn retry_download(&self, id: &str) -> Result<Download> {
         self.update(id, |d: &mut Download, now| d.retry(now)).await

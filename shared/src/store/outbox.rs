@@ -11,6 +11,9 @@ use crate::job_events::{JobEvent, OutboxEntry};
 use crate::time::Timestamp;
 use std::time::Duration;
 
+/// How long the relay of a fresh event waits for Pub/Sub.
+const RELAY_PATIENCE: Duration = Duration::from_secs(2);
+
 /// What a sweep of the outbox did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OutboxReport {
@@ -27,7 +30,19 @@ impl Store {
         let Some(events) = &self.events else {
             return;
         };
-        match events.publish(event).await {
+        // The write is already in; a slow Pub/Sub must not hold up the
+        // caller (a push handler): what is not published in time is left to
+        // the janitor.
+        let published = tokio::time::timeout(RELAY_PATIENCE, events.publish(event))
+            .await
+            .unwrap_or_else(|_| {
+                Err(crate::error::Error::store(
+                    "publishing a job event",
+                    format!("Pub/Sub did not take it within {RELAY_PATIENCE:?}"),
+                    true,
+                ))
+            });
+        match published {
             Ok(()) => {
                 if let Err(error) = self.forget_event(&event.event_id).await {
                     tracing::warn!(

@@ -18,6 +18,12 @@ use std::time::Duration;
 pub const REJECTED_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 /// The most bytes of a rejected body that are kept.
 pub const BODY_EXCERPT_BYTES: usize = 2048;
+/// The most bytes of a message id, an attribute name or an attribute value
+/// that are kept: a record must fit in a Firestore document whatever was
+/// sent, or the poison message would be redelivered forever.
+pub const FIELD_EXCERPT_BYTES: usize = 256;
+/// The most attributes of a rejected request that are kept.
+pub const MAX_ATTRIBUTES: usize = 64;
 
 const LIST_ORDER: &[(&str, Dir)] = &[("received_at", Dir::Desc), ("id", Dir::Desc)];
 
@@ -75,13 +81,23 @@ impl Rejected {
             Some(id) => derived_id("message", id.as_bytes()),
             None => derived_id("body", body),
         };
+        let attributes = attributes
+            .iter()
+            .take(MAX_ATTRIBUTES)
+            .map(|(key, value)| {
+                (
+                    cut(key.as_bytes(), FIELD_EXCERPT_BYTES),
+                    cut(value.as_bytes(), FIELD_EXCERPT_BYTES),
+                )
+            })
+            .collect();
         Self {
             id,
-            message_id: message_id.map(str::to_string),
-            reason: reason.into(),
+            message_id: message_id.map(|id| cut(id.as_bytes(), FIELD_EXCERPT_BYTES)),
+            reason: cut(reason.into().as_bytes(), BODY_EXCERPT_BYTES),
             source,
             attributes,
-            body: excerpt(body),
+            body: cut(body, BODY_EXCERPT_BYTES),
             body_bytes: body.len() as u64,
             received_at: now,
             expire_at: now.plus(REJECTED_RETENTION),
@@ -104,17 +120,17 @@ fn derived_id(what: &str, bytes: &[u8]) -> String {
     format!("{what}-{}", uuid::Uuid::new_v5(&NAMESPACE, bytes).simple())
 }
 
-/// The first [`BODY_EXCERPT_BYTES`] of `body` as text, cut on a character
-/// boundary when the body is UTF-8.
-fn excerpt(body: &[u8]) -> String {
-    let mut end = body.len().min(BODY_EXCERPT_BYTES);
-    if let Err(e) = std::str::from_utf8(&body[..end])
+/// The first `limit` bytes of `bytes` as text, cut on a character boundary
+/// when they are UTF-8.
+fn cut(bytes: &[u8], limit: usize) -> String {
+    let mut end = bytes.len().min(limit);
+    if let Err(e) = std::str::from_utf8(&bytes[..end])
         && e.error_len().is_none()
     {
         // Only the last character was cut in half: drop it.
         end = e.valid_up_to();
     }
-    String::from_utf8_lossy(&body[..end]).into_owned()
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
 impl Store {

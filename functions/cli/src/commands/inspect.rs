@@ -71,7 +71,11 @@ fn jobs_table(jobs: &[Job]) -> String {
         table.row(vec![
             job.id.clone(),
             job.kind.to_string(),
-            job.status.to_string(),
+            match &job.waiting {
+                Some(reason) => format!("{} ({reason})", job.status),
+                None if job.awaits_output() => format!("{} (awaiting output)", job.status),
+                None => job.status.to_string(),
+            },
             format!("{}/{}", job.attempts, job.max_attempts),
             job.priority.to_string(),
             out::short_time(job.created_at),
@@ -127,6 +131,24 @@ fn describe(job: &Job) -> String {
     field("operation_name", &or_dash(job.operation_name.clone()));
     if let Some(waiting) = &job.waiting {
         field("waiting", waiting);
+    }
+    if job.awaits_output() {
+        field(
+            "waiting",
+            &"for the video of a submit whose answer was lost to appear under its prefix",
+        );
+    }
+    if let Some(owner) = &job.calling {
+        field("paid request in flight", owner);
+    }
+    for held in &job.held {
+        field(
+            "held output",
+            &format_args!(
+                "{} ({} bytes, waiting for the bucket)",
+                held.name, held.size
+            ),
+        );
     }
     if let Some(reservation) = &job.reservation {
         field(

@@ -7,10 +7,11 @@ use anyhow::Result;
 use serde::Serialize;
 use shared::cost::{format_usd, usd};
 use shared::domain::download::DownloadStatus;
-use shared::domain::job::{JobKind, JobStatus};
+use shared::domain::job::{BUDGET_EXHAUSTED, JobKind, JobStatus};
 use shared::store::budget::{BudgetDay, budget_day_of};
 use shared::store::{DownloadCounts, JobCounts, Store};
 use shared::time::Timestamp;
+use std::collections::BTreeMap;
 
 pub async fn run(store: &Store, args: &StatsArgs) -> Result<()> {
     let today = budget_day_of(Timestamp::now());
@@ -18,19 +19,29 @@ pub async fn run(store: &Store, args: &StatsArgs) -> Result<()> {
         store.job_counts(),
         store.download_counts(),
         store.budget_day(&today),
-        store.jobs_waiting_on_budget(),
+        store.waiting_counts(),
     )?;
     if args.json {
-        out::json_line(&Stats::new(&jobs, &downloads, &day, waiting))
+        out::json_line(&Stats::new(&jobs, &downloads, &day, &waiting))
     } else {
         let text = format!(
-            "{}\n{}\n{}",
+            "{}\n{}\n{}\n{}",
             jobs_table(&jobs),
+            waiting_table(&waiting),
             downloads_table(&downloads),
-            budget_table(&day, waiting)
+            budget_table(&day, waiting.get(BUDGET_EXHAUSTED).copied().unwrap_or(0))
         );
         Ok(out::text(&text)?)
     }
+}
+
+/// Pending jobs that wait, and why: none of these costs an attempt.
+fn waiting_table(waiting: &BTreeMap<&'static str, u64>) -> String {
+    let mut table = Table::new(&["pending, waiting on", "jobs"]).right(&[1]);
+    for (reason, n) in waiting {
+        table.row(vec![(*reason).to_string(), n.to_string()]);
+    }
+    table.render()
 }
 
 /// The `--json` shape. Fields are declared in output order, since serde_json
@@ -38,6 +49,8 @@ pub async fn run(store: &Store, args: &StatsArgs) -> Result<()> {
 #[derive(Debug, PartialEq, Serialize)]
 struct Stats {
     jobs: JobStats,
+    /// Pending jobs per wait reason (quota_exhausted, budget_exhausted...).
+    waiting: BTreeMap<&'static str, u64>,
     downloads: DownloadStats,
     budget: BudgetStats,
 }
@@ -88,7 +101,12 @@ impl BudgetStats {
 }
 
 impl Stats {
-    fn new(jobs: &JobCounts, downloads: &DownloadCounts, day: &BudgetDay, waiting: u64) -> Self {
+    fn new(
+        jobs: &JobCounts,
+        downloads: &DownloadCounts,
+        day: &BudgetDay,
+        waiting: &BTreeMap<&'static str, u64>,
+    ) -> Self {
         let mut job_stats = JobStats::default();
         for status in JobStatus::ALL {
             // Exhaustive, so a status added in `shared` cannot go missing here.
@@ -119,8 +137,9 @@ impl Stats {
 
         Self {
             jobs: job_stats,
+            waiting: waiting.clone(),
             downloads: download_stats,
-            budget: BudgetStats::new(day, waiting),
+            budget: BudgetStats::new(day, waiting.get(BUDGET_EXHAUSTED).copied().unwrap_or(0)),
         }
     }
 }
