@@ -33,7 +33,7 @@ locals {
   }
 
   # The model settings of the generators and the poller. The numbers are the
-  # old system's (DESIGN.md); env_overrides changes them per stage.
+  # old system's; env_overrides changes them per stage.
   env_models = {
     GOOGLE_CLOUD_LOCATION = var.vertex_location
     GCS_OUTPUT_BUCKET     = google_storage_bucket.output.name
