@@ -1,9 +1,15 @@
-# One image per stage: `docker build --build-arg STAGE=intake .` (STAGE is a
-# binary name: intake, image-generator, video-generator, video-poller,
-# downloader, janitor or asmr). cargo-chef compiles the dependencies in a
-# layer of their own, so a change to the workspace's code does not rebuild
-# them. The runtime is Debian slim with CA certificates and OpenSSL (the
-# Google clients' TLS), running as an unprivileged user.
+# One image per release holding every stage binary; Cloud Run's `command`
+# picks the stage (terraform/run.tf), so a release is compiled once:
+#
+#   docker build --tag asmr .
+#   docker run --rm asmr /usr/local/bin/intake --help
+#
+# cargo-chef compiles the dependencies in a layer of their own, so a change
+# to the workspace's code does not rebuild them. The runtime is Debian slim
+# with CA certificates and OpenSSL (the firestore crate's default TLS links
+# libssl), running as an unprivileged user. tests/image builds this runtime
+# stage's root filesystem from Debian's packages and runs every service in
+# it; it reads the release, the packages, the user and the binaries below.
 
 ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=bookworm
@@ -21,10 +27,14 @@ FROM chef AS builder
 COPY --from=planner /app/recipe.json recipe.json
 RUN cargo chef cook --release --locked --recipe-path recipe.json
 COPY . .
-ARG STAGE
-RUN test -n "${STAGE}" || { echo "build with --build-arg STAGE=<binary>" >&2; exit 1; }
-RUN cargo build --release --locked --bin "${STAGE}" \
- && cp "target/release/${STAGE}" /usr/local/bin/stage
+# The deployed binaries: terraform's local.functions, one per stage.
+ARG STAGES="intake image-generator video-generator video-poller downloader janitor"
+# STAGES is split into words on purpose.
+# hadolint ignore=SC2086
+RUN set --; for stage in ${STAGES}; do set -- "$@" --bin "${stage}"; done \
+ && cargo build --release --locked "$@" \
+ && mkdir -p /out \
+ && for stage in ${STAGES}; do cp "target/release/${stage}" /out/; done
 
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime
 # Versions float with the release's security updates on purpose.
@@ -33,9 +43,8 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates libssl3 \
  && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin asmr
-COPY --from=builder /usr/local/bin/stage /usr/local/bin/stage
+COPY --from=builder /out/ /usr/local/bin/
 USER 10001:10001
 ENV RUST_LOG=info
 # Cloud Run sets PORT; the services bind 0.0.0.0:$PORT (8080 by default).
 EXPOSE 8080
-ENTRYPOINT ["/usr/local/bin/stage"]

@@ -2,11 +2,17 @@
 # it uses, granted on the narrowest resource that works; the push, scheduler
 # and Eventarc identities get run.invoker on exactly their targets. Nothing
 # is granted to allUsers or allAuthenticatedUsers.
+#
+# Service accounts and project grants wait for the APIs (the IAM API is off
+# in a new project, and a role of a service is not grantable before that
+# service is on); the grants Google checks when a resource is created (the
+# service agents') get time to propagate before that resource is created.
 
 locals {
   # Every function, the project roles it needs, and the topics it publishes
-  # to. Store access is datastore.user on the project: Firestore has no
-  # narrower grant. Bucket and subscription grants are further down.
+  # to. Firestore has no grant narrower than the project, so datastore.user
+  # carries a condition on this deployment's database (database_condition).
+  # Bucket and subscription grants are further down.
   functions = {
     intake = {
       project_roles = ["roles/datastore.user"]
@@ -47,9 +53,32 @@ locals {
     }
   ]...)
 
-  pubsub_agent  = "serviceAccount:${google_project_service_identity.pubsub.email}"
-  vertex_agent  = "serviceAccount:${google_project_service_identity.aiplatform.email}"
-  storage_agent = "serviceAccount:${data.google_storage_project_service_account.gcs.email_address}"
+  pubsub_agent   = "serviceAccount:${google_project_service_identity.pubsub.email}"
+  vertex_agent   = "serviceAccount:${google_project_service_identity.aiplatform.email}"
+  eventarc_agent = "serviceAccount:${google_project_service_identity.eventarc.email}"
+  storage_agent  = "serviceAccount:${data.google_storage_project_service_account.gcs.email_address}"
+
+  # datastore.user on the project reaches every Firestore database in it,
+  # those of other deployments sharing the project included; the condition
+  # keeps each stage to its own database (the database itself, and the
+  # documents under it).
+  database_name = "projects/${var.project}/databases/${var.firestore_database}"
+  database_condition = {
+    "roles/datastore.user" = {
+      title      = "${var.prefix}asmr database only"
+      expression = "resource.name == \"${local.database_name}\" || resource.name.startsWith(\"${local.database_name}/\")"
+    }
+  }
+
+  # Every account terraform creates, for the release identity's actAs.
+  runtime_accounts = merge(
+    { for name, account in google_service_account.function : name => account.name },
+    {
+      push      = google_service_account.push.name
+      scheduler = google_service_account.scheduler.name
+    },
+    { for account in google_service_account.eventarc : "eventarc" => account.name },
+  )
 }
 
 resource "google_service_account" "function" {
@@ -58,6 +87,8 @@ resource "google_service_account" "function" {
   account_id   = "${var.prefix}asmr-${each.key}"
   display_name = "asmr ${each.key}"
   description  = "Runs the ${each.key} stage of asmr."
+
+  depends_on = [time_sleep.apis]
 }
 
 resource "google_project_iam_member" "function" {
@@ -66,6 +97,14 @@ resource "google_project_iam_member" "function" {
   project = var.project
   role    = each.value.role
   member  = google_service_account.function[each.value.function].member
+
+  dynamic "condition" {
+    for_each = contains(keys(local.database_condition), each.value.role) ? [local.database_condition[each.value.role]] : []
+    content {
+      title      = condition.value.title
+      expression = condition.value.expression
+    }
+  }
 }
 
 resource "google_pubsub_topic_iam_member" "function_publisher" {
@@ -93,11 +132,23 @@ resource "google_storage_bucket_iam_member" "generator_output" {
   member = google_service_account.function[each.key].member
 }
 
-# Veo writes its videos to storageUri as the Vertex AI service agent.
+# Veo writes the videos to the request's storageUri itself, as the Vertex
+# AI service agent, not as the caller: Google's Veo reference documents
+# storageUri but not the identity, and Veo deployments that left this grant
+# out had to add it (google-marketing-solutions/dreamboard#16). The grant is
+# a confused-deputy path (anyone who may call Veo in this project can have
+# the agent write here), so it is held to what Veo needs: creating objects,
+# never replacing or deleting them, under videos/ only, where the generator
+# points storageUri.
 resource "google_storage_bucket_iam_member" "vertex_output" {
   bucket = google_storage_bucket.output.name
   role   = "roles/storage.objectCreator"
   member = local.vertex_agent
+
+  condition {
+    title      = "Veo outputs only"
+    expression = "resource.name.startsWith(\"projects/_/buckets/${google_storage_bucket.output.name}/objects/videos/\")"
+  }
 }
 
 # The downloader reads outputs; the poller lists a job's prefix to find the
@@ -122,6 +173,8 @@ resource "google_service_account" "push" {
   account_id   = "${var.prefix}asmr-push"
   display_name = "asmr Pub/Sub push"
   description  = "Identity of the Pub/Sub push subscriptions that call the asmr services."
+
+  depends_on = [time_sleep.apis]
 }
 
 resource "google_cloud_run_v2_service_iam_member" "push_invoker" {
@@ -173,6 +226,8 @@ resource "google_service_account" "scheduler" {
   account_id   = "${var.prefix}asmr-scheduler"
   display_name = "asmr Cloud Scheduler"
   description  = "Identity of the Cloud Scheduler jobs that start the asmr Cloud Run jobs."
+
+  depends_on = [time_sleep.apis]
 }
 
 resource "google_cloud_run_v2_job_iam_member" "scheduler_invoker" {
@@ -184,22 +239,73 @@ resource "google_cloud_run_v2_job_iam_member" "scheduler_invoker" {
   member   = google_service_account.scheduler.member
 }
 
+# --- releases: the Cloud Build identity deploys as each runtime account ---
+
+# Deploying a Cloud Run service or job, a push subscription with an OIDC
+# identity, a Scheduler job or an Eventarc trigger that runs as an account
+# needs actAs on that account. The release identity gets it on exactly the
+# accounts below, not on the project.
+resource "google_service_account_iam_member" "release_act_as" {
+  for_each = var.build_service_account == "" ? {} : local.runtime_accounts
+
+  service_account_id = each.value
+  role               = "roles/iam.serviceAccountUser"
+  member             = "serviceAccount:${var.build_service_account}@${var.project}.iam.gserviceaccount.com"
+}
+
 # --- service agents ---
 
+# Created explicitly: Google creates some agents only on first use, and a
+# resource that needs one fails until it exists.
 resource "google_project_service_identity" "pubsub" {
   provider = google-beta
   service  = "pubsub.googleapis.com"
 
-  depends_on = [google_project_service.api]
+  depends_on = [time_sleep.apis]
 }
 
 resource "google_project_service_identity" "aiplatform" {
   provider = google-beta
   service  = "aiplatform.googleapis.com"
 
-  depends_on = [google_project_service.api]
+  depends_on = [time_sleep.apis]
+}
+
+# The Eventarc agent exists only once something asked for it, and a trigger
+# created before it holds roles/eventarc.serviceAgent fails with "Permission
+# denied while using the Eventarc Service Agent" on a fresh project
+# (hashicorp/terraform-provider-google#25294, open; #14584).
+resource "google_project_service_identity" "eventarc" {
+  provider = google-beta
+  service  = "eventarc.googleapis.com"
+
+  depends_on = [time_sleep.apis]
+}
+
+resource "google_project_iam_member" "eventarc_agent" {
+  count = var.storage_events == "eventarc" ? 1 : 0
+
+  project = var.project
+  role    = "roles/eventarc.serviceAgent"
+  member  = local.eventarc_agent
 }
 
 data "google_storage_project_service_account" "gcs" {
-  depends_on = [google_project_service.api]
+  depends_on = [time_sleep.apis]
+}
+
+# Google checks the service agents' grants when a bucket notification or an
+# Eventarc trigger is created, and a fresh grant takes up to a few minutes
+# to be seen everywhere: those two wait for this. The triggers make a
+# changed set of grants wait again.
+resource "time_sleep" "agent_grants" {
+  create_duration = "120s"
+  triggers = {
+    grants = join(",", sort(concat(
+      [for g in google_pubsub_topic_iam_member.storage_gcs_events : "${g.topic} ${g.member}"],
+      [for g in google_project_iam_member.storage_publisher : g.member],
+      [for g in google_project_iam_member.eventarc_agent : g.member],
+      [for g in google_project_iam_member.eventarc_receiver : g.member],
+    )))
+  }
 }

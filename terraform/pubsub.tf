@@ -1,6 +1,6 @@
-# Topics and subscriptions (DESIGN.md, "Messages and events"). Every push
-# subscription calls its service with an OIDC token of the push account,
-# waits as long as the service's request timeout, backs off exponentially
+# Topics and subscriptions. Every push subscription calls its service with
+# an OIDC token of the push account, waits as long as the service's request
+# timeout (which leaves a margin over the service's own), backs off exponentially
 # when the service answers 429/503, and after max_delivery_attempts moves the
 # message to the dead-letter topic, which the janitor drains.
 
@@ -15,7 +15,8 @@ locals {
   }
 
   # One push subscription per service. The ack deadline is also the push
-  # request's timeout, so it is the service's request timeout (at most 600 s).
+  # request's timeout, so it is the service's Cloud Run request timeout
+  # (run.tf; Pub/Sub allows at most 600 s).
   push_subscriptions = {
     requests = {
       topic   = "requests"
@@ -47,7 +48,7 @@ resource "google_pubsub_topic" "topic" {
   name                       = each.value
   message_retention_duration = "604800s"
 
-  depends_on = [google_project_service.api]
+  depends_on = [time_sleep.apis]
 }
 
 resource "google_pubsub_subscription" "push" {
@@ -120,7 +121,7 @@ resource "google_storage_notification" "output_finalized" {
   event_types        = ["OBJECT_FINALIZE"]
   object_name_prefix = each.key
 
-  depends_on = [google_pubsub_topic_iam_member.storage_gcs_events]
+  depends_on = [time_sleep.agent_grants]
 }
 
 resource "google_service_account" "eventarc" {
@@ -129,6 +130,8 @@ resource "google_service_account" "eventarc" {
   account_id   = "${var.prefix}asmr-eventarc"
   display_name = "asmr Eventarc trigger"
   description  = "Identity of the Eventarc trigger that calls the asmr downloader."
+
+  depends_on = [time_sleep.apis]
 }
 
 resource "google_project_iam_member" "eventarc_receiver" {
@@ -183,8 +186,7 @@ resource "google_eventarc_trigger" "output_finalized" {
   }
 
   depends_on = [
-    google_project_iam_member.eventarc_receiver,
-    google_project_iam_member.storage_publisher,
+    time_sleep.agent_grants,
     google_cloud_run_v2_service_iam_member.eventarc_invoker,
   ]
 }

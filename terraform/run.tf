@@ -1,12 +1,19 @@
 # The stages: Cloud Run services (pushed to by Pub/Sub or Eventarc) and Cloud
 # Run jobs (started by Cloud Scheduler), each described once below and
 # created with for_each. Every stage runs its function's own service account
-# (iam.tf). The environment is the whole configuration of a stage:
-# `<binary> --help` lists what each binary reads, and tests/tests/terraform.rs
-# checks that every variable a binary reads is set here.
+# (iam.tf) and the one image of the release, which holds every stage binary:
+# `command` picks the binary. The environment is the whole configuration of
+# a stage: `<binary> --help` lists what each binary reads, and
+# tests/tests/terraform.rs checks that every variable a binary reads is set
+# here.
 
 locals {
   registry = var.image_registry != "" ? var.image_registry : "${var.region}-docker.pkg.dev/${var.project}/asmr"
+  image    = "${local.registry}/asmr:${var.image_tag}"
+
+  # The image's unprivileged user (the Dockerfile's USER), which owns what
+  # the downloader writes into a mounted bucket.
+  image_uid = 10001
 
   archive_mount = "/mnt/archive"
   download_destination = (
@@ -26,7 +33,7 @@ locals {
   }
 
   # The model settings of the generators and the poller. The numbers are the
-  # old system's (DESIGN.md); env_overrides changes them per stage.
+  # old system's; env_overrides changes them per stage.
   env_models = {
     GOOGLE_CLOUD_LOCATION = var.vertex_location
     GCS_OUTPUT_BUCKET     = google_storage_bucket.output.name
@@ -64,41 +71,48 @@ locals {
   # Only Pub/Sub and Eventarc call these; intake also takes operators' calls.
   pushed_ingress = var.internal_ingress ? "INGRESS_TRAFFIC_INTERNAL_ONLY" : "INGRESS_TRAFFIC_ALL"
 
-  # Cloud Run services. timeout_s is the request timeout, which the push
-  # subscription's ack deadline matches (pubsub.tf): a generator may retry a
-  # model call for several minutes, a copy may take DOWNLOAD_TIMEOUT.
+  # Cloud Run services. handler_timeout_s is the time limit the service sets
+  # itself on one request (intake's REQUEST_TIMEOUT, the generators' and the
+  # downloader's PUSH_TIMEOUT); timeout_s, Cloud Run's request timeout and the
+  # push subscription's ack deadline (pubsub.tf), leaves a margin over it, so
+  # the service answers before Cloud Run cuts the request and Pub/Sub never
+  # redelivers a message whose first delivery is still being handled.
   services = {
     intake = {
-      binary    = "intake"
-      args      = []
-      timeout_s = 120
-      memory    = "512Mi"
-      ingress   = "INGRESS_TRAFFIC_ALL"
-      env       = merge(local.env_store, { DRY_RUN = tostring(var.dry_run) })
+      binary            = "intake"
+      args              = []
+      handler_timeout_s = 120
+      timeout_s         = 150
+      memory            = "512Mi"
+      ingress           = "INGRESS_TRAFFIC_ALL"
+      env               = merge(local.env_store, { DRY_RUN = tostring(var.dry_run) })
     }
     image-generator = {
-      binary    = "image-generator"
-      args      = ["serve"]
-      timeout_s = 600
-      memory    = "1Gi"
-      ingress   = local.pushed_ingress
-      env       = merge(local.env_store, local.env_models, local.env_cost)
+      binary            = "image-generator"
+      args              = ["serve"]
+      handler_timeout_s = 540
+      timeout_s         = 600
+      memory            = "1Gi"
+      ingress           = local.pushed_ingress
+      env               = merge(local.env_store, local.env_models, local.env_cost)
     }
     video-generator = {
-      binary    = "video-generator"
-      args      = ["serve"]
-      timeout_s = 600
-      memory    = "512Mi"
-      ingress   = local.pushed_ingress
-      env       = merge(local.env_store, local.env_models, local.env_cost)
+      binary            = "video-generator"
+      args              = ["serve"]
+      handler_timeout_s = 540
+      timeout_s         = 600
+      memory            = "512Mi"
+      ingress           = local.pushed_ingress
+      env               = merge(local.env_store, local.env_models, local.env_cost)
     }
     downloader = {
-      binary    = "downloader"
-      args      = ["serve"]
-      timeout_s = 600
-      memory    = "1Gi"
-      ingress   = local.pushed_ingress
-      env       = merge(local.env_store, local.env_downloader)
+      binary            = "downloader"
+      args              = ["serve"]
+      handler_timeout_s = 590
+      timeout_s         = 600
+      memory            = "1Gi"
+      ingress           = local.pushed_ingress
+      env               = merge(local.env_store, local.env_downloader)
     }
   }
 
@@ -169,6 +183,20 @@ locals {
   # The downloader writes into the mounted archive bucket when the
   # destination is a volume.
   mounts_archive = var.download_destination.kind == "volume"
+
+  # Cloud Storage FUSE gives every file and directory to the user that
+  # mounted it (root) with modes 644/755, so the image's user could not
+  # create anything: uid/gid hand the tree to it. implicit-dirs shows the
+  # folders of objects written by other means (an earlier bucket-mode
+  # delivery, an upload by hand) as directories. The downloader's rename is
+  # of one closed file within its folder, which gcsfuse does without
+  # options (rename-dir-limit is for directories); what it guarantees is in
+  # the README (Deploy, "Volume mode").
+  archive_mount_options = [
+    "uid=${local.image_uid}",
+    "gid=${local.image_uid}",
+    "implicit-dirs",
+  ]
 }
 
 resource "google_cloud_run_v2_service" "stage" {
@@ -191,8 +219,9 @@ resource "google_cloud_run_v2_service" "stage" {
     }
 
     containers {
-      image = "${local.registry}/${each.value.binary}:${var.image_tag}"
-      args  = each.value.args
+      image   = local.image
+      command = ["/usr/local/bin/${each.value.binary}"]
+      args    = each.value.args
 
       resources {
         limits = {
@@ -230,14 +259,15 @@ resource "google_cloud_run_v2_service" "stage" {
       content {
         name = "archive"
         gcs {
-          bucket    = volumes.value
-          read_only = false
+          bucket        = volumes.value
+          read_only     = false
+          mount_options = local.archive_mount_options
         }
       }
     }
   }
 
-  depends_on = [google_project_service.api]
+  depends_on = [time_sleep.apis]
 }
 
 resource "google_cloud_run_v2_job" "stage" {
@@ -257,8 +287,9 @@ resource "google_cloud_run_v2_job" "stage" {
       max_retries     = each.value.max_retries
 
       containers {
-        image = "${local.registry}/${each.value.binary}:${var.image_tag}"
-        args  = each.value.args
+        image   = local.image
+        command = ["/usr/local/bin/${each.value.binary}"]
+        args    = each.value.args
 
         resources {
           limits = {
@@ -289,13 +320,14 @@ resource "google_cloud_run_v2_job" "stage" {
         content {
           name = "archive"
           gcs {
-            bucket    = volumes.value
-            read_only = false
+            bucket        = volumes.value
+            read_only     = false
+            mount_options = local.archive_mount_options
           }
         }
       }
     }
   }
 
-  depends_on = [google_project_service.api]
+  depends_on = [time_sleep.apis]
 }

@@ -2,6 +2,11 @@
 # archive bucket is the delivery destination, copied into or mounted
 # (download_destination). Both are private with uniform access.
 
+locals {
+  # The suffix of the downloader's temporary files (shared::paths).
+  partial_suffix = ".asmr-partial"
+}
+
 resource "google_storage_bucket" "output" {
   #checkov:skip=CKV_GCP_62:Cloud Audit Logs record access; usage logs would need a third bucket that nothing reads.
   name                        = "${var.project}-${var.prefix}asmr-output"
@@ -35,7 +40,7 @@ resource "google_storage_bucket" "output" {
     }
   }
 
-  depends_on = [google_project_service.api]
+  depends_on = [time_sleep.apis]
 }
 
 resource "google_storage_bucket" "archive" {
@@ -61,5 +66,32 @@ resource "google_storage_bucket" "archive" {
     }
   }
 
-  depends_on = [google_project_service.api]
+  # In volume mode the downloader writes each file as a hidden
+  # .NAME.GENERATION.asmr-partial beside its target and renames it when it
+  # is complete. A rename is a new object and a deleted one, so every
+  # delivery would keep a noncurrent copy of its partial for 30 days, and an
+  # abandoned partial (a copy that failed for good) would stay for ever.
+  lifecycle_rule {
+    condition {
+      matches_suffix             = [local.partial_suffix]
+      days_since_noncurrent_time = 1
+      with_state                 = "ARCHIVED"
+    }
+    action {
+      type = "Delete"
+    }
+  }
+
+  lifecycle_rule {
+    condition {
+      matches_suffix = [local.partial_suffix]
+      age            = 7
+      with_state     = "LIVE"
+    }
+    action {
+      type = "Delete"
+    }
+  }
+
+  depends_on = [time_sleep.apis]
 }

@@ -56,11 +56,22 @@ variable "image_registry" {
 
 variable "image_tag" {
   type        = string
-  description = "Tag of every stage image, the commit cloudbuild.yaml built ($COMMIT_SHA)."
+  description = "Tag of the release image (every stage binary in one image), the commit cloudbuild.yaml built ($COMMIT_SHA)."
 
   validation {
     condition     = can(regex("^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$", var.image_tag))
     error_message = "image_tag must be a Docker tag (letters, digits, _ . -, at most 128)."
+  }
+}
+
+variable "build_service_account" {
+  type        = string
+  description = "Account id (the part before @) of the service account Cloud Build releases run as, which the README's first steps create: it gets iam.serviceAccountUser on each account below so that a release can deploy the stages as them. Empty: releases only from an operator's machine."
+  default     = "asmr-build"
+
+  validation {
+    condition     = var.build_service_account == "" || can(regex("^[a-z][a-z0-9-]{4,28}[a-z0-9]$", var.build_service_account))
+    error_message = "build_service_account must be empty or a service account id (6-30 lowercase letters, digits and hyphens)."
   }
 }
 

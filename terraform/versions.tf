@@ -1,9 +1,14 @@
-# Terraform and provider versions. The google provider is pinned to one major
-# version: a new major changes defaults, so moving to it is a deliberate edit.
-# google-beta is only used for the service agents' identities (iam.tf).
+# Terraform and provider versions. The providers are pinned exactly: the
+# test command checks every resource and argument here against the schema of
+# these very versions (tests/terraform_schema.py), so moving to another one is
+# a deliberate edit of both. google-beta is only used for the service agents'
+# identities (iam.tf), which the GA provider does not have; time waits where
+# Google needs propagation time (apis.tf, iam.tf, monitoring.tf).
 #
-# State lives in a Cloud Storage bucket named at init time:
-#   terraform init -backend-config="bucket=PROJECT-tfstate"
+# The state has no fixed path: each deployment (each `prefix`) keeps its own
+# under asmr/<prefix, or "default">/ in the state bucket, beside the variables
+# file it is applied with. terraform/deploy is the one way in: it chooses
+# the path, fetches that file and refuses to apply without it.
 
 terraform {
   required_version = ">= 1.5"
@@ -11,17 +16,19 @@ terraform {
   required_providers {
     google = {
       source  = "hashicorp/google"
-      version = "~> 7.0"
+      version = "7.46.1"
     }
     google-beta = {
       source  = "hashicorp/google-beta"
-      version = "~> 7.0"
+      version = "7.46.1"
+    }
+    time = {
+      source  = "hashicorp/time"
+      version = "0.14.2"
     }
   }
 
-  backend "gcs" {
-    prefix = "asmr"
-  }
+  backend "gcs" {}
 }
 
 provider "google" {

@@ -1,20 +1,31 @@
-//! The terraform in `terraform/` checked against the code, without reaching
-//! Google: every stage binary is deployed as a Cloud Run service or job under
-//! its own service account, nothing is granted to the public, every push
-//! subscription is authenticated, retried and dead-lettered, every variable a
-//! binary reads from the environment is set for it (read from the binary's
-//! own `--help`), the topics are the code's, and every Firestore index the
-//! store's queries need (`shared::store::indexes`) is declared.
+//! The terraform in `terraform/`, `terraform/deploy` and `cloudbuild.yaml`
+//! checked against the code, without reaching Google: every stage binary is
+//! deployed from the one image under its own service account, nothing is
+//! granted to the public, every push subscription is authenticated, retried,
+//! dead-lettered and waits longer than its service, every variable a binary
+//! reads from the environment is set for it (read from the binary's own
+//! `--help`), the topics are the code's, every Firestore index the store's
+//! queries need (`shared::store::indexes`) is declared, every resource waits
+//! for the API it needs, each deployment keeps its own state and settings,
+//! and every log-based metric counts exactly the lines the binaries print
+//! for its event (`log_lines` runs them, `filter` reads Logging filters).
 //!
-//! The files are parsed with hcl-rs; `tests/run` builds the binaries first.
+//! The files are parsed with hcl-rs, and expressions evaluated with it where
+//! a value is needed; `tests/run` builds the binaries first.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use hcl::{Block, Body, Expression, ObjectKey};
+#[path = "terraform/filter.rs"]
+mod filter;
+#[path = "terraform/log_lines.rs"]
+mod log_lines;
+
+use hcl::eval::{Context, Evaluate, FuncArgs, FuncDef, ParamType};
+use hcl::{Block, Body, Expression, ObjectKey, Value};
 use shared::store::backend::{Collection, Dir};
 use shared::store::indexes::INDEXES;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Every deployable binary (the `asmr` CLI is not deployed).
@@ -50,10 +61,23 @@ struct Terraform {
     locals: BTreeMap<String, Expression>,
 }
 
+/// The repository root.
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A file of the repository, as text.
+fn read(path: &str) -> String {
+    std::fs::read_to_string(repo().join(path)).unwrap_or_else(|e| panic!("reading {path}: {e}"))
+}
+
 impl Terraform {
     fn load() -> Self {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../terraform");
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        Self::load_from(&repo().join("terraform"))
+    }
+
+    fn load_from(dir: &Path) -> Self {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
             .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
             .map(|entry| entry.unwrap().path())
             .filter(|path| path.extension().is_some_and(|ext| ext == "tf"))
@@ -300,17 +324,46 @@ fn every_stage_binary_runs_as_a_service_or_job_with_its_own_service_account() {
         "google_service_account.function[each.value.binary].email"
     );
 
-    // Cloud Build makes the image of every deployed binary.
-    let cloudbuild = std::fs::read_to_string(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../cloudbuild.yaml"),
-    )
-    .unwrap();
-    for binary in &binaries {
-        assert!(
-            cloudbuild.contains(&format!("--build-arg=STAGE={binary},")),
-            "cloudbuild.yaml builds no image of {binary}"
+    // The release image holds every deployed binary, and each stage runs its
+    // own from it.
+    let dockerfile = read("Dockerfile");
+    let stages: BTreeSet<String> = dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("ARG STAGES="))
+        .expect("the Dockerfile lists the stages it builds (ARG STAGES=...)")
+        .trim_matches('"')
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(stages, binaries, "the Dockerfile builds every stage binary");
+    for (kind, container) in [
+        (
+            "service",
+            only_block(only_block(service, "template"), "containers"),
+        ),
+        (
+            "job",
+            only_block(
+                only_block(only_block(job, "template"), "template"),
+                "containers",
+            ),
+        ),
+    ] {
+        assert_eq!(attr_text(container, "image"), "local.image", "{kind}");
+        assert_eq!(
+            strings_or_templates(attr(container, "command").unwrap()),
+            ["/usr/local/bin/${each.value.binary}"],
+            "{kind}"
         );
     }
+    let cloudbuild = read("cloudbuild.yaml");
+    assert_eq!(
+        cloudbuild
+            .matches("--tag=${_REGISTRY}/asmr:${_TAG}")
+            .count(),
+        1,
+        "cloudbuild.yaml builds and pushes the one image once"
+    );
 }
 
 #[test]
@@ -540,5 +593,853 @@ fn every_index_the_store_needs_is_declared_and_every_collection_has_ttl() {
     assert_eq!(
         ttl_collections, expiring,
         "every collection whose records carry expire_at has TTL"
+    );
+}
+
+// --- evaluating terraform expressions ---------------------------------------
+
+fn join(args: FuncArgs) -> Result<Value, String> {
+    let separator = args[0].as_str().unwrap_or_default();
+    let parts: Vec<String> = args[1]
+        .as_array()
+        .ok_or("join takes a list")?
+        .iter()
+        .map(|v| v.as_str().map(str::to_string).ok_or("join takes strings"))
+        .collect::<Result<_, _>>()?;
+    Ok(Value::String(parts.join(separator)))
+}
+
+fn keys(args: FuncArgs) -> Result<Value, String> {
+    let object = args[0].as_object().ok_or("keys takes an object")?;
+    Ok(Value::Array(
+        object.keys().map(|k| Value::String(k.clone())).collect(),
+    ))
+}
+
+/// What a log-based metric's filter needs: `var.prefix`, the names of the
+/// services and jobs, `join` and `keys`, and the locals built from them.
+fn eval_context(tf: &Terraform, prefix: &str) -> Context<'static> {
+    let names = |local: &str| -> Value {
+        Value::Object(
+            entries(tf.local(local))
+                .into_iter()
+                .map(|(k, _)| (k, Value::Null))
+                .collect(),
+        )
+    };
+    let mut ctx = Context::new();
+    ctx.declare_func(
+        "join",
+        FuncDef::builder()
+            .param(ParamType::String)
+            .param(ParamType::array_of(ParamType::String))
+            .build(join),
+    );
+    ctx.declare_func("keys", FuncDef::builder().param(ParamType::Any).build(keys));
+    ctx.declare_var("var", hcl::value!({ prefix = (prefix) }));
+    let mut local = hcl::Map::new();
+    local.insert("services".to_string(), names("services"));
+    local.insert("jobs".to_string(), names("jobs"));
+    ctx.declare_var("local", Value::Object(local.clone()));
+    for name in ["log_scope", "event_metrics"] {
+        let value = tf
+            .local(name)
+            .evaluate(&ctx)
+            .unwrap_or_else(|e| panic!("evaluating local.{name}: {e}"));
+        local.insert(name.to_string(), value);
+        ctx.declare_var("local", Value::Object(local.clone()));
+    }
+    ctx
+}
+
+fn eval_string(body: &Body, name: &str, ctx: &Context) -> Option<String> {
+    attr(body, name).map(|expr| match expr.evaluate(ctx) {
+        Ok(Value::String(s)) => s,
+        other => panic!("{name} = {expr} is not a string: {other:?}"),
+    })
+}
+
+/// A log-based metric as deployed with `prefix`.
+struct LogMetric {
+    /// Its name without the prefix (`asmr/jobs_failed`).
+    name: String,
+    filter: String,
+    label_extractors: BTreeMap<String, String>,
+    value_extractor: Option<String>,
+}
+
+fn log_metrics(tf: &Terraform, prefix: &str) -> Vec<LogMetric> {
+    let base = eval_context(tf, prefix);
+    let mut metrics = Vec::new();
+    for body in tf.resources("google_logging_metric").into_values() {
+        let instances: Vec<Option<(String, Value)>> = match attr(body, "for_each") {
+            None => vec![None],
+            Some(each) => match each.evaluate(&base).unwrap() {
+                Value::Object(map) => map.into_iter().map(Some).collect(),
+                other => panic!("for_each of a metric is not a map: {other:?}"),
+            },
+        };
+        for instance in instances {
+            let mut ctx = eval_context(tf, prefix);
+            if let Some((key, value)) = instance {
+                ctx.declare_var("each", hcl::value!({ key = (key), value = (value) }));
+            }
+            let name = eval_string(body, "name", &ctx).unwrap();
+            let label_extractors = match attr(body, "label_extractors").map(|e| e.evaluate(&ctx)) {
+                None => BTreeMap::new(),
+                Some(Ok(Value::Object(map))) => map
+                    .into_iter()
+                    .map(|(k, v)| (k, v.as_str().unwrap().to_string()))
+                    .collect(),
+                Some(other) => panic!("label_extractors of {name}: {other:?}"),
+            };
+            metrics.push(LogMetric {
+                name: name
+                    .strip_prefix(prefix)
+                    .unwrap_or_else(|| panic!("metric {name} does not start with the prefix"))
+                    .to_string(),
+                filter: eval_string(body, "filter", &ctx).unwrap(),
+                label_extractors,
+                value_extractor: eval_string(body, "value_extractor", &ctx),
+            });
+        }
+    }
+    metrics
+}
+
+// --- item: log-based metrics count exactly their event ------------------------
+
+/// Every log-based metric, the event its lines carry and, for job
+/// transitions, the status they go to.
+const LOG_METRICS: [(&str, &str, Option<&str>); 11] = [
+    ("asmr/jobs_completed", "job_transition", Some("completed")),
+    ("asmr/jobs_failed", "job_transition", Some("failed")),
+    ("asmr/jobs_delivered", "job_transition", Some("delivered")),
+    ("asmr/model_rate_limited", "model_rate_limited", None),
+    ("asmr/downloads_failed", "download_failed", None),
+    ("asmr/dead_letters", "janitor.dead_letter", None),
+    ("asmr/job_events_lost", "job_event.lost", None),
+    ("asmr/budget_exhausted", "budget_exhausted", None),
+    ("asmr/requests_rejected", "request.rejected", None),
+    ("asmr/bytes_delivered", "download_completed", None),
+    ("asmr/cost_spent", "cost_settled", None),
+];
+
+/// A captured line as Cloud Logging stores it, from the service or job
+/// `prefix` + stage: the monitored resource Cloud Run gives it, the
+/// severity, and the rest of the JSON as jsonPayload.
+fn log_entry(tf: &Terraform, line: &log_lines::Line, prefix: &str) -> serde_json::Value {
+    let is_service = entries(tf.local("services"))
+        .iter()
+        .any(|(name, _)| *name == line.stage);
+    let is_job = entries(tf.local("jobs"))
+        .iter()
+        .any(|(name, _)| *name == line.stage);
+    assert!(
+        is_service || is_job,
+        "{} is not a deployed stage",
+        line.stage
+    );
+    let name = format!("{prefix}{}", line.stage);
+    let resource = if is_service {
+        serde_json::json!({"type": "cloud_run_revision", "labels": {
+            "service_name": name, "revision_name": format!("{name}-00001-abc"),
+            "configuration_name": name, "location": "us-central1", "project_id": "p"}})
+    } else {
+        serde_json::json!({"type": "cloud_run_job", "labels": {
+            "job_name": name, "location": "us-central1", "project_id": "p"}})
+    };
+    let mut payload = line.json.as_object().unwrap().clone();
+    let severity = payload.remove("severity").unwrap_or_default();
+    payload.retain(|k, _| k != "time" && !k.starts_with("logging.googleapis.com/"));
+    serde_json::json!({"resource": resource, "severity": severity, "jsonPayload": payload})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_log_metric_counts_exactly_the_lines_the_binaries_print_for_its_event() {
+    let tf = Terraform::load();
+    let lines = log_lines::capture().await;
+    let ours = "dev-";
+    let metrics = log_metrics(&tf, ours);
+    let declared: BTreeSet<&str> = metrics.iter().map(|m| m.name.as_str()).collect();
+    let expected: BTreeSet<&str> = LOG_METRICS.iter().map(|(name, ..)| *name).collect();
+    assert_eq!(
+        declared, expected,
+        "terraform's log-based metrics and this table differ"
+    );
+
+    let stages: BTreeSet<&str> = lines.iter().map(|l| l.stage.as_str()).collect();
+    for (name, event, to) in LOG_METRICS {
+        let metric = metrics.iter().find(|m| m.name == name).unwrap();
+        let filter = filter::parse(&metric.filter);
+        let of_event = |line: &log_lines::Line| {
+            line.json["event"] == event && to.is_none_or(|to| line.json["to"] == to)
+        };
+        let counted: Vec<&log_lines::Line> = lines
+            .iter()
+            .filter(|l| filter.matches(&log_entry(&tf, l, ours)))
+            .collect();
+        let wanted: Vec<&log_lines::Line> = lines.iter().filter(|l| of_event(l)).collect();
+        assert!(
+            !wanted.is_empty(),
+            "{name}: no stage printed an {event} line (stages run: {stages:?}); was the event renamed?"
+        );
+        let show = |ls: &[&log_lines::Line]| {
+            ls.iter()
+                .map(|l| format!("{}: {}", l.stage, l.json))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert!(
+            counted.len() == wanted.len() && counted.iter().all(|l| of_event(l)),
+            "{name} counts other lines than its {event} lines\nfilter: {}\ncounted:\n{}\nwanted:\n{}",
+            metric.filter,
+            show(&counted),
+            show(&wanted)
+        );
+        // Another deployment in the same project (no prefix, or another
+        // one) prints the same lines under its own names: never counted.
+        for theirs in ["", "qa-"] {
+            assert!(
+                !lines
+                    .iter()
+                    .any(|l| filter.matches(&log_entry(&tf, l, theirs))),
+                "{name} counts the lines of the deployment with prefix {theirs:?}"
+            );
+        }
+        // What the metric extracts is in every line it counts.
+        for (label, extractor) in &metric.label_extractors {
+            let field = extractor
+                .strip_prefix("EXTRACT(jsonPayload.")
+                .and_then(|f| f.strip_suffix(')'))
+                .unwrap_or_else(|| panic!("{name}: label {label} is not EXTRACT(jsonPayload.X)"));
+            for line in &counted {
+                assert!(
+                    line.json[field].as_str().is_some_and(|v| !v.is_empty()),
+                    "{name}: label {label} reads jsonPayload.{field}, missing in {}",
+                    line.json
+                );
+            }
+        }
+        if let Some(extractor) = &metric.value_extractor {
+            for line in &counted {
+                let value = match extractor.as_str() {
+                    "EXTRACT(jsonPayload.bytes)" => line.json["bytes"].as_f64(),
+                    r#"REGEXP_EXTRACT(jsonPayload.spent, "([0-9]+\\.[0-9]+)")"# => {
+                        line.json["spent"]
+                            .as_str()
+                            .and_then(|s| s.trim_start_matches('$').parse().ok())
+                    }
+                    other => panic!("{name}: this test does not know the extractor {other}"),
+                };
+                assert!(
+                    value.is_some(),
+                    "{name}: {extractor} finds no number in {}",
+                    line.json
+                );
+            }
+        }
+    }
+    // Job transitions are counted from both kinds of Cloud Run resource:
+    // services (intake, the downloader) and jobs (the drains, the poller).
+    let transitions: Vec<filter::Filter> = metrics
+        .iter()
+        .filter(|m| m.filter.contains("job_transition"))
+        .map(|m| filter::parse(&m.filter))
+        .collect();
+    for kind in ["cloud_run_revision", "cloud_run_job"] {
+        assert!(
+            lines.iter().any(|l| {
+                let entry = log_entry(&tf, l, ours);
+                entry["resource"]["type"] == kind && transitions.iter().any(|f| f.matches(&entry))
+            }),
+            "no job transition counted from a {kind}"
+        );
+    }
+}
+
+#[test]
+fn the_alert_and_the_charts_add_services_and_jobs() {
+    let tf = Terraform::load();
+    let alert = tf.resource("google_monitoring_alert_policy", "failure_rate");
+    let condition = only_block(
+        only_block(alert, "conditions"),
+        "condition_prometheus_query_language",
+    );
+    assert_eq!(attr_text(condition, "query"), "local.failure_ratio_query");
+    // Created with its metrics, before they have data
+    // (hashicorp/terraform-provider-google#11102).
+    assert_eq!(attr_text(condition, "disable_metric_validation"), "true");
+    for local in ["failure_ratio_query", "usd_spent_query"] {
+        let text = tf.local(local).to_string();
+        for kind in ["cloud_run_revision", "cloud_run_job"] {
+            assert!(
+                text.contains(&format!("monitored_resource=\\\"{kind}\\\"")),
+                "local.{local} does not read {kind}: {text}"
+            );
+        }
+    }
+    let charts = tf.local("chart_query").to_string();
+    assert!(charts.contains("cloud_run_revision") && charts.contains("cloud_run_job"));
+}
+
+// --- item: every resource waits for the API it needs ---------------------------
+
+/// Every resource and data type terraform/ uses, and the API it needs
+/// ("": the enablement and the waits themselves).
+const API_OF: [(&str, &str); 27] = [
+    ("google_project_service", ""),
+    ("time_sleep", ""),
+    (
+        "google_project_service_identity",
+        "serviceusage.googleapis.com",
+    ),
+    ("google_service_account", "iam.googleapis.com"),
+    ("google_service_account_iam_member", "iam.googleapis.com"),
+    (
+        "google_project_iam_member",
+        "cloudresourcemanager.googleapis.com",
+    ),
+    ("google_pubsub_topic", "pubsub.googleapis.com"),
+    ("google_pubsub_subscription", "pubsub.googleapis.com"),
+    ("google_pubsub_topic_iam_member", "pubsub.googleapis.com"),
+    (
+        "google_pubsub_subscription_iam_member",
+        "pubsub.googleapis.com",
+    ),
+    ("google_storage_bucket", "storage.googleapis.com"),
+    ("google_storage_bucket_iam_member", "storage.googleapis.com"),
+    ("google_storage_notification", "storage.googleapis.com"),
+    (
+        "google_storage_project_service_account",
+        "storage.googleapis.com",
+    ),
+    ("google_cloud_run_v2_service", "run.googleapis.com"),
+    ("google_cloud_run_v2_job", "run.googleapis.com"),
+    (
+        "google_cloud_run_v2_service_iam_member",
+        "run.googleapis.com",
+    ),
+    ("google_cloud_run_v2_job_iam_member", "run.googleapis.com"),
+    (
+        "google_cloud_scheduler_job",
+        "cloudscheduler.googleapis.com",
+    ),
+    ("google_firestore_database", "firestore.googleapis.com"),
+    ("google_firestore_index", "firestore.googleapis.com"),
+    ("google_firestore_field", "firestore.googleapis.com"),
+    ("google_logging_metric", "logging.googleapis.com"),
+    ("google_monitoring_dashboard", "monitoring.googleapis.com"),
+    (
+        "google_monitoring_notification_channel",
+        "monitoring.googleapis.com",
+    ),
+    (
+        "google_monitoring_alert_policy",
+        "monitoring.googleapis.com",
+    ),
+    ("google_eventarc_trigger", "eventarc.googleapis.com"),
+];
+
+/// APIs the README's first step turns on, since terraform needs them to
+/// turn on the others; every other API is terraform's (local.apis).
+const PREREQUISITE_APIS: [&str; 1] = ["serviceusage.googleapis.com"];
+
+/// The services whose agents terraform creates, and what calls them.
+const AGENT_APIS: [&str; 3] = [
+    "pubsub.googleapis.com",
+    "aiplatform.googleapis.com",
+    "eventarc.googleapis.com",
+];
+
+/// Resources that must also wait for a grant Google checks when they are
+/// created (the service agents'), and the wait.
+const WAITS_FOR: [(&str, &str); 2] = [
+    (
+        "google_storage_notification.output_finalized",
+        "time_sleep.agent_grants",
+    ),
+    (
+        "google_eventarc_trigger.output_finalized",
+        "time_sleep.agent_grants",
+    ),
+];
+
+/// `resource TYPE NAME` as `TYPE.NAME`, `data TYPE NAME` as `data.TYPE.NAME`.
+fn address(block: &Block) -> Option<String> {
+    match block.identifier() {
+        "resource" => Some(format!("{}.{}", label(block, 0), label(block, 1))),
+        "data" => Some(format!("data.{}.{}", label(block, 0), label(block, 1))),
+        _ => None,
+    }
+}
+
+/// Which resources each resource refers to (depends_on included), through
+/// the locals it reads.
+fn references(tf: &Terraform) -> BTreeMap<String, BTreeSet<String>> {
+    let addresses: Vec<String> = tf.blocks.iter().filter_map(address).collect();
+    let mentions = |text: &str| -> BTreeSet<String> {
+        addresses
+            .iter()
+            .filter(|a| {
+                text.match_indices(a.as_str()).any(|(at, _)| {
+                    let after = text[at + a.len()..].chars().next();
+                    let before = text[..at].chars().last();
+                    !after.is_some_and(|c| c.is_alphanumeric() || c == '_')
+                        && !before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '.')
+                })
+            })
+            .cloned()
+            .collect()
+    };
+    let expand = |text: String| -> String {
+        let mut text = text;
+        let mut seen = BTreeSet::new();
+        loop {
+            let more: Vec<String> = tf
+                .locals
+                .keys()
+                .filter(|k| !seen.contains(*k) && text.contains(&format!("local.{k}")))
+                .cloned()
+                .collect();
+            if more.is_empty() {
+                return text;
+            }
+            for k in more {
+                text.push(' ');
+                text.push_str(&tf.local(&k).to_string());
+                seen.insert(k);
+            }
+        }
+    };
+    tf.blocks
+        .iter()
+        .filter_map(|b| {
+            let mut texts = Vec::new();
+            all_expressions(b.body(), &mut texts);
+            Some((address(b)?, mentions(&expand(texts.join(" ")))))
+        })
+        .collect()
+}
+
+fn depends(graph: &BTreeMap<String, BTreeSet<String>>, from: &str, on: &str) -> bool {
+    let mut seen = BTreeSet::new();
+    let mut todo = vec![from.to_string()];
+    while let Some(node) = todo.pop() {
+        for next in graph.get(&node).into_iter().flatten() {
+            if next == on {
+                return true;
+            }
+            if seen.insert(next.clone()) {
+                todo.push(next.clone());
+            }
+        }
+    }
+    false
+}
+
+#[test]
+fn every_resource_waits_for_the_api_it_needs_so_one_apply_works_on_a_fresh_project() {
+    let tf = Terraform::load();
+    let apis: BTreeSet<String> = match tf.local("apis") {
+        Expression::FuncCall(call) if call.name.name.as_str() == "toset" => {
+            strings(&call.args[0]).into_iter().collect()
+        }
+        other => panic!("local.apis must be toset([...]), found {other}"),
+    };
+    for api in API_OF.iter().map(|(_, api)| *api).chain(AGENT_APIS) {
+        assert!(
+            api.is_empty() || apis.contains(api) || PREREQUISITE_APIS.contains(&api),
+            "{api} is needed but not in local.apis"
+        );
+    }
+    let agents: BTreeSet<String> = tf
+        .resources("google_project_service_identity")
+        .values()
+        .map(|b| string(attr(b, "service").unwrap()))
+        .collect();
+    assert_eq!(agents, AGENT_APIS.iter().map(|a| a.to_string()).collect());
+    let graph = references(&tf);
+    let mut problems = Vec::new();
+    for node in graph.keys() {
+        let kind = node.trim_start_matches("data.").split('.').next().unwrap();
+        if !API_OF.iter().any(|(k, _)| *k == kind) {
+            problems.push(format!(
+                "{node}: {kind} is not in API_OF; say which API it needs"
+            ));
+            continue;
+        }
+        if API_OF.iter().any(|(k, api)| *k == kind && api.is_empty()) {
+            continue;
+        }
+        if !depends(&graph, node, "time_sleep.apis") {
+            problems.push(format!(
+                "{node} does not wait for the APIs (time_sleep.apis)"
+            ));
+        }
+    }
+    assert!(
+        depends(&graph, "time_sleep.apis", "google_project_service.api"),
+        "time_sleep.apis must wait for the enablement"
+    );
+    for (node, wait) in WAITS_FOR {
+        if !depends(&graph, node, wait) {
+            problems.push(format!("{node} does not wait for {wait}"));
+        }
+    }
+    // The Eventarc agent's role is among the grants the trigger waits for
+    // (hashicorp/terraform-provider-google#25294).
+    let agent_wait = tf.resource("time_sleep", "agent_grants");
+    let triggers = attr_text(agent_wait, "triggers");
+    for grant in [
+        "google_project_iam_member.eventarc_agent",
+        "google_project_iam_member.storage_publisher",
+        "google_pubsub_topic_iam_member.storage_gcs_events",
+    ] {
+        if !triggers.contains(grant) {
+            problems.push(format!("time_sleep.agent_grants does not wait for {grant}"));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+// --- items: one state and one settings file per deployment -----------------------
+
+/// `terraform/deploy` with fake `gcloud` and `terraform` on PATH: the
+/// bucket is a directory, every terraform call is written to a log.
+struct Deploy {
+    dir: tempfile::TempDir,
+}
+
+impl Deploy {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let script = |name: &str, body: &str| {
+            let path = bin.join(name);
+            std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        script(
+            "gcloud",
+            r#"[ "$1 $2" = "storage cp" ] || exit 2
+for a; do last=$a; done
+src=$4; [ "$3" = "--quiet" ] || src=$3
+cp "$FAKE_GCS/${src#gs://}" "$last""#,
+        );
+        script(
+            "terraform",
+            r#"echo "terraform $*" >> "$FAKE_LOG"
+for a; do case $a in -var-file=*) cat "${a#-var-file=}" >> "$FAKE_LOG";; esac; done"#,
+        );
+        Self { dir }
+    }
+
+    fn settings(&self, bucket: &str, state: &str, text: &str) {
+        let path = self.dir.path().join("gcs").join(bucket).join(state);
+        std::fs::create_dir_all(&path).unwrap();
+        std::fs::write(path.join("terraform.tfvars"), text).unwrap();
+    }
+
+    /// Runs it; its exit status, stderr and the terraform calls.
+    fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let log = self.dir.path().join("log");
+        let _ = std::fs::remove_file(&log);
+        let output = Command::new(repo().join("terraform/deploy"))
+            .args(args)
+            .env(
+                "PATH",
+                format!("{}:/usr/bin:/bin", self.dir.path().join("bin").display()),
+            )
+            .env("FAKE_GCS", self.dir.path().join("gcs"))
+            .env("FAKE_LOG", &log)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+            std::fs::read_to_string(&log).unwrap_or_default(),
+        )
+    }
+}
+
+#[test]
+fn each_deployment_keeps_its_own_state_beside_its_own_settings() {
+    let deploy = Deploy::new();
+    deploy.settings("p-tfstate", "asmr/default", "dry_run = true\n");
+    deploy.settings("p-tfstate", "asmr/dev-", "dry_run = false\n");
+    let (ok, err, default) = deploy.run(&["--project", "p", "--tag", "abc", "--auto-approve"]);
+    assert!(ok, "{err}");
+    let (ok, err, dev) = deploy.run(&["--project", "p", "--tag", "abc", "--prefix", "dev-"]);
+    assert!(ok, "{err}");
+    assert!(
+        default.contains("-backend-config=prefix=asmr/default"),
+        "{default}"
+    );
+    assert!(default.contains("dry_run = true"), "{default}");
+    assert!(dev.contains("-backend-config=prefix=asmr/dev-"), "{dev}");
+    assert!(
+        dev.contains("dry_run = false") && dev.contains("-var=prefix=dev-"),
+        "{dev}"
+    );
+    for log in [&default, &dev] {
+        assert!(log.contains("-backend-config=bucket=p-tfstate"), "{log}");
+    }
+
+    // No fixed state path in the backend, and no other way in.
+    let tf = Terraform::load();
+    let terraform = tf
+        .blocks
+        .iter()
+        .find(|b| b.identifier() == "terraform")
+        .unwrap();
+    let backend = only_block(terraform.body(), "backend");
+    assert!(
+        backend.attributes().next().is_none(),
+        "the gcs backend sets {}: the state path is chosen per deployment by terraform/deploy",
+        backend
+            .attributes()
+            .map(|a| a.key.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for file in ["README.md", "cloudbuild.yaml"] {
+        let text = read(file);
+        assert!(
+            text.contains("terraform/deploy"),
+            "{file} does not deploy with terraform/deploy"
+        );
+        for direct in ["terraform init", "terraform apply", "terraform -chdir"] {
+            assert!(!text.contains(direct), "{file} runs `{direct}` itself");
+        }
+    }
+}
+
+#[test]
+fn a_release_applies_the_deployment_settings_file_and_refuses_without_it() {
+    let deploy = Deploy::new();
+    // No settings file: nothing runs.
+    let (ok, err, calls) = deploy.run(&["--project", "p", "--tag", "abc", "--auto-approve"]);
+    assert!(
+        !ok && err.contains("no settings file at gs://p-tfstate/asmr/default/terraform.tfvars"),
+        "{err}"
+    );
+    assert!(calls.is_empty(), "terraform ran without settings: {calls}");
+
+    // The file is the only source of settings: the command line adds only
+    // what identifies the release.
+    deploy.settings("p-tfstate", "asmr/default", "budget_usd_per_day = 20\n");
+    let (ok, err, calls) = deploy.run(&[
+        "--project",
+        "p",
+        "--tag",
+        "abc",
+        "--registry",
+        "r/asmr",
+        "--auto-approve",
+    ]);
+    assert!(ok, "{err}");
+    let apply = calls
+        .lines()
+        .find(|l| l.contains(" apply "))
+        .expect("an apply");
+    let vars: Vec<&str> = apply
+        .split_whitespace()
+        .filter(|w| w.starts_with("-var="))
+        .collect();
+    assert_eq!(
+        vars,
+        [
+            "-var=project=p",
+            "-var=prefix=",
+            "-var=image_tag=abc",
+            "-var=image_registry=r/asmr"
+        ]
+    );
+    assert!(apply.contains("-var-file=") && calls.contains("budget_usd_per_day = 20"));
+
+    // A file that sets what the command line sets is refused.
+    deploy.settings("p-tfstate", "asmr/default", "prefix = \"x\"\n");
+    let (ok, err, calls) = deploy.run(&["--project", "p", "--tag", "abc"]);
+    assert!(!ok && err.contains("remove them from the file"), "{err}");
+    assert!(calls.is_empty());
+
+    // Cloud Build applies through it, with no settings of its own.
+    let cloudbuild = read("cloudbuild.yaml");
+    let apply = &cloudbuild[cloudbuild.find("- id: apply").expect("an apply step")..];
+    assert!(apply.contains("terraform/deploy --auto-approve"));
+    for forbidden in ["-var", "_TF_ARGS", "-var-file"] {
+        assert!(
+            !apply.contains(forbidden),
+            "the apply step passes {forbidden}"
+        );
+    }
+}
+
+// --- item: the release identity ----------------------------------------------------
+
+#[test]
+fn the_build_runs_as_its_own_account_which_may_grant_only_what_terraform_grants() {
+    let cloudbuild = read("cloudbuild.yaml");
+    assert!(cloudbuild.contains(
+        "serviceAccount: projects/$PROJECT_ID/serviceAccounts/asmr-build@$PROJECT_ID.iam.gserviceaccount.com"
+    ));
+    let tf = Terraform::load();
+    let variable = tf
+        .blocks
+        .iter()
+        .find(|b| b.identifier() == "variable" && label(b, 0) == "build_service_account")
+        .unwrap();
+    assert_eq!(attr_text(variable.body(), "default"), "\"asmr-build\"");
+
+    // The project roles terraform grants, and the README's condition on the
+    // build account's projectIamAdmin: the same set.
+    let mut granted: BTreeSet<String> = entries(tf.local("functions"))
+        .into_iter()
+        .flat_map(|(_, f)| strings(field(f, "project_roles")))
+        .collect();
+    for body in tf.resources("google_project_iam_member").into_values() {
+        if let Some(Expression::String(role)) = attr(body, "role") {
+            granted.insert(role.clone());
+        }
+    }
+    let readme = read("README.md");
+    let list = readme
+        .split("modifiedGrantsByRole', []).hasOnly([")
+        .nth(1)
+        .and_then(|rest| rest.split("])").next())
+        .expect("the README's condition on the build account's projectIamAdmin");
+    let allowed: BTreeSet<String> = list
+        .split(',')
+        .map(|r| r.trim().trim_matches('\'').to_string())
+        .collect();
+    assert_eq!(
+        allowed, granted,
+        "README's grantable roles and terraform's project grants differ"
+    );
+}
+
+// --- item: the archive volume --------------------------------------------------------
+
+#[test]
+fn the_mounted_archive_belongs_to_the_image_user_and_partials_expire() {
+    let tf = Terraform::load();
+    let user = read("Dockerfile")
+        .lines()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("a USER in the Dockerfile")
+        .to_string();
+    let uid = tf.local("image_uid").to_string();
+    assert_eq!(
+        user,
+        format!("{uid}:{uid}"),
+        "terraform's image_uid is not the image's user"
+    );
+    let options = strings_or_templates(tf.local("archive_mount_options"));
+    for wanted in ["uid=${local.image_uid}", "gid=${local.image_uid}"] {
+        assert!(
+            options.iter().any(|o| o == wanted),
+            "mount_options lack {wanted}: {options:?}"
+        );
+    }
+    let mut texts = Vec::new();
+    for kind in ["google_cloud_run_v2_service", "google_cloud_run_v2_job"] {
+        all_expressions(tf.resource(kind, "stage"), &mut texts);
+    }
+    assert_eq!(
+        texts
+            .iter()
+            .filter(|t| *t == "local.archive_mount_options")
+            .count(),
+        2,
+        "the service and the job mount the archive with the same options"
+    );
+    assert_eq!(
+        string(tf.local("partial_suffix")),
+        shared::paths::PARTIAL_SUFFIX,
+        "the archive's lifecycle rules name another suffix than the downloader's"
+    );
+}
+
+fn strings_or_templates(expr: &Expression) -> Vec<String> {
+    match expr {
+        Expression::Array(items) => items
+            .iter()
+            .map(|i| match i {
+                Expression::String(s) => s.clone(),
+                other => other.to_string().trim_matches('"').to_string(),
+            })
+            .collect(),
+        other => panic!("expected a list, found {other}"),
+    }
+}
+
+// --- item: push deadlines leave a margin over the services' own ---------------------
+
+/// Each service's own time limit on a request: the constant in its source.
+const HANDLER_TIMEOUTS: [(&str, &str, &str); 4] = [
+    ("intake", "shared/src/intake/service.rs", "REQUEST_TIMEOUT"),
+    (
+        "image-generator",
+        "shared/src/generate/service.rs",
+        "PUSH_TIMEOUT",
+    ),
+    (
+        "video-generator",
+        "shared/src/generate/service.rs",
+        "PUSH_TIMEOUT",
+    ),
+    (
+        "downloader",
+        "shared/src/deliver/service.rs",
+        "PUSH_TIMEOUT",
+    ),
+];
+
+/// The least time Cloud Run and Pub/Sub wait beyond a service's own limit.
+const MARGIN_S: u64 = 10;
+
+fn seconds(expr: &Expression) -> u64 {
+    match expr {
+        Expression::Number(n) => n.as_u64().unwrap(),
+        other => panic!("expected a number, found {other}"),
+    }
+}
+
+#[test]
+fn every_push_waits_longer_than_its_service_takes() {
+    let tf = Terraform::load();
+    let services = entries(tf.local("services"));
+    for (service, file, constant) in HANDLER_TIMEOUTS {
+        let source = read(file);
+        let declared = format!("const {constant}: Duration = Duration::from_secs(");
+        let own: u64 = source
+            .split(&declared)
+            .nth(1)
+            .and_then(|rest| rest.split(')').next())
+            .unwrap_or_else(|| panic!("{file} no longer declares {declared}...)"))
+            .parse()
+            .unwrap();
+        let (_, stage) = services
+            .iter()
+            .find(|(name, _)| name == service)
+            .unwrap_or_else(|| panic!("{service} is not deployed"));
+        let handler = seconds(field(stage, "handler_timeout_s"));
+        let timeout = seconds(field(stage, "timeout_s"));
+        assert_eq!(
+            handler, own,
+            "{service}: handler_timeout_s is not {file}'s {constant}"
+        );
+        assert!(
+            timeout >= own + MARGIN_S && timeout <= 600,
+            "{service}: Cloud Run's timeout and the ack deadline ({timeout} s) must leave {MARGIN_S} s over {constant} ({own} s) and stay within Pub/Sub's 600 s"
+        );
+    }
+    let push = tf.resource("google_pubsub_subscription", "push");
+    assert_eq!(
+        attr_text(push, "ack_deadline_seconds"),
+        "min(600, local.services[each.value.service].timeout_s)"
     );
 }
