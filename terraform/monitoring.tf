@@ -62,10 +62,10 @@ locals {
       description = "Dead-lettered messages the janitor handled."
       labels      = {}
     }
-    job_events_lost = {
-      event       = "job_event.lost"
+    job_events_deferred = {
+      event       = "job_event.deferred"
       to          = null
-      description = "Job events that could not be published to asmr-job-events."
+      description = "Job events Pub/Sub did not take at once; each waits in the outbox until the janitor publishes it."
       labels      = {}
     }
     budget_exhausted = {
@@ -181,7 +181,7 @@ locals {
     { title = "Dead letters handled (per minute)", metric = "dead_letters", by = "" },
     { title = "Claims refused by the budget (per minute)", metric = "budget_exhausted", by = "" },
     { title = "Requests rejected (per minute)", metric = "requests_rejected", by = "" },
-    { title = "Job events lost (per minute)", metric = "job_events_lost", by = "" },
+    { title = "Job events deferred to the outbox (per minute)", metric = "job_events_deferred", by = "" },
   ]
 
   # sum by (LABEL) (rate(M{services}[5m]) or rate(M{jobs}[5m])) * 60

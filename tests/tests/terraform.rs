@@ -718,7 +718,7 @@ const LOG_METRICS: [(&str, &str, Option<&str>); 11] = [
     ("asmr/model_rate_limited", "model_rate_limited", None),
     ("asmr/downloads_failed", "download_failed", None),
     ("asmr/dead_letters", "janitor.dead_letter", None),
-    ("asmr/job_events_lost", "job_event.lost", None),
+    ("asmr/job_events_deferred", "job_event.deferred", None),
     ("asmr/budget_exhausted", "budget_exhausted", None),
     ("asmr/requests_rejected", "request.rejected", None),
     ("asmr/bytes_delivered", "download_completed", None),

@@ -141,18 +141,32 @@ pub async fn capture() -> Vec<Line> {
         let status = post_raw(&downloader.url, notification(&meta, &format!("n{n}"))).await;
         assert!(status < 300, "the downloader answered {status}");
     }
-    let mut missing = objects
-        .metadata(
-            &shared::objects::GsUri::parse(&job.outputs[0])
-                .unwrap()
-                .bucket,
-            &shared::objects::GsUri::parse(&job.outputs[0]).unwrap().name,
+    // A copy that fails for good: the object is there, but where it must
+    // land a file stands in the way of its folder, attempt after attempt.
+    let source = shared::objects::GsUri::parse(&job.outputs[0]).unwrap();
+    let blocked = objects
+        .copy(
+            &source,
+            &shared::objects::GsUri {
+                bucket: source.bucket.clone(),
+                name: format!("images/{}/9.png", unfinished.id),
+            },
         )
         .await
-        .unwrap()
         .unwrap();
-    missing.name = format!("images/{}/9.png", unfinished.id);
-    post_raw(&downloader.url, notification(&missing, "gone")).await;
+    std::fs::create_dir_all(archive.path().join("images")).unwrap();
+    std::fs::write(
+        archive.path().join("images").join(&unfinished.id),
+        b"in the way",
+    )
+    .unwrap();
+    for attempt in 0..3 {
+        post_raw(
+            &downloader.url,
+            notification(&blocked, &format!("blocked{attempt}")),
+        )
+        .await;
+    }
     lines.extend(downloader.stop("downloader"));
 
     lines.extend(env.run("janitor", "janitor", &[], &[]));
@@ -288,7 +302,7 @@ fn made_from_the_code(real: &[Line]) -> Vec<Line> {
         .expect("a real line to copy the envelope from");
     [
         ("janitor", "janitor.dead_letter", "janitor.rs"),
-        ("intake", "job_event.lost", "job_events.rs"),
+        ("image-generator", "job_event.deferred", "store/outbox.rs"),
     ]
     .into_iter()
     .map(|(stage, event, file)| {
