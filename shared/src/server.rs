@@ -65,50 +65,36 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a client may take to send a request's body. A push body is at
 /// most a few MiB; a client that trickles it is cut off.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// A request body that fails once [`BODY_READ_TIMEOUT`] has passed since
-/// the request arrived, so that a handler never waits on a trickling
-/// client. Each route's own size limit still applies.
-struct DeadlineBody {
-    inner: Body,
-    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
-}
+/// The most bytes of a body read before its route sees it: over any route's
+/// own limit (a Pub/Sub push is at most about 14 MB), so that a body a
+/// route refuses is still read whole, and its answer (a poison push is
+/// acknowledged) reaches the client instead of a cut connection.
+const MAX_BODY_READ: usize = 32 * 1024 * 1024;
 
-impl axum::body::HttpBody for DeadlineBody {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, axum::Error>>> {
-        if self.deadline.as_mut().poll(cx).is_ready() {
-            return std::task::Poll::Ready(Some(Err(axum::Error::new(format!(
-                "the request body did not arrive within {BODY_READ_TIMEOUT:?}"
-            )))));
-        }
-        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-async fn body_deadline(
+/// Reads the whole request body within [`BODY_READ_TIMEOUT`] before the
+/// route sees it, so that a handler never waits on a trickling client.
+async fn read_body_in_time(
     request: Request<Body>,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let request = request.map(|inner| {
-        Body::new(DeadlineBody {
-            inner,
-            deadline: Box::pin(tokio::time::sleep(BODY_READ_TIMEOUT)),
-        })
-    });
-    next.run(request).await
+    use axum::response::IntoResponse;
+    let (parts, body) = request.into_parts();
+    match tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, MAX_BODY_READ)).await {
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Ok(Err(e)) => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body could not be read whole: {e}"),
+        )
+            .into_response(),
+        Err(_) => (
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the request body did not arrive within {BODY_READ_TIMEOUT:?}"),
+        )
+            .into_response(),
+    }
 }
 
 /// Adds `GET /healthz`, the request span, a body read deadline and a time
@@ -119,7 +105,7 @@ pub fn with_basics(app: Router, request_timeout: Duration) -> Router {
             StatusCode::SERVICE_UNAVAILABLE,
             request_timeout,
         ))
-        .layer(axum::middleware::from_fn(body_deadline))
+        .layer(axum::middleware::from_fn(read_body_in_time))
         .layer(
             TraceLayer::new_for_http().make_span_with(|request: &Request<Body>| {
                 let trace = trace_id(request).unwrap_or_default();

@@ -24,7 +24,10 @@ fn doc(record: serde_json::Value) -> Doc {
 }
 
 async fn put(backend: &dyn Backend, collection: Collection, id: &str, doc: &Doc) {
-    assert!(backend.create(collection, id, doc).await.unwrap(), "{id}");
+    assert!(
+        backend.create(collection, id, doc).await.unwrap().is_some(),
+        "{id}"
+    );
 }
 
 /// A job failed at `at`: it expires 30 days later.

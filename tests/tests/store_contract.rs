@@ -648,13 +648,21 @@ async fn a_write_on_a_stale_version_is_refused(t: TestStore) {
         doc.insert("n".into(), n.into());
         doc
     };
-    assert!(backend.create(Jobs, "cas", &doc(1)).await.unwrap());
+    let created = backend.create(Jobs, "cas", &doc(1)).await.unwrap().unwrap();
     assert!(
-        !backend.create(Jobs, "cas", &doc(2)).await.unwrap(),
+        backend
+            .create(Jobs, "cas", &doc(2))
+            .await
+            .unwrap()
+            .is_none(),
         "create never overwrites"
     );
     let read = backend.get(Jobs, "cas").await.unwrap().unwrap();
     assert_eq!(read.doc, doc(1));
+    assert_eq!(
+        read.version, created,
+        "a create answers the version it made"
+    );
     assert!(
         backend
             .replace(Jobs, "cas", &read.version, &doc(3))

@@ -187,8 +187,9 @@ pub trait Backend: Send + Sync {
     /// Reads one document.
     async fn get(&self, collection: Collection, id: &str) -> Result<Option<Stored>>;
 
-    /// Creates a document unless one with that id exists. `true` if created.
-    async fn create(&self, collection: Collection, id: &str, doc: &Doc) -> Result<bool>;
+    /// Creates a document unless one with that id exists: the new
+    /// document's version if created, `None` if it existed.
+    async fn create(&self, collection: Collection, id: &str, doc: &Doc) -> Result<Option<Version>>;
 
     /// Replaces a document if it is still at `expected`. `true` if written;
     /// `false` if it changed or vanished since it was read.

@@ -258,14 +258,14 @@ impl Backend for EmbeddedBackend {
         .await
     }
 
-    async fn create(&self, collection: Collection, id: &str, doc: &Doc) -> Result<bool> {
+    async fn create(&self, collection: Collection, id: &str, doc: &Doc) -> Result<Option<Version>> {
         let sql = format!(
             "INSERT INTO {} (id, version, doc) VALUES (?, 1, ?) ON CONFLICT (id) DO NOTHING",
             table(collection)
         );
         let (id, text) = (id.to_string(), encode(doc)?);
         self.with_conn("creating a document", move |conn| {
-            Ok(conn.execute(&sql, [&id, &text])? == 1)
+            Ok((conn.execute(&sql, [&id, &text])? == 1).then(|| Version("1".into())))
         })
         .await
     }

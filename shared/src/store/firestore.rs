@@ -306,7 +306,7 @@ impl Backend for FirestoreBackend {
         Ok(doc.as_ref().map(stored))
     }
 
-    async fn create(&self, collection: Collection, id: &str, doc: &Doc) -> Result<bool> {
+    async fn create(&self, collection: Collection, id: &str, doc: &Doc) -> Result<Option<Version>> {
         let document = Document {
             fields: to_fields(collection, doc),
             ..Document::default()
@@ -321,8 +321,8 @@ impl Backend for FirestoreBackend {
             .execute()
             .await;
         match created {
-            Ok(_) => Ok(true),
-            Err(FirestoreError::DataConflictError(_)) => Ok(false),
+            Ok(created) => Ok(Some(version_of(&created))),
+            Err(FirestoreError::DataConflictError(_)) => Ok(None),
             Err(e) => Err(fs_error("creating a document", e)),
         }
     }

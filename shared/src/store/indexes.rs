@@ -242,7 +242,12 @@ mod tests {
         async fn get(&self, collection: Collection, id: &str) -> Result<Option<Stored>> {
             self.inner.get(collection, id).await
         }
-        async fn create(&self, collection: Collection, id: &str, doc: &Doc) -> Result<bool> {
+        async fn create(
+            &self,
+            collection: Collection,
+            id: &str,
+            doc: &Doc,
+        ) -> Result<Option<Version>> {
             self.inner.create(collection, id, doc).await
         }
         async fn replace(

@@ -460,25 +460,35 @@ impl Store {
     }
 
     async fn create<T: Record>(&self, record: T) -> Result<Created<T>> {
+        self.create_versioned(record)
+            .await
+            .map(|(created, _)| created)
+    }
+
+    /// Creates `record` unless it exists; either way returns what is stored
+    /// and its version, in one round trip when it is new.
+    async fn create_versioned<T: Record>(&self, record: T) -> Result<(Created<T>, Version)> {
         let doc = to_doc(&record)?;
         for _ in 0..CAS_ROUNDS {
-            if self
+            if let Some(version) = self
                 .backend
                 .create(T::COLLECTION, record.id(), &doc)
                 .await?
             {
-                return Ok(Created {
+                let created = Created {
                     record,
                     created: true,
-                });
+                };
+                return Ok((created, version));
             }
             // It exists: return what is stored. If it vanished in between
             // (retention), create again.
-            if let Some((existing, _)) = self.load::<T>(record.id()).await? {
-                return Ok(Created {
+            if let Some((existing, version)) = self.load::<T>(record.id()).await? {
+                let created = Created {
                     record: existing,
                     created: false,
-                });
+                };
+                return Ok((created, version));
             }
         }
         Err(Error::Contention {
@@ -886,6 +896,72 @@ impl Store {
     /// Creates a download record unless one exists for that object generation.
     pub async fn create_download(&self, new: NewDownload) -> Result<Created<Download>> {
         self.create(Download::new(new, Timestamp::now())).await
+    }
+
+    /// Creates a download record already claimed under `lease` (its first
+    /// attempt), in one round trip; if one exists for that object
+    /// generation, returns it unclaimed. Either way with its version, for
+    /// [`Store::finish_delivery`].
+    pub async fn create_claimed_download(
+        &self,
+        new: NewDownload,
+        lease: &Lease,
+    ) -> Result<(Created<Download>, Version)> {
+        let now = Timestamp::now();
+        let mut download = Download::new(new, now);
+        download.claim(lease, now).map_err(|refusal| {
+            Error::store("claiming a new download", format!("{refusal:?}"), false)
+        })?;
+        self.create_versioned(download).await
+    }
+
+    /// The job, if it exists, with its version.
+    pub async fn job_with_version(&self, id: &str) -> Result<Option<(Job, Version)>> {
+        self.load::<Job>(id).await
+    }
+
+    /// Completes a copy and records it on its job in one atomic commit (the
+    /// download and the job at the versions they were read at, with the job
+    /// event when the job is now delivered): a delivered file costs one
+    /// write. `None` when either changed since (another output of the job
+    /// landed meanwhile): the caller records the two the usual way.
+    pub async fn finish_delivery(
+        &self,
+        download: (&Download, &Version),
+        job: (&Job, &Version),
+        owner: &str,
+        bytes: u64,
+    ) -> Result<Option<(Download, Job)>> {
+        let now = Timestamp::now();
+        let (mut done, download_version) = (download.0.clone(), download.1);
+        let transition = |kind, id: &str, reason| Error::Transition {
+            kind,
+            id: id.to_string(),
+            reason,
+        };
+        done.complete(owner, bytes, now, &self.retention)
+            .map_err(|reason| transition("download", &done.id, reason))?;
+        let (before, job_version) = (job.0, job.1);
+        let mut after = before.clone();
+        let delivery = Delivery {
+            source: done.source.clone(),
+            destination: done.destination.clone(),
+        };
+        if after.record_delivery(delivery, now).is_err() {
+            // A cancelled job takes no delivery: the usual path says so.
+            return Ok(None);
+        }
+        let extra = vec![Write::Replace {
+            collection: Collection::Downloads,
+            id: done.id.clone(),
+            expected: download_version.clone(),
+            doc: to_doc(&done)?,
+        }];
+        if self.put(before, &after, job_version, extra).await? {
+            Ok(Some((done, after)))
+        } else {
+            Ok(None)
+        }
     }
 
     /// The download, if it exists.

@@ -142,6 +142,7 @@ impl Store {
             .backend
             .create(Collection::Rejected, &rejected.id, &doc)
             .await?
+            .is_some()
         {
             return Ok(Created {
                 record: rejected,
@@ -158,7 +159,8 @@ impl Store {
                 created: self
                     .backend
                     .create(Collection::Rejected, &rejected.id, &doc)
-                    .await?,
+                    .await?
+                    .is_some(),
                 record: rejected,
             }),
         }

@@ -375,7 +375,12 @@ mod tests {
         async fn get(&self, c: Collection, id: &str) -> shared::Result<Option<Stored>> {
             self.inner.get(c, id).await
         }
-        async fn create(&self, c: Collection, id: &str, doc: &Doc) -> shared::Result<bool> {
+        async fn create(
+            &self,
+            c: Collection,
+            id: &str,
+            doc: &Doc,
+        ) -> shared::Result<Option<Version>> {
             self.tried.fetch_add(1, Ordering::SeqCst);
             if self
                 .ok

@@ -3,7 +3,11 @@
 //! file with `--out`). `tests/bench` builds everything, starts the emulators
 //! and runs this; see `bench --help`.
 //!
-//! Four groups, each measured side by side within the same run:
+//! The groups, each measured side by side within the same run:
+//! - `small-files`: the real workload, hundreds of 1.5 MiB images and some
+//!   20 MiB videos, each of its own job, delivered by the downloader behind
+//!   a push subscription and at Cloud Run-like concurrency, against
+//!   `gcloud storage cp -r` and five parallel `curl`s; also into a bucket;
 //! - `download`: one object copied from fake-gcs-server by the downloader,
 //!   by `gcloud storage cp` and by `curl`, at several sizes; MB/s, ratios,
 //!   the downloader's peak RSS;
@@ -19,8 +23,10 @@ mod common;
 mod download;
 mod pipeline;
 mod quota;
+mod small_files;
 mod startup;
 mod table;
+mod trips;
 
 use anyhow::{Context, Result, bail};
 use std::io::Write;
@@ -35,7 +41,10 @@ Usage: bench [OPTIONS]
 
 Options:
   --out FILE            also write the table and its notes to FILE
-  --only LIST           comma-separated groups: download,quota,pipeline,startup (default: all)
+  --only LIST           comma-separated groups: small-files,download,quota,pipeline,startup (default: all)
+  --image-counts LIST   1.5 MiB images per small-files run (default: 200,1000)
+  --video-count N       20 MiB videos of the small-files group (default: 50)
+  --file-rounds N       runs of each copier per small-files workload (default: 3)
   --sizes-mib LIST      object sizes of the download group (default: 10,100,1024)
   --rounds N            runs of each copier per size; the median counts (default: 5)
   --quota-rpm N         requests per minute the fake Vertex AI accepts (default: 120)
@@ -59,13 +68,16 @@ struct Options {
     rounds: usize,
     quota_rpm: u32,
     quota_jobs: usize,
+    image_counts: Vec<usize>,
+    video_count: usize,
+    file_rounds: usize,
     run_prompts: usize,
     topology_jobs: usize,
     startup_runs: usize,
     keep: bool,
 }
 
-const GROUPS: [&str; 4] = ["download", "quota", "pipeline", "startup"];
+const GROUPS: [&str; 5] = ["small-files", "download", "quota", "pipeline", "startup"];
 
 impl Options {
     fn parse(mut args: impl Iterator<Item = String>) -> Result<Option<Self>> {
@@ -76,6 +88,9 @@ impl Options {
             rounds: 5,
             quota_rpm: 120,
             quota_jobs: 200,
+            image_counts: vec![200, 1000],
+            video_count: 50,
+            file_rounds: 3,
             run_prompts: 500,
             topology_jobs: 200,
             startup_runs: 5,
@@ -108,6 +123,14 @@ impl Options {
                         .collect::<Result<_>>()?;
                 }
                 "--rounds" => options.rounds = number("--rounds", &value()?)?,
+                "--image-counts" => {
+                    options.image_counts = value()?
+                        .split(',')
+                        .map(|n| number::<usize>("--image-counts", n.trim()))
+                        .collect::<Result<_>>()?;
+                }
+                "--video-count" => options.video_count = number("--video-count", &value()?)?,
+                "--file-rounds" => options.file_rounds = number("--file-rounds", &value()?)?,
                 "--quota-rpm" => options.quota_rpm = number("--quota-rpm", &value()?)?,
                 "--quota-jobs" => options.quota_jobs = number("--quota-jobs", &value()?)?,
                 "--run-prompts" => options.run_prompts = number("--run-prompts", &value()?)?,
@@ -186,6 +209,26 @@ async fn run(options: &Options) -> Result<()> {
     if options.runs("startup") {
         common::progress("start-up and footprint");
         startup::run(&ctx, options.startup_runs, &mut report).await?;
+    }
+    if options.runs("small-files") {
+        common::progress("delivery of many files");
+        let mut workloads: Vec<small_files::Workload> = options
+            .image_counts
+            .iter()
+            .map(|&count| small_files::Workload {
+                count,
+                bytes: 1536 * 1024,
+                kind: shared::domain::job::JobKind::Image,
+            })
+            .collect();
+        workloads.push(small_files::Workload {
+            count: options.video_count,
+            bytes: 20 * 1024 * 1024,
+            kind: shared::domain::job::JobKind::Video,
+        });
+        small_files::run(&ctx, &workloads, options.file_rounds, &mut report).await?;
+        common::progress("store round trips per job");
+        trips::run(&ctx, &mut report).await?;
     }
     if options.runs("download") {
         common::progress("downloader throughput");
