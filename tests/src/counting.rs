@@ -75,7 +75,7 @@ impl Counting {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let mut all: Vec<(String, u64)> = counts.iter().map(|(k, v)| (k.clone(), *v)).collect();
-        all.sort_by(|a, b| b.1.cmp(&a.1));
+        all.sort_by_key(|(_, writes)| std::cmp::Reverse(*writes));
         all.truncate(n);
         all
     }
