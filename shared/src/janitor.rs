@@ -218,6 +218,7 @@ pub async fn run_once(janitor: &Janitor, settings: &JanitorSettings) -> Result<J
     report.settle("job_events", outcome);
     let outcome = janitor.delete_expired(&mut report).await;
     report.settle("retention", outcome);
+    janitor.store.flush_events().await;
     Ok(report)
 }
 

@@ -393,6 +393,7 @@ where
     report.interrupted = interrupted;
     tally(&stages.store, &ids, &mut report).await?;
     progress(&snapshot(&stages.store, &ids).await?);
+    stages.store.flush_events().await;
     report.events = bus.published(&topics.job_events()).len() as u64;
     report.elapsed = started.elapsed();
     Ok(report)

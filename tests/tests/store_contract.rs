@@ -1327,6 +1327,7 @@ async fn an_event_that_was_not_published_waits_in_the_outbox_and_is_published_on
     // A healthy relay leaves nothing behind.
     let other = add(&healed, "published at once", JobKind::Image).await;
     healed.cancel_job(&other).await.unwrap();
+    healed.flush_events().await;
     assert_eq!(healed.outbox_len().await.unwrap(), 0);
     assert_eq!(bus.published("events").len(), 2);
 }

@@ -260,21 +260,13 @@ impl Downloader {
                 meta.generation
             ));
         }
-        let (job, job_version) = match self.store.job_with_version(&job_id).await {
-            Ok(Some(job)) => job,
-            Ok(None) => {
-                return Handled::Ignored(format!("{} belongs to no job ({job_id})", event.uri()));
-            }
-            Err(e) if e.is_retryable() => return Handled::store_trouble(&e),
-            Err(e) => return Handled::Poison(e.to_string()),
-        };
         let priority = match file_type {
             FileType::Image => self.settings.image_priority,
             FileType::Video => self.settings.video_priority,
             FileType::Other => 0,
         };
         let new = NewDownload {
-            job_id,
+            job_id: job_id.clone(),
             bucket: event.bucket.clone(),
             object: event.name.clone(),
             generation: Some(meta.generation),
@@ -287,11 +279,30 @@ impl Downloader {
         let Ok(_slot) = self.slots.acquire().await else {
             return shutting_down();
         };
-        // The record is created already claimed: a new object's copy starts
-        // after one store write.
+        // The job is read while the record is created, already claimed: a
+        // new object's copy starts after one round trip of the store.
         let lease = self.lease();
-        let (created, version) = match self.store.create_claimed_download(new, &lease).await {
+        let (job, created) = tokio::join!(
+            self.store.job_with_version(&job_id),
+            self.store.create_claimed_download(new, &lease)
+        );
+        let (created, version) = match created {
             Ok(created) => created,
+            Err(e) if e.is_retryable() => return Handled::store_trouble(&e),
+            Err(e) => return Handled::Poison(e.to_string()),
+        };
+        let (job, job_version) = match job {
+            Ok(Some(job)) => job,
+            Ok(None) => {
+                if created.created {
+                    // Not copied: the record made alongside goes again.
+                    let _ = self
+                        .store
+                        .delete_download(&created.record.id, &version)
+                        .await;
+                }
+                return Handled::Ignored(format!("{} belongs to no job ({job_id})", event.uri()));
+            }
             Err(e) if e.is_retryable() => return Handled::store_trouble(&e),
             Err(e) => return Handled::Poison(e.to_string()),
         };

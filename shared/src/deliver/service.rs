@@ -145,7 +145,7 @@ pub async fn downloader(args: DownloaderArgs, mode: Mode) -> anyhow::Result<()> 
         image_priority: args.image_priority,
         video_priority: args.video_priority,
     };
-    let downloader = Downloader::new(store, objects, settings);
+    let downloader = Downloader::new(store.clone(), objects, settings);
     match mode {
         Mode::Serve => {
             let listener = server::bind(args.port)
@@ -163,5 +163,6 @@ pub async fn downloader(args: DownloaderArgs, mode: Mode) -> anyhow::Result<()> 
             );
         }
     }
+    store.flush_events().await;
     Ok(())
 }

@@ -136,6 +136,7 @@ async fn serve_or_drain<G: Generator>(
     args: &StageArgs,
     mode: Mode,
 ) -> anyhow::Result<()> {
+    let store = generator.store().clone();
     match mode {
         Mode::Serve => {
             let listener = server::bind(args.port)
@@ -160,6 +161,7 @@ async fn serve_or_drain<G: Generator>(
             );
         }
     }
+    store.flush_events().await;
     Ok(())
 }
 
@@ -197,8 +199,9 @@ pub async fn video_generator(args: StageArgs, mode: Mode) -> anyhow::Result<()> 
 /// `max_runtime` is spent; prints the summary as one JSON line.
 pub async fn video_poller(args: StageArgs, max_runtime: Duration) -> anyhow::Result<()> {
     tracing::info!(config = %args.summary(), "video-poller starting");
+    let store = args.open_store().await?;
     let poller = VideoPoller::new(
-        args.open_store().await?,
+        store.clone(),
         Arc::new(VertexClient::new(args.vertex())?),
         args.object_store().await?,
         PollerSettings {
@@ -208,7 +211,9 @@ pub async fn video_poller(args: StageArgs, max_runtime: Duration) -> anyhow::Res
             output_bucket: args.output_bucket()?,
         },
     );
-    let report = poller.run().await?;
+    let report = poller.run().await;
+    store.flush_events().await;
+    let report = report?;
     tracing::info!(
         rounds = report.rounds,
         polled = report.polled,

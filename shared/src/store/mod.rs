@@ -228,6 +228,8 @@ pub struct Store {
     retention: Retention,
     /// Told of every job that became terminal (see [`crate::job_events`]).
     events: Option<Arc<dyn JobEvents>>,
+    /// Publishes of fresh events still under way.
+    relays: Arc<outbox::Relays>,
 }
 
 impl std::fmt::Debug for Store {
@@ -353,6 +355,7 @@ impl Store {
             backend,
             retention: Retention::default(),
             events: None,
+            relays: Arc::default(),
         }
     }
 
@@ -411,7 +414,7 @@ impl Store {
             log_transition(Some(before.status), after);
         }
         if let Some(event) = event {
-            self.relay(&event).await;
+            self.relay(event);
         }
         Ok(true)
     }
@@ -913,6 +916,13 @@ impl Store {
             Error::store("claiming a new download", format!("{refusal:?}"), false)
         })?;
         self.create_versioned(download).await
+    }
+
+    /// Deletes a download record as read at `version`.
+    pub async fn delete_download(&self, id: &str, version: &Version) -> Result<bool> {
+        self.backend
+            .delete(Collection::Downloads, id, version)
+            .await
     }
 
     /// The job, if it exists, with its version.

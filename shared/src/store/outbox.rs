@@ -1,8 +1,10 @@
 //! The outbox of job events. A transition that ends a job writes its event
 //! to `outbox/{event_id}` in the same commit (see `Store::put`); the event is
-//! then published and its entry deleted. What a crash or a Pub/Sub outage
-//! left behind is published by [`Store::publish_outbox`], which the janitor
-//! runs.
+//! then published and its entry deleted, in the background: the caller (a
+//! push handler) answers without waiting for Pub/Sub. A process that ends
+//! waits for those publishes with [`Store::flush_events`]; what a crash or a
+//! Pub/Sub outage left behind is published by [`Store::publish_outbox`],
+//! which the janitor runs.
 
 use super::backend::{Collection, Cond, Dir, Scalar, Write};
 use super::{Store, from_stored_as};
@@ -23,10 +25,62 @@ pub struct OutboxReport {
     pub failed: u64,
 }
 
+/// The publishes of fresh events under way.
+#[derive(Default)]
+pub(super) struct Relays(std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>);
+
+impl Relays {
+    fn add(&self, relay: tokio::task::JoinHandle<()>) {
+        let mut relays = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        relays.retain(|r| !r.is_finished());
+        relays.push(relay);
+    }
+
+    fn take(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        std::mem::take(
+            &mut *self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+}
+
+/// The longest [`Store::flush_events`] waits.
+const FLUSH_PATIENCE: Duration = Duration::from_secs(5);
+
 impl Store {
+    /// Publishes an event just written to the outbox, then deletes its
+    /// entry, in the background.
+    pub(super) fn relay(&self, event: JobEvent) {
+        let store = self.clone();
+        self.relays.add(tokio::spawn(
+            async move { store.publish_fresh(&event).await },
+        ));
+    }
+
+    /// Waits (a few seconds at most) for the publishes of fresh events still
+    /// under way: what a process does before it ends. An event not
+    /// published by then stays in the outbox for the janitor.
+    pub async fn flush_events(&self) {
+        let relays = self.relays.take();
+        if relays.is_empty() {
+            return;
+        }
+        let all = futures::future::join_all(relays);
+        if tokio::time::timeout(FLUSH_PATIENCE, all).await.is_err() {
+            tracing::warn!(
+                "job events still publishing at exit stay in the outbox for the janitor"
+            );
+        }
+    }
+
     /// Publishes an event just written to the outbox, then deletes its entry.
     /// On failure the entry stays, for [`Store::publish_outbox`].
-    pub(super) async fn relay(&self, event: &JobEvent) {
+    async fn publish_fresh(&self, event: &JobEvent) {
         let Some(events) = &self.events else {
             return;
         };

@@ -74,7 +74,7 @@ pub async fn run(config: &StoreConfig, pubsub: &PubSub, command: Command) -> Res
         bus: bus.as_deref(),
         topics: &topics,
     };
-    match command {
+    let outcome = match command {
         Command::Add(args) => add::run(&store, bus.as_deref(), topics.clone(), args).await,
         Command::Stats(args) => stats::run(&store, &args).await,
         Command::List(args) => inspect::list(&store, &args).await,
@@ -86,5 +86,7 @@ pub async fn run(config: &StoreConfig, pubsub: &PubSub, command: Command) -> Res
         Command::RetryDownload(args) => downloads::retry(&store, &args.id).await,
         Command::Rejected(args) => rejected::list(&store, &args).await,
         Command::Run(_) => anyhow::bail!("`asmr run` opens its own store"),
-    }
+    };
+    store.flush_events().await;
+    outcome
 }
