@@ -6,8 +6,8 @@
 #
 # cargo-chef compiles the dependencies in a layer of their own, so a change
 # to the workspace's code does not rebuild them. The runtime is Debian slim
-# with CA certificates and OpenSSL (the firestore crate's default TLS links
-# libssl), running as an unprivileged user. tests/image builds this runtime
+# with CA certificates (every client speaks TLS through rustls; no OpenSSL),
+# running as an unprivileged user. tests/image builds this runtime
 # stage's root filesystem from Debian's packages and runs every service in
 # it; it reads the release, the packages, the user and the binaries below.
 
@@ -40,7 +40,7 @@ FROM debian:${DEBIAN_RELEASE}-slim AS runtime
 # Versions float with the release's security updates on purpose.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates libssl3 \
+ && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin asmr
 COPY --from=builder /out/ /usr/local/bin/
