@@ -59,6 +59,18 @@ Needs the emulators' environment (tests/run --serve FILE writes it) and the
 release binaries beside this one (cargo build --release --workspace --bins).
 ";
 
+/// Figures measured by other means (the fault suite's long runs) live in
+/// the same file from this heading on; a bench run keeps them as they are.
+const KEPT_HEADING: &str = "\n## Measured by the fault suite";
+
+/// The part of `out` from [`KEPT_HEADING`] on, or nothing.
+fn kept_sections(out: &std::path::Path) -> String {
+    std::fs::read_to_string(out)
+        .ok()
+        .and_then(|text| text.find(KEPT_HEADING).map(|at| text[at..].to_string()))
+        .unwrap_or_default()
+}
+
 /// What to run, from the command line.
 #[derive(Clone, Debug)]
 struct Options {
@@ -254,7 +266,9 @@ async fn run(options: &Options) -> Result<()> {
         .write_all(markdown.as_bytes())
         .context("writing the table")?;
     if let Some(out) = &options.out {
-        std::fs::write(out, &markdown).with_context(|| format!("writing {}", out.display()))?;
+        let kept = kept_sections(out);
+        std::fs::write(out, format!("{markdown}{kept}"))
+            .with_context(|| format!("writing {}", out.display()))?;
         common::progress(&format!("written to {}", out.display()));
     }
     match report.missed() {

@@ -72,7 +72,9 @@ enum Copier {
     Curl,
     /// The downloader into a bucket (server-side rewrite).
     ToBucket,
-    /// `gcloud storage cp -r` between buckets.
+    /// `gcloud storage rsync -r` between buckets (fake-gcs-server has no
+    /// storage layout API, which `gcloud storage cp -r` asks for between
+    /// buckets).
     GcloudToBucket,
 }
 
@@ -96,7 +98,7 @@ pub async fn run(
         tabulate(*workload, &measured, report);
     }
     report.note(format!(
-        "Delivery of many files: each object is the output of its own job (completed in Firestore), uploaded to fake-gcs-server before the clock starts. Files/s is objects over the wall time of the whole set: for the downloader from the first push to the last job `delivered` (every file streamed, size and CRC32C checked, fsynced, renamed into place, the download and the job recorded, one job event each); for `gcloud storage cp -r` and `curl` (five at once, `xargs -P 5`, no check, no fsync) from exec to exit. \"Subscription\": a fresh release downloader (default settings) behind a Pub/Sub emulator push subscription configured as production's, to which the {} finalize notifications are published at once. \"{CLOUD_RUN_CONCURRENCY} at once\": the same pushes POSTed {CLOUD_RUN_CONCURRENCY} at a time, as Cloud Run lets an instance take them. To a bucket: the downloader's server-side rewrite into another bucket, against `gcloud storage cp -r` between the same buckets. Each copier runs on a quiet disk (`sync` first); {rounds} rounds in rotating order, the median counts.",
+        "Delivery of many files: each object is the output of its own job (completed in Firestore), uploaded to fake-gcs-server before the clock starts. Files/s is objects over the wall time of the whole set: for the downloader from the first push to the last job `delivered` (every file streamed, size and CRC32C checked, fsynced, renamed into place, the download and the job recorded, one job event each); for `gcloud storage cp -r` and `curl` (five at once, `xargs -P 5`, no check, no fsync) from exec to exit. \"Subscription\": a fresh release downloader (default settings) behind a Pub/Sub emulator push subscription configured as production's, to which the {} finalize notifications are published at once. \"{CLOUD_RUN_CONCURRENCY} at once\": the same pushes POSTed {CLOUD_RUN_CONCURRENCY} at a time, as Cloud Run lets an instance take them. To a bucket: the downloader's server-side rewrite into another bucket, against `gcloud storage rsync -r` between the same buckets (fake-gcs-server lacks the storage layout API that `gcloud storage cp -r` asks for between buckets). Each copier runs on a quiet disk (`sync` first); {rounds} rounds in rotating order, the median counts.",
         workloads.iter().map(|w| w.count.to_string()).collect::<Vec<_>>().join(" or ")
     ));
     Ok(())
@@ -417,10 +419,10 @@ async fn downloader_once(
     outcome
 }
 
-fn gcloud(ctx: &Context) -> Command {
+fn gcloud(ctx: &Context, verb: &str) -> Command {
     let mut command = Command::new("gcloud");
     command
-        .args(["storage", "cp", "-r", "--no-user-output-enabled"])
+        .args(["storage", verb, "-r", "--no-user-output-enabled"])
         .env(
             "CLOUDSDK_API_ENDPOINT_OVERRIDES_STORAGE",
             format!("{}/storage/v1/", ctx.env.storage),
@@ -442,9 +444,9 @@ async fn gcloud_once(
         JobKind::Image => "images",
         JobKind::Video => "videos",
     };
-    let mut command = gcloud(ctx);
-    command.arg(format!("gs://{bucket}/{folder}"));
     if copier == Copier::GcloudToBucket {
+        let mut command = gcloud(ctx, "rsync");
+        command.arg(format!("gs://{bucket}/{folder}"));
         let archive = common::unique_bucket();
         ctx.http
             .post(format!("{}/storage/v1/b", ctx.env.storage))
@@ -452,11 +454,13 @@ async fn gcloud_once(
             .send()
             .await?
             .error_for_status()?;
-        command.arg(format!("gs://{archive}/"));
+        command.arg(format!("gs://{archive}/{folder}"));
         let seconds = timed(command).await;
         common::delete_bucket(ctx, &archive).await;
         return seconds;
     }
+    let mut command = gcloud(ctx, "cp");
+    command.arg(format!("gs://{bucket}/{folder}"));
     let destination = ctx.dir("gcloud")?;
     command.arg(&destination);
     let seconds = timed(command).await?;
@@ -557,7 +561,7 @@ fn tabulate(workload: Workload, measured: &Measured, report: &mut Report) {
     if let (Some(ours), Some(gcloud)) = (rate(Copier::ToBucket), rate(Copier::GcloudToBucket)) {
         report.figure(
             GROUP,
-            format!("{label}, to a bucket: files/s downloader / gcloud cp -r"),
+            format!("{label}, to a bucket: files/s downloader / gcloud rsync -r"),
             format!("{ours:.1} / {gcloud:.1} ({:.2}×)", ours / gcloud),
         );
     }
