@@ -4,7 +4,7 @@
 # (iam.tf) and the one image of the release, which holds every stage binary:
 # `command` picks the binary. The environment is the whole configuration of
 # a stage: `<binary> --help` lists what each binary reads, and
-# tests/tests/terraform.rs checks that every variable a binary reads is set
+# tests/tests/suites/terraform.rs checks that every variable a binary reads is set
 # here.
 
 locals {
@@ -32,8 +32,8 @@ locals {
     ASMR_JOB_EVENTS        = "true"
   }
 
-  # The model settings of the generators and the poller. The numbers are the
-  # old system's; env_overrides changes them per stage.
+  # The model settings of the generators and the poller, the binaries' own
+  # defaults written out; env_overrides changes them per stage.
   env_models = {
     GOOGLE_CLOUD_LOCATION = var.vertex_location
     GCS_OUTPUT_BUCKET     = google_storage_bucket.output.name

@@ -53,6 +53,37 @@ impl Handled {
         }
     }
 
+    /// Logs the outcome, the one line every push endpoint writes for each
+    /// message, with a fixed `event` (`push_done`, `push_duplicate`,
+    /// `push_ignored`, `push_poison`, `push_retry`) and `outcome`/`detail`
+    /// as the answer's body has them; returns it for answering.
+    pub fn logged(self) -> Self {
+        let (outcome, detail) = self.parts();
+        match &self {
+            Handled::Poison(_) => tracing::error!(
+                event = "push_poison",
+                outcome,
+                detail,
+                "poison acknowledged: the message can never be processed"
+            ),
+            Handled::Retry { rate_limited, .. } => tracing::warn!(
+                event = "push_retry",
+                outcome,
+                detail,
+                rate_limited,
+                "asking Pub/Sub to redeliver"
+            ),
+            Handled::Done(_) => tracing::info!(event = "push_done", outcome, detail, "handled"),
+            Handled::Duplicate(_) => {
+                tracing::info!(event = "push_duplicate", outcome, detail, "handled")
+            }
+            Handled::Ignored(_) => {
+                tracing::info!(event = "push_ignored", outcome, detail, "handled")
+            }
+        }
+        self
+    }
+
     /// A transient store failure.
     pub(crate) fn store_trouble(e: &Error) -> Self {
         Handled::Retry {

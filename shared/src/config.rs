@@ -17,8 +17,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Reads a duration: a plain number is seconds (`5`, `0.5`, as the old
-/// system's variables were), anything else is humantime (`500ms`, `2m`).
+/// Reads a duration: a plain number is seconds (`5`, `0.5`), anything else
+/// is humantime (`500ms`, `2m`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if let Ok(seconds) = text.parse::<f64>() {
@@ -200,7 +200,6 @@ impl ObjectArgs {
 #[derive(Clone, Debug, Args)]
 pub struct StageArgs {
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub store: StoreArgs,
     /// Vertex AI region.
     #[arg(long, env = "GOOGLE_CLOUD_LOCATION", default_value = "us-central1")]
@@ -263,7 +262,6 @@ pub struct StageArgs {
     #[arg(long, env = "MODEL_PRICES")]
     pub model_prices: Option<String>,
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub objects: ObjectArgs,
 }
 

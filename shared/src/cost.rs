@@ -26,7 +26,7 @@ pub enum Price {
     PerSecond {
         /// With a sound track (`generate_audio`).
         with_audio: u64,
-        /// Silent.
+        /// Without a sound track.
         without_audio: u64,
     },
 }

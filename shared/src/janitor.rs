@@ -468,7 +468,6 @@ impl Janitor {
 #[derive(Clone, Debug, clap::Args)]
 pub struct JanitorArgs {
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub store: StoreArgs,
     /// Dead-letter subscription to drain [default: {ASMR_TOPIC_PREFIX}asmr-dead-letter-janitor].
     #[arg(long, env = "DEAD_LETTER_SUBSCRIPTION")]

@@ -47,9 +47,10 @@ pub fn trace_id(request: &Request<Body>) -> Option<String> {
 pub fn push_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Handled> {
     body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            let reason = format!("the push body is too large: {}", rejection.body_text());
-            tracing::error!(reason, "poison push acknowledged");
-            Handled::Poison(reason)
+            Handled::Poison(format!(
+                "the push body is too large: {}",
+                rejection.body_text()
+            ))
         } else {
             Handled::Retry {
                 rate_limited: false,

@@ -150,7 +150,7 @@ pub struct AddArgs {
     /// A prompts file: one prompt per line, `#` starts a comment line; `-` reads stdin.
     #[arg(long, value_name = "FILE")]
     pub file: Option<PathBuf>,
-    /// image or video (the old IMAGE_TEST and VIDEO_PROD are accepted).
+    /// image or video (IMAGE_TEST and VIDEO_PROD are accepted).
     #[arg(long)]
     pub kind: String,
     /// Higher runs first.
@@ -173,7 +173,7 @@ pub struct RunArgs {
     /// A prompts file: one prompt per line, `#` starts a comment line; `-` reads stdin.
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
-    /// image or video (the old IMAGE_TEST and VIDEO_PROD are accepted).
+    /// image or video (IMAGE_TEST and VIDEO_PROD are accepted).
     #[arg(long, default_value = "image")]
     pub kind: String,
     /// Where the files are delivered.

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
-/// The names of the pipeline's topics (DESIGN.md, "Messages and events").
+/// The names of the pipeline's topics (README, "The stages").
 ///
 /// Every name is `{prefix}asmr-...`; the default prefix is empty, so by
 /// default the names are exactly those of the design and of terraform.

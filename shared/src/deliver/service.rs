@@ -21,7 +21,6 @@ use tracing::Instrument;
 #[derive(Clone, Debug, Args)]
 pub struct DownloaderArgs {
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub store: StoreArgs,
     /// Output bucket(s) whose objects are delivered (comma-separated).
     #[arg(
@@ -64,7 +63,6 @@ pub struct DownloaderArgs {
     #[arg(long, env = "PORT", default_value = "8080")]
     pub port: u16,
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub objects: ObjectArgs,
 }
 
@@ -86,29 +84,17 @@ async fn event_handler(
 ) -> Handled {
     let body = match server::push_body(body) {
         Ok(body) => body,
-        Err(handled) => return handled,
+        Err(handled) => return handled.logged(),
     };
     let event = match crate::events::decode(&headers, &body) {
         Ok(event) => event,
-        Err(poison) => {
-            tracing::error!(error = %poison, "poison event acknowledged");
-            return Handled::Poison(poison.to_string());
-        }
+        Err(poison) => return Handled::Poison(poison.to_string()).logged(),
     };
     let span =
         tracing::info_span!("storage_event", message_id = %event.event_id, object = %event.uri());
-    async move {
-        let handled = downloader.handle(&event).await;
-        match &handled {
-            Handled::Poison(reason) => tracing::error!(reason, "poison event acknowledged"),
-            Handled::Retry { reason, .. } => tracing::warn!(reason, "asking for redelivery"),
-            Handled::Ignored(reason) => tracing::info!(reason, "acknowledged and ignored"),
-            other => tracing::info!(outcome = ?other, "handled"),
-        }
-        handled
-    }
-    .instrument(span)
-    .await
+    async move { downloader.handle(&event).await.logged() }
+        .instrument(span)
+        .await
 }
 
 /// How the downloader binary runs.

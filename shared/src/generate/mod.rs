@@ -526,7 +526,7 @@ pub trait Generator: Send + Sync + 'static {
     fn store(&self) -> &Store;
     /// Claim names.
     fn workers(&self) -> &Workers;
-    /// Settings.
+    /// The model, the timeouts and the retry policy this generator runs with.
     fn settings(&self) -> &GeneratorSettings;
     /// Prices and budget.
     fn cost_guard(&self) -> &CostGuard;

@@ -37,32 +37,20 @@ async fn push_handler<G: Generator>(
 ) -> Handled {
     let body = match server::push_body(body) {
         Ok(body) => body,
-        Err(handled) => return handled,
+        Err(handled) => return handled.logged(),
     };
     let delivery = match push::decode(&body) {
         Ok(delivery) => delivery,
-        Err(poison) => {
-            tracing::error!(error = %poison, "poison push acknowledged");
-            return Handled::Poison(poison.0);
-        }
+        Err(poison) => return Handled::Poison(poison.0).logged(),
     };
     let span = tracing::info_span!("job_message", message_id = %delivery.message_id, job_id = tracing::field::Empty);
     async move {
         let message = match JobMessage::from_delivery(&delivery) {
             Ok(message) => message,
-            Err(poison) => {
-                tracing::error!(error = %poison, "poison message acknowledged");
-                return Handled::Poison(poison.0);
-            }
+            Err(poison) => return Handled::Poison(poison.0).logged(),
         };
         tracing::Span::current().record("job_id", message.job_id.as_str());
-        let handled = handle(generator.as_ref(), &message.job_id).await;
-        match &handled {
-            Handled::Poison(reason) => tracing::error!(reason, "poison message acknowledged"),
-            Handled::Retry { reason, .. } => tracing::warn!(reason, "asking Pub/Sub to redeliver"),
-            other => tracing::info!(outcome = ?other, "handled"),
-        }
-        handled
+        handle(generator.as_ref(), &message.job_id).await.logged()
     }
     .instrument(span)
     .await

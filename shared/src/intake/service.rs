@@ -64,7 +64,6 @@ const PUSH_BODY_LIMIT: usize = 16 * 1024 * 1024;
 #[derive(Clone, Debug, Args)]
 pub struct IntakeArgs {
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub store: StoreArgs,
     /// Create jobs as dry runs: the generators write placeholders instead of
     /// calling (and paying for) the models.
@@ -221,11 +220,7 @@ async fn push_handler(
             }
             Err(unfinished) => Handled::store_trouble(&unfinished.error),
         };
-        match &handled {
-            Handled::Retry { reason, .. } => tracing::warn!(reason, "asking Pub/Sub to redeliver"),
-            other => tracing::info!(outcome = ?other, "handled"),
-        }
-        handled
+        handled.logged()
     }
     .instrument(span)
     .await

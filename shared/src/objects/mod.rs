@@ -87,7 +87,7 @@ pub type ByteStream = BoxStream<'static, Result<Bytes>>;
 /// A `gs://bucket/name` address.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct GsUri {
-    /// Bucket.
+    /// The bucket name, without `gs://`.
     pub bucket: String,
     /// Object name or prefix (may be empty).
     pub name: String,

@@ -90,7 +90,7 @@ pub struct Version(pub String);
 pub struct Stored {
     /// Document id.
     pub id: String,
-    /// Body.
+    /// The document's fields.
     pub doc: Doc,
     /// Version for compare-and-set.
     pub version: Version,
@@ -99,7 +99,7 @@ pub struct Stored {
 /// A value in a query condition or cursor.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Scalar {
-    /// Text.
+    /// A UTF-8 string.
     Str(String),
     /// Whole number.
     Int(i64),
@@ -146,16 +146,16 @@ pub struct Query {
 pub enum Write {
     /// Create `id`, which must not exist.
     Create {
-        /// Where.
+        /// The collection holding the document.
         collection: Collection,
         /// Document id.
         id: String,
-        /// Body.
+        /// The document's fields.
         doc: Doc,
     },
     /// Replace `id`, which must still be at `expected`.
     Replace {
-        /// Where.
+        /// The collection holding the document.
         collection: Collection,
         /// Document id.
         id: String,
@@ -168,7 +168,7 @@ pub enum Write {
     /// when `expected` is `None`. A document that does not exist is no
     /// conflict.
     Delete {
-        /// Where.
+        /// The collection holding the document.
         collection: Collection,
         /// Document id.
         id: String,

@@ -22,7 +22,7 @@ use std::time::Duration;
 /// QUOTA_WAIT's default: a minute of quota and a few probes.
 pub const DEFAULT_QUOTA_WAIT: Duration = Duration::from_secs(75);
 
-/// Retries inside one model call (the old system's MAX_RETRIES, BASE_DELAY, MAX_DELAY).
+/// Retries inside one model call (`MAX_RETRIES`, `BASE_DELAY`, `MAX_DELAY`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Retries after the first try.
@@ -175,7 +175,7 @@ pub enum OperationState {
     Failed {
         /// Numeric gRPC code.
         code: i32,
-        /// Message.
+        /// The error's message as Vertex AI wrote it.
         message: String,
     },
 }

@@ -94,7 +94,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_from_the_base_and_stops_at_the_cap() {
-        // The old system's defaults: 5 s base, 60 s cap.
+        // The defaults: 5 s base, 60 s cap.
         let p = RetryPolicy::default();
         let full: Vec<_> = (0..6).map(|n| backoff(&p, n, 1.0).as_secs()).collect();
         assert_eq!(full, [5, 10, 20, 40, 60, 60]);

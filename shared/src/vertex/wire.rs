@@ -155,7 +155,7 @@ pub struct Content {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Part {
-    /// Text.
+    /// A text part: the prompt going out, or the model's words coming back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
     /// Inline bytes (a generated image).

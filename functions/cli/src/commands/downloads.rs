@@ -1,6 +1,6 @@
-//! `asmr downloads` and `asmr retry-download`: the download queue, as the
-//! old system's `get_pending_downloads` showed it, and the operator's way to
-//! requeue a download that gave up.
+//! `asmr downloads` and `asmr retry-download`: the download queue (pending,
+//! running and given-up downloads), and the operator's way to requeue a
+//! download that gave up.
 
 use crate::args::DownloadsArgs;
 use crate::out::{self, Table};
