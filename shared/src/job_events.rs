@@ -90,19 +90,10 @@ impl OutboxEntry {
     }
 }
 
-/// Whether a job has reached the end of the pipeline.
-pub fn is_terminal(job: &Job) -> bool {
-    match job.status {
-        JobStatus::Delivered | JobStatus::Failed | JobStatus::Cancelled => true,
-        JobStatus::Completed => job.outputs.is_empty(),
-        JobStatus::Pending | JobStatus::Processing | JobStatus::Generating => false,
-    }
-}
-
-/// Whether the write from `before` to `after` is the one that made the job
-/// terminal.
+/// Whether the write from `before` to `after` is the one that ended the job
+/// ([`Job::has_ended`]).
 pub fn became_terminal(before: &Job, after: &Job) -> bool {
-    is_terminal(after) && (!is_terminal(before) || before.status != after.status)
+    after.has_ended() && (!before.has_ended() || before.status != after.status)
 }
 
 /// Where job events go.
@@ -196,7 +187,7 @@ mod tests {
             (JobStatus::Cancelled, &out[..0], true),
         ] {
             assert_eq!(
-                is_terminal(&job(status, outputs)),
+                job(status, outputs).has_ended(),
                 terminal,
                 "{status:?} with {} outputs",
                 outputs.len()

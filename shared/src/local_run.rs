@@ -30,7 +30,7 @@ use crate::generate::images::ImageGenerator;
 use crate::generate::poller::{PollerSettings, VideoPoller};
 use crate::generate::videos::VideoGenerator;
 use crate::generate::{DrainLimits, Generator, GeneratorSettings, drain};
-use crate::job_events::{BusJobEvents, is_terminal};
+use crate::job_events::BusJobEvents;
 use crate::objects::{GsUri, ObjectStore};
 use crate::store::{JobFilter, Store, StoreConfig};
 use crate::vertex::{RetryPolicy, VertexClient, VertexConfig};
@@ -117,7 +117,7 @@ pub struct Progress {
 pub struct Skipped {
     /// 1-based line number.
     pub line: usize,
-    /// Why.
+    /// Why the line is not a job, in words for the operator.
     pub reason: String,
 }
 
@@ -771,7 +771,7 @@ async fn tally(store: &Store, ids: &[String], report: &mut RunReport) -> Result<
         };
         *report.statuses.entry(job.status).or_default() += 1;
         report.files += job.deliveries.len() as u64;
-        if is_terminal(&job)
+        if job.has_ended()
             && job.status != JobStatus::Delivered
             && report.failures.len() < FAILURES_SHOWN
         {

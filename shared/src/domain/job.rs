@@ -88,7 +88,7 @@ impl fmt::Display for JobKind {
 impl FromStr for JobKind {
     type Err = ValidationError;
 
-    /// Accepts `image` and `video` in any case, and the old system's
+    /// Accepts `image` and `video` in any case, and the job-type names
     /// `IMAGE_TEST` and `VIDEO_PROD`.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         match text.trim().to_ascii_lowercase().as_str() {
@@ -492,9 +492,9 @@ pub struct Job {
 /// How long finished records are kept before the store may delete them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Retention {
-    /// Failed and cancelled jobs (the old system: 30 days).
+    /// Failed and cancelled jobs (30 days by default).
     pub failed_jobs: Duration,
-    /// Completed downloads (the old system: 7 days).
+    /// Completed downloads (7 days by default).
     pub completed_downloads: Duration,
 }
 
@@ -531,6 +531,13 @@ pub enum ClaimRefusal {
 }
 
 impl Job {
+    /// Whether the job has reached the end of the pipeline: a terminal
+    /// status, or completed with nothing to deliver (every output withheld).
+    pub fn has_ended(&self) -> bool {
+        self.status.is_terminal()
+            || (self.status == JobStatus::Completed && self.outputs.is_empty())
+    }
+
     /// A new pending job. The id comes from the request id when there is one.
     pub fn new(new: NewJob, now: Timestamp) -> Self {
         let id = match &new.request_id {
@@ -684,6 +691,59 @@ impl Job {
     /// Records the reservation of the paid request the lease holder is about
     /// to send, and that from now on the request may be in flight
     /// (`calling`), in the write that claims the job.
+    /// Takes the reservation an earlier claim left behind, to be counted as
+    /// spent (its call may have been paid). A claim that resumes the job's
+    /// submitted operation (`resumed_by`, its owner) keeps it under its own
+    /// name instead: the poller settles it.
+    pub fn take_leftover_reservation(&mut self, resumed_by: Option<&str>) -> Option<Reservation> {
+        let held = self.reservation.take()?;
+        match resumed_by {
+            Some(owner) if self.operation_name.is_some() => {
+                self.reservation = Some(Reservation {
+                    owner: owner.to_string(),
+                    ..held
+                });
+                None
+            }
+            _ => Some(held),
+        }
+    }
+
+    /// Takes the reservation for settling: `owner`'s only, or any with
+    /// `None`. A later claim's reservation stays where it is.
+    pub fn release_reservation(&mut self, owner: Option<&str>) -> Option<Reservation> {
+        let theirs = self
+            .reservation
+            .as_ref()
+            .is_some_and(|held| owner.is_some_and(|owner| owner != held.owner));
+        if theirs {
+            None
+        } else {
+            self.reservation.take()
+        }
+    }
+
+    /// Marks a pending job as waiting for `reason`. Not a transition:
+    /// `updated_at` stays, so the janitor still sees how long the job has
+    /// been idle and dispatches it again. Whether anything changed.
+    pub fn mark_waiting(&mut self, reason: &str) -> bool {
+        if self.status != JobStatus::Pending || self.waiting.as_deref() == Some(reason) {
+            return false;
+        }
+        self.waiting = Some(reason.to_string());
+        true
+    }
+
+    /// Stamps a pending job as dispatched again at `now`, so that whoever
+    /// stamps it is the only one to dispatch it in this window.
+    pub fn stamp_dispatched(&mut self, now: Timestamp) -> Transition {
+        if self.status != JobStatus::Pending {
+            return Err(self.refuse("dispatch again"));
+        }
+        self.updated_at = now;
+        Ok(())
+    }
+
     pub fn reserve(&mut self, reservation: Reservation) -> Transition {
         if self.status != JobStatus::Processing {
             return Err(self.refuse("reserve a paid call for"));

@@ -13,8 +13,8 @@
 
 use super::backend::{Collection, Query, Stored, Version, Write};
 use super::{
-    CAS_ROUNDS, CLAIM_CANDIDATES, CLAIM_ORDER, Claim, Store, from_stored, from_stored_as, str_eq,
-    to_doc,
+    CLAIM_CANDIDATES, CLAIM_ORDER, Claim, Round, Store, from_stored, from_stored_as, str_eq,
+    to_doc, until_settled,
 };
 use crate::domain::Lease;
 use crate::domain::job::{
@@ -73,6 +73,21 @@ impl BudgetDay {
     fn touch(&mut self, now: Timestamp) {
         self.updated_at = now;
         self.expire_at = now.plus(BUDGET_RETENTION);
+    }
+
+    /// Holds `micros` for a claimed call, under the budget now in force.
+    fn reserve(&mut self, micros: u64, limit_micros: Option<u64>, now: Timestamp) {
+        self.reserved_micros = self.reserved_micros.saturating_add(micros);
+        self.limit_micros = limit_micros;
+        self.touch(now);
+    }
+
+    /// Settles a reservation of `reserved_micros`: the hold goes, and what
+    /// the call cost (`spent_micros`) is spent.
+    fn settle(&mut self, reserved_micros: u64, spent_micros: u64, now: Timestamp) {
+        self.reserved_micros = self.reserved_micros.saturating_sub(reserved_micros);
+        self.spent_micros = self.spent_micros.saturating_add(spent_micros);
+        self.touch(now);
     }
 }
 
@@ -285,18 +300,18 @@ impl Store {
         lease: &Lease,
         budget: &Budget<'_>,
     ) -> Result<Budgeted<Claim<Job>>> {
-        for _ in 0..CAS_ROUNDS {
+        until_settled("job", id, || async move {
             let Some((job, version)) = self.load::<Job>(id).await? else {
-                return Ok(Budgeted::Within(Claim::NotFound));
+                return Ok(Round::Settled(Budgeted::Within(Claim::NotFound)));
             };
-            if let Some(outcome) = self.try_claim_within(job, &version, lease, budget).await? {
-                return Ok(outcome);
-            }
-        }
-        Err(Error::Contention {
-            kind: "job",
-            id: id.to_string(),
+            Ok(
+                match self.try_claim_within(job, &version, lease, budget).await? {
+                    Some(outcome) => Round::Settled(outcome),
+                    None => Round::Lost,
+                },
+            )
         })
+        .await
     }
 
     /// Claims the next pending job of `kind` like [`Store::claim_next_job`],
@@ -317,10 +332,11 @@ impl Store {
             after: None,
             limit: CLAIM_CANDIDATES,
         };
-        for _ in 0..CAS_ROUNDS {
-            let mut candidates = self.backend.query(Collection::Jobs, &query).await?;
+        let query = &query;
+        until_settled("job", "(next pending)", || async move {
+            let mut candidates = self.backend.query(Collection::Jobs, query).await?;
             let Some(top) = candidates.first().map(|c| c.doc.get("priority").cloned()) else {
-                return Ok(Budgeted::Within(None));
+                return Ok(Round::Settled(Budgeted::Within(None)));
             };
             candidates.retain(|c| c.doc.get("priority").cloned() == top);
             candidates.shuffle(&mut rand::rng());
@@ -329,7 +345,7 @@ impl Store {
                 let (job, version) = from_stored::<Job>(stored)?;
                 match self.try_claim_within(job, &version, lease, budget).await? {
                     Some(Budgeted::Within(Claim::Claimed(job))) => {
-                        return Ok(Budgeted::Within(Some(job)));
+                        return Ok(Round::Settled(Budgeted::Within(Some(job))));
                     }
                     Some(Budgeted::Over(refused)) => {
                         over.get_or_insert(refused);
@@ -338,14 +354,12 @@ impl Store {
                     _ => {}
                 }
             }
-            if let Some(refused) = over {
-                return Ok(Budgeted::Over(refused));
-            }
-        }
-        Err(Error::Contention {
-            kind: "job",
-            id: "(next pending)".into(),
+            Ok(match over {
+                Some(refused) => Round::Settled(Budgeted::Over(refused)),
+                None => Round::Lost,
+            })
         })
+        .await
     }
 
     /// Tries to claim `job` as read at `version`, with its reservation.
@@ -390,17 +404,7 @@ impl Store {
         // A reservation left by an earlier claim whose worker vanished: its
         // call may have been paid, so it counts as spent, unless it belongs
         // to a submitted operation this claim resumes (the poller settles it).
-        let mut leftover = None;
-        if let Some(held) = job.reservation.take() {
-            if claimed && job.operation_name.is_some() {
-                job.reservation = Some(Reservation {
-                    owner: lease.owner.clone(),
-                    ..held
-                });
-            } else {
-                leftover = Some(held);
-            }
-        }
+        let leftover = job.take_leftover_reservation(claimed.then_some(lease.owner.as_str()));
 
         let mut wanted: Vec<&str> = Vec::new();
         if let Some(held) = &leftover {
@@ -413,9 +417,7 @@ impl Store {
         if let Some(held) = &leftover
             && let Some(day) = days.get(&held.day)
         {
-            day.reserved_micros = day.reserved_micros.saturating_sub(held.micros);
-            day.spent_micros = day.spent_micros.saturating_add(held.micros);
-            day.touch(now);
+            day.settle(held.micros, held.micros, now);
         }
         if let Some(micros) = cost
             && let Some(day) = days.get(&today)
@@ -428,9 +430,7 @@ impl Store {
                     .wait_for_budget(before, version, &today, micros, committed, limit)
                     .await;
             }
-            day.reserved_micros = day.reserved_micros.saturating_add(micros);
-            day.limit_micros = budget.limit_micros;
-            day.touch(now);
+            day.reserve(micros, budget.limit_micros, now);
             job.reserve(Reservation {
                 day: today.clone(),
                 micros,
@@ -459,17 +459,13 @@ impl Store {
         committed_micros: u64,
         limit_micros: u64,
     ) -> Result<Option<Budgeted<Claim<Job>>>> {
-        if job.status == JobStatus::Pending && job.waiting.as_deref() != Some(BUDGET_EXHAUSTED) {
-            // Not a transition: `updated_at` stays, so the janitor still sees
-            // how long the job has been idle and dispatches it again.
-            job.waiting = Some(BUDGET_EXHAUSTED.to_string());
-            if !self
+        if job.mark_waiting(BUDGET_EXHAUSTED)
+            && !self
                 .backend
                 .replace(Collection::Jobs, &job.id, version, &to_doc(&job)?)
                 .await?
-            {
-                return Ok(None);
-            }
+        {
+            return Ok(None);
         }
         Ok(Some(Budgeted::Over(Box::new(OverBudget {
             job,
@@ -491,23 +487,18 @@ impl Store {
         owner: Option<&str>,
         billed: Billed,
     ) -> Result<Option<Settled>> {
-        for _ in 0..CAS_ROUNDS {
+        until_settled("budget", id, || async move {
             let Some((mut job, version)) = self.load::<Job>(id).await? else {
-                return Ok(None);
+                return Ok(Round::Settled(None));
             };
-            let Some(reservation) = job.reservation.take() else {
-                return Ok(None);
+            let Some(reservation) = job.release_reservation(owner) else {
+                return Ok(Round::Settled(None));
             };
-            if owner.is_some_and(|owner| owner != reservation.owner) {
-                return Ok(None);
-            }
             let spent_micros = billed.of(reservation.micros);
             let now = Timestamp::now();
             let written = match self.load_day(&reservation.day).await? {
                 Some((mut day, day_version)) => {
-                    day.reserved_micros = day.reserved_micros.saturating_sub(reservation.micros);
-                    day.spent_micros = day.spent_micros.saturating_add(spent_micros);
-                    day.touch(now);
+                    day.settle(reservation.micros, spent_micros, now);
                     let writes = [
                         job_write(&job, &version)?,
                         Write::Replace {
@@ -526,17 +517,16 @@ impl Store {
                         .await?
                 }
             };
-            if written {
-                return Ok(Some(Settled {
+            Ok(if written {
+                Round::Settled(Some(Settled {
                     reservation,
                     spent_micros,
-                }));
-            }
-        }
-        Err(Error::Contention {
-            kind: "budget",
-            id: id.to_string(),
+                }))
+            } else {
+                Round::Lost
+            })
         })
+        .await
     }
 }
 

@@ -2,9 +2,9 @@
 //! while, and the stamp that keeps their re-dispatch to once per window.
 
 use super::backend::{Collection, Cond, Dir, Scalar};
-use super::{CAS_ROUNDS, MAX_PAGE, Store, str_eq, to_doc};
+use super::{MAX_PAGE, Round, Store, str_eq, to_doc, until_settled};
 use crate::domain::job::{Job, JobStatus};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::time::Timestamp;
 
 impl Store {
@@ -26,25 +26,25 @@ impl Store {
     /// is the only one to dispatch it again in this window. `None` when the
     /// job moved on, was stamped by someone else, or is gone.
     pub async fn stamp_idle_pending_job(&self, id: &str, cutoff: Timestamp) -> Result<Option<Job>> {
-        for _ in 0..CAS_ROUNDS {
+        until_settled("job", id, || async move {
             let Some((mut job, version)) = self.load::<Job>(id).await? else {
-                return Ok(None);
+                return Ok(Round::Settled(None));
             };
-            if job.status != JobStatus::Pending || job.updated_at >= cutoff {
-                return Ok(None);
+            if job.updated_at >= cutoff || job.stamp_dispatched(Timestamp::now()).is_err() {
+                return Ok(Round::Settled(None));
             }
-            job.updated_at = Timestamp::now();
-            if self
-                .backend
-                .replace(Collection::Jobs, id, &version, &to_doc(&job)?)
-                .await?
-            {
-                return Ok(Some(job));
-            }
-        }
-        Err(Error::Contention {
-            kind: "job",
-            id: id.to_string(),
+            Ok(
+                if self
+                    .backend
+                    .replace(Collection::Jobs, id, &version, &to_doc(&job)?)
+                    .await?
+                {
+                    Round::Settled(Some(job))
+                } else {
+                    Round::Lost
+                },
+            )
         })
+        .await
     }
 }

@@ -39,6 +39,35 @@ const CLAIM_CANDIDATES: u32 = 16;
 /// Rounds of re-reading before a contended write gives up with
 /// [`Error::Contention`].
 const CAS_ROUNDS: usize = 50;
+
+/// One round of a compare-and-set: read, decide, write if unchanged.
+enum Round<R> {
+    /// The round ended the operation (written, or nothing to do).
+    Settled(R),
+    /// Another writer came first: read again.
+    Lost,
+}
+
+/// Runs `round` until it settles, at most [`CAS_ROUNDS`] times; then gives
+/// up with [`Error::Contention`] on `kind` `id`.
+async fn until_settled<R, F>(
+    kind: &'static str,
+    id: &str,
+    mut round: impl FnMut() -> F,
+) -> Result<R>
+where
+    F: Future<Output = Result<Round<R>>>,
+{
+    for _ in 0..CAS_ROUNDS {
+        if let Round::Settled(settled) = round().await? {
+            return Ok(settled);
+        }
+    }
+    Err(Error::Contention {
+        kind,
+        id: id.to_string(),
+    })
+}
 /// Page size of sweeps (resets, retention).
 const SWEEP_PAGE: u32 = 200;
 /// The largest page a listing returns.
@@ -206,7 +235,7 @@ pub enum StoreConfig {
         /// The state directory (`.asmr` by default).
         state_dir: std::path::PathBuf,
     },
-    /// Firestore.
+    /// Cloud Firestore (or its emulator), in Native mode.
     Firestore(firestore::FirestoreConfig),
 }
 
@@ -471,33 +500,30 @@ impl Store {
     /// Creates `record` unless it exists; either way returns what is stored
     /// and its version, in one round trip when it is new.
     async fn create_versioned<T: Record>(&self, record: T) -> Result<(Created<T>, Version)> {
-        let doc = to_doc(&record)?;
-        for _ in 0..CAS_ROUNDS {
-            if let Some(version) = self
-                .backend
-                .create(T::COLLECTION, record.id(), &doc)
-                .await?
-            {
+        let doc = &to_doc(&record)?;
+        let record = &record;
+        until_settled(T::KIND, record.id(), || async move {
+            if let Some(version) = self.backend.create(T::COLLECTION, record.id(), doc).await? {
                 let created = Created {
-                    record,
+                    record: record.clone(),
                     created: true,
                 };
-                return Ok((created, version));
+                return Ok(Round::Settled((created, version)));
             }
             // It exists: return what is stored. If it vanished in between
             // (retention), create again.
-            if let Some((existing, version)) = self.load::<T>(record.id()).await? {
-                let created = Created {
-                    record: existing,
-                    created: false,
-                };
-                return Ok((created, version));
-            }
-        }
-        Err(Error::Contention {
-            kind: T::KIND,
-            id: record.id().to_string(),
+            Ok(match self.load::<T>(record.id()).await? {
+                Some((existing, version)) => Round::Settled((
+                    Created {
+                        record: existing,
+                        created: false,
+                    },
+                    version,
+                )),
+                None => Round::Lost,
+            })
         })
+        .await
     }
 
     /// Reads, applies `change`, writes back if unchanged; repeats on conflict.
@@ -506,7 +532,8 @@ impl Store {
         id: &str,
         change: impl Fn(&mut T, Timestamp) -> Result<(), TransitionError> + Send,
     ) -> Result<T> {
-        for _ in 0..CAS_ROUNDS {
+        let change = &change;
+        until_settled(T::KIND, id, || async move {
             let Some((mut record, version)) = self.load::<T>(id).await? else {
                 return Err(Error::NotFound {
                     kind: T::KIND,
@@ -519,14 +546,13 @@ impl Store {
                 id: id.to_string(),
                 reason,
             })?;
-            if self.put(&before, &record, &version, Vec::new()).await? {
-                return Ok(record);
-            }
-        }
-        Err(Error::Contention {
-            kind: T::KIND,
-            id: id.to_string(),
+            Ok(if self.put(&before, &record, &version, Vec::new()).await? {
+                Round::Settled(record)
+            } else {
+                Round::Lost
+            })
         })
+        .await
     }
 
     /// Tries to claim a record as read at `version`. `Ok(None)` when someone
@@ -558,18 +584,16 @@ impl Store {
     }
 
     async fn claim_by_id<T: Record>(&self, id: &str, lease: &Lease) -> Result<Claim<T>> {
-        for _ in 0..CAS_ROUNDS {
+        until_settled(T::KIND, id, || async move {
             let Some((record, version)) = self.load::<T>(id).await? else {
-                return Ok(Claim::NotFound);
+                return Ok(Round::Settled(Claim::NotFound));
             };
-            if let Some(outcome) = self.try_claim(record, &version, lease).await? {
-                return Ok(outcome);
-            }
-        }
-        Err(Error::Contention {
-            kind: T::KIND,
-            id: id.to_string(),
+            Ok(match self.try_claim(record, &version, lease).await? {
+                Some(outcome) => Round::Settled(outcome),
+                None => Round::Lost,
+            })
         })
+        .await
     }
 
     /// Claims the first record of `conds` in claim order: the highest
@@ -582,10 +606,11 @@ impl Store {
             after: None,
             limit: CLAIM_CANDIDATES,
         };
-        for _ in 0..CAS_ROUNDS {
-            let mut candidates = self.backend.query(T::COLLECTION, &query).await?;
+        let query = &query;
+        until_settled(T::KIND, "(next pending)", || async move {
+            let mut candidates = self.backend.query(T::COLLECTION, query).await?;
             let Some(top) = candidates.first().map(|c| c.doc.get("priority").cloned()) else {
-                return Ok(None);
+                return Ok(Round::Settled(None));
             };
             // Priority is strict; age within a priority is approximate, which
             // is what lets concurrent claimers spread out.
@@ -594,17 +619,15 @@ impl Store {
             for stored in candidates {
                 let (record, version) = from_stored::<T>(stored)?;
                 match self.try_claim(record, &version, lease).await? {
-                    Some(Claim::Claimed(record)) => return Ok(Some(record)),
+                    Some(Claim::Claimed(record)) => return Ok(Round::Settled(Some(record))),
                     // Exhausted records were failed; stale candidates were
                     // taken by someone else. Either way, try the next one.
                     _ => continue,
                 }
             }
-        }
-        Err(Error::Contention {
-            kind: T::KIND,
-            id: "(next pending)".into(),
+            Ok(Round::Lost)
         })
+        .await
     }
 
     async fn page<T: Record>(
@@ -864,8 +887,8 @@ impl Store {
     }
 
     /// Puts back jobs that sat in processing or generating for longer than
-    /// `older_than` without any update, whatever their lease says (the old
-    /// system's reset of stuck jobs). Jobs with no attempt left fail.
+    /// `older_than` without any update, whatever their lease says (the
+    /// operator's reset of stuck jobs). Jobs with no attempt left fail.
     pub async fn reset_stuck_jobs(&self, older_than: Duration) -> Result<ResetReport> {
         let cutoff = Timestamp::now().minus(older_than);
         self.reset_before("updated_at", cutoff, true).await
