@@ -2,7 +2,7 @@
 # enabled on destroy: other things in the project may use them too.
 #
 # Every resource depends on time_sleep.apis, directly or through what it
-# references (tests/tests/terraform.rs holds the table of resource type to
+# references (tests/tests/suites/terraform.rs holds the table of resource type to
 # API and checks it), so one apply works on a fresh project. A new project has
 # only a few APIs on (Service Usage, which terraform/deploy's first steps turn
 # on, and not IAM among them), and a call right after enabling its API can

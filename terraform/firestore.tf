@@ -2,7 +2,7 @@
 # and TTL on expire_at.
 #
 # firestore_indexes mirrors shared::store::indexes::INDEXES, which a unit
-# test keeps in step with the store's queries; tests/tests/terraform.rs checks
+# test keeps in step with the store's queries; tests/tests/suites/terraform.rs checks
 # that every index there is declared here. Collection names get the prefix,
 # as the code's ASMR_COLLECTION_PREFIX does.
 

@@ -1,6 +1,6 @@
 # Log-based metrics, a dashboard and alerts. The stages log JSON lines through
 # tracing-stackdriver (jsonPayload, keys camelCased); the lines the metrics
-# count carry a fixed `event` field. tests/tests/terraform.rs evaluates every
+# count carry a fixed `event` field. tests/tests/suites/terraform.rs evaluates every
 # filter below against lines the binaries print and checks that each metric
 # counts exactly its event.
 #

@@ -340,7 +340,7 @@ async fn every_job_message_delivered_three_times_at_once_costs_one_model_call() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "takes minutes; run it with `tests/run --no-lint --test faults --run-ignored all`"]
+#[ignore = "takes minutes; run it with `tests/run --no-lint -E 'test(/^faults::/)' --run-ignored all`"]
 async fn duplicate_delivery_at_scale() {
     duplicates_cost_one_model_call_each(200, 100).await;
 }

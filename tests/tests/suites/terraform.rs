@@ -15,9 +15,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "terraform/filter.rs"]
 mod filter;
-#[path = "terraform/log_lines.rs"]
 mod log_lines;
 
 use hcl::eval::{Context, Evaluate, FuncArgs, FuncDef, ParamType};

@@ -1,0 +1,20 @@
+//! Every integration suite of the workspace in one test binary: each links
+//! all of `shared`, so one binary is linked once instead of sixteen times.
+//! Run one suite with `tests/run --no-lint -E 'test(/^delivery::/)'`.
+
+mod binaries;
+mod bus_contract;
+mod cost_guard;
+mod delivery;
+mod embedded_store;
+mod end_to_end;
+mod faults;
+mod generation;
+mod intake;
+mod janitor;
+mod local_run;
+mod object_contract;
+mod outages;
+mod store_contract;
+mod terraform;
+mod vertex_client;
