@@ -395,11 +395,81 @@ pub fn median(values: &[f64]) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// Deletes a bucket of fake-gcs-server, best effort.
+/// Deletes a bucket of fake-gcs-server and every object in it, best
+/// effort. A bucket must be empty to go, and fake-gcs-server keeps every
+/// object in memory: without this, the objects of a whole bench run (some
+/// 20 GiB) add up until the kernel stops it.
 pub async fn delete_bucket(ctx: &Context, bucket: &str) {
-    let _ = ctx
-        .http
-        .delete(format!("{}/storage/v1/b/{bucket}", ctx.env.storage))
-        .send()
-        .await;
+    use futures::StreamExt;
+    let base = format!("{}/storage/v1/b/{bucket}", ctx.env.storage);
+    loop {
+        let listed: Option<Value> = match ctx
+            .http
+            .get(format!("{base}/o?fields=items(name)&maxResults=1000"))
+            .send()
+            .await
+        {
+            Ok(response) => response.json().await.ok(),
+            Err(_) => None,
+        };
+        let names: Vec<String> = listed
+            .as_ref()
+            .and_then(|l| l["items"].as_array())
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(|i| i["name"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if names.is_empty() {
+            break;
+        }
+        let deleted = futures::stream::iter(names)
+            .map(|name| {
+                let url = format!("{base}/o/{}", encode(&name));
+                async move {
+                    ctx.http
+                        .delete(url)
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success())
+                }
+            })
+            .buffer_unordered(16)
+            .filter(|ok| std::future::ready(*ok))
+            .count()
+            .await;
+        if deleted == 0 {
+            break;
+        }
+    }
+    let _ = ctx.http.delete(base).send().await;
+}
+
+/// Writes `bytes` bytes to a new file at `path` in 1 MiB pieces and fsyncs
+/// it: what one durable file costs on this disk, with no network or store.
+pub fn write_durably(path: &Path, bytes: u64) -> Result<()> {
+    let piece = vec![0x5au8; 1024 * 1024];
+    let mut file = std::fs::File::create(path)?;
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(piece.len() as u64) as usize;
+        std::io::Write::write_all(&mut file, &piece[..n])?;
+        left -= n as u64;
+    }
+    file.sync_all()?;
+    Ok(())
+}
+
+/// An object name as one path segment of a JSON API URL.
+pub fn encode(name: &str) -> String {
+    name.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

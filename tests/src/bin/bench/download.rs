@@ -3,7 +3,7 @@
 //! production path), by `gcloud storage cp` and by `curl`, side by side,
 //! at each size; and the downloader's peak RSS.
 
-use crate::common::{self, Context, median};
+use crate::common::{self, Context, encode, median};
 use crate::table::{Report, mib, size};
 use anyhow::{Context as _, Result, bail, ensure};
 use base64::Engine;
@@ -27,6 +27,9 @@ enum Copier {
     Downloader,
     Gcloud,
     Curl,
+    /// No copy: the same number of bytes written and fsynced, the bound of
+    /// any copier that makes its file durable.
+    Disk,
 }
 
 /// One object under test.
@@ -50,6 +53,7 @@ struct Measured {
     downloader: Vec<f64>,
     gcloud: Vec<f64>,
     curl: Vec<f64>,
+    disk: Vec<f64>,
     peak_kib: Vec<u64>,
 }
 
@@ -100,7 +104,12 @@ async fn measure_size(
     common::detail(&format!("uploading a {} object", size(bytes)));
     let object = upload(ctx, objects, bucket, bytes).await?;
     let mut measured = Measured::default();
-    let copiers = [Copier::Downloader, Copier::Gcloud, Copier::Curl];
+    let copiers = [
+        Copier::Downloader,
+        Copier::Gcloud,
+        Copier::Curl,
+        Copier::Disk,
+    ];
     let mut outcome = Ok(());
     'rounds: for round in 0..rounds {
         // Each round starts with another copier, so none always runs on a
@@ -119,12 +128,14 @@ async fn measure_size(
                 Copier::Gcloud if gcloud => gcloud_once(ctx, &object).await,
                 Copier::Gcloud => continue,
                 Copier::Curl => curl_once(ctx, &object).await,
+                Copier::Disk => disk_once(ctx, bytes).await,
             };
             if let Ok(seconds) = result {
                 match copier {
                     Copier::Downloader => measured.downloader.push(seconds),
                     Copier::Gcloud => measured.gcloud.push(seconds),
                     Copier::Curl => measured.curl.push(seconds),
+                    Copier::Disk => measured.disk.push(seconds),
                 }
             }
             match result {
@@ -212,18 +223,6 @@ async fn upload(
         request_id,
         job_id,
     })
-}
-
-/// An object name as one path segment of a JSON API URL.
-fn encode(name: &str) -> String {
-    name.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// The Pub/Sub push of the bucket notification for `object`, as the
@@ -420,6 +419,17 @@ fn verify(file: &Path, object: &Object) -> Result<()> {
     Ok(())
 }
 
+/// Writes and fsyncs `bytes` on the bench's disk, timed.
+async fn disk_once(ctx: &Context, bytes: u64) -> Result<f64> {
+    let path = ctx.dir("disk")?.join("object");
+    let started = Instant::now();
+    let written = path.clone();
+    tokio::task::spawn_blocking(move || common::write_durably(&written, bytes)).await??;
+    let seconds = started.elapsed().as_secs_f64();
+    std::fs::remove_file(&path)?;
+    Ok(seconds)
+}
+
 fn mb_per_s(bytes: u64, seconds: f64) -> f64 {
     bytes as f64 / 1e6 / seconds
 }
@@ -484,6 +494,14 @@ fn tabulate(results: &[(u64, Measured)], rounds: usize, gcloud: bool, report: &m
                 );
             }
         }
+        if !m.disk.is_empty() {
+            let disk = mb_per_s(*bytes, median(&m.disk));
+            report.figure(
+                GROUP,
+                format!("{label}: disk bound (write + fsync) / downloader ÷ disk bound"),
+                format!("{disk:.0} MB/s / {:.2}×", downloader / disk),
+            );
+        }
         let ratio = downloader / curl;
         if is_goal {
             report.goal(
@@ -526,6 +544,6 @@ fn tabulate(results: &[(u64, Measured)], rounds: usize, gcloud: bool, report: &m
         );
     }
     report.note(format!(
-        "Downloader: one object per size in fake-gcs-server, uploaded in one JSON API media request; {rounds} rounds, each copier once per round in a rotating order, each copy after a `sync` and half a second of quiet so none waits behind another's writeback; the median counts; MB = 10⁶ bytes. The downloader is a fresh release process per copy, sent the object's finalize notification as a Pub/Sub push (its production path); the time runs from the push to the answer, by which the copy is streamed, its size and CRC32C checked, fsynced, renamed into place and recorded in Firestore (download completed, job delivered). Its peak RSS is `VmHWM` of that process. `gcloud storage cp` (which checks the CRC32C itself, and slices large downloads over parallel connections) and `curl -o` (no check, no fsync) of the JSON API media URL are timed from exec to exit; their files are checked afterwards."
+        "Downloader: one object per size in fake-gcs-server, uploaded in one JSON API media request; {rounds} rounds, each copier once per round in a rotating order, each copy after a `sync` and half a second of quiet so none waits behind another's writeback; the median counts; MB = 10⁶ bytes. The downloader is a fresh release process per copy, sent the object's finalize notification as a Pub/Sub push (its production path); the time runs from the push to the answer, by which the copy is streamed, its size and CRC32C checked, fsynced, renamed into place and recorded in Firestore (download completed, job delivered). Its peak RSS is `VmHWM` of that process. `gcloud storage cp` (which checks the CRC32C itself, and slices large downloads over parallel connections) and `curl -o` (no check, no fsync) of the JSON API media URL are timed from exec to exit; their files are checked afterwards. Disk bound: the same number of bytes written in 1 MiB pieces to a new file and fsynced, no network: no copier that makes its file durable can beat it, while curl's file is still in the page cache when it exits."
     ));
 }

@@ -116,7 +116,7 @@ async fn topology(ctx: &Context, jobs: usize, report: &mut Report) -> Result<()>
         }
     }
     common::delete_bucket(ctx, &bucket).await;
-    let seconds = outcome?;
+    let (seconds, stages) = outcome?;
     let rate = jobs as f64 / seconds;
     common::detail(&format!(
         "topology: {jobs} jobs delivered in {seconds:.1} s"
@@ -129,8 +129,43 @@ async fn topology(ctx: &Context, jobs: usize, report: &mut Report) -> Result<()>
             humanize(Duration::from_secs_f64(seconds))
         ),
     );
+    report.figure(
+        GROUP,
+        "emulator topology: every job created / generated / delivered after",
+        {
+            let steps = [
+                ("intake", stages.created),
+                (
+                    "image-generator",
+                    stages.generated.saturating_sub(stages.created),
+                ),
+                (
+                    "downloader",
+                    stages.delivered.saturating_sub(stages.generated),
+                ),
+            ];
+            let (slowest, _) = steps
+                .iter()
+                .max_by_key(|(_, d)| *d)
+                .copied()
+                .unwrap_or(("-", Duration::ZERO));
+            format!(
+                "{:.1} / {:.1} / {:.1} s: the {slowest} sets the pace ({:.1} jobs/s through it)",
+                stages.created.as_secs_f64(),
+                stages.generated.as_secs_f64(),
+                stages.delivered.as_secs_f64(),
+                jobs as f64
+                    / match slowest {
+                        "intake" => stages.created,
+                        "image-generator" => stages.generated,
+                        _ => stages.delivered,
+                    }
+                    .as_secs_f64(),
+            )
+        },
+    );
     report.note(format!(
-        "Emulator topology: the release `intake`, `image-generator` and `downloader` (dry run) on the Firestore and Pub/Sub emulators and fake-gcs-server, wired by push subscriptions configured as terraform configures production's (ack deadline = request timeout, back-off 10–600 s) and by fake-gcs-server's own bucket notifications; one batch request of {jobs} prompts is published to the requests topic, and the time runs until the store counts every job delivered (polled every 250 ms)."
+        "Emulator topology: the release `intake`, `image-generator` and `downloader` (dry run) on the Firestore and Pub/Sub emulators and fake-gcs-server, wired by push subscriptions configured as terraform configures production's (ack deadline = request timeout, back-off 10–600 s) and by fake-gcs-server's own bucket notifications; one batch request of {jobs} prompts is published to the requests topic, and the time runs until the store counts every job delivered (polled every 250 ms). The same polls note when every job exists, when every job is generated and when every job is delivered; the stage that adds the most time sets the pace. The Pub/Sub emulator pushes at most two messages of a subscription at a time, so each stage here runs two jobs at once: the topology's rate is two over the slowest stage's time per job (Cloud Run and Pub/Sub run many at once)."
     ));
     Ok(())
 }
@@ -142,7 +177,7 @@ async fn topology_run(
     topics: &Topics,
     subscriptions: &[String],
     jobs: usize,
-) -> Result<f64> {
+) -> Result<(f64, StageTimes)> {
     let destination = ctx.dir("topology")?;
     let env = ctx.stage_env(prefix, bucket);
     let mut intake = ctx.spawn("intake", &env)?;
@@ -185,10 +220,18 @@ async fn topology_run(
         )
         .await?;
     let mut last_report = Instant::now();
+    let (mut all_created, mut all_generated) = (None, None);
     loop {
         let counts = store.job_counts().await?;
         let delivered = counts.status(JobStatus::Delivered);
         let failed = counts.status(JobStatus::Failed);
+        if all_created.is_none() && counts.total() as usize >= jobs {
+            all_created = Some(started.elapsed());
+        }
+        let generated = counts.status(JobStatus::Completed) + delivered;
+        if all_generated.is_none() && generated as usize >= jobs {
+            all_generated = Some(started.elapsed());
+        }
         if delivered as usize >= jobs {
             break;
         }
@@ -213,14 +256,28 @@ async fn topology_run(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let seconds = started.elapsed().as_secs_f64();
+    let elapsed = started.elapsed();
+    let seconds = elapsed.as_secs_f64();
+    let stages = StageTimes {
+        created: all_created.unwrap_or(elapsed),
+        generated: all_generated.unwrap_or(elapsed),
+        delivered: elapsed,
+    };
     let files = walk_count(&destination);
     ensure!(
         files == jobs,
         "{files} files were delivered for {jobs} jobs"
     );
     std::fs::remove_dir_all(&destination)?;
-    Ok(seconds)
+    Ok((seconds, stages))
+}
+
+/// When each stage had done its part for every job, from the publish
+/// (sampled with the counts, every 250 ms).
+struct StageTimes {
+    created: Duration,
+    generated: Duration,
+    delivered: Duration,
 }
 
 /// Files under a directory.

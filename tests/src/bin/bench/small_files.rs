@@ -9,7 +9,7 @@
 //! concurrency. A bucket destination (server-side rewrite) is measured
 //! against `gcloud storage cp -r` between buckets.
 
-use crate::common::{self, Context, median};
+use crate::common::{self, Context, encode, median};
 use crate::table::{Report, size};
 use anyhow::{Context as _, Result, bail, ensure};
 use base64::Engine;
@@ -24,9 +24,30 @@ use std::time::{Duration, Instant};
 
 const GROUP: &str = "Delivery of many files";
 
-/// Pushes in flight at once when the bench plays Cloud Run (its default
-/// concurrency per instance is 80).
-const CLOUD_RUN_CONCURRENCY: usize = 80;
+/// Pushes in flight at once when the bench plays Cloud Run: the downloader's
+/// per-instance request concurrency as terraform deploys it (the
+/// `downloader` entry of `concurrency = merge({...})` in terraform/run.tf).
+fn cloud_run_concurrency() -> Result<usize> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../terraform/run.tf");
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    let block = text
+        .split("concurrency = merge({")
+        .nth(1)
+        .context("no `concurrency = merge({` in terraform/run.tf")?;
+    block
+        .lines()
+        .take_while(|line| !line.contains("})"))
+        .find_map(|line| {
+            line.trim()
+                .strip_prefix("downloader")?
+                .trim()
+                .strip_prefix('=')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .context("no downloader entry in terraform/run.tf's concurrency")
+}
 
 /// One workload: `count` objects of `bytes` each, of jobs of `kind`.
 #[derive(Clone, Copy, Debug)]
@@ -76,15 +97,19 @@ enum Copier {
     /// storage layout API, which `gcloud storage cp -r` asks for between
     /// buckets).
     GcloudToBucket,
+    /// No copy: the same bytes written and fsynced, five files at once; the
+    /// disk's bound for any copier that makes its files durable.
+    Disk,
 }
 
-const COPIERS: [Copier; 6] = [
+const COPIERS: [Copier; 7] = [
     Copier::Subscription,
     Copier::Concurrent,
     Copier::Gcloud,
     Copier::Curl,
     Copier::ToBucket,
     Copier::GcloudToBucket,
+    Copier::Disk,
 ];
 
 pub async fn run(
@@ -93,12 +118,13 @@ pub async fn run(
     rounds: usize,
     report: &mut Report,
 ) -> Result<()> {
+    let at_once = cloud_run_concurrency()?;
     for workload in workloads {
         let measured = measure(ctx, *workload, rounds).await?;
-        tabulate(*workload, &measured, report);
+        tabulate(*workload, &measured, at_once, report);
     }
     report.note(format!(
-        "Delivery of many files: each object is the output of its own job (completed in Firestore), uploaded to fake-gcs-server before the clock starts. Files/s is objects over the wall time of the whole set: for the downloader from the first push to the last job `delivered` (every file streamed, size and CRC32C checked, fsynced, renamed into place, the download and the job recorded, one job event each); for `gcloud storage cp -r` and `curl` (five at once, `xargs -P 5`, no check, no fsync) from exec to exit. \"Subscription\": a fresh release downloader (default settings) behind a Pub/Sub emulator push subscription configured as production's, to which the {} finalize notifications are published at once. \"{CLOUD_RUN_CONCURRENCY} at once\": the same pushes POSTed {CLOUD_RUN_CONCURRENCY} at a time, as Cloud Run lets an instance take them. To a bucket: the downloader's server-side rewrite into another bucket, against `gcloud storage rsync -r` between the same buckets (fake-gcs-server lacks the storage layout API that `gcloud storage cp -r` asks for between buckets). Each copier runs on a quiet disk (`sync` first); {rounds} rounds in rotating order, the median counts.",
+        "Delivery of many files: each object is the output of its own job (completed in Firestore), uploaded to fake-gcs-server before the clock starts. Files/s is objects over the wall time of the whole set: for the downloader from the first push to the last job `delivered` (every file streamed, size and CRC32C checked, fsynced, renamed into place, the download and the job recorded, one job event each); for `gcloud storage cp -r` and `curl` (five at once, `xargs -P 5`, no check, no fsync) from exec to exit. \"Subscription\": a fresh release downloader (default settings) behind a Pub/Sub emulator push subscription configured as production's, to which the {} finalize notifications are published at once; the emulator pushes at most two messages of a subscription at a time (measured: a receiver that sleeps 20 or 50 ms never sees more than two requests in flight), so this figure is two copies' latency, not the downloader's throughput; Pub/Sub itself scales push deliveries with the acknowledgement rate. \"{at_once} at once\": the same pushes POSTed {at_once} at a time, the downloader's per-instance concurrency in terraform (Cloud Run sends an instance that many requests at once and starts more instances beyond). To a bucket: the downloader's server-side rewrite into another bucket, against `gcloud storage rsync -r` between the same buckets (fake-gcs-server lacks the storage layout API that `gcloud storage cp -r` asks for between buckets). Disk: the same number of files of the same size written and fsynced five at once with no network or store, the bound of any copier that makes its files durable (`curl` does not fsync: its files are still in the page cache when it exits). Each copier runs on a quiet disk (`sync` first); {rounds} rounds in rotating order, the median counts.",
         workloads.iter().map(|w| w.count.to_string()).collect::<Vec<_>>().join(" or ")
     ));
     Ok(())
@@ -117,6 +143,7 @@ fn key(copier: Copier) -> &'static str {
         Copier::Curl => "curl",
         Copier::ToBucket => "to_bucket",
         Copier::GcloudToBucket => "gcloud_to_bucket",
+        Copier::Disk => "disk",
     }
 }
 
@@ -138,6 +165,7 @@ async fn measure(ctx: &Context, workload: Workload, rounds: usize) -> Result<Mea
                     gcloud_once(ctx, &bucket, workload, copier).await
                 }
                 Copier::Curl => curl_once(ctx, &bucket, &objects).await,
+                Copier::Disk => disk_once(ctx, workload).await,
             };
             match result {
                 Ok(seconds) => {
@@ -232,18 +260,6 @@ async fn upload(ctx: &Context, bucket: &str, workload: Workload) -> Result<Vec<O
         .into_iter()
         .collect::<Result<Vec<_>>>()?;
     Ok(objects)
-}
-
-/// An object name as one path segment of a JSON API URL.
-fn encode(name: &str) -> String {
-    name.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// The finalize notification of `object`, as a bucket's notification
@@ -365,7 +381,7 @@ async fn downloader_once(
                                 .unwrap_or(0)
                         }
                     })
-                    .buffer_unordered(CLOUD_RUN_CONCURRENCY)
+                    .buffer_unordered(cloud_run_concurrency()?)
                     .collect()
                     .await;
                 let refused = statuses.iter().filter(|s| **s != 200).count();
@@ -495,6 +511,28 @@ async fn curl_once(ctx: &Context, bucket: &str, objects: &[Object]) -> Result<f6
     Ok(seconds)
 }
 
+/// Writes `workload.count` files of `workload.bytes` and fsyncs each, five
+/// at once: what durable files cost on this disk, with no network or store.
+async fn disk_once(ctx: &Context, workload: Workload) -> Result<f64> {
+    let destination = ctx.dir("disk")?;
+    let started = Instant::now();
+    let written: Vec<Result<()>> = futures::stream::iter(0..workload.count)
+        .map(|n| {
+            let path = destination.join(n.to_string());
+            async move {
+                tokio::task::spawn_blocking(move || common::write_durably(&path, workload.bytes))
+                    .await?
+            }
+        })
+        .buffer_unordered(5)
+        .collect()
+        .await;
+    let seconds = started.elapsed().as_secs_f64();
+    written.into_iter().collect::<Result<Vec<()>>>()?;
+    std::fs::remove_dir_all(&destination)?;
+    Ok(seconds)
+}
+
 async fn timed(mut command: Command) -> Result<f64> {
     tokio::task::spawn_blocking(move || {
         let started = Instant::now();
@@ -513,7 +551,7 @@ async fn timed(mut command: Command) -> Result<f64> {
     .await?
 }
 
-fn tabulate(workload: Workload, measured: &Measured, report: &mut Report) {
+fn tabulate(workload: Workload, measured: &Measured, at_once: usize, report: &mut Report) {
     let rate = |copier: Copier| {
         measured
             .seconds
@@ -524,15 +562,23 @@ fn tabulate(workload: Workload, measured: &Measured, report: &mut Report) {
     let label = workload.label();
     report.figure(
         GROUP,
-        format!("{label}: files/s, downloader (subscription / {CLOUD_RUN_CONCURRENCY} at once) / gcloud cp -r / 5 curls"),
+        format!("{label}: files/s, downloader (subscription / {at_once} at once) / gcloud cp -r / 5 curls / disk bound"),
         format!(
-            "{} / {} / {} / {}",
+            "{} / {} / {} / {} / {}",
             show(rate(Copier::Subscription)),
             show(rate(Copier::Concurrent)),
             show(rate(Copier::Gcloud)),
-            show(rate(Copier::Curl))
+            show(rate(Copier::Curl)),
+            show(rate(Copier::Disk))
         ),
     );
+    if let (Some(ours), Some(disk)) = (rate(Copier::Concurrent), rate(Copier::Disk)) {
+        report.figure(
+            GROUP,
+            format!("{label}: downloader ({at_once} at once) ÷ disk bound"),
+            format!("{:.2}×", ours / disk),
+        );
+    }
     for (copier, how) in [
         (Copier::Subscription, "subscription"),
         (Copier::Concurrent, "at once"),

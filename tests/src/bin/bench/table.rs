@@ -155,7 +155,9 @@ pub fn size(bytes: u64) -> String {
     const MIB: u64 = 1024 * 1024;
     if bytes >= 1024 * MIB && bytes.is_multiple_of(1024 * MIB) {
         format!("{} GiB", bytes / (1024 * MIB))
-    } else {
+    } else if bytes.is_multiple_of(MIB) {
         format!("{} MiB", bytes / MIB)
+    } else {
+        format!("{:.1} MiB", bytes as f64 / MIB as f64)
     }
 }
