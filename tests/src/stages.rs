@@ -29,6 +29,29 @@ pub struct World {
 }
 
 impl World {
+    /// `asmr` as an operator on this emulator world's Firestore and
+    /// Pub/Sub, with only the documented environment; its output.
+    pub fn operator(&self, args: &[&str]) -> std::process::Output {
+        let prefix = self.prefix.as_deref().expect("an emulator world");
+        Command::new(harness::binary("asmr"))
+            .env_clear()
+            .env("GOOGLE_CLOUD_PROJECT", harness::emulator_project())
+            .env(
+                "FIRESTORE_EMULATOR_HOST",
+                harness::emulator_host("FIRESTORE_EMULATOR_HOST"),
+            )
+            .env(
+                "PUBSUB_EMULATOR_HOST",
+                harness::emulator_host("PUBSUB_EMULATOR_HOST"),
+            )
+            .env("ASMR_COLLECTION_PREFIX", prefix)
+            .env("ASMR_TOPIC_PREFIX", prefix)
+            .args(["--backend", "firestore"])
+            .args(args)
+            .output()
+            .expect("running asmr")
+    }
+
     /// A stage binary on this emulator world with only its documented
     /// environment: the emulators, this world's prefixes and bucket, live
     /// calls to its fake Vertex AI with short back-offs; `extra` over it.

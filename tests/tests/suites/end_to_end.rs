@@ -272,28 +272,6 @@ async fn gcloud_requests_become_delivered_files_and_one_event_per_job() {
     );
 }
 
-/// `asmr` with the documented environment of an operator on Firestore.
-fn operator(world: &World, args: &[&str]) -> Output {
-    let prefix = world.prefix.clone().unwrap();
-    Command::new(binary("asmr"))
-        .env_clear()
-        .env("GOOGLE_CLOUD_PROJECT", emulator_project())
-        .env(
-            "FIRESTORE_EMULATOR_HOST",
-            std::env::var("FIRESTORE_EMULATOR_HOST").unwrap(),
-        )
-        .env(
-            "PUBSUB_EMULATOR_HOST",
-            std::env::var("PUBSUB_EMULATOR_HOST").unwrap(),
-        )
-        .env("ASMR_COLLECTION_PREFIX", &prefix)
-        .env("ASMR_TOPIC_PREFIX", &prefix)
-        .args(["--backend", "firestore"])
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_cancel_raises_a_job_event_and_a_retry_queues_the_job() {
     let world = emulators(FakeOptions::default()).await;
@@ -314,7 +292,7 @@ async fn an_operator_cancel_raises_a_job_event_and_a_retry_queues_the_job() {
         .job("a job an operator cancels", JobKind::Image, &[])
         .await;
 
-    let cancel = operator(&world, &["cancel", &id]);
+    let cancel = world.operator(&["cancel", &id]);
     assert!(cancel.status.success(), "{cancel:?}");
     let mut seen = Vec::new();
     wait_until("the cancel event", Duration::from_secs(10), async || {
@@ -329,7 +307,7 @@ async fn an_operator_cancel_raises_a_job_event_and_a_retry_queues_the_job() {
         (&id.clone().into(), &"cancelled".into())
     );
 
-    let retry = operator(&world, &["retry", &id]);
+    let retry = world.operator(&["retry", &id]);
     assert!(retry.status.success(), "{retry:?}");
     let mut queued = Vec::new();
     wait_until("the job message", Duration::from_secs(10), async || {

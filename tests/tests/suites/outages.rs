@@ -22,10 +22,10 @@ use shared::domain::job::{
 use shared::store::budget::budget_day_of;
 use shared::time::Timestamp;
 use std::collections::BTreeMap;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use tests::fake_vertex::{FakeOptions, Verb};
-use tests::harness::{binary, emulator_project};
+use tests::harness::binary;
 use tests::outage::{Switch, black_hole, refused};
 use tests::process::wait_until;
 use tests::pubsub::PushPolicy;
@@ -41,28 +41,6 @@ fn job_messages(ids: &[String]) -> Vec<String> {
 /// POSTs the push of `job_id` to a generator; returns the status.
 async fn push(url: &str, job_id: &str, message_id: &str) -> u16 {
     tests::stages::push(url, job_id, message_id).await
-}
-
-/// `asmr` as an operator on this world's Firestore and Pub/Sub.
-fn operator(world: &World, args: &[&str]) -> Output {
-    let prefix = world.prefix.clone().unwrap();
-    Command::new(binary("asmr"))
-        .env_clear()
-        .env("GOOGLE_CLOUD_PROJECT", emulator_project())
-        .env(
-            "FIRESTORE_EMULATOR_HOST",
-            std::env::var("FIRESTORE_EMULATOR_HOST").unwrap(),
-        )
-        .env(
-            "PUBSUB_EMULATOR_HOST",
-            std::env::var("PUBSUB_EMULATOR_HOST").unwrap(),
-        )
-        .env("ASMR_COLLECTION_PREFIX", &prefix)
-        .env("ASMR_TOPIC_PREFIX", &prefix)
-        .args(["--backend", "firestore"])
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 /// What list prices say one job of `kind` with default parameters costs.
@@ -246,7 +224,7 @@ async fn a_hanging_model_gets_one_request_per_job_and_the_budget_books_each_once
         (video_job.status, video_job.error.unwrap().code.as_str()),
         (JobStatus::Failed, SUBMIT_UNKNOWN)
     );
-    let refused = operator(&world, &["retry", &video]);
+    let refused = world.operator(&["retry", &video]);
     assert!(!refused.status.success());
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("--resubmit"),
@@ -254,7 +232,7 @@ async fn a_hanging_model_gets_one_request_per_job_and_the_budget_books_each_once
         String::from_utf8_lossy(&refused.stderr)
     );
     world.fake.set_latency(Duration::ZERO);
-    let retried = operator(&world, &["retry", "--resubmit", &video]);
+    let retried = world.operator(&["retry", "--resubmit", &video]);
     assert!(retried.status.success());
     let note = String::from_utf8_lossy(&retried.stderr);
     assert!(note.contains("a new paid request goes to veo"), "{note}");
@@ -745,7 +723,7 @@ async fn polls_that_keep_failing_still_time_out_and_a_retry_watches_the_operatio
 
     // The operation may still finish: a retry watches it again, paying
     // nothing, with a fresh time-out.
-    let retried = operator(&world, &["retry", &id]);
+    let retried = world.operator(&["retry", &id]);
     assert!(retried.status.success());
     let note = String::from_utf8_lossy(&retried.stderr);
     assert!(
@@ -778,7 +756,7 @@ async fn a_retry_of_a_failed_operation_submits_a_new_one_and_says_what_it_costs(
     assert_eq!(failed.error.unwrap().code, OPERATION_FAILED);
     let first = failed.operation_name.clone();
 
-    let retried = operator(&world, &["retry", &id]);
+    let retried = world.operator(&["retry", &id]);
     assert!(retried.status.success());
     let note = String::from_utf8_lossy(&retried.stderr);
     assert!(
