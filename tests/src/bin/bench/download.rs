@@ -27,8 +27,8 @@ enum Copier {
     Downloader,
     Gcloud,
     Curl,
-    /// No copy: the same number of bytes written and fsynced, the bound of
-    /// any copier that makes its file durable.
+    /// No copy: the same number of bytes written, then fsynced: what a naive
+    /// durable copy costs on this disk.
     Disk,
 }
 
@@ -498,7 +498,7 @@ fn tabulate(results: &[(u64, Measured)], rounds: usize, gcloud: bool, report: &m
             let disk = mb_per_s(*bytes, median(&m.disk));
             report.figure(
                 GROUP,
-                format!("{label}: disk bound (write + fsync) / downloader ÷ disk bound"),
+                format!("{label}: write then fsync, no network / downloader ÷ that"),
                 format!("{disk:.0} MB/s / {:.2}×", downloader / disk),
             );
         }
@@ -544,6 +544,6 @@ fn tabulate(results: &[(u64, Measured)], rounds: usize, gcloud: bool, report: &m
         );
     }
     report.note(format!(
-        "Downloader: one object per size in fake-gcs-server, uploaded in one JSON API media request; {rounds} rounds, each copier once per round in a rotating order, each copy after a `sync` and half a second of quiet so none waits behind another's writeback; the median counts; MB = 10⁶ bytes. The downloader is a fresh release process per copy, sent the object's finalize notification as a Pub/Sub push (its production path); the time runs from the push to the answer, by which the copy is streamed, its size and CRC32C checked, fsynced, renamed into place and recorded in Firestore (download completed, job delivered). Its peak RSS is `VmHWM` of that process. `gcloud storage cp` (which checks the CRC32C itself, and slices large downloads over parallel connections) and `curl -o` (no check, no fsync) of the JSON API media URL are timed from exec to exit; their files are checked afterwards. Disk bound: the same number of bytes written in 1 MiB pieces to a new file and fsynced, no network: no copier that makes its file durable can beat it, while curl's file is still in the page cache when it exits."
+        "Downloader: one object per size in fake-gcs-server, uploaded in one JSON API media request; {rounds} rounds, each copier once per round in a rotating order, each copy after a `sync` and half a second of quiet so none waits behind another's writeback; the median counts; MB = 10⁶ bytes. The downloader is a fresh release process per copy, sent the object's finalize notification as a Pub/Sub push (its production path); the time runs from the push to the answer, by which the copy is streamed, its size and CRC32C checked, fsynced, renamed into place and recorded in Firestore (download completed, job delivered). Its peak RSS is `VmHWM` of that process. `gcloud storage cp` (which checks the CRC32C itself, and slices large downloads over parallel connections) and `curl -o` (no check, no fsync) of the JSON API media URL are timed from exec to exit; their files are checked afterwards. Write then fsync: the same number of bytes written in 1 MiB pieces to a new file and fsynced once at the end, no network: what a naive durable copy costs on this disk (the downloader flushes every 32 MiB while it copies, so on large objects it can beat this), while curl's file is still in the page cache when it exits."
     ));
 }

@@ -97,8 +97,8 @@ enum Copier {
     /// storage layout API, which `gcloud storage cp -r` asks for between
     /// buckets).
     GcloudToBucket,
-    /// No copy: the same bytes written and fsynced, five files at once; the
-    /// disk's bound for any copier that makes its files durable.
+    /// No copy: the same bytes written and fsynced, five files at once: what
+    /// durable files cost on this disk.
     Disk,
 }
 
@@ -124,7 +124,7 @@ pub async fn run(
         tabulate(*workload, &measured, at_once, report);
     }
     report.note(format!(
-        "Delivery of many files: each object is the output of its own job (completed in Firestore), uploaded to fake-gcs-server before the clock starts. Files/s is objects over the wall time of the whole set: for the downloader from the first push to the last job `delivered` (every file streamed, size and CRC32C checked, fsynced, renamed into place, the download and the job recorded, one job event each); for `gcloud storage cp -r` and `curl` (five at once, `xargs -P 5`, no check, no fsync) from exec to exit. \"Subscription\": a fresh release downloader (default settings) behind a Pub/Sub emulator push subscription configured as production's, to which the {} finalize notifications are published at once; the emulator pushes at most two messages of a subscription at a time (measured: a receiver that sleeps 20 or 50 ms never sees more than two requests in flight), so this figure is two copies' latency, not the downloader's throughput; Pub/Sub itself scales push deliveries with the acknowledgement rate. \"{at_once} at once\": the same pushes POSTed {at_once} at a time, the downloader's per-instance concurrency in terraform (Cloud Run sends an instance that many requests at once and starts more instances beyond). To a bucket: the downloader's server-side rewrite into another bucket, against `gcloud storage rsync -r` between the same buckets (fake-gcs-server lacks the storage layout API that `gcloud storage cp -r` asks for between buckets). Disk: the same number of files of the same size written and fsynced five at once with no network or store, the bound of any copier that makes its files durable (`curl` does not fsync: its files are still in the page cache when it exits). Each copier runs on a quiet disk (`sync` first); {rounds} rounds in rotating order, the median counts.",
+        "Delivery of many files: each object is the output of its own job (completed in Firestore), uploaded to fake-gcs-server before the clock starts. Files/s is objects over the wall time of the whole set: for the downloader from the first push to the last job `delivered` (every file streamed, size and CRC32C checked, fsynced, renamed into place, the download and the job recorded, one job event each); for `gcloud storage cp -r` and `curl` (five at once, `xargs -P 5`, no check, no fsync) from exec to exit. \"Subscription\": a fresh release downloader (default settings) behind a Pub/Sub emulator push subscription configured as production's, to which the {} finalize notifications are published at once; the emulator pushes at most two messages of a subscription at a time (measured: a receiver that sleeps 20 or 50 ms never sees more than two requests in flight), so this figure is two copies' latency, not the downloader's throughput; Pub/Sub itself scales push deliveries with the acknowledgement rate. \"{at_once} at once\": the same pushes POSTed {at_once} at a time, the downloader's per-instance concurrency in terraform (Cloud Run sends an instance that many requests at once and starts more instances beyond). To a bucket: the downloader's server-side rewrite into another bucket, against `gcloud storage rsync -r` between the same buckets (fake-gcs-server lacks the storage layout API that `gcloud storage cp -r` asks for between buckets). Write + fsync: the same number of files of the same size written and fsynced five at once with no network or store, what durable files cost on this disk (`curl` does not fsync: its files are still in the page cache when it exits). Each copier runs on a quiet disk (`sync` first); {rounds} rounds in rotating order, the median counts.",
         workloads.iter().map(|w| w.count.to_string()).collect::<Vec<_>>().join(" or ")
     ));
     Ok(())
@@ -562,7 +562,7 @@ fn tabulate(workload: Workload, measured: &Measured, at_once: usize, report: &mu
     let label = workload.label();
     report.figure(
         GROUP,
-        format!("{label}: files/s, downloader (subscription / {at_once} at once) / gcloud cp -r / 5 curls / disk bound"),
+        format!("{label}: files/s, downloader (subscription / {at_once} at once) / gcloud cp -r / 5 curls / write + fsync, no network"),
         format!(
             "{} / {} / {} / {} / {}",
             show(rate(Copier::Subscription)),
@@ -575,7 +575,7 @@ fn tabulate(workload: Workload, measured: &Measured, at_once: usize, report: &mu
     if let (Some(ours), Some(disk)) = (rate(Copier::Concurrent), rate(Copier::Disk)) {
         report.figure(
             GROUP,
-            format!("{label}: downloader ({at_once} at once) ÷ disk bound"),
+            format!("{label}: downloader ({at_once} at once) ÷ write + fsync"),
             format!("{:.2}×", ours / disk),
         );
     }
