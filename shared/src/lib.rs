@@ -10,6 +10,7 @@ pub mod deliver;
 pub mod domain;
 pub mod error;
 pub mod events;
+mod gax;
 pub mod generate;
 pub mod intake;
 pub mod janitor;

@@ -32,6 +32,7 @@ use crate::generate::videos::VideoGenerator;
 use crate::generate::{DrainLimits, Generator, GeneratorSettings, drain};
 use crate::job_events::BusJobEvents;
 use crate::objects::{GsUri, ObjectStore};
+use crate::requests::prompt_lines;
 use crate::store::{JobFilter, Store, StoreConfig};
 use crate::vertex::{RetryPolicy, VertexClient, VertexConfig};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -175,31 +176,6 @@ pub fn request_id(kind: JobKind, prompt: &str, occurrence: usize) -> String {
         "local-{}",
         uuid::Uuid::new_v5(&NAMESPACE, key.as_bytes()).simple()
     )
-}
-
-/// The prompt lines of a prompts file, numbered from 1: blank lines and lines
-/// whose first non-blank character is `#` are left out; a line that cannot be
-/// a prompt comes with the reason.
-pub fn prompt_lines(bytes: &[u8]) -> Vec<(usize, std::result::Result<String, String>)> {
-    let mut lines = Vec::new();
-    for (index, raw) in bytes.split(|b| *b == b'\n').enumerate() {
-        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        let raw = match index {
-            0 => raw.strip_prefix("\u{feff}".as_bytes()).unwrap_or(raw),
-            _ => raw,
-        };
-        let trimmed = raw.trim_ascii();
-        if trimmed.is_empty() || trimmed.starts_with(b"#") {
-            continue;
-        }
-        let prompt = match std::str::from_utf8(trimmed) {
-            Ok(text) if text.trim().is_empty() => continue,
-            Ok(text) => Ok(text.trim().to_string()),
-            Err(_) => Err("prompt: is not valid UTF-8".to_string()),
-        };
-        lines.push((index + 1, prompt));
-    }
-    lines
 }
 
 /// A model for a dry run, which never calls one: every job of a dry run is
@@ -410,7 +386,10 @@ async fn create_jobs(
         let prompt = match prompt {
             Ok(prompt) => prompt,
             Err(reason) => {
-                report.skipped.push(Skipped { line, reason });
+                report.skipped.push(Skipped {
+                    line,
+                    reason: reason.to_string(),
+                });
                 continue;
             }
         };
@@ -802,7 +781,10 @@ mod tests {
     #[test]
     fn prompt_lines_skip_blanks_and_comments_and_flag_bad_bytes() {
         let file = b"\xef\xbb\xbffirst\r\n\n  # a comment\n  second  \n\xff\xfe\n\t\n";
-        let lines = prompt_lines(file);
+        let lines: Vec<_> = prompt_lines(file)
+            .into_iter()
+            .map(|(n, p)| (n, p.map_err(|e| e.to_string())))
+            .collect();
         assert_eq!(
             lines,
             vec![

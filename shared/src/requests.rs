@@ -184,6 +184,32 @@ pub fn parse(body: &[u8], envelope: &Envelope<'_>) -> Result<Vec<NewJob>, Reject
     Ok(jobs)
 }
 
+/// The prompt lines of a prompts file, numbered from 1: blank lines and lines
+/// whose first non-blank character is `#` are left out; a line that cannot be
+/// a prompt comes with the reason. The one reading of a prompts file, for
+/// `asmr add --file` and `asmr run`.
+pub fn prompt_lines(bytes: &[u8]) -> Vec<(usize, Result<String, ValidationError>)> {
+    let mut lines = Vec::new();
+    for (index, raw) in bytes.split(|b| *b == b'\n').enumerate() {
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        let raw = match index {
+            0 => raw.strip_prefix("\u{feff}".as_bytes()).unwrap_or(raw),
+            _ => raw,
+        };
+        let trimmed = raw.trim_ascii();
+        if trimmed.is_empty() || trimmed.starts_with(b"#") {
+            continue;
+        }
+        let prompt = match std::str::from_utf8(trimmed) {
+            Ok(text) if text.trim().is_empty() => continue,
+            Ok(text) => Ok(text.trim().to_string()),
+            Err(_) => Err(ValidationError::new("prompt", "is not valid UTF-8")),
+        };
+        lines.push((index + 1, prompt));
+    }
+    lines
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

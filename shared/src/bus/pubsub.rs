@@ -185,25 +185,5 @@ fn code(e: &google_cloud_pubsub::Error) -> Option<&'static str> {
 
 /// A failed RPC, classified.
 fn rpc_error(context: &str, e: &google_cloud_pubsub::Error) -> Error {
-    Error::store(context, e, retryable(e))
-}
-
-fn retryable(e: &google_cloud_pubsub::Error) -> bool {
-    if let Some(status) = e.status() {
-        return matches!(
-            status.code.name(),
-            "UNAVAILABLE" | "DEADLINE_EXCEEDED" | "RESOURCE_EXHAUSTED"
-        );
-    }
-    if e.is_authentication() {
-        let mut source = std::error::Error::source(e);
-        while let Some(cause) = source {
-            if let Some(c) = cause.downcast_ref::<google_cloud_auth::errors::CredentialsError>() {
-                return c.is_transient();
-            }
-            source = cause.source();
-        }
-        return false;
-    }
-    e.is_timeout() || e.is_io() || e.is_connect() || e.is_transport() || e.is_exhausted()
+    Error::store(context, e, crate::gax::transient(e))
 }

@@ -676,11 +676,6 @@ fn parse(context: &str, body: &[u8]) -> Result<Value> {
     })
 }
 
-/// Whether an HTTP status is worth retrying.
-fn retryable_status(status: u16) -> bool {
-    status == 408 || status == 429 || status >= 500
-}
-
 /// An error answer of the JSON API, with the service's own message.
 fn status_error(context: &str, status: StatusCode, body: &[u8]) -> Error {
     let said = serde_json::from_slice::<Value>(body)
@@ -706,7 +701,11 @@ fn status_error(context: &str, status: StatusCode, body: &[u8]) -> Error {
     if denied_status(status.as_u16()) {
         return Error::objects_denied(context, format!("{message}; {FIX_STORAGE_ACCESS}"));
     }
-    Error::objects(context, message, retryable_status(status.as_u16()))
+    Error::objects(
+        context,
+        message,
+        crate::gax::retryable_status(status.as_u16()),
+    )
 }
 
 /// How to fix a refused bucket, said with the error.
@@ -735,34 +734,11 @@ fn storage_error(context: &str, e: &google_cloud_storage::Error) -> Error {
         || e.status().is_some_and(|status| {
             matches!(status.code.name(), "PERMISSION_DENIED" | "UNAUTHENTICATED")
         })
-        || (e.is_authentication() && !storage_retryable(e));
+        || (e.is_authentication() && !crate::gax::transient(e));
     if denied {
         return Error::objects_denied(context, format!("{e}; {FIX_STORAGE_ACCESS}"));
     }
-    Error::objects(context, e, storage_retryable(e))
-}
-
-fn storage_retryable(e: &google_cloud_storage::Error) -> bool {
-    if let Some(status) = e.http_status_code() {
-        return retryable_status(status);
-    }
-    if let Some(status) = e.status() {
-        return matches!(
-            status.code.name(),
-            "UNAVAILABLE" | "RESOURCE_EXHAUSTED" | "INTERNAL" | "DEADLINE_EXCEEDED" | "ABORTED"
-        );
-    }
-    if e.is_authentication() {
-        let mut source = std::error::Error::source(e);
-        while let Some(cause) = source {
-            if let Some(c) = cause.downcast_ref::<google_cloud_auth::errors::CredentialsError>() {
-                return c.is_transient();
-            }
-            source = cause.source();
-        }
-        return false;
-    }
-    e.is_timeout() || e.is_io() || e.is_connect() || e.is_transport() || e.is_exhausted()
+    Error::objects(context, e, crate::gax::transient(e))
 }
 
 #[cfg(test)]

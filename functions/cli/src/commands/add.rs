@@ -5,7 +5,7 @@
 //! topic, as the intake service does, so the generators take it; on the
 //! embedded store there is no bus and `asmr run` or a drain picks it up.
 
-use super::IN_FLIGHT;
+use super::{IN_FLIGHT, read_input};
 use crate::args::AddArgs;
 use crate::out;
 use anyhow::{Context, Result, bail};
@@ -14,11 +14,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use shared::Error;
 use shared::bus::{Bus, Topics};
 use shared::domain::job::{Job, JobKind, JobParams, NewJob};
-use shared::domain::validate::{ValidationError, validate_params};
+use shared::domain::validate::validate_params;
 use shared::intake::{Dispatch, SubmittedJob, submit_job};
+use shared::requests::prompt_lines;
 use shared::store::Store;
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -158,41 +158,6 @@ async fn add_one(intake: &Intake<'_>, new: NewJob) -> Result<()> {
     Ok(())
 }
 
-/// The prompt lines of a prompts file, numbered from 1: blank lines and lines
-/// whose first non-blank character is `#` are left out; a line that cannot be
-/// a prompt comes with the reason.
-fn prompt_lines(bytes: &[u8]) -> Vec<(usize, Result<String, ValidationError>)> {
-    let mut lines = Vec::new();
-    for (index, raw) in bytes.split(|b| *b == b'\n').enumerate() {
-        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        let raw = match index {
-            0 => raw.strip_prefix("\u{feff}".as_bytes()).unwrap_or(raw),
-            _ => raw,
-        };
-        let trimmed = raw.trim_ascii();
-        if trimmed.is_empty() || trimmed.starts_with(b"#") {
-            continue;
-        }
-        let prompt = match std::str::from_utf8(trimmed) {
-            Ok(text) if text.trim().is_empty() => continue,
-            Ok(text) => Ok(text.trim().to_string()),
-            Err(_) => Err(ValidationError::new("prompt", "is not valid UTF-8")),
-        };
-        lines.push((index + 1, prompt));
-    }
-    lines
-}
-
-fn read(path: &Path) -> std::io::Result<Vec<u8>> {
-    if path == Path::new("-") {
-        let mut bytes = Vec::new();
-        std::io::stdin().lock().read_to_end(&mut bytes)?;
-        Ok(bytes)
-    } else {
-        std::fs::read(path)
-    }
-}
-
 /// What happened to the lines of a file.
 #[derive(Default)]
 struct Tally {
@@ -241,7 +206,7 @@ impl Tally {
 }
 
 async fn add_file(intake: &Intake<'_>, template: &Template, path: &Path) -> Result<()> {
-    let bytes = read(path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes = read_input(path).with_context(|| format!("reading {}", path.display()))?;
 
     let mut tally = Tally::default();
     let mut jobs = Vec::new();

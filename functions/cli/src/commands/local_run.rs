@@ -11,8 +11,6 @@ use shared::Error;
 use shared::domain::job::{JobKind, JobStatus};
 use shared::local_run::{Live, Progress, RunReport, RunSettings};
 use shared::vertex::{RetryPolicy, VertexConfig};
-use std::io::Read;
-use std::path::Path;
 use std::time::Duration;
 
 pub async fn run(store: &StoreArgs, args: RunArgs) -> Result<()> {
@@ -20,7 +18,8 @@ pub async fn run(store: &StoreArgs, args: RunArgs) -> Result<()> {
         bail!("`asmr run` keeps its state in --state-dir; it does not run on --backend firestore");
     }
     let kind: JobKind = args.kind.parse().map_err(Error::from)?;
-    let prompts = read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let prompts = super::read_input(&args.file)
+        .with_context(|| format!("reading {}", args.file.display()))?;
     let mut settings =
         RunSettings::dry_run(prompts, kind, args.out.clone(), store.state_dir.clone());
     settings.image_workers = args.image_workers.into();
@@ -92,16 +91,6 @@ fn live(store: &StoreArgs, args: &RunArgs) -> Result<Live> {
         },
         bucket: args.bucket.clone(),
     })
-}
-
-fn read(path: &Path) -> std::io::Result<Vec<u8>> {
-    if path == Path::new("-") {
-        let mut bytes = Vec::new();
-        std::io::stdin().lock().read_to_end(&mut bytes)?;
-        Ok(bytes)
-    } else {
-        std::fs::read(path)
-    }
 }
 
 /// One bar per stage; drawn only on a terminal.

@@ -18,7 +18,21 @@ use shared::bus::pubsub::{PubSubBus, PubSubConfig};
 use shared::bus::{Bus, Topics};
 use shared::job_events::BusJobEvents;
 use shared::store::{Store, StoreConfig};
+use std::io::Read;
+use std::path::Path;
 use std::sync::Arc;
+
+/// The bytes of a file named on the command line, or of standard input
+/// when it is `-`.
+fn read_input(path: &Path) -> std::io::Result<Vec<u8>> {
+    if path == Path::new("-") {
+        let mut bytes = Vec::new();
+        std::io::stdin().lock().read_to_end(&mut bytes)?;
+        Ok(bytes)
+    } else {
+        std::fs::read(path)
+    }
+}
 
 /// How many store calls a bulk command keeps in flight. Firestore answers
 /// each in tens of milliseconds, so one at a time would make a 10,000-line
