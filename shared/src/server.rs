@@ -125,6 +125,16 @@ pub async fn bind(port: u16) -> io::Result<TcpListener> {
     TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))).await
 }
 
+/// Binds `port` and serves `app` on it until SIGTERM: how every stage
+/// binary serves.
+pub async fn serve_on(port: u16, app: Router) -> anyhow::Result<()> {
+    let listener = bind(port)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding port {port}: {e}"))?;
+    serve(listener, app).await?;
+    Ok(())
+}
+
 /// Serves `app` (HTTP/1.1, as Cloud Run and Pub/Sub speak to a container)
 /// until SIGTERM or Ctrl-C, then lets requests in flight finish.
 pub async fn serve(listener: TcpListener, app: Router) -> io::Result<()> {

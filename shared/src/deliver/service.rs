@@ -5,7 +5,6 @@ use super::{Destination, Downloader, DownloaderSettings};
 use crate::ack::Handled;
 use crate::config::{ObjectArgs, StoreArgs, parse_duration};
 use crate::server;
-use anyhow::Context;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -133,21 +132,8 @@ pub async fn downloader(args: DownloaderArgs, mode: Mode) -> anyhow::Result<()> 
     };
     let downloader = Downloader::new(store.clone(), objects, settings);
     match mode {
-        Mode::Serve => {
-            let listener = server::bind(args.port)
-                .await
-                .with_context(|| format!("binding port {}", args.port))?;
-            server::serve(listener, router(Arc::new(downloader))).await?;
-        }
-        Mode::Drain { max_jobs } => {
-            let report = downloader.drain(max_jobs).await?;
-            tracing::info!(
-                processed = report.processed,
-                retried = report.retried,
-                event = "drain_finished",
-                "downloader drain finished"
-            );
-        }
+        Mode::Serve => server::serve_on(args.port, router(Arc::new(downloader))).await?,
+        Mode::Drain { max_jobs } => downloader.drain(max_jobs).await?.log("downloader"),
     }
     store.flush_events().await;
     Ok(())

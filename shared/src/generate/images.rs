@@ -2,7 +2,7 @@
 //! `images/{job_id}/{n}.png` in the output bucket → job completed.
 
 use super::{
-    CostGuard, Generator, GeneratorSettings, Handled, Workers, settle_model_error,
+    Generator, GeneratorCore, GeneratorSettings, Handled, settle_model_error,
     settled_elsewhere_or_retry, with_store_retries,
 };
 use super::{billed_for, keep_outputs, settle_cost, write_held};
@@ -42,16 +42,9 @@ impl ImageModel for DryRunImages {
 }
 
 /// Generates the images of image jobs.
-pub struct ImageGenerator {
-    store: Store,
-    objects: Arc<dyn ObjectStore>,
-    model: Arc<dyn ImageModel>,
-    settings: GeneratorSettings,
-    cost_guard: CostGuard,
-    workers: Workers,
-}
+pub type ImageGenerator = GeneratorCore<dyn ImageModel>;
 
-impl ImageGenerator {
+impl GeneratorCore<dyn ImageModel> {
     /// A generator writing to `objects` and calling `model` for live jobs.
     pub fn new(
         store: Store,
@@ -59,21 +52,7 @@ impl ImageGenerator {
         model: Arc<dyn ImageModel>,
         settings: GeneratorSettings,
     ) -> Self {
-        Self {
-            store,
-            objects,
-            model,
-            settings,
-            cost_guard: CostGuard::default(),
-            workers: Workers::new("image-generator"),
-        }
-    }
-
-    /// Reserves the cost of paid calls under `guard` (default: list prices,
-    /// no limit).
-    pub fn with_cost_guard(mut self, guard: CostGuard) -> Self {
-        self.cost_guard = guard;
-        self
+        Self::build("image-generator", store, objects, model, settings)
     }
 
     fn extension(mime_type: &str) -> &'static str {
@@ -152,19 +131,6 @@ pub(super) async fn fail_filtered(
 #[async_trait]
 impl Generator for ImageGenerator {
     const KIND: JobKind = JobKind::Image;
-
-    fn store(&self) -> &Store {
-        &self.store
-    }
-    fn workers(&self) -> &Workers {
-        &self.workers
-    }
-    fn settings(&self) -> &GeneratorSettings {
-        &self.settings
-    }
-    fn cost_guard(&self) -> &CostGuard {
-        &self.cost_guard
-    }
 
     async fn run(&self, job: Job, lease: &Lease) -> Handled {
         // Paid for by an earlier attempt whose bucket write failed.

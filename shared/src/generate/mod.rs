@@ -33,10 +33,11 @@ use crate::cost::{Matched, PriceTable, format_usd};
 use crate::domain::Lease;
 use crate::domain::job::{Job, JobError};
 use crate::error::{Error, Result};
-use crate::objects::OutputFile;
+use crate::objects::{ObjectStore, OutputFile};
 use crate::store::Store;
 use crate::store::budget::{Billed, Budget, Budgeted, OverBudget};
 use crate::vertex::{ErrorClass, ModelError};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -149,6 +150,19 @@ pub struct DrainReport {
     pub processed: u64,
     /// Of those, handed back for a later try.
     pub retried: u64,
+}
+
+impl DrainReport {
+    /// The last line of every drain (`event` = `drain_finished`).
+    pub fn log(&self, stage: &str) {
+        tracing::info!(
+            stage,
+            processed = self.processed,
+            retried = self.retried,
+            event = "drain_finished",
+            "drain finished"
+        );
+    }
 }
 
 /// A model error as the job's error record: the code once, then what
@@ -517,11 +531,48 @@ impl GeneratorSettings {
     }
 }
 
-/// A generator: claims jobs of one kind and works on them.
-#[async_trait::async_trait]
-pub trait Generator: Send + Sync + 'static {
-    /// The kind of jobs it takes.
-    const KIND: crate::domain::job::JobKind;
+/// What every generator is made of; the model it calls is the one
+/// difference between the image generator (`M` = `dyn ImageModel`) and the
+/// video generator (`dyn VideoModel`).
+pub struct GeneratorCore<M: ?Sized> {
+    store: Store,
+    objects: Arc<dyn ObjectStore>,
+    model: Arc<M>,
+    settings: GeneratorSettings,
+    cost_guard: CostGuard,
+    workers: Workers,
+}
+
+impl<M: ?Sized> GeneratorCore<M> {
+    /// A generator named `name` (its claims say so), with list prices and
+    /// no budget.
+    fn build(
+        name: &str,
+        store: Store,
+        objects: Arc<dyn ObjectStore>,
+        model: Arc<M>,
+        settings: GeneratorSettings,
+    ) -> Self {
+        Self {
+            store,
+            objects,
+            model,
+            settings,
+            cost_guard: CostGuard::default(),
+            workers: Workers::new(name),
+        }
+    }
+
+    /// Reserves the cost of paid calls under `guard` (default: list prices,
+    /// no limit).
+    pub fn with_cost_guard(mut self, guard: CostGuard) -> Self {
+        self.cost_guard = guard;
+        self
+    }
+}
+
+/// What the shared generator code reads of a generator, the same for both.
+pub trait Parts {
     /// The store.
     fn store(&self) -> &Store;
     /// Claim names.
@@ -530,6 +581,28 @@ pub trait Generator: Send + Sync + 'static {
     fn settings(&self) -> &GeneratorSettings;
     /// Prices and budget.
     fn cost_guard(&self) -> &CostGuard;
+}
+
+impl<M: ?Sized> Parts for GeneratorCore<M> {
+    fn store(&self) -> &Store {
+        &self.store
+    }
+    fn workers(&self) -> &Workers {
+        &self.workers
+    }
+    fn settings(&self) -> &GeneratorSettings {
+        &self.settings
+    }
+    fn cost_guard(&self) -> &CostGuard {
+        &self.cost_guard
+    }
+}
+
+/// A generator: claims jobs of one kind and works on them.
+#[async_trait::async_trait]
+pub trait Generator: Parts + Send + Sync + 'static {
+    /// The kind of jobs it takes.
+    const KIND: crate::domain::job::JobKind;
     /// Works on a job this worker has claimed under `lease`.
     async fn run(&self, job: Job, lease: &Lease) -> Handled;
 }

@@ -9,7 +9,6 @@ use crate::config::StageArgs;
 use crate::push::{self, JobMessage};
 use crate::server;
 use crate::vertex::client::VertexClient;
-use anyhow::Context;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -126,12 +125,7 @@ async fn serve_or_drain<G: Generator>(
 ) -> anyhow::Result<()> {
     let store = generator.store().clone();
     match mode {
-        Mode::Serve => {
-            let listener = server::bind(args.port)
-                .await
-                .with_context(|| format!("binding port {}", args.port))?;
-            server::serve(listener, router(Arc::new(generator))).await?;
-        }
+        Mode::Serve => server::serve_on(args.port, router(Arc::new(generator))).await?,
         Mode::Drain {
             max_jobs,
             max_seconds,
@@ -140,13 +134,8 @@ async fn serve_or_drain<G: Generator>(
                 max_jobs,
                 max_duration: max_seconds.map(Duration::from_secs),
             };
-            let report = drain(&generator, limits).await?;
-            tracing::info!(
-                processed = report.processed,
-                retried = report.retried,
-                event = "drain_finished",
-                "drain finished"
-            );
+            let stage = format!("{}-generator", G::KIND.as_str());
+            drain(&generator, limits).await?.log(&stage);
         }
     }
     store.flush_events().await;

@@ -4,7 +4,7 @@
 
 use super::images::fail_filtered;
 use super::{
-    CostGuard, Generator, GeneratorSettings, Handled, Workers, settle_model_error,
+    Generator, GeneratorCore, GeneratorSettings, Handled, settle_model_error,
     settled_elsewhere_or_retry, with_store_retries,
 };
 use super::{billed_for, keep_outputs, settle_cost, write_held};
@@ -23,16 +23,9 @@ use std::time::Duration;
 const LEASE_MARGIN: Duration = Duration::from_secs(600);
 
 /// Generates the videos of video jobs.
-pub struct VideoGenerator {
-    store: Store,
-    objects: Arc<dyn ObjectStore>,
-    model: Arc<dyn VideoModel>,
-    settings: GeneratorSettings,
-    cost_guard: CostGuard,
-    workers: Workers,
-}
+pub type VideoGenerator = GeneratorCore<dyn VideoModel>;
 
-impl VideoGenerator {
+impl GeneratorCore<dyn VideoModel> {
     /// A generator submitting live jobs to `model` and writing dry-run
     /// placeholders to `objects`.
     pub fn new(
@@ -41,21 +34,7 @@ impl VideoGenerator {
         model: Arc<dyn VideoModel>,
         settings: GeneratorSettings,
     ) -> Self {
-        Self {
-            store,
-            objects,
-            model,
-            settings,
-            cost_guard: CostGuard::default(),
-            workers: Workers::new("video-generator"),
-        }
-    }
-
-    /// Reserves the cost of paid calls under `guard` (default: list prices,
-    /// no limit).
-    pub fn with_cost_guard(mut self, guard: CostGuard) -> Self {
-        self.cost_guard = guard;
-        self
+        Self::build("video-generator", store, objects, model, settings)
     }
 
     /// `gs://OUT/videos/{job_id}/`: where Veo writes the job's files.
@@ -117,19 +96,6 @@ impl VideoGenerator {
 #[async_trait]
 impl Generator for VideoGenerator {
     const KIND: JobKind = JobKind::Video;
-
-    fn store(&self) -> &Store {
-        &self.store
-    }
-    fn workers(&self) -> &Workers {
-        &self.workers
-    }
-    fn settings(&self) -> &GeneratorSettings {
-        &self.settings
-    }
-    fn cost_guard(&self) -> &CostGuard {
-        &self.cost_guard
-    }
 
     async fn run(&self, job: Job, lease: &Lease) -> Handled {
         // A job reset while its operation ran: watch that operation again

@@ -501,11 +501,7 @@ pub async fn intake(args: IntakeArgs) -> anyhow::Result<()> {
         .await
         .context("opening the store")?;
     let intake = Intake::new(store, bus, topics, args.dry_run);
-    let listener = server::bind(args.port)
-        .await
-        .with_context(|| format!("binding port {}", args.port))?;
-    server::serve(listener, router(Arc::new(intake))).await?;
-    Ok(())
+    server::serve_on(args.port, router(Arc::new(intake))).await
 }
 
 #[cfg(test)]
