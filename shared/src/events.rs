@@ -12,7 +12,6 @@ use crate::objects::GsUri;
 use crate::push::{self, Delivery, Poison};
 use axum::http::HeaderMap;
 use axum::http::header::CONTENT_TYPE;
-use base64::Engine;
 use serde::Deserialize;
 use serde_json::Value;
 use std::str::FromStr;
@@ -291,7 +290,11 @@ impl ObjectData {
             name: non_empty(self.name),
             generation: json_number("generation", self.generation)?,
             size: json_number("size", self.size)?,
-            crc32c: self.crc32c.as_deref().map(crc32c_of_base64).transpose()?,
+            crc32c: self
+                .crc32c
+                .as_deref()
+                .map(crate::crc::from_base64)
+                .transpose()?,
             content_type: non_empty(self.content_type),
         })
     }
@@ -321,17 +324,6 @@ fn parse_number<T: FromStr>(text: &str) -> Option<T> {
         return None;
     }
     text.parse().ok()
-}
-
-/// GCS writes `crc32c` as the base64 of the big-endian 4 bytes.
-fn crc32c_of_base64(text: &str) -> Result<u32, String> {
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(text)
-        .map_err(|e| format!("crc32c {text:?} is not base64: {e}"))?;
-    let bytes: [u8; 4] = bytes
-        .try_into()
-        .map_err(|bytes: Vec<u8>| format!("crc32c {text:?} is {} bytes, not 4", bytes.len()))?;
-    Ok(u32::from_be_bytes(bytes))
 }
 
 /// The bucket of `//storage.googleapis.com/projects/{_|P}/buckets/BUCKET`.
@@ -379,6 +371,7 @@ fn percent_decode(text: &str) -> Option<String> {
 mod tests {
     use super::*;
     use axum::http::{HeaderName, HeaderValue};
+    use base64::Engine;
     use std::collections::BTreeMap;
 
     const JOB: &str = "5f0c2b7e9d1a4c3e8b6f0a1d2c3e4f50";

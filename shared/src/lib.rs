@@ -6,6 +6,7 @@ pub mod ack;
 pub mod bus;
 pub mod config;
 pub mod cost;
+pub mod crc;
 pub mod deliver;
 pub mod domain;
 pub mod error;

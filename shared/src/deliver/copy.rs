@@ -1,6 +1,6 @@
 //! One copy attempt of one object, to a bucket or to a file.
 
-use super::{Destination, Downloader, crc32c_value};
+use super::{Destination, Downloader};
 use crate::domain::Lease;
 use crate::domain::download::Download;
 use crate::error::Error;
@@ -87,7 +87,10 @@ async fn expected(
 ) -> Result<(u64, u32), CopyError> {
     if let (Some(size), Some(crc)) = (
         download.size,
-        download.crc32c.as_deref().and_then(crc32c_value),
+        download
+            .crc32c
+            .as_deref()
+            .and_then(|text| crate::crc::from_base64(text).ok()),
     ) {
         return Ok((size, crc));
     }

@@ -23,7 +23,6 @@ use crate::events::{ObjectEvent, ObjectEventKind};
 use crate::generate::Workers;
 use crate::objects::{GsUri, ObjectStore};
 use crate::store::{Claim, Store};
-use base64::Engine;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -155,19 +154,6 @@ pub fn job_of(name: &str) -> Option<(String, FileType)> {
     (valid_id && !rest.is_empty()).then(|| (job_id.to_string(), file_type))
 }
 
-/// The record's CRC32C text: base64 of the big-endian value, as GCS writes it.
-pub fn crc32c_text(crc: u32) -> String {
-    base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes())
-}
-
-/// Reads a record's CRC32C text back.
-pub fn crc32c_value(text: &str) -> Option<u32> {
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(text)
-        .ok()?;
-    Some(u32::from_be_bytes(bytes.try_into().ok()?))
-}
-
 impl Downloader {
     /// A downloader reading from `objects` (which also holds a bucket
     /// destination) and recording in `store`.
@@ -274,7 +260,7 @@ impl Downloader {
             file_type,
             priority,
             size: Some(meta.size),
-            crc32c: Some(crc32c_text(meta.crc32c)),
+            crc32c: Some(crate::crc::to_base64(meta.crc32c)),
         };
         let Ok(_slot) = self.slots.acquire().await else {
             return shutting_down();

@@ -441,7 +441,7 @@ async fn a_256_mib_copy_killed_halfway_resumes_with_flat_memory() {
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
             .collect::<Vec<u8>>(),
     );
-    let crc = shared::deliver::crc32c_text(crc32c::crc32c(&data));
+    let crc = shared::crc::to_base64(crc32c::crc32c(&data));
     let (id, name) = job_with_output(&world, data.clone()).await;
     drop(data);
     let target = destination.path().join(&name);
@@ -500,7 +500,7 @@ async fn a_256_mib_copy_killed_halfway_resumes_with_flat_memory() {
     assert_eq!(download.crc32c.as_deref(), Some(crc.as_str()));
     let on_disk = std::fs::read(&target).unwrap();
     assert_eq!(on_disk.len(), SIZE);
-    assert_eq!(shared::deliver::crc32c_text(crc32c::crc32c(&on_disk)), crc);
+    assert_eq!(shared::crc::to_base64(crc32c::crc32c(&on_disk)), crc);
     eprintln!(
         "killed after {copied_before_kill} bytes at {first_peak} KiB peak RSS; the resumed downloader peaked at {peak} KiB"
     );

@@ -294,7 +294,7 @@ async fn a_copy_completed_but_not_recorded_on_its_job_is_recorded_on_redelivery(
             file_type: shared::domain::download::FileType::Image,
             priority: 10,
             size: Some(metas[0].size),
-            crc32c: Some(shared::deliver::crc32c_text(metas[0].crc32c)),
+            crc32c: Some(shared::crc::to_base64(metas[0].crc32c)),
         })
         .await
         .unwrap();
