@@ -293,7 +293,7 @@ fn notification(meta: &shared::objects::ObjectMeta, message_id: &str) -> String 
 }
 
 /// The lines of the two events only Pub/Sub produces, each from its macro
-/// call in shared/src (found by its event name, so a renamed event fails
+/// call in the `shared` crate's source (found by its event name, so a renamed event fails
 /// here), with every field that call names and a real line's envelope.
 fn made_from_the_code(real: &[Line]) -> Vec<Line> {
     let template = real
@@ -306,12 +306,8 @@ fn made_from_the_code(real: &[Line]) -> Vec<Line> {
     ]
     .into_iter()
     .map(|(stage, event, file)| {
-        let source = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../shared/src")
-                .join(file),
-        )
-        .unwrap();
+        // The workspace's own `shared` crate, read from the repository root.
+        let source = super::read(&format!("shared/src/{file}"));
         let call = macro_call(&source, event)
             .unwrap_or_else(|| panic!("shared/src/{file} no longer logs event = \"{event}\""));
         let mut json = template.json.clone();
