@@ -126,6 +126,15 @@ fn completed_log(download: &Download, bytes: u64) {
     );
 }
 
+/// The answer once `download` is recorded on `job`, which says so at INFO
+/// when that delivery was its last.
+fn recorded(download: &Download, job: &crate::domain::job::Job) -> Handled {
+    if job.status == crate::domain::job::JobStatus::Delivered {
+        tracing::info!(job_id = %job.id, kind = %job.kind, event = "job_delivered", "every output delivered");
+    }
+    Handled::Done(format!("{} → {}", download.source, download.destination))
+}
+
 /// Copies finalized outputs to the destination.
 pub struct Downloader {
     store: Store,
@@ -415,13 +424,7 @@ impl Downloader {
             {
                 Ok(Some((_, job))) => {
                     completed_log(download, bytes);
-                    if job.status == crate::domain::job::JobStatus::Delivered {
-                        tracing::info!(job_id = %job.id, kind = %job.kind, event = "job_delivered", "every output delivered");
-                    }
-                    return Handled::Done(format!(
-                        "{} → {}",
-                        download.source, download.destination
-                    ));
+                    return recorded(download, &job);
                 }
                 Ok(None) => {}
                 Err(e) => tracing::debug!(error = %e, "recording the delivery the long way"),
@@ -448,12 +451,7 @@ impl Downloader {
             destination: download.destination.clone(),
         };
         match self.store.record_delivery(&download.job_id, delivery).await {
-            Ok(job) => {
-                if job.status == crate::domain::job::JobStatus::Delivered {
-                    tracing::info!(job_id = %job.id, kind = %job.kind, event = "job_delivered", "every output delivered");
-                }
-                Handled::Done(format!("{} → {}", download.source, download.destination))
-            }
+            Ok(job) => recorded(download, &job),
             // The file is in place; a cancelled job just does not record it.
             Err(Error::Transition { .. } | Error::NotFound { .. }) => Handled::Done(format!(
                 "{} → {} (the job no longer takes deliveries)",

@@ -501,29 +501,26 @@ impl Store {
     /// and its version, in one round trip when it is new.
     async fn create_versioned<T: Record>(&self, record: T) -> Result<(Created<T>, Version)> {
         let doc = &to_doc(&record)?;
-        let record = &record;
-        until_settled(T::KIND, record.id(), || async move {
-            if let Some(version) = self.backend.create(T::COLLECTION, record.id(), doc).await? {
-                let created = Created {
-                    record: record.clone(),
-                    created: true,
-                };
-                return Ok(Round::Settled((created, version)));
+        let id = record.id();
+        // Settles with the stored record when one was there, `None` when
+        // this one was written.
+        let (existing, version) = until_settled(T::KIND, id, || async move {
+            if let Some(version) = self.backend.create(T::COLLECTION, id, doc).await? {
+                return Ok(Round::Settled((None, version)));
             }
             // It exists: return what is stored. If it vanished in between
             // (retention), create again.
-            Ok(match self.load::<T>(record.id()).await? {
-                Some((existing, version)) => Round::Settled((
-                    Created {
-                        record: existing,
-                        created: false,
-                    },
-                    version,
-                )),
+            Ok(match self.load::<T>(id).await? {
+                Some((existing, version)) => Round::Settled((Some(existing), version)),
                 None => Round::Lost,
             })
         })
-        .await
+        .await?;
+        let created = Created {
+            created: existing.is_none(),
+            record: existing.unwrap_or(record),
+        };
+        Ok((created, version))
     }
 
     /// Reads, applies `change`, writes back if unchanged; repeats on conflict.

@@ -57,19 +57,9 @@ async fn jobs(world: &World) -> Vec<Job> {
         .items
 }
 
+/// `asmr ARGS` as an operator of `world`, which must succeed; its JSON.
 fn asmr(world: &World, args: &[&str]) -> serde_json::Value {
-    let output = Command::new(binary("asmr"))
-        .env_clear()
-        .env("GOOGLE_CLOUD_PROJECT", emulator_project())
-        .env(
-            "FIRESTORE_EMULATOR_HOST",
-            std::env::var("FIRESTORE_EMULATOR_HOST").unwrap(),
-        )
-        .env("ASMR_COLLECTION_PREFIX", world.prefix.clone().unwrap())
-        .args(["--backend", "firestore"])
-        .args(args)
-        .output()
-        .unwrap();
+    let output = world.operator(args);
     assert!(
         output.status.success(),
         "{}",

@@ -462,6 +462,34 @@ pub fn write_durably(path: &Path, bytes: u64) -> Result<()> {
     Ok(())
 }
 
+/// Uploads `data` as `gs://{bucket}/{name}` in one JSON API media request
+/// (as `curl -T` would; the adapter's resumable upload is far slower into
+/// fake-gcs-server) and returns the object resource it answers with.
+pub async fn upload_media(
+    ctx: &Context,
+    bucket: &str,
+    name: &str,
+    content_type: &str,
+    data: bytes::Bytes,
+) -> Result<Value> {
+    Ok(ctx
+        .http
+        .post(format!(
+            "{}/upload/storage/v1/b/{bucket}/o?uploadType=media&name={}",
+            ctx.env.storage,
+            encode(name)
+        ))
+        .header("content-type", content_type)
+        .body(data)
+        .timeout(Duration::from_secs(300))
+        .send()
+        .await?
+        .error_for_status()
+        .with_context(|| format!("uploading gs://{bucket}/{name}"))?
+        .json()
+        .await?)
+}
+
 /// An object name as one path segment of a JSON API URL.
 pub fn encode(name: &str) -> String {
     name.bytes()

@@ -184,25 +184,9 @@ async fn upload(
     let len = usize::try_from(bytes)?;
     let data = bytes::Bytes::from(tests::objects::pattern(len));
     let crc = crc32c::crc32c(&data);
-    // A single-request media upload, as `curl -T` would send it: the
-    // adapter's resumable upload takes about 90 s for 1 GiB into
+    // The adapter's resumable upload takes about 90 s for 1 GiB into
     // fake-gcs-server, which would dominate the run.
-    let resource: Value = ctx
-        .http
-        .post(format!(
-            "{}/upload/storage/v1/b/{bucket}/o?uploadType=media&name={}",
-            ctx.env.storage,
-            encode(&name)
-        ))
-        .header("content-type", "video/mp4")
-        .body(data)
-        .timeout(Duration::from_secs(300))
-        .send()
-        .await?
-        .error_for_status()
-        .with_context(|| format!("uploading gs://{bucket}/{name}"))?
-        .json()
-        .await?;
+    let resource = common::upload_media(ctx, bucket, &name, "video/mp4", data).await?;
     let meta = objects
         .metadata(bucket, &name)
         .await?

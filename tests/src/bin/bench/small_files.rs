@@ -227,21 +227,9 @@ async fn upload(ctx: &Context, bucket: &str, workload: Workload) -> Result<Vec<O
                 // Distinct content per object: a window of the pattern.
                 let offset = (n * 7) % 4096;
                 let data = bytes::Bytes::copy_from_slice(&pattern[offset..offset + len]);
-                let resource: Value = ctx
-                    .http
-                    .post(format!(
-                        "{}/upload/storage/v1/b/{bucket}/o?uploadType=media&name={}",
-                        ctx.env.storage,
-                        encode(&name)
-                    ))
-                    .header("content-type", "application/octet-stream")
-                    .body(data)
-                    .timeout(Duration::from_secs(300))
-                    .send()
-                    .await?
-                    .error_for_status()?
-                    .json()
-                    .await?;
+                let resource =
+                    common::upload_media(ctx, bucket, &name, "application/octet-stream", data)
+                        .await?;
                 let generation = match &resource["generation"] {
                     Value::String(s) => s.clone(),
                     other => other.to_string(),
