@@ -8,6 +8,7 @@
 //! [`ObjectEvent`] here, told apart by their headers ([`decode`]). Whatever
 //! cannot be read is [`Poison`]: retrying the same bytes cannot fix it.
 
+use crate::crc::Crc32c;
 use crate::objects::GsUri;
 use crate::push::{self, Delivery, Poison};
 use axum::http::HeaderMap;
@@ -70,7 +71,7 @@ pub struct ObjectEvent {
     /// Size in bytes, when the delivery carries the object data.
     pub size: Option<u64>,
     /// CRC32C (Castagnoli) of the content, when the delivery carries it.
-    pub crc32c: Option<u32>,
+    pub crc32c: Option<Crc32c>,
     /// MIME type, when the delivery carries it.
     pub content_type: Option<String>,
     /// The Pub/Sub message id or the CloudEvent `ce-id`: the same on every
@@ -275,7 +276,7 @@ struct ObjectFields {
     name: Option<String>,
     generation: Option<i64>,
     size: Option<u64>,
-    crc32c: Option<u32>,
+    crc32c: Option<Crc32c>,
     content_type: Option<String>,
 }
 
@@ -293,7 +294,7 @@ impl ObjectData {
             crc32c: self
                 .crc32c
                 .as_deref()
-                .map(crate::crc::from_base64)
+                .map(str::parse::<Crc32c>)
                 .transpose()?,
             content_type: non_empty(self.content_type),
         })
@@ -443,7 +444,7 @@ mod tests {
                 name: name.clone(),
                 generation: Some(1_795_841_531_763_521),
                 size: Some(2_847_311),
-                crc32c: Some(0x9ebb_5039),
+                crc32c: Some(Crc32c(0x9ebb_5039)),
                 content_type: Some("video/mp4".into()),
                 event_id: "12043795820587903".into(),
                 event_time: Some("2026-11-28T04:52:11.763521Z".into()),
@@ -466,7 +467,7 @@ mod tests {
                 name: format!("videos/{JOB}/20261128045143512907/sample_0.mp4"),
                 generation: Some(1_795_841_531_763_521),
                 size: Some(2_847_311),
-                crc32c: Some(0x9ebb_5039),
+                crc32c: Some(Crc32c(0x9ebb_5039)),
                 content_type: Some("video/mp4".into()),
                 event_id: "12150038711925448".into(),
                 event_time: Some("2026-12-05T03:00:07.204118Z".into()),
@@ -504,7 +505,7 @@ mod tests {
                 name: format!("veo/{JOB}/sample_0.mp4"),
                 generation: Some(1_795_842_948_970_295),
                 size: Some(31),
-                crc32c: Some(crc32c::crc32c(b"fake mp4 bytes for the fixture\n")),
+                crc32c: Some(Crc32c::of(b"fake mp4 bytes for the fixture\n")),
                 content_type: Some("video/mp4".into()),
                 event_id: "1".into(),
                 event_time: Some("2026-11-28T05:15:48Z".into()),
@@ -537,7 +538,7 @@ mod tests {
                 name: name.clone(),
                 generation: Some(1_795_841_533_118_092),
                 size: Some(3_012_875),
-                crc32c: Some(0xa856_4e2f),
+                crc32c: Some(Crc32c(0xa856_4e2f)),
                 content_type: Some("video/mp4".into()),
                 event_id: "12043795820587911".into(),
                 event_time: Some("2026-11-28T04:52:13.118092Z".into()),
@@ -602,7 +603,7 @@ mod tests {
         assert_eq!(event.name, "videos/j/x/sample_0.mp4");
         assert_eq!(event.generation, Some(17));
         assert_eq!(event.size, Some(3));
-        assert_eq!(event.crc32c, Some(1));
+        assert_eq!(event.crc32c, Some(Crc32c(1)));
         assert_eq!(event.content_type.as_deref(), Some("image/png"));
     }
 

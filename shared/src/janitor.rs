@@ -228,10 +228,10 @@ impl Janitor {
         let Some(bus) = &self.bus else {
             return Ok(false);
         };
-        let topic = self.topics.for_kind(job.kind);
+        let topic = self.topics.for_kind(job.kind());
         let message_id =
             crate::bus::publish_job(bus.as_ref(), &self.topics, job, "janitor").await?;
-        tracing::info!(job_id = %job.id, topic, message_id, "job message published again");
+        tracing::info!(job_id = %job.id(), topic, message_id, "job message published again");
         Ok(true)
     }
 
@@ -240,21 +240,21 @@ impl Janitor {
         report.failed_leases += reset.failed.len() as u64;
         for job in &reset.failed {
             let code = job
-                .error
+                .error()
                 .as_ref()
                 .map(|e| e.code.as_str())
                 .unwrap_or_default();
-            tracing::warn!(job_id = %job.id, kind = %job.kind, code, attempts = job.attempts, event = "job_failed", "lease expired with no attempt left");
+            tracing::warn!(job_id = %job.id(), kind = %job.kind(), code, attempts = job.attempts(), event = "job_failed", "lease expired with no attempt left");
         }
         let mut failures = 0;
         for job in &reset.requeued {
             report.requeued += 1;
             // A video job keeps its operation: the generator that takes it
             // watches that operation again instead of paying for another.
-            tracing::info!(job_id = %job.id, kind = %job.kind, attempts = job.attempts, operation = job.operation_name.as_deref().unwrap_or(""), "lease expired; job requeued");
+            tracing::info!(job_id = %job.id(), kind = %job.kind(), attempts = job.attempts(), operation = job.operation_name().unwrap_or(""), "lease expired; job requeued");
             if let Err(e) = self.dispatch(job).await {
                 // Still pending: the lost-work sweep of a later run sends it.
-                tracing::error!(job_id = %job.id, error = %e, "could not publish a requeued job");
+                tracing::error!(job_id = %job.id(), error = %e, "could not publish a requeued job");
                 failures += 1;
             }
         }
@@ -274,11 +274,11 @@ impl Janitor {
         for idle in self.store.pending_jobs_idle_since(cutoff).await? {
             // Stamp first: of two janitors only one stamps, so only one
             // publishes. A publish that then fails waits for the next window.
-            let job = match self.store.stamp_idle_pending_job(&idle.id, cutoff).await {
+            let job = match self.store.stamp_idle_pending_job(idle.id(), cutoff).await {
                 Ok(Some(job)) => job,
                 Ok(None) => continue,
                 Err(e) => {
-                    tracing::error!(job_id = %idle.id, error = %e, "could not stamp a lost job");
+                    tracing::error!(job_id = %idle.id(), error = %e, "could not stamp a lost job");
                     failures += 1;
                     continue;
                 }
@@ -286,7 +286,7 @@ impl Janitor {
             match self.dispatch(&job).await {
                 Ok(_) => report.republished += 1,
                 Err(e) => {
-                    tracing::error!(job_id = %job.id, error = %e, "could not publish a lost job");
+                    tracing::error!(job_id = %job.id(), error = %e, "could not publish a lost job");
                     failures += 1;
                 }
             }
@@ -394,13 +394,13 @@ impl Janitor {
         let Some(job) = self.store.get_job(&id).await? else {
             return skipped("no such job");
         };
-        match job.status {
+        match job.status() {
             // Waiting is not failing: the quota, the budget, the
             // configuration or the bucket holds it back, not the job. A
             // paid request in doubt is settled by the next claim. A job a
             // worker holds may be put back to wait by it: its message must
             // not be the one that is lost (a duplicate costs nothing).
-            JobStatus::Pending if job.waiting.is_some() || job.calling.is_some() => {
+            JobStatus::Pending if job.waiting().is_some() || job.calling().is_some() => {
                 return self.requeue_dead_letter(&job, letter).await;
             }
             JobStatus::Processing => return self.requeue_dead_letter(&job, letter).await,
@@ -410,9 +410,9 @@ impl Janitor {
             JobStatus::Completed
             | JobStatus::Delivered
             | JobStatus::Failed
-            | JobStatus::Cancelled => return skipped(job.status.as_str()),
+            | JobStatus::Cancelled => return skipped(job.status().as_str()),
         }
-        let message = match &job.error {
+        let message = match &job.error() {
             Some(last) => last.to_string(),
             None => match letter
                 .source_delivery_count()
@@ -425,7 +425,7 @@ impl Janitor {
         let error = JobError::new(DEAD_LETTERED, message, false);
         match self.store.fail_job(&id, None, error.clone()).await {
             Ok(_) => {
-                tracing::warn!(job_id = %id, kind = %job.kind, code = DEAD_LETTERED, message_id = letter.message_id, error = %error, event = "job_failed", "job failed: its message was dead-lettered");
+                tracing::warn!(job_id = %id, kind = %job.kind(), code = DEAD_LETTERED, message_id = letter.message_id, error = %error, event = "job_failed", "job failed: its message was dead-lettered");
                 tracing::info!(event = "janitor.dead_letter", outcome = "job_failed", job_id = %id, message_id = letter.message_id, "dead letter handled");
                 Ok(Settled::Failed)
             }
@@ -444,12 +444,12 @@ impl Janitor {
     /// Publishes the job message of a dead letter's job again.
     async fn requeue_dead_letter(&self, job: &Job, letter: &DeadLetter) -> Result<Settled> {
         self.dispatch(job).await?;
-        let reason = match (job.status, job.waiting.as_deref()) {
+        let reason = match (job.status(), job.waiting()) {
             (JobStatus::Processing, _) => "a worker holds it",
             (_, Some(reason)) => reason,
             _ => "a paid request in doubt",
         };
-        tracing::info!(event = "janitor.dead_letter", outcome = "requeued", job_id = %job.id, message_id = letter.message_id, reason, "dead letter of a job that is not done: published again");
+        tracing::info!(event = "janitor.dead_letter", outcome = "requeued", job_id = %job.id(), message_id = letter.message_id, reason, "dead letter of a job that is not done: published again");
         Ok(Settled::Requeued)
     }
 
@@ -626,9 +626,9 @@ mod tests {
         let requeue = job(&s, JobKind::Image, 3).await;
         let spent = job(&s, JobKind::Image, 1).await;
         let held = job(&s, JobKind::Image, 3).await;
-        store.claim_job(&requeue.id, &expired).await.unwrap();
-        store.claim_job(&spent.id, &expired).await.unwrap();
-        store.claim_job(&held.id, &live).await.unwrap();
+        store.claim_job(requeue.id(), &expired).await.unwrap();
+        store.claim_job(spent.id(), &expired).await.unwrap();
+        store.claim_job(held.id(), &live).await.unwrap();
 
         let report = run_once(&s.janitor, &JanitorSettings::default())
             .await
@@ -641,17 +641,17 @@ mod tests {
         assert!(report.is_clean(), "{report:?}");
         assert_eq!(
             published(&s, JobKind::Image),
-            std::slice::from_ref(&requeue.id)
+            std::slice::from_ref(&requeue.id())
         );
         assert_eq!(
-            store.job(&requeue.id).await.unwrap().status,
+            store.job(requeue.id()).await.unwrap().status(),
             JobStatus::Pending
         );
-        let failed = store.job(&spent.id).await.unwrap();
-        assert_eq!(failed.status, JobStatus::Failed);
-        assert_eq!(failed.error.unwrap().code, ATTEMPTS_EXHAUSTED);
+        let failed = store.job(spent.id()).await.unwrap();
+        assert_eq!(failed.status(), JobStatus::Failed);
+        assert_eq!(failed.error().unwrap().code, ATTEMPTS_EXHAUSTED);
         assert_eq!(
-            store.job(&held.id).await.unwrap().status,
+            store.job(held.id()).await.unwrap().status(),
             JobStatus::Processing
         );
     }
@@ -662,10 +662,10 @@ mod tests {
         let store = &s.janitor.store;
         let video = job(&s, JobKind::Video, 3).await;
         let lease = Lease::new("video-generator-1", Duration::from_secs(60));
-        store.claim_job(&video.id, &lease).await.unwrap();
+        store.claim_job(video.id(), &lease).await.unwrap();
         let expired = Lease::new("video-generator-1", Duration::ZERO);
         store
-            .start_generating(&video.id, &expired, "projects/p/operations/op-1")
+            .start_generating(video.id(), &expired, "projects/p/operations/op-1")
             .await
             .unwrap();
 
@@ -673,14 +673,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(report.requeued, 1, "{report:?}");
-        let back = store.job(&video.id).await.unwrap();
-        assert_eq!(back.status, JobStatus::Pending);
-        assert_eq!(
-            back.operation_name.as_deref(),
-            Some("projects/p/operations/op-1")
-        );
-        assert!(back.submitted_at.is_some());
-        assert_eq!(published(&s, JobKind::Video), [video.id]);
+        let back = store.job(video.id()).await.unwrap();
+        assert_eq!(back.status(), JobStatus::Pending);
+        assert_eq!(back.operation_name(), Some("projects/p/operations/op-1"));
+        assert!(back.submitted_at().is_some());
+        assert_eq!(published(&s, JobKind::Video), [video.id()]);
     }
 
     #[tokio::test]
@@ -697,10 +694,10 @@ mod tests {
         assert_eq!(report.republished, 1, "{report:?}");
         let again = run_once(&s.janitor, &settings).await.unwrap();
         assert_eq!(again.republished, 0, "{again:?}");
-        assert_eq!(published(&s, JobKind::Video), [lost.id]);
+        assert_eq!(published(&s, JobKind::Video), [lost.id()]);
         assert_eq!(
-            s.janitor.store.job(&fresh.id).await.unwrap().updated_at,
-            fresh.updated_at
+            s.janitor.store.job(fresh.id()).await.unwrap().updated_at(),
+            fresh.updated_at()
         );
     }
 
@@ -711,31 +708,31 @@ mod tests {
         let store = &s.janitor.store;
         let quota = job(&s, JobKind::Image, 3).await;
         let lease = Lease::new("w", Duration::from_secs(60));
-        store.claim_job(&quota.id, &lease).await.unwrap();
+        store.claim_job(quota.id(), &lease).await.unwrap();
         let last = JobError::new("rate_limited", "Quota exceeded for imagen", true);
         store
-            .release_job(&quota.id, "w", Some(last.clone()))
+            .release_job(quota.id(), "w", Some(last.clone()))
             .await
             .unwrap();
         let silent = job(&s, JobKind::Image, 3).await;
         let done = job(&s, JobKind::Image, 3).await;
-        store.cancel_job(&done.id).await.unwrap();
+        store.cancel_job(done.id()).await.unwrap();
         // Paid for and watched by the poller; held by a live worker.
         let video = job(&s, JobKind::Video, 3).await;
         let watched = Lease::new("v", Duration::from_secs(600));
-        store.claim_job(&video.id, &watched).await.unwrap();
+        store.claim_job(video.id(), &watched).await.unwrap();
         store
-            .start_generating(&video.id, &watched, "operations/op-7")
+            .start_generating(video.id(), &watched, "operations/op-7")
             .await
             .unwrap();
         let busy = job(&s, JobKind::Image, 3).await;
-        store.claim_job(&busy.id, &watched).await.unwrap();
+        store.claim_job(busy.id(), &watched).await.unwrap();
         // Waiting on quota for longer than the subscription delivers.
         let waiting = job(&s, JobKind::Image, 3).await;
-        store.claim_job(&waiting.id, &lease).await.unwrap();
+        store.claim_job(waiting.id(), &lease).await.unwrap();
         store
             .wait_job(
-                &waiting.id,
+                waiting.id(),
                 "w",
                 crate::domain::job::QUOTA_EXHAUSTED,
                 JobError::new("rate_limited", "429", true),
@@ -745,14 +742,14 @@ mod tests {
 
         let message = |id: &str| format!(r#"{{"job_id":"{id}"}}"#);
         s.letters
-            .push(message(&quota.id), &[(SOURCE_DELIVERY_COUNT, "5")]);
+            .push(message(quota.id()), &[(SOURCE_DELIVERY_COUNT, "5")]);
         s.letters
-            .push(message(&silent.id), &[(SOURCE_DELIVERY_COUNT, "7")]);
-        s.letters.push(message(&done.id), &[]);
-        s.letters.push(message(&video.id), &[]);
-        s.letters.push(message(&busy.id), &[]);
+            .push(message(silent.id()), &[(SOURCE_DELIVERY_COUNT, "7")]);
+        s.letters.push(message(done.id()), &[]);
+        s.letters.push(message(video.id()), &[]);
+        s.letters.push(message(busy.id()), &[]);
         s.letters
-            .push(message(&waiting.id), &[(SOURCE_DELIVERY_COUNT, "10")]);
+            .push(message(waiting.id()), &[(SOURCE_DELIVERY_COUNT, "10")]);
         s.letters
             .push(r#"{"prompt":"x","kind":"image"}"#, &[("kind", "image")]);
 
@@ -774,27 +771,39 @@ mod tests {
         // Neither the held job's message nor the waiting job's is lost.
         let mut requeued = published(&s, JobKind::Image);
         requeued.sort();
-        let mut want = vec![busy.id.clone(), waiting.id.clone()];
+        let mut want = vec![busy.id().to_string(), waiting.id().to_string()];
         want.sort();
         assert_eq!(requeued, want);
-        let still = store.job(&waiting.id).await.unwrap();
-        assert_eq!((still.status, still.attempts), (JobStatus::Pending, 0));
-        let error = store.job(&quota.id).await.unwrap().error.unwrap();
+        let still = store.job(waiting.id()).await.unwrap();
+        assert_eq!((still.status(), still.attempts()), (JobStatus::Pending, 0));
+        let error = store
+            .job(quota.id())
+            .await
+            .unwrap()
+            .error()
+            .cloned()
+            .unwrap();
         assert_eq!(error.code, DEAD_LETTERED);
         assert!(error.message.contains(&last.message), "{error:?}");
         assert!(!error.retryable);
-        let error = store.job(&silent.id).await.unwrap().error.unwrap();
+        let error = store
+            .job(silent.id())
+            .await
+            .unwrap()
+            .error()
+            .cloned()
+            .unwrap();
         assert_eq!(error.message, "delivery failed 7 times");
         assert_eq!(
-            store.job(&done.id).await.unwrap().status,
+            store.job(done.id()).await.unwrap().status(),
             JobStatus::Cancelled
         );
         assert_eq!(
-            store.job(&video.id).await.unwrap().status,
+            store.job(video.id()).await.unwrap().status(),
             JobStatus::Generating
         );
         assert_eq!(
-            store.job(&busy.id).await.unwrap().status,
+            store.job(busy.id()).await.unwrap().status(),
             JobStatus::Processing
         );
     }
@@ -806,7 +815,7 @@ mod tests {
         let requeue = job(&s, JobKind::Image, 3).await;
         s.janitor
             .store
-            .claim_job(&requeue.id, &Lease::new("gone", Duration::ZERO))
+            .claim_job(requeue.id(), &Lease::new("gone", Duration::ZERO))
             .await
             .unwrap();
         let report = run_once(&s.janitor, &JanitorSettings::default())

@@ -47,12 +47,12 @@ impl JobEvent {
     pub fn of(job: &Job) -> Self {
         Self {
             event_id: uuid::Uuid::new_v4().simple().to_string(),
-            job_id: job.id.clone(),
-            status: job.status,
-            kind: job.kind,
-            outputs: job.outputs.clone(),
-            deliveries: job.deliveries.clone(),
-            error: job.error.clone(),
+            job_id: job.id().to_string(),
+            status: job.status(),
+            kind: job.kind(),
+            outputs: job.outputs().to_vec(),
+            deliveries: job.deliveries().to_vec(),
+            error: job.error().cloned(),
         }
     }
 
@@ -93,7 +93,7 @@ impl OutboxEntry {
 /// Whether the write from `before` to `after` is the one that ended the job
 /// ([`Job::has_ended`]).
 pub fn became_terminal(before: &Job, after: &Job) -> bool {
-    after.has_ended() && (!before.has_ended() || before.status != after.status)
+    after.has_ended() && (!before.has_ended() || before.status() != after.status())
 }
 
 /// Where job events go.
@@ -168,8 +168,7 @@ mod tests {
             ),
             Timestamp::now(),
         );
-        job.status = status;
-        job.outputs = outputs.iter().map(|s| s.to_string()).collect();
+        job.force_state(status, outputs.iter().map(|s| s.to_string()).collect());
         job
     }
 
@@ -215,7 +214,7 @@ mod tests {
         bus.ensure_topic("asmr-job-events").await.unwrap();
         let events = BusJobEvents::new(bus.clone(), "asmr-job-events");
         let mut failed = job(JobStatus::Failed, &[]);
-        failed.error = Some(JobError::new(
+        failed.force_error(JobError::new(
             "filtered",
             "blocked by the safety filter",
             false,
@@ -230,7 +229,7 @@ mod tests {
             body,
             serde_json::json!({
                 "event_id": event.event_id,
-                "job_id": failed.id,
+                "job_id": failed.id(),
                 "status": "failed",
                 "kind": "image",
                 "outputs": [],

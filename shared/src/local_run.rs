@@ -405,7 +405,7 @@ async fn create_jobs(
                 } else {
                     report.existing += 1;
                 }
-                ids.push(created.record.id);
+                ids.push(created.record.id().to_string());
             }
             Err(Error::Invalid(reason)) => report.skipped.push(Skipped {
                 line,
@@ -596,8 +596,8 @@ async fn keep_delivering(
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             for job in &jobs {
                 let delivered: HashSet<&str> =
-                    job.deliveries.iter().map(|d| d.source.as_str()).collect();
-                for output in &job.outputs {
+                    job.deliveries().iter().map(|d| d.source.as_str()).collect();
+                for output in job.outputs() {
                     if delivered.contains(output.as_str())
                         || handed
                             .get(output)
@@ -684,7 +684,7 @@ async fn snapshot(store: &Store, ids: &[String]) -> Result<Progress> {
         let Some(job) = store.get_job(id).await? else {
             continue;
         };
-        match job.status {
+        match job.status() {
             JobStatus::Completed => progress.generated += 1,
             JobStatus::Delivered => {
                 progress.generated += 1;
@@ -748,17 +748,17 @@ async fn tally(store: &Store, ids: &[String], report: &mut RunReport) -> Result<
         let Some(job) = store.get_job(id).await? else {
             continue;
         };
-        *report.statuses.entry(job.status).or_default() += 1;
-        report.files += job.deliveries.len() as u64;
+        *report.statuses.entry(job.status()).or_default() += 1;
+        report.files += job.deliveries().len() as u64;
         if job.has_ended()
-            && job.status != JobStatus::Delivered
+            && job.status() != JobStatus::Delivered
             && report.failures.len() < FAILURES_SHOWN
         {
-            let reason = job.error.as_ref().map_or_else(
-                || job.status.to_string(),
+            let reason = job.error().map_or_else(
+                || job.status().to_string(),
                 |e| format!("{}: {}", e.code, e.message),
             );
-            report.failures.push((job.id.clone(), reason));
+            report.failures.push((job.id().to_string(), reason));
         }
     }
     Ok(())

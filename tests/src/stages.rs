@@ -117,7 +117,8 @@ impl World {
             .await
             .expect("the job is created")
             .record
-            .id
+            .id()
+            .to_string()
     }
 }
 

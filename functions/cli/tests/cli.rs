@@ -12,7 +12,7 @@
 
 use serde_json::Value;
 use shared::domain::Lease;
-use shared::domain::download::{DownloadStatus, FileType, NewDownload};
+use shared::domain::download::{DownloadStatus, FileType, NewDownload, Target};
 use shared::domain::job::{FILTERED, JobError};
 use shared::store::Claim;
 use shared::store::rejected::{Rejected, RejectedSource};
@@ -260,7 +260,7 @@ impl Env {
             bucket: "out".into(),
             object: object.into(),
             generation: Some(1),
-            destination: format!("/tmp/{object}"),
+            destination: Target::File(format!("/tmp/{object}").into()),
             file_type,
             priority,
             size,
@@ -269,7 +269,7 @@ impl Env {
         let created = self.store(|store| async move { store.create_download(new).await.unwrap() });
         assert!(created.created, "{object} was added twice");
         std::thread::sleep(Duration::from_millis(2));
-        created.record.id
+        created.record.id().to_string()
     }
 
     /// Starts a copy of the download (one attempt), as the copier would.
@@ -314,7 +314,7 @@ impl Env {
                 .await
                 .unwrap()
         });
-        assert_eq!(failed.status, DownloadStatus::Failed);
+        assert_eq!(failed.status(), DownloadStatus::Failed);
     }
 
     /// The download record as the store has it, as JSON.
@@ -723,7 +723,7 @@ fn stats_json_has_the_exact_shape_and_counts(env: &Env) {
                 bucket: "out".into(),
                 object: "videos/d/0.mp4".into(),
                 generation: Some(1),
-                destination: "/tmp/d.mp4".into(),
+                destination: Target::File("/tmp/d.mp4".into()),
                 file_type: FileType::Video,
                 priority: 0,
                 size: None,

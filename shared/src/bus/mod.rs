@@ -135,13 +135,13 @@ pub async fn publish_job(
     origin: &str,
 ) -> Result<String> {
     let message = crate::push::JobMessage {
-        job_id: job.id.clone(),
+        job_id: job.id().to_string(),
     };
     let attributes = BTreeMap::from([
         ("origin".to_string(), origin.to_string()),
-        ("kind".to_string(), job.kind.as_str().to_string()),
+        ("kind".to_string(), job.kind().as_str().to_string()),
     ]);
-    publish_json(bus, &topics.for_kind(job.kind), &message, &attributes).await
+    publish_json(bus, &topics.for_kind(job.kind()), &message, &attributes).await
 }
 
 /// The error of a publish to a topic that does not exist.

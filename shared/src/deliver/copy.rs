@@ -1,8 +1,10 @@
 //! One copy attempt of one object, to a bucket or to a file.
 
-use super::{Destination, Downloader};
+use super::Downloader;
+use crate::crc::Crc32c;
 use crate::domain::Lease;
 use crate::domain::download::Download;
+use crate::domain::download::Target;
 use crate::error::Error;
 use crate::objects::{GsUri, ReadRange};
 use futures::{FutureExt, StreamExt};
@@ -84,14 +86,8 @@ async fn expected(
     downloader: &Downloader,
     download: &Download,
     source: &GsUri,
-) -> Result<(u64, u32), CopyError> {
-    if let (Some(size), Some(crc)) = (
-        download.size,
-        download
-            .crc32c
-            .as_deref()
-            .and_then(|text| crate::crc::from_base64(text).ok()),
-    ) {
+) -> Result<(u64, Crc32c), CopyError> {
+    if let (Some(size), Some(crc)) = (download.size(), download.crc32c()) {
         return Ok((size, crc));
     }
     let meta = downloader
@@ -108,22 +104,11 @@ pub async fn copy(
     download: &Download,
     lease: &Lease,
 ) -> Result<u64, CopyError> {
-    let source = GsUri::parse(&download.source).ok_or_else(|| {
-        CopyError::permanent(
-            "bad_source",
-            format!("{:?} is not a gs:// URI", download.source),
-        )
-    })?;
-    let (size, crc) = expected(downloader, download, &source).await?;
-    match &downloader.settings.destination {
-        Destination::Bucket { .. } => {
-            let target = GsUri::parse(&download.destination).ok_or_else(|| {
-                CopyError::permanent(
-                    "bad_destination",
-                    format!("{:?} is not a gs:// URI", download.destination),
-                )
-            })?;
-            let meta = downloader.objects.copy(&source, &target).await?;
+    let source = download.source();
+    let (size, crc) = expected(downloader, download, source).await?;
+    match download.destination() {
+        Target::Object(target) => {
+            let meta = downloader.objects.copy(source, target).await?;
             if meta.size != size || meta.crc32c != crc {
                 return Err(CopyError::retryable(
                     "crc_mismatch",
@@ -135,9 +120,8 @@ pub async fn copy(
             }
             Ok(meta.size)
         }
-        Destination::Directory(_) => {
-            let target = PathBuf::from(&download.destination);
-            to_file(downloader, download, lease, &source, &target, size, crc).await
+        Target::File(target) => {
+            to_file(downloader, download, lease, source, target, size, crc).await
         }
     }
 }
@@ -180,7 +164,7 @@ async fn to_file(
     source: &GsUri,
     target: &Path,
     size: u64,
-    crc: u32,
+    crc: Crc32c,
 ) -> Result<u64, CopyError> {
     let parent = target.parent().ok_or_else(|| {
         CopyError::permanent(
@@ -191,7 +175,7 @@ async fn to_file(
     tokio::fs::create_dir_all(parent)
         .await
         .map_err(|e| CopyError::io(&format!("creating {}", parent.display()), e))?;
-    let partial = partial_path(target, download.generation);
+    let partial = partial_path(target, download.generation());
 
     // Resume from what an earlier attempt left, unless it is already too long.
     let mut offset = match tokio::fs::metadata(&partial).await {
@@ -210,7 +194,7 @@ async fn to_file(
         0
     };
     if offset > 0 {
-        tracing::info!(download_id = %download.id, offset, "resuming a copy");
+        tracing::info!(download_id = %download.id(), offset, "resuming a copy");
     }
     let file = tokio::fs::OpenOptions::new()
         .create(true)
@@ -251,7 +235,7 @@ async fn to_file(
         .map_err(|e| CopyError::io(&format!("syncing {}", partial.display()), e))?;
     drop(file);
 
-    if offset != size || running != crc {
+    if offset != size || Crc32c(running) != crc {
         // Whatever is on disk is wrong: the next attempt starts over.
         let _ = tokio::fs::remove_file(&partial).await;
         let code = if offset != size {
@@ -297,7 +281,7 @@ impl<'a> Progress<'a> {
     ) -> Self {
         Progress {
             downloader,
-            download_id: &download.id,
+            download_id: download.id(),
             lease,
             reported: offset,
             reported_at: std::time::Instant::now(),

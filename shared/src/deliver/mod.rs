@@ -16,7 +16,7 @@ pub mod service;
 
 use crate::ack::Handled;
 use crate::domain::Lease;
-use crate::domain::download::{Download, DownloadStatus, FileType, NewDownload};
+use crate::domain::download::{Download, DownloadStatus, FileType, NewDownload, Target};
 use crate::domain::job::{Delivery, JobError};
 use crate::error::Error;
 use crate::events::{ObjectEvent, ObjectEventKind};
@@ -116,10 +116,10 @@ fn shutting_down() -> Handled {
 /// The one line of a completed copy, counted by the bytes-delivered metric.
 fn completed_log(download: &Download, bytes: u64) {
     tracing::info!(
-        job_id = %download.job_id,
-        download_id = %download.id,
-        source = %download.source,
-        destination = %download.destination,
+        job_id = %download.job_id(),
+        download_id = %download.id(),
+        source = %download.source(),
+        destination = %download.destination(),
         bytes,
         event = "download_completed",
         "delivered"
@@ -129,10 +129,14 @@ fn completed_log(download: &Download, bytes: u64) {
 /// The answer once `download` is recorded on `job`, which says so at INFO
 /// when that delivery was its last.
 fn recorded(download: &Download, job: &crate::domain::job::Job) -> Handled {
-    if job.status == crate::domain::job::JobStatus::Delivered {
-        tracing::info!(job_id = %job.id, kind = %job.kind, event = "job_delivered", "every output delivered");
+    if job.status() == crate::domain::job::JobStatus::Delivered {
+        tracing::info!(job_id = %job.id(), kind = %job.kind(), event = "job_delivered", "every output delivered");
     }
-    Handled::Done(format!("{} → {}", download.source, download.destination))
+    Handled::Done(format!(
+        "{} → {}",
+        download.source(),
+        download.destination()
+    ))
 }
 
 /// Copies finalized outputs to the destination.
@@ -183,14 +187,17 @@ impl Downloader {
 
     /// Where `name` is copied to, as recorded (a gs:// URI or a path).
     /// Names that could escape the destination are refused here.
-    pub fn destination_of(&self, name: &str) -> std::result::Result<String, String> {
+    pub fn destination_of(&self, name: &str) -> std::result::Result<Target, String> {
         match &self.settings.destination {
             Destination::Bucket { bucket, prefix } => {
                 crate::paths::relative_path(name).map_err(|e| e.to_string())?;
-                Ok(format!("gs://{bucket}/{prefix}{name}"))
+                Ok(Target::Object(GsUri {
+                    bucket: bucket.clone(),
+                    name: format!("{prefix}{name}"),
+                }))
             }
             Destination::Directory(root) => crate::paths::join_under(root, name)
-                .map(|path| path.display().to_string())
+                .map(Target::File)
                 .map_err(|e| e.to_string()),
         }
     }
@@ -269,7 +276,7 @@ impl Downloader {
             file_type,
             priority,
             size: Some(meta.size),
-            crc32c: Some(crate::crc::to_base64(meta.crc32c)),
+            crc32c: Some(meta.crc32c),
         };
         let Ok(_slot) = self.slots.acquire().await else {
             return shutting_down();
@@ -293,7 +300,7 @@ impl Downloader {
                     // Not copied: the record made alongside goes again.
                     let _ = self
                         .store
-                        .delete_download(&created.record.id, &version)
+                        .delete_download(created.record.id(), &version)
                         .await;
                 }
                 return Handled::Ignored(format!("{} belongs to no job ({job_id})", event.uri()));
@@ -310,26 +317,30 @@ impl Downloader {
             };
             return self.attempt(download, &lease, Some(known)).await;
         }
-        match download.status {
+        match download.status() {
             // A copier that stopped between completing the download and
             // recording it on the job left the job short of a delivery.
             DownloadStatus::Completed
-                if !job.deliveries.iter().any(|d| d.source == download.source) =>
+                if !job
+                    .deliveries()
+                    .iter()
+                    .any(|d| d.source == download.source().to_string()) =>
             {
                 return self.record_delivery(&download).await;
             }
             DownloadStatus::Completed => {
-                return Handled::Duplicate(format!("{} was already delivered", download.source));
+                return Handled::Duplicate(format!("{} was already delivered", download.source()));
             }
             DownloadStatus::Failed => {
                 return Handled::Duplicate(format!(
                     "{} failed for good; `asmr retry-download {}` tries again",
-                    download.source, download.id
+                    download.source(),
+                    download.id()
                 ));
             }
             DownloadStatus::Pending | DownloadStatus::Downloading => {}
         }
-        self.claim_and_copy(&download.id).await
+        self.claim_and_copy(download.id()).await
     }
 
     /// Claims a download and copies it, within the concurrency limit.
@@ -348,24 +359,29 @@ impl Downloader {
             // Another copier holds it. Until its copy is verified the event
             // must come back: if that copier died, the next delivery after
             // its lease runs out resumes the copy.
-            Ok(Claim::Refused(download, _)) if download.status == DownloadStatus::Downloading => {
+            Ok(Claim::Refused(download, _)) if download.status() == DownloadStatus::Downloading => {
                 return Handled::Retry {
                     rate_limited: false,
                     reason: format!(
                         "{} is being copied by {}",
-                        download.source,
-                        download.lease_owner.unwrap_or_default()
+                        download.source(),
+                        download.lease_owner().unwrap_or_default()
                     ),
                 };
             }
             Ok(Claim::Refused(download, _)) => {
-                return Handled::Duplicate(format!("{} is {}", download.source, download.status));
+                return Handled::Duplicate(format!(
+                    "{} is {}",
+                    download.source(),
+                    download.status()
+                ));
             }
             Ok(Claim::Exhausted(download)) => {
-                tracing::error!(download_id, source = %download.source, event = "download_failed", "no attempt left");
+                tracing::error!(download_id, source = %download.source(), event = "download_failed", "no attempt left");
                 return Handled::Done(format!(
                     "{} failed after {} attempts",
-                    download.source, download.attempts
+                    download.source(),
+                    download.attempts()
                 ));
             }
             Ok(Claim::NotFound) => {
@@ -373,7 +389,11 @@ impl Downloader {
             }
             // Only jobs make paid calls.
             Ok(Claim::Lost(download)) => {
-                return Handled::Duplicate(format!("{} is {}", download.source, download.status));
+                return Handled::Duplicate(format!(
+                    "{} is {}",
+                    download.source(),
+                    download.status()
+                ));
             }
             Err(e) if e.is_retryable() => return Handled::store_trouble(&e),
             Err(e) => return Handled::Poison(e.to_string()),
@@ -432,7 +452,7 @@ impl Downloader {
         }
         if let Err(e) = self
             .store
-            .complete_download(&download.id, &lease.owner, bytes)
+            .complete_download(download.id(), &lease.owner, bytes)
             .await
         {
             return match e {
@@ -447,15 +467,20 @@ impl Downloader {
     /// Records a completed download on its job; the last one delivers it.
     async fn record_delivery(&self, download: &Download) -> Handled {
         let delivery = Delivery {
-            source: download.source.clone(),
-            destination: download.destination.clone(),
+            source: download.source().to_string(),
+            destination: download.destination().to_string(),
         };
-        match self.store.record_delivery(&download.job_id, delivery).await {
+        match self
+            .store
+            .record_delivery(download.job_id(), delivery)
+            .await
+        {
             Ok(job) => recorded(download, &job),
             // The file is in place; a cancelled job just does not record it.
             Err(Error::Transition { .. } | Error::NotFound { .. }) => Handled::Done(format!(
                 "{} → {} (the job no longer takes deliveries)",
-                download.source, download.destination
+                download.source(),
+                download.destination()
             )),
             Err(e) => Handled::store_trouble(&e),
         }
@@ -475,7 +500,7 @@ impl Downloader {
             );
             return match self
                 .store
-                .wait_download(&download.id, &lease.owner, error)
+                .wait_download(download.id(), &lease.owner, error)
                 .await
             {
                 Ok(_) => Handled::Retry {
@@ -486,19 +511,19 @@ impl Downloader {
                 Err(e) => Handled::store_trouble(&e),
             };
         }
-        tracing::warn!(download_id = %download.id, source = %download.source, attempt = download.attempts, error = %error, "copy failed");
+        tracing::warn!(download_id = %download.id(), source = %download.source(), attempt = download.attempts(), error = %error, "copy failed");
         match self
             .store
-            .fail_download(&download.id, &lease.owner, error)
+            .fail_download(download.id(), &lease.owner, error)
             .await
         {
-            Ok(after) if after.status == DownloadStatus::Pending => Handled::Retry {
+            Ok(after) if after.status() == DownloadStatus::Pending => Handled::Retry {
                 rate_limited: false,
                 reason: format!("{}: {}", e.code, e.message),
             },
             Ok(after) => {
-                tracing::error!(download_id = %download.id, source = %download.source, error = ?after.error, event = "download_failed", "download failed");
-                Handled::Done(format!("{} failed: {}", download.source, e.message))
+                tracing::error!(download_id = %download.id(), source = %download.source(), error = ?after.error(), event = "download_failed", "download failed");
+                Handled::Done(format!("{} failed: {}", download.source(), e.message))
             }
             Err(Error::Transition { .. }) => Handled::Duplicate("the lease was lost".into()),
             Err(e) => Handled::store_trouble(&e),

@@ -4,10 +4,51 @@
 use super::job::{JobError, Retention};
 use super::validate::ValidationError;
 use super::{Lease, Transition, TransitionError};
+use crate::crc::Crc32c;
+use crate::objects::GsUri;
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
+
+/// Where a download's copy goes: an object of the archive bucket, or a
+/// file under the mounted directory. Records carry it as text, a
+/// `gs://` URI or a path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A server-side copy to this object.
+    Object(GsUri),
+    /// A streamed copy to this file.
+    File(std::path::PathBuf),
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Object(uri) => uri.fmt(f),
+            Target::File(path) => path.display().fmt(f),
+        }
+    }
+}
+
+impl Serialize for Target {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Target {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        if text.starts_with("gs://") {
+            GsUri::parse(&text).map(Target::Object).ok_or_else(|| {
+                serde::de::Error::custom(format!("{text:?} is not gs://bucket/name"))
+            })
+        } else {
+            Ok(Target::File(text.into()))
+        }
+    }
+}
 
 /// Copies allowed per object before the download fails for good.
 pub const DEFAULT_DOWNLOAD_ATTEMPTS: u32 = 3;
@@ -86,59 +127,167 @@ pub enum FileType {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Download {
     /// Derived from bucket, object and generation: see [`Download::id_for`].
-    pub id: String,
+    pub(in crate::domain) id: String,
     /// The job the object belongs to.
-    pub job_id: String,
+    pub(in crate::domain) job_id: String,
     /// `gs://bucket/object`.
-    pub source: String,
+    pub(in crate::domain) source: GsUri,
     /// The object generation that was finalized.
     #[serde(default)]
-    pub generation: Option<i64>,
+    pub(in crate::domain) generation: Option<i64>,
     /// Where the copy goes.
-    pub destination: String,
+    pub(in crate::domain) destination: Target,
     /// From the object path.
-    pub file_type: FileType,
+    pub(in crate::domain) file_type: FileType,
     /// Higher copies first.
     #[serde(default)]
-    pub priority: i64,
+    pub(in crate::domain) priority: i64,
     /// Where it stands.
-    pub status: DownloadStatus,
+    pub(in crate::domain) status: DownloadStatus,
     /// Copies started so far.
     #[serde(default)]
-    pub attempts: u32,
+    pub(in crate::domain) attempts: u32,
     /// Copies allowed.
-    pub max_attempts: u32,
+    pub(in crate::domain) max_attempts: u32,
     /// Bytes at the destination so far (a resumed copy starts here).
     #[serde(default)]
-    pub bytes_copied: u64,
+    pub(in crate::domain) bytes_copied: u64,
     /// Object size, from its metadata.
     #[serde(default)]
-    pub size: Option<u64>,
+    pub(in crate::domain) size: Option<u64>,
     /// Object CRC32C (base64, as GCS gives it).
     #[serde(default)]
-    pub crc32c: Option<String>,
+    pub(in crate::domain) crc32c: Option<Crc32c>,
     /// Who holds the lease while downloading.
     #[serde(default)]
-    pub lease_owner: Option<String>,
+    pub(in crate::domain) lease_owner: Option<String>,
     /// When that lease runs out.
     #[serde(default)]
-    pub lease_expires_at: Option<Timestamp>,
+    pub(in crate::domain) lease_expires_at: Option<Timestamp>,
     /// Why it failed, or why the last attempt failed.
     #[serde(default)]
-    pub error: Option<JobError>,
+    pub(in crate::domain) error: Option<JobError>,
     /// Creation time.
-    pub created_at: Timestamp,
+    pub(in crate::domain) created_at: Timestamp,
     /// Last change.
-    pub updated_at: Timestamp,
+    pub(in crate::domain) updated_at: Timestamp,
     /// When the first copy started.
     #[serde(default)]
-    pub started_at: Option<Timestamp>,
+    pub(in crate::domain) started_at: Option<Timestamp>,
     /// When the copy was verified.
     #[serde(default)]
-    pub completed_at: Option<Timestamp>,
+    pub(in crate::domain) completed_at: Option<Timestamp>,
     /// When the retention rules allow deleting it.
     #[serde(default)]
-    pub expire_at: Option<Timestamp>,
+    pub(in crate::domain) expire_at: Option<Timestamp>,
+}
+
+/// Read access: a download's fields change only through its transitions.
+impl Download {
+    /// Derived from bucket, object and generation: see [`Download::id_for`].
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The job the object belongs to.
+    pub fn job_id(&self) -> &str {
+        &self.job_id
+    }
+
+    /// `gs://bucket/object`.
+    pub fn source(&self) -> &GsUri {
+        &self.source
+    }
+
+    /// The object generation that was finalized.
+    pub fn generation(&self) -> Option<i64> {
+        self.generation
+    }
+
+    /// Where the copy goes.
+    pub fn destination(&self) -> &Target {
+        &self.destination
+    }
+
+    /// From the object path.
+    pub fn file_type(&self) -> FileType {
+        self.file_type
+    }
+
+    /// Higher copies first.
+    pub fn priority(&self) -> i64 {
+        self.priority
+    }
+
+    /// Where it stands.
+    pub fn status(&self) -> DownloadStatus {
+        self.status
+    }
+
+    /// Copies started so far.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// Copies allowed.
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    /// Bytes at the destination so far (a resumed copy starts here).
+    pub fn bytes_copied(&self) -> u64 {
+        self.bytes_copied
+    }
+
+    /// Object size, from its metadata.
+    pub fn size(&self) -> Option<u64> {
+        self.size
+    }
+
+    /// Object CRC32C (base64, as GCS gives it).
+    pub fn crc32c(&self) -> Option<Crc32c> {
+        self.crc32c
+    }
+
+    /// Who holds the lease while downloading.
+    pub fn lease_owner(&self) -> Option<&str> {
+        self.lease_owner.as_deref()
+    }
+
+    /// When that lease runs out.
+    pub fn lease_expires_at(&self) -> Option<Timestamp> {
+        self.lease_expires_at
+    }
+
+    /// Why it failed, or why the last attempt failed.
+    pub fn error(&self) -> Option<&JobError> {
+        self.error.as_ref()
+    }
+
+    /// Creation time.
+    pub fn created_at(&self) -> Timestamp {
+        self.created_at
+    }
+
+    /// Last change.
+    pub fn updated_at(&self) -> Timestamp {
+        self.updated_at
+    }
+
+    /// When the first copy started.
+    pub fn started_at(&self) -> Option<Timestamp> {
+        self.started_at
+    }
+
+    /// When the copy was verified.
+    pub fn completed_at(&self) -> Option<Timestamp> {
+        self.completed_at
+    }
+
+    /// When the retention rules allow deleting it.
+    pub fn expire_at(&self) -> Option<Timestamp> {
+        self.expire_at
+    }
 }
 
 /// What it takes to create a download record.
@@ -153,7 +302,7 @@ pub struct NewDownload {
     /// Source object generation.
     pub generation: Option<i64>,
     /// Where the copy goes.
-    pub destination: String,
+    pub destination: Target,
     /// From the object path.
     pub file_type: FileType,
     /// Higher copies first.
@@ -161,7 +310,7 @@ pub struct NewDownload {
     /// Object size, when the event carried it.
     pub size: Option<u64>,
     /// Object CRC32C, when the event carried it.
-    pub crc32c: Option<String>,
+    pub crc32c: Option<Crc32c>,
 }
 
 impl Download {
@@ -183,7 +332,10 @@ impl Download {
         Self {
             id: Self::id_for(&new.bucket, &new.object, new.generation),
             job_id: new.job_id,
-            source: format!("gs://{}/{}", new.bucket, new.object),
+            source: GsUri {
+                bucket: new.bucket,
+                name: new.object,
+            },
             generation: new.generation,
             destination: new.destination,
             file_type: new.file_type,

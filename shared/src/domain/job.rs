@@ -343,7 +343,7 @@ pub struct HeldOutput {
     /// Size in bytes.
     pub size: u64,
     /// CRC32C of the bytes, checked when they are read back.
-    pub crc32c: u32,
+    pub crc32c: crate::crc::Crc32c,
     /// How many store documents hold the bytes.
     pub chunks: u32,
 }
@@ -414,79 +414,228 @@ impl NewJob {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Job {
     /// Document id; derived from `request_id` when there is one.
-    pub id: String,
+    pub(in crate::domain) id: String,
     /// The text sent to the model.
-    pub prompt: String,
+    pub(in crate::domain) prompt: String,
     /// Image or video.
-    pub kind: JobKind,
+    pub(in crate::domain) kind: JobKind,
     /// Model parameters.
     #[serde(default)]
-    pub params: JobParams,
+    pub(in crate::domain) params: JobParams,
     /// Higher runs first.
     #[serde(default)]
-    pub priority: i64,
+    pub(in crate::domain) priority: i64,
     /// Where the job stands.
-    pub status: JobStatus,
+    pub(in crate::domain) status: JobStatus,
     /// Claims so far.
     #[serde(default)]
-    pub attempts: u32,
+    pub(in crate::domain) attempts: u32,
     /// Claims allowed.
-    pub max_attempts: u32,
+    pub(in crate::domain) max_attempts: u32,
     /// Who holds the lease (processing, generating).
     #[serde(default)]
-    pub lease_owner: Option<String>,
+    pub(in crate::domain) lease_owner: Option<String>,
     /// When the lease runs out; after that another worker may take the job.
     #[serde(default)]
-    pub lease_expires_at: Option<Timestamp>,
+    pub(in crate::domain) lease_expires_at: Option<Timestamp>,
     /// The Veo long-running operation, once submitted. Kept across requeues so
     /// a generator can resume polling instead of paying for a second video.
     #[serde(default)]
-    pub operation_name: Option<String>,
+    pub(in crate::domain) operation_name: Option<String>,
     /// When that operation was submitted (its age decides the time-out).
     #[serde(default)]
-    pub submitted_at: Option<Timestamp>,
+    pub(in crate::domain) submitted_at: Option<Timestamp>,
     /// `gs://` URIs of what the model produced.
     #[serde(default)]
-    pub outputs: Vec<String>,
+    pub(in crate::domain) outputs: Vec<String>,
     /// Where each output was copied.
     #[serde(default)]
-    pub deliveries: Vec<Delivery>,
+    pub(in crate::domain) deliveries: Vec<Delivery>,
     /// Why it failed, or why the last attempt failed.
     #[serde(default)]
-    pub error: Option<JobError>,
+    pub(in crate::domain) error: Option<JobError>,
     /// Idempotency key of the request that created it.
     #[serde(default)]
-    pub request_id: Option<String>,
+    pub(in crate::domain) request_id: Option<String>,
     /// Placeholders instead of model calls.
     #[serde(default)]
-    pub dry_run: bool,
+    pub(in crate::domain) dry_run: bool,
     /// Creation time.
-    pub created_at: Timestamp,
+    pub(in crate::domain) created_at: Timestamp,
     /// Last change.
-    pub updated_at: Timestamp,
+    pub(in crate::domain) updated_at: Timestamp,
     /// When it reached `completed`.
     #[serde(default)]
-    pub completed_at: Option<Timestamp>,
+    pub(in crate::domain) completed_at: Option<Timestamp>,
     /// When the retention rules allow deleting it.
     #[serde(default)]
-    pub expire_at: Option<Timestamp>,
+    pub(in crate::domain) expire_at: Option<Timestamp>,
     /// Why a pending job is not being worked on ([`BUDGET_EXHAUSTED`]);
     /// cleared by the next transition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub waiting: Option<String>,
+    pub(in crate::domain) waiting: Option<String>,
     /// The cost reserved for this job's paid call, until it is settled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reservation: Option<Reservation>,
+    pub(in crate::domain) reservation: Option<Reservation>,
     /// The claim whose paid request may be in flight: set by a claim that is
     /// about to pay, cleared by whatever that claim records next. A later
     /// claim that finds it set knows a paid request went out with an
     /// unknown outcome, and does not send another.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub calling: Option<String>,
+    pub(in crate::domain) calling: Option<String>,
     /// Outputs generated and paid for, waiting to be written to the output
     /// bucket (see [`HeldOutput`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub held: Vec<HeldOutput>,
+    pub(in crate::domain) held: Vec<HeldOutput>,
+}
+
+#[cfg(test)]
+impl Job {
+    /// Puts a job in any state, bypassing the transitions: only for unit
+    /// tests of code that reads jobs.
+    pub(crate) fn force_state(&mut self, status: JobStatus, outputs: Vec<String>) {
+        self.status = status;
+        self.outputs = outputs;
+    }
+
+    /// Sets the error like [`Job::force_state`] sets the status.
+    pub(crate) fn force_error(&mut self, error: JobError) {
+        self.error = Some(error);
+    }
+}
+
+/// Read access: a job's fields change only through its transitions.
+impl Job {
+    /// Document id; derived from `request_id` when there is one.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The text sent to the model.
+    pub fn prompt(&self) -> &str {
+        &self.prompt
+    }
+
+    /// Image or video.
+    pub fn kind(&self) -> JobKind {
+        self.kind
+    }
+
+    /// Model parameters.
+    pub fn params(&self) -> &JobParams {
+        &self.params
+    }
+
+    /// Higher runs first.
+    pub fn priority(&self) -> i64 {
+        self.priority
+    }
+
+    /// Where the job stands.
+    pub fn status(&self) -> JobStatus {
+        self.status
+    }
+
+    /// Claims so far.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// Claims allowed.
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    /// Who holds the lease (processing, generating).
+    pub fn lease_owner(&self) -> Option<&str> {
+        self.lease_owner.as_deref()
+    }
+
+    /// When the lease runs out; after that another worker may take the job.
+    pub fn lease_expires_at(&self) -> Option<Timestamp> {
+        self.lease_expires_at
+    }
+
+    /// The Veo long-running operation, once submitted. Kept across requeues so
+    /// a generator can resume polling instead of paying for a second video.
+    pub fn operation_name(&self) -> Option<&str> {
+        self.operation_name.as_deref()
+    }
+
+    /// When that operation was submitted (its age decides the time-out).
+    pub fn submitted_at(&self) -> Option<Timestamp> {
+        self.submitted_at
+    }
+
+    /// `gs://` URIs of what the model produced.
+    pub fn outputs(&self) -> &[String] {
+        &self.outputs
+    }
+
+    /// Where each output was copied.
+    pub fn deliveries(&self) -> &[Delivery] {
+        &self.deliveries
+    }
+
+    /// Why it failed, or why the last attempt failed.
+    pub fn error(&self) -> Option<&JobError> {
+        self.error.as_ref()
+    }
+
+    /// Idempotency key of the request that created it.
+    pub fn request_id(&self) -> Option<&str> {
+        self.request_id.as_deref()
+    }
+
+    /// Placeholders instead of model calls.
+    pub fn dry_run(&self) -> bool {
+        self.dry_run
+    }
+
+    /// Creation time.
+    pub fn created_at(&self) -> Timestamp {
+        self.created_at
+    }
+
+    /// Last change.
+    pub fn updated_at(&self) -> Timestamp {
+        self.updated_at
+    }
+
+    /// When it reached `completed`.
+    pub fn completed_at(&self) -> Option<Timestamp> {
+        self.completed_at
+    }
+
+    /// When the retention rules allow deleting it.
+    pub fn expire_at(&self) -> Option<Timestamp> {
+        self.expire_at
+    }
+
+    /// Why a pending job is not being worked on ([`BUDGET_EXHAUSTED`]);
+    /// cleared by the next transition.
+    pub fn waiting(&self) -> Option<&str> {
+        self.waiting.as_deref()
+    }
+
+    /// The cost reserved for this job's paid call, until it is settled.
+    pub fn reservation(&self) -> Option<&Reservation> {
+        self.reservation.as_ref()
+    }
+
+    /// The claim whose paid request may be in flight: set by a claim that is
+    /// about to pay, cleared by whatever that claim records next. A later
+    /// claim that finds it set knows a paid request went out with an
+    /// unknown outcome, and does not send another.
+    pub fn calling(&self) -> Option<&str> {
+        self.calling.as_deref()
+    }
+
+    /// Outputs generated and paid for, waiting to be written to the output
+    /// bucket (see [`HeldOutput`]).
+    pub fn held(&self) -> &[HeldOutput] {
+        &self.held
+    }
 }
 
 /// How long finished records are kept before the store may delete them.

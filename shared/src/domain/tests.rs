@@ -1,6 +1,6 @@
 //! The state machines, tested exhaustively: every action from every status.
 
-use super::download::{Download, DownloadStatus, FileType, NewDownload};
+use super::download::{Download, DownloadStatus, FileType, NewDownload, Target};
 use super::job::{
     ClaimRefusal, Delivery, FILTERED, Job, JobError, JobKind, JobStatus, NewJob, Retention,
     RetryOptions,
@@ -423,7 +423,7 @@ fn download_in(status: DownloadStatus, now: Timestamp) -> Download {
             bucket: "out".into(),
             object: "images/j/0.png".into(),
             generation: Some(7),
-            destination: "/archive/images/j/0.png".into(),
+            destination: Target::File("/archive/images/j/0.png".into()),
             file_type: FileType::Image,
             priority: 0,
             size: Some(10),
@@ -826,7 +826,7 @@ fn held_outputs_wait_without_an_attempt_and_are_cleared_by_completion() {
         name: format!("images/{}/0.png", job.id),
         content_type: "image/png".into(),
         size: 3,
-        crc32c: 7,
+        crc32c: crate::crc::Crc32c(7),
         chunks: 1,
     }];
     job.hold(

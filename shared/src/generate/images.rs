@@ -72,7 +72,7 @@ impl GeneratorCore<dyn ImageModel> {
         filtered: &[String],
     ) -> Handled {
         if !filtered.is_empty() {
-            tracing::warn!(job_id = %job.id, reasons = ?filtered, "some samples were filtered");
+            tracing::warn!(job_id = %job.id(), reasons = ?filtered, "some samples were filtered");
         }
         let outputs = images
             .into_iter()
@@ -80,7 +80,7 @@ impl GeneratorCore<dyn ImageModel> {
             .map(|(n, image)| {
                 let extension = Self::extension(&image.mime_type);
                 OutputFile {
-                    name: format!("images/{}/{n}.{extension}", job.id),
+                    name: format!("images/{}/{n}.{extension}", job.id()),
                     data: image.data,
                     content_type: match extension {
                         "jpg" => "image/jpeg",
@@ -121,9 +121,9 @@ pub(super) async fn fail_filtered(
         format!("the safety filters withheld every output: {reasons}"),
         false,
     );
-    tracing::warn!(job_id = %job.id, reason = %reasons, event = "job_failed", code = FILTERED, "output filtered");
-    match with_store_retries(|| store.fail_job(&job.id, owner, error.clone())).await {
-        Ok(_) => Handled::Done(format!("job {} filtered: {reasons}", job.id)),
+    tracing::warn!(job_id = %job.id(), reason = %reasons, event = "job_failed", code = FILTERED, "output filtered");
+    match with_store_retries(|| store.fail_job(job.id(), owner, error.clone())).await {
+        Ok(_) => Handled::Done(format!("job {} filtered: {reasons}", job.id())),
         Err(e) => settled_elsewhere_or_retry(&e),
     }
 }
@@ -134,7 +134,7 @@ impl Generator for ImageGenerator {
 
     async fn run(&self, job: Job, lease: &Lease) -> Handled {
         // Paid for by an earlier attempt whose bucket write failed.
-        if !job.held.is_empty() {
+        if !job.held().is_empty() {
             return write_held(
                 &self.store,
                 self.objects.as_ref(),
@@ -145,8 +145,8 @@ impl Generator for ImageGenerator {
             .await;
         }
         let request = ImageRequest {
-            prompt: job.prompt.clone(),
-            params: job.params.clone(),
+            prompt: job.prompt().to_string(),
+            params: job.params().clone(),
             model: self.settings.model_for(&job),
         };
         let outcome = if self.settings.is_dry(&job) {
@@ -168,7 +168,7 @@ impl Generator for ImageGenerator {
                     delivered: u32::try_from(images.len())
                         .unwrap_or(u32::MAX)
                         .saturating_add(in_doubt),
-                    requested: job.params.sample_count.unwrap_or(1).max(1),
+                    requested: job.params().sample_count.unwrap_or(1).max(1),
                 };
                 settle_cost(&self.store, &job, owner, billed).await;
                 self.keep(&job, lease, images, &filtered).await

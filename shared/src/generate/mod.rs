@@ -111,12 +111,12 @@ pub fn billed_for(e: &ModelError) -> Billed {
 /// A settlement that cannot be written leaves the reservation in place,
 /// which keeps counting against the budget: too careful, never too lax.
 pub(crate) async fn settle_cost(store: &Store, job: &Job, owner: Option<&str>, billed: Billed) {
-    if job.reservation.is_none() {
+    if job.reservation().is_none() {
         return;
     }
-    match with_store_retries(|| store.settle_reservation(&job.id, owner, billed)).await {
+    match with_store_retries(|| store.settle_reservation(job.id(), owner, billed)).await {
         Ok(Some(settled)) => tracing::info!(
-            job_id = %job.id,
+            job_id = %job.id(),
             day = %settled.reservation.day,
             reserved = %format_usd(settled.reservation.micros),
             spent = %format_usd(settled.spent_micros),
@@ -125,7 +125,7 @@ pub(crate) async fn settle_cost(store: &Store, job: &Job, owner: Option<&str>, b
         ),
         Ok(None) => {}
         Err(e) => tracing::error!(
-            job_id = %job.id,
+            job_id = %job.id(),
             error = %e,
             "could not settle the reservation; it stays counted against the budget"
         ),
@@ -135,7 +135,7 @@ pub(crate) async fn settle_cost(store: &Store, job: &Job, owner: Option<&str>, b
 fn describe_over_budget(over: &OverBudget) -> String {
     format!(
         "job {} waits for budget: it needs {}, and {} of today's {} ({} UTC) is committed",
-        over.job.id,
+        over.job.id(),
         format_usd(over.needed_micros),
         format_usd(over.committed_micros),
         format_usd(over.limit_micros),
@@ -221,18 +221,18 @@ async fn settle_model_error(store: &Store, job: &Job, lease: &Lease, e: &ModelEr
     let owner = lease.owner.as_str();
     let (written, handled) = match e.class {
         ErrorClass::Permanent => {
-            tracing::warn!(job_id = %job.id, error = %e, event = "job_failed", "the model refused the job");
+            tracing::warn!(job_id = %job.id(), error = %e, event = "job_failed", "the model refused the job");
             let written =
-                with_store_retries(|| store.fail_job(&job.id, Some(owner), error.clone())).await;
+                with_store_retries(|| store.fail_job(job.id(), Some(owner), error.clone())).await;
             (written, Handled::Done(format!("failed: {e}")))
         }
         ErrorClass::Unknown => {
-            tracing::warn!(job_id = %job.id, kind = %job.kind, error = %e, "a paid request's outcome is unknown; it is not sent again");
+            tracing::warn!(job_id = %job.id(), kind = %job.kind(), error = %e, "a paid request's outcome is unknown; it is not sent again");
             let written =
-                with_store_retries(|| store.outcome_unknown(&job.id, owner, &e.message)).await;
+                with_store_retries(|| store.outcome_unknown(job.id(), owner, &e.message)).await;
             let detail = match &written {
                 Ok(after) => after
-                    .error
+                    .error()
                     .as_ref()
                     .map_or_else(|| e.to_string(), |error| error.message.clone()),
                 Err(_) => e.to_string(),
@@ -241,9 +241,10 @@ async fn settle_model_error(store: &Store, job: &Job, lease: &Lease, e: &ModelEr
         }
         ErrorClass::Misconfigured => {
             report_misconfiguration("Vertex AI refuses this stage's requests", e);
-            let written =
-                with_store_retries(|| store.wait_job(&job.id, owner, MISCONFIGURED, error.clone()))
-                    .await;
+            let written = with_store_retries(|| {
+                store.wait_job(job.id(), owner, MISCONFIGURED, error.clone())
+            })
+            .await;
             (
                 written,
                 Handled::Retry {
@@ -253,9 +254,9 @@ async fn settle_model_error(store: &Store, job: &Job, lease: &Lease, e: &ModelEr
             )
         }
         ErrorClass::Transient if e.code == "rate_limited" => {
-            tracing::info!(job_id = %job.id, error = %e, "the model's quota is spent; the job waits without using an attempt");
+            tracing::info!(job_id = %job.id(), error = %e, "the model's quota is spent; the job waits without using an attempt");
             let written = with_store_retries(|| {
-                store.wait_job(&job.id, owner, QUOTA_EXHAUSTED, error.clone())
+                store.wait_job(job.id(), owner, QUOTA_EXHAUSTED, error.clone())
             })
             .await;
             (
@@ -267,9 +268,10 @@ async fn settle_model_error(store: &Store, job: &Job, lease: &Lease, e: &ModelEr
             )
         }
         ErrorClass::Transient => {
-            tracing::warn!(job_id = %job.id, error = %e, "model trouble; the job goes back to the queue");
+            tracing::warn!(job_id = %job.id(), error = %e, "model trouble; the job goes back to the queue");
             let written =
-                with_store_retries(|| store.release_job(&job.id, owner, Some(error.clone()))).await;
+                with_store_retries(|| store.release_job(job.id(), owner, Some(error.clone())))
+                    .await;
             (
                 written,
                 Handled::Retry {
@@ -356,7 +358,7 @@ pub(crate) async fn keep_outputs(
 ) -> Handled {
     let metadata = std::collections::BTreeMap::from([(
         crate::objects::JOB_ID_METADATA.to_string(),
-        job.id.clone(),
+        job.id().to_string(),
     )]);
     let mut uris = Vec::with_capacity(outputs.len());
     for output in &outputs {
@@ -366,16 +368,16 @@ pub(crate) async fn keep_outputs(
         }
     }
     let count = uris.len();
-    match with_store_retries(|| store.complete_job(&job.id, &lease.owner, uris.clone())).await {
+    match with_store_retries(|| store.complete_job(job.id(), &lease.owner, uris.clone())).await {
         Ok(_) => {
-            if !job.held.is_empty()
-                && let Err(e) = store.drop_held(&job.held).await
+            if !job.held().is_empty()
+                && let Err(e) = store.drop_held(job.held()).await
             {
                 // Retention removes them in a few days.
-                tracing::warn!(job_id = %job.id, error = %e, "could not delete the held copies of written outputs");
+                tracing::warn!(job_id = %job.id(), error = %e, "could not delete the held copies of written outputs");
             }
-            tracing::info!(job_id = %job.id, kind = %job.kind, outputs = count, event = "job_completed", "job completed");
-            Handled::Done(format!("job {} completed with {count} outputs", job.id))
+            tracing::info!(job_id = %job.id(), kind = %job.kind(), outputs = count, event = "job_completed", "job completed");
+            Handled::Done(format!("job {} completed with {count} outputs", job.id()))
         }
         Err(e) => settled_elsewhere_or_retry(&e),
     }
@@ -398,11 +400,11 @@ async fn hold(
         report_misconfiguration("the output bucket refuses this stage's writes", e);
     }
     let held =
-        with_store_retries(|| store.hold_outputs(&job.id, &lease.owner, outputs, error.clone()))
+        with_store_retries(|| store.hold_outputs(job.id(), &lease.owner, outputs, error.clone()))
             .await;
     match held {
         Ok(_) => {
-            tracing::warn!(job_id = %job.id, outputs = outputs.len(), error = %e, event = "outputs_held", "the output bucket would not take the outputs; they are held in the store for the next attempt");
+            tracing::warn!(job_id = %job.id(), outputs = outputs.len(), error = %e, event = "outputs_held", "the output bucket would not take the outputs; they are held in the store for the next attempt");
             Handled::Retry {
                 rate_limited: false,
                 reason: format!("outputs held until the bucket takes them: {e}"),
@@ -410,12 +412,12 @@ async fn hold(
         }
         Err(Error::Transition { .. } | Error::NotFound { .. }) => Handled::Duplicate(format!(
             "job {} moved on while its outputs were held",
-            job.id
+            job.id()
         )),
         Err(hold_error) => {
-            tracing::error!(job_id = %job.id, error = %e, %hold_error, "could not write the outputs nor hold them in the store; they are lost");
+            tracing::error!(job_id = %job.id(), error = %e, %hold_error, "could not write the outputs nor hold them in the store; they are lost");
             let error = JobError::new("storage", e.to_string(), true);
-            match store.release_job(&job.id, &lease.owner, Some(error)).await {
+            match store.release_job(job.id(), &lease.owner, Some(error)).await {
                 Ok(_) => Handled::Retry {
                     rate_limited: false,
                     reason: e.to_string(),
@@ -435,8 +437,8 @@ pub(crate) async fn write_held(
     job: &Job,
     lease: &Lease,
 ) -> Handled {
-    let mut outputs = Vec::with_capacity(job.held.len());
-    for held in &job.held {
+    let mut outputs = Vec::with_capacity(job.held().len());
+    for held in job.held() {
         match with_store_retries(|| store.held_bytes(held)).await {
             Ok(data) => outputs.push(OutputFile {
                 name: held.name.clone(),
@@ -448,7 +450,7 @@ pub(crate) async fn write_held(
                     JobError::new(crate::domain::job::STORAGE_UNAVAILABLE, e.to_string(), true);
                 return match store
                     .wait_job(
-                        &job.id,
+                        job.id(),
                         &lease.owner,
                         crate::domain::job::STORAGE_UNAVAILABLE,
                         error,
@@ -465,15 +467,17 @@ pub(crate) async fn write_held(
                     format!("a paid output held in the store cannot be read back: {e}"),
                     false,
                 );
-                tracing::error!(job_id = %job.id, error = %e, event = "job_failed", "a held output is lost");
-                return match store.fail_job(&job.id, Some(&lease.owner), error).await {
-                    Ok(_) => Handled::Done(format!("job {} failed: a held output is lost", job.id)),
+                tracing::error!(job_id = %job.id(), error = %e, event = "job_failed", "a held output is lost");
+                return match store.fail_job(job.id(), Some(&lease.owner), error).await {
+                    Ok(_) => {
+                        Handled::Done(format!("job {} failed: a held output is lost", job.id()))
+                    }
                     Err(e) => settled_elsewhere_or_retry(&e),
                 };
             }
         }
     }
-    tracing::info!(job_id = %job.id, outputs = outputs.len(), "writing outputs held from an earlier attempt");
+    tracing::info!(job_id = %job.id(), outputs = outputs.len(), "writing outputs held from an earlier attempt");
     keep_outputs(store, objects, bucket, job, lease, outputs).await
 }
 
@@ -519,7 +523,7 @@ pub struct GeneratorSettings {
 impl GeneratorSettings {
     /// The model for `job`: its own override, else the default.
     fn model_for(&self, job: &Job) -> String {
-        job.params
+        job.params()
             .model
             .clone()
             .unwrap_or_else(|| self.default_model.clone())
@@ -527,7 +531,7 @@ impl GeneratorSettings {
 
     /// Whether `job` runs on placeholders.
     fn is_dry(&self, job: &Job) -> bool {
-        self.dry_run || job.dry_run
+        self.dry_run || job.dry_run()
     }
 }
 
@@ -618,10 +622,10 @@ fn paid_cost<G: Generator>(generator: &G, job: &Job) -> Option<u64> {
     let estimate = generator
         .cost_guard()
         .prices
-        .estimate(G::KIND, &model, &job.params);
+        .estimate(G::KIND, &model, job.params());
     if estimate.matched == Matched::Fallback {
         tracing::warn!(
-            job_id = %job.id,
+            job_id = %job.id(),
             model,
             price = %estimate.price,
             "no price is known for this model; reserving the highest price of its kind (set MODEL_PRICES)"
@@ -633,16 +637,21 @@ fn paid_cost<G: Generator>(generator: &G, job: &Job) -> Option<u64> {
 fn describe_refusal(job: &Job, refusal: &crate::domain::job::ClaimRefusal) -> String {
     use crate::domain::job::ClaimRefusal;
     match refusal {
-        ClaimRefusal::NotClaimable(status) => format!("job {} is {status}; nothing to do", job.id),
+        ClaimRefusal::NotClaimable(status) => {
+            format!("job {} is {status}; nothing to do", job.id())
+        }
         ClaimRefusal::Leased { owner, until } => {
             format!(
                 "job {} is being worked on by {owner} (lease until {until})",
-                job.id
+                job.id()
             )
         }
-        ClaimRefusal::Exhausted => format!("job {} has no attempt left", job.id),
+        ClaimRefusal::Exhausted => format!("job {} has no attempt left", job.id()),
         ClaimRefusal::CallLost { owner } => {
-            format!("job {}'s paid request sent by {owner} is in doubt", job.id)
+            format!(
+                "job {}'s paid request sent by {owner} is in doubt",
+                job.id()
+            )
         }
     }
 }
@@ -654,18 +663,18 @@ pub async fn handle<G: Generator>(generator: &G, job_id: &str) -> Handled {
     // A cheap read first: a job of the other kind is poison, and duplicates
     // of finished jobs are answered without a write.
     match store.get_job(job_id).await {
-        Ok(Some(job)) if job.kind != G::KIND => {
+        Ok(Some(job)) if job.kind() != G::KIND => {
             return Handled::Poison(format!(
                 "job {job_id} is a {} job, not a {} job",
-                job.kind,
+                job.kind(),
                 G::KIND
             ));
         }
         Ok(Some(job))
-            if job.status != crate::domain::job::JobStatus::Pending
-                && job.status != crate::domain::job::JobStatus::Processing =>
+            if job.status() != crate::domain::job::JobStatus::Pending
+                && job.status() != crate::domain::job::JobStatus::Processing =>
         {
-            return Handled::Duplicate(format!("job {job_id} is {}; nothing to do", job.status));
+            return Handled::Duplicate(format!("job {job_id} is {}; nothing to do", job.status()));
         }
         Ok(Some(_)) => {}
         Ok(None) => return Handled::Poison(format!("job {job_id} does not exist")),
@@ -684,16 +693,16 @@ pub async fn handle<G: Generator>(generator: &G, job_id: &str) -> Handled {
             Handled::Duplicate(describe_refusal(&job, &refusal))
         }
         Ok(Budgeted::Within(Claim::Exhausted(job))) => {
-            tracing::warn!(job_id = %job.id, event = "job_failed", "no attempt left; the job failed");
-            Handled::Done(format!("job {} had no attempt left and failed", job.id))
+            tracing::warn!(job_id = %job.id(), event = "job_failed", "no attempt left; the job failed");
+            Handled::Done(format!("job {} had no attempt left and failed", job.id()))
         }
         Ok(Budgeted::Within(Claim::Lost(job))) => {
             let detail = job
-                .error
+                .error()
                 .as_ref()
                 .map_or_else(String::new, |e| e.message.clone());
-            tracing::warn!(job_id = %job.id, kind = %job.kind, status = %job.status, "an earlier claim's paid request is in doubt; nothing is sent again");
-            Handled::Done(format!("job {} is {}: {detail}", job.id, job.status))
+            tracing::warn!(job_id = %job.id(), kind = %job.kind(), status = %job.status(), "an earlier claim's paid request is in doubt; nothing is sent again");
+            Handled::Done(format!("job {} is {}: {detail}", job.id(), job.status()))
         }
         Ok(Budgeted::Within(Claim::NotFound)) => {
             Handled::Poison(format!("job {job_id} does not exist"))
@@ -704,7 +713,7 @@ pub async fn handle<G: Generator>(generator: &G, job_id: &str) -> Handled {
         // delivery attempts towards the dead-letter topic.
         Ok(Budgeted::Over(over)) => {
             let detail = describe_over_budget(&over);
-            tracing::warn!(job_id = %over.job.id, event = "budget_exhausted", "{detail}");
+            tracing::warn!(job_id = %over.job.id(), event = "budget_exhausted", "{detail}");
             Handled::Done(detail)
         }
         Err(e) if e.is_retryable() => Handled::store_trouble(&e),
@@ -750,7 +759,7 @@ pub async fn drain<G: Generator>(generator: &G, limits: DrainLimits) -> Result<D
             }
         };
         report.processed += 1;
-        let job_id = job.id.clone();
+        let job_id = job.id().to_string();
         let handled = generator.run(job, &lease).await;
         tracing::info!(job_id = %job_id, outcome = ?handled, "drained one job");
         if let Handled::Retry { .. } = handled {

@@ -131,21 +131,21 @@ impl VideoPoller {
     }
 
     fn timed_out(&self, job: &Job, now: Timestamp) -> bool {
-        let since = job.submitted_at.unwrap_or(job.updated_at);
+        let since = job.submitted_at().unwrap_or(job.updated_at());
         since.plus(self.settings.operation_timeout) <= now
     }
 
     async fn fail(&self, job: &Job, error: JobError) -> Handled {
-        match with_store_retries(|| self.store.fail_job(&job.id, None, error.clone())).await {
+        match with_store_retries(|| self.store.fail_job(job.id(), None, error.clone())).await {
             Ok(_) => Handled::Done(String::new()),
             Err(e) => settled_elsewhere_or_retry(&e),
         }
     }
 
     async fn finish(&self, job: &Job, videos: Vec<String>) -> Seen {
-        match with_store_retries(|| self.store.finish_operation(&job.id, videos.clone())).await {
+        match with_store_retries(|| self.store.finish_operation(job.id(), videos.clone())).await {
             Ok(_) => {
-                tracing::info!(job_id = %job.id, kind = "video", outputs = videos.len(), event = "job_completed", "job completed");
+                tracing::info!(job_id = %job.id(), kind = "video", outputs = videos.len(), event = "job_completed", "job completed");
                 Seen::Completed
             }
             Err(e) => match settled_elsewhere_or_retry(&e) {
@@ -167,7 +167,7 @@ impl VideoPoller {
     /// is under `videos/{job}/`. The cost was booked when the outcome became
     /// unknown.
     async fn look_for_output(&self, job: &Job, now: Timestamp) -> Seen {
-        let prefix = format!("videos/{}/", job.id);
+        let prefix = format!("videos/{}/", job.id());
         let found = match self
             .objects
             .list(&self.settings.output_bucket, &prefix)
@@ -175,7 +175,7 @@ impl VideoPoller {
         {
             Ok(found) => found,
             Err(e) => {
-                tracing::warn!(job_id = %job.id, error = %e, "could not look for the output of an unknown submit; trying again next round");
+                tracing::warn!(job_id = %job.id(), error = %e, "could not look for the output of an unknown submit; trying again next round");
                 return Seen::Error;
             }
         };
@@ -184,11 +184,11 @@ impl VideoPoller {
             .filter(|meta| meta.name.ends_with(".mp4"))
             .map(|meta| meta.uri().to_string())
             .collect();
-        let wanted = usize::try_from(job.params.sample_count.unwrap_or(1).max(1)).unwrap_or(1);
+        let wanted = usize::try_from(job.params().sample_count.unwrap_or(1).max(1)).unwrap_or(1);
         // Veo writes every sample before its operation ends; fewer than asked
         // is complete only once no more can be expected.
         if videos.len() >= wanted || (!videos.is_empty() && self.timed_out(job, now)) {
-            tracing::info!(job_id = %job.id, outputs = videos.len(), "the video of an unknown submit appeared under its prefix");
+            tracing::info!(job_id = %job.id(), outputs = videos.len(), "the video of an unknown submit appeared under its prefix");
             return self.finish(job, videos).await;
         }
         if !self.timed_out(job, now) {
@@ -200,11 +200,11 @@ impl VideoPoller {
                 "its paid submit got no answer, and no video appeared under gs://{}/{prefix} within {}; the cost is booked as spent. A video that still arrives completes the job; `asmr retry --resubmit {}` pays for a new one",
                 self.settings.output_bucket,
                 humantime_like(self.settings.operation_timeout),
-                job.id
+                job.id()
             ),
             false,
         );
-        tracing::warn!(job_id = %job.id, event = "job_failed", code = SUBMIT_UNKNOWN, "no output appeared for an unknown submit");
+        tracing::warn!(job_id = %job.id(), event = "job_failed", code = SUBMIT_UNKNOWN, "no output appeared for an unknown submit");
         self.fail_as(job, error, Seen::TimedOut).await
     }
 
@@ -213,7 +213,7 @@ impl VideoPoller {
         if job.awaits_output() {
             return self.look_for_output(job, now).await;
         }
-        let Some(operation) = job.operation_name.as_deref() else {
+        let Some(operation) = job.operation_name() else {
             return Seen::Skipped;
         };
         let state = self.model.poll(operation).await;
@@ -225,7 +225,7 @@ impl VideoPoller {
         let billed = match &state {
             Ok(OperationState::Done { videos }) => Some(Billed::Part {
                 delivered: u32::try_from(videos.len()).unwrap_or(u32::MAX),
-                requested: job.params.sample_count.unwrap_or(1).max(1),
+                requested: job.params().sample_count.unwrap_or(1).max(1),
             }),
             Ok(OperationState::Filtered { .. }) => Some(Billed::Nothing),
             Ok(OperationState::Failed { .. }) => Some(Billed::All),
@@ -246,13 +246,13 @@ impl VideoPoller {
                 }
             }
             Ok(OperationState::Failed { code, message }) => {
-                tracing::warn!(job_id = %job.id, code, message, event = "job_failed", "the operation failed");
+                tracing::warn!(job_id = %job.id(), code, message, event = "job_failed", "the operation failed");
                 let error =
                     JobError::new(OPERATION_FAILED, format!("code {code}: {message}"), false);
                 self.fail_as(job, error, Seen::Failed).await
             }
             Err(e) if e.class == ErrorClass::Permanent => {
-                tracing::warn!(job_id = %job.id, operation, error = %e, event = "job_failed", "the operation cannot be polled");
+                tracing::warn!(job_id = %job.id(), operation, error = %e, event = "job_failed", "the operation cannot be polled");
                 let error = JobError::new(e.code.clone(), e.message.clone(), false);
                 self.fail_as(job, error, Seen::Failed).await
             }
@@ -271,7 +271,7 @@ impl VideoPoller {
                     ),
                     false,
                 );
-                tracing::warn!(job_id = %job.id, operation, event = "job_failed", code = TIMED_OUT, "operation timed out");
+                tracing::warn!(job_id = %job.id(), operation, event = "job_failed", code = TIMED_OUT, "operation timed out");
                 self.fail_as(job, error, Seen::TimedOut).await
             }
             Ok(OperationState::Running) => Seen::Running,
@@ -279,7 +279,7 @@ impl VideoPoller {
                 if e.class == ErrorClass::Misconfigured {
                     report_misconfiguration("Vertex AI refuses this poller's requests", &e);
                 } else {
-                    tracing::warn!(job_id = %job.id, operation, error = %e, "polling failed; trying again next round");
+                    tracing::warn!(job_id = %job.id(), operation, error = %e, "polling failed; trying again next round");
                 }
                 Seen::Error
             }

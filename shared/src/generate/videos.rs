@@ -39,7 +39,7 @@ impl GeneratorCore<dyn VideoModel> {
 
     /// `gs://OUT/videos/{job_id}/`: where Veo writes the job's files.
     pub fn storage_uri(&self, job: &Job) -> String {
-        format!("gs://{}/videos/{}/", self.settings.output_bucket, job.id)
+        format!("gs://{}/videos/{}/", self.settings.output_bucket, job.id())
     }
 
     /// The lease of a generating job: as long as the operation may take.
@@ -54,13 +54,14 @@ impl GeneratorCore<dyn VideoModel> {
     /// lost, since the next attempt will submit (and pay) again.
     async fn watch(&self, job: &Job, lease: &Lease, operation: &str, resumed: bool) -> Handled {
         let lease = self.operation_lease(lease);
-        match with_store_retries(|| self.store.start_generating(&job.id, &lease, operation)).await {
+        match with_store_retries(|| self.store.start_generating(job.id(), &lease, operation)).await
+        {
             Ok(_) => {
-                tracing::info!(job_id = %job.id, operation, resumed, event = "job_generating", "operation submitted");
-                Handled::Done(format!("job {} is generating ({operation})", job.id))
+                tracing::info!(job_id = %job.id(), operation, resumed, event = "job_generating", "operation submitted");
+                Handled::Done(format!("job {} is generating ({operation})", job.id()))
             }
             Err(e) => {
-                tracing::error!(job_id = %job.id, operation, error = %e, "could not record the submitted operation");
+                tracing::error!(job_id = %job.id(), operation, error = %e, "could not record the submitted operation");
                 settled_elsewhere_or_retry(&e)
             }
         }
@@ -70,13 +71,13 @@ impl GeneratorCore<dyn VideoModel> {
     /// (`videos/{job}/{timestamp}/sample_{n}.mp4`) and completes the job.
     async fn dry_run(&self, job: &Job, lease: &Lease) -> Handled {
         let folder = Timestamp::now().as_datetime().format("%Y%m%d%H%M%S%6f");
-        let samples = job.params.sample_count.unwrap_or(1).max(1);
+        let samples = job.params().sample_count.unwrap_or(1).max(1);
         let outputs = (0..samples)
             .map(|n| OutputFile {
-                name: format!("videos/{}/{folder}/sample_{n}.mp4", job.id),
+                name: format!("videos/{}/{folder}/sample_{n}.mp4", job.id()),
                 data: crate::placeholder::mp4(
-                    &format!("{} sample {n}", job.id),
-                    job.params.aspect_ratio.as_deref(),
+                    &format!("{} sample {n}", job.id()),
+                    job.params().aspect_ratio.as_deref(),
                 ),
                 content_type: "video/mp4".to_string(),
             })
@@ -100,10 +101,10 @@ impl Generator for VideoGenerator {
     async fn run(&self, job: Job, lease: &Lease) -> Handled {
         // A job reset while its operation ran: watch that operation again
         // instead of paying for a second one.
-        if let Some(operation) = job.operation_name.clone() {
+        if let Some(operation) = job.operation_name().map(str::to_string) {
             return self.watch(&job, lease, &operation, true).await;
         }
-        if !job.held.is_empty() {
+        if !job.held().is_empty() {
             return write_held(
                 &self.store,
                 self.objects.as_ref(),
@@ -117,8 +118,8 @@ impl Generator for VideoGenerator {
             return self.dry_run(&job, lease).await;
         }
         let request = VideoRequest {
-            prompt: job.prompt.clone(),
-            params: job.params.clone(),
+            prompt: job.prompt().to_string(),
+            params: job.params().clone(),
             model: self.settings.model_for(&job),
             storage_uri: self.storage_uri(&job),
         };

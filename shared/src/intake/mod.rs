@@ -69,7 +69,7 @@ impl Submitted {
         self.jobs
             .iter()
             .filter(|j| j.created == created)
-            .map(|j| j.job.id.as_str())
+            .map(|j| j.job.id())
             .collect()
     }
 
@@ -97,7 +97,7 @@ pub async fn submit_job(
     } = store.create_job(new).await?;
     let dispatch = match bus {
         None => Dispatch::NoBus,
-        Some(_) if job.status != JobStatus::Pending => Dispatch::NotPending,
+        Some(_) if job.status() != JobStatus::Pending => Dispatch::NotPending,
         Some(bus) => match publish(bus, topics, &job).await {
             Ok(message_id) => Dispatch::Published(message_id),
             Err(e) => Dispatch::Failed(e),
@@ -217,15 +217,15 @@ mod tests {
         let submitted = submit(&store, Some(&bus), &topics, jobs, None)
             .await
             .unwrap();
-        let prompts: Vec<_> = submitted
-            .jobs
-            .iter()
-            .map(|j| j.job.prompt.as_str())
-            .collect();
+        let prompts: Vec<_> = submitted.jobs.iter().map(|j| j.job.prompt()).collect();
         assert_eq!(prompts, ["rain", "waves", "sand"], "request order");
         assert_eq!(submitted.created().len(), 3);
         assert!(submitted.publish_failure().is_none());
-        let ids: Vec<String> = submitted.jobs.iter().map(|j| j.job.id.clone()).collect();
+        let ids: Vec<String> = submitted
+            .jobs
+            .iter()
+            .map(|j| j.job.id().to_string())
+            .collect();
         // Jobs are published as their creates finish, in any order.
         let mut images = job_ids(&bus, "t-asmr-image-jobs");
         images.sort();
@@ -260,13 +260,13 @@ mod tests {
         .await
         .unwrap();
         assert!(first.created && !again.created);
-        assert_eq!(first.job.id, again.job.id);
+        assert_eq!(first.job.id(), again.job.id());
         assert!(matches!(again.dispatch, Dispatch::Published(_)));
         assert_eq!(store.job_counts().await.unwrap().total(), 1);
 
         // Once a generator has it, a third delivery publishes nothing.
         let lease = Lease::new("worker", Duration::from_secs(60));
-        store.claim_job(&first.job.id, &lease).await.unwrap();
+        store.claim_job(first.job.id(), &lease).await.unwrap();
         let third = submit_job(
             &store,
             Some(&bus),
@@ -294,12 +294,12 @@ mod tests {
         .await
         .unwrap();
         let (job, error) = submitted.publish_failure().unwrap();
-        assert_eq!(job.status, JobStatus::Pending);
+        assert_eq!(job.status(), JobStatus::Pending);
         assert!(
             matches!(error, Error::NotFound { kind: "topic", .. }),
             "{error}"
         );
-        assert_eq!(submitted.created(), [job.id.as_str()]);
+        assert_eq!(submitted.created(), [job.id()]);
     }
 
     #[tokio::test]

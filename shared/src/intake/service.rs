@@ -232,7 +232,7 @@ fn outcome(submitted: &Submitted) -> Handled {
     if let Some((job, e)) = submitted.publish_failure() {
         return Handled::Retry {
             rate_limited: false,
-            reason: format!("job {} is created but not queued: {e}", job.id),
+            reason: format!("job {} is created but not queued: {e}", job.id()),
         };
     }
     let created = submitted.created();
@@ -306,9 +306,9 @@ fn jobs_json(submitted: &Submitted) -> Value {
         .iter()
         .map(|j| {
             json!({
-                "id": j.job.id,
-                "kind": j.job.kind,
-                "status": j.job.status,
+                "id": j.job.id(),
+                "kind": j.job.kind(),
+                "status": j.job.status(),
                 "created": j.created,
                 "queued": !matches!(j.dispatch, super::Dispatch::Failed(_)),
             })
@@ -586,7 +586,7 @@ mod tests {
         );
         let id = crate::domain::job::Job::id_for_request("101");
         let job = app.store.job(&id).await.unwrap();
-        assert_eq!((job.kind, job.dry_run), (JobKind::Video, true));
+        assert_eq!((job.kind(), job.dry_run()), (JobKind::Video, true));
         // The redelivery queued the still-pending job again; generators take
         // one of the two messages and acknowledge the other as a duplicate.
         assert_eq!(queued(&app, "asmr-video-jobs"), [id.clone(), id]);

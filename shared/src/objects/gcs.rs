@@ -16,6 +16,7 @@
 //! environment variables.
 
 use super::{ByteStream, GsUri, ObjectMeta, ObjectStore, ReadRange};
+use crate::crc::Crc32c;
 use crate::error::{Error, Result};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -251,7 +252,7 @@ impl ObjectStore for GcsObjectStore {
     ) -> Result<ObjectMeta> {
         let uri = gs(bucket, name);
         let context = format!("writing {uri}");
-        let crc = crc32c::crc32c(&data);
+        let crc = Crc32c::of(&data);
         let size = data.len() as u64;
         let upload = self
             .storage
@@ -259,7 +260,7 @@ impl ObjectStore for GcsObjectStore {
             .set_content_type(content_type)
             .set_metadata(metadata.clone())
             // The service rejects the upload if the bytes arrive damaged.
-            .with_known_crc32c(crc)
+            .with_known_crc32c(crc.0)
             // Rewriting the same bytes twice is harmless, so let the client
             // retry transient failures, but briefly: the client's own default
             // keeps trying for five minutes, and a caller holding a push must
@@ -514,7 +515,7 @@ fn from_model(bucket: &str, object: &Object) -> Option<ObjectMeta> {
         bucket: bucket.to_string(),
         name: object.name.clone(),
         size: u64::try_from(object.size).ok()?,
-        crc32c,
+        crc32c: Crc32c(crc32c),
         generation: object.generation,
         content_type: if object.content_type.is_empty() {
             DEFAULT_CONTENT_TYPE.to_string()
@@ -572,7 +573,7 @@ fn from_json(bucket: &str, json: &Value) -> std::result::Result<ObjectMeta, Stri
     let crc32c = json
         .get("crc32c")
         .and_then(Value::as_str)
-        .and_then(|text| crate::crc::from_base64(text).ok())
+        .and_then(|text| text.parse::<Crc32c>().ok())
         .ok_or_else(|| format!("object {name} has no valid CRC32C"))?;
     let content_type = json
         .get("contentType")
@@ -753,7 +754,7 @@ mod tests {
         let meta = from_json("out", &json).unwrap();
         assert_eq!(meta.size, 5);
         assert_eq!(meta.generation, 17);
-        assert_eq!(meta.crc32c, crc32c::crc32c(b"hello"));
+        assert_eq!(meta.crc32c, Crc32c::of(b"hello"));
         assert_eq!(meta.content_type, "image/png");
         assert_eq!(meta.metadata["asmr-job-id"], "j");
         assert_eq!(meta.uri().to_string(), "gs://out/images/j/0.png");

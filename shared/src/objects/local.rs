@@ -33,6 +33,7 @@
 //! cannot both exist, and a segment may be at most 250 bytes long.
 
 use super::{ByteStream, GsUri, ObjectMeta, ObjectStore, ReadRange};
+use crate::crc::Crc32c;
 use crate::error::{Error, Result};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -81,7 +82,7 @@ impl Sidecar {
             bucket: bucket.to_string(),
             name: name.to_string(),
             size: self.size,
-            crc32c: self.crc32c,
+            crc32c: Crc32c(self.crc32c),
             generation: self.generation,
             content_type: self.content_type,
             metadata: self.metadata,
@@ -800,7 +801,7 @@ mod tests {
         assert_eq!(listed.len(), 1);
         let meta = &listed[0];
         assert_eq!(meta.name, "hand/pic.PNG");
-        assert_eq!(meta.crc32c, crc32c::crc32c(b"not really a png"));
+        assert_eq!(meta.crc32c, Crc32c::of(b"not really a png"));
         assert_eq!(meta.content_type, "image/png");
         assert!(meta.generation > 0);
         assert_eq!(
@@ -832,7 +833,7 @@ mod tests {
         };
 
         let copy = store.copy(&uri("hand.mp4"), &uri("copy/x")).await.unwrap();
-        assert_eq!(copy.crc32c, crc32c::crc32c(b"not really a video"));
+        assert_eq!(copy.crc32c, Crc32c::of(b"not really a video"));
         assert_eq!(copy.size, 18);
         // Guessed from the source's name: the copy's has no extension.
         assert_eq!(copy.content_type, "video/mp4");
@@ -869,7 +870,7 @@ mod tests {
         let path = root.path().join("out/a.txt");
         std::fs::write(&path, b"something else").unwrap();
         let meta = store.metadata("out", "a.txt").await.unwrap().unwrap();
-        assert_eq!(meta.crc32c, crc32c::crc32c(b"something else"));
+        assert_eq!(meta.crc32c, Crc32c::of(b"something else"));
         assert_eq!(meta.size, 14);
         assert_ne!(meta.generation, written.generation);
         assert_eq!(meta.content_type, "text/plain");

@@ -28,7 +28,7 @@ pub struct ObjectMeta {
     /// Size in bytes.
     pub size: u64,
     /// CRC32C (Castagnoli) of the content, as GCS computes it.
-    pub crc32c: u32,
+    pub crc32c: crate::crc::Crc32c,
     /// Generation: changes whenever the object is rewritten.
     pub generation: i64,
     /// MIME type.
@@ -111,6 +111,26 @@ impl GsUri {
 impl fmt::Display for GsUri {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "gs://{}/{}", self.bucket, self.name)
+    }
+}
+
+/// Records carry the `gs://bucket/name` text.
+impl serde::Serialize for GsUri {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for GsUri {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        GsUri::parse(&text)
+            .ok_or_else(|| serde::de::Error::custom(format!("{text:?} is not gs://bucket/name")))
     }
 }
 

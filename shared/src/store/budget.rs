@@ -11,18 +11,14 @@
 //!
 //! [`Backend::commit`]: super::backend::Backend::commit
 
-use super::backend::{Collection, Query, Stored, Version, Write};
-use super::{
-    CLAIM_CANDIDATES, CLAIM_ORDER, Claim, Round, Store, from_stored, from_stored_as, str_eq,
-    to_doc, until_settled,
-};
+use super::backend::{Collection, Stored, Version, Write};
+use super::{Claim, Round, Store, Tried, from_stored_as, str_eq, to_doc, until_settled};
 use crate::domain::Lease;
 use crate::domain::job::{
     BUDGET_EXHAUSTED, ClaimRefusal, Job, JobKind, JobStatus, Reservation, WAIT_REASONS,
 };
 use crate::error::{Error, Result};
 use crate::time::Timestamp;
-use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -228,7 +224,7 @@ impl Days {
 fn job_write(job: &Job, version: &Version) -> Result<Write> {
     Ok(Write::Replace {
         collection: Collection::Jobs,
-        id: job.id.clone(),
+        id: job.id().to_string(),
         expected: version.clone(),
         doc: to_doc(job)?,
     })
@@ -300,17 +296,11 @@ impl Store {
         lease: &Lease,
         budget: &Budget<'_>,
     ) -> Result<Budgeted<Claim<Job>>> {
-        until_settled("job", id, || async move {
-            let Some((job, version)) = self.load::<Job>(id).await? else {
-                return Ok(Round::Settled(Budgeted::Within(Claim::NotFound)));
-            };
-            Ok(
-                match self.try_claim_within(job, &version, lease, budget).await? {
-                    Some(outcome) => Round::Settled(outcome),
-                    None => Round::Lost,
-                },
-            )
-        })
+        self.claim_by_id(
+            id,
+            || Budgeted::Within(Claim::NotFound),
+            |job, version| async move { self.try_claim_within(job, &version, lease, budget).await },
+        )
         .await
     }
 
@@ -323,41 +313,20 @@ impl Store {
         lease: &Lease,
         budget: &Budget<'_>,
     ) -> Result<Budgeted<Option<Job>>> {
-        let query = Query {
-            conds: vec![
-                str_eq("status", JobStatus::Pending.as_str()),
-                str_eq("kind", kind.as_str()),
-            ],
-            order: CLAIM_ORDER.to_vec(),
-            after: None,
-            limit: CLAIM_CANDIDATES,
-        };
-        let query = &query;
-        until_settled("job", "(next pending)", || async move {
-            let mut candidates = self.backend.query(Collection::Jobs, query).await?;
-            let Some(top) = candidates.first().map(|c| c.doc.get("priority").cloned()) else {
-                return Ok(Round::Settled(Budgeted::Within(None)));
-            };
-            candidates.retain(|c| c.doc.get("priority").cloned() == top);
-            candidates.shuffle(&mut rand::rng());
-            let mut over = None;
-            for stored in candidates {
-                let (job, version) = from_stored::<Job>(stored)?;
+        let conds = vec![
+            str_eq("status", JobStatus::Pending.as_str()),
+            str_eq("kind", kind.as_str()),
+        ];
+        self.claim_first(conds, |job, version| async move {
+            Ok(
                 match self.try_claim_within(job, &version, lease, budget).await? {
-                    Some(Budgeted::Within(Claim::Claimed(job))) => {
-                        return Ok(Round::Settled(Budgeted::Within(Some(job))));
-                    }
-                    Some(Budgeted::Over(refused)) => {
-                        over.get_or_insert(refused);
-                    }
-                    // Exhausted (now failed), or taken by someone else.
-                    _ => {}
-                }
-            }
-            Ok(match over {
-                Some(refused) => Round::Settled(Budgeted::Over(refused)),
-                None => Round::Lost,
-            })
+                    Some(Budgeted::Within(Claim::Claimed(job))) => Tried::Claimed(job),
+                    Some(Budgeted::Over(refused)) => Tried::Over(refused),
+                    // Exhausted or lost (now failed), refused, or taken by
+                    // someone else.
+                    _ => Tried::Passed,
+                },
+            )
         })
         .await
     }
@@ -382,14 +351,14 @@ impl Store {
             Ok(()) => None,
             Err(ClaimRefusal::Exhausted) => {
                 job.exhaust(now, &self.retention)
-                    .map_err(|reason| transition(&job.id, reason))?;
+                    .map_err(|reason| transition(job.id(), reason))?;
                 Some(Claim::Exhausted)
             }
             // An earlier claim's paid request is in doubt: record that
             // instead of sending another.
             Err(ClaimRefusal::CallLost { .. }) => {
                 job.lose_call(now, &self.retention)
-                    .map_err(|reason| transition(&job.id, reason))?;
+                    .map_err(|reason| transition(job.id(), reason))?;
                 Some(Claim::Lost)
             }
             Err(refusal) => return Ok(Some(Budgeted::Within(Claim::Refused(job, refusal)))),
@@ -436,7 +405,7 @@ impl Store {
                 micros,
                 owner: lease.owner.clone(),
             })
-            .map_err(|reason| transition(&job.id, reason))?;
+            .map_err(|reason| transition(job.id(), reason))?;
         }
 
         if !self.put(&before, &job, version, days.writes()?).await? {
@@ -462,7 +431,7 @@ impl Store {
         if job.mark_waiting(BUDGET_EXHAUSTED)
             && !self
                 .backend
-                .replace(Collection::Jobs, &job.id, version, &to_doc(&job)?)
+                .replace(Collection::Jobs, job.id(), version, &to_doc(&job)?)
                 .await?
         {
             return Ok(None);

@@ -8,6 +8,7 @@
 
 use super::backend::{Collection, Write};
 use super::{Store, from_stored_as, to_doc};
+use crate::crc::Crc32c;
 use crate::domain::job::{HeldOutput, Job, JobError};
 use crate::error::{Error, Result};
 use crate::objects::OutputFile;
@@ -74,7 +75,7 @@ impl Store {
                 name: output.name.clone(),
                 content_type: output.content_type.clone(),
                 size: output.data.len() as u64,
-                crc32c: crc32c::crc32c(&output.data),
+                crc32c: Crc32c::of(&output.data),
                 chunks: u32::try_from(pieces.len()).unwrap_or(u32::MAX),
             });
         }
@@ -117,7 +118,7 @@ impl Store {
             .try_collect()
             .await?;
         let data = Bytes::from(pieces.concat());
-        if data.len() as u64 != output.size || crc32c::crc32c(&data) != output.crc32c {
+        if data.len() as u64 != output.size || Crc32c::of(&data) != output.crc32c {
             return Err(Error::store(
                 format!("reading the held output {}", output.name),
                 "its bytes do not match the size and CRC32C recorded when it was held",

@@ -286,7 +286,9 @@ mod tests {
             bucket: "out".into(),
             object: format!("images/{job_id}/{n}.png"),
             generation: Some(1),
-            destination: format!("/archive/images/{job_id}/{n}.png"),
+            destination: crate::domain::download::Target::File(
+                format!("/archive/images/{job_id}/{n}.png").into(),
+            ),
             file_type: FileType::Image,
             priority: 10,
             size: Some(3),
@@ -307,7 +309,7 @@ mod tests {
                 .create_job(NewJob::new(format!("prompt {i}"), kind))
                 .await
                 .unwrap();
-            job_ids.push(job.record.id);
+            job_ids.push(job.record.id().to_string());
         }
         for id in &job_ids {
             store.create_download(new_download(id, 0)).await.unwrap();

@@ -30,7 +30,7 @@ impl Store {
             let Some((mut job, version)) = self.load::<Job>(id).await? else {
                 return Ok(Round::Settled(None));
             };
-            if job.updated_at >= cutoff || job.stamp_dispatched(Timestamp::now()).is_err() {
+            if job.updated_at() >= cutoff || job.stamp_dispatched(Timestamp::now()).is_err() {
                 return Ok(Round::Settled(None));
             }
             Ok(

@@ -73,18 +73,23 @@ const SWEEP_PAGE: u32 = 200;
 /// The largest page a listing returns.
 pub const MAX_PAGE: u32 = 1000;
 
-/// A record kept in the store.
+/// A record kept in the store: one document of one collection.
 trait Record: Clone + Serialize + DeserializeOwned + Send + Sync {
     const COLLECTION: Collection;
     const KIND: &'static str;
 
     fn id(&self) -> &str;
-    fn claim(&mut self, lease: &Lease, now: Timestamp) -> Result<(), ClaimRefusal>;
-    fn exhaust(&mut self, now: Timestamp, retention: &Retention) -> Result<(), TransitionError>;
     /// The record as a job, for job events.
     fn as_job(&self) -> Option<&Job> {
         None
     }
+}
+
+/// A record workers take turns on: claimed under a lease, and failed for
+/// good once its attempts are used up.
+trait Claimable: Record {
+    fn claim(&mut self, lease: &Lease, now: Timestamp) -> Result<(), ClaimRefusal>;
+    fn exhaust(&mut self, now: Timestamp, retention: &Retention) -> Result<(), TransitionError>;
 }
 
 impl Record for Job {
@@ -92,16 +97,19 @@ impl Record for Job {
     const KIND: &'static str = "job";
 
     fn id(&self) -> &str {
-        &self.id
+        self.id()
     }
+    fn as_job(&self) -> Option<&Job> {
+        Some(self)
+    }
+}
+
+impl Claimable for Job {
     fn claim(&mut self, lease: &Lease, now: Timestamp) -> Result<(), ClaimRefusal> {
         Job::claim(self, lease, now)
     }
     fn exhaust(&mut self, now: Timestamp, retention: &Retention) -> Result<(), TransitionError> {
         Job::exhaust(self, now, retention)
-    }
-    fn as_job(&self) -> Option<&Job> {
-        Some(self)
     }
 }
 
@@ -110,14 +118,28 @@ impl Record for Download {
     const KIND: &'static str = "download";
 
     fn id(&self) -> &str {
-        &self.id
+        self.id()
     }
+}
+
+impl Claimable for Download {
     fn claim(&mut self, lease: &Lease, now: Timestamp) -> Result<(), ClaimRefusal> {
         Download::claim(self, lease, now)
     }
     fn exhaust(&mut self, now: Timestamp, _retention: &Retention) -> Result<(), TransitionError> {
         Download::exhaust(self, now)
     }
+}
+
+/// What one try at claiming a candidate came to.
+pub(super) enum Tried<T> {
+    /// Claimed: the caller has it.
+    Claimed(T),
+    /// Not claimed for want of budget (jobs only).
+    Over(Box<budget::OverBudget>),
+    /// Not claimable (failed for good, refused), or taken by someone else
+    /// meanwhile: try the next candidate.
+    Passed,
 }
 
 /// The result of a create: the record, and whether this call made it.
@@ -272,19 +294,19 @@ impl std::fmt::Debug for Store {
 /// The one log line of a job's status change (`from` is `None` for a new
 /// job), with a stable `event` field for log-based metrics.
 fn log_transition(from: Option<JobStatus>, job: &Job) {
-    let code = job.error.as_ref().map_or("", |e| e.code.as_str());
+    let code = job.error().map_or("", |e| e.code.as_str());
     tracing::info!(
         event = "job_transition",
-        job_id = %job.id,
-        kind = job.kind.as_str(),
+        job_id = %job.id(),
+        kind = job.kind().as_str(),
         from = from.map_or("", JobStatus::as_str),
-        to = job.status.as_str(),
-        attempt = job.attempts,
+        to = job.status().as_str(),
+        attempt = job.attempts(),
         code,
         "job {} {} -> {}",
-        job.id,
+        job.id(),
         from.map_or("new", JobStatus::as_str),
-        job.status.as_str()
+        job.status().as_str()
     );
 }
 
@@ -438,9 +460,9 @@ impl Store {
             return Ok(false);
         }
         if let Some((before, after)) = jobs
-            && before.status != after.status
+            && before.status() != after.status()
         {
-            log_transition(Some(before.status), after);
+            log_transition(Some(before.status()), after);
         }
         if let Some(event) = event {
             self.relay(event);
@@ -554,7 +576,7 @@ impl Store {
 
     /// Tries to claim a record as read at `version`. `Ok(None)` when someone
     /// else wrote it first.
-    async fn try_claim<T: Record>(
+    async fn try_claim<T: Claimable>(
         &self,
         mut record: T,
         version: &Version,
@@ -580,12 +602,20 @@ impl Store {
         Ok(written.then(|| outcome(record)))
     }
 
-    async fn claim_by_id<T: Record>(&self, id: &str, lease: &Lease) -> Result<Claim<T>> {
+    /// Claims record `id` with `attempt`, which tries it as read and
+    /// answers `None` when it changed meanwhile (read again).
+    async fn claim_by_id<T: Claimable, O, F: Future<Output = Result<Option<O>>>>(
+        &self,
+        id: &str,
+        not_found: impl Fn() -> O,
+        attempt: impl Fn(T, Version) -> F,
+    ) -> Result<O> {
+        let (not_found, attempt) = (&not_found, &attempt);
         until_settled(T::KIND, id, || async move {
             let Some((record, version)) = self.load::<T>(id).await? else {
-                return Ok(Round::Settled(Claim::NotFound));
+                return Ok(Round::Settled(not_found()));
             };
-            Ok(match self.try_claim(record, &version, lease).await? {
+            Ok(match attempt(record, version).await? {
                 Some(outcome) => Round::Settled(outcome),
                 None => Round::Lost,
             })
@@ -596,33 +626,46 @@ impl Store {
     /// Claims the first record of `conds` in claim order: the highest
     /// priority, and among the oldest few of that priority a random one, so
     /// that concurrent claimers spread out instead of fighting over one.
-    async fn claim_first<T: Record>(&self, conds: Vec<Cond>, lease: &Lease) -> Result<Option<T>> {
+    /// `attempt` tries one candidate. `Over` when nothing was claimed and at
+    /// least one candidate did not fit the budget.
+    async fn claim_first<T: Claimable, F: Future<Output = Result<Tried<T>>>>(
+        &self,
+        conds: Vec<Cond>,
+        attempt: impl Fn(T, Version) -> F,
+    ) -> Result<budget::Budgeted<Option<T>>> {
         let query = Query {
             conds,
             order: CLAIM_ORDER.to_vec(),
             after: None,
             limit: CLAIM_CANDIDATES,
         };
-        let query = &query;
+        let (query, attempt) = (&query, &attempt);
         until_settled(T::KIND, "(next pending)", || async move {
             let mut candidates = self.backend.query(T::COLLECTION, query).await?;
             let Some(top) = candidates.first().map(|c| c.doc.get("priority").cloned()) else {
-                return Ok(Round::Settled(None));
+                return Ok(Round::Settled(budget::Budgeted::Within(None)));
             };
             // Priority is strict; age within a priority is approximate, which
             // is what lets concurrent claimers spread out.
             candidates.retain(|c| c.doc.get("priority").cloned() == top);
             candidates.shuffle(&mut rand::rng());
+            let mut over = None;
             for stored in candidates {
                 let (record, version) = from_stored::<T>(stored)?;
-                match self.try_claim(record, &version, lease).await? {
-                    Some(Claim::Claimed(record)) => return Ok(Round::Settled(Some(record))),
-                    // Exhausted records were failed; stale candidates were
-                    // taken by someone else. Either way, try the next one.
-                    _ => continue,
+                match attempt(record, version).await? {
+                    Tried::Claimed(record) => {
+                        return Ok(Round::Settled(budget::Budgeted::Within(Some(record))));
+                    }
+                    Tried::Over(refused) => {
+                        over.get_or_insert(refused);
+                    }
+                    Tried::Passed => {}
                 }
             }
-            Ok(Round::Lost)
+            Ok(match over {
+                Some(refused) => Round::Settled(budget::Budgeted::Over(refused)),
+                None => Round::Lost,
+            })
         })
         .await
     }
@@ -874,7 +917,7 @@ impl Store {
             }
             // A conflict means the job moved on its own: it was not stuck.
             if self.put(&before, &job, &version, Vec::new()).await? {
-                match job.status {
+                match job.status() {
                     JobStatus::Pending => report.requeued.push(job),
                     _ => report.failed.push(job),
                 }
@@ -970,12 +1013,12 @@ impl Store {
             reason,
         };
         done.complete(owner, bytes, now, &self.retention)
-            .map_err(|reason| transition("download", &done.id, reason))?;
+            .map_err(|reason| transition("download", done.id(), reason))?;
         let (before, job_version) = (job.0, job.1);
         let mut after = before.clone();
         let delivery = Delivery {
-            source: done.source.clone(),
-            destination: done.destination.clone(),
+            source: done.source().to_string(),
+            destination: done.destination().to_string(),
         };
         if after.record_delivery(delivery, now).is_err() {
             // A cancelled job takes no delivery: the usual path says so.
@@ -983,7 +1026,7 @@ impl Store {
         }
         let extra = vec![Write::Replace {
             collection: Collection::Downloads,
-            id: done.id.clone(),
+            id: done.id().to_string(),
             expected: download_version.clone(),
             doc: to_doc(&done)?,
         }];
@@ -1019,13 +1062,30 @@ impl Store {
 
     /// Claims one download: pending, or downloading with an expired lease.
     pub async fn claim_download(&self, id: &str, lease: &Lease) -> Result<Claim<Download>> {
-        self.claim_by_id(id, lease).await
+        self.claim_by_id(
+            id,
+            || Claim::NotFound,
+            |download, version| async move { self.try_claim(download, &version, lease).await },
+        )
+        .await
     }
 
     /// Claims the next pending download in copy order.
     pub async fn claim_next_download(&self, lease: &Lease) -> Result<Option<Download>> {
         let conds = vec![str_eq("status", DownloadStatus::Pending.as_str())];
-        self.claim_first(conds, lease).await
+        let claimed = self
+            .claim_first(conds, |download, version| async move {
+                Ok(match self.try_claim(download, &version, lease).await? {
+                    Some(Claim::Claimed(download)) => Tried::Claimed(download),
+                    _ => Tried::Passed,
+                })
+            })
+            .await?;
+        // Downloads cost nothing: a claim is never over budget.
+        Ok(match claimed {
+            budget::Budgeted::Within(download) => download,
+            budget::Budgeted::Over(_) => None,
+        })
     }
 
     /// Records copy progress and extends the lease.

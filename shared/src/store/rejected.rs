@@ -5,12 +5,13 @@
 //! record; a push body too broken to carry a message id gets an id derived
 //! from its bytes, for the same reason.
 
-use super::backend::{Collection, Dir, Query};
-use super::{Created, MAX_PAGE, Page, Store, cursor_of, parse_cursor, to_doc};
-use crate::error::{Error, Result};
+use super::backend::{Collection, Dir};
+#[cfg(doc)]
+use super::MAX_PAGE;
+use super::{Created, Page, Store};
+use crate::error::Result;
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -133,85 +134,37 @@ fn cut(bytes: &[u8], limit: usize) -> String {
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
+impl super::Record for Rejected {
+    const COLLECTION: Collection = Collection::Rejected;
+    const KIND: &'static str = "rejected request";
+
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
 impl Store {
     /// Records a rejected request unless one with its id exists (a
     /// redelivery); `created` says which.
     pub async fn record_rejected(&self, rejected: Rejected) -> Result<Created<Rejected>> {
-        let doc = to_doc(&rejected)?;
-        if self
-            .backend
-            .create(Collection::Rejected, &rejected.id, &doc)
-            .await?
-            .is_some()
-        {
-            return Ok(Created {
-                record: rejected,
-                created: true,
-            });
-        }
-        match self.get_rejected(&rejected.id).await? {
-            Some(existing) => Ok(Created {
-                record: existing,
-                created: false,
-            }),
-            // Deleted in between by retention: a record of it is still due.
-            None => Ok(Created {
-                created: self
-                    .backend
-                    .create(Collection::Rejected, &rejected.id, &doc)
-                    .await?
-                    .is_some(),
-                record: rejected,
-            }),
-        }
+        self.create(rejected).await
     }
 
     /// The rejected request, if it exists.
     pub async fn get_rejected(&self, id: &str) -> Result<Option<Rejected>> {
-        match self.backend.get(Collection::Rejected, id).await? {
-            Some(stored) => decode(stored.id, stored.doc).map(Some),
-            None => Ok(None),
-        }
+        Ok(self.load::<Rejected>(id).await?.map(|(rejected, _)| rejected))
     }
 
     /// Rejected requests newest first, `limit` (at most [`MAX_PAGE`]) at a
     /// time; `after` is the previous page's `next`.
     pub async fn list_rejected(&self, limit: u32, after: Option<&str>) -> Result<Page<Rejected>> {
-        let limit = limit.clamp(1, MAX_PAGE);
-        let query = Query {
-            conds: Vec::new(),
-            order: LIST_ORDER.to_vec(),
-            after: after
-                .map(|token| parse_cursor(Collection::Rejected, LIST_ORDER, token))
-                .transpose()?,
-            limit: limit + 1,
-        };
-        let mut stored = self.backend.query(Collection::Rejected, &query).await?;
-        let more = stored.len() > limit as usize;
-        stored.truncate(limit as usize);
-        let next = match (more, stored.last()) {
-            (true, Some(last)) => Some(cursor_of(LIST_ORDER, &last.doc)?),
-            _ => None,
-        };
-        let items = stored
-            .into_iter()
-            .map(|s| decode(s.id, s.doc))
-            .collect::<Result<_>>()?;
-        Ok(Page { items, next })
+        self.page(Vec::new(), LIST_ORDER, limit, after).await
     }
 
     /// How many rejected requests are kept.
     pub async fn count_rejected(&self) -> Result<u64> {
         self.backend.count(Collection::Rejected, &[]).await
     }
-}
-
-fn decode(id: String, doc: super::backend::Doc) -> Result<Rejected> {
-    serde_json::from_value(Value::Object(doc)).map_err(|cause| Error::Corrupt {
-        collection: Collection::Rejected.name(),
-        id,
-        cause,
-    })
 }
 
 #[cfg(test)]

@@ -145,12 +145,12 @@ async fn the_image_generator_serves_pushes_from_a_real_subscription() {
     let (client, publish_url) = push_topic(&format!("{url}/")).await;
     publish(&client, &publish_url, &id).await;
     wait_for("the job to complete", async || {
-        world.store.job(&id).await.unwrap().status == JobStatus::Completed
+        world.store.job(&id).await.unwrap().status() == JobStatus::Completed
     })
     .await;
     let job = world.store.job(&id).await.unwrap();
     assert_eq!(
-        job.outputs,
+        job.outputs(),
         vec![format!("gs://{}/images/{id}/0.png", world.bucket)]
     );
     assert!(
@@ -179,7 +179,7 @@ async fn the_video_generator_drains_and_the_poller_finishes_what_it_submitted() 
     assert!(status.success());
     for id in &ids {
         assert_eq!(
-            world.store.job(id).await.unwrap().status,
+            world.store.job(id).await.unwrap().status(),
             JobStatus::Generating
         );
     }
@@ -190,7 +190,10 @@ async fn the_video_generator_drains_and_the_poller_finishes_what_it_submitted() 
     assert!(status.success());
     for id in &ids {
         let job = world.store.job(id).await.unwrap();
-        assert_eq!((job.status, job.outputs.len()), (JobStatus::Completed, 1));
+        assert_eq!(
+            (job.status(), job.outputs().len()),
+            (JobStatus::Completed, 1)
+        );
     }
     assert_eq!(world.fake.calls(Verb::PredictLongRunning), 3);
 }
@@ -402,7 +405,7 @@ async fn an_upload_reaches_the_destination_through_real_notifications() {
     let (id, name) = job_with_output(&world, data.clone()).await;
     let target = destination.path().join(&name);
     wait_for("the job to be delivered", async || {
-        world.store.job(&id).await.unwrap().status == JobStatus::Delivered
+        world.store.job(&id).await.unwrap().status() == JobStatus::Delivered
     })
     .await;
     assert_eq!(std::fs::read(&target).unwrap(), data.to_vec());
@@ -441,7 +444,7 @@ async fn a_256_mib_copy_killed_halfway_resumes_with_flat_memory() {
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
             .collect::<Vec<u8>>(),
     );
-    let crc = shared::crc::to_base64(crc32c::crc32c(&data));
+    let crc = shared::crc::Crc32c::of(&data).to_string();
     let (id, name) = job_with_output(&world, data.clone()).await;
     drop(data);
     let target = destination.path().join(&name);
@@ -483,7 +486,7 @@ async fn a_256_mib_copy_killed_halfway_resumes_with_flat_memory() {
             .unwrap(),
     );
     wait_for("the job to be delivered", async || {
-        world.store.job(&id).await.unwrap().status == JobStatus::Delivered
+        world.store.job(&id).await.unwrap().status() == JobStatus::Delivered
     })
     .await;
     let peak = peak_rss_kib(second.0.id());
@@ -494,13 +497,13 @@ async fn a_256_mib_copy_killed_halfway_resumes_with_flat_memory() {
         .unwrap()
         .items[0];
     assert_eq!(
-        (download.status, download.attempts),
+        (download.status(), download.attempts()),
         (shared::domain::download::DownloadStatus::Completed, 2)
     );
-    assert_eq!(download.crc32c.as_deref(), Some(crc.as_str()));
+    assert_eq!(download.crc32c().map(|c| c.to_string()), Some(crc.clone()));
     let on_disk = std::fs::read(&target).unwrap();
     assert_eq!(on_disk.len(), SIZE);
-    assert_eq!(shared::crc::to_base64(crc32c::crc32c(&on_disk)), crc);
+    assert_eq!(shared::crc::Crc32c::of(&on_disk).to_string(), crc);
     eprintln!(
         "killed after {copied_before_kill} bytes at {first_peak} KiB peak RSS; the resumed downloader peaked at {peak} KiB"
     );

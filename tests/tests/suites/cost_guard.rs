@@ -106,23 +106,23 @@ async fn a_budget_for_n_image_calls_makes_exactly_n_and_the_rest_wait(world: Wor
     let jobs = join_all(ids.iter().map(|id| job(&world, id))).await;
     let completed: Vec<&Job> = jobs
         .iter()
-        .filter(|j| j.status == JobStatus::Completed)
+        .filter(|j| j.status() == JobStatus::Completed)
         .collect();
     let waiting: Vec<&Job> = jobs
         .iter()
-        .filter(|j| j.status == JobStatus::Pending)
+        .filter(|j| j.status() == JobStatus::Pending)
         .collect();
     assert_eq!((completed.len(), waiting.len()), (N, N));
     for j in &waiting {
         assert_eq!(
-            (j.waiting.as_deref(), j.attempts, j.reservation.as_ref()),
+            (j.waiting(), j.attempts(), j.reservation()),
             (Some(BUDGET_EXHAUSTED), 0, None),
             "{}",
-            j.id
+            j.id()
         );
     }
     for j in &completed {
-        assert_eq!((j.waiting.as_ref(), j.reservation.as_ref()), (None, None));
+        assert_eq!((j.waiting(), j.reservation()), (None, None));
     }
     assert_eq!(money(&world).await, (0, budget), "spent exactly the budget");
     assert_eq!(today(&world).await.limit_micros, Some(budget));
@@ -132,7 +132,7 @@ async fn a_budget_for_n_image_calls_makes_exactly_n_and_the_rest_wait(world: Wor
     );
 
     // A redelivery while the budget is spent calls nothing.
-    assert_eq!(push(&url, &waiting[0].id, "again").await, 200);
+    assert_eq!(push(&url, waiting[0].id(), "again").await, 200);
     assert_eq!(world.fake.calls(Verb::GenerateContent), N);
     let report = drain(&images(&world, Some(budget)), DrainLimits::default())
         .await
@@ -148,7 +148,10 @@ async fn a_budget_for_n_image_calls_makes_exactly_n_and_the_rest_wait(world: Wor
     assert_eq!(world.fake.calls(Verb::GenerateContent), 2 * N);
     for id in &ids {
         let done = job(&world, id).await;
-        assert_eq!((done.status, done.waiting), (JobStatus::Completed, None));
+        assert_eq!(
+            (done.status(), done.waiting()),
+            (JobStatus::Completed, None)
+        );
     }
     assert_eq!(money(&world).await, (0, raised));
     assert_eq!(world.store.jobs_waiting_on_budget().await.unwrap(), 0);
@@ -166,7 +169,7 @@ async fn refusals_and_filtered_outputs_release_their_reservation(world: World) {
         )
         .await;
     assert_eq!(push(&unlimited, &partial, "p").await, 200);
-    assert_eq!(job(&world, &partial).await.outputs.len(), 1);
+    assert_eq!(job(&world, &partial).await.outputs().len(), 1);
     assert_eq!(money(&world).await, (0, 40_000));
 
     // Room for one more Gemini image today.
@@ -176,14 +179,14 @@ async fn refusals_and_filtered_outputs_release_their_reservation(world: World) {
     let filtered = world.job("[filtered] clip", JobKind::Image, &[]).await;
     assert_eq!(push(&url, &filtered, "f").await, 200);
     let failed = job(&world, &filtered).await;
-    assert_eq!(failed.error.unwrap().code, FILTERED);
-    assert_eq!(failed.reservation, None);
+    assert_eq!(failed.error().unwrap().code, FILTERED);
+    assert_eq!(failed.reservation(), None);
     assert_eq!(money(&world).await, (0, 40_000), "filtered: released");
 
     let blocked = world.job("[blocked] prompt", JobKind::Image, &[]).await;
     assert_eq!(push(&url, &blocked, "b").await, 200);
     assert_eq!(
-        job(&world, &blocked).await.error.unwrap().code,
+        job(&world, &blocked).await.error().unwrap().code,
         "invalid_argument"
     );
     assert_eq!(money(&world).await, (0, 40_000), "refused: released");
@@ -194,17 +197,20 @@ async fn refusals_and_filtered_outputs_release_their_reservation(world: World) {
     assert_eq!(push(&url, &quota, "q").await, 429);
     world.fake.clear_faults();
     let back = job(&world, &quota).await;
-    assert_eq!((back.status, back.reservation), (JobStatus::Pending, None));
+    assert_eq!(
+        (back.status(), back.reservation()),
+        (JobStatus::Pending, None)
+    );
     assert_eq!(money(&world).await, (0, 40_000), "429: released");
 
     // What was released is spendable: the next job fits, and the one after
     // it waits.
     let calls_before = world.fake.calls(Verb::GenerateContent);
     assert_eq!(push(&url, &quota, "q2").await, 200);
-    assert_eq!(job(&world, &quota).await.status, JobStatus::Completed);
+    assert_eq!(job(&world, &quota).await.status(), JobStatus::Completed);
     let last = world.job("one too many", JobKind::Image, &[]).await;
     assert_eq!(push(&url, &last, "l").await, 200);
-    assert_eq!(job(&world, &last).await.status, JobStatus::Pending);
+    assert_eq!(job(&world, &last).await.status(), JobStatus::Pending);
     assert_eq!(world.fake.calls(Verb::GenerateContent), calls_before + 1);
     assert_eq!(money(&world).await, (0, budget));
 }
@@ -215,13 +221,10 @@ async fn a_video_keeps_its_reservation_until_its_operation_ends(world: World) {
     let second = world.job("honey drip", JobKind::Video, &[]).await;
 
     assert_eq!(push(&url, &filtered, "f").await, 200);
-    assert_eq!(job(&world, &filtered).await.status, JobStatus::Generating);
+    assert_eq!(job(&world, &filtered).await.status(), JobStatus::Generating);
     assert_eq!(money(&world).await, (VIDEO, 0), "reserved while it runs");
     assert_eq!(push(&url, &second, "s").await, 200);
-    assert_eq!(
-        job(&world, &second).await.waiting.as_deref(),
-        Some(BUDGET_EXHAUSTED)
-    );
+    assert_eq!(job(&world, &second).await.waiting(), Some(BUDGET_EXHAUSTED));
     assert_eq!(world.fake.calls(Verb::PredictLongRunning), 1);
 
     // Veo filtered the video: the poller releases the reservation.
@@ -230,7 +233,7 @@ async fn a_video_keeps_its_reservation_until_its_operation_ends(world: World) {
     assert_eq!(money(&world).await, (0, 0));
 
     assert_eq!(push(&url, &second, "s2").await, 200);
-    assert_eq!(job(&world, &second).await.status, JobStatus::Generating);
+    assert_eq!(job(&world, &second).await.status(), JobStatus::Generating);
     assert_eq!(world.fake.calls(Verb::PredictLongRunning), 2);
     let report = poller(&world).run().await.unwrap();
     assert_eq!(report.completed, 1);
@@ -295,7 +298,7 @@ async fn the_generator_binary_reads_its_budget_and_asmr_stats_shows_it() {
     for i in 0..5 {
         let mut new = shared::domain::job::NewJob::new(format!("rain {i}"), JobKind::Image);
         new.dry_run = false;
-        ids.push(store.create_job(new).await.unwrap().record.id);
+        ids.push(store.create_job(new).await.unwrap().record.id().to_string());
     }
 
     let env = [
@@ -329,7 +332,7 @@ async fn the_generator_binary_reads_its_budget_and_asmr_stats_shows_it() {
     assert_eq!(fake.calls(Verb::GenerateContent), 2);
     let mut statuses = Vec::new();
     for id in &ids {
-        statuses.push(store.job(id).await.unwrap().status);
+        statuses.push(store.job(id).await.unwrap().status());
     }
     assert_eq!(
         statuses

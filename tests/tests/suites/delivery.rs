@@ -104,7 +104,7 @@ fn object_resource(meta: &ObjectMeta) -> serde_json::Value {
         "name": meta.name,
         "generation": meta.generation.to_string(),
         "size": meta.size.to_string(),
-        "crc32c": base64::engine::general_purpose::STANDARD.encode(meta.crc32c.to_be_bytes()),
+        "crc32c": meta.crc32c.to_string(),
         "contentType": meta.content_type,
     })
 }
@@ -139,7 +139,7 @@ async fn a_finalize_event_copies_the_file_and_delivers_the_job(world: World) {
         200
     );
     assert_eq!(
-        world.store.job(&id).await.unwrap().status,
+        world.store.job(&id).await.unwrap().status(),
         JobStatus::Completed,
         "one of two delivered"
     );
@@ -153,10 +153,10 @@ async fn a_finalize_event_copies_the_file_and_delivers_the_job(world: World) {
         assert_eq!(&read_file(&path).await, data, "{}", path.display());
     }
     let job = world.store.job(&id).await.unwrap();
-    assert_eq!(job.status, JobStatus::Delivered);
-    assert_eq!(job.deliveries.len(), 2);
+    assert_eq!(job.status(), JobStatus::Delivered);
+    assert_eq!(job.deliveries().len(), 2);
     assert_eq!(
-        job.deliveries[0].destination,
+        job.deliveries()[0].destination,
         root.path()
             .join(format!("images/{id}/0.png"))
             .display()
@@ -172,7 +172,7 @@ async fn a_finalize_event_copies_the_file_and_delivers_the_job(world: World) {
     assert!(
         downloads
             .iter()
-            .all(|d| d.status == DownloadStatus::Completed && d.attempts == 1)
+            .all(|d| d.status() == DownloadStatus::Completed && d.attempts() == 1)
     );
     assert!(no_partial_files(root.path()), "no temporary file is left");
 }
@@ -229,7 +229,7 @@ async fn an_eventarc_cloud_event_is_handled_the_same_way(world: World) {
         bytes(5000, 3)
     );
     assert_eq!(
-        world.store.job(&id).await.unwrap().status,
+        world.store.job(&id).await.unwrap().status(),
         JobStatus::Delivered
     );
 }
@@ -261,7 +261,7 @@ async fn the_same_event_three_times_makes_one_copy_and_one_record(world: World) 
         .items;
     assert_eq!(downloads.len(), 1, "one record");
     assert_eq!(
-        (downloads[0].status, downloads[0].attempts),
+        (downloads[0].status(), downloads[0].attempts()),
         (DownloadStatus::Completed, 1),
         "one copy"
     );
@@ -294,23 +294,23 @@ async fn a_copy_completed_but_not_recorded_on_its_job_is_recorded_on_redelivery(
             file_type: shared::domain::download::FileType::Image,
             priority: 10,
             size: Some(metas[0].size),
-            crc32c: Some(shared::crc::to_base64(metas[0].crc32c)),
+            crc32c: Some(metas[0].crc32c),
         })
         .await
         .unwrap();
     let lease = Lease::new("stopped", Duration::from_secs(60));
     world
         .store
-        .claim_download(&created.record.id, &lease)
+        .claim_download(created.record.id(), &lease)
         .await
         .unwrap();
     world
         .store
-        .complete_download(&created.record.id, "stopped", 5_000)
+        .complete_download(created.record.id(), "stopped", 5_000)
         .await
         .unwrap();
     assert_eq!(
-        world.store.job(&id).await.unwrap().status,
+        world.store.job(&id).await.unwrap().status(),
         JobStatus::Completed
     );
 
@@ -320,11 +320,11 @@ async fn a_copy_completed_but_not_recorded_on_its_job_is_recorded_on_redelivery(
     );
     let job = world.store.job(&id).await.unwrap();
     assert_eq!(
-        job.status,
+        job.status(),
         JobStatus::Delivered,
         "the redelivery finished it"
     );
-    assert_eq!(job.deliveries.len(), 1);
+    assert_eq!(job.deliveries().len(), 1);
     let downloads = world
         .store
         .list_downloads(None, 10, None)
@@ -567,10 +567,10 @@ async fn a_corrupted_copy_is_retried_then_failed_with_the_reason(world: World) {
         .unwrap()
         .items[0];
     assert_eq!(
-        (download.status, download.attempts),
+        (download.status(), download.attempts()),
         (DownloadStatus::Failed, 3)
     );
-    let error = download.error.as_ref().unwrap();
+    let error = download.error().unwrap();
     assert_eq!(error.code, "attempts_exhausted");
     assert!(error.message.contains("crc_mismatch"), "{}", error.message);
     assert!(
@@ -579,7 +579,7 @@ async fn a_corrupted_copy_is_retried_then_failed_with_the_reason(world: World) {
     );
     assert!(no_partial_files(root.path()));
     assert_eq!(
-        world.store.job(&id).await.unwrap().status,
+        world.store.job(&id).await.unwrap().status(),
         JobStatus::Completed,
         "not delivered"
     );
@@ -644,9 +644,9 @@ async fn a_bucket_destination_is_a_server_side_copy(world: World) {
         .unwrap();
     assert_eq!((copy.size, copy.crc32c), (metas[0].size, metas[0].crc32c));
     let job = world.store.job(&id).await.unwrap();
-    assert_eq!(job.status, JobStatus::Delivered);
+    assert_eq!(job.status(), JobStatus::Delivered);
     assert_eq!(
-        job.deliveries[0].destination,
+        job.deliveries()[0].destination,
         format!("gs://{archive}/{name}")
     );
 }
@@ -675,7 +675,7 @@ async fn a_retried_download_is_copied_by_a_drain_images_first(world: World) {
         .items;
     assert_eq!(failed.len(), 2);
     for download in &failed {
-        world.store.retry_download(&download.id).await.unwrap();
+        world.store.retry_download(download.id()).await.unwrap();
     }
     let mut one_at_a_time = settings(&world, dir);
     one_at_a_time.concurrency = 1;
@@ -690,9 +690,9 @@ async fn a_retried_download_is_copied_by_a_drain_images_first(world: World) {
         .items;
     let by_job = |job: &str| {
         done.iter()
-            .find(|d| d.job_id == job)
+            .find(|d| d.job_id() == job)
             .unwrap()
-            .completed_at
+            .completed_at()
             .unwrap()
     };
     assert!(
@@ -701,7 +701,7 @@ async fn a_retried_download_is_copied_by_a_drain_images_first(world: World) {
     );
     for id in [&image_job, &video_job] {
         assert_eq!(
-            world.store.job(id).await.unwrap().status,
+            world.store.job(id).await.unwrap().status(),
             JobStatus::Delivered
         );
     }

@@ -26,10 +26,10 @@ async fn state_survives_closing_and_reopening_the_directory() {
             .unwrap()
             .record;
         store
-            .claim_job(&claimed.id, &Lease::new("w", Duration::from_secs(60)))
+            .claim_job(claimed.id(), &Lease::new("w", Duration::from_secs(60)))
             .await
             .unwrap();
-        (pending.id, claimed.id)
+        (pending.id().to_string(), claimed.id().to_string())
     };
     let store = Store::open(&config).await.unwrap();
     assert!(
@@ -38,11 +38,11 @@ async fn state_survives_closing_and_reopening_the_directory() {
         store.describe()
     );
     assert_eq!(
-        store.job(&pending).await.unwrap().status,
+        store.job(&pending).await.unwrap().status(),
         JobStatus::Pending
     );
     let job = store.job(&claimed).await.unwrap();
-    assert_eq!((job.status, job.attempts), (JobStatus::Processing, 1));
+    assert_eq!((job.status(), job.attempts()), (JobStatus::Processing, 1));
     assert_eq!(store.job_counts().await.unwrap().total(), 2);
 }
 
@@ -60,8 +60,9 @@ async fn two_stores_on_one_directory_see_each_others_writes() {
         .await
         .unwrap()
         .record
-        .id;
-    assert_eq!(reader.job(&id).await.unwrap().prompt, "x");
+        .id()
+        .to_string();
+    assert_eq!(reader.job(&id).await.unwrap().prompt(), "x");
     let lease = Lease::new("a", Duration::from_secs(60));
     assert!(
         reader

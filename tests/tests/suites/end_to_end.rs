@@ -153,7 +153,7 @@ async fn gcloud_requests_become_delivered_files_and_one_event_per_job() {
             jobs(&world)
                 .await
                 .iter()
-                .any(|j| j.kind == JobKind::Video && j.status == JobStatus::Generating)
+                .any(|j| j.kind() == JobKind::Video && j.status() == JobStatus::Generating)
         },
     )
     .await;
@@ -190,15 +190,15 @@ async fn gcloud_requests_become_delivered_files_and_one_event_per_job() {
 
     wait_until("every job delivered", Duration::from_secs(60), async || {
         let all = jobs(&world).await;
-        all.len() == 4 && all.iter().all(|j| j.status == JobStatus::Delivered)
+        all.len() == 4 && all.iter().all(|j| j.status() == JobStatus::Delivered)
     })
     .await;
 
     let all = jobs(&world).await;
     assert_eq!(all.len(), 4, "the repeated request made one job");
     for job in &all {
-        assert_eq!(job.deliveries.len(), job.outputs.len(), "{job:?}");
-        for delivery in &job.deliveries {
+        assert_eq!(job.deliveries().len(), job.outputs().len(), "{job:?}");
+        for delivery in job.deliveries() {
             let uri = shared::objects::GsUri::parse(&delivery.source).unwrap();
             let on_disk = std::fs::read(Path::new(&delivery.destination)).unwrap();
             assert!(
@@ -211,7 +211,12 @@ async fn gcloud_requests_become_delivered_files_and_one_event_per_job() {
                 .await
                 .unwrap()
                 .unwrap();
-            assert_eq!(crc32c::crc32c(&on_disk), meta.crc32c, "{}", delivery.source);
+            assert_eq!(
+                shared::crc::Crc32c::of(&on_disk),
+                meta.crc32c,
+                "{}",
+                delivery.source
+            );
         }
     }
     assert_eq!(
@@ -247,7 +252,7 @@ async fn gcloud_requests_become_delivered_files_and_one_event_per_job() {
         })
         .collect();
     event_jobs.sort();
-    let mut job_ids: Vec<String> = all.iter().map(|j| j.id.clone()).collect();
+    let mut job_ids: Vec<String> = all.iter().map(|j| j.id().to_string()).collect();
     job_ids.sort();
     assert_eq!(event_jobs, job_ids, "exactly one event per job");
 
@@ -308,7 +313,7 @@ async fn an_operator_cancel_raises_a_job_event_and_a_retry_queues_the_job() {
     assert_eq!(queued[0].json(), serde_json::json!({"job_id": id}));
     assert_eq!(queued[0].attributes["origin"], "cli");
     assert_eq!(
-        world.store.job(&id).await.unwrap().status,
+        world.store.job(&id).await.unwrap().status(),
         JobStatus::Pending
     );
 }

@@ -297,7 +297,7 @@ async fn duplicates_cost_one_model_call_each(image_jobs: usize, video_jobs: usiz
         assert_eq!(world.fake.calls_for_prompt(prompt), 1, "{prompt}");
         let job = world.store.job(id).await.unwrap();
         assert_eq!(
-            (job.status, job.attempts),
+            (job.status(), job.attempts()),
             (JobStatus::Completed, 1),
             "{id}"
         );
@@ -306,7 +306,7 @@ async fn duplicates_cost_one_model_call_each(image_jobs: usize, video_jobs: usiz
         assert_eq!(world.fake.calls_for_prompt(prompt), 1, "{prompt}");
         let job = world.store.job(id).await.unwrap();
         assert_eq!(
-            (job.status, job.attempts),
+            (job.status(), job.attempts()),
             (JobStatus::Generating, 1),
             "{id}"
         );
@@ -389,7 +389,7 @@ async fn generators_killed_mid_call_never_pay_twice_and_leave_no_job_unfinished(
     for id in [&image, &video] {
         let job = world.store.job(id).await.unwrap();
         assert_eq!(
-            (job.status, job.attempts),
+            (job.status(), job.attempts()),
             (JobStatus::Processing, 1),
             "{id}"
         );
@@ -419,7 +419,7 @@ async fn generators_killed_mid_call_never_pay_twice_and_leave_no_job_unfinished(
         )
         .await;
 
-    let leased_until = world.store.job(&image).await.unwrap().lease_expires_at;
+    let leased_until = world.store.job(&image).await.unwrap().lease_expires_at();
     let wait = leased_until
         .and_then(|until| {
             (until.as_datetime() - Timestamp::now().as_datetime())
@@ -441,7 +441,7 @@ async fn generators_killed_mid_call_never_pay_twice_and_leave_no_job_unfinished(
     wait_until(
         "the image job to settle",
         Duration::from_secs(30),
-        async || world.store.job(&image).await.unwrap().status == JobStatus::Failed,
+        async || world.store.job(&image).await.unwrap().status() == JobStatus::Failed,
     )
     .await;
     wait_until(
@@ -459,8 +459,12 @@ async fn generators_killed_mid_call_never_pay_twice_and_leave_no_job_unfinished(
 
     for (id, prompt) in [(&image, image_prompt), (&video, video_prompt)] {
         let job = world.store.job(id).await.unwrap();
-        assert_eq!((job.status, job.attempts), (JobStatus::Failed, 1), "{id}");
-        let error = job.error.unwrap();
+        assert_eq!(
+            (job.status(), job.attempts()),
+            (JobStatus::Failed, 1),
+            "{id}"
+        );
+        let error = job.error().unwrap();
         assert_eq!(error.code, SUBMIT_UNKNOWN, "{id}");
         assert!(error.message.contains("--resubmit"), "{}", error.message);
         assert_eq!(
@@ -484,7 +488,14 @@ async fn a_job_whose_worker_dies_on_every_attempt_fails_instead_of_staying_stuck
     // worker dies while writing.
     let mut new = NewJob::new("a worker that never comes back", JobKind::Image);
     new.max_attempts = 2;
-    let id = world.store.create_job(new).await.unwrap().record.id;
+    let id = world
+        .store
+        .create_job(new)
+        .await
+        .unwrap()
+        .record
+        .id()
+        .to_string();
     let (hanging_storage, _hole) = tests::outage::black_hole().await;
     let dying = [
         ("LEASE_TTL", "1s".to_string()),
@@ -495,7 +506,7 @@ async fn a_job_whose_worker_dies_on_every_attempt_fails_instead_of_staying_stuck
         let mut images = Service::start("image-generator", &world, &dying).await;
         let _push = push_in_background(&images.url, &id);
         wait_until("the claim", Duration::from_secs(30), async || {
-            world.store.job(&id).await.unwrap().attempts == attempt
+            world.store.job(&id).await.unwrap().attempts() == attempt
         })
         .await;
         images.kill();
@@ -515,8 +526,8 @@ async fn a_job_whose_worker_dies_on_every_attempt_fails_instead_of_staying_stuck
         );
     }
     let job = world.store.job(&id).await.unwrap();
-    assert_eq!((job.status, job.attempts), (JobStatus::Failed, 2));
-    assert_eq!(job.error.unwrap().code, ATTEMPTS_EXHAUSTED);
+    assert_eq!((job.status(), job.attempts()), (JobStatus::Failed, 2));
+    assert_eq!(job.error().unwrap().code, ATTEMPTS_EXHAUSTED);
     // Its message, delivered again, changes nothing.
     let mut images = Service::start("image-generator", &world, &[]).await;
     let answer = post(
@@ -633,7 +644,7 @@ async fn a_copy_killed_partway_resumes_and_reads_only_the_rest() {
     let data: Vec<u8> = (0..SIZE)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
         .collect();
-    let crc = shared::crc::to_base64(crc32c::crc32c(&data));
+    let crc = shared::crc::Crc32c::of(&data).to_string();
     let id = world.job("an object cut in two", JobKind::Image, &[]).await;
     let lease = shared::domain::Lease::new("w", Duration::from_secs(600));
     world.store.claim_job(&id, &lease).await.unwrap();
@@ -687,7 +698,7 @@ async fn a_copy_killed_partway_resumes_and_reads_only_the_rest() {
     wait_until(
         "the job to be delivered",
         Duration::from_secs(60),
-        async || world.store.job(&id).await.unwrap().status == JobStatus::Delivered,
+        async || world.store.job(&id).await.unwrap().status() == JobStatus::Delivered,
     )
     .await;
     let read = counted.received.load(Ordering::SeqCst);
@@ -705,7 +716,7 @@ async fn a_copy_killed_partway_resumes_and_reads_only_the_rest() {
     );
     let copied = std::fs::read(&target).unwrap();
     assert!(copied == data, "the delivered file differs from the object");
-    assert_eq!(shared::crc::to_base64(crc32c::crc32c(&copied)), crc);
+    assert_eq!(shared::crc::Crc32c::of(&copied).to_string(), crc);
     let download = world
         .store
         .list_downloads(None, 10, None)
@@ -715,14 +726,14 @@ async fn a_copy_killed_partway_resumes_and_reads_only_the_rest() {
         .remove(0);
     assert_eq!(
         (
-            download.status,
-            download.attempts,
-            download.crc32c.as_deref()
+            download.status(),
+            download.attempts(),
+            download.crc32c().map(|c| c.to_string())
         ),
         (
             shared::domain::download::DownloadStatus::Completed,
             2,
-            Some(crc.as_str())
+            Some(crc)
         )
     );
     let leftovers = files_under(sandbox.path());
@@ -959,7 +970,7 @@ async fn intake_acknowledges_and_records_every_hostile_push_and_refuses_bad_http
                 for job in &jobs {
                     let id = Job::id_for_request(job.request_id.as_deref().unwrap());
                     let stored = world.store.job(&id).await.unwrap();
-                    assert_eq!(stored.prompt, job.prompt, "{label}");
+                    assert_eq!(stored.prompt(), job.prompt, "{label}");
                 }
                 expected_jobs += jobs.len() as u64;
             }
@@ -1112,7 +1123,7 @@ async fn the_generators_acknowledge_every_hostile_job_message_as_poison() {
     );
     for id in [&image, &video] {
         let job = world.store.job(id).await.unwrap();
-        assert_eq!((job.status, job.attempts), (JobStatus::Pending, 0));
+        assert_eq!((job.status(), job.attempts()), (JobStatus::Pending, 0));
     }
     eprintln!(
         "generators: {} hostile pushes each, all acknowledged as poison",

@@ -85,12 +85,12 @@ async fn an_imagen_job_is_generated_and_written_to_the_bucket(world: World) {
         .await;
     assert_eq!(push(&url, &id, "m1").await, 200);
     let done = job(&world, &id).await;
-    assert_eq!(done.status, JobStatus::Completed, "{:?}", done.error);
+    assert_eq!(done.status(), JobStatus::Completed, "{:?}", done.error());
     let expected: Vec<String> = (0..2)
         .map(|n| format!("gs://{}/images/{id}/{n}.png", world.bucket))
         .collect();
-    assert_eq!(done.outputs, expected);
-    for uri in &done.outputs {
+    assert_eq!(done.outputs(), expected);
+    for uri in done.outputs() {
         let name = uri.split_once(&format!("{}/", world.bucket)).unwrap().1;
         let meta = world
             .objects
@@ -118,7 +118,10 @@ async fn a_gemini_job_makes_one_call_per_sample(world: World) {
         .await;
     assert_eq!(push(&url, &id, "m1").await, 200);
     let done = job(&world, &id).await;
-    assert_eq!((done.status, done.outputs.len()), (JobStatus::Completed, 3));
+    assert_eq!(
+        (done.status(), done.outputs().len()),
+        (JobStatus::Completed, 3)
+    );
     assert_eq!(world.fake.calls(Verb::GenerateContent), 3);
     assert_eq!(world.fake.calls(Verb::Predict), 0);
 }
@@ -129,7 +132,7 @@ async fn a_quota_429_is_retried_within_the_call(world: World) {
     world.fake.fail_next(1, 429);
     assert_eq!(push(&url, &id, "m1").await, 200);
     let done = job(&world, &id).await;
-    assert_eq!((done.status, done.attempts), (JobStatus::Completed, 1));
+    assert_eq!((done.status(), done.attempts()), (JobStatus::Completed, 1));
     assert_eq!(world.fake.calls(Verb::GenerateContent), 2);
 }
 
@@ -150,11 +153,11 @@ async fn a_quota_that_outlasts_quota_wait_puts_the_job_back_to_wait_without_an_a
         );
         let back = job(&world, &id).await;
         assert_eq!(
-            (back.status, back.attempts, back.waiting.as_deref()),
+            (back.status(), back.attempts(), back.waiting()),
             (JobStatus::Pending, 0, Some(QUOTA_EXHAUSTED)),
             "waiting on quota is not an attempt"
         );
-        let error = back.error.as_ref().unwrap();
+        let error = back.error().unwrap();
         assert_eq!(error.code, "rate_limited");
         assert!(error.message.contains("QUOTA_WAIT"), "{}", error.message);
     }
@@ -167,7 +170,7 @@ async fn a_quota_that_outlasts_quota_wait_puts_the_job_back_to_wait_without_an_a
     assert_eq!(push(&url, &id, "m-last").await, 200);
     let done = job(&world, &id).await;
     assert_eq!(
-        (done.status, done.attempts, done.waiting),
+        (done.status(), done.attempts(), done.waiting()),
         (JobStatus::Completed, 1, None)
     );
 }
@@ -177,8 +180,8 @@ async fn a_blocked_prompt_fails_for_good_with_googles_message(world: World) {
     let id = world.job("[blocked] something", JobKind::Image, &[]).await;
     assert_eq!(push(&url, &id, "m1").await, 200);
     let failed = job(&world, &id).await;
-    assert_eq!(failed.status, JobStatus::Failed);
-    let error = failed.error.unwrap();
+    assert_eq!(failed.status(), JobStatus::Failed);
+    let error = failed.error().unwrap();
     assert_eq!(error.code, "invalid_argument");
     assert!(
         error.message.contains("Support codes: 61493863"),
@@ -206,8 +209,8 @@ async fn a_filtered_image_fails_as_filtered_and_is_never_resubmitted(world: Worl
             .await;
         assert_eq!(push(&url, &id, "m1").await, 200);
         let failed = job(&world, &id).await;
-        assert_eq!(failed.status, JobStatus::Failed, "{model}");
-        assert_eq!(failed.error.as_ref().unwrap().code, FILTERED, "{model}");
+        assert_eq!(failed.status(), JobStatus::Failed, "{model}");
+        assert_eq!(failed.error().unwrap().code, FILTERED, "{model}");
         let err = world
             .store
             .retry_job(&id, Default::default())
@@ -225,7 +228,7 @@ async fn the_same_push_three_times_at_once_calls_the_model_once(world: World) {
     let statuses = join_all((0..3).map(|_| push(&url, &id, "same-message"))).await;
     assert_eq!(statuses, vec![200, 200, 200]);
     assert_eq!(world.fake.calls_for_prompt("crinkling foil"), 1);
-    assert_eq!(job(&world, &id).await.status, JobStatus::Completed);
+    assert_eq!(job(&world, &id).await.status(), JobStatus::Completed);
 }
 
 async fn two_drains_and_the_service_generate_thirty_jobs_once_each(world: World) {
@@ -248,7 +251,7 @@ async fn two_drains_and_the_service_generate_thirty_jobs_once_each(world: World)
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     let drained: u64 = reports.into_iter().map(|r| r.unwrap().processed).sum();
     for (n, id) in ids.iter().enumerate() {
-        assert_eq!(job(&world, id).await.status, JobStatus::Completed);
+        assert_eq!(job(&world, id).await.status(), JobStatus::Completed);
         assert_eq!(
             world.fake.calls_for_prompt(&format!("brush stroke {n}")),
             1,
@@ -274,7 +277,7 @@ async fn poison_and_misdirected_pushes_are_acknowledged_without_a_call(world: Wo
         assert_eq!(post_raw(&url, body.clone()).await, 200, "{body}");
     }
     assert_eq!(
-        job(&world, &video).await.status,
+        job(&world, &video).await.status(),
         JobStatus::Pending,
         "not touched by the image generator"
     );
@@ -298,21 +301,21 @@ async fn dry_run_writes_a_real_png_and_a_real_mp4_without_a_call(world: World) {
     assert_eq!(push(&video_url, &video, "2").await, 200);
 
     let image = job(&world, &image).await;
-    assert_eq!(image.status, JobStatus::Completed);
-    let png = read_all(&world, &image.outputs[0]).await;
+    assert_eq!(image.status(), JobStatus::Completed);
+    let png = read_all(&world, &image.outputs()[0]).await;
     let decoder = png::Decoder::new(std::io::Cursor::new(png));
     let reader = decoder.read_info().unwrap();
     assert_eq!((reader.info().width, reader.info().height), (1408, 768));
 
     let video = job(&world, &video).await;
     assert_eq!(
-        video.status,
+        video.status(),
         JobStatus::Completed,
         "dry-run videos complete at once"
     );
-    assert_eq!(video.outputs.len(), 2);
-    for (n, uri) in video.outputs.iter().enumerate() {
-        let prefix = format!("gs://{}/videos/{}/", world.bucket, video.id);
+    assert_eq!(video.outputs().len(), 2);
+    for (n, uri) in video.outputs().iter().enumerate() {
+        let prefix = format!("gs://{}/videos/{}/", world.bucket, video.id());
         let rest = uri.strip_prefix(&prefix).unwrap();
         let (folder, file) = rest.split_once('/').unwrap();
         assert!(
@@ -364,11 +367,10 @@ async fn a_video_is_submitted_then_finished_by_the_poller(world: World) {
         .await;
     assert_eq!(push(&url, &id, "m1").await, 200);
     let generating = job(&world, &id).await;
-    assert_eq!(generating.status, JobStatus::Generating);
+    assert_eq!(generating.status(), JobStatus::Generating);
     assert!(
         generating
-            .operation_name
-            .as_deref()
+            .operation_name()
             .unwrap()
             .contains("/operations/")
     );
@@ -385,9 +387,9 @@ async fn a_video_is_submitted_then_finished_by_the_poller(world: World) {
         .unwrap();
     assert_eq!((report.completed, report.running), (1, 0));
     let done = job(&world, &id).await;
-    assert_eq!(done.status, JobStatus::Completed);
-    assert_eq!(done.outputs.len(), 2);
-    for uri in &done.outputs {
+    assert_eq!(done.status(), JobStatus::Completed);
+    assert_eq!(done.outputs().len(), 2);
+    for uri in done.outputs() {
         assert!(
             uri.starts_with(&format!("gs://{}/videos/{id}/", world.bucket)),
             "{uri}"
@@ -416,7 +418,7 @@ async fn filtered_failed_and_endless_operations_end_as_they_should(world: World)
         ),
         (1, 1, 1, 0)
     );
-    let code = |job: Job| job.error.map(|e| e.code).unwrap_or_default();
+    let code = |job: Job| job.error().map(|e| e.code.clone()).unwrap_or_default();
     assert_eq!(code(job(&world, &filtered).await), FILTERED);
     assert_eq!(code(job(&world, &failing).await), "operation_failed");
     assert_eq!(code(job(&world, &endless).await), TIMED_OUT);
@@ -430,8 +432,8 @@ async fn an_unknown_submit_is_never_sent_again_and_its_video_completes_the_job(w
     assert_eq!(push(&url, &id, "m1").await, 200, "nothing to redeliver");
     let waiting = job(&world, &id).await;
     assert!(waiting.awaits_output(), "{waiting:?}");
-    assert_eq!(waiting.attempts, 1);
-    assert_eq!(waiting.error.as_ref().unwrap().code, SUBMIT_UNKNOWN);
+    assert_eq!(waiting.attempts(), 1);
+    assert_eq!(waiting.error().unwrap().code, SUBMIT_UNKNOWN);
     // A redelivery sends nothing.
     assert_eq!(push(&url, &id, "m2").await, 200);
     assert_eq!(
@@ -466,7 +468,7 @@ async fn an_unknown_submit_is_never_sent_again_and_its_video_completes_the_job(w
     assert_eq!(report.completed, 1);
     let done = job(&world, &id).await;
     assert_eq!(
-        (done.status, done.outputs),
+        (done.status(), done.outputs().to_vec()),
         (
             JobStatus::Completed,
             vec![format!("gs://{}/{object}", world.bucket)]
@@ -487,8 +489,8 @@ async fn an_unknown_submit_whose_video_never_comes_fails_after_the_operation_tim
         .await
         .unwrap();
     let failed = job(&world, &id).await;
-    assert_eq!(failed.status, JobStatus::Failed);
-    let error = failed.error.unwrap();
+    assert_eq!(failed.status(), JobStatus::Failed);
+    let error = failed.error().unwrap();
     assert_eq!(error.code, SUBMIT_UNKNOWN);
     assert!(error.message.contains("--resubmit"), "{}", error.message);
     // Only an operator pays again.
@@ -506,14 +508,14 @@ async fn an_unknown_submit_whose_video_never_comes_fails_after_the_operation_tim
     world.store.retry_job(&id, resubmit).await.unwrap();
     assert_eq!(push(&url, &id, "m2").await, 200);
     assert_eq!(world.fake.calls(Verb::PredictLongRunning), 2);
-    assert_eq!(job(&world, &id).await.status, JobStatus::Generating);
+    assert_eq!(job(&world, &id).await.status(), JobStatus::Generating);
 }
 
 async fn a_requeued_generating_job_resumes_its_operation_instead_of_paying_again(world: World) {
     let url = serve(router(Arc::new(videos(&world, false)))).await;
     let id = world.job("pages turning", JobKind::Video, &[]).await;
     assert_eq!(push(&url, &id, "m1").await, 200);
-    let operation = job(&world, &id).await.operation_name;
+    let operation = job(&world, &id).await.operation_name().map(str::to_string);
     tokio::time::sleep(Duration::from_millis(20)).await;
     let reset = world
         .store
@@ -524,7 +526,10 @@ async fn a_requeued_generating_job_resumes_its_operation_instead_of_paying_again
     assert_eq!(push(&url, &id, "m2").await, 200);
     let resumed = job(&world, &id).await;
     assert_eq!(
-        (resumed.status, resumed.operation_name),
+        (
+            resumed.status(),
+            resumed.operation_name().map(str::to_string)
+        ),
         (JobStatus::Generating, operation)
     );
     assert_eq!(world.fake.calls(Verb::PredictLongRunning), 1);
@@ -532,7 +537,7 @@ async fn a_requeued_generating_job_resumes_its_operation_instead_of_paying_again
         .run()
         .await
         .unwrap();
-    assert_eq!(job(&world, &id).await.status, JobStatus::Completed);
+    assert_eq!(job(&world, &id).await.status(), JobStatus::Completed);
 }
 
 macro_rules! scenarios {

@@ -218,7 +218,7 @@ fn job_ids(messages: &[Pulled]) -> Vec<String> {
 }
 
 fn ids_of<'a>(jobs: impl IntoIterator<Item = &'a Job>) -> Vec<String> {
-    let mut ids: Vec<String> = jobs.into_iter().map(|j| j.id.clone()).collect();
+    let mut ids: Vec<String> = jobs.into_iter().map(|j| j.id().to_string()).collect();
     ids.sort();
     ids
 }
@@ -241,28 +241,28 @@ async fn requests_in_all_three_forms_become_jobs_with_one_message_each() {
 
     let jobs = intake.wait_for_jobs(4).await;
     assert_eq!(jobs.len(), 4);
-    let by_prompt: BTreeMap<&str, &Job> = jobs.iter().map(|j| (j.prompt.as_str(), j)).collect();
+    let by_prompt: BTreeMap<&str, &Job> = jobs.iter().map(|j| (j.prompt(), j)).collect();
     let video = by_prompt["Rain on a tin roof at night"];
-    assert_eq!(video.kind, JobKind::Video);
+    assert_eq!(video.kind(), JobKind::Video);
     let pages = by_prompt["Pages turning slowly"];
-    assert_eq!(pages.kind, JobKind::Image);
-    assert_eq!(pages.id, Job::id_for_request(&format!("{prefix}pages")));
-    assert_eq!(pages.params.aspect_ratio.as_deref(), Some("16:9"));
-    assert_eq!(by_prompt["A comb through sand"].priority, 5);
+    assert_eq!(pages.kind(), JobKind::Image);
+    assert_eq!(pages.id(), Job::id_for_request(&format!("{prefix}pages")));
+    assert_eq!(pages.params().aspect_ratio.as_deref(), Some("16:9"));
+    assert_eq!(by_prompt["A comb through sand"].priority(), 5);
     for job in &jobs {
-        assert_eq!(job.status, JobStatus::Pending);
-        assert!(job.dry_run, "DRY_RUN defaults to true");
+        assert_eq!(job.status(), JobStatus::Pending);
+        assert!(job.dry_run(), "DRY_RUN defaults to true");
     }
 
     let images = intake.job_messages(JobKind::Image, 3).await;
     let videos = intake.job_messages(JobKind::Video, 1).await;
     assert_eq!(
         job_ids(&images),
-        ids_of(jobs.iter().filter(|j| j.kind == JobKind::Image))
+        ids_of(jobs.iter().filter(|j| j.kind() == JobKind::Image))
     );
     assert_eq!(job_ids(&videos), ids_of([video]));
     assert_eq!(videos[0].attributes["origin"], "intake");
-    assert_eq!(videos[0].json(), json!({"job_id": video.id}));
+    assert_eq!(videos[0].json(), json!({"job_id": video.id()}));
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(intake.pending_messages(JobKind::Image).await.is_empty());
     assert!(intake.pending_messages(JobKind::Video).await.is_empty());
@@ -375,7 +375,7 @@ async fn a_request_whose_job_could_not_be_queued_is_redelivered_until_it_is() {
     .await;
     Intake::job_topics(&intake.pubsub, &intake.prefix, &intake.topics).await;
     let messages = intake.job_messages(JobKind::Image, 1).await;
-    assert_eq!(job_ids(&messages[..1]), [jobs[0].id.clone()]);
+    assert_eq!(job_ids(&messages[..1]), [jobs[0].id().to_string()]);
     assert_eq!(intake.jobs().await.len(), 1, "redeliveries create nothing");
 }
 
@@ -528,5 +528,5 @@ async fn asmr_add_says_so_when_a_new_job_could_not_be_queued() {
     assert!(stderr.contains("run this command again"), "{stderr}");
     let jobs = intake.jobs().await;
     assert_eq!(ids_of(&jobs), [id]);
-    assert_eq!(jobs[0].status, JobStatus::Pending);
+    assert_eq!(jobs[0].status(), JobStatus::Pending);
 }

@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use shared::domain::Lease;
-use shared::domain::download::{Download, FileType, NewDownload};
+use shared::domain::download::{Download, FileType, NewDownload, Target};
 use shared::domain::job::{Job, JobError, JobKind, NewJob, Retention};
 use shared::janitor::{Janitor, JanitorReport, JanitorSettings, run_once};
 use shared::store::Store;
@@ -51,7 +51,7 @@ fn completed_download(object: &str, at: Timestamp) -> Download {
             bucket: "out".into(),
             object: object.into(),
             generation: Some(1),
-            destination: format!("/mnt/{object}"),
+            destination: Target::File(format!("/mnt/{object}").into()),
             file_type: FileType::Image,
             priority: 10,
             size: Some(3),
@@ -93,7 +93,7 @@ async fn records_around_expiry(
         put(
             backend,
             Collection::Jobs,
-            &job.id,
+            job.id(),
             &doc(serde_json::to_value(job).unwrap()),
         )
         .await;
@@ -104,10 +104,10 @@ async fn records_around_expiry(
         .await
         .unwrap()
         .record;
-    gone.push((Collection::Jobs, old.id));
+    gone.push((Collection::Jobs, old.id().to_string()));
     kept.extend([
-        (Collection::Jobs, recent.id),
-        (Collection::Jobs, pending.id),
+        (Collection::Jobs, recent.id().to_string()),
+        (Collection::Jobs, pending.id().to_string()),
     ]);
 
     let old = completed_download("images/a/0.png", now.minus(8 * DAY));
@@ -116,7 +116,7 @@ async fn records_around_expiry(
         put(
             backend,
             Collection::Downloads,
-            &download.id,
+            download.id(),
             &doc(serde_json::to_value(download).unwrap()),
         )
         .await;
@@ -127,7 +127,7 @@ async fn records_around_expiry(
             bucket: "out".into(),
             object: "images/c/0.png".into(),
             generation: Some(1),
-            destination: "/mnt/c".into(),
+            destination: Target::File("/mnt/c".into()),
             file_type: FileType::Image,
             priority: 10,
             size: None,
@@ -138,14 +138,14 @@ async fn records_around_expiry(
     put(
         backend,
         Collection::Downloads,
-        &pending.id,
+        pending.id(),
         &doc(serde_json::to_value(&pending).unwrap()),
     )
     .await;
-    gone.push((Collection::Downloads, old.id));
+    gone.push((Collection::Downloads, old.id().to_string()));
     kept.extend([
-        (Collection::Downloads, recent.id),
-        (Collection::Downloads, pending.id),
+        (Collection::Downloads, recent.id().to_string()),
+        (Collection::Downloads, pending.id().to_string()),
     ]);
 
     for (collection, time_field) in [
@@ -453,24 +453,24 @@ mod emulators {
         let gone_lease = Lease::new("vanished-worker", Duration::ZERO);
         // An expired lease with attempts left, and one with none left.
         let requeue = w.job(JobKind::Image, 3).await;
-        w.store.claim_job(&requeue.id, &gone_lease).await.unwrap();
+        w.store.claim_job(requeue.id(), &gone_lease).await.unwrap();
         let spent = w.job(JobKind::Image, 1).await;
-        w.store.claim_job(&spent.id, &gone_lease).await.unwrap();
+        w.store.claim_job(spent.id(), &gone_lease).await.unwrap();
         // A job whose message was dead-lettered after a quota error.
         let quota = w.job(JobKind::Image, 3).await;
         let lease = Lease::new("image-generator-1", Duration::from_secs(60));
-        w.store.claim_job(&quota.id, &lease).await.unwrap();
+        w.store.claim_job(quota.id(), &lease).await.unwrap();
         let last = JobError::new(
             "rate_limited",
             "Quota exceeded for aiplatform.googleapis.com",
             true,
         );
         w.store
-            .release_job(&quota.id, &lease.owner, Some(last.clone()))
+            .release_job(quota.id(), &lease.owner, Some(last.clone()))
             .await
             .unwrap();
         w.dead_letter(
-            &format!(r#"{{"job_id":"{}"}}"#, quota.id),
+            &format!(r#"{{"job_id":"{}"}}"#, quota.id()),
             &[(SOURCE_DELIVERY_COUNT, "5")],
         )
         .await;
@@ -488,7 +488,7 @@ mod emulators {
         put(
             w.backend.as_ref(),
             Collection::Jobs,
-            &lost.id,
+            lost.id(),
             &doc(serde_json::to_value(&lost).unwrap()),
         )
         .await;
@@ -499,7 +499,7 @@ mod emulators {
             put(
                 w.backend.as_ref(),
                 Collection::Jobs,
-                &job.id,
+                job.id(),
                 &doc(serde_json::to_value(job).unwrap()),
             )
             .await;
@@ -520,22 +520,22 @@ mod emulators {
             "{summary}"
         );
 
-        assert_eq!(w.published(JobKind::Image).await, [requeue.id.as_str()]);
-        assert_eq!(w.published(JobKind::Video).await, [lost.id.as_str()]);
+        assert_eq!(w.published(JobKind::Image).await, [requeue.id()]);
+        assert_eq!(w.published(JobKind::Video).await, [lost.id()]);
         assert_eq!(
-            w.store.job(&requeue.id).await.unwrap().status,
+            w.store.job(requeue.id()).await.unwrap().status(),
             JobStatus::Pending
         );
-        let spent = w.store.job(&spent.id).await.unwrap();
-        assert_eq!(spent.status, JobStatus::Failed);
-        assert_eq!(spent.error.unwrap().code, ATTEMPTS_EXHAUSTED);
-        let quota = w.store.job(&quota.id).await.unwrap();
-        assert_eq!(quota.status, JobStatus::Failed);
-        let error = quota.error.unwrap();
+        let spent = w.store.job(spent.id()).await.unwrap();
+        assert_eq!(spent.status(), JobStatus::Failed);
+        assert_eq!(spent.error().unwrap().code, ATTEMPTS_EXHAUSTED);
+        let quota = w.store.job(quota.id()).await.unwrap();
+        assert_eq!(quota.status(), JobStatus::Failed);
+        let error = quota.error().unwrap();
         assert_eq!(error.code, DEAD_LETTERED);
         assert!(error.message.contains(&last.message), "{error:?}");
-        assert!(w.store.get_job(&expired.id).await.unwrap().is_none());
-        assert!(w.store.get_job(&recent.id).await.unwrap().is_some());
+        assert!(w.store.get_job(expired.id()).await.unwrap().is_none());
+        assert!(w.store.get_job(recent.id()).await.unwrap().is_some());
         // Both dead letters were acknowledged.
         let left = w.pubsub.drain(&w.dead_letter_subscription(), 10).await;
         assert!(left.is_empty(), "{left:?}");
@@ -555,8 +555,8 @@ mod emulators {
             .collect();
         events.sort();
         let mut wanted = vec![
-            (spent.id.clone(), "failed".to_string()),
-            (quota.id.clone(), "failed".to_string()),
+            (spent.id().to_string(), "failed".to_string()),
+            (quota.id().to_string(), "failed".to_string()),
         ];
         wanted.sort();
         assert_eq!(events, wanted);
@@ -574,7 +574,7 @@ mod emulators {
         let w = Wiring::new().await;
         let requeue = w.job(JobKind::Video, 3).await;
         w.store
-            .claim_job(&requeue.id, &Lease::new("gone", Duration::ZERO))
+            .claim_job(requeue.id(), &Lease::new("gone", Duration::ZERO))
             .await
             .unwrap();
         let missing = format!("{}no-such-subscription", w.prefix);
@@ -591,7 +591,7 @@ mod emulators {
             summary["failed_sweeps"],
             serde_json::json!(["dead_letters"])
         );
-        assert_eq!(w.published(JobKind::Video).await, [requeue.id]);
+        assert_eq!(w.published(JobKind::Video).await, [requeue.id()]);
     }
 
     #[tokio::test]
@@ -600,7 +600,7 @@ mod emulators {
         let idle_since = Timestamp::now().minus(Duration::from_secs(3600));
         let lost = Job::new(NewJob::new("a page turning", JobKind::Image), idle_since);
         let lost_doc = doc(serde_json::to_value(&lost).unwrap());
-        put(w.backend.as_ref(), Collection::Jobs, &lost.id, &lost_doc).await;
+        put(w.backend.as_ref(), Collection::Jobs, lost.id(), &lost_doc).await;
         let fresh = w.job(JobKind::Image, 3).await;
         let janitor = w.janitor(&w.dead_letter_subscription()).await;
         let settings = JanitorSettings {
@@ -611,18 +611,14 @@ mod emulators {
         assert_eq!((report.republished, report.errors), (1, 0), "{report:?}");
         let again = run_once(&janitor, &settings).await.unwrap();
         assert_eq!((again.republished, again.errors), (0, 0), "{again:?}");
-        assert_eq!(w.published(JobKind::Image).await, [lost.id.as_str()]);
+        assert_eq!(w.published(JobKind::Image).await, [lost.id()]);
         // The stamp is the only change.
-        let stamped = w.store.job(&lost.id).await.unwrap();
-        assert!(stamped.updated_at > lost.updated_at);
-        assert_eq!(
-            stamped,
-            Job {
-                updated_at: stamped.updated_at,
-                ..lost
-            }
-        );
-        assert_eq!(w.store.job(&fresh.id).await.unwrap(), fresh);
+        let stamped = w.store.job(lost.id()).await.unwrap();
+        assert!(stamped.updated_at() > lost.updated_at());
+        let mut expected = lost.clone();
+        expected.stamp_dispatched(stamped.updated_at()).unwrap();
+        assert_eq!(stamped, expected);
+        assert_eq!(w.store.job(fresh.id()).await.unwrap(), fresh);
     }
 
     #[tokio::test]
@@ -632,7 +628,7 @@ mod emulators {
         for _ in 0..5 {
             let job = w.job(JobKind::Video, 3).await;
             w.dead_letter(
-                &format!(r#"{{"job_id":"{}"}}"#, job.id),
+                &format!(r#"{{"job_id":"{}"}}"#, job.id()),
                 &[(SOURCE_DELIVERY_COUNT, "5")],
             )
             .await;
@@ -640,8 +636,8 @@ mod emulators {
         }
         // A finished job's message needs nothing.
         let cancelled = w.job(JobKind::Image, 3).await;
-        w.store.cancel_job(&cancelled.id).await.unwrap();
-        w.dead_letter(&format!(r#"{{"job_id":"{}"}}"#, cancelled.id), &[])
+        w.store.cancel_job(cancelled.id()).await.unwrap();
+        w.dead_letter(&format!(r#"{{"job_id":"{}"}}"#, cancelled.id()), &[])
             .await;
         for n in 0..130 {
             w.dead_letter(
@@ -665,7 +661,14 @@ mod emulators {
             "{report:?}"
         );
         for job in &jobs {
-            let error = w.store.job(&job.id).await.unwrap().error.unwrap();
+            let error = w
+                .store
+                .job(job.id())
+                .await
+                .unwrap()
+                .error()
+                .cloned()
+                .unwrap();
             assert_eq!(
                 (error.code.as_str(), error.message.as_str()),
                 (DEAD_LETTERED, "delivery failed 5 times")
@@ -704,9 +707,9 @@ mod emulators {
         let id = world.job("pages turning slowly", JobKind::Video, &[]).await;
         assert_eq!(push(&url, &id, "m1").await, 200);
         let generating = world.store.job(&id).await.unwrap();
-        assert_eq!(generating.status, JobStatus::Generating);
+        assert_eq!(generating.status(), JobStatus::Generating);
         // The poller stopped watching: the operation's lease runs out.
-        let owner = generating.lease_owner.clone().unwrap();
+        let owner = generating.lease_owner().map(str::to_string).unwrap();
         world
             .store
             .extend_job_lease(&id, &Lease::new(owner, Duration::ZERO))
@@ -731,8 +734,8 @@ mod emulators {
             .unwrap();
         assert_eq!((report.requeued, report.errors), (1, 0), "{report:?}");
         let requeued = world.store.job(&id).await.unwrap();
-        assert_eq!(requeued.status, JobStatus::Pending);
-        assert_eq!(requeued.operation_name, generating.operation_name);
+        assert_eq!(requeued.status(), JobStatus::Pending);
+        assert_eq!(requeued.operation_name(), generating.operation_name());
 
         // The generator takes the re-published message and watches the same
         // operation; the poller finishes it. One submit in all.
@@ -743,20 +746,20 @@ mod emulators {
         let resumed = world.store.job(&id).await.unwrap();
         assert_eq!(
             (
-                resumed.status,
-                &resumed.operation_name,
-                resumed.submitted_at
+                resumed.status(),
+                &resumed.operation_name(),
+                resumed.submitted_at()
             ),
             (
                 JobStatus::Generating,
-                &generating.operation_name,
-                generating.submitted_at
+                &generating.operation_name(),
+                generating.submitted_at()
             )
         );
         let poller = world.poller(Duration::from_secs(1800));
         poller.run().await.unwrap();
         assert_eq!(
-            world.store.job(&id).await.unwrap().status,
+            world.store.job(&id).await.unwrap().status(),
             JobStatus::Completed
         );
         assert_eq!(world.fake.calls(Verb::PredictLongRunning), 1);

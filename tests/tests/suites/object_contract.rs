@@ -9,7 +9,7 @@ use futures::StreamExt;
 use shared::Error;
 use shared::objects::{GsUri, JOB_ID_METADATA, ObjectMeta, ObjectStore, ReadRange};
 use std::collections::BTreeMap;
-use tests::objects::{TestObjects, crc32c, pattern};
+use tests::objects::{TestObjects, pattern};
 
 const MIB: usize = 1024 * 1024;
 
@@ -85,7 +85,7 @@ async fn a_written_object_reads_back_with_its_metadata(t: TestObjects) {
     assert_eq!(written.bucket, t.bucket);
     assert_eq!(written.name, "images/job-42/0.png");
     assert_eq!(written.size, 10_000);
-    assert_eq!(written.crc32c, crc32c(&data));
+    assert_eq!(written.crc32c, shared::crc::Crc32c::of(&data));
     assert_eq!(written.content_type, "image/png");
     assert_eq!(written.metadata, custom);
     assert!(written.generation > 0, "generation {}", written.generation);
@@ -104,7 +104,7 @@ async fn a_written_object_reads_back_with_its_metadata(t: TestObjects) {
 
     // An empty object is an object too.
     let empty = write(&t, "empty.txt", b"", "text/plain").await;
-    assert_eq!((empty.size, empty.crc32c), (0, 0));
+    assert_eq!((empty.size, empty.crc32c), (0, shared::crc::Crc32c(0)));
     assert!(read(&t, "empty.txt", ReadRange::ALL).await.is_empty());
 }
 
@@ -210,7 +210,7 @@ async fn a_twenty_mib_object_round_trips_as_a_stream_of_chunks(t: TestObjects) {
     let data = pattern(20 * MIB);
     let written = write(&t, "videos/big.mp4", &data, "video/mp4").await;
     assert_eq!(written.size, data.len() as u64);
-    assert_eq!(written.crc32c, crc32c(&data));
+    assert_eq!(written.crc32c, shared::crc::Crc32c::of(&data));
 
     let chunks = chunks(
         t.store.as_ref(),
@@ -310,7 +310,7 @@ async fn an_overwrite_changes_the_generation_and_the_content(t: TestObjects) {
     assert_ne!(second.generation, first.generation);
     assert!(second.generation > first.generation);
     assert_eq!(second.size, 14);
-    assert_eq!(second.crc32c, crc32c(b"second, longer"));
+    assert_eq!(second.crc32c, shared::crc::Crc32c::of(b"second, longer"));
     assert_eq!(second.content_type, "image/webp");
     assert_eq!(second.metadata, metadata(&[(JOB_ID_METADATA, "j")]));
     assert_eq!(
@@ -469,7 +469,7 @@ async fn a_copy_within_and_across_buckets_keeps_bytes_and_metadata(t: TestObject
         let copy = t.store.copy(&source.uri(), &to).await.unwrap();
         assert_eq!(copy.uri(), to);
         assert_eq!(copy.size, data.len() as u64, "{to}");
-        assert_eq!(copy.crc32c, crc32c(&data), "{to}");
+        assert_eq!(copy.crc32c, shared::crc::Crc32c::of(&data), "{to}");
         assert_eq!(copy.content_type, "video/mp4", "{to}");
         assert_eq!(copy.metadata, custom, "{to}");
         assert!(copy.generation > 0, "{to}: generation {}", copy.generation);
@@ -557,7 +557,10 @@ async fn a_copy_onto_an_existing_object_replaces_it(t: TestObjects) {
 
     let copy = t.store.copy(&new.uri(), &old.uri()).await.unwrap();
     assert_eq!(copy.uri(), old.uri());
-    assert_eq!((copy.size, copy.crc32c), (9, crc32c(b"new bytes")));
+    assert_eq!(
+        (copy.size, copy.crc32c),
+        (9, shared::crc::Crc32c::of(b"new bytes"))
+    );
     assert_eq!(copy.content_type, "image/png");
     assert_eq!(copy.metadata, custom);
     assert!(copy.generation > old.generation);

@@ -116,7 +116,7 @@ async fn a_quota_smaller_than_the_batch_for_many_windows_fails_no_job() {
         let done = futures::future::join_all(ids.iter().map(|id| world.store.job(id)))
             .await
             .into_iter()
-            .filter(|job| job.as_ref().unwrap().status == JobStatus::Completed)
+            .filter(|job| job.as_ref().unwrap().status() == JobStatus::Completed)
             .count();
         if done == ids.len() {
             break;
@@ -137,7 +137,7 @@ async fn a_quota_smaller_than_the_batch_for_many_windows_fails_no_job() {
     for id in &ids {
         let job = world.store.job(id).await.unwrap();
         assert_eq!(
-            (job.status, job.attempts),
+            (job.status(), job.attempts()),
             (JobStatus::Completed, 1),
             "waiting on quota used no attempt: {id}"
         );
@@ -190,8 +190,8 @@ async fn a_hanging_model_gets_one_request_per_job_and_the_budget_books_each_once
     assert_eq!(world.fake.calls(Verb::PredictLongRunning), 1, "one submit");
 
     let image_job = world.store.job(&image).await.unwrap();
-    assert_eq!(image_job.status, JobStatus::Failed);
-    let error = image_job.error.unwrap();
+    assert_eq!(image_job.status(), JobStatus::Failed);
+    let error = image_job.error().unwrap();
     assert_eq!(error.code, SUBMIT_UNKNOWN);
     assert!(error.message.contains("--resubmit"), "{}", error.message);
     assert!(
@@ -221,7 +221,7 @@ async fn a_hanging_model_gets_one_request_per_job_and_the_budget_books_each_once
         .await;
     let video_job = world.store.job(&video).await.unwrap();
     assert_eq!(
-        (video_job.status, video_job.error.unwrap().code.as_str()),
+        (video_job.status(), video_job.error().unwrap().code.as_str()),
         (JobStatus::Failed, SUBMIT_UNKNOWN)
     );
     let refused = world.operator(&["retry", &video]);
@@ -286,12 +286,12 @@ async fn storage_down_longer_than_the_push_deadline_pays_once_and_completes_the_
     wait_until(
         "the outputs to be held",
         Duration::from_secs(90),
-        async || !world.store.job(&id).await.unwrap().held.is_empty(),
+        async || !world.store.job(&id).await.unwrap().held().is_empty(),
     )
     .await;
     let held = world.store.job(&id).await.unwrap();
     assert_eq!(
-        (held.status, held.attempts, held.waiting.as_deref()),
+        (held.status(), held.attempts(), held.waiting()),
         (JobStatus::Pending, 0, Some("storage_unavailable"))
     );
     // Redeliveries come and go while the bucket is down; none calls the
@@ -300,14 +300,14 @@ async fn storage_down_longer_than_the_push_deadline_pays_once_and_completes_the_
     assert_eq!(world.fake.total_calls(), 1);
     storage.up();
     wait_until("the job to complete", Duration::from_secs(60), async || {
-        world.store.job(&id).await.unwrap().status == JobStatus::Completed
+        world.store.job(&id).await.unwrap().status() == JobStatus::Completed
     })
     .await;
     let done = world.store.job(&id).await.unwrap();
     assert_eq!(world.fake.total_calls(), 1, "one paid call in all");
-    assert!(done.held.is_empty());
-    assert_eq!(done.outputs.len(), 1);
-    let uri = shared::objects::GsUri::parse(&done.outputs[0]).unwrap();
+    assert!(done.held().is_empty());
+    assert_eq!(done.outputs().len(), 1);
+    let uri = shared::objects::GsUri::parse(&done.outputs()[0]).unwrap();
     let meta = world
         .objects
         .metadata(&uri.bucket, &uri.name)
@@ -316,13 +316,13 @@ async fn storage_down_longer_than_the_push_deadline_pays_once_and_completes_the_
         .unwrap();
     assert_eq!(
         meta.crc32c,
-        crc32c::crc32c(tests::fake_vertex::PNG_1X1),
+        shared::crc::Crc32c::of(tests::fake_vertex::PNG_1X1),
         "the paid image itself, not another"
     );
     eprintln!(
         "storage down {:.0} s: 1 model call, job completed {} after the bucket came back",
         outage().as_secs_f64(),
-        done.updated_at
+        done.updated_at()
     );
 }
 
@@ -397,7 +397,11 @@ async fn intake_answers_fast_with_the_jobs_it_made_when_pubsub_is_down_or_frozen
         .map(|m| m.json()["job_id"].as_str().unwrap().to_string())
         .collect();
     for job in &pending {
-        assert!(queued.contains(&job.id), "{} was queued", job.id);
+        assert!(
+            queued.iter().any(|q| q == job.id()),
+            "{} was queued",
+            job.id()
+        );
     }
 }
 
@@ -486,7 +490,7 @@ async fn a_job_event_that_pubsub_did_not_take_is_published_by_the_janitor_once()
         .await;
     assert_eq!(push(&images.url, &id, "m1").await, 200);
     assert_eq!(
-        world.store.job(&id).await.unwrap().status,
+        world.store.job(&id).await.unwrap().status(),
         JobStatus::Failed
     );
     assert!(pubsub.drain(&events, 10).await.is_empty());
@@ -538,10 +542,10 @@ async fn a_refused_credential_makes_jobs_wait_and_the_batch_resumes_once_fixed()
     for id in &ids {
         let job = world.store.job(id).await.unwrap();
         assert_eq!(
-            (job.status, job.attempts, job.waiting.as_deref()),
+            (job.status(), job.attempts(), job.waiting()),
             (JobStatus::Pending, 0, Some(MISCONFIGURED))
         );
-        assert_eq!(job.error.unwrap().code, "unauthenticated");
+        assert_eq!(job.error().unwrap().code, "unauthenticated");
     }
     wrong.kill();
     let lines = std::fs::read_to_string(log.path()).unwrap();
@@ -561,7 +565,7 @@ async fn a_refused_credential_makes_jobs_wait_and_the_batch_resumes_once_fixed()
     for id in &ids {
         assert_eq!(push(&fixed.url, id, "fixed").await, 200);
         let job = world.store.job(id).await.unwrap();
-        assert_eq!((job.status, job.attempts), (JobStatus::Completed, 1));
+        assert_eq!((job.status(), job.attempts()), (JobStatus::Completed, 1));
     }
 }
 
@@ -655,7 +659,7 @@ async fn a_video_that_lands_after_its_job_timed_out_completes_it_with_an_event()
         .await;
     let timed_out = world.store.job(&id).await.unwrap();
     assert_eq!(
-        (timed_out.status, timed_out.error.unwrap().code.as_str()),
+        (timed_out.status(), timed_out.error().unwrap().code.as_str()),
         (JobStatus::Failed, TIMED_OUT)
     );
     // Veo finishes after all, and writes where it was told.
@@ -674,11 +678,11 @@ async fn a_video_that_lands_after_its_job_timed_out_completes_it_with_an_event()
     wait_until(
         "the late video to complete the job",
         Duration::from_secs(60),
-        async || world.store.job(&id).await.unwrap().status == JobStatus::Delivered,
+        async || world.store.job(&id).await.unwrap().status() == JobStatus::Delivered,
     )
     .await;
     let done = world.store.job(&id).await.unwrap();
-    assert_eq!(done.outputs, [format!("gs://{}/{object}", world.bucket)]);
+    assert_eq!(done.outputs(), [format!("gs://{}/{object}", world.bucket)]);
     assert!(destination.path().join(&object).exists());
     let published: Vec<Value> = pubsub
         .drain(&events, 10)
@@ -703,7 +707,13 @@ async fn polls_that_keep_failing_still_time_out_and_a_retry_watches_the_operatio
         .job("an operation nobody can see", JobKind::Video, &[])
         .await;
     assert_eq!(push(&videos.url, &id, "m1").await, 200);
-    let operation = world.store.job(&id).await.unwrap().operation_name;
+    let operation = world
+        .store
+        .job(&id)
+        .await
+        .unwrap()
+        .operation_name()
+        .map(str::to_string);
     // Every poll answers 500, for longer than OPERATION_TIMEOUT.
     world.fake.fail_next(100_000, 500);
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -712,8 +722,8 @@ async fn polls_that_keep_failing_still_time_out_and_a_retry_watches_the_operatio
         .await;
     world.fake.clear_faults();
     let failed = world.store.job(&id).await.unwrap();
-    assert_eq!(failed.status, JobStatus::Failed);
-    let error = failed.error.unwrap();
+    assert_eq!(failed.status(), JobStatus::Failed);
+    let error = failed.error().unwrap();
     assert_eq!(error.code, TIMED_OUT);
     assert!(
         error.message.contains("last poll failed"),
@@ -733,12 +743,15 @@ async fn polls_that_keep_failing_still_time_out_and_a_retry_watches_the_operatio
     assert_eq!(push(&videos.url, &id, "m2").await, 200);
     let watching = world.store.job(&id).await.unwrap();
     assert_eq!(
-        (watching.status, watching.operation_name),
+        (
+            watching.status(),
+            watching.operation_name().map(str::to_string)
+        ),
         (JobStatus::Generating, operation)
     );
     world.run_poller(&[]).await;
     assert_eq!(
-        world.store.job(&id).await.unwrap().status,
+        world.store.job(&id).await.unwrap().status(),
         JobStatus::Completed
     );
     assert_eq!(world.fake.calls(Verb::PredictLongRunning), 1);
@@ -753,8 +766,8 @@ async fn a_retry_of_a_failed_operation_submits_a_new_one_and_says_what_it_costs(
     assert_eq!(push(&videos.url, &id, "m1").await, 200);
     world.run_poller(&[]).await;
     let failed = world.store.job(&id).await.unwrap();
-    assert_eq!(failed.error.unwrap().code, OPERATION_FAILED);
-    let first = failed.operation_name.clone();
+    assert_eq!(failed.error().unwrap().code, OPERATION_FAILED);
+    let first = failed.operation_name().map(str::to_string);
 
     let retried = world.operator(&["retry", &id]);
     assert!(retried.status.success());
@@ -765,8 +778,12 @@ async fn a_retry_of_a_failed_operation_submits_a_new_one_and_says_what_it_costs(
     );
     assert_eq!(push(&videos.url, &id, "m2").await, 200);
     let resubmitted = world.store.job(&id).await.unwrap();
-    assert_eq!(resubmitted.status, JobStatus::Generating);
-    assert_ne!(resubmitted.operation_name, first, "a new operation");
+    assert_eq!(resubmitted.status(), JobStatus::Generating);
+    assert_ne!(
+        resubmitted.operation_name(),
+        first.as_deref(),
+        "a new operation"
+    );
     assert_eq!(world.fake.calls(Verb::PredictLongRunning), 2);
 }
 
@@ -780,7 +797,14 @@ async fn a_redelivery_after_the_lease_ran_out_takes_the_job_over_without_the_jan
     let (hanging, _hole) = black_hole().await;
     let mut new = NewJob::new("taken over", JobKind::Image);
     new.dry_run = true;
-    let id = world.store.create_job(new).await.unwrap().record.id;
+    let id = world
+        .store
+        .create_job(new)
+        .await
+        .unwrap()
+        .record
+        .id()
+        .to_string();
     let mut dying = Service::start(
         "image-generator",
         &world,
@@ -800,7 +824,7 @@ async fn a_redelivery_after_the_lease_ran_out_takes_the_job_over_without_the_jan
             .await;
     });
     wait_until("the claim", Duration::from_secs(20), async || {
-        world.store.job(&id).await.unwrap().status == JobStatus::Processing
+        world.store.job(&id).await.unwrap().status() == JobStatus::Processing
     })
     .await;
     dying.kill();
@@ -813,12 +837,12 @@ async fn a_redelivery_after_the_lease_ran_out_takes_the_job_over_without_the_jan
     // Within the lease the redelivery is a duplicate...
     assert_eq!(push(&healthy.url, &id, "early").await, 200);
     assert_eq!(
-        world.store.job(&id).await.unwrap().status,
+        world.store.job(&id).await.unwrap().status(),
         JobStatus::Processing
     );
     // ...after it, the redelivery takes the job over.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(push(&healthy.url, &id, "late").await, 200);
     let job = world.store.job(&id).await.unwrap();
-    assert_eq!((job.status, job.attempts), (JobStatus::Completed, 2));
+    assert_eq!((job.status(), job.attempts()), (JobStatus::Completed, 2));
 }

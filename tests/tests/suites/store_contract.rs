@@ -6,7 +6,7 @@
 
 use futures::future::join_all;
 use shared::Error;
-use shared::domain::download::{DownloadStatus, FileType, NewDownload};
+use shared::domain::download::{DownloadStatus, FileType, NewDownload, Target};
 use shared::domain::job::{
     BUDGET_EXHAUSTED, Delivery, FILTERED, Job, JobError, JobKind, JobParams, JobStatus, NewJob,
     Retention, RetryOptions, SUBMIT_UNKNOWN,
@@ -36,7 +36,8 @@ async fn add(store: &Store, prompt: impl Into<String>, kind: JobKind) -> String 
         .await
         .unwrap()
         .record
-        .id
+        .id()
+        .to_string()
 }
 
 /// Lets a lease of [`SHORT`] run out.
@@ -65,8 +66,8 @@ async fn twenty_claimers_take_fifty_jobs_exactly_once(t: TestStore) {
                 .await
                 .unwrap()
             {
-                assert_eq!(job.lease_owner.as_deref(), Some(owner.as_str()));
-                mine.push(job.id);
+                assert_eq!(job.lease_owner(), Some(owner.as_str()));
+                mine.push(job.id().to_string());
             }
             (owner, mine)
         })
@@ -95,11 +96,11 @@ async fn twenty_claimers_take_fifty_jobs_exactly_once(t: TestStore) {
     for (id, owner) in &claimed {
         let job = store.job(id).await.unwrap();
         assert_eq!(
-            (job.status, job.attempts),
+            (job.status(), job.attempts()),
             (JobStatus::Processing, 1),
             "{id}"
         );
-        assert_eq!(job.lease_owner.as_ref(), Some(owner));
+        assert_eq!(job.lease_owner(), Some(owner.as_str()));
     }
     assert_eq!(
         store
@@ -119,8 +120,8 @@ async fn the_same_request_id_yields_one_job(t: TestStore) {
     let second = store.create_job(request.clone()).await.unwrap();
     assert!(first.created);
     assert!(!second.created);
-    assert_eq!(first.record.id, second.record.id);
-    assert_eq!(second.record.prompt, "waves");
+    assert_eq!(first.record.id(), second.record.id());
+    assert_eq!(second.record.prompt(), "waves");
 
     request.request_id = Some("req-concurrent".into());
     let results = join_all((0..10).map(|_| store.create_job(request.clone()))).await;
@@ -130,7 +131,7 @@ async fn the_same_request_id_yields_one_job(t: TestStore) {
         1,
         "exactly one create wins"
     );
-    let ids: HashSet<_> = results.iter().map(|r| r.record.id.clone()).collect();
+    let ids: HashSet<_> = results.iter().map(|r| r.record.id().to_string()).collect();
     assert_eq!(ids.len(), 1);
     assert_eq!(store.job_counts().await.unwrap().total(), 2);
 }
@@ -145,13 +146,13 @@ async fn an_expired_lease_is_claimable_again_with_attempts_counted(t: TestStore)
     else {
         panic!("the first claim succeeds");
     };
-    assert_eq!(job.attempts, 1);
+    assert_eq!(job.attempts(), 1);
 
     // While the lease is live nobody else gets it.
     let id2 = add(store, "whispers", JobKind::Image).await;
     store.claim_job(&id2, &lease("w1")).await.unwrap();
     match store.claim_job(&id2, &lease("w2")).await.unwrap() {
-        Claim::Refused(job, _) => assert_eq!(job.lease_owner.as_deref(), Some("w1")),
+        Claim::Refused(job, _) => assert_eq!(job.lease_owner(), Some("w1")),
         other => panic!("a live lease must refuse, got {other:?}"),
     }
 
@@ -159,7 +160,7 @@ async fn an_expired_lease_is_claimable_again_with_attempts_counted(t: TestStore)
     let Claim::Claimed(job) = store.claim_job(&id, &lease("w2")).await.unwrap() else {
         panic!("an expired lease is claimable");
     };
-    assert_eq!((job.attempts, job.lease_owner.as_deref()), (2, Some("w2")));
+    assert_eq!((job.attempts(), job.lease_owner()), (2, Some("w2")));
 
     // The old holder can no longer complete it.
     let err = store.complete_job(&id, "w1", vec![]).await.unwrap_err();
@@ -182,11 +183,7 @@ async fn an_expired_lease_is_claimable_again_with_attempts_counted(t: TestStore)
     let_leases_expire().await;
     let report = store.expire_job_leases().await.unwrap();
     assert_eq!(
-        report
-            .requeued
-            .iter()
-            .map(|j| j.id.as_str())
-            .collect::<Vec<_>>(),
+        report.requeued.iter().map(|j| j.id()).collect::<Vec<_>>(),
         vec![id.as_str()]
     );
     assert!(report.failed.is_empty());
@@ -195,20 +192,26 @@ async fn an_expired_lease_is_claimable_again_with_attempts_counted(t: TestStore)
         .await
         .unwrap()
         .unwrap();
-    assert_eq!((job.id.as_str(), job.attempts), (id.as_str(), 3));
+    assert_eq!((job.id(), job.attempts()), (id.as_str(), 3));
 }
 
 async fn attempts_past_max_fail_the_job_instead_of_requeueing_it(t: TestStore) {
     let store = &t.store;
     let mut request = new_job("tapping", JobKind::Video);
     request.max_attempts = 2;
-    let id = store.create_job(request).await.unwrap().record.id;
+    let id = store
+        .create_job(request)
+        .await
+        .unwrap()
+        .record
+        .id()
+        .to_string();
     for n in 1..=2 {
         let Claim::Claimed(job) = store.claim_job(&id, &Lease::new("w", SHORT)).await.unwrap()
         else {
             panic!("claim {n}");
         };
-        assert_eq!(job.attempts, n);
+        assert_eq!(job.attempts(), n);
         let_leases_expire().await;
         let report = store.expire_job_leases().await.unwrap();
         if n == 1 {
@@ -218,14 +221,20 @@ async fn attempts_past_max_fail_the_job_instead_of_requeueing_it(t: TestStore) {
         }
     }
     let job = store.job(&id).await.unwrap();
-    assert_eq!(job.status, JobStatus::Failed);
-    assert_eq!(job.error.as_ref().unwrap().code, "attempts_exhausted");
-    assert!(job.expire_at.is_some());
+    assert_eq!(job.status(), JobStatus::Failed);
+    assert_eq!(job.error().unwrap().code, "attempts_exhausted");
+    assert!(job.expire_at().is_some());
 
     // A pending job that somehow has no attempt left fails on claim instead of running.
     let mut request = new_job("brushing", JobKind::Video);
     request.max_attempts = 1;
-    let id = store.create_job(request).await.unwrap().record.id;
+    let id = store
+        .create_job(request)
+        .await
+        .unwrap()
+        .record
+        .id()
+        .to_string();
     store.claim_job(&id, &lease("w")).await.unwrap();
     store
         .release_job(&id, "w", Some(JobError::new("rate_limited", "429", true)))
@@ -233,12 +242,12 @@ async fn attempts_past_max_fail_the_job_instead_of_requeueing_it(t: TestStore) {
         .unwrap();
     match store.claim_job(&id, &lease("w")).await.unwrap() {
         Claim::Exhausted(job) => {
-            assert_eq!(job.status, JobStatus::Failed);
-            assert!(job.error.unwrap().message.contains("rate_limited: 429"));
+            assert_eq!(job.status(), JobStatus::Failed);
+            assert!(job.error().unwrap().message.contains("rate_limited: 429"));
         }
         other => panic!("expected exhausted, got {other:?}"),
     }
-    assert_eq!(store.job(&id).await.unwrap().status, JobStatus::Failed);
+    assert_eq!(store.job(&id).await.unwrap().status(), JobStatus::Failed);
     assert!(
         store
             .claim_next_job(JobKind::Video, &lease("w"))
@@ -278,7 +287,7 @@ async fn counts_are_exact_after_a_mixed_workload(t: TestStore) {
         )
         .await
         .unwrap();
-    assert_eq!(delivered.status, JobStatus::Delivered);
+    assert_eq!(delivered.status(), JobStatus::Delivered);
     store
         .fail_job(
             &images[2],
@@ -330,7 +339,7 @@ async fn counts_are_exact_after_a_mixed_workload(t: TestStore) {
     )
     .await
     .into_iter()
-    .map(|c| c.unwrap().record.id)
+    .map(|c| c.unwrap().record.id().to_string())
     .collect::<Vec<_>>();
     for id in &ids[..3] {
         store.claim_download(id, &lease(owner)).await.unwrap();
@@ -354,7 +363,13 @@ async fn claim_next_takes_higher_priority_first_and_only_its_kind(t: TestStore) 
     add(store, "low", JobKind::Image).await;
     let mut high = new_job("high", JobKind::Image);
     high.priority = 5;
-    let high = store.create_job(high).await.unwrap().record.id;
+    let high = store
+        .create_job(high)
+        .await
+        .unwrap()
+        .record
+        .id()
+        .to_string();
     add(store, "a video", JobKind::Video).await;
 
     let first = store
@@ -362,13 +377,13 @@ async fn claim_next_takes_higher_priority_first_and_only_its_kind(t: TestStore) 
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(first.id, high);
+    assert_eq!(first.id(), high);
     let second = store
         .claim_next_job(JobKind::Image, &lease("w"))
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(second.prompt, "low");
+    assert_eq!(second.prompt(), "low");
     assert!(
         store
             .claim_next_job(JobKind::Image, &lease("w"))
@@ -382,7 +397,7 @@ async fn claim_next_takes_higher_priority_first_and_only_its_kind(t: TestStore) 
             .await
             .unwrap()
             .unwrap()
-            .prompt,
+            .prompt(),
         "a video"
     );
 }
@@ -412,7 +427,7 @@ async fn listing_pages_through_everything_newest_first(t: TestStore) {
             .await
             .unwrap();
         assert!(page.items.len() <= 3);
-        seen.extend(page.items.into_iter().map(|j| j.id));
+        seen.extend(page.items.into_iter().map(|j| j.id().to_string()));
         match page.next {
             Some(next) => after = Some(next),
             None => break,
@@ -447,7 +462,7 @@ async fn listing_pages_through_everything_newest_first(t: TestStore) {
         .await
         .unwrap();
     assert_eq!(
-        cancelled.items.iter().map(|j| &j.id).collect::<Vec<_>>(),
+        cancelled.items.iter().map(|j| j.id()).collect::<Vec<_>>(),
         vec![&created[0]]
     );
 
@@ -479,12 +494,12 @@ async fn a_job_document_round_trips_every_field(t: TestStore) {
     request.request_id = Some("round/trip?id".into());
     request.dry_run = false;
     let created = store.create_job(request).await.unwrap().record;
-    assert_eq!(store.job(&created.id).await.unwrap(), created);
+    assert_eq!(store.job(created.id()).await.unwrap(), created);
 
-    store.claim_job(&created.id, &lease("w")).await.unwrap();
+    store.claim_job(created.id(), &lease("w")).await.unwrap();
     store
         .start_generating(
-            &created.id,
+            created.id(),
             &lease("w"),
             "projects/p/locations/l/operations/1",
         )
@@ -492,7 +507,7 @@ async fn a_job_document_round_trips_every_field(t: TestStore) {
         .unwrap();
     store
         .record_delivery(
-            &created.id,
+            created.id(),
             Delivery {
                 source: "gs://o/videos/x/t/sample_0.mp4".into(),
                 destination: "/v/0.mp4".into(),
@@ -502,7 +517,7 @@ async fn a_job_document_round_trips_every_field(t: TestStore) {
         .unwrap();
     let completed = store
         .complete_job(
-            &created.id,
+            created.id(),
             "w",
             vec![
                 "gs://o/videos/x/t/sample_0.mp4".into(),
@@ -511,21 +526,21 @@ async fn a_job_document_round_trips_every_field(t: TestStore) {
         )
         .await
         .unwrap();
-    assert_eq!(completed.status, JobStatus::Completed);
-    assert_eq!(store.job(&created.id).await.unwrap(), completed);
+    assert_eq!(completed.status(), JobStatus::Completed);
+    assert_eq!(store.job(created.id()).await.unwrap(), completed);
 
     let mut failed = new_job("x", JobKind::Image);
     failed.request_id = Some("f".into());
     let failed = store.create_job(failed).await.unwrap().record;
     let failed = store
         .fail_job(
-            &failed.id,
+            failed.id(),
             None,
             JobError::new("invalid_argument", "Support codes: 61493863", false),
         )
         .await
         .unwrap();
-    assert_eq!(store.job(&failed.id).await.unwrap(), failed);
+    assert_eq!(store.job(failed.id()).await.unwrap(), failed);
 }
 
 async fn refused_and_missing_operations_say_why(t: TestStore) {
@@ -547,7 +562,7 @@ async fn refused_and_missing_operations_say_why(t: TestStore) {
     );
     assert!(!err.is_retryable());
     match store.claim_job(&id, &lease("w")).await.unwrap() {
-        Claim::Refused(job, _) => assert_eq!(job.status, JobStatus::Cancelled),
+        Claim::Refused(job, _) => assert_eq!(job.status(), JobStatus::Cancelled),
         other => panic!("a cancelled job must not be claimed: {other:?}"),
     }
 
@@ -587,15 +602,15 @@ async fn stuck_jobs_are_reset_and_filtered_jobs_are_not_retried(t: TestStore) {
         .reset_stuck_jobs(Duration::from_millis(5))
         .await
         .unwrap();
-    let mut requeued: Vec<_> = report.requeued.iter().map(|j| j.id.clone()).collect();
+    let mut requeued: Vec<_> = report.requeued.iter().map(|j| j.id().to_string()).collect();
     requeued.sort();
     let mut want = vec![a.clone(), b.clone()];
     want.sort();
     assert_eq!(requeued, want, "live leases do not protect stuck jobs");
     let b_job = store.job(&b).await.unwrap();
-    assert_eq!(b_job.status, JobStatus::Pending);
+    assert_eq!(b_job.status(), JobStatus::Pending);
     assert_eq!(
-        b_job.operation_name.as_deref(),
+        b_job.operation_name(),
         Some("ops/b"),
         "the operation is kept so it is not paid twice"
     );
@@ -634,7 +649,7 @@ async fn stuck_jobs_are_reset_and_filtered_jobs_are_not_retried(t: TestStore) {
         .await
         .unwrap();
     assert_eq!(
-        (retried.status, retried.attempts, retried.error),
+        (retried.status(), retried.attempts(), retried.error()),
         (JobStatus::Pending, 0, None)
     );
 }
@@ -866,12 +881,12 @@ async fn a_budget_for_n_claims_reserves_exactly_n_among_concurrent_claimers(t: T
                     .unwrap()
                 {
                     Budgeted::Within(Some(job)) => {
-                        let reservation = job.reservation.clone().unwrap();
+                        let reservation = job.reservation().cloned().unwrap();
                         assert_eq!(
                             (reservation.micros, reservation.owner),
                             (COST, owner.clone())
                         );
-                        mine.push(job.id);
+                        mine.push(job.id().to_string());
                     }
                     Budgeted::Within(None) => panic!("jobs were left, yet none was offered"),
                     Budgeted::Over(over) => {
@@ -907,10 +922,10 @@ async fn a_budget_for_n_claims_reserves_exactly_n_among_concurrent_claimers(t: T
     for id in &ids {
         let job = store.job(id).await.unwrap();
         if claimed.contains(id) {
-            assert_eq!((job.waiting, job.attempts), (None, 1), "{id}");
+            assert_eq!((job.waiting(), job.attempts()), (None, 1), "{id}");
         } else {
             assert_eq!(
-                (job.waiting.as_deref(), job.attempts, job.reservation),
+                (job.waiting(), job.attempts(), job.reservation()),
                 (Some(BUDGET_EXHAUSTED), 0, None),
                 "{id}"
             );
@@ -963,7 +978,7 @@ async fn a_budget_for_n_claims_reserves_exactly_n_among_concurrent_claimers(t: T
     else {
         panic!("a free job is claimed");
     };
-    assert_eq!(job.reservation, None);
+    assert_eq!(job.reservation(), None);
     assert_eq!(today_of(store).await.reserved_micros, raised);
 }
 
@@ -1002,7 +1017,10 @@ async fn settling_a_reservation_is_exact_and_happens_once(t: TestStore) {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(settled.reservation, job.reservation.clone().unwrap());
+    assert_eq!(
+        settled.reservation,
+        job.reservation().cloned().unwrap().clone()
+    );
     assert_eq!(settled.spent_micros, COST);
     assert_eq!(
         store
@@ -1012,7 +1030,7 @@ async fn settling_a_reservation_is_exact_and_happens_once(t: TestStore) {
         None,
         "a second settlement is a no-op"
     );
-    assert_eq!(store.job(&a).await.unwrap().reservation, None);
+    assert_eq!(store.job(&a).await.unwrap().reservation(), None);
     let day = today_of(store).await;
     assert_eq!((day.reserved_micros, day.spent_micros), (0, COST));
 
@@ -1080,10 +1098,10 @@ async fn settling_a_reservation_is_exact_and_happens_once(t: TestStore) {
         panic!("the claim settles the request in doubt");
     };
     assert_eq!(
-        (lost.status, lost.attempts, lost.reservation.clone()),
+        (lost.status(), lost.attempts(), lost.reservation().cloned()),
         (JobStatus::Failed, 1, None)
     );
-    assert_eq!(lost.error.unwrap().code, SUBMIT_UNKNOWN);
+    assert_eq!(lost.error().unwrap().code, SUBMIT_UNKNOWN);
     let day = today_of(store).await;
     assert_eq!(
         (day.reserved_micros, day.spent_micros),
@@ -1107,7 +1125,7 @@ async fn settling_a_reservation_is_exact_and_happens_once(t: TestStore) {
         .await
         .unwrap();
     store.reset_stuck_jobs(Duration::ZERO).await.unwrap();
-    let resumed_cost = |job: &Job| job.operation_name.is_none().then_some(COST);
+    let resumed_cost = |job: &Job| job.operation_name().is_none().then_some(COST);
     let resumed = match store
         .claim_job_within(
             &v,
@@ -1123,7 +1141,7 @@ async fn settling_a_reservation_is_exact_and_happens_once(t: TestStore) {
         Budgeted::Within(Claim::Claimed(job)) => job,
         other => panic!("{other:?}"),
     };
-    let reservation = resumed.reservation.unwrap();
+    let reservation = resumed.reservation().unwrap();
     assert_eq!(
         (reservation.micros, reservation.owner.as_str()),
         (COST, "w5")
@@ -1138,7 +1156,7 @@ fn download(job_id: &str, object: &str, priority: i64) -> NewDownload {
         bucket: "out".into(),
         object: object.into(),
         generation: Some(1),
-        destination: format!("/archive/{object}"),
+        destination: Target::File(format!("/archive/{object}").into()),
         file_type: if object.starts_with("videos/") {
             FileType::Video
         } else {
@@ -1146,7 +1164,7 @@ fn download(job_id: &str, object: &str, priority: i64) -> NewDownload {
         },
         priority,
         size: Some(1024),
-        crc32c: Some("AAAAAA==".into()),
+        crc32c: Some("AAAAAA==".parse().unwrap()),
     }
 }
 
@@ -1161,7 +1179,7 @@ async fn downloads_are_created_once_claimed_in_order_and_retried(t: TestStore) {
         .await
         .unwrap();
     assert!(first.created && !again.created);
-    assert_eq!(first.record.id, again.record.id);
+    assert_eq!(first.record.id(), again.record.id());
     let image = store
         .create_download(download("j", "images/j/0.png", 10))
         .await
@@ -1173,41 +1191,38 @@ async fn downloads_are_created_once_claimed_in_order_and_retried(t: TestStore) {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(next.id, image.id, "images (higher priority) first");
+    assert_eq!(next.id(), image.id(), "images (higher priority) first");
     let progressed = store
-        .download_progress(&next.id, &lease("c"), 512)
+        .download_progress(next.id(), &lease("c"), 512)
         .await
         .unwrap();
-    assert_eq!(progressed.bytes_copied, 512);
-    let done = store.complete_download(&next.id, "c", 1024).await.unwrap();
+    assert_eq!(progressed.bytes_copied(), 512);
+    let done = store.complete_download(next.id(), "c", 1024).await.unwrap();
     assert_eq!(
-        (done.status, done.bytes_copied),
+        (done.status(), done.bytes_copied()),
         (DownloadStatus::Completed, 1024)
     );
-    assert!(done.expire_at.is_some());
+    assert!(done.expire_at().is_some());
 
-    let video = first.record.id;
+    let video = first.record.id();
     for attempt in 1..=3 {
         let claimed = store
             .claim_next_download(&lease("c"))
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(
-            (claimed.id.as_str(), claimed.attempts),
-            (video.as_str(), attempt)
-        );
+        assert_eq!((claimed.id(), claimed.attempts()), (video, attempt));
         store
             .fail_download(
-                &video,
+                video,
                 "c",
                 JobError::new("crc_mismatch", "crc32c differs", true),
             )
             .await
             .unwrap();
     }
-    let failed = store.download(&video).await.unwrap();
-    assert_eq!(failed.status, DownloadStatus::Failed);
+    let failed = store.download(video).await.unwrap();
+    assert_eq!(failed.status(), DownloadStatus::Failed);
     assert!(
         store
             .claim_next_download(&lease("c"))
@@ -1215,9 +1230,9 @@ async fn downloads_are_created_once_claimed_in_order_and_retried(t: TestStore) {
             .unwrap()
             .is_none()
     );
-    let retried = store.retry_download(&video).await.unwrap();
+    let retried = store.retry_download(video).await.unwrap();
     assert_eq!(
-        (retried.status, retried.attempts),
+        (retried.status(), retried.attempts()),
         (DownloadStatus::Pending, 0)
     );
 
@@ -1226,8 +1241,8 @@ async fn downloads_are_created_once_claimed_in_order_and_retried(t: TestStore) {
         .await
         .unwrap();
     assert_eq!(
-        listed.items.iter().map(|d| &d.id).collect::<Vec<_>>(),
-        vec![&video]
+        listed.items.iter().map(|d| d.id()).collect::<Vec<_>>(),
+        vec![video]
     );
 }
 
@@ -1241,7 +1256,8 @@ async fn expired_records_are_deleted_and_nothing_else(t: TestStore) {
         .await
         .unwrap()
         .record
-        .id;
+        .id()
+        .to_string();
     store.claim_download(&d, &lease("c")).await.unwrap();
     store.complete_download(&d, "c", 1).await.unwrap();
     let pending_download = store
@@ -1249,7 +1265,8 @@ async fn expired_records_are_deleted_and_nothing_else(t: TestStore) {
         .await
         .unwrap()
         .record
-        .id;
+        .id()
+        .to_string();
 
     tokio::time::sleep(Duration::from_millis(20)).await;
     let deleted = store.delete_expired().await.unwrap();

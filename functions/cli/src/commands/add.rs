@@ -60,7 +60,7 @@ fn not_queued(submitted: &SubmittedJob) -> Option<String> {
     match &submitted.dispatch {
         Dispatch::Failed(e) => Some(format!(
             "job {} was added but not queued: {e}",
-            submitted.job.id
+            submitted.job.id()
         )),
         _ => None,
     }
@@ -114,30 +114,30 @@ fn parse_params(pairs: &[String]) -> Result<JobParams> {
 }
 
 fn dry_run_note(job: &Job) -> &'static str {
-    if job.dry_run { " (dry run)" } else { "" }
+    if job.dry_run() { " (dry run)" } else { "" }
 }
 
 async fn add_one(intake: &Intake<'_>, new: NewJob) -> Result<()> {
     let submitted = intake.submit(new.clone()).await?;
     let job = &submitted.job;
-    out::line(&job.id)?;
+    out::line(job.id())?;
     if submitted.created {
         out::note(format_args!(
             "added {} job {}{}",
-            job.kind,
-            job.id,
+            job.kind(),
+            job.id(),
             dry_run_note(job)
         ));
     } else {
         out::note(format_args!(
             "job {} already existed for request id {:?}; nothing was added",
-            job.id,
+            job.id(),
             new.request_id.as_deref().unwrap_or_default()
         ));
-        if job.prompt != new.prompt || job.kind != new.kind {
+        if job.prompt() != new.prompt || job.kind() != new.kind {
             out::note(format_args!(
                 "warning: the existing job is a {} job with a different prompt; it was left as it is",
-                job.kind
+                job.kind()
             ));
         }
     }
@@ -151,7 +151,7 @@ async fn add_one(intake: &Intake<'_>, new: NewJob) -> Result<()> {
         ),
         (Dispatch::Published(_), None) => out::note(format_args!(
             "queued on {}",
-            intake.topics.for_kind(job.kind)
+            intake.topics.for_kind(job.kind())
         )),
         _ => {}
     }
@@ -180,7 +180,7 @@ impl Tally {
                 if let Some(why) = not_queued(&submitted) {
                     self.failed(line, why);
                 }
-                out::line(&submitted.job.id)
+                out::line(submitted.job.id())
             }
             Err(Error::Invalid(reason)) => {
                 self.invalid += 1;

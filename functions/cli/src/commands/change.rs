@@ -31,7 +31,7 @@ impl Queue<'_> {
         if let Err(e) = shared::bus::publish_job(bus, self.topics, job, "cli").await {
             out::note(format_args!(
                 "warning: job {} is pending but was not queued ({e}); the janitor will dispatch it",
-                job.id
+                job.id()
             ));
         }
     }
@@ -44,21 +44,28 @@ pub async fn reset(store: &Store, queue: &Queue<'_>, args: &ResetArgs) -> Result
     let older_than = humantime::format_duration(args.older_than);
     let report = store.reset_stuck_jobs(args.older_than).await?;
     for job in &report.requeued {
-        out::line(&job.id)?;
+        out::line(job.id())?;
         out::note(format_args!(
             "requeued {} job {} (attempt {} of {} used)",
-            job.kind, job.id, job.attempts, job.max_attempts
+            job.kind(),
+            job.id(),
+            job.attempts(),
+            job.max_attempts()
         ));
         queue.dispatch(job).await;
     }
     for job in &report.failed {
-        out::line(&job.id)?;
+        out::line(job.id())?;
         let reason = job
-            .error
+            .error()
             .as_ref()
             .map(ToString::to_string)
             .unwrap_or_default();
-        out::note(format_args!("failed {} job {}: {reason}", job.kind, job.id));
+        out::note(format_args!(
+            "failed {} job {}: {reason}",
+            job.kind(),
+            job.id()
+        ));
     }
     if report.requeued.is_empty() && report.failed.is_empty() {
         out::note(format_args!(
@@ -82,11 +89,11 @@ pub async fn retry(store: &Store, queue: &Queue<'_>, args: &RetryArgs) -> Result
     match (&args.id, args.failed) {
         (Some(id), false) => {
             let job = store.retry_job(id, options).await?;
-            out::line(&job.id)?;
+            out::line(job.id())?;
             out::note(format_args!(
                 "requeued {} job {}: {}",
-                job.kind,
-                job.id,
+                job.kind(),
+                job.id(),
                 what_the_retry_does(&job)
             ));
             queue.dispatch(&job).await;
@@ -100,23 +107,24 @@ pub async fn retry(store: &Store, queue: &Queue<'_>, args: &RetryArgs) -> Result
 
 /// What the next attempt of a requeued job will do, and whether it pays.
 fn what_the_retry_does(job: &Job) -> String {
-    if let Some(operation) = &job.operation_name {
+    if let Some(operation) = &job.operation_name() {
         return format!("its operation {operation} is watched again (nothing new is paid)");
     }
-    if !job.held.is_empty() {
+    if !job.held().is_empty() {
         return "the outputs it holds are written (nothing new is paid)".into();
     }
-    if job.dry_run {
+    if job.dry_run() {
         return "a dry run: placeholders, nothing paid".into();
     }
-    let model = job.params.model.clone().unwrap_or_else(|| {
-        match job.kind {
+    let model = job.params().model.clone().unwrap_or_else(|| {
+        match job.kind() {
             shared::domain::job::JobKind::Image => shared::vertex::DEFAULT_IMAGE_MODEL,
             shared::domain::job::JobKind::Video => shared::vertex::DEFAULT_VIDEO_MODEL,
         }
         .to_string()
     });
-    let estimate = shared::cost::PriceTable::list_prices().estimate(job.kind, &model, &job.params);
+    let estimate =
+        shared::cost::PriceTable::list_prices().estimate(job.kind(), &model, job.params());
     format!(
         "a new paid request goes to {model} (about {} at list price)",
         shared::cost::format_usd(estimate.micros)
@@ -136,7 +144,7 @@ async fn retry_failed(store: &Store, queue: &Queue<'_>, options: RetryOptions) -
     let mut after = None;
     loop {
         let page = store.list_jobs(&filter, PAGE, after.as_deref()).await?;
-        ids.extend(page.items.into_iter().map(|job| job.id));
+        ids.extend(page.items.into_iter().map(|job| job.id().to_string()));
         match page.next {
             Some(next) => after = Some(next),
             None => break,
@@ -156,7 +164,7 @@ async fn retry_failed(store: &Store, queue: &Queue<'_>, options: RetryOptions) -
         match outcome {
             Ok(job) => {
                 requeued += 1;
-                out::line(&job.id)?;
+                out::line(job.id())?;
                 queue.dispatch(&job).await;
             }
             Err(Error::Transition { reason, .. }) => {
@@ -209,7 +217,7 @@ async fn retry_failed(store: &Store, queue: &Queue<'_>, options: RetryOptions) -
 
 pub async fn cancel(store: &Store, id: &str) -> Result<()> {
     let job = store.cancel_job(id).await?;
-    out::line(&job.id)?;
-    out::note(format_args!("cancelled {} job {}", job.kind, job.id));
+    out::line(job.id())?;
+    out::note(format_args!("cancelled {} job {}", job.kind(), job.id()));
     Ok(())
 }

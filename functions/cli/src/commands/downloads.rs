@@ -64,16 +64,16 @@ fn downloads_table(downloads: &[Download]) -> String {
     .right(&[4, 5]);
     for download in downloads {
         table.row(vec![
-            download.id.clone(),
-            download.job_id.clone(),
-            file_type(download.file_type).into(),
-            download.status.to_string(),
-            format!("{}/{}", download.attempts, download.max_attempts),
-            progress(download.bytes_copied, download.size),
-            out::short_time(download.created_at),
-            out::middle(&download.source, SOURCE_WIDTH),
+            download.id().to_string(),
+            download.job_id().to_string(),
+            file_type(download.file_type()).into(),
+            download.status().to_string(),
+            format!("{}/{}", download.attempts(), download.max_attempts()),
+            progress(download.bytes_copied(), download.size()),
+            out::short_time(download.created_at()),
+            out::middle(&download.source().to_string(), SOURCE_WIDTH),
             download
-                .error
+                .error()
                 .as_ref()
                 .map_or_else(|| "-".into(), |error| error.code.clone()),
         ]);
@@ -104,10 +104,12 @@ fn progress(copied: u64, size: Option<u64>) -> String {
 
 pub async fn retry(store: &Store, id: &str) -> Result<()> {
     let download = store.retry_download(id).await?;
-    out::line(&download.id)?;
+    out::line(download.id())?;
     out::note(format_args!(
         "requeued download {} ({}) with {} fresh attempts",
-        download.id, download.source, download.max_attempts
+        download.id(),
+        download.source(),
+        download.max_attempts()
     ));
     Ok(())
 }

@@ -69,17 +69,17 @@ fn jobs_table(jobs: &[Job]) -> String {
     .right(&[3, 4]);
     for job in jobs {
         table.row(vec![
-            job.id.clone(),
-            job.kind.to_string(),
-            match &job.waiting {
-                Some(reason) => format!("{} ({reason})", job.status),
-                None if job.awaits_output() => format!("{} (awaiting output)", job.status),
-                None => job.status.to_string(),
+            job.id().to_string(),
+            job.kind().to_string(),
+            match &job.waiting() {
+                Some(reason) => format!("{} ({reason})", job.status()),
+                None if job.awaits_output() => format!("{} (awaiting output)", job.status()),
+                None => job.status().to_string(),
             },
-            format!("{}/{}", job.attempts, job.max_attempts),
-            job.priority.to_string(),
-            out::short_time(job.created_at),
-            out::one_line(&job.prompt, PROMPT_WIDTH),
+            format!("{}/{}", job.attempts(), job.max_attempts()),
+            job.priority().to_string(),
+            out::short_time(job.created_at()),
+            out::one_line(job.prompt(), PROMPT_WIDTH),
         ]);
     }
     table.render()
@@ -102,34 +102,43 @@ fn describe(job: &Job) -> String {
     };
     let or_dash = |value: Option<String>| value.unwrap_or_else(|| "-".into());
 
-    field("id", &job.id);
-    field("kind", &job.kind);
-    field("status", &job.status);
+    field("id", &job.id());
+    field("kind", &job.kind());
+    field("status", &job.status());
     // A multi-line prompt keeps its lines, indented under the key.
-    field("prompt", &job.prompt.replace('\n', "\n  "));
-    field("priority", &job.priority);
+    field("prompt", &job.prompt().replace('\n', "\n  "));
+    field("priority", &job.priority());
     field(
         "attempts",
-        &format_args!("{}/{}", job.attempts, job.max_attempts),
+        &format_args!("{}/{}", job.attempts(), job.max_attempts()),
     );
-    field("dry_run", &job.dry_run);
-    field("request_id", &or_dash(job.request_id.clone()));
-    field("created_at", &job.created_at);
-    field("updated_at", &job.updated_at);
+    field("dry_run", &job.dry_run());
+    field("request_id", &or_dash(job.request_id().map(str::to_string)));
+    field("created_at", &job.created_at());
+    field("updated_at", &job.updated_at());
     field(
         "completed_at",
-        &or_dash(job.completed_at.map(|t| t.to_string())),
+        &or_dash(job.completed_at().map(|t| t.to_string())),
     );
-    field("expire_at", &or_dash(job.expire_at.map(|t| t.to_string())));
-    if job.status.is_leased() || job.lease_owner.is_some() {
-        field("lease_owner", &or_dash(job.lease_owner.clone()));
+    field(
+        "expire_at",
+        &or_dash(job.expire_at().map(|t| t.to_string())),
+    );
+    if job.status().is_leased() || job.lease_owner().is_some() {
+        field(
+            "lease_owner",
+            &or_dash(job.lease_owner().map(str::to_string)),
+        );
         field(
             "lease_expires_at",
-            &or_dash(job.lease_expires_at.map(|t| t.to_string())),
+            &or_dash(job.lease_expires_at().map(|t| t.to_string())),
         );
     }
-    field("operation_name", &or_dash(job.operation_name.clone()));
-    if let Some(waiting) = &job.waiting {
+    field(
+        "operation_name",
+        &or_dash(job.operation_name().map(str::to_string)),
+    );
+    if let Some(waiting) = &job.waiting() {
         field("waiting", waiting);
     }
     if job.awaits_output() {
@@ -138,10 +147,10 @@ fn describe(job: &Job) -> String {
             &"for the video of a submit whose answer was lost to appear under its prefix",
         );
     }
-    if let Some(owner) = &job.calling {
+    if let Some(owner) = &job.calling() {
         field("paid request in flight", owner);
     }
-    for held in &job.held {
+    for held in job.held() {
         field(
             "held output",
             &format_args!(
@@ -150,7 +159,7 @@ fn describe(job: &Job) -> String {
             ),
         );
     }
-    if let Some(reservation) = &job.reservation {
+    if let Some(reservation) = &job.reservation() {
         field(
             "reserved",
             &format_args!(
@@ -162,7 +171,7 @@ fn describe(job: &Job) -> String {
     }
 
     // Every parameter that is set, by its document name.
-    match serde_json::to_value(&job.params) {
+    match serde_json::to_value(job.params()) {
         Ok(serde_json::Value::Object(params)) if !params.is_empty() => {
             for (key, value) in params {
                 let value = match value {
@@ -175,22 +184,22 @@ fn describe(job: &Job) -> String {
         _ => field("params", &"- (model defaults)"),
     }
 
-    if job.outputs.is_empty() {
+    if job.outputs().is_empty() {
         field("outputs", &"-");
     }
-    for (i, output) in job.outputs.iter().enumerate() {
+    for (i, output) in job.outputs().iter().enumerate() {
         field(&format!("outputs[{i}]"), output);
     }
-    if job.deliveries.is_empty() {
+    if job.deliveries().is_empty() {
         field("deliveries", &"-");
     }
-    for (i, delivery) in job.deliveries.iter().enumerate() {
+    for (i, delivery) in job.deliveries().iter().enumerate() {
         field(
             &format!("deliveries[{i}]"),
             &format_args!("{} -> {}", delivery.source, delivery.destination),
         );
     }
-    match &job.error {
+    match &job.error() {
         Some(error) => {
             let retry = if error.retryable {
                 "retryable"

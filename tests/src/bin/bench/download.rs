@@ -178,7 +178,7 @@ async fn upload(
         let store = ctx.store(&prefix).await;
         let mut new = NewJob::new("a benchmark copy", JobKind::Video);
         new.request_id = Some(request_id.clone());
-        store.create_job(new).await?.record.id
+        store.create_job(new).await?.record.id().to_string()
     };
     let name = format!("videos/{job_id}/bench/sample_0.mp4");
     let len = usize::try_from(bytes)?;
@@ -192,7 +192,7 @@ async fn upload(
         .await?
         .with_context(|| format!("gs://{bucket}/{name} is not there after its upload"))?;
     ensure!(
-        meta.size == bytes && meta.crc32c == crc,
+        meta.size == bytes && meta.crc32c.0 == crc,
         "fake-gcs-server stored {} bytes with CRC32C {:08x}, not {bytes} with {crc:08x}",
         meta.size,
         meta.crc32c
@@ -254,14 +254,14 @@ async fn downloader_copy(ctx: &Context, object: &Object, prefix: &str) -> Result
     new.request_id = Some(object.request_id.clone());
     let job = store.create_job(new).await?.record;
     ensure!(
-        job.id == object.job_id,
+        job.id() == object.job_id,
         "the job id changed with the collections"
     );
     let lease = Lease::new("bench", Duration::from_secs(600));
-    store.claim_job(&job.id, &lease).await?;
+    store.claim_job(job.id(), &lease).await?;
     store
         .complete_job(
-            &job.id,
+            job.id(),
             "bench",
             vec![format!("gs://{}/{}", object.bucket, object.name)],
         )
@@ -300,11 +300,11 @@ async fn downloader_copy(ctx: &Context, object: &Object, prefix: &str) -> Result
         .with_context(|| format!("{} is not there", target.display()))?
         .len();
     ensure!(len == object.size, "{} has {len} bytes", target.display());
-    let job = store.job(&job.id).await?;
+    let job = store.job(job.id()).await?;
     ensure!(
-        job.status == JobStatus::Delivered,
+        job.status() == JobStatus::Delivered,
         "the job is {}, not delivered",
-        job.status
+        job.status()
     );
     std::fs::remove_dir_all(&destination)?;
     Ok((seconds, peak))

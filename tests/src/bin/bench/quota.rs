@@ -200,7 +200,10 @@ async fn measure(
             async move {
                 let mut new = NewJob::new(crate::pipeline::prompt(n), JobKind::Image);
                 new.dry_run = false;
-                store.create_job(new).await.map(|created| created.record.id)
+                store
+                    .create_job(new)
+                    .await
+                    .map(|created| created.record.id().to_string())
             }
         })
         .buffer_unordered(16)
@@ -291,10 +294,10 @@ async fn measure(
             .into_iter()
             .map(|job| {
                 let error = job
-                    .error
+                    .error()
                     .map(|e| format!("{}: {}", e.code, e.message))
                     .unwrap_or_default();
-                (job.id, error)
+                (job.id().to_string(), error)
             })
             .collect()
     } else {

@@ -296,10 +296,10 @@ async fn jobs(
                 new.request_id = Some(object.request_id.clone());
                 let job = store.create_job(new).await?.record;
                 let lease = Lease::new("bench", Duration::from_secs(600));
-                store.claim_job(&job.id, &lease).await?;
+                store.claim_job(job.id(), &lease).await?;
                 store
                     .complete_job(
-                        &job.id,
+                        job.id(),
                         "bench",
                         vec![format!("gs://{bucket}/{}", object.name)],
                     )

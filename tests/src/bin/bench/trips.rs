@@ -97,7 +97,11 @@ pub async fn run(ctx: &Context, report: &mut Report) -> Result<()> {
     .map_err(|u| anyhow::anyhow!("{}", u.error))?;
     let intake = wired.backend.trips().since(&before.0);
     let intake_publishes = wired.bus.published() - before.1;
-    let ids: Vec<String> = submitted.jobs.iter().map(|j| j.job.id.clone()).collect();
+    let ids: Vec<String> = submitted
+        .jobs
+        .iter()
+        .map(|j| j.job.id().to_string())
+        .collect();
 
     // The image generator (dry run: placeholders instead of the model).
     let generator = ImageGenerator::new(
@@ -143,7 +147,7 @@ pub async fn run(ctx: &Context, report: &mut Report) -> Result<()> {
     let mut events = Vec::new();
     for id in &ids {
         let job = wired.store.job(id).await?;
-        for output in &job.outputs {
+        for output in job.outputs() {
             let uri = shared::objects::GsUri::parse(output).context("an output URI")?;
             let meta = objects
                 .metadata(&uri.bucket, &uri.name)
@@ -238,7 +242,7 @@ async fn contention(ctx: &Context, report: &mut Report) -> Result<()> {
     for n in 0..total {
         let mut new = NewJob::new(format!("paid {n}"), JobKind::Image);
         new.dry_run = false;
-        ids.push(wired.store.create_job(new).await?.record.id);
+        ids.push(wired.store.create_job(new).await?.record.id().to_string());
     }
     let before = wired.backend.trips();
     let cost = |_: &shared::domain::job::Job| Some(40_000u64);

@@ -127,11 +127,11 @@ pub async fn capture() -> Vec<Line> {
     }
     let job = images
         .iter()
-        .find(|j| !j.outputs.is_empty())
+        .find(|j| !j.outputs().is_empty())
         .unwrap_or_else(|| panic!("the image drain made no image: {images:?}"));
-    let unfinished = images.iter().find(|j| j.outputs.is_empty()).unwrap();
+    let unfinished = images.iter().find(|j| j.outputs().is_empty()).unwrap();
     let downloader = env.serve("downloader", &["serve"], &[]).await;
-    for (n, uri) in job.outputs.iter().enumerate() {
+    for (n, uri) in job.outputs().iter().enumerate() {
         let uri = shared::objects::GsUri::parse(uri).unwrap();
         let meta = objects
             .metadata(&uri.bucket, &uri.name)
@@ -143,20 +143,20 @@ pub async fn capture() -> Vec<Line> {
     }
     // A copy that fails for good: the object is there, but where it must
     // land a file stands in the way of its folder, attempt after attempt.
-    let source = shared::objects::GsUri::parse(&job.outputs[0]).unwrap();
+    let source = shared::objects::GsUri::parse(&job.outputs()[0]).unwrap();
     let blocked = objects
         .copy(
             &source,
             &shared::objects::GsUri {
                 bucket: source.bucket.clone(),
-                name: format!("images/{}/9.png", unfinished.id),
+                name: format!("images/{}/9.png", unfinished.id()),
             },
         )
         .await
         .unwrap();
     std::fs::create_dir_all(archive.path().join("images")).unwrap();
     std::fs::write(
-        archive.path().join("images").join(&unfinished.id),
+        archive.path().join("images").join(unfinished.id()),
         b"in the way",
     )
     .unwrap();
@@ -271,7 +271,7 @@ fn notification(meta: &shared::objects::ObjectMeta, message_id: &str) -> String 
         "name": meta.name,
         "generation": meta.generation.to_string(),
         "size": meta.size.to_string(),
-        "crc32c": b64(&meta.crc32c.to_be_bytes()),
+        "crc32c": meta.crc32c.to_string(),
         "contentType": meta.content_type,
     });
     json!({
