@@ -21,6 +21,7 @@ pub mod objects;
 pub mod paths;
 pub mod placeholder;
 pub mod push;
+pub mod report;
 pub mod requests;
 pub mod server;
 pub mod store;

@@ -9,6 +9,7 @@
 // Test support: a setup failure should stop the test with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod browser;
 pub mod counting;
 pub mod fake_vertex;
 pub mod harness;

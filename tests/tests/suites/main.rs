@@ -15,6 +15,7 @@ mod janitor;
 mod local_run;
 mod object_contract;
 mod outages;
+mod report;
 mod store_contract;
 mod terraform;
 mod vertex_client;
