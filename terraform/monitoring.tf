@@ -80,6 +80,15 @@ locals {
       description = "Requests intake could not turn into jobs (kept in the rejected collection)."
       labels      = {}
     }
+    # Every push endpoint logs its outcome through one place, with fixed
+    # event names: push_poison is a push acknowledged without being
+    # processed (it never could be).
+    pushes_poisoned = {
+      event       = "push_poison"
+      to          = null
+      description = "Pushes acknowledged as poison (undecodable, or refused for good), by any stage."
+      labels      = {}
+    }
   }
 }
 
@@ -181,6 +190,7 @@ locals {
     { title = "Dead letters handled (per minute)", metric = "dead_letters", by = "" },
     { title = "Claims refused by the budget (per minute)", metric = "budget_exhausted", by = "" },
     { title = "Requests rejected (per minute)", metric = "requests_rejected", by = "" },
+    { title = "Pushes acknowledged as poison (per minute)", metric = "pushes_poisoned", by = "" },
     { title = "Job events deferred to the outbox (per minute)", metric = "job_events_deferred", by = "" },
   ]
 

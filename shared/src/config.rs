@@ -3,7 +3,7 @@
 //! environment.
 
 use crate::bus::pubsub::{PubSubBus, PubSubConfig};
-use crate::bus::{Bus, Topics};
+use crate::bus::{Bus, StoreQueue, Topics};
 use crate::error::{Error, Result};
 use crate::job_events::BusJobEvents;
 use crate::objects::ObjectStore;
@@ -49,47 +49,94 @@ fn humantime_parse(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(value * scale).map_err(|e| format!("{text:?}: {e}"))
 }
 
-/// Which store the stages use.
+/// Which store holds the jobs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Backend {
-    /// Firestore (the cloud).
+    /// Firestore in --project (or the emulator at FIRESTORE_EMULATOR_HOST):
+    /// the cloud, and the services' default.
     Firestore,
-    /// SQLite under ASMR_STATE_DIR (a local run).
+    /// SQLite under --state-dir: a local run, and the asmr CLI's default.
     Embedded,
 }
 
-/// Where the job store is.
+/// Where the job store is, and the Pub/Sub that goes with it. Declared once
+/// for every binary: the services flatten it as it is, the asmr CLI makes
+/// its options global and the embedded store its default.
 #[derive(Clone, Debug, Args)]
+#[command(next_help_heading = "Store options")]
 pub struct StoreArgs {
-    /// Store adapter.
-    #[arg(long, env = "ASMR_BACKEND", value_enum, default_value = "firestore")]
+    /// Which store holds the jobs.
+    #[arg(
+        long,
+        global = true,
+        env = "ASMR_BACKEND",
+        value_enum,
+        default_value = "firestore"
+    )]
     pub backend: Backend,
     /// State directory of the embedded store.
-    #[arg(long, env = "ASMR_STATE_DIR", default_value = ".asmr")]
+    #[arg(long, global = true, env = "ASMR_STATE_DIR", default_value = ".asmr")]
     pub state_dir: PathBuf,
-    /// Google Cloud project (Firestore, Vertex AI).
-    #[arg(long, env = "GOOGLE_CLOUD_PROJECT")]
+    /// Google Cloud project (Firestore, Pub/Sub, Vertex AI).
+    #[arg(long, global = true, env = "GOOGLE_CLOUD_PROJECT")]
     pub project: Option<String>,
-    /// Prefix of the Firestore collection names.
-    #[arg(long, env = "ASMR_COLLECTION_PREFIX", default_value = "")]
+    /// Prefix of the Firestore collection names (`test42_` gives `test42_jobs`).
+    #[arg(
+        long,
+        global = true,
+        env = "ASMR_COLLECTION_PREFIX",
+        default_value = ""
+    )]
     pub collection_prefix: String,
     /// Firestore database id.
-    #[arg(long, env = "FIRESTORE_DATABASE", default_value = "(default)")]
+    #[arg(
+        long,
+        global = true,
+        env = "FIRESTORE_DATABASE",
+        default_value = "(default)"
+    )]
     pub database: String,
     /// Firestore emulator (host:port); when set no credentials are needed.
     /// Read by the Firestore client itself; listed here for --help.
-    #[arg(long, env = "FIRESTORE_EMULATOR_HOST")]
+    #[arg(long, global = true, env = "FIRESTORE_EMULATOR_HOST")]
     pub firestore_emulator_host: Option<String>,
-    /// Pub/Sub emulator (host:port); when set no credentials are needed.
-    #[arg(long, env = "PUBSUB_EMULATOR_HOST")]
+    /// Pub/Sub emulator (host:port) instead of Cloud Pub/Sub; when set no
+    /// credentials are needed.
+    #[arg(
+        long,
+        global = true,
+        env = "PUBSUB_EMULATOR_HOST",
+        help_heading = "Pub/Sub options (firestore backend)"
+    )]
     pub pubsub_emulator_host: Option<String>,
     /// Prefix of the Pub/Sub topic names (`dev-` gives `dev-asmr-job-events`).
-    #[arg(long, env = "ASMR_TOPIC_PREFIX", default_value = "")]
+    #[arg(
+        long,
+        global = true,
+        env = "ASMR_TOPIC_PREFIX",
+        default_value = "",
+        help_heading = "Pub/Sub options (firestore backend)"
+    )]
     pub topic_prefix: String,
     /// Publish a job event on every terminal transition (Firestore store
-    /// only; the local run publishes its own in process).
-    #[arg(long, env = "ASMR_JOB_EVENTS", default_value = "true", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    /// only; the local run reports its own).
+    #[arg(long, global = true, env = "ASMR_JOB_EVENTS", default_value = "true",
+          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new(),
+          value_name = "true|false", help_heading = "Pub/Sub options (firestore backend)")]
     pub job_events: bool,
+}
+
+/// The ports a process works through, connected once from its
+/// configuration: the job store, and the bus that announces jobs and job
+/// events ([`StoreQueue`] on the embedded store, which has no Pub/Sub).
+#[derive(Clone)]
+pub struct Adapters {
+    /// The job store, with job events on the bus when they are on.
+    pub store: Store,
+    /// Cloud Pub/Sub, or [`StoreQueue`].
+    pub bus: Arc<dyn Bus>,
+    /// The topic names.
+    pub topics: Topics,
 }
 
 impl StoreArgs {
@@ -100,17 +147,27 @@ impl StoreArgs {
                 state_dir: self.state_dir.clone(),
             },
             Backend::Firestore => StoreConfig::Firestore(FirestoreConfig {
-                project: self.project.clone().ok_or_else(|| {
-                    Error::store(
-                        "configuring Firestore",
-                        "GOOGLE_CLOUD_PROJECT is not set",
-                        false,
-                    )
-                })?,
+                project: self.project()?,
                 database: self.database.clone(),
                 prefix: self.collection_prefix.clone(),
             }),
         })
+    }
+
+    /// The project, required by everything in the cloud.
+    pub fn project(&self) -> Result<String> {
+        self.project
+            .as_deref()
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .ok_or_else(|| {
+                Error::store(
+                    "the firestore backend needs a project",
+                    "pass --project or set GOOGLE_CLOUD_PROJECT",
+                    false,
+                )
+            })
     }
 
     /// The pipeline's topic names.
@@ -118,48 +175,181 @@ impl StoreArgs {
         Topics::new(self.topic_prefix.clone())
     }
 
-    /// The Pub/Sub bus, for a Firestore deployment; `None` on the embedded
-    /// store, which has no Pub/Sub.
-    pub async fn bus(&self) -> Result<Option<Arc<dyn Bus>>> {
-        match self.backend {
-            Backend::Embedded => Ok(None),
-            Backend::Firestore => {
-                let project = self.project.clone().ok_or_else(|| {
-                    Error::store(
-                        "configuring Pub/Sub",
-                        "GOOGLE_CLOUD_PROJECT is not set",
-                        false,
-                    )
-                })?;
-                let bus = PubSubBus::new(PubSubConfig {
-                    project,
-                    emulator_endpoint: self.pubsub_emulator_host.clone(),
-                })
-                .await?;
-                Ok(Some(Arc::new(bus)))
-            }
-        }
-    }
-
-    /// Opens the store, publishing job events to `bus` when they are on.
-    pub async fn open_with(&self, bus: Option<Arc<dyn Bus>>) -> Result<Store> {
-        let store = Store::open(&self.store_config()?).await?;
-        Ok(match bus {
-            Some(bus) if self.job_events => {
-                store.with_events(Arc::new(BusJobEvents::new(bus, self.topics().job_events())))
-            }
-            _ => store,
+    /// How to reach Pub/Sub, on the Firestore backend; `None` on the
+    /// embedded store, which has no Pub/Sub.
+    pub fn pubsub(&self) -> Result<Option<PubSubConfig>> {
+        Ok(match self.backend {
+            Backend::Embedded => None,
+            Backend::Firestore => Some(PubSubConfig {
+                project: self.project()?,
+                emulator_endpoint: self.pubsub_emulator_host.clone(),
+            }),
         })
     }
 
-    /// Opens the store with job events on the Pub/Sub bus when they are on.
-    pub async fn open(&self) -> Result<Store> {
-        let bus = if self.job_events {
+    /// The bus: Cloud Pub/Sub on the Firestore backend; on the embedded
+    /// store, whose workers take pending jobs from the store, one that
+    /// reaches no one ([`StoreQueue`]).
+    pub async fn bus(&self) -> Result<Arc<dyn Bus>> {
+        match self.pubsub()? {
+            Some(config) => Ok(Arc::new(PubSubBus::new(config).await?)),
+            None => Ok(Arc::new(StoreQueue::default())),
+        }
+    }
+
+    /// Connects the store and the bus. The bus comes first, so that one
+    /// that cannot be reached fails the start before anything is written.
+    pub async fn connect(&self) -> Result<Adapters> {
+        self.connect_with(true).await
+    }
+
+    /// [`StoreArgs::connect`], or with `announce` false the store alone
+    /// behind a bus that reaches no one and no job events: for reading, and
+    /// for a process that never announces anything.
+    pub async fn connect_with(&self, announce: bool) -> Result<Adapters> {
+        let bus: Arc<dyn Bus> = if announce {
             self.bus().await?
         } else {
-            None
+            Arc::new(StoreQueue::default())
         };
-        self.open_with(bus).await
+        let topics = self.topics();
+        let store = Store::open(&self.store_config()?).await?;
+        if !announce {
+            return Ok(Adapters { store, bus, topics });
+        }
+        let store = if self.job_events && self.backend == Backend::Firestore {
+            store.with_events(Arc::new(BusJobEvents::new(
+                bus.clone(),
+                topics.job_events(),
+            )))
+        } else {
+            store
+        };
+        Ok(Adapters { store, bus, topics })
+    }
+}
+
+/// The port an HTTP service listens on.
+#[derive(Clone, Debug, Args)]
+pub struct ServeArgs {
+    /// Port of the HTTP service.
+    #[arg(long, env = "PORT", default_value = "8080")]
+    pub port: u16,
+}
+
+/// Whether model calls are made (and paid for).
+#[derive(Clone, Debug, Args)]
+pub struct DryRunArgs {
+    /// Write placeholder outputs instead of calling (and paying for) the
+    /// models.
+    #[arg(long, env = "DRY_RUN", default_value = "true", action = clap::ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new(), value_name = "true|false")]
+    pub dry_run: bool,
+}
+
+/// Which models, and how to reach Vertex AI.
+#[derive(Clone, Debug, Args)]
+#[command(next_help_heading = "Vertex AI options")]
+pub struct VertexArgs {
+    /// Vertex AI region.
+    #[arg(long, env = "GOOGLE_CLOUD_LOCATION", default_value = "us-central1")]
+    pub location: String,
+    /// Image model (imagen-* through :predict, gemini-* through :generateContent).
+    #[arg(long, env = "IMAGE_MODEL", default_value = DEFAULT_IMAGE_MODEL)]
+    pub image_model: String,
+    /// Video model (veo-*).
+    #[arg(long, env = "VIDEO_MODEL", default_value = DEFAULT_VIDEO_MODEL)]
+    pub video_model: String,
+    /// Vertex AI base URL [default: https://{location}-aiplatform.googleapis.com].
+    #[arg(long, env = "VERTEX_BASE_URL")]
+    pub vertex_base_url: Option<String>,
+    /// A static bearer token for Vertex AI instead of Application Default Credentials.
+    #[arg(long, env = "VERTEX_ACCESS_TOKEN", hide_env_values = true)]
+    pub vertex_access_token: Option<String>,
+    /// Pause between polls of running video operations.
+    #[arg(long, env = "POLLING_INTERVAL", default_value = "15", value_parser = parse_duration)]
+    pub polling_interval: Duration,
+}
+
+impl VertexArgs {
+    /// How to reach Vertex AI in `project`, calls retried as `retry` says.
+    pub fn config(
+        &self,
+        project: String,
+        retry: RetryPolicy,
+        request_timeout: Duration,
+    ) -> VertexConfig {
+        VertexConfig {
+            project,
+            location: self.location.clone(),
+            base_url: self
+                .vertex_base_url
+                .clone()
+                .unwrap_or_else(|| VertexConfig::default_base_url(&self.location)),
+            image_model: self.image_model.clone(),
+            video_model: self.video_model.clone(),
+            retry,
+            request_timeout,
+            access_token: self.vertex_access_token.clone(),
+        }
+    }
+}
+
+/// The bucket(s) the generators write to and the downloader delivers from.
+#[derive(Clone, Debug, Args)]
+pub struct OutputArgs {
+    /// Output bucket: where the generators write, and (comma-separated, one
+    /// or more) whose objects the downloader delivers.
+    #[arg(
+        long = "output-bucket",
+        env = "GCS_OUTPUT_BUCKET",
+        value_delimiter = ','
+    )]
+    pub output_buckets: Vec<String>,
+}
+
+impl OutputArgs {
+    /// The named buckets, blanks dropped; an error when there is none.
+    pub fn all(&self) -> Result<Vec<String>> {
+        let buckets: Vec<String> = self
+            .output_buckets
+            .iter()
+            .map(|b| b.trim().to_string())
+            .filter(|b| !b.is_empty())
+            .collect();
+        if buckets.is_empty() {
+            return Err(Error::objects(
+                "configuring the output bucket",
+                "GCS_OUTPUT_BUCKET is not set",
+                false,
+            ));
+        }
+        Ok(buckets)
+    }
+
+    /// The one bucket a generator writes to.
+    pub fn one(&self) -> Result<String> {
+        let mut buckets = self.all()?;
+        if buckets.len() > 1 {
+            return Err(Error::objects(
+                "configuring the output bucket",
+                format!(
+                    "GCS_OUTPUT_BUCKET names {} buckets; a generator writes to one",
+                    buckets.len()
+                ),
+                false,
+            ));
+        }
+        Ok(buckets.remove(0))
+    }
+
+    /// The buckets for the start-up log.
+    pub fn describe(&self) -> String {
+        if self.output_buckets.is_empty() {
+            "-".into()
+        } else {
+            self.output_buckets.join(",")
+        }
     }
 }
 
@@ -201,27 +391,12 @@ impl ObjectArgs {
 pub struct StageArgs {
     #[command(flatten)]
     pub store: StoreArgs,
-    /// Vertex AI region.
-    #[arg(long, env = "GOOGLE_CLOUD_LOCATION", default_value = "us-central1")]
-    pub location: String,
-    /// Bucket the generators write outputs to.
-    #[arg(long, env = "GCS_OUTPUT_BUCKET")]
-    pub output_bucket: Option<String>,
-    /// Image model (imagen-* through :predict, gemini-* through :generateContent).
-    #[arg(long, env = "IMAGE_MODEL", default_value = DEFAULT_IMAGE_MODEL)]
-    pub image_model: String,
-    /// Video model (veo-*).
-    #[arg(long, env = "VIDEO_MODEL", default_value = DEFAULT_VIDEO_MODEL)]
-    pub video_model: String,
-    /// Vertex AI base URL [default: https://{location}-aiplatform.googleapis.com].
-    #[arg(long, env = "VERTEX_BASE_URL")]
-    pub vertex_base_url: Option<String>,
-    /// A static bearer token for Vertex AI instead of Application Default Credentials.
-    #[arg(long, env = "VERTEX_ACCESS_TOKEN", hide_env_values = true)]
-    pub vertex_access_token: Option<String>,
-    /// Placeholders instead of paid model calls.
-    #[arg(long, env = "DRY_RUN", default_value = "true", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
-    pub dry_run: bool,
+    #[command(flatten)]
+    pub vertex: VertexArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub dry_run: DryRunArgs,
     /// Retries inside one model call.
     #[arg(long, env = "MAX_RETRIES", default_value = "3")]
     pub max_retries: u32,
@@ -245,12 +420,8 @@ pub struct StageArgs {
     /// How long a video operation may run before it fails as timed out.
     #[arg(long, env = "OPERATION_TIMEOUT", default_value = "1800", value_parser = parse_duration)]
     pub operation_timeout: Duration,
-    /// Pause between rounds of the video poller.
-    #[arg(long, env = "POLLING_INTERVAL", default_value = "15", value_parser = parse_duration)]
-    pub polling_interval: Duration,
-    /// Port of the HTTP service.
-    #[arg(long, env = "PORT", default_value = "8080")]
-    pub port: u16,
+    #[command(flatten)]
+    pub serve: ServeArgs,
     /// Daily budget of paid model calls in US dollars (UTC day); unset: no
     /// limit. A job whose estimated cost does not fit waits as pending
     /// (budget_exhausted).
@@ -266,9 +437,9 @@ pub struct StageArgs {
 }
 
 impl StageArgs {
-    /// Opens the job store.
-    pub async fn open_store(&self) -> Result<Store> {
-        self.store.open().await
+    /// Connects the store and the bus.
+    pub async fn connect(&self) -> Result<Adapters> {
+        self.store.connect().await
     }
 
     /// The object store.
@@ -278,16 +449,7 @@ impl StageArgs {
 
     /// The output bucket, required by the generators.
     pub fn output_bucket(&self) -> Result<String> {
-        self.output_bucket
-            .clone()
-            .filter(|b| !b.trim().is_empty())
-            .ok_or_else(|| {
-                Error::objects(
-                    "configuring the generator",
-                    "GCS_OUTPUT_BUCKET is not set",
-                    false,
-                )
-            })
+        self.output.one()
     }
 
     /// In-call retries of model calls.
@@ -317,19 +479,9 @@ impl StageArgs {
 
     /// How to reach Vertex AI.
     pub fn vertex(&self) -> VertexConfig {
-        VertexConfig {
-            project: self.store.project.clone().unwrap_or_default(),
-            location: self.location.clone(),
-            base_url: self
-                .vertex_base_url
-                .clone()
-                .unwrap_or_else(|| VertexConfig::default_base_url(&self.location)),
-            image_model: self.image_model.clone(),
-            video_model: self.video_model.clone(),
-            retry: self.retry(),
-            request_timeout: self.vertex_timeout,
-            access_token: self.vertex_access_token.clone(),
-        }
+        let project = self.store.project.clone().unwrap_or_default();
+        self.vertex
+            .config(project, self.retry(), self.vertex_timeout)
     }
 
     /// One line for the start-up log, secrets left out.
@@ -339,12 +491,12 @@ impl StageArgs {
             self.store.backend,
             self.store.project.as_deref().unwrap_or("-"),
             self.store.collection_prefix,
-            self.output_bucket.as_deref().unwrap_or("-"),
-            self.dry_run,
-            self.image_model,
-            self.video_model,
+            self.output.describe(),
+            self.dry_run.dry_run,
+            self.vertex.image_model,
+            self.vertex.video_model,
             self.vertex().base_url,
-            if self.vertex_access_token.is_some() {
+            if self.vertex.vertex_access_token.is_some() {
                 "static"
             } else {
                 "adc"
@@ -354,7 +506,7 @@ impl StageArgs {
             self.max_delay,
             self.quota_wait,
             self.operation_timeout,
-            self.polling_interval,
+            self.vertex.polling_interval,
             self.lease_ttl,
             self.objects.describe(),
             self.budget_usd_per_day

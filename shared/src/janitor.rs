@@ -34,9 +34,8 @@
 //! stdout. The exit status is non-zero when any sweep failed.
 
 use crate::bus::dead_letters::{DeadLetter, DeadLetters, PubSubDeadLetters};
-use crate::bus::pubsub::PubSubConfig;
 use crate::bus::{Bus, Topics};
-use crate::config::{StoreArgs, parse_duration};
+use crate::config::{Adapters, StoreArgs, parse_duration};
 use crate::domain::job::{Job, JobError, JobStatus};
 use crate::domain::validate::ValidationError;
 use crate::error::{Error, Result};
@@ -59,9 +58,10 @@ const DEAD_LETTER_BATCH: usize = 100;
 pub struct Janitor {
     /// The job store (with job events on, if they are published).
     pub store: Store,
-    /// Where requeued and lost jobs are published again; `None` on the
-    /// embedded store, whose generators drain pending jobs without messages.
-    pub bus: Option<Arc<dyn Bus>>,
+    /// Where requeued and lost jobs are published again; on the embedded
+    /// store one that reaches no worker, whose generators drain pending jobs
+    /// without messages.
+    pub bus: Arc<dyn Bus>,
     /// The topic names.
     pub topics: Topics,
     /// The dead-letter subscription; `None` where there is no Pub/Sub.
@@ -225,9 +225,10 @@ pub async fn run_once(janitor: &Janitor, settings: &JanitorSettings) -> Result<J
 impl Janitor {
     /// Publishes `{"job_id"}` to the job's topic. `false` without a bus.
     async fn dispatch(&self, job: &Job) -> Result<bool> {
-        let Some(bus) = &self.bus else {
+        let bus = &self.bus;
+        if !bus.reaches_workers() {
             return Ok(false);
-        };
+        }
         let topic = self.topics.for_kind(job.kind());
         let message_id =
             crate::bus::publish_job(bus.as_ref(), &self.topics, job, "janitor").await?;
@@ -266,7 +267,7 @@ impl Janitor {
         lost_after: Duration,
         report: &mut JanitorReport,
     ) -> Result<u64> {
-        if self.bus.is_none() {
+        if !self.bus.reaches_workers() {
             return Ok(0);
         }
         let cutoff = Timestamp::now().minus(lost_after);
@@ -520,15 +521,10 @@ impl JanitorArgs {
 /// line on stdout; an error when any sweep failed.
 pub async fn run(args: JanitorArgs) -> anyhow::Result<()> {
     tracing::info!(config = %args.summary(), "janitor starting");
-    let bus = args.store.bus().await?;
-    let store = args.store.open_with(bus.clone()).await?;
+    let Adapters { store, bus, topics } = args.store.connect().await?;
     tracing::info!(store = %store.describe(), "store opened");
-    let dead_letters: Option<Arc<dyn DeadLetters>> = match (&bus, &args.store.project) {
-        (Some(_), Some(project)) => {
-            let config = PubSubConfig {
-                project: project.clone(),
-                emulator_endpoint: args.store.pubsub_emulator_host.clone(),
-            };
+    let dead_letters: Option<Arc<dyn DeadLetters>> = match args.store.pubsub()? {
+        Some(config) => {
             let letters = PubSubDeadLetters::new(
                 config,
                 &args.dead_letter_subscription(),
@@ -538,7 +534,7 @@ pub async fn run(args: JanitorArgs) -> anyhow::Result<()> {
             tracing::info!(dead_letters = %letters.describe(), "dead letters from");
             Some(Arc::new(letters))
         }
-        _ => {
+        None => {
             tracing::info!(
                 "no Pub/Sub on this store: requeued jobs are not published and dead letters are not drained"
             );
@@ -548,7 +544,7 @@ pub async fn run(args: JanitorArgs) -> anyhow::Result<()> {
     let janitor = Janitor {
         store,
         bus,
-        topics: args.store.topics(),
+        topics,
         dead_letters,
     };
     let report = run_once(&janitor, &args.settings()).await?;
@@ -597,7 +593,7 @@ mod tests {
         Setup {
             janitor: Janitor {
                 store,
-                bus: Some(bus.clone()),
+                bus: bus.clone(),
                 topics,
                 dead_letters: Some(letters.clone()),
             },

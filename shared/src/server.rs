@@ -11,15 +11,63 @@
 use crate::ack::Handled;
 use axum::Router;
 use axum::body::{Body, Bytes};
+use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{Request, StatusCode};
+use axum::http::{HeaderMap, Request, StatusCode};
 use axum::routing::get;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
+use tracing::{Instrument, Span};
+
+/// A stage that takes Pub/Sub (or Eventarc) pushes. Every push endpoint
+/// is [`push`] over one of these: the body is read, decoded, handled inside
+/// the message's span, and the outcome logged once, with the fixed event
+/// names of [`Handled::logged`] that the deployment's metrics count.
+pub trait Push: Send + Sync + 'static {
+    /// A push, decoded.
+    type Message: Send;
+
+    /// Decodes a push body; the error says why it is poison.
+    fn decode(&self, headers: &HeaderMap, body: &Bytes) -> Result<Self::Message, String>;
+
+    /// The span `message` is handled in (its message id, its job...).
+    fn span(&self, message: &Self::Message) -> Span;
+
+    /// Handles a decoded push.
+    fn handle(&self, message: Self::Message) -> impl Future<Output = Handled> + Send;
+
+    /// What becomes of a poison push (`body` as far as it was read): it is
+    /// acknowledged; a stage may record it first.
+    fn poison(&self, body: &[u8], reason: String) -> impl Future<Output = Handled> + Send {
+        let _ = body;
+        std::future::ready(Handled::Poison(reason))
+    }
+}
+
+/// The handler of every push endpoint: `POST /` with the stage as state.
+pub async fn push<P: Push>(
+    State(stage): State<Arc<P>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Handled {
+    let handled = match push_body(body) {
+        Err(Handled::Poison(reason)) => stage.poison(b"", reason).await,
+        Err(handled) => handled,
+        Ok(body) => match stage.decode(&headers, &body) {
+            Err(reason) => stage.poison(&body, reason).await,
+            Ok(message) => {
+                let span = stage.span(&message);
+                stage.handle(message).instrument(span).await
+            }
+        },
+    };
+    handled.logged()
+}
 
 /// The trace id of a request: `X-Cloud-Trace-Context: TRACE/SPAN;o=1` or
 /// W3C `traceparent: 00-TRACE-SPAN-01`.
@@ -133,6 +181,33 @@ pub async fn serve_on(port: u16, app: Router) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("binding port {port}: {e}"))?;
     serve(listener, app).await?;
     Ok(())
+}
+
+/// What a push stage's binary was started to do.
+pub enum Work<D> {
+    /// Serve pushes with this router on the port.
+    Serve(Router),
+    /// Work through the backlog (a Cloud Run job), then exit.
+    Drain(D),
+}
+
+/// Runs a push stage's binary: serves on `port` or drains, then publishes
+/// the job events its last writes left for the relay, so that none waits
+/// for the janitor.
+pub async fn serve_or_drain<D>(
+    store: &crate::store::Store,
+    port: u16,
+    work: Work<D>,
+) -> anyhow::Result<()>
+where
+    D: Future<Output = anyhow::Result<()>>,
+{
+    let outcome = match work {
+        Work::Serve(app) => serve_on(port, app).await,
+        Work::Drain(drain) => drain.await,
+    };
+    store.flush_events().await;
+    outcome
 }
 
 /// Serves `app` (HTTP/1.1, as Cloud Run and Pub/Sub speak to a container)

@@ -5,11 +5,8 @@
 //! parameters, prompts) are checked by `shared` in the commands, so they get
 //! the same messages as every other entry point, and exit 1.
 
-use anyhow::{Result, bail};
-use clap::builder::BoolishValueParser;
-use clap::{ArgAction, ArgGroup, Args, Parser, Subcommand, ValueEnum};
-use shared::store::StoreConfig;
-use shared::store::firestore::FirestoreConfig;
+use clap::{ArgGroup, Args, Parser, Subcommand};
+pub use shared::config::{Backend, DryRunArgs, StoreArgs, VertexArgs};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -17,98 +14,13 @@ use std::time::Duration;
 /// failed ones.
 #[derive(Debug, Parser)]
 #[command(name = "asmr", version)]
+// The services default to Firestore; an operator's laptop to the embedded store.
+#[command(mut_arg("backend", |arg| arg.default_value("embedded")))]
 pub struct Cli {
     #[command(flatten)]
     pub store: StoreArgs,
     #[command(subcommand)]
     pub command: Command,
-}
-
-/// Where the jobs are.
-#[derive(Debug, Args)]
-#[command(next_help_heading = "Store options")]
-pub struct StoreArgs {
-    /// Which store holds the jobs.
-    #[arg(long, global = true, env = "ASMR_BACKEND", value_enum, default_value_t = Backend::Embedded)]
-    pub backend: Backend,
-    /// State directory of the embedded store.
-    #[arg(long, global = true, env = "ASMR_STATE_DIR", default_value = ".asmr")]
-    pub state_dir: PathBuf,
-    /// Google Cloud project (required with --backend firestore).
-    #[arg(long, global = true, env = "GOOGLE_CLOUD_PROJECT")]
-    pub project: Option<String>,
-    /// Prefix of the Firestore collection names (`test42_` gives `test42_jobs`).
-    #[arg(long, global = true, env = "ASMR_COLLECTION_PREFIX")]
-    pub collection_prefix: Option<String>,
-    /// Firestore database id.
-    #[arg(
-        long,
-        global = true,
-        env = "FIRESTORE_DATABASE",
-        default_value = "(default)"
-    )]
-    pub database: String,
-    /// Prefix of the Pub/Sub topic names (`dev-` gives `dev-asmr-image-jobs`):
-    /// new jobs are published to their kind's topic, and job events to
-    /// `asmr-job-events`.
-    #[arg(
-        long,
-        global = true,
-        env = "ASMR_TOPIC_PREFIX",
-        default_value = "",
-        help_heading = "Pub/Sub options (firestore backend)"
-    )]
-    pub topic_prefix: String,
-    /// The Pub/Sub emulator (host:port) instead of Cloud Pub/Sub.
-    #[arg(
-        long,
-        global = true,
-        env = "PUBSUB_EMULATOR_HOST",
-        help_heading = "Pub/Sub options (firestore backend)"
-    )]
-    pub pubsub_emulator_host: Option<String>,
-    /// Publish a job event when a command ends a job (cancel, reset).
-    #[arg(long, global = true, env = "ASMR_JOB_EVENTS", default_value_t = true,
-          action = ArgAction::Set, value_parser = BoolishValueParser::new(),
-          value_name = "true|false", help_heading = "Pub/Sub options (firestore backend)")]
-    pub job_events: bool,
-}
-
-/// The store adapters.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Backend {
-    /// SQLite under --state-dir.
-    Embedded,
-    /// Firestore in --project (or the emulator at FIRESTORE_EMULATOR_HOST).
-    Firestore,
-}
-
-impl StoreArgs {
-    /// The store these options name.
-    pub fn config(&self) -> Result<StoreConfig> {
-        match self.backend {
-            Backend::Embedded => Ok(StoreConfig::Embedded {
-                state_dir: self.state_dir.clone(),
-            }),
-            Backend::Firestore => {
-                let Some(project) = self
-                    .project
-                    .as_deref()
-                    .map(str::trim)
-                    .filter(|p| !p.is_empty())
-                else {
-                    bail!(
-                        "the firestore backend needs a project: pass --project or set GOOGLE_CLOUD_PROJECT"
-                    );
-                };
-                Ok(StoreConfig::Firestore(FirestoreConfig {
-                    project: project.to_string(),
-                    database: self.database.clone(),
-                    prefix: self.collection_prefix.clone().unwrap_or_default(),
-                }))
-            }
-        }
-    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -162,10 +74,8 @@ pub struct AddArgs {
     /// Idempotency key: adding the same request id again returns the existing job.
     #[arg(long, conflicts_with = "file")]
     pub request_id: Option<String>,
-    /// Write placeholder outputs instead of calling (and paying for) the model.
-    #[arg(long, env = "DRY_RUN", default_value_t = true, action = ArgAction::Set,
-          value_parser = BoolishValueParser::new(), value_name = "true|false")]
-    pub dry_run: bool,
+    #[command(flatten)]
+    pub dry_run: DryRunArgs,
 }
 
 #[derive(Debug, Args)]
@@ -200,31 +110,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
+    #[command(next_help_heading = "Vertex AI options (with --live)")]
     pub vertex: VertexArgs,
-}
-
-/// Vertex AI settings of a live run.
-#[derive(Debug, Args)]
-#[command(next_help_heading = "Vertex AI options (with --live)")]
-pub struct VertexArgs {
-    /// Region of the Vertex AI endpoint.
-    #[arg(long, env = "GOOGLE_CLOUD_LOCATION", default_value = "us-central1")]
-    pub location: String,
-    /// Image model (imagen-* or gemini-*-image).
-    #[arg(long, env = "IMAGE_MODEL", default_value = shared::vertex::DEFAULT_IMAGE_MODEL)]
-    pub image_model: String,
-    /// Video model (veo-*).
-    #[arg(long, env = "VIDEO_MODEL", default_value = shared::vertex::DEFAULT_VIDEO_MODEL)]
-    pub video_model: String,
-    /// Vertex AI base URL [default: https://{location}-aiplatform.googleapis.com].
-    #[arg(long, env = "VERTEX_BASE_URL")]
-    pub vertex_base_url: Option<String>,
-    /// A static bearer token instead of Application Default Credentials.
-    #[arg(long, env = "VERTEX_ACCESS_TOKEN", hide_env_values = true)]
-    pub vertex_access_token: Option<String>,
-    /// Pause between polls of running video operations.
-    #[arg(long, env = "POLLING_INTERVAL", default_value = "15s", value_parser = shared::config::parse_duration)]
-    pub polling_interval: Duration,
 }
 
 #[derive(Debug, Args)]

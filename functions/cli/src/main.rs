@@ -23,17 +23,7 @@ async fn main() -> ExitCode {
     let outcome = match cli.command {
         // The local run opens its own embedded store under --state-dir.
         args::Command::Run(run) => commands::local_run(&cli.store, run).await,
-        command => match cli.store.config() {
-            Ok(config) => {
-                let pubsub = commands::PubSub {
-                    topic_prefix: cli.store.topic_prefix.clone(),
-                    emulator_host: cli.store.pubsub_emulator_host.clone(),
-                    job_events: cli.store.job_events,
-                };
-                commands::run(&config, &pubsub, command).await
-            }
-            Err(err) => Err(err),
-        },
+        command => commands::run(&cli.store, command).await,
     };
     out::exit_code(outcome)
 }

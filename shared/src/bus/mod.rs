@@ -1,8 +1,8 @@
 //! The message bus port: publishing to the pipeline's Pub/Sub topics.
 //!
-//! Two adapters: [`pubsub`] (Cloud Pub/Sub, or its emulator when the binary's
-//! config names one) and [`memory`] (in-process, for the local run and
-//! tests). Only publishing is a port: the stages receive messages as Pub/Sub
+//! Three adapters: [`pubsub`] (Cloud Pub/Sub, or its emulator when the
+//! binary's config names one), [`memory`] (in-process, for the local run and
+//! tests) and [`StoreQueue`] (the embedded store's: nobody subscribes). Only publishing is a port: the stages receive messages as Pub/Sub
 //! push requests, which are plain HTTP (see `crate::push`).
 //!
 //! Topics are named by [`Topics`], so no stage spells a topic name itself.
@@ -13,6 +13,9 @@
 pub mod dead_letters;
 pub mod memory;
 pub mod pubsub;
+mod store_queue;
+
+pub use store_queue::StoreQueue;
 
 use crate::domain::job::JobKind;
 use crate::error::{Error, Result};
@@ -91,6 +94,13 @@ impl Topics {
 pub trait Bus: Send + Sync {
     /// One line naming the adapter and where its messages go.
     fn describe(&self) -> String;
+
+    /// Whether a job message published here reaches a worker. Not on the
+    /// embedded store ([`StoreQueue`]), whose workers take pending jobs from
+    /// the store itself: there, announcing a job is skipped.
+    fn reaches_workers(&self) -> bool {
+        true
+    }
 
     /// Creates a topic if it does not exist (tests, local run; production
     /// topics come from terraform). Creating an existing topic succeeds.

@@ -3,32 +3,24 @@
 
 use super::{Destination, Downloader, DownloaderSettings};
 use crate::ack::Handled;
-use crate::config::{ObjectArgs, StoreArgs, parse_duration};
+use crate::config::{ObjectArgs, OutputArgs, ServeArgs, StoreArgs, parse_duration};
+use crate::events::ObjectEvent;
 use crate::server;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
 use axum::routing::post;
 use clap::Args;
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::Instrument;
 
 /// Everything the downloader reads from the environment.
 #[derive(Clone, Debug, Args)]
 pub struct DownloaderArgs {
     #[command(flatten)]
     pub store: StoreArgs,
-    /// Output bucket(s) whose objects are delivered (comma-separated).
-    #[arg(
-        long,
-        env = "GCS_OUTPUT_BUCKET",
-        value_delimiter = ',',
-        required = true
-    )]
-    pub output_buckets: Vec<String>,
+    #[command(flatten)]
+    pub output: OutputArgs,
     /// Where copies go: gs://bucket/prefix, or a directory (a volume mount).
     #[arg(long, env = "DOWNLOAD_DESTINATION")]
     pub destination: Destination,
@@ -58,9 +50,8 @@ pub struct DownloaderArgs {
         allow_hyphen_values = true
     )]
     pub video_priority: i64,
-    /// Port of the HTTP service.
-    #[arg(long, env = "PORT", default_value = "8080")]
-    pub port: u16,
+    #[command(flatten)]
+    pub serve: ServeArgs,
     #[command(flatten)]
     pub objects: ObjectArgs,
 }
@@ -71,29 +62,25 @@ const PUSH_TIMEOUT: Duration = Duration::from_secs(590);
 /// `POST /` takes a storage event; `GET /healthz` answers.
 pub fn router(downloader: Arc<Downloader>) -> Router {
     let app = Router::new()
-        .route("/", post(event_handler))
+        .route("/", post(server::push::<Downloader>))
         .with_state(downloader);
     server::with_basics(app, PUSH_TIMEOUT)
 }
 
-async fn event_handler(
-    State(downloader): State<Arc<Downloader>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Handled {
-    let body = match server::push_body(body) {
-        Ok(body) => body,
-        Err(handled) => return handled.logged(),
-    };
-    let event = match crate::events::decode(&headers, &body) {
-        Ok(event) => event,
-        Err(poison) => return Handled::Poison(poison.to_string()).logged(),
-    };
-    let span =
-        tracing::info_span!("storage_event", message_id = %event.event_id, object = %event.uri());
-    async move { downloader.handle(&event).await.logged() }
-        .instrument(span)
-        .await
+impl server::Push for Downloader {
+    type Message = ObjectEvent;
+
+    fn decode(&self, headers: &HeaderMap, body: &Bytes) -> Result<ObjectEvent, String> {
+        crate::events::decode(headers, body).map_err(|poison| poison.to_string())
+    }
+
+    fn span(&self, event: &ObjectEvent) -> tracing::Span {
+        tracing::info_span!("storage_event", message_id = %event.event_id, object = %event.uri())
+    }
+
+    async fn handle(&self, event: ObjectEvent) -> Handled {
+        Downloader::handle(self, &event).await
+    }
 }
 
 /// How the downloader binary runs.
@@ -113,16 +100,17 @@ pub enum Mode {
 /// The `downloader` binary.
 pub async fn downloader(args: DownloaderArgs, mode: Mode) -> anyhow::Result<()> {
     tracing::info!(
-        buckets = ?args.output_buckets,
+        buckets = %args.output.describe(),
         destination = %args.destination,
         concurrency = args.concurrency,
         timeout = ?args.timeout,
         "downloader starting"
     );
-    let store = args.store.open().await?;
+    let output_buckets = args.output.all()?;
+    let store = args.store.connect().await?.store;
     let objects = args.objects.object_store().await?;
     let settings = DownloaderSettings {
-        output_buckets: args.output_buckets.clone(),
+        output_buckets,
         destination: args.destination.clone(),
         concurrency: args.concurrency,
         timeout: args.timeout,
@@ -131,10 +119,12 @@ pub async fn downloader(args: DownloaderArgs, mode: Mode) -> anyhow::Result<()> 
         video_priority: args.video_priority,
     };
     let downloader = Downloader::new(store.clone(), objects, settings);
-    match mode {
-        Mode::Serve => server::serve_on(args.port, router(Arc::new(downloader))).await?,
-        Mode::Drain { max_jobs } => downloader.drain(max_jobs).await?.log("downloader"),
-    }
-    store.flush_events().await;
-    Ok(())
+    let work = match mode {
+        Mode::Serve => server::Work::Serve(router(Arc::new(downloader))),
+        Mode::Drain { max_jobs } => server::Work::Drain(async move {
+            downloader.drain(max_jobs).await?.log("downloader");
+            Ok(())
+        }),
+    };
+    server::serve_or_drain(&store, args.serve.port, work).await
 }

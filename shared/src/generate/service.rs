@@ -11,13 +11,11 @@ use crate::server;
 use crate::vertex::client::VertexClient;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
+use axum::http::HeaderMap;
 use axum::routing::post;
 use clap::Subcommand;
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::Instrument;
 
 /// How long one push may take: under Pub/Sub's longest ack deadline (600 s).
 pub const PUSH_TIMEOUT: Duration = Duration::from_secs(540);
@@ -25,34 +23,30 @@ pub const PUSH_TIMEOUT: Duration = Duration::from_secs(540);
 /// `POST /` takes the push of a job message; `GET /healthz` answers.
 pub fn router<G: Generator>(generator: Arc<G>) -> Router {
     let app = Router::new()
-        .route("/", post(push_handler::<G>))
+        .route("/", post(server::push::<G>))
         .with_state(generator);
     server::with_basics(app, PUSH_TIMEOUT)
 }
 
-async fn push_handler<G: Generator>(
-    State(generator): State<Arc<G>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Handled {
-    let body = match server::push_body(body) {
-        Ok(body) => body,
-        Err(handled) => return handled.logged(),
-    };
-    let delivery = match push::decode(&body) {
-        Ok(delivery) => delivery,
-        Err(poison) => return Handled::Poison(poison.0).logged(),
-    };
-    let span = tracing::info_span!("job_message", message_id = %delivery.message_id, job_id = tracing::field::Empty);
-    async move {
+impl<G: Generator> server::Push for G {
+    type Message = push::Delivery;
+
+    fn decode(&self, _headers: &HeaderMap, body: &Bytes) -> Result<push::Delivery, String> {
+        push::decode(body).map_err(|poison| poison.0)
+    }
+
+    fn span(&self, delivery: &push::Delivery) -> tracing::Span {
+        tracing::info_span!("job_message", message_id = %delivery.message_id, job_id = tracing::field::Empty)
+    }
+
+    async fn handle(&self, delivery: push::Delivery) -> Handled {
         let message = match JobMessage::from_delivery(&delivery) {
             Ok(message) => message,
-            Err(poison) => return Handled::Poison(poison.0).logged(),
+            Err(poison) => return Handled::Poison(poison.0),
         };
         tracing::Span::current().record("job_id", message.job_id.as_str());
-        handle(generator.as_ref(), &message.job_id).await.logged()
+        handle(self, &message.job_id).await
     }
-    .instrument(span)
-    .await
 }
 
 /// How a generator binary runs.
@@ -79,7 +73,7 @@ fn settings(args: &StageArgs, model: &str) -> anyhow::Result<GeneratorSettings> 
     Ok(GeneratorSettings {
         output_bucket: args.output_bucket()?,
         default_model: model.to_string(),
-        dry_run: args.dry_run,
+        dry_run: args.dry_run.dry_run,
         lease_ttl: args.lease_ttl,
         operation_timeout: args.operation_timeout,
         retry: args.retry(),
@@ -91,7 +85,7 @@ fn settings(args: &StageArgs, model: &str) -> anyhow::Result<GeneratorSettings> 
 /// serving, and the jobs it meets wait without using attempts until the
 /// configuration is fixed.
 async fn preflight(client: Arc<VertexClient>, args: &StageArgs, mode: &Mode) -> anyhow::Result<()> {
-    if args.dry_run {
+    if args.dry_run.dry_run {
         return Ok(());
     }
     let check = async move {
@@ -124,22 +118,22 @@ async fn serve_or_drain<G: Generator>(
     mode: Mode,
 ) -> anyhow::Result<()> {
     let store = generator.store().clone();
-    match mode {
-        Mode::Serve => server::serve_on(args.port, router(Arc::new(generator))).await?,
+    let work = match mode {
+        Mode::Serve => server::Work::Serve(router(Arc::new(generator))),
         Mode::Drain {
             max_jobs,
             max_seconds,
-        } => {
+        } => server::Work::Drain(Box::pin(async move {
             let limits = DrainLimits {
                 max_jobs,
                 max_duration: max_seconds.map(Duration::from_secs),
             };
             let stage = format!("{}-generator", G::KIND.as_str());
             drain(&generator, limits).await?.log(&stage);
-        }
-    }
-    store.flush_events().await;
-    Ok(())
+            Ok(())
+        })),
+    };
+    server::serve_or_drain(&store, args.serve.port, work).await
 }
 
 /// The `image-generator` binary.
@@ -148,10 +142,10 @@ pub async fn image_generator(args: StageArgs, mode: Mode) -> anyhow::Result<()> 
     let client = Arc::new(VertexClient::new(args.vertex())?);
     preflight(client.clone(), &args, &mode).await?;
     let generator = ImageGenerator::new(
-        args.open_store().await?,
+        args.connect().await?.store,
         args.object_store().await?,
         client,
-        settings(&args, &args.image_model)?,
+        settings(&args, &args.vertex.image_model)?,
     )
     .with_cost_guard(args.cost_guard().map_err(anyhow::Error::msg)?);
     serve_or_drain(generator, &args, mode).await
@@ -163,10 +157,10 @@ pub async fn video_generator(args: StageArgs, mode: Mode) -> anyhow::Result<()> 
     let client = Arc::new(VertexClient::new(args.vertex())?);
     preflight(client.clone(), &args, &mode).await?;
     let generator = VideoGenerator::new(
-        args.open_store().await?,
+        args.connect().await?.store,
         args.object_store().await?,
         client,
-        settings(&args, &args.video_model)?,
+        settings(&args, &args.vertex.video_model)?,
     )
     .with_cost_guard(args.cost_guard().map_err(anyhow::Error::msg)?);
     serve_or_drain(generator, &args, mode).await
@@ -176,14 +170,14 @@ pub async fn video_generator(args: StageArgs, mode: Mode) -> anyhow::Result<()> 
 /// `max_runtime` is spent; prints the summary as one JSON line.
 pub async fn video_poller(args: StageArgs, max_runtime: Duration) -> anyhow::Result<()> {
     tracing::info!(config = %args.summary(), "video-poller starting");
-    let store = args.open_store().await?;
+    let store = args.connect().await?.store;
     let poller = VideoPoller::new(
         store.clone(),
         Arc::new(VertexClient::new(args.vertex())?),
         args.object_store().await?,
         PollerSettings {
             operation_timeout: args.operation_timeout,
-            polling_interval: args.polling_interval,
+            polling_interval: args.vertex.polling_interval,
             max_runtime,
             output_bucket: args.output_bucket()?,
         },

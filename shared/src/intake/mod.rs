@@ -87,7 +87,7 @@ impl Submitted {
 /// the call; a failed publish is reported in [`SubmittedJob::dispatch`].
 pub async fn submit_job(
     store: &Store,
-    bus: Option<&dyn Bus>,
+    bus: &dyn Bus,
     topics: &Topics,
     new: NewJob,
 ) -> Result<SubmittedJob> {
@@ -95,10 +95,10 @@ pub async fn submit_job(
         record: job,
         created,
     } = store.create_job(new).await?;
-    let dispatch = match bus {
-        None => Dispatch::NoBus,
-        Some(_) if job.status() != JobStatus::Pending => Dispatch::NotPending,
-        Some(bus) => match publish(bus, topics, &job).await {
+    let dispatch = match bus.reaches_workers() {
+        false => Dispatch::NoBus,
+        true if job.status() != JobStatus::Pending => Dispatch::NotPending,
+        true => match publish(bus, topics, &job).await {
             Ok(message_id) => Dispatch::Published(message_id),
             Err(e) => Dispatch::Failed(e),
         },
@@ -128,7 +128,7 @@ pub struct Unfinished {
 /// missing ones.
 pub async fn submit(
     store: &Store,
-    bus: Option<&dyn Bus>,
+    bus: &dyn Bus,
     topics: &Topics,
     jobs: Vec<NewJob>,
     deadline: Option<tokio::time::Instant>,
@@ -214,9 +214,7 @@ mod tests {
             job("waves", JobKind::Video, Some("r#1")),
             job("sand", JobKind::Image, Some("r#2")),
         ];
-        let submitted = submit(&store, Some(&bus), &topics, jobs, None)
-            .await
-            .unwrap();
+        let submitted = submit(&store, &bus, &topics, jobs, None).await.unwrap();
         let prompts: Vec<_> = submitted.jobs.iter().map(|j| j.job.prompt()).collect();
         assert_eq!(prompts, ["rain", "waves", "sand"], "request order");
         assert_eq!(submitted.created().len(), 3);
@@ -243,22 +241,12 @@ mod tests {
         let store = store();
         let topics = Topics::default();
         let bus = bus(&topics).await;
-        let first = submit_job(
-            &store,
-            Some(&bus),
-            &topics,
-            job("a", JobKind::Image, Some("k")),
-        )
-        .await
-        .unwrap();
-        let again = submit_job(
-            &store,
-            Some(&bus),
-            &topics,
-            job("a", JobKind::Image, Some("k")),
-        )
-        .await
-        .unwrap();
+        let first = submit_job(&store, &bus, &topics, job("a", JobKind::Image, Some("k")))
+            .await
+            .unwrap();
+        let again = submit_job(&store, &bus, &topics, job("a", JobKind::Image, Some("k")))
+            .await
+            .unwrap();
         assert!(first.created && !again.created);
         assert_eq!(first.job.id(), again.job.id());
         assert!(matches!(again.dispatch, Dispatch::Published(_)));
@@ -267,14 +255,9 @@ mod tests {
         // Once a generator has it, a third delivery publishes nothing.
         let lease = Lease::new("worker", Duration::from_secs(60));
         store.claim_job(first.job.id(), &lease).await.unwrap();
-        let third = submit_job(
-            &store,
-            Some(&bus),
-            &topics,
-            job("a", JobKind::Image, Some("k")),
-        )
-        .await
-        .unwrap();
+        let third = submit_job(&store, &bus, &topics, job("a", JobKind::Image, Some("k")))
+            .await
+            .unwrap();
         assert!(matches!(third.dispatch, Dispatch::NotPending));
         assert_eq!(job_ids(&bus, "asmr-image-jobs").len(), 2);
     }
@@ -286,7 +269,7 @@ mod tests {
         let bus = MemoryBus::new(); // no topics: every publish is NotFound
         let submitted = submit(
             &store,
-            Some(&bus),
+            &bus,
             &topics,
             vec![job("a", JobKind::Video, Some("k"))],
             None,
@@ -303,11 +286,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn without_a_bus_jobs_are_only_created() {
+    async fn on_a_bus_that_reaches_no_worker_jobs_are_only_created() {
         let store = store();
         let submitted = submit(
             &store,
-            None,
+            &crate::bus::StoreQueue::default(),
             &Topics::default(),
             vec![
                 job("a", JobKind::Image, None),
@@ -331,7 +314,7 @@ mod tests {
         let store = store();
         let err = submit_job(
             &store,
-            None,
+            &crate::bus::StoreQueue::default(),
             &Topics::default(),
             job(" ", JobKind::Image, None),
         )

@@ -20,7 +20,7 @@
 use super::{Submitted, Unfinished, submit};
 use crate::ack::Handled;
 use crate::bus::{Bus, Topics};
-use crate::config::StoreArgs;
+use crate::config::{Adapters, DryRunArgs, ServeArgs, StoreArgs};
 use crate::domain::download::DownloadStatus;
 use crate::domain::job::{JobKind, JobStatus, NewJob};
 use crate::error::Error;
@@ -43,7 +43,6 @@ use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::Instrument;
 
 /// How long one request may take: a batch of [`requests::MAX_BATCH`] jobs
 /// on Firestore takes seconds.
@@ -65,31 +64,29 @@ const PUSH_BODY_LIMIT: usize = 16 * 1024 * 1024;
 pub struct IntakeArgs {
     #[command(flatten)]
     pub store: StoreArgs,
-    /// Create jobs as dry runs: the generators write placeholders instead of
-    /// calling (and paying for) the models.
-    #[arg(long, env = "DRY_RUN", default_value = "true", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
-    pub dry_run: bool,
-    /// Port of the HTTP service.
-    #[arg(long, env = "PORT", default_value = "8080")]
-    pub port: u16,
+    /// Whether new jobs are dry runs.
+    #[command(flatten)]
+    pub dry_run: DryRunArgs,
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 /// What the handlers share: where jobs go and how they are announced.
 pub struct Intake {
     store: Store,
-    bus: Option<Arc<dyn Bus>>,
+    bus: Arc<dyn Bus>,
     topics: Topics,
     dry_run: bool,
 }
 
 impl Intake {
-    /// Intake over `store`, publishing job messages on `bus` (none: jobs are
-    /// only created) to `topics`; `dry_run` marks every new job.
-    pub fn new(store: Store, bus: Option<Arc<dyn Bus>>, topics: Topics, dry_run: bool) -> Self {
+    /// Intake over the adapters, publishing job messages on their bus;
+    /// `dry_run` marks every new job.
+    pub fn new(adapters: Adapters, dry_run: bool) -> Self {
         Self {
-            store,
-            bus,
-            topics,
+            store: adapters.store,
+            bus: adapters.bus,
+            topics: adapters.topics,
             dry_run,
         }
     }
@@ -98,7 +95,7 @@ impl Intake {
         let deadline = tokio::time::Instant::now() + SUBMIT_DEADLINE;
         submit(
             &self.store,
-            self.bus.as_deref(),
+            self.bus.as_ref(),
             &self.topics,
             jobs,
             Some(deadline),
@@ -155,7 +152,7 @@ pub fn router(intake: Arc<Intake>) -> Router {
     let app = Router::new()
         .route(
             "/",
-            post(push_handler).layer(DefaultBodyLimit::max(PUSH_BODY_LIMIT)),
+            post(server::push::<Intake>).layer(DefaultBodyLimit::max(PUSH_BODY_LIMIT)),
         )
         .route(
             "/v1/jobs",
@@ -167,63 +164,51 @@ pub fn router(intake: Arc<Intake>) -> Router {
     server::with_basics(app, REQUEST_TIMEOUT)
 }
 
-async fn push_handler(
-    State(intake): State<Arc<Intake>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Handled {
-    let body = match server::push_body(body) {
-        Ok(body) => body,
-        Err(Handled::Poison(reason)) => {
-            return intake.reject(None, BTreeMap::new(), b"", reason).await;
-        }
-        Err(handled) => return handled,
-    };
-    let delivery = match push::decode(&body) {
-        Ok(delivery) => delivery,
-        Err(poison) => return intake.reject(None, BTreeMap::new(), &body, poison.0).await,
-    };
-    let span = tracing::info_span!("request_message", message_id = %delivery.message_id);
-    async move {
+impl server::Push for Intake {
+    type Message = push::Delivery;
+
+    fn decode(&self, _headers: &HeaderMap, body: &Bytes) -> Result<push::Delivery, String> {
+        push::decode(body).map_err(|poison| poison.0)
+    }
+
+    fn span(&self, delivery: &push::Delivery) -> tracing::Span {
+        tracing::info_span!("request_message", message_id = %delivery.message_id)
+    }
+
+    async fn handle(&self, delivery: push::Delivery) -> Handled {
         let message_id = delivery.message_id.as_str();
         let envelope = Envelope {
             attributes: delivery.attributes.clone(),
             message_id: Some(message_id),
-            dry_run: intake.dry_run,
+            dry_run: self.dry_run,
+        };
+        let reject = |reason: String| {
+            self.reject(
+                Some(message_id),
+                delivery.attributes.clone(),
+                &delivery.data,
+                reason,
+            )
         };
         let jobs = match requests::parse(&delivery.data, &envelope) {
             Ok(jobs) => jobs,
-            Err(rejection) => {
-                return intake
-                    .reject(
-                        Some(message_id),
-                        delivery.attributes.clone(),
-                        &delivery.data,
-                        rejection.0,
-                    )
-                    .await;
-            }
+            Err(rejection) => return reject(rejection.0).await,
         };
-        let handled = match intake.submit(jobs).await {
+        match self.submit(jobs).await {
             Ok(submitted) => outcome(&submitted),
             Err(Unfinished {
                 error: Error::Invalid(e),
                 ..
-            }) => {
-                return intake
-                    .reject(
-                        Some(message_id),
-                        delivery.attributes.clone(),
-                        &delivery.data,
-                        e.to_string(),
-                    )
-                    .await;
-            }
+            }) => reject(e.to_string()).await,
             Err(unfinished) => Handled::store_trouble(&unfinished.error),
-        };
-        handled.logged()
+        }
     }
-    .instrument(span)
-    .await
+
+    /// A push that is not a Pub/Sub message is recorded like a rejected
+    /// request before it is acknowledged.
+    async fn poison(&self, body: &[u8], reason: String) -> Handled {
+        self.reject(None, BTreeMap::new(), body, reason).await
+    }
 }
 
 /// The acknowledgement of a submitted request: redelivery while a job is
@@ -491,17 +476,16 @@ pub async fn intake(args: IntakeArgs) -> anyhow::Result<()> {
         project = args.store.project.as_deref().unwrap_or("-"),
         collection_prefix = %args.store.collection_prefix,
         topic_prefix = %topics.prefix(),
-        dry_run = args.dry_run,
+        dry_run = args.dry_run.dry_run,
         "intake starting"
     );
-    let bus = args.store.bus().await.context("connecting to Pub/Sub")?;
-    let store = args
+    let adapters = args
         .store
-        .open_with(bus.clone())
+        .connect()
         .await
-        .context("opening the store")?;
-    let intake = Intake::new(store, bus, topics, args.dry_run);
-    server::serve_on(args.port, router(Arc::new(intake))).await
+        .context("connecting to the store and Pub/Sub")?;
+    let intake = Intake::new(adapters, args.dry_run.dry_run);
+    server::serve_on(args.serve.port, router(Arc::new(intake))).await
 }
 
 #[cfg(test)]
@@ -526,7 +510,12 @@ mod tests {
         for topic in Topics::default().all() {
             bus.ensure_topic(&topic).await.unwrap();
         }
-        let intake = Intake::new(store.clone(), Some(bus.clone()), Topics::default(), true);
+        let adapters = Adapters {
+            store: store.clone(),
+            bus: bus.clone(),
+            topics: Topics::default(),
+        };
+        let intake = Intake::new(adapters, true);
         App {
             router: router(Arc::new(intake)),
             store,
@@ -653,7 +642,12 @@ mod tests {
     async fn a_failed_publish_is_redelivered_and_the_redelivery_queues_the_job() {
         let store = Store::new(Arc::new(EmbeddedBackend::in_memory().unwrap()));
         let bus = Arc::new(MemoryBus::new()); // no topics yet
-        let intake = Intake::new(store.clone(), Some(bus.clone()), Topics::default(), true);
+        let adapters = Adapters {
+            store: store.clone(),
+            bus: bus.clone(),
+            topics: Topics::default(),
+        };
+        let intake = Intake::new(adapters, true);
         let app = App {
             router: router(Arc::new(intake)),
             store,

@@ -173,7 +173,7 @@ async fn records_around_expiry(
 fn quiet_janitor(store: Store) -> Janitor {
     Janitor {
         store,
-        bus: None,
+        bus: std::sync::Arc::new(shared::bus::StoreQueue::default()),
         topics: shared::bus::Topics::default(),
         dead_letters: None,
     }
@@ -359,7 +359,7 @@ mod emulators {
                     .unwrap();
             Janitor {
                 store: self.store.clone(),
-                bus: Some(self.bus().await),
+                bus: self.bus().await,
                 topics: self.topics.clone(),
                 dead_letters: Some(Arc::new(letters)),
             }
@@ -718,14 +718,14 @@ mod emulators {
 
         let janitor = Janitor {
             store: world.store.clone(),
-            bus: Some(Arc::new(
+            bus: Arc::new(
                 PubSubBus::new(PubSubConfig {
                     project: emulator_project(),
                     emulator_endpoint: Some(std::env::var("PUBSUB_EMULATOR_HOST").unwrap()),
                 })
                 .await
                 .unwrap(),
-            )),
+            ),
             topics,
             dead_letters: None,
         };

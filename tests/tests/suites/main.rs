@@ -4,6 +4,7 @@
 
 mod binaries;
 mod bus_contract;
+mod configuration;
 mod cost_guard;
 mod delivery;
 mod embedded_store;

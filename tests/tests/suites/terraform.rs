@@ -709,7 +709,7 @@ fn log_metrics(tf: &Terraform, prefix: &str) -> Vec<LogMetric> {
 
 /// Every log-based metric, the event its lines carry and, for job
 /// transitions, the status they go to.
-const LOG_METRICS: [(&str, &str, Option<&str>); 11] = [
+const LOG_METRICS: [(&str, &str, Option<&str>); 12] = [
     ("asmr/jobs_completed", "job_transition", Some("completed")),
     ("asmr/jobs_failed", "job_transition", Some("failed")),
     ("asmr/jobs_delivered", "job_transition", Some("delivered")),
@@ -719,6 +719,7 @@ const LOG_METRICS: [(&str, &str, Option<&str>); 11] = [
     ("asmr/job_events_deferred", "job_event.deferred", None),
     ("asmr/budget_exhausted", "budget_exhausted", None),
     ("asmr/requests_rejected", "request.rejected", None),
+    ("asmr/pushes_poisoned", "push_poison", None),
     ("asmr/bytes_delivered", "download_completed", None),
     ("asmr/cost_spent", "cost_settled", None),
 ];

@@ -25,12 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// Files with at least this many prompts get a progress bar (on a terminal).
 const PROGRESS_FROM: usize = 50;
 
-pub async fn run(
-    store: &Store,
-    bus: Option<&dyn Bus>,
-    topics: Topics,
-    args: AddArgs,
-) -> Result<()> {
+pub async fn run(store: &Store, bus: &dyn Bus, topics: Topics, args: AddArgs) -> Result<()> {
     let template = Template::from_args(&args)?;
     let intake = Intake { store, bus, topics };
     match (args.prompt, args.file) {
@@ -41,11 +36,11 @@ pub async fn run(
     }
 }
 
-/// Where new jobs go: the store, and the bus that announces them (none on
-/// the embedded store).
+/// Where new jobs go: the store, and the bus that announces them (one that
+/// reaches no worker on the embedded store).
 struct Intake<'a> {
     store: &'a Store,
-    bus: Option<&'a dyn Bus>,
+    bus: &'a dyn Bus,
     topics: Topics,
 }
 
@@ -84,7 +79,7 @@ impl Template {
             kind,
             params,
             priority: args.priority,
-            dry_run: args.dry_run,
+            dry_run: args.dry_run.dry_run,
         })
     }
 
@@ -389,7 +384,7 @@ mod tests {
         let store = Store::new(backend.clone());
         let intake = Intake {
             store: &store,
-            bus: None,
+            bus: &shared::bus::StoreQueue::default(),
             topics: Topics::default(),
         };
         let dir = tempfile::tempdir().unwrap();

@@ -16,7 +16,7 @@ use shared::store::{JobFilter, Store};
 /// that a generator takes them now rather than when the janitor next looks;
 /// nowhere on the embedded store, where `asmr run` and drains find them.
 pub struct Queue<'a> {
-    pub bus: Option<&'a dyn Bus>,
+    pub bus: &'a dyn Bus,
     pub topics: &'a Topics,
 }
 
@@ -25,10 +25,10 @@ impl Queue<'_> {
     /// not fatal: the job is pending, and the janitor dispatches pending
     /// jobs that sat idle.
     async fn dispatch(&self, job: &Job) {
-        let Some(bus) = self.bus else {
+        if !self.bus.reaches_workers() {
             return;
-        };
-        if let Err(e) = shared::bus::publish_job(bus, self.topics, job, "cli").await {
+        }
+        if let Err(e) = shared::bus::publish_job(self.bus, self.topics, job, "cli").await {
             out::note(format_args!(
                 "warning: job {} is pending but was not queued ({e}); the janitor will dispatch it",
                 job.id()

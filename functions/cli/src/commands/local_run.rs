@@ -10,7 +10,7 @@ use serde_json::json;
 use shared::Error;
 use shared::domain::job::{JobKind, JobStatus};
 use shared::local_run::{Live, Progress, RunReport, RunSettings};
-use shared::vertex::{RetryPolicy, VertexConfig};
+use shared::vertex::RetryPolicy;
 use std::time::Duration;
 
 pub async fn run(store: &StoreArgs, args: RunArgs) -> Result<()> {
@@ -75,20 +75,12 @@ fn live(store: &StoreArgs, args: &RunArgs) -> Result<Live> {
     else {
         bail!("--live calls Vertex AI in a project: pass --project or set GOOGLE_CLOUD_PROJECT");
     };
-    let vertex = &args.vertex;
     Ok(Live {
-        vertex: VertexConfig {
-            project: project.to_string(),
-            location: vertex.location.clone(),
-            base_url: vertex.vertex_base_url.clone().unwrap_or_else(|| {
-                format!("https://{}-aiplatform.googleapis.com", vertex.location)
-            }),
-            image_model: vertex.image_model.clone(),
-            video_model: vertex.video_model.clone(),
-            retry: RetryPolicy::default(),
-            request_timeout: Duration::from_secs(120),
-            access_token: vertex.vertex_access_token.clone(),
-        },
+        vertex: args.vertex.config(
+            project.to_string(),
+            RetryPolicy::default(),
+            Duration::from_secs(120),
+        ),
         bucket: args.bucket.clone(),
     })
 }

@@ -14,13 +14,9 @@ pub use local_run::run as local_run;
 use crate::args::Command;
 use crate::out;
 use anyhow::{Context, Result};
-use shared::bus::pubsub::{PubSubBus, PubSubConfig};
-use shared::bus::{Bus, Topics};
-use shared::job_events::BusJobEvents;
-use shared::store::{Store, StoreConfig};
+use shared::config::{Adapters, StoreArgs};
 use std::io::Read;
 use std::path::Path;
-use std::sync::Arc;
 
 /// The bytes of a file named on the command line, or of standard input
 /// when it is `-`.
@@ -39,25 +35,14 @@ fn read_input(path: &Path) -> std::io::Result<Vec<u8>> {
 /// file take minutes; the embedded store simply serialises them.
 const IN_FLIGHT: usize = 32;
 
-/// Where the commands that change jobs publish: new jobs to their kind's
-/// topic (`asmr add`), job events when a command ends a job.
-pub struct PubSub {
-    /// `ASMR_TOPIC_PREFIX`.
-    pub topic_prefix: String,
-    /// `PUBSUB_EMULATOR_HOST`.
-    pub emulator_host: Option<String>,
-    /// `ASMR_JOB_EVENTS`.
-    pub job_events: bool,
-}
-
-/// Opens the store, says which one it is, and runs `command` on it.
-pub async fn run(config: &StoreConfig, pubsub: &PubSub, command: Command) -> Result<()> {
+/// Opens the store (and, for a command that creates or ends jobs, Pub/Sub),
+/// says which store it is, and runs `command` on it.
+pub async fn run(args: &StoreArgs, command: Command) -> Result<()> {
+    let config = args.store_config()?;
     // Named before opening, so that a store that cannot be opened is still
     // named on the first line.
     out::note(format_args!("asmr: backend {}", config.describe()));
-    let mut store = Store::open(config).await.context("opening the store")?;
-    let topics = Topics::new(pubsub.topic_prefix.clone());
-    // Only commands that create or end jobs talk to Pub/Sub, and only on
+    // Only commands that create or end jobs announce them, and only on
     // Firestore; the embedded store has no Pub/Sub. Connected before
     // anything is written, so that a bus that cannot be reached leaves
     // nothing half done.
@@ -65,31 +50,16 @@ pub async fn run(config: &StoreConfig, pubsub: &PubSub, command: Command) -> Res
         command,
         Command::Add(_) | Command::Cancel(_) | Command::Reset(_) | Command::Retry(_)
     );
-    let bus: Option<Arc<dyn Bus>> = match config {
-        StoreConfig::Firestore(firestore) if changes_jobs => Some(Arc::new(
-            PubSubBus::new(PubSubConfig {
-                project: firestore.project.clone(),
-                emulator_endpoint: pubsub.emulator_host.clone(),
-            })
-            .await
-            .context("connecting to Pub/Sub")?,
-        )),
-        _ => None,
-    };
-    if let Some(bus) = &bus
-        && pubsub.job_events
-    {
-        store = store.with_events(Arc::new(BusJobEvents::new(
-            bus.clone(),
-            topics.job_events(),
-        )));
-    }
+    let Adapters { store, bus, topics } = args
+        .connect_with(changes_jobs)
+        .await
+        .context("opening the store")?;
     let queue = change::Queue {
-        bus: bus.as_deref(),
+        bus: bus.as_ref(),
         topics: &topics,
     };
     let outcome = match command {
-        Command::Add(args) => add::run(&store, bus.as_deref(), topics.clone(), args).await,
+        Command::Add(args) => add::run(&store, bus.as_ref(), topics.clone(), args).await,
         Command::Stats(args) => stats::run(&store, &args).await,
         Command::List(args) => inspect::list(&store, &args).await,
         Command::Show(args) => inspect::show(&store, &args).await,

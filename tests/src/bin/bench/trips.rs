@@ -88,7 +88,7 @@ pub async fn run(ctx: &Context, report: &mut Report) -> Result<()> {
         .collect();
     let submitted = shared::intake::submit(
         &wired.store,
-        Some(wired.bus.as_ref()),
+        wired.bus.as_ref(),
         &wired.topics,
         new_jobs,
         None,
