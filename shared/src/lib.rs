@@ -17,6 +17,7 @@ pub mod intake;
 pub mod janitor;
 pub mod job_events;
 pub mod local_run;
+pub mod manifest;
 pub mod objects;
 pub mod paths;
 pub mod placeholder;

@@ -8,6 +8,7 @@ use crate::domain::download::Target;
 use crate::error::Error;
 use crate::objects::{GsUri, ReadRange};
 use futures::{FutureExt, StreamExt};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -98,17 +99,28 @@ async fn expected(
     Ok((meta.size, meta.crc32c))
 }
 
-/// Copies `download` once; returns the bytes delivered.
+/// What a verified copy holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verified {
+    /// Its size.
+    pub bytes: u64,
+    /// Its CRC32C, the same as the source's.
+    pub crc32c: Crc32c,
+}
+
+/// Copies `download` once; a copy in a bucket gets `metadata` over the
+/// source's custom metadata. Returns what was delivered.
 pub async fn copy(
     downloader: &Downloader,
     download: &Download,
     lease: &Lease,
-) -> Result<u64, CopyError> {
+    metadata: &BTreeMap<String, String>,
+) -> Result<Verified, CopyError> {
     let source = download.source();
     let (size, crc) = expected(downloader, download, source).await?;
-    match download.destination() {
+    let bytes = match download.destination() {
         Target::Object(target) => {
-            let meta = downloader.objects.copy(source, target).await?;
+            let meta = downloader.objects.copy(source, target, metadata).await?;
             if meta.size != size || meta.crc32c != crc {
                 return Err(CopyError::retryable(
                     "crc_mismatch",
@@ -118,12 +130,13 @@ pub async fn copy(
                     ),
                 ));
             }
-            Ok(meta.size)
+            meta.size
         }
         Target::File(target) => {
-            to_file(downloader, download, lease, source, target, size, crc).await
+            to_file(downloader, download, lease, source, target, size, crc).await?
         }
-    }
+    };
+    Ok(Verified { bytes, crc32c: crc })
 }
 
 /// The temporary file of a copy: beside the target, named after the object

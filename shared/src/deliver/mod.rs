@@ -401,11 +401,24 @@ impl Downloader {
         self.attempt(download, &lease, None).await
     }
 
-    /// One copy attempt of a claimed download, and its record.
+    /// One copy attempt of a claimed download: the copy, its manifest line,
+    /// its record. A line that cannot be appended fails the attempt, so the
+    /// next one copies again and writes it.
     async fn attempt(&self, download: Download, lease: &Lease, known: Option<Known>) -> Handled {
         let lease = lease.clone();
-        let copied =
-            tokio::time::timeout(self.settings.timeout, copy::copy(self, &download, &lease)).await;
+        let job = match &known {
+            Some(known) => Some(known.job.clone()),
+            None => match self.store.get_job(download.job_id()).await {
+                Ok(job) => job,
+                Err(e) => return Handled::store_trouble(&e),
+            },
+        };
+        let metadata = job
+            .as_ref()
+            .map(crate::manifest::archive_metadata)
+            .unwrap_or_default();
+        let copy = copy::copy(self, &download, &lease, &metadata);
+        let copied = tokio::time::timeout(self.settings.timeout, copy).await;
         let result = match copied {
             Ok(result) => result,
             Err(_) => Err(copy::CopyError::retryable(
@@ -416,10 +429,41 @@ impl Downloader {
                 ),
             )),
         };
-        match result {
-            Ok(bytes) => self.finish(&download, &lease, bytes, known).await,
-            Err(e) => self.give_up_attempt(&download, &lease, e).await,
+        let verified = match result {
+            Ok(verified) => verified,
+            Err(e) => return self.give_up_attempt(&download, &lease, e).await,
+        };
+        if let Err(e) = self.append_line(&download, job.as_ref(), verified).await {
+            let e = copy::CopyError::retryable("manifest", e.to_string());
+            return self.give_up_attempt(&download, &lease, e).await;
         }
+        self.finish(&download, &lease, verified.bytes, known).await
+    }
+
+    /// Appends the manifest line of a verified copy. A file of no job, or
+    /// one recorded for another destination than this downloader's, has
+    /// none.
+    async fn append_line(
+        &self,
+        download: &Download,
+        job: Option<&crate::domain::job::Job>,
+        verified: copy::Verified,
+    ) -> crate::error::Result<()> {
+        let destination = &self.settings.destination;
+        let path = crate::manifest::relative_path(destination, download.destination());
+        let (Some(job), Some(path)) = (job, path) else {
+            tracing::warn!(download_id = %download.id(), destination = %download.destination(), "no manifest line: the file has no job or lies outside {destination}");
+            return Ok(());
+        };
+        let line = crate::manifest::ManifestLine::new(
+            job,
+            path,
+            verified.bytes,
+            verified.crc32c,
+            crate::time::Timestamp::now(),
+        );
+        crate::manifest::append(self.objects.as_ref(), destination, &line).await?;
+        Ok(())
     }
 
     async fn finish(

@@ -182,6 +182,20 @@ impl GcsObjectStore {
         Ok((status, body))
     }
 
+    /// The object resource as the JSON API gives it; `None` if there is no
+    /// such object.
+    async fn object_json(&self, bucket: &str, name: &str, context: &str) -> Result<Option<Value>> {
+        let url = self.object_url(bucket, name);
+        let (status, body) = self.call(Method::GET, &url, None, context).await?;
+        if status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(status_error(context, status, &body));
+        }
+        parse(context, &body).map(Some)
+    }
+
     /// The project a new bucket belongs to.
     async fn project(&self) -> Result<String> {
         match &self.auth {
@@ -362,15 +376,9 @@ impl ObjectStore for GcsObjectStore {
 
     async fn metadata(&self, bucket: &str, name: &str) -> Result<Option<ObjectMeta>> {
         let context = format!("reading the metadata of {}", gs(bucket, name));
-        let url = self.object_url(bucket, name);
-        let (status, body) = self.call(Method::GET, &url, None, &context).await?;
-        if status == StatusCode::NOT_FOUND {
+        let Some(json) = self.object_json(bucket, name, &context).await? else {
             return Ok(None);
-        }
-        if !status.is_success() {
-            return Err(status_error(&context, status, &body));
-        }
-        let json: Value = parse(&context, &body)?;
+        };
         from_json(bucket, &json)
             .map(Some)
             .map_err(|why| Error::objects(&context, why, false))
@@ -426,25 +434,45 @@ impl ObjectStore for GcsObjectStore {
     /// A server-side `rewriteTo`, repeated with its `rewriteToken` until
     /// done: the bytes never pass through this process. Without a request
     /// body the copy keeps the source's content type and custom metadata.
-    /// (`copyTo` would do too, but in production a single `copyTo` call
-    /// fails for large objects across locations or storage classes; rewrite
-    /// handles both, and fake-gcs-server serves it.)
-    async fn copy(&self, from: &GsUri, to: &GsUri) -> Result<ObjectMeta> {
+    /// A request body replaces them, so extra `metadata` costs one read of
+    /// the source first: the body then carries the source's content
+    /// headers and its metadata merged with `metadata`, and the rewrite is
+    /// conditioned on the generation read. (`copyTo` would do too, but in
+    /// production a single `copyTo` call fails for large objects across
+    /// locations or storage classes; rewrite handles both, and
+    /// fake-gcs-server serves it.)
+    async fn copy(
+        &self,
+        from: &GsUri,
+        to: &GsUri,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<ObjectMeta> {
         let context = format!("copying {from} to {to}");
-        let base = format!(
-            "{}/rewriteTo/b/{}/o/{}",
+        let mut base = format!(
+            "{}/rewriteTo/b/{}/o/{}?",
             self.object_url(&from.bucket, &from.name),
             encode(&to.bucket),
             encode(&to.name)
         );
+        let mut request = serde_json::json!({});
+        if !metadata.is_empty() {
+            let Some(source) = self.object_json(&from.bucket, &from.name, &context).await? else {
+                return Err(not_found(&from.to_string()));
+            };
+            let generation = integer(source.get("generation")).ok_or_else(|| {
+                Error::objects(&context, "the source has no valid generation", false)
+            })?;
+            base.push_str(&format!("ifSourceGenerationMatch={generation}&"));
+            request = rewrite_body(&source, metadata);
+        }
         let mut token: Option<String> = None;
         loop {
             let url = match &token {
-                Some(token) => format!("{base}?rewriteToken={}", encode(token)),
-                None => base.clone(),
+                Some(token) => format!("{base}rewriteToken={}", encode(token)),
+                None => base.trim_end_matches(['?', '&']).to_string(),
             };
             let (status, body) = self
-                .call(Method::POST, &url, Some(serde_json::json!({})), &context)
+                .call(Method::POST, &url, Some(request.clone()), &context)
                 .await?;
             if status == StatusCode::NOT_FOUND {
                 // The same 404 answers a missing source and a missing
@@ -472,6 +500,41 @@ impl ObjectStore for GcsObjectStore {
                 }
                 Rewrite::Continue(next) => token = Some(next),
             }
+        }
+    }
+
+    /// The JSON API's `compose` with `ifGenerationMatch`; 412 is the
+    /// precondition failing.
+    async fn compose(
+        &self,
+        bucket: &str,
+        sources: &[&str],
+        destination: &str,
+        content_type: &str,
+        if_generation_match: i64,
+    ) -> Result<Option<ObjectMeta>> {
+        let context = format!("composing {}", gs(bucket, destination));
+        let url = format!(
+            "{}/compose?ifGenerationMatch={if_generation_match}",
+            self.object_url(bucket, destination)
+        );
+        let body = serde_json::json!({
+            "sourceObjects": sources.iter().map(|name| serde_json::json!({ "name": name })).collect::<Vec<_>>(),
+            "destination": { "contentType": content_type },
+        });
+        let (status, body) = self.call(Method::POST, &url, Some(body), &context).await?;
+        match status {
+            StatusCode::PRECONDITION_FAILED => Ok(None),
+            StatusCode::NOT_FOUND => Err(not_found(&format!(
+                "gs://{bucket}/{{{}}}",
+                sources.join(",")
+            ))),
+            // An answer without the checksum or generation: ask again.
+            s if s.is_success() => match from_json(bucket, &parse(&context, &body)?) {
+                Ok(meta) => Ok(Some(meta)),
+                Err(_) => self.metadata(bucket, destination).await,
+            },
+            s => Err(status_error(&context, s, &body)),
         }
     }
 
@@ -528,6 +591,37 @@ fn from_model(bucket: &str, object: &Object) -> Option<ObjectMeta> {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
     })
+}
+
+/// The fields of an object resource a rewrite with a request body would
+/// otherwise drop.
+const CONTENT_FIELDS: [&str; 5] = [
+    "contentType",
+    "contentEncoding",
+    "contentDisposition",
+    "contentLanguage",
+    "cacheControl",
+];
+
+/// The request body of a rewrite that keeps `source`'s content headers and
+/// sets `metadata` over its custom metadata.
+fn rewrite_body(source: &Value, metadata: &BTreeMap<String, String>) -> Value {
+    let mut body = serde_json::Map::new();
+    for field in CONTENT_FIELDS {
+        if let Some(value) = source.get(field).filter(|v| v.is_string()) {
+            body.insert(field.to_string(), value.clone());
+        }
+    }
+    let mut merged = source
+        .get("metadata")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    for (key, value) in metadata {
+        merged.insert(key.clone(), Value::String(value.clone()));
+    }
+    body.insert("metadata".to_string(), Value::Object(merged));
+    Value::Object(body)
 }
 
 /// What one `rewriteTo` answer says.
@@ -800,6 +894,25 @@ mod tests {
         ] {
             assert!(rewrite_step("out", &bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_rewrite_body_keeps_the_content_headers_and_merges_the_metadata() {
+        let source = serde_json::json!({
+            "name": "a.png", "contentType": "image/png", "cacheControl": "no-store",
+            "size": "5", "metadata": { "asmr-job-id": "old", "keep": "me" }
+        });
+        let extra = BTreeMap::from([
+            ("asmr-job-id".to_string(), "j".to_string()),
+            ("asmr-model".to_string(), "m".to_string()),
+        ]);
+        assert_eq!(
+            rewrite_body(&source, &extra),
+            serde_json::json!({
+                "contentType": "image/png", "cacheControl": "no-store",
+                "metadata": { "asmr-job-id": "j", "asmr-model": "m", "keep": "me" }
+            })
+        );
     }
 
     #[test]

@@ -64,6 +64,10 @@ const MAX_BUCKET_BYTES: usize = 63;
 /// How often a write retries when a concurrent delete removes the directory
 /// it is writing into.
 const WRITE_ATTEMPTS: usize = 3;
+/// The file under the sidecar tree whose exclusive lock makes a compose's
+/// check of the generation and its write one step, across processes too.
+/// Its leading dot keeps it apart from every bucket's sidecar folder.
+const COMPOSE_LOCK: &str = ".compose.lock";
 
 /// What a sidecar records.
 #[derive(Debug, Serialize, Deserialize)]
@@ -94,6 +98,15 @@ impl Sidecar {
 enum Copied {
     SourceMissing,
     BucketMissing,
+    Done(Sidecar),
+}
+
+/// How the file work of a compose ended.
+enum Composed {
+    /// The destination is not at the generation the caller expected.
+    Conflict,
+    /// This source (`gs://` text) does not exist.
+    SourceMissing(String),
     Done(Sidecar),
 }
 
@@ -334,7 +347,12 @@ impl ObjectStore for LocalObjectStore {
     /// synced and renamed, then a new sidecar: atomic like `write`. The
     /// CRC32C is computed from the bytes as they are copied, so it describes
     /// the copy whatever happens to the source meanwhile.
-    async fn copy(&self, from: &GsUri, to: &GsUri) -> Result<ObjectMeta> {
+    async fn copy(
+        &self,
+        from: &GsUri,
+        to: &GsUri,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<ObjectMeta> {
         let context = format!("copying {from} to {to}");
         let (source_path, source_meta_path) = self.locate(&from.bucket, &from.name, &context)?;
         let (data_path, meta_path) = self.locate(&to.bucket, &to.name, &context)?;
@@ -342,6 +360,7 @@ impl ObjectStore for LocalObjectStore {
         let generation = self.next_generation();
         let mtime = UNIX_EPOCH + Duration::from_micros(generation.unsigned_abs());
         let source_name = from.name.clone();
+        let extra = metadata.clone();
         let copied = blocking(&context, move || {
             // Open first, then judge the sidecar against this very file: a
             // concurrent write renames a new file over the name, but this
@@ -363,17 +382,18 @@ impl ObjectStore for LocalObjectStore {
             let described = believed_sidecar(&source_meta_path, &stat)?;
             let mut counted = (0, 0);
             replace_with(&data_path, Some(mtime), |file| {
-                counted = copy_counting(&mut source, file)?;
+                counted = copy_counting(&mut source, file, (0, 0))?;
                 Ok(())
             })?;
             let (size, crc32c) = counted;
-            let (content_type, metadata) = match described {
+            let (content_type, mut metadata) = match described {
                 Some(s) => (s.content_type, s.metadata),
                 None => (
                     guess_content_type(&source_name).to_string(),
                     BTreeMap::new(),
                 ),
             };
+            metadata.extend(extra);
             let sidecar = Sidecar {
                 size,
                 crc32c,
@@ -392,6 +412,82 @@ impl ObjectStore for LocalObjectStore {
                 id: format!("gs://{}", to.bucket),
             }),
             Copied::Done(sidecar) => Ok(sidecar.into_meta(&to.bucket, &to.name)),
+        }
+    }
+
+    /// The sources streamed one after the other into a temporary file beside
+    /// the destination, synced and renamed, then a new sidecar, all under an
+    /// exclusive lock on one lock file of the store: the generation checked
+    /// is the one replaced, whichever process composes.
+    async fn compose(
+        &self,
+        bucket: &str,
+        sources: &[&str],
+        destination: &str,
+        content_type: &str,
+        if_generation_match: i64,
+    ) -> Result<Option<ObjectMeta>> {
+        let context = format!("composing {}", gs(bucket, destination));
+        let (data_path, meta_path) = self.locate(bucket, destination, &context)?;
+        let source_paths = sources
+            .iter()
+            .map(|name| {
+                let (data, _) = self.locate(bucket, name, &context)?;
+                Ok((gs(bucket, name), data))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if !tokio::fs::metadata(self.bucket_dir(bucket))
+            .await
+            .is_ok_and(|m| m.is_dir())
+        {
+            return Err(Error::NotFound {
+                kind: "bucket",
+                id: format!("gs://{bucket}"),
+            });
+        }
+        let lock_path = self.root.join(META_DIR).join(COMPOSE_LOCK);
+        let generation = self.next_generation();
+        let mtime = UNIX_EPOCH + Duration::from_micros(generation.unsigned_abs());
+        let (bucket_name, name) = (bucket.to_string(), destination.to_string());
+        let content_type = content_type.to_string();
+        let composed = blocking(&context, move || {
+            let _lock = lock_exclusively(&lock_path)?;
+            let current = object_meta(&bucket_name, &name, &data_path, &meta_path)?;
+            if current.map_or(0, |m| m.generation) != if_generation_match {
+                return Ok(Composed::Conflict);
+            }
+            let mut files = Vec::with_capacity(source_paths.len());
+            for (uri, path) in source_paths {
+                match std::fs::File::open(&path) {
+                    Ok(file) => files.push(file),
+                    Err(e) if missing(&e) || e.kind() == io::ErrorKind::NotADirectory => {
+                        return Ok(Composed::SourceMissing(uri));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let mut counted = (0, 0);
+            replace_with(&data_path, Some(mtime), |file| {
+                for source in &mut files {
+                    counted = copy_counting(source, file, counted)?;
+                }
+                Ok(())
+            })?;
+            let sidecar = Sidecar {
+                size: counted.0,
+                crc32c: counted.1,
+                generation,
+                content_type,
+                metadata: BTreeMap::new(),
+            };
+            replace(&meta_path, &serde_json::to_vec_pretty(&sidecar)?, None)?;
+            Ok(Composed::Done(sidecar))
+        })
+        .await?;
+        match composed {
+            Composed::Conflict => Ok(None),
+            Composed::SourceMissing(uri) => Err(not_found(&uri)),
+            Composed::Done(sidecar) => Ok(Some(sidecar.into_meta(bucket, destination))),
         }
     }
 
@@ -560,10 +656,16 @@ fn believed_sidecar(meta_path: &Path, stat: &std::fs::Metadata) -> io::Result<Op
         .filter(|s| s.generation == generation && s.size == stat.len()))
 }
 
-/// Copies `from` to `to` in chunks; the number of bytes and their CRC32C.
-fn copy_counting(from: &mut impl Read, to: &mut impl Write) -> io::Result<(u64, u32)> {
+/// Copies `from` to `to` in chunks, counting on from `start` (bytes and
+/// CRC32C so far, `(0, 0)` for a fresh count); the bytes and CRC32C of all
+/// that was counted.
+fn copy_counting(
+    from: &mut impl Read,
+    to: &mut impl Write,
+    start: (u64, u32),
+) -> io::Result<(u64, u32)> {
     let mut buffer = vec![0; CHUNK];
-    let (mut size, mut crc) = (0u64, 0u32);
+    let (mut size, mut crc) = start;
     loop {
         let n = match from.read(&mut buffer) {
             Ok(0) => return Ok((size, crc)),
@@ -575,6 +677,21 @@ fn copy_counting(from: &mut impl Read, to: &mut impl Write) -> io::Result<(u64, 
         crc = crc32c::crc32c_append(crc, &buffer[..n]);
         size += n as u64;
     }
+}
+
+/// `path` opened (created if need be) and locked exclusively; the lock
+/// lasts as long as the returned file.
+fn lock_exclusively(path: &Path) -> io::Result<std::fs::File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    file.lock()?;
+    Ok(file)
 }
 
 /// The CRC32C of a file, read in chunks.
@@ -832,7 +949,10 @@ mod tests {
             name: name.into(),
         };
 
-        let copy = store.copy(&uri("hand.mp4"), &uri("copy/x")).await.unwrap();
+        let copy = store
+            .copy(&uri("hand.mp4"), &uri("copy/x"), &BTreeMap::new())
+            .await
+            .unwrap();
         assert_eq!(copy.crc32c, Crc32c::of(b"not really a video"));
         assert_eq!(copy.size, 18);
         // Guessed from the source's name: the copy's has no extension.

@@ -172,6 +172,29 @@ pub trait ObjectStore: Send + Sync {
 
     /// Copies an object inside the store, without the bytes passing through
     /// this process where the store allows it (GCS rewrite). The copy keeps
-    /// content type and custom metadata; its CRC32C equals the source's.
-    async fn copy(&self, from: &GsUri, to: &GsUri) -> Result<ObjectMeta>;
+    /// the source's content type and custom metadata, with `metadata` set
+    /// over the latter (a key in both takes the value given here); its
+    /// CRC32C equals the source's.
+    async fn copy(
+        &self,
+        from: &GsUri,
+        to: &GsUri,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<ObjectMeta>;
+
+    /// Concatenates `sources` (objects of `bucket`, in this order) into
+    /// `destination` of the same bucket, with `content_type`, only if
+    /// `destination` is at generation `if_generation_match` (0: only if it
+    /// does not exist): a compare-and-set, so appends by concurrent writers
+    /// never overwrite each other. `None` when that precondition failed
+    /// (someone else changed `destination` first: read it again and retry).
+    /// A missing source is `Error::NotFound`.
+    async fn compose(
+        &self,
+        bucket: &str,
+        sources: &[&str],
+        destination: &str,
+        content_type: &str,
+        if_generation_match: i64,
+    ) -> Result<Option<ObjectMeta>>;
 }

@@ -490,8 +490,23 @@ macro_rules! delegate {
             async fn delete(&self, b: &str, n: &str) -> shared::Result<bool> {
                 self.0.delete(b, n).await
             }
-            async fn copy(&self, from: &GsUri, to: &GsUri) -> shared::Result<ObjectMeta> {
-                self.0.copy(from, to).await
+            async fn copy(
+                &self,
+                from: &GsUri,
+                to: &GsUri,
+                m: &BTreeMap<String, String>,
+            ) -> shared::Result<ObjectMeta> {
+                self.0.copy(from, to, m).await
+            }
+            async fn compose(
+                &self,
+                b: &str,
+                sources: &[&str],
+                to: &str,
+                c: &str,
+                generation: i64,
+            ) -> shared::Result<Option<ObjectMeta>> {
+                self.0.compose(b, sources, to, c, generation).await
             }
         }
     };
@@ -651,6 +666,77 @@ async fn a_bucket_destination_is_a_server_side_copy(world: World) {
     );
 }
 
+async fn a_bucket_copy_carries_its_prompt_and_has_one_manifest_line(world: World) {
+    let archive = format!("{}-archive", world.bucket);
+    world.objects.ensure_bucket(&archive).await.unwrap();
+    let destination = Destination::Bucket {
+        bucket: archive.clone(),
+        prefix: "asmr/".into(),
+    };
+    let downloader = Arc::new(Downloader::new(
+        world.store.clone(),
+        world.objects.clone(),
+        settings(&world, destination),
+    ));
+    let url = serve(router(downloader)).await;
+    let outputs = [("0.png", bytes(5_000, 1)), ("1.png", bytes(6_000, 2))];
+    let (id, metas) = completed_job(&world, &outputs).await;
+    for (n, meta) in metas.iter().enumerate() {
+        let message = format!("m{n}");
+        assert_eq!(
+            post_raw(&url, notification(meta, "OBJECT_FINALIZE", &message)).await,
+            200
+        );
+    }
+    // A redelivered event adds no line.
+    assert_eq!(
+        post_raw(&url, notification(&metas[0], "OBJECT_FINALIZE", "m0")).await,
+        200
+    );
+    let copy = world
+        .objects
+        .metadata(&archive, &format!("asmr/images/{id}/0.png"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(copy.metadata["asmr-job-id"], id);
+    assert_eq!(copy.metadata["asmr-prompt"], "delivered prompt");
+    assert!(!copy.metadata["asmr-model"].is_empty());
+    assert_eq!(copy.content_type, "image/png");
+
+    let manifest = world
+        .objects
+        .read(&archive, "asmr/manifest.jsonl", ReadRange::ALL)
+        .await
+        .unwrap();
+    let text: Vec<u8> = futures::StreamExt::collect::<Vec<_>>(manifest)
+        .await
+        .into_iter()
+        .flat_map(|chunk| chunk.unwrap().to_vec())
+        .collect();
+    let lines: Vec<shared::manifest::ManifestLine> = String::from_utf8(text)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let mut paths: Vec<_> = lines.iter().map(|l| l.path.clone()).collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [format!("images/{id}/0.png"), format!("images/{id}/1.png")]
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.prompt == "delivered prompt" && l.job_id == id)
+    );
+    let listed = world.objects.list(&archive, "asmr/").await.unwrap();
+    assert!(
+        listed.iter().all(|m| !m.name.contains(".manifest-parts/")),
+        "no part of the manifest is left behind"
+    );
+}
+
 async fn a_retried_download_is_copied_by_a_drain_images_first(world: World) {
     let root = tempfile::tempdir().unwrap();
     let dir = Destination::Directory(root.path().into());
@@ -790,6 +876,11 @@ macro_rules! scenarios {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_bucket_destination_is_a_server_side_copy() {
                 super::a_bucket_destination_is_a_server_side_copy(world().await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_bucket_copy_carries_its_prompt_and_has_one_manifest_line() {
+                super::a_bucket_copy_carries_its_prompt_and_has_one_manifest_line(world().await)
+                    .await
             }
         }
     };

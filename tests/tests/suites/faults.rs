@@ -739,8 +739,11 @@ async fn a_copy_killed_partway_resumes_and_reads_only_the_rest() {
     let leftovers = files_under(sandbox.path());
     assert_eq!(
         leftovers,
-        vec![target.clone()],
-        "only the delivered file is left"
+        vec![
+            target.clone(),
+            destination.join(shared::manifest::MANIFEST_NAME)
+        ],
+        "only the delivered file and its manifest line are left"
     );
 }
 
@@ -1361,7 +1364,11 @@ async fn the_downloader_acknowledges_hostile_events_and_writes_only_under_its_ro
             file.display()
         );
     }
-    let delivered = files.iter().filter(|f| f.starts_with(&root)).count();
+    let manifest = root.join(shared::manifest::MANIFEST_NAME);
+    let delivered = files
+        .iter()
+        .filter(|f| f.starts_with(&root) && **f != manifest)
+        .count();
     assert_eq!(delivered, uploaded.len(), "{files:#?}");
     let after: Vec<PathBuf> = watched.iter().flat_map(|d| marked(d, ESCAPE)).collect();
     assert_eq!(after, before, "something escaped the destination");

@@ -58,7 +58,10 @@ impl Run {
     }
 
     /// The files delivered so far (temporary copies excluded).
+    /// The delivered files: everything under the output directory but its
+    /// manifest.
     fn files(&self) -> Vec<PathBuf> {
+        let manifest = self.out.join(shared::manifest::MANIFEST_NAME);
         let mut files = Vec::new();
         let mut dirs = vec![self.out.clone()];
         while let Some(dir) = dirs.pop() {
@@ -69,7 +72,7 @@ impl Run {
                 let path = entry.path();
                 if path.is_dir() {
                     dirs.push(path);
-                } else {
+                } else if path != manifest {
                     files.push(path);
                 }
             }
@@ -141,6 +144,15 @@ fn fifty_prompts_are_generated_and_delivered_and_a_rerun_adds_nothing() {
     );
     assert_eq!(second["events"], 0, "nothing new finished");
     assert_eq!(run.files(), files, "the rerun wrote no new file");
+    let manifest = std::fs::read_to_string(run.out.join(shared::manifest::MANIFEST_NAME)).unwrap();
+    let lines: Vec<shared::manifest::ManifestLine> = manifest
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 50, "one manifest line per file, none twice");
+    for line in &lines {
+        assert!(run.out.join(&line.path).is_file(), "{}", line.path);
+    }
 }
 
 #[test]

@@ -466,7 +466,11 @@ async fn a_copy_within_and_across_buckets_keeps_bytes_and_metadata(t: TestObject
         uri(&t.bucket, "copies/j/sample_0.mp4"),
         uri(&archive, "videos/j/sample_0.mp4"),
     ] {
-        let copy = t.store.copy(&source.uri(), &to).await.unwrap();
+        let copy = t
+            .store
+            .copy(&source.uri(), &to, &BTreeMap::new())
+            .await
+            .unwrap();
         assert_eq!(copy.uri(), to);
         assert_eq!(copy.size, data.len() as u64, "{to}");
         assert_eq!(copy.crc32c, shared::crc::Crc32c::of(&data), "{to}");
@@ -503,7 +507,7 @@ async fn copying_what_does_not_exist_is_not_found(t: TestObjects) {
     let nope = uri(&t.bucket, "nope/0.png");
     let e = t
         .store
-        .copy(&nope, &uri(&t.bucket, "copy.png"))
+        .copy(&nope, &uri(&t.bucket, "copy.png"), &BTreeMap::new())
         .await
         .unwrap_err();
     expect(e, "object", &nope.to_string());
@@ -511,7 +515,7 @@ async fn copying_what_does_not_exist_is_not_found(t: TestObjects) {
     let nowhere = uri(&missing_bucket, "a.png");
     let e = t
         .store
-        .copy(&nowhere, &uri(&t.bucket, "copy.png"))
+        .copy(&nowhere, &uri(&t.bucket, "copy.png"), &BTreeMap::new())
         .await
         .unwrap_err();
     expect(e, "object", &nowhere.to_string());
@@ -519,7 +523,11 @@ async fn copying_what_does_not_exist_is_not_found(t: TestObjects) {
     let source = write(&t, "a.png", b"a", "image/png").await;
     let e = t
         .store
-        .copy(&source.uri(), &uri(&missing_bucket, "a.png"))
+        .copy(
+            &source.uri(),
+            &uri(&missing_bucket, "a.png"),
+            &BTreeMap::new(),
+        )
         .await
         .unwrap_err();
     expect(e, "bucket", &format!("gs://{missing_bucket}"));
@@ -555,7 +563,11 @@ async fn a_copy_onto_an_existing_object_replaces_it(t: TestObjects) {
         .await
         .unwrap();
 
-    let copy = t.store.copy(&new.uri(), &old.uri()).await.unwrap();
+    let copy = t
+        .store
+        .copy(&new.uri(), &old.uri(), &BTreeMap::new())
+        .await
+        .unwrap();
     assert_eq!(copy.uri(), old.uri());
     assert_eq!(
         (copy.size, copy.crc32c),
@@ -575,6 +587,94 @@ async fn a_copy_onto_an_existing_object_replaces_it(t: TestObjects) {
     assert_eq!(
         names(&t.store.list(&t.bucket, "").await.unwrap()),
         ["images/j/0.png", "staging/0.png"]
+    );
+}
+
+async fn a_copy_sets_the_given_metadata_over_the_source_metadata(t: TestObjects) {
+    let source = t
+        .store
+        .write(
+            &t.bucket,
+            "images/j/0.png",
+            b"pixels".to_vec().into(),
+            "image/png",
+            &metadata(&[(JOB_ID_METADATA, "j"), ("keep", "me")]),
+        )
+        .await
+        .unwrap();
+    let archive = tests::objects::unique_bucket();
+    t.store.ensure_bucket(&archive).await.unwrap();
+    let to = uri(&archive, "asmr/images/j/0.png");
+    let extra = metadata(&[
+        (JOB_ID_METADATA, "j2"),
+        ("asmr-prompt", "rain on a tin roof, é"),
+    ]);
+
+    let copy = t.store.copy(&source.uri(), &to, &extra).await.unwrap();
+    assert_eq!(
+        copy.metadata,
+        metadata(&[
+            (JOB_ID_METADATA, "j2"),
+            ("asmr-prompt", "rain on a tin roof, é"),
+            ("keep", "me"),
+        ])
+    );
+    assert_eq!(copy.content_type, "image/png");
+    assert_eq!((copy.size, copy.crc32c), (source.size, source.crc32c));
+    assert_eq!(
+        t.store.metadata(&to.bucket, &to.name).await.unwrap(),
+        Some(copy)
+    );
+    // The source keeps its own.
+    assert_eq!(
+        t.store.metadata(&t.bucket, "images/j/0.png").await.unwrap(),
+        Some(source)
+    );
+}
+
+async fn composing_concatenates_the_sources_in_order(t: TestObjects) {
+    write(&t, "parts/a", b"first line\n", "text/plain").await;
+    write(&t, "parts/b", b"second line\n", "text/plain").await;
+    let first = t
+        .store
+        .compose(
+            &t.bucket,
+            &["parts/a"],
+            "manifest.jsonl",
+            "application/x-ndjson",
+            0,
+        )
+        .await
+        .unwrap()
+        .expect("a manifest that does not exist yet is created at generation 0");
+    assert_eq!(
+        read(&t, "manifest.jsonl", ReadRange::ALL).await,
+        b"first line\n"
+    );
+    let both = t
+        .store
+        .compose(
+            &t.bucket,
+            &["manifest.jsonl", "parts/b"],
+            "manifest.jsonl",
+            "application/x-ndjson",
+            first.generation,
+        )
+        .await
+        .unwrap()
+        .expect("the manifest is at the generation just read");
+    assert_eq!(
+        read(&t, "manifest.jsonl", ReadRange::ALL).await,
+        b"first line\nsecond line\n"
+    );
+    assert_eq!(
+        (both.size, both.crc32c),
+        (23, shared::crc::Crc32c::of(b"first line\nsecond line\n"))
+    );
+    assert!(both.generation > first.generation);
+    assert_eq!(
+        t.store.metadata(&t.bucket, "manifest.jsonl").await.unwrap(),
+        Some(both)
     );
 }
 
@@ -630,6 +730,14 @@ macro_rules! contract {
             #[tokio::test]
             async fn a_copy_onto_an_existing_object_replaces_it() {
                 super::a_copy_onto_an_existing_object_replaces_it($make().await).await
+            }
+            #[tokio::test]
+            async fn a_copy_sets_the_given_metadata_over_the_source_metadata() {
+                super::a_copy_sets_the_given_metadata_over_the_source_metadata($make().await).await
+            }
+            #[tokio::test]
+            async fn composing_concatenates_the_sources_in_order() {
+                super::composing_concatenates_the_sources_in_order($make().await).await
             }
         }
     };
@@ -705,8 +813,20 @@ mod local_only {
             check(name, store.metadata("out", name).await.map(drop));
             check(name, store.delete("out", name).await.map(drop));
             let (hostile, plain) = (uri("out", name), uri("out", "plain.txt"));
-            check(name, store.copy(&hostile, &plain).await.map(drop));
-            check(name, store.copy(&plain, &hostile).await.map(drop));
+            check(
+                name,
+                store
+                    .copy(&hostile, &plain, &BTreeMap::new())
+                    .await
+                    .map(drop),
+            );
+            check(
+                name,
+                store
+                    .copy(&plain, &hostile, &BTreeMap::new())
+                    .await
+                    .map(drop),
+            );
         }
         for bucket in ["..", ".meta", "../out", "/tmp", "Out", ""] {
             let data = b"evil".to_vec().into();
@@ -720,8 +840,20 @@ mod local_only {
             check(bucket, store.ensure_bucket(bucket).await);
             check(bucket, store.list(bucket, "").await.map(drop));
             let (hostile, plain) = (uri(bucket, "a"), uri("out", "a"));
-            check(bucket, store.copy(&hostile, &plain).await.map(drop));
-            check(bucket, store.copy(&plain, &hostile).await.map(drop));
+            check(
+                bucket,
+                store
+                    .copy(&hostile, &plain, &BTreeMap::new())
+                    .await
+                    .map(drop),
+            );
+            check(
+                bucket,
+                store
+                    .copy(&plain, &hostile, &BTreeMap::new())
+                    .await
+                    .map(drop),
+            );
         }
         assert_eq!(tree(outer.path()), before, "something was created");
     }

@@ -280,7 +280,7 @@ struct StageTimes {
     delivered: Duration,
 }
 
-/// Files under a directory.
+/// Files under a directory, its manifest left out.
 fn walk_count(dir: &std::path::Path) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
@@ -289,7 +289,11 @@ fn walk_count(dir: &std::path::Path) -> usize {
         .flatten()
         .map(|entry| {
             let path = entry.path();
-            if path.is_dir() { walk_count(&path) } else { 1 }
+            if path.is_dir() {
+                walk_count(&path)
+            } else {
+                usize::from(entry.file_name() != shared::manifest::MANIFEST_NAME)
+            }
         })
         .sum()
 }

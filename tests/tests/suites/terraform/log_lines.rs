@@ -151,6 +151,7 @@ pub async fn capture() -> Vec<Line> {
                 bucket: source.bucket.clone(),
                 name: format!("images/{}/9.png", unfinished.id()),
             },
+            &std::collections::BTreeMap::new(),
         )
         .await
         .unwrap();

@@ -1,0 +1,239 @@
+//! Appending one line to the manifest, whole and once.
+//!
+//! - In a directory, the file is opened for appending and locked
+//!   exclusively (an advisory lock every appender takes, in this process or
+//!   another on the same volume); under the lock a tail left by a writer
+//!   that died mid-line is cut back to the last `\n`, the last
+//!   [`TAIL_BYTES`] are searched for the same file, and the line goes out in
+//!   one `write_all`, then `sync_data`.
+//! - In a bucket, objects cannot be appended to: the line is written as an
+//!   object of its own and composed after the manifest, conditioned on the
+//!   manifest's generation, and tried again when another writer won. The
+//!   tail is searched before each try.
+
+use super::{LineKey, MANIFEST_NAME, ManifestLine};
+use crate::deliver::Destination;
+use crate::error::{Error, Result};
+use crate::objects::{ObjectMeta, ObjectStore, ReadRange};
+use futures::StreamExt;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How much of the manifest's end is searched for a line of the same file.
+pub const TAIL_BYTES: u64 = 64 * 1024;
+/// The content type of the manifest and of its parts.
+const CONTENT_TYPE: &str = "application/x-ndjson";
+/// Where a line waits, as an object, to be composed into the manifest.
+const PARTS_FOLDER: &str = ".manifest-parts";
+/// Tries of a compose that other writers keep beating.
+const COMPOSE_TRIES: u32 = 20;
+/// The first pause after a lost compose; it doubles up to [`MAX_PAUSE`].
+const FIRST_PAUSE: Duration = Duration::from_millis(50);
+/// The longest pause between two compose tries (Cloud Storage takes about
+/// one write per second to one object).
+const MAX_PAUSE: Duration = Duration::from_secs(1);
+
+/// What an append did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Appended {
+    /// The line is now the manifest's last.
+    Written,
+    /// A line for the same path and CRC32C was already there.
+    Duplicate,
+}
+
+/// Appends `line` to the manifest of `destination`.
+pub async fn append(
+    objects: &dyn ObjectStore,
+    destination: &Destination,
+    line: &ManifestLine,
+) -> Result<Appended> {
+    match destination {
+        Destination::Directory(root) => append_to_directory(root, line).await,
+        Destination::Bucket { bucket, prefix } => {
+            append_to_bucket(objects, bucket, prefix, line).await
+        }
+    }
+}
+
+/// Appends `line` to `root/manifest.jsonl` under an exclusive lock (see
+/// the module).
+pub async fn append_to_directory(root: &Path, line: &ManifestLine) -> Result<Appended> {
+    let path = root.join(MANIFEST_NAME);
+    let context = format!("appending to {}", path.display());
+    let bytes = line.to_bytes()?;
+    let key = line.key();
+    let work = move || append_locked(&path, &bytes, &key);
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result.map_err(|e| Error::objects(&context, e, true)),
+        Err(e) => Err(Error::objects(
+            &context,
+            format!("the file task failed ({e})"),
+            true,
+        )),
+    }
+}
+
+/// The blocking part of [`append_to_directory`].
+fn append_locked(path: &PathBuf, line: &[u8], key: &LineKey) -> io::Result<Appended> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut file = File::options()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(path)?;
+    file.lock()?;
+    let appended = append_under_lock(&mut file, line, key);
+    let unlocked = file.unlock();
+    let appended = appended?;
+    unlocked?;
+    Ok(appended)
+}
+
+/// Repairs a torn tail, skips a duplicate, appends: the caller holds the
+/// lock.
+fn append_under_lock(file: &mut File, line: &[u8], key: &LineKey) -> io::Result<Appended> {
+    let len = file.metadata()?.len();
+    let mut tail = read_at(file, len.saturating_sub(TAIL_BYTES), len)?;
+    if tail.last().is_some_and(|last| *last != b'\n') {
+        let whole = whole_lines_end(file, len, &tail)?;
+        tracing::warn!(
+            cut = len - whole,
+            event = "manifest_tail_repaired",
+            "the manifest ended mid-line (a writer stopped while appending); cutting the torn line"
+        );
+        file.set_len(whole)?;
+        tail = read_at(file, whole.saturating_sub(TAIL_BYTES), whole)?;
+    }
+    if key.is_among(&tail) {
+        return Ok(Appended::Duplicate);
+    }
+    file.write_all(line)?;
+    file.sync_data()?;
+    Ok(Appended::Written)
+}
+
+/// The length of the file up to and including its last `\n` (0 if it has
+/// none): `tail` is its last bytes, up to `len`; past them the file is
+/// searched backwards.
+fn whole_lines_end(file: &mut File, len: u64, tail: &[u8]) -> io::Result<u64> {
+    let mut end = len;
+    let mut chunk = tail.to_vec();
+    loop {
+        let start = end - chunk.len() as u64;
+        if let Some(at) = chunk.iter().rposition(|b| *b == b'\n') {
+            return Ok(start + at as u64 + 1);
+        }
+        if start == 0 {
+            return Ok(0);
+        }
+        end = start;
+        chunk = read_at(file, end.saturating_sub(TAIL_BYTES), end)?;
+    }
+}
+
+/// Bytes `start..end` of `file`.
+fn read_at(file: &mut File, start: u64, end: u64) -> io::Result<Vec<u8>> {
+    let mut bytes = vec![0; usize::try_from(end - start).unwrap_or(0)];
+    file.seek(SeekFrom::Start(start))?;
+    file.read_exact(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Appends `line` to `gs://bucket/{prefix}manifest.jsonl` by compose (see
+/// the module). The part object is deleted whatever happens.
+pub async fn append_to_bucket(
+    objects: &dyn ObjectStore,
+    bucket: &str,
+    prefix: &str,
+    line: &ManifestLine,
+) -> Result<Appended> {
+    let manifest = format!("{prefix}{MANIFEST_NAME}");
+    let part = format!(
+        "{prefix}{PARTS_FOLDER}/{}.jsonl",
+        uuid::Uuid::new_v4().simple()
+    );
+    let mut part_written = false;
+    let appended = compose_line(objects, bucket, &manifest, &part, line, &mut part_written).await;
+    if part_written && let Err(e) = objects.delete(bucket, &part).await {
+        tracing::warn!(error = %e, part, "a manifest part was left behind");
+    }
+    appended
+}
+
+/// The loop of [`append_to_bucket`]: read the manifest's generation and
+/// tail, write the part once, compose at that generation; again when another
+/// writer composed first.
+async fn compose_line(
+    objects: &dyn ObjectStore,
+    bucket: &str,
+    manifest: &str,
+    part: &str,
+    line: &ManifestLine,
+    part_written: &mut bool,
+) -> Result<Appended> {
+    let key = line.key();
+    let mut pause = FIRST_PAUSE;
+    for _ in 0..COMPOSE_TRIES {
+        let current = objects.metadata(bucket, manifest).await?;
+        if let Some(meta) = &current
+            && key.is_among(&tail_of(objects, meta).await?)
+        {
+            return Ok(Appended::Duplicate);
+        }
+        if !*part_written {
+            let bytes = bytes::Bytes::from(line.to_bytes()?);
+            objects
+                .write(bucket, part, bytes, CONTENT_TYPE, &BTreeMap::new())
+                .await?;
+            *part_written = true;
+        }
+        let (sources, generation) = match &current {
+            Some(meta) => (vec![manifest, part], meta.generation),
+            None => (vec![part], 0),
+        };
+        match objects
+            .compose(bucket, &sources, manifest, CONTENT_TYPE, generation)
+            .await
+        {
+            Ok(Some(_)) => return Ok(Appended::Written),
+            Ok(None) => {}
+            Err(e) if e.is_retryable() => {
+                tracing::debug!(error = %e, "composing the manifest again");
+            }
+            Err(e) => return Err(e),
+        }
+        tokio::time::sleep(jittered(pause)).await;
+        pause = (pause * 2).min(MAX_PAUSE);
+    }
+    Err(Error::objects(
+        format!("appending to gs://{bucket}/{manifest}"),
+        format!("other writers changed it first {COMPOSE_TRIES} times in a row"),
+        true,
+    ))
+}
+
+/// The last [`TAIL_BYTES`] of the manifest `meta` describes.
+async fn tail_of(objects: &dyn ObjectStore, meta: &ObjectMeta) -> Result<Vec<u8>> {
+    let range = ReadRange {
+        start: meta.size.saturating_sub(TAIL_BYTES),
+        end: Some(meta.size),
+    };
+    let mut stream = objects.read(&meta.bucket, &meta.name, range).await?;
+    let mut tail = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        tail.extend_from_slice(&chunk?);
+    }
+    Ok(tail)
+}
+
+/// `pause` scaled by a random factor between 0.5 and 1.5, so writers that
+/// collided do not collide again in step.
+fn jittered(pause: Duration) -> Duration {
+    pause.mul_f64(0.5 + rand::random::<f64>())
+}

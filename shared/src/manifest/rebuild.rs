@@ -1,0 +1,165 @@
+//! The manifest written again from the store: for a destination whose
+//! manifest was lost, damaged or started after files were delivered.
+
+use super::{MANIFEST_NAME, ManifestLine, relative_path};
+use crate::deliver::Destination;
+use crate::domain::download::{Download, DownloadStatus, Target};
+use crate::domain::job::{Delivery, Job};
+use crate::error::{Error, Result};
+use crate::store::{JobFilter, MAX_PAGE, Store};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// What [`rebuild`] wrote.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RebuildReport {
+    /// The manifest written.
+    pub path: PathBuf,
+    /// Jobs with at least one delivery.
+    pub jobs: u64,
+    /// Lines written.
+    pub lines: u64,
+    /// Deliveries left out, each with the reason: a delivery to another
+    /// destination, or one whose download record is gone (past retention).
+    pub skipped: Vec<String>,
+}
+
+/// Writes `out/manifest.jsonl` from the store: one line per delivered file
+/// of every job, in delivery order (the time each download completed),
+/// paths relative to the root of `destination`. The file is written beside
+/// its final name and renamed, so a reader sees the old manifest or the new
+/// one. Size and CRC32C come from each file's download record, and
+/// `delivered_at` is when that record completed (a few milliseconds after
+/// the appended line's time). Every line is held in memory until written.
+pub async fn rebuild(
+    store: &Store,
+    destination: &Destination,
+    out: &Path,
+) -> Result<RebuildReport> {
+    let downloads = completed_downloads(store).await?;
+    let mut report = RebuildReport {
+        path: out.join(MANIFEST_NAME),
+        ..RebuildReport::default()
+    };
+    let mut lines = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store
+            .list_jobs(&JobFilter::default(), MAX_PAGE, after.as_deref())
+            .await?;
+        for job in page.items.iter().filter(|j| !j.deliveries().is_empty()) {
+            report.jobs += 1;
+            for delivery in job.deliveries() {
+                match line_of(job, delivery, destination, &downloads) {
+                    Ok(line) => lines.push(line),
+                    Err(why) => report.skipped.push(why),
+                }
+            }
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    lines.sort_by_key(|line| line.delivered_at);
+    report.lines = lines.len() as u64;
+    write_replacing(&report.path, &lines).await?;
+    Ok(report)
+}
+
+/// Every completed download, by its source (`gs://bucket/name`); of several
+/// generations of one object, the one completed last.
+async fn completed_downloads(store: &Store) -> Result<HashMap<String, Download>> {
+    let mut by_source: HashMap<String, Download> = HashMap::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store
+            .list_downloads(Some(DownloadStatus::Completed), MAX_PAGE, after.as_deref())
+            .await?;
+        for download in page.items {
+            let source = download.source().to_string();
+            match by_source.get(&source) {
+                Some(known) if known.completed_at() >= download.completed_at() => {}
+                _ => {
+                    by_source.insert(source, download);
+                }
+            }
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(by_source),
+        }
+    }
+}
+
+/// The line of one delivery, or why it has none.
+fn line_of(
+    job: &Job,
+    delivery: &Delivery,
+    destination: &Destination,
+    downloads: &HashMap<String, Download>,
+) -> std::result::Result<ManifestLine, String> {
+    let target = match crate::objects::GsUri::parse(&delivery.destination) {
+        Some(uri) => Target::Object(uri),
+        None => Target::File(PathBuf::from(&delivery.destination)),
+    };
+    let path = relative_path(destination, &target).ok_or_else(|| {
+        format!(
+            "{} is not under {destination} (job {})",
+            delivery.destination,
+            job.id()
+        )
+    })?;
+    let download = downloads.get(&delivery.source).ok_or_else(|| {
+        format!(
+            "{} (job {}) has no completed download record left",
+            delivery.source,
+            job.id()
+        )
+    })?;
+    let crc32c = download
+        .crc32c()
+        .ok_or_else(|| format!("the download of {} records no CRC32C", delivery.source))?;
+    let bytes = download.size().unwrap_or(download.bytes_copied());
+    let delivered_at = download.completed_at().unwrap_or(download.updated_at());
+    Ok(ManifestLine::new(job, path, bytes, crc32c, delivered_at))
+}
+
+/// Writes `lines` to a temporary file beside `path`, syncs it and renames
+/// it over `path`.
+async fn write_replacing(path: &Path, lines: &[ManifestLine]) -> Result<()> {
+    let context = format!("writing {}", path.display());
+    let mut text = Vec::new();
+    for line in lines {
+        text.extend(line.to_bytes()?);
+    }
+    let path = path.to_path_buf();
+    let work = move || -> std::io::Result<()> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let temp = dir.join(format!(
+            ".{MANIFEST_NAME}.{}.tmp",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let written = (|| {
+            let mut file = std::fs::File::create_new(&temp)?;
+            file.write_all(&text)?;
+            file.sync_all()?;
+            std::fs::rename(&temp, &path)
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&temp);
+        }
+        written?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result.map_err(|e| Error::objects(&context, e, true)),
+        Err(e) => Err(Error::objects(
+            &context,
+            format!("the file task failed ({e})"),
+            true,
+        )),
+    }
+}
