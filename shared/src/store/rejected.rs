@@ -5,9 +5,9 @@
 //! record; a push body too broken to carry a message id gets an id derived
 //! from its bytes, for the same reason.
 
-use super::backend::{Collection, Dir};
 #[cfg(doc)]
 use super::MAX_PAGE;
+use super::backend::{Collection, Dir};
 use super::{Created, Page, Store};
 use crate::error::Result;
 use crate::time::Timestamp;
@@ -152,7 +152,10 @@ impl Store {
 
     /// The rejected request, if it exists.
     pub async fn get_rejected(&self, id: &str) -> Result<Option<Rejected>> {
-        Ok(self.load::<Rejected>(id).await?.map(|(rejected, _)| rejected))
+        Ok(self
+            .load::<Rejected>(id)
+            .await?
+            .map(|(rejected, _)| rejected))
     }
 
     /// Rejected requests newest first, `limit` (at most [`MAX_PAGE`]) at a
