@@ -52,6 +52,42 @@ locals {
         { path = "id", order = "DESCENDING" },
       ]
     }
+    jobs_verdict_newest = {
+      collection = "jobs"
+      fields = [
+        { path = "verdict", order = "ASCENDING" },
+        { path = "created_at", order = "DESCENDING" },
+        { path = "id", order = "DESCENDING" },
+      ]
+    }
+    jobs_status_verdict_newest = {
+      collection = "jobs"
+      fields = [
+        { path = "status", order = "ASCENDING" },
+        { path = "verdict", order = "ASCENDING" },
+        { path = "created_at", order = "DESCENDING" },
+        { path = "id", order = "DESCENDING" },
+      ]
+    }
+    jobs_kind_verdict_newest = {
+      collection = "jobs"
+      fields = [
+        { path = "kind", order = "ASCENDING" },
+        { path = "verdict", order = "ASCENDING" },
+        { path = "created_at", order = "DESCENDING" },
+        { path = "id", order = "DESCENDING" },
+      ]
+    }
+    jobs_status_kind_verdict_newest = {
+      collection = "jobs"
+      fields = [
+        { path = "status", order = "ASCENDING" },
+        { path = "kind", order = "ASCENDING" },
+        { path = "verdict", order = "ASCENDING" },
+        { path = "created_at", order = "DESCENDING" },
+        { path = "id", order = "DESCENDING" },
+      ]
+    }
     jobs_status_updated = {
       collection = "jobs"
       fields = [

@@ -19,7 +19,7 @@ pub enum Error {
         id: String,
     },
     /// The state machine refused the change.
-    #[error("{kind} {id}: {reason}")]
+    #[error("{}", transition_text(kind, id, reason))]
     Transition {
         /// `job` or `download`.
         kind: &'static str,
@@ -72,6 +72,17 @@ pub enum Error {
         /// Whether the store marked it as transient.
         retryable: bool,
     },
+}
+
+/// `{kind} {id}: {reason}`, or the reason alone when it names the record
+/// already (`job 1f2e is a video; ...`).
+fn transition_text(kind: &str, id: &str, reason: &TransitionError) -> String {
+    let reason = reason.to_string();
+    if reason.starts_with(&format!("{kind} {id} ")) {
+        reason
+    } else {
+        format!("{kind} {id}: {reason}")
+    }
 }
 
 // Every message above already says what its cause said, so no variant

@@ -661,6 +661,7 @@ async fn completed_jobs(store: &Store) -> Result<Vec<Job>> {
     let filter = JobFilter {
         status: Some(JobStatus::Completed),
         kind: None,
+        approved: None,
     };
     let mut jobs = Vec::new();
     let mut after = None;

@@ -2,8 +2,11 @@
 //! into validated [`NewJob`]s. One parser for every way in: the Pub/Sub push
 //! of `asmr-requests`, `POST /v1/jobs`, and `asmr add`.
 //!
-//! - a JSON object: `{"prompt", "kind", "request_id", "priority", "params"}`;
-//! - a batch: `{"kind", "prompts": [...], "params", "priority", "request_id"}`;
+//! - a JSON object: `{"prompt", "kind", "request_id", "priority", "params",
+//!   "chain"}` (`"chain": "video"` on an image: make a video of it once it is
+//!   delivered);
+//! - a batch: `{"kind", "prompts": [...], "params", "priority", "request_id",
+//!   "chain"}`;
 //! - a plain-text body that is the prompt, with `kind` (and optionally
 //!   `request_id`, `priority`) as message attributes, so that
 //!   `gcloud pubsub topics publish asmr-requests --message "..." --attribute kind=video`
@@ -16,6 +19,7 @@
 //! message id; a batch's n-th prompt gets `{key}#{n}`.
 
 use crate::domain::job::{JobKind, JobParams, NewJob};
+use crate::domain::review::Chain;
 use crate::domain::validate::ValidationError;
 use serde::Deserialize;
 use serde_json::Value;
@@ -63,6 +67,8 @@ struct Body {
     priority: Option<i64>,
     #[serde(default)]
     params: Option<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    chain: Option<Chain>,
 }
 
 fn params_from(map: &serde_json::Map<String, Value>) -> Result<JobParams, Rejection> {
@@ -127,6 +133,7 @@ pub fn parse(body: &[u8], envelope: &Envelope<'_>) -> Result<Vec<NewJob>, Reject
             request_id: None,
             priority,
             params: None,
+            chain: None,
         }
     };
     let kind = kind_from(parsed.kind.as_deref(), attributes)?;
@@ -175,6 +182,7 @@ pub fn parse(body: &[u8], envelope: &Envelope<'_>) -> Result<Vec<NewJob>, Reject
         job.priority = parsed.priority.unwrap_or(0);
         job.request_id = request_id;
         job.dry_run = envelope.dry_run;
+        job.chain = parsed.chain;
         job.validate().map_err(|e| match batch {
             true => Rejection(format!("prompts[{n}]: {e}")),
             false => Rejection::from(e),
@@ -285,6 +293,26 @@ mod tests {
             "tapping",
             &[("kind", "image"), ("request_id", "cli-7")],
             Ok(&[("tapping", Image, Some("cli-7"))]),
+        );
+    }
+
+    #[test]
+    fn an_image_request_may_ask_for_a_video_once_it_is_delivered() {
+        let body = r#"{"prompt": "rain", "kind": "image", "chain": "video"}"#;
+        let jobs = parse(body.as_bytes(), &envelope(&[], Some("m-1"))).unwrap();
+        assert_eq!(jobs[0].chain, Some(Chain::Video));
+        let plain = r#"{"prompt": "rain", "kind": "image"}"#;
+        let jobs = parse(plain.as_bytes(), &envelope(&[], Some("m-1"))).unwrap();
+        assert_eq!(jobs[0].chain, None);
+        check(
+            r#"{"prompt": "rain", "kind": "video", "chain": "video"}"#,
+            &[],
+            Err("chain: applies to image jobs only"),
+        );
+        check(
+            r#"{"prompt": "rain", "kind": "image", "chain": "audio"}"#,
+            &[],
+            Err("unknown variant `audio`"),
         );
     }
 

@@ -27,6 +27,10 @@
 //!   of the request's `storageUri` through [`FakeOptions::objects`]
 //!   (content: `shared::placeholder::mp4`), then returns their `gs://` URIs.
 //!   Images come back inline: a valid 1×1 PNG ([`PNG_1X1`]).
+//! - checks the first frame of an image-to-video submit as Vertex AI does
+//!   (`instances[0].image`: a `gs://bucket/object` `gcsUri` and a `mimeType`
+//!   of `image/png` or `image/jpeg`; anything else is a 400
+//!   `INVALID_ARGUMENT`) and records it ([`FakeVertex::first_frames`]).
 
 use axum::Router;
 use axum::body::Bytes;
@@ -199,6 +203,15 @@ impl Fault {
     }
 }
 
+/// The first frame of an image-to-video submit, as the fake accepted it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceivedFrame {
+    /// `instances[0].image.gcsUri`.
+    pub gcs_uri: String,
+    /// `instances[0].image.mimeType`.
+    pub mime_type: String,
+}
+
 /// One request as the fake received it.
 #[derive(Clone, Debug)]
 pub struct RecordedRequest {
@@ -238,6 +251,7 @@ struct Inner {
     operations: HashMap<String, FakeOperation>,
     written: Vec<String>,
     rate_limited: usize,
+    frames: Vec<ReceivedFrame>,
 }
 
 struct Shared {
@@ -280,6 +294,7 @@ impl FakeVertex {
                 operations: HashMap::new(),
                 written: Vec::new(),
                 rate_limited: 0,
+                frames: Vec::new(),
             }),
         });
         let app = Router::new()
@@ -414,6 +429,12 @@ impl FakeVertex {
     /// Changes the delay before every answer.
     pub fn set_latency(&self, latency: Duration) {
         self.shared.lock().latency = latency;
+    }
+
+    /// The first frames of the image-to-video submits accepted so far,
+    /// oldest first.
+    pub fn first_frames(&self) -> Vec<ReceivedFrame> {
+        self.shared.lock().frames.clone()
     }
 
     /// Requests answered 429 (over the quota or injected).
@@ -665,6 +686,10 @@ fn predict_long_running(
     prompt: &str,
     body: &Value,
 ) -> Response {
+    let frame = match first_frame(&body["instances"][0]["image"]) {
+        Ok(frame) => frame,
+        Err(message) => return google_error(400, &message),
+    };
     let id = uuid::Uuid::new_v4();
     let name = format!(
         "projects/{project}/locations/{location}/publishers/google/models/{model}/operations/{id}"
@@ -680,8 +705,36 @@ fn predict_long_running(
         folder: None,
         result: None,
     };
-    shared.lock().operations.insert(name.clone(), operation);
+    let mut inner = shared.lock();
+    inner.operations.insert(name.clone(), operation);
+    inner.frames.extend(frame);
     ok(json!({ "name": name }))
+}
+
+/// The first frame of a Veo instance, checked as Vertex AI checks it:
+/// `None` for a text-to-video request, the message of a 400 for an image
+/// Veo would refuse.
+fn first_frame(image: &Value) -> Result<Option<ReceivedFrame>, String> {
+    if image.is_null() {
+        return Ok(None);
+    }
+    let gcs_uri = image["gcsUri"].as_str().unwrap_or_default();
+    let mime_type = image["mimeType"].as_str().unwrap_or_default();
+    let in_a_bucket = GsUri::parse(gcs_uri).is_some_and(|uri| !uri.name.is_empty());
+    if !in_a_bucket {
+        return Err(format!(
+            "Invalid image: gcsUri {gcs_uri:?} is not a Cloud Storage object URI (gs://bucket/object)."
+        ));
+    }
+    if !matches!(mime_type, "image/png" | "image/jpeg") {
+        return Err(format!(
+            "Unsupported image mime type {mime_type:?}. Supported types: image/jpeg, image/png."
+        ));
+    }
+    Ok(Some(ReceivedFrame {
+        gcs_uri: gcs_uri.to_string(),
+        mime_type: mime_type.to_string(),
+    }))
 }
 
 /// What a finishing operation needs, taken out of the lock.

@@ -4,6 +4,7 @@
 //! document, call one of these methods, and write the result back with a
 //! compare-and-set; they never set a status themselves.
 
+use super::review::{Chain, FirstFrame, Review, Verdict, validate_lineage};
 use super::validate::{ValidationError, validate_params, validate_prompt};
 use super::{Lease, Transition, TransitionError};
 use crate::time::Timestamp;
@@ -375,6 +376,12 @@ pub struct NewJob {
     pub dry_run: bool,
     /// Claims allowed before the job fails.
     pub max_attempts: u32,
+    /// The image a video is made from.
+    pub parent: Option<String>,
+    /// What to make of the job once it is delivered (images only).
+    pub chain: Option<Chain>,
+    /// The image a video starts from (videos only).
+    pub first_frame: Option<FirstFrame>,
 }
 
 impl NewJob {
@@ -388,13 +395,17 @@ impl NewJob {
             request_id: None,
             dry_run: true,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
+            parent: None,
+            chain: None,
+            first_frame: None,
         }
     }
 
-    /// Checks the prompt and parameters.
+    /// Checks the prompt, the parameters and the review-loop fields.
     pub fn validate(&self) -> Result<(), ValidationError> {
         validate_prompt(&self.prompt)?;
         validate_params(self.kind, &self.params)?;
+        validate_lineage(self)?;
         if self.max_attempts == 0 {
             return Err(ValidationError::new("max_attempts", "must be at least 1"));
         }
@@ -487,6 +498,25 @@ pub struct Job {
     /// bucket (see [`HeldOutput`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(in crate::domain) held: Vec<HeldOutput>,
+    /// The image this video was made from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(in crate::domain) parent: Option<String>,
+    /// The videos made from this image, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(in crate::domain) children: Vec<String>,
+    /// The reviewer's mark on this image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(in crate::domain) review: Option<Review>,
+    /// `review.verdict` again, at the top level of the document, where both
+    /// stores can filter on it; written only with `review`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(in crate::domain) verdict: Option<Verdict>,
+    /// What to make of this image once it is delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(in crate::domain) chain: Option<Chain>,
+    /// The image this video starts from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(in crate::domain) first_frame: Option<FirstFrame>,
 }
 
 #[cfg(test)]
@@ -719,6 +749,12 @@ impl Job {
             reservation: None,
             calling: None,
             held: Vec::new(),
+            parent: new.parent,
+            children: Vec::new(),
+            review: None,
+            verdict: None,
+            chain: new.chain,
+            first_frame: new.first_frame,
         }
     }
 

@@ -3,8 +3,11 @@
 
 pub mod download;
 pub mod job;
+pub mod review;
 pub mod validate;
 
+#[cfg(test)]
+mod review_tests;
 #[cfg(test)]
 mod tests;
 
@@ -66,6 +69,10 @@ pub enum TransitionError {
         "this job's last paid request may have been billed (its outcome is unknown); retrying it pays again and needs --resubmit"
     )]
     OutcomeUnknown,
+    /// The review loop refused: only a completed or delivered image is
+    /// reviewed or has videos made from it. The text names the job.
+    #[error("{0}")]
+    ReviewLoop(String),
 }
 
 /// The result of a state-machine method.

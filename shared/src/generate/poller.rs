@@ -114,6 +114,7 @@ impl VideoPoller {
         let filter = JobFilter {
             status: Some(JobStatus::Generating),
             kind: None,
+            approved: None,
         };
         let mut jobs = Vec::new();
         let mut after = None;

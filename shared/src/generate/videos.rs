@@ -7,11 +7,13 @@ use super::{
     Generator, GeneratorCore, GeneratorSettings, Handled, settle_model_error,
     settled_elsewhere_or_retry, with_store_retries,
 };
-use super::{billed_for, keep_outputs, settle_cost, write_held};
+use super::{billed_for, keep_outputs, report_misconfiguration, settle_cost, write_held};
 use crate::domain::Lease;
-use crate::domain::job::{Job, JobKind};
+use crate::domain::job::{Job, JobError, JobKind, MISCONFIGURED};
+use crate::domain::review::{FIRST_FRAME_MISSING, FirstFrame};
 use crate::objects::{ObjectStore, OutputFile};
 use crate::store::Store;
+use crate::store::budget::Billed;
 use crate::time::Timestamp;
 use crate::vertex::{VideoModel, VideoRequest};
 use async_trait::async_trait;
@@ -76,7 +78,7 @@ impl GeneratorCore<dyn VideoModel> {
             .map(|n| OutputFile {
                 name: format!("videos/{}/{folder}/sample_{n}.mp4", job.id()),
                 data: crate::placeholder::mp4(
-                    &format!("{} sample {n}", job.id()),
+                    &placeholder_label(job, n),
                     job.params().aspect_ratio.as_deref(),
                 ),
                 content_type: "video/mp4".to_string(),
@@ -91,6 +93,90 @@ impl GeneratorCore<dyn VideoModel> {
             outputs,
         )
         .await
+    }
+}
+
+impl GeneratorCore<dyn VideoModel> {
+    /// Makes sure the image a video opens on is in its bucket before
+    /// anything is sent or paid for. A missing one fails the job
+    /// ([`FIRST_FRAME_MISSING`]); a bucket that cannot say gives the job
+    /// back. Either way the claim's reservation is released. `None`: go on.
+    async fn check_first_frame(&self, job: &Job, lease: &Lease) -> Option<Handled> {
+        let frame = job.first_frame()?;
+        let found = match frame.location() {
+            Some((bucket, name)) => self.objects.metadata(bucket, name).await,
+            None => Ok(None),
+        };
+        let owner = lease.owner.as_str();
+        if matches!(found, Ok(Some(_))) {
+            return None;
+        }
+        settle_cost(&self.store, job, Some(owner), Billed::Nothing).await;
+        Some(match found {
+            Ok(_) => self.fail_first_frame_missing(job, owner, frame).await,
+            Err(e) => self.give_back(job, owner, frame, &e).await,
+        })
+    }
+
+    async fn fail_first_frame_missing(
+        &self,
+        job: &Job,
+        owner: &str,
+        frame: &FirstFrame,
+    ) -> Handled {
+        let message = format!(
+            "its first frame {} is not in Cloud Storage; nothing was sent to Veo",
+            frame.gcs_uri
+        );
+        tracing::warn!(job_id = %job.id(), first_frame = %frame.gcs_uri, event = "job_failed", code = FIRST_FRAME_MISSING, "the first frame is missing");
+        let error = JobError::new(FIRST_FRAME_MISSING, message.clone(), false);
+        match with_store_retries(|| self.store.fail_job(job.id(), Some(owner), error.clone())).await
+        {
+            Ok(_) => Handled::Done(format!("job {} failed: {message}", job.id())),
+            Err(e) => settled_elsewhere_or_retry(&e),
+        }
+    }
+
+    /// The bucket could not say whether the first frame is there: the job
+    /// goes back to the queue (to wait, without an attempt, when the stage
+    /// may not read the bucket).
+    async fn give_back(
+        &self,
+        job: &Job,
+        owner: &str,
+        frame: &FirstFrame,
+        e: &crate::error::Error,
+    ) -> Handled {
+        let error = JobError::new(
+            "storage",
+            format!("could not look up the first frame {}: {e}", frame.gcs_uri),
+            true,
+        );
+        let written = if e.is_permission_denied() {
+            report_misconfiguration("the bucket of a first frame refuses this stage", e);
+            self.store
+                .wait_job(job.id(), owner, MISCONFIGURED, error)
+                .await
+        } else {
+            tracing::warn!(job_id = %job.id(), error = %e, "could not look up the first frame; the job goes back to the queue");
+            self.store.release_job(job.id(), owner, Some(error)).await
+        };
+        match written {
+            Ok(_) => Handled::Retry {
+                rate_limited: false,
+                reason: e.to_string(),
+            },
+            Err(e) => settled_elsewhere_or_retry(&e),
+        }
+    }
+}
+
+/// What tells a dry-run clip apart: its job, its first frame if it has one,
+/// and its sample number.
+fn placeholder_label(job: &Job, sample: u32) -> String {
+    match job.first_frame() {
+        Some(frame) => format!("{} from {} sample {sample}", job.id(), frame.gcs_uri),
+        None => format!("{} sample {sample}", job.id()),
     }
 }
 
@@ -114,6 +200,9 @@ impl Generator for VideoGenerator {
             )
             .await;
         }
+        if let Some(handled) = self.check_first_frame(&job, lease).await {
+            return handled;
+        }
         if self.settings.is_dry(&job) {
             return self.dry_run(&job, lease).await;
         }
@@ -122,6 +211,7 @@ impl Generator for VideoGenerator {
             params: job.params().clone(),
             model: self.settings.model_for(&job),
             storage_uri: self.storage_uri(&job),
+            first_frame: job.first_frame().cloned(),
         };
         match self.model.submit(&request).await {
             // The reservation stays until the poller sees the operation end.

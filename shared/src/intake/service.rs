@@ -14,6 +14,10 @@
 //!   messages (the janitor queues them); `503` with the jobs created so far
 //!   when the store failed part-way (send the same request again).
 //! - `GET /v1/jobs/{id}`: the job document, or `404`.
+//! - `POST /v1/jobs/{id}:approve` and `POST /v1/jobs/{id}:reject`, with an
+//!   optional body `{"reason": "..."}`: a reviewer's verdict on a completed
+//!   or delivered image; `200` with the job document, `404` for a missing
+//!   job, `409` with `{"error"}` when the job cannot be reviewed.
 //! - `GET /v1/stats`: jobs per status and kind, downloads per status, and
 //!   how many rejected requests are kept.
 
@@ -23,6 +27,7 @@ use crate::bus::{Bus, Topics};
 use crate::config::{Adapters, DryRunArgs, ServeArgs, StoreArgs};
 use crate::domain::download::DownloadStatus;
 use crate::domain::job::{JobKind, JobStatus, NewJob};
+use crate::domain::review::Verdict;
 use crate::error::Error;
 use crate::push;
 use crate::requests::{self, Envelope, MAX_BODY_BYTES};
@@ -158,7 +163,9 @@ pub fn router(intake: Arc<Intake>) -> Router {
             "/v1/jobs",
             post(create_jobs).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
         )
-        .route("/v1/jobs/{id}", get(get_job))
+        // The router matches whole segments only, so `{id}:approve` is one
+        // parameter that the handler splits.
+        .route("/v1/jobs/{id}", get(get_job).post(job_action))
         .route("/v1/stats", get(stats))
         .with_state(intake);
     server::with_basics(app, REQUEST_TIMEOUT)
@@ -257,6 +264,7 @@ impl From<Error> for ApiError {
         let status = match &e {
             Error::Invalid(_) => StatusCode::BAD_REQUEST,
             Error::NotFound { .. } => StatusCode::NOT_FOUND,
+            Error::Transition { .. } => StatusCode::CONFLICT,
             e if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -431,6 +439,62 @@ async fn get_job(
     }
 }
 
+/// The optional body of a review: why.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReviewBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// The verdict a `{id}:{action}` segment asks for, with the job id.
+fn review_action(segment: &str) -> Option<(&str, Verdict)> {
+    let (id, action) = segment.rsplit_once(':')?;
+    let verdict = match action {
+        "approve" => Verdict::Approved,
+        "reject" => Verdict::Rejected,
+        _ => return None,
+    };
+    plausible_job_id(id).then_some((id, verdict))
+}
+
+fn review_body(body: &[u8]) -> Result<ReviewBody, ApiError> {
+    if body.trim_ascii().is_empty() {
+        return Ok(ReviewBody::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("the body must be empty or {{\"reason\": \"...\"}}: {e}"),
+        )
+    })
+}
+
+async fn job_action(
+    State(intake): State<Arc<Intake>>,
+    Path(segment): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let Some((id, verdict)) = review_action(&segment) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no such action: POST /v1/jobs/{{id}}:approve or /v1/jobs/{{id}}:reject, not {segment:?}"
+            ),
+        ));
+    };
+    let reason = review_body(&body)?.reason;
+    let job = intake
+        .store
+        .review_job(id, verdict, reason)
+        .await
+        .map_err(|e| logged(e.into()))?;
+    tracing::info!(job_id = %id, verdict = %verdict, event = "job_reviewed", "job reviewed");
+    serde_json::to_value(&job)
+        .map(Json)
+        .map_err(|e| logged(ApiError::from(Error::store("encoding a job", e, false))))
+}
+
 async fn stats(State(intake): State<Arc<Intake>>) -> Result<Json<Value>, ApiError> {
     let store = &intake.store;
     let (jobs, downloads, rejected, waiting) = tokio::try_join!(
@@ -492,6 +556,7 @@ pub async fn intake(args: IntakeArgs) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use crate::bus::memory::MemoryBus;
+    use crate::domain::job::Job;
     use crate::store::embedded::EmbeddedBackend;
     use axum::body::Body;
     use axum::http::Request;
@@ -754,6 +819,117 @@ mod tests {
             assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
             assert!(answer["error"].as_str().unwrap().contains("not found"));
         }
+    }
+
+    /// An image job that went through a generator: completed with one PNG.
+    async fn completed_image(app: &App, prompt: &str) -> String {
+        let created = app
+            .store
+            .create_job(NewJob::new(prompt, JobKind::Image))
+            .await
+            .unwrap();
+        let id = created.record.id().to_string();
+        let lease = crate::domain::Lease::new("w", Duration::from_secs(60));
+        app.store.claim_job(&id, &lease).await.unwrap();
+        let output = format!("gs://out/images/{id}/0.png");
+        app.store
+            .complete_job(&id, "w", vec![output])
+            .await
+            .unwrap();
+        id
+    }
+
+    async fn review(app: &App, path: &str, body: &str) -> (StatusCode, Value) {
+        let request = Request::post(path).body(Body::from(body.to_string()));
+        call(app, request.unwrap()).await
+    }
+
+    #[tokio::test]
+    async fn an_image_is_approved_or_rejected_over_http_with_an_optional_reason() {
+        let app = app().await;
+        let id = completed_image(&app, "soap cutting").await;
+        let (status, job) = review(&app, &format!("/v1/jobs/{id}:approve"), "").await;
+        assert_eq!(status, StatusCode::OK, "{job}");
+        assert_eq!(job["review"]["verdict"], "approved");
+        assert_eq!(job["verdict"], "approved");
+        assert!(job["review"].get("reason").is_none());
+
+        let body = r#"{"reason": "too dark"}"#;
+        let (status, job) = review(&app, &format!("/v1/jobs/{id}:reject"), body).await;
+        assert_eq!(status, StatusCode::OK, "{job}");
+        assert_eq!(
+            (&job["review"]["verdict"], &job["review"]["reason"]),
+            (&json!("rejected"), &json!("too dark"))
+        );
+        let (_, shown) = call(
+            &app,
+            Request::get(format!("/v1/jobs/{id}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(shown, job, "the answer is the job document GET returns");
+    }
+
+    #[tokio::test]
+    async fn a_review_of_a_missing_unfinished_or_video_job_is_refused_with_a_reason() {
+        let app = app().await;
+        let missing = Job::id_for_request("nobody");
+        let (status, answer) = review(&app, &format!("/v1/jobs/{missing}:approve"), "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
+
+        let pending = app
+            .store
+            .create_job(NewJob::new("not yet", JobKind::Image))
+            .await
+            .unwrap()
+            .record;
+        let (status, answer) =
+            review(&app, &format!("/v1/jobs/{}:approve", pending.id()), "").await;
+        assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+        assert_eq!(
+            answer["error"],
+            format!(
+                "job {} is pending; only a completed or delivered image can be reviewed",
+                pending.id()
+            )
+        );
+
+        let video = app
+            .store
+            .create_job(NewJob::new("a clip", JobKind::Video))
+            .await
+            .unwrap()
+            .record;
+        let (status, answer) = review(&app, &format!("/v1/jobs/{}:reject", video.id()), "").await;
+        assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+        assert!(
+            answer["error"]
+                .as_str()
+                .unwrap()
+                .contains("is a video; only images are approved or rejected"),
+            "{answer}"
+        );
+
+        let image = completed_image(&app, "fine").await;
+        for (path, body, want) in [
+            (
+                format!("/v1/jobs/{image}:promote"),
+                "",
+                StatusCode::NOT_FOUND,
+            ),
+            (format!("/v1/jobs/{image}"), "", StatusCode::NOT_FOUND),
+            (
+                format!("/v1/jobs/{image}:approve"),
+                r#"{"why": "typo"}"#,
+                StatusCode::BAD_REQUEST,
+            ),
+        ] {
+            let (status, answer) = review(&app, &path, body).await;
+            assert_eq!(status, want, "{path}: {answer}");
+            assert!(answer["error"].is_string(), "{answer}");
+        }
+        assert!(app.store.job(&image).await.unwrap().reviewed().is_none());
     }
 
     #[tokio::test]

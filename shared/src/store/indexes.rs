@@ -76,6 +76,35 @@ pub const INDEXES: &[Index] = &[
         collection: Collection::Jobs,
         fields: &[asc("status"), asc("kind"), desc("created_at"), desc("id")],
     },
+    // list_jobs of reviewed jobs (by verdict), alone or with a status, a
+    // kind (promotable: approved images), or both
+    Index {
+        collection: Collection::Jobs,
+        fields: &[asc("verdict"), desc("created_at"), desc("id")],
+    },
+    Index {
+        collection: Collection::Jobs,
+        fields: &[
+            asc("status"),
+            asc("verdict"),
+            desc("created_at"),
+            desc("id"),
+        ],
+    },
+    Index {
+        collection: Collection::Jobs,
+        fields: &[asc("kind"), asc("verdict"), desc("created_at"), desc("id")],
+    },
+    Index {
+        collection: Collection::Jobs,
+        fields: &[
+            asc("status"),
+            asc("kind"),
+            asc("verdict"),
+            desc("created_at"),
+            desc("id"),
+        ],
+    },
     // reset_stuck_jobs; the janitor's idle pending jobs
     Index {
         collection: Collection::Jobs,
@@ -318,13 +347,20 @@ mod tests {
 
         for status in [None, Some(JobStatus::Pending)] {
             for kind in [None, Some(JobKind::Image)] {
-                let filter = JobFilter { status, kind };
-                let first = store.list_jobs(&filter, 1, None).await.unwrap();
-                if let Some(next) = first.next {
-                    store.list_jobs(&filter, 1, Some(&next)).await.unwrap();
+                for approved in [None, Some(true)] {
+                    let filter = JobFilter {
+                        status,
+                        kind,
+                        approved,
+                    };
+                    let first = store.list_jobs(&filter, 1, None).await.unwrap();
+                    if let Some(next) = first.next {
+                        store.list_jobs(&filter, 1, Some(&next)).await.unwrap();
+                    }
                 }
             }
         }
+        store.promotable(1, None).await.unwrap();
         for status in [None, Some(crate::domain::download::DownloadStatus::Pending)] {
             let first = store.list_downloads(status, 1, None).await.unwrap();
             if let Some(next) = first.next {

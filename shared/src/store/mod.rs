@@ -15,11 +15,15 @@ pub mod indexes;
 mod janitor;
 mod outbox;
 pub mod rejected;
+mod review;
+
+pub use review::Promoted;
 
 use crate::domain::download::{Download, DownloadStatus, NewDownload};
 use crate::domain::job::{
     ClaimRefusal, Delivery, Job, JobError, JobKind, JobStatus, NewJob, Retention, RetryOptions,
 };
+use crate::domain::review::Verdict;
 use crate::domain::{Lease, TransitionError};
 use crate::error::{Error, Result};
 use crate::job_events::{JobEvent, JobEvents, OutboxEntry, became_terminal};
@@ -185,6 +189,9 @@ pub struct JobFilter {
     pub status: Option<JobStatus>,
     /// Only this kind.
     pub kind: Option<JobKind>,
+    /// Only reviewed jobs: `true` those approved, `false` those rejected
+    /// (a job nobody reviewed matches neither).
+    pub approved: Option<bool>,
 }
 
 /// Jobs per status and kind.
@@ -765,6 +772,13 @@ impl Store {
         }
         if let Some(kind) = filter.kind {
             conds.push(str_eq("kind", kind.as_str()));
+        }
+        if let Some(approved) = filter.approved {
+            let verdict = match approved {
+                true => Verdict::Approved,
+                false => Verdict::Rejected,
+            };
+            conds.push(str_eq("verdict", verdict.as_str()));
         }
         self.page(conds, JOB_LIST_ORDER, limit, after).await
     }

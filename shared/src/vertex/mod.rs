@@ -14,6 +14,7 @@ pub mod wire;
 pub use client::VertexClient;
 
 use crate::domain::job::JobParams;
+use crate::domain::review::FirstFrame;
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::fmt;
@@ -154,6 +155,8 @@ pub struct VideoRequest {
     pub model: String,
     /// `gs://OUT/videos/{job_id}/`: where Veo writes the files.
     pub storage_uri: String,
+    /// The image the video opens on (image-to-video), if any.
+    pub first_frame: Option<FirstFrame>,
 }
 
 /// Where a Veo operation stands.

@@ -261,7 +261,8 @@ pub struct PromptFeedback {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VeoRequest {
-    /// One instance; asmr sends text-to-video only.
+    /// One instance: the prompt, and the first frame of an image-to-video
+    /// request.
     pub instances: Vec<VeoInstance>,
     /// Generation parameters.
     pub parameters: VeoParameters,

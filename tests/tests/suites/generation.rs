@@ -7,17 +7,20 @@
 
 use futures::future::join_all;
 use shared::domain::job::{FILTERED, Job, JobKind, JobStatus, QUOTA_EXHAUSTED, SUBMIT_UNKNOWN};
+use shared::domain::review::{FIRST_FRAME_MISSING, PromoteOptions, Verdict};
 use shared::generate::images::ImageGenerator;
 use shared::generate::poller::{TIMED_OUT, VideoPoller};
 use shared::generate::service::router;
 use shared::generate::videos::VideoGenerator;
 use shared::generate::{DrainLimits, GeneratorSettings, drain};
 use shared::objects::{JOB_ID_METADATA, ReadRange};
+use shared::store::budget::budget_day_of;
+use shared::time::Timestamp;
 use shared::vertex::client::VertexClient;
 use shared::vertex::{DEFAULT_IMAGE_MODEL, DEFAULT_VIDEO_MODEL};
 use std::sync::Arc;
 use std::time::Duration;
-use tests::fake_vertex::{FakeOptions, Verb};
+use tests::fake_vertex::{FakeOptions, ReceivedFrame, Verb};
 use tests::stages::{World, post_raw, push, serve};
 
 fn settings(world: &World, model: &str, dry_run: bool) -> GeneratorSettings {
@@ -540,6 +543,115 @@ async fn a_requeued_generating_job_resumes_its_operation_instead_of_paying_again
     assert_eq!(job(&world, &id).await.status(), JobStatus::Completed);
 }
 
+// ---- promoted videos (image-to-video) ----
+
+/// A live image made by the image generator, approved, and promoted to a
+/// live video: the video's id.
+async fn promoted_video(world: &World) -> (String, String) {
+    let url = serve(router(Arc::new(images(world, false)))).await;
+    let image = world.job("bubble wrap popping", JobKind::Image, &[]).await;
+    assert_eq!(push(&url, &image, "image").await, 200);
+    world
+        .store
+        .review_job(&image, Verdict::Approved, None)
+        .await
+        .unwrap();
+    let options = PromoteOptions {
+        dry_run: Some(false),
+        ..PromoteOptions::default()
+    };
+    let promoted = world.store.promote(&image, &options).await.unwrap();
+    (image, promoted.video.id().to_string())
+}
+
+async fn a_promoted_video_sends_its_image_to_veo_as_the_first_frame(world: World) {
+    let (image, video) = promoted_video(&world).await;
+    let url = serve(router(Arc::new(videos(&world, false)))).await;
+    assert_eq!(push(&url, &video, "video").await, 200);
+    assert_eq!(job(&world, &video).await.status(), JobStatus::Generating);
+    let frame = format!("gs://{}/images/{image}/0.png", world.bucket);
+    assert_eq!(
+        world.fake.first_frames(),
+        [ReceivedFrame {
+            gcs_uri: frame,
+            mime_type: "image/png".into(),
+        }]
+    );
+    assert_eq!(world.fake.calls(Verb::PredictLongRunning), 1);
+}
+
+async fn a_missing_first_frame_fails_the_video_before_anything_is_paid(world: World) {
+    let (image, video) = promoted_video(&world).await;
+    let before = money(&world).await;
+    let name = format!("images/{image}/0.png");
+    assert!(world.objects.delete(&world.bucket, &name).await.unwrap());
+    let url = serve(router(Arc::new(videos(&world, false)))).await;
+    assert_eq!(
+        push(&url, &video, "video").await,
+        200,
+        "nothing to redeliver"
+    );
+    let failed = job(&world, &video).await;
+    assert_eq!(failed.status(), JobStatus::Failed);
+    let error = failed.error().unwrap();
+    assert_eq!(error.code, FIRST_FRAME_MISSING);
+    assert!(
+        error
+            .message
+            .contains(&format!("gs://{}/{name}", world.bucket)),
+        "{}",
+        error.message
+    );
+    assert_eq!(world.fake.calls(Verb::PredictLongRunning), 0, "no submit");
+    assert!(
+        failed.reservation().is_none(),
+        "the reservation is released"
+    );
+    assert_eq!(
+        money(&world).await,
+        before,
+        "nothing left reserved, nothing spent on the video"
+    );
+}
+
+/// Reserved and spent today, in micro-dollars.
+async fn money(world: &World) -> (u64, u64) {
+    let today = budget_day_of(Timestamp::now());
+    let day = world.store.budget_day(&today).await.unwrap();
+    (day.reserved_micros, day.spent_micros)
+}
+
+async fn a_dry_run_of_a_promoted_video_checks_its_frame_and_labels_the_clip_with_it(world: World) {
+    let (image, video) = promoted_video(&world).await;
+    let url = serve(router(Arc::new(videos(&world, true)))).await;
+    assert_eq!(push(&url, &video, "video").await, 200);
+    let done = job(&world, &video).await;
+    assert_eq!(done.status(), JobStatus::Completed);
+    let clip = read_all(&world, &done.outputs()[0]).await;
+    let frame = format!("gs://{}/images/{image}/0.png", world.bucket);
+    let label = format!("{video} from {frame} sample 0");
+    assert!(
+        clip.windows(label.len()).any(|w| w == label.as_bytes()),
+        "the clip is labelled from its first frame"
+    );
+    assert_eq!(world.fake.calls(Verb::PredictLongRunning), 0);
+
+    // A second promotion whose frame is gone fails even in a dry run.
+    let again = PromoteOptions {
+        again: true,
+        ..PromoteOptions::default()
+    };
+    let second = world.store.promote(&image, &again).await.unwrap().video;
+    let name = format!("images/{image}/0.png");
+    world.objects.delete(&world.bucket, &name).await.unwrap();
+    assert_eq!(push(&url, second.id(), "second").await, 200);
+    let failed = job(&world, second.id()).await;
+    assert_eq!(
+        (failed.status(), failed.error().map(|e| e.code.as_str())),
+        (JobStatus::Failed, Some(FIRST_FRAME_MISSING))
+    );
+}
+
 macro_rules! scenarios {
     ($world:ident, $make:path) => {
         mod $world {
@@ -608,6 +720,18 @@ macro_rules! scenarios {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_requeued_generating_job_resumes_its_operation_instead_of_paying_again() {
                 super::a_requeued_generating_job_resumes_its_operation_instead_of_paying_again(world().await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_promoted_video_sends_its_image_to_veo_as_the_first_frame() {
+                super::a_promoted_video_sends_its_image_to_veo_as_the_first_frame(world().await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_missing_first_frame_fails_the_video_before_anything_is_paid() {
+                super::a_missing_first_frame_fails_the_video_before_anything_is_paid(world().await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_dry_run_of_a_promoted_video_checks_its_frame_and_labels_the_clip_with_it() {
+                super::a_dry_run_of_a_promoted_video_checks_its_frame_and_labels_the_clip_with_it(world().await).await
             }
         }
     };

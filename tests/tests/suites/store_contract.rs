@@ -11,6 +11,7 @@ use shared::domain::job::{
     BUDGET_EXHAUSTED, Delivery, FILTERED, Job, JobError, JobKind, JobParams, JobStatus, NewJob,
     Retention, RetryOptions, SUBMIT_UNKNOWN,
 };
+use shared::domain::review::{PromoteOptions, Verdict};
 use shared::domain::{Lease, TransitionError};
 use shared::store::backend::{Collection, Version, Write};
 use shared::store::budget::{Billed, Budget, BudgetDay, Budgeted, budget_day_of};
@@ -441,6 +442,7 @@ async fn listing_pages_through_everything_newest_first(t: TestStore) {
             &JobFilter {
                 kind: Some(JobKind::Video),
                 status: None,
+                approved: None,
             },
             50,
             None,
@@ -455,6 +457,7 @@ async fn listing_pages_through_everything_newest_first(t: TestStore) {
             &JobFilter {
                 status: Some(JobStatus::Cancelled),
                 kind: Some(JobKind::Image),
+                approved: None,
             },
             50,
             None,
@@ -1284,6 +1287,233 @@ async fn expired_records_are_deleted_and_nothing_else(t: TestStore) {
     assert_eq!(store.delete_expired().await.unwrap().jobs, 0);
 }
 
+// ---- the review loop ----
+
+/// An image job that a generator completed with one PNG.
+async fn completed_image(store: &Store, prompt: &str) -> String {
+    let id = add(store, prompt, JobKind::Image).await;
+    store.claim_job(&id, &lease("gen")).await.unwrap();
+    let output = format!("gs://out/images/{id}/0.png");
+    store.complete_job(&id, "gen", vec![output]).await.unwrap();
+    id
+}
+
+fn is_refused(result: shared::Result<impl std::fmt::Debug>, says: &str) {
+    match result {
+        Err(e @ Error::Transition { .. }) => {
+            assert!(e.to_string().contains(says), "{e} lacks {says:?}")
+        }
+        other => panic!("expected a refused transition saying {says:?}, got {other:?}"),
+    }
+}
+
+fn is_not_found(result: shared::Result<impl std::fmt::Debug>) {
+    assert!(matches!(result, Err(Error::NotFound { .. })), "{result:?}");
+}
+
+async fn only_a_finished_image_is_reviewed_and_a_second_verdict_replaces_the_first(t: TestStore) {
+    let store = &t.store;
+    let image = completed_image(store, "soap shavings").await;
+    let approved = store
+        .review_job(&image, Verdict::Approved, Some("crisp".into()))
+        .await
+        .unwrap();
+    assert_eq!(approved.verdict(), Some(Verdict::Approved));
+    assert_eq!(
+        approved.reviewed().unwrap().reason.as_deref(),
+        Some("crisp")
+    );
+    let other = completed_image(store, "sand").await;
+    store
+        .review_job(&other, Verdict::Rejected, None)
+        .await
+        .unwrap();
+    let unreviewed = completed_image(store, "foam").await;
+
+    let listed = |approved| {
+        let filter = JobFilter {
+            approved: Some(approved),
+            ..JobFilter::default()
+        };
+        async move {
+            let page = store.list_jobs(&filter, 10, None).await.unwrap();
+            page.items
+                .iter()
+                .map(|j| j.id().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(listed(true).await, [image.as_str()]);
+    assert_eq!(listed(false).await, [other.as_str()]);
+    let promotable = store.promotable(10, None).await.unwrap();
+    assert_eq!(promotable.items.len(), 1);
+    assert_eq!(promotable.items[0].id(), image);
+
+    let rejected = store
+        .review_job(
+            &image,
+            Verdict::Rejected,
+            Some("on second look, blurry".into()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rejected.verdict(), Some(Verdict::Rejected));
+    assert!(listed(true).await.is_empty(), "the verdict was replaced");
+    assert_eq!(listed(false).await.len(), 2);
+    assert!(!listed(false).await.contains(&unreviewed));
+
+    let pending = add(store, "not yet", JobKind::Image).await;
+    is_refused(
+        store.review_job(&pending, Verdict::Approved, None).await,
+        &format!("job {pending} is pending; only a completed or delivered image can be reviewed"),
+    );
+    let video = add(store, "a clip", JobKind::Video).await;
+    is_refused(
+        store.review_job(&video, Verdict::Approved, None).await,
+        "is a video; only images are approved or rejected",
+    );
+    is_not_found(
+        store
+            .review_job(&Job::id_for_request("nobody"), Verdict::Approved, None)
+            .await,
+    );
+    assert!(store.job(&pending).await.unwrap().reviewed().is_none());
+}
+
+async fn promoting_an_image_twice_makes_one_video_and_again_makes_another(t: TestStore) {
+    let store = &t.store;
+    let image = completed_image(store, "honey folding").await;
+    store
+        .review_job(&image, Verdict::Approved, None)
+        .await
+        .unwrap();
+    let options = PromoteOptions {
+        duration: Some(4),
+        ..PromoteOptions::default()
+    };
+    let first = store.promote(&image, &options).await.unwrap();
+    assert!(first.created);
+    let video = &first.video;
+    assert_eq!(
+        (video.kind(), video.status(), video.parent()),
+        (JobKind::Video, JobStatus::Pending, Some(image.as_str()))
+    );
+    assert_eq!(video.prompt(), "honey folding");
+    assert_eq!(video.params().duration_seconds, Some(4));
+    let frame = video.first_frame().unwrap();
+    assert_eq!(
+        (frame.gcs_uri.as_str(), frame.mime_type.as_str()),
+        (
+            format!("gs://out/images/{image}/0.png").as_str(),
+            "image/png"
+        )
+    );
+    assert_eq!(first.image.children(), [video.id()]);
+
+    let repeat = store.promote(&image, &options).await.unwrap();
+    assert!(!repeat.created);
+    assert_eq!(repeat.video.id(), video.id());
+    assert_eq!(repeat.image.children(), [video.id()]);
+
+    let again = PromoteOptions {
+        again: true,
+        ..options
+    };
+    let second = store.promote(&image, &again).await.unwrap();
+    assert!(second.created);
+    assert_ne!(second.video.id(), video.id());
+    assert_eq!(second.video.parent(), Some(image.as_str()));
+
+    let stored = store.job(&image).await.unwrap();
+    assert_eq!(stored.children(), [video.id(), second.video.id()]);
+    assert_eq!(stored.verdict(), Some(Verdict::Approved), "kept");
+    for child in stored.children() {
+        let child = store.job(child).await.unwrap();
+        assert_eq!(child.parent(), Some(image.as_str()), "linked both ways");
+    }
+    assert_eq!(store.job_counts().await.unwrap().kind(JobKind::Video), 2);
+}
+
+async fn concurrent_promotions_of_one_image_create_one_video(t: TestStore) {
+    let store = &t.store;
+    let image = completed_image(store, "kinetic sand").await;
+    let promotions = (0..8).map(|_| {
+        let store = store.clone();
+        let image = image.clone();
+        tokio::spawn(async move { store.promote(&image, &PromoteOptions::default()).await })
+    });
+    let results: Vec<_> = join_all(promotions)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().unwrap())
+        .collect();
+    assert_eq!(
+        results.iter().filter(|p| p.created).count(),
+        1,
+        "exactly one promotion creates"
+    );
+    let ids: HashSet<_> = results.iter().map(|p| p.video.id().to_string()).collect();
+    assert_eq!(ids.len(), 1, "every promotion answers with the same video");
+    let stored = store.job(&image).await.unwrap();
+    assert_eq!(
+        stored.children().to_vec(),
+        ids.into_iter().collect::<Vec<_>>()
+    );
+    assert_eq!(store.job_counts().await.unwrap().kind(JobKind::Video), 1);
+}
+
+async fn a_refused_promotion_creates_nothing(t: TestStore) {
+    let store = &t.store;
+    let pending = add(store, "not yet", JobKind::Image).await;
+    is_refused(
+        store.promote(&pending, &PromoteOptions::default()).await,
+        &format!(
+            "job {pending} is pending; only a completed or delivered image is made into a video"
+        ),
+    );
+    let filtered = add(store, "withheld", JobKind::Image).await;
+    store.claim_job(&filtered, &lease("gen")).await.unwrap();
+    store
+        .fail_job(
+            &filtered,
+            Some("gen"),
+            JobError::new(FILTERED, "withheld", false),
+        )
+        .await
+        .unwrap();
+    is_refused(
+        store.promote(&filtered, &PromoteOptions::default()).await,
+        "was stopped by the safety filters",
+    );
+    let video = add(store, "a clip", JobKind::Video).await;
+    is_refused(
+        store.promote(&video, &PromoteOptions::default()).await,
+        "is a video; only an image is made into a video",
+    );
+    is_not_found(
+        store
+            .promote(&Job::id_for_request("nobody"), &PromoteOptions::default())
+            .await,
+    );
+    let image = completed_image(store, "fine").await;
+    let too_long = PromoteOptions {
+        duration: Some(10),
+        ..PromoteOptions::default()
+    };
+    assert!(matches!(
+        store.promote(&image, &too_long).await,
+        Err(Error::Invalid(_))
+    ));
+    assert_eq!(
+        store.job_counts().await.unwrap().kind(JobKind::Video),
+        1,
+        "only the video made by hand"
+    );
+    for id in [&pending, &filtered, &image] {
+        assert!(store.job(id).await.unwrap().children().is_empty(), "{id}");
+    }
+}
+
 /// Job events that cannot be published: Pub/Sub is down, or the process
 /// stops between the commit and the publish.
 struct Unpublished;
@@ -1371,10 +1601,14 @@ macro_rules! contract {
                 a_commit_applies_every_write_or_none,
                 an_event_that_was_not_published_waits_in_the_outbox_and_is_published_once,
                 settling_a_reservation_is_exact_and_happens_once,
+                only_a_finished_image_is_reviewed_and_a_second_verdict_replaces_the_first,
+                promoting_an_image_twice_makes_one_video_and_again_makes_another,
+                a_refused_promotion_creates_nothing,
             ]);
             contract!(@each $make, Retention::default(), (flavor = "multi_thread", worker_threads = 4), [
                 twenty_claimers_take_fifty_jobs_exactly_once,
                 a_budget_for_n_claims_reserves_exactly_n_among_concurrent_claimers,
+                concurrent_promotions_of_one_image_create_one_video,
             ]);
             // Retention of zero: finished records expire at once.
             contract!(@each $make, Retention { failed_jobs: Duration::ZERO, completed_downloads: Duration::ZERO }, (), [

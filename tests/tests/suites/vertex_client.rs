@@ -6,6 +6,7 @@
 
 use serde_json::json;
 use shared::domain::job::JobParams;
+use shared::domain::review::FirstFrame;
 use shared::objects::ObjectStore;
 use shared::vertex::client::VertexClient;
 use shared::vertex::{
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tests::fake_vertex::{
     BLOCKED_MESSAGE, FILTERED_REASON, FakeOptions, FakeVertex, Fault, OP_FAILED_MESSAGE, PNG_1X1,
-    Verb,
+    ReceivedFrame, Verb,
 };
 
 const IMAGEN: &str = "imagen-4.0-generate-001";
@@ -48,6 +49,7 @@ fn video(prompt: &str, params: JobParams) -> VideoRequest {
         params,
         model: VEO.into(),
         storage_uri: "gs://out/videos/job-1/".into(),
+        first_frame: None,
     }
 }
 
@@ -714,4 +716,84 @@ async fn vertex_the_fake_quota_answers_429_with_a_google_body_and_retry_after() 
     assert_eq!(body["error"]["status"], "RESOURCE_EXHAUSTED");
     assert_eq!(body["error"]["code"], 429);
     assert_eq!(fake.calls_for_prompt("x"), 2);
+}
+
+#[tokio::test]
+async fn vertex_an_image_to_video_submit_sends_its_first_frame_to_veo() {
+    let fake = FakeVertex::start(FakeOptions::default()).await;
+    let frame = FirstFrame {
+        gcs_uri: "gs://out/images/img-1/0.png".into(),
+        mime_type: "image/png".into(),
+    };
+    let request = VideoRequest {
+        first_frame: Some(frame.clone()),
+        ..video("foam pressed flat", JobParams::default())
+    };
+    client(fake.config()).submit(&request).await.unwrap();
+    assert_eq!(
+        fake.first_frames(),
+        [ReceivedFrame {
+            gcs_uri: frame.gcs_uri.clone(),
+            mime_type: frame.mime_type.clone(),
+        }]
+    );
+    let body = fake.last_body(Verb::PredictLongRunning).unwrap();
+    assert_eq!(
+        body["instances"][0]["image"],
+        json!({"gcsUri": "gs://out/images/img-1/0.png", "mimeType": "image/png"})
+    );
+    // A text-to-video submit carries none.
+    client(fake.config())
+        .submit(&video("just words", JobParams::default()))
+        .await
+        .unwrap();
+    assert_eq!(fake.first_frames().len(), 1);
+}
+
+#[tokio::test]
+async fn vertex_the_fake_refuses_a_first_frame_veo_would_refuse() {
+    let fake = FakeVertex::start(FakeOptions::default()).await;
+    let url = format!(
+        "{}/v1/projects/p/locations/l/publishers/google/models/{VEO}:predictLongRunning",
+        fake.base_url()
+    );
+    for (image, says) in [
+        (
+            json!({"gcsUri": "https://example.com/0.png", "mimeType": "image/png"}),
+            "gs://bucket/object",
+        ),
+        (
+            json!({"gcsUri": "gs://out/", "mimeType": "image/png"}),
+            "gs://bucket/object",
+        ),
+        (
+            json!({"gcsUri": "gs://out/0.gif", "mimeType": "image/gif"}),
+            "Unsupported image mime type",
+        ),
+        (
+            json!({"gcsUri": "gs://out/0.png"}),
+            "Unsupported image mime type",
+        ),
+    ] {
+        let body = json!({
+            "instances": [{"prompt": "x", "image": image}],
+            "parameters": {"storageUri": "gs://out/videos/j/"}
+        });
+        let response = reqwest::Client::new()
+            .post(&url)
+            .bearer_auth(fake.token())
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 400, "{image}");
+        let answer: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(answer["error"]["status"], "INVALID_ARGUMENT");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{message:?} lacks {says:?}");
+    }
+    assert!(
+        fake.first_frames().is_empty(),
+        "nothing refused is recorded"
+    );
 }

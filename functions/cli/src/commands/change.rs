@@ -139,6 +139,7 @@ async fn retry_failed(store: &Store, queue: &Queue<'_>, options: RetryOptions) -
     let filter = JobFilter {
         status: Some(JobStatus::Failed),
         kind: None,
+        approved: None,
     };
     let mut ids = Vec::new();
     let mut after = None;

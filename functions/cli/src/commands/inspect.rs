@@ -25,6 +25,7 @@ pub async fn list(store: &Store, args: &ListArgs) -> Result<()> {
             .map(str::parse::<JobKind>)
             .transpose()
             .map_err(Error::from)?,
+        approved: None,
     };
 
     let limit = args.limit as usize;

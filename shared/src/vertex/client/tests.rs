@@ -8,6 +8,7 @@ use super::imagen::*;
 use super::veo::*;
 use super::*;
 use crate::domain::job::JobParams;
+use crate::domain::review::FirstFrame;
 use crate::vertex::RetryPolicy;
 use crate::vertex::wire::{Candidate, ImagenPrediction, Media};
 
@@ -385,6 +386,7 @@ fn veo_requests_carry_the_job_parameters_and_a_slash_ended_prefix() {
         },
         model: "veo-3.1-generate-001".into(),
         storage_uri: "gs://out/videos/job-1".into(),
+        first_frame: None,
     };
     assert_eq!(
         serde_json::to_value(veo_request(&request).unwrap()).unwrap(),
@@ -400,6 +402,42 @@ fn veo_requests_carry_the_job_parameters_and_a_slash_ended_prefix() {
     let mut bad = request.clone();
     bad.storage_uri = "/tmp/videos".into();
     assert_eq!(veo_request(&bad).unwrap_err().code, "invalid_argument");
+}
+
+#[test]
+fn an_image_to_video_request_sends_the_first_frame_from_cloud_storage() {
+    let frame = FirstFrame {
+        gcs_uri: "gs://out/images/img-1/0.png".into(),
+        mime_type: "image/png".into(),
+    };
+    let request = VideoRequest {
+        prompt: "foam pressed flat".into(),
+        params: JobParams::default(),
+        model: "veo-3.1-generate-001".into(),
+        storage_uri: "gs://out/videos/job-2/".into(),
+        first_frame: Some(frame.clone()),
+    };
+    let body = serde_json::to_value(veo_request(&request).unwrap()).unwrap();
+    assert_eq!(
+        body["instances"][0],
+        serde_json::json!({
+            "prompt": "foam pressed flat",
+            "image": {"gcsUri": "gs://out/images/img-1/0.png", "mimeType": "image/png"}
+        })
+    );
+    for (uri, mime) in [
+        ("https://example.com/0.png", "image/png"),
+        ("gs://out/images/img-1/0.gif", "image/gif"),
+    ] {
+        let mut bad = request.clone();
+        bad.first_frame = Some(FirstFrame {
+            gcs_uri: uri.into(),
+            mime_type: mime.into(),
+        });
+        let e = veo_request(&bad).unwrap_err();
+        assert_eq!(e.code, "invalid_argument", "{uri}");
+        assert!(e.message.starts_with("the first frame: "), "{}", e.message);
+    }
 }
 
 #[test]
@@ -499,6 +537,7 @@ async fn models_of_the_wrong_family_are_refused_without_a_call() {
             params: JobParams::default(),
             model: "imagen-4.0-generate-001".into(),
             storage_uri: "gs://b/v/".into(),
+            first_frame: None,
         })
         .await
         .unwrap_err();

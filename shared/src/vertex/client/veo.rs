@@ -2,6 +2,8 @@
 //! polls; the video lands in the bucket the request names.
 
 use super::*;
+use crate::domain::review::FirstFrame;
+use crate::vertex::wire::Media;
 
 #[async_trait]
 impl VideoModel for VertexClient {
@@ -67,6 +69,7 @@ pub(super) fn veo_request(request: &VideoRequest) -> Result<VeoRequest, ModelErr
     Ok(VeoRequest {
         instances: vec![VeoInstance {
             prompt: request.prompt.clone(),
+            image: request.first_frame.as_ref().map(first_frame).transpose()?,
             ..VeoInstance::default()
         }],
         parameters: VeoParameters {
@@ -80,6 +83,19 @@ pub(super) fn veo_request(request: &VideoRequest) -> Result<VeoRequest, ModelErr
             seed: params.seed,
             ..VeoParameters::default()
         },
+    })
+}
+
+/// `instances[0].image` of an image-to-video request: the first frame in
+/// Cloud Storage, which Veo reads itself.
+fn first_frame(frame: &FirstFrame) -> Result<Media, ModelError> {
+    frame
+        .validate()
+        .map_err(|e| permanent("invalid_argument", format!("the first frame: {e}")))?;
+    Ok(Media {
+        gcs_uri: Some(frame.gcs_uri.clone()),
+        mime_type: Some(frame.mime_type.clone()),
+        ..Media::default()
     })
 }
 
