@@ -103,7 +103,7 @@ impl ManifestLine {
             negative_prompt: params.negative_prompt.clone(),
             params: params.clone(),
             seed: params.seed,
-            parent: parent_of(job),
+            parent: job.parent().map(str::to_string),
             path,
             bytes,
             crc32c,
@@ -164,12 +164,6 @@ pub fn model_of(job: &Job) -> String {
         }
         .to_string()
     })
-}
-
-/// The image a video job was made from. Jobs do not record one yet, so
-/// every line says `null`.
-fn parent_of(_job: &Job) -> Option<String> {
-    None
 }
 
 /// The custom metadata an archived copy of `job`'s output carries, so

@@ -2,7 +2,7 @@
 //! while, and the stamp that keeps their re-dispatch to once per window.
 
 use super::backend::{Collection, Cond, Dir, Scalar};
-use super::{MAX_PAGE, Round, Store, str_eq, to_doc, until_settled};
+use super::{Deleted, MAX_PAGE, Round, Store, str_eq, to_doc, until_settled};
 use crate::domain::job::{Job, JobStatus};
 use crate::error::Result;
 use crate::time::Timestamp;
@@ -46,5 +46,37 @@ impl Store {
             )
         })
         .await
+    }
+
+    /// Deletes every record whose `expire_at` has passed. A record
+    /// changed since it was read (retried, say) is left alone.
+    pub async fn delete_expired(&self) -> Result<Deleted> {
+        let now = Timestamp::now();
+        let order = [("expire_at", Dir::Asc), ("id", Dir::Asc)];
+        let mut deleted = Deleted::default();
+        // Outbox entries have no expiry: each stays until it is published.
+        for collection in Collection::ALL
+            .into_iter()
+            .filter(|c| *c != Collection::Outbox)
+        {
+            let conds = vec![Cond::Lt("expire_at", Scalar::Time(now))];
+            for stored in self.sweep(collection, conds, &order).await? {
+                if self
+                    .backend
+                    .delete(collection, &stored.id, &stored.version)
+                    .await?
+                {
+                    match collection {
+                        Collection::Jobs => deleted.jobs += 1,
+                        Collection::Downloads => deleted.downloads += 1,
+                        Collection::Rejected => deleted.rejected += 1,
+                        Collection::Budgets => deleted.budgets += 1,
+                        Collection::Held => deleted.held += 1,
+                        Collection::Outbox => {}
+                    }
+                }
+            }
+        }
+        Ok(deleted)
     }
 }

@@ -1,0 +1,137 @@
+//! Read access to a job: its fields change only through its transitions.
+
+use super::*;
+
+/// Read access: a job's fields change only through its transitions.
+impl Job {
+    /// Document id; derived from `request_id` when there is one.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The text sent to the model.
+    pub fn prompt(&self) -> &str {
+        &self.prompt
+    }
+
+    /// Image or video.
+    pub fn kind(&self) -> JobKind {
+        self.kind
+    }
+
+    /// Model parameters.
+    pub fn params(&self) -> &JobParams {
+        &self.params
+    }
+
+    /// Higher runs first.
+    pub fn priority(&self) -> i64 {
+        self.priority
+    }
+
+    /// Where the job stands.
+    pub fn status(&self) -> JobStatus {
+        self.status
+    }
+
+    /// Claims so far.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// Claims allowed.
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    /// Who holds the lease (processing, generating).
+    pub fn lease_owner(&self) -> Option<&str> {
+        self.lease_owner.as_deref()
+    }
+
+    /// When the lease runs out; after that another worker may take the job.
+    pub fn lease_expires_at(&self) -> Option<Timestamp> {
+        self.lease_expires_at
+    }
+
+    /// The Veo long-running operation, once submitted. Kept across requeues so
+    /// a generator can resume polling instead of paying for a second video.
+    pub fn operation_name(&self) -> Option<&str> {
+        self.operation_name.as_deref()
+    }
+
+    /// When that operation was submitted (its age decides the time-out).
+    pub fn submitted_at(&self) -> Option<Timestamp> {
+        self.submitted_at
+    }
+
+    /// `gs://` URIs of what the model produced.
+    pub fn outputs(&self) -> &[String] {
+        &self.outputs
+    }
+
+    /// Where each output was copied.
+    pub fn deliveries(&self) -> &[Delivery] {
+        &self.deliveries
+    }
+
+    /// Why it failed, or why the last attempt failed.
+    pub fn error(&self) -> Option<&JobError> {
+        self.error.as_ref()
+    }
+
+    /// Idempotency key of the request that created it.
+    pub fn request_id(&self) -> Option<&str> {
+        self.request_id.as_deref()
+    }
+
+    /// Placeholders instead of model calls.
+    pub fn dry_run(&self) -> bool {
+        self.dry_run
+    }
+
+    /// Creation time.
+    pub fn created_at(&self) -> Timestamp {
+        self.created_at
+    }
+
+    /// Last change.
+    pub fn updated_at(&self) -> Timestamp {
+        self.updated_at
+    }
+
+    /// When it reached `completed`.
+    pub fn completed_at(&self) -> Option<Timestamp> {
+        self.completed_at
+    }
+
+    /// When the retention rules allow deleting it.
+    pub fn expire_at(&self) -> Option<Timestamp> {
+        self.expire_at
+    }
+
+    /// Why a pending job is not being worked on ([`BUDGET_EXHAUSTED`]);
+    /// cleared by the next transition.
+    pub fn waiting(&self) -> Option<&str> {
+        self.waiting.as_deref()
+    }
+
+    /// The cost reserved for this job's paid call, until it is settled.
+    pub fn reservation(&self) -> Option<&Reservation> {
+        self.reservation.as_ref()
+    }
+
+    /// The claim whose paid request may be in flight: set by a claim that is
+    /// about to pay, cleared by whatever that claim records next. A later
+    /// claim that finds it set knows a paid request went out with an
+    /// unknown outcome, and does not send another.
+    pub fn calling(&self) -> Option<&str> {
+        self.calling.as_deref()
+    }
+
+    /// Outputs generated and paid for, waiting to be written to the output
+    /// bucket (see [`HeldOutput`]).
+    pub fn held(&self) -> &[HeldOutput] {
+        &self.held
+    }
+}
