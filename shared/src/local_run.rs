@@ -24,6 +24,7 @@ use crate::bus::memory::MemoryBus;
 use crate::bus::{Bus, Topics};
 use crate::deliver::{Destination, Downloader, DownloaderSettings};
 use crate::domain::job::{Job, JobKind, JobStatus, NewJob};
+use crate::domain::review::{Chain, PromoteOptions};
 use crate::error::{Error, Result};
 use crate::events::{ObjectEvent, ObjectEventKind};
 use crate::generate::images::ImageGenerator;
@@ -80,6 +81,8 @@ pub struct RunSettings {
     pub polling_interval: Duration,
     /// How long a live video operation may run.
     pub operation_timeout: Duration,
+    /// Make a video of every image once it is delivered, starting from it.
+    pub chain: bool,
 }
 
 impl RunSettings {
@@ -96,6 +99,7 @@ impl RunSettings {
             download_workers: 5,
             polling_interval: Duration::from_secs(15),
             operation_timeout: Duration::from_secs(1800),
+            chain: false,
         }
     }
 }
@@ -149,6 +153,8 @@ pub struct RunReport {
     pub out_dir: PathBuf,
     /// Where the state is.
     pub state_dir: PathBuf,
+    /// The contact sheet of the run, once written.
+    pub sheet: Option<PathBuf>,
 }
 
 impl RunReport {
@@ -166,6 +172,26 @@ impl RunReport {
 
 /// The most failures a report lists.
 pub const FAILURES_SHOWN: usize = 10;
+
+/// The folder of one run under `out`: the prompts file's name and a digest
+/// of what the run makes (kind, chaining, prompts), so that a rerun of the
+/// same file resumes into the same folder and another file or another
+/// content gets its own.
+pub fn run_folder(out: &Path, file: &Path, prompts: &[u8], kind: JobKind, chain: bool) -> PathBuf {
+    const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6b1e_0d47_2c93_4f5a_9e08_d3a1_57c6_4b29);
+    let stem: String = file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .filter(|s| !s.is_empty() && s != "-")
+        .unwrap_or_else(|| "stdin".into())
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .collect();
+    let mut key = format!("{}\n{chain}\n", kind.as_str()).into_bytes();
+    key.extend_from_slice(prompts);
+    let digest = uuid::Uuid::new_v5(&NAMESPACE, &key).simple().to_string();
+    out.join(format!("{stem}-{}", &digest[..8]))
+}
 
 /// The request id of the `occurrence`-th copy (from 0) of `prompt` in a
 /// prompts file: stable across runs, so a rerun finds its jobs.
@@ -323,7 +349,8 @@ where
     // they poll.
     let work = async {
         let watch = async {
-            let settled = watch_until_settled(&stages.store, &ids, &delivery, &progress).await;
+            let settled =
+                watch_until_settled(&stages.store, &ids, settings.chain, &delivery, &progress).await;
             finished.store(true, Ordering::SeqCst);
             stopping.store(true, Ordering::SeqCst);
             settled
@@ -368,11 +395,25 @@ where
 
     report.interrupted = interrupted;
     tally(&stages.store, &ids, &mut report).await?;
+    report.sheet = Some(write_sheet(&stages.store, &ids, &settings.out_dir).await?);
     progress(&snapshot(&stages.store, &ids).await?);
     stages.store.flush_events().await;
     report.events = bus.published(&topics.job_events()).len() as u64;
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// Writes the run's contact sheet into its folder.
+async fn write_sheet(store: &Store, ids: &[String], out_dir: &Path) -> Result<PathBuf> {
+    let jobs = crate::report::with_children(store, ids).await?;
+    let title = format!(
+        "asmr run {}",
+        out_dir.file_name().unwrap_or_default().to_string_lossy()
+    );
+    let sheet = crate::report::sheet(&title, &jobs, out_dir, &crate::cost::PriceTable::list_prices());
+    let path = out_dir.join(crate::report::REPORT_NAME);
+    crate::report::write(&sheet, &path)?;
+    Ok(path)
 }
 
 async fn create_jobs(
@@ -397,6 +438,9 @@ async fn create_jobs(
         let mut new = NewJob::new(prompt.clone(), settings.kind);
         new.request_id = Some(request_id(settings.kind, &prompt, *occurrence));
         new.dry_run = settings.live.is_none();
+        if settings.chain && settings.kind == JobKind::Image {
+            new.chain = Some(Chain::Video);
+        }
         *occurrence += 1;
         match store.create_job(new).await {
             Ok(created) => {
@@ -676,15 +720,40 @@ async fn completed_jobs(store: &Store) -> Result<Vec<Job>> {
 }
 
 /// Where this run's jobs stand.
-async fn snapshot(store: &Store, ids: &[String]) -> Result<Progress> {
-    let mut progress = Progress {
-        total: ids.len() as u64,
-        ..Progress::default()
-    };
+/// Makes the video of every delivered image of `ids` that has none yet
+/// (a chained run). Promoting is idempotent, so a rerun makes no second
+/// video; an image that cannot be promoted is reported and left.
+async fn promote_delivered(store: &Store, ids: &[String]) -> Result<()> {
     for id in ids {
         let Some(job) = store.get_job(id).await? else {
             continue;
         };
+        if job.kind() != JobKind::Image
+            || job.status() != JobStatus::Delivered
+            || !job.children().is_empty()
+        {
+            continue;
+        }
+        match store.promote(id, &PromoteOptions::default()).await {
+            Ok(promoted) => {
+                tracing::info!(image = id, video = promoted.video.id(), "video job made from the image");
+            }
+            Err(e @ (Error::Transition { .. } | Error::Invalid(_))) => {
+                tracing::warn!(image = id, error = %e, "the image cannot be made into a video");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+async fn snapshot(store: &Store, ids: &[String]) -> Result<Progress> {
+    let jobs = crate::report::with_children(store, ids).await?;
+    let mut progress = Progress {
+        total: jobs.len() as u64,
+        ..Progress::default()
+    };
+    for job in jobs {
         match job.status() {
             JobStatus::Completed => progress.generated += 1,
             JobStatus::Delivered => {
@@ -707,12 +776,16 @@ async fn snapshot(store: &Store, ids: &[String]) -> Result<Progress> {
 async fn watch_until_settled(
     store: &Store,
     ids: &[String],
+    chain: bool,
     delivery: &Delivery,
     progress: &(impl Fn(&Progress) + Send + Sync),
 ) -> Result<()> {
     use crate::domain::download::DownloadStatus;
     let mut quiet_since: Option<Instant> = None;
     loop {
+        if chain {
+            promote_delivered(store, ids).await?;
+        }
         let now = snapshot(store, ids).await?;
         progress(&now);
         let jobs = store.job_counts().await?;
@@ -745,10 +818,7 @@ async fn watch_until_settled(
 }
 
 async fn tally(store: &Store, ids: &[String], report: &mut RunReport) -> Result<()> {
-    for id in ids {
-        let Some(job) = store.get_job(id).await? else {
-            continue;
-        };
+    for job in crate::report::with_children(store, ids).await? {
         *report.statuses.entry(job.status()).or_default() += 1;
         report.files += job.deliveries().len() as u64;
         if job.has_ended()

@@ -51,6 +51,89 @@ pub enum Command {
     RetryDownload(RetryDownloadArgs),
     /// List the requests intake refused (newest first, kept 30 days), with the reason.
     Rejected(RejectedArgs),
+    /// Approve completed or delivered images: keep them (and `promote --approved` them).
+    Approve(ReviewArgs),
+    /// Reject completed or delivered images.
+    Reject(RejectArgs),
+    /// Make a video of each image, starting from it (Veo image-to-video): one video
+    /// job per image, linked both ways; promoting an image again makes nothing new
+    /// unless --again.
+    Promote(PromoteArgs),
+    /// Write a batch's contact sheet: one self-contained HTML page with every job,
+    /// its thumbnails, state and cost.
+    Report(ReportArgs),
+    /// Write manifest.jsonl (one line per delivered file) from the store.
+    Manifest(ManifestArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReviewArgs {
+    /// Image job ids.
+    #[arg(required = true, value_name = "ID")]
+    pub ids: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RejectArgs {
+    /// Image job ids.
+    #[arg(required = true, value_name = "ID")]
+    pub ids: Vec<String>,
+    /// Why, shown on the contact sheet.
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("images").required(true).args(["ids", "approved"])))]
+pub struct PromoteArgs {
+    /// Image job ids.
+    #[arg(value_name = "ID")]
+    pub ids: Vec<String>,
+    /// Every approved image.
+    #[arg(long)]
+    pub approved: bool,
+    /// Length of each video in seconds.
+    #[arg(long, value_parser = ["4", "6", "8"])]
+    pub duration: Option<String>,
+    /// A model parameter of the videos, e.g. aspect_ratio=9:16; repeatable.
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    pub params: Vec<String>,
+    /// Make another video of an image that has one already.
+    #[arg(long)]
+    pub again: bool,
+    /// Print the video jobs and their estimated cost; create nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Only jobs in this status.
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Only jobs of this kind.
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Only jobs created since: an RFC 3339 time, or a duration ago (`2h`, `3d`... in s, m, h).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only approved images.
+    #[arg(long)]
+    pub approved: bool,
+    /// Where the page is written; delivered files are linked relative to its folder.
+    #[arg(long, value_name = "FILE", default_value = "report.html")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ManifestArgs {
+    /// The folder manifest.jsonl is written to.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// The destination the files were delivered to (gs://bucket/prefix or a
+    /// folder), whose paths the lines are relative to [default: --out].
+    #[arg(long)]
+    pub destination: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -86,9 +169,15 @@ pub struct RunArgs {
     /// image or video (IMAGE_TEST and VIDEO_PROD are accepted).
     #[arg(long, default_value = "image")]
     pub kind: String,
-    /// Where the files are delivered.
+    /// Where the files are delivered: each run in its own folder under DIR,
+    /// named after the prompts file (a rerun of the same file resumes into
+    /// the same folder), with its manifest.jsonl and report.html.
     #[arg(long, value_name = "DIR", default_value = "asmr-output")]
     pub out: PathBuf,
+    /// Make a video of every image once it is delivered, starting from it
+    /// (image-to-video); the report shows the pairs.
+    #[arg(long)]
+    pub chain: bool,
     /// Call Vertex AI (paid) instead of writing placeholders; needs Application
     /// Default Credentials and --project. State stays local.
     #[arg(long)]
@@ -129,6 +218,9 @@ pub struct ListArgs {
     /// Only jobs of this kind.
     #[arg(long)]
     pub kind: Option<String>,
+    /// Only approved images.
+    #[arg(long)]
+    pub approved: bool,
     /// At most this many jobs.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
     pub limit: u32,

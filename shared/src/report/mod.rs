@@ -17,6 +17,10 @@
 //!   script, with a text filter, a status filter and page links.
 //! - Every user-provided string reaches the DOM as text, never as markup.
 
+mod build;
+
+pub use build::{REPORT_NAME, Selection, select, sheet, with_children, write};
+
 use serde::Serialize;
 use std::fmt::Write as _;
 

@@ -24,7 +24,7 @@ impl Queue<'_> {
     /// Publishes the job message of a requeued job. A failure is reported,
     /// not fatal: the job is pending, and the janitor dispatches pending
     /// jobs that sat idle.
-    async fn dispatch(&self, job: &Job) {
+    pub(super) async fn dispatch(&self, job: &Job) {
         if !self.bus.reaches_workers() {
             return;
         }

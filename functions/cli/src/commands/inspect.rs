@@ -25,7 +25,7 @@ pub async fn list(store: &Store, args: &ListArgs) -> Result<()> {
             .map(str::parse::<JobKind>)
             .transpose()
             .map_err(Error::from)?,
-        approved: None,
+        approved: args.approved.then_some(true),
     };
 
     let limit = args.limit as usize;

@@ -20,8 +20,12 @@ pub async fn run(store: &StoreArgs, args: RunArgs) -> Result<()> {
     let kind: JobKind = args.kind.parse().map_err(Error::from)?;
     let prompts = super::read_input(&args.file)
         .with_context(|| format!("reading {}", args.file.display()))?;
-    let mut settings =
-        RunSettings::dry_run(prompts, kind, args.out.clone(), store.state_dir.clone());
+    if args.chain && kind != JobKind::Image {
+        bail!("--chain makes videos of images; it needs --kind image");
+    }
+    let out_dir = shared::local_run::run_folder(&args.out, &args.file, &prompts, kind, args.chain);
+    let mut settings = RunSettings::dry_run(prompts, kind, out_dir.clone(), store.state_dir.clone());
+    settings.chain = args.chain;
     settings.image_workers = args.image_workers.into();
     settings.video_workers = args.video_workers.into();
     settings.download_workers = args.download_workers.into();
@@ -39,7 +43,7 @@ pub async fn run(store: &StoreArgs, args: RunArgs) -> Result<()> {
             "dry run: placeholders, no model calls"
         },
         store.state_dir.display(),
-        args.out.display(),
+        out_dir.display(),
     ));
 
     let bars = Bars::new();
@@ -151,6 +155,9 @@ fn render(report: &RunReport) -> String {
     for (id, reason) in &report.failures {
         text.push_str(&format!("job {id}: {}\n", out::one_line(reason, 160)));
     }
+    if let Some(sheet) = &report.sheet {
+        text.push_str(&format!("contact sheet: {}\n", sheet.display()));
+    }
     text.push_str(&format!(
         "{} files in {}\n{:.1} s, {:.1} jobs/s, {} job events\n",
         report.files,
@@ -182,6 +189,7 @@ fn report_json(report: &RunReport) -> serde_json::Value {
         "jobs_per_second": report.jobs_per_second(),
         "interrupted": report.interrupted,
         "out_dir": report.out_dir,
+        "report": report.sheet,
         "state_dir": report.state_dir,
     })
 }

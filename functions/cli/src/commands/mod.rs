@@ -7,6 +7,8 @@ mod downloads;
 mod inspect;
 mod local_run;
 mod rejected;
+mod report;
+mod review;
 mod stats;
 
 pub use local_run::run as local_run;
@@ -48,7 +50,13 @@ pub async fn run(args: &StoreArgs, command: Command) -> Result<()> {
     // nothing half done.
     let changes_jobs = matches!(
         command,
-        Command::Add(_) | Command::Cancel(_) | Command::Reset(_) | Command::Retry(_)
+        Command::Add(_)
+            | Command::Cancel(_)
+            | Command::Reset(_)
+            | Command::Retry(_)
+            | Command::Promote(_)
+            | Command::Approve(_)
+            | Command::Reject(_)
     );
     let Adapters { store, bus, topics } = args
         .connect_with(changes_jobs)
@@ -69,6 +77,11 @@ pub async fn run(args: &StoreArgs, command: Command) -> Result<()> {
         Command::Downloads(args) => downloads::list(&store, &args).await,
         Command::RetryDownload(args) => downloads::retry(&store, &args.id).await,
         Command::Rejected(args) => rejected::list(&store, &args).await,
+        Command::Approve(args) => review::approve(&store, &args).await,
+        Command::Reject(args) => review::reject(&store, &args).await,
+        Command::Promote(args) => review::promote(&store, &queue, &args).await,
+        Command::Report(args) => report::report(&store, &args).await,
+        Command::Manifest(args) => report::manifest(&store, &args).await,
         Command::Run(_) => anyhow::bail!("`asmr run` opens its own store"),
     };
     store.flush_events().await;

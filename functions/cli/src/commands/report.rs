@@ -1,0 +1,91 @@
+//! `asmr report` and `asmr manifest`: what a batch produced, as a contact
+//! sheet to look at and as a manifest to build on.
+
+use crate::args::{ManifestArgs, ReportArgs};
+use crate::out;
+use anyhow::{Context, Result, bail};
+use shared::Error;
+use shared::cost::PriceTable;
+use shared::deliver::Destination;
+use shared::domain::job::{JobKind, JobStatus};
+use shared::report::{self, Selection};
+use shared::time::Timestamp;
+
+pub async fn report(store: &shared::store::Store, args: &ReportArgs) -> Result<()> {
+    let selection = Selection {
+        status: args
+            .status
+            .as_deref()
+            .map(str::parse::<JobStatus>)
+            .transpose()
+            .map_err(Error::from)?,
+        kind: args
+            .kind
+            .as_deref()
+            .map(str::parse::<JobKind>)
+            .transpose()
+            .map_err(Error::from)?,
+        since: args.since.as_deref().map(since).transpose()?,
+        approved: args.approved.then_some(true),
+    };
+    let jobs = report::select(store, &selection).await?;
+    let folder = args
+        .out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let title = format!("asmr: {} jobs", jobs.len());
+    let sheet = report::sheet(&title, &jobs, folder, &PriceTable::list_prices());
+    let bytes = report::write(&sheet, &args.out)?;
+    out::line(&args.out.display().to_string())?;
+    out::note(format_args!(
+        "contact sheet of {} jobs ({} files) written to {} ({} KiB)",
+        jobs.len(),
+        sheet.totals.files,
+        args.out.display(),
+        bytes.div_ceil(1024)
+    ));
+    Ok(())
+}
+
+/// `--since`: an RFC 3339 time, or how long ago (`90m`, `2h`, `3d`).
+fn since(text: &str) -> Result<Timestamp> {
+    if let Some(at) = Timestamp::parse(text) {
+        return Ok(at);
+    }
+    let ago = match text.trim().strip_suffix('d') {
+        Some(days) => days
+            .trim()
+            .parse::<u64>()
+            .map(|d| std::time::Duration::from_secs(d * 86_400))
+            .map_err(|_| format!("{text:?} is not a number of days")),
+        None => shared::config::parse_duration(text),
+    };
+    match ago {
+        Ok(ago) => Ok(Timestamp::now().minus(ago)),
+        Err(e) => bail!("--since {text:?} is neither an RFC 3339 time nor a duration ago: {e}"),
+    }
+}
+
+pub async fn manifest(store: &shared::store::Store, args: &ManifestArgs) -> Result<()> {
+    let destination: Destination = match &args.destination {
+        Some(text) => text.parse().map_err(|e: String| anyhow::anyhow!("--destination: {e}"))?,
+        None => Destination::Directory(std::path::absolute(&args.out).context("--out")?),
+    };
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let written = shared::manifest::rebuild(store, &destination, &args.out).await?;
+    out::line(&written.path.display().to_string())?;
+    out::note(format_args!(
+        "{} lines for {} jobs written to {}",
+        written.lines,
+        written.jobs,
+        written.path.display()
+    ));
+    for why in written.skipped.iter().take(10) {
+        out::note(format_args!("left out: {why}"));
+    }
+    if written.skipped.len() > 10 {
+        out::note(format_args!("... and {} more left out", written.skipped.len() - 10));
+    }
+    Ok(())
+}

@@ -1,0 +1,236 @@
+//! A batch's contact sheet from the store: which jobs, and each as a card
+//! whose files are linked relative to the folder the page is written to.
+
+use super::{Card, Review, Sheet, Totals};
+use crate::cost::{PriceTable, usd as micros_to_usd};
+use crate::domain::job::{Job, JobKind, JobStatus, SUBMIT_UNKNOWN};
+use crate::domain::review::Verdict;
+use crate::error::{Error, Result};
+use crate::manifest::model_of;
+use crate::store::{JobFilter, MAX_PAGE, Store};
+use crate::time::Timestamp;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Component, Path, PathBuf};
+
+/// The name of the page `asmr run` writes beside the files it delivered.
+pub const REPORT_NAME: &str = "report.html";
+
+/// Which jobs a sheet shows.
+#[derive(Clone, Debug, Default)]
+pub struct Selection {
+    /// Only jobs in this status.
+    pub status: Option<JobStatus>,
+    /// Only jobs of this kind.
+    pub kind: Option<JobKind>,
+    /// Only jobs created at or after this time.
+    pub since: Option<Timestamp>,
+    /// Only approved (`true`) or rejected (`false`) images.
+    pub approved: Option<bool>,
+}
+
+/// Every job `selection` names, oldest first (the order of a batch).
+pub async fn select(store: &Store, selection: &Selection) -> Result<Vec<Job>> {
+    let filter = JobFilter {
+        status: selection.status,
+        kind: selection.kind,
+        approved: selection.approved,
+    };
+    let mut jobs = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.list_jobs(&filter, MAX_PAGE, after.as_deref()).await?;
+        let before = jobs.len();
+        jobs.extend(
+            page.items
+                .into_iter()
+                .filter(|job| selection.since.is_none_or(|since| job.created_at() >= since)),
+        );
+        // Newest first: once a page is all older than `since`, so is the rest.
+        let all_older = selection.since.is_some() && jobs.len() == before;
+        match page.next {
+            Some(next) if !all_older => after = Some(next),
+            _ => break,
+        }
+    }
+    jobs.reverse();
+    Ok(jobs)
+}
+
+/// Every job of `ids` that still exists, with the jobs made from them
+/// (a chained run's videos), in that order.
+pub async fn with_children(store: &Store, ids: &[String]) -> Result<Vec<Job>> {
+    let mut jobs = Vec::new();
+    let mut children = Vec::new();
+    for id in ids {
+        if let Some(job) = store.get_job(id).await? {
+            children.extend(job.children().iter().cloned());
+            jobs.push(job);
+        }
+    }
+    for id in children {
+        if !ids.contains(&id)
+            && let Some(child) = store.get_job(&id).await?
+        {
+            jobs.push(child);
+        }
+    }
+    Ok(jobs)
+}
+
+/// The sheet of `jobs` for a page written into `folder`: each delivered
+/// file that is on this machine is linked relative to it, and a video made
+/// from an image shows that image as its poster. Costs are list-price
+/// estimates from `prices`.
+pub fn sheet(title: &str, jobs: &[Job], folder: &Path, prices: &PriceTable) -> Sheet {
+    let folder = absolute(folder);
+    let files: HashMap<&str, Vec<String>> = jobs
+        .iter()
+        .map(|job| (job.id(), local_files(job, &folder)))
+        .collect();
+    let cards = jobs
+        .iter()
+        .map(|job| {
+            let poster = job
+                .parent()
+                .and_then(|parent| files.get(parent))
+                .and_then(|parent_files| parent_files.first().cloned());
+            card(job, files.get(job.id()).cloned().unwrap_or_default(), poster, prices)
+        })
+        .collect();
+    Sheet {
+        title: title.to_string(),
+        generated_at: Timestamp::now().to_string(),
+        totals: totals(jobs, prices),
+        cards,
+    }
+}
+
+/// Writes the page of `sheet` to `path` (beside it first, then renamed, so
+/// a browser never reads half a page); returns its size in bytes.
+pub fn write(sheet: &Sheet, path: &Path) -> Result<u64> {
+    let html = super::render(sheet);
+    let io = |e: std::io::Error| Error::objects(format!("writing {}", path.display()), e, false);
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(io)?;
+    }
+    let partial = path.with_extension("html.partial");
+    std::fs::write(&partial, html.as_bytes()).map_err(io)?;
+    std::fs::rename(&partial, path).map_err(io)?;
+    Ok(html.len() as u64)
+}
+
+fn card(job: &Job, files: Vec<String>, poster: Option<String>, prices: &PriceTable) -> Card {
+    let model = model_of(job);
+    Card {
+        id: job.id().to_string(),
+        kind: job.kind().to_string(),
+        status: job.status().to_string(),
+        prompt: job.prompt().to_string(),
+        negative_prompt: job.params().negative_prompt.clone(),
+        attempts: job.attempts(),
+        max_attempts: job.max_attempts(),
+        error: job.error().map(|e| format!("{}: {}", e.code, e.message)),
+        waiting: job.waiting().map(str::to_string),
+        cost_usd: Some(micros_to_usd(
+            prices.estimate(job.kind(), &model, job.params()).micros,
+        )),
+        model,
+        files,
+        poster,
+        review: job.reviewed().map(|review| Review {
+            approved: review.verdict == Verdict::Approved,
+            reason: review.reason.clone(),
+        }),
+        parent: job.parent().map(str::to_string),
+        children: job.children().to_vec(),
+        created_at: job.created_at().to_string(),
+    }
+}
+
+fn totals(jobs: &[Job], prices: &PriceTable) -> Totals {
+    let mut by_status: BTreeMap<JobStatus, u64> = BTreeMap::new();
+    let mut totals = Totals::default();
+    let (mut reserved, mut spent) = (0u64, 0u64);
+    for job in jobs {
+        *by_status.entry(job.status()).or_default() += 1;
+        totals.files += job.deliveries().len() as u64;
+        match job.verdict() {
+            Some(Verdict::Approved) => totals.approved += 1,
+            Some(Verdict::Rejected) => totals.rejected += 1,
+            None => {}
+        }
+        if let Some(reservation) = job.reservation() {
+            reserved += reservation.micros;
+        } else if was_paid(job) {
+            spent += prices.estimate(job.kind(), &model_of(job), job.params()).micros;
+        }
+    }
+    totals.by_status = by_status
+        .into_iter()
+        .map(|(status, n)| (status.to_string(), n))
+        .collect();
+    totals.reserved_usd = micros_to_usd(reserved);
+    totals.spent_usd = micros_to_usd(spent);
+    totals
+}
+
+/// Whether the job's paid call went out: a live job that produced outputs,
+/// or whose request's outcome is unknown (booked as spent).
+fn was_paid(job: &Job) -> bool {
+    !job.dry_run()
+        && (!job.outputs().is_empty() || job.error().is_some_and(|e| e.code == SUBMIT_UNKNOWN))
+}
+
+/// The job's delivered files that are on this machine, relative to
+/// `folder`.
+fn local_files(job: &Job, folder: &Path) -> Vec<String> {
+    job.deliveries()
+        .iter()
+        .filter(|d| !d.destination.starts_with("gs://"))
+        .filter_map(|d| relative_to(folder, &absolute(Path::new(&d.destination))))
+        .collect()
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// `target` relative to `folder` (both absolute), `/`-separated, with `..`
+/// where it is outside it.
+fn relative_to(folder: &Path, target: &Path) -> Option<String> {
+    let folder: Vec<Component> = folder.components().collect();
+    let target: Vec<Component> = target.components().collect();
+    let common = folder
+        .iter()
+        .zip(&target)
+        .take_while(|(a, b)| a == b)
+        .count();
+    if common == 0 {
+        return None;
+    }
+    let ups = std::iter::repeat_n("..".to_string(), folder.len() - common);
+    let downs = target[common..]
+        .iter()
+        .map(|c| c.as_os_str().to_str().map(str::to_string));
+    let segments: Option<Vec<String>> = ups.map(Some).chain(downs).collect();
+    segments.filter(|s| !s.is_empty()).map(|s| s.join("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_are_linked_relative_to_the_folder_of_the_page() {
+        let at = |p: &str| PathBuf::from(p);
+        assert_eq!(
+            relative_to(&at("/out/run-1"), &at("/out/run-1/images/j/0.png")).as_deref(),
+            Some("images/j/0.png")
+        );
+        assert_eq!(
+            relative_to(&at("/out/reports"), &at("/out/run-1/images/j/0.png")).as_deref(),
+            Some("../run-1/images/j/0.png")
+        );
+        assert_eq!(relative_to(&at("/out"), &at("/out")), None);
+    }
+}
