@@ -31,68 +31,46 @@
 //!
 //! Limits, as any file system has them: an object `a` and an object `a/b`
 //! cannot both exist, and a segment may be at most 250 bytes long.
+//!
+//! The adapter and its `ObjectStore` impl are here; the file work is in
+//! `files`, the sidecars in `meta`, the checks of names in `names`.
 
+mod files;
+mod meta;
+mod names;
+
+use self::files::{
+    blocking, copy_counting, io_error, lock_exclusively, missing, prune, read_chunk, replace,
+    replace_with, walk,
+};
+use self::meta::{Sidecar, believed_sidecar, guess_content_type, micros, object_meta};
+use self::names::{check_bucket, check_name};
 use super::{ByteStream, GsUri, ObjectMeta, ObjectStore, ReadRange};
-use crate::crc::Crc32c;
 use crate::error::{Error, Result};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::io::AsyncSeekExt;
 
 /// The hidden tree that holds the sidecars.
 const META_DIR: &str = ".meta";
+
 /// Extension of a sidecar.
 const SIDECAR_SUFFIX: &str = ".json";
-/// Start of the name of a temporary file; listings skip such files, and no
-/// object name segment may start with it.
-use crate::paths::TEMP_PREFIX;
+
 /// Bytes per chunk of a read.
 const CHUNK: usize = 256 * 1024;
-/// The longest name segment: file systems allow 255 bytes and the sidecar
-/// adds `.json`.
-const MAX_SEGMENT_BYTES: usize = 250;
-/// The longest bucket name, as in Cloud Storage (without dots).
-const MAX_BUCKET_BYTES: usize = 63;
-/// How often a write retries when a concurrent delete removes the directory
-/// it is writing into.
-const WRITE_ATTEMPTS: usize = 3;
+
 /// The file under the sidecar tree whose exclusive lock makes a compose's
 /// check of the generation and its write one step, across processes too.
 /// Its leading dot keeps it apart from every bucket's sidecar folder.
 const COMPOSE_LOCK: &str = ".compose.lock";
-
-/// What a sidecar records.
-#[derive(Debug, Serialize, Deserialize)]
-struct Sidecar {
-    size: u64,
-    crc32c: u32,
-    generation: i64,
-    content_type: String,
-    #[serde(default)]
-    metadata: BTreeMap<String, String>,
-}
-
-impl Sidecar {
-    fn into_meta(self, bucket: &str, name: &str) -> ObjectMeta {
-        ObjectMeta {
-            bucket: bucket.to_string(),
-            name: name.to_string(),
-            size: self.size,
-            crc32c: Crc32c(self.crc32c),
-            generation: self.generation,
-            content_type: self.content_type,
-            metadata: self.metadata,
-        }
-    }
-}
 
 /// How the file work of a copy ended.
 enum Copied {
@@ -520,310 +498,6 @@ impl ObjectStore for LocalObjectStore {
     }
 }
 
-/// Refuses bucket names that are not plain words (which also keeps `.meta`
-/// and `..` out).
-fn check_bucket(bucket: &str, context: &str) -> Result<()> {
-    let plain = bucket
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
-    let ends_ok = bucket
-        .bytes()
-        .next()
-        .zip(bucket.bytes().last())
-        .is_some_and(|(first, last)| first.is_ascii_alphanumeric() && last.is_ascii_alphanumeric());
-    if plain && ends_ok && bucket.len() <= MAX_BUCKET_BYTES {
-        return Ok(());
-    }
-    Err(Error::objects(
-        context,
-        format!(
-            "bucket name {bucket:?} is not a plain word of at most {MAX_BUCKET_BYTES} lowercase letters, digits, dots, dashes and underscores that starts and ends with a letter or digit"
-        ),
-        false,
-    ))
-}
-
-/// The relative path of an object name, by the project's one normalisation
-/// ([`crate::paths::relative_path`]), with a shorter segment limit because
-/// the sidecar adds `.json`.
-fn check_name(name: &str, context: &str) -> Result<PathBuf> {
-    let relative =
-        crate::paths::relative_path(name).map_err(|e| Error::objects(context, e, false))?;
-    if name
-        .split('/')
-        .any(|segment| segment.len() > MAX_SEGMENT_BYTES)
-    {
-        let shown: String = name.chars().take(80).collect();
-        return Err(Error::objects(
-            context,
-            format!(
-                "object name {shown:?} is refused: a segment is longer than {MAX_SEGMENT_BYTES} bytes"
-            ),
-            false,
-        ));
-    }
-    Ok(relative)
-}
-
-/// Replaces `path` atomically with `bytes`.
-fn replace(path: &Path, bytes: &[u8], mtime: Option<SystemTime>) -> io::Result<()> {
-    replace_with(path, mtime, |file| file.write_all(bytes))
-}
-
-/// Replaces `path` atomically with what `fill` writes: a temporary file
-/// beside it, synced, then renamed over it. Creates the parent directories,
-/// and retries if a concurrent delete prunes them in between.
-fn replace_with(
-    path: &Path,
-    mtime: Option<SystemTime>,
-    fill: impl FnOnce(&mut std::fs::File) -> io::Result<()>,
-) -> io::Result<()> {
-    let dir = path.parent().ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "the path has no parent directory",
-        )
-    })?;
-    let temp = dir.join(format!("{TEMP_PREFIX}{}", uuid::Uuid::new_v4().simple()));
-    let mut attempt = 0;
-    let mut file = loop {
-        attempt += 1;
-        std::fs::create_dir_all(dir)?;
-        match std::fs::File::create_new(&temp) {
-            Ok(file) => break file,
-            Err(e) if missing(&e) && attempt < WRITE_ATTEMPTS => continue,
-            Err(e) => return Err(e),
-        }
-    };
-    let written = (|| {
-        fill(&mut file)?;
-        if let Some(mtime) = mtime {
-            file.set_modified(mtime)?;
-        }
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&temp, path)
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&temp);
-        return Err(e);
-    }
-    // Make the rename itself durable.
-    if let Ok(dir) = std::fs::File::open(dir) {
-        let _ = dir.sync_all();
-    }
-    Ok(())
-}
-
-/// The metadata of an object from its sidecar when that describes the file
-/// as it is, else computed from the file. `None` if there is no such file.
-fn object_meta(
-    bucket: &str,
-    name: &str,
-    data_path: &Path,
-    meta_path: &Path,
-) -> io::Result<Option<ObjectMeta>> {
-    let stat = match std::fs::metadata(data_path) {
-        Ok(stat) if stat.is_file() => stat,
-        Ok(_) => return Ok(None),
-        Err(e) if missing(&e) => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let sidecar = match believed_sidecar(meta_path, &stat)? {
-        Some(sidecar) => sidecar,
-        None => Sidecar {
-            size: stat.len(),
-            crc32c: match file_crc32c(data_path) {
-                Ok(crc) => crc,
-                Err(e) if missing(&e) => return Ok(None),
-                Err(e) => return Err(e),
-            },
-            generation: stat.modified().map(micros)?,
-            content_type: guess_content_type(name).to_string(),
-            metadata: BTreeMap::new(),
-        },
-    };
-    Ok(Some(sidecar.into_meta(bucket, name)))
-}
-
-/// The sidecar at `meta_path` if it describes the file of `stat` (same
-/// generation, same size); `None` if it is missing, unreadable or stale.
-fn believed_sidecar(meta_path: &Path, stat: &std::fs::Metadata) -> io::Result<Option<Sidecar>> {
-    let generation = stat.modified().map(micros)?;
-    Ok(std::fs::read(meta_path)
-        .ok()
-        .and_then(|bytes| serde_json::from_slice::<Sidecar>(&bytes).ok())
-        .filter(|s| s.generation == generation && s.size == stat.len()))
-}
-
-/// Copies `from` to `to` in chunks, counting on from `start` (bytes and
-/// CRC32C so far, `(0, 0)` for a fresh count); the bytes and CRC32C of all
-/// that was counted.
-fn copy_counting(
-    from: &mut impl Read,
-    to: &mut impl Write,
-    start: (u64, u32),
-) -> io::Result<(u64, u32)> {
-    let mut buffer = vec![0; CHUNK];
-    let (mut size, mut crc) = start;
-    loop {
-        let n = match from.read(&mut buffer) {
-            Ok(0) => return Ok((size, crc)),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        to.write_all(&buffer[..n])?;
-        crc = crc32c::crc32c_append(crc, &buffer[..n]);
-        size += n as u64;
-    }
-}
-
-/// `path` opened (created if need be) and locked exclusively; the lock
-/// lasts as long as the returned file.
-fn lock_exclusively(path: &Path) -> io::Result<std::fs::File> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)?;
-    file.lock()?;
-    Ok(file)
-}
-
-/// The CRC32C of a file, read in chunks.
-fn file_crc32c(path: &Path) -> io::Result<u32> {
-    let mut file = std::fs::File::open(path)?;
-    let mut buffer = vec![0; CHUNK];
-    let mut crc = 0;
-    loop {
-        let n = file.read(&mut buffer)?;
-        if n == 0 {
-            return Ok(crc);
-        }
-        crc = crc32c::crc32c_append(crc, &buffer[..n]);
-    }
-}
-
-/// Collects the names of the files under `dir` (`prefix` is `dir`'s name
-/// relative to the bucket), skipping temporary files and not following
-/// symbolic links.
-fn walk(dir: &Path, prefix: &str, names: &mut Vec<String>) -> io::Result<()> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if missing(&e) || e.kind() == io::ErrorKind::NotADirectory => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    for entry in entries {
-        let entry = entry?;
-        let Ok(file_name) = entry.file_name().into_string() else {
-            continue; // not UTF-8: no object has this name
-        };
-        if file_name.starts_with(TEMP_PREFIX) {
-            continue;
-        }
-        let name = if prefix.is_empty() {
-            file_name
-        } else {
-            format!("{prefix}/{file_name}")
-        };
-        let kind = entry.file_type()?;
-        if kind.is_dir() {
-            walk(&entry.path(), &name, names)?;
-        } else if kind.is_file() && check_name(&name, "").is_ok() {
-            names.push(name);
-        }
-    }
-    Ok(())
-}
-
-/// Removes the empty directories above `path`, up to but not including
-/// `stop`. A directory that is not empty (or just got a new file) stays.
-fn prune(path: &Path, stop: &Path) {
-    let mut dir = path.parent();
-    while let Some(d) = dir {
-        if d == stop || !d.starts_with(stop) || std::fs::remove_dir(d).is_err() {
-            return;
-        }
-        dir = d.parent();
-    }
-}
-
-/// Fills a buffer of `want` bytes unless the file ends first.
-async fn read_chunk(file: &mut tokio::fs::File, want: usize) -> io::Result<Vec<u8>> {
-    let mut chunk = vec![0; want];
-    let mut filled = 0;
-    while filled < want {
-        let n = file.read(&mut chunk[filled..]).await?;
-        if n == 0 {
-            break;
-        }
-        filled += n;
-    }
-    chunk.truncate(filled);
-    Ok(chunk)
-}
-
-/// The content type of a file dropped in by hand, from its extension.
-fn guess_content_type(name: &str) -> &'static str {
-    let extension = name
-        .rsplit_once('.')
-        .map(|(_, e)| e.to_ascii_lowercase())
-        .unwrap_or_default();
-    match extension.as_str() {
-        "png" => "image/png",
-        "jpg" | "jpeg" => "image/jpeg",
-        "gif" => "image/gif",
-        "webp" => "image/webp",
-        "mp4" => "video/mp4",
-        "webm" => "video/webm",
-        "mov" => "video/quicktime",
-        "mp3" => "audio/mpeg",
-        "wav" => "audio/wav",
-        "json" => "application/json",
-        "txt" | "log" => "text/plain",
-        "html" | "htm" => "text/html",
-        _ => "application/octet-stream",
-    }
-}
-
-/// Runs blocking file work off the async threads.
-async fn blocking<T, F>(context: &str, work: F) -> Result<T>
-where
-    T: Send + 'static,
-    F: FnOnce() -> io::Result<T> + Send + 'static,
-{
-    match tokio::task::spawn_blocking(work).await {
-        Ok(result) => result.map_err(|e| io_error(context, &e)),
-        Err(e) => Err(Error::objects(
-            context,
-            format!("the file task failed ({e})"),
-            true,
-        )),
-    }
-}
-
-fn missing(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::NotFound
-}
-
-fn io_error(context: &str, e: &io::Error) -> Error {
-    let message = match e.kind() {
-        io::ErrorKind::NotADirectory | io::ErrorKind::IsADirectory => format!(
-            "a file and a directory cannot share a name here: another object's name uses this one as a folder, or the other way round ({e})"
-        ),
-        _ => format!("the file system said: {e}"),
-    };
-    let retryable = matches!(
-        e.kind(),
-        io::ErrorKind::Interrupted | io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
-    );
-    Error::objects(context, message, retryable)
-}
-
 fn not_found(uri: &str) -> Error {
     Error::NotFound {
         kind: "object",
@@ -835,57 +509,9 @@ fn gs(bucket: &str, name: &str) -> String {
     format!("gs://{bucket}/{name}")
 }
 
-/// Microseconds since the epoch (negative before it).
-fn micros(time: SystemTime) -> i64 {
-    match time.duration_since(UNIX_EPOCH) {
-        Ok(after) => i64::try_from(after.as_micros()).unwrap_or(i64::MAX),
-        Err(before) => -i64::try_from(before.duration().as_micros()).unwrap_or(i64::MAX),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_that_could_escape_the_bucket_are_refused() {
-        let long = "a".repeat(2000);
-        let long_segment = format!("a/{}", "b".repeat(251));
-        let temp = format!("a/{TEMP_PREFIX}x");
-        for name in [
-            "",
-            "../x",
-            "/etc/passwd",
-            "a/../../b",
-            "a\\b",
-            "a\0b",
-            "./a",
-            "a/.",
-            "a//b",
-            "a/",
-            long.as_str(),
-            long_segment.as_str(),
-            temp.as_str(),
-        ] {
-            assert!(check_name(name, "c").is_err(), "{name:?} was accepted");
-        }
-        for name in ["a", "images/j/0.png", "..a", "a..", ".hidden", "a b/c+d%e"] {
-            check_name(name, "c").unwrap();
-        }
-    }
-
-    #[test]
-    fn only_plain_bucket_names_are_accepted() {
-        for bucket in ["", ".meta", "..", "a/b", "Out", "-a", "a-", "a b", "a\0"] {
-            assert!(
-                check_bucket(bucket, "c").is_err(),
-                "{bucket:?} was accepted"
-            );
-        }
-        for bucket in ["out", "asmr-test-1", "a.b_c", "x"] {
-            check_bucket(bucket, "c").unwrap();
-        }
-    }
 
     #[test]
     fn sidecars_live_in_their_own_tree() {
@@ -904,96 +530,6 @@ mod tests {
             assert!(next > last);
             last = next;
         }
-    }
-
-    #[tokio::test]
-    async fn a_file_dropped_in_by_hand_is_listed_and_read() {
-        let root = tempfile::tempdir().unwrap();
-        let store = LocalObjectStore::new(root.path().to_path_buf());
-        store.ensure_bucket("out").await.unwrap();
-        std::fs::create_dir_all(root.path().join("out/hand")).unwrap();
-        std::fs::write(root.path().join("out/hand/pic.PNG"), b"not really a png").unwrap();
-
-        let listed = store.list("out", "").await.unwrap();
-        assert_eq!(listed.len(), 1);
-        let meta = &listed[0];
-        assert_eq!(meta.name, "hand/pic.PNG");
-        assert_eq!(meta.crc32c, Crc32c::of(b"not really a png"));
-        assert_eq!(meta.content_type, "image/png");
-        assert!(meta.generation > 0);
-        assert_eq!(
-            store
-                .metadata("out", "hand/pic.PNG")
-                .await
-                .unwrap()
-                .as_ref(),
-            Some(meta)
-        );
-
-        let mut stream = store
-            .read("out", "hand/pic.PNG", ReadRange::from(4))
-            .await
-            .unwrap();
-        assert_eq!(stream.next().await.unwrap().unwrap(), &b"really a png"[..]);
-        assert!(stream.next().await.is_none());
-    }
-
-    #[tokio::test]
-    async fn a_copy_of_a_file_dropped_in_by_hand_gets_its_metadata_from_the_file() {
-        let root = tempfile::tempdir().unwrap();
-        let store = LocalObjectStore::new(root.path().to_path_buf());
-        store.ensure_bucket("out").await.unwrap();
-        std::fs::write(root.path().join("out/hand.mp4"), b"not really a video").unwrap();
-        let uri = |name: &str| GsUri {
-            bucket: "out".into(),
-            name: name.into(),
-        };
-
-        let copy = store
-            .copy(&uri("hand.mp4"), &uri("copy/x"), &BTreeMap::new())
-            .await
-            .unwrap();
-        assert_eq!(copy.crc32c, Crc32c::of(b"not really a video"));
-        assert_eq!(copy.size, 18);
-        // Guessed from the source's name: the copy's has no extension.
-        assert_eq!(copy.content_type, "video/mp4");
-        assert_eq!(
-            store.metadata("out", "copy/x").await.unwrap(),
-            Some(copy),
-            "the sidecar of the copy is believed"
-        );
-        // No temporary file is left behind.
-        let mut names: Vec<_> = std::fs::read_dir(root.path().join("out/copy"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        names.sort();
-        assert_eq!(names, ["x"]);
-    }
-
-    #[tokio::test]
-    async fn a_stale_sidecar_is_not_believed() {
-        let root = tempfile::tempdir().unwrap();
-        let store = LocalObjectStore::new(root.path().to_path_buf());
-        store.ensure_bucket("out").await.unwrap();
-        let written = store
-            .write(
-                "out",
-                "a.txt",
-                Bytes::from_static(b"one"),
-                "text/x-one",
-                &BTreeMap::new(),
-            )
-            .await
-            .unwrap();
-        // Someone replaces the file behind the store's back.
-        let path = root.path().join("out/a.txt");
-        std::fs::write(&path, b"something else").unwrap();
-        let meta = store.metadata("out", "a.txt").await.unwrap().unwrap();
-        assert_eq!(meta.crc32c, Crc32c::of(b"something else"));
-        assert_eq!(meta.size, 14);
-        assert_ne!(meta.generation, written.generation);
-        assert_eq!(meta.content_type, "text/plain");
     }
 
     #[tokio::test]
