@@ -14,28 +14,46 @@ locals {
     dead_letter = "${var.prefix}asmr-dead-letter"
   }
 
-  # One push subscription per service. The ack deadline is also the push
+  # The push subscriptions: each to a path of its service, only the
+  # messages its filter lets through. The ack deadline is also the push
   # request's timeout, so it is the service's Cloud Run request timeout
   # (run.tf; Pub/Sub allows at most 600 s).
   push_subscriptions = {
     requests = {
       topic   = "requests"
       service = "intake"
+      path    = "/"
+      filter  = null
       enabled = true
+    }
+    # Auto-promotion (AUTO_PROMOTE): intake makes a video of an image on its
+    # approval or chained delivery; only image events can ask for one.
+    job-events = {
+      topic   = "job_events"
+      service = "intake"
+      path    = "/v1/job-events"
+      filter  = "attributes.kind = \"image\""
+      enabled = var.auto_promote != "off"
     }
     image-jobs = {
       topic   = "image_jobs"
       service = "image-generator"
+      path    = "/"
+      filter  = null
       enabled = true
     }
     video-jobs = {
       topic   = "video_jobs"
       service = "video-generator"
+      path    = "/"
+      filter  = null
       enabled = true
     }
     gcs-events = {
       topic   = "gcs_events"
       service = "downloader"
+      path    = "/"
+      filter  = null
       enabled = var.storage_events == "notification"
     }
   }
@@ -58,9 +76,10 @@ resource "google_pubsub_subscription" "push" {
   topic                      = google_pubsub_topic.topic[each.value.topic].id
   ack_deadline_seconds       = min(600, local.services[each.value.service].timeout_s)
   message_retention_duration = "604800s"
+  filter                     = each.value.filter
 
   push_config {
-    push_endpoint = google_cloud_run_v2_service.stage[each.value.service].uri
+    push_endpoint = "${google_cloud_run_v2_service.stage[each.value.service].uri}${trimsuffix(each.value.path, "/")}"
 
     oidc_token {
       service_account_email = google_service_account.push.email

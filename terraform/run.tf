@@ -85,7 +85,10 @@ locals {
       timeout_s         = 150
       memory            = "512Mi"
       ingress           = "INGRESS_TRAFFIC_ALL"
-      env               = merge(local.env_store, { DRY_RUN = tostring(var.dry_run) })
+      env = merge(local.env_store, {
+        DRY_RUN      = tostring(var.dry_run)
+        AUTO_PROMOTE = var.auto_promote
+      })
     }
     image-generator = {
       binary            = "image-generator"

@@ -81,6 +81,17 @@ variable "dry_run" {
   default     = true
 }
 
+variable "auto_promote" {
+  type        = string
+  description = "Which job events make a video of their image without an operator (AUTO_PROMOTE of intake): off, approved (an approval), or all (also the delivery of an image created with \"chain\": \"video\")."
+  default     = "off"
+
+  validation {
+    condition     = contains(["off", "approved", "all"], var.auto_promote)
+    error_message = "auto_promote is off, approved or all."
+  }
+}
+
 variable "image_model" {
   type        = string
   description = "Image model (IMAGE_MODEL): gemini-* through :generateContent, imagen-* through :predict."

@@ -1,5 +1,6 @@
-//! Job events: one message on `asmr-job-events` per terminal transition, so
-//! downstream systems subscribe instead of polling.
+//! Job events: one message on `asmr-job-events` per terminal transition, and
+//! one when an image is approved, so downstream systems (the intake's
+//! auto-promotion among them) subscribe instead of polling.
 //!
 //! The [`crate::store::Store`] raises them itself, whichever stage or command
 //! ended the job, so no code path can forget one. A job is terminal when it
@@ -15,6 +16,7 @@
 
 use crate::bus::{Bus, publish_json};
 use crate::domain::job::{Delivery, Job, JobError, JobKind, JobStatus};
+use crate::domain::review::{Chain, Verdict};
 use crate::error::Result;
 use crate::time::Timestamp;
 use async_trait::async_trait;
@@ -40,6 +42,13 @@ pub struct JobEvent {
     pub deliveries: Vec<Delivery>,
     /// Why it failed, for a failed or cancelled job.
     pub error: Option<JobError>,
+    /// A reviewer's verdict on the image, once there is one; an approval
+    /// raises an event of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
+    /// What the image is to become once delivered (`"video"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<Chain>,
 }
 
 impl JobEvent {
@@ -53,18 +62,24 @@ impl JobEvent {
             outputs: job.outputs().to_vec(),
             deliveries: job.deliveries().to_vec(),
             error: job.error().cloned(),
+            verdict: job.verdict(),
+            chain: job.chain(),
         }
     }
 
     /// Message attributes, so that a subscription can filter on them
     /// (`attributes.status = "failed"`) and a consumer can dedupe.
     pub fn attributes(&self) -> BTreeMap<String, String> {
-        BTreeMap::from([
+        let mut attributes = BTreeMap::from([
             ("event_id".to_string(), self.event_id.clone()),
             ("job_id".to_string(), self.job_id.clone()),
             ("status".to_string(), self.status.as_str().to_string()),
             ("kind".to_string(), self.kind.as_str().to_string()),
-        ])
+        ]);
+        if let Some(verdict) = self.verdict {
+            attributes.insert("verdict".to_string(), verdict.as_str().to_string());
+        }
+        attributes
     }
 }
 
@@ -94,6 +109,17 @@ impl OutboxEntry {
 /// ([`Job::has_ended`]).
 pub fn became_terminal(before: &Job, after: &Job) -> bool {
     after.has_ended() && (!before.has_ended() || before.status() != after.status())
+}
+
+/// Whether the write from `before` to `after` approved the job.
+pub fn became_approved(before: &Job, after: &Job) -> bool {
+    after.verdict() == Some(Verdict::Approved) && before.verdict() != Some(Verdict::Approved)
+}
+
+/// Whether the write from `before` to `after` raises a job event: it ended
+/// the job, or approved it.
+pub fn raises_event(before: &Job, after: &Job) -> bool {
+    became_terminal(before, after) || became_approved(before, after)
 }
 
 /// Where job events go.

@@ -12,6 +12,7 @@
 //! Without a bus (the embedded store of a local run) the jobs are only
 //! created; `asmr run` and the generators' drains find them in the store.
 
+pub mod promote;
 pub mod service;
 
 use crate::bus::{Bus, Topics};

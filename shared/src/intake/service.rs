@@ -21,6 +21,7 @@
 //! - `GET /v1/stats`: jobs per status and kind, downloads per status, and
 //!   how many rejected requests are kept.
 
+use super::promote::{AutoPromote, Promoter};
 use super::{Submitted, Unfinished, submit};
 use crate::ack::Handled;
 use crate::bus::{Bus, Topics};
@@ -74,6 +75,11 @@ pub struct IntakeArgs {
     pub dry_run: DryRunArgs,
     #[command(flatten)]
     pub serve: ServeArgs,
+    /// Which job events pushed to /v1/job-events make a video of their
+    /// image: off, approved (an approval) or all (also the delivery of an
+    /// image created with "chain": "video").
+    #[arg(long, env = "AUTO_PROMOTE", value_enum, default_value = "off")]
+    pub auto_promote: AutoPromote,
 }
 
 /// What the handlers share: where jobs go and how they are announced.
@@ -82,18 +88,38 @@ pub struct Intake {
     bus: Arc<dyn Bus>,
     topics: Topics,
     dry_run: bool,
+    promoter: Arc<Promoter>,
 }
 
 impl Intake {
     /// Intake over the adapters, publishing job messages on their bus;
     /// `dry_run` marks every new job.
     pub fn new(adapters: Adapters, dry_run: bool) -> Self {
+        let promoter = Arc::new(Promoter {
+            store: adapters.store.clone(),
+            bus: adapters.bus.clone(),
+            topics: adapters.topics.clone(),
+            mode: AutoPromote::Off,
+        });
         Self {
             store: adapters.store,
             bus: adapters.bus,
             topics: adapters.topics,
             dry_run,
+            promoter,
         }
+    }
+
+    /// Makes videos of images as `mode` says, on the job events pushed to
+    /// `/v1/job-events`.
+    pub fn with_auto_promote(mut self, mode: AutoPromote) -> Self {
+        self.promoter = Arc::new(Promoter {
+            store: self.store.clone(),
+            bus: self.bus.clone(),
+            topics: self.topics.clone(),
+            mode,
+        });
+        self
     }
 
     async fn submit(&self, jobs: Vec<NewJob>) -> Result<Submitted, Unfinished> {
@@ -167,7 +193,11 @@ pub fn router(intake: Arc<Intake>) -> Router {
         // parameter that the handler splits.
         .route("/v1/jobs/{id}", get(get_job).post(job_action))
         .route("/v1/stats", get(stats))
-        .with_state(intake);
+        .with_state(intake.clone())
+        .route(
+            "/v1/job-events",
+            post(server::push::<Promoter>).with_state(intake.promoter.clone()),
+        );
     server::with_basics(app, REQUEST_TIMEOUT)
 }
 
@@ -541,6 +571,7 @@ pub async fn intake(args: IntakeArgs) -> anyhow::Result<()> {
         collection_prefix = %args.store.collection_prefix,
         topic_prefix = %topics.prefix(),
         dry_run = args.dry_run.dry_run,
+        auto_promote = ?args.auto_promote,
         "intake starting"
     );
     let adapters = args
@@ -548,7 +579,7 @@ pub async fn intake(args: IntakeArgs) -> anyhow::Result<()> {
         .connect()
         .await
         .context("connecting to the store and Pub/Sub")?;
-    let intake = Intake::new(adapters, args.dry_run.dry_run);
+    let intake = Intake::new(adapters, args.dry_run.dry_run).with_auto_promote(args.auto_promote);
     server::serve_on(args.serve.port, router(Arc::new(intake))).await
 }
 

@@ -40,11 +40,11 @@ pub async fn select(store: &Store, selection: &Selection) -> Result<Vec<Job>> {
     loop {
         let page = store.list_jobs(&filter, MAX_PAGE, after.as_deref()).await?;
         let before = jobs.len();
-        jobs.extend(
-            page.items
-                .into_iter()
-                .filter(|job| selection.since.is_none_or(|since| job.created_at() >= since)),
-        );
+        jobs.extend(page.items.into_iter().filter(|job| {
+            selection
+                .since
+                .is_none_or(|since| job.created_at() >= since)
+        }));
         // Newest first: once a page is all older than `since`, so is the rest.
         let all_older = selection.since.is_some() && jobs.len() == before;
         match page.next {
@@ -94,7 +94,12 @@ pub fn sheet(title: &str, jobs: &[Job], folder: &Path, prices: &PriceTable) -> S
                 .parent()
                 .and_then(|parent| files.get(parent))
                 .and_then(|parent_files| parent_files.first().cloned());
-            card(job, files.get(job.id()).cloned().unwrap_or_default(), poster, prices)
+            card(
+                job,
+                files.get(job.id()).cloned().unwrap_or_default(),
+                poster,
+                prices,
+            )
         })
         .collect();
     Sheet {
@@ -162,7 +167,9 @@ fn totals(jobs: &[Job], prices: &PriceTable) -> Totals {
         if let Some(reservation) = job.reservation() {
             reserved += reservation.micros;
         } else if was_paid(job) {
-            spent += prices.estimate(job.kind(), &model_of(job), job.params()).micros;
+            spent += prices
+                .estimate(job.kind(), &model_of(job), job.params())
+                .micros;
         }
     }
     totals.by_status = by_status

@@ -28,7 +28,7 @@ use crate::domain::job::{
 use crate::domain::review::Verdict;
 use crate::domain::{Lease, TransitionError};
 use crate::error::{Error, Result};
-use crate::job_events::{JobEvent, JobEvents, OutboxEntry, became_terminal};
+use crate::job_events::{JobEvent, JobEvents, OutboxEntry, raises_event};
 use crate::time::Timestamp;
 use backend::{Backend, Collection, Cond, Dir, Doc, Query, Scalar, Stored, Version, Write};
 use rand::seq::SliceRandom;
@@ -427,8 +427,8 @@ impl Store {
     }
 
     /// Writes `after` over the record read at `version` (as `before`), with
-    /// `extra` writes in the same atomic commit. A job that this write makes
-    /// terminal also writes its event to the outbox in that commit, and the
+    /// `extra` writes in the same atomic commit. A job that this write ends (or
+    /// approves) also writes its event to the outbox in that commit, and the
     /// event is published once the commit is in. `false` on a conflict.
     async fn put<T: Record>(
         &self,
@@ -439,7 +439,7 @@ impl Store {
     ) -> Result<bool> {
         let jobs = before.as_job().zip(after.as_job());
         let event = match (jobs, &self.events) {
-            (Some((before, after)), Some(_)) if became_terminal(before, after) => {
+            (Some((before, after)), Some(_)) if raises_event(before, after) => {
                 let entry = OutboxEntry::new(JobEvent::of(after), Timestamp::now());
                 extra.push(Write::Create {
                     collection: Collection::Outbox,

@@ -37,7 +37,7 @@ pub async fn report(store: &shared::store::Store, args: &ReportArgs) -> Result<(
     let title = format!("asmr: {} jobs", jobs.len());
     let sheet = report::sheet(&title, &jobs, folder, &PriceTable::list_prices());
     let bytes = report::write(&sheet, &args.out)?;
-    out::line(&args.out.display().to_string())?;
+    out::line(args.out.display().to_string())?;
     out::note(format_args!(
         "contact sheet of {} jobs ({} files) written to {} ({} KiB)",
         jobs.len(),
@@ -69,12 +69,15 @@ fn since(text: &str) -> Result<Timestamp> {
 
 pub async fn manifest(store: &shared::store::Store, args: &ManifestArgs) -> Result<()> {
     let destination: Destination = match &args.destination {
-        Some(text) => text.parse().map_err(|e: String| anyhow::anyhow!("--destination: {e}"))?,
+        Some(text) => text
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("--destination: {e}"))?,
         None => Destination::Directory(std::path::absolute(&args.out).context("--out")?),
     };
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
     let written = shared::manifest::rebuild(store, &destination, &args.out).await?;
-    out::line(&written.path.display().to_string())?;
+    out::line(written.path.display().to_string())?;
     out::note(format_args!(
         "{} lines for {} jobs written to {}",
         written.lines,
@@ -85,7 +88,10 @@ pub async fn manifest(store: &shared::store::Store, args: &ManifestArgs) -> Resu
         out::note(format_args!("left out: {why}"));
     }
     if written.skipped.len() > 10 {
-        out::note(format_args!("... and {} more left out", written.skipped.len() - 10));
+        out::note(format_args!(
+            "... and {} more left out",
+            written.skipped.len() - 10
+        ));
     }
     Ok(())
 }

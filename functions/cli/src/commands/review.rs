@@ -43,7 +43,11 @@ async fn review(
         }
     }
     if refused > 0 {
-        bail!("{refused} of {} jobs were not {}", ids.len(), verdict.as_str());
+        bail!(
+            "{refused} of {} jobs were not {}",
+            ids.len(),
+            verdict.as_str()
+        );
     }
     Ok(())
 }
@@ -146,7 +150,11 @@ fn preview(images: &[Job], options: &PromoteOptions) -> Result<()> {
                     image.id(),
                     video.params.duration_seconds.unwrap_or(8),
                     format_usd(micros),
-                    if video.dry_run { " (dry run: placeholders)" } else { "" }
+                    if video.dry_run {
+                        " (dry run: placeholders)"
+                    } else {
+                        ""
+                    }
                 ));
             }
             Err(refusal) => {

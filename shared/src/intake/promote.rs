@@ -1,0 +1,295 @@
+//! Auto-promotion: the intake service reacts to job events by making a
+//! video of an image, without an operator (`AUTO_PROMOTE`).
+//!
+//! Job events reach it as Pub/Sub pushes on `POST /v1/job-events`. With
+//! `AUTO_PROMOTE=approved`, an approval makes the video; with `all`, so does
+//! the delivery of an image whose job was created with `"chain": "video"`.
+//! Promotion is idempotent (one video per image however often the event
+//! comes), and the new video job is published to its topic like any other.
+
+use crate::ack::Handled;
+use crate::bus::{Bus, Topics};
+use crate::domain::job::{JobKind, JobStatus};
+use crate::domain::review::{Chain, PromoteOptions, Verdict};
+use crate::error::Error;
+use crate::job_events::JobEvent;
+use crate::push;
+use crate::server;
+use crate::store::Store;
+use axum::body::Bytes;
+use axum::http::HeaderMap;
+use clap::ValueEnum;
+use std::sync::Arc;
+
+/// Which job events make a video of an image.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum AutoPromote {
+    /// None: videos are made by `asmr promote` only.
+    #[default]
+    Off,
+    /// An approval (`asmr approve`, `POST /v1/jobs/{id}:approve`).
+    Approved,
+    /// An approval, and the delivery of an image created with
+    /// `"chain": "video"`.
+    All,
+}
+
+impl AutoPromote {
+    /// Whether `event` asks for a video of its image.
+    pub fn wants(self, event: &JobEvent) -> bool {
+        let approved = event.verdict == Some(Verdict::Approved);
+        let chained = event.status == JobStatus::Delivered && event.chain == Some(Chain::Video);
+        event.kind == JobKind::Image
+            && match self {
+                AutoPromote::Off => false,
+                AutoPromote::Approved => approved,
+                AutoPromote::All => approved || chained,
+            }
+    }
+}
+
+/// The handler of job events: makes the videos `mode` asks for.
+pub struct Promoter {
+    /// Where the jobs are.
+    pub store: Store,
+    /// Where new video jobs are announced.
+    pub bus: Arc<dyn Bus>,
+    /// The topic names.
+    pub topics: Topics,
+    /// Which events make a video.
+    pub mode: AutoPromote,
+}
+
+impl server::Push for Promoter {
+    type Message = JobEvent;
+
+    fn decode(&self, _headers: &HeaderMap, body: &Bytes) -> Result<JobEvent, String> {
+        let delivery = push::decode(body).map_err(|poison| poison.0)?;
+        serde_json::from_slice(&delivery.data)
+            .map_err(|e| format!("message {} is not a job event: {e}", delivery.message_id))
+    }
+
+    fn span(&self, event: &JobEvent) -> tracing::Span {
+        tracing::info_span!("job_event", event_id = %event.event_id, job_id = %event.job_id)
+    }
+
+    async fn handle(&self, event: JobEvent) -> Handled {
+        if !self.mode.wants(&event) {
+            return Handled::Ignored(format!(
+                "{} event of {} job {} makes no video (AUTO_PROMOTE={:?})",
+                event.status, event.kind, event.job_id, self.mode
+            ));
+        }
+        let promoted = match self
+            .store
+            .promote(&event.job_id, &PromoteOptions::default())
+            .await
+        {
+            Ok(promoted) => promoted,
+            Err(e @ (Error::Transition { .. } | Error::Invalid(_) | Error::NotFound { .. })) => {
+                return Handled::Poison(e.to_string());
+            }
+            Err(e) => return Handled::store_trouble(&e),
+        };
+        let video = &promoted.video;
+        if !promoted.created {
+            return Handled::Duplicate(format!(
+                "image {} has its video already: job {}",
+                event.job_id,
+                video.id()
+            ));
+        }
+        if let Err(e) =
+            crate::bus::publish_job(self.bus.as_ref(), &self.topics, video, "auto-promote").await
+        {
+            // The job is pending in the store; the janitor dispatches it.
+            tracing::warn!(job_id = %video.id(), error = %e, "video job made but not queued; the janitor will dispatch it");
+        }
+        tracing::info!(image = %event.job_id, video = %video.id(), event = "auto_promoted", "video job made from the image");
+        Handled::Done(format!(
+            "video job {} made from image {}",
+            video.id(),
+            event.job_id
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::memory::{MemoryBus, Message};
+    use crate::config::Adapters;
+    use crate::domain::Lease;
+    use crate::domain::job::NewJob;
+    use crate::intake::service::{Intake, router};
+    use crate::job_events::BusJobEvents;
+    use crate::store::embedded::EmbeddedBackend;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use base64::Engine;
+    use std::time::Duration;
+    use tower::ServiceExt;
+
+    struct World {
+        app: axum::Router,
+        store: Store,
+        bus: Arc<MemoryBus>,
+        topics: Topics,
+    }
+
+    /// Intake over an in-memory store whose job events go to an in-memory
+    /// bus, as the Firestore deployment's go to Pub/Sub.
+    async fn world(mode: AutoPromote) -> World {
+        let bus = Arc::new(MemoryBus::new());
+        let topics = Topics::default();
+        for topic in topics.all() {
+            bus.ensure_topic(&topic).await.unwrap();
+        }
+        let store = Store::new(Arc::new(EmbeddedBackend::in_memory().unwrap())).with_events(
+            Arc::new(BusJobEvents::new(bus.clone(), topics.job_events())),
+        );
+        let adapters = Adapters {
+            store: store.clone(),
+            bus: bus.clone(),
+            topics: topics.clone(),
+        };
+        let intake = Intake::new(adapters, true).with_auto_promote(mode);
+        World {
+            app: router(Arc::new(intake)),
+            store,
+            bus,
+            topics,
+        }
+    }
+
+    impl World {
+        async fn post(&self, path: &str, body: Vec<u8>) -> StatusCode {
+            let request = Request::post(path).body(Body::from(body)).unwrap();
+            self.app.clone().oneshot(request).await.unwrap().status()
+        }
+
+        /// A delivered image job, made as a generator and the downloader
+        /// would.
+        async fn delivered_image(&self, prompt: &str, chain: Option<Chain>) -> String {
+            let mut new = NewJob::new(prompt, JobKind::Image);
+            new.chain = chain;
+            let id = self
+                .store
+                .create_job(new)
+                .await
+                .unwrap()
+                .record
+                .id()
+                .to_string();
+            let lease = Lease::new("w", Duration::from_secs(60));
+            self.store.claim_job(&id, &lease).await.unwrap();
+            let output = format!("gs://out/images/{id}/0.png");
+            self.store
+                .complete_job(&id, "w", vec![output.clone()])
+                .await
+                .unwrap();
+            let delivery = crate::domain::job::Delivery {
+                source: output,
+                destination: format!("/archive/images/{id}/0.png"),
+            };
+            self.store.record_delivery(&id, delivery).await.unwrap();
+            id
+        }
+
+        /// Every job event published so far, pushed to intake as Pub/Sub
+        /// would push them; the statuses intake answered.
+        async fn push_events(&self) -> Vec<StatusCode> {
+            self.store.flush_events().await;
+            let mut answers = Vec::new();
+            for message in self.bus.published(&self.topics.job_events()) {
+                answers.push(self.post("/v1/job-events", envelope(&message)).await);
+            }
+            answers
+        }
+
+        fn videos_queued(&self) -> Vec<String> {
+            self.bus.job_ids(&self.topics.video_jobs())
+        }
+    }
+
+    fn envelope(message: &Message) -> Vec<u8> {
+        serde_json::json!({
+            "message": {
+                "data": base64::engine::general_purpose::STANDARD.encode(&message.data),
+                "attributes": message.attributes,
+                "messageId": message.id,
+            },
+            "subscription": "projects/p/subscriptions/asmr-job-events-intake",
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    #[tokio::test]
+    async fn an_approval_makes_one_video_of_the_image_however_often_its_event_comes() {
+        let w = world(AutoPromote::Approved).await;
+        let image = w.delivered_image("soap cutting", None).await;
+        let approve = format!("/v1/jobs/{image}:approve");
+        assert_eq!(w.post(&approve, Vec::new()).await, StatusCode::OK);
+
+        let answers = w.push_events().await;
+        assert!(answers.iter().all(|s| s.is_success()), "{answers:?}");
+        let image = w.store.job(&image).await.unwrap();
+        let [video] = image.children() else {
+            panic!("one video, not {:?}", image.children());
+        };
+        let video = w.store.job(video).await.unwrap();
+        assert_eq!(video.kind(), JobKind::Video);
+        assert_eq!(video.parent(), Some(image.id()));
+        assert_eq!(
+            video.first_frame().map(|f| f.gcs_uri.as_str()),
+            Some(image.outputs()[0].as_str())
+        );
+        assert_eq!(w.videos_queued(), [video.id()]);
+
+        // Pub/Sub delivers at least once: the same events again make nothing.
+        let again = w.push_events().await;
+        assert!(again.iter().all(|s| s.is_success()), "{again:?}");
+        assert_eq!(w.store.job(image.id()).await.unwrap().children().len(), 1);
+        assert_eq!(w.videos_queued().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn approved_mode_leaves_chained_deliveries_and_all_mode_promotes_them() {
+        for (mode, videos) in [(AutoPromote::Approved, 0), (AutoPromote::All, 1)] {
+            let w = world(mode).await;
+            w.delivered_image("rain on glass", Some(Chain::Video)).await;
+            w.delivered_image("no chain here", None).await;
+            w.push_events().await;
+            assert_eq!(w.videos_queued().len(), videos, "{mode:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn with_auto_promotion_off_no_event_makes_a_video() {
+        let w = world(AutoPromote::Off).await;
+        let image = w.delivered_image("sand", Some(Chain::Video)).await;
+        w.post(&format!("/v1/jobs/{image}:approve"), Vec::new())
+            .await;
+        let answers = w.push_events().await;
+        assert!(!answers.is_empty() && answers.iter().all(|s| s.is_success()));
+        assert!(w.videos_queued().is_empty());
+        assert!(w.store.job(&image).await.unwrap().children().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_push_that_is_not_a_job_event_is_acknowledged_as_poison() {
+        let w = world(AutoPromote::All).await;
+        let message = Message {
+            id: "7".into(),
+            topic: "asmr-job-events".into(),
+            data: bytes::Bytes::from_static(b"{\"not\": \"an event\"}"),
+            attributes: Default::default(),
+        };
+        assert_eq!(
+            w.post("/v1/job-events", envelope(&message)).await,
+            StatusCode::OK
+        );
+        assert!(w.videos_queued().is_empty());
+    }
+}
