@@ -231,5 +231,22 @@ fn under(root: &Path, path: &Path) -> Option<String> {
     (!segments.is_empty()).then(|| segments.join("/"))
 }
 
+/// Runs the file work `work` off the async threads; an I/O error, or a task
+/// that died, is a retryable error of `context`.
+async fn blocking<T: Send + 'static>(
+    context: &str,
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> crate::Result<T> {
+    use crate::error::Error;
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result.map_err(|e| Error::objects(context, e, true)),
+        Err(e) => Err(Error::objects(
+            context,
+            format!("the file task failed ({e})"),
+            true,
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests;

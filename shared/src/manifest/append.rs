@@ -66,15 +66,7 @@ pub async fn append_to_directory(root: &Path, line: &ManifestLine) -> Result<App
     let context = format!("appending to {}", path.display());
     let bytes = line.to_bytes()?;
     let key = line.key();
-    let work = move || append_locked(&path, &bytes, &key);
-    match tokio::task::spawn_blocking(work).await {
-        Ok(result) => result.map_err(|e| Error::objects(&context, e, true)),
-        Err(e) => Err(Error::objects(
-            &context,
-            format!("the file task failed ({e})"),
-            true,
-        )),
-    }
+    super::blocking(&context, move || append_locked(&path, &bytes, &key)).await
 }
 
 /// The blocking part of [`append_to_directory`].

@@ -154,12 +154,5 @@ async fn write_replacing(path: &Path, lines: &[ManifestLine]) -> Result<()> {
         written?;
         std::fs::File::open(dir)?.sync_all()
     };
-    match tokio::task::spawn_blocking(work).await {
-        Ok(result) => result.map_err(|e| Error::objects(&context, e, true)),
-        Err(e) => Err(Error::objects(
-            &context,
-            format!("the file task failed ({e})"),
-            true,
-        )),
-    }
+    super::blocking(&context, work).await
 }

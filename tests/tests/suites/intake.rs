@@ -40,6 +40,12 @@ impl Intake {
     /// Starts the binary; `job_topics` says whether the image and video job
     /// topics (with a pull subscription each) exist from the start.
     async fn start(job_topics: bool) -> Self {
+        Self::start_with(job_topics, "off").await
+    }
+
+    /// [`Intake::start`] with `AUTO_PROMOTE` set; unless `off`, its
+    /// `/v1/job-events` is subscribed to the job events, as terraform does.
+    async fn start_with(job_topics: bool, auto_promote: &str) -> Self {
         let prefix = unique_prefix();
         let topics = Topics::new(prefix.clone());
         let pubsub = Emulator::new();
@@ -53,6 +59,7 @@ impl Intake {
         let port = free_port();
         let mut command = emulator_command("intake", &prefix);
         command.env("PORT", port.to_string());
+        command.env("AUTO_PROMOTE", auto_promote);
         command
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(Stdio::inherit());
@@ -66,6 +73,16 @@ impl Intake {
                 &format!("{url}/"),
             )
             .await;
+        if auto_promote != "off" {
+            pubsub.topic(&topics.job_events()).await;
+            pubsub
+                .push(
+                    &format!("{prefix}job-events"),
+                    &topics.job_events(),
+                    &format!("{url}/v1/job-events"),
+                )
+                .await;
+        }
         Self {
             prefix,
             topics,
@@ -529,4 +546,65 @@ async fn asmr_add_says_so_when_a_new_job_could_not_be_queued() {
     let jobs = intake.jobs().await;
     assert_eq!(ids_of(&jobs), [id]);
     assert_eq!(jobs[0].status(), JobStatus::Pending);
+}
+
+/// A completed image job, written as the image generator would.
+async fn completed_image(intake: &Intake, prompt: &str) -> Job {
+    use shared::domain::Lease;
+    use shared::domain::job::NewJob;
+    let id = intake
+        .store
+        .create_job(NewJob::new(prompt, JobKind::Image))
+        .await
+        .unwrap()
+        .record
+        .id()
+        .to_string();
+    let lease = Lease::new("generator", Duration::from_secs(60));
+    intake.store.claim_job(&id, &lease).await.unwrap();
+    let output = format!("gs://out/images/{id}/0.png");
+    intake
+        .store
+        .complete_job(&id, "generator", vec![output])
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operators_approval_becomes_one_queued_video_through_the_job_events() {
+    let intake = Intake::start_with(true, "approved").await;
+    let image = completed_image(&intake, "Soap cut into cubes").await;
+    let approved = intake.asmr(&["approve", image.id()]);
+    assert!(
+        approved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&approved.stderr)
+    );
+    // asmr-job-events -> push -> intake -> promote -> asmr-video-jobs.
+    let messages = intake.job_messages(JobKind::Video, 1).await;
+    let image = intake.store.job(image.id()).await.unwrap();
+    let [video] = image.children() else {
+        panic!("one video, not {:?}", image.children());
+    };
+    assert_eq!(job_ids(&messages), [video.clone()]);
+    assert_eq!(messages[0].attributes["origin"], "auto-promote");
+    let video = intake.store.job(video).await.unwrap();
+    assert_eq!(
+        (video.kind(), video.parent(), video.status()),
+        (JobKind::Video, Some(image.id()), JobStatus::Pending)
+    );
+    assert_eq!(
+        video.first_frame().map(|f| f.gcs_uri.clone()),
+        Some(image.outputs()[0].clone())
+    );
+
+    // Approving again raises no event (the verdict did not change), and a
+    // redelivered event would find the video made: still one.
+    assert!(intake.asmr(&["approve", image.id()]).status.success());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(intake.pending_messages(JobKind::Video).await.is_empty());
+    assert_eq!(
+        intake.store.job(image.id()).await.unwrap().children().len(),
+        1
+    );
 }

@@ -671,7 +671,14 @@ async fn composing_concatenates_the_sources_in_order(t: TestObjects) {
         (both.size, both.crc32c),
         (23, shared::crc::Crc32c::of(b"first line\nsecond line\n"))
     );
-    assert!(both.generation > first.generation);
+    // Cloud Storage gives every write of an object a new generation, and
+    // the local adapter does too; fake-gcs-server keeps the generation of
+    // an existing destination on compose, so there it only must not go back.
+    if t.root.is_some() {
+        assert!(both.generation > first.generation);
+    } else {
+        assert!(both.generation >= first.generation);
+    }
     assert_eq!(
         t.store.metadata(&t.bucket, "manifest.jsonl").await.unwrap(),
         Some(both)

@@ -454,9 +454,11 @@ fn every_push_subscription_is_authenticated_retried_and_dead_lettered() {
             continue;
         };
         push += 1;
+        // The stage's URI, then the path of the subscription's endpoint.
+        let endpoint = attr_text(config, "push_endpoint");
         assert!(
-            attr_text(config, "push_endpoint").starts_with("google_cloud_run_v2_service.stage["),
-            "{name} pushes somewhere else than a stage service"
+            endpoint.starts_with("\"${google_cloud_run_v2_service.stage[each.value.service].uri}"),
+            "{name} pushes somewhere else than a stage service: {endpoint}"
         );
         let oidc = only_block(config, "oidc_token");
         assert_eq!(

@@ -13,18 +13,8 @@ const PROMPT_WIDTH: usize = 60;
 
 pub async fn list(store: &Store, args: &ListArgs) -> Result<()> {
     let filter = JobFilter {
-        status: args
-            .status
-            .as_deref()
-            .map(str::parse::<JobStatus>)
-            .transpose()
-            .map_err(Error::from)?,
-        kind: args
-            .kind
-            .as_deref()
-            .map(str::parse::<JobKind>)
-            .transpose()
-            .map_err(Error::from)?,
+        status: super::parsed(args.status.as_deref())?,
+        kind: super::parsed(args.kind.as_deref())?,
         approved: args.approved.then_some(true),
     };
 

@@ -32,6 +32,18 @@ fn read_input(path: &Path) -> std::io::Result<Vec<u8>> {
     }
 }
 
+/// An optional value of the command line (`--status`, `--kind`), checked
+/// by `shared` so that a mistake reads as at every other entry point.
+fn parsed<T>(text: Option<&str>) -> Result<Option<T>>
+where
+    T: std::str::FromStr<Err = shared::domain::validate::ValidationError>,
+{
+    Ok(text
+        .map(str::parse::<T>)
+        .transpose()
+        .map_err(shared::Error::from)?)
+}
+
 /// How many store calls a bulk command keeps in flight. Firestore answers
 /// each in tens of milliseconds, so one at a time would make a 10,000-line
 /// file take minutes; the embedded store simply serialises them.

@@ -13,18 +13,8 @@ use shared::time::Timestamp;
 
 pub async fn report(store: &shared::store::Store, args: &ReportArgs) -> Result<()> {
     let selection = Selection {
-        status: args
-            .status
-            .as_deref()
-            .map(str::parse::<JobStatus>)
-            .transpose()
-            .map_err(Error::from)?,
-        kind: args
-            .kind
-            .as_deref()
-            .map(str::parse::<JobKind>)
-            .transpose()
-            .map_err(Error::from)?,
+        status: super::parsed(args.status.as_deref())?,
+        kind: super::parsed(args.kind.as_deref())?,
         since: args.since.as_deref().map(since).transpose()?,
         approved: args.approved.then_some(true),
     };
