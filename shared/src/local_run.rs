@@ -185,7 +185,13 @@ pub fn run_folder(out: &Path, file: &Path, prompts: &[u8], kind: JobKind, chain:
         .filter(|s| !s.is_empty() && s != "-")
         .unwrap_or_else(|| "stdin".into())
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let mut key = format!("{}\n{chain}\n", kind.as_str()).into_bytes();
     key.extend_from_slice(prompts);
@@ -350,7 +356,8 @@ where
     let work = async {
         let watch = async {
             let settled =
-                watch_until_settled(&stages.store, &ids, settings.chain, &delivery, &progress).await;
+                watch_until_settled(&stages.store, &ids, settings.chain, &delivery, &progress)
+                    .await;
             finished.store(true, Ordering::SeqCst);
             stopping.store(true, Ordering::SeqCst);
             settled
@@ -410,7 +417,13 @@ async fn write_sheet(store: &Store, ids: &[String], out_dir: &Path) -> Result<Pa
         "asmr run {}",
         out_dir.file_name().unwrap_or_default().to_string_lossy()
     );
-    let sheet = crate::report::sheet(&title, &jobs, out_dir, &crate::cost::PriceTable::list_prices());
+    let sheet = crate::report::sheet(
+        &title,
+        &jobs,
+        &[],
+        out_dir,
+        &crate::cost::PriceTable::list_prices(),
+    );
     let path = out_dir.join(crate::report::REPORT_NAME);
     crate::report::write(&sheet, &path)?;
     Ok(path)
@@ -719,7 +732,6 @@ async fn completed_jobs(store: &Store) -> Result<Vec<Job>> {
     }
 }
 
-/// Where this run's jobs stand.
 /// Makes the video of every delivered image of `ids` that has none yet
 /// (a chained run). Promoting is idempotent, so a rerun makes no second
 /// video; an image that cannot be promoted is reported and left.
@@ -736,7 +748,11 @@ async fn promote_delivered(store: &Store, ids: &[String]) -> Result<()> {
         }
         match store.promote(id, &PromoteOptions::default()).await {
             Ok(promoted) => {
-                tracing::info!(image = id, video = promoted.video.id(), "video job made from the image");
+                tracing::info!(
+                    image = id,
+                    video = promoted.video.id(),
+                    "video job made from the image"
+                );
             }
             Err(e @ (Error::Transition { .. } | Error::Invalid(_))) => {
                 tracing::warn!(image = id, error = %e, "the image cannot be made into a video");
@@ -747,6 +763,7 @@ async fn promote_delivered(store: &Store, ids: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Where this run's jobs stand.
 async fn snapshot(store: &Store, ids: &[String]) -> Result<Progress> {
     let jobs = crate::report::with_children(store, ids).await?;
     let mut progress = Progress {
