@@ -1848,7 +1848,11 @@ fn promote_makes_one_video_per_image_linked_both_ways_and_again_makes_another(en
     for (image, video) in [&first, &second].into_iter().zip(&videos) {
         let image_doc = env.job(image);
         let video_doc = env.job(video);
-        assert_eq!(children(&image_doc), [video.clone()], "{image_doc}");
+        assert_eq!(
+            children(&image_doc),
+            std::slice::from_ref(video),
+            "{image_doc}"
+        );
         assert_eq!(video_doc["parent"], image.as_str(), "{video_doc}");
         assert_eq!(video_doc["kind"], "video");
         assert_eq!(video_doc["prompt"], image_doc["prompt"]);

@@ -38,7 +38,7 @@ pub async fn report(store: &shared::store::Store, args: &ReportArgs) -> Result<(
     let title = format!("asmr: {}", count(jobs.len() as u64, "job", "jobs"));
     let sheet = report::sheet(&title, &jobs, &parents, folder, &PriceTable::list_prices());
     let bytes = report::write(&sheet, &args.out)?;
-    out::line(&args.out.display().to_string())?;
+    out::line(args.out.display())?;
     out::note(format_args!(
         "contact sheet of {} ({}) written to {} ({} KiB)",
         count(jobs.len() as u64, "job", "jobs"),
@@ -92,7 +92,7 @@ pub async fn manifest(store: &shared::store::Store, args: &ManifestArgs) -> Resu
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let written = shared::manifest::rebuild(store, &destination, &args.out).await?;
-    out::line(&written.path.display().to_string())?;
+    out::line(written.path.display())?;
     out::note(format_args!(
         "{} for {} written to {}",
         count(written.lines, "line", "lines"),
