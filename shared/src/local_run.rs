@@ -420,6 +420,7 @@ async fn write_sheet(store: &Store, ids: &[String], out_dir: &Path) -> Result<Pa
     let sheet = crate::report::sheet(
         &title,
         &jobs,
+        &[],
         out_dir,
         &crate::cost::PriceTable::list_prices(),
     );
@@ -731,7 +732,6 @@ async fn completed_jobs(store: &Store) -> Result<Vec<Job>> {
     }
 }
 
-/// Where this run's jobs stand.
 /// Makes the video of every delivered image of `ids` that has none yet
 /// (a chained run). Promoting is idempotent, so a rerun makes no second
 /// video; an image that cannot be promoted is reported and left.
@@ -763,6 +763,7 @@ async fn promote_delivered(store: &Store, ids: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Where this run's jobs stand.
 async fn snapshot(store: &Store, ids: &[String]) -> Result<Progress> {
     let jobs = crate::report::with_children(store, ids).await?;
     let mut progress = Progress {

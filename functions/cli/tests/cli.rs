@@ -13,11 +13,12 @@
 use serde_json::Value;
 use shared::domain::Lease;
 use shared::domain::download::{DownloadStatus, FileType, NewDownload, Target};
-use shared::domain::job::{FILTERED, JobError};
+use shared::domain::job::{Delivery, FILTERED, JobError};
 use shared::store::Claim;
 use shared::store::rejected::{Rejected, RejectedSource};
 use shared::store::{Store, StoreConfig};
 use shared::time::Timestamp;
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::PathBuf;
 use std::process::Command;
@@ -77,6 +78,13 @@ on_every_backend!(
     add_queues_jobs_on_pubsub_only_with_firestore,
     rejected_with_none_says_so,
     rejected_lists_refused_requests_newest_first_with_the_reason,
+    approve_and_reject_mark_only_finished_images_and_name_each_refused_job,
+    promote_makes_one_video_per_image_linked_both_ways_and_again_makes_another,
+    promote_dry_run_prints_the_cost_and_creates_nothing,
+    promote_approved_promotes_exactly_the_approved_images,
+    promoting_a_failed_image_a_video_or_a_missing_id_creates_nothing_and_says_why,
+    report_embeds_exactly_the_selected_jobs_and_prints_its_path,
+    manifest_rebuilds_one_line_per_delivered_file,
 );
 
 // ---- harness ----
@@ -332,6 +340,90 @@ impl Env {
             Value::Array(downloads) => downloads,
             other => panic!("not a JSON array: {other}"),
         }
+    }
+
+    /// Adds one image job and completes it, as the generator would, with
+    /// its image at `gs://out/images/{id}/0.png`.
+    fn completed_image(&self, prompt: &str) -> String {
+        let id = self.add(prompt);
+        self.complete(&id);
+        id
+    }
+
+    /// Claims the job and completes it with one output in bucket `out`.
+    fn complete(&self, id: &str) {
+        self.claim(id);
+        let kind = self.job(id)["kind"].as_str().unwrap().to_string();
+        let output = match kind.as_str() {
+            "image" => format!("gs://out/images/{id}/0.png"),
+            _ => format!("gs://out/videos/{id}/1/sample_0.mp4"),
+        };
+        let id = id.to_string();
+        self.store(|store| async move {
+            store
+                .complete_job(&id, "test-worker", vec![output])
+                .await
+                .unwrap()
+        });
+    }
+
+    /// Delivers every output of a completed job into `folder`, as the
+    /// downloader would: a completed download record with its CRC32C, then
+    /// the delivery on the job. Returns the paths relative to `folder`.
+    fn deliver(&self, id: &str, folder: &std::path::Path) -> Vec<String> {
+        let outputs: Vec<String> = self.job(id)["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o.as_str().unwrap().to_string())
+            .collect();
+        let mut paths = Vec::new();
+        for output in outputs {
+            let object = output.strip_prefix("gs://out/").unwrap().to_string();
+            let destination = folder.join(&object);
+            let new = NewDownload {
+                job_id: id.into(),
+                bucket: "out".into(),
+                object: object.clone(),
+                generation: Some(1),
+                destination: Target::File(destination.clone()),
+                file_type: FileType::Image,
+                priority: 0,
+                size: Some(5),
+                crc32c: Some(shared::crc::Crc32c(0)),
+            };
+            let download = self.store(|store| async move {
+                store
+                    .create_download(new)
+                    .await
+                    .unwrap()
+                    .record
+                    .id()
+                    .to_string()
+            });
+            self.claim_download(&download);
+            self.complete_download(&download, 5);
+            let delivery = Delivery {
+                source: output,
+                destination: destination.display().to_string(),
+            };
+            let job = id.to_string();
+            self.store(|store| async move { store.record_delivery(&job, delivery).await.unwrap() });
+            paths.push(object);
+        }
+        paths
+    }
+
+    /// Every job id in the store.
+    fn all_ids(&self) -> Vec<String> {
+        let jobs = self
+            .asmr(&["list", "--json", "--limit", "1000"])
+            .ok()
+            .json();
+        ids_of(jobs.as_array().unwrap())
+            .into_iter()
+            .map(str::to_string)
+            .collect()
     }
 
     fn stats(&self) -> Value {
@@ -1633,4 +1725,479 @@ fn the_state_dir_flag_and_env_choose_the_embedded_store() {
         serde_json::json!([]),
         "ASMR_STATE_DIR is another store"
     );
+}
+
+// ---- review: approve, reject, promote ----
+
+/// Ids as a set, for comparisons where order does not matter.
+fn set<S: AsRef<str>>(ids: &[S]) -> BTreeSet<String> {
+    ids.iter().map(|id| id.as_ref().to_string()).collect()
+}
+
+/// The `children` of a job document, as ids.
+fn children(job: &Value) -> Vec<String> {
+    job["children"]
+        .as_array()
+        .map(|c| {
+            c.iter()
+                .map(|id| id.as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn approve_and_reject_mark_only_finished_images_and_name_each_refused_job(env: &Env) {
+    let completed = env.completed_image("rain on a tin roof");
+    let delivered = env.completed_image("sand pouring");
+    env.deliver(&delivered, &env.dir.path().join("out"));
+    let to_reject = env.completed_image("whispering leaves");
+    let video = env
+        .asmr(&["add", "--kind", "video", "--prompt", "a video"])
+        .ok()
+        .id();
+    env.complete(&video);
+    let pending = env.add("still pending");
+    let failed = env.add("failed");
+    env.fail(&failed, "model_error");
+
+    let run = env
+        .asmr(&[
+            "approve",
+            &completed,
+            &video,
+            &delivered,
+            &pending,
+            &failed,
+            "no-such-job",
+        ])
+        .failed();
+    assert_eq!(
+        run.ids(),
+        [completed.clone(), delivered.clone()],
+        "the finished images are marked, in the order given\n{}",
+        run.context()
+    );
+    let messages = run.messages();
+    for (id, why) in [
+        (&video, "is a video; only images are approved or rejected"),
+        (
+            &pending,
+            "is pending; only a completed or delivered image can be reviewed",
+        ),
+        (
+            &failed,
+            "is failed; only a completed or delivered image can be reviewed",
+        ),
+    ] {
+        let expected = format!("error: job {id} {why}");
+        assert!(
+            messages.contains(&expected.as_str()),
+            "{expected:?} missing\n{}",
+            run.context()
+        );
+    }
+    assert!(
+        messages.iter().any(|m| m.starts_with("error: ")
+            && m.contains("no-such-job")
+            && m.contains("not found")),
+        "{}",
+        run.context()
+    );
+    assert_eq!(
+        messages.last().copied(),
+        Some("error: 4 of 6 jobs were not approved"),
+        "{}",
+        run.context()
+    );
+
+    let run = env
+        .asmr(&["reject", &to_reject, "--reason", "too dark"])
+        .ok();
+    assert_eq!(run.id(), to_reject);
+    let job = env.job(&to_reject);
+    assert_eq!(job["review"]["verdict"], "rejected", "{job}");
+    assert_eq!(job["review"]["reason"], "too dark", "{job}");
+
+    for id in [&video, &pending, &failed] {
+        assert!(env.job(id)["review"].is_null(), "{id} was not marked");
+    }
+    assert_eq!(env.job(&completed)["review"]["verdict"], "approved");
+
+    let approved = env.asmr(&["list", "--approved", "--json"]).ok().json();
+    assert_eq!(
+        set(&ids_of(approved.as_array().unwrap())),
+        set(&[&completed, &delivered]),
+        "list --approved lists exactly the approved images"
+    );
+
+    // A second review replaces the first.
+    env.asmr(&["reject", &completed]).ok();
+    let approved = env.asmr(&["list", "--approved", "--json"]).ok().json();
+    assert_eq!(ids_of(approved.as_array().unwrap()), [delivered.as_str()]);
+}
+
+fn promote_makes_one_video_per_image_linked_both_ways_and_again_makes_another(env: &Env) {
+    let first = env.completed_image("rain on a tin roof");
+    let second = env.completed_image("sand pouring");
+    let before = env.all_ids().len();
+
+    let run = env.asmr(&["promote", &first, &second]).ok();
+    let videos = run.ids();
+    assert_eq!(videos.len(), 2, "one video per image\n{}", run.context());
+    assert_eq!(env.all_ids().len(), before + 2);
+    for (image, video) in [&first, &second].into_iter().zip(&videos) {
+        let image_doc = env.job(image);
+        let video_doc = env.job(video);
+        assert_eq!(
+            children(&image_doc),
+            std::slice::from_ref(video),
+            "{image_doc}"
+        );
+        assert_eq!(video_doc["parent"], image.as_str(), "{video_doc}");
+        assert_eq!(video_doc["kind"], "video");
+        assert_eq!(video_doc["prompt"], image_doc["prompt"]);
+        assert_eq!(
+            video_doc["first_frame"]["gcs_uri"],
+            format!("gs://out/images/{image}/0.png"),
+            "the image is the video's first frame: {video_doc}"
+        );
+    }
+
+    let run = env.asmr(&["promote", &first]).ok();
+    assert_eq!(
+        run.id(),
+        videos[0],
+        "promoting again prints the existing video"
+    );
+    assert!(
+        run.messages()
+            .iter()
+            .any(|m| m.contains("has its video already") && m.contains(&videos[0])),
+        "{}",
+        run.context()
+    );
+    assert_eq!(
+        env.all_ids().len(),
+        before + 2,
+        "promoting again made nothing"
+    );
+
+    let run = env
+        .asmr(&["promote", &first, "--again", "--duration", "4"])
+        .ok();
+    let another = run.id();
+    assert!(!videos.contains(&another), "{}", run.context());
+    assert_eq!(env.all_ids().len(), before + 3);
+    assert_eq!(
+        children(&env.job(&first)),
+        [videos[0].clone(), another.clone()],
+        "the image lists both videos, in order"
+    );
+    let another = env.job(&another);
+    assert_eq!(another["parent"], first.as_str());
+    assert_eq!(another["params"]["duration_seconds"], 4, "{another}");
+}
+
+fn promote_dry_run_prints_the_cost_and_creates_nothing(env: &Env) {
+    let paid = env
+        .asmr(&[
+            "add",
+            "--kind",
+            "image",
+            "--prompt",
+            "a paid image",
+            "--dry-run",
+            "false",
+        ])
+        .ok()
+        .id();
+    env.complete(&paid);
+    let placeholder = env.completed_image("a dry-run image");
+    let before = env.all_ids();
+
+    let run = env
+        .asmr(&[
+            "promote",
+            &paid,
+            &placeholder,
+            "--dry-run",
+            "--duration",
+            "4",
+        ])
+        .ok();
+    assert_eq!(
+        run.ids(),
+        [paid.clone(), placeholder.clone()],
+        "stdout lists the images a video would be made of\n{}",
+        run.context()
+    );
+    let messages = run.messages();
+    let line_of = |id: &str| {
+        messages
+            .iter()
+            .find(|m| m.starts_with(&format!("image {id} ->")))
+            .unwrap_or_else(|| panic!("no line for {id}\n{}", run.context()))
+            .to_string()
+    };
+    // Veo 3.1 with audio at list price: $0.40 a second.
+    assert!(
+        line_of(&paid).contains("$1.60 at list price"),
+        "{}",
+        run.context()
+    );
+    let dry = line_of(&placeholder);
+    assert!(
+        dry.contains("$1.60 at list price") && dry.contains("nothing paid"),
+        "{dry}"
+    );
+    assert_eq!(
+        messages.last().copied(),
+        Some("would make 2 video jobs, $1.60 to pay ($3.20 at list prices); nothing was created"),
+        "{}",
+        run.context()
+    );
+
+    assert_eq!(env.all_ids(), before, "a dry run creates no job");
+    assert!(children(&env.job(&paid)).is_empty());
+    assert!(children(&env.job(&placeholder)).is_empty());
+}
+
+fn promote_approved_promotes_exactly_the_approved_images(env: &Env) {
+    let approved: Vec<String> = (0..3)
+        .map(|i| env.completed_image(&format!("approved {i}")))
+        .collect();
+    let rejected = env.completed_image("rejected");
+    let unreviewed = env.completed_image("not reviewed");
+    let mut args = vec!["approve"];
+    args.extend(approved.iter().map(String::as_str));
+    env.asmr(&args).ok();
+    env.asmr(&["reject", &rejected]).ok();
+
+    let run = env.asmr(&["promote", "--approved"]).ok();
+    let videos = run.ids();
+    assert_eq!(videos.len(), 3, "{}", run.context());
+    let parents: Vec<String> = videos
+        .iter()
+        .map(|v| env.job(v)["parent"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(set(&parents), set(&approved));
+    for id in [&rejected, &unreviewed] {
+        assert!(children(&env.job(id)).is_empty(), "{id} was not promoted");
+    }
+
+    let run = env.asmr(&["promote", "--approved"]).ok();
+    assert_eq!(set(&run.ids()), set(&videos), "no second video of any");
+}
+
+fn promoting_a_failed_image_a_video_or_a_missing_id_creates_nothing_and_says_why(env: &Env) {
+    let failed = env.add("failed");
+    env.fail(&failed, "model_error");
+    let filtered = env.add("filtered");
+    env.fail(&filtered, FILTERED);
+    let video = env
+        .asmr(&["add", "--kind", "video", "--prompt", "a video"])
+        .ok()
+        .id();
+    env.complete(&video);
+    let before = env.all_ids();
+
+    for dry_run in [false, true] {
+        let mut args = vec!["promote", &failed, &filtered, &video, "no-such-job"];
+        if dry_run {
+            args.push("--dry-run");
+        }
+        let run = env.asmr(&args).failed();
+        assert_eq!(run.stdout, "", "{}", run.context());
+        let messages = run.messages();
+        for expected in [
+            format!(
+                "error: job {failed} is failed; only a completed or delivered image is made into a video"
+            ),
+            format!(
+                "error: job {filtered} was stopped by the safety filters; it has no image to make a video of"
+            ),
+            format!("error: job {video} is a video; only an image is made into a video"),
+            "error: job no-such-job not found".to_string(),
+        ] {
+            assert!(
+                messages.iter().any(|m| m.contains(&expected)),
+                "{expected:?} missing\n{}",
+                run.context()
+            );
+        }
+        assert!(
+            messages
+                .last()
+                .is_some_and(|m| m.starts_with("error: 4 of 4 images were not promoted")),
+            "{}",
+            run.context()
+        );
+        assert_eq!(env.all_ids(), before, "nothing was created");
+    }
+
+    let images: Vec<String> = (0..2)
+        .map(|i| env.completed_image(&format!("image {i}")))
+        .collect();
+    let before = env.all_ids();
+    let run = env
+        .asmr(&["promote", &images[0], &images[1], "--param", "colour=blue"])
+        .failed();
+    assert!(
+        run.error().contains("unknown parameter \"colour\""),
+        "options Veo would not take are said once\n{}",
+        run.context()
+    );
+    assert_eq!(env.all_ids(), before, "nothing was created");
+}
+
+// ---- report and manifest ----
+
+/// The cards a contact sheet embeds, as JSON.
+fn cards_of(page: &std::path::Path) -> Vec<Value> {
+    let html = std::fs::read_to_string(page).unwrap();
+    let start = r#"<script type="application/json" id="cards">"#;
+    let from = html.find(start).expect("the page embeds its cards") + start.len();
+    let to = from + html[from..].find("</script>").unwrap();
+    match serde_json::from_str(&html[from..to]).unwrap() {
+        Value::Array(cards) => cards,
+        other => panic!("the cards are not an array: {other}"),
+    }
+}
+
+fn report_embeds_exactly_the_selected_jobs_and_prints_its_path(env: &Env) {
+    let approved = env.completed_image("approved");
+    let delivered_files = env.deliver(&approved, &env.dir.path().join("out"));
+    let completed = env.completed_image("completed");
+    let failed = env.add("failed");
+    env.fail(&failed, "model_error");
+    env.asmr(&["approve", &approved]).ok();
+    let video = env.asmr(&["promote", &approved]).ok().id();
+
+    let report = |args: &[&str]| -> BTreeSet<String> {
+        let mut full = vec!["report", "--out", "sheets/report.html"];
+        full.extend_from_slice(args);
+        let run = env.asmr(&full).ok();
+        assert_eq!(run.stdout, "sheets/report.html\n", "{}", run.context());
+        let cards = cards_of(&env.dir.path().join("sheets/report.html"));
+        set(&ids_of(&cards))
+    };
+
+    assert_eq!(report(&[]), set(&[&approved, &completed, &failed, &video]));
+    assert_eq!(report(&["--status", "failed"]), set(&[&failed]));
+    assert_eq!(report(&["--kind", "video"]), set(&[&video]));
+    assert_eq!(report(&["--approved"]), set(&[&approved]));
+    assert_eq!(
+        report(&["--since", "2999-01-01T00:00:00Z"]),
+        BTreeSet::new()
+    );
+    assert_eq!(report(&["--since", "1h"]).len(), 4);
+
+    // Files are linked relative to the page; a video's poster is its
+    // parent's image even when the image is not on the sheet.
+    report(&["--kind", "video"]);
+    let cards = cards_of(&env.dir.path().join("sheets/report.html"));
+    assert_eq!(
+        cards[0]["poster"],
+        format!("../out/{}", delivered_files[0]),
+        "{}",
+        cards[0]
+    );
+    report(&["--approved"]);
+    let cards = cards_of(&env.dir.path().join("sheets/report.html"));
+    assert_eq!(
+        cards[0]["files"],
+        serde_json::json!([format!("../out/{}", delivered_files[0])])
+    );
+
+    let run = env.asmr(&["report", "--since", "yesterday"]).failed();
+    assert!(
+        run.error().contains("--since \"yesterday\""),
+        "{}",
+        run.context()
+    );
+}
+
+fn manifest_rebuilds_one_line_per_delivered_file(env: &Env) {
+    let folder = env.dir.path().join("delivered");
+    let mut expected = BTreeSet::new();
+    for prompt in ["rain", "sand", "leaves"] {
+        let id = env.completed_image(prompt);
+        expected.extend(env.deliver(&id, &folder));
+    }
+    env.completed_image("completed, not delivered");
+    let failed = env.add("failed");
+    env.fail(&failed, "model_error");
+
+    // Relative to where the command runs, as an operator would type it.
+    let run = env
+        .asmr(&[
+            "manifest",
+            "--out",
+            "rebuilt",
+            "--destination",
+            "./delivered/../delivered",
+        ])
+        .ok();
+    assert_eq!(run.stdout, "rebuilt/manifest.jsonl\n", "{}", run.context());
+    let text = std::fs::read_to_string(env.dir.path().join("rebuilt/manifest.jsonl")).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let paths: BTreeSet<String> = lines
+        .iter()
+        .map(|l| l["path"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        lines.len(),
+        3,
+        "one line per delivered file, none twice: {text}"
+    );
+    assert_eq!(paths, expected);
+    assert!(lines.iter().all(|l| l["crc32c"] == "AAAAAA=="), "{text}");
+}
+
+/// `asmr run` (embedded store only) delivers and writes its own manifest;
+/// `asmr manifest` from the store rebuilds the same lines into another
+/// folder.
+#[test]
+fn manifest_rebuilt_from_the_store_matches_the_manifest_of_a_run() {
+    let env = Env::embedded();
+    env.write(
+        "prompts.txt",
+        b"rain on a tin roof\nsand pouring\nwhispering leaves\n",
+    );
+    let run = env.asmr(&["run", "prompts.txt", "--chain", "--out", "out", "--json"]);
+    assert_eq!(run.code, Some(0), "{}", run.context());
+    let report = run.json();
+    let folder = PathBuf::from(report["out_dir"].as_str().unwrap());
+    assert_eq!(folder.parent(), Some(env.dir.path().join("out").as_path()));
+
+    let paths = |manifest: PathBuf| -> BTreeSet<String> {
+        std::fs::read_to_string(&manifest)
+            .unwrap_or_else(|e| panic!("{}: {e}", manifest.display()))
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["path"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    let own = paths(folder.join("manifest.jsonl"));
+    assert_eq!(own.len(), 6, "three images and their videos: {own:?}");
+
+    let destination = format!("out/{}", folder.file_name().unwrap().to_str().unwrap());
+    let run = env
+        .asmr(&[
+            "manifest",
+            "--out",
+            "rebuilt",
+            "--destination",
+            &destination,
+        ])
+        .ok();
+    assert_eq!(run.stdout, "rebuilt/manifest.jsonl\n", "{}", run.context());
+    assert_eq!(paths(env.dir.path().join("rebuilt/manifest.jsonl")), own);
 }

@@ -5,7 +5,7 @@ use super::{MANIFEST_NAME, ManifestLine, relative_path};
 use crate::deliver::Destination;
 use crate::domain::download::{Download, DownloadStatus, Target};
 use crate::domain::job::{Delivery, Job};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::store::{JobFilter, MAX_PAGE, Store};
 use std::collections::HashMap;
 use std::io::Write;

@@ -77,14 +77,36 @@ pub async fn with_children(store: &Store, ids: &[String]) -> Result<Vec<Job>> {
     Ok(jobs)
 }
 
+/// The images that videos among `jobs` were made from and that are not
+/// among them (a sheet of videos only, say): a video's card shows its
+/// image as the poster even when the image has no card of its own.
+pub async fn parents_outside(store: &Store, jobs: &[Job]) -> Result<Vec<Job>> {
+    let mut parents: Vec<Job> = Vec::new();
+    for id in jobs.iter().filter_map(Job::parent) {
+        let known = jobs.iter().chain(&parents).any(|job| job.id() == id);
+        if !known && let Some(parent) = store.get_job(id).await? {
+            parents.push(parent);
+        }
+    }
+    Ok(parents)
+}
+
 /// The sheet of `jobs` for a page written into `folder`: each delivered
 /// file that is on this machine is linked relative to it, and a video made
-/// from an image shows that image as its poster. Costs are list-price
+/// from an image shows that image as its poster, the image found among
+/// `jobs` or `parents` (see [`parents_outside`]). Costs are list-price
 /// estimates from `prices`.
-pub fn sheet(title: &str, jobs: &[Job], folder: &Path, prices: &PriceTable) -> Sheet {
+pub fn sheet(
+    title: &str,
+    jobs: &[Job],
+    parents: &[Job],
+    folder: &Path,
+    prices: &PriceTable,
+) -> Sheet {
     let folder = absolute(folder);
     let files: HashMap<&str, Vec<String>> = jobs
         .iter()
+        .chain(parents)
         .map(|job| (job.id(), local_files(job, &folder)))
         .collect();
     let cards = jobs
@@ -198,8 +220,21 @@ fn local_files(job: &Job, folder: &Path) -> Vec<String> {
         .collect()
 }
 
+/// `path` made absolute without `.` or `..` (lexically: a page written to
+/// `../sheets/` is compared with the files by what the path names).
 fn absolute(path: &Path) -> PathBuf {
-    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut normal = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                normal.pop();
+            }
+            other => normal.push(other),
+        }
+    }
+    normal
 }
 
 /// `target` relative to `folder` (both absolute), `/`-separated, with `..`

@@ -586,7 +586,7 @@ async fn an_operators_approval_becomes_one_queued_video_through_the_job_events()
     let [video] = image.children() else {
         panic!("one video, not {:?}", image.children());
     };
-    assert_eq!(job_ids(&messages), [video.clone()]);
+    assert_eq!(job_ids(&messages), std::slice::from_ref(video));
     assert_eq!(messages[0].attributes["origin"], "auto-promote");
     let video = intake.store.job(video).await.unwrap();
     assert_eq!(

@@ -57,11 +57,10 @@ impl Run {
         command
     }
 
-    /// The files delivered so far (temporary copies excluded).
-    /// The delivered files: everything under the output directory but its
-    /// manifest.
+    /// The delivered files so far: everything under the output directory
+    /// but the manifests and contact sheets of the runs.
     fn files(&self) -> Vec<PathBuf> {
-        let manifest = self.out.join(shared::manifest::MANIFEST_NAME);
+        let not_delivered = [shared::manifest::MANIFEST_NAME, shared::report::REPORT_NAME];
         let mut files = Vec::new();
         let mut dirs = vec![self.out.clone()];
         while let Some(dir) = dirs.pop() {
@@ -72,13 +71,34 @@ impl Run {
                 let path = entry.path();
                 if path.is_dir() {
                     dirs.push(path);
-                } else if path != manifest {
+                } else if !not_delivered
+                    .iter()
+                    .any(|name| path.file_name() == Some(name.as_ref()))
+                {
                     files.push(path);
                 }
             }
         }
         files.sort();
         files
+    }
+
+    /// The folder the run of this file delivers into: one folder under
+    /// the output directory, named after the prompts file.
+    fn folder(&self) -> PathBuf {
+        let folders: Vec<PathBuf> = std::fs::read_dir(&self.out)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(folders.len(), 1, "one run, one folder: {folders:?}");
+        let name = folders[0]
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(name.starts_with("prompts-"), "{name}");
+        folders[0].clone()
     }
 
     fn asmr(&self, args: &[&str]) -> Value {
@@ -144,14 +164,15 @@ fn fifty_prompts_are_generated_and_delivered_and_a_rerun_adds_nothing() {
     );
     assert_eq!(second["events"], 0, "nothing new finished");
     assert_eq!(run.files(), files, "the rerun wrote no new file");
-    let manifest = std::fs::read_to_string(run.out.join(shared::manifest::MANIFEST_NAME)).unwrap();
+    let folder = run.folder();
+    let manifest = std::fs::read_to_string(folder.join(shared::manifest::MANIFEST_NAME)).unwrap();
     let lines: Vec<shared::manifest::ManifestLine> = manifest
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())
         .collect();
     assert_eq!(lines.len(), 50, "one manifest line per file, none twice");
     for line in &lines {
-        assert!(run.out.join(&line.path).is_file(), "{}", line.path);
+        assert!(folder.join(&line.path).is_file(), "{}", line.path);
     }
 }
 
@@ -167,9 +188,10 @@ fn a_video_run_delivers_real_mp4_files_where_veo_would_put_them() {
     );
     let files = run.files();
     assert_eq!(files.len(), 3);
+    let folder = run.folder();
     for file in files {
         let relative = file
-            .strip_prefix(&run.out)
+            .strip_prefix(&folder)
             .unwrap()
             .to_str()
             .unwrap()
@@ -306,4 +328,103 @@ async fn ctrl_c_stops_a_live_run_that_the_next_run_finishes() {
     );
     // Ctrl-C lets the calls in flight finish: nothing is left in doubt.
     tokio::task::block_in_place(|| finish_and_check(&run, &fake, 0));
+}
+
+/// The jobs in the run's state, by kind.
+fn jobs_by_kind(run: &Run) -> (Vec<Value>, Vec<Value>) {
+    let jobs = run.asmr(&["list", "--json", "--limit", "1000"]);
+    jobs.as_array()
+        .unwrap()
+        .iter()
+        .cloned()
+        .partition(|job| job["kind"] == "image")
+}
+
+#[test]
+fn a_chained_dry_run_makes_one_video_of_each_image_and_a_rerun_makes_nothing_new() {
+    const PROMPTS: usize = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let run = Run::new(dir.path(), PROMPTS);
+
+    let output = run.command(&["--chain"]).output().unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let first = report(&output);
+    assert_eq!(
+        first["statuses"],
+        serde_json::json!({"delivered": 2 * PROMPTS}),
+        "{first}"
+    );
+    let folder = run.folder();
+    assert_eq!(first["out_dir"], folder.to_str().unwrap(), "{first}");
+    assert_eq!(
+        first["report"],
+        folder.join(shared::report::REPORT_NAME).to_str().unwrap()
+    );
+    assert!(folder.join(shared::report::REPORT_NAME).is_file());
+
+    let (images, videos) = jobs_by_kind(&run);
+    assert_eq!((images.len(), videos.len()), (PROMPTS, PROMPTS));
+    for image in &images {
+        let children = image["children"].as_array().unwrap();
+        assert_eq!(children.len(), 1, "one video of each image: {image}");
+        let video = videos
+            .iter()
+            .find(|v| v["id"] == children[0])
+            .unwrap_or_else(|| panic!("the child of {} is not a video", image["id"]));
+        assert_eq!(video["parent"], image["id"], "linked both ways: {video}");
+        assert_eq!(video["status"], "delivered");
+    }
+
+    let files = run.files();
+    let pngs = files.iter().filter(|f| is_png(f)).count();
+    let mp4s = files
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "mp4"))
+        .count();
+    assert_eq!(
+        (pngs, mp4s, files.len()),
+        (PROMPTS, PROMPTS, 2 * PROMPTS),
+        "{files:?}"
+    );
+    let manifest = std::fs::read_to_string(folder.join(shared::manifest::MANIFEST_NAME)).unwrap();
+    let lines: Vec<shared::manifest::ManifestLine> = manifest
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2 * PROMPTS, "{manifest}");
+    let with_parent = lines.iter().filter(|l| l.parent.is_some()).count();
+    assert_eq!(with_parent, PROMPTS, "each video's line names its image");
+
+    let output = run.command(&["--chain"]).output().unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let second = report(&output);
+    assert_eq!(second["created"], 0, "{second}");
+    assert_eq!(
+        second["out_dir"], first["out_dir"],
+        "a rerun resumes into the same folder"
+    );
+    assert_eq!(run.folder(), folder);
+    assert_eq!(run.files(), files, "the rerun wrote no new file");
+    let (images_again, videos_again) = jobs_by_kind(&run);
+    assert_eq!((images_again.len(), videos_again.len()), (PROMPTS, PROMPTS));
+
+    let other = Run {
+        state: run.state.clone(),
+        out: run.out.clone(),
+        file: dir.path().join("other prompts.txt"),
+    };
+    std::fs::write(&other.file, "a glass marble rolling on slate\n").unwrap();
+    let output = other.command(&["--chain"]).output().unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let third = report(&output);
+    let other_folder = PathBuf::from(third["out_dir"].as_str().unwrap());
+    assert_ne!(other_folder, folder, "another file gets its own folder");
+    assert_eq!(other_folder.parent(), Some(run.out.as_path()));
+    let name = other_folder.file_name().unwrap().to_str().unwrap();
+    assert!(name.starts_with("other_prompts-"), "{name}");
+    assert_eq!(
+        third["statuses"],
+        serde_json::json!({"delivered": 2}),
+        "{third}"
+    );
 }

@@ -514,3 +514,166 @@ async fn a_sheet_of_ten_thousand_jobs_opens_on_its_first_page() {
     assert!(elapsed < Duration::from_secs(10), "{elapsed:?} to open");
     browser.assert_no_console_errors().await;
 }
+
+/// `asmr ARGS` on the state in `state`; its stdout, after checking it
+/// succeeded.
+fn asmr(state: &Path, args: &[&str]) -> String {
+    let output = std::process::Command::new(tests::harness::binary("asmr"))
+        .env_clear()
+        .args(["--state-dir", state.to_str().unwrap()])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "asmr {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn the_sheet_of_a_chained_run_pairs_each_video_with_its_image_and_shows_why_a_job_failed() {
+    use shared::domain::job::{JobError, JobKind};
+    const BLOCKED: &str = "a prompt the model blocked";
+    let dir = artifacts().join("run-chain");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = dir.join("state");
+    let prompts = dir.join("prompts.txt");
+    std::fs::write(
+        &prompts,
+        format!(
+            "rain on a tin roof\nsand pouring through an hourglass\n{BLOCKED}\n\
+             whispering leaves\nfingers tapping on a wooden desk\n"
+        ),
+    )
+    .unwrap();
+
+    // The run finds the blocked prompt's job already failed, as it would
+    // after a live run the safety filters stopped.
+    let request_id = shared::local_run::request_id(JobKind::Image, BLOCKED, 0);
+    let blocked = asmr(
+        &state,
+        &[
+            "add",
+            "--kind",
+            "image",
+            "--prompt",
+            BLOCKED,
+            "--request-id",
+            &request_id,
+        ],
+    )
+    .trim()
+    .to_string();
+    let store = shared::store::Store::open(&shared::store::StoreConfig::Embedded {
+        state_dir: state.clone(),
+    })
+    .await
+    .unwrap();
+    store
+        .fail_job(
+            &blocked,
+            None,
+            JobError::new("blocked", "the prompt was refused by a test", false),
+        )
+        .await
+        .unwrap();
+    drop(store);
+
+    let out = dir.join("out");
+    let report: Value = serde_json::from_str(&asmr(
+        &state,
+        &[
+            "run",
+            prompts.to_str().unwrap(),
+            "--chain",
+            "--out",
+            out.to_str().unwrap(),
+            "--json",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(
+        report["statuses"],
+        json!({"delivered": 8, "failed": 1}),
+        "{report}"
+    );
+    let sheet = PathBuf::from(report["report"].as_str().unwrap());
+    let jobs: Value = serde_json::from_str(&asmr(&state, &["list", "--json"])).unwrap();
+    let videos: Vec<(String, String)> = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|job| job["kind"] == "video")
+        .map(|job| {
+            (
+                job["id"].as_str().unwrap().to_string(),
+                job["parent"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(videos.len(), 4);
+
+    let browser = open(&sheet, "").await;
+    let cards = browser
+        .script("return document.querySelectorAll('.card').length;", vec![])
+        .await;
+    assert_eq!(
+        cards, 9,
+        "four images, their four videos and the failed job"
+    );
+
+    for (video, parent) in &videos {
+        let pair = browser
+            .script(
+                "const v = document.querySelector('#job-' + arguments[0] + ' video'); \
+                 const i = document.querySelector('#job-' + arguments[1] + ' img'); \
+                 return [v && v.getAttribute('poster'), i && i.getAttribute('src')];",
+                vec![json!(video), json!(parent)],
+            )
+            .await;
+        let image = format!("images/{parent}/0.png");
+        assert_eq!(
+            pair,
+            json!([image, image]),
+            "the video's poster is its parent's image file"
+        );
+        let width = browser
+            .wait_for(
+                "the parent image to load",
+                &format!(
+                    "(() => {{ const i = document.querySelector('#job-{parent} img'); \
+                     return i.complete && i.naturalWidth; }})()"
+                ),
+                DRAWN,
+            )
+            .await;
+        assert!(width.as_u64().unwrap() > 0, "{parent}: {width}");
+    }
+
+    assert_eq!(
+        text_of(&browser, &format!("#job-{blocked} .error")).await,
+        "blocked: the prompt was refused by a test"
+    );
+    assert_eq!(
+        browser
+            .script(
+                &format!("return document.getElementById('job-{blocked}').dataset.status;"),
+                vec![]
+            )
+            .await,
+        "failed"
+    );
+
+    browser
+        .wait_for(
+            "every thumbnail to load",
+            "[...document.querySelectorAll('.card img')].every(i => i.complete && i.naturalWidth > 0)",
+            DRAWN,
+        )
+        .await;
+    browser.screenshot(&artifacts().join("run-chain.png")).await;
+    browser.assert_no_console_errors().await;
+}

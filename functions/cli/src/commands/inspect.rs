@@ -3,8 +3,7 @@
 use crate::args::{ListArgs, ShowArgs};
 use crate::out::{self, Table};
 use anyhow::Result;
-use shared::Error;
-use shared::domain::job::{Job, JobKind, JobStatus};
+use shared::domain::job::Job;
 use shared::store::{JobFilter, MAX_PAGE, Store};
 use std::fmt::Write as _;
 

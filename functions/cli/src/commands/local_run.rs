@@ -24,8 +24,12 @@ pub async fn run(store: &StoreArgs, args: RunArgs) -> Result<()> {
         bail!("--chain makes videos of images; it needs --kind image");
     }
     let out_dir = shared::local_run::run_folder(&args.out, &args.file, &prompts, kind, args.chain);
-    let mut settings =
-        RunSettings::dry_run(prompts, kind, out_dir.clone(), store.state_dir.clone());
+    // Deliveries record where each file went: an absolute path still finds
+    // it when a later command (`asmr report`, `asmr manifest`) runs from
+    // another folder.
+    let delivery_root =
+        super::absolute(&out_dir).with_context(|| format!("resolving {}", out_dir.display()))?;
+    let mut settings = RunSettings::dry_run(prompts, kind, delivery_root, store.state_dir.clone());
     settings.chain = args.chain;
     settings.image_workers = args.image_workers.into();
     settings.video_workers = args.video_workers.into();

@@ -4,10 +4,8 @@
 use crate::args::{ManifestArgs, ReportArgs};
 use crate::out;
 use anyhow::{Context, Result, bail};
-use shared::Error;
 use shared::cost::PriceTable;
 use shared::deliver::Destination;
-use shared::domain::job::{JobKind, JobStatus};
 use shared::report::{self, Selection};
 use shared::time::Timestamp;
 
@@ -24,18 +22,23 @@ pub async fn report(store: &shared::store::Store, args: &ReportArgs) -> Result<(
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(std::path::Path::new("."));
-    let title = format!("asmr: {} jobs", jobs.len());
-    let sheet = report::sheet(&title, &jobs, folder, &PriceTable::list_prices());
+    let parents = report::parents_outside(store, &jobs).await?;
+    let title = format!("asmr: {}", count(jobs.len() as u64, "job", "jobs"));
+    let sheet = report::sheet(&title, &jobs, &parents, folder, &PriceTable::list_prices());
     let bytes = report::write(&sheet, &args.out)?;
-    out::line(args.out.display().to_string())?;
+    out::line(args.out.display())?;
     out::note(format_args!(
-        "contact sheet of {} jobs ({} files) written to {} ({} KiB)",
-        jobs.len(),
-        sheet.totals.files,
+        "contact sheet of {} ({}) written to {} ({} KiB)",
+        count(jobs.len() as u64, "job", "jobs"),
+        count(sheet.totals.files, "file", "files"),
         args.out.display(),
         bytes.div_ceil(1024)
     ));
     Ok(())
+}
+
+fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// `--since`: an RFC 3339 time, or how long ago (`90m`, `2h`, `3d`).
@@ -53,25 +56,35 @@ fn since(text: &str) -> Result<Timestamp> {
     };
     match ago {
         Ok(ago) => Ok(Timestamp::now().minus(ago)),
-        Err(e) => bail!("--since {text:?} is neither an RFC 3339 time nor a duration ago: {e}"),
+        Err(e) => bail!(
+            "--since {text:?} is neither an RFC 3339 time nor a duration ago (90m, 2h, 3d): {e}"
+        ),
     }
 }
 
 pub async fn manifest(store: &shared::store::Store, args: &ManifestArgs) -> Result<()> {
+    // Deliveries to a folder record absolute paths; a folder given relative
+    // to here is compared as the absolute path it names.
     let destination: Destination = match &args.destination {
-        Some(text) => text
+        Some(text) => match text
             .parse()
-            .map_err(|e: String| anyhow::anyhow!("--destination: {e}"))?,
-        None => Destination::Directory(std::path::absolute(&args.out).context("--out")?),
+            .map_err(|e: String| anyhow::anyhow!("--destination: {e}"))?
+        {
+            Destination::Directory(dir) => {
+                Destination::Directory(super::absolute(&dir).context("--destination")?)
+            }
+            bucket => bucket,
+        },
+        None => Destination::Directory(super::absolute(&args.out).context("--out")?),
     };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let written = shared::manifest::rebuild(store, &destination, &args.out).await?;
-    out::line(written.path.display().to_string())?;
+    out::line(written.path.display())?;
     out::note(format_args!(
-        "{} lines for {} jobs written to {}",
-        written.lines,
-        written.jobs,
+        "{} for {} written to {}",
+        count(written.lines, "line", "lines"),
+        count(written.jobs, "job", "jobs"),
         written.path.display()
     ));
     for why in written.skipped.iter().take(10) {

@@ -7,9 +7,10 @@ use super::change::Queue;
 use crate::args::{PromoteArgs, RejectArgs, ReviewArgs};
 use crate::out;
 use anyhow::{Result, bail};
+use shared::Error;
 use shared::cost::{PriceTable, format_usd};
 use shared::domain::job::{Job, JobKind};
-use shared::domain::review::{PromoteOptions, Verdict};
+use shared::domain::review::{PromoteOptions, PromoteRefusal, Verdict};
 use shared::store::{MAX_PAGE, Store};
 use shared::vertex::DEFAULT_VIDEO_MODEL;
 
@@ -44,8 +45,9 @@ async fn review(
     }
     if refused > 0 {
         bail!(
-            "{refused} of {} jobs were not {}",
+            "{refused} of {} {} not {}",
             ids.len(),
+            plural(ids.len(), "job was", "jobs were"),
             verdict.as_str()
         );
     }
@@ -59,17 +61,42 @@ pub async fn promote(store: &Store, queue: &Queue<'_>, args: &PromoteArgs) -> Re
         dry_run: None,
         again: args.again,
     };
-    let images = images(store, args).await?;
-    if images.is_empty() {
+    let Images { found, missing } = images(store, args).await?;
+    if found.is_empty() && missing.is_empty() {
         out::note("no approved image to promote");
         return Ok(());
     }
-    if args.dry_run {
-        return preview(&images, &options);
+    for id in &missing {
+        out::note(format_args!("error: job {id} not found"));
     }
+    let asked = found.len() + missing.len();
+    let refused = if args.dry_run {
+        preview(&found, &options)?
+    } else {
+        create(store, queue, &found, &options).await?
+    } + missing.len();
+    if refused > 0 {
+        bail!(
+            "{refused} of {asked} {} not promoted; nothing was made of {}",
+            plural(asked, "image was", "images were"),
+            if refused == 1 { "it" } else { "those" }
+        );
+    }
+    Ok(())
+}
+
+/// Makes the video of each image; returns how many were refused. Options
+/// Veo would not take are refused for every image alike, so the first such
+/// refusal ends the command.
+async fn create(
+    store: &Store,
+    queue: &Queue<'_>,
+    images: &[Job],
+    options: &PromoteOptions,
+) -> Result<usize> {
     let mut refused = 0;
-    for image in &images {
-        match store.promote(image.id(), &options).await {
+    for image in images {
+        match store.promote(image.id(), options).await {
             Ok(promoted) => {
                 let video = &promoted.video;
                 out::line(video.id())?;
@@ -81,36 +108,52 @@ pub async fn promote(store: &Store, queue: &Queue<'_>, args: &PromoteArgs) -> Re
                     ));
                     queue.dispatch(video).await;
                 } else {
-                    out::note(format_args!(
-                        "image {} has its video already: job {} (--again makes another)",
-                        image.id(),
-                        video.id()
-                    ));
+                    already_made(image.id(), video.id());
                 }
             }
+            Err(e @ Error::Invalid(_)) => return Err(e.into()),
             Err(e) => {
                 refused += 1;
                 out::note(format_args!("error: {e}"));
             }
         }
     }
-    if refused > 0 {
-        bail!("{refused} of {} images were not promoted", images.len());
-    }
-    Ok(())
+    Ok(refused)
 }
 
-/// The images `args` names: those given, or every approved one.
-async fn images(store: &Store, args: &PromoteArgs) -> Result<Vec<Job>> {
-    let mut images = Vec::new();
+fn already_made(image: &str, video: &str) {
+    out::note(format_args!(
+        "image {image} has its video already: job {video} (--again makes another)"
+    ));
+}
+
+/// The images `args` names: those given, or every approved one; and the
+/// ids given that name no job.
+struct Images {
+    found: Vec<Job>,
+    missing: Vec<String>,
+}
+
+async fn images(store: &Store, args: &PromoteArgs) -> Result<Images> {
+    let mut images = Images {
+        found: Vec::new(),
+        missing: Vec::new(),
+    };
     for id in &args.ids {
-        images.push(store.job(id).await?);
+        match store.get_job(id).await? {
+            Some(job) => images.found.push(job),
+            None => images.missing.push(id.clone()),
+        }
     }
     if args.approved {
         let mut after: Option<String> = None;
         loop {
             let page = store.promotable(MAX_PAGE, after.as_deref()).await?;
-            images.extend(page.items);
+            images.found.extend(
+                page.items
+                    .into_iter()
+                    .filter(|job| !args.ids.iter().any(|id| id == job.id())),
+            );
             match page.next {
                 Some(next) => after = Some(next),
                 None => break,
@@ -120,43 +163,42 @@ async fn images(store: &Store, args: &PromoteArgs) -> Result<Vec<Job>> {
     Ok(images)
 }
 
-/// What a promotion would create and cost, creating nothing. A video's model
-/// is the `model` parameter when given, else the default video model the
-/// generator would use.
-fn preview(images: &[Job], options: &PromoteOptions) -> Result<()> {
+/// What a promotion would create and cost, creating nothing; returns how
+/// many images would be refused. A video's model is the `model` parameter
+/// when given, else the default video model the generator would use. A
+/// video made of a dry-run image is a dry run too: its list price is shown,
+/// and nothing is paid for it.
+fn preview(images: &[Job], options: &PromoteOptions) -> Result<usize> {
     let prices = PriceTable::list_prices();
-    let (mut total, mut made, mut refused) = (0u64, 0, 0);
+    let (mut to_pay, mut at_list_price, mut made, mut refused) = (0u64, 0u64, 0, 0);
     for image in images {
         if let (false, Some(video)) = (options.again, image.children().first()) {
-            out::note(format_args!(
-                "image {} has its video already: job {video} (--again makes another)",
-                image.id()
-            ));
+            already_made(image.id(), video);
             continue;
         }
         match image.promotion(options) {
             Ok(video) => {
                 let model = video.params.model.as_deref().unwrap_or(DEFAULT_VIDEO_MODEL);
-                let micros = if video.dry_run {
-                    0
-                } else {
-                    prices.estimate(JobKind::Video, model, &video.params).micros
-                };
-                total += micros;
+                let micros = prices.estimate(JobKind::Video, model, &video.params).micros;
+                at_list_price += micros;
+                if !video.dry_run {
+                    to_pay += micros;
+                }
                 made += 1;
                 out::line(image.id())?;
                 out::note(format_args!(
-                    "image {} -> a {}s video on {model}, about {}{}",
+                    "image {} -> a video of {} s on {model}, {} at list price{}",
                     image.id(),
                     video.params.duration_seconds.unwrap_or(8),
                     format_usd(micros),
                     if video.dry_run {
-                        " (dry run: placeholders)"
+                        " (a dry run, as its image was: placeholders, nothing paid)"
                     } else {
                         ""
                     }
                 ));
             }
+            Err(PromoteRefusal::Invalid(e)) => bail!("{e}"),
             Err(refusal) => {
                 refused += 1;
                 out::note(format_args!("error: {refusal}"));
@@ -164,11 +206,14 @@ fn preview(images: &[Job], options: &PromoteOptions) -> Result<()> {
         }
     }
     out::note(format_args!(
-        "would make {made} video jobs, about {} in all; nothing was created",
-        format_usd(total)
+        "would make {made} video {}, {} to pay ({} at list prices); nothing was created",
+        plural(made, "job", "jobs"),
+        format_usd(to_pay),
+        format_usd(at_list_price)
     ));
-    if refused > 0 {
-        bail!("{refused} of {} images cannot be promoted", images.len());
-    }
-    Ok(())
+    Ok(refused)
+}
+
+fn plural<'a>(n: usize, one: &'a str, many: &'a str) -> &'a str {
+    if n == 1 { one } else { many }
 }
