@@ -158,9 +158,7 @@ fn card(job: &Job, files: Vec<String>, poster: Option<String>, prices: &PriceTab
         max_attempts: job.max_attempts(),
         error: job.error().map(|e| format!("{}: {}", e.code, e.message)),
         waiting: job.waiting().map(str::to_string),
-        cost_usd: Some(micros_to_usd(
-            prices.estimate(job.kind(), &model, job.params()).micros,
-        )),
+        cost_usd: cost_micros(job, &model, prices).map(micros_to_usd),
         model,
         files,
         poster,
@@ -186,12 +184,10 @@ fn totals(jobs: &[Job], prices: &PriceTable) -> Totals {
             Some(Verdict::Rejected) => totals.rejected += 1,
             None => {}
         }
-        if let Some(reservation) = job.reservation() {
-            reserved += reservation.micros;
-        } else if was_paid(job) {
-            spent += prices
-                .estimate(job.kind(), &model_of(job), job.params())
-                .micros;
+        match (job.reservation(), cost_micros(job, &model_of(job), prices)) {
+            (Some(_), Some(micros)) => reserved += micros,
+            (None, Some(micros)) => spent += micros,
+            _ => {}
         }
     }
     totals.by_status = by_status
@@ -201,6 +197,17 @@ fn totals(jobs: &[Job], prices: &PriceTable) -> Totals {
     totals.reserved_usd = micros_to_usd(reserved);
     totals.spent_usd = micros_to_usd(spent);
     totals
+}
+
+/// What the job costs, as far as it is paid for: its reservation while the
+/// call is unsettled, the list price once it was paid; nothing for a dry
+/// run or a job that never reached the model.
+fn cost_micros(job: &Job, model: &str, prices: &PriceTable) -> Option<u64> {
+    match job.reservation() {
+        Some(reservation) => Some(reservation.micros),
+        None if was_paid(job) => Some(prices.estimate(job.kind(), model, job.params()).micros),
+        None => None,
+    }
 }
 
 /// Whether the job's paid call went out: a live job that produced outputs,
@@ -261,6 +268,36 @@ fn relative_to(folder: &Path, target: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_card_costs_what_was_paid_and_a_dry_run_or_an_unsent_job_nothing() {
+        use crate::domain::job::NewJob;
+        let prices = PriceTable::list_prices();
+        let job = |dry_run: bool, status: JobStatus, outputs: &[&str]| {
+            let mut new = NewJob::new("rain on a tin roof", JobKind::Image);
+            new.dry_run = dry_run;
+            let mut job = Job::new(new, Timestamp::now());
+            job.force_state(status, outputs.iter().map(|o| o.to_string()).collect());
+            job
+        };
+        let out = ["gs://out/images/j/0.png"];
+        let paid = job(false, JobStatus::Delivered, &out);
+        let model = model_of(&paid);
+        let list = prices
+            .estimate(JobKind::Image, &model, paid.params())
+            .micros;
+        assert!(list > 0);
+        assert_eq!(cost_micros(&paid, &model, &prices), Some(list));
+        let dry = job(true, JobStatus::Delivered, &out);
+        assert_eq!(cost_micros(&dry, &model, &prices), None);
+        let unsent = job(false, JobStatus::Failed, &[]);
+        assert_eq!(cost_micros(&unsent, &model, &prices), None);
+        let totals = totals(&[paid, dry, unsent], &prices);
+        assert_eq!(
+            (totals.spent_usd, totals.reserved_usd),
+            (micros_to_usd(list), 0.0)
+        );
+    }
 
     #[test]
     fn files_are_linked_relative_to_the_folder_of_the_page() {

@@ -1,0 +1,346 @@
+//! The stages of a local run, as tasks of one process: the generators'
+//! drain loops, the poller, and the downloader fed with the finalize events
+//! the cloud would send; and the lock that keeps one run per state folder.
+
+use super::*;
+
+/// A model for a dry run, which never calls one: every job of a dry run is
+/// generated from placeholders before a model could be asked.
+pub(super) struct NoModel;
+
+pub(super) fn no_model() -> crate::vertex::ModelError {
+    crate::vertex::ModelError {
+        class: crate::vertex::ErrorClass::Permanent,
+        code: "dry_run".into(),
+        message: "a dry run calls no model".into(),
+        http_status: None,
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::vertex::ImageModel for NoModel {
+    async fn generate(
+        &self,
+        _: &crate::vertex::ImageRequest,
+    ) -> std::result::Result<crate::vertex::ImageOutcome, crate::vertex::ModelError> {
+        Err(no_model())
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::vertex::VideoModel for NoModel {
+    async fn submit(
+        &self,
+        _: &crate::vertex::VideoRequest,
+    ) -> std::result::Result<String, crate::vertex::ModelError> {
+        Err(no_model())
+    }
+    async fn poll(
+        &self,
+        _: &str,
+    ) -> std::result::Result<crate::vertex::OperationState, crate::vertex::ModelError> {
+        Err(no_model())
+    }
+}
+
+/// Holds the state directory for one run; released when dropped.
+pub(super) struct StateLock {
+    _file: std::fs::File,
+}
+
+impl StateLock {
+    pub(super) fn take(state_dir: &Path) -> Result<Self> {
+        let context = || format!("locking the state directory {}", state_dir.display());
+        std::fs::create_dir_all(state_dir).map_err(|e| Error::store(context(), e, false))?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(state_dir.join(LOCK_FILE))
+            .map_err(|e| Error::store(context(), e, false))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(Error::store(
+                context(),
+                "another `asmr run` is using it; wait for it to finish or use another --state-dir",
+                false,
+            )),
+            Err(std::fs::TryLockError::Error(e)) => Err(Error::store(context(), e, false)),
+        }
+    }
+}
+
+/// Everything the stages of one run share.
+pub(super) struct Stages {
+    pub(super) store: Store,
+    pub(super) objects: Arc<dyn ObjectStore>,
+    pub(super) images: ImageGenerator,
+    pub(super) videos: VideoGenerator,
+    pub(super) poller: Option<VideoPoller>,
+    pub(super) downloader: Downloader,
+}
+
+pub(super) async fn build_stages(store: Store, settings: &RunSettings) -> Result<Stages> {
+    let (objects, bucket): (Arc<dyn ObjectStore>, String) =
+        match settings.live.as_ref().and_then(|live| live.bucket.clone()) {
+            Some(bucket) => (
+                Arc::new(
+                    crate::objects::gcs::GcsObjectStore::new(crate::objects::gcs::GcsConfig {
+                        emulator_endpoint: None,
+                    })
+                    .await?,
+                ),
+                bucket,
+            ),
+            None => (
+                Arc::new(crate::objects::local::LocalObjectStore::new(
+                    settings.state_dir.join("objects"),
+                )),
+                LOCAL_BUCKET.to_string(),
+            ),
+        };
+    objects.ensure_bucket(&bucket).await?;
+    if settings.kind == JobKind::Video
+        && let Some(live) = &settings.live
+        && live.bucket.is_none()
+    {
+        return Err(Error::store(
+            "starting a live video run",
+            "Veo writes its videos to Cloud Storage: name a bucket with --bucket",
+            false,
+        ));
+    }
+    let (images_model, videos_model): (
+        Arc<dyn crate::vertex::ImageModel>,
+        Arc<dyn crate::vertex::VideoModel>,
+    ) = match &settings.live {
+        Some(live) => {
+            let client = Arc::new(
+                VertexClient::new(live.vertex.clone())
+                    .map_err(|e| Error::store("configuring Vertex AI", e, false))?,
+            );
+            client.preflight().await.map_err(|e| {
+                Error::store(
+                    "checking that Vertex AI can be called (nothing was created)",
+                    e.message,
+                    false,
+                )
+            })?;
+            (client.clone(), client)
+        }
+        None => (Arc::new(NoModel), Arc::new(NoModel)),
+    };
+    let generator = |model: String| GeneratorSettings {
+        output_bucket: bucket.clone(),
+        default_model: model,
+        dry_run: settings.live.is_none(),
+        lease_ttl: Duration::from_secs(600),
+        operation_timeout: settings.operation_timeout,
+        retry: RetryPolicy::default(),
+    };
+    let (image_model, video_model) = match &settings.live {
+        Some(live) => (
+            live.vertex.image_model.clone(),
+            live.vertex.video_model.clone(),
+        ),
+        None => (
+            crate::vertex::DEFAULT_IMAGE_MODEL.to_string(),
+            crate::vertex::DEFAULT_VIDEO_MODEL.to_string(),
+        ),
+    };
+    let poller = settings.live.as_ref().map(|_| {
+        VideoPoller::new(
+            store.clone(),
+            videos_model.clone(),
+            objects.clone(),
+            PollerSettings {
+                operation_timeout: settings.operation_timeout,
+                polling_interval: settings.polling_interval,
+                max_runtime: Duration::MAX,
+                output_bucket: bucket.clone(),
+            },
+        )
+    });
+    Ok(Stages {
+        images: ImageGenerator::new(
+            store.clone(),
+            objects.clone(),
+            images_model,
+            generator(image_model),
+        ),
+        videos: VideoGenerator::new(
+            store.clone(),
+            objects.clone(),
+            videos_model,
+            generator(video_model),
+        ),
+        poller,
+        downloader: Downloader::new(
+            store.clone(),
+            objects.clone(),
+            DownloaderSettings {
+                output_buckets: vec![bucket.clone()],
+                destination: Destination::Directory(settings.out_dir.clone()),
+                concurrency: settings.download_workers.max(1),
+                timeout: Duration::from_secs(300),
+                // Short, and extended while bytes arrive: after an
+                // interruption the next run takes a copy over within seconds.
+                lease: Duration::from_secs(5),
+                image_priority: 1,
+                video_priority: 0,
+            },
+        ),
+        store,
+        objects,
+    })
+}
+
+/// How often the loops look for new work.
+pub(super) const TICK: Duration = Duration::from_millis(100);
+
+/// Takes jobs one at a time until `stopping`: a job taken is always seen
+/// through, so a paid request is never abandoned half-way by a stop.
+pub(super) async fn keep_draining<G: Generator>(
+    generator: &G,
+    stopping: &AtomicBool,
+) -> Result<()> {
+    let one = DrainLimits {
+        max_jobs: Some(1),
+        ..DrainLimits::default()
+    };
+    while !stopping.load(Ordering::SeqCst) {
+        let report = drain(generator, one).await?;
+        if report.processed == 0 {
+            tokio::time::sleep(TICK).await;
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn keep_polling(
+    stages: &Stages,
+    finished: &AtomicBool,
+    interval: Duration,
+) -> Result<()> {
+    let Some(poller) = &stages.poller else {
+        return Ok(());
+    };
+    while !finished.load(Ordering::SeqCst) {
+        let report = poller.round().await?;
+        let pause = if report.polled == 0 { TICK } else { interval };
+        let until = Instant::now() + pause;
+        while Instant::now() < until && !finished.load(Ordering::SeqCst) {
+            tokio::time::sleep(TICK).await;
+        }
+    }
+    Ok(())
+}
+
+/// The downloader's side of the run: which outputs it has been handed.
+#[derive(Default)]
+pub(super) struct Delivery {
+    /// Outputs handed to the downloader, and when.
+    pub(super) handed: std::sync::Mutex<HashMap<String, Instant>>,
+    /// Whether the last scan found every completed job's outputs handed.
+    pub(super) caught_up: AtomicBool,
+}
+
+/// Hands an output again if its job is still not delivered after this long
+/// (a copy whose lease was left by an interrupted run, a retried download).
+pub(super) const HAND_AGAIN_AFTER: Duration = Duration::from_secs(6);
+
+pub(super) async fn keep_delivering(
+    stages: &Stages,
+    delivery: &Delivery,
+    finished: &AtomicBool,
+) -> Result<()> {
+    use futures::StreamExt;
+    while !finished.load(Ordering::SeqCst) {
+        let jobs = completed_jobs(&stages.store).await?;
+        let mut events = Vec::new();
+        {
+            let now = Instant::now();
+            let mut handed = delivery
+                .handed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for job in &jobs {
+                let delivered: HashSet<&str> =
+                    job.deliveries().iter().map(|d| d.source.as_str()).collect();
+                for output in job.outputs() {
+                    if delivered.contains(output.as_str())
+                        || handed
+                            .get(output)
+                            .is_some_and(|at| now.duration_since(*at) < HAND_AGAIN_AFTER)
+                    {
+                        continue;
+                    }
+                    handed.insert(output.clone(), now);
+                    events.push(output.clone());
+                }
+            }
+        }
+        delivery
+            .caught_up
+            .store(events.is_empty(), Ordering::SeqCst);
+        let handled: Vec<Result<()>> = futures::stream::iter(events)
+            .map(|output| hand_over(stages, output))
+            .buffer_unordered(stages.downloader.settings().concurrency)
+            .collect()
+            .await;
+        for result in handled {
+            result?;
+        }
+        // Downloads given back after transient trouble.
+        stages.downloader.drain(None).await?;
+        tokio::time::sleep(TICK).await;
+    }
+    Ok(())
+}
+
+/// Gives the downloader the finalize event of one output, as GCS would.
+pub(super) async fn hand_over(stages: &Stages, output: String) -> Result<()> {
+    let Some(uri) = GsUri::parse(&output) else {
+        tracing::warn!(
+            output,
+            "an output is not a gs:// URI; it cannot be delivered"
+        );
+        return Ok(());
+    };
+    let Some(meta) = stages.objects.metadata(&uri.bucket, &uri.name).await? else {
+        tracing::warn!(output, "an output of a completed job is missing");
+        return Ok(());
+    };
+    let event = ObjectEvent {
+        kind: ObjectEventKind::Finalized,
+        bucket: meta.bucket.clone(),
+        name: meta.name.clone(),
+        generation: Some(meta.generation),
+        size: Some(meta.size),
+        crc32c: Some(meta.crc32c),
+        content_type: Some(meta.content_type.clone()),
+        event_id: format!("local-{}#{}", meta.uri(), meta.generation),
+        event_time: None,
+    };
+    let handled = stages.downloader.handle(&event).await;
+    tracing::debug!(output, outcome = ?handled, "output handed to the downloader");
+    Ok(())
+}
+
+pub(super) async fn completed_jobs(store: &Store) -> Result<Vec<Job>> {
+    let filter = JobFilter {
+        status: Some(JobStatus::Completed),
+        kind: None,
+        approved: None,
+    };
+    let mut jobs = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.list_jobs(&filter, 500, after.as_deref()).await?;
+        jobs.extend(page.items);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(jobs),
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Watching a local run to its end: progress, the chained videos, the
+//! final tally and the contact sheet.
+
+use super::*;
+
+/// Writes the run's contact sheet into its folder.
+pub(super) async fn write_sheet(store: &Store, ids: &[String], out_dir: &Path) -> Result<PathBuf> {
+    let jobs = crate::report::with_children(store, ids).await?;
+    let title = format!(
+        "asmr run {}",
+        out_dir.file_name().unwrap_or_default().to_string_lossy()
+    );
+    let sheet = crate::report::sheet(
+        &title,
+        &jobs,
+        &[],
+        out_dir,
+        &crate::cost::PriceTable::list_prices(),
+    );
+    let path = out_dir.join(crate::report::REPORT_NAME);
+    crate::report::write(&sheet, &path)?;
+    Ok(path)
+}
+
+/// Makes the video of every delivered image of `ids` that has none yet
+/// (a chained run). Promoting is idempotent, so a rerun makes no second
+/// video; an image that cannot be promoted is reported and left.
+pub(super) async fn promote_delivered(store: &Store, ids: &[String]) -> Result<()> {
+    for id in ids {
+        let Some(job) = store.get_job(id).await? else {
+            continue;
+        };
+        if job.kind() != JobKind::Image
+            || job.status() != JobStatus::Delivered
+            || !job.children().is_empty()
+        {
+            continue;
+        }
+        match store.promote(id, &PromoteOptions::default()).await {
+            Ok(promoted) => {
+                tracing::info!(
+                    image = id,
+                    video = promoted.video.id(),
+                    "video job made from the image"
+                );
+            }
+            Err(e @ (Error::Transition { .. } | Error::Invalid(_))) => {
+                tracing::warn!(image = id, error = %e, "the image cannot be made into a video");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Where this run's jobs stand.
+pub(super) async fn snapshot(store: &Store, ids: &[String]) -> Result<Progress> {
+    let jobs = crate::report::with_children(store, ids).await?;
+    let mut progress = Progress {
+        total: jobs.len() as u64,
+        ..Progress::default()
+    };
+    for job in jobs {
+        match job.status() {
+            JobStatus::Completed => progress.generated += 1,
+            JobStatus::Delivered => {
+                progress.generated += 1;
+                progress.delivered += 1;
+            }
+            JobStatus::Failed | JobStatus::Cancelled => {
+                progress.generated += 1;
+                progress.failed += 1;
+            }
+            JobStatus::Pending | JobStatus::Processing | JobStatus::Generating => {}
+        }
+    }
+    Ok(progress)
+}
+
+/// Reports progress until nothing is left to do: no job waiting or being
+/// generated, no copy waiting or running, and every output of every
+/// completed job handed to the downloader.
+pub(super) async fn watch_until_settled(
+    store: &Store,
+    ids: &[String],
+    chain: bool,
+    delivery: &Delivery,
+    progress: &(impl Fn(&Progress) + Send + Sync),
+) -> Result<()> {
+    use crate::domain::download::DownloadStatus;
+    let mut quiet_since: Option<Instant> = None;
+    loop {
+        if chain {
+            promote_delivered(store, ids).await?;
+        }
+        let now = snapshot(store, ids).await?;
+        progress(&now);
+        let jobs = store.job_counts().await?;
+        let downloads = store.download_counts().await?;
+        let busy = [
+            JobStatus::Pending,
+            JobStatus::Processing,
+            JobStatus::Generating,
+        ]
+        .iter()
+        .any(|s| jobs.status(*s) > 0)
+            || [DownloadStatus::Pending, DownloadStatus::Downloading]
+                .iter()
+                .any(|s| downloads.status(*s) > 0)
+            || !delivery.caught_up.load(Ordering::SeqCst);
+        // Every job of this run terminal is enough; otherwise the work must
+        // have been quiet for a moment (a completed job whose copy failed
+        // for good stays completed).
+        if now.total == now.delivered + now.failed {
+            return Ok(());
+        }
+        match (busy, quiet_since) {
+            (true, _) => quiet_since = None,
+            (false, None) => quiet_since = Some(Instant::now()),
+            (false, Some(since)) if since.elapsed() >= Duration::from_secs(1) => return Ok(()),
+            (false, Some(_)) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub(super) async fn tally(store: &Store, ids: &[String], report: &mut RunReport) -> Result<()> {
+    for job in crate::report::with_children(store, ids).await? {
+        *report.statuses.entry(job.status()).or_default() += 1;
+        report.files += job.deliveries().len() as u64;
+        if job.has_ended()
+            && job.status() != JobStatus::Delivered
+            && report.failures.len() < FAILURES_SHOWN
+        {
+            let reason = job.error().map_or_else(
+                || job.status().to_string(),
+                |e| format!("{}: {}", e.code, e.message),
+            );
+            report.failures.push((job.id().to_string(), reason));
+        }
+    }
+    Ok(())
+}
