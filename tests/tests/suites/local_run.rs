@@ -428,3 +428,51 @@ fn a_chained_dry_run_makes_one_video_of_each_image_and_a_rerun_makes_nothing_new
         "{third}"
     );
 }
+
+#[test]
+fn two_runs_delivering_into_one_folder_at_once_leave_one_whole_manifest_line_per_file() {
+    // Two processes (each its own state, so each its own downloader) copy
+    // the same files into the same run folder at the same time: their
+    // appends to one manifest.jsonl must neither interleave nor repeat.
+    const PROMPTS: usize = 60;
+    let dir = tempfile::tempdir().unwrap();
+    let first = Run::new(dir.path(), PROMPTS);
+    let second = Run {
+        state: dir.path().join("state-2"),
+        out: first.out.clone(),
+        file: first.file.clone(),
+    };
+    let children: Vec<_> = [&first, &second]
+        .iter()
+        .map(|run| {
+            run.command(&[])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "{}", stderr(&output));
+    }
+
+    let manifest = first.folder().join(shared::manifest::MANIFEST_NAME);
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    assert!(text.ends_with('\n'), "the last line is whole");
+    let paths: Vec<String> = text
+        .lines()
+        .map(|line| {
+            let line: Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("a torn or interleaved line ({e}): {line}"));
+            line["path"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let distinct: std::collections::BTreeSet<&String> = paths.iter().collect();
+    assert_eq!(
+        (paths.len(), distinct.len()),
+        (PROMPTS, PROMPTS),
+        "one line per delivered file"
+    );
+    assert_eq!(first.files().iter().filter(|f| is_png(f)).count(), PROMPTS);
+}
