@@ -92,18 +92,25 @@ impl server::Push for Promoter {
             Err(e) => return Handled::store_trouble(&e),
         };
         let video = &promoted.video;
+        // A video made by an earlier delivery of this event whose publish
+        // failed is still pending: announce it again. A second job message
+        // is harmless, the generator claims the job once.
+        if promoted.created || video.status() == JobStatus::Pending {
+            let published =
+                crate::bus::publish_job(self.bus.as_ref(), &self.topics, video, "auto-promote");
+            if let Err(e) = published.await {
+                return Handled::Retry {
+                    rate_limited: false,
+                    reason: format!("video job {} is made but not queued: {e}", video.id()),
+                };
+            }
+        }
         if !promoted.created {
             return Handled::Duplicate(format!(
                 "image {} has its video already: job {}",
                 event.job_id,
                 video.id()
             ));
-        }
-        if let Err(e) =
-            crate::bus::publish_job(self.bus.as_ref(), &self.topics, video, "auto-promote").await
-        {
-            // The job is pending in the store; the janitor dispatches it.
-            tracing::warn!(job_id = %video.id(), error = %e, "video job made but not queued; the janitor will dispatch it");
         }
         tracing::info!(image = %event.job_id, video = %video.id(), event = "auto_promoted", "video job made from the image");
         Handled::Done(format!(
@@ -247,11 +254,14 @@ mod tests {
         );
         assert_eq!(w.videos_queued(), [video.id()]);
 
-        // Pub/Sub delivers at least once: the same events again make nothing.
+        // Pub/Sub delivers at least once: the same events again make no
+        // second video (while the video waits, its message is sent again,
+        // which the generator's claim makes harmless).
         let again = w.push_events().await;
         assert!(again.iter().all(|s| s.is_success()), "{again:?}");
         assert_eq!(w.store.job(image.id()).await.unwrap().children().len(), 1);
-        assert_eq!(w.videos_queued().len(), 1);
+        let queued = w.videos_queued();
+        assert!(queued.iter().all(|id| id == video.id()), "{queued:?}");
     }
 
     #[tokio::test]
@@ -275,6 +285,46 @@ mod tests {
         assert!(!answers.is_empty() && answers.iter().all(|s| s.is_success()));
         assert!(w.videos_queued().is_empty());
         assert!(w.store.job(&image).await.unwrap().children().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_video_that_could_not_be_queued_is_asked_for_again_and_queued_on_redelivery() {
+        let w = world(AutoPromote::Approved).await;
+        let image = w.delivered_image("wet sand", None).await;
+        w.post(&format!("/v1/jobs/{image}:approve"), Vec::new())
+            .await;
+        w.store.flush_events().await;
+        let events = w.bus.published(&w.topics.job_events());
+        let approval = events.last().unwrap();
+
+        // The video topic is gone: the video is made, its message is not sent,
+        // and Pub/Sub is asked to deliver the event again.
+        let promoter = Promoter {
+            store: w.store.clone(),
+            bus: Arc::new(MemoryBus::new()),
+            topics: w.topics.clone(),
+            mode: AutoPromote::Approved,
+        };
+        let event: JobEvent = serde_json::from_slice(&approval.data).unwrap();
+        let handled = server::Push::handle(&promoter, event).await;
+        assert!(matches!(handled, Handled::Retry { .. }), "{handled:?}");
+        let children = w.store.job(&image).await.unwrap().children().to_vec();
+        let [video] = children.as_slice() else {
+            panic!("the video is made once: {children:?}");
+        };
+        let video = video.clone();
+        assert!(w.videos_queued().is_empty());
+
+        // The redelivery, with the bus back: the same video, now queued.
+        assert_eq!(
+            w.post("/v1/job-events", envelope(approval)).await,
+            StatusCode::OK
+        );
+        assert_eq!(
+            w.store.job(&image).await.unwrap().children(),
+            std::slice::from_ref(&video)
+        );
+        assert_eq!(w.videos_queued(), [video]);
     }
 
     #[tokio::test]
