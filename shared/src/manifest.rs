@@ -12,7 +12,7 @@
 mod append;
 mod rebuild;
 
-pub use append::{Appended, append, append_to_bucket, append_to_directory};
+pub use append::{Appended, Appender, append, append_to_bucket, append_to_directory};
 pub use rebuild::{RebuildReport, rebuild};
 
 use crate::crc::Crc32c;

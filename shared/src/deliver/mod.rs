@@ -146,6 +146,8 @@ pub struct Downloader {
     settings: DownloaderSettings,
     slots: Semaphore,
     workers: Workers,
+    /// The manifest appends of this downloader, composed together.
+    manifest: crate::manifest::Appender,
 }
 
 /// The job an output object belongs to and its file type, from its name:
@@ -177,6 +179,7 @@ impl Downloader {
             slots: Semaphore::new(settings.concurrency.max(1)),
             settings,
             workers: Workers::new("downloader"),
+            manifest: crate::manifest::Appender::default(),
         }
     }
 
@@ -462,7 +465,7 @@ impl Downloader {
             verified.crc32c,
             crate::time::Timestamp::now(),
         );
-        crate::manifest::append(self.objects.as_ref(), destination, &line).await?;
+        crate::manifest::append(&self.manifest, self.objects.as_ref(), destination, &line).await?;
         Ok(())
     }
 

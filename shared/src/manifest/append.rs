@@ -9,18 +9,22 @@
 //! - In a bucket, objects cannot be appended to: the line is written as an
 //!   object of its own and composed after the manifest, conditioned on the
 //!   manifest's generation, and tried again when another writer won. The
-//!   tail is searched before each try.
+//!   tail is searched before each try. The lines of one process waiting for
+//!   one manifest are composed together ([`Appender`]), since Cloud Storage
+//!   takes about one write per second to one object.
 
 use super::{LineKey, MANIFEST_NAME, ManifestLine};
 use crate::deliver::Destination;
 use crate::error::{Error, Result};
 use crate::objects::{ObjectMeta, ObjectStore, ReadRange};
 use futures::StreamExt;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+use tokio::sync::oneshot;
 
 /// How much of the manifest's end is searched for a line of the same file.
 pub const TAIL_BYTES: u64 = 64 * 1024;
@@ -47,6 +51,7 @@ pub enum Appended {
 
 /// Appends `line` to the manifest of `destination`.
 pub async fn append(
+    appender: &Appender,
     objects: &dyn ObjectStore,
     destination: &Destination,
     line: &ManifestLine,
@@ -54,7 +59,7 @@ pub async fn append(
     match destination {
         Destination::Directory(root) => append_to_directory(root, line).await,
         Destination::Bucket { bucket, prefix } => {
-            append_to_bucket(objects, bucket, prefix, line).await
+            append_to_bucket(appender, objects, bucket, prefix, line).await
         }
     }
 }
@@ -137,9 +142,49 @@ fn read_at(file: &mut File, start: u64, end: u64) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// The appends of one process to bucket manifests, made together: Cloud
+/// Storage takes about one write per second to one object, so each compose
+/// takes every line that is waiting for the same manifest, up to
+/// [`MAX_BATCH`], instead of one. Each appender's line is written first, as
+/// an object of its own, and its append returns once that line is in the
+/// manifest (or known to be there).
+#[derive(Default)]
+pub struct Appender {
+    manifests: Mutex<HashMap<String, Arc<Batch>>>,
+}
+
+/// The lines waiting for one manifest, and the turn to compose it.
+#[derive(Default)]
+struct Batch {
+    waiting: Mutex<Vec<Waiting>>,
+    turn: tokio::sync::Mutex<()>,
+}
+
+/// A line written as a part, waiting to be composed.
+struct Waiting {
+    part: String,
+    key: LineKey,
+    done: oneshot::Sender<Result<Appended>>,
+}
+
+/// The most parts one compose takes: Cloud Storage composes at most 32
+/// sources, and the manifest is the first.
+const MAX_BATCH: usize = 31;
+
+impl Appender {
+    fn batch(&self, manifest: &str) -> Arc<Batch> {
+        let mut manifests = self
+            .manifests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        manifests.entry(manifest.to_string()).or_default().clone()
+    }
+}
+
 /// Appends `line` to `gs://bucket/{prefix}manifest.jsonl` by compose (see
-/// the module). The part object is deleted whatever happens.
+/// the module), with the other lines `appender` has waiting for it.
 pub async fn append_to_bucket(
+    appender: &Appender,
     objects: &dyn ObjectStore,
     bucket: &str,
     prefix: &str,
@@ -150,50 +195,130 @@ pub async fn append_to_bucket(
         "{prefix}{PARTS_FOLDER}/{}.jsonl",
         uuid::Uuid::new_v4().simple()
     );
-    let mut part_written = false;
-    let appended = compose_line(objects, bucket, &manifest, &part, line, &mut part_written).await;
-    if part_written && let Err(e) = objects.delete(bucket, &part).await {
-        tracing::warn!(error = %e, part, "a manifest part was left behind");
+    let bytes = bytes::Bytes::from(line.to_bytes()?);
+    objects
+        .write(bucket, &part, bytes, CONTENT_TYPE, &BTreeMap::new())
+        .await?;
+    let batch = appender.batch(&format!("{bucket}/{manifest}"));
+    let (done, mut result) = oneshot::channel();
+    batch
+        .waiting
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(Waiting {
+            part,
+            key: line.key(),
+            done,
+        });
+    loop {
+        // Whoever has the turn composes every line waiting, this one
+        // included unless an earlier turn took it.
+        let turn = batch.turn.lock().await;
+        if let Some(appended) = answered(&mut result, bucket, &manifest) {
+            return appended;
+        }
+        let waiting: Vec<Waiting> = {
+            let mut queue = batch.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+            let take = queue.len().min(MAX_BATCH);
+            queue.drain(..take).collect()
+        };
+        compose_batch(objects, bucket, &manifest, waiting).await;
+        drop(turn);
+        if let Some(appended) = answered(&mut result, bucket, &manifest) {
+            return appended;
+        }
     }
-    appended
 }
 
-/// The loop of [`append_to_bucket`]: read the manifest's generation and
-/// tail, write the part once, compose at that generation; again when another
-/// writer composed first.
-async fn compose_line(
+/// The outcome of this line's append once a turn has told it. A turn that
+/// took the line and was then dropped (its own copy timed out) tells
+/// nothing: the append fails as retryable, and the copy's next attempt
+/// appends the line again (or finds it there).
+fn answered(
+    result: &mut oneshot::Receiver<Result<Appended>>,
+    bucket: &str,
+    manifest: &str,
+) -> Option<Result<Appended>> {
+    match result.try_recv() {
+        Ok(appended) => Some(appended),
+        Err(oneshot::error::TryRecvError::Empty) => None,
+        Err(oneshot::error::TryRecvError::Closed) => Some(Err(Error::objects(
+            format!("appending to gs://{bucket}/{manifest}"),
+            "the compose that took this line was interrupted",
+            true,
+        ))),
+    }
+}
+
+/// Composes the parts of `waiting` after the manifest, leaving out lines
+/// already in its tail; tells each its outcome and deletes the parts.
+async fn compose_batch(
     objects: &dyn ObjectStore,
     bucket: &str,
     manifest: &str,
-    part: &str,
-    line: &ManifestLine,
-    part_written: &mut bool,
-) -> Result<Appended> {
-    let key = line.key();
+    waiting: Vec<Waiting>,
+) {
+    let outcome = compose_parts(objects, bucket, manifest, &waiting).await;
+    for (n, waiter) in waiting.into_iter().enumerate() {
+        if let Err(e) = objects.delete(bucket, &waiter.part).await {
+            tracing::warn!(error = %e, part = waiter.part, "a manifest part was left behind");
+        }
+        let result = match &outcome {
+            Ok(appended) => Ok(appended[n]),
+            Err(e) => Err(Error::objects(
+                format!("appending to gs://{bucket}/{manifest}"),
+                e.to_string(),
+                e.is_retryable(),
+            )),
+        };
+        // The appender may have stopped waiting (its copy timed out).
+        let _ = waiter.done.send(result);
+    }
+}
+
+/// The loop of [`compose_batch`]: read the manifest's generation and tail,
+/// compose the parts not yet in it at that generation; again when another
+/// writer composed first. The outcome of each part, in order.
+async fn compose_parts(
+    objects: &dyn ObjectStore,
+    bucket: &str,
+    manifest: &str,
+    waiting: &[Waiting],
+) -> Result<Vec<Appended>> {
     let mut pause = FIRST_PAUSE;
     for _ in 0..COMPOSE_TRIES {
         let current = objects.metadata(bucket, manifest).await?;
-        if let Some(meta) = &current
-            && key.is_among(&tail_of(objects, meta).await?)
-        {
-            return Ok(Appended::Duplicate);
-        }
-        if !*part_written {
-            let bytes = bytes::Bytes::from(line.to_bytes()?);
-            objects
-                .write(bucket, part, bytes, CONTENT_TYPE, &BTreeMap::new())
-                .await?;
-            *part_written = true;
-        }
-        let (sources, generation) = match &current {
-            Some(meta) => (vec![manifest, part], meta.generation),
-            None => (vec![part], 0),
+        let tail = match &current {
+            Some(meta) => tail_of(objects, meta).await?,
+            None => Vec::new(),
         };
+        let outcomes: Vec<Appended> = waiting
+            .iter()
+            .map(|w| match w.key.is_among(&tail) {
+                true => Appended::Duplicate,
+                false => Appended::Written,
+            })
+            .collect();
+        let mut sources: Vec<&str> = Vec::new();
+        if current.is_some() {
+            sources.push(manifest);
+        }
+        sources.extend(
+            waiting
+                .iter()
+                .zip(&outcomes)
+                .filter(|(_, outcome)| **outcome == Appended::Written)
+                .map(|(w, _)| w.part.as_str()),
+        );
+        if sources.len() == usize::from(current.is_some()) {
+            return Ok(outcomes);
+        }
+        let generation = current.map_or(0, |meta| meta.generation);
         match objects
             .compose(bucket, &sources, manifest, CONTENT_TYPE, generation)
             .await
         {
-            Ok(Some(_)) => return Ok(Appended::Written),
+            Ok(Some(_)) => return Ok(outcomes),
             Ok(None) => {}
             Err(e) if e.is_retryable() => {
                 tracing::debug!(error = %e, "composing the manifest again");

@@ -193,10 +193,11 @@ async fn appending_a_thousand_lines_reports_the_cost_of_each() {
     assert_eq!(lines_of(&root.path().join(MANIFEST_NAME)).len(), 1000);
 
     let objects = local_objects().await;
+    let appender = Appender::default();
     let started = Instant::now();
     for n in 0..200 {
         let line = line(&format!("images/j/{n}.png"), b"x");
-        append_to_bucket(objects.1.as_ref(), ARCHIVE, "", &line)
+        append_to_bucket(&appender, objects.1.as_ref(), ARCHIVE, "", &line)
             .await
             .unwrap();
     }
@@ -230,14 +231,17 @@ async fn read_object(objects: &dyn ObjectStore, bucket: &str, name: &str) -> Vec
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lines_appended_to_a_bucket_by_compose_are_all_there_once() {
     let (_dir, objects) = local_objects().await;
+    // An appender each: four processes racing on the manifest's generation.
     let tasks = (0..4).map(|task| {
         let objects = objects.clone();
         tokio::spawn(async move {
+            let appender = Appender::default();
             for n in 0..10 {
                 let line = line(&format!("images/t{task}/{n}.png"), b"x");
-                let appended = append_to_bucket(objects.as_ref(), ARCHIVE, "asmr/", &line)
-                    .await
-                    .unwrap();
+                let appended =
+                    append_to_bucket(&appender, objects.as_ref(), ARCHIVE, "asmr/", &line)
+                        .await
+                        .unwrap();
                 assert_eq!(appended, Appended::Written);
             }
         })
@@ -247,9 +251,15 @@ async fn lines_appended_to_a_bucket_by_compose_are_all_there_once() {
     }
     let again = line("images/t0/0.png", b"x");
     assert_eq!(
-        append_to_bucket(objects.as_ref(), ARCHIVE, "asmr/", &again)
-            .await
-            .unwrap(),
+        append_to_bucket(
+            &Appender::default(),
+            objects.as_ref(),
+            ARCHIVE,
+            "asmr/",
+            &again
+        )
+        .await
+        .unwrap(),
         Appended::Duplicate
     );
     let text = read_object(objects.as_ref(), ARCHIVE, "asmr/manifest.jsonl").await;
@@ -264,6 +274,121 @@ async fn lines_appended_to_a_bucket_by_compose_are_all_there_once() {
     let listed = objects.list(ARCHIVE, "").await.unwrap();
     let names: Vec<_> = listed.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(names, ["asmr/manifest.jsonl"], "no part is left behind");
+}
+
+/// An object store that counts the composes it is asked for.
+struct CountingComposes {
+    inner: Arc<dyn ObjectStore>,
+    composes: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for CountingComposes {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    async fn ensure_bucket(&self, bucket: &str) -> crate::Result<()> {
+        self.inner.ensure_bucket(bucket).await
+    }
+    async fn write(
+        &self,
+        bucket: &str,
+        name: &str,
+        data: Bytes,
+        content_type: &str,
+        metadata: &std::collections::BTreeMap<String, String>,
+    ) -> crate::Result<crate::objects::ObjectMeta> {
+        self.inner
+            .write(bucket, name, data, content_type, metadata)
+            .await
+    }
+    async fn read(
+        &self,
+        bucket: &str,
+        name: &str,
+        range: crate::objects::ReadRange,
+    ) -> crate::Result<crate::objects::ByteStream> {
+        self.inner.read(bucket, name, range).await
+    }
+    async fn metadata(
+        &self,
+        bucket: &str,
+        name: &str,
+    ) -> crate::Result<Option<crate::objects::ObjectMeta>> {
+        self.inner.metadata(bucket, name).await
+    }
+    async fn list(
+        &self,
+        bucket: &str,
+        prefix: &str,
+    ) -> crate::Result<Vec<crate::objects::ObjectMeta>> {
+        self.inner.list(bucket, prefix).await
+    }
+    async fn delete(&self, bucket: &str, name: &str) -> crate::Result<bool> {
+        self.inner.delete(bucket, name).await
+    }
+    async fn copy(
+        &self,
+        from: &GsUri,
+        to: &GsUri,
+        metadata: &std::collections::BTreeMap<String, String>,
+    ) -> crate::Result<crate::objects::ObjectMeta> {
+        self.inner.copy(from, to, metadata).await
+    }
+    async fn compose(
+        &self,
+        bucket: &str,
+        sources: &[&str],
+        destination: &str,
+        content_type: &str,
+        if_generation_match: i64,
+    ) -> crate::Result<Option<crate::objects::ObjectMeta>> {
+        self.composes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner
+            .compose(
+                bucket,
+                sources,
+                destination,
+                content_type,
+                if_generation_match,
+            )
+            .await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lines_waiting_for_one_manifest_in_one_process_are_composed_together() {
+    let (_dir, inner) = local_objects().await;
+    let objects = Arc::new(CountingComposes {
+        inner,
+        composes: Default::default(),
+    });
+    let appender = Arc::new(Appender::default());
+    let appends = (0..40).map(|n| {
+        let (objects, appender) = (objects.clone(), appender.clone());
+        tokio::spawn(async move {
+            let line = line(&format!("images/j{n}/0.png"), b"x");
+            append_to_bucket(&appender, objects.as_ref(), ARCHIVE, "", &line).await
+        })
+    });
+    for appended in futures::future::join_all(appends).await {
+        assert_eq!(appended.unwrap().unwrap(), Appended::Written);
+    }
+    let text = read_object(objects.as_ref(), ARCHIVE, MANIFEST_NAME).await;
+    let paths: BTreeSet<String> = text
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice::<ManifestLine>(l).unwrap().path)
+        .collect();
+    assert_eq!(paths.len(), 40);
+    assert_eq!(text.iter().filter(|b| **b == b'\n').count(), 40);
+    let composes = objects.composes.load(std::sync::atomic::Ordering::SeqCst);
+    println!("40 concurrent appends, {composes} composes");
+    assert!(
+        composes < 40,
+        "{composes} composes for 40 lines: none were batched"
+    );
 }
 
 #[tokio::test]
