@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Reads a duration: a plain number is seconds (`5`, `0.5`), anything else
-/// is humantime (`500ms`, `2m`).
+/// has a unit (`500ms`, `2m`, `1h`, `3d`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if let Ok(seconds) = text.parse::<f64>() {
@@ -40,9 +40,10 @@ fn humantime_parse(text: &str) -> Result<Duration, String> {
         "s" | "sec" | "secs" => 1.0,
         "m" | "min" | "mins" => 60.0,
         "h" | "hour" | "hours" => 3600.0,
+        "d" | "day" | "days" => 86_400.0,
         other => {
             return Err(format!(
-                "unknown unit {other:?} in {text:?} (use ms, s, m or h)"
+                "unknown unit {other:?} in {text:?} (use ms, s, m, h or d)"
             ));
         }
     };
@@ -536,6 +537,7 @@ mod tests {
         check("2m", Ok(Duration::from_secs(120)));
         check("1h", Ok(Duration::from_secs(3600)));
         check("1 h", Ok(Duration::from_secs(3600)));
+        check("3d", Ok(Duration::from_secs(3 * 86_400)));
         check("-1", Err("-1"));
         check("5 parsecs", Err("unknown unit"));
         check("soon", Err("is not a duration"));

@@ -160,7 +160,7 @@ mod tests {
             bus: bus.clone(),
             topics: topics.clone(),
         };
-        let intake = Intake::new(adapters, true).with_auto_promote(mode);
+        let intake = Intake::new(adapters, true, mode);
         World {
             app: router(Arc::new(intake)),
             store,
@@ -336,6 +336,17 @@ mod tests {
             data: bytes::Bytes::from_static(b"{\"not\": \"an event\"}"),
             attributes: Default::default(),
         };
+        // Refused at decoding, so it is poison (acknowledged), not a job
+        // event that merely asks for nothing.
+        let promoter = Promoter {
+            store: w.store.clone(),
+            bus: w.bus.clone(),
+            topics: w.topics.clone(),
+            mode: AutoPromote::All,
+        };
+        let body = Bytes::from(envelope(&message));
+        let refused = server::Push::decode(&promoter, &HeaderMap::new(), &body).unwrap_err();
+        assert!(refused.contains("is not a job event"), "{refused}");
         assert_eq!(
             w.post("/v1/job-events", envelope(&message)).await,
             StatusCode::OK

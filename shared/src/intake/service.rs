@@ -93,13 +93,14 @@ pub struct Intake {
 
 impl Intake {
     /// Intake over the adapters, publishing job messages on their bus;
-    /// `dry_run` marks every new job.
-    pub fn new(adapters: Adapters, dry_run: bool) -> Self {
+    /// `dry_run` marks every new job, and `auto_promote` says which job
+    /// events pushed to `/v1/job-events` make a video of their image.
+    pub fn new(adapters: Adapters, dry_run: bool, auto_promote: AutoPromote) -> Self {
         let promoter = Arc::new(Promoter {
             store: adapters.store.clone(),
             bus: adapters.bus.clone(),
             topics: adapters.topics.clone(),
-            mode: AutoPromote::Off,
+            mode: auto_promote,
         });
         Self {
             store: adapters.store,
@@ -108,18 +109,6 @@ impl Intake {
             dry_run,
             promoter,
         }
-    }
-
-    /// Makes videos of images as `mode` says, on the job events pushed to
-    /// `/v1/job-events`.
-    pub fn with_auto_promote(mut self, mode: AutoPromote) -> Self {
-        self.promoter = Arc::new(Promoter {
-            store: self.store.clone(),
-            bus: self.bus.clone(),
-            topics: self.topics.clone(),
-            mode,
-        });
-        self
     }
 
     async fn submit(&self, jobs: Vec<NewJob>) -> Result<Submitted, Unfinished> {
@@ -579,7 +568,7 @@ pub async fn intake(args: IntakeArgs) -> anyhow::Result<()> {
         .connect()
         .await
         .context("connecting to the store and Pub/Sub")?;
-    let intake = Intake::new(adapters, args.dry_run.dry_run).with_auto_promote(args.auto_promote);
+    let intake = Intake::new(adapters, args.dry_run.dry_run, args.auto_promote);
     server::serve_on(args.serve.port, router(Arc::new(intake))).await
 }
 
@@ -611,7 +600,7 @@ mod tests {
             bus: bus.clone(),
             topics: Topics::default(),
         };
-        let intake = Intake::new(adapters, true);
+        let intake = Intake::new(adapters, true, AutoPromote::Off);
         App {
             router: router(Arc::new(intake)),
             store,
@@ -743,7 +732,7 @@ mod tests {
             bus: bus.clone(),
             topics: Topics::default(),
         };
-        let intake = Intake::new(adapters, true);
+        let intake = Intake::new(adapters, true, AutoPromote::Off);
         let app = App {
             router: router(Arc::new(intake)),
             store,

@@ -22,40 +22,46 @@ pub(super) async fn write_sheet(store: &Store, ids: &[String], out_dir: &Path) -
     Ok(path)
 }
 
-/// Makes the video of every delivered image of `ids` that has none yet
-/// (a chained run). Promoting is idempotent, so a rerun makes no second
-/// video; an image that cannot be promoted is reported and left.
-pub(super) async fn promote_delivered(store: &Store, ids: &[String]) -> Result<()> {
-    for id in ids {
-        let Some(job) = store.get_job(id).await? else {
-            continue;
-        };
+/// Makes the video of every delivered image among `jobs` that has none
+/// yet (a chained run); says whether it linked any. Promoting is idempotent,
+/// so a rerun makes no second video; an image that cannot be promoted is
+/// reported and left.
+pub(super) async fn promote_delivered(store: &Store, jobs: &[Job]) -> Result<bool> {
+    let mut made = false;
+    for job in jobs {
         if job.kind() != JobKind::Image
             || job.status() != JobStatus::Delivered
             || !job.children().is_empty()
         {
             continue;
         }
-        match store.promote(id, &PromoteOptions::default()).await {
+        match store.promote(job.id(), &PromoteOptions::default()).await {
             Ok(promoted) => {
+                made = true;
                 tracing::info!(
-                    image = id,
+                    image = job.id(),
                     video = promoted.video.id(),
                     "video job made from the image"
                 );
             }
             Err(e @ (Error::Transition { .. } | Error::Invalid(_))) => {
-                tracing::warn!(image = id, error = %e, "the image cannot be made into a video");
+                tracing::warn!(image = job.id(), error = %e, "the image cannot be made into a video");
             }
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    Ok(made)
 }
 
 /// Where this run's jobs stand.
 pub(super) async fn snapshot(store: &Store, ids: &[String]) -> Result<Progress> {
-    let jobs = crate::report::with_children(store, ids).await?;
+    Ok(progress_of(
+        &crate::report::with_children(store, ids).await?,
+    ))
+}
+
+/// Where `jobs` stand.
+fn progress_of(jobs: &[Job]) -> Progress {
     let mut progress = Progress {
         total: jobs.len() as u64,
         ..Progress::default()
@@ -74,7 +80,7 @@ pub(super) async fn snapshot(store: &Store, ids: &[String]) -> Result<Progress> 
             JobStatus::Pending | JobStatus::Processing | JobStatus::Generating => {}
         }
     }
-    Ok(progress)
+    progress
 }
 
 /// Reports progress until nothing is left to do: no job waiting or being
@@ -90,10 +96,13 @@ pub(super) async fn watch_until_settled(
     use crate::domain::download::DownloadStatus;
     let mut quiet_since: Option<Instant> = None;
     loop {
-        if chain {
-            promote_delivered(store, ids).await?;
+        // One read of the run's jobs a tick; a second only when it made
+        // videos, which belong to the run from then on.
+        let mut jobs = crate::report::with_children(store, ids).await?;
+        if chain && promote_delivered(store, &jobs).await? {
+            jobs = crate::report::with_children(store, ids).await?;
         }
-        let now = snapshot(store, ids).await?;
+        let now = progress_of(&jobs);
         progress(&now);
         let jobs = store.job_counts().await?;
         let downloads = store.download_counts().await?;

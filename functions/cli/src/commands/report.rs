@@ -46,14 +46,7 @@ fn since(text: &str) -> Result<Timestamp> {
     if let Some(at) = Timestamp::parse(text) {
         return Ok(at);
     }
-    let ago = match text.trim().strip_suffix('d') {
-        Some(days) => days
-            .trim()
-            .parse::<u64>()
-            .map(|d| std::time::Duration::from_secs(d * 86_400))
-            .map_err(|_| format!("{text:?} is not a number of days")),
-        None => shared::config::parse_duration(text),
-    };
+    let ago = shared::config::parse_duration(text);
     match ago {
         Ok(ago) => Ok(Timestamp::now().minus(ago)),
         Err(e) => bail!(
