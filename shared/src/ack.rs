@@ -59,6 +59,9 @@ impl Handled {
     /// as the answer's body has them; returns it for answering.
     pub fn logged(self) -> Self {
         let (outcome, detail) = self.parts();
+        // What a stage says of a message may quote it: cut it short.
+        let detail = crate::redact::truncated(detail, crate::redact::MAX_LOGGED_CHARS);
+        let detail = detail.as_str();
         match &self {
             Handled::Poison(_) => tracing::error!(
                 event = "push_poison",

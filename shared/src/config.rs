@@ -230,12 +230,14 @@ impl StoreArgs {
     }
 }
 
-/// The port an HTTP service listens on.
+/// The port an HTTP service listens on, and who may push to it.
 #[derive(Clone, Debug, Args)]
 pub struct ServeArgs {
     /// Port of the HTTP service.
     #[arg(long, env = "PORT", default_value = "8080")]
     pub port: u16,
+    #[command(flatten)]
+    pub identity: crate::identity::IdentityArgs,
 }
 
 /// Whether model calls are made (and paid for).
@@ -266,7 +268,7 @@ pub struct VertexArgs {
     pub vertex_base_url: Option<String>,
     /// A static bearer token for Vertex AI instead of Application Default Credentials.
     #[arg(long, env = "VERTEX_ACCESS_TOKEN", hide_env_values = true)]
-    pub vertex_access_token: Option<String>,
+    pub vertex_access_token: Option<crate::redact::Secret>,
     /// Pause between polls of running video operations.
     #[arg(long, env = "POLLING_INTERVAL", default_value = "15", value_parser = parse_duration)]
     pub polling_interval: Duration,
@@ -527,6 +529,27 @@ mod tests {
             (Err(got), Err(want)) => assert!(got.contains(want), "{text}: {got}"),
             (got, want) => panic!("{text}: got {got:?}, want {want:?}"),
         }
+    }
+
+    #[test]
+    fn a_static_vertex_token_never_prints() {
+        #[derive(clap::Parser, Debug)]
+        struct Cli {
+            #[command(flatten)]
+            vertex: VertexArgs,
+        }
+        use clap::Parser;
+        let cli =
+            Cli::try_parse_from(["stage", "--vertex-access-token", "ya29.do-not-print"]).unwrap();
+        assert!(!format!("{cli:?}").contains("do-not-print"), "{cli:?}");
+        let config = cli
+            .vertex
+            .config("p".into(), RetryPolicy::default(), Duration::from_secs(1));
+        assert!(!format!("{config:?}").contains("do-not-print"));
+        assert_eq!(
+            config.access_token.as_ref().map(|t| t.expose()),
+            Some("ya29.do-not-print")
+        );
     }
 
     #[test]

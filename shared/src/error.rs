@@ -36,6 +36,17 @@ pub enum Error {
         /// The record.
         id: String,
     },
+    /// An idempotency key (a request id) came back with another request
+    /// than the one it was first used for: a retry sends the same one, so
+    /// this is a mistake, and answering with the first request's jobs
+    /// would hide it.
+    #[error(
+        "request id {request_id:?} was used before for a different request; a retry must send the same request, and new work needs a new key"
+    )]
+    KeyReused {
+        /// The key, as far as a message quotes it.
+        request_id: String,
+    },
     /// A stored document could not be read back.
     #[error("stored {collection} document {id} is unreadable: {cause}")]
     Corrupt {
@@ -107,6 +118,7 @@ impl Error {
             Error::Store { retryable, .. } | Error::Objects { retryable, .. } => *retryable,
             Error::Model(e) => e.class == crate::vertex::ErrorClass::Transient,
             Error::Invalid(_)
+            | Error::KeyReused { .. }
             | Error::NotFound { .. }
             | Error::Transition { .. }
             | Error::Corrupt { .. } => false,

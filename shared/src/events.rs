@@ -11,6 +11,7 @@
 use crate::crc::Crc32c;
 use crate::objects::GsUri;
 use crate::push::{self, Delivery, Poison};
+use crate::redact::json_error;
 use axum::http::HeaderMap;
 use axum::http::header::CONTENT_TYPE;
 use serde::Deserialize;
@@ -153,7 +154,12 @@ pub fn from_push(delivery: &Delivery) -> Result<ObjectEvent, Poison> {
         Some("NONE") => ObjectFields::default(),
         None | Some("JSON_API_V1") if delivery.data.is_empty() => ObjectFields::default(),
         None | Some("JSON_API_V1") => serde_json::from_slice::<ObjectData>(&delivery.data)
-            .map_err(|e| poison(format!("the data is not object resource JSON: {e}")))?
+            .map_err(|e| {
+                poison(format!(
+                    "the data is not object resource JSON: {}",
+                    json_error(&e)
+                ))
+            })?
             .fields()
             .map_err(|what| poison(format!("in the data, {what}")))?,
         Some(other) => {
@@ -187,7 +193,12 @@ pub fn from_cloud_event(headers: &HeaderMap, body: &[u8]) -> Result<ObjectEvent,
         .ok_or_else(|| Poison(format!("CloudEvent {ce_type}: no ce-id header")))?;
     let poison = |what: String| Poison(format!("CloudEvent {id}: {what}"));
     let data = serde_json::from_slice::<ObjectData>(body)
-        .map_err(|e| poison(format!("the body is not object data JSON: {e}")))?
+        .map_err(|e| {
+            poison(format!(
+                "the body is not object data JSON: {}",
+                json_error(&e)
+            ))
+        })?
         .fields()
         .map_err(|what| poison(format!("in the body, {what}")))?;
     let bucket = match data.bucket {

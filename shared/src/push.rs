@@ -4,6 +4,7 @@
 //! "messageId", "publishTime"}, "subscription", "deliveryAttempt"}`. Domain
 //! code never sees base64 or the envelope: it gets a [`Delivery`].
 
+use crate::redact::json_error;
 use base64::Engine;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -61,7 +62,7 @@ pub struct Poison(pub String);
 /// Decodes a push request body.
 pub fn decode(body: &[u8]) -> Result<Delivery, Poison> {
     let envelope: Envelope = serde_json::from_slice(body)
-        .map_err(|e| Poison(format!("not a Pub/Sub push envelope: {e}")))?;
+        .map_err(|e| Poison(format!("not a Pub/Sub push envelope: {}", json_error(&e))))?;
     let message = envelope.message;
     let message_id = message
         .message_id
@@ -94,11 +95,18 @@ pub struct JobMessage {
 impl JobMessage {
     /// Reads the job message carried by a delivery.
     pub fn from_delivery(delivery: &Delivery) -> Result<Self, Poison> {
-        let message: JobMessage = serde_json::from_slice(&delivery.data)
-            .map_err(|e| Poison(format!("not a job message {{\"job_id\": \"...\"}}: {e}")))?;
+        let message: JobMessage = serde_json::from_slice(&delivery.data).map_err(|e| {
+            Poison(format!(
+                "not a job message {{\"job_id\": \"...\"}}: {}",
+                json_error(&e)
+            ))
+        })?;
         let id = message.job_id.trim();
         if id.is_empty() || id.len() > 200 || id.contains('/') || id.chars().any(char::is_control) {
-            return Err(Poison(format!("{:?} is not a job id", message.job_id)));
+            return Err(Poison(format!(
+                "{:?} is not a job id",
+                crate::redact::clipped(&message.job_id)
+            )));
         }
         Ok(message)
     }

@@ -21,6 +21,7 @@
 use crate::domain::job::{JobKind, JobParams, NewJob};
 use crate::domain::review::Chain;
 use crate::domain::validate::ValidationError;
+use crate::redact::json_error;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -30,14 +31,36 @@ pub const MAX_BATCH: usize = 1000;
 /// The largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
-/// Why a request was refused: one sentence for whoever sent it.
+/// Why a request was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct Rejection(pub String);
+#[error("{reason}")]
+pub struct Rejection {
+    /// One sentence for whoever sent it, and for the rejected record: it
+    /// may quote the request.
+    pub reason: String,
+    /// The same without a word of the request (a class of mistake and
+    /// where it is): what the logs carry, since a prompt is the caller's.
+    pub class: String,
+}
+
+impl Rejection {
+    fn new(class: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            class: class.into(),
+        }
+    }
+
+    /// A rejection whose reason quotes nothing of the request.
+    fn plain(reason: impl Into<String>) -> Self {
+        let reason = reason.into();
+        Self::new(reason.clone(), reason)
+    }
+}
 
 impl From<ValidationError> for Rejection {
     fn from(e: ValidationError) -> Self {
-        Rejection(e.to_string())
+        Rejection::new(e.class(), e.to_string())
     }
 }
 
@@ -80,9 +103,10 @@ fn params_from(map: &serde_json::Map<String, Value>) -> Result<JobParams, Reject
             Value::Bool(b) => b.to_string(),
             Value::Null => continue,
             _ => {
-                return Err(Rejection(format!(
-                    "params.{key}: must be a string, a number or true/false"
-                )));
+                return Err(Rejection::new(
+                    "invalid params: a value of the wrong type",
+                    format!("params.{key}: must be a string, a number or true/false"),
+                ));
             }
         };
         params.set(key, &text)?;
@@ -96,8 +120,8 @@ fn kind_from(
 ) -> Result<JobKind, Rejection> {
     match body.or(attributes.get("kind").map(String::as_str)) {
         Some(kind) => Ok(kind.parse()?),
-        None => Err(Rejection(
-            "kind is missing: give \"kind\": \"image\" or \"video\" in the body, or a kind attribute".into(),
+        None => Err(Rejection::plain(
+            "kind is missing: give \"kind\": \"image\" or \"video\" in the body, or a kind attribute",
         )),
     }
 }
@@ -106,23 +130,30 @@ fn kind_from(
 /// its idempotency key, or why the whole request is refused.
 pub fn parse(body: &[u8], envelope: &Envelope<'_>) -> Result<Vec<NewJob>, Rejection> {
     if body.len() > MAX_BODY_BYTES {
-        return Err(Rejection(format!(
+        return Err(Rejection::plain(format!(
             "the request is {} bytes; the limit is {MAX_BODY_BYTES}",
             body.len()
         )));
     }
     let text =
-        std::str::from_utf8(body).map_err(|_| Rejection("the request is not UTF-8 text".into()))?;
+        std::str::from_utf8(body).map_err(|_| Rejection::plain("the request is not UTF-8 text"))?;
     let attributes = &envelope.attributes;
     let trimmed = text.trim_start();
     let parsed: Body = if trimmed.starts_with('{') {
-        serde_json::from_str(text)
-            .map_err(|e| Rejection(format!("the request is not valid JSON: {e}")))?
+        serde_json::from_str(text).map_err(|e| {
+            Rejection::new(
+                format!("the request is not valid JSON: {}", json_error(&e)),
+                format!("the request is not valid JSON: {e}"),
+            )
+        })?
     } else {
         // Plain text: the body is the prompt; the rest comes from attributes.
         let priority = match attributes.get("priority") {
             Some(p) => Some(p.trim().parse().map_err(|_| {
-                Rejection(format!("priority attribute {p:?} is not a whole number"))
+                Rejection::new(
+                    "the priority attribute is not a whole number",
+                    format!("priority attribute {p:?} is not a whole number"),
+                )
             })?),
             None => None,
         };
@@ -147,22 +178,22 @@ pub fn parse(body: &[u8], envelope: &Envelope<'_>) -> Result<Vec<NewJob>, Reject
         .or_else(|| envelope.message_id.map(str::to_string));
     let prompts: Vec<(Option<String>, String)> = match (parsed.prompt, parsed.prompts) {
         (Some(_), Some(_)) => {
-            return Err(Rejection(
-                "give either \"prompt\" or \"prompts\", not both".into(),
+            return Err(Rejection::plain(
+                "give either \"prompt\" or \"prompts\", not both",
             ));
         }
         (None, None) => {
-            return Err(Rejection(
-                "the request has no \"prompt\" and no \"prompts\"".into(),
+            return Err(Rejection::plain(
+                "the request has no \"prompt\" and no \"prompts\"",
             ));
         }
         (Some(prompt), None) => vec![(key, prompt)],
         (None, Some(prompts)) => {
             if prompts.is_empty() {
-                return Err(Rejection("\"prompts\" is empty".into()));
+                return Err(Rejection::plain("\"prompts\" is empty"));
             }
             if prompts.len() > MAX_BATCH {
-                return Err(Rejection(format!(
+                return Err(Rejection::plain(format!(
                     "the batch has {} prompts; the limit is {MAX_BATCH}",
                     prompts.len()
                 )));
@@ -184,7 +215,10 @@ pub fn parse(body: &[u8], envelope: &Envelope<'_>) -> Result<Vec<NewJob>, Reject
         job.dry_run = envelope.dry_run;
         job.chain = parsed.chain;
         job.validate().map_err(|e| match batch {
-            true => Rejection(format!("prompts[{n}]: {e}")),
+            true => Rejection::new(
+                format!("prompts[{n}]: {}", e.class()),
+                format!("prompts[{n}]: {e}"),
+            ),
             false => Rejection::from(e),
         })?;
         jobs.push(job);
@@ -249,7 +283,7 @@ mod tests {
                     .collect();
                 assert_eq!(got, want.to_vec(), "{body}");
             }
-            (Err(Rejection(got)), Err(want)) => {
+            (Err(Rejection { reason: got, .. }), Err(want)) => {
                 assert!(got.contains(want), "{body}: {got:?} lacks {want:?}")
             }
             (got, want) => panic!("{body}: got {got:?}, want {want:?}"),
@@ -399,12 +433,47 @@ mod tests {
     }
 
     #[test]
+    fn what_a_rejection_logs_quotes_nothing_of_the_request() {
+        let secret = "whispered secret prompt";
+        let cases = [
+            format!(r#"{{"prompt": ["{secret}"], "kind": "image"}}"#),
+            format!(r#"{{"prompt": "{secret}", "kind": "image", "{secret}": 1}}"#),
+            format!(r#"{{"prompt": "{secret}", "kind": "{secret}"}}"#),
+            format!(
+                r#"{{"prompt": "{secret}", "kind": "image", "params": {{"seed": "{secret}"}}}}"#
+            ),
+            format!(r#"{{"prompt": "{secret}", "kind": "image", "params": {{"{secret}": 1}}}}"#),
+            format!(r#"{{"prompts": ["ok", "{secret}\u0007"], "kind": "image"}}"#),
+            format!(r#"{{"prompt": "{secret}"#),
+        ];
+        for body in cases {
+            let rejection = parse(body.as_bytes(), &envelope(&[], None)).unwrap_err();
+            assert!(
+                !rejection.class.contains("secret"),
+                "{body}: logs {:?}",
+                rejection.class
+            );
+            assert!(!rejection.class.is_empty(), "{body}");
+        }
+        let attribute = parse(
+            secret.as_bytes(),
+            &envelope(&[("kind", "image"), ("priority", secret)], None),
+        )
+        .unwrap_err();
+        assert!(!attribute.class.contains("secret"), "{attribute:?}");
+        assert!(
+            attribute.reason.contains(secret),
+            "the caller is told: {attribute:?}"
+        );
+    }
+
+    #[test]
     fn oversized_requests_and_batches_are_refused() {
         let big = vec![b'a'; MAX_BODY_BYTES + 1];
         assert!(
             parse(&big, &envelope(&[("kind", "image")], None))
                 .unwrap_err()
-                .0
+                .reason
                 .contains("the limit is")
         );
         let prompts: Vec<String> = (0..=MAX_BATCH).map(|n| format!("p{n}")).collect();
@@ -412,13 +481,13 @@ mod tests {
         assert!(
             parse(body.as_bytes(), &envelope(&[], None))
                 .unwrap_err()
-                .0
+                .reason
                 .contains("limit is 1000")
         );
         assert!(
             parse(&[0xff, 0xfe], &envelope(&[("kind", "image")], None))
                 .unwrap_err()
-                .0
+                .reason
                 .contains("not UTF-8")
         );
     }

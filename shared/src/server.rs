@@ -9,12 +9,12 @@
 //! and its body within [`BODY_READ_TIMEOUT`].
 
 use crate::ack::Handled;
+use crate::identity::PushGate;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, Request, StatusCode};
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,6 +31,10 @@ use tracing::{Instrument, Span};
 pub trait Push: Send + Sync + 'static {
     /// A push, decoded.
     type Message: Send;
+
+    /// The largest push body read; a bigger one is poison. Job messages,
+    /// job events and storage events are a few KiB.
+    const BODY_LIMIT: usize = 256 * 1024;
 
     /// Decodes a push body; the error says why it is poison.
     fn decode(&self, headers: &HeaderMap, body: &Bytes) -> Result<Self::Message, String>;
@@ -50,14 +54,20 @@ pub trait Push: Send + Sync + 'static {
 }
 
 /// The handler of every push endpoint: `POST /` with the stage as state.
-pub async fn push<P: Push>(
-    State(stage): State<Arc<P>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Handled {
-    let handled = match push_body(body) {
-        Err(Handled::Poison(reason)) => stage.poison(b"", reason).await,
-        Err(handled) => handled,
+pub async fn push<P: Push>(State(stage): State<Arc<P>>, headers: HeaderMap, body: Body) -> Handled {
+    let handled = match read_body(body, P::BODY_LIMIT).await {
+        // A body over the limit can never be a message of this stage: it
+        // is poison and acknowledged, since any other answer would only
+        // have Pub/Sub send it again until it is dead-lettered.
+        Err(e @ BodyError::TooLarge { .. }) => {
+            stage
+                .poison(b"", format!("the push body is too large: {e}"))
+                .await
+        }
+        Err(e) => Handled::Retry {
+            rate_limited: false,
+            reason: format!("the push body could not be read: {e}"),
+        },
         Ok(body) => match stage.decode(&headers, &body) {
             Err(reason) => stage.poison(&body, reason).await,
             Ok(message) => {
@@ -87,63 +97,160 @@ pub fn trace_id(request: &Request<Body>) -> Option<String> {
     (!trace.is_empty() && trace.bytes().all(|b| b.is_ascii_hexdigit())).then(|| trace.to_string())
 }
 
-/// The body of a push, or how to answer it when it cannot be read. A body
-/// over the limit can never be a job message or a storage event: it is
-/// poison and acknowledged, since a 413 would only have Pub/Sub send it
-/// again until it is dead-lettered. A body that failed to arrive is asked
-/// for again.
-pub fn push_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Handled> {
-    body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            Handled::Poison(format!(
-                "the push body is too large: {}",
-                rejection.body_text()
-            ))
-        } else {
-            Handled::Retry {
-                rate_limited: false,
-                reason: format!("the push body could not be read: {}", rejection.body_text()),
-            }
-        }
-    })
-}
-
 /// How long a client may take to send a request's headers, counted from
 /// the connection opening or the previous response.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a client may take to send a request's body. A push body is at
 /// most a few MiB; a client that trickles it is cut off.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// The most bytes of a body read before its route sees it: over any route's
-/// own limit (a Pub/Sub push is at most about 14 MB), so that a body a
-/// route refuses is still read whole, and its answer (a poison push is
-/// acknowledged) reaches the client instead of a cut connection.
-const MAX_BODY_READ: usize = 32 * 1024 * 1024;
 
-/// Reads the whole request body within [`BODY_READ_TIMEOUT`] before the
-/// route sees it, so that a handler never waits on a trickling client.
-async fn read_body_in_time(
+/// A body stream cut short: it did not arrive within [`BODY_READ_TIMEOUT`].
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within {0:?}")]
+struct BodyTimedOut(Duration);
+
+/// A request body that ends in [`BodyTimedOut`] once its deadline passes.
+/// It is read only by the route's extractor, up to the route's own limit
+/// (a `Content-Length` over it is refused before anything is read), so a
+/// request holds no more memory than its route allows, however big a body
+/// its client sends.
+struct Deadline {
+    inner: Body,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl hyper::body::Body for Deadline {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, axum::Error>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if let Poll::Ready(frame) = std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        match this.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                Poll::Ready(Some(Err(axum::Error::new(BodyTimedOut(BODY_READ_TIMEOUT)))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Gives every request body a deadline of [`BODY_READ_TIMEOUT`], so that a
+/// handler never waits on a trickling client; reads nothing itself.
+async fn body_deadline(
     request: Request<Body>,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    use axum::response::IntoResponse;
     let (parts, body) = request.into_parts();
-    match tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, MAX_BODY_READ)).await {
-        Ok(Ok(bytes)) => {
-            next.run(Request::from_parts(parts, Body::from(bytes)))
-                .await
+    let body = Body::new(Deadline {
+        inner: body,
+        deadline: Box::pin(tokio::time::sleep(BODY_READ_TIMEOUT)),
+    });
+    next.run(Request::from_parts(parts, body)).await
+}
+
+/// The most bytes of a refused body that are still read, and thrown away,
+/// so that the refusal reaches the client instead of a reset connection
+/// (a push refused that way would be sent again): a Pub/Sub push is at
+/// most about 14 MB.
+const MAX_DRAIN: u64 = 32 * 1024 * 1024;
+
+/// Why a request body was not read whole.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// Over the route's limit.
+    #[error("it is over the limit of {limit} bytes")]
+    TooLarge {
+        /// The route's limit.
+        limit: usize,
+    },
+    /// Not arrived within [`BODY_READ_TIMEOUT`].
+    #[error("it did not arrive within {BODY_READ_TIMEOUT:?}")]
+    TimedOut,
+    /// The connection failed while it was read.
+    #[error("{0}")]
+    Broken(String),
+}
+
+/// Reads a request body, holding at most `limit` bytes: the one place a
+/// body is read, so a request never holds more memory than its route
+/// allows, however big a body its client sends. A body over the limit is
+/// refused at once when its `Content-Length` says so, else once the limit
+/// is passed; either way the rest is read and dropped (up to
+/// [`MAX_DRAIN`]) so that the answer reaches the client.
+pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, BodyError> {
+    use futures::StreamExt;
+    let declared = hyper::body::Body::size_hint(&body).exact();
+    let mut stream = body.into_data_stream();
+    let too_large = BodyError::TooLarge { limit };
+    if declared.is_some_and(|length| length > limit as u64) {
+        if declared.is_some_and(|length| length <= MAX_DRAIN) {
+            drain(&mut stream, 0).await;
         }
-        Ok(Err(e)) => (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the request body could not be read whole: {e}"),
-        )
-            .into_response(),
-        Err(_) => (
-            StatusCode::REQUEST_TIMEOUT,
-            format!("the request body did not arrive within {BODY_READ_TIMEOUT:?}"),
-        )
-            .into_response(),
+        return Err(too_large);
     }
+    let mut bytes: Vec<u8> = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| body_error(&e))?;
+        let needed = bytes.len() + chunk.len();
+        if needed > limit {
+            drain(&mut stream, needed as u64).await;
+            return Err(too_large);
+        }
+        // Doubling, but never past the limit: a body just under it must
+        // not hold twice its size.
+        if needed > bytes.capacity() {
+            let grown = (bytes.capacity() * 2).max(needed).min(limit);
+            bytes.reserve_exact(grown - bytes.len());
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(bytes))
+}
+
+/// Reads and drops the rest of a refused body, up to [`MAX_DRAIN`] bytes
+/// in all, within the body's deadline.
+async fn drain(stream: &mut axum::body::BodyDataStream, mut read: u64) {
+    use futures::StreamExt;
+    while read <= MAX_DRAIN {
+        match stream.next().await {
+            Some(Ok(chunk)) => read += chunk.len() as u64,
+            _ => return,
+        }
+    }
+}
+
+fn body_error(e: &axum::Error) -> BodyError {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(error) = cause {
+        if error.is::<BodyTimedOut>() {
+            return BodyError::TimedOut;
+        }
+        cause = error.source();
+    }
+    BodyError::Broken(e.to_string())
+}
+
+/// The route of a push endpoint: [`push`] over stage `P`, behind `gate`.
+pub fn push_route<P: Push>(gate: &Arc<PushGate>) -> MethodRouter<Arc<P>> {
+    axum::routing::post(push::<P>).route_layer(axum::middleware::from_fn_with_state(
+        gate.clone(),
+        crate::identity::require_pusher,
+    ))
 }
 
 /// Adds `GET /healthz`, the request span, a body read deadline and a time
@@ -154,7 +261,7 @@ pub fn with_basics(app: Router, request_timeout: Duration) -> Router {
             StatusCode::SERVICE_UNAVAILABLE,
             request_timeout,
         ))
-        .layer(axum::middleware::from_fn(read_body_in_time))
+        .layer(axum::middleware::from_fn(body_deadline))
         .layer(
             TraceLayer::new_for_http().make_span_with(|request: &Request<Body>| {
                 let trace = trace_id(request).unwrap_or_default();

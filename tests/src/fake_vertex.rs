@@ -351,7 +351,7 @@ impl FakeVertex {
                 quota_wait: Duration::from_millis(100),
             },
             request_timeout: Duration::from_secs(5),
-            access_token: Some(self.shared.options.token.clone()),
+            access_token: Some(self.shared.options.token.clone().into()),
         }
     }
 

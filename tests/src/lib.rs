@@ -13,6 +13,8 @@ pub mod browser;
 pub mod counting;
 pub mod fake_vertex;
 pub mod harness;
+pub mod http;
+pub mod identity;
 pub mod objects;
 pub mod outage;
 pub mod process;

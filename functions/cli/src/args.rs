@@ -186,6 +186,11 @@ pub struct RunArgs {
     /// Veo writes its videos to Cloud Storage).
     #[arg(long, requires = "live")]
     pub bucket: Option<String>,
+    /// With --live: the most paid calls may spend today, in US dollars (like
+    /// a deployment's BUDGET_USD_PER_DAY). Without it a live run spends at
+    /// most its own jobs once each at list prices, and says how much that is.
+    #[arg(long, requires = "live", value_name = "USD", value_parser = shared::cost::parse_usd)]
+    pub budget: Option<u64>,
     /// Image jobs generated at once.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub image_workers: u16,

@@ -5,11 +5,11 @@ use super::{Destination, Downloader, DownloaderSettings};
 use crate::ack::Handled;
 use crate::config::{ObjectArgs, OutputArgs, ServeArgs, StoreArgs, parse_duration};
 use crate::events::ObjectEvent;
+use crate::identity::PushGate;
 use crate::server;
 use axum::Router;
 use axum::body::Bytes;
 use axum::http::HeaderMap;
-use axum::routing::post;
 use clap::Args;
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,10 +59,16 @@ pub struct DownloaderArgs {
 /// How long one push may take: the copy, under Pub/Sub's 600 s ack deadline.
 const PUSH_TIMEOUT: Duration = Duration::from_secs(590);
 
-/// `POST /` takes a storage event; `GET /healthz` answers.
+/// `POST /` takes a storage event, from anyone (see [`gated_router`]);
+/// `GET /healthz` answers.
 pub fn router(downloader: Arc<Downloader>) -> Router {
+    gated_router(downloader, PushGate::open())
+}
+
+/// [`router`], taking only the pushes `gate` admits.
+pub fn gated_router(downloader: Arc<Downloader>, gate: PushGate) -> Router {
     let app = Router::new()
-        .route("/", post(server::push::<Downloader>))
+        .route("/", server::push_route::<Downloader>(&Arc::new(gate)))
         .with_state(downloader);
     server::with_basics(app, PUSH_TIMEOUT)
 }
@@ -120,7 +126,10 @@ pub async fn downloader(args: DownloaderArgs, mode: Mode) -> anyhow::Result<()> 
     };
     let downloader = Downloader::new(store.clone(), objects, settings);
     let work = match mode {
-        Mode::Serve => server::Work::Serve(router(Arc::new(downloader))),
+        Mode::Serve => {
+            let gate = args.serve.identity.push_gate("downloader");
+            server::Work::Serve(gated_router(Arc::new(downloader), gate))
+        }
         Mode::Drain { max_jobs } => server::Work::Drain(async move {
             downloader.drain(max_jobs).await?.log("downloader");
             Ok(())

@@ -62,6 +62,10 @@ pub struct Job {
     /// Idempotency key of the request that created it.
     #[serde(default)]
     pub(in crate::domain) request_id: Option<String>,
+    /// The digest of the whole request that created it (see
+    /// [`NewJob::request_digest`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(in crate::domain) request_digest: Option<String>,
     /// Placeholders instead of model calls.
     #[serde(default)]
     pub(in crate::domain) dry_run: bool,
@@ -179,10 +183,7 @@ impl Job {
 
     /// A new pending job. The id comes from the request id when there is one.
     pub fn new(new: NewJob, now: Timestamp) -> Self {
-        let id = match &new.request_id {
-            Some(request_id) => Self::id_for_request(request_id),
-            None => uuid::Uuid::new_v4().simple().to_string(),
-        };
+        let id = Self::id_of(&new).unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
         Self {
             id,
             prompt: new.prompt,
@@ -200,6 +201,7 @@ impl Job {
             deliveries: Vec::new(),
             error: None,
             request_id: new.request_id,
+            request_digest: new.request_digest,
             dry_run: new.dry_run,
             created_at: now,
             updated_at: now,
@@ -221,11 +223,34 @@ impl Job {
     /// The job id a request id maps to. Deterministic, so that creating by
     /// request id is a create-if-absent on one document.
     pub fn id_for_request(request_id: &str) -> String {
+        Self::id_for_scoped_request(None, request_id)
+    }
+
+    /// The job id of request id `request_id` in the namespace of `scope`
+    /// (see [`NewJob::key_scope`]); `None` is the namespace every request
+    /// id lived in before callers had their own, so older jobs keep their
+    /// ids.
+    pub fn id_for_scoped_request(scope: Option<&str>, request_id: &str) -> String {
         const NAMESPACE: uuid::Uuid =
             uuid::Uuid::from_u128(0x6a5e_7c1d_2b4f_4e0a_9d3c_8f1e_0b2a_7c55);
-        uuid::Uuid::new_v5(&NAMESPACE, request_id.as_bytes())
+        let name = match scope {
+            None => request_id.to_string(),
+            // An account name holds no newline, so no scope and key can
+            // spell another pair's name.
+            Some(scope) => format!("{scope}\n{request_id}"),
+        };
+        uuid::Uuid::new_v5(&NAMESPACE, name.as_bytes())
             .simple()
             .to_string()
+    }
+
+    /// The id `new` will have, when it has a request id.
+    pub fn id_of(new: &NewJob) -> Option<String> {
+        let request_id = new.request_id.as_deref()?;
+        Some(Self::id_for_scoped_request(
+            new.key_scope.as_deref(),
+            request_id,
+        ))
     }
 
     fn lease_expired(&self, now: Timestamp) -> bool {

@@ -73,6 +73,10 @@ pub enum TransitionError {
     /// reviewed or has videos made from it. The text names the job.
     #[error("{0}")]
     ReviewLoop(String),
+    /// The stored image does not give the grounds a promotion needs (not
+    /// approved, say). The text names the job.
+    #[error("{0}")]
+    NoGrounds(String),
 }
 
 /// The result of a state-machine method.

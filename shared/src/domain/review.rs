@@ -167,6 +167,44 @@ pub(super) fn validate_lineage(new: &NewJob) -> Result<(), ValidationError> {
     Ok(())
 }
 
+/// What a promotion needs of the stored image besides being a finished
+/// image: the grounds it acts on. They are checked on the job as it is read
+/// inside the commit that creates the video, never on what a message says
+/// of it, so a forged or stale job event cannot buy a video of an image
+/// nobody approved.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Grounds {
+    /// An operator named the image: nothing more is needed.
+    #[default]
+    Operator,
+    /// The image's stored verdict is `approved`.
+    Approved,
+    /// Approved, or created with `"chain": "video"` and delivered.
+    ApprovedOrChained,
+}
+
+impl Grounds {
+    /// Whether `image` gives these grounds; why not, otherwise.
+    fn hold_for(self, image: &Job) -> Result<(), String> {
+        let approved = image.verdict == Some(Verdict::Approved);
+        let chained = image.chain == Some(Chain::Video) && image.status == JobStatus::Delivered;
+        let verdict = image.verdict.map_or("not reviewed", Verdict::as_str);
+        match self {
+            Grounds::Operator => Ok(()),
+            Grounds::Approved if approved => Ok(()),
+            Grounds::Approved => Err(format!("it is {verdict}, not approved")),
+            Grounds::ApprovedOrChained if approved || chained => Ok(()),
+            Grounds::ApprovedOrChained => Err(format!(
+                "it is {verdict}, and {}",
+                match image.chain {
+                    Some(Chain::Video) => format!("{}, not yet delivered", image.status),
+                    None => "was not created with \"chain\": \"video\"".to_string(),
+                }
+            )),
+        }
+    }
+}
+
 /// How to make a video of an approved image.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PromoteOptions {
@@ -178,6 +216,8 @@ pub struct PromoteOptions {
     pub dry_run: Option<bool>,
     /// Make another video even if one was made of this image already.
     pub again: bool,
+    /// What the stored image must show for the video to be made.
+    pub grounds: Grounds,
 }
 
 /// Why an image cannot be promoted to a video. Each text names the job and
@@ -219,6 +259,15 @@ pub enum PromoteRefusal {
         id: String,
         /// Its first output.
         uri: String,
+    },
+    /// The stored image does not give the grounds the promotion needs
+    /// (not approved, say, whatever an event claimed).
+    #[error("job {id} is not made into a video: {why}")]
+    NoGrounds {
+        /// The job.
+        id: String,
+        /// What the stored job shows instead.
+        why: String,
     },
     /// The options asked for a video Veo would not make.
     #[error("{0}")]
@@ -285,6 +334,8 @@ impl Job {
         now: Timestamp,
     ) -> Transition {
         self.reviewable().map_err(TransitionError::ReviewLoop)?;
+        // Checked where it comes in (`validate::review_reason`); blank
+        // means none, here too.
         let reason = reason
             .map(|r| r.trim().to_string())
             .filter(|r| !r.is_empty());
@@ -321,6 +372,13 @@ impl Job {
     /// n-th one asked for with `again`.
     pub fn promotion(&self, options: &PromoteOptions) -> Result<NewJob, PromoteRefusal> {
         let first_frame = self.promotable_frame()?;
+        options
+            .grounds
+            .hold_for(self)
+            .map_err(|why| PromoteRefusal::NoGrounds {
+                id: self.id.clone(),
+                why,
+            })?;
         let mut new = NewJob::new(self.prompt.clone(), JobKind::Video);
         new.params = video_params(&self.params, options)?;
         new.priority = self.priority;

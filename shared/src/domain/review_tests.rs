@@ -2,7 +2,7 @@
 
 use super::TransitionError;
 use super::job::{FILTERED, Job, JobError, JobKind, JobStatus, NewJob, Retention};
-use super::review::{Chain, FirstFrame, PromoteOptions, PromoteRefusal, Verdict};
+use super::review::{Chain, FirstFrame, Grounds, PromoteOptions, PromoteRefusal, Verdict};
 use crate::time::Timestamp;
 
 /// An image job in `status`; a completed or delivered one has `outputs`.
@@ -98,6 +98,7 @@ fn a_promotion_is_a_video_of_the_image_opening_on_its_first_output() {
         duration: Some(6),
         dry_run: Some(false),
         again: false,
+        grounds: Grounds::Operator,
     };
     let video = image.promotion(&options).unwrap();
     assert_eq!(video.kind, JobKind::Video);
@@ -295,4 +296,96 @@ fn old_documents_read_unchanged_and_new_fields_are_written_only_when_set() {
     new.chain = Some(Chain::Video);
     let chained = serde_json::to_value(Job::new(new, Timestamp::now())).unwrap();
     assert_eq!(chained["chain"], "video");
+}
+
+#[test]
+fn a_promotion_needs_the_grounds_the_stored_image_gives() {
+    let now = Timestamp::now();
+    let with = |grounds| PromoteOptions {
+        grounds,
+        ..PromoteOptions::default()
+    };
+    let unreviewed = finished_image();
+    let mut approved = finished_image();
+    approved.review(Verdict::Approved, None, now).unwrap();
+    let mut rejected = approved.clone();
+    rejected.review(Verdict::Rejected, None, now).unwrap();
+    let chained = |status| {
+        let mut new = NewJob::new("rain on glass", JobKind::Image);
+        new.chain = Some(Chain::Video);
+        let mut job = Job::new(new, now);
+        job.force_state(status, vec!["gs://out/images/c/0.png".into()]);
+        job
+    };
+    let delivered = chained(JobStatus::Delivered);
+    let completed = chained(JobStatus::Completed);
+
+    // (image, grounds, made?, what a refusal says)
+    let cases = [
+        (&unreviewed, Grounds::Operator, true, ""),
+        (&rejected, Grounds::Operator, true, ""),
+        (&approved, Grounds::Approved, true, ""),
+        (
+            &unreviewed,
+            Grounds::Approved,
+            false,
+            "it is not reviewed, not approved",
+        ),
+        (
+            &rejected,
+            Grounds::Approved,
+            false,
+            "it is rejected, not approved",
+        ),
+        (&delivered, Grounds::Approved, false, "not approved"),
+        (&approved, Grounds::ApprovedOrChained, true, ""),
+        (&delivered, Grounds::ApprovedOrChained, true, ""),
+        (
+            &completed,
+            Grounds::ApprovedOrChained,
+            false,
+            "completed, not yet delivered",
+        ),
+        (
+            &rejected,
+            Grounds::ApprovedOrChained,
+            false,
+            "was not created with \"chain\": \"video\"",
+        ),
+    ];
+    for (image, grounds, made, says) in cases {
+        match image.promotion(&with(grounds)) {
+            Ok(_) => assert!(made, "{grounds:?} on {:?}", image.verdict()),
+            Err(PromoteRefusal::NoGrounds { id, why }) => {
+                assert!(!made, "{grounds:?} refused: {why}");
+                assert_eq!(id, image.id());
+                assert!(why.contains(says), "{why:?} lacks {says:?}");
+            }
+            Err(other) => panic!("{grounds:?}: {other}"),
+        }
+    }
+}
+
+#[test]
+fn a_review_reason_is_capped_like_a_prompt() {
+    use super::validate::{MAX_REASON_CHARS, review_reason};
+    let check = |reason: Option<&str>, want: Result<Option<&str>, &str>| {
+        let got = review_reason(reason.map(str::to_string));
+        match (got, want) {
+            (Ok(got), Ok(want)) => assert_eq!(got.as_deref(), want),
+            (Err(e), Err(says)) => {
+                assert_eq!(e.field, "reason");
+                assert!(e.message.contains(says), "{e}");
+            }
+            (got, want) => panic!("{reason:?}: {got:?}, want {want:?}"),
+        }
+    };
+    check(None, Ok(None));
+    check(Some("  "), Ok(None));
+    check(Some(" too dark \n"), Ok(Some("too dark")));
+    let longest = "é".repeat(MAX_REASON_CHARS);
+    check(Some(&longest), Ok(Some(&longest)));
+    let over = "x".repeat(MAX_REASON_CHARS + 1);
+    check(Some(&over), Err("the limit is 2000"));
+    check(Some("bell\u{7}"), Err("control character U+0007"));
 }

@@ -5,6 +5,9 @@ use std::fmt;
 
 /// The longest prompt accepted, in characters.
 pub const MAX_PROMPT_CHARS: usize = 4_000;
+/// The longest review reason accepted, in characters: a sentence or a
+/// paragraph, far below what a job document can hold.
+pub const MAX_REASON_CHARS: usize = 2_000;
 
 /// Aspect ratios of the Imagen models (`:predict`).
 pub const IMAGEN_ASPECT_RATIOS: &[&str] = &["1:1", "3:4", "4:3", "16:9", "9:16"];
@@ -38,6 +41,14 @@ impl fmt::Display for ValidationError {
 }
 
 impl ValidationError {
+    /// The mistake without the value at fault (`invalid prompt`, `invalid
+    /// params`): the field's first segment is always a name of ours, what
+    /// follows may be the caller's (an unknown parameter's name).
+    pub fn class(&self) -> String {
+        let field = self.field.split(['.', '[']).next().unwrap_or_default();
+        format!("invalid {field}")
+    }
+
     /// An error about `field`.
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
@@ -53,20 +64,40 @@ pub fn validate_prompt(prompt: &str) -> Result<(), ValidationError> {
     if prompt.trim().is_empty() {
         return Err(ValidationError::new("prompt", "is empty"));
     }
-    let chars = prompt.chars().count();
-    if chars > MAX_PROMPT_CHARS {
+    validate_text("prompt", prompt, MAX_PROMPT_CHARS)
+}
+
+/// A reviewer's reason as it is kept: trimmed, `None` when blank; at most
+/// [`MAX_REASON_CHARS`] characters, with no control characters other than
+/// newline and tab, like a prompt.
+pub fn review_reason(reason: Option<String>) -> Result<Option<String>, ValidationError> {
+    let Some(reason) = reason
+        .map(|r| r.trim().to_string())
+        .filter(|r| !r.is_empty())
+    else {
+        return Ok(None);
+    };
+    validate_text("reason", &reason, MAX_REASON_CHARS)?;
+    Ok(Some(reason))
+}
+
+/// At most `max` characters, and no control characters other than newline
+/// and tab: what a person's free text in a job must be.
+fn validate_text(field: &str, text: &str, max: usize) -> Result<(), ValidationError> {
+    let chars = text.chars().count();
+    if chars > max {
         return Err(ValidationError::new(
-            "prompt",
-            format!("is {chars} characters long; the limit is {MAX_PROMPT_CHARS}"),
+            field,
+            format!("is {chars} characters long; the limit is {max}"),
         ));
     }
-    if let Some((position, c)) = prompt
+    if let Some((position, c)) = text
         .chars()
         .enumerate()
         .find(|(_, c)| c.is_control() && *c != '\n' && *c != '\t')
     {
         return Err(ValidationError::new(
-            "prompt",
+            field,
             format!(
                 "contains the control character U+{:04X} at character {}; only newlines and tabs are allowed",
                 c as u32,

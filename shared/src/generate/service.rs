@@ -6,13 +6,13 @@ use super::poller::{PollerSettings, VideoPoller};
 use super::videos::VideoGenerator;
 use super::{DrainLimits, Generator, GeneratorSettings, Handled, drain, handle};
 use crate::config::StageArgs;
+use crate::identity::PushGate;
 use crate::push::{self, JobMessage};
 use crate::server;
 use crate::vertex::client::VertexClient;
 use axum::Router;
 use axum::body::Bytes;
 use axum::http::HeaderMap;
-use axum::routing::post;
 use clap::Subcommand;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,10 +20,16 @@ use std::time::Duration;
 /// How long one push may take: under Pub/Sub's longest ack deadline (600 s).
 pub const PUSH_TIMEOUT: Duration = Duration::from_secs(540);
 
-/// `POST /` takes the push of a job message; `GET /healthz` answers.
+/// `POST /` takes the push of a job message, from anyone (see
+/// [`gated_router`]); `GET /healthz` answers.
 pub fn router<G: Generator>(generator: Arc<G>) -> Router {
+    gated_router(generator, PushGate::open())
+}
+
+/// [`router`], taking only the pushes `gate` admits.
+pub fn gated_router<G: Generator>(generator: Arc<G>, gate: PushGate) -> Router {
     let app = Router::new()
-        .route("/", post(server::push::<G>))
+        .route("/", server::push_route::<G>(&Arc::new(gate)))
         .with_state(generator);
     server::with_basics(app, PUSH_TIMEOUT)
 }
@@ -119,7 +125,11 @@ async fn serve_or_drain<G: Generator>(
 ) -> anyhow::Result<()> {
     let store = generator.store().clone();
     let work = match mode {
-        Mode::Serve => server::Work::Serve(router(Arc::new(generator))),
+        Mode::Serve => {
+            let stage = format!("{}-generator", G::KIND);
+            let gate = args.serve.identity.push_gate(&stage);
+            server::Work::Serve(gated_router(Arc::new(generator), gate))
+        }
         Mode::Drain {
             max_jobs,
             max_seconds,

@@ -11,6 +11,12 @@
 //!
 //! Without a bus (the embedded store of a local run) the jobs are only
 //! created; `asmr run` and the generators' drains find them in the store.
+//!
+//! A request id is an idempotency key: sent again with the same request it
+//! finds the jobs made the first time; sent with another request it is
+//! refused ([`Error::KeyReused`]), never answered with another request's
+//! jobs. Each job records a digest of its whole request to tell the two
+//! apart.
 
 pub mod promote;
 pub mod service;
@@ -85,17 +91,27 @@ impl Submitted {
 
 /// Creates one job unless its request id exists already, then publishes it
 /// to its kind's topic on `bus` if it is pending. Only the create can fail
-/// the call; a failed publish is reported in [`SubmittedJob::dispatch`].
+/// the call; a failed publish is reported in [`SubmittedJob::dispatch`]. A
+/// job found under the request id that was made of another request is
+/// [`Error::KeyReused`].
 pub async fn submit_job(
     store: &Store,
     bus: &dyn Bus,
     topics: &Topics,
-    new: NewJob,
+    mut new: NewJob,
 ) -> Result<SubmittedJob> {
+    let digest = match &new.request_digest {
+        Some(digest) => digest.clone(),
+        None => request_digest(std::slice::from_ref(&new)),
+    };
+    new.request_digest = Some(digest.clone());
     let Created {
         record: job,
         created,
     } = store.create_job(new).await?;
+    if !created {
+        same_request(&job, &digest)?;
+    }
     let dispatch = match bus.reaches_workers() {
         false => Dispatch::NoBus,
         true if job.status() != JobStatus::Pending => Dispatch::NotPending,
@@ -135,6 +151,16 @@ pub async fn submit(
     deadline: Option<tokio::time::Instant>,
 ) -> std::result::Result<Submitted, Unfinished> {
     let total = jobs.len();
+    let jobs = match digested(store, jobs).await {
+        Ok(jobs) => jobs,
+        Err(error) => {
+            return Err(Unfinished {
+                submitted: Submitted::default(),
+                total,
+                error,
+            });
+        }
+    };
     let mut results = stream::iter(jobs)
         .map(|new| async move {
             let submitted = submit_job(store, bus, topics, new);
@@ -166,6 +192,68 @@ pub async fn submit(
         }
     }
     Ok(submitted)
+}
+
+/// The digest of a request: what its jobs ask for, in order. What a
+/// service sets on its own (dry run, attempts) is left out, so a retry
+/// that meets another `DRY_RUN` is still the same request.
+pub fn request_digest(jobs: &[NewJob]) -> String {
+    const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x2f4c_91e0_6b3d_4a87_b5c2_7d18_e9a0_3c46);
+    let asked: Vec<_> = jobs
+        .iter()
+        .map(|job| serde_json::json!([job.prompt, job.kind, job.params, job.priority, job.chain]))
+        .collect();
+    let bytes = serde_json::to_vec(&asked).unwrap_or_default();
+    uuid::Uuid::new_v5(&NAMESPACE, &bytes).simple().to_string()
+}
+
+/// `jobs` with their request's digest, after checking that the jobs its
+/// key already named (if any) were made of the same request. A request
+/// with one prompt has the key itself as its request id, a batch
+/// `{key}#{n}`; both shapes are looked up, so that a key used for one
+/// prompt and sent again with a batch (or the other way round), or a
+/// batch sent again with other prompts, is refused before anything is
+/// created.
+async fn digested(store: &Store, mut jobs: Vec<NewJob>) -> Result<Vec<NewJob>> {
+    let digest = request_digest(&jobs);
+    for job in &mut jobs {
+        job.request_digest = Some(digest.clone());
+    }
+    let Some(first) = jobs.first() else {
+        return Ok(jobs);
+    };
+    let Some(request_id) = first.request_id.as_deref() else {
+        return Ok(jobs);
+    };
+    let key = match jobs.len() {
+        1 => request_id,
+        _ => request_id.strip_suffix("#0").unwrap_or(request_id),
+    };
+    let scope = first.key_scope.as_deref();
+    let single = Job::id_for_scoped_request(scope, key);
+    let batch = Job::id_for_scoped_request(scope, &format!("{key}#0"));
+    // The create finds a job of the request's own first id itself.
+    let other = match jobs.len() {
+        1 => vec![batch],
+        _ => vec![single, batch],
+    };
+    for id in other {
+        if let Some(existing) = store.get_job(&id).await? {
+            same_request(&existing, &digest)?;
+        }
+    }
+    Ok(jobs)
+}
+
+/// Whether `job`, found under a request id, was made of the request whose
+/// digest is `digest`. A job made before digests were recorded passes.
+fn same_request(job: &Job, digest: &str) -> Result<()> {
+    match job.request_digest() {
+        Some(made_of) if made_of != digest => Err(Error::KeyReused {
+            request_id: crate::redact::clipped(job.request_id().unwrap_or_default()),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// The job message of `job`, published to its kind's topic.

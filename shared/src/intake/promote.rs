@@ -6,11 +6,17 @@
 //! the delivery of an image whose job was created with `"chain": "video"`.
 //! Promotion is idempotent (one video per image however often the event
 //! comes), and the new video job is published to its topic like any other.
+//!
+//! An event only says which image to look at. Whether a video is paid for
+//! is decided on the image as stored, in the commit that creates the video
+//! ([`Grounds`]): an approval event that is redelivered after the image was
+//! rejected, or one that was never true, makes nothing.
 
 use crate::ack::Handled;
 use crate::bus::{Bus, Topics};
+use crate::domain::TransitionError;
 use crate::domain::job::{JobKind, JobStatus};
-use crate::domain::review::{Chain, PromoteOptions, Verdict};
+use crate::domain::review::{Chain, Grounds, PromoteOptions, Verdict};
 use crate::error::Error;
 use crate::job_events::JobEvent;
 use crate::push;
@@ -35,7 +41,9 @@ pub enum AutoPromote {
 }
 
 impl AutoPromote {
-    /// Whether `event` asks for a video of its image.
+    /// Whether `event` is worth a look: a filter on what the event says,
+    /// so that most events cost no read. It decides nothing; the stored
+    /// image must give [`AutoPromote::grounds`].
     pub fn wants(self, event: &JobEvent) -> bool {
         let approved = event.verdict == Some(Verdict::Approved);
         let chained = event.status == JobStatus::Delivered && event.chain == Some(Chain::Video);
@@ -45,6 +53,15 @@ impl AutoPromote {
                 AutoPromote::Approved => approved,
                 AutoPromote::All => approved || chained,
             }
+    }
+
+    /// What the stored image must show for this mode to make its video.
+    pub fn grounds(self) -> Option<Grounds> {
+        match self {
+            AutoPromote::Off => None,
+            AutoPromote::Approved => Some(Grounds::Approved),
+            AutoPromote::All => Some(Grounds::ApprovedOrChained),
+        }
     }
 }
 
@@ -74,18 +91,30 @@ impl server::Push for Promoter {
     }
 
     async fn handle(&self, event: JobEvent) -> Handled {
-        if !self.mode.wants(&event) {
-            return Handled::Ignored(format!(
-                "{} event of {} job {} makes no video (AUTO_PROMOTE={:?})",
-                event.status, event.kind, event.job_id, self.mode
-            ));
-        }
-        let promoted = match self
-            .store
-            .promote(&event.job_id, &PromoteOptions::default())
-            .await
-        {
+        let grounds = match self.mode.grounds() {
+            Some(grounds) if self.mode.wants(&event) => grounds,
+            _ => {
+                return Handled::Ignored(format!(
+                    "{} event of {} job {} makes no video (AUTO_PROMOTE={:?})",
+                    event.status, event.kind, event.job_id, self.mode
+                ));
+            }
+        };
+        let options = PromoteOptions {
+            grounds,
+            ..PromoteOptions::default()
+        };
+        let promoted = match self.store.promote(&event.job_id, &options).await {
             Ok(promoted) => promoted,
+            // The event claimed what the stored image does not show: stale
+            // (a verdict changed since) or untrue. Nothing is made.
+            Err(Error::Transition {
+                reason: TransitionError::NoGrounds(why),
+                ..
+            }) => {
+                tracing::warn!(image = %event.job_id, event = "auto_promote_refused", reason = %why, "the stored image does not warrant a video");
+                return Handled::Ignored(why);
+            }
             Err(e @ (Error::Transition { .. } | Error::Invalid(_) | Error::NotFound { .. })) => {
                 return Handled::Poison(e.to_string());
             }
@@ -175,9 +204,8 @@ mod tests {
             self.app.clone().oneshot(request).await.unwrap().status()
         }
 
-        /// A delivered image job, made as a generator and the downloader
-        /// would.
-        async fn delivered_image(&self, prompt: &str, chain: Option<Chain>) -> String {
+        /// A completed image job, made as a generator would.
+        async fn completed_image(&self, prompt: &str, chain: Option<Chain>) -> String {
             let mut new = NewJob::new(prompt, JobKind::Image);
             new.chain = chain;
             let id = self
@@ -192,11 +220,18 @@ mod tests {
             self.store.claim_job(&id, &lease).await.unwrap();
             let output = format!("gs://out/images/{id}/0.png");
             self.store
-                .complete_job(&id, "w", vec![output.clone()])
+                .complete_job(&id, "w", vec![output])
                 .await
                 .unwrap();
+            id
+        }
+
+        /// A delivered image job, made as a generator and the downloader
+        /// would.
+        async fn delivered_image(&self, prompt: &str, chain: Option<Chain>) -> String {
+            let id = self.completed_image(prompt, chain).await;
             let delivery = crate::domain::job::Delivery {
-                source: output,
+                source: format!("gs://out/images/{id}/0.png"),
                 destination: format!("/archive/images/{id}/0.png"),
             };
             self.store.record_delivery(&id, delivery).await.unwrap();
@@ -262,6 +297,76 @@ mod tests {
         assert_eq!(w.store.job(image.id()).await.unwrap().children().len(), 1);
         let queued = w.videos_queued();
         assert!(queued.iter().all(|id| id == video.id()), "{queued:?}");
+    }
+
+    /// The push of `event` as Pub/Sub would send it, whoever forged it.
+    fn event_envelope(event: &JobEvent) -> Vec<u8> {
+        envelope(&Message {
+            id: event.event_id.clone(),
+            topic: "asmr-job-events".into(),
+            data: bytes::Bytes::from(serde_json::to_vec(event).unwrap()),
+            attributes: event.attributes(),
+        })
+    }
+
+    #[tokio::test]
+    async fn an_approval_redelivered_after_a_rejection_makes_no_video() {
+        let w = world(AutoPromote::Approved).await;
+        let image = w.delivered_image("soap cutting", None).await;
+        w.store
+            .review_job(&image, Verdict::Approved, None)
+            .await
+            .unwrap();
+        w.store.flush_events().await;
+        let approval = w.bus.published(&w.topics.job_events()).last().cloned();
+        let approval = approval.expect("the approval raised an event");
+        w.store
+            .review_job(&image, Verdict::Rejected, Some("too dark".into()))
+            .await
+            .unwrap();
+
+        // The approval comes (again) only now, after the rejection.
+        let status = w.post("/v1/job-events", envelope(&approval)).await;
+        assert_eq!(status, StatusCode::OK, "acknowledged, not redelivered");
+        assert!(w.store.job(&image).await.unwrap().children().is_empty());
+        assert!(w.videos_queued().is_empty());
+        assert_eq!(w.store.job_counts().await.unwrap().total(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_forged_event_makes_no_video_of_an_image_the_store_does_not_warrant() {
+        for mode in [AutoPromote::Approved, AutoPromote::All] {
+            let w = world(mode).await;
+            // Never reviewed, created without a chain, delivered.
+            let image = w.delivered_image("wet sand", None).await;
+            let job = w.store.job(&image).await.unwrap();
+            let mut approval = JobEvent::of(&job);
+            approval.verdict = Some(Verdict::Approved);
+            let mut chained = JobEvent::of(&job);
+            chained.chain = Some(Chain::Video);
+            for forged in [approval, chained] {
+                let status = w.post("/v1/job-events", event_envelope(&forged)).await;
+                assert_eq!(status, StatusCode::OK, "{mode:?}");
+            }
+            assert!(
+                w.store.job(&image).await.unwrap().children().is_empty(),
+                "{mode:?}"
+            );
+            assert!(w.videos_queued().is_empty(), "{mode:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stored_chain_is_grounds_only_once_its_image_is_delivered() {
+        let w = world(AutoPromote::All).await;
+        let id = w.completed_image("rain on glass", Some(Chain::Video)).await;
+
+        // Completed, not delivered: an event that says delivered is not
+        // believed.
+        let mut early = JobEvent::of(&w.store.job(&id).await.unwrap());
+        early.status = JobStatus::Delivered;
+        w.post("/v1/job-events", event_envelope(&early)).await;
+        assert!(w.store.job(&id).await.unwrap().children().is_empty());
     }
 
     #[tokio::test]

@@ -30,16 +30,18 @@ use crate::domain::download::DownloadStatus;
 use crate::domain::job::{JobKind, JobStatus, NewJob};
 use crate::domain::review::Verdict;
 use crate::error::Error;
+use crate::identity::{IdTokens, PushGate};
 use crate::push;
+use crate::redact;
 use crate::requests::{self, Envelope, MAX_BODY_BYTES};
 use crate::server;
 use crate::store::Store;
 use crate::store::rejected::{Rejected, RejectedSource};
 use crate::time::Timestamp;
 use anyhow::Context;
+use axum::body::Body;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -59,12 +61,6 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 const SUBMIT_DEADLINE: Duration = Duration::from_secs(90);
 /// The header a client sets to make `POST /v1/jobs` idempotent.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
-/// The largest push body: a Pub/Sub message (10 MB at most) grows by a
-/// third in base64. The request inside is held to [`MAX_BODY_BYTES`] by the
-/// parser, which records a bigger one as rejected instead of refusing the
-/// push (a refused push would be redelivered).
-const PUSH_BODY_LIMIT: usize = 16 * 1024 * 1024;
-
 /// Everything the intake service reads from the environment.
 #[derive(Clone, Debug, Args)]
 pub struct IntakeArgs {
@@ -89,6 +85,9 @@ pub struct Intake {
     topics: Topics,
     dry_run: bool,
     promoter: Arc<Promoter>,
+    /// Verifies who calls the API, where the deployment names identities;
+    /// the verified account scopes the caller's idempotency keys.
+    callers: Option<Arc<IdTokens>>,
 }
 
 impl Intake {
@@ -108,6 +107,28 @@ impl Intake {
             topics: adapters.topics,
             dry_run,
             promoter,
+            callers: None,
+        }
+    }
+
+    /// Intake that verifies the Google ID token of every API call that
+    /// creates jobs with `callers`, and keeps each account's idempotency
+    /// keys apart from every other's. `None` leaves callers unchecked, in
+    /// one namespace (the emulators send no token).
+    pub fn verifying_callers(mut self, callers: Option<Arc<IdTokens>>) -> Self {
+        self.callers = callers;
+        self
+    }
+
+    /// Whose idempotency keys a call's are: the verified account of its
+    /// token, or the shared namespace where callers are not checked.
+    async fn key_scope(&self, headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+        let Some(callers) = &self.callers else {
+            return Ok(None);
+        };
+        match callers.verify(headers, &[]).await {
+            Ok(account) => Ok(Some(account)),
+            Err(refused) => Err(ApiError::new(refused.status(), refused.to_string())),
         }
     }
 
@@ -125,20 +146,22 @@ impl Intake {
 
     /// Records a request that can never become jobs and acknowledges it;
     /// if the record cannot be written, asks for a redelivery instead, so
-    /// the request is not lost unseen.
+    /// the request is not lost unseen. The record keeps `reason`, which may
+    /// quote the request; the logs get `class`, which does not.
     async fn reject(
         &self,
         message_id: Option<&str>,
         attributes: BTreeMap<String, String>,
         body: &[u8],
         reason: String,
+        class: String,
     ) -> Handled {
         let record = Rejected::new(
             RejectedSource::Pubsub,
             message_id,
             attributes,
             body,
-            reason.clone(),
+            reason,
             Timestamp::now(),
         );
         let id = record.id.clone();
@@ -147,17 +170,17 @@ impl Intake {
                 tracing::error!(
                     message_id = message_id.unwrap_or("-"),
                     rejected_id = %id,
-                    reason,
+                    reason = class,
                     redelivered = !created.created,
                     event = "request.rejected",
                     "request rejected and acknowledged"
                 );
-                Handled::Poison(reason)
+                Handled::Poison(class)
             }
             Err(e) => {
                 tracing::warn!(
                     message_id = message_id.unwrap_or("-"),
-                    reason,
+                    reason = class,
                     error = %e,
                     "could not record a rejected request; asking for redelivery"
                 );
@@ -167,17 +190,29 @@ impl Intake {
     }
 }
 
-/// The service's routes, with `GET /healthz`.
+/// The largest push body: a Pub/Sub message carrying a request of
+/// [`MAX_BODY_BYTES`], grown by a third in base64, and its envelope. A
+/// bigger push can only hold a bigger request: it is acknowledged as
+/// poison and recorded, without being read further.
+const PUSH_BODY_LIMIT: usize = MAX_BODY_BYTES / 3 * 4 + 64 * 1024;
+/// The largest body of a review (`{"reason": "..."}`): a reason of
+/// [`MAX_REASON_CHARS`] characters of up to four bytes, escaped.
+const REVIEW_BODY_LIMIT: usize = 64 * 1024;
+
+/// The service's routes, with `GET /healthz`; pushes from anyone (see
+/// [`gated_router`]).
 pub fn router(intake: Arc<Intake>) -> Router {
+    gated_router(intake, PushGate::open())
+}
+
+/// The service's routes; the push routes (`POST /` and
+/// `POST /v1/job-events`) admit only what `gate` admits. Each route reads
+/// its body only up to its own limit ([`server::read_body`]).
+pub fn gated_router(intake: Arc<Intake>, gate: PushGate) -> Router {
+    let gate = Arc::new(gate);
     let app = Router::new()
-        .route(
-            "/",
-            post(server::push::<Intake>).layer(DefaultBodyLimit::max(PUSH_BODY_LIMIT)),
-        )
-        .route(
-            "/v1/jobs",
-            post(create_jobs).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
-        )
+        .route("/", server::push_route::<Intake>(&gate))
+        .route("/v1/jobs", post(create_jobs))
         // The router matches whole segments only, so `{id}:approve` is one
         // parameter that the handler splits.
         .route("/v1/jobs/{id}", get(get_job).post(job_action))
@@ -185,13 +220,15 @@ pub fn router(intake: Arc<Intake>) -> Router {
         .with_state(intake.clone())
         .route(
             "/v1/job-events",
-            post(server::push::<Promoter>).with_state(intake.promoter.clone()),
+            server::push_route::<Promoter>(&gate).with_state(intake.promoter.clone()),
         );
     server::with_basics(app, REQUEST_TIMEOUT)
 }
 
 impl server::Push for Intake {
     type Message = push::Delivery;
+
+    const BODY_LIMIT: usize = PUSH_BODY_LIMIT;
 
     fn decode(&self, _headers: &HeaderMap, body: &Bytes) -> Result<push::Delivery, String> {
         push::decode(body).map_err(|poison| poison.0)
@@ -208,24 +245,32 @@ impl server::Push for Intake {
             message_id: Some(message_id),
             dry_run: self.dry_run,
         };
-        let reject = |reason: String| {
+        let reject = |reason: String, class: String| {
             self.reject(
                 Some(message_id),
                 delivery.attributes.clone(),
                 &delivery.data,
                 reason,
+                class,
             )
         };
         let jobs = match requests::parse(&delivery.data, &envelope) {
             Ok(jobs) => jobs,
-            Err(rejection) => return reject(rejection.0).await,
+            Err(rejection) => return reject(rejection.reason, rejection.class).await,
         };
         match self.submit(jobs).await {
             Ok(submitted) => outcome(&submitted),
             Err(Unfinished {
                 error: Error::Invalid(e),
                 ..
-            }) => reject(e.to_string()).await,
+            }) => reject(e.to_string(), e.class()).await,
+            Err(Unfinished {
+                error: e @ Error::KeyReused { .. },
+                ..
+            }) => {
+                let class = "its request_id was used before for a different request".to_string();
+                reject(e.to_string(), class).await
+            }
             Err(unfinished) => Handled::store_trouble(&unfinished.error),
         }
     }
@@ -233,7 +278,9 @@ impl server::Push for Intake {
     /// A push that is not a Pub/Sub message is recorded like a rejected
     /// request before it is acknowledged.
     async fn poison(&self, body: &[u8], reason: String) -> Handled {
-        self.reject(None, BTreeMap::new(), body, reason).await
+        // What refuses an envelope quotes none of it.
+        self.reject(None, BTreeMap::new(), body, reason.clone(), reason)
+            .await
     }
 }
 
@@ -265,6 +312,9 @@ fn outcome(submitted: &Submitted) -> Handled {
 struct ApiError {
     status: StatusCode,
     message: String,
+    /// What the log says instead of `message` when that quotes the
+    /// request (see [`redact`]).
+    class: Option<String>,
     jobs: Option<Value>,
 }
 
@@ -273,7 +323,17 @@ impl ApiError {
         Self {
             status,
             message: message.into(),
+            class: None,
             jobs: None,
+        }
+    }
+
+    /// A refusal whose `message` may quote the caller's text; the log
+    /// says `class` instead.
+    fn quoting(status: StatusCode, message: impl Into<String>, class: impl Into<String>) -> Self {
+        Self {
+            class: Some(class.into()),
+            ..Self::new(status, message)
         }
     }
 }
@@ -283,11 +343,19 @@ impl From<Error> for ApiError {
         let status = match &e {
             Error::Invalid(_) => StatusCode::BAD_REQUEST,
             Error::NotFound { .. } => StatusCode::NOT_FOUND,
-            Error::Transition { .. } => StatusCode::CONFLICT,
+            Error::Transition { .. } | Error::KeyReused { .. } => StatusCode::CONFLICT,
             e if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        Self::new(status, e.to_string())
+        match &e {
+            Error::Invalid(invalid) => Self::quoting(status, e.to_string(), invalid.class()),
+            Error::KeyReused { .. } => Self::quoting(
+                status,
+                e.to_string(),
+                "an idempotency key was used before for a different request",
+            ),
+            _ => Self::new(status, e.to_string()),
+        }
     }
 }
 
@@ -304,10 +372,12 @@ impl IntoResponse for ApiError {
 /// Logs what an API call ends in: a warning for the caller's mistakes, an
 /// error for ours.
 fn logged(e: ApiError) -> ApiError {
+    let said = e.class.as_deref().unwrap_or(&e.message);
+    let said = redact::truncated(said, redact::MAX_LOGGED_CHARS);
     if e.status.is_server_error() {
-        tracing::error!(status = e.status.as_u16(), error = %e.message, "request failed");
+        tracing::error!(status = e.status.as_u16(), error = %said, "request failed");
     } else {
-        tracing::warn!(status = e.status.as_u16(), error = %e.message, "request refused");
+        tracing::warn!(status = e.status.as_u16(), error = %said, "request refused");
     }
     e
 }
@@ -326,6 +396,18 @@ fn jobs_json(submitted: &Submitted) -> Value {
             })
         })
         .collect()
+}
+
+/// Reads an API request's body up to `limit`; the answer when it cannot.
+async fn api_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    server::read_body(body, limit).await.map_err(|e| {
+        let status = match e {
+            server::BodyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            server::BodyError::TimedOut => StatusCode::REQUEST_TIMEOUT,
+            server::BodyError::Broken(_) => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, format!("the request body could not be read: {e}"))
+    })
 }
 
 /// The idempotency key of an HTTP request without a `request_id`: the
@@ -358,7 +440,7 @@ fn idempotency_key(headers: &HeaderMap, body: &[u8]) -> Result<String, ApiError>
 async fn create_jobs(
     State(intake): State<Arc<Intake>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     create(&intake, &headers, body).await.map_err(logged)
 }
@@ -366,38 +448,38 @@ async fn create_jobs(
 async fn create(
     intake: &Intake,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let body = body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the request body is over the limit of {MAX_BODY_BYTES} bytes"),
-        ),
-        status => ApiError::new(status, rejection.body_text()),
-    })?;
+    let body = api_body(body, MAX_BODY_BYTES).await?;
     if !body.trim_ascii_start().starts_with(b"{") {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "the body must be a JSON object: {\"prompt\": \"...\", \"kind\": \"image\"} or {\"kind\": \"video\", \"prompts\": [...]}",
         ));
     }
+    let scope = intake.key_scope(headers).await?;
     let key = idempotency_key(headers, &body)?;
     let envelope = Envelope {
         attributes: BTreeMap::new(),
         message_id: Some(&key),
         dry_run: intake.dry_run,
     };
-    let jobs = requests::parse(&body, &envelope)
-        .map_err(|rejection| ApiError::new(StatusCode::BAD_REQUEST, rejection.0))?;
+    let mut jobs = requests::parse(&body, &envelope).map_err(|rejection| {
+        ApiError::quoting(StatusCode::BAD_REQUEST, rejection.reason, rejection.class)
+    })?;
+    for job in &mut jobs {
+        job.key_scope.clone_from(&scope);
+    }
     let submitted = match intake.submit(jobs).await {
         Ok(submitted) => submitted,
         Err(Unfinished {
-            error: e @ Error::Invalid(_),
+            error: e @ (Error::Invalid(_) | Error::KeyReused { .. }),
             ..
         }) => return Err(e.into()),
         Err(unfinished) => {
             let created = unfinished.submitted.jobs.len();
             return Err(ApiError {
+                class: None,
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 message: format!(
                     "{created} of the {} jobs were created before the store failed ({}); send the same request again (same body, or the same Idempotency-Key): nothing is created twice",
@@ -482,9 +564,11 @@ fn review_body(body: &[u8]) -> Result<ReviewBody, ApiError> {
         return Ok(ReviewBody::default());
     }
     serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(
+        let says = "the body must be empty or {\"reason\": \"...\"}";
+        ApiError::quoting(
             StatusCode::BAD_REQUEST,
-            format!("the body must be empty or {{\"reason\": \"...\"}}: {e}"),
+            format!("{says}: {e}"),
+            format!("{says}: {}", redact::json_error(&e)),
         )
     })
 }
@@ -492,8 +576,9 @@ fn review_body(body: &[u8]) -> Result<ReviewBody, ApiError> {
 async fn job_action(
     State(intake): State<Arc<Intake>>,
     Path(segment): Path<String>,
-    body: Bytes,
+    body: Body,
 ) -> Result<Json<Value>, ApiError> {
+    let body = api_body(body, REVIEW_BODY_LIMIT).await.map_err(logged)?;
     let Some((id, verdict)) = review_action(&segment) else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -568,8 +653,10 @@ pub async fn intake(args: IntakeArgs) -> anyhow::Result<()> {
         .connect()
         .await
         .context("connecting to the store and Pub/Sub")?;
-    let intake = Intake::new(adapters, args.dry_run.dry_run, args.auto_promote);
-    server::serve_on(args.serve.port, router(Arc::new(intake))).await
+    let gate = args.serve.identity.push_gate("intake");
+    let intake = Intake::new(adapters, args.dry_run.dry_run, args.auto_promote)
+        .verifying_callers(gate.id_tokens());
+    server::serve_on(args.serve.port, gated_router(Arc::new(intake), gate)).await
 }
 
 #[cfg(test)]
@@ -670,41 +757,47 @@ mod tests {
     #[tokio::test]
     async fn poison_requests_are_recorded_and_acknowledged() {
         let app = app().await;
-        let cases: [(Vec<u8>, &str, &str); 4] = [
+        // (push, message id, what the answer and the log say, what the
+        // record keeps): the log names the mistake, the record quotes it.
+        let cases: [(Vec<u8>, &str, &str, &str); 4] = [
             (
                 envelope("201", "no kind here", &[]),
                 "201",
+                "kind is missing",
                 "kind is missing",
             ),
             (
                 envelope("202", "{\"prompt\": ", &[("kind", "image")]),
                 "202",
+                "not valid JSON: end-of-input error at line 1 column 11",
                 "not valid JSON",
             ),
             (
                 envelope("203", r#"{"prompt": "  ", "kind": "image"}"#, &[]),
                 "203",
+                "invalid prompt",
                 "prompt: is empty",
             ),
             (
                 b"not an envelope".to_vec(),
                 "",
+                "not a Pub/Sub push envelope: syntax error at line 1 column 2",
                 "not a Pub/Sub push envelope",
             ),
         ];
-        for (body, message_id, reason) in cases {
+        for (body, message_id, said, recorded) in cases {
             for _ in 0..2 {
                 let (status, answer) = push(&app, body.clone()).await;
                 assert_eq!(status, StatusCode::OK, "{answer}");
                 assert_eq!(answer["outcome"], "poison");
                 assert!(
-                    answer["detail"].as_str().unwrap().contains(reason),
+                    answer["detail"].as_str().unwrap().contains(said),
                     "{answer}"
                 );
             }
             if !message_id.is_empty() {
                 let record = app.store.get_rejected(message_id).await.unwrap().unwrap();
-                assert!(record.reason.contains(reason), "{record:?}");
+                assert!(record.reason.contains(recorded), "{record:?}");
                 assert_eq!(record.message_id.as_deref(), Some(message_id));
             }
         }

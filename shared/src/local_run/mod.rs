@@ -62,6 +62,63 @@ pub struct Live {
     /// A real Cloud Storage bucket for the outputs. Veo writes its videos to
     /// Cloud Storage, so live video jobs need one; images do not.
     pub bucket: Option<String>,
+    /// The most the run's paid calls may spend: a live run is never
+    /// uncapped.
+    pub cap: SpendCap,
+}
+
+/// How much a live run may spend. Every paid call is reserved against it
+/// before it is sent, as the deployment's daily budget is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpendCap {
+    /// A budget for the UTC day, in micro-dollars (`--budget`), as
+    /// `BUDGET_USD_PER_DAY` is for a deployment.
+    Daily(u64),
+    /// At most this many micro-dollars more than was spent today when the
+    /// run started: its own jobs once each, at list prices
+    /// ([`list_price`]).
+    Run(u64),
+}
+
+impl SpendCap {
+    /// The day's budget this cap comes to, given what the day has spent
+    /// and holds already.
+    pub fn day_limit(self, spent_micros: u64) -> u64 {
+        match self {
+            SpendCap::Daily(limit) => limit,
+            SpendCap::Run(run) => spent_micros.saturating_add(run),
+        }
+    }
+}
+
+/// What the jobs of `settings` cost once each at list prices, with the
+/// models they will be sent to: the cap of a live run given no budget.
+pub fn list_price(settings: &RunSettings) -> u64 {
+    let prices = crate::cost::PriceTable::list_prices();
+    let model = |kind: JobKind| match (&settings.live, kind) {
+        (Some(live), JobKind::Image) => live.vertex.image_model.clone(),
+        (Some(live), JobKind::Video) => live.vertex.video_model.clone(),
+        (None, JobKind::Image) => crate::vertex::DEFAULT_IMAGE_MODEL.to_string(),
+        (None, JobKind::Video) => crate::vertex::DEFAULT_VIDEO_MODEL.to_string(),
+    };
+    let each = |kind: JobKind| {
+        prices
+            .estimate(
+                kind,
+                &model(kind),
+                &crate::domain::job::JobParams::default(),
+            )
+            .micros
+    };
+    let jobs = prompt_lines(&settings.prompts)
+        .into_iter()
+        .filter(|(_, prompt)| prompt.is_ok())
+        .count() as u64;
+    let mut per_job = each(settings.kind);
+    if settings.chain {
+        per_job = per_job.saturating_add(each(JobKind::Video));
+    }
+    jobs.saturating_mul(per_job)
 }
 
 /// What a local run does.
@@ -147,6 +204,9 @@ pub struct RunReport {
     pub statuses: BTreeMap<JobStatus, u64>,
     /// Failed jobs with their errors, at most [`FAILURES_SHOWN`].
     pub failures: Vec<(String, String)>,
+    /// Jobs of this run left waiting because paying for them would pass
+    /// the spending cap (`budget_exhausted`).
+    pub over_budget: u64,
     /// Files delivered for this run's jobs.
     pub files: u64,
     /// Job events published.

@@ -161,19 +161,33 @@ pub(super) async fn build_stages(store: Store, settings: &RunSettings) -> Result
             },
         )
     });
+    let cost_guard = match &settings.live {
+        Some(live) => {
+            let today = crate::store::budget::budget_day_of(crate::time::Timestamp::now());
+            let day = store.budget_day(&today).await?;
+            let spent = day.spent_micros.saturating_add(day.reserved_micros);
+            crate::generate::CostGuard {
+                prices: crate::cost::PriceTable::list_prices(),
+                budget_micros: Some(live.cap.day_limit(spent)),
+            }
+        }
+        None => crate::generate::CostGuard::default(),
+    };
     Ok(Stages {
         images: ImageGenerator::new(
             store.clone(),
             objects.clone(),
             images_model,
             generator(image_model),
-        ),
+        )
+        .with_cost_guard(cost_guard.clone()),
         videos: VideoGenerator::new(
             store.clone(),
             objects.clone(),
             videos_model,
             generator(video_model),
-        ),
+        )
+        .with_cost_guard(cost_guard),
         poller,
         downloader: Downloader::new(
             store.clone(),

@@ -106,13 +106,18 @@ pub(super) async fn watch_until_settled(
         progress(&now);
         let jobs = store.job_counts().await?;
         let downloads = store.download_counts().await?;
-        let busy = [
-            JobStatus::Pending,
-            JobStatus::Processing,
-            JobStatus::Generating,
-        ]
-        .iter()
-        .any(|s| jobs.status(*s) > 0)
+        // A job that waits for budget waits for the operator: it is no
+        // work this run can do.
+        let over_budget = store
+            .waiting_counts()
+            .await?
+            .get(crate::domain::job::BUDGET_EXHAUSTED)
+            .copied()
+            .unwrap_or(0);
+        let busy = jobs.status(JobStatus::Pending) > over_budget
+            || [JobStatus::Processing, JobStatus::Generating]
+                .iter()
+                .any(|s| jobs.status(*s) > 0)
             || [DownloadStatus::Pending, DownloadStatus::Downloading]
                 .iter()
                 .any(|s| downloads.status(*s) > 0)
@@ -136,6 +141,9 @@ pub(super) async fn watch_until_settled(
 pub(super) async fn tally(store: &Store, ids: &[String], report: &mut RunReport) -> Result<()> {
     for job in crate::report::with_children(store, ids).await? {
         *report.statuses.entry(job.status()).or_default() += 1;
+        if job.waiting() == Some(crate::domain::job::BUDGET_EXHAUSTED) {
+            report.over_budget += 1;
+        }
         report.files += job.deliveries().len() as u64;
         if job.has_ended()
             && job.status() != JobStatus::Delivered

@@ -27,9 +27,6 @@ use std::fmt::Write as _;
 /// The stylesheet of the page, inlined into its `<style>`.
 const CSS: &str = include_str!("sheet.css");
 
-/// The script that draws the cards, inlined into its `<script>`.
-const JS: &str = include_str!("sheet.js");
-
 /// Everything the contact sheet of one batch shows.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Sheet {
@@ -143,7 +140,7 @@ pub fn render(sheet: &Sheet) -> String {
     let mut html = String::with_capacity(4096 + sheet.cards.len() * 800);
     html.push_str("<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");
     html.push_str("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n");
-    html.push_str(CONTENT_SECURITY_POLICY);
+    html.push_str(&CONTENT_SECURITY_POLICY);
     let _ = writeln!(html, "<title>{}</title>", escape(&sheet.title));
     let _ = writeln!(html, "<style>\n{CSS}</style>\n</head>\n<body>");
     header(&mut html, sheet);
@@ -157,15 +154,29 @@ pub fn render(sheet: &Sheet) -> String {
     html.push_str("<script type=\"application/json\" id=\"cards\">");
     html.push_str(&cards_json(&sheet.cards));
     html.push_str("</script>\n");
-    let _ = writeln!(html, "<script>\n{JS}</script>\n</body>\n</html>");
+    let _ = writeln!(html, "<script>{SCRIPT}</script>\n</body>\n</html>");
     html
 }
 
+/// The text of the page's one script element, exactly as its hash in the
+/// Content-Security-Policy covers it.
+const SCRIPT: &str = concat!("\n", include_str!("sheet.js"));
+
 /// Lets the page load its own files and nothing from anywhere else: no
 /// fetches, no fonts, no frames, no form posts, whatever a card contains.
-const CONTENT_SECURITY_POLICY: &str = "<meta http-equiv=\"Content-Security-Policy\" \
-    content=\"default-src 'none'; img-src 'self' file: data: blob:; media-src 'self' file: blob:; \
-    style-src 'unsafe-inline'; script-src 'unsafe-inline'; base-uri 'none'; form-action 'none'\">\n";
+/// The one script that runs is the page's own, named by its SHA-256: a
+/// script that a card's text smuggled into the page would not run, even if
+/// it escaped the escaping.
+static CONTENT_SECURITY_POLICY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    use base64::Engine;
+    use sha2::Digest;
+    let hash = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(SCRIPT));
+    format!(
+        "<meta http-equiv=\"Content-Security-Policy\" \
+         content=\"default-src 'none'; img-src 'self' file: data: blob:; media-src 'self' file: blob:; \
+         style-src 'unsafe-inline'; script-src 'sha256-{hash}'; base-uri 'none'; form-action 'none'\">\n"
+    )
+});
 
 /// The filter and page controls; the script fills them in.
 const CONTROLS: &str = "<div class=\"controls\">\n\

@@ -81,10 +81,37 @@ fn the_script_puts_data_in_the_page_only_as_text() {
         "document.write",
         "eval(",
     ] {
-        assert!(!JS.contains(sink), "sheet.js uses {sink}");
+        assert!(!SCRIPT.contains(sink), "sheet.js uses {sink}");
     }
-    assert!(!JS.to_ascii_lowercase().contains("</script"));
+    assert!(!SCRIPT.to_ascii_lowercase().contains("</script"));
     assert!(!CSS.to_ascii_lowercase().contains("</style"));
+}
+
+#[test]
+fn only_the_pages_own_script_may_run() {
+    use base64::Engine;
+    use sha2::Digest;
+    let html = render(&sheet(vec![card("a", "sand")]));
+    let policy = html
+        .split("Content-Security-Policy\" content=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a Content-Security-Policy");
+    let scripts = policy
+        .split(';')
+        .map(str::trim)
+        .find_map(|directive| directive.strip_prefix("script-src "))
+        .expect("a script-src");
+    assert!(!scripts.contains("unsafe-inline"), "{scripts}");
+    // The hash is of the text of the one executable script element.
+    let executable = html
+        .split("<script>")
+        .nth(1)
+        .and_then(|rest| rest.split("</script>").next())
+        .expect("an inline script");
+    let hash = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(executable));
+    assert_eq!(scripts, format!("'sha256-{hash}'"));
+    assert_eq!(html.matches("<script>").count(), 1);
 }
 
 #[test]

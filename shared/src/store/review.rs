@@ -29,6 +29,11 @@ pub struct Promoted {
 fn refused(image_id: &str, refusal: PromoteRefusal) -> Error {
     match refusal {
         PromoteRefusal::Invalid(e) => Error::Invalid(e),
+        grounds @ PromoteRefusal::NoGrounds { .. } => Error::Transition {
+            kind: Job::KIND,
+            id: image_id.to_string(),
+            reason: TransitionError::NoGrounds(grounds.to_string()),
+        },
         other => Error::Transition {
             kind: Job::KIND,
             id: image_id.to_string(),
@@ -39,13 +44,15 @@ fn refused(image_id: &str, refusal: PromoteRefusal) -> Error {
 
 impl Store {
     /// A reviewer's verdict on a completed or delivered image, replacing
-    /// any earlier one.
+    /// any earlier one. A reason longer than a paragraph is refused
+    /// ([`crate::domain::validate::MAX_REASON_CHARS`]).
     pub async fn review_job(
         &self,
         id: &str,
         verdict: Verdict,
         reason: Option<String>,
     ) -> Result<Job> {
+        let reason = crate::domain::validate::review_reason(reason)?;
         self.update(id, |job: &mut Job, now| {
             job.review(verdict, reason.clone(), now)
         })
@@ -54,7 +61,10 @@ impl Store {
 
     /// Makes a video of image `image_id` (see [`Job::promotion`]): creates
     /// the video job and lists it among the image's children in one atomic
-    /// commit, so neither exists without the other. Promoting again without
+    /// commit, so neither exists without the other. The options' grounds
+    /// are checked on the image as read for that commit, which is
+    /// conditioned on the image not having changed since: a verdict given
+    /// meanwhile sends the promotion round again. Promoting again without
     /// `again` returns the video made the first time (`created: false`),
     /// however many promotions run at once. A refusal creates nothing.
     pub async fn promote(&self, image_id: &str, options: &PromoteOptions) -> Result<Promoted> {

@@ -15,6 +15,7 @@ pub use client::VertexClient;
 
 use crate::domain::job::JobParams;
 use crate::domain::review::FirstFrame;
+use crate::redact::Secret;
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::fmt;
@@ -50,7 +51,7 @@ impl Default for RetryPolicy {
 }
 
 /// Where and how to call Vertex AI.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VertexConfig {
     /// Google Cloud project.
     pub project: String,
@@ -69,32 +70,13 @@ pub struct VertexConfig {
     pub request_timeout: Duration,
     /// A static bearer token (VERTEX_ACCESS_TOKEN); `None` uses Application
     /// Default Credentials.
-    pub access_token: Option<String>,
+    pub access_token: Option<Secret>,
 }
 
 /// The default image model.
 pub const DEFAULT_IMAGE_MODEL: &str = "gemini-2.5-flash-image";
 /// The default video model.
 pub const DEFAULT_VIDEO_MODEL: &str = "veo-3.1-generate-001";
-
-impl fmt::Debug for VertexConfig {
-    // By hand, so that a static access token never reaches a log.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("VertexConfig")
-            .field("project", &self.project)
-            .field("location", &self.location)
-            .field("base_url", &self.base_url)
-            .field("image_model", &self.image_model)
-            .field("video_model", &self.video_model)
-            .field("retry", &self.retry)
-            .field("request_timeout", &self.request_timeout)
-            .field(
-                "access_token",
-                &self.access_token.as_ref().map(|_| "<redacted>"),
-            )
-            .finish()
-    }
-}
 
 impl VertexConfig {
     /// The regional endpoint for `location`.

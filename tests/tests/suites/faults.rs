@@ -861,7 +861,7 @@ fn intake_verdict(push: &[u8]) -> Result<Vec<NewJob>, String> {
         message_id: Some(&delivery.message_id),
         dry_run: true,
     };
-    shared::requests::parse(&delivery.data, &envelope).map_err(|e| e.0)
+    shared::requests::parse(&delivery.data, &envelope).map_err(|e| e.reason)
 }
 
 /// The `rejected` record a refused push must leave.

@@ -476,3 +476,58 @@ fn two_runs_delivering_into_one_folder_at_once_leave_one_whole_manifest_line_per
     );
     assert_eq!(first.files().iter().filter(|f| is_png(f)).count(), PROMPTS);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_run_states_its_spending_cap_and_stops_at_it() {
+    let fake = FakeVertex::start(FakeOptions::default()).await;
+    let per_image = shared::cost::PriceTable::list_prices()
+        .estimate(
+            shared::domain::job::JobKind::Image,
+            shared::vertex::DEFAULT_IMAGE_MODEL,
+            &Default::default(),
+        )
+        .micros;
+
+    // No --budget: the cap is the run's own jobs once each.
+    let dir = tempfile::tempdir().unwrap();
+    let run = Run::new(dir.path(), 3);
+    let output = tokio::task::block_in_place(|| run.live_command(&fake, &[]).output().unwrap());
+    assert!(output.status.success(), "{}", stderr(&output));
+    let cap = shared::cost::format_usd(3 * per_image);
+    assert!(
+        stderr(&output).contains(&format!("may spend at most {cap} more today")),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(fake.total_calls(), 3);
+
+    // A budget that pays for two of three images: two are made, the third
+    // waits, and the run ends saying so instead of waiting forever.
+    let dir = tempfile::tempdir().unwrap();
+    let run = Run::new(dir.path(), 3);
+    let budget = shared::cost::format_usd(2 * per_image + per_image / 2);
+    let budget = budget.trim_start_matches('$');
+    let output = tokio::task::block_in_place(|| {
+        run.live_command(&fake, &["--budget", budget])
+            .output()
+            .unwrap()
+    });
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("1 job was not made: paying for it would pass the spending cap"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(report(&output)["over_budget"], 1);
+    assert_eq!(fake.total_calls(), 3 + 2);
+
+    // More budget: the third is made; nothing is paid twice.
+    let output = tokio::task::block_in_place(|| {
+        run.live_command(&fake, &["--budget", "1"])
+            .output()
+            .unwrap()
+    });
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(report(&output)["statuses"]["delivered"], 3);
+    assert_eq!(fake.total_calls(), 3 + 3);
+}

@@ -3,6 +3,7 @@
 //! Run one suite with `tests/run --no-lint -E 'test(/^delivery::/)'`.
 
 mod binaries;
+mod boundaries;
 mod bus_contract;
 mod configuration;
 mod cost_guard;

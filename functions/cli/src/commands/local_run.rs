@@ -8,8 +8,9 @@ use anyhow::{Context, Result, bail};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::json;
 use shared::Error;
+use shared::cost::format_usd;
 use shared::domain::job::{JobKind, JobStatus};
-use shared::local_run::{Live, Progress, RunReport, RunSettings};
+use shared::local_run::{Live, Progress, RunReport, RunSettings, SpendCap};
 use shared::vertex::RetryPolicy;
 use std::time::Duration;
 
@@ -36,7 +37,26 @@ pub async fn run(store: &StoreArgs, args: RunArgs) -> Result<()> {
     settings.download_workers = args.download_workers.into();
     settings.polling_interval = args.vertex.polling_interval;
     if args.live {
-        settings.live = Some(live(store, &args)?);
+        // The list price depends on the live models, so they are set first.
+        settings.live = Some(live(store, &args, SpendCap::Run(0))?);
+        let cap = match args.budget {
+            Some(budget) => {
+                out::note(format_args!(
+                    "asmr: paid calls may spend at most {} today (--budget)",
+                    format_usd(budget)
+                ));
+                SpendCap::Daily(budget)
+            }
+            None => {
+                let run = shared::local_run::list_price(&settings);
+                out::note(format_args!(
+                    "asmr: no --budget: this run may spend at most {} more today, its jobs once each at list prices; pass --budget USD to set a daily budget instead",
+                    format_usd(run)
+                ));
+                SpendCap::Run(run)
+            }
+        };
+        settings.live = Some(live(store, &args, cap)?);
     }
     out::note(format_args!(
         "asmr: local run of {} ({} jobs, {}), state in {}, files to {}",
@@ -72,10 +92,26 @@ pub async fn run(store: &StoreArgs, args: RunArgs) -> Result<()> {
             report.state_dir.display()
         );
     }
+    if report.over_budget > 0 {
+        bail!(
+            "{} {} not made: paying for {} would pass the spending cap; run the same command again with a larger --budget USD (nothing is paid twice)",
+            report.over_budget,
+            if report.over_budget == 1 {
+                "job was"
+            } else {
+                "jobs were"
+            },
+            if report.over_budget == 1 {
+                "it"
+            } else {
+                "them"
+            },
+        );
+    }
     Ok(())
 }
 
-fn live(store: &StoreArgs, args: &RunArgs) -> Result<Live> {
+fn live(store: &StoreArgs, args: &RunArgs, cap: SpendCap) -> Result<Live> {
     let Some(project) = store
         .project
         .as_deref()
@@ -91,6 +127,7 @@ fn live(store: &StoreArgs, args: &RunArgs) -> Result<Live> {
             Duration::from_secs(120),
         ),
         bucket: args.bucket.clone(),
+        cap,
     })
 }
 
@@ -193,6 +230,7 @@ fn report_json(report: &RunReport) -> serde_json::Value {
         "elapsed_seconds": report.elapsed.as_secs_f64(),
         "jobs_per_second": report.jobs_per_second(),
         "interrupted": report.interrupted,
+        "over_budget": report.over_budget,
         "out_dir": report.out_dir,
         "report": report.sheet,
         "state_dir": report.state_dir,

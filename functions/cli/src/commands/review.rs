@@ -10,7 +10,7 @@ use anyhow::{Result, bail};
 use shared::Error;
 use shared::cost::{PriceTable, format_usd};
 use shared::domain::job::{Job, JobKind};
-use shared::domain::review::{PromoteOptions, PromoteRefusal, Verdict};
+use shared::domain::review::{Grounds, PromoteOptions, PromoteRefusal, Verdict};
 use shared::store::{MAX_PAGE, Store};
 use shared::vertex::DEFAULT_VIDEO_MODEL;
 
@@ -60,6 +60,7 @@ pub async fn promote(store: &Store, queue: &Queue<'_>, args: &PromoteArgs) -> Re
         duration: args.duration.as_deref().map(str::parse).transpose()?,
         dry_run: None,
         again: args.again,
+        grounds: Grounds::Operator,
     };
     let Images { found, missing } = images(store, args).await?;
     if found.is_empty() && missing.is_empty() {
@@ -91,12 +92,20 @@ pub async fn promote(store: &Store, queue: &Queue<'_>, args: &PromoteArgs) -> Re
 async fn create(
     store: &Store,
     queue: &Queue<'_>,
-    images: &[Job],
+    images: &[Image],
     options: &PromoteOptions,
 ) -> Result<usize> {
     let mut refused = 0;
-    for image in images {
-        match store.promote(image.id(), options).await {
+    for Image {
+        job: image,
+        grounds,
+    } in images
+    {
+        let options = PromoteOptions {
+            grounds: *grounds,
+            ..options.clone()
+        };
+        match store.promote(image.id(), &options).await {
             Ok(promoted) => {
                 let video = &promoted.video;
                 out::line(video.id())?;
@@ -130,8 +139,17 @@ fn already_made(image: &str, video: &str) {
 /// The images `args` names: those given, or every approved one; and the
 /// ids given that name no job.
 struct Images {
-    found: Vec<Job>,
+    found: Vec<Image>,
     missing: Vec<String>,
+}
+
+/// An image to promote, and what it must still show when its video is
+/// made: one named by the operator is promoted as it is; one found by
+/// `--approved` only while it is still approved (a reviewer may reject it
+/// between the listing and the promotion).
+struct Image {
+    job: Job,
+    grounds: Grounds,
 }
 
 async fn images(store: &Store, args: &PromoteArgs) -> Result<Images> {
@@ -141,7 +159,10 @@ async fn images(store: &Store, args: &PromoteArgs) -> Result<Images> {
     };
     for id in &args.ids {
         match store.get_job(id).await? {
-            Some(job) => images.found.push(job),
+            Some(job) => images.found.push(Image {
+                job,
+                grounds: Grounds::Operator,
+            }),
             None => images.missing.push(id.clone()),
         }
     }
@@ -152,7 +173,11 @@ async fn images(store: &Store, args: &PromoteArgs) -> Result<Images> {
             images.found.extend(
                 page.items
                     .into_iter()
-                    .filter(|job| !args.ids.iter().any(|id| id == job.id())),
+                    .filter(|job| !args.ids.iter().any(|id| id == job.id()))
+                    .map(|job| Image {
+                        job,
+                        grounds: Grounds::Approved,
+                    }),
             );
             match page.next {
                 Some(next) => after = Some(next),
@@ -168,10 +193,10 @@ async fn images(store: &Store, args: &PromoteArgs) -> Result<Images> {
 /// when given, else the default video model the generator would use. A
 /// video made of a dry-run image is a dry run too: its list price is shown,
 /// and nothing is paid for it.
-fn preview(images: &[Job], options: &PromoteOptions) -> Result<usize> {
+fn preview(images: &[Image], options: &PromoteOptions) -> Result<usize> {
     let prices = PriceTable::list_prices();
     let (mut to_pay, mut at_list_price, mut made, mut refused) = (0u64, 0u64, 0, 0);
-    for image in images {
+    for Image { job: image, .. } in images {
         if let (false, Some(video)) = (options.again, image.children().first()) {
             already_made(image.id(), video);
             continue;

@@ -85,6 +85,11 @@ impl Job {
         self.request_id.as_deref()
     }
 
+    /// The digest of the request that created this job, if it was recorded.
+    pub fn request_digest(&self) -> Option<&str> {
+        self.request_digest.as_deref()
+    }
+
     /// Placeholders instead of model calls.
     pub fn dry_run(&self) -> bool {
         self.dry_run

@@ -367,6 +367,14 @@ pub struct NewJob {
     pub priority: i64,
     /// Idempotency key: the same key twice yields one job.
     pub request_id: Option<String>,
+    /// Whose idempotency key `request_id` is: the account that called the
+    /// API, so that two callers who pick the same key never share a job.
+    /// `None` is the one namespace of every other way in (Pub/Sub, the
+    /// CLI, callers a deployment does not identify).
+    pub key_scope: Option<String>,
+    /// A digest of the whole request this job came from, so that a request
+    /// id that comes back with another request is told from a retry.
+    pub request_digest: Option<String>,
     /// Whether the generators write placeholders instead of calling the model.
     pub dry_run: bool,
     /// Claims allowed before the job fails.
@@ -388,6 +396,8 @@ impl NewJob {
             params: JobParams::default(),
             priority: 0,
             request_id: None,
+            key_scope: None,
+            request_digest: None,
             dry_run: true,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             parent: None,

@@ -201,7 +201,7 @@ impl VertexClient {
             .user_agent(concat!("asmr/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| invalid_config(format!("the HTTP client could not be built: {e}")))?;
-        let auth = match config.access_token.as_deref().map(str::trim) {
+        let auth = match config.access_token.as_ref().map(|t| t.expose().trim()) {
             Some(token) if !token.is_empty() => Auth::Static(token.to_string()),
             _ => Auth::Adc(OnceCell::new()),
         };
