@@ -47,6 +47,11 @@ pub enum Error {
         /// The key, as far as a message quotes it.
         request_id: String,
     },
+    /// A write refused because it would have gone through a link (or into
+    /// something that is not a plain file) beneath its root: see
+    /// [`crate::beneath`]. Not transient: someone planted it.
+    #[error("{0}")]
+    UnsafePath(String),
     /// A stored document could not be read back.
     #[error("stored {collection} document {id} is unreadable: {cause}")]
     Corrupt {
@@ -119,6 +124,7 @@ impl Error {
             Error::Model(e) => e.class == crate::vertex::ErrorClass::Transient,
             Error::Invalid(_)
             | Error::KeyReused { .. }
+            | Error::UnsafePath(_)
             | Error::NotFound { .. }
             | Error::Transition { .. }
             | Error::Corrupt { .. } => false,

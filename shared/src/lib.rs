@@ -3,6 +3,7 @@
 //! `main.rs` over this crate.
 
 pub mod ack;
+pub mod beneath;
 pub mod bus;
 pub mod config;
 pub mod cost;

@@ -239,6 +239,7 @@ async fn blocking<T: Send + 'static>(
 ) -> crate::Result<T> {
     use crate::error::Error;
     match tokio::task::spawn_blocking(work).await {
+        Ok(Err(e)) if crate::beneath::is_refused(&e) => Err(Error::UnsafePath(e.to_string())),
         Ok(result) => result.map_err(|e| Error::objects(context, e, true)),
         Err(e) => Err(Error::objects(
             context,

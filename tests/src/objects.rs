@@ -98,6 +98,35 @@ pub fn crc32c(data: &[u8]) -> u32 {
     })
 }
 
+/// Uploads `data` as object `name` of `bucket` on fake-gcs-server through
+/// the JSON API itself, name and all as given (the client library would
+/// refuse or rewrite some hostile names before sending them); returns the
+/// object's generation.
+pub async fn upload_as_named(bucket: &str, name: &str, data: Vec<u8>) -> i64 {
+    let endpoint = std::env::var("STORAGE_EMULATOR_HOST")
+        .expect("STORAGE_EMULATOR_HOST is not set: run the tests with tests/run");
+    let url = format!(
+        "{}/upload/storage/v1/b/{bucket}/o",
+        endpoint.trim_end_matches('/')
+    );
+    let response = reqwest::Client::new()
+        .post(url)
+        .query(&[("uploadType", "media"), ("name", name)])
+        .header("content-type", "image/png")
+        .body(data)
+        .send()
+        .await
+        .expect("fake-gcs-server answers");
+    let status = response.status();
+    let object: serde_json::Value = response.json().await.expect("an object resource");
+    assert!(status.is_success(), "uploading {name:?}: {status} {object}");
+    assert_eq!(object["name"], name, "stored under another name");
+    object["generation"]
+        .as_str()
+        .and_then(|g| g.parse().ok())
+        .unwrap_or_else(|| panic!("no generation in {object}"))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

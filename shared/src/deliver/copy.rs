@@ -1,6 +1,7 @@
 //! One copy attempt of one object, to a bucket or to a file.
 
 use super::Downloader;
+use crate::beneath::{Access, Dir, Open, Root};
 use crate::crc::Crc32c;
 use crate::domain::Lease;
 use crate::domain::download::Download;
@@ -10,7 +11,7 @@ use crate::objects::{GsUri, ReadRange};
 use futures::{FutureExt, StreamExt};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 /// Suffix of a file being copied; object names with it are refused (see
 /// [`crate::paths`]), so a temporary file can never be mistaken for, or
@@ -53,7 +54,8 @@ impl CopyError {
         }
     }
 
-    fn permanent(code: &str, message: impl Into<String>) -> Self {
+    /// A failure another attempt would repeat.
+    pub fn permanent(code: &str, message: impl Into<String>) -> Self {
         Self {
             code: code.into(),
             message: message.into(),
@@ -142,32 +144,135 @@ pub async fn copy(
 /// The temporary file of a copy: beside the target, named after the object
 /// generation, so a later attempt for the same generation resumes it.
 pub fn partial_path(target: &Path, generation: Option<i64>) -> PathBuf {
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    target.with_file_name(format!(
-        ".{name}.{}{PARTIAL_SUFFIX}",
-        generation.unwrap_or(0)
-    ))
+    let name = target.file_name().unwrap_or_default();
+    target.with_file_name(partial_name(name, generation))
 }
 
-/// CRC32C of the first `len` bytes of `path`, read in chunks.
-async fn crc_of_prefix(path: &Path, len: u64) -> std::io::Result<u32> {
-    let mut file = tokio::fs::File::open(path).await?;
+/// `.NAME.GENERATION.asmr-partial`; for a name too long to take the
+/// additions within a file system's 255 bytes, a digest of it instead.
+fn partial_name(target: &std::ffi::OsStr, generation: Option<i64>) -> std::ffi::OsString {
+    const MAX_NAME: usize = 255;
+    let suffix = format!(".{}{PARTIAL_SUFFIX}", generation.unwrap_or(0));
+    let mut name = std::ffi::OsString::from(".");
+    if 1 + target.len() + suffix.len() <= MAX_NAME {
+        name.push(target);
+    } else {
+        const NAMESPACE: uuid::Uuid =
+            uuid::Uuid::from_u128(0x9d2e_41b7_0c5a_4e63_8f17_2ab4_c6d0_5e19);
+        let digest = uuid::Uuid::new_v5(&NAMESPACE, target.as_encoded_bytes());
+        name.push(digest.simple().to_string());
+    }
+    name.push(suffix);
+    name
+}
+
+/// The CRC32C of the first `len` bytes of `file`, read through this handle
+/// (whatever the file's name leads to now), and how many there were.
+fn crc_of(file: &std::fs::File, len: u64) -> std::io::Result<(u64, u32)> {
+    use std::os::unix::fs::FileExt;
     let mut buffer = vec![0u8; 1024 * 1024];
-    let mut crc = 0u32;
-    let mut left = len;
-    while left > 0 {
-        let want = usize::try_from(left.min(buffer.len() as u64)).unwrap_or(buffer.len());
-        let read = file.read(&mut buffer[..want]).await?;
+    let (mut crc, mut at) = (0u32, 0u64);
+    while at < len {
+        let want = usize::try_from(len - at)
+            .unwrap_or(buffer.len())
+            .min(buffer.len());
+        let read = file.read_at(&mut buffer[..want], at)?;
         if read == 0 {
             break;
         }
         crc = crc32c::crc32c_append(crc, &buffer[..read]);
-        left -= read as u64;
+        at += read as u64;
     }
-    Ok(crc)
+    Ok((at, crc))
+}
+
+/// A partial file opened for a copy, locked, and where it stands.
+struct Partial {
+    /// Its directory, held open: the rename happens in it.
+    dir: Dir,
+    name: std::ffi::OsString,
+    /// Locked exclusively for the whole copy.
+    file: std::fs::File,
+    /// Bytes already there (a resumed copy).
+    offset: u64,
+    /// Their CRC32C.
+    crc: u32,
+}
+
+/// Opens (or resumes) the partial file of `rel` beneath `root` and locks
+/// it: a second copier of the same download finds it busy instead of
+/// writing into it. Links are refused ([`crate::beneath`]).
+fn open_partial(
+    root: &Path,
+    rel: &Path,
+    generation: Option<i64>,
+    size: u64,
+) -> Result<Partial, CopyError> {
+    let (dir_rel, target_name) = crate::beneath::split(rel).map_err(|e| fs_error("", e))?;
+    let name = partial_name(target_name, generation);
+    let root = Root::open(root, Access::Shared)
+        .map_err(|e| fs_error(&format!("opening {}", root.display()), e))?;
+    let dir = root.dir(dir_rel, true).map_err(|e| {
+        fs_error(
+            &format!("creating {}", root.path().join(dir_rel).display()),
+            e,
+        )
+    })?;
+    let shown = dir.path().join(&name);
+    let file = dir
+        .open(&name, Open::Append)
+        .map_err(|e| fs_error(&format!("opening {}", shown.display()), e))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(CopyError::retryable(
+                "busy",
+                format!(
+                    "{} is being written by another copy (it holds the lock)",
+                    shown.display()
+                ),
+            ));
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(fs_error(&format!("locking {}", shown.display()), e));
+        }
+    }
+    let len = file
+        .metadata()
+        .map_err(|e| fs_error(&format!("reading {}", shown.display()), e))?
+        .len();
+    // Resume from what an earlier attempt left, unless it is too long.
+    if len > size {
+        file.set_len(0)
+            .map_err(|e| fs_error(&format!("emptying {}", shown.display()), e))?;
+    }
+    let (offset, crc) = crc_of(&file, len.min(size))
+        .map_err(|e| fs_error(&format!("reading {}", shown.display()), e))?;
+    Ok(Partial {
+        dir,
+        name,
+        file,
+        offset,
+        crc,
+    })
+}
+
+/// A file system failure of a copy: a planted link is permanent and says
+/// so; anything else may pass.
+fn fs_error(context: &str, e: std::io::Error) -> CopyError {
+    use std::io::ErrorKind;
+    if crate::beneath::is_refused(&e) {
+        CopyError::permanent("unsafe_path", e.to_string())
+    } else if matches!(e.kind(), ErrorKind::NotADirectory | ErrorKind::IsADirectory) {
+        // Another object's file is where this one needs a directory (`a`
+        // and `a/b`), or the other way round: no retry changes that.
+        CopyError::permanent(
+            "path_conflict",
+            format!("{context}: {e}; another file or directory has the name"),
+        )
+    } else {
+        CopyError::io(context, e)
+    }
 }
 
 async fn to_file(
@@ -179,58 +284,62 @@ async fn to_file(
     size: u64,
     crc: Crc32c,
 ) -> Result<u64, CopyError> {
-    let parent = target.parent().ok_or_else(|| {
-        CopyError::permanent(
-            "bad_destination",
-            format!("{} has no directory", target.display()),
-        )
-    })?;
-    tokio::fs::create_dir_all(parent)
-        .await
-        .map_err(|e| CopyError::io(&format!("creating {}", parent.display()), e))?;
-    let partial = partial_path(target, download.generation());
-
-    // Resume from what an earlier attempt left, unless it is already too long.
-    let mut offset = match tokio::fs::metadata(&partial).await {
-        Ok(meta) if meta.len() <= size => meta.len(),
-        Ok(_) => {
-            let _ = tokio::fs::remove_file(&partial).await;
-            0
+    let root = match &downloader.settings().destination {
+        super::Destination::Directory(root) => root.clone(),
+        other => {
+            return Err(CopyError::permanent(
+                "bad_destination",
+                format!(
+                    "{} is not a directory destination ({other})",
+                    target.display()
+                ),
+            ));
         }
-        Err(_) => 0,
     };
-    let mut running = if offset > 0 {
-        crc_of_prefix(&partial, offset)
-            .await
-            .map_err(|e| CopyError::io(&format!("reading {}", partial.display()), e))?
-    } else {
-        0
-    };
+    let rel = target
+        .strip_prefix(&root)
+        .map_err(|_| {
+            CopyError::permanent(
+                "bad_destination",
+                format!("{} is not under {}", target.display(), root.display()),
+            )
+        })?
+        .to_path_buf();
+    let generation = download.generation();
+    let partial = tokio::task::spawn_blocking(move || open_partial(&root, &rel, generation, size))
+        .await
+        .map_err(|e| CopyError::retryable("io", format!("opening the partial file: {e}")))??;
+    let Partial {
+        dir,
+        name,
+        file,
+        mut offset,
+        crc: mut running,
+    } = partial;
+    let shown = dir.path().join(&name);
     if offset > 0 {
         tracing::info!(download_id = %download.id(), offset, "resuming a copy");
     }
-    let file = tokio::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&partial)
-        .await
-        .map_err(|e| CopyError::io(&format!("opening {}", partial.display()), e))?;
+    let file = tokio::fs::File::from_std(file);
     let mut writeback = Writeback::new(&file, offset).await;
     // Network chunks are small; each write to a tokio file is a trip to the
     // blocking pool, so they go to disk in pieces of WRITE_BUFFER.
     let mut file = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file);
 
     if offset < size {
+        // The generation the download is of, and no other: an object
+        // written again since cannot splice its bytes onto these.
+        let range = ReadRange::from(offset).of_generation(generation);
         let mut stream = downloader
             .objects
-            .read(&source.bucket, &source.name, ReadRange::from(offset))
+            .read(&source.bucket, &source.name, range)
             .await?;
         let mut progress = Progress::new(downloader, download, lease, offset);
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
             file.write_all(&chunk)
                 .await
-                .map_err(|e| CopyError::io(&format!("writing {}", partial.display()), e))?;
+                .map_err(|e| CopyError::io(&format!("writing {}", shown.display()), e))?;
             running = crc32c::crc32c_append(running, &chunk);
             offset += chunk.len() as u64;
             progress.copied(offset)?;
@@ -245,13 +354,27 @@ async fn to_file(
     let file = file.into_inner();
     file.sync_all()
         .await
-        .map_err(|e| CopyError::io(&format!("syncing {}", partial.display()), e))?;
-    drop(file);
+        .map_err(|e| CopyError::io(&format!("syncing {}", shown.display()), e))?;
+    let file = file.into_std().await;
 
-    if offset != size || Crc32c(running) != crc {
+    // Verified by the file itself, not by what this process counted: the
+    // lock keeps other copiers out, and the read-back catches anything
+    // else that wrote to it.
+    let target_name = target.file_name().unwrap_or_default().to_os_string();
+    let checked = tokio::task::spawn_blocking(move || {
+        let len = file.metadata()?.len();
+        let (read, on_disk) = crc_of(&file, len)?;
+        Ok::<_, std::io::Error>((file, dir, len.max(read), on_disk))
+    })
+    .await
+    .map_err(|e| CopyError::retryable("io", format!("checking the copy: {e}")))?
+    .map_err(|e| CopyError::io(&format!("checking {}", shown.display()), e))?;
+    let (file, dir, len, on_disk) = checked;
+    if len != size || Crc32c(on_disk) != crc {
         // Whatever is on disk is wrong: the next attempt starts over.
-        let _ = tokio::fs::remove_file(&partial).await;
-        let code = if offset != size {
+        let _ = dir.remove(&name);
+        drop(file);
+        let code = if len != size {
             "size_mismatch"
         } else {
             "crc_mismatch"
@@ -259,18 +382,22 @@ async fn to_file(
         return Err(CopyError::retryable(
             code,
             format!(
-                "{source}: copied {offset} bytes with CRC32C {running:08x}; the object has {size} bytes with CRC32C {crc:08x}"
+                "{source}: {} holds {len} bytes with CRC32C {on_disk:08x} ({offset} bytes with CRC32C {running:08x} were copied); the object has {size} bytes with CRC32C {crc:08x}",
+                shown.display()
             ),
         ));
     }
-    tokio::fs::rename(&partial, target)
-        .await
-        .map_err(|e| CopyError::io(&format!("renaming into {}", target.display()), e))?;
-    // The rename is durable only once the directory is.
-    if let Ok(dir) = tokio::fs::File::open(parent).await {
-        let _ = dir.sync_all().await;
-    }
-    Ok(offset)
+    let renamed = tokio::task::spawn_blocking(move || {
+        dir.rename(&name, &target_name)?;
+        // The rename is durable only once the directory is.
+        let _ = dir.sync();
+        drop(file);
+        Ok::<_, std::io::Error>(())
+    })
+    .await
+    .map_err(|e| CopyError::retryable("io", format!("renaming the copy: {e}")))?;
+    renamed.map_err(|e| fs_error(&format!("renaming into {}", target.display()), e))?;
+    Ok(len)
 }
 
 /// Records a copy's progress (which also extends its lease) in the

@@ -437,7 +437,10 @@ impl Downloader {
             Err(e) => return self.give_up_attempt(&download, &lease, e).await,
         };
         if let Err(e) = self.append_line(&download, job.as_ref(), verified).await {
-            let e = copy::CopyError::retryable("manifest", e.to_string());
+            let e = match e {
+                Error::UnsafePath(why) => copy::CopyError::permanent("unsafe_path", why),
+                e => copy::CopyError::retryable("manifest", e.to_string()),
+            };
             return self.give_up_attempt(&download, &lease, e).await;
         }
         self.finish(&download, &lease, verified.bytes, known).await

@@ -265,6 +265,26 @@ pub fn run_folder(out: &Path, file: &Path, prompts: &[u8], kind: JobKind, chain:
     out.join(format!("{stem}-{}", &digest[..8]))
 }
 
+/// Makes the run's folder beneath its `--out` directory, refusing one that
+/// is a link: everything the run delivers goes beneath it, and a planted
+/// link there would take all of it elsewhere.
+fn out_folder(folder: &Path) -> Result<()> {
+    use crate::beneath::{Access, Root, is_refused};
+    let (Some(out), Some(name)) = (folder.parent(), folder.file_name()) else {
+        return Ok(());
+    };
+    let made = Root::open(out, Access::Shared).and_then(|root| root.dir(Path::new(name), true));
+    match made {
+        Ok(_) => Ok(()),
+        Err(e) if is_refused(&e) => Err(Error::UnsafePath(e.to_string())),
+        Err(e) => Err(Error::objects(
+            format!("making {}", folder.display()),
+            e,
+            false,
+        )),
+    }
+}
+
 /// The request id of the `occurrence`-th copy (from 0) of `prompt` in a
 /// prompts file: stable across runs, so a rerun finds its jobs.
 pub fn request_id(kind: JobKind, prompt: &str, occurrence: usize) -> String {
@@ -291,6 +311,7 @@ where
 {
     let started = Instant::now();
     let _lock = StateLock::take(&settings.state_dir)?;
+    out_folder(&settings.out_dir)?;
     let bus = Arc::new(MemoryBus::new());
     let topics = Topics::default();
     for topic in topics.all() {

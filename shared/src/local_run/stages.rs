@@ -51,8 +51,8 @@ pub(super) struct StateLock {
 impl StateLock {
     pub(super) fn take(state_dir: &Path) -> Result<Self> {
         let context = || format!("locking the state directory {}", state_dir.display());
-        std::fs::create_dir_all(state_dir).map_err(|e| Error::store(context(), e, false))?;
-        let file = std::fs::OpenOptions::new()
+        crate::beneath::private_dir(state_dir).map_err(|e| Error::store(context(), e, false))?;
+        let file = crate::beneath::private_file()
             .create(true)
             .truncate(false)
             .write(true)

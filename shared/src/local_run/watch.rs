@@ -139,20 +139,51 @@ pub(super) async fn watch_until_settled(
 }
 
 pub(super) async fn tally(store: &Store, ids: &[String], report: &mut RunReport) -> Result<()> {
+    // Why a copy gave up, by job: a completed job whose file could not be
+    // delivered (a planted link, a full disk) says so instead of just not
+    // being delivered.
+    let mut undelivered: HashMap<String, String> = HashMap::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store
+            .list_downloads(
+                Some(crate::domain::download::DownloadStatus::Failed),
+                crate::store::MAX_PAGE,
+                after.as_deref(),
+            )
+            .await?;
+        for download in &page.items {
+            if let Some(e) = download.error() {
+                undelivered.insert(
+                    download.job_id().to_string(),
+                    format!("not delivered: {}: {}", e.code, e.message),
+                );
+            }
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
     for job in crate::report::with_children(store, ids).await? {
         *report.statuses.entry(job.status()).or_default() += 1;
         if job.waiting() == Some(crate::domain::job::BUDGET_EXHAUSTED) {
             report.over_budget += 1;
         }
         report.files += job.deliveries().len() as u64;
-        if job.has_ended()
-            && job.status() != JobStatus::Delivered
-            && report.failures.len() < FAILURES_SHOWN
-        {
-            let reason = job.error().map_or_else(
+        let reason = if job.has_ended() && job.status() != JobStatus::Delivered {
+            Some(job.error().map_or_else(
                 || job.status().to_string(),
                 |e| format!("{}: {}", e.code, e.message),
-            );
+            ))
+        } else if job.status() == JobStatus::Completed {
+            undelivered.remove(job.id())
+        } else {
+            None
+        };
+        if let Some(reason) = reason
+            && report.failures.len() < FAILURES_SHOWN
+        {
             report.failures.push((job.id().to_string(), reason));
         }
     }

@@ -14,6 +14,7 @@
 //!   takes about one write per second to one object.
 
 use super::{LineKey, MANIFEST_NAME, ManifestLine};
+use crate::beneath::{Access, Open, Root};
 use crate::deliver::Destination;
 use crate::error::{Error, Result};
 use crate::objects::{ObjectMeta, ObjectStore, ReadRange};
@@ -21,7 +22,7 @@ use futures::StreamExt;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -65,25 +66,20 @@ pub async fn append(
 }
 
 /// Appends `line` to `root/manifest.jsonl` under an exclusive lock (see
-/// the module).
+/// the module). A `manifest.jsonl` that is a link, or not a plain file, is
+/// refused ([`crate::beneath`]): never appended to, never cut.
 pub async fn append_to_directory(root: &Path, line: &ManifestLine) -> Result<Appended> {
-    let path = root.join(MANIFEST_NAME);
-    let context = format!("appending to {}", path.display());
+    let context = format!("appending to {}", root.join(MANIFEST_NAME).display());
     let bytes = line.to_bytes()?;
     let key = line.key();
-    super::blocking(&context, move || append_locked(&path, &bytes, &key)).await
+    let root = root.to_path_buf();
+    super::blocking(&context, move || append_locked(&root, &bytes, &key)).await
 }
 
 /// The blocking part of [`append_to_directory`].
-fn append_locked(path: &PathBuf, line: &[u8], key: &LineKey) -> io::Result<Appended> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut file = File::options()
-        .read(true)
-        .append(true)
-        .create(true)
-        .open(path)?;
+fn append_locked(root: &Path, line: &[u8], key: &LineKey) -> io::Result<Appended> {
+    let root = Root::open(root, Access::Shared)?;
+    let mut file = root.file(Path::new(MANIFEST_NAME), Open::Append)?;
     file.lock()?;
     let appended = append_under_lock(&mut file, line, key);
     let unlocked = file.unlock();
@@ -337,10 +333,7 @@ async fn compose_parts(
 
 /// The last [`TAIL_BYTES`] of the manifest `meta` describes.
 async fn tail_of(objects: &dyn ObjectStore, meta: &ObjectMeta) -> Result<Vec<u8>> {
-    let range = ReadRange {
-        start: meta.size.saturating_sub(TAIL_BYTES),
-        end: Some(meta.size),
-    };
+    let range = ReadRange::segment(meta.size.saturating_sub(TAIL_BYTES), meta.size);
     let mut stream = objects.read(&meta.bucket, &meta.name, range).await?;
     let mut tail = Vec::new();
     while let Some(chunk) = stream.next().await {

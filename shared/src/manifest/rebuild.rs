@@ -2,6 +2,7 @@
 //! manifest was lost, damaged or started after files were delivered.
 
 use super::{MANIFEST_NAME, ManifestLine, relative_path};
+use crate::beneath::{Access, Open, Root};
 use crate::deliver::Destination;
 use crate::domain::download::{Download, DownloadStatus, Target};
 use crate::domain::job::{Delivery, Job};
@@ -127,7 +128,9 @@ fn line_of(
 }
 
 /// Writes `lines` to a temporary file beside `path`, syncs it and renames
-/// it over `path`.
+/// it over `path`: beneath `path`'s directory without following a link
+/// ([`crate::beneath`]), so a planted `manifest.jsonl` link is replaced,
+/// never written through.
 async fn write_replacing(path: &Path, lines: &[ManifestLine]) -> Result<()> {
     let context = format!("writing {}", path.display());
     let mut text = Vec::new();
@@ -136,23 +139,24 @@ async fn write_replacing(path: &Path, lines: &[ManifestLine]) -> Result<()> {
     }
     let path = path.to_path_buf();
     let work = move || -> std::io::Result<()> {
-        let dir = path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)?;
-        let temp = dir.join(format!(
+        let root = Root::open(path.parent().unwrap_or(Path::new(".")), Access::Shared)?;
+        let dir = root.dir(Path::new(""), false)?;
+        let name = path.file_name().unwrap_or_default();
+        let temp = std::ffi::OsString::from(format!(
             ".{MANIFEST_NAME}.{}.tmp",
             uuid::Uuid::new_v4().simple()
         ));
         let written = (|| {
-            let mut file = std::fs::File::create_new(&temp)?;
+            let mut file = dir.open(&temp, Open::CreateNew)?;
             file.write_all(&text)?;
             file.sync_all()?;
-            std::fs::rename(&temp, &path)
+            dir.rename(&temp, name)
         })();
         if written.is_err() {
-            let _ = std::fs::remove_file(&temp);
+            let _ = dir.remove(&temp);
         }
         written?;
-        std::fs::File::open(dir)?.sync_all()
+        dir.sync()
     };
     super::blocking(&context, work).await
 }

@@ -66,6 +66,11 @@ pub struct ReadRange {
     pub start: u64,
     /// One past the last byte; `None` reads to the end.
     pub end: Option<u64>,
+    /// The generation to read; `None` is whichever is live. A read of a
+    /// generation that is no longer there is `NotFound`, so a resumed copy
+    /// cannot splice the bytes of an object written again onto the first
+    /// one's.
+    pub generation: Option<i64>,
 }
 
 impl ReadRange {
@@ -73,11 +78,26 @@ impl ReadRange {
     pub const ALL: ReadRange = ReadRange {
         start: 0,
         end: None,
+        generation: None,
     };
 
     /// From `start` to the end (resuming a copy).
     pub fn from(start: u64) -> Self {
-        Self { start, end: None }
+        Self { start, ..Self::ALL }
+    }
+
+    /// Bytes `start..end`.
+    pub fn segment(start: u64, end: u64) -> Self {
+        Self {
+            start,
+            end: Some(end),
+            ..Self::ALL
+        }
+    }
+
+    /// The same bytes of `generation` only (of any, when `None`).
+    pub fn of_generation(self, generation: Option<i64>) -> Self {
+        Self { generation, ..self }
     }
 }
 

@@ -135,14 +135,38 @@ pub fn sheet(
 /// Writes the page of `sheet` to `path` (beside it first, then renamed, so
 /// a browser never reads half a page); returns its size in bytes.
 pub fn write(sheet: &Sheet, path: &Path) -> Result<u64> {
+    use crate::beneath::{Access, Open, Root, is_refused};
+    use std::io::Write;
     let html = super::render(sheet);
-    let io = |e: std::io::Error| Error::objects(format!("writing {}", path.display()), e, false);
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(io)?;
+    let io = |e: std::io::Error| match is_refused(&e) {
+        true => Error::UnsafePath(e.to_string()),
+        false => Error::objects(format!("writing {}", path.display()), e, false),
+    };
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+    let name = path.file_name().ok_or_else(|| {
+        Error::objects(
+            format!("writing {}", path.display()),
+            "it names no file",
+            false,
+        )
+    })?;
+    // Written beside its name and renamed over it, in a directory held
+    // open: a planted `report.html` link is replaced, never written
+    // through.
+    let root = Root::open(parent.unwrap_or(Path::new(".")), Access::Shared).map_err(io)?;
+    let dir = root.dir(Path::new(""), false).map_err(io)?;
+    let mut partial = std::ffi::OsString::from(".");
+    partial.push(name);
+    partial.push(format!(".{}.partial", uuid::Uuid::new_v4().simple()));
+    let written = dir.open(&partial, Open::CreateNew).and_then(|mut file| {
+        file.write_all(html.as_bytes())?;
+        file.sync_all()?;
+        dir.rename(&partial, name)
+    });
+    if written.is_err() {
+        let _ = dir.remove(&partial);
     }
-    let partial = path.with_extension("html.partial");
-    std::fs::write(&partial, html.as_bytes()).map_err(io)?;
-    std::fs::rename(&partial, path).map_err(io)?;
+    written.map_err(io)?;
     Ok(html.len() as u64)
 }
 

@@ -81,17 +81,34 @@ fn sql_error(context: &str, e: rusqlite::Error) -> Error {
 impl EmbeddedBackend {
     /// Opens (creating if needed) the store in `state_dir`.
     pub fn open(state_dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(state_dir).map_err(|e| {
+        let private = |e: std::io::Error| {
             Error::store(
                 format!("creating the state directory {}", state_dir.display()),
                 e,
                 false,
             )
-        })?;
+        };
+        // The state holds every prompt and where every file went: the
+        // owner's alone, whatever the umask.
+        crate::beneath::private_dir(state_dir).map_err(private)?;
         let path: PathBuf = state_dir.join(DATABASE_FILE);
+        crate::beneath::private_file()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(private)?;
+        crate::beneath::private_file_mode(&path).map_err(private)?;
         let conn = Connection::open(&path)
             .map_err(|e| sql_error(&format!("opening {}", path.display()), e))?;
-        Self::init(conn, describe(state_dir))
+        let backend = Self::init(conn, describe(state_dir))?;
+        // SQLite makes its WAL and shared-memory files with the database's
+        // mode; older ones are tightened here.
+        for suffix in ["-wal", "-shm"] {
+            let mut side = path.clone().into_os_string();
+            side.push(suffix);
+            crate::beneath::private_file_mode(Path::new(&side)).map_err(private)?;
+        }
+        Ok(backend)
     }
 
     /// A store that lives only as long as the process (unit tests).

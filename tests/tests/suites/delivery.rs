@@ -377,7 +377,33 @@ async fn other_events_buckets_paths_and_jobs_are_acknowledged_and_ignored(world:
     );
 }
 
-async fn hostile_object_names_never_escape_the_destination(world: World) {
+/// Hostile names of a job's output, each uploaded for real, with where it
+/// must land under the destination (`None`: refused, nothing written).
+fn hostile_names() -> Vec<(String, Option<&'static str>)> {
+    vec![
+        ("../../../escaped".into(), None),
+        ("../../escaped".into(), None),
+        ("/escaped".into(), None),
+        ("a\\..\\..\\escaped".into(), None),
+        ("\u{0}escaped".into(), None),
+        ("./escaped".into(), None),
+        ("x".repeat(300), None),
+        ("x.asmr-partial".into(), None),
+        (
+            "%2e%2e/%2e%2e/escaped".into(),
+            Some("%2e%2e/%2e%2e/escaped"),
+        ),
+        ("..escaped".into(), Some("..escaped")),
+        ("y".repeat(255), Some("a 255-byte name")),
+    ]
+}
+
+/// The objects exist, so a path check that let one through would copy it:
+/// every name is refused by the rules or lands exactly where it says.
+#[cfg(feature = "emulators")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_object_names_never_escape_the_destination() {
+    let world = tests::stages::emulators(FakeOptions::default()).await;
     let outer = tempfile::tempdir().unwrap();
     let root = outer.path().join("root");
     std::fs::create_dir(&root).unwrap();
@@ -388,23 +414,29 @@ async fn hostile_object_names_never_escape_the_destination(world: World) {
     ));
     let url = serve(router(downloader)).await;
     let (id, metas) = completed_job(&world, &[("0.png", bytes(10, 6))]).await;
-    for name in [
-        format!("images/{id}/../../../escaped"),
-        format!("images/{id}/../../escaped"),
-        format!("images/{id}//escaped"),
-        format!("images/{id}/a\\..\\..\\escaped"),
-        format!("images/{id}/\u{0}escaped"),
-        format!("images/{id}/./escaped"),
-        format!("images/{id}/{}", "x".repeat(300)),
-        format!("images/{id}/x.asmr-partial"),
-    ] {
-        let mut meta = metas[0].clone();
-        meta.name = name.clone();
-        assert_eq!(
-            post_raw(&url, notification(&meta, "OBJECT_FINALIZE", "h")).await,
-            200,
-            "{name:?}"
-        );
+    let mut delivered = Vec::new();
+    for (n, (name, lands)) in hostile_names().into_iter().enumerate() {
+        let full = format!("images/{id}/{name}");
+        let data = format!("content {n}").into_bytes();
+        let generation = tests::objects::upload_as_named(&world.bucket, &full, data.clone()).await;
+        let meta = ObjectMeta {
+            name: full.clone(),
+            generation,
+            size: data.len() as u64,
+            crc32c: shared::crc::Crc32c::of(&data),
+            ..metas[0].clone()
+        };
+        let answer = post_raw(
+            &url,
+            notification(&meta, "OBJECT_FINALIZE", &format!("h{n}")),
+        )
+        .await;
+        assert_eq!(answer, 200, "{name:?}");
+        if lands.is_some() {
+            let path = root.join(format!("images/{id}")).join(&name);
+            assert_eq!(std::fs::read(&path).unwrap(), data, "{name:?}");
+            delivered.push(full);
+        }
     }
     let outside: Vec<_> = std::fs::read_dir(outer.path())
         .unwrap()
@@ -415,18 +447,265 @@ async fn hostile_object_names_never_escape_the_destination(world: World) {
         vec![std::ffi::OsString::from("root")],
         "nothing next to the root"
     );
-    assert_eq!(
-        std::fs::read_dir(&root).unwrap().count(),
-        0,
-        "nothing inside either"
-    );
+    // Under the root: exactly the copies meant to land there, and the
+    // manifest.
+    let mut files = Vec::new();
+    let mut dirs = vec![root.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            match path.is_dir() {
+                true => dirs.push(path),
+                false => files.push(path),
+            }
+        }
+    }
+    files.retain(|f| !f.ends_with(shared::manifest::MANIFEST_NAME));
+    let mut want: Vec<_> = delivered
+        .iter()
+        .map(|full| root.join(full.split('/').collect::<std::path::PathBuf>()))
+        .collect();
+    files.sort();
+    want.sort();
+    assert_eq!(files, want);
+}
+
+/// A destination with a directory outside it that planted links point at.
+struct Planted {
+    _outer: tempfile::TempDir,
+    root: std::path::PathBuf,
+    outside: std::path::PathBuf,
+}
+
+impl Planted {
+    fn new() -> Self {
+        let outer = tempfile::tempdir().unwrap();
+        let root = outer.path().join("root");
+        let outside = outer.path().join("outside");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("victim"), b"precious\n").unwrap();
+        Self {
+            root,
+            outside,
+            _outer: outer,
+        }
+    }
+
+    /// The directory outside is as it was: one file, unchanged.
+    fn untouched(&self, case: &str) {
+        let names: Vec<_> = std::fs::read_dir(&self.outside)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["victim"], "{case}: something was made outside");
+        assert_eq!(
+            std::fs::read(self.outside.join("victim")).unwrap(),
+            b"precious\n",
+            "{case}: the file outside was written"
+        );
+    }
+}
+
+async fn planted_links_in_the_destination_fail_the_copy_and_nothing_is_written_outside(
+    world: World,
+) {
+    use std::os::unix::fs::symlink;
+    // (case, what is planted where, relative to the root and the job)
+    type Plant = fn(&Planted, &str, i64);
+    let cases: [(&str, Plant); 4] = [
+        ("images is a link", |p, _, _| {
+            symlink(&p.outside, p.root.join("images")).unwrap();
+        }),
+        ("the job's folder is a link", |p, id, _| {
+            std::fs::create_dir_all(p.root.join("images")).unwrap();
+            symlink(&p.outside, p.root.join(format!("images/{id}"))).unwrap();
+        }),
+        ("the partial file is a link", |p, id, generation| {
+            let target = p.root.join(format!("images/{id}/0.png"));
+            std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+            symlink(
+                p.outside.join("victim"),
+                partial_path(&target, Some(generation)),
+            )
+            .unwrap();
+        }),
+        ("manifest.jsonl is a link", |p, _, _| {
+            symlink(p.outside.join("victim"), p.root.join("manifest.jsonl")).unwrap();
+        }),
+    ];
+    for (case, plant) in cases {
+        let planted = Planted::new();
+        let downloader = Arc::new(Downloader::new(
+            world.store.clone(),
+            world.objects.clone(),
+            settings(&world, Destination::Directory(planted.root.clone())),
+        ));
+        let url = serve(router(downloader)).await;
+        let (id, metas) = completed_job(&world, &[("0.png", bytes(5_000, 3))]).await;
+        plant(&planted, &id, metas[0].generation);
+        let answer = post_raw(&url, notification(&metas[0], "OBJECT_FINALIZE", case)).await;
+        assert_eq!(answer, 200, "{case}: failed for good, not redelivered");
+        planted.untouched(case);
+        let download = world
+            .store
+            .list_downloads(None, 100, None)
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|d| d.job_id() == id)
+            .unwrap();
+        assert_eq!(download.status(), DownloadStatus::Failed, "{case}");
+        let error = download.error().unwrap();
+        assert_eq!(error.code, "unsafe_path", "{case}: {}", error.message);
+        assert!(
+            error.message.contains("symbolic link"),
+            "{case}: {}",
+            error.message
+        );
+        assert_eq!(
+            world.store.job(&id).await.unwrap().status(),
+            JobStatus::Completed,
+            "{case}: not delivered"
+        );
+    }
+}
+
+async fn a_partial_file_held_by_another_copier_is_left_to_it(world: World) {
+    let root = tempfile::tempdir().unwrap();
+    let downloader = Arc::new(Downloader::new(
+        world.store.clone(),
+        world.objects.clone(),
+        settings(&world, Destination::Directory(root.path().into())),
+    ));
+    let url = serve(router(downloader)).await;
+    let data = bytes(300_000, 4);
+    let (id, metas) = completed_job(&world, &[("0.png", data.clone())]).await;
+    // A copier whose lease was taken over while it stalled still holds its
+    // partial file, locked.
+    let target = root.path().join(format!("images/{id}/0.png"));
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    let partial = partial_path(&target, Some(metas[0].generation));
+    let stalled = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&partial)
+        .unwrap();
+    stalled.lock().unwrap();
+    let body = notification(&metas[0], "OBJECT_FINALIZE", "busy");
+    assert_eq!(post_raw(&url, body.clone()).await, 503, "asked again later");
+    assert!(!target.exists());
+    let download = &world
+        .store
+        .list_downloads(None, 10, None)
+        .await
+        .unwrap()
+        .items[0];
+    let error = download.error().unwrap();
+    assert_eq!(error.code, "busy", "{}", error.message);
+    // Once it is gone, the copy goes through whole.
+    drop(stalled);
+    assert_eq!(post_raw(&url, body).await, 200);
+    assert_eq!(read_file(&target).await, data);
+}
+
+/// Appends junk to the partial file while the copy reads, as a copier that
+/// does not take the lock (or an old one) would.
+struct SplicingWriter(Arc<dyn ObjectStore>, std::path::PathBuf);
+
+async fn a_copy_spliced_by_another_writer_is_caught_by_reading_the_file_back(world: World) {
+    let root = tempfile::tempdir().unwrap();
+    let data = bytes(200_000, 5);
+    let (id, metas) = completed_job(&world, &[("0.png", data.clone())]).await;
+    let target = root.path().join(format!("images/{id}/0.png"));
+    let partial = partial_path(&target, Some(metas[0].generation));
+    let objects: Arc<dyn ObjectStore> = Arc::new(SplicingWriter(world.objects.clone(), partial));
+    let downloader = Arc::new(Downloader::new(
+        world.store.clone(),
+        objects,
+        settings(&world, Destination::Directory(root.path().into())),
+    ));
+    let url = serve(router(downloader)).await;
+    let body = notification(&metas[0], "OBJECT_FINALIZE", "splice");
+    // Its own count says the object's size and CRC32C; the file says
+    // otherwise, and the file decides.
+    assert_eq!(post_raw(&url, body.clone()).await, 503);
+    assert!(!target.exists(), "nothing renamed into place");
+    let download = &world
+        .store
+        .list_downloads(None, 10, None)
+        .await
+        .unwrap()
+        .items[0];
+    let error = download.error().unwrap();
+    assert_eq!(error.code, "size_mismatch", "{}", error.message);
+    assert!(no_partial_files(root.path()), "the spliced file is gone");
+}
+
+async fn a_resumed_copy_reads_only_its_own_generation(world: World) {
+    let root = tempfile::tempdir().unwrap();
+    let dir = Destination::Directory(root.path().into());
+    let first = bytes(500_000, 6);
+    let (id, metas) = completed_job(&world, &[("0.png", first.clone())]).await;
+    // The first generation's copy fails halfway (its stream breaks) and is
+    // left for a later attempt, 200 KB on disk.
+    let broken = Arc::new(Downloader::new(
+        world.store.clone(),
+        Arc::new(Corrupting(world.objects.clone())),
+        settings(&world, dir.clone()),
+    ));
+    let url = serve(router(broken)).await;
+    let answer = post_raw(&url, notification(&metas[0], "OBJECT_FINALIZE", "old")).await;
+    assert_eq!(answer, 503);
+    let target = root.path().join(format!("images/{id}/0.png"));
+    std::fs::write(
+        partial_path(&target, Some(metas[0].generation)),
+        &first[..200_000],
+    )
+    .unwrap();
+    // Then the object is written again.
+    let second = bytes(500_000, 99);
+    let rewritten = world
+        .objects
+        .write(
+            &world.bucket,
+            &metas[0].name,
+            Bytes::from(second.clone()),
+            "image/png",
+            &BTreeMap::new(),
+        )
+        .await
+        .unwrap();
+    // The drain takes the first generation's download up again: its bytes
+    // are gone, and the second's are never spliced onto them.
+    let healthy = Arc::new(Downloader::new(
+        world.store.clone(),
+        world.objects.clone(),
+        settings(&world, dir),
+    ));
+    healthy.drain(None).await.unwrap();
+    assert!(!target.exists());
+    let old = &world
+        .store
+        .list_downloads(None, 10, None)
+        .await
+        .unwrap()
+        .items[0];
+    assert_eq!(old.status(), DownloadStatus::Failed);
+    assert_eq!(old.error().unwrap().code, "not_found", "{:?}", old.error());
+    // The second generation's own event delivers the second generation.
+    let url = serve(router(healthy)).await;
+    let answer = post_raw(&url, notification(&rewritten, "OBJECT_FINALIZE", "new")).await;
+    assert_eq!(answer, 200);
+    assert_eq!(read_file(&target).await, second);
 }
 
 /// Corrupts every read: one byte flipped in the first chunk.
 struct Corrupting(Arc<dyn ObjectStore>);
 
-/// Records where reads started.
-struct Recording(Arc<dyn ObjectStore>, Mutex<Vec<u64>>);
+/// Records the ranges read.
+struct Recording(Arc<dyn ObjectStore>, Mutex<Vec<ReadRange>>);
 
 /// Counts reads in flight (a read lasts until its stream is dropped) and
 /// remembers the most at once.
@@ -543,8 +822,24 @@ delegate!(Gauge, |this, stream, _| {
             .chain(stream),
     )
 });
+delegate!(SplicingWriter, |this, stream, _| {
+    use futures::StreamExt;
+    let partial = this.1.clone();
+    let mut first = true;
+    Box::pin(stream.map(move |chunk| {
+        if std::mem::take(&mut first) {
+            use std::io::Write;
+            let mut other = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&partial)
+                .unwrap();
+            other.write_all(b"bytes of another writer").unwrap();
+        }
+        chunk
+    }))
+});
 delegate!(Recording, |this, stream, range| {
-    this.1.lock().unwrap().push(range.start);
+    this.1.lock().unwrap().push(range);
     stream
 });
 
@@ -625,8 +920,8 @@ async fn an_interrupted_copy_resumes_from_the_bytes_on_disk(world: World) {
     );
     assert_eq!(
         *recording.1.lock().unwrap(),
-        vec![400_000],
-        "one ranged read from the first missing byte"
+        vec![ReadRange::from(400_000).of_generation(Some(metas[0].generation))],
+        "one ranged read from the first missing byte, of the generation on disk"
     );
     assert_eq!(read_file(&target).await, data);
     assert!(no_partial_files(root.path()));
@@ -750,8 +1045,18 @@ async fn a_retried_download_is_copied_by_a_drain_images_first(world: World) {
         completed_job_in(&world, "videos", &[("t/sample_0.mp4", bytes(50_000, 10))]).await;
     let (image_job, image) = completed_job(&world, &[("0.png", bytes(40_000, 11))]).await;
     for meta in [&video[0], &image[0]] {
+        // Each redelivery is another attempt; the third fails for good.
         let body = notification(meta, "OBJECT_FINALIZE", "x");
-        while post_raw(&url, body.clone()).await == 503 {}
+        let mut answers = Vec::new();
+        loop {
+            let status = post_raw(&url, body.clone()).await;
+            answers.push(status);
+            if status != 503 {
+                break;
+            }
+            assert!(answers.len() < 10, "never failed for good: {answers:?}");
+        }
+        assert_eq!(answers, [503, 503, 200], "{}", meta.name);
     }
     let failed = world
         .store
@@ -781,9 +1086,11 @@ async fn a_retried_download_is_copied_by_a_drain_images_first(world: World) {
             .completed_at()
             .unwrap()
     };
+    // One copy at a time, so the two finish at distinct times: a tie
+    // would not show which came first.
     assert!(
-        by_job(&image_job) <= by_job(&video_job),
-        "images are copied first"
+        by_job(&image_job) < by_job(&video_job),
+        "images are copied first, though the video's event came first"
     );
     for id in [&image_job, &video_job] {
         assert_eq!(
@@ -854,8 +1161,27 @@ macro_rules! scenarios {
                 .await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn hostile_object_names_never_escape_the_destination() {
-                super::hostile_object_names_never_escape_the_destination(world().await).await
+            async fn planted_links_in_the_destination_fail_the_copy_and_nothing_is_written_outside()
+            {
+                super::planted_links_in_the_destination_fail_the_copy_and_nothing_is_written_outside(
+                    world().await,
+                )
+                .await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_partial_file_held_by_another_copier_is_left_to_it() {
+                super::a_partial_file_held_by_another_copier_is_left_to_it(world().await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_copy_spliced_by_another_writer_is_caught_by_reading_the_file_back() {
+                super::a_copy_spliced_by_another_writer_is_caught_by_reading_the_file_back(
+                    world().await,
+                )
+                .await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_resumed_copy_reads_only_its_own_generation() {
+                super::a_resumed_copy_reads_only_its_own_generation(world().await).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_corrupted_copy_is_retried_then_failed_with_the_reason() {

@@ -756,8 +756,9 @@ struct Corpus {
     job_messages: Vec<String>,
     requests: Vec<RequestCase>,
     prompts: Vec<String>,
-    object_names: Vec<String>,
-    uploaded_names: Vec<String>,
+    /// Each name, and whether it must be delivered inside its job's folder
+    /// (else refused): written down in the fixture by hand.
+    object_names: Vec<(String, bool)>,
     notifications: Vec<Value>,
     cloud_events: Vec<Value>,
 }
@@ -823,8 +824,19 @@ impl Corpus {
             job_messages: strings(fixture("job-messages.json")),
             requests,
             prompts: strings(fixture("prompts.json")),
-            object_names: strings(fixture("object-names.json")),
-            uploaded_names: strings(fixture("uploaded-names.json")),
+            object_names: fixture("object-names.json")
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|case| {
+                    let expect = case["expect"].as_str().unwrap();
+                    assert!(["refused", "delivered"].contains(&expect), "{case}");
+                    (
+                        case["name"].as_str().unwrap().to_string(),
+                        expect == "delivered",
+                    )
+                })
+                .collect(),
             notifications: fixture("notifications.json").as_array().unwrap().clone(),
             cloud_events: fixture("cloudevents.json").as_array().unwrap().clone(),
         }
@@ -1186,11 +1198,12 @@ fn notification(message_id: &str, bucket: &str, name: &str, generation: i64) -> 
     envelope(message_id, b"", &attributes)
 }
 
-/// A binary-mode CloudEvent of `name` in `bucket`.
-fn cloud_event(id: &str, bucket: &str, name: &str) -> Sent {
+/// A binary-mode CloudEvent of generation `generation` of `name` in
+/// `bucket`.
+fn cloud_event(id: &str, bucket: &str, name: &str, generation: i64) -> Sent {
     let mut sent = Sent::new(
         format!("CloudEvent of {name:?}"),
-        json!({"bucket": bucket, "name": name, "generation": "1"}).to_string(),
+        json!({"bucket": bucket, "name": name, "generation": generation.to_string()}).to_string(),
     );
     sent.headers = [
         ("ce-specversion", "1.0"),
@@ -1243,25 +1256,17 @@ async fn the_downloader_acknowledges_hostile_events_and_writes_only_under_its_ro
         .job("a job with hostile outputs", JobKind::Image, &[])
         .await;
 
-    // Objects that exist, under names the path rules keep.
+    // Every name exists for real inside the job's folder, so a name the
+    // path rules let through would be copied: whatever the downloader
+    // refuses, it refuses by its name, not for want of an object.
+    // Each in a job of its own: `~` and `~/x` cannot both be files.
     let mut uploaded = Vec::new();
-    for name in &corpus.uploaded_names {
-        let full = format!("images/{job}/{name}");
-        let data = bytes::Bytes::from(format!("content of {name}"));
-        world
-            .objects
-            .write(
-                &bucket,
-                &full,
-                data.clone(),
-                "image/png",
-                &Default::default(),
-            )
-            .await
-            .unwrap();
-        let meta = world.objects.metadata(&bucket, &full).await.unwrap();
-        let meta = meta.unwrap_or_else(|| panic!("{full:?} was stored under another name"));
-        uploaded.push((full, meta.generation, data));
+    for (name, delivered) in &corpus.object_names {
+        let own = world.job("a hostile output", JobKind::Image, &[]).await;
+        let full = format!("images/{own}/{name}");
+        let data = format!("content of {name:?}").into_bytes();
+        let generation = tests::objects::upload_as_named(&bucket, &full, data.clone()).await;
+        uploaded.push((full, generation, data, *delivered));
     }
 
     let mut sent: Vec<Sent> = corpus
@@ -1294,30 +1299,30 @@ async fn the_downloader_acknowledges_hostile_events_and_writes_only_under_its_ro
             .collect();
         sent.push(s);
     }
-    // Every hostile name inside the job's folder and on its own, as a
+    // Every hostile name on its own (no job: never copied), as a
     // notification and as a CloudEvent.
-    let mut named = Vec::new();
-    for (n, name) in corpus.object_names.iter().enumerate() {
-        for (form, full) in [
-            ("in-job", format!("images/{job}/{name}")),
-            ("bare", name.clone()),
-        ] {
-            named.push((sent.len(), full.clone()));
-            let mut s = Sent::new(
-                format!("object-names[{n}] {form} {name:?}"),
-                notification(&format!("name-{n}-{form}"), &bucket, &full, 1),
-            );
-            s.label = format!("object-names[{n}] {form} {name:?} (notification)");
-            sent.push(s);
-            named.push((sent.len(), full.clone()));
-            sent.push(cloud_event(&format!("name-{n}-{form}"), &bucket, &full));
-        }
+    for (n, (name, _)) in corpus.object_names.iter().enumerate() {
+        let mut s = Sent::new(
+            format!("object-names[{n}] bare {name:?}"),
+            notification(&format!("name-{n}-bare"), &bucket, name, 1),
+        );
+        s.label = format!("object-names[{n}] bare {name:?} (notification)");
+        sent.push(s);
+        sent.push(cloud_event(&format!("name-{n}-bare"), &bucket, name, 1));
     }
+    // Inside the job's folder, at the generation uploaded: a notification,
+    // then a CloudEvent of the same object (a duplicate once it is copied).
     let first_upload = sent.len();
-    for (n, (full, generation, _)) in uploaded.iter().enumerate() {
+    for (n, (full, generation, _, _)) in uploaded.iter().enumerate() {
         sent.push(Sent::new(
-            format!("uploaded {full:?}"),
+            format!("object-names[{n}] {full:?} (notification)"),
             notification(&format!("uploaded-{n}"), &bucket, full, *generation),
+        ));
+        sent.push(cloud_event(
+            &format!("uploaded-{n}"),
+            &bucket,
+            full,
+            *generation,
         ));
     }
     sent.push(Sent::new(
@@ -1330,18 +1335,29 @@ async fn the_downloader_acknowledges_hostile_events_and_writes_only_under_its_ro
     // copier die), which is not what this test is about.
     let answers = send_all(&format!("{}/", downloader.url), &sent, 1).await;
     assert_all_acknowledged("the downloader", &sent, &answers);
-    for (i, full) in &named {
-        let answer = &answers[*i];
-        let label = &sent[*i].label;
-        if shared::deliver::job_of(full).is_some() && shared::paths::relative_path(full).is_err() {
-            assert_eq!(answer.outcome(), "poison", "{label}: {answer:?}");
+    for (n, (full, _, data, delivered)) in uploaded.iter().enumerate() {
+        let (first, second) = (
+            &answers[first_upload + 2 * n],
+            &answers[first_upload + 2 * n + 1],
+        );
+        let relative: PathBuf = full.split('/').collect();
+        let path = root.join(&relative);
+        if *delivered {
+            assert_eq!(first.outcome(), "done", "{full:?}: {first:?}");
+            assert_eq!(second.outcome(), "duplicate", "{full:?}: {second:?}");
+            assert_eq!(std::fs::read(&path).unwrap(), *data, "{full:?}");
+        } else {
+            // Refused by its name (poison), or not a job's output at all
+            // (`images/{job}/` itself): acknowledged, never copied, which
+            // the count of files below holds.
+            for answer in [first, second] {
+                let outcome = answer.outcome();
+                assert!(
+                    ["poison", "ignored"].contains(&outcome),
+                    "{full:?}: {answer:?}"
+                );
+            }
         }
-    }
-    for (n, (full, _, data)) in uploaded.iter().enumerate() {
-        let answer = &answers[first_upload + n];
-        assert_eq!(answer.outcome(), "done", "{full:?}: {answer:?}");
-        let path = shared::paths::join_under(&root, full).unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), data.to_vec(), "{full:?}");
     }
 
     // Nothing outside the destination: the sandbox holds only the
@@ -1369,7 +1385,8 @@ async fn the_downloader_acknowledges_hostile_events_and_writes_only_under_its_ro
         .iter()
         .filter(|f| f.starts_with(&root) && **f != manifest)
         .count();
-    assert_eq!(delivered, uploaded.len(), "{files:#?}");
+    let to_deliver = uploaded.iter().filter(|(.., delivered)| *delivered).count();
+    assert_eq!(delivered, to_deliver, "{files:#?}");
     let after: Vec<PathBuf> = watched.iter().flat_map(|d| marked(d, ESCAPE)).collect();
     assert_eq!(after, before, "something escaped the destination");
     eprintln!(

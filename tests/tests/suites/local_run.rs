@@ -531,3 +531,140 @@ async fn a_live_run_states_its_spending_cap_and_stops_at_it() {
     assert_eq!(report(&output)["statuses"]["delivered"], 3);
     assert_eq!(fake.total_calls(), 3 + 3);
 }
+
+/// The folder `asmr run` delivers `run`'s prompts into (a dry image run).
+fn run_folder_of(run: &Run) -> PathBuf {
+    let prompts = std::fs::read(&run.file).unwrap();
+    shared::local_run::run_folder(
+        &run.out,
+        &run.file,
+        &prompts,
+        shared::domain::job::JobKind::Image,
+        false,
+    )
+}
+
+/// A directory beside the run's with one file, to plant links to.
+fn outside(dir: &Path) -> PathBuf {
+    let outside = dir.join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("victim"), b"precious\n").unwrap();
+    outside
+}
+
+fn untouched(outside: &Path, case: &str) {
+    let names: Vec<_> = std::fs::read_dir(outside)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["victim"], "{case}: something was made outside");
+    assert_eq!(
+        std::fs::read(outside.join("victim")).unwrap(),
+        b"precious\n",
+        "{case}: the file outside was written"
+    );
+}
+
+#[test]
+fn links_planted_in_a_run_folder_fail_their_copies_and_nothing_is_written_outside() {
+    use std::os::unix::fs::symlink;
+    // (case, the link's name in the run folder, whether it points at the
+    // directory outside or at the file there)
+    for (case, link, at_dir) in [
+        ("images is a link", "images", true),
+        ("manifest.jsonl is a link", "manifest.jsonl", false),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let run = Run::new(dir.path(), 2);
+        let outside = outside(dir.path());
+        let folder = run_folder_of(&run);
+        std::fs::create_dir_all(&folder).unwrap();
+        let target = match at_dir {
+            true => outside.clone(),
+            false => outside.join("victim"),
+        };
+        symlink(&target, folder.join(link)).unwrap();
+        // The contact sheet's name too: it is replaced, never written
+        // through.
+        symlink(outside.join("victim"), folder.join("report.html")).unwrap();
+        let output = run.command(&[]).output().unwrap();
+        let report = report(&output);
+        untouched(&outside, case);
+        let failures = report["failures"].as_array().unwrap();
+        assert_eq!(failures.len(), 2, "{case}: {report}");
+        for failure in failures {
+            let reason = failure["reason"].as_str().unwrap();
+            assert!(
+                reason.contains("unsafe_path") && reason.contains("symbolic link"),
+                "{case}: {reason}"
+            );
+        }
+        assert_eq!(
+            report["statuses"]["delivered"],
+            Value::Null,
+            "{case}: {report}"
+        );
+        let sheet = std::fs::symlink_metadata(folder.join("report.html")).unwrap();
+        assert!(sheet.is_file(), "{case}: the sheet replaced the link");
+    }
+
+    // The run folder itself a link: the run stops before it makes a job.
+    let dir = tempfile::tempdir().unwrap();
+    let run = Run::new(dir.path(), 2);
+    let outside = outside(dir.path());
+    std::fs::create_dir_all(&run.out).unwrap();
+    symlink(&outside, run_folder_of(&run)).unwrap();
+    let output = run.command(&[]).output().unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("is a symbolic link"),
+        "{}",
+        stderr(&output)
+    );
+    untouched(&outside, "the run folder is a link");
+}
+
+#[test]
+fn the_state_directory_is_its_owners_alone_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let run = Run::new(dir.path(), 2);
+    let command = run.command(&[]);
+    let args: Vec<String> = command
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg("umask 022 && exec \"$0\" \"$@\"")
+        .arg(command.get_program())
+        .args(&args)
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let mut checked = 0;
+    let mut paths = vec![run.state.clone()];
+    while let Some(path) = paths.pop() {
+        let want = match path.is_dir() {
+            true => 0o700,
+            false => 0o600,
+        };
+        assert_eq!(mode(&path), want, "{}", path.display());
+        checked += 1;
+        if path.is_dir() {
+            paths.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    for name in ["asmr.db", "run.lock", "objects"] {
+        assert!(run.state.join(name).exists(), "{name} was checked");
+    }
+    assert!(checked > 6, "{checked} paths");
+    // Delivered files are for their readers.
+    let delivered = run.files();
+    assert!(!delivered.is_empty());
+    for file in delivered {
+        assert_eq!(mode(&file) & 0o044, 0o044, "{}", file.display());
+    }
+}

@@ -122,69 +122,21 @@ async fn ranges_read_exactly_the_bytes_asked_for(t: TestObjects) {
     };
     check(ReadRange::from(0), &data).await;
     check(ReadRange::from(600), &data[600..]).await;
-    check(
-        ReadRange {
-            start: 100,
-            end: Some(250),
-        },
-        &data[100..250],
-    )
-    .await;
-    check(
-        ReadRange {
-            start: 0,
-            end: Some(1),
-        },
-        &data[..1],
-    )
-    .await;
-    check(
-        ReadRange {
-            start: 999,
-            end: Some(1000),
-        },
-        &data[999..],
-    )
-    .await;
+    check(ReadRange::segment(100, 250), &data[100..250]).await;
+    check(ReadRange::segment(0, 1), &data[..1]).await;
+    check(ReadRange::segment(999, 1000), &data[999..]).await;
     // Empty ranges at the end, and an end past the end is clamped.
-    check(
-        ReadRange {
-            start: len,
-            end: Some(len),
-        },
-        b"",
-    )
-    .await;
+    check(ReadRange::segment(len, len), b"").await;
     check(ReadRange::from(len), b"").await;
-    check(
-        ReadRange {
-            start: 500,
-            end: Some(500),
-        },
-        b"",
-    )
-    .await;
-    check(
-        ReadRange {
-            start: 900,
-            end: Some(5000),
-        },
-        &data[900..],
-    )
-    .await;
+    check(ReadRange::segment(500, 500), b"").await;
+    check(ReadRange::segment(900, 5000), &data[900..]).await;
 
     // A range that starts past the end, or ends before it starts, is refused
     // for good.
     for range in [
         ReadRange::from(len + 1),
-        ReadRange {
-            start: len + 1,
-            end: Some(len + 10),
-        },
-        ReadRange {
-            start: 10,
-            end: Some(5),
-        },
+        ReadRange::segment(len + 1, len + 10),
+        ReadRange::segment(10, 5),
     ] {
         let e = t
             .store
@@ -315,13 +267,23 @@ async fn an_overwrite_changes_the_generation_and_the_content(t: TestObjects) {
     assert_eq!(second.metadata, metadata(&[(JOB_ID_METADATA, "j")]));
     assert_eq!(
         t.store.metadata(&t.bucket, "images/j/0.png").await.unwrap(),
-        Some(second)
+        Some(second.clone())
     );
     assert_eq!(
         read(&t, "images/j/0.png", ReadRange::ALL).await,
         b"second, longer"
     );
     assert_eq!(t.store.list(&t.bucket, "").await.unwrap().len(), 1);
+
+    // A read pinned to a generation reads that one or nothing: a resumed
+    // copy of the first never gets the second's bytes.
+    let live = ReadRange::from(8).of_generation(Some(second.generation));
+    assert_eq!(read(&t, "images/j/0.png", live).await, b"longer");
+    let gone = ReadRange::from(2).of_generation(Some(first.generation));
+    match t.store.read(&t.bucket, "images/j/0.png", gone).await.err() {
+        Some(Error::NotFound { kind: "object", .. }) => {}
+        other => panic!("a replaced generation must be NotFound, got {other:?}"),
+    }
 }
 
 async fn delete_returns_true_then_false_and_the_object_is_gone(t: TestObjects) {
@@ -355,14 +317,7 @@ async fn delete_returns_true_then_false_and_the_object_is_gone(t: TestObjects) {
 
 async fn a_missing_object_is_not_found_on_read_and_none_on_metadata(t: TestObjects) {
     let expected_id = format!("gs://{}/nope/0.png", t.bucket);
-    for range in [
-        ReadRange::ALL,
-        ReadRange::from(5),
-        ReadRange {
-            start: 0,
-            end: Some(0),
-        },
-    ] {
+    for range in [ReadRange::ALL, ReadRange::from(5), ReadRange::segment(0, 0)] {
         match t
             .store
             .read(&t.bucket, "nope/0.png", range)

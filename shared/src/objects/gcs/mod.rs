@@ -300,10 +300,14 @@ impl ObjectStore for GcsObjectStore {
                 google_cloud_storage::model_ext::ReadRange::segment(range.start, end - range.start)
             }
         };
-        let response = self
+        let mut read = self
             .storage
             .read_object(format!("projects/_/buckets/{bucket}"), name)
-            .set_read_range(wanted)
+            .set_read_range(wanted);
+        if let Some(generation) = range.generation {
+            read = read.set_generation(generation);
+        }
+        let response = read
             // The caller checks the CRC32C (see the trait).
             .compute_crc32c(false)
             .send()

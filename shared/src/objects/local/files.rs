@@ -40,8 +40,12 @@ pub(super) fn replace_with(
     let mut attempt = 0;
     let mut file = loop {
         attempt += 1;
-        std::fs::create_dir_all(dir)?;
-        match std::fs::File::create_new(&temp) {
+        crate::beneath::private_dir(dir)?;
+        match crate::beneath::private_file()
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+        {
             Ok(file) => break file,
             Err(e) if missing(&e) && attempt < WRITE_ATTEMPTS => continue,
             Err(e) => return Err(e),
@@ -94,9 +98,9 @@ pub(super) fn copy_counting(
 /// lasts as long as the returned file.
 pub(super) fn lock_exclusively(path: &Path) -> io::Result<std::fs::File> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        crate::beneath::private_dir(dir)?;
     }
-    let file = std::fs::OpenOptions::new()
+    let file = crate::beneath::private_file()
         .create(true)
         .truncate(false)
         .write(true)

@@ -155,7 +155,7 @@ impl ObjectStore for LocalObjectStore {
         let dirs = [self.bucket_dir(bucket), self.meta_dir(bucket)];
         blocking(&context, move || {
             for dir in dirs {
-                std::fs::create_dir_all(dir)?;
+                crate::beneath::private_dir(&dir)?;
             }
             Ok(())
         })
@@ -223,6 +223,12 @@ impl ObjectStore for LocalObjectStore {
         let stat = file.metadata().await.map_err(|e| io_error(&context, &e))?;
         if !stat.is_file() {
             return Err(not_found(&uri));
+        }
+        // The file's modification time is its generation (see above).
+        if let Some(wanted) = range.generation
+            && stat.modified().map(meta::micros).ok() != Some(wanted)
+        {
+            return Err(not_found(&format!("{uri}#{wanted}")));
         }
         let size = stat.len();
         if range.start > size {
