@@ -11,10 +11,13 @@
 # stage's root filesystem from Debian's packages and runs every service in
 # it; it reads the release, the packages, the user and the binaries below.
 
-ARG RUST_VERSION=1.95
+# Both base images are pinned by digest, so a release is built from exactly
+# the bytes it was tested with, whatever a tag is moved to; the tag stays
+# beside it for readers. To move on: `docker buildx imagetools inspect
+# rust:1.95-bookworm` (and debian:bookworm-slim) prints the new digest.
 ARG DEBIAN_RELEASE=bookworm
 
-FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS chef
+FROM rust:1.95-bookworm@sha256:6258907abe69656e41cd992e0b705cdcfabcbbe3db374f92ed2d47121282d4a1 AS chef
 ARG CARGO_CHEF_VERSION=0.1.78
 RUN cargo install cargo-chef --locked --version "${CARGO_CHEF_VERSION}"
 WORKDIR /app
@@ -36,7 +39,7 @@ RUN set --; for stage in ${STAGES}; do set -- "$@" --bin "${stage}"; done \
  && mkdir -p /out \
  && for stage in ${STAGES}; do cp "target/release/${stage}" /out/; done
 
-FROM debian:${DEBIAN_RELEASE}-slim AS runtime
+FROM debian:bookworm-slim@sha256:3783cc01769c7b2b1b83a5c5ad96c815348e28ed7da68e2e3687004faa906251 AS runtime
 # Versions float with the release's security updates on purpose.
 # hadolint ignore=DL3008
 RUN apt-get update \

@@ -19,15 +19,15 @@ locals {
       publishes     = ["image_jobs", "video_jobs", "job_events"]
     }
     image-generator = {
-      project_roles = ["roles/datastore.user", "roles/aiplatform.user"]
+      project_roles = ["roles/datastore.user", local.vertex_caller]
       publishes     = ["job_events"]
     }
     video-generator = {
-      project_roles = ["roles/datastore.user", "roles/aiplatform.user"]
+      project_roles = ["roles/datastore.user", local.vertex_caller]
       publishes     = ["job_events"]
     }
     video-poller = {
-      project_roles = ["roles/datastore.user", "roles/aiplatform.user"]
+      project_roles = ["roles/datastore.user", local.vertex_caller]
       publishes     = ["job_events"]
     }
     downloader = {
@@ -40,6 +40,14 @@ locals {
       publishes = ["image_jobs", "video_jobs", "job_events"]
     }
   }
+
+  # What the generators and the poller call of Vertex AI: :predict,
+  # :generateContent, :predictLongRunning and :fetchPredictOperation on
+  # publisher models, all methods of its prediction service, which checks
+  # aiplatform.endpoints.predict. roles/aiplatform.user would add datasets,
+  # training, deployments and every other Vertex AI resource in the project.
+  vertex_caller_id = "${replace(var.prefix, "-", "_")}asmrVertexCaller"
+  vertex_caller    = "projects/${var.project}/roles/${local.vertex_caller_id}"
 
   function_project_roles = merge([
     for name, f in local.functions : {
@@ -91,6 +99,15 @@ resource "google_service_account" "function" {
   depends_on = [time_sleep.apis]
 }
 
+resource "google_project_iam_custom_role" "vertex_caller" {
+  role_id     = local.vertex_caller_id
+  title       = "asmr ${var.prefix}Vertex AI caller"
+  description = "Calls Vertex AI's generative models (predict, generateContent, predictLongRunning, fetchPredictOperation) and nothing else."
+  permissions = ["aiplatform.endpoints.predict"]
+
+  depends_on = [time_sleep.apis]
+}
+
 resource "google_project_iam_member" "function" {
   for_each = local.function_project_roles
 
@@ -105,6 +122,8 @@ resource "google_project_iam_member" "function" {
       expression = condition.value.expression
     }
   }
+
+  depends_on = [google_project_iam_custom_role.vertex_caller]
 }
 
 resource "google_pubsub_topic_iam_member" "function_publisher" {
@@ -250,6 +269,19 @@ resource "google_service_account_iam_member" "release_act_as" {
 
   service_account_id = each.value
   role               = "roles/iam.serviceAccountUser"
+  member             = "serviceAccount:${var.build_service_account}@${var.project}.iam.gserviceaccount.com"
+}
+
+# Terraform manages these accounts (their descriptions, the grants on them):
+# the release identity administers exactly these, not every account of the
+# project (which would let it act as, or grant itself, any of them).
+# Creating a new account is left to an owner's apply: the release identity
+# holds no iam.serviceAccounts.create.
+resource "google_service_account_iam_member" "release_admin" {
+  for_each = var.build_service_account == "" ? {} : local.runtime_accounts
+
+  service_account_id = each.value
+  role               = "roles/iam.serviceAccountAdmin"
   member             = "serviceAccount:${var.build_service_account}@${var.project}.iam.gserviceaccount.com"
 }
 

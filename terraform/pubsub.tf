@@ -83,7 +83,7 @@ resource "google_pubsub_subscription" "push" {
 
     oidc_token {
       service_account_email = google_service_account.push.email
-      audience              = google_cloud_run_v2_service.stage[each.value.service].uri
+      audience              = local.push_audiences[each.value.service]
     }
   }
 

@@ -58,6 +58,21 @@ locals {
     var.model_prices == null ? {} : { MODEL_PRICES = var.model_prices },
   )
 
+  # Who may push to each service, and the audience their tokens carry; the
+  # services check both (PUSH_IDENTITY, PUSH_AUDIENCE): Cloud Run's own check
+  # covers only the token in X-Serverless-Authorization when a caller sends
+  # one, so a service cannot take the Authorization header's account on
+  # trust. The audience is a custom audience of the service (below), which
+  # the push subscriptions set (pubsub.tf); Eventarc's tokens carry the
+  # service's URL instead, so with Eventarc the downloader takes any
+  # audience of the two accounts' signed tokens. GOOGLE_CERTS_URL keeps the
+  # binaries' default, Google's own keys.
+  push_audiences = {
+    for name in ["intake", "image-generator", "video-generator", "downloader"] :
+    name => "${var.project}/${var.prefix}asmr-${name}"
+  }
+  pushers = join(",", concat([google_service_account.push.email], google_service_account.eventarc[*].email))
+
   env_downloader = {
     GCS_OUTPUT_BUCKET       = google_storage_bucket.output.name
     DOWNLOAD_DESTINATION    = local.download_destination
@@ -86,8 +101,10 @@ locals {
       memory            = "512Mi"
       ingress           = "INGRESS_TRAFFIC_ALL"
       env = merge(local.env_store, {
-        DRY_RUN      = tostring(var.dry_run)
-        AUTO_PROMOTE = var.auto_promote
+        DRY_RUN       = tostring(var.dry_run)
+        AUTO_PROMOTE  = var.auto_promote
+        PUSH_IDENTITY = google_service_account.push.email
+        PUSH_AUDIENCE = local.push_audiences["intake"]
       })
     }
     image-generator = {
@@ -97,7 +114,10 @@ locals {
       timeout_s         = 600
       memory            = "1Gi"
       ingress           = local.pushed_ingress
-      env               = merge(local.env_store, local.env_models, local.env_cost)
+      env = merge(local.env_store, local.env_models, local.env_cost, {
+        PUSH_IDENTITY = google_service_account.push.email
+        PUSH_AUDIENCE = local.push_audiences["image-generator"]
+      })
     }
     video-generator = {
       binary            = "video-generator"
@@ -106,7 +126,10 @@ locals {
       timeout_s         = 600
       memory            = "512Mi"
       ingress           = local.pushed_ingress
-      env               = merge(local.env_store, local.env_models, local.env_cost)
+      env = merge(local.env_store, local.env_models, local.env_cost, {
+        PUSH_IDENTITY = google_service_account.push.email
+        PUSH_AUDIENCE = local.push_audiences["video-generator"]
+      })
     }
     downloader = {
       binary            = "downloader"
@@ -115,7 +138,12 @@ locals {
       timeout_s         = 600
       memory            = "1Gi"
       ingress           = local.pushed_ingress
-      env               = merge(local.env_store, local.env_downloader)
+      env = merge(
+        local.env_store,
+        local.env_downloader,
+        { PUSH_IDENTITY = local.pushers },
+        var.storage_events == "eventarc" ? {} : { PUSH_AUDIENCE = local.push_audiences["downloader"] },
+      )
     }
   }
 
@@ -209,6 +237,8 @@ resource "google_cloud_run_v2_service" "stage" {
   location            = var.region
   ingress             = each.value.ingress
   deletion_protection = var.deletion_protection
+  # The audience the push subscriptions' tokens carry (PUSH_AUDIENCE).
+  custom_audiences = [local.push_audiences[each.key]]
 
   template {
     service_account                  = google_service_account.function[each.value.binary].email
@@ -271,6 +301,15 @@ resource "google_cloud_run_v2_service" "stage" {
   }
 
   depends_on = [time_sleep.apis]
+
+  lifecycle {
+    # Paid mode is never uncapped: the cost guard reserves every paid
+    # call against the daily budget.
+    precondition {
+      condition     = var.dry_run || var.budget_usd_per_day != null
+      error_message = "dry_run = false calls Vertex AI and pays for every call: set budget_usd_per_day (the US dollars the model calls may spend per UTC day) in the deployment's settings; jobs wait as pending once it is spent."
+    }
+  }
 }
 
 resource "google_cloud_run_v2_job" "stage" {

@@ -8,7 +8,7 @@ locals {
 }
 
 resource "google_storage_bucket" "output" {
-  #checkov:skip=CKV_GCP_62:Cloud Audit Logs record access; usage logs would need a third bucket that nothing reads.
+  #checkov:skip=CKV_GCP_62:Object reads and writes are recorded by the Data Access audit logs of Cloud Storage, which storage_audit_logs turns on (storage.tf); usage logs would need a third bucket that nothing reads.
   name                        = "${var.project}-${var.prefix}asmr-output"
   location                    = var.region
   uniform_bucket_level_access = true
@@ -44,7 +44,7 @@ resource "google_storage_bucket" "output" {
 }
 
 resource "google_storage_bucket" "archive" {
-  #checkov:skip=CKV_GCP_62:Cloud Audit Logs record access; usage logs would need a third bucket that nothing reads.
+  #checkov:skip=CKV_GCP_62:Object reads and writes are recorded by the Data Access audit logs of Cloud Storage, which storage_audit_logs turns on (storage.tf); usage logs would need a third bucket that nothing reads.
   name                        = "${var.project}-${var.prefix}asmr-archive"
   location                    = var.region
   uniform_bucket_level_access = true
@@ -91,6 +91,29 @@ resource "google_storage_bucket" "archive" {
     action {
       type = "Delete"
     }
+  }
+
+  depends_on = [time_sleep.apis]
+}
+
+# Who read or wrote which object: Cloud Storage's Data Access audit logs,
+# which are off in a project until turned on. The setting is the project's,
+# not the bucket's: one deployment per project should own it
+# (storage_audit_logs = false in the others, or two applies fight over it).
+resource "google_project_iam_audit_config" "storage" {
+  count = var.storage_audit_logs ? 1 : 0
+
+  project = var.project
+  service = "storage.googleapis.com"
+
+  audit_log_config {
+    log_type = "ADMIN_READ"
+  }
+  audit_log_config {
+    log_type = "DATA_READ"
+  }
+  audit_log_config {
+    log_type = "DATA_WRITE"
   }
 
   depends_on = [time_sleep.apis]

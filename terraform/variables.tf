@@ -116,13 +116,19 @@ variable "video_model" {
 
 variable "budget_usd_per_day" {
   type        = number
-  description = "Cost guard (BUDGET_USD_PER_DAY): the estimated model spend allowed per UTC day; jobs wait as pending once it is spent. null: no limit."
+  description = "Cost guard (BUDGET_USD_PER_DAY): the estimated model spend allowed per UTC day; jobs wait as pending once it is spent. Required when dry_run is false; null (dry runs only): no limit."
   default     = null
 
   validation {
     condition     = var.budget_usd_per_day == null || try(var.budget_usd_per_day > 0, false)
     error_message = "budget_usd_per_day must be null or a positive amount of US dollars."
   }
+}
+
+variable "storage_audit_logs" {
+  type        = bool
+  description = "Turn on Cloud Storage's Data Access audit logs (every object read and write, with who made it) for the project. A project-wide setting: leave it true in one deployment of a project and false in the others."
+  default     = true
 }
 
 variable "model_prices" {

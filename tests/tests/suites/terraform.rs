@@ -51,7 +51,20 @@ const LOCAL_ONLY: [&str; 8] = [
 
 /// Variables a binary reads that terraform may leave unset, with why the
 /// binary's default is right in the cloud.
-const OPTIONAL: [(&str, &str); 0] = [];
+const OPTIONAL: [(&str, &str); 3] = [
+    (
+        "PUSH_IDENTITY",
+        "read by every binary that can serve; the Cloud Run jobs serve no pushes, and every service sets it (push_routes_take_only_the_push_accounts_signed_tokens_of_their_audience)",
+    ),
+    (
+        "PUSH_AUDIENCE",
+        "as PUSH_IDENTITY; with Eventarc the downloader takes any audience of its two accounts' tokens",
+    ),
+    (
+        "GOOGLE_CERTS_URL",
+        "the default is Google's own endpoint of the keys that sign its ID tokens",
+    ),
+];
 
 /// Every top-level block of terraform/*.tf, and the merged `locals`.
 struct Terraform {
@@ -888,7 +901,7 @@ fn the_alert_and_the_charts_add_services_and_jobs() {
 
 /// Every resource and data type terraform/ uses, and the API it needs
 /// ("": the enablement and the waits themselves).
-const API_OF: [(&str, &str); 27] = [
+const API_OF: [(&str, &str); 29] = [
     ("google_project_service", ""),
     ("time_sleep", ""),
     (
@@ -897,8 +910,13 @@ const API_OF: [(&str, &str); 27] = [
     ),
     ("google_service_account", "iam.googleapis.com"),
     ("google_service_account_iam_member", "iam.googleapis.com"),
+    ("google_project_iam_custom_role", "iam.googleapis.com"),
     (
         "google_project_iam_member",
+        "cloudresourcemanager.googleapis.com",
+    ),
+    (
+        "google_project_iam_audit_config",
         "cloudresourcemanager.googleapis.com",
     ),
     ("google_pubsub_topic", "pubsub.googleapis.com"),
@@ -1297,9 +1315,30 @@ fn the_build_runs_as_its_own_account_which_may_grant_only_what_terraform_grants(
 
     // The project roles terraform grants, and the README's condition on the
     // build account's projectIamAdmin: the same set.
+    // The custom role of the model callers is named in the README as the
+    // default deployment (no prefix) names it.
+    let vertex_caller = tf.local("vertex_caller").to_string();
+    assert_eq!(
+        vertex_caller,
+        "\"projects/${var.project}/roles/${local.vertex_caller_id}\""
+    );
+    assert!(
+        tf.local("vertex_caller_id")
+            .to_string()
+            .ends_with("}asmrVertexCaller\"")
+    );
     let mut granted: BTreeSet<String> = entries(tf.local("functions"))
         .into_iter()
-        .flat_map(|(_, f)| strings(field(f, "project_roles")))
+        .flat_map(|(_, f)| match field(f, "project_roles") {
+            Expression::Array(items) => items
+                .iter()
+                .map(|role| match role.to_string().as_str() {
+                    "local.vertex_caller" => "projects/$PROJECT/roles/asmrVertexCaller".to_string(),
+                    _ => string(role),
+                })
+                .collect::<Vec<_>>(),
+            other => panic!("project_roles is not a list: {other}"),
+        })
         .collect();
     for body in tf.resources("google_project_iam_member").into_values() {
         if let Some(Expression::String(role)) = attr(body, "role") {
@@ -1443,4 +1482,280 @@ fn every_push_waits_longer_than_its_service_takes() {
         attr_text(push, "ack_deadline_seconds"),
         "min(600, local.services[each.value.service].timeout_s)"
     );
+}
+
+/// The expression `env` (object literals, `merge(...)`, both branches of a
+/// conditional) gives `name`, as source text; `None` when it sets none.
+fn env_value(tf: &Terraform, env: &Expression, name: &str) -> Option<String> {
+    match env {
+        Expression::Object(_) => entries(env)
+            .into_iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.to_string()),
+        Expression::Parenthesis(inner) => env_value(tf, inner, name),
+        Expression::Conditional(c) => {
+            env_value(tf, &c.true_expr, name).or_else(|| env_value(tf, &c.false_expr, name))
+        }
+        Expression::FuncCall(call) if call.name.name.as_str() == "merge" => call
+            .args
+            .iter()
+            .rev()
+            .find_map(|arg| env_value(tf, arg, name)),
+        Expression::Traversal(t) => match (&t.expr, t.operators.as_slice()) {
+            (Expression::Variable(v), [hcl::TraversalOperator::GetAttr(local)])
+                if v.as_str() == "local" =>
+            {
+                env_value(tf, tf.local(local.as_str()), name)
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+#[test]
+fn push_routes_take_only_the_push_accounts_signed_tokens_of_their_audience() {
+    let tf = Terraform::load();
+    let services: BTreeSet<String> = entries(tf.local("services"))
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    // A custom audience for each service, which the service accepts.
+    let audiences = tf.local("push_audiences").to_string();
+    for name in &services {
+        assert!(
+            audiences.contains(&format!("\"{name}\"")),
+            "{name}: {audiences}"
+        );
+    }
+    let run = tf.resource("google_cloud_run_v2_service", "stage");
+    let custom: String = attr_text(run, "custom_audiences")
+        .split_whitespace()
+        .collect();
+    assert_eq!(custom, "[local.push_audiences[each.key]]");
+    // Every push carries the push account's token for its service's
+    // audience...
+    let push = tf.resource("google_pubsub_subscription", "push");
+    let oidc = only_block(only_block(push, "push_config"), "oidc_token");
+    assert_eq!(
+        attr_text(oidc, "service_account_email"),
+        "google_service_account.push.email"
+    );
+    assert_eq!(
+        attr_text(oidc, "audience"),
+        "local.push_audiences[each.value.service]"
+    );
+    // ...and every service takes that account's (and, for the downloader,
+    // Eventarc's) tokens of exactly that audience.
+    for (name, stage) in entries(tf.local("services")) {
+        let env = field(stage, "env");
+        let identity = env_value(&tf, env, "PUSH_IDENTITY")
+            .unwrap_or_else(|| panic!("{name} does not set PUSH_IDENTITY"));
+        let identity = match identity.as_str() {
+            "local.pushers" => tf.local("pushers").to_string(),
+            other => other.to_string(),
+        };
+        assert!(
+            identity.contains("google_service_account.push.email"),
+            "{name}: {identity}"
+        );
+        let audience = env_value(&tf, env, "PUSH_AUDIENCE")
+            .unwrap_or_else(|| panic!("{name} does not set PUSH_AUDIENCE"));
+        assert_eq!(
+            audience,
+            format!("local.push_audiences[\"{name}\"]"),
+            "{name}"
+        );
+    }
+    let pushers = tf.local("pushers").to_string();
+    assert!(
+        pushers.contains("google_service_account.eventarc"),
+        "{pushers}"
+    );
+}
+
+#[test]
+fn paid_mode_is_never_uncapped() {
+    let tf = Terraform::load();
+    let run = tf.resource("google_cloud_run_v2_service", "stage");
+    let precondition = only_block(only_block(run, "lifecycle"), "precondition");
+    assert_eq!(
+        attr_text(precondition, "condition"),
+        "var.dry_run || var.budget_usd_per_day != null"
+    );
+    assert!(attr_text(precondition, "error_message").contains("set budget_usd_per_day"));
+}
+
+#[test]
+fn the_model_callers_hold_only_what_they_call() {
+    let tf = Terraform::load();
+    let role = tf.resource("google_project_iam_custom_role", "vertex_caller");
+    let permissions: String = attr_text(role, "permissions")
+        .split_whitespace()
+        .collect();
+    assert_eq!(permissions, "[\"aiplatform.endpoints.predict\"]");
+    for (name, function) in entries(tf.local("functions")) {
+        let roles = field(function, "project_roles").to_string();
+        let calls_models =
+            ["image-generator", "video-generator", "video-poller"].contains(&name.as_str());
+        assert_eq!(
+            roles.contains("local.vertex_caller"),
+            calls_models,
+            "{name}: {roles}"
+        );
+    }
+    for file in std::fs::read_dir(repo().join("terraform")).unwrap() {
+        let path = file.unwrap().path();
+        if path.extension().is_some_and(|e| e == "tf") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let grants = text
+                .lines()
+                .filter(|l| !l.trim_start().starts_with('#'))
+                .any(|l| l.contains("roles/aiplatform.user"));
+            assert!(!grants, "{} grants roles/aiplatform.user", path.display());
+        }
+    }
+}
+
+#[test]
+fn object_reads_and_writes_are_in_the_audit_logs() {
+    let tf = Terraform::load();
+    let audit = tf.resource("google_project_iam_audit_config", "storage");
+    assert_eq!(attr_text(audit, "service"), "\"storage.googleapis.com\"");
+    let types: BTreeSet<String> = blocks(audit, "audit_log_config")
+        .into_iter()
+        .map(|b| attr_text(b, "log_type"))
+        .collect();
+    for wanted in ["\"DATA_READ\"", "\"DATA_WRITE\""] {
+        assert!(types.contains(wanted), "{types:?}");
+    }
+    // A skipped check names what makes up for it, and that exists.
+    let storage = read("terraform/storage.tf");
+    for line in storage
+        .lines()
+        .filter(|l| l.contains("checkov:skip=CKV_GCP_62"))
+    {
+        assert!(line.contains("storage_audit_logs"), "{line}");
+    }
+}
+
+#[test]
+fn the_release_identity_administers_only_the_deployments_own_accounts() {
+    let tf = Terraform::load();
+    for (name, role) in [
+        ("release_act_as", "roles/iam.serviceAccountUser"),
+        ("release_admin", "roles/iam.serviceAccountAdmin"),
+    ] {
+        let grant = tf.resource("google_service_account_iam_member", name);
+        assert_eq!(attr_text(grant, "role"), format!("\"{role}\""), "{name}");
+        assert!(
+            attr_text(grant, "for_each").contains("local.runtime_accounts"),
+            "{name} is granted on the deployment's own accounts"
+        );
+    }
+    // The README's first steps grant no account administration on the
+    // project.
+    let readme = read("README.md");
+    let step3 = readme
+        .split("# 3. The accounts Cloud Build runs as")
+        .nth(1)
+        .and_then(|rest| rest.split("# 4.").next())
+        .expect("the README's step 3");
+    for role in [
+        "roles/iam.serviceAccountAdmin",
+        "roles/iam.serviceAccountUser",
+        "roles/owner",
+        "roles/editor",
+    ] {
+        assert!(!step3.contains(role), "step 3 grants {role} on the project");
+    }
+}
+
+#[test]
+fn the_tests_run_with_no_permission_and_check_what_they_download() {
+    let test = read("cloudbuild.test.yaml");
+    assert!(test.contains(
+        "serviceAccount: projects/$PROJECT_ID/serviceAccounts/asmr-test@$PROJECT_ID.iam.gserviceaccount.com"
+    ));
+    assert!(
+        test.contains("tests/run"),
+        "the test build runs the test command"
+    );
+    let piped_to_shell = |text: &str| {
+        text.split('|')
+            .skip(1)
+            .any(|after| matches!(after.split_whitespace().next(), Some("sh" | "bash")))
+    };
+    assert!(!piped_to_shell(&test), "an installer piped into a shell");
+    assert!(
+        test.contains("sha256sum --check"),
+        "the terraform archive is checked"
+    );
+    assert!(test.contains("tags: [asmr-tested, \"commit-${_TAG}\"]"));
+    // The release runs no test command of its own and builds only a
+    // tested commit.
+    let release = read("cloudbuild.yaml");
+    assert!(
+        !release.contains("tests/run"),
+        "the release runs the tests as itself"
+    );
+    assert!(!piped_to_shell(&release));
+    assert!(release.contains("tags=asmr-tested AND tags=commit-${_TAG}"));
+    let image = &release[release.find("- id: image").expect("an image step")..];
+    assert!(
+        image.contains("waitFor: [tested,"),
+        "the image waits for the test build"
+    );
+    // The README creates the test account with nothing but its logs and
+    // its sources.
+    let readme = read("README.md");
+    let step3 = readme
+        .split("# 3. The accounts Cloud Build runs as")
+        .nth(1)
+        .and_then(|rest| rest.split("# 4.").next())
+        .unwrap();
+    let test_grants: Vec<&str> = step3
+        .split("--member=serviceAccount:$TEST")
+        .skip(1)
+        .collect();
+    assert_eq!(test_grants.len(), 1);
+    assert!(
+        test_grants[0]
+            .trim_start()
+            .starts_with("\\\n  --role=roles/logging.logWriter")
+    );
+}
+
+#[test]
+fn the_image_builds_from_pinned_bases_and_sends_no_settings_or_secrets() {
+    let dockerfile = read("Dockerfile");
+    let froms: Vec<&str> = dockerfile
+        .lines()
+        .filter(|l| l.starts_with("FROM "))
+        .collect();
+    for from in &froms {
+        let image = from.split_whitespace().nth(1).unwrap();
+        let external = !froms.iter().any(|f| f.ends_with(&format!("AS {image}")));
+        if external {
+            let digest = image.split_once("@sha256:").map(|(_, d)| d).unwrap_or("");
+            assert!(
+                digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{from}: a base image pinned by digest"
+            );
+        }
+    }
+    let ignored: BTreeSet<&str> = read(".dockerignore")
+        .leak()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .collect();
+    for wanted in [
+        "*.tfvars",
+        ".env",
+        "**/application_default_credentials.json",
+        "**/*credentials*.json",
+    ] {
+        assert!(ignored.contains(wanted), ".dockerignore lacks {wanted}");
+    }
 }
