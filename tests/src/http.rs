@@ -20,19 +20,19 @@ impl Answer {
     }
 }
 
-/// POSTs `body` to `url` with `headers`, which may be any bytes (a hostile
-/// client's are).
-pub async fn post<N: AsRef<[u8]>, V: AsRef<[u8]>>(
+/// POSTs `body` to `url` with `headers`, whose values may be any bytes (a
+/// hostile client's are).
+pub async fn post(
     http: &reqwest::Client,
     url: &str,
     body: impl Into<reqwest::Body>,
-    headers: &[(N, V)],
+    headers: &[(String, Vec<u8>)],
 ) -> Answer {
     let mut request = http.post(url).body(body);
     for (name, value) in headers {
         request = request.header(
-            HeaderName::from_bytes(name.as_ref()).unwrap(),
-            HeaderValue::from_bytes(value.as_ref()).unwrap(),
+            HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_bytes(value).unwrap(),
         );
     }
     let response = request.send().await.unwrap();

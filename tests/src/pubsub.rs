@@ -5,6 +5,14 @@
 use base64::Engine;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// How long [`Emulator::drain`] waits for more after the last message.
+pub const QUIET: Duration = Duration::from_millis(500);
+/// The attribute of the marker [`Emulator::assert_nothing_published`] sends.
+const MARKER: &str = "asmr-test-marker";
+/// How long a marker may take to come back.
+const MARKER_WAIT: Duration = Duration::from_secs(15);
 
 /// One message as a pull returns it.
 #[derive(Clone, Debug)]
@@ -148,16 +156,19 @@ impl Emulator {
         attributes: &BTreeMap<String, String>,
     ) -> String {
         let data = base64::engine::general_purpose::STANDARD.encode(data);
-        let response: Value = self
+        let response = self
             .http
             .post(format!("{}/topics/{topic}:publish", self.base))
             .json(&json!({"messages": [{"data": data, "attributes": attributes}]}))
             .send()
             .await
-            .unwrap()
-            .json()
-            .await
             .unwrap();
+        let status = response.status();
+        let response: Value = response.json().await.unwrap_or(Value::Null);
+        assert!(
+            status.is_success(),
+            "publishing to {topic}: {status} {response}"
+        );
         response["messageIds"][0].as_str().unwrap().to_string()
     }
 
@@ -194,18 +205,101 @@ impl Emulator {
         ids
     }
 
-    /// Pulls up to `max` messages without waiting, and acknowledges them.
+    /// Pulls up to `max` messages and acknowledges them: pulls again until
+    /// `max` came or nothing more came for [`QUIET`], so that an early
+    /// empty answer (the emulator gives one now and then while messages
+    /// wait) does not end it. A pull or an acknowledgement that fails
+    /// fails the test, with what the emulator said.
     pub async fn drain(&self, subscription: &str, max: u32) -> Vec<Pulled> {
-        let response: Value = self
+        let mut pulled = Vec::new();
+        let mut last = Instant::now();
+        while pulled.len() < max as usize {
+            let left = max - pulled.len() as u32;
+            let got = self.pull_once(subscription, left).await;
+            if got.is_empty() {
+                if last.elapsed() >= QUIET {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            } else {
+                last = Instant::now();
+                pulled.extend(got);
+            }
+        }
+        pulled
+    }
+
+    /// Asserts that nothing was published to `subscription`'s topic, and
+    /// proves the subscription would have shown it: a marker published
+    /// now must come back, alone. An empty pull alone proves nothing (an
+    /// error, an early empty answer, a subscription of another topic).
+    pub async fn assert_nothing_published(&self, subscription: &str) {
+        let topic = self.topic_of(subscription).await;
+        let marker = uuid::Uuid::new_v4().simple().to_string();
+        let attributes = BTreeMap::from([(MARKER.to_string(), marker.clone())]);
+        self.publish(&topic, b"a marker of the tests", &attributes)
+            .await;
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + MARKER_WAIT;
+        while !seen
+            .iter()
+            .any(|m: &Pulled| m.attributes.get(MARKER) == Some(&marker))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the marker published to {topic} did not reach {subscription} within {MARKER_WAIT:?}"
+            );
+            seen.extend(self.pull_once(subscription, 100).await);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Whatever was published with it.
+        seen.extend(self.drain(subscription, 100).await);
+        let others: Vec<String> = seen
+            .iter()
+            .filter(|m| m.attributes.get(MARKER) != Some(&marker))
+            .map(|m| format!("{} {}", m.id, String::from_utf8_lossy(&m.data)))
+            .collect();
+        assert!(
+            others.is_empty(),
+            "{subscription} got {} message(s): {others:?}",
+            others.len()
+        );
+    }
+
+    /// The topic `subscription` is on.
+    async fn topic_of(&self, subscription: &str) -> String {
+        let response = self
+            .http
+            .get(format!("{}/subscriptions/{subscription}", self.base))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        assert!(
+            status.is_success(),
+            "GET subscription {subscription}: {status} {body}"
+        );
+        let path = body["topic"].as_str().unwrap_or_default();
+        path.rsplit('/').next().unwrap_or_default().to_string()
+    }
+
+    /// One pull of at most `max` messages, acknowledged; what the emulator
+    /// has now (maybe nothing, even while messages wait).
+    async fn pull_once(&self, subscription: &str, max: u32) -> Vec<Pulled> {
+        let response = self
             .http
             .post(format!("{}/subscriptions/{subscription}:pull", self.base))
             .json(&json!({"maxMessages": max, "returnImmediately": true}))
             .send()
             .await
-            .unwrap()
-            .json()
-            .await
             .unwrap();
+        let status = response.status();
+        let response: Value = response.json().await.unwrap_or(Value::Null);
+        assert!(
+            status.is_success(),
+            "pulling {subscription}: {status} {response}"
+        );
         let pulled: Vec<Pulled> = response["receivedMessages"]
             .as_array()
             .cloned()
@@ -239,7 +333,12 @@ impl Emulator {
                 .send()
                 .await
                 .unwrap();
-            assert!(response.status().is_success());
+            let status = response.status();
+            assert!(
+                status.is_success(),
+                "acknowledging on {subscription}: {status} {}",
+                response.text().await.unwrap_or_default()
+            );
         }
         pulled
     }

@@ -2,6 +2,8 @@
 //! rate, so a test can stop a process in the middle of a transfer without
 //! racing a copy that is faster than the test can watch it.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -12,7 +14,15 @@ use tokio::task::JoinHandle;
 pub struct Throttle {
     /// `http://127.0.0.1:PORT`, to use in place of the upstream endpoint.
     pub endpoint: String,
+    relayed: Arc<AtomicU64>,
     task: JoinHandle<()>,
+}
+
+impl Throttle {
+    /// Bytes of responses passed back so far, over every connection.
+    pub fn bytes_relayed(&self) -> u64 {
+        self.relayed.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for Throttle {
@@ -31,20 +41,26 @@ pub async fn start(upstream: &str, bytes_per_second: u64) -> Throttle {
         .to_string();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let relayed = Arc::new(AtomicU64::new(0));
+    let counter = relayed.clone();
     let task = tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
-            let upstream = upstream.clone();
+            let (upstream, counter) = (upstream.clone(), counter.clone());
             tokio::spawn(async move {
                 if let Ok(server) = TcpStream::connect(&upstream).await {
-                    relay(client, server, bytes_per_second).await;
+                    relay(client, server, bytes_per_second, &counter).await;
                 }
             });
         }
     });
-    Throttle { endpoint, task }
+    Throttle {
+        endpoint,
+        relayed,
+        task,
+    }
 }
 
-async fn relay(client: TcpStream, server: TcpStream, bytes_per_second: u64) {
+async fn relay(client: TcpStream, server: TcpStream, bytes_per_second: u64, relayed: &AtomicU64) {
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
     let requests = tokio::spawn(async move {
@@ -72,6 +88,7 @@ async fn relay(client: TcpStream, server: TcpStream, bytes_per_second: u64) {
         if client_write.write_all(&buffer[..n]).await.is_err() {
             break;
         }
+        relayed.fetch_add(n as u64, Ordering::SeqCst);
         spent += n;
     }
     requests.abort();

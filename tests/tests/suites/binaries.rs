@@ -480,8 +480,14 @@ async fn a_256_mib_copy_killed_halfway_resumes_with_flat_memory() {
     );
 
     // A new instance gets the redelivered event once the lease has run out.
+    // It reads through a counting proxy at full speed: what it reads again
+    // of the object is the cost of the kill.
+    let on_disk_at_restart = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+    let counting =
+        tests::throttle::start(&std::env::var("STORAGE_EMULATOR_HOST").unwrap(), 1 << 40).await;
     let second = Running(
         downloader_command(&world, destination.path(), port)
+            .env("STORAGE_EMULATOR_HOST", &counting.endpoint)
             .spawn()
             .unwrap(),
     );
@@ -504,8 +510,21 @@ async fn a_256_mib_copy_killed_halfway_resumes_with_flat_memory() {
     let on_disk = std::fs::read(&target).unwrap();
     assert_eq!(on_disk.len(), SIZE);
     assert_eq!(shared::crc::Crc32c::of(&on_disk).to_string(), crc);
+    // The rest, and no more than the rest: the resumed copy read from the
+    // bytes on disk (plus headers and the metadata of a few requests).
+    let read_again = counting.bytes_relayed();
+    let rest = SIZE as u64 - on_disk_at_restart;
     eprintln!(
-        "killed after {copied_before_kill} bytes at {first_peak} KiB peak RSS; the resumed downloader peaked at {peak} KiB"
+        "killed after {copied_before_kill} bytes at {first_peak} KiB peak RSS ({on_disk_at_restart} on disk); the resumed downloader read {read_again} bytes of the object store for the {rest} left and peaked at {peak} KiB"
+    );
+    assert!(on_disk_at_restart >= copied_before_kill);
+    assert!(
+        read_again >= rest,
+        "read {read_again} bytes for the {rest} left"
+    );
+    assert!(
+        read_again <= rest + 1024 * 1024,
+        "read {read_again} bytes for the {rest} left: the copy started over"
     );
     assert!(
         first_peak < 64 * 1024,

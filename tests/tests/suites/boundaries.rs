@@ -27,7 +27,11 @@ const PUSHER: &str = "asmr-push@asmr-test.iam.gserviceaccount.com";
 const AUDIENCE: &str = "https://asmr-intake-123456789.us-central1.run.app";
 
 async fn post(url: &str, body: impl Into<reqwest::Body>, headers: &[(&str, String)]) -> Answer {
-    tests::http::post(&reqwest::Client::new(), url, body, headers).await
+    let headers: Vec<(String, Vec<u8>)> = headers
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.clone().into_bytes()))
+        .collect();
+    tests::http::post(&reqwest::Client::new(), url, body, &headers).await
 }
 
 /// The push of a job event, however it came to be.

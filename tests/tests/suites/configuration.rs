@@ -73,3 +73,51 @@ fn the_readme_names_every_environment_variable() {
         .collect();
     assert!(missing.is_empty(), "not in the README: {missing:?}");
 }
+
+#[test]
+fn every_hand_kept_benchmark_row_says_when_and_at_which_commit_it_was_recorded() {
+    let text = std::fs::read_to_string(repo_root().join("BENCHMARKS.md")).unwrap();
+    let kept = text
+        .split("\n## Measured by the fault suite")
+        .nth(1)
+        .expect("the hand-kept section of BENCHMARKS.md");
+    let rows: Vec<&str> = kept
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| fault |"))
+        .filter(|l| !l.starts_with("| ---"))
+        .collect();
+    assert!(rows.len() >= 5, "{} rows", rows.len());
+    let shallow = std::process::Command::new("git")
+        .args(["rev-parse", "--is-shallow-repository"])
+        .current_dir(repo_root())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "true")
+        .unwrap_or(false);
+    for row in rows {
+        let recorded = row.trim_end_matches('|').rsplit('|').next().unwrap().trim();
+        let (date, commit) = recorded
+            .split_once(", ")
+            .unwrap_or_else(|| panic!("no \"DATE, COMMIT\" in {row}"));
+        assert!(
+            chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").is_ok(),
+            "{date} in {row}"
+        );
+        assert!(
+            commit.len() >= 7 && commit.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{commit} in {row}"
+        );
+        if shallow {
+            eprintln!("a shallow clone: commit {commit} is not looked up");
+            continue;
+        }
+        let known = std::process::Command::new("git")
+            .args(["cat-file", "-e", &format!("{commit}^{{commit}}")])
+            .current_dir(repo_root())
+            .status()
+            .unwrap();
+        assert!(
+            known.success(),
+            "{commit} is no commit of this repository: {row}"
+        );
+    }
+}

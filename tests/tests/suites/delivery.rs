@@ -177,6 +177,18 @@ async fn a_finalize_event_copies_the_file_and_delivers_the_job(world: World) {
     assert!(no_partial_files(root.path()), "no temporary file is left");
 }
 
+/// The one download record of `world`.
+async fn only_download(world: &World) -> shared::domain::download::Download {
+    let mut downloads = world
+        .store
+        .list_downloads(None, 10, None)
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(downloads.len(), 1, "{downloads:?}");
+    downloads.remove(0)
+}
+
 fn no_partial_files(root: &Path) -> bool {
     fn walk(dir: &Path, found: &mut Vec<String>) {
         for entry in std::fs::read_dir(dir).unwrap() {
@@ -596,12 +608,7 @@ async fn a_partial_file_held_by_another_copier_is_left_to_it(world: World) {
     let body = notification(&metas[0], "OBJECT_FINALIZE", "busy");
     assert_eq!(post_raw(&url, body.clone()).await, 503, "asked again later");
     assert!(!target.exists());
-    let download = &world
-        .store
-        .list_downloads(None, 10, None)
-        .await
-        .unwrap()
-        .items[0];
+    let download = &only_download(&world).await;
     let error = download.error().unwrap();
     assert_eq!(error.code, "busy", "{}", error.message);
     // Once it is gone, the copy goes through whole.
@@ -632,12 +639,7 @@ async fn a_copy_spliced_by_another_writer_is_caught_by_reading_the_file_back(wor
     // otherwise, and the file decides.
     assert_eq!(post_raw(&url, body.clone()).await, 503);
     assert!(!target.exists(), "nothing renamed into place");
-    let download = &world
-        .store
-        .list_downloads(None, 10, None)
-        .await
-        .unwrap()
-        .items[0];
+    let download = &only_download(&world).await;
     let error = download.error().unwrap();
     assert_eq!(error.code, "size_mismatch", "{}", error.message);
     assert!(no_partial_files(root.path()), "the spliced file is gone");
@@ -870,12 +872,7 @@ async fn a_corrupted_copy_is_retried_then_failed_with_the_reason(world: World) {
         "attempt 3 fails for good"
     );
     assert_eq!(post_raw(&url, body.clone()).await, 200, "and stays failed");
-    let download = &world
-        .store
-        .list_downloads(None, 10, None)
-        .await
-        .unwrap()
-        .items[0];
+    let download = &only_download(&world).await;
     assert_eq!(
         (download.status(), download.attempts()),
         (DownloadStatus::Failed, 3)

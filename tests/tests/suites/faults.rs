@@ -24,7 +24,6 @@
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderName, HeaderValue};
 use axum::response::IntoResponse;
 use base64::Engine;
 use futures::StreamExt;
@@ -45,42 +44,7 @@ use tests::stages::{Service, World, emulators, push_body};
 
 // --- HTTP ----------------------------------------------------------------
 
-/// What a service answered.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    body: Value,
-}
-
-impl Answer {
-    /// `outcome` of a push answer (`done`, `duplicate`, `ignored`, `poison`).
-    fn outcome(&self) -> &str {
-        self.body["outcome"].as_str().unwrap_or("-")
-    }
-}
-
-async fn post(
-    http: &reqwest::Client,
-    url: &str,
-    body: Vec<u8>,
-    headers: &[(String, Vec<u8>)],
-) -> Answer {
-    let mut request = http.post(url).body(body);
-    for (name, value) in headers {
-        request = request.header(
-            HeaderName::from_bytes(name.as_bytes()).unwrap(),
-            HeaderValue::from_bytes(value).unwrap(),
-        );
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let bytes = response.bytes().await.unwrap();
-    Answer {
-        status,
-        body: serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into())),
-    }
-}
+use tests::http::{Answer, post};
 
 /// One request of a hostile batch.
 struct Sent {

@@ -185,11 +185,11 @@ impl Intake {
         pulled
     }
 
-    /// What is on a kind's subscription now, without waiting.
-    async fn pending_messages(&self, kind: JobKind) -> Vec<Pulled> {
+    /// Asserts that no job message of `kind` was published.
+    async fn assert_no_messages(&self, kind: JobKind) {
         self.pubsub
-            .drain(&format!("{}{kind}", self.prefix), 100)
-            .await
+            .assert_nothing_published(&format!("{}{kind}", self.prefix))
+            .await;
     }
 
     /// The service's log lines.
@@ -281,8 +281,8 @@ async fn requests_in_all_three_forms_become_jobs_with_one_message_each() {
     assert_eq!(videos[0].attributes["origin"], "intake");
     assert_eq!(videos[0].json(), json!({"job_id": video.id()}));
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(intake.pending_messages(JobKind::Image).await.is_empty());
-    assert!(intake.pending_messages(JobKind::Video).await.is_empty());
+    intake.assert_no_messages(JobKind::Image).await;
+    intake.assert_no_messages(JobKind::Video).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -347,7 +347,7 @@ async fn poison_requests_are_acknowledged_once_and_kept_for_the_operator() {
     }
     assert_eq!(intake.store.count_rejected().await.unwrap(), 3);
     assert!(intake.jobs().await.is_empty());
-    assert!(intake.pending_messages(JobKind::Image).await.is_empty());
+    intake.assert_no_messages(JobKind::Image).await;
 
     let output = intake.asmr(&["rejected", "--json"]);
     assert!(
@@ -602,7 +602,7 @@ async fn an_operators_approval_becomes_one_queued_video_through_the_job_events()
     // redelivered event would find the video made: still one.
     assert!(intake.asmr(&["approve", image.id()]).status.success());
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(intake.pending_messages(JobKind::Video).await.is_empty());
+    intake.assert_no_messages(JobKind::Video).await;
     assert_eq!(
         intake.store.job(image.id()).await.unwrap().children().len(),
         1

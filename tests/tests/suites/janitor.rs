@@ -537,8 +537,9 @@ mod emulators {
         assert!(w.store.get_job(expired.id()).await.unwrap().is_none());
         assert!(w.store.get_job(recent.id()).await.unwrap().is_some());
         // Both dead letters were acknowledged.
-        let left = w.pubsub.drain(&w.dead_letter_subscription(), 10).await;
-        assert!(left.is_empty(), "{left:?}");
+        w.pubsub
+            .assert_nothing_published(&w.dead_letter_subscription())
+            .await;
         // The store, not the janitor, announced the two failures.
         let mut events: Vec<(String, String)> = w
             .pubsub
@@ -565,8 +566,8 @@ mod emulators {
         let (ok, summary) = w.run_binary(&[]).await;
         assert!(ok, "{summary}");
         assert_eq!(counts(&summary), expect(&[]), "{summary}");
-        assert!(w.published(JobKind::Image).await.is_empty());
-        assert!(w.published(JobKind::Video).await.is_empty());
+        w.pubsub.assert_nothing_published(&w.pull("image")).await;
+        w.pubsub.assert_nothing_published(&w.pull("video")).await;
     }
 
     #[tokio::test]
@@ -674,8 +675,9 @@ mod emulators {
                 (DEAD_LETTERED, "delivery failed 5 times")
             );
         }
-        let left = w.pubsub.drain(&w.dead_letter_subscription(), 100).await;
-        assert!(left.is_empty(), "{} left", left.len());
+        w.pubsub
+            .assert_nothing_published(&w.dead_letter_subscription())
+            .await;
     }
 
     #[tokio::test]

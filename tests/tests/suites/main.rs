@@ -11,6 +11,7 @@ mod delivery;
 mod embedded_store;
 mod end_to_end;
 mod faults;
+mod fuzzing;
 mod generation;
 mod intake;
 mod janitor;

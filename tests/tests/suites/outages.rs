@@ -493,7 +493,7 @@ async fn a_job_event_that_pubsub_did_not_take_is_published_by_the_janitor_once()
         world.store.job(&id).await.unwrap().status(),
         JobStatus::Failed
     );
-    assert!(pubsub.drain(&events, 10).await.is_empty());
+    pubsub.assert_nothing_published(&events).await;
     assert_eq!(world.store.outbox_len().await.unwrap(), 1);
 
     tokio::time::sleep(Duration::from_secs(11)).await;
@@ -602,13 +602,29 @@ fn a_live_local_run_without_credentials_stops_at_once_and_creates_nothing() {
         "said once: {stderr}"
     );
     assert!(took < Duration::from_secs(20), "stopped after {took:?}");
+    // The same state directory, read back: `asmr list` must succeed and
+    // answer a JSON list, so that an empty one means no job, not a failure.
     let list = Command::new(binary("asmr"))
         .env_clear()
         .args(["list", "--json", "--state-dir", state.to_str().unwrap()])
         .output()
         .unwrap();
-    let jobs: Value = serde_json::from_slice(&list.stdout).unwrap_or(json!([]));
-    assert_eq!(jobs.as_array().map(Vec::len), Some(0), "no job was created");
+    assert!(
+        list.status.success(),
+        "asmr list failed: {}",
+        String::from_utf8_lossy(&list.stderr)
+    );
+    let jobs: Value = serde_json::from_slice(&list.stdout).unwrap_or_else(|e| {
+        panic!(
+            "asmr list did not answer JSON ({e}): {}",
+            String::from_utf8_lossy(&list.stdout)
+        )
+    });
+    assert_eq!(
+        jobs.as_array().map(Vec::len),
+        Some(0),
+        "no job was created: {jobs}"
+    );
 }
 
 // --- 8, 9, 10. Veo operations ----------------------------------------------

@@ -1590,9 +1590,7 @@ fn paid_mode_is_never_uncapped() {
 fn the_model_callers_hold_only_what_they_call() {
     let tf = Terraform::load();
     let role = tf.resource("google_project_iam_custom_role", "vertex_caller");
-    let permissions: String = attr_text(role, "permissions")
-        .split_whitespace()
-        .collect();
+    let permissions: String = attr_text(role, "permissions").split_whitespace().collect();
     assert_eq!(permissions, "[\"aiplatform.endpoints.predict\"]");
     for (name, function) in entries(tf.local("functions")) {
         let roles = field(function, "project_roles").to_string();
@@ -1639,6 +1637,17 @@ fn object_reads_and_writes_are_in_the_audit_logs() {
     }
 }
 
+/// Step 3 of the README's fresh-project commands: the build accounts and
+/// their grants.
+fn readme_step3() -> String {
+    read("README.md")
+        .split("# 3. The accounts Cloud Build runs as")
+        .nth(1)
+        .and_then(|rest| rest.split("# 4.").next())
+        .expect("the README's step 3")
+        .to_string()
+}
+
 #[test]
 fn the_release_identity_administers_only_the_deployments_own_accounts() {
     let tf = Terraform::load();
@@ -1655,12 +1664,7 @@ fn the_release_identity_administers_only_the_deployments_own_accounts() {
     }
     // The README's first steps grant no account administration on the
     // project.
-    let readme = read("README.md");
-    let step3 = readme
-        .split("# 3. The accounts Cloud Build runs as")
-        .nth(1)
-        .and_then(|rest| rest.split("# 4.").next())
-        .expect("the README's step 3");
+    let step3 = readme_step3();
     for role in [
         "roles/iam.serviceAccountAdmin",
         "roles/iam.serviceAccountUser",
@@ -1708,12 +1712,7 @@ fn the_tests_run_with_no_permission_and_check_what_they_download() {
     );
     // The README creates the test account with nothing but its logs and
     // its sources.
-    let readme = read("README.md");
-    let step3 = readme
-        .split("# 3. The accounts Cloud Build runs as")
-        .nth(1)
-        .and_then(|rest| rest.split("# 4.").next())
-        .unwrap();
+    let step3 = readme_step3();
     let test_grants: Vec<&str> = step3
         .split("--member=serviceAccount:$TEST")
         .skip(1)
