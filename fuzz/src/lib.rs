@@ -89,7 +89,7 @@ pub fn events_decode(data: &[u8]) {
     assert!(!event.event_id.is_empty(), "{event:?}");
     let _ = event.uri().to_string();
     // The downloader turns the name into a path next.
-    let _ = shared::paths::relative_path(&event.name);
+    let _ = shared::domain::paths::relative_path(&event.name);
 }
 
 /// `shared::requests::parse`: message attributes and body (see [`split`])
@@ -129,10 +129,10 @@ pub fn requests_parse(data: &[u8]) {
     }
 }
 
-/// `shared::paths`: any name is refused or becomes the same bytes as plain
+/// `shared::domain::paths`: any name is refused or becomes the same bytes as plain
 /// segments under the root; never a path that climbs out.
 pub fn paths(data: &[u8]) {
-    use shared::paths::{join_under, relative_path};
+    use shared::domain::paths::{join_under, relative_path};
     use std::path::{Component, Path};
     let Ok(name) = std::str::from_utf8(data) else {
         return;

@@ -467,14 +467,14 @@ impl StageArgs {
 
     /// The cost guard: list prices with MODEL_PRICES over them, and the
     /// daily budget.
-    pub fn cost_guard(&self) -> Result<crate::generate::CostGuard, String> {
+    pub fn cost_guard(&self) -> Result<crate::cost::CostGuard, String> {
         let prices = match &self.model_prices {
             Some(text) => crate::cost::PriceTable::list_prices()
                 .with_overrides(text)
                 .map_err(|e| format!("MODEL_PRICES: {e}"))?,
             None => crate::cost::PriceTable::list_prices(),
         };
-        Ok(crate::generate::CostGuard {
+        Ok(crate::cost::CostGuard {
             prices,
             budget_micros: self.budget_usd_per_day,
         })

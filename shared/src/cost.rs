@@ -350,6 +350,16 @@ pub fn usd(micros: u64) -> f64 {
     micros as f64 / MICROS_PER_USD as f64
 }
 
+/// The cost guard of a generator: what models cost, and the daily budget.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CostGuard {
+    /// List prices, with MODEL_PRICES over them.
+    pub prices: PriceTable,
+    /// BUDGET_USD_PER_DAY in micro-dollars; `None`: no limit (spending is
+    /// still recorded, for `asmr stats`).
+    pub budget_micros: Option<u64>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

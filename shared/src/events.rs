@@ -9,7 +9,7 @@
 //! cannot be read is [`Poison`]: retrying the same bytes cannot fix it.
 
 use crate::crc::Crc32c;
-use crate::objects::GsUri;
+use crate::domain::gs_uri::GsUri;
 use crate::push::{self, Delivery, Poison};
 use crate::redact::json_error;
 use axum::http::HeaderMap;

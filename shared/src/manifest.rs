@@ -16,13 +16,10 @@ pub use append::{Appended, Appender, append, append_to_bucket, append_to_directo
 pub use rebuild::{RebuildReport, rebuild};
 
 use crate::crc::Crc32c;
-use crate::deliver::Destination;
-use crate::domain::download::Target;
 use crate::domain::job::{Job, JobKind, JobParams};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::LazyLock;
 
 /// The manifest's name, at the root of the destination.
@@ -201,34 +198,6 @@ fn cut_to_bytes(text: &str, max: usize) -> &str {
         end -= 1;
     }
     &text[..end]
-}
-
-/// Where `target` is relative to the root of `destination`, `/`-separated;
-/// `None` when it is not under it (a record made for another destination).
-pub fn relative_path(destination: &Destination, target: &Target) -> Option<String> {
-    match (destination, target) {
-        (Destination::Bucket { bucket, prefix }, Target::Object(uri)) if uri.bucket == *bucket => {
-            uri.name
-                .strip_prefix(prefix.as_str())
-                .filter(|name| !name.is_empty())
-                .map(str::to_string)
-        }
-        (Destination::Directory(root), Target::File(path)) => under(root, path),
-        _ => None,
-    }
-}
-
-/// `path` relative to `root`, its segments joined by `/`.
-fn under(root: &Path, path: &Path) -> Option<String> {
-    let relative = path.strip_prefix(root).ok()?;
-    let segments = relative
-        .components()
-        .map(|c| match c {
-            std::path::Component::Normal(segment) => segment.to_str(),
-            _ => None,
-        })
-        .collect::<Option<Vec<_>>>()?;
-    (!segments.is_empty()).then(|| segments.join("/"))
 }
 
 /// Runs the file work `work` off the async threads; an I/O error, or a task

@@ -12,7 +12,8 @@
 
 use serde_json::Value;
 use shared::domain::Lease;
-use shared::domain::download::{DownloadStatus, FileType, NewDownload, Target};
+use shared::domain::destination::Target;
+use shared::domain::download::{DownloadStatus, FileType, NewDownload};
 use shared::domain::job::{Delivery, FILTERED, JobError};
 use shared::store::Claim;
 use shared::store::rejected::{Rejected, RejectedSource};

@@ -6,6 +6,7 @@
 
 use clap::Parser;
 use shared::config::StageArgs;
+use shared::domain::job::JobKind;
 use shared::generate::service::{self, Mode};
 
 #[derive(Parser)]
@@ -26,6 +27,6 @@ async fn main() -> std::process::ExitCode {
     shared::telemetry::init();
     let cli = Cli::parse();
     shared::server::exit_code(
-        service::video_generator(cli.args, cli.mode.unwrap_or(Mode::Serve)).await,
+        service::generator(JobKind::Video, cli.args, cli.mode.unwrap_or(Mode::Serve)).await,
     )
 }

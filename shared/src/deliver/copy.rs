@@ -4,19 +4,20 @@ use super::Downloader;
 use crate::beneath::{Access, Dir, Open, Root};
 use crate::crc::Crc32c;
 use crate::domain::Lease;
+use crate::domain::destination::Target;
 use crate::domain::download::Download;
-use crate::domain::download::Target;
+use crate::domain::gs_uri::GsUri;
 use crate::error::Error;
-use crate::objects::{GsUri, ReadRange};
+use crate::objects::ReadRange;
 use futures::{FutureExt, StreamExt};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tokio::io::AsyncWriteExt;
 
 /// Suffix of a file being copied; object names with it are refused (see
-/// [`crate::paths`]), so a temporary file can never be mistaken for, or
+/// [`crate::domain::paths`]), so a temporary file can never be mistaken for, or
 /// overwrite, an output.
-pub use crate::paths::PARTIAL_SUFFIX;
+pub use crate::domain::paths::PARTIAL_SUFFIX;
 /// Progress is recorded (and the lease extended) every this many bytes, or
 /// after this long, whichever comes first.
 const PROGRESS_EVERY: u64 = 16 * 1024 * 1024;
@@ -285,7 +286,7 @@ async fn to_file(
     crc: Crc32c,
 ) -> Result<u64, CopyError> {
     let root = match &downloader.settings().destination {
-        super::Destination::Directory(root) => root.clone(),
+        crate::domain::destination::Destination::Directory(root) => root.clone(),
         other => {
             return Err(CopyError::permanent(
                 "bad_destination",

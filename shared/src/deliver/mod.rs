@@ -16,67 +16,17 @@ pub mod service;
 
 use crate::ack::Handled;
 use crate::domain::Lease;
-use crate::domain::download::{Download, DownloadStatus, FileType, NewDownload, Target};
+use crate::domain::destination::Destination;
+use crate::domain::download::{Download, DownloadStatus, FileType, NewDownload};
 use crate::domain::job::{Delivery, JobError};
 use crate::error::Error;
 use crate::events::{ObjectEvent, ObjectEventKind};
-use crate::generate::Workers;
-use crate::objects::{GsUri, ObjectStore};
+use crate::objects::ObjectStore;
+use crate::stage::Workers;
 use crate::store::{Claim, Store};
-use std::path::PathBuf;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
-
-/// Where copies go.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Destination {
-    /// `gs://bucket/prefix`: a server-side copy into another bucket.
-    Bucket {
-        /// The archive bucket.
-        bucket: String,
-        /// Prepended to each object name; empty or ending in `/`.
-        prefix: String,
-    },
-    /// A directory: each object lands at its name under it.
-    Directory(PathBuf),
-}
-
-impl FromStr for Destination {
-    type Err = String;
-
-    /// `gs://bucket[/prefix]` or a filesystem path.
-    fn from_str(text: &str) -> std::result::Result<Self, String> {
-        let text = text.trim();
-        if text.is_empty() {
-            return Err("DOWNLOAD_DESTINATION is empty".into());
-        }
-        if text.starts_with("gs://") {
-            let uri =
-                GsUri::parse(text).ok_or_else(|| format!("{text:?} is not gs://bucket/prefix"))?;
-            let mut prefix = uri.name.trim_matches('/').to_string();
-            if !prefix.is_empty() {
-                crate::paths::relative_path(&prefix).map_err(|e| e.to_string())?;
-                prefix.push('/');
-            }
-            return Ok(Destination::Bucket {
-                bucket: uri.bucket,
-                prefix,
-            });
-        }
-        Ok(Destination::Directory(PathBuf::from(text)))
-    }
-}
-
-impl std::fmt::Display for Destination {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Destination::Bucket { bucket, prefix } => write!(f, "gs://{bucket}/{prefix}"),
-            Destination::Directory(path) => write!(f, "{}", path.display()),
-        }
-    }
-}
 
 /// Downloader settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -188,23 +138,6 @@ impl Downloader {
         &self.settings
     }
 
-    /// Where `name` is copied to, as recorded (a gs:// URI or a path).
-    /// Names that could escape the destination are refused here.
-    pub fn destination_of(&self, name: &str) -> std::result::Result<Target, String> {
-        match &self.settings.destination {
-            Destination::Bucket { bucket, prefix } => {
-                crate::paths::relative_path(name).map_err(|e| e.to_string())?;
-                Ok(Target::Object(GsUri {
-                    bucket: bucket.clone(),
-                    name: format!("{prefix}{name}"),
-                }))
-            }
-            Destination::Directory(root) => crate::paths::join_under(root, name)
-                .map(Target::File)
-                .map_err(|e| e.to_string()),
-        }
-    }
-
     fn lease(&self) -> Lease {
         self.workers.lease(self.settings.lease)
     }
@@ -232,7 +165,7 @@ impl Downloader {
                 event.uri()
             ));
         };
-        let destination = match self.destination_of(&event.name) {
+        let destination = match self.settings.destination.target_of(&event.name) {
             Ok(destination) => destination,
             Err(reason) => {
                 return Handled::Poison(format!("{} cannot be delivered: {reason}", event.uri()));
@@ -247,7 +180,7 @@ impl Downloader {
                 return Handled::Ignored(format!("{} no longer exists", event.uri()));
             }
             Err(e) if e.is_permission_denied() => {
-                crate::generate::report_misconfiguration(
+                crate::stage::report_misconfiguration(
                     "Cloud Storage refuses the downloader's credentials or role",
                     &e,
                 );
@@ -456,7 +389,7 @@ impl Downloader {
         verified: copy::Verified,
     ) -> crate::error::Result<()> {
         let destination = &self.settings.destination;
-        let path = crate::manifest::relative_path(destination, download.destination());
+        let path = destination.relative(download.destination());
         let (Some(job), Some(path)) = (job, path) else {
             tracing::warn!(download_id = %download.id(), destination = %download.destination(), "no manifest line: the file has no job or lies outside {destination}");
             return Ok(());
@@ -544,7 +477,7 @@ impl Downloader {
     ) -> Handled {
         let error = JobError::new(e.code.clone(), e.message.clone(), e.retryable);
         if e.denied {
-            crate::generate::report_misconfiguration(
+            crate::stage::report_misconfiguration(
                 "Cloud Storage refuses the downloader's credentials or role",
                 &error,
             );
@@ -587,7 +520,7 @@ impl Downloader {
     pub async fn drain(
         &self,
         max_jobs: Option<u64>,
-    ) -> crate::error::Result<crate::generate::DrainReport> {
+    ) -> crate::error::Result<crate::stage::DrainReport> {
         use futures::StreamExt;
         let claimed = std::sync::atomic::AtomicU64::new(0);
         let retried = std::sync::atomic::AtomicU64::new(0);
@@ -616,7 +549,7 @@ impl Downloader {
         for result in results {
             result?;
         }
-        Ok(crate::generate::DrainReport {
+        Ok(crate::stage::DrainReport {
             processed: claimed.into_inner(),
             retried: retried.into_inner(),
         })

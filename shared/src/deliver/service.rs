@@ -1,9 +1,10 @@
 //! The downloader's HTTP face (`POST /` for both Pub/Sub pushes and Eventarc
 //! CloudEvents) and its binary entry point.
 
-use super::{Destination, Downloader, DownloaderSettings};
+use super::{Downloader, DownloaderSettings};
 use crate::ack::Handled;
 use crate::config::{ObjectArgs, OutputArgs, ServeArgs, StoreArgs, parse_duration};
+use crate::domain::destination::Destination;
 use crate::events::ObjectEvent;
 use crate::identity::PushGate;
 use crate::server;

@@ -1,54 +1,16 @@
 //! Downloads: one record per finalized output object, tracking its copy to the
 //! destination.
 
+use super::destination::Target;
+use super::gs_uri::GsUri;
 use super::job::{JobError, Retention};
 use super::validate::ValidationError;
 use super::{Lease, Transition, TransitionError};
 use crate::crc::Crc32c;
-use crate::objects::GsUri;
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
-
-/// Where a download's copy goes: an object of the archive bucket, or a
-/// file under the mounted directory. Records carry it as text, a
-/// `gs://` URI or a path.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Target {
-    /// A server-side copy to this object.
-    Object(GsUri),
-    /// A streamed copy to this file.
-    File(std::path::PathBuf),
-}
-
-impl fmt::Display for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Target::Object(uri) => uri.fmt(f),
-            Target::File(path) => path.display().fmt(f),
-        }
-    }
-}
-
-impl Serialize for Target {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Target {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        if text.starts_with("gs://") {
-            GsUri::parse(&text).map(Target::Object).ok_or_else(|| {
-                serde::de::Error::custom(format!("{text:?} is not gs://bucket/name"))
-            })
-        } else {
-            Ok(Target::File(text.into()))
-        }
-    }
-}
 
 /// Copies allowed per object before the download fails for good.
 pub const DEFAULT_DOWNLOAD_ATTEMPTS: u32 = 3;

@@ -1,8 +1,11 @@
 //! The domain: jobs, downloads, their state machines and input validation.
 //! Nothing here knows about a database, HTTP or Google.
 
+pub mod destination;
 pub mod download;
+pub mod gs_uri;
 pub mod job;
+pub mod paths;
 pub mod review;
 pub mod validate;
 

@@ -1,6 +1,7 @@
 //! The state machines, tested exhaustively: every action from every status.
 
-use super::download::{Download, DownloadStatus, FileType, NewDownload, Target};
+use super::destination::Target;
+use super::download::{Download, DownloadStatus, FileType, NewDownload};
 use super::job::{
     ClaimRefusal, Delivery, FILTERED, Job, JobError, JobKind, JobStatus, NewJob, Retention,
     RetryOptions,

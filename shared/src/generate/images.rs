@@ -1,19 +1,18 @@
 //! The image generator: one claimed job → the model (or placeholders) →
 //! `images/{job_id}/{n}.png` in the output bucket → job completed.
 
-use super::{
-    Generator, GeneratorCore, GeneratorSettings, Handled, settle_model_error,
-    settled_elsewhere_or_retry, with_store_retries,
-};
-use super::{billed_for, keep_outputs, settle_cost, write_held};
+use super::outputs::{keep_outputs, write_held};
+use super::settle::{answer_model_error, billed_for, moved_on_or_retry, settle_cost};
+use super::{Generator, GeneratorCore};
+use crate::ack::Handled;
 use crate::domain::Lease;
 use crate::domain::job::{FILTERED, Job, JobError, JobKind};
-use crate::objects::{ObjectStore, OutputFile};
+use crate::objects::OutputFile;
+use crate::stage::with_store_retries;
 use crate::store::Store;
 use crate::store::budget::Billed;
 use crate::vertex::{GeneratedImage, ImageModel, ImageOutcome, ImageRequest, ModelError};
 use async_trait::async_trait;
-use std::sync::Arc;
 
 /// Placeholder images instead of a model: the dry run.
 #[derive(Clone, Copy, Debug, Default)]
@@ -45,16 +44,6 @@ impl ImageModel for DryRunImages {
 pub type ImageGenerator = GeneratorCore<dyn ImageModel>;
 
 impl GeneratorCore<dyn ImageModel> {
-    /// A generator writing to `objects` and calling `model` for live jobs.
-    pub fn new(
-        store: Store,
-        objects: Arc<dyn ObjectStore>,
-        model: Arc<dyn ImageModel>,
-        settings: GeneratorSettings,
-    ) -> Self {
-        Self::build("image-generator", store, objects, model, settings)
-    }
-
     fn extension(mime_type: &str) -> &'static str {
         match mime_type {
             "image/jpeg" | "image/jpg" => "jpg",
@@ -124,7 +113,7 @@ pub(super) async fn fail_filtered(
     tracing::warn!(job_id = %job.id(), reason = %reasons, event = "job_failed", code = FILTERED, "output filtered");
     match with_store_retries(|| store.fail_job(job.id(), owner, error.clone())).await {
         Ok(_) => Handled::Done(format!("job {} filtered: {reasons}", job.id())),
-        Err(e) => settled_elsewhere_or_retry(&e),
+        Err(e) => moved_on_or_retry(&e),
     }
 }
 
@@ -185,7 +174,7 @@ impl Generator for ImageGenerator {
             }
             Err(e) => {
                 settle_cost(&self.store, &job, owner, billed_for(&e)).await;
-                settle_model_error(&self.store, &job, lease, &e).await
+                answer_model_error(&self.store, &job, lease, &e).await
             }
         }
     }

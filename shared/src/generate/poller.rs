@@ -10,13 +10,13 @@
 //! finds. OPERATION_TIMEOUT counts from the submit whatever the polls
 //! answer: an operation that cannot be polled still times out.
 
+use super::settle::{moved_on_or_retry, settle_cost};
 use super::videos::fail_filtered_video;
-use super::{
-    Handled, report_misconfiguration, settle_cost, settled_elsewhere_or_retry, with_store_retries,
-};
+use crate::ack::Handled;
 use crate::domain::job::{Job, JobError, JobStatus, OPERATION_FAILED, SUBMIT_UNKNOWN};
 use crate::error::Result;
 use crate::objects::ObjectStore;
+use crate::stage::{report_misconfiguration, with_store_retries};
 use crate::store::budget::Billed;
 use crate::store::{JobFilter, MAX_PAGE, Store};
 use crate::time::Timestamp;
@@ -139,7 +139,7 @@ impl VideoPoller {
     async fn fail(&self, job: &Job, error: JobError) -> Handled {
         match with_store_retries(|| self.store.fail_job(job.id(), None, error.clone())).await {
             Ok(_) => Handled::Done(String::new()),
-            Err(e) => settled_elsewhere_or_retry(&e),
+            Err(e) => moved_on_or_retry(&e),
         }
     }
 
@@ -149,7 +149,7 @@ impl VideoPoller {
                 tracing::info!(job_id = %job.id(), kind = "video", outputs = videos.len(), event = "job_completed", "job completed");
                 Seen::Completed
             }
-            Err(e) => match settled_elsewhere_or_retry(&e) {
+            Err(e) => match moved_on_or_retry(&e) {
                 Handled::Duplicate(_) => Seen::Skipped,
                 _ => Seen::Error,
             },

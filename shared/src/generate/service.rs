@@ -1,15 +1,17 @@
 //! The HTTP face of a generator and the entry points of the generation
 //! binaries (`image-generator`, `video-generator`, `video-poller`).
 
-use super::images::ImageGenerator;
 use super::poller::{PollerSettings, VideoPoller};
-use super::videos::VideoGenerator;
-use super::{DrainLimits, Generator, GeneratorSettings, Handled, drain, handle};
+use super::{Generator, GeneratorCore, GeneratorSettings, drain, handle};
+use crate::ack::Handled;
 use crate::config::StageArgs;
+use crate::domain::job::JobKind;
 use crate::identity::PushGate;
 use crate::push::{self, JobMessage};
 use crate::server;
+use crate::stage::DrainLimits;
 use crate::vertex::client::VertexClient;
+use crate::vertex::{ImageModel, VideoModel};
 use axum::Router;
 use axum::body::Bytes;
 use axum::http::HeaderMap;
@@ -22,19 +24,31 @@ pub const PUSH_TIMEOUT: Duration = Duration::from_secs(540);
 
 /// `POST /` takes the push of a job message, from anyone (see
 /// [`gated_router`]); `GET /healthz` answers.
-pub fn router<G: Generator>(generator: Arc<G>) -> Router {
+pub fn router<M: ?Sized + Send + Sync + 'static>(generator: Arc<GeneratorCore<M>>) -> Router
+where
+    GeneratorCore<M>: Generator,
+{
     gated_router(generator, PushGate::open())
 }
 
 /// [`router`], taking only the pushes `gate` admits.
-pub fn gated_router<G: Generator>(generator: Arc<G>, gate: PushGate) -> Router {
+pub fn gated_router<M: ?Sized + Send + Sync + 'static>(
+    generator: Arc<GeneratorCore<M>>,
+    gate: PushGate,
+) -> Router
+where
+    GeneratorCore<M>: Generator,
+{
     let app = Router::new()
-        .route("/", server::push_route::<G>(&Arc::new(gate)))
+        .route("/", server::push_route::<GeneratorCore<M>>(&Arc::new(gate)))
         .with_state(generator);
     server::with_basics(app, PUSH_TIMEOUT)
 }
 
-impl<G: Generator> server::Push for G {
+impl<M: ?Sized + Send + Sync + 'static> server::Push for GeneratorCore<M>
+where
+    GeneratorCore<M>: Generator,
+{
     type Message = push::Delivery;
 
     fn decode(&self, _headers: &HeaderMap, body: &Bytes) -> Result<push::Delivery, String> {
@@ -118,15 +132,18 @@ async fn preflight(client: Arc<VertexClient>, args: &StageArgs, mode: &Mode) -> 
     }
 }
 
-async fn serve_or_drain<G: Generator>(
-    generator: G,
+async fn serve_or_drain<M: ?Sized + Send + Sync + 'static>(
+    generator: GeneratorCore<M>,
     args: &StageArgs,
     mode: Mode,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<()>
+where
+    GeneratorCore<M>: Generator,
+{
     let store = generator.store().clone();
+    let stage = format!("{}-generator", GeneratorCore::<M>::KIND);
     let work = match mode {
         Mode::Serve => {
-            let stage = format!("{}-generator", G::KIND);
             let gate = args.serve.identity.push_gate(&stage);
             server::Work::Serve(gated_router(Arc::new(generator), gate))
         }
@@ -138,7 +155,6 @@ async fn serve_or_drain<G: Generator>(
                 max_jobs,
                 max_duration: max_seconds.map(Duration::from_secs),
             };
-            let stage = format!("{}-generator", G::KIND.as_str());
             drain(&generator, limits).await?.log(&stage);
             Ok(())
         })),
@@ -146,34 +162,27 @@ async fn serve_or_drain<G: Generator>(
     server::serve_or_drain(&store, args.serve.port, work).await
 }
 
-/// The `image-generator` binary.
-pub async fn image_generator(args: StageArgs, mode: Mode) -> anyhow::Result<()> {
-    tracing::info!(config = %args.summary(), "image-generator starting");
+/// The `image-generator` and `video-generator` binaries: the generator of
+/// `kind`, calling Vertex AI with the model the arguments name for it.
+pub async fn generator(kind: JobKind, args: StageArgs, mode: Mode) -> anyhow::Result<()> {
+    tracing::info!(config = %args.summary(), "{kind}-generator starting");
     let client = Arc::new(VertexClient::new(args.vertex())?);
     preflight(client.clone(), &args, &mode).await?;
-    let generator = ImageGenerator::new(
-        args.connect().await?.store,
-        args.object_store().await?,
-        client,
-        settings(&args, &args.vertex.image_model)?,
-    )
-    .with_cost_guard(args.cost_guard().map_err(anyhow::Error::msg)?);
-    serve_or_drain(generator, &args, mode).await
-}
-
-/// The `video-generator` binary.
-pub async fn video_generator(args: StageArgs, mode: Mode) -> anyhow::Result<()> {
-    tracing::info!(config = %args.summary(), "video-generator starting");
-    let client = Arc::new(VertexClient::new(args.vertex())?);
-    preflight(client.clone(), &args, &mode).await?;
-    let generator = VideoGenerator::new(
-        args.connect().await?.store,
-        args.object_store().await?,
-        client,
-        settings(&args, &args.vertex.video_model)?,
-    )
-    .with_cost_guard(args.cost_guard().map_err(anyhow::Error::msg)?);
-    serve_or_drain(generator, &args, mode).await
+    let store = args.connect().await?.store;
+    let objects = args.object_store().await?;
+    let guard = args.cost_guard().map_err(anyhow::Error::msg)?;
+    match kind {
+        JobKind::Image => {
+            let settings = settings(&args, &args.vertex.image_model)?;
+            let generator = GeneratorCore::<dyn ImageModel>::new(store, objects, client, settings);
+            serve_or_drain(generator.with_cost_guard(guard), &args, mode).await
+        }
+        JobKind::Video => {
+            let settings = settings(&args, &args.vertex.video_model)?;
+            let generator = GeneratorCore::<dyn VideoModel>::new(store, objects, client, settings);
+            serve_or_drain(generator.with_cost_guard(guard), &args, mode).await
+        }
+    }
 }
 
 /// The `video-poller` binary: rounds until nothing is generating or

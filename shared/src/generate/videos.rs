@@ -3,21 +3,20 @@
 //! run, placeholder MP4s written where Veo would write them.
 
 use super::images::fail_filtered;
-use super::{
-    Generator, GeneratorCore, GeneratorSettings, Handled, settle_model_error,
-    settled_elsewhere_or_retry, with_store_retries,
-};
-use super::{billed_for, keep_outputs, report_misconfiguration, settle_cost, write_held};
+use super::outputs::{keep_outputs, write_held};
+use super::settle::{answer_model_error, billed_for, moved_on_or_retry, settle_cost};
+use super::{Generator, GeneratorCore};
+use crate::ack::Handled;
 use crate::domain::Lease;
 use crate::domain::job::{Job, JobError, JobKind, MISCONFIGURED};
 use crate::domain::review::{FIRST_FRAME_MISSING, FirstFrame};
-use crate::objects::{ObjectStore, OutputFile};
+use crate::objects::OutputFile;
+use crate::stage::{report_misconfiguration, with_store_retries};
 use crate::store::Store;
 use crate::store::budget::Billed;
 use crate::time::Timestamp;
 use crate::vertex::{VideoModel, VideoRequest};
 use async_trait::async_trait;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Extra lease time on top of OPERATION_TIMEOUT, so the poller, not a lease
@@ -28,17 +27,6 @@ const LEASE_MARGIN: Duration = Duration::from_secs(600);
 pub type VideoGenerator = GeneratorCore<dyn VideoModel>;
 
 impl GeneratorCore<dyn VideoModel> {
-    /// A generator submitting live jobs to `model` and writing dry-run
-    /// placeholders to `objects`.
-    pub fn new(
-        store: Store,
-        objects: Arc<dyn ObjectStore>,
-        model: Arc<dyn VideoModel>,
-        settings: GeneratorSettings,
-    ) -> Self {
-        Self::build("video-generator", store, objects, model, settings)
-    }
-
     /// `gs://OUT/videos/{job_id}/`: where Veo writes the job's files.
     pub fn storage_uri(&self, job: &Job) -> String {
         format!("gs://{}/videos/{}/", self.settings.output_bucket, job.id())
@@ -64,7 +52,7 @@ impl GeneratorCore<dyn VideoModel> {
             }
             Err(e) => {
                 tracing::error!(job_id = %job.id(), operation, error = %e, "could not record the submitted operation");
-                settled_elsewhere_or_retry(&e)
+                moved_on_or_retry(&e)
             }
         }
     }
@@ -133,7 +121,7 @@ impl GeneratorCore<dyn VideoModel> {
         match with_store_retries(|| self.store.fail_job(job.id(), Some(owner), error.clone())).await
         {
             Ok(_) => Handled::Done(format!("job {} failed: {message}", job.id())),
-            Err(e) => settled_elsewhere_or_retry(&e),
+            Err(e) => moved_on_or_retry(&e),
         }
     }
 
@@ -166,7 +154,7 @@ impl GeneratorCore<dyn VideoModel> {
                 rate_limited: false,
                 reason: e.to_string(),
             },
-            Err(e) => settled_elsewhere_or_retry(&e),
+            Err(e) => moved_on_or_retry(&e),
         }
     }
 }
@@ -218,7 +206,7 @@ impl Generator for VideoGenerator {
             Ok(operation) => self.watch(&job, lease, &operation, false).await,
             Err(e) => {
                 settle_cost(&self.store, &job, Some(&lease.owner), billed_for(&e)).await;
-                settle_model_error(&self.store, &job, lease, &e).await
+                answer_model_error(&self.store, &job, lease, &e).await
             }
         }
     }

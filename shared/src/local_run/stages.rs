@@ -166,12 +166,12 @@ pub(super) async fn build_stages(store: Store, settings: &RunSettings) -> Result
             let today = crate::store::budget::budget_day_of(crate::time::Timestamp::now());
             let day = store.budget_day(&today).await?;
             let spent = day.spent_micros.saturating_add(day.reserved_micros);
-            crate::generate::CostGuard {
+            crate::cost::CostGuard {
                 prices: crate::cost::PriceTable::list_prices(),
                 budget_micros: Some(live.cap.day_limit(spent)),
             }
         }
-        None => crate::generate::CostGuard::default(),
+        None => crate::cost::CostGuard::default(),
     };
     Ok(Stages {
         images: ImageGenerator::new(
@@ -214,10 +214,13 @@ pub(super) const TICK: Duration = Duration::from_millis(100);
 
 /// Takes jobs one at a time until `stopping`: a job taken is always seen
 /// through, so a paid request is never abandoned half-way by a stop.
-pub(super) async fn keep_draining<G: Generator>(
-    generator: &G,
+pub(super) async fn keep_draining<M: ?Sized>(
+    generator: &GeneratorCore<M>,
     stopping: &AtomicBool,
-) -> Result<()> {
+) -> Result<()>
+where
+    GeneratorCore<M>: Generator,
+{
     let one = DrainLimits {
         max_jobs: Some(1),
         ..DrainLimits::default()

@@ -15,7 +15,7 @@
 
 use super::{LineKey, MANIFEST_NAME, ManifestLine};
 use crate::beneath::{Access, Open, Root};
-use crate::deliver::Destination;
+use crate::domain::destination::Destination;
 use crate::error::{Error, Result};
 use crate::objects::{ObjectMeta, ObjectStore, ReadRange};
 use futures::StreamExt;

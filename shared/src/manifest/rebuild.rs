@@ -1,10 +1,11 @@
 //! The manifest written again from the store: for a destination whose
 //! manifest was lost, damaged or started after files were delivered.
 
-use super::{MANIFEST_NAME, ManifestLine, relative_path};
+use super::{MANIFEST_NAME, ManifestLine};
 use crate::beneath::{Access, Open, Root};
-use crate::deliver::Destination;
-use crate::domain::download::{Download, DownloadStatus, Target};
+use crate::domain::destination::Destination;
+use crate::domain::destination::Target;
+use crate::domain::download::{Download, DownloadStatus};
 use crate::domain::job::{Delivery, Job};
 use crate::error::Result;
 use crate::store::{JobFilter, MAX_PAGE, Store};
@@ -101,11 +102,11 @@ fn line_of(
     destination: &Destination,
     downloads: &HashMap<String, Download>,
 ) -> std::result::Result<ManifestLine, String> {
-    let target = match crate::objects::GsUri::parse(&delivery.destination) {
+    let target = match crate::domain::gs_uri::GsUri::parse(&delivery.destination) {
         Some(uri) => Target::Object(uri),
         None => Target::File(PathBuf::from(&delivery.destination)),
     };
-    let path = relative_path(destination, &target).ok_or_else(|| {
+    let path = destination.relative(&target).ok_or_else(|| {
         format!(
             "{} is not under {destination} (job {})",
             delivery.destination,

@@ -3,14 +3,17 @@
 use super::*;
 use crate::deliver::{Downloader, DownloaderSettings};
 use crate::domain::Lease;
+use crate::domain::destination::{Destination, Target};
+use crate::domain::gs_uri::GsUri;
 use crate::domain::job::NewJob;
 use crate::events::{ObjectEvent, ObjectEventKind};
+use crate::objects::ObjectStore;
 use crate::objects::local::LocalObjectStore;
-use crate::objects::{GsUri, ObjectStore};
 use crate::store::Store;
 use crate::store::embedded::EmbeddedBackend;
 use bytes::Bytes;
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -83,22 +86,16 @@ fn the_prompt_in_the_metadata_is_cut_on_a_character_boundary_to_fit() {
 fn paths_are_relative_to_the_destination_root() {
     let dir = Destination::Directory("/mnt/a".into());
     let file = Target::File("/mnt/a/images/j/0.png".into());
-    assert_eq!(
-        relative_path(&dir, &file).as_deref(),
-        Some("images/j/0.png")
-    );
-    assert_eq!(relative_path(&dir, &Target::File("/mnt/b/x".into())), None);
+    assert_eq!(dir.relative(&file).as_deref(), Some("images/j/0.png"));
+    assert_eq!(dir.relative(&Target::File("/mnt/b/x".into())), None);
     let bucket = Destination::Bucket {
         bucket: "arch".into(),
         prefix: "asmr/".into(),
     };
     let object = Target::Object(GsUri::parse("gs://arch/asmr/videos/j/0.mp4").unwrap());
-    assert_eq!(
-        relative_path(&bucket, &object).as_deref(),
-        Some("videos/j/0.mp4")
-    );
+    assert_eq!(bucket.relative(&object).as_deref(), Some("videos/j/0.mp4"));
     let elsewhere = Target::Object(GsUri::parse("gs://other/asmr/x").unwrap());
-    assert_eq!(relative_path(&bucket, &elsewhere), None);
+    assert_eq!(bucket.relative(&elsewhere), None);
 }
 
 #[tokio::test]

@@ -8,12 +8,12 @@
 pub mod gcs;
 pub mod local;
 
+use crate::domain::gs_uri::GsUri;
 use crate::error::Result;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use std::collections::BTreeMap;
-use std::fmt;
 
 /// Custom metadata key naming the job an output belongs to.
 pub const JOB_ID_METADATA: &str = "asmr-job-id";
@@ -103,56 +103,6 @@ impl ReadRange {
 
 /// A stream of chunks of an object.
 pub type ByteStream = BoxStream<'static, Result<Bytes>>;
-
-/// A `gs://bucket/name` address.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct GsUri {
-    /// The bucket name, without `gs://`.
-    pub bucket: String,
-    /// Object name or prefix (may be empty).
-    pub name: String,
-}
-
-impl GsUri {
-    /// Parses `gs://bucket/name`; `None` if it is not one.
-    pub fn parse(text: &str) -> Option<Self> {
-        let rest = text.strip_prefix("gs://")?;
-        let (bucket, name) = rest.split_once('/').unwrap_or((rest, ""));
-        if bucket.is_empty() {
-            return None;
-        }
-        Some(Self {
-            bucket: bucket.to_string(),
-            name: name.to_string(),
-        })
-    }
-}
-
-impl fmt::Display for GsUri {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "gs://{}/{}", self.bucket, self.name)
-    }
-}
-
-/// Records carry the `gs://bucket/name` text.
-impl serde::Serialize for GsUri {
-    fn serialize<S: serde::Serializer>(
-        &self,
-        serializer: S,
-    ) -> std::result::Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for GsUri {
-    fn deserialize<D: serde::Deserializer<'de>>(
-        deserializer: D,
-    ) -> std::result::Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        GsUri::parse(&text)
-            .ok_or_else(|| serde::de::Error::custom(format!("{text:?} is not gs://bucket/name")))
-    }
-}
 
 /// Buckets of objects.
 #[async_trait]

@@ -315,7 +315,7 @@ mod tests {
             bucket: "out".into(),
             object: format!("images/{job_id}/{n}.png"),
             generation: Some(1),
-            destination: crate::domain::download::Target::File(
+            destination: crate::domain::destination::Target::File(
                 format!("/archive/images/{job_id}/{n}.png").into(),
             ),
             file_type: FileType::Image,

@@ -8,12 +8,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use futures::future::join_all;
+use shared::cost::CostGuard;
 use shared::domain::job::{BUDGET_EXHAUSTED, FILTERED, Job, JobKind, JobStatus};
 use shared::generate::images::ImageGenerator;
 use shared::generate::poller::VideoPoller;
 use shared::generate::service::router;
 use shared::generate::videos::VideoGenerator;
-use shared::generate::{CostGuard, DrainLimits, GeneratorSettings, drain};
+use shared::generate::{GeneratorSettings, drain};
+use shared::stage::DrainLimits;
 use shared::store::budget::{BudgetDay, budget_day_of};
 use shared::time::Timestamp;
 use shared::vertex::client::VertexClient;

@@ -11,11 +11,13 @@ use bytes::Bytes;
 use futures::future::join_all;
 use shared::deliver::copy::partial_path;
 use shared::deliver::service::router;
-use shared::deliver::{Destination, Downloader, DownloaderSettings};
+use shared::deliver::{Downloader, DownloaderSettings};
 use shared::domain::Lease;
+use shared::domain::destination::Destination;
 use shared::domain::download::DownloadStatus;
+use shared::domain::gs_uri::GsUri;
 use shared::domain::job::{JobKind, JobStatus};
-use shared::objects::{ByteStream, GsUri, ObjectMeta, ObjectStore, ReadRange};
+use shared::objects::{ByteStream, ObjectMeta, ObjectStore, ReadRange};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -302,7 +304,7 @@ async fn a_copy_completed_but_not_recorded_on_its_job_is_recorded_on_redelivery(
             bucket: world.bucket.clone(),
             object: name.clone(),
             generation: Some(metas[0].generation),
-            destination: downloader.destination_of(name).unwrap(),
+            destination: downloader.settings().destination.target_of(name).unwrap(),
             file_type: shared::domain::download::FileType::Image,
             priority: 10,
             size: Some(metas[0].size),

@@ -199,7 +199,7 @@ async fn gcloud_requests_become_delivered_files_and_one_event_per_job() {
     for job in &all {
         assert_eq!(job.deliveries().len(), job.outputs().len(), "{job:?}");
         for delivery in job.deliveries() {
-            let uri = shared::objects::GsUri::parse(&delivery.source).unwrap();
+            let uri = shared::domain::gs_uri::GsUri::parse(&delivery.source).unwrap();
             let on_disk = std::fs::read(Path::new(&delivery.destination)).unwrap();
             assert!(
                 Path::new(&delivery.destination).starts_with(destination.path()),

@@ -1339,7 +1339,7 @@ async fn the_downloader_acknowledges_hostile_events_and_writes_only_under_its_ro
         assert!(meta.is_file(), "{} is not a plain file", file.display());
         let name = file.file_name().unwrap().to_string_lossy();
         assert!(
-            !name.ends_with(shared::paths::PARTIAL_SUFFIX),
+            !name.ends_with(shared::domain::paths::PARTIAL_SUFFIX),
             "{} was left",
             file.display()
         );

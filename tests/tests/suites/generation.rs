@@ -12,8 +12,9 @@ use shared::generate::images::ImageGenerator;
 use shared::generate::poller::{TIMED_OUT, VideoPoller};
 use shared::generate::service::router;
 use shared::generate::videos::VideoGenerator;
-use shared::generate::{DrainLimits, GeneratorSettings, drain};
+use shared::generate::{GeneratorSettings, drain};
 use shared::objects::{JOB_ID_METADATA, ReadRange};
+use shared::stage::DrainLimits;
 use shared::store::budget::budget_day_of;
 use shared::time::Timestamp;
 use shared::vertex::client::VertexClient;
@@ -62,7 +63,7 @@ async fn job(world: &World, id: &str) -> Job {
 
 async fn read_all(world: &World, uri: &str) -> Vec<u8> {
     use futures::StreamExt;
-    let uri = shared::objects::GsUri::parse(uri).unwrap();
+    let uri = shared::domain::gs_uri::GsUri::parse(uri).unwrap();
     let mut stream = world
         .objects
         .read(&uri.bucket, &uri.name, ReadRange::ALL)

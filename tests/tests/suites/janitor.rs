@@ -8,7 +8,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use shared::domain::Lease;
-use shared::domain::download::{Download, FileType, NewDownload, Target};
+use shared::domain::destination::Target;
+use shared::domain::download::{Download, FileType, NewDownload};
 use shared::domain::job::{Job, JobError, JobKind, NewJob, Retention};
 use shared::janitor::{Janitor, JanitorReport, JanitorSettings, run_once};
 use shared::store::Store;

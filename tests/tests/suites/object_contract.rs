@@ -7,7 +7,8 @@
 
 use futures::StreamExt;
 use shared::Error;
-use shared::objects::{GsUri, JOB_ID_METADATA, ObjectMeta, ObjectStore, ReadRange};
+use shared::domain::gs_uri::GsUri;
+use shared::objects::{JOB_ID_METADATA, ObjectMeta, ObjectStore, ReadRange};
 use std::collections::BTreeMap;
 use tests::objects::{TestObjects, pattern};
 

@@ -307,7 +307,7 @@ async fn storage_down_longer_than_the_push_deadline_pays_once_and_completes_the_
     assert_eq!(world.fake.total_calls(), 1, "one paid call in all");
     assert!(done.held().is_empty());
     assert_eq!(done.outputs().len(), 1);
-    let uri = shared::objects::GsUri::parse(&done.outputs()[0]).unwrap();
+    let uri = shared::domain::gs_uri::GsUri::parse(&done.outputs()[0]).unwrap();
     let meta = world
         .objects
         .metadata(&uri.bucket, &uri.name)

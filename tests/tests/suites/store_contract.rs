@@ -6,7 +6,8 @@
 
 use futures::future::join_all;
 use shared::Error;
-use shared::domain::download::{DownloadStatus, FileType, NewDownload, Target};
+use shared::domain::destination::Target;
+use shared::domain::download::{DownloadStatus, FileType, NewDownload};
 use shared::domain::job::{
     BUDGET_EXHAUSTED, Delivery, FILTERED, Job, JobError, JobKind, JobParams, JobStatus, NewJob,
     Retention, RetryOptions, SUBMIT_UNKNOWN,

@@ -1398,7 +1398,7 @@ fn the_mounted_archive_belongs_to_the_image_user_and_partials_expire() {
     );
     assert_eq!(
         string(tf.local("partial_suffix")),
-        shared::paths::PARTIAL_SUFFIX,
+        shared::domain::paths::PARTIAL_SUFFIX,
         "the archive's lifecycle rules name another suffix than the downloader's"
     );
 }

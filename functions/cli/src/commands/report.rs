@@ -5,7 +5,7 @@ use crate::args::{ManifestArgs, ReportArgs};
 use crate::out;
 use anyhow::{Context, Result, bail};
 use shared::cost::PriceTable;
-use shared::deliver::Destination;
+use shared::domain::destination::Destination;
 use shared::report::{self, Selection};
 use shared::time::Timestamp;
 

@@ -6,8 +6,9 @@
 use super::errors::{not_found, status_error, transport_error};
 use super::{Auth, DEFAULT_CONTENT_TYPE, GcsObjectStore, gs};
 use crate::crc::Crc32c;
+use crate::domain::gs_uri::GsUri;
 use crate::error::{Error, Result};
-use crate::objects::{GsUri, ObjectMeta, ObjectStore};
+use crate::objects::{ObjectMeta, ObjectStore};
 use bytes::Bytes;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;

@@ -24,7 +24,9 @@ mod json;
 use self::errors::{backwards, not_found, past_the_end, status_error, storage_error};
 use self::json::{encode, from_json, parse};
 
-use super::{ByteStream, GsUri, ObjectMeta, ObjectStore, ReadRange};
+use crate::domain::gs_uri::GsUri;
+
+use super::{ByteStream, ObjectMeta, ObjectStore, ReadRange};
 use crate::crc::Crc32c;
 use crate::error::{Error, Result};
 use async_trait::async_trait;

@@ -7,7 +7,7 @@ use super::names::check_name;
 use crate::error::{Error, Result};
 // Start of the name of a temporary file; listings skip such files, and no
 // object name segment may start with it.
-use crate::paths::TEMP_PREFIX;
+use crate::domain::paths::TEMP_PREFIX;
 use std::io::{self, Read, Write};
 use std::path::Path;
 use std::time::SystemTime;

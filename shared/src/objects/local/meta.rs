@@ -129,8 +129,9 @@ pub(super) fn micros(time: SystemTime) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::gs_uri::GsUri;
     use crate::objects::local::LocalObjectStore;
-    use crate::objects::{GsUri, ObjectStore, ReadRange};
+    use crate::objects::{ObjectStore, ReadRange};
     use bytes::Bytes;
     use futures::StreamExt;
 

@@ -15,7 +15,7 @@
 //! Invariants:
 //! - Nothing is written outside `ROOT`: bucket names are plain
 //!   `[a-z0-9._-]` words, and object names become paths only through
-//!   [`crate::paths::relative_path`], the project's one normalisation (no
+//!   [`crate::domain::paths::relative_path`], the project's one normalisation (no
 //!   `..`, `.`, empty segments, backslashes, control characters, absolute
 //!   paths, drive prefixes or names of temporary files).
 //! - A reader never sees a partial object: data and sidecar are each written
@@ -45,7 +45,8 @@ use self::files::{
 };
 use self::meta::{Sidecar, believed_sidecar, guess_content_type, micros, object_meta};
 use self::names::{check_bucket, check_name};
-use super::{ByteStream, GsUri, ObjectMeta, ObjectStore, ReadRange};
+use super::{ByteStream, ObjectMeta, ObjectStore, ReadRange};
+use crate::domain::gs_uri::GsUri;
 use crate::error::{Error, Result};
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -36,11 +36,11 @@ pub(super) fn check_bucket(bucket: &str, context: &str) -> Result<()> {
 }
 
 /// The relative path of an object name, by the project's one normalisation
-/// ([`crate::paths::relative_path`]), with a shorter segment limit because
+/// ([`crate::domain::paths::relative_path`]), with a shorter segment limit because
 /// the sidecar adds `.json`.
 pub(super) fn check_name(name: &str, context: &str) -> Result<PathBuf> {
     let relative =
-        crate::paths::relative_path(name).map_err(|e| Error::objects(context, e, false))?;
+        crate::domain::paths::relative_path(name).map_err(|e| Error::objects(context, e, false))?;
     if name
         .split('/')
         .any(|segment| segment.len() > MAX_SEGMENT_BYTES)
@@ -60,7 +60,7 @@ pub(super) fn check_name(name: &str, context: &str) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::paths::TEMP_PREFIX;
+    use crate::domain::paths::TEMP_PREFIX;
 
     #[test]
     fn names_that_could_escape_the_bucket_are_refused() {

@@ -11,8 +11,9 @@ use anyhow::{Context as _, Result};
 use futures::StreamExt;
 use shared::bus::Topics;
 use shared::bus::pubsub::{PubSubBus, PubSubConfig};
-use shared::deliver::{Destination, Downloader, DownloaderSettings};
+use shared::deliver::{Downloader, DownloaderSettings};
 use shared::domain::Lease;
+use shared::domain::destination::Destination;
 use shared::domain::job::{JobKind, NewJob};
 use shared::events::{ObjectEvent, ObjectEventKind};
 use shared::generate::images::{DryRunImages, ImageGenerator};
@@ -148,7 +149,7 @@ pub async fn run(ctx: &Context, report: &mut Report) -> Result<()> {
     for id in &ids {
         let job = wired.store.job(id).await?;
         for output in job.outputs() {
-            let uri = shared::objects::GsUri::parse(output).context("an output URI")?;
+            let uri = shared::domain::gs_uri::GsUri::parse(output).context("an output URI")?;
             let meta = objects
                 .metadata(&uri.bucket, &uri.name)
                 .await?

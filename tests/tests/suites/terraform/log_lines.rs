@@ -132,7 +132,7 @@ pub async fn capture() -> Vec<Line> {
     let unfinished = images.iter().find(|j| j.outputs().is_empty()).unwrap();
     let downloader = env.serve("downloader", &["serve"], &[]).await;
     for (n, uri) in job.outputs().iter().enumerate() {
-        let uri = shared::objects::GsUri::parse(uri).unwrap();
+        let uri = shared::domain::gs_uri::GsUri::parse(uri).unwrap();
         let meta = objects
             .metadata(&uri.bucket, &uri.name)
             .await
@@ -143,11 +143,11 @@ pub async fn capture() -> Vec<Line> {
     }
     // A copy that fails for good: the object is there, but where it must
     // land a file stands in the way of its folder, attempt after attempt.
-    let source = shared::objects::GsUri::parse(&job.outputs()[0]).unwrap();
+    let source = shared::domain::gs_uri::GsUri::parse(&job.outputs()[0]).unwrap();
     let blocked = objects
         .copy(
             &source,
-            &shared::objects::GsUri {
+            &shared::domain::gs_uri::GsUri {
                 bucket: source.bucket.clone(),
                 name: format!("images/{}/9.png", unfinished.id()),
             },
