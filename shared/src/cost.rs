@@ -7,7 +7,7 @@
 //! Google's bill is the truth, and `MODEL_PRICES` corrects the table when
 //! Google's prices move.
 
-use crate::domain::job::{JobKind, JobParams};
+use crate::domain::values::{JobKind, JobParams};
 use std::fmt;
 
 /// Micro-dollars in one US dollar.

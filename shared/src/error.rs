@@ -1,7 +1,7 @@
 //! The one error type of `shared`.
 
 use crate::domain::TransitionError;
-use crate::domain::validate::ValidationError;
+use crate::domain::invalid::ValidationError;
 
 /// Anything that can go wrong below a stage. Each variant names what failed;
 /// [`Error::is_retryable`] says whether trying again can help.

@@ -36,8 +36,9 @@
 use crate::bus::dead_letters::{DeadLetter, DeadLetters, PubSubDeadLetters};
 use crate::bus::{Bus, Topics};
 use crate::config::{Adapters, StoreArgs, parse_duration};
-use crate::domain::job::{Job, JobError, JobStatus};
-use crate::domain::validate::ValidationError;
+use crate::domain::invalid::ValidationError;
+use crate::domain::job::Job;
+use crate::domain::values::{JobError, JobStatus};
 use crate::error::{Error, Result};
 use crate::push::{Delivery, JobMessage};
 use crate::store::Store;
@@ -571,7 +572,8 @@ mod tests {
     use crate::bus::dead_letters::{MemoryDeadLetters, SOURCE_DELIVERY_COUNT};
     use crate::bus::memory::MemoryBus;
     use crate::domain::Lease;
-    use crate::domain::job::{ATTEMPTS_EXHAUSTED, JobKind, NewJob};
+    use crate::domain::job::NewJob;
+    use crate::domain::values::{ATTEMPTS_EXHAUSTED, JobKind};
     use crate::store::embedded::EmbeddedBackend;
 
     struct Setup {
@@ -730,7 +732,7 @@ mod tests {
             .wait_job(
                 waiting.id(),
                 "w",
-                crate::domain::job::QUOTA_EXHAUSTED,
+                crate::domain::values::QUOTA_EXHAUSTED,
                 JobError::new("rate_limited", "429", true),
             )
             .await

@@ -15,8 +15,9 @@
 //! a consumer that sees one twice can tell.
 
 use crate::bus::{Bus, publish_json};
-use crate::domain::job::{Delivery, Job, JobError, JobKind, JobStatus};
-use crate::domain::review::{Chain, Verdict};
+use crate::domain::job::Job;
+use crate::domain::values::{Chain, Verdict};
+use crate::domain::values::{Delivery, JobError, JobKind, JobStatus};
 use crate::error::Result;
 use crate::time::Timestamp;
 use async_trait::async_trait;
@@ -190,7 +191,7 @@ mod tests {
         let mut job = Job::new(
             NewJob::new(
                 "a quiet rain on a window",
-                crate::domain::job::JobKind::Image,
+                crate::domain::values::JobKind::Image,
             ),
             Timestamp::now(),
         );

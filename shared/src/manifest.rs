@@ -16,7 +16,8 @@ pub use append::{Appended, Appender, append, append_to_bucket, append_to_directo
 pub use rebuild::{RebuildReport, rebuild};
 
 use crate::crc::Crc32c;
-use crate::domain::job::{Job, JobKind, JobParams};
+use crate::domain::job::Job;
+use crate::domain::values::{JobKind, JobParams};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

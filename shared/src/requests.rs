@@ -18,9 +18,10 @@
 //! The idempotency key is the request's `request_id`, else the Pub/Sub
 //! message id; a batch's n-th prompt gets `{key}#{n}`.
 
-use crate::domain::job::{JobKind, JobParams, NewJob};
-use crate::domain::review::Chain;
-use crate::domain::validate::ValidationError;
+use crate::domain::invalid::ValidationError;
+use crate::domain::job::NewJob;
+use crate::domain::values::Chain;
+use crate::domain::values::{JobKind, JobParams};
 use crate::redact::json_error;
 use serde::Deserialize;
 use serde_json::Value;

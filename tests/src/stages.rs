@@ -6,7 +6,8 @@
 use crate::fake_vertex::{FakeOptions, FakeVertex};
 use crate::harness;
 use axum::Router;
-use shared::domain::job::{JobKind, NewJob};
+use shared::domain::job::NewJob;
+use shared::domain::values::JobKind;
 use shared::objects::ObjectStore;
 use shared::store::Store;
 use std::process::{Command, Stdio};
@@ -256,7 +257,7 @@ impl World {
 
     /// Jobs of this world that are neither finished nor failed.
     pub async fn unfinished(&self) -> Vec<shared::domain::job::Job> {
-        use shared::domain::job::JobStatus;
+        use shared::domain::values::JobStatus;
         let mut left = Vec::new();
         for status in [
             JobStatus::Pending,

@@ -302,7 +302,7 @@ mod tests {
 
     #[test]
     fn errors_read_as_one_line_without_repeats() {
-        let invalid = shared::Error::from(shared::domain::validate::ValidationError::new(
+        let invalid = shared::Error::from(shared::domain::invalid::ValidationError::new(
             "prompt", "is empty",
         ));
         assert_eq!(

@@ -14,7 +14,7 @@ use serde_json::Value;
 use shared::domain::Lease;
 use shared::domain::destination::Target;
 use shared::domain::download::{DownloadStatus, FileType, NewDownload};
-use shared::domain::job::{Delivery, FILTERED, JobError};
+use shared::domain::values::{Delivery, FILTERED, JobError};
 use shared::store::Claim;
 use shared::store::rejected::{Rejected, RejectedSource};
 use shared::store::{Store, StoreConfig};

@@ -6,7 +6,7 @@
 
 use clap::Parser;
 use shared::config::StageArgs;
-use shared::domain::job::JobKind;
+use shared::domain::values::JobKind;
 use shared::generate::service::{self, Mode};
 
 #[derive(Parser)]

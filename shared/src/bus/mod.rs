@@ -17,7 +17,7 @@ mod store_queue;
 
 pub use store_queue::StoreQueue;
 
-use crate::domain::job::JobKind;
+use crate::domain::values::JobKind;
 use crate::error::{Error, Result};
 use async_trait::async_trait;
 use bytes::Bytes;

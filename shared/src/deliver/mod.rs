@@ -18,7 +18,7 @@ use crate::ack::Handled;
 use crate::domain::Lease;
 use crate::domain::destination::Destination;
 use crate::domain::download::{Download, DownloadStatus, FileType, NewDownload};
-use crate::domain::job::{Delivery, JobError};
+use crate::domain::values::{Delivery, JobError};
 use crate::error::Error;
 use crate::events::{ObjectEvent, ObjectEventKind};
 use crate::objects::ObjectStore;
@@ -79,7 +79,7 @@ fn completed_log(download: &Download, bytes: u64) {
 /// The answer once `download` is recorded on `job`, which says so at INFO
 /// when that delivery was its last.
 fn recorded(download: &Download, job: &crate::domain::job::Job) -> Handled {
-    if job.status() == crate::domain::job::JobStatus::Delivered {
+    if job.status() == crate::domain::values::JobStatus::Delivered {
         tracing::info!(job_id = %job.id(), kind = %job.kind(), event = "job_delivered", "every output delivered");
     }
     Handled::Done(format!(

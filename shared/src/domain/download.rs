@@ -3,8 +3,9 @@
 
 use super::destination::Target;
 use super::gs_uri::GsUri;
-use super::job::{JobError, Retention};
-use super::validate::ValidationError;
+use super::invalid::ValidationError;
+use super::job::Retention;
+use super::values::JobError;
 use super::{Lease, Transition, TransitionError};
 use crate::crc::Crc32c;
 use crate::time::Timestamp;
@@ -379,7 +380,7 @@ impl Download {
             .unwrap_or_default();
         self.status = DownloadStatus::Failed;
         self.error = Some(JobError::new(
-            super::job::ATTEMPTS_EXHAUSTED,
+            super::values::ATTEMPTS_EXHAUSTED,
             format!("gave up after {} attempts{last}", self.attempts),
             false,
         ));

@@ -5,11 +5,14 @@
 //! compare-and-set; they never set a status themselves.
 
 mod read;
-mod values;
 
-pub use values::*;
-
-use super::review::{Chain, FirstFrame, Review, Verdict};
+use super::invalid::ValidationError;
+use super::validate::{validate_params, validate_prompt};
+use super::values::{
+    ATTEMPTS_EXHAUSTED, Chain, DEFAULT_MAX_ATTEMPTS, Delivery, FILTERED, FirstFrame, HeldOutput,
+    JobError, JobKind, JobParams, JobStatus, OPERATION_FAILED, Reservation, RetryOptions, Review,
+    STORAGE_UNAVAILABLE, SUBMIT_UNKNOWN, TIMED_OUT, Verdict,
+};
 use super::{Lease, Transition, TransitionError};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -130,6 +133,105 @@ impl Job {
     pub(crate) fn force_error(&mut self, error: JobError) {
         self.error = Some(error);
     }
+}
+
+/// What it takes to create a job.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewJob {
+    /// The text sent to the model.
+    pub prompt: String,
+    /// Image or video.
+    pub kind: JobKind,
+    /// Model parameters.
+    pub params: JobParams,
+    /// Higher runs first.
+    pub priority: i64,
+    /// Idempotency key: the same key twice yields one job.
+    pub request_id: Option<String>,
+    /// Whose idempotency key `request_id` is: the account that called the
+    /// API, so that two callers who pick the same key never share a job.
+    /// `None` is the one namespace of every other way in (Pub/Sub, the
+    /// CLI, callers a deployment does not identify).
+    pub key_scope: Option<String>,
+    /// A digest of the whole request this job came from, so that a request
+    /// id that comes back with another request is told from a retry.
+    pub request_digest: Option<String>,
+    /// Whether the generators write placeholders instead of calling the model.
+    pub dry_run: bool,
+    /// Claims allowed before the job fails.
+    pub max_attempts: u32,
+    /// The image a video is made from.
+    pub parent: Option<String>,
+    /// What to make of the job once it is delivered (images only).
+    pub chain: Option<Chain>,
+    /// The image a video starts from (videos only).
+    pub first_frame: Option<FirstFrame>,
+}
+
+impl NewJob {
+    /// A job with default parameters, priority 0, dry run, three attempts.
+    pub fn new(prompt: impl Into<String>, kind: JobKind) -> Self {
+        Self {
+            prompt: prompt.into(),
+            kind,
+            params: JobParams::default(),
+            priority: 0,
+            request_id: None,
+            key_scope: None,
+            request_digest: None,
+            dry_run: true,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            parent: None,
+            chain: None,
+            first_frame: None,
+        }
+    }
+
+    /// Checks the prompt, the parameters and the review-loop fields.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        validate_prompt(&self.prompt)?;
+        validate_params(self.kind, &self.params)?;
+        validate_lineage(self)?;
+        if self.max_attempts == 0 {
+            return Err(ValidationError::new("max_attempts", "must be at least 1"));
+        }
+        if let Some(request_id) = &self.request_id
+            && (request_id.trim().is_empty() || request_id.len() > 500)
+        {
+            return Err(ValidationError::new(
+                "request_id",
+                "must be between 1 and 500 bytes and not blank",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Checks the review-loop fields of a new job: a first frame and a parent
+/// only on a video, a chain only on an image.
+fn validate_lineage(new: &NewJob) -> Result<(), ValidationError> {
+    if let Some(frame) = &new.first_frame {
+        if new.kind != JobKind::Video {
+            return Err(ValidationError::new(
+                "first_frame",
+                "applies to video jobs only",
+            ));
+        }
+        frame.validate()?;
+    }
+    if new.parent.is_some() && new.kind != JobKind::Video {
+        return Err(ValidationError::new(
+            "parent",
+            "only a video is made from another job",
+        ));
+    }
+    if new.chain.is_some() && new.kind != JobKind::Image {
+        return Err(ValidationError::new(
+            "chain",
+            "applies to image jobs only: a video is made of an image once it is delivered",
+        ));
+    }
+    Ok(())
 }
 
 /// How long finished records are kept before the store may delete them.

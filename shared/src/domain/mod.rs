@@ -4,10 +4,12 @@
 pub mod destination;
 pub mod download;
 pub mod gs_uri;
+pub mod invalid;
 pub mod job;
 pub mod paths;
 pub mod review;
 pub mod validate;
+pub mod values;
 
 #[cfg(test)]
 mod review_tests;

@@ -2,170 +2,19 @@
 //! rejects it, and an approved image is promoted to a video that opens on
 //! it (Veo's image-to-video: the image is the video's first frame).
 //!
-//! What a job records of it: its verdict ([`Review`]), the lineage between
+//! What a job records of it: its verdict ([`Review`](super::values::Review)), the lineage between
 //! an image and the videos made from it (`parent` on the video, `children`
-//! on the image), the first frame a video starts from ([`FirstFrame`]), and
+//! on the image), the first frame a video starts from ([`FirstFrame`](super::values::FirstFrame)), and
 //! whether a request asked for a video as soon as its image is delivered
-//! ([`Chain`]). The store applies these transitions like every other one;
+//! ([`Chain`](super::values::Chain)). The store applies these transitions like every other one;
 //! [`Job::promotion`] only decides what the video job is.
 
-use super::job::{FILTERED, Job, JobKind, JobParams, JobStatus, NewJob};
-use super::validate::{VIDEO_DURATIONS, ValidationError};
+use super::invalid::ValidationError;
+use super::job::{Job, NewJob};
+use super::validate::VIDEO_DURATIONS;
+use super::values::{Chain, FILTERED, FirstFrame, JobKind, JobParams, JobStatus, Review, Verdict};
 use super::{Transition, TransitionError};
 use crate::time::Timestamp;
-use serde::{Deserialize, Serialize};
-use std::fmt;
-use std::str::FromStr;
-
-/// What a reviewer said of an image.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Verdict {
-    /// Good enough to pay for a video of it.
-    Approved,
-    /// Not worth a video.
-    Rejected,
-}
-
-impl Verdict {
-    /// The name used in documents, the API and the CLI.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Approved => "approved",
-            Verdict::Rejected => "rejected",
-        }
-    }
-}
-
-impl fmt::Display for Verdict {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Verdict {
-    type Err = ValidationError;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text.trim().to_ascii_lowercase().as_str() {
-            "approved" | "approve" => Ok(Verdict::Approved),
-            "rejected" | "reject" => Ok(Verdict::Rejected),
-            _ => Err(ValidationError::new(
-                "verdict",
-                format!("{text:?} is not a verdict; use approved or rejected"),
-            )),
-        }
-    }
-}
-
-/// A reviewer's mark on an image. Reviewing again replaces it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Review {
-    /// Approved or rejected.
-    pub verdict: Verdict,
-    /// Why, in the reviewer's words.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// When the verdict was given.
-    pub at: Timestamp,
-}
-
-/// What to make of a job once it is delivered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Chain {
-    /// When this image is delivered, make a video that opens on it.
-    Video,
-}
-
-/// Error code of a video whose first frame is not in Cloud Storage (any
-/// more) when its generator takes it: nothing is sent, nothing is paid.
-pub const FIRST_FRAME_MISSING: &str = "first_frame_missing";
-
-/// The MIME types Veo takes as a first frame.
-pub const FIRST_FRAME_TYPES: [&str; 2] = ["image/png", "image/jpeg"];
-
-/// The image a video starts from: an object in Cloud Storage that Veo
-/// reads as the video's first frame.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FirstFrame {
-    /// `gs://bucket/object`.
-    pub gcs_uri: String,
-    /// `image/png` or `image/jpeg`.
-    pub mime_type: String,
-}
-
-impl FirstFrame {
-    /// The first frame for the image at `uri`, its MIME type read from the
-    /// extension (`.png`, `.jpg`, `.jpeg`); `None` for anything else.
-    pub fn of_image(uri: &str) -> Option<Self> {
-        let extension = uri.rsplit_once('.')?.1.to_ascii_lowercase();
-        let mime_type = match extension.as_str() {
-            "png" => "image/png",
-            "jpg" | "jpeg" => "image/jpeg",
-            _ => return None,
-        };
-        Some(Self {
-            gcs_uri: uri.to_string(),
-            mime_type: mime_type.to_string(),
-        })
-    }
-
-    /// The bucket and object name of `gcs_uri`, when it is
-    /// `gs://bucket/object` with neither part empty.
-    pub fn location(&self) -> Option<(&str, &str)> {
-        let (bucket, object) = self.gcs_uri.strip_prefix("gs://")?.split_once('/')?;
-        (!bucket.is_empty() && !object.is_empty()).then_some((bucket, object))
-    }
-
-    /// Checks the address and the type Veo will be sent.
-    pub fn validate(&self) -> Result<(), ValidationError> {
-        if self.location().is_none() {
-            return Err(ValidationError::new(
-                "first_frame.gcs_uri",
-                format!("{:?} is not gs://bucket/object", self.gcs_uri),
-            ));
-        }
-        if !FIRST_FRAME_TYPES.contains(&self.mime_type.as_str()) {
-            return Err(ValidationError::new(
-                "first_frame.mime_type",
-                format!(
-                    "{:?} is not accepted; Veo takes {}",
-                    self.mime_type,
-                    FIRST_FRAME_TYPES.join(" or ")
-                ),
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// Checks the review-loop fields of a new job: a first frame and a parent
-/// only on a video, a chain only on an image.
-pub(super) fn validate_lineage(new: &NewJob) -> Result<(), ValidationError> {
-    if let Some(frame) = &new.first_frame {
-        if new.kind != JobKind::Video {
-            return Err(ValidationError::new(
-                "first_frame",
-                "applies to video jobs only",
-            ));
-        }
-        frame.validate()?;
-    }
-    if new.parent.is_some() && new.kind != JobKind::Video {
-        return Err(ValidationError::new(
-            "parent",
-            "only a video is made from another job",
-        ));
-    }
-    if new.chain.is_some() && new.kind != JobKind::Image {
-        return Err(ValidationError::new(
-            "chain",
-            "applies to image jobs only: a video is made of an image once it is delivered",
-        ));
-    }
-    Ok(())
-}
 
 /// What a promotion needs of the stored image besides being a finished
 /// image: the grounds it acts on. They are checked on the job as it is read
@@ -276,37 +125,6 @@ pub enum PromoteRefusal {
 
 /// The review loop's transitions and reads.
 impl Job {
-    /// The image this video was made from.
-    pub fn parent(&self) -> Option<&str> {
-        self.parent.as_deref()
-    }
-
-    /// The videos made from this image, in the order they were made.
-    pub fn children(&self) -> &[String] {
-        &self.children
-    }
-
-    /// The reviewer's mark on this image, if any (named apart from
-    /// [`Job::review`], the transition that gives it).
-    pub fn reviewed(&self) -> Option<&Review> {
-        self.review.as_ref()
-    }
-
-    /// The reviewer's verdict on this image, if any.
-    pub fn verdict(&self) -> Option<Verdict> {
-        self.verdict
-    }
-
-    /// What to make of this job once it is delivered.
-    pub fn chain(&self) -> Option<Chain> {
-        self.chain
-    }
-
-    /// The image this video starts from.
-    pub fn first_frame(&self) -> Option<&FirstFrame> {
-        self.first_frame.as_ref()
-    }
-
     /// Whether an image is done well enough to be judged: completed or
     /// delivered. The reason it is not, otherwise, for the reviewer.
     fn reviewable(&self) -> Result<(), String> {

@@ -1,8 +1,10 @@
 //! The review loop's transitions and the promotion of an image to a video.
 
 use super::TransitionError;
-use super::job::{FILTERED, Job, JobError, JobKind, JobStatus, NewJob, Retention};
-use super::review::{Chain, FirstFrame, Grounds, PromoteOptions, PromoteRefusal, Verdict};
+use super::job::{Job, NewJob, Retention};
+use super::review::{Grounds, PromoteOptions, PromoteRefusal};
+use super::values::{Chain, FirstFrame, Verdict};
+use super::values::{FILTERED, JobError, JobKind, JobStatus};
 use crate::time::Timestamp;
 
 /// An image job in `status`; a completed or delivered one has `outputs`.

@@ -2,10 +2,8 @@
 
 use super::destination::Target;
 use super::download::{Download, DownloadStatus, FileType, NewDownload};
-use super::job::{
-    ClaimRefusal, Delivery, FILTERED, Job, JobError, JobKind, JobStatus, NewJob, Retention,
-    RetryOptions,
-};
+use super::job::{ClaimRefusal, Job, NewJob, Retention};
+use super::values::{Delivery, FILTERED, JobError, JobKind, JobStatus, RetryOptions};
 use super::{Lease, TransitionError};
 use crate::time::Timestamp;
 use std::time::Duration;
@@ -567,8 +565,8 @@ fn the_poller_finishes_only_generating_jobs_and_resumes_keep_the_submission_time
     );
 }
 
-fn reservation(owner: &str) -> super::job::Reservation {
-    super::job::Reservation {
+fn reservation(owner: &str) -> super::values::Reservation {
+    super::values::Reservation {
         day: "2026-12-03".into(),
         micros: 40_000,
         owner: owner.into(),
@@ -587,7 +585,7 @@ fn calling(kind: JobKind, owner: &str, now: Timestamp) -> Job {
 
 #[test]
 fn waiting_gives_the_attempt_back_however_long_it_lasts() {
-    use super::job::{MISCONFIGURED, QUOTA_EXHAUSTED};
+    use super::values::{MISCONFIGURED, QUOTA_EXHAUSTED};
     let now = Timestamp::now();
     let mut job = Job::new(NewJob::new("soft rain", JobKind::Image), now);
     for round in 0..50 {
@@ -621,7 +619,7 @@ fn waiting_gives_the_attempt_back_however_long_it_lasts() {
 
 #[test]
 fn a_paid_request_in_doubt_is_settled_by_the_next_claim_not_sent_again() {
-    use super::job::SUBMIT_UNKNOWN;
+    use super::values::SUBMIT_UNKNOWN;
     let now = Timestamp::now();
     let later = now.plus(MINUTE * 2);
     for kind in JobKind::ALL {
@@ -687,7 +685,7 @@ fn whatever_a_claim_records_next_clears_the_request_in_doubt() {
         ("wait", |j, now| {
             j.wait(
                 "w1",
-                super::job::QUOTA_EXHAUSTED,
+                super::values::QUOTA_EXHAUSTED,
                 JobError::new("x", "y", true),
                 now,
             )
@@ -741,7 +739,7 @@ fn a_video_awaiting_its_output_is_not_reset_and_takes_the_output_that_arrives() 
 
 #[test]
 fn a_video_that_arrives_after_its_job_failed_as_timed_out_or_unknown_completes_it() {
-    use super::job::{OPERATION_FAILED, SUBMIT_UNKNOWN, TIMED_OUT};
+    use super::values::{OPERATION_FAILED, SUBMIT_UNKNOWN, TIMED_OUT};
     let now = Timestamp::now();
     for (code, adopted) in [
         (TIMED_OUT, true),
@@ -777,7 +775,7 @@ fn a_video_that_arrives_after_its_job_failed_as_timed_out_or_unknown_completes_i
 
 #[test]
 fn a_retry_resubmits_a_failed_operation_rewatches_a_timed_out_one_and_pays_again_only_when_told() {
-    use super::job::{OPERATION_FAILED, SUBMIT_UNKNOWN, TIMED_OUT};
+    use super::values::{OPERATION_FAILED, SUBMIT_UNKNOWN, TIMED_OUT};
     let now = Timestamp::now();
     let failed = |code: &str| {
         let mut job = job_in(JobStatus::Generating, now);
@@ -819,7 +817,7 @@ fn a_retry_resubmits_a_failed_operation_rewatches_a_timed_out_one_and_pays_again
 
 #[test]
 fn held_outputs_wait_without_an_attempt_and_are_cleared_by_completion() {
-    use super::job::{HeldOutput, STORAGE_UNAVAILABLE};
+    use super::values::{HeldOutput, STORAGE_UNAVAILABLE};
     let now = Timestamp::now();
     let mut job = calling(JobKind::Image, "w1", now);
     let held = vec![HeldOutput {

@@ -1,6 +1,7 @@
 //! What a prompt and its parameters must look like before a job is created.
 
-use super::job::{JobKind, JobParams};
+use super::invalid::ValidationError;
+use super::values::{JobKind, JobParams};
 use std::fmt;
 
 /// The longest prompt accepted, in characters.
@@ -23,40 +24,6 @@ pub const VIDEO_DURATIONS: &[u32] = &[4, 6, 8];
 pub const IMAGE_RESOLUTIONS: &[&str] = &["1K", "2K"];
 /// Output sizes of the Veo models.
 pub const VIDEO_RESOLUTIONS: &[&str] = &["720p", "1080p", "4k"];
-
-/// Why a prompt or a parameter was refused. The text is written for the person
-/// who sent it: it names the field, what was wrong and what is accepted.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub struct ValidationError {
-    /// The field at fault (`prompt`, `kind`, `params.sample_count`...).
-    pub field: String,
-    /// One sentence on what is wrong.
-    pub message: String,
-}
-
-impl fmt::Display for ValidationError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.message)
-    }
-}
-
-impl ValidationError {
-    /// The mistake without the value at fault (`invalid prompt`, `invalid
-    /// params`): the field's first segment is always a name of ours, what
-    /// follows may be the caller's (an unknown parameter's name).
-    pub fn class(&self) -> String {
-        let field = self.field.split(['.', '[']).next().unwrap_or_default();
-        format!("invalid {field}")
-    }
-
-    /// An error about `field`.
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
 
 /// Checks a prompt: not blank, at most [`MAX_PROMPT_CHARS`] characters, and no
 /// control characters other than newline and tab.

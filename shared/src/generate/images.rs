@@ -6,7 +6,8 @@ use super::settle::{answer_model_error, billed_for, moved_on_or_retry, settle_co
 use super::{Generator, GeneratorCore};
 use crate::ack::Handled;
 use crate::domain::Lease;
-use crate::domain::job::{FILTERED, Job, JobError, JobKind};
+use crate::domain::job::Job;
+use crate::domain::values::{FILTERED, JobError, JobKind};
 use crate::objects::OutputFile;
 use crate::stage::with_store_retries;
 use crate::store::Store;

@@ -33,7 +33,8 @@ pub mod videos;
 use crate::ack::Handled;
 use crate::cost::{CostGuard, Matched};
 use crate::domain::Lease;
-use crate::domain::job::{Job, JobKind};
+use crate::domain::job::Job;
+use crate::domain::values::JobKind;
 use crate::error::Result;
 use crate::objects::ObjectStore;
 use crate::stage::{DrainLimits, DrainReport, Workers};
@@ -218,8 +219,8 @@ where
             ));
         }
         Ok(Some(job))
-            if job.status() != crate::domain::job::JobStatus::Pending
-                && job.status() != crate::domain::job::JobStatus::Processing =>
+            if job.status() != crate::domain::values::JobStatus::Pending
+                && job.status() != crate::domain::values::JobStatus::Processing =>
         {
             return Handled::Duplicate(format!("job {job_id} is {}; nothing to do", job.status()));
         }

@@ -4,7 +4,8 @@
 use super::settle::moved_on_or_retry;
 use crate::ack::Handled;
 use crate::domain::Lease;
-use crate::domain::job::{Job, JobError};
+use crate::domain::job::Job;
+use crate::domain::values::JobError;
 use crate::error::{Error, Result};
 use crate::objects::OutputFile;
 use crate::stage::{report_misconfiguration, with_store_retries};
@@ -108,7 +109,7 @@ async fn hold(
     outputs: &[OutputFile],
     e: &Error,
 ) -> Handled {
-    use crate::domain::job::STORAGE_UNAVAILABLE;
+    use crate::domain::values::STORAGE_UNAVAILABLE;
     let denied = e.is_permission_denied();
     let error = JobError::new(STORAGE_UNAVAILABLE, e.to_string(), true);
     if denied {
@@ -161,13 +162,16 @@ pub(crate) async fn write_held(
                 data,
             }),
             Err(e) if e.is_retryable() => {
-                let error =
-                    JobError::new(crate::domain::job::STORAGE_UNAVAILABLE, e.to_string(), true);
+                let error = JobError::new(
+                    crate::domain::values::STORAGE_UNAVAILABLE,
+                    e.to_string(),
+                    true,
+                );
                 return match store
                     .wait_job(
                         job.id(),
                         &lease.owner,
-                        crate::domain::job::STORAGE_UNAVAILABLE,
+                        crate::domain::values::STORAGE_UNAVAILABLE,
                         error,
                     )
                     .await

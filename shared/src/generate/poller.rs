@@ -13,7 +13,8 @@
 use super::settle::{moved_on_or_retry, settle_cost};
 use super::videos::fail_filtered_video;
 use crate::ack::Handled;
-use crate::domain::job::{Job, JobError, JobStatus, OPERATION_FAILED, SUBMIT_UNKNOWN};
+use crate::domain::job::Job;
+use crate::domain::values::{JobError, JobStatus, OPERATION_FAILED, SUBMIT_UNKNOWN};
 use crate::error::Result;
 use crate::objects::ObjectStore;
 use crate::stage::{report_misconfiguration, with_store_retries};
@@ -25,7 +26,7 @@ use futures::StreamExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use crate::domain::job::TIMED_OUT;
+pub use crate::domain::values::TIMED_OUT;
 /// Operations polled at once.
 const CONCURRENT_POLLS: usize = 8;
 

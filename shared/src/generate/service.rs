@@ -5,7 +5,7 @@ use super::poller::{PollerSettings, VideoPoller};
 use super::{Generator, GeneratorCore, GeneratorSettings, drain, handle};
 use crate::ack::Handled;
 use crate::config::StageArgs;
-use crate::domain::job::JobKind;
+use crate::domain::values::JobKind;
 use crate::identity::PushGate;
 use crate::push::{self, JobMessage};
 use crate::server;

@@ -4,7 +4,8 @@
 use crate::ack::Handled;
 use crate::cost::format_usd;
 use crate::domain::Lease;
-use crate::domain::job::{Job, JobError};
+use crate::domain::job::Job;
+use crate::domain::values::JobError;
 use crate::error::Error;
 use crate::stage::{report_misconfiguration, with_store_retries};
 use crate::store::Store;
@@ -94,7 +95,7 @@ pub(crate) async fn answer_model_error(
     lease: &Lease,
     e: &ModelError,
 ) -> Handled {
-    use crate::domain::job::{MISCONFIGURED, QUOTA_EXHAUSTED};
+    use crate::domain::values::{MISCONFIGURED, QUOTA_EXHAUSTED};
     let error = job_error(e);
     let owner = lease.owner.as_str();
     let (written, handled) = match e.class {

@@ -8,8 +8,9 @@ use super::settle::{answer_model_error, billed_for, moved_on_or_retry, settle_co
 use super::{Generator, GeneratorCore};
 use crate::ack::Handled;
 use crate::domain::Lease;
-use crate::domain::job::{Job, JobError, JobKind, MISCONFIGURED};
-use crate::domain::review::{FIRST_FRAME_MISSING, FirstFrame};
+use crate::domain::job::Job;
+use crate::domain::values::{FIRST_FRAME_MISSING, FirstFrame};
+use crate::domain::values::{JobError, JobKind, MISCONFIGURED};
 use crate::objects::OutputFile;
 use crate::stage::{report_misconfiguration, with_store_retries};
 use crate::store::Store;

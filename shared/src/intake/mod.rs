@@ -22,7 +22,8 @@ pub mod promote;
 pub mod service;
 
 use crate::bus::{Bus, Topics};
-use crate::domain::job::{Job, JobStatus, NewJob};
+use crate::domain::job::{Job, NewJob};
+use crate::domain::values::JobStatus;
 use crate::error::{Error, Result};
 use crate::store::{Created, Store};
 use futures::stream::{self, StreamExt};
@@ -266,7 +267,7 @@ mod tests {
     use super::*;
     use crate::bus::memory::MemoryBus;
     use crate::domain::Lease;
-    use crate::domain::job::JobKind;
+    use crate::domain::values::JobKind;
     use crate::store::embedded::EmbeddedBackend;
     use std::sync::Arc;
     use std::time::Duration;

@@ -15,8 +15,9 @@
 use crate::ack::Handled;
 use crate::bus::{Bus, Topics};
 use crate::domain::TransitionError;
-use crate::domain::job::{JobKind, JobStatus};
-use crate::domain::review::{Chain, Grounds, PromoteOptions, Verdict};
+use crate::domain::review::{Grounds, PromoteOptions};
+use crate::domain::values::{Chain, Verdict};
+use crate::domain::values::{JobKind, JobStatus};
 use crate::error::Error;
 use crate::job_events::JobEvent;
 use crate::push;
@@ -230,7 +231,7 @@ mod tests {
         /// would.
         async fn delivered_image(&self, prompt: &str, chain: Option<Chain>) -> String {
             let id = self.completed_image(prompt, chain).await;
-            let delivery = crate::domain::job::Delivery {
+            let delivery = crate::domain::values::Delivery {
                 source: format!("gs://out/images/{id}/0.png"),
                 destination: format!("/archive/images/{id}/0.png"),
             };

@@ -31,8 +31,10 @@ use crate::bus::{Bus, Topics};
 use crate::deliver::{Downloader, DownloaderSettings};
 use crate::domain::destination::Destination;
 use crate::domain::gs_uri::GsUri;
-use crate::domain::job::{Job, JobKind, JobStatus, NewJob};
-use crate::domain::review::{Chain, PromoteOptions};
+use crate::domain::job::{Job, NewJob};
+use crate::domain::review::PromoteOptions;
+use crate::domain::values::Chain;
+use crate::domain::values::{JobKind, JobStatus};
 use crate::error::{Error, Result};
 use crate::events::{ObjectEvent, ObjectEventKind};
 use crate::generate::images::ImageGenerator;
@@ -109,7 +111,7 @@ pub fn list_price(settings: &RunSettings) -> u64 {
             .estimate(
                 kind,
                 &model(kind),
-                &crate::domain::job::JobParams::default(),
+                &crate::domain::values::JobParams::default(),
             )
             .micros
     };

@@ -111,7 +111,7 @@ pub(super) async fn watch_until_settled(
         let over_budget = store
             .waiting_counts()
             .await?
-            .get(crate::domain::job::BUDGET_EXHAUSTED)
+            .get(crate::domain::values::BUDGET_EXHAUSTED)
             .copied()
             .unwrap_or(0);
         let busy = jobs.status(JobStatus::Pending) > over_budget
@@ -167,7 +167,7 @@ pub(super) async fn tally(store: &Store, ids: &[String], report: &mut RunReport)
     }
     for job in crate::report::with_children(store, ids).await? {
         *report.statuses.entry(job.status()).or_default() += 1;
-        if job.waiting() == Some(crate::domain::job::BUDGET_EXHAUSTED) {
+        if job.waiting() == Some(crate::domain::values::BUDGET_EXHAUSTED) {
             report.over_budget += 1;
         }
         report.files += job.deliveries().len() as u64;

@@ -3,8 +3,9 @@
 
 use super::{Card, Review, Sheet, Totals};
 use crate::cost::{PriceTable, usd as micros_to_usd};
-use crate::domain::job::{Job, JobKind, JobStatus, SUBMIT_UNKNOWN};
-use crate::domain::review::Verdict;
+use crate::domain::job::Job;
+use crate::domain::values::Verdict;
+use crate::domain::values::{JobKind, JobStatus, SUBMIT_UNKNOWN};
 use crate::error::{Error, Result};
 use crate::manifest::model_of;
 use crate::store::{JobFilter, MAX_PAGE, Store};

@@ -14,9 +14,8 @@
 use super::backend::{Collection, Stored, Version, Write};
 use super::{Claim, Round, Store, Tried, from_stored_as, str_eq, to_doc, until_settled};
 use crate::domain::Lease;
-use crate::domain::job::{
-    BUDGET_EXHAUSTED, ClaimRefusal, Job, JobKind, JobStatus, Reservation, WAIT_REASONS,
-};
+use crate::domain::job::{ClaimRefusal, Job};
+use crate::domain::values::{BUDGET_EXHAUSTED, JobKind, JobStatus, Reservation, WAIT_REASONS};
 use crate::error::{Error, Result};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -246,7 +245,7 @@ impl Store {
     }
 
     /// Pending jobs waiting for `reason` (one of
-    /// [`crate::domain::job::WAIT_REASONS`]).
+    /// [`crate::domain::values::WAIT_REASONS`]).
     pub async fn jobs_waiting(&self, reason: &str) -> Result<u64> {
         let conds = [
             str_eq("status", JobStatus::Pending.as_str()),

@@ -9,7 +9,8 @@
 use super::backend::{Collection, Write};
 use super::{Store, from_stored_as, to_doc};
 use crate::crc::Crc32c;
-use crate::domain::job::{HeldOutput, Job, JobError};
+use crate::domain::job::Job;
+use crate::domain::values::{HeldOutput, JobError};
 use crate::error::{Error, Result};
 use crate::objects::OutputFile;
 use crate::time::Timestamp;

@@ -235,7 +235,8 @@ mod tests {
     use super::*;
     use crate::domain::Lease;
     use crate::domain::download::{FileType, NewDownload};
-    use crate::domain::job::{JobKind, JobStatus, NewJob};
+    use crate::domain::job::NewJob;
+    use crate::domain::values::{JobKind, JobStatus};
     use crate::error::Result;
     use crate::store::backend::{Backend, Doc, Query, Scalar, Stored, Version, Write};
     use crate::store::budget::Budget;

@@ -3,7 +3,8 @@
 
 use super::backend::{Collection, Cond, Dir, Scalar};
 use super::{Deleted, MAX_PAGE, Round, Store, str_eq, to_doc, until_settled};
-use crate::domain::job::{Job, JobStatus};
+use crate::domain::job::Job;
+use crate::domain::values::JobStatus;
 use crate::error::Result;
 use crate::time::Timestamp;
 

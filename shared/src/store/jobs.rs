@@ -152,7 +152,7 @@ impl Store {
     }
 
     /// The lease holder gives the job back to wait (`reason`, one of
-    /// [`crate::domain::job::WAIT_REASONS`]) without using up an attempt.
+    /// [`crate::domain::values::WAIT_REASONS`]) without using up an attempt.
     pub async fn wait_job(
         &self,
         id: &str,

@@ -22,10 +22,9 @@ mod review;
 pub use review::Promoted;
 
 use crate::domain::download::{Download, DownloadStatus, NewDownload};
-use crate::domain::job::{
-    ClaimRefusal, Delivery, Job, JobError, JobKind, JobStatus, NewJob, Retention, RetryOptions,
-};
-use crate::domain::review::Verdict;
+use crate::domain::job::{ClaimRefusal, Job, NewJob, Retention};
+use crate::domain::values::Verdict;
+use crate::domain::values::{Delivery, JobError, JobKind, JobStatus, RetryOptions};
 use crate::domain::{Lease, TransitionError};
 use crate::error::{Error, Result};
 use crate::job_events::{JobEvent, JobEvents, OutboxEntry, raises_event};
@@ -376,7 +375,7 @@ fn parse_cursor(
     order: &[(&'static str, Dir)],
     token: &str,
 ) -> Result<Vec<Scalar>> {
-    use crate::domain::validate::ValidationError;
+    use crate::domain::invalid::ValidationError;
     let bad = || {
         Error::Invalid(ValidationError::new(
             "after",

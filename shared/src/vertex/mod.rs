@@ -13,8 +13,8 @@ pub mod wire;
 
 pub use client::VertexClient;
 
-use crate::domain::job::JobParams;
-use crate::domain::review::FirstFrame;
+use crate::domain::values::FirstFrame;
+use crate::domain::values::JobParams;
 use crate::redact::Secret;
 use async_trait::async_trait;
 use bytes::Bytes;

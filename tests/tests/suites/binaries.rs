@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use base64::Engine;
-use shared::domain::job::{JobKind, JobStatus};
+use shared::domain::values::{JobKind, JobStatus};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

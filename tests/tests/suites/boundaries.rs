@@ -11,8 +11,8 @@
 
 use serde_json::json;
 use shared::domain::Lease;
-use shared::domain::job::{Delivery, JobKind, JobStatus};
-use shared::domain::review::Verdict;
+use shared::domain::values::Verdict;
+use shared::domain::values::{Delivery, JobKind, JobStatus};
 use shared::job_events::JobEvent;
 use std::collections::BTreeMap;
 use std::time::Duration;

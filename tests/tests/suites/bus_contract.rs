@@ -414,7 +414,7 @@ contract!(pubsub, pubsub().await);
 /// Topic names, whatever the adapter.
 mod topics {
     use shared::bus::Topics;
-    use shared::domain::job::JobKind;
+    use shared::domain::values::JobKind;
 
     #[test]
     fn by_default_the_names_are_exactly_the_designs() {

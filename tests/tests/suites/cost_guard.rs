@@ -9,7 +9,8 @@
 
 use futures::future::join_all;
 use shared::cost::CostGuard;
-use shared::domain::job::{BUDGET_EXHAUSTED, FILTERED, Job, JobKind, JobStatus};
+use shared::domain::job::Job;
+use shared::domain::values::{BUDGET_EXHAUSTED, FILTERED, JobKind, JobStatus};
 use shared::generate::images::ImageGenerator;
 use shared::generate::poller::VideoPoller;
 use shared::generate::service::router;

@@ -16,7 +16,7 @@ use shared::domain::Lease;
 use shared::domain::destination::Destination;
 use shared::domain::download::DownloadStatus;
 use shared::domain::gs_uri::GsUri;
-use shared::domain::job::{JobKind, JobStatus};
+use shared::domain::values::{JobKind, JobStatus};
 use shared::objects::{ByteStream, ObjectMeta, ObjectStore, ReadRange};
 use std::collections::BTreeMap;
 use std::path::Path;

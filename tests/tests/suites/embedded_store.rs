@@ -3,7 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use shared::domain::Lease;
-use shared::domain::job::{JobKind, JobStatus, NewJob};
+use shared::domain::job::NewJob;
+use shared::domain::values::{JobKind, JobStatus};
 use shared::store::{Store, StoreConfig};
 use std::time::Duration;
 

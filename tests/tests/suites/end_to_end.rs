@@ -9,7 +9,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use shared::bus::Topics;
-use shared::domain::job::{Job, JobKind, JobStatus};
+use shared::domain::job::Job;
+use shared::domain::values::{JobKind, JobStatus};
 use shared::store::JobFilter;
 use std::collections::BTreeMap;
 use std::path::Path;

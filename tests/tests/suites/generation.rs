@@ -6,8 +6,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use futures::future::join_all;
-use shared::domain::job::{FILTERED, Job, JobKind, JobStatus, QUOTA_EXHAUSTED, SUBMIT_UNKNOWN};
-use shared::domain::review::{FIRST_FRAME_MISSING, PromoteOptions, Verdict};
+use shared::domain::job::Job;
+use shared::domain::review::PromoteOptions;
+use shared::domain::values::{FILTERED, JobKind, JobStatus, QUOTA_EXHAUSTED, SUBMIT_UNKNOWN};
+use shared::domain::values::{FIRST_FRAME_MISSING, Verdict};
 use shared::generate::images::ImageGenerator;
 use shared::generate::poller::{TIMED_OUT, VideoPoller};
 use shared::generate::service::router;
@@ -505,7 +507,7 @@ async fn an_unknown_submit_whose_video_never_comes_fails_after_the_operation_tim
             .await
             .is_err()
     );
-    let resubmit = shared::domain::job::RetryOptions {
+    let resubmit = shared::domain::values::RetryOptions {
         resubmit: true,
         ..Default::default()
     };

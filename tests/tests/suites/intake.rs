@@ -10,7 +10,8 @@
 
 use serde_json::{Value, json};
 use shared::bus::Topics;
-use shared::domain::job::{Job, JobKind, JobStatus};
+use shared::domain::job::Job;
+use shared::domain::values::{JobKind, JobStatus};
 use shared::store::{JobFilter, Store};
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -10,7 +10,8 @@
 use shared::domain::Lease;
 use shared::domain::destination::Target;
 use shared::domain::download::{Download, FileType, NewDownload};
-use shared::domain::job::{Job, JobError, JobKind, NewJob, Retention};
+use shared::domain::job::{Job, NewJob, Retention};
+use shared::domain::values::{JobError, JobKind};
 use shared::janitor::{Janitor, JanitorReport, JanitorSettings, run_once};
 use shared::store::Store;
 use shared::store::backend::{Backend, Collection, Doc};
@@ -226,7 +227,7 @@ mod emulators {
     use shared::bus::Topics;
     use shared::bus::dead_letters::{PubSubDeadLetters, SOURCE_DELIVERY_COUNT};
     use shared::bus::pubsub::{PubSubBus, PubSubConfig};
-    use shared::domain::job::{ATTEMPTS_EXHAUSTED, JobStatus};
+    use shared::domain::values::{ATTEMPTS_EXHAUSTED, JobStatus};
     use shared::generate::GeneratorSettings;
     use shared::generate::service::router;
     use shared::generate::videos::VideoGenerator;

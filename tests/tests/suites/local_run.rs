@@ -482,7 +482,7 @@ async fn a_live_run_states_its_spending_cap_and_stops_at_it() {
     let fake = FakeVertex::start(FakeOptions::default()).await;
     let per_image = shared::cost::PriceTable::list_prices()
         .estimate(
-            shared::domain::job::JobKind::Image,
+            shared::domain::values::JobKind::Image,
             shared::vertex::DEFAULT_IMAGE_MODEL,
             &Default::default(),
         )
@@ -539,7 +539,7 @@ fn run_folder_of(run: &Run) -> PathBuf {
         &run.out,
         &run.file,
         &prompts,
-        shared::domain::job::JobKind::Image,
+        shared::domain::values::JobKind::Image,
         false,
     )
 }

@@ -16,8 +16,9 @@
 
 use serde_json::{Value, json};
 use shared::cost::PriceTable;
-use shared::domain::job::{
-    JobKind, JobStatus, MISCONFIGURED, NewJob, OPERATION_FAILED, SUBMIT_UNKNOWN, TIMED_OUT,
+use shared::domain::job::NewJob;
+use shared::domain::values::{
+    JobKind, JobStatus, MISCONFIGURED, OPERATION_FAILED, SUBMIT_UNKNOWN, TIMED_OUT,
 };
 use shared::store::budget::budget_day_of;
 use shared::time::Timestamp;

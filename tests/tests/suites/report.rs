@@ -534,7 +534,7 @@ fn asmr(state: &Path, args: &[&str]) -> String {
 
 #[tokio::test]
 async fn the_sheet_of_a_chained_run_pairs_each_video_with_its_image_and_shows_why_a_job_failed() {
-    use shared::domain::job::{JobError, JobKind};
+    use shared::domain::values::{JobError, JobKind};
     const BLOCKED: &str = "a prompt the model blocked";
     let dir = artifacts().join("run-chain");
     let _ = std::fs::remove_dir_all(&dir);

@@ -8,11 +8,13 @@ use futures::future::join_all;
 use shared::Error;
 use shared::domain::destination::Target;
 use shared::domain::download::{DownloadStatus, FileType, NewDownload};
-use shared::domain::job::{
-    BUDGET_EXHAUSTED, Delivery, FILTERED, Job, JobError, JobKind, JobParams, JobStatus, NewJob,
-    Retention, RetryOptions, SUBMIT_UNKNOWN,
+use shared::domain::job::{Job, NewJob, Retention};
+use shared::domain::review::PromoteOptions;
+use shared::domain::values::Verdict;
+use shared::domain::values::{
+    BUDGET_EXHAUSTED, Delivery, FILTERED, JobError, JobKind, JobParams, JobStatus, RetryOptions,
+    SUBMIT_UNKNOWN,
 };
-use shared::domain::review::{PromoteOptions, Verdict};
 use shared::domain::{Lease, TransitionError};
 use shared::store::backend::{Collection, Version, Write};
 use shared::store::budget::{Billed, Budget, BudgetDay, Budgeted, budget_day_of};

@@ -5,8 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::json;
-use shared::domain::job::JobParams;
-use shared::domain::review::FirstFrame;
+use shared::domain::values::FirstFrame;
+use shared::domain::values::JobParams;
 use shared::objects::ObjectStore;
 use shared::vertex::client::VertexClient;
 use shared::vertex::{

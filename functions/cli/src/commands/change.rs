@@ -9,7 +9,8 @@ use anyhow::{Result, bail};
 use futures::stream::{self, StreamExt};
 use shared::Error;
 use shared::bus::{Bus, Topics};
-use shared::domain::job::{Job, JobStatus, RetryOptions};
+use shared::domain::job::Job;
+use shared::domain::values::{JobStatus, RetryOptions};
 use shared::store::{JobFilter, Store};
 
 /// Where requeued jobs are announced: their kind's topic on Firestore, so
@@ -118,8 +119,8 @@ fn what_the_retry_does(job: &Job) -> String {
     }
     let model = job.params().model.clone().unwrap_or_else(|| {
         match job.kind() {
-            shared::domain::job::JobKind::Image => shared::vertex::DEFAULT_IMAGE_MODEL,
-            shared::domain::job::JobKind::Video => shared::vertex::DEFAULT_VIDEO_MODEL,
+            shared::domain::values::JobKind::Image => shared::vertex::DEFAULT_IMAGE_MODEL,
+            shared::domain::values::JobKind::Video => shared::vertex::DEFAULT_VIDEO_MODEL,
         }
         .to_string()
     });

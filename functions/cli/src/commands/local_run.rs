@@ -9,7 +9,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::json;
 use shared::Error;
 use shared::cost::format_usd;
-use shared::domain::job::{JobKind, JobStatus};
+use shared::domain::values::{JobKind, JobStatus};
 use shared::local_run::{Live, Progress, RunReport, RunSettings, SpendCap};
 use shared::vertex::RetryPolicy;
 use std::time::Duration;

@@ -36,7 +36,7 @@ fn read_input(path: &Path) -> std::io::Result<Vec<u8>> {
 /// by `shared` so that a mistake reads as at every other entry point.
 fn parsed<T>(text: Option<&str>) -> Result<Option<T>>
 where
-    T: std::str::FromStr<Err = shared::domain::validate::ValidationError>,
+    T: std::str::FromStr<Err = shared::domain::invalid::ValidationError>,
 {
     Ok(text
         .map(str::parse::<T>)

@@ -9,8 +9,10 @@ use crate::out;
 use anyhow::{Result, bail};
 use shared::Error;
 use shared::cost::{PriceTable, format_usd};
-use shared::domain::job::{Job, JobKind};
-use shared::domain::review::{Grounds, PromoteOptions, PromoteRefusal, Verdict};
+use shared::domain::job::Job;
+use shared::domain::review::{Grounds, PromoteOptions, PromoteRefusal};
+use shared::domain::values::JobKind;
+use shared::domain::values::Verdict;
 use shared::store::{MAX_PAGE, Store};
 use shared::vertex::DEFAULT_VIDEO_MODEL;
 

@@ -7,7 +7,7 @@ use anyhow::Result;
 use serde::Serialize;
 use shared::cost::{format_usd, usd};
 use shared::domain::download::DownloadStatus;
-use shared::domain::job::{BUDGET_EXHAUSTED, JobKind, JobStatus};
+use shared::domain::values::{BUDGET_EXHAUSTED, JobKind, JobStatus};
 use shared::store::budget::{BudgetDay, budget_day_of};
 use shared::store::{DownloadCounts, JobCounts, Store};
 use shared::time::Timestamp;

@@ -1,6 +1,11 @@
 //! Read access to a job: its fields change only through its transitions.
 
-use super::*;
+use super::Job;
+use crate::domain::values::{
+    Chain, Delivery, FirstFrame, HeldOutput, JobError, JobKind, JobParams, JobStatus, Reservation,
+    Review, Verdict,
+};
+use crate::time::Timestamp;
 
 /// Read access: a job's fields change only through its transitions.
 impl Job {
@@ -138,5 +143,36 @@ impl Job {
     /// bucket (see [`HeldOutput`]).
     pub fn held(&self) -> &[HeldOutput] {
         &self.held
+    }
+
+    /// The image this video was made from.
+    pub fn parent(&self) -> Option<&str> {
+        self.parent.as_deref()
+    }
+
+    /// The videos made from this image, in the order they were made.
+    pub fn children(&self) -> &[String] {
+        &self.children
+    }
+
+    /// The reviewer's mark on this image, if any (named apart from
+    /// [`Job::review`], the transition that gives it).
+    pub fn reviewed(&self) -> Option<&Review> {
+        self.review.as_ref()
+    }
+
+    /// The reviewer's verdict on this image, if any.
+    pub fn verdict(&self) -> Option<Verdict> {
+        self.verdict
+    }
+
+    /// What to make of this job once it is delivered.
+    pub fn chain(&self) -> Option<Chain> {
+        self.chain
+    }
+
+    /// The image this video starts from.
+    pub fn first_frame(&self) -> Option<&FirstFrame> {
+        self.first_frame.as_ref()
     }
 }

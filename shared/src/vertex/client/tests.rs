@@ -7,8 +7,8 @@ use super::gemini::*;
 use super::imagen::*;
 use super::veo::*;
 use super::*;
-use crate::domain::job::JobParams;
-use crate::domain::review::FirstFrame;
+use crate::domain::values::FirstFrame;
+use crate::domain::values::JobParams;
 use crate::vertex::RetryPolicy;
 use crate::vertex::wire::{Candidate, ImagenPrediction, Media};
 

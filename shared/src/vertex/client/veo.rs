@@ -2,7 +2,7 @@
 //! polls; the video lands in the bucket the request names.
 
 use super::*;
-use crate::domain::review::FirstFrame;
+use crate::domain::values::FirstFrame;
 use crate::vertex::wire::Media;
 
 #[async_trait]

@@ -230,13 +230,13 @@ async fn run(options: &Options) -> Result<()> {
             .map(|&count| small_files::Workload {
                 count,
                 bytes: 1536 * 1024,
-                kind: shared::domain::job::JobKind::Image,
+                kind: shared::domain::values::JobKind::Image,
             })
             .collect();
         workloads.push(small_files::Workload {
             count: options.video_count,
             bytes: 20 * 1024 * 1024,
-            kind: shared::domain::job::JobKind::Video,
+            kind: shared::domain::values::JobKind::Video,
         });
         small_files::run(&ctx, &workloads, options.file_rounds, &mut report).await?;
         common::progress("store round trips per job");

@@ -8,7 +8,7 @@ use crate::table::{Report, humanize};
 use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::{Value, json};
 use shared::bus::Topics;
-use shared::domain::job::JobStatus;
+use shared::domain::values::JobStatus;
 use shared::objects::ObjectStore;
 use std::collections::BTreeMap;
 use std::process::Command;

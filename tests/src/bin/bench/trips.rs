@@ -14,7 +14,8 @@ use shared::bus::pubsub::{PubSubBus, PubSubConfig};
 use shared::deliver::{Downloader, DownloaderSettings};
 use shared::domain::Lease;
 use shared::domain::destination::Destination;
-use shared::domain::job::{JobKind, NewJob};
+use shared::domain::job::NewJob;
+use shared::domain::values::JobKind;
 use shared::events::{ObjectEvent, ObjectEventKind};
 use shared::generate::images::{DryRunImages, ImageGenerator};
 use shared::generate::{GeneratorSettings, handle};
@@ -183,7 +184,7 @@ pub async fn run(ctx: &Context, report: &mut Report) -> Result<()> {
         .store
         .job_counts()
         .await?
-        .status(shared::domain::job::JobStatus::Delivered);
+        .status(shared::domain::values::JobStatus::Delivered);
     anyhow::ensure!(
         delivered as usize == JOBS,
         "{delivered} of {JOBS} delivered"

@@ -2,8 +2,8 @@
 //! codes, and the values it carries (deliveries, reservations, held
 //! outputs), and what a new job is made from.
 
-use super::super::review::{Chain, FirstFrame, validate_lineage};
-use super::super::validate::{ValidationError, validate_params, validate_prompt};
+use super::invalid::ValidationError;
+use crate::time::Timestamp;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -354,72 +354,123 @@ pub struct RetryOptions {
     pub resubmit: bool,
 }
 
-/// What it takes to create a job.
-#[derive(Clone, Debug, PartialEq)]
-pub struct NewJob {
-    /// The text sent to the model.
-    pub prompt: String,
-    /// Image or video.
-    pub kind: JobKind,
-    /// Model parameters.
-    pub params: JobParams,
-    /// Higher runs first.
-    pub priority: i64,
-    /// Idempotency key: the same key twice yields one job.
-    pub request_id: Option<String>,
-    /// Whose idempotency key `request_id` is: the account that called the
-    /// API, so that two callers who pick the same key never share a job.
-    /// `None` is the one namespace of every other way in (Pub/Sub, the
-    /// CLI, callers a deployment does not identify).
-    pub key_scope: Option<String>,
-    /// A digest of the whole request this job came from, so that a request
-    /// id that comes back with another request is told from a retry.
-    pub request_digest: Option<String>,
-    /// Whether the generators write placeholders instead of calling the model.
-    pub dry_run: bool,
-    /// Claims allowed before the job fails.
-    pub max_attempts: u32,
-    /// The image a video is made from.
-    pub parent: Option<String>,
-    /// What to make of the job once it is delivered (images only).
-    pub chain: Option<Chain>,
-    /// The image a video starts from (videos only).
-    pub first_frame: Option<FirstFrame>,
+/// What a reviewer said of an image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Good enough to pay for a video of it.
+    Approved,
+    /// Not worth a video.
+    Rejected,
 }
 
-impl NewJob {
-    /// A job with default parameters, priority 0, dry run, three attempts.
-    pub fn new(prompt: impl Into<String>, kind: JobKind) -> Self {
-        Self {
-            prompt: prompt.into(),
-            kind,
-            params: JobParams::default(),
-            priority: 0,
-            request_id: None,
-            key_scope: None,
-            request_digest: None,
-            dry_run: true,
-            max_attempts: DEFAULT_MAX_ATTEMPTS,
-            parent: None,
-            chain: None,
-            first_frame: None,
+impl Verdict {
+    /// The name used in documents, the API and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Approved => "approved",
+            Verdict::Rejected => "rejected",
         }
     }
+}
 
-    /// Checks the prompt, the parameters and the review-loop fields.
-    pub fn validate(&self) -> Result<(), ValidationError> {
-        validate_prompt(&self.prompt)?;
-        validate_params(self.kind, &self.params)?;
-        validate_lineage(self)?;
-        if self.max_attempts == 0 {
-            return Err(ValidationError::new("max_attempts", "must be at least 1"));
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Verdict {
+    type Err = ValidationError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "approved" | "approve" => Ok(Verdict::Approved),
+            "rejected" | "reject" => Ok(Verdict::Rejected),
+            _ => Err(ValidationError::new(
+                "verdict",
+                format!("{text:?} is not a verdict; use approved or rejected"),
+            )),
         }
-        if let Some(request_id) = &self.request_id
-            && (request_id.trim().is_empty() || request_id.len() > 500)
-        {
+    }
+}
+
+/// A reviewer's mark on an image. Reviewing again replaces it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Review {
+    /// Approved or rejected.
+    pub verdict: Verdict,
+    /// Why, in the reviewer's words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When the verdict was given.
+    pub at: Timestamp,
+}
+
+/// What to make of a job once it is delivered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Chain {
+    /// When this image is delivered, make a video that opens on it.
+    Video,
+}
+
+/// Error code of a video whose first frame is not in Cloud Storage (any
+/// more) when its generator takes it: nothing is sent, nothing is paid.
+pub const FIRST_FRAME_MISSING: &str = "first_frame_missing";
+
+/// The MIME types Veo takes as a first frame.
+pub const FIRST_FRAME_TYPES: [&str; 2] = ["image/png", "image/jpeg"];
+
+/// The image a video starts from: an object in Cloud Storage that Veo
+/// reads as the video's first frame.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirstFrame {
+    /// `gs://bucket/object`.
+    pub gcs_uri: String,
+    /// `image/png` or `image/jpeg`.
+    pub mime_type: String,
+}
+
+impl FirstFrame {
+    /// The first frame for the image at `uri`, its MIME type read from the
+    /// extension (`.png`, `.jpg`, `.jpeg`); `None` for anything else.
+    pub fn of_image(uri: &str) -> Option<Self> {
+        let extension = uri.rsplit_once('.')?.1.to_ascii_lowercase();
+        let mime_type = match extension.as_str() {
+            "png" => "image/png",
+            "jpg" | "jpeg" => "image/jpeg",
+            _ => return None,
+        };
+        Some(Self {
+            gcs_uri: uri.to_string(),
+            mime_type: mime_type.to_string(),
+        })
+    }
+
+    /// The bucket and object name of `gcs_uri`, when it is
+    /// `gs://bucket/object` with neither part empty.
+    pub fn location(&self) -> Option<(&str, &str)> {
+        let (bucket, object) = self.gcs_uri.strip_prefix("gs://")?.split_once('/')?;
+        (!bucket.is_empty() && !object.is_empty()).then_some((bucket, object))
+    }
+
+    /// Checks the address and the type Veo will be sent.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if self.location().is_none() {
             return Err(ValidationError::new(
-                "request_id",
-                "must be between 1 and 500 bytes and not blank",
+                "first_frame.gcs_uri",
+                format!("{:?} is not gs://bucket/object", self.gcs_uri),
+            ));
+        }
+        if !FIRST_FRAME_TYPES.contains(&self.mime_type.as_str()) {
+            return Err(ValidationError::new(
+                "first_frame.mime_type",
+                format!(
+                    "{:?} is not accepted; Veo takes {}",
+                    self.mime_type,
+                    FIRST_FRAME_TYPES.join(" or ")
+                ),
             ));
         }
         Ok(())
