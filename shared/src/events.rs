@@ -10,7 +10,7 @@
 
 use crate::crc::Crc32c;
 use crate::domain::gs_uri::GsUri;
-use crate::push::{self, Delivery, Poison};
+use crate::push::{self, Poison, PushedMessage};
 use crate::redact::json_error;
 use axum::http::HeaderMap;
 use axum::http::header::CONTENT_TYPE;
@@ -124,7 +124,7 @@ pub fn decode(headers: &HeaderMap, body: &[u8]) -> Result<ObjectEvent, Poison> {
 /// `objectGeneration`) and win over the data; with `payloadFormat`
 /// `JSON_API_V1` the data is the object resource, which gives the size,
 /// CRC32C and content type.
-pub fn from_push(delivery: &Delivery) -> Result<ObjectEvent, Poison> {
+pub fn from_push(delivery: &PushedMessage) -> Result<ObjectEvent, Poison> {
     let id = &delivery.message_id;
     let poison = |what: String| Poison(format!("GCS notification {id}: {what}"));
     let attribute = |key: &str| {

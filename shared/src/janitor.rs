@@ -40,7 +40,7 @@ use crate::domain::invalid::ValidationError;
 use crate::domain::job::Job;
 use crate::domain::values::{JobError, JobStatus};
 use crate::error::{Error, Result};
-use crate::push::{Delivery, JobMessage};
+use crate::push::{JobMessage, PushedMessage};
 use crate::store::Store;
 use crate::time::Timestamp;
 use anyhow::Context;
@@ -363,7 +363,7 @@ impl Janitor {
     }
 
     async fn settle_dead_letter(&self, letter: &DeadLetter) -> Result<Settled> {
-        let delivery = Delivery {
+        let delivery = PushedMessage {
             message_id: letter.message_id.clone(),
             attributes: letter.attributes.clone(),
             data: letter.data.to_vec(),

@@ -15,9 +15,10 @@
 //! a consumer that sees one twice can tell.
 
 use crate::bus::{Bus, publish_json};
+use crate::domain::gs_uri::GsUri;
 use crate::domain::job::Job;
 use crate::domain::values::{Chain, Verdict};
-use crate::domain::values::{Delivery, JobError, JobKind, JobStatus};
+use crate::domain::values::{DeliveredOutput, JobError, JobKind, JobStatus};
 use crate::error::Result;
 use crate::time::Timestamp;
 use async_trait::async_trait;
@@ -38,9 +39,9 @@ pub struct JobEvent {
     /// Image or video.
     pub kind: JobKind,
     /// `gs://` URIs the model produced.
-    pub outputs: Vec<String>,
+    pub outputs: Vec<GsUri>,
     /// Where each output was copied.
-    pub deliveries: Vec<Delivery>,
+    pub deliveries: Vec<DeliveredOutput>,
     /// Why it failed, for a failed or cancelled job.
     pub error: Option<JobError>,
     /// A reviewer's verdict on the image, once there is one; an approval
@@ -195,7 +196,7 @@ mod tests {
             ),
             Timestamp::now(),
         );
-        job.force_state(status, outputs.iter().map(|s| s.to_string()).collect());
+        job.force_state(status, outputs.iter().map(|s| s.parse().unwrap()).collect());
         job
     }
 

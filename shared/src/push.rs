@@ -2,7 +2,7 @@
 //!
 //! A push subscription POSTs `{"message": {"data": base64, "attributes",
 //! "messageId", "publishTime"}, "subscription", "deliveryAttempt"}`. Domain
-//! code never sees base64 or the envelope: it gets a [`Delivery`].
+//! code never sees base64 or the envelope: it gets a [`PushedMessage`].
 
 use crate::redact::json_error;
 use base64::Engine;
@@ -38,7 +38,7 @@ struct Message {
 
 /// One decoded push delivery.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Delivery {
+pub struct PushedMessage {
     /// Pub/Sub's id of the message (the same on every redelivery).
     pub message_id: String,
     /// Message attributes.
@@ -60,7 +60,7 @@ pub struct Delivery {
 pub struct Poison(pub String);
 
 /// Decodes a push request body.
-pub fn decode(body: &[u8]) -> Result<Delivery, Poison> {
+pub fn decode(body: &[u8]) -> Result<PushedMessage, Poison> {
     let envelope: Envelope = serde_json::from_slice(body)
         .map_err(|e| Poison(format!("not a Pub/Sub push envelope: {}", json_error(&e))))?;
     let message = envelope.message;
@@ -75,7 +75,7 @@ pub fn decode(body: &[u8]) -> Result<Delivery, Poison> {
             .decode(text.trim())
             .map_err(|e| Poison(format!("message.data is not base64: {e}")))?,
     };
-    Ok(Delivery {
+    Ok(PushedMessage {
         message_id,
         attributes: message.attributes,
         data,
@@ -94,7 +94,7 @@ pub struct JobMessage {
 
 impl JobMessage {
     /// Reads the job message carried by a delivery.
-    pub fn from_delivery(delivery: &Delivery) -> Result<Self, Poison> {
+    pub fn from_delivery(delivery: &PushedMessage) -> Result<Self, Poison> {
         let message: JobMessage = serde_json::from_slice(&delivery.data).map_err(|e| {
             Poison(format!(
                 "not a job message {{\"job_id\": \"...\"}}: {}",

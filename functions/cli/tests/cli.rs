@@ -14,7 +14,7 @@ use serde_json::Value;
 use shared::domain::Lease;
 use shared::domain::destination::Target;
 use shared::domain::download::{DownloadStatus, FileType, NewDownload};
-use shared::domain::values::{Delivery, FILTERED, JobError};
+use shared::domain::values::{DeliveredOutput, FILTERED, JobError};
 use shared::store::Claim;
 use shared::store::rejected::{Rejected, RejectedSource};
 use shared::store::{Store, StoreConfig};
@@ -362,7 +362,7 @@ impl Env {
         let id = id.to_string();
         self.store(|store| async move {
             store
-                .complete_job(&id, "test-worker", vec![output])
+                .complete_job(&id, "test-worker", vec![output.parse().unwrap()])
                 .await
                 .unwrap()
         });
@@ -404,9 +404,9 @@ impl Env {
             });
             self.claim_download(&download);
             self.complete_download(&download, 5);
-            let delivery = Delivery {
-                source: output,
-                destination: destination.display().to_string(),
+            let delivery = DeliveredOutput {
+                source: output.parse().unwrap(),
+                destination: Target::File(destination.clone()),
             };
             let job = id.to_string();
             self.store(|store| async move { store.record_delivery(&job, delivery).await.unwrap() });

@@ -1,4 +1,4 @@
-//! Delivery: every finalized output object is copied, intact, to the
+//! DeliveredOutput: every finalized output object is copied, intact, to the
 //! destination — another bucket (a server-side rewrite) or a directory (a
 //! Cloud Run volume mount, or a local folder).
 //!
@@ -18,7 +18,7 @@ use crate::ack::Handled;
 use crate::domain::Lease;
 use crate::domain::destination::Destination;
 use crate::domain::download::{Download, DownloadStatus, FileType, NewDownload};
-use crate::domain::values::{Delivery, JobError};
+use crate::domain::values::{DeliveredOutput, JobError};
 use crate::error::Error;
 use crate::events::{ObjectEvent, ObjectEventKind};
 use crate::objects::ObjectStore;
@@ -260,7 +260,7 @@ impl Downloader {
                 if !job
                     .deliveries()
                     .iter()
-                    .any(|d| d.source == download.source().to_string()) =>
+                    .any(|d| d.source == *download.source()) =>
             {
                 return self.record_delivery(&download).await;
             }
@@ -449,9 +449,9 @@ impl Downloader {
 
     /// Records a completed download on its job; the last one delivers it.
     async fn record_delivery(&self, download: &Download) -> Handled {
-        let delivery = Delivery {
-            source: download.source().to_string(),
-            destination: download.destination().to_string(),
+        let delivery = DeliveredOutput {
+            source: download.source().clone(),
+            destination: download.destination().clone(),
         };
         match self
             .store

@@ -34,16 +34,24 @@ impl Serialize for Target {
     }
 }
 
-impl<'de> Deserialize<'de> for Target {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
+impl FromStr for Target {
+    type Err = String;
+
+    /// A `gs://` URI is an object, anything else a path.
+    fn from_str(text: &str) -> Result<Self, String> {
         if text.starts_with("gs://") {
-            GsUri::parse(&text).map(Target::Object).ok_or_else(|| {
-                serde::de::Error::custom(format!("{text:?} is not gs://bucket/name"))
-            })
+            text.parse().map(Target::Object)
         } else {
             Ok(Target::File(text.into()))
         }
+    }
+}
+
+impl<'de> Deserialize<'de> for Target {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 

@@ -27,6 +27,14 @@ impl GsUri {
     }
 }
 
+impl std::str::FromStr for GsUri {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        Self::parse(text).ok_or_else(|| format!("{text:?} is not gs://bucket/name"))
+    }
+}
+
 impl fmt::Display for GsUri {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "gs://{}/{}", self.bucket, self.name)

@@ -6,12 +6,13 @@
 
 mod read;
 
+use super::gs_uri::GsUri;
 use super::invalid::ValidationError;
 use super::validate::{validate_params, validate_prompt};
 use super::values::{
-    ATTEMPTS_EXHAUSTED, Chain, DEFAULT_MAX_ATTEMPTS, Delivery, FILTERED, FirstFrame, HeldOutput,
-    JobError, JobKind, JobParams, JobStatus, OPERATION_FAILED, Reservation, RetryOptions, Review,
-    STORAGE_UNAVAILABLE, SUBMIT_UNKNOWN, TIMED_OUT, Verdict,
+    ATTEMPTS_EXHAUSTED, Chain, DEFAULT_MAX_ATTEMPTS, DeliveredOutput, FILTERED, FirstFrame,
+    HeldOutput, JobError, JobKind, JobParams, JobStatus, OPERATION_FAILED, Reservation,
+    RetryOptions, Review, STORAGE_UNAVAILABLE, SUBMIT_UNKNOWN, TIMED_OUT, Verdict,
 };
 use super::{Lease, Transition, TransitionError};
 use crate::time::Timestamp;
@@ -55,10 +56,10 @@ pub struct Job {
     pub(in crate::domain) submitted_at: Option<Timestamp>,
     /// `gs://` URIs of what the model produced.
     #[serde(default)]
-    pub(in crate::domain) outputs: Vec<String>,
+    pub(in crate::domain) outputs: Vec<GsUri>,
     /// Where each output was copied.
     #[serde(default)]
-    pub(in crate::domain) deliveries: Vec<Delivery>,
+    pub(in crate::domain) deliveries: Vec<DeliveredOutput>,
     /// Why it failed, or why the last attempt failed.
     #[serde(default)]
     pub(in crate::domain) error: Option<JobError>,
@@ -124,7 +125,7 @@ pub struct Job {
 impl Job {
     /// Puts a job in any state, bypassing the transitions: only for unit
     /// tests of code that reads jobs.
-    pub(crate) fn force_state(&mut self, status: JobStatus, outputs: Vec<String>) {
+    pub(crate) fn force_state(&mut self, status: JobStatus, outputs: Vec<GsUri>) {
         self.status = status;
         self.outputs = outputs;
     }
@@ -698,7 +699,7 @@ impl Job {
     /// awaited it: generating → completed. No lease check: the operation,
     /// not a worker, did the work, and the write is a compare-and-set like
     /// every other.
-    pub fn finish_operation(&mut self, outputs: Vec<String>, now: Timestamp) -> Transition {
+    pub fn finish_operation(&mut self, outputs: Vec<GsUri>, now: Timestamp) -> Transition {
         if self.status != JobStatus::Generating {
             return Err(self.refuse("finish the operation of"));
         }
@@ -715,7 +716,7 @@ impl Job {
     /// processing | generating → completed, with the produced outputs. If every
     /// output was already delivered (a video can land before its operation is
     /// seen done) the job goes straight on to delivered.
-    pub fn complete(&mut self, owner: &str, outputs: Vec<String>, now: Timestamp) -> Transition {
+    pub fn complete(&mut self, owner: &str, outputs: Vec<GsUri>, now: Timestamp) -> Transition {
         if !self.status.is_leased() {
             return Err(self.refuse("complete"));
         }
@@ -749,7 +750,7 @@ impl Job {
     /// destination. A video that awaited proof of an unknown submit, or
     /// failed as timed out or unknown, takes the copied file as its output
     /// and is delivered: it was paid for.
-    pub fn record_delivery(&mut self, delivery: Delivery, now: Timestamp) -> Transition {
+    pub fn record_delivery(&mut self, delivery: DeliveredOutput, now: Timestamp) -> Transition {
         if self.status == JobStatus::Cancelled {
             return Err(self.refuse("record a delivery for"));
         }

@@ -227,9 +227,9 @@ impl Job {
         let Some(uri) = self.outputs.first() else {
             return Err(PromoteRefusal::NoOutputs { id });
         };
-        FirstFrame::of_image(uri).ok_or_else(|| PromoteRefusal::NotAFrame {
+        FirstFrame::of_image(&uri.to_string()).ok_or_else(|| PromoteRefusal::NotAFrame {
             id,
-            uri: uri.clone(),
+            uri: uri.to_string(),
         })
     }
 

@@ -13,7 +13,7 @@ fn image_in(status: JobStatus, outputs: &[&str]) -> Job {
     new.priority = 5;
     new.params.negative_prompt = Some("hands".into());
     let mut job = Job::new(new, Timestamp::now());
-    job.force_state(status, outputs.iter().map(|o| o.to_string()).collect());
+    job.force_state(status, outputs.iter().map(|o| o.parse().unwrap()).collect());
     job
 }
 
@@ -316,7 +316,7 @@ fn a_promotion_needs_the_grounds_the_stored_image_gives() {
         let mut new = NewJob::new("rain on glass", JobKind::Image);
         new.chain = Some(Chain::Video);
         let mut job = Job::new(new, now);
-        job.force_state(status, vec!["gs://out/images/c/0.png".into()]);
+        job.force_state(status, vec!["gs://out/images/c/0.png".parse().unwrap()]);
         job
     };
     let delivered = chained(JobStatus::Delivered);

@@ -3,7 +3,7 @@
 use super::destination::Target;
 use super::download::{Download, DownloadStatus, FileType, NewDownload};
 use super::job::{ClaimRefusal, Job, NewJob, Retention};
-use super::values::{Delivery, FILTERED, JobError, JobKind, JobStatus, RetryOptions};
+use super::values::{DeliveredOutput, FILTERED, JobError, JobKind, JobStatus, RetryOptions};
 use super::{Lease, TransitionError};
 use crate::time::Timestamp;
 use std::time::Duration;
@@ -27,7 +27,7 @@ fn job_in(status: JobStatus, now: Timestamp) -> Job {
         job.operation_name = Some("ops/0".into());
     }
     if status == JobStatus::Completed || status == JobStatus::Delivered {
-        job.outputs = vec!["gs://out/videos/a/sample_0.mp4".into()];
+        job.outputs = vec!["gs://out/videos/a/sample_0.mp4".parse().unwrap()];
     }
     job
 }
@@ -44,13 +44,14 @@ fn actions() -> Vec<Action> {
             j.start_generating(&lease("w1"), "ops/1", now).is_ok()
         }),
         ("complete", |j, now| {
-            j.complete("w1", vec!["gs://out/x".into()], now).is_ok()
+            j.complete("w1", vec!["gs://out/x".parse().unwrap()], now)
+                .is_ok()
         }),
         ("record_delivery", |j, now| {
             j.record_delivery(
-                Delivery {
-                    source: "gs://out/x".into(),
-                    destination: "/d/x".into(),
+                DeliveredOutput {
+                    source: "gs://out/x".parse().unwrap(),
+                    destination: "/d/x".parse().unwrap(),
                 },
                 now,
             )
@@ -318,20 +319,25 @@ fn a_job_is_delivered_once_every_output_is() {
     let out = |n: u32| format!("gs://out/videos/j/t/sample_{n}.mp4");
     // One video lands before the operation is seen done.
     job.record_delivery(
-        Delivery {
-            source: out(0),
-            destination: "/v/0".into(),
+        DeliveredOutput {
+            source: out(0).parse().unwrap(),
+            destination: "/v/0".parse().unwrap(),
         },
         now,
     )
     .unwrap();
     assert_eq!(job.status, JobStatus::Generating);
-    job.complete("w1", vec![out(0), out(1)], now).unwrap();
+    job.complete(
+        "w1",
+        vec![out(0).parse().unwrap(), out(1).parse().unwrap()],
+        now,
+    )
+    .unwrap();
     assert_eq!(job.status, JobStatus::Completed);
     job.record_delivery(
-        Delivery {
-            source: out(1),
-            destination: "/v/1".into(),
+        DeliveredOutput {
+            source: out(1).parse().unwrap(),
+            destination: "/v/1".parse().unwrap(),
         },
         now,
     )
@@ -340,9 +346,9 @@ fn a_job_is_delivered_once_every_output_is() {
     assert_eq!(job.deliveries.len(), 2);
     // A redelivered event does not duplicate the record.
     job.record_delivery(
-        Delivery {
-            source: out(1),
-            destination: "/v/1".into(),
+        DeliveredOutput {
+            source: out(1).parse().unwrap(),
+            destination: "/v/1".parse().unwrap(),
         },
         now,
     )
@@ -355,14 +361,15 @@ fn completing_with_everything_already_delivered_goes_straight_to_delivered() {
     let now = Timestamp::now();
     let mut job = job_in(JobStatus::Generating, now);
     job.record_delivery(
-        Delivery {
-            source: "gs://o/a".into(),
-            destination: "/a".into(),
+        DeliveredOutput {
+            source: "gs://o/a".parse().unwrap(),
+            destination: "/a".parse().unwrap(),
         },
         now,
     )
     .unwrap();
-    job.complete("w1", vec!["gs://o/a".into()], now).unwrap();
+    job.complete("w1", vec!["gs://o/a".parse().unwrap()], now)
+        .unwrap();
     assert_eq!(job.status, JobStatus::Delivered);
 }
 
@@ -544,7 +551,9 @@ fn the_poller_finishes_only_generating_jobs_and_resumes_keep_the_submission_time
     let now = Timestamp::now();
     for status in JobStatus::ALL {
         let mut job = job_in(status, now);
-        let ok = job.finish_operation(vec!["gs://o/v".into()], now).is_ok();
+        let ok = job
+            .finish_operation(vec!["gs://o/v".parse().unwrap()], now)
+            .is_ok();
         assert_eq!(ok, status == JobStatus::Generating, "from {status}");
     }
     let mut job = job_in(JobStatus::Processing, now);
@@ -558,7 +567,8 @@ fn the_poller_finishes_only_generating_jobs_and_resumes_keep_the_submission_time
     job.start_generating(&lease("w2"), "ops/1", now.plus(MINUTE))
         .unwrap();
     assert_eq!(job.submitted_at, Some(now));
-    job.finish_operation(vec!["gs://o/v".into()], now).unwrap();
+    job.finish_operation(vec!["gs://o/v".parse().unwrap()], now)
+        .unwrap();
     assert_eq!(
         (job.status, job.lease_owner.clone()),
         (JobStatus::Completed, None)
@@ -670,7 +680,8 @@ fn whatever_a_claim_records_next_clears_the_request_in_doubt() {
     let retention = Retention::default();
     let record: [Action; 5] = [
         ("complete", |j, now| {
-            j.complete("w1", vec!["gs://o/i/0.png".into()], now).is_ok()
+            j.complete("w1", vec!["gs://o/i/0.png".parse().unwrap()], now)
+                .is_ok()
         }),
         ("release", |j, now| j.release("w1", None, now).is_ok()),
         ("fail", |j, now| {
@@ -724,16 +735,16 @@ fn a_video_awaiting_its_output_is_not_reset_and_takes_the_output_that_arrives() 
     );
     let source = format!("gs://out/videos/{}/2026/sample_0.mp4", job.id);
     job.record_delivery(
-        Delivery {
-            source: source.clone(),
-            destination: "/archive/v.mp4".into(),
+        DeliveredOutput {
+            source: source.parse().unwrap(),
+            destination: "/archive/v.mp4".parse().unwrap(),
         },
         now,
     )
     .unwrap();
     assert_eq!(
         (job.status, job.outputs.clone(), job.error.clone()),
-        (JobStatus::Delivered, vec![source], None)
+        (JobStatus::Delivered, vec![source.parse().unwrap()], None)
     );
 }
 
@@ -756,9 +767,9 @@ fn a_video_that_arrives_after_its_job_failed_as_timed_out_or_unknown_completes_i
         )
         .unwrap();
         job.record_delivery(
-            Delivery {
-                source: "gs://out/videos/a/late/sample_0.mp4".into(),
-                destination: "/d/late.mp4".into(),
+            DeliveredOutput {
+                source: "gs://out/videos/a/late/sample_0.mp4".parse().unwrap(),
+                destination: "/d/late.mp4".parse().unwrap(),
             },
             now,
         )
@@ -847,7 +858,7 @@ fn held_outputs_wait_without_an_attempt_and_are_cleared_by_completion() {
     assert_eq!(job.held, held);
     assert!(!job.will_pay(), "the next attempt writes what is held");
     job.claim(&lease("w2"), now).unwrap();
-    job.complete("w2", vec!["gs://o/images/j/0.png".into()], now)
+    job.complete("w2", vec!["gs://o/images/j/0.png".parse().unwrap()], now)
         .unwrap();
     assert!(job.held.is_empty());
 }

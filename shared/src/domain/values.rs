@@ -2,6 +2,8 @@
 //! codes, and the values it carries (deliveries, reservations, held
 //! outputs), and what a new job is made from.
 
+use super::destination::Target;
+use super::gs_uri::GsUri;
 use super::invalid::ValidationError;
 use crate::time::Timestamp;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -305,11 +307,11 @@ impl fmt::Display for JobError {
 
 /// One output copied to the destination.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Delivery {
+pub struct DeliveredOutput {
     /// The output it copies (`gs://bucket/images/{job}/0.png`).
-    pub source: String,
+    pub source: GsUri,
     /// Where the copy is (`gs://archive/...` or a path under the volume).
-    pub destination: String,
+    pub destination: Target,
 }
 
 /// The estimated cost of a paid model call, reserved against one day's

@@ -4,6 +4,7 @@
 use super::settle::moved_on_or_retry;
 use crate::ack::Handled;
 use crate::domain::Lease;
+use crate::domain::gs_uri::GsUri;
 use crate::domain::job::Job;
 use crate::domain::values::JobError;
 use crate::error::{Error, Result};
@@ -25,7 +26,7 @@ async fn write_output(
     bucket: &str,
     output: &OutputFile,
     metadata: &std::collections::BTreeMap<String, String>,
-) -> Result<String> {
+) -> Result<GsUri> {
     let mut pause = Duration::from_secs(1);
     let mut tries = 0;
     loop {
@@ -46,7 +47,7 @@ async fn write_output(
         };
         tries += 1;
         match outcome {
-            Ok(meta) => return Ok(meta.uri().to_string()),
+            Ok(meta) => return Ok(meta.uri()),
             Err(e) if e.is_retryable() && tries < OUTPUT_WRITE_TRIES => {
                 tracing::warn!(error = %e, tries, "an output write failed; trying again");
                 tokio::time::sleep(pause).await;

@@ -13,6 +13,7 @@
 use super::settle::{moved_on_or_retry, settle_cost};
 use super::videos::fail_filtered_video;
 use crate::ack::Handled;
+use crate::domain::gs_uri::GsUri;
 use crate::domain::job::Job;
 use crate::domain::values::{JobError, JobStatus, OPERATION_FAILED, SUBMIT_UNKNOWN};
 use crate::error::Result;
@@ -144,7 +145,7 @@ impl VideoPoller {
         }
     }
 
-    async fn finish(&self, job: &Job, videos: Vec<String>) -> Seen {
+    async fn finish(&self, job: &Job, videos: Vec<GsUri>) -> Seen {
         match with_store_retries(|| self.store.finish_operation(job.id(), videos.clone())).await {
             Ok(_) => {
                 tracing::info!(job_id = %job.id(), kind = "video", outputs = videos.len(), event = "job_completed", "job completed");
@@ -181,10 +182,10 @@ impl VideoPoller {
                 return Seen::Error;
             }
         };
-        let videos: Vec<String> = found
+        let videos: Vec<GsUri> = found
             .iter()
             .filter(|meta| meta.name.ends_with(".mp4"))
-            .map(|meta| meta.uri().to_string())
+            .map(|meta| meta.uri())
             .collect();
         let wanted = usize::try_from(job.params().sample_count.unwrap_or(1).max(1)).unwrap_or(1);
         // Veo writes every sample before its operation ends; fewer than asked

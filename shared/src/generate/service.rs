@@ -49,17 +49,17 @@ impl<M: ?Sized + Send + Sync + 'static> server::Push for GeneratorCore<M>
 where
     GeneratorCore<M>: Generator,
 {
-    type Message = push::Delivery;
+    type Message = push::PushedMessage;
 
-    fn decode(&self, _headers: &HeaderMap, body: &Bytes) -> Result<push::Delivery, String> {
+    fn decode(&self, _headers: &HeaderMap, body: &Bytes) -> Result<push::PushedMessage, String> {
         push::decode(body).map_err(|poison| poison.0)
     }
 
-    fn span(&self, delivery: &push::Delivery) -> tracing::Span {
+    fn span(&self, delivery: &push::PushedMessage) -> tracing::Span {
         tracing::info_span!("job_message", message_id = %delivery.message_id, job_id = tracing::field::Empty)
     }
 
-    async fn handle(&self, delivery: push::Delivery) -> Handled {
+    async fn handle(&self, delivery: push::PushedMessage) -> Handled {
         let message = match JobMessage::from_delivery(&delivery) {
             Ok(message) => message,
             Err(poison) => return Handled::Poison(poison.0),

@@ -221,7 +221,7 @@ mod tests {
             self.store.claim_job(&id, &lease).await.unwrap();
             let output = format!("gs://out/images/{id}/0.png");
             self.store
-                .complete_job(&id, "w", vec![output])
+                .complete_job(&id, "w", vec![output.parse().unwrap()])
                 .await
                 .unwrap();
             id
@@ -231,9 +231,9 @@ mod tests {
         /// would.
         async fn delivered_image(&self, prompt: &str, chain: Option<Chain>) -> String {
             let id = self.completed_image(prompt, chain).await;
-            let delivery = crate::domain::values::Delivery {
-                source: format!("gs://out/images/{id}/0.png"),
-                destination: format!("/archive/images/{id}/0.png"),
+            let delivery = crate::domain::values::DeliveredOutput {
+                source: format!("gs://out/images/{id}/0.png").parse().unwrap(),
+                destination: format!("/archive/images/{id}/0.png").parse().unwrap(),
             };
             self.store.record_delivery(&id, delivery).await.unwrap();
             id
@@ -286,7 +286,7 @@ mod tests {
         assert_eq!(video.parent(), Some(image.id()));
         assert_eq!(
             video.first_frame().map(|f| f.gcs_uri.as_str()),
-            Some(image.outputs()[0].as_str())
+            Some(image.outputs()[0].to_string().as_str())
         );
         assert_eq!(w.videos_queued(), [video.id()]);
 

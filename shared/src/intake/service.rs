@@ -227,19 +227,19 @@ pub fn gated_router(intake: Arc<Intake>, gate: PushGate) -> Router {
 }
 
 impl server::Push for Intake {
-    type Message = push::Delivery;
+    type Message = push::PushedMessage;
 
     const BODY_LIMIT: usize = PUSH_BODY_LIMIT;
 
-    fn decode(&self, _headers: &HeaderMap, body: &Bytes) -> Result<push::Delivery, String> {
+    fn decode(&self, _headers: &HeaderMap, body: &Bytes) -> Result<push::PushedMessage, String> {
         push::decode(body).map_err(|poison| poison.0)
     }
 
-    fn span(&self, delivery: &push::Delivery) -> tracing::Span {
+    fn span(&self, delivery: &push::PushedMessage) -> tracing::Span {
         tracing::info_span!("request_message", message_id = %delivery.message_id)
     }
 
-    async fn handle(&self, delivery: push::Delivery) -> Handled {
+    async fn handle(&self, delivery: push::PushedMessage) -> Handled {
         let message_id = delivery.message_id.as_str();
         let envelope = Envelope {
             attributes: delivery.attributes.clone(),
@@ -947,7 +947,7 @@ mod tests {
         app.store.claim_job(&id, &lease).await.unwrap();
         let output = format!("gs://out/images/{id}/0.png");
         app.store
-            .complete_job(&id, "w", vec![output])
+            .complete_job(&id, "w", vec![output.parse().unwrap()])
             .await
             .unwrap();
         id

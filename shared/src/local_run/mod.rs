@@ -23,7 +23,7 @@
 mod stages;
 mod watch;
 
-use stages::{Delivery, StateLock, build_stages, keep_delivering, keep_draining, keep_polling};
+use stages::{Handed, StateLock, build_stages, keep_delivering, keep_draining, keep_polling};
 use watch::{snapshot, tally, watch_until_settled, write_sheet};
 
 use crate::bus::memory::MemoryBus;
@@ -361,7 +361,7 @@ where
         generators.spawn(async move { keep_draining(&stages.videos, &stopping).await });
     }
     let mut others = tokio::task::JoinSet::new();
-    let delivery = Arc::new(Delivery::default());
+    let delivery = Arc::new(Handed::default());
     {
         let (stages, finished, delivery) = (stages.clone(), finished.clone(), delivery.clone());
         others.spawn(async move { keep_delivering(&stages, &delivery, &finished).await });

@@ -255,9 +255,9 @@ pub(super) async fn keep_polling(
 
 /// The downloader's side of the run: which outputs it has been handed.
 #[derive(Default)]
-pub(super) struct Delivery {
+pub(super) struct Handed {
     /// Outputs handed to the downloader, and when.
-    pub(super) handed: std::sync::Mutex<HashMap<String, Instant>>,
+    pub(super) handed: std::sync::Mutex<HashMap<GsUri, Instant>>,
     /// Whether the last scan found every completed job's outputs handed.
     pub(super) caught_up: AtomicBool,
 }
@@ -268,7 +268,7 @@ pub(super) const HAND_AGAIN_AFTER: Duration = Duration::from_secs(6);
 
 pub(super) async fn keep_delivering(
     stages: &Stages,
-    delivery: &Delivery,
+    delivery: &Handed,
     finished: &AtomicBool,
 ) -> Result<()> {
     use futures::StreamExt;
@@ -282,10 +282,10 @@ pub(super) async fn keep_delivering(
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             for job in &jobs {
-                let delivered: HashSet<&str> =
-                    job.deliveries().iter().map(|d| d.source.as_str()).collect();
+                let delivered: HashSet<&GsUri> =
+                    job.deliveries().iter().map(|d| &d.source).collect();
                 for output in job.outputs() {
-                    if delivered.contains(output.as_str())
+                    if delivered.contains(output)
                         || handed
                             .get(output)
                             .is_some_and(|at| now.duration_since(*at) < HAND_AGAIN_AFTER)
@@ -316,16 +316,9 @@ pub(super) async fn keep_delivering(
 }
 
 /// Gives the downloader the finalize event of one output, as GCS would.
-pub(super) async fn hand_over(stages: &Stages, output: String) -> Result<()> {
-    let Some(uri) = GsUri::parse(&output) else {
-        tracing::warn!(
-            output,
-            "an output is not a gs:// URI; it cannot be delivered"
-        );
-        return Ok(());
-    };
+pub(super) async fn hand_over(stages: &Stages, uri: GsUri) -> Result<()> {
     let Some(meta) = stages.objects.metadata(&uri.bucket, &uri.name).await? else {
-        tracing::warn!(output, "an output of a completed job is missing");
+        tracing::warn!(output = %uri, "an output of a completed job is missing");
         return Ok(());
     };
     let event = ObjectEvent {
@@ -340,7 +333,7 @@ pub(super) async fn hand_over(stages: &Stages, output: String) -> Result<()> {
         event_time: None,
     };
     let handled = stages.downloader.handle(&event).await;
-    tracing::debug!(output, outcome = ?handled, "output handed to the downloader");
+    tracing::debug!(output = %uri, outcome = ?handled, "output handed to the downloader");
     Ok(())
 }
 

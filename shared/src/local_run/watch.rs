@@ -90,7 +90,7 @@ pub(super) async fn watch_until_settled(
     store: &Store,
     ids: &[String],
     chain: bool,
-    delivery: &Delivery,
+    delivery: &Handed,
     progress: &(impl Fn(&Progress) + Send + Sync),
 ) -> Result<()> {
     use crate::domain::download::DownloadStatus;

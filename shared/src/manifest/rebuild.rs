@@ -4,10 +4,9 @@
 use super::{MANIFEST_NAME, ManifestLine};
 use crate::beneath::{Access, Open, Root};
 use crate::domain::destination::Destination;
-use crate::domain::destination::Target;
 use crate::domain::download::{Download, DownloadStatus};
 use crate::domain::job::Job;
-use crate::domain::values::Delivery;
+use crate::domain::values::DeliveredOutput;
 use crate::error::Result;
 use crate::store::{JobFilter, MAX_PAGE, Store};
 use std::collections::HashMap;
@@ -99,22 +98,18 @@ async fn completed_downloads(store: &Store) -> Result<HashMap<String, Download>>
 /// The line of one delivery, or why it has none.
 fn line_of(
     job: &Job,
-    delivery: &Delivery,
+    delivery: &DeliveredOutput,
     destination: &Destination,
     downloads: &HashMap<String, Download>,
 ) -> std::result::Result<ManifestLine, String> {
-    let target = match crate::domain::gs_uri::GsUri::parse(&delivery.destination) {
-        Some(uri) => Target::Object(uri),
-        None => Target::File(PathBuf::from(&delivery.destination)),
-    };
-    let path = destination.relative(&target).ok_or_else(|| {
+    let path = destination.relative(&delivery.destination).ok_or_else(|| {
         format!(
             "{} is not under {destination} (job {})",
             delivery.destination,
             job.id()
         )
     })?;
-    let download = downloads.get(&delivery.source).ok_or_else(|| {
+    let download = downloads.get(&delivery.source.to_string()).ok_or_else(|| {
         format!(
             "{} (job {}) has no completed download record left",
             delivery.source,

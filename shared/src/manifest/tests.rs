@@ -476,7 +476,7 @@ async fn completed_job(
     }
     let lease = Lease::new("w", Duration::from_secs(60));
     store.claim_job(&id, &lease).await.unwrap();
-    let uris = events.iter().map(|e| e.uri().to_string()).collect();
+    let uris = events.iter().map(|e| e.uri()).collect();
     store.complete_job(&id, "w", uris).await.unwrap();
     events
 }

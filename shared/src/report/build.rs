@@ -3,6 +3,7 @@
 
 use super::{Card, Review, Sheet, Totals};
 use crate::cost::{PriceTable, usd as micros_to_usd};
+use crate::domain::destination::Target;
 use crate::domain::job::Job;
 use crate::domain::values::Verdict;
 use crate::domain::values::{JobKind, JobStatus, SUBMIT_UNKNOWN};
@@ -247,8 +248,10 @@ fn was_paid(job: &Job) -> bool {
 fn local_files(job: &Job, folder: &Path) -> Vec<String> {
     job.deliveries()
         .iter()
-        .filter(|d| !d.destination.starts_with("gs://"))
-        .filter_map(|d| relative_to(folder, &absolute(Path::new(&d.destination))))
+        .filter_map(|d| match &d.destination {
+            Target::File(path) => relative_to(folder, &absolute(path)),
+            Target::Object(_) => None,
+        })
         .collect()
 }
 
@@ -302,7 +305,7 @@ mod tests {
             let mut new = NewJob::new("rain on a tin roof", JobKind::Image);
             new.dry_run = dry_run;
             let mut job = Job::new(new, Timestamp::now());
-            job.force_state(status, outputs.iter().map(|o| o.to_string()).collect());
+            job.force_state(status, outputs.iter().map(|o| o.parse().unwrap()).collect());
             job
         };
         let out = ["gs://out/images/j/0.png"];

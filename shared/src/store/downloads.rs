@@ -61,9 +61,9 @@ impl Store {
             .map_err(|reason| transition("download", done.id(), reason))?;
         let (before, job_version) = (job.0, job.1);
         let mut after = before.clone();
-        let delivery = Delivery {
-            source: done.source().to_string(),
-            destination: done.destination().to_string(),
+        let delivery = DeliveredOutput {
+            source: done.source().clone(),
+            destination: done.destination().clone(),
         };
         if after.record_delivery(delivery, now).is_err() {
             // A cancelled job takes no delivery: the usual path says so.

@@ -2,6 +2,7 @@
 //! transition, each a read → domain method → compare-and-set.
 
 use super::*;
+use crate::domain::gs_uri::GsUri;
 
 impl Store {
     /// Creates a job after validating it. With a `request_id`, the same
@@ -98,7 +99,7 @@ impl Store {
     }
 
     /// The poller saw the operation of a generating job finish: completed.
-    pub async fn finish_operation(&self, id: &str, outputs: Vec<String>) -> Result<Job> {
+    pub async fn finish_operation(&self, id: &str, outputs: Vec<GsUri>) -> Result<Job> {
         self.update(id, |job: &mut Job, now| {
             job.finish_operation(outputs.clone(), now)
         })
@@ -106,7 +107,7 @@ impl Store {
     }
 
     /// processing | generating → completed with its outputs.
-    pub async fn complete_job(&self, id: &str, owner: &str, outputs: Vec<String>) -> Result<Job> {
+    pub async fn complete_job(&self, id: &str, owner: &str, outputs: Vec<GsUri>) -> Result<Job> {
         self.update(id, |job: &mut Job, now| {
             job.complete(owner, outputs.clone(), now)
         })
@@ -114,7 +115,7 @@ impl Store {
     }
 
     /// Records one delivered output; the job becomes delivered with the last one.
-    pub async fn record_delivery(&self, id: &str, delivery: Delivery) -> Result<Job> {
+    pub async fn record_delivery(&self, id: &str, delivery: DeliveredOutput) -> Result<Job> {
         self.update(id, |job: &mut Job, now| {
             job.record_delivery(delivery.clone(), now)
         })

@@ -24,7 +24,7 @@ pub use review::Promoted;
 use crate::domain::download::{Download, DownloadStatus, NewDownload};
 use crate::domain::job::{ClaimRefusal, Job, NewJob, Retention};
 use crate::domain::values::Verdict;
-use crate::domain::values::{Delivery, JobError, JobKind, JobStatus, RetryOptions};
+use crate::domain::values::{DeliveredOutput, JobError, JobKind, JobStatus, RetryOptions};
 use crate::domain::{Lease, TransitionError};
 use crate::error::{Error, Result};
 use crate::job_events::{JobEvent, JobEvents, OutboxEntry, raises_event};

@@ -149,7 +149,7 @@ pub enum OperationState {
     /// Finished with videos (their `gs://` URIs).
     Done {
         /// Video URIs.
-        videos: Vec<String>,
+        videos: Vec<crate::domain::gs_uri::GsUri>,
     },
     /// Finished, but the safety filters withheld every video. Final.
     Filtered {

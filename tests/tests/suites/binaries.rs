@@ -151,7 +151,11 @@ async fn the_image_generator_serves_pushes_from_a_real_subscription() {
     let job = world.store.job(&id).await.unwrap();
     assert_eq!(
         job.outputs(),
-        vec![format!("gs://{}/images/{id}/0.png", world.bucket)]
+        vec![
+            format!("gs://{}/images/{id}/0.png", world.bucket)
+                .parse()
+                .unwrap()
+        ]
     );
     assert!(
         world
@@ -358,7 +362,11 @@ async fn job_with_output(world: &World, data: bytes::Bytes) -> (String, String) 
     world.store.claim_job(&id, &lease).await.unwrap();
     let name = format!("images/{id}/0.png");
     let uri = format!("gs://{}/{name}", world.bucket);
-    world.store.complete_job(&id, "w", vec![uri]).await.unwrap();
+    world
+        .store
+        .complete_job(&id, "w", vec![uri.parse().unwrap()])
+        .await
+        .unwrap();
     world
         .objects
         .write(&world.bucket, &name, data, "image/png", &Default::default())

@@ -12,7 +12,7 @@
 use serde_json::json;
 use shared::domain::Lease;
 use shared::domain::values::Verdict;
-use shared::domain::values::{Delivery, JobKind, JobStatus};
+use shared::domain::values::{DeliveredOutput, JobKind, JobStatus};
 use shared::job_events::JobEvent;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -52,12 +52,12 @@ async fn delivered_image(world: &World, prompt: &str) -> String {
     let output = format!("gs://{}/images/{id}/0.png", world.bucket);
     world
         .store
-        .complete_job(&id, "w", vec![output.clone()])
+        .complete_job(&id, "w", vec![output.parse().unwrap()])
         .await
         .unwrap();
-    let delivery = Delivery {
-        source: output,
-        destination: format!("/archive/images/{id}/0.png"),
+    let delivery = DeliveredOutput {
+        source: output.parse().unwrap(),
+        destination: format!("/archive/images/{id}/0.png").parse().unwrap(),
     };
     world.store.record_delivery(&id, delivery).await.unwrap();
     id

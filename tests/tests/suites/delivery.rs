@@ -13,7 +13,7 @@ use shared::deliver::copy::partial_path;
 use shared::deliver::service::router;
 use shared::deliver::{Downloader, DownloaderSettings};
 use shared::domain::Lease;
-use shared::domain::destination::Destination;
+use shared::domain::destination::{Destination, Target};
 use shared::domain::download::DownloadStatus;
 use shared::domain::gs_uri::GsUri;
 use shared::domain::values::{JobKind, JobStatus};
@@ -72,7 +72,7 @@ async fn completed_job_in(
     }
     let lease = Lease::new("w", Duration::from_secs(60));
     world.store.claim_job(&id, &lease).await.unwrap();
-    let uris = metas.iter().map(|m| m.uri().to_string()).collect();
+    let uris = metas.iter().map(|m| m.uri()).collect();
     world.store.complete_job(&id, "w", uris).await.unwrap();
     (id, metas)
 }
@@ -159,10 +159,7 @@ async fn a_finalize_event_copies_the_file_and_delivers_the_job(world: World) {
     assert_eq!(job.deliveries().len(), 2);
     assert_eq!(
         job.deliveries()[0].destination,
-        root.path()
-            .join(format!("images/{id}/0.png"))
-            .display()
-            .to_string()
+        Target::File(root.path().join(format!("images/{id}/0.png")))
     );
     let downloads = world
         .store
@@ -956,7 +953,7 @@ async fn a_bucket_destination_is_a_server_side_copy(world: World) {
     assert_eq!(job.status(), JobStatus::Delivered);
     assert_eq!(
         job.deliveries()[0].destination,
-        format!("gs://{archive}/{name}")
+        format!("gs://{archive}/{name}").parse().unwrap()
     );
 }
 

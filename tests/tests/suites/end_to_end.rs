@@ -9,11 +9,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use shared::bus::Topics;
+use shared::domain::destination::Target;
 use shared::domain::job::Job;
 use shared::domain::values::{JobKind, JobStatus};
 use shared::store::JobFilter;
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 use tests::fake_vertex::{FakeOptions, Verb};
@@ -200,12 +200,12 @@ async fn gcloud_requests_become_delivered_files_and_one_event_per_job() {
     for job in &all {
         assert_eq!(job.deliveries().len(), job.outputs().len(), "{job:?}");
         for delivery in job.deliveries() {
-            let uri = shared::domain::gs_uri::GsUri::parse(&delivery.source).unwrap();
-            let on_disk = std::fs::read(Path::new(&delivery.destination)).unwrap();
-            assert!(
-                Path::new(&delivery.destination).starts_with(destination.path()),
-                "{delivery:?}"
-            );
+            let uri = delivery.source.clone();
+            let Target::File(path) = &delivery.destination else {
+                panic!("a copy to a directory is a file: {delivery:?}");
+            };
+            let on_disk = std::fs::read(path).unwrap();
+            assert!(path.starts_with(destination.path()), "{delivery:?}");
             let meta = world
                 .objects
                 .metadata(&uri.bucket, &uri.name)

@@ -616,7 +616,11 @@ async fn a_copy_killed_partway_resumes_and_reads_only_the_rest() {
     let name = format!("images/{id}/0.png");
     world
         .store
-        .complete_job(&id, "w", vec![format!("gs://{}/{name}", world.bucket)])
+        .complete_job(
+            &id,
+            "w",
+            vec![format!("gs://{}/{name}", world.bucket).parse().unwrap()],
+        )
         .await
         .unwrap();
     world

@@ -566,7 +566,7 @@ async fn completed_image(intake: &Intake, prompt: &str) -> Job {
     let output = format!("gs://out/images/{id}/0.png");
     intake
         .store
-        .complete_job(&id, "generator", vec![output])
+        .complete_job(&id, "generator", vec![output.parse().unwrap()])
         .await
         .unwrap()
 }
@@ -596,7 +596,7 @@ async fn an_operators_approval_becomes_one_queued_video_through_the_job_events()
     );
     assert_eq!(
         video.first_frame().map(|f| f.gcs_uri.clone()),
-        Some(image.outputs()[0].clone())
+        Some(image.outputs()[0].to_string())
     );
 
     // Approving again raises no event (the verdict did not change), and a

@@ -308,7 +308,7 @@ async fn storage_down_longer_than_the_push_deadline_pays_once_and_completes_the_
     assert_eq!(world.fake.total_calls(), 1, "one paid call in all");
     assert!(done.held().is_empty());
     assert_eq!(done.outputs().len(), 1);
-    let uri = shared::domain::gs_uri::GsUri::parse(&done.outputs()[0]).unwrap();
+    let uri = done.outputs()[0].clone();
     let meta = world
         .objects
         .metadata(&uri.bucket, &uri.name)
@@ -699,7 +699,10 @@ async fn a_video_that_lands_after_its_job_timed_out_completes_it_with_an_event()
     )
     .await;
     let done = world.store.job(&id).await.unwrap();
-    assert_eq!(done.outputs(), [format!("gs://{}/{object}", world.bucket)]);
+    assert_eq!(
+        done.outputs(),
+        [format!("gs://{}/{object}", world.bucket).parse().unwrap()]
+    );
     assert!(destination.path().join(&object).exists());
     let published: Vec<Value> = pubsub
         .drain(&events, 10)

@@ -12,8 +12,8 @@ use shared::domain::job::{Job, NewJob, Retention};
 use shared::domain::review::PromoteOptions;
 use shared::domain::values::Verdict;
 use shared::domain::values::{
-    BUDGET_EXHAUSTED, Delivery, FILTERED, JobError, JobKind, JobParams, JobStatus, RetryOptions,
-    SUBMIT_UNKNOWN,
+    BUDGET_EXHAUSTED, DeliveredOutput, FILTERED, JobError, JobKind, JobParams, JobStatus,
+    RetryOptions, SUBMIT_UNKNOWN,
 };
 use shared::domain::{Lease, TransitionError};
 use shared::store::backend::{Collection, Version, Write};
@@ -274,19 +274,27 @@ async fn counts_are_exact_after_a_mixed_workload(t: TestStore) {
         ));
     }
     store
-        .complete_job(&images[0], owner, vec!["gs://o/images/a/0.png".into()])
+        .complete_job(
+            &images[0],
+            owner,
+            vec!["gs://o/images/a/0.png".parse().unwrap()],
+        )
         .await
         .unwrap();
     store
-        .complete_job(&images[1], owner, vec!["gs://o/images/b/0.png".into()])
+        .complete_job(
+            &images[1],
+            owner,
+            vec!["gs://o/images/b/0.png".parse().unwrap()],
+        )
         .await
         .unwrap();
     let delivered = store
         .record_delivery(
             &images[1],
-            Delivery {
-                source: "gs://o/images/b/0.png".into(),
-                destination: "/d/b".into(),
+            DeliveredOutput {
+                source: "gs://o/images/b/0.png".parse().unwrap(),
+                destination: "/d/b".parse().unwrap(),
             },
         )
         .await
@@ -514,9 +522,9 @@ async fn a_job_document_round_trips_every_field(t: TestStore) {
     store
         .record_delivery(
             created.id(),
-            Delivery {
-                source: "gs://o/videos/x/t/sample_0.mp4".into(),
-                destination: "/v/0.mp4".into(),
+            DeliveredOutput {
+                source: "gs://o/videos/x/t/sample_0.mp4".parse().unwrap(),
+                destination: "/v/0.mp4".parse().unwrap(),
             },
         )
         .await
@@ -526,8 +534,8 @@ async fn a_job_document_round_trips_every_field(t: TestStore) {
             created.id(),
             "w",
             vec![
-                "gs://o/videos/x/t/sample_0.mp4".into(),
-                "gs://o/videos/x/t/sample_1.mp4".into(),
+                "gs://o/videos/x/t/sample_0.mp4".parse().unwrap(),
+                "gs://o/videos/x/t/sample_1.mp4".parse().unwrap(),
             ],
         )
         .await
@@ -1297,7 +1305,10 @@ async fn completed_image(store: &Store, prompt: &str) -> String {
     let id = add(store, prompt, JobKind::Image).await;
     store.claim_job(&id, &lease("gen")).await.unwrap();
     let output = format!("gs://out/images/{id}/0.png");
-    store.complete_job(&id, "gen", vec![output]).await.unwrap();
+    store
+        .complete_job(&id, "gen", vec![output.parse().unwrap()])
+        .await
+        .unwrap();
     id
 }
 

@@ -442,6 +442,7 @@ async fn vertex_a_video_is_submitted_polled_and_written_where_veo_writes() {
         panic!("done expected");
     };
     assert_eq!(videos.len(), 2);
+    let videos: Vec<String> = videos.iter().map(ToString::to_string).collect();
     assert_eq!(videos, fake.written_objects());
     for (n, uri) in videos.iter().enumerate() {
         let rest = uri.strip_prefix("gs://out/videos/job-1/").expect(uri);
@@ -461,7 +462,7 @@ async fn vertex_a_video_is_submitted_polled_and_written_where_veo_writes() {
     assert_eq!(
         client.poll(&name).await.unwrap(),
         OperationState::Done {
-            videos: videos.clone()
+            videos: videos.iter().map(|v| v.parse().unwrap()).collect()
         }
     );
     assert_eq!(fake.calls(Verb::PredictLongRunning), 1);

@@ -1,9 +1,10 @@
 //! Read access to a job: its fields change only through its transitions.
 
 use super::Job;
+use crate::domain::gs_uri::GsUri;
 use crate::domain::values::{
-    Chain, Delivery, FirstFrame, HeldOutput, JobError, JobKind, JobParams, JobStatus, Reservation,
-    Review, Verdict,
+    Chain, DeliveredOutput, FirstFrame, HeldOutput, JobError, JobKind, JobParams, JobStatus,
+    Reservation, Review, Verdict,
 };
 use crate::time::Timestamp;
 
@@ -71,12 +72,12 @@ impl Job {
     }
 
     /// `gs://` URIs of what the model produced.
-    pub fn outputs(&self) -> &[String] {
+    pub fn outputs(&self) -> &[GsUri] {
         &self.outputs
     }
 
     /// Where each output was copied.
-    pub fn deliveries(&self) -> &[Delivery] {
+    pub fn deliveries(&self) -> &[DeliveredOutput] {
         &self.deliveries
     }
 

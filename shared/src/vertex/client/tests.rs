@@ -455,8 +455,12 @@ fn operations_map_to_states() {
         state("veo_operation_done.json").unwrap(),
         OperationState::Done {
             videos: vec![
-                "gs://out/videos/job-1/20260501120000/sample_0.mp4".into(),
-                "gs://out/videos/job-1/20260501120000/sample_1.mp4".into(),
+                "gs://out/videos/job-1/20260501120000/sample_0.mp4"
+                    .parse()
+                    .unwrap(),
+                "gs://out/videos/job-1/20260501120000/sample_1.mp4"
+                    .parse()
+                    .unwrap(),
             ]
         }
     );

@@ -2,6 +2,7 @@
 //! polls; the video lands in the bucket the request names.
 
 use super::*;
+use crate::domain::gs_uri::GsUri;
 use crate::domain::values::FirstFrame;
 use crate::vertex::wire::Media;
 
@@ -145,7 +146,15 @@ pub(super) fn operation_state(operation: Operation) -> Result<OperationState, Mo
     let mut videos = Vec::new();
     for video in response.videos {
         match (video.gcs_uri, video.bytes_base64_encoded) {
-            (Some(uri), _) => videos.push(uri),
+            (Some(uri), _) => match GsUri::parse(&uri) {
+                Some(uri) => videos.push(uri),
+                None => {
+                    return Err(permanent(
+                        "bad_response",
+                        format!("Veo returned a video at {uri:?}, which is not gs://bucket/object"),
+                    ));
+                }
+            },
             (None, Some(_)) => {
                 return Err(permanent(
                     "bad_response",

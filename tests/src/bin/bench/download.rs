@@ -264,7 +264,11 @@ async fn downloader_copy(ctx: &Context, object: &Object, prefix: &str) -> Result
         .complete_job(
             job.id(),
             "bench",
-            vec![format!("gs://{}/{}", object.bucket, object.name)],
+            vec![
+                format!("gs://{}/{}", object.bucket, object.name)
+                    .parse()
+                    .unwrap(),
+            ],
         )
         .await?;
     let destination = ctx.dir("downloader")?;

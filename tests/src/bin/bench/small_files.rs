@@ -302,7 +302,7 @@ async fn jobs(
                     .complete_job(
                         job.id(),
                         "bench",
-                        vec![format!("gs://{bucket}/{}", object.name)],
+                        vec![format!("gs://{bucket}/{}", object.name).parse().unwrap()],
                     )
                     .await?;
                 Ok::<_, anyhow::Error>(())

@@ -150,7 +150,7 @@ pub async fn run(ctx: &Context, report: &mut Report) -> Result<()> {
     for id in &ids {
         let job = wired.store.job(id).await?;
         for output in job.outputs() {
-            let uri = shared::domain::gs_uri::GsUri::parse(output).context("an output URI")?;
+            let uri = output.clone();
             let meta = objects
                 .metadata(&uri.bucket, &uri.name)
                 .await?

@@ -132,7 +132,7 @@ pub async fn capture() -> Vec<Line> {
     let unfinished = images.iter().find(|j| j.outputs().is_empty()).unwrap();
     let downloader = env.serve("downloader", &["serve"], &[]).await;
     for (n, uri) in job.outputs().iter().enumerate() {
-        let uri = shared::domain::gs_uri::GsUri::parse(uri).unwrap();
+        let uri = uri.clone();
         let meta = objects
             .metadata(&uri.bucket, &uri.name)
             .await
@@ -143,7 +143,7 @@ pub async fn capture() -> Vec<Line> {
     }
     // A copy that fails for good: the object is there, but where it must
     // land a file stands in the way of its folder, attempt after attempt.
-    let source = shared::domain::gs_uri::GsUri::parse(&job.outputs()[0]).unwrap();
+    let source = job.outputs()[0].clone();
     let blocked = objects
         .copy(
             &source,
