@@ -20,7 +20,7 @@ use crate::error::Result;
 use crate::objects::ObjectStore;
 use crate::stage::{report_misconfiguration, with_store_retries};
 use crate::store::budget::Billed;
-use crate::store::{JobFilter, MAX_PAGE, Store};
+use crate::store::{JobFilter, Store};
 use crate::time::Timestamp;
 use crate::vertex::{ErrorClass, OperationState, VideoModel};
 use futures::StreamExt;
@@ -113,24 +113,9 @@ impl VideoPoller {
     }
 
     async fn generating_jobs(&self) -> Result<Vec<Job>> {
-        let filter = JobFilter {
-            status: Some(JobStatus::Generating),
-            kind: None,
-            approved: None,
-        };
-        let mut jobs = Vec::new();
-        let mut after = None;
-        loop {
-            let page = self
-                .store
-                .list_jobs(&filter, MAX_PAGE, after.as_deref())
-                .await?;
-            jobs.extend(page.items);
-            match page.next {
-                Some(next) => after = Some(next),
-                None => return Ok(jobs),
-            }
-        }
+        self.store
+            .all_jobs(&JobFilter::status(JobStatus::Generating))
+            .await
     }
 
     fn timed_out(&self, job: &Job, now: Timestamp) -> bool {

@@ -338,19 +338,7 @@ pub(super) async fn hand_over(stages: &Stages, uri: GsUri) -> Result<()> {
 }
 
 pub(super) async fn completed_jobs(store: &Store) -> Result<Vec<Job>> {
-    let filter = JobFilter {
-        status: Some(JobStatus::Completed),
-        kind: None,
-        approved: None,
-    };
-    let mut jobs = Vec::new();
-    let mut after = None;
-    loop {
-        let page = store.list_jobs(&filter, 500, after.as_deref()).await?;
-        jobs.extend(page.items);
-        match page.next {
-            Some(next) => after = Some(next),
-            None => return Ok(jobs),
-        }
-    }
+    store
+        .all_jobs(&JobFilter::status(JobStatus::Completed))
+        .await
 }

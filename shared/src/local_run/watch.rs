@@ -5,7 +5,7 @@ use super::*;
 
 /// Writes the run's contact sheet into its folder.
 pub(super) async fn write_sheet(store: &Store, ids: &[String], out_dir: &Path) -> Result<PathBuf> {
-    let jobs = crate::report::with_children(store, ids).await?;
+    let jobs = store.jobs_with_children(ids).await?;
     let title = format!(
         "asmr run {}",
         out_dir.file_name().unwrap_or_default().to_string_lossy()
@@ -55,9 +55,7 @@ pub(super) async fn promote_delivered(store: &Store, jobs: &[Job]) -> Result<boo
 
 /// Where this run's jobs stand.
 pub(super) async fn snapshot(store: &Store, ids: &[String]) -> Result<Progress> {
-    Ok(progress_of(
-        &crate::report::with_children(store, ids).await?,
-    ))
+    Ok(progress_of(&store.jobs_with_children(ids).await?))
 }
 
 /// Where `jobs` stand.
@@ -98,9 +96,9 @@ pub(super) async fn watch_until_settled(
     loop {
         // One read of the run's jobs a tick; a second only when it made
         // videos, which belong to the run from then on.
-        let mut jobs = crate::report::with_children(store, ids).await?;
+        let mut jobs = store.jobs_with_children(ids).await?;
         if chain && promote_delivered(store, &jobs).await? {
-            jobs = crate::report::with_children(store, ids).await?;
+            jobs = store.jobs_with_children(ids).await?;
         }
         let now = progress_of(&jobs);
         progress(&now);
@@ -143,29 +141,16 @@ pub(super) async fn tally(store: &Store, ids: &[String], report: &mut RunReport)
     // delivered (a planted link, a full disk) says so instead of just not
     // being delivered.
     let mut undelivered: HashMap<String, String> = HashMap::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = store
-            .list_downloads(
-                Some(crate::domain::download::DownloadStatus::Failed),
-                crate::store::MAX_PAGE,
-                after.as_deref(),
-            )
-            .await?;
-        for download in &page.items {
-            if let Some(e) = download.error() {
-                undelivered.insert(
-                    download.job_id().to_string(),
-                    format!("not delivered: {}: {}", e.code, e.message),
-                );
-            }
-        }
-        match page.next {
-            Some(next) => after = Some(next),
-            None => break,
+    let failed = Some(crate::domain::download::DownloadStatus::Failed);
+    for download in store.all_downloads(failed).await? {
+        if let Some(e) = download.error() {
+            undelivered.insert(
+                download.job_id().to_string(),
+                format!("not delivered: {}: {}", e.code, e.message),
+            );
         }
     }
-    for job in crate::report::with_children(store, ids).await? {
+    for job in store.jobs_with_children(ids).await? {
         *report.statuses.entry(job.status()).or_default() += 1;
         if job.waiting() == Some(crate::domain::values::BUDGET_EXHAUSTED) {
             report.over_budget += 1;

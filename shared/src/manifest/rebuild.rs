@@ -8,7 +8,7 @@ use crate::domain::download::{Download, DownloadStatus};
 use crate::domain::job::Job;
 use crate::domain::values::DeliveredOutput;
 use crate::error::Result;
-use crate::store::{JobFilter, MAX_PAGE, Store};
+use crate::store::{JobFilter, Store};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -45,23 +45,14 @@ pub async fn rebuild(
         ..RebuildReport::default()
     };
     let mut lines = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = store
-            .list_jobs(&JobFilter::default(), MAX_PAGE, after.as_deref())
-            .await?;
-        for job in page.items.iter().filter(|j| !j.deliveries().is_empty()) {
-            report.jobs += 1;
-            for delivery in job.deliveries() {
-                match line_of(job, delivery, destination, &downloads) {
-                    Ok(line) => lines.push(line),
-                    Err(why) => report.skipped.push(why),
-                }
+    let jobs = store.all_jobs(&JobFilter::default()).await?;
+    for job in jobs.iter().filter(|j| !j.deliveries().is_empty()) {
+        report.jobs += 1;
+        for delivery in job.deliveries() {
+            match line_of(job, delivery, destination, &downloads) {
+                Ok(line) => lines.push(line),
+                Err(why) => report.skipped.push(why),
             }
-        }
-        match page.next {
-            Some(next) => after = Some(next),
-            None => break,
         }
     }
     lines.sort_by_key(|line| line.delivered_at);
@@ -74,25 +65,16 @@ pub async fn rebuild(
 /// generations of one object, the one completed last.
 async fn completed_downloads(store: &Store) -> Result<HashMap<String, Download>> {
     let mut by_source: HashMap<String, Download> = HashMap::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = store
-            .list_downloads(Some(DownloadStatus::Completed), MAX_PAGE, after.as_deref())
-            .await?;
-        for download in page.items {
-            let source = download.source().to_string();
-            match by_source.get(&source) {
-                Some(known) if known.completed_at() >= download.completed_at() => {}
-                _ => {
-                    by_source.insert(source, download);
-                }
+    for download in store.all_downloads(Some(DownloadStatus::Completed)).await? {
+        let source = download.source().to_string();
+        match by_source.get(&source) {
+            Some(known) if known.completed_at() >= download.completed_at() => {}
+            _ => {
+                by_source.insert(source, download);
             }
         }
-        match page.next {
-            Some(next) => after = Some(next),
-            None => return Ok(by_source),
-        }
     }
+    Ok(by_source)
 }
 
 /// The line of one delivery, or why it has none.

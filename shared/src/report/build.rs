@@ -9,7 +9,7 @@ use crate::domain::values::Verdict;
 use crate::domain::values::{JobKind, JobStatus, SUBMIT_UNKNOWN};
 use crate::error::{Error, Result};
 use crate::manifest::model_of;
-use crate::store::{JobFilter, MAX_PAGE, Store};
+use crate::store::{JobFilter, Store};
 use crate::time::Timestamp;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Component, Path, PathBuf};
@@ -32,51 +32,11 @@ pub struct Selection {
 
 /// Every job `selection` names, oldest first (the order of a batch).
 pub async fn select(store: &Store, selection: &Selection) -> Result<Vec<Job>> {
-    let filter = JobFilter {
-        status: selection.status,
-        kind: selection.kind,
-        approved: selection.approved,
-    };
-    let mut jobs = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = store.list_jobs(&filter, MAX_PAGE, after.as_deref()).await?;
-        let before = jobs.len();
-        jobs.extend(page.items.into_iter().filter(|job| {
-            selection
-                .since
-                .is_none_or(|since| job.created_at() >= since)
-        }));
-        // Newest first: once a page is all older than `since`, so is the rest.
-        let all_older = selection.since.is_some() && jobs.len() == before;
-        match page.next {
-            Some(next) if !all_older => after = Some(next),
-            _ => break,
-        }
-    }
-    jobs.reverse();
-    Ok(jobs)
-}
-
-/// Every job of `ids` that still exists, with the jobs made from them
-/// (a chained run's videos), in that order.
-pub async fn with_children(store: &Store, ids: &[String]) -> Result<Vec<Job>> {
-    let mut jobs = Vec::new();
-    let mut children = Vec::new();
-    for id in ids {
-        if let Some(job) = store.get_job(id).await? {
-            children.extend(job.children().iter().cloned());
-            jobs.push(job);
-        }
-    }
-    for id in children {
-        if !ids.contains(&id)
-            && let Some(child) = store.get_job(&id).await?
-        {
-            jobs.push(child);
-        }
-    }
-    Ok(jobs)
+    let filter = JobFilter::default()
+        .with_status(selection.status)
+        .with_kind(selection.kind)
+        .with_approved(selection.approved);
+    store.jobs_since(&filter, selection.since).await
 }
 
 /// The images that videos among `jobs` were made from and that are not

@@ -19,7 +19,7 @@
 
 mod build;
 
-pub use build::{REPORT_NAME, Selection, parents_outside, select, sheet, with_children, write};
+pub use build::{REPORT_NAME, Selection, parents_outside, select, sheet, write};
 
 use serde::Serialize;
 use std::fmt::Write as _;

@@ -361,7 +361,7 @@ mod tests {
                 }
             }
         }
-        store.promotable(1, None).await.unwrap();
+        store.promotable().await.unwrap();
         for status in [None, Some(crate::domain::download::DownloadStatus::Pending)] {
             let first = store.list_downloads(status, 1, None).await.unwrap();
             if let Some(next) = first.next {

@@ -2,13 +2,12 @@
 //! image to a video, created with the image's link to it in one atomic
 //! commit.
 
+use super::Record;
 use super::backend::Write;
-use super::{JobFilter, Record};
-use super::{Page, Round, Store, log_transition, to_doc, until_settled};
+use super::{Round, Store, log_transition, to_doc, until_settled};
 use crate::domain::TransitionError;
 use crate::domain::job::Job;
 use crate::domain::review::{PromoteOptions, PromoteRefusal};
-use crate::domain::values::JobKind;
 use crate::domain::values::Verdict;
 use crate::error::{Error, Result};
 use crate::store::backend::Version;
@@ -143,17 +142,6 @@ impl Store {
                 false => Round::Lost,
             },
         )
-    }
-
-    /// Approved images, newest first, `limit` at a time: what
-    /// `asmr promote --approved` makes videos of.
-    pub async fn promotable(&self, limit: u32, after: Option<&str>) -> Result<Page<Job>> {
-        let filter = JobFilter {
-            kind: Some(JobKind::Image),
-            approved: Some(true),
-            ..JobFilter::default()
-        };
-        self.list_jobs(&filter, limit, after).await
     }
 }
 

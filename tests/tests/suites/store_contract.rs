@@ -1359,9 +1359,9 @@ async fn only_a_finished_image_is_reviewed_and_a_second_verdict_replaces_the_fir
     };
     assert_eq!(listed(true).await, [image.as_str()]);
     assert_eq!(listed(false).await, [other.as_str()]);
-    let promotable = store.promotable(10, None).await.unwrap();
-    assert_eq!(promotable.items.len(), 1);
-    assert_eq!(promotable.items[0].id(), image);
+    let promotable = store.promotable().await.unwrap();
+    assert_eq!(promotable.len(), 1);
+    assert_eq!(promotable[0].id(), image);
 
     let rejected = store
         .review_job(

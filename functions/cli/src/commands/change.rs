@@ -39,7 +39,6 @@ impl Queue<'_> {
 }
 
 /// Page size when walking every failed job.
-const PAGE: u32 = 500;
 
 pub async fn reset(store: &Store, queue: &Queue<'_>, args: &ResetArgs) -> Result<()> {
     let older_than = humantime::format_duration(args.older_than);
@@ -137,21 +136,10 @@ fn what_the_retry_does(job: &Job) -> String {
 /// exit 1 after the summary.
 async fn retry_failed(store: &Store, queue: &Queue<'_>, options: RetryOptions) -> Result<()> {
     // Collect the ids first: requeued jobs leave the listing while we page.
-    let filter = JobFilter {
-        status: Some(JobStatus::Failed),
-        kind: None,
-        approved: None,
-    };
-    let mut ids = Vec::new();
-    let mut after = None;
-    loop {
-        let page = store.list_jobs(&filter, PAGE, after.as_deref()).await?;
-        ids.extend(page.items.into_iter().map(|job| job.id().to_string()));
-        match page.next {
-            Some(next) => after = Some(next),
-            None => break,
-        }
-    }
+    let failed = store
+        .all_jobs(&JobFilter::status(JobStatus::Failed))
+        .await?;
+    let ids: Vec<String> = failed.iter().map(|job| job.id().to_string()).collect();
     if ids.is_empty() {
         out::note("no failed jobs");
         return Ok(());

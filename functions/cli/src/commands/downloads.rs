@@ -7,7 +7,7 @@ use crate::out::{self, Table};
 use anyhow::Result;
 use shared::Error;
 use shared::domain::download::{Download, DownloadStatus, FileType};
-use shared::store::{MAX_PAGE, Store};
+use shared::store::Store;
 
 /// Width of the source column of `asmr downloads`.
 const SOURCE_WIDTH: usize = 60;
@@ -20,18 +20,7 @@ pub async fn list(store: &Store, args: &DownloadsArgs) -> Result<()> {
         .transpose()
         .map_err(Error::from)?;
 
-    let limit = args.limit as usize;
-    let mut downloads = Vec::new();
-    let mut after = None;
-    let more = loop {
-        let want = (limit - downloads.len()).min(MAX_PAGE as usize) as u32;
-        let page = store.list_downloads(status, want, after.as_deref()).await?;
-        downloads.extend(page.items);
-        match page.next {
-            Some(next) if downloads.len() < limit => after = Some(next),
-            next => break next.is_some(),
-        }
-    };
+    let (downloads, more) = store.first_downloads(status, args.limit as usize).await?;
 
     if args.json {
         out::json_pretty(&downloads)?;

@@ -4,31 +4,18 @@ use crate::args::{ListArgs, ShowArgs};
 use crate::out::{self, Table};
 use anyhow::Result;
 use shared::domain::job::Job;
-use shared::store::{JobFilter, MAX_PAGE, Store};
+use shared::store::{JobFilter, Store};
 use std::fmt::Write as _;
 
 /// Width of the prompt column of `asmr list`.
 const PROMPT_WIDTH: usize = 60;
 
 pub async fn list(store: &Store, args: &ListArgs) -> Result<()> {
-    let filter = JobFilter {
-        status: super::parsed(args.status.as_deref())?,
-        kind: super::parsed(args.kind.as_deref())?,
-        approved: args.approved.then_some(true),
-    };
-
-    let limit = args.limit as usize;
-    let mut jobs = Vec::new();
-    let mut after = None;
-    let more = loop {
-        let want = (limit - jobs.len()).min(MAX_PAGE as usize) as u32;
-        let page = store.list_jobs(&filter, want, after.as_deref()).await?;
-        jobs.extend(page.items);
-        match page.next {
-            Some(next) if jobs.len() < limit => after = Some(next),
-            next => break next.is_some(),
-        }
-    };
+    let filter = JobFilter::default()
+        .with_status(super::parsed(args.status.as_deref())?)
+        .with_kind(super::parsed(args.kind.as_deref())?)
+        .with_approved(args.approved.then_some(true));
+    let (jobs, more) = store.first_jobs(&filter, args.limit as usize).await?;
 
     if args.json {
         out::json_pretty(&jobs)?;

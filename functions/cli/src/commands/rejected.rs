@@ -6,25 +6,14 @@
 use crate::args::RejectedArgs;
 use crate::out::{self, Table};
 use anyhow::Result;
+use shared::store::Store;
 use shared::store::rejected::Rejected;
-use shared::store::{MAX_PAGE, Store};
 
 /// Width of the reason column.
 const REASON_WIDTH: usize = 100;
 
 pub async fn list(store: &Store, args: &RejectedArgs) -> Result<()> {
-    let limit = args.limit as usize;
-    let mut rejected = Vec::new();
-    let mut after = None;
-    let more = loop {
-        let want = (limit - rejected.len()).min(MAX_PAGE as usize) as u32;
-        let page = store.list_rejected(want, after.as_deref()).await?;
-        rejected.extend(page.items);
-        match page.next {
-            Some(next) if rejected.len() < limit => after = Some(next),
-            next => break next.is_some(),
-        }
-    };
+    let (rejected, more) = store.first_rejected(args.limit as usize).await?;
 
     if args.json {
         out::json_pretty(&rejected)?;

@@ -13,7 +13,7 @@ use shared::domain::job::Job;
 use shared::domain::review::{Grounds, PromoteOptions, PromoteRefusal};
 use shared::domain::values::JobKind;
 use shared::domain::values::Verdict;
-use shared::store::{MAX_PAGE, Store};
+use shared::store::Store;
 use shared::vertex::DEFAULT_VIDEO_MODEL;
 
 pub async fn approve(store: &Store, args: &ReviewArgs) -> Result<()> {
@@ -169,23 +169,17 @@ async fn images(store: &Store, args: &PromoteArgs) -> Result<Images> {
         }
     }
     if args.approved {
-        let mut after: Option<String> = None;
-        loop {
-            let page = store.promotable(MAX_PAGE, after.as_deref()).await?;
-            images.found.extend(
-                page.items
-                    .into_iter()
-                    .filter(|job| !args.ids.iter().any(|id| id == job.id()))
-                    .map(|job| Image {
-                        job,
-                        grounds: Grounds::Approved,
-                    }),
-            );
-            match page.next {
-                Some(next) => after = Some(next),
-                None => break,
-            }
-        }
+        images.found.extend(
+            store
+                .promotable()
+                .await?
+                .into_iter()
+                .filter(|job| !args.ids.iter().any(|id| id == job.id()))
+                .map(|job| Image {
+                    job,
+                    grounds: Grounds::Approved,
+                }),
+        );
     }
     Ok(images)
 }
