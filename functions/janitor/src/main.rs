@@ -5,7 +5,7 @@
 //! non-zero when a sweep failed. `janitor --help` lists the environment.
 
 use clap::Parser;
-use shared::janitor::JanitorArgs;
+use shared::janitor::service::JanitorArgs;
 
 #[derive(Parser)]
 #[command(
@@ -22,5 +22,5 @@ struct Cli {
 async fn main() -> std::process::ExitCode {
     shared::telemetry::init();
     let cli = Cli::parse();
-    shared::server::exit_code(shared::janitor::run(cli.args).await)
+    shared::server::exit_code(shared::janitor::service::run(cli.args).await)
 }

@@ -158,7 +158,8 @@ mod tests {
     use crate::config::Adapters;
     use crate::domain::Lease;
     use crate::domain::job::NewJob;
-    use crate::intake::service::{Intake, router};
+    use crate::intake::Intake;
+    use crate::intake::service::router;
     use crate::job_events::BusJobEvents;
     use crate::store::embedded::EmbeddedBackend;
     use axum::body::Body;

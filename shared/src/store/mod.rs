@@ -18,6 +18,7 @@ mod jobs;
 mod outbox;
 pub mod rejected;
 mod review;
+pub mod stats;
 mod walk;
 
 pub use review::Promoted;

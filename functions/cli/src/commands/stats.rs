@@ -4,16 +4,26 @@
 use crate::args::StatsArgs;
 use crate::out::{self, Table};
 use anyhow::Result;
-use serde::Serialize;
-use shared::cost::{format_usd, usd};
+use shared::cost::format_usd;
 use shared::domain::download::DownloadStatus;
 use shared::domain::values::{BUDGET_EXHAUSTED, JobKind, JobStatus};
 use shared::store::budget::{BudgetDay, budget_day_of};
+use shared::store::stats::Stats;
 use shared::store::{DownloadCounts, JobCounts, Store};
 use shared::time::Timestamp;
 use std::collections::BTreeMap;
 
 pub async fn run(store: &Store, args: &StatsArgs) -> Result<()> {
+    if args.json {
+        // The figures the API serves, without the per-kind rows and the
+        // rejected count (`asmr list --kind`, `asmr rejected`).
+        let stats = Stats {
+            jobs_by_kind: None,
+            rejected: None,
+            ..store.stats().await?
+        };
+        return out::json_line(&stats);
+    }
     let today = budget_day_of(Timestamp::now());
     let (jobs, downloads, day, waiting) = tokio::try_join!(
         store.job_counts(),
@@ -21,18 +31,14 @@ pub async fn run(store: &Store, args: &StatsArgs) -> Result<()> {
         store.budget_day(&today),
         store.waiting_counts(),
     )?;
-    if args.json {
-        out::json_line(&Stats::new(&jobs, &downloads, &day, &waiting))
-    } else {
-        let text = format!(
-            "{}\n{}\n{}\n{}",
-            jobs_table(&jobs),
-            waiting_table(&waiting),
-            downloads_table(&downloads),
-            budget_table(&day, waiting.get(BUDGET_EXHAUSTED).copied().unwrap_or(0))
-        );
-        Ok(out::text(&text)?)
-    }
+    let text = format!(
+        "{}\n{}\n{}\n{}",
+        jobs_table(&jobs),
+        waiting_table(&waiting),
+        downloads_table(&downloads),
+        budget_table(&day, waiting.get(BUDGET_EXHAUSTED).copied().unwrap_or(0))
+    );
+    Ok(out::text(&text)?)
 }
 
 /// Pending jobs that wait, and why: none of these costs an attempt.
@@ -42,106 +48,6 @@ fn waiting_table(waiting: &BTreeMap<&'static str, u64>) -> String {
         table.row(vec![(*reason).to_string(), n.to_string()]);
     }
     table.render()
-}
-
-/// The `--json` shape. Fields are declared in output order, since serde_json
-/// keeps struct order (maps would come out sorted).
-#[derive(Debug, PartialEq, Serialize)]
-struct Stats {
-    jobs: JobStats,
-    /// Pending jobs per wait reason (quota_exhausted, budget_exhausted...).
-    waiting: BTreeMap<&'static str, u64>,
-    downloads: DownloadStats,
-    budget: BudgetStats,
-}
-
-#[derive(Debug, Default, PartialEq, Serialize)]
-struct JobStats {
-    pending: u64,
-    processing: u64,
-    generating: u64,
-    completed: u64,
-    delivered: u64,
-    failed: u64,
-    cancelled: u64,
-    total: u64,
-}
-
-#[derive(Debug, Default, PartialEq, Serialize)]
-struct DownloadStats {
-    pending: u64,
-    downloading: u64,
-    completed: u64,
-    failed: u64,
-    total: u64,
-}
-
-/// Today's spending (UTC day), in US dollars; `budget_usd` is the budget the
-/// generators last reserved under (`null`: no limit, or nothing reserved
-/// today).
-#[derive(Debug, PartialEq, Serialize)]
-struct BudgetStats {
-    day: String,
-    reserved_usd: f64,
-    spent_usd: f64,
-    budget_usd: Option<f64>,
-    waiting_jobs: u64,
-}
-
-impl BudgetStats {
-    fn new(day: &BudgetDay, waiting: u64) -> Self {
-        Self {
-            day: day.day.clone(),
-            reserved_usd: usd(day.reserved_micros),
-            spent_usd: usd(day.spent_micros),
-            budget_usd: day.limit_micros.map(usd),
-            waiting_jobs: waiting,
-        }
-    }
-}
-
-impl Stats {
-    fn new(
-        jobs: &JobCounts,
-        downloads: &DownloadCounts,
-        day: &BudgetDay,
-        waiting: &BTreeMap<&'static str, u64>,
-    ) -> Self {
-        let mut job_stats = JobStats::default();
-        for status in JobStatus::ALL {
-            // Exhaustive, so a status added in `shared` cannot go missing here.
-            let slot = match status {
-                JobStatus::Pending => &mut job_stats.pending,
-                JobStatus::Processing => &mut job_stats.processing,
-                JobStatus::Generating => &mut job_stats.generating,
-                JobStatus::Completed => &mut job_stats.completed,
-                JobStatus::Delivered => &mut job_stats.delivered,
-                JobStatus::Failed => &mut job_stats.failed,
-                JobStatus::Cancelled => &mut job_stats.cancelled,
-            };
-            *slot = jobs.status(status);
-        }
-        job_stats.total = jobs.total();
-
-        let mut download_stats = DownloadStats::default();
-        for status in DownloadStatus::ALL {
-            let slot = match status {
-                DownloadStatus::Pending => &mut download_stats.pending,
-                DownloadStatus::Downloading => &mut download_stats.downloading,
-                DownloadStatus::Completed => &mut download_stats.completed,
-                DownloadStatus::Failed => &mut download_stats.failed,
-            };
-            *slot = downloads.status(status);
-        }
-        download_stats.total = downloads.total();
-
-        Self {
-            jobs: job_stats,
-            waiting: waiting.clone(),
-            downloads: download_stats,
-            budget: BudgetStats::new(day, waiting.get(BUDGET_EXHAUSTED).copied().unwrap_or(0)),
-        }
-    }
 }
 
 fn jobs_table(counts: &JobCounts) -> String {

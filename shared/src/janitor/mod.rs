@@ -33,9 +33,10 @@
 //! `event = "janitor.summary"`, and the same counts as one JSON line on
 //! stdout. The exit status is non-zero when any sweep failed.
 
-use crate::bus::dead_letters::{DeadLetter, DeadLetters, PubSubDeadLetters};
+pub mod service;
+
+use crate::bus::dead_letters::{DeadLetter, DeadLetters};
 use crate::bus::{Bus, Topics};
-use crate::config::{Adapters, StoreArgs, parse_duration};
 use crate::domain::invalid::ValidationError;
 use crate::domain::job::Job;
 use crate::domain::values::{JobError, JobStatus};
@@ -43,7 +44,6 @@ use crate::error::{Error, Result};
 use crate::push::{JobMessage, PushedMessage};
 use crate::store::Store;
 use crate::time::Timestamp;
-use anyhow::Context;
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -174,7 +174,7 @@ impl JanitorReport {
 
     /// Records how a sweep ended: `Ok(n)` with `n` records it could not
     /// handle, or a failure of the whole sweep.
-    fn settle(&mut self, sweep: &'static str, outcome: Result<u64>) {
+    fn record(&mut self, sweep: &'static str, outcome: Result<u64>) {
         let failures = match outcome {
             Ok(failures) => failures,
             Err(e) => {
@@ -189,8 +189,8 @@ impl JanitorReport {
     }
 }
 
-/// How one dead letter was settled.
-enum Settled {
+/// What became of one dead letter.
+enum LetterOutcome {
     Failed,
     Requeued,
     Other,
@@ -206,19 +206,19 @@ pub async fn run_once(janitor: &Janitor, settings: &JanitorSettings) -> Result<J
     settings.validate()?;
     let mut report = JanitorReport::default();
     let outcome = janitor.expire_leases(&mut report).await;
-    report.settle("leases", outcome);
+    report.record("leases", outcome);
     let outcome = janitor
         .republish_lost(settings.lost_after, &mut report)
         .await;
-    report.settle("lost_work", outcome);
+    report.record("lost_work", outcome);
     let outcome = janitor
         .drain_dead_letters(settings.dead_letter_max, &mut report)
         .await;
-    report.settle("dead_letters", outcome);
+    report.record("dead_letters", outcome);
     let outcome = janitor.publish_events(&mut report).await;
-    report.settle("job_events", outcome);
+    report.record("job_events", outcome);
     let outcome = janitor.delete_expired(&mut report).await;
-    report.settle("retention", outcome);
+    report.record("retention", outcome);
     janitor.store.flush_events().await;
     Ok(report)
 }
@@ -333,13 +333,13 @@ impl Janitor {
             taken += batch.len();
             let mut handled = Vec::new();
             for letter in &batch {
-                match self.settle_dead_letter(letter).await {
+                match self.handle_dead_letter(letter).await {
                     Ok(settled) => {
                         match settled {
-                            Settled::Failed => report.dead_lettered += 1,
-                            Settled::Requeued => report.dead_letter_requeued += 1,
-                            Settled::Other => report.dead_letter_other += 1,
-                            Settled::Skipped => report.dead_letter_skipped += 1,
+                            LetterOutcome::Failed => report.dead_lettered += 1,
+                            LetterOutcome::Requeued => report.dead_letter_requeued += 1,
+                            LetterOutcome::Other => report.dead_letter_other += 1,
+                            LetterOutcome::Skipped => report.dead_letter_skipped += 1,
                         }
                         handled.push(letter.ack_id.clone());
                     }
@@ -362,7 +362,7 @@ impl Janitor {
         Ok(failures)
     }
 
-    async fn settle_dead_letter(&self, letter: &DeadLetter) -> Result<Settled> {
+    async fn handle_dead_letter(&self, letter: &DeadLetter) -> Result<LetterOutcome> {
         let delivery = PushedMessage {
             message_id: letter.message_id.clone(),
             attributes: letter.attributes.clone(),
@@ -385,13 +385,13 @@ impl Janitor {
                 data,
                 "a message that is not a job message was dead-lettered"
             );
-            return Ok(Settled::Other);
+            return Ok(LetterOutcome::Other);
         };
         let id = message.job_id;
         // One `janitor.dead_letter` line per message handled.
         let skipped = |reason: &str| {
             tracing::info!(event = "janitor.dead_letter", outcome = "skipped", job_id = %id, message_id = letter.message_id, reason, "dead letter of a job that needs nothing");
-            Ok(Settled::Skipped)
+            Ok(LetterOutcome::Skipped)
         };
         let Some(job) = self.store.get_job(&id).await? else {
             return skipped("no such job");
@@ -429,7 +429,7 @@ impl Janitor {
             Ok(_) => {
                 tracing::warn!(job_id = %id, kind = %job.kind(), code = DEAD_LETTERED, message_id = letter.message_id, error = %error, event = "job_failed", "job failed: its message was dead-lettered");
                 tracing::info!(event = "janitor.dead_letter", outcome = "job_failed", job_id = %id, message_id = letter.message_id, "dead letter handled");
-                Ok(Settled::Failed)
+                Ok(LetterOutcome::Failed)
             }
             // It moved on (claimed, finished, cancelled) since it was read.
             Err(Error::Transition { .. }) => skipped("changed while being failed"),
@@ -444,7 +444,7 @@ impl Janitor {
     }
 
     /// Publishes the job message of a dead letter's job again.
-    async fn requeue_dead_letter(&self, job: &Job, letter: &DeadLetter) -> Result<Settled> {
+    async fn requeue_dead_letter(&self, job: &Job, letter: &DeadLetter) -> Result<LetterOutcome> {
         self.dispatch(job).await?;
         let reason = match (job.status(), job.waiting()) {
             (JobStatus::Processing, _) => "a worker holds it",
@@ -452,7 +452,7 @@ impl Janitor {
             _ => "a paid request in doubt",
         };
         tracing::info!(event = "janitor.dead_letter", outcome = "requeued", job_id = %job.id(), message_id = letter.message_id, reason, "dead letter of a job that is not done: published again");
-        Ok(Settled::Requeued)
+        Ok(LetterOutcome::Requeued)
     }
 
     async fn delete_expired(&self, report: &mut JanitorReport) -> Result<u64> {
@@ -464,106 +464,6 @@ impl Janitor {
         report.deleted_budgets += deleted.budgets;
         Ok(0)
     }
-}
-
-/// Everything the `janitor` binary reads from the environment.
-#[derive(Clone, Debug, clap::Args)]
-pub struct JanitorArgs {
-    #[command(flatten)]
-    pub store: StoreArgs,
-    /// Dead-letter subscription to drain [default: {ASMR_TOPIC_PREFIX}asmr-dead-letter-janitor].
-    #[arg(long, env = "DEAD_LETTER_SUBSCRIPTION")]
-    pub dead_letter_subscription: Option<String>,
-    /// How long to wait for the first message of each dead-letter pull.
-    #[arg(long, env = "DEAD_LETTER_WAIT", default_value = "10", value_parser = parse_duration)]
-    pub dead_letter_wait: Duration,
-    /// The most dead letters handled in one run.
-    #[arg(long, env = "DEAD_LETTER_MAX", default_value = "1000")]
-    pub dead_letter_max: usize,
-    /// A pending job untouched for this long is published again.
-    #[arg(long, env = "LOST_AFTER", default_value = "15m", value_parser = parse_duration)]
-    pub lost_after: Duration,
-}
-
-impl JanitorArgs {
-    /// The dead-letter subscription's name.
-    pub fn dead_letter_subscription(&self) -> String {
-        self.dead_letter_subscription
-            .clone()
-            .filter(|s| !s.trim().is_empty())
-            .unwrap_or_else(|| format!("{}{DEAD_LETTER_SUBSCRIPTION}", self.store.topic_prefix))
-    }
-
-    /// The run's settings.
-    pub fn settings(&self) -> JanitorSettings {
-        JanitorSettings {
-            lost_after: self.lost_after,
-            dead_letter_max: self.dead_letter_max,
-        }
-    }
-
-    /// One line for the start-up log.
-    pub fn summary(&self) -> String {
-        format!(
-            "backend={:?} project={} prefix={:?} topic_prefix={:?} dead_letters={} dead_letter_wait={:?} dead_letter_max={} lost_after={:?}",
-            self.store.backend,
-            self.store.project.as_deref().unwrap_or("-"),
-            self.store.collection_prefix,
-            self.store.topic_prefix,
-            self.dead_letter_subscription(),
-            self.dead_letter_wait,
-            self.dead_letter_max,
-            self.lost_after,
-        )
-    }
-}
-
-/// The `janitor` binary: one run, its summary logged and printed as one JSON
-/// line on stdout; an error when any sweep failed.
-pub async fn run(args: JanitorArgs) -> anyhow::Result<()> {
-    tracing::info!(config = %args.summary(), "janitor starting");
-    let Adapters { store, bus, topics } = args.store.connect().await?;
-    tracing::info!(store = %store.describe(), "store opened");
-    let dead_letters: Option<Arc<dyn DeadLetters>> = match args.store.pubsub()? {
-        Some(config) => {
-            let letters = PubSubDeadLetters::new(
-                config,
-                &args.dead_letter_subscription(),
-                args.dead_letter_wait,
-            )
-            .await?;
-            tracing::info!(dead_letters = %letters.describe(), "dead letters from");
-            Some(Arc::new(letters))
-        }
-        None => {
-            tracing::info!(
-                "no Pub/Sub on this store: requeued jobs are not published and dead letters are not drained"
-            );
-            None
-        }
-    };
-    let janitor = Janitor {
-        store,
-        bus,
-        topics,
-        dead_letters,
-    };
-    let report = run_once(&janitor, &args.settings()).await?;
-    report.log();
-    {
-        use std::io::Write;
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "{}", report.to_json()).context("printing the summary")?;
-        stdout.flush().context("printing the summary")?;
-    }
-    if !report.is_clean() {
-        anyhow::bail!(
-            "{} failure(s) in: {}",
-            report.errors,
-            report.failed_sweeps.join(", ")
-        );
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,81 @@
+//! The intake app over an in-memory store and bus, for the tests of both
+//! faces.
+
+use super::Intake;
+use super::promote::AutoPromote;
+use super::service::router;
+use crate::bus::memory::MemoryBus;
+use crate::bus::{Bus, Topics};
+use crate::config::Adapters;
+use crate::store::Store;
+use crate::store::embedded::EmbeddedBackend;
+use axum::Router;
+use axum::body::Body;
+use axum::http::Request;
+use axum::http::StatusCode;
+use base64::Engine;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tower::ServiceExt;
+
+pub(super) struct App {
+    pub(super) router: Router,
+    pub(super) store: Store,
+    pub(super) bus: Arc<MemoryBus>,
+}
+
+pub(super) async fn app() -> App {
+    let store = Store::new(Arc::new(EmbeddedBackend::in_memory().unwrap()));
+    let bus = Arc::new(MemoryBus::new());
+    for topic in Topics::default().all() {
+        bus.ensure_topic(&topic).await.unwrap();
+    }
+    let adapters = Adapters {
+        store: store.clone(),
+        bus: bus.clone(),
+        topics: Topics::default(),
+    };
+    let intake = Intake::new(adapters, true, AutoPromote::Off);
+    App {
+        router: router(Arc::new(intake)),
+        store,
+        bus,
+    }
+}
+
+pub(super) async fn call(app: &App, request: Request<Body>) -> (StatusCode, Value) {
+    let response = app.router.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (status, value)
+}
+
+pub(super) fn envelope(message_id: &str, data: &str, attributes: &[(&str, &str)]) -> Vec<u8> {
+    let attributes: BTreeMap<_, _> = attributes.iter().copied().collect();
+    json!({
+        "message": {
+            "data": base64::engine::general_purpose::STANDARD.encode(data),
+            "attributes": attributes,
+            "messageId": message_id,
+        },
+        "subscription": "projects/p/subscriptions/asmr-requests-push",
+    })
+    .to_string()
+    .into_bytes()
+}
+
+pub(super) async fn push(app: &App, body: Vec<u8>) -> (StatusCode, Value) {
+    call(app, Request::post("/").body(Body::from(body)).unwrap()).await
+}
+
+pub(super) async fn post_jobs(app: &App, body: impl Into<Body>) -> (StatusCode, Value) {
+    call(app, Request::post("/v1/jobs").body(body.into()).unwrap()).await
+}
+
+pub(super) fn queued(app: &App, topic: &str) -> Vec<String> {
+    app.bus.job_ids(topic)
+}

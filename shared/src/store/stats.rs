@@ -1,0 +1,165 @@
+//! The figures of a deployment at a glance: jobs per status (and per kind),
+//! pending jobs per wait reason, downloads per status, rejected requests
+//! kept, and today's spending against the budget. `GET /v1/stats` and
+//! `asmr stats --json` both serialize this one type.
+
+use super::budget::{BudgetDay, budget_day_of};
+use super::{DownloadCounts, JobCounts, Store};
+use crate::cost::usd;
+use crate::domain::download::DownloadStatus;
+use crate::domain::values::{BUDGET_EXHAUSTED, JobKind, JobStatus};
+use crate::error::Result;
+use crate::time::Timestamp;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// Everything `asmr stats` shows. Fields are declared in output order, as
+/// serde_json keeps struct order; a part a face does not show is `None`
+/// and left out.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Stats {
+    /// Jobs per status, both kinds.
+    pub jobs: JobStats,
+    /// Pending jobs per wait reason (quota_exhausted, budget_exhausted...).
+    pub waiting: BTreeMap<&'static str, u64>,
+    /// Jobs per status, per kind (`image`, `video`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jobs_by_kind: Option<BTreeMap<&'static str, JobStats>>,
+    /// Downloads per status.
+    pub downloads: DownloadStats,
+    /// Rejected requests kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<u64>,
+    /// Today's spending.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetStats>,
+}
+
+/// Jobs per status and in all.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct JobStats {
+    pub pending: u64,
+    pub processing: u64,
+    pub generating: u64,
+    pub completed: u64,
+    pub delivered: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+    pub total: u64,
+}
+
+/// Downloads per status and in all.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DownloadStats {
+    pub pending: u64,
+    pub downloading: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub total: u64,
+}
+
+/// Today's spending (UTC day), in US dollars; `budget_usd` is the budget
+/// the generators last reserved under (`null`: no limit, or nothing
+/// reserved today).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BudgetStats {
+    pub day: String,
+    pub reserved_usd: f64,
+    pub spent_usd: f64,
+    pub budget_usd: Option<f64>,
+    pub waiting_jobs: u64,
+}
+
+impl JobStats {
+    /// The row of `kind` (both kinds when `None`).
+    fn of(counts: &JobCounts, kind: Option<JobKind>) -> Self {
+        let count = |status| match kind {
+            Some(kind) => counts.get(status, kind),
+            None => counts.status(status),
+        };
+        let mut stats = Self::default();
+        for status in JobStatus::ALL {
+            // Exhaustive, so a status added later cannot go missing here.
+            let slot = match status {
+                JobStatus::Pending => &mut stats.pending,
+                JobStatus::Processing => &mut stats.processing,
+                JobStatus::Generating => &mut stats.generating,
+                JobStatus::Completed => &mut stats.completed,
+                JobStatus::Delivered => &mut stats.delivered,
+                JobStatus::Failed => &mut stats.failed,
+                JobStatus::Cancelled => &mut stats.cancelled,
+            };
+            *slot = count(status);
+        }
+        stats.total = kind.map_or_else(|| counts.total(), |kind| counts.kind(kind));
+        stats
+    }
+}
+
+impl DownloadStats {
+    fn of(counts: &DownloadCounts) -> Self {
+        let mut stats = Self::default();
+        for status in DownloadStatus::ALL {
+            let slot = match status {
+                DownloadStatus::Pending => &mut stats.pending,
+                DownloadStatus::Downloading => &mut stats.downloading,
+                DownloadStatus::Completed => &mut stats.completed,
+                DownloadStatus::Failed => &mut stats.failed,
+            };
+            *slot = counts.status(status);
+        }
+        stats.total = counts.total();
+        stats
+    }
+}
+
+impl BudgetStats {
+    fn of(day: &BudgetDay, waiting: &BTreeMap<&'static str, u64>) -> Self {
+        Self {
+            day: day.day.clone(),
+            reserved_usd: usd(day.reserved_micros),
+            spent_usd: usd(day.spent_micros),
+            budget_usd: day.limit_micros.map(usd),
+            waiting_jobs: waiting.get(BUDGET_EXHAUSTED).copied().unwrap_or(0),
+        }
+    }
+}
+
+impl Stats {
+    /// The figures of these counts.
+    pub fn of(
+        jobs: &JobCounts,
+        waiting: BTreeMap<&'static str, u64>,
+        downloads: &DownloadCounts,
+        rejected: u64,
+        day: &BudgetDay,
+    ) -> Self {
+        let by_kind = JobKind::ALL
+            .iter()
+            .map(|kind| (kind.as_str(), JobStats::of(jobs, Some(*kind))))
+            .collect();
+        Self {
+            jobs: JobStats::of(jobs, None),
+            budget: Some(BudgetStats::of(day, &waiting)),
+            waiting,
+            jobs_by_kind: Some(by_kind),
+            downloads: DownloadStats::of(downloads),
+            rejected: Some(rejected),
+        }
+    }
+}
+
+impl Store {
+    /// Every figure, read at once.
+    pub async fn stats(&self) -> Result<Stats> {
+        let today = budget_day_of(Timestamp::now());
+        let (jobs, waiting, downloads, rejected, day) = tokio::try_join!(
+            self.job_counts(),
+            self.waiting_counts(),
+            self.download_counts(),
+            self.count_rejected(),
+            self.budget_day(&today),
+        )?;
+        Ok(Stats::of(&jobs, waiting, &downloads, rejected, &day))
+    }
+}
