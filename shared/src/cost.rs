@@ -7,7 +7,9 @@
 //! Google's bill is the truth, and `MODEL_PRICES` corrects the table when
 //! Google's prices move.
 
+use crate::domain::job::Job;
 use crate::domain::values::{JobKind, JobParams};
+use crate::vertex::{DEFAULT_IMAGE_MODEL, DEFAULT_VIDEO_MODEL};
 use std::fmt;
 
 /// Micro-dollars in one US dollar.
@@ -358,6 +360,25 @@ pub struct CostGuard {
     /// BUDGET_USD_PER_DAY in micro-dollars; `None`: no limit (spending is
     /// still recorded, for `asmr stats`).
     pub budget_micros: Option<u64>,
+}
+
+/// The model `job` runs on: the one its generator recorded when it
+/// claimed it, else the job's own `model` parameter, else the default model
+/// of its kind. The one rule every view (manifest, contact sheet,
+/// previews) prices a job by.
+pub fn model_of(job: &Job) -> String {
+    job.model()
+        .or(job.params().model.as_deref())
+        .unwrap_or(match job.kind() {
+            JobKind::Image => DEFAULT_IMAGE_MODEL,
+            JobKind::Video => DEFAULT_VIDEO_MODEL,
+        })
+        .to_string()
+}
+
+/// What `job` costs at `prices` on the model it runs on ([`model_of`]).
+pub fn job_cost(job: &Job, prices: &PriceTable) -> Estimate {
+    prices.estimate(job.kind(), &model_of(job), job.params())
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ mod rebuild;
 pub use append::{Appended, Appender, append, append_to_bucket, append_to_directory};
 pub use rebuild::{RebuildReport, rebuild};
 
+use crate::cost::{job_cost, model_of};
 use crate::crc::Crc32c;
 use crate::domain::job::Job;
 use crate::domain::values::{JobKind, JobParams};
@@ -93,7 +94,7 @@ impl ManifestLine {
     ) -> Self {
         let params = job.params();
         let model = model_of(job);
-        let cost = LIST_PRICES.estimate(job.kind(), &model, params);
+        let cost = job_cost(job, &LIST_PRICES);
         ManifestLine {
             job_id: job.id().to_string(),
             kind: job.kind(),
@@ -147,21 +148,6 @@ impl LineKey {
             .filter_map(|line| serde_json::from_slice::<LineKey>(line).ok())
             .any(|key| key == *self)
     }
-}
-
-/// The model of `job`: its own `model` parameter, else the default model of
-/// its kind ([`crate::vertex::DEFAULT_IMAGE_MODEL`],
-/// [`crate::vertex::DEFAULT_VIDEO_MODEL`]). The job does not record which
-/// model a generator with another `IMAGE_MODEL` / `VIDEO_MODEL` used, so
-/// such a deployment's lines name the default.
-pub fn model_of(job: &Job) -> String {
-    job.params().model.clone().unwrap_or_else(|| {
-        match job.kind() {
-            JobKind::Image => crate::vertex::DEFAULT_IMAGE_MODEL,
-            JobKind::Video => crate::vertex::DEFAULT_VIDEO_MODEL,
-        }
-        .to_string()
-    })
 }
 
 /// The custom metadata an archived copy of `job`'s output carries, so

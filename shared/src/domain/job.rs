@@ -119,6 +119,11 @@ pub struct Job {
     /// The image this video starts from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(in crate::domain) first_frame: Option<FirstFrame>,
+    /// The model its generator runs it on, recorded when a generator
+    /// claims it (the job's own `model` parameter, else the generator's
+    /// default): what every view prices it by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(in crate::domain) model: Option<String>,
 }
 
 #[cfg(test)]
@@ -320,6 +325,7 @@ impl Job {
             verdict: None,
             chain: new.chain,
             first_frame: new.first_frame,
+            model: None,
         }
     }
 
@@ -426,6 +432,13 @@ impl Job {
     /// outputs it holds.
     pub fn will_pay(&self) -> bool {
         !self.dry_run && self.operation_name.is_none() && self.held.is_empty()
+    }
+
+    /// Records the model a claim runs the job on: its own `model`
+    /// parameter, else `default` (the generator's).
+    pub fn run_on(&mut self, default: &str) {
+        let model = self.params.model.as_deref().unwrap_or(default);
+        self.model = Some(model.to_string());
     }
 
     /// Takes the job for `lease`: pending, or processing with a lease that ran

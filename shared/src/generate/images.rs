@@ -137,7 +137,7 @@ impl Generator for ImageGenerator {
         let request = ImageRequest {
             prompt: job.prompt().to_string(),
             params: job.params().clone(),
-            model: self.settings.model_for(&job),
+            model: crate::cost::model_of(&job),
         };
         let outcome = if self.settings.is_dry(&job) {
             DryRunImages.generate(&request).await

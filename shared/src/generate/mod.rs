@@ -31,7 +31,7 @@ pub mod settle;
 pub mod videos;
 
 use crate::ack::Handled;
-use crate::cost::{CostGuard, Matched};
+use crate::cost::{CostGuard, Matched, job_cost, model_of};
 use crate::domain::Lease;
 use crate::domain::job::Job;
 use crate::domain::values::JobKind;
@@ -63,14 +63,6 @@ pub struct GeneratorSettings {
 }
 
 impl GeneratorSettings {
-    /// The model for `job`: its own override, else the default.
-    fn model_for(&self, job: &Job) -> String {
-        job.params()
-            .model
-            .clone()
-            .unwrap_or_else(|| self.default_model.clone())
-    }
-
     /// Whether `job` runs on placeholders.
     fn is_dry(&self, job: &Job) -> bool {
         self.dry_run || job.dry_run()
@@ -162,16 +154,11 @@ where
     if settings.is_dry(job) || !job.will_pay() {
         return None;
     }
-    let model = settings.model_for(job);
-    let estimate =
-        generator
-            .cost_guard()
-            .prices
-            .estimate(GeneratorCore::<M>::KIND, &model, job.params());
+    let estimate = job_cost(job, &generator.cost_guard().prices);
     if estimate.matched == Matched::Fallback {
         tracing::warn!(
             job_id = %job.id(),
-            model,
+            model = model_of(job),
             price = %estimate.price,
             "no price is known for this model; reserving the highest price of its kind (set MODEL_PRICES)"
         );
@@ -234,6 +221,7 @@ where
     let budget = Budget {
         limit_micros: generator.cost_guard().budget_micros,
         cost: &cost,
+        model: Some(&generator.settings().default_model),
     };
     match store.claim_job_within(job_id, &lease, &budget).await {
         Ok(Budgeted::Within(Claim::Claimed(job))) => generator.run(job, &lease).await,
@@ -298,6 +286,7 @@ where
         let budget = Budget {
             limit_micros: generator.cost_guard().budget_micros,
             cost: &cost,
+            model: Some(&generator.settings().default_model),
         };
         let job = match generator
             .store()

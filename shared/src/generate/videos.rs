@@ -198,7 +198,7 @@ impl Generator for VideoGenerator {
         let request = VideoRequest {
             prompt: job.prompt().to_string(),
             params: job.params().clone(),
-            model: self.settings.model_for(&job),
+            model: crate::cost::model_of(&job),
             storage_uri: self.storage_uri(&job),
             first_frame: job.first_frame().cloned(),
         };

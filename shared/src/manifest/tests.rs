@@ -614,3 +614,56 @@ fn a_copy_with_metadata_merges_it_over_the_source_metadata() {
         );
     });
 }
+
+/// A deployment whose IMAGE_MODEL is not the default: the generator
+/// records the model it ran on the job, and the manifest line and the
+/// contact sheet's card name that model and price the job by it. A job
+/// that names its own model keeps it.
+#[tokio::test]
+async fn every_view_prices_a_job_by_the_model_its_generator_ran() {
+    use crate::generate::images::{DryRunImages, ImageGenerator};
+    use crate::generate::{GeneratorSettings, handle};
+    const ULTRA: &str = "imagen-4.0-ultra-generate-001";
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(Arc::new(EmbeddedBackend::in_memory().unwrap()));
+    let objects = Arc::new(LocalObjectStore::new(dir.path().join("buckets")));
+    objects.ensure_bucket(OUT).await.unwrap();
+    let generator = ImageGenerator::new(
+        store.clone(),
+        objects,
+        Arc::new(DryRunImages),
+        GeneratorSettings {
+            output_bucket: OUT.into(),
+            default_model: ULTRA.into(),
+            dry_run: true,
+            lease_ttl: Duration::from_secs(60),
+            operation_timeout: Duration::from_secs(60),
+            retry: crate::vertex::RetryPolicy::default(),
+        },
+    );
+    let plain = store
+        .create_job(NewJob::new("rain", JobKind::Image))
+        .await
+        .unwrap()
+        .record;
+    let mut named = NewJob::new("snow", JobKind::Image);
+    named.params.model = Some("imagen-4.0-fast-generate-001".into());
+    let named = store.create_job(named).await.unwrap().record;
+    for job in [&plain, &named] {
+        handle(&generator, job.id()).await;
+    }
+    let prices = crate::cost::PriceTable::list_prices();
+    for (job, model, usd) in [
+        (&plain, ULTRA, 0.06),
+        (&named, "imagen-4.0-fast-generate-001", 0.02),
+    ] {
+        let done = store.job(job.id()).await.unwrap();
+        assert_eq!(done.status(), crate::domain::values::JobStatus::Completed);
+        assert_eq!(done.model(), Some(model));
+        let line = ManifestLine::new(&done, "x.png".into(), 1, Crc32c::of(b"x"), Timestamp::now());
+        assert_eq!((line.model.as_str(), line.cost_usd), (model, usd));
+        let sheet =
+            crate::report::sheet("t", std::slice::from_ref(&done), &[], dir.path(), &prices);
+        assert_eq!(sheet.cards[0].model, model);
+    }
+}

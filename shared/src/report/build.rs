@@ -2,13 +2,12 @@
 //! whose files are linked relative to the folder the page is written to.
 
 use super::{Card, Review, Sheet, Totals};
-use crate::cost::{PriceTable, usd as micros_to_usd};
+use crate::cost::{PriceTable, job_cost, model_of, usd as micros_to_usd};
 use crate::domain::destination::Target;
 use crate::domain::job::Job;
 use crate::domain::values::Verdict;
 use crate::domain::values::{JobKind, JobStatus, SUBMIT_UNKNOWN};
 use crate::error::{Error, Result};
-use crate::manifest::model_of;
 use crate::store::{JobFilter, Store};
 use crate::time::Timestamp;
 use std::collections::{BTreeMap, HashMap};
@@ -144,7 +143,7 @@ fn card(job: &Job, files: Vec<String>, poster: Option<String>, prices: &PriceTab
         max_attempts: job.max_attempts(),
         error: job.error().map(|e| format!("{}: {}", e.code, e.message)),
         waiting: job.waiting().map(str::to_string),
-        cost_usd: cost_micros(job, &model, prices).map(micros_to_usd),
+        cost_usd: cost_micros(job, prices).map(micros_to_usd),
         model,
         files,
         poster,
@@ -170,7 +169,7 @@ fn totals(jobs: &[Job], prices: &PriceTable) -> Totals {
             Some(Verdict::Rejected) => totals.rejected += 1,
             None => {}
         }
-        match (job.reservation(), cost_micros(job, &model_of(job), prices)) {
+        match (job.reservation(), cost_micros(job, prices)) {
             (Some(_), Some(micros)) => reserved += micros,
             (None, Some(micros)) => spent += micros,
             _ => {}
@@ -188,10 +187,10 @@ fn totals(jobs: &[Job], prices: &PriceTable) -> Totals {
 /// What the job costs, as far as it is paid for: its reservation while the
 /// call is unsettled, the list price once it was paid; nothing for a dry
 /// run or a job that never reached the model.
-fn cost_micros(job: &Job, model: &str, prices: &PriceTable) -> Option<u64> {
+fn cost_micros(job: &Job, prices: &PriceTable) -> Option<u64> {
     match job.reservation() {
         Some(reservation) => Some(reservation.micros),
-        None if was_paid(job) => Some(prices.estimate(job.kind(), model, job.params()).micros),
+        None if was_paid(job) => Some(job_cost(job, prices).micros),
         None => None,
     }
 }
@@ -275,11 +274,11 @@ mod tests {
             .estimate(JobKind::Image, &model, paid.params())
             .micros;
         assert!(list > 0);
-        assert_eq!(cost_micros(&paid, &model, &prices), Some(list));
+        assert_eq!(cost_micros(&paid, &prices), Some(list));
         let dry = job(true, JobStatus::Delivered, &out);
-        assert_eq!(cost_micros(&dry, &model, &prices), None);
+        assert_eq!(cost_micros(&dry, &prices), None);
         let unsent = job(false, JobStatus::Failed, &[]);
-        assert_eq!(cost_micros(&unsent, &model, &prices), None);
+        assert_eq!(cost_micros(&unsent, &prices), None);
         let totals = totals(&[paid, dry, unsent], &prices);
         assert_eq!(
             (totals.spent_usd, totals.reserved_usd),

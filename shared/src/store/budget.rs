@@ -99,6 +99,10 @@ pub struct Budget<'a> {
     /// The estimated cost of the paid call the claimed job will make, or
     /// `None` when working on it pays nothing (dry run, a resumed operation).
     pub cost: &'a (dyn Fn(&Job) -> Option<u64> + Send + Sync),
+    /// The claimer's default model, recorded on the job it claims (unless
+    /// the job names its own) before `cost` prices it; `None` records
+    /// nothing.
+    pub model: Option<&'a str>,
 }
 
 fn costs_nothing(_: &Job) -> Option<u64> {
@@ -110,6 +114,7 @@ impl Budget<'static> {
     pub const FREE: Budget<'static> = Budget {
         limit_micros: None,
         cost: &costs_nothing,
+        model: None,
     };
 }
 
@@ -363,6 +368,9 @@ impl Store {
             Err(refusal) => return Ok(Some(Budgeted::Within(Claim::Refused(job, refusal)))),
         };
         let claimed = settled.is_none();
+        if claimed && let Some(model) = budget.model {
+            job.run_on(model);
+        }
         let today = budget_day_of(now);
         let cost = if claimed {
             (budget.cost)(&job).filter(|micros| *micros > 0)

@@ -374,6 +374,7 @@ mod tests {
         let budget = Budget {
             limit_micros: Some(1_000_000),
             cost: &|_| Some(1),
+            model: None,
         };
         for kind in JobKind::ALL {
             store

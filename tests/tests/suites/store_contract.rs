@@ -864,6 +864,7 @@ fn within(limit: Option<u64>) -> Budget<'static> {
     Budget {
         limit_micros: limit,
         cost: &cost_of,
+        model: None,
     }
 }
 
@@ -984,6 +985,7 @@ async fn a_budget_for_n_claims_reserves_exactly_n_among_concurrent_claimers(t: T
     let nothing = Budget {
         limit_micros: Some(0),
         cost: &free,
+        model: None,
     };
     let Budgeted::Within(Claim::Claimed(job)) = store
         .claim_job_within(&dry, &lease("w"), &nothing)
@@ -1147,6 +1149,7 @@ async fn settling_a_reservation_is_exact_and_happens_once(t: TestStore) {
             &Budget {
                 limit_micros: None,
                 cost: &resumed_cost,
+                model: None,
             },
         )
         .await

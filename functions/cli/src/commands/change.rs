@@ -116,15 +116,8 @@ fn what_the_retry_does(job: &Job) -> String {
     if job.dry_run() {
         return "a dry run: placeholders, nothing paid".into();
     }
-    let model = job.params().model.clone().unwrap_or_else(|| {
-        match job.kind() {
-            shared::domain::values::JobKind::Image => shared::vertex::DEFAULT_IMAGE_MODEL,
-            shared::domain::values::JobKind::Video => shared::vertex::DEFAULT_VIDEO_MODEL,
-        }
-        .to_string()
-    });
-    let estimate =
-        shared::cost::PriceTable::list_prices().estimate(job.kind(), &model, job.params());
+    let model = shared::cost::model_of(job);
+    let estimate = shared::cost::job_cost(job, &shared::cost::PriceTable::list_prices());
     format!(
         "a new paid request goes to {model} (about {} at list price)",
         shared::cost::format_usd(estimate.micros)

@@ -8,13 +8,12 @@ use crate::args::{PromoteArgs, RejectArgs, ReviewArgs};
 use crate::out;
 use anyhow::{Result, bail};
 use shared::Error;
-use shared::cost::{PriceTable, format_usd};
+use shared::cost::{PriceTable, format_usd, job_cost, model_of};
 use shared::domain::job::Job;
 use shared::domain::review::{Grounds, PromoteOptions, PromoteRefusal};
-use shared::domain::values::JobKind;
 use shared::domain::values::Verdict;
 use shared::store::Store;
-use shared::vertex::DEFAULT_VIDEO_MODEL;
+use shared::time::Timestamp;
 
 pub async fn approve(store: &Store, args: &ReviewArgs) -> Result<()> {
     review(store, &args.ids, Verdict::Approved, None).await
@@ -199,8 +198,9 @@ fn preview(images: &[Image], options: &PromoteOptions) -> Result<usize> {
         }
         match image.promotion(options) {
             Ok(video) => {
-                let model = video.params.model.as_deref().unwrap_or(DEFAULT_VIDEO_MODEL);
-                let micros = prices.estimate(JobKind::Video, model, &video.params).micros;
+                let priced = Job::new(video.clone(), Timestamp::now());
+                let model = model_of(&priced);
+                let micros = job_cost(&priced, &prices).micros;
                 at_list_price += micros;
                 if !video.dry_run {
                     to_pay += micros;

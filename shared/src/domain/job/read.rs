@@ -172,6 +172,12 @@ impl Job {
         self.chain
     }
 
+    /// The model a generator recorded when it claimed the job; `None`
+    /// until one did.
+    pub fn model(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+
     /// The image this video starts from.
     pub fn first_frame(&self) -> Option<&FirstFrame> {
         self.first_frame.as_ref()

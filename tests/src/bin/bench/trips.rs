@@ -251,6 +251,7 @@ async fn contention(ctx: &Context, report: &mut Report) -> Result<()> {
     let budget = Budget {
         limit_micros: Some(1_000_000_000_000),
         cost: &cost,
+        model: None,
     };
     let interval = Duration::from_micros(60_000_000 / PER_MINUTE);
     let started = Instant::now();
