@@ -2,6 +2,7 @@
 //! `--help` and tests). Parsed once in `main`; nothing below reads the
 //! environment.
 
+use crate::bus::memory::MemoryBus;
 use crate::bus::pubsub::{PubSubBus, PubSubConfig};
 use crate::bus::{Bus, StoreQueue, Topics};
 use crate::error::{Error, Result};
@@ -13,7 +14,7 @@ use crate::store::firestore::FirestoreConfig;
 use crate::store::{Store, StoreConfig};
 use crate::vertex::{DEFAULT_IMAGE_MODEL, DEFAULT_VIDEO_MODEL, RetryPolicy, VertexConfig};
 use clap::{Args, ValueEnum};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -138,6 +139,45 @@ pub struct Adapters {
     pub bus: Arc<dyn Bus>,
     /// The topic names.
     pub topics: Topics,
+}
+
+/// The adapters of a run on this machine (see [`Adapters::local`]).
+pub struct LocalAdapters {
+    /// The embedded store, announcing job events on `events`.
+    pub adapters: Adapters,
+    /// The in-process bus behind `adapters.bus`: job events are read from
+    /// it as a push subscription would deliver them.
+    pub events: Arc<MemoryBus>,
+    /// The local object store: one directory per bucket.
+    pub objects: Arc<dyn ObjectStore>,
+}
+
+impl Adapters {
+    /// Everything a local run works through, under `state_dir`: the
+    /// embedded store (`state_dir`), the in-process bus with every topic,
+    /// publishing the store's job events, and the local object store
+    /// (`state_dir/objects`).
+    pub async fn local(state_dir: &Path) -> Result<LocalAdapters> {
+        let events = Arc::new(MemoryBus::new());
+        let topics = Topics::default();
+        for topic in topics.all() {
+            events.ensure_topic(&topic).await?;
+        }
+        let bus: Arc<dyn Bus> = events.clone();
+        let store = Store::open(&StoreConfig::Embedded {
+            state_dir: state_dir.to_path_buf(),
+        })
+        .await?
+        .with_events(Arc::new(BusJobEvents::new(
+            bus.clone(),
+            topics.job_events(),
+        )));
+        Ok(LocalAdapters {
+            adapters: Adapters { store, bus, topics },
+            events,
+            objects: Arc::new(LocalObjectStore::new(state_dir.join("objects"))),
+        })
+    }
 }
 
 impl StoreArgs {

@@ -83,6 +83,29 @@ pub trait DeadLetters: Send + Sync {
     async fn close(&self) -> Result<()>;
 }
 
+/// No dead letters: where there is no Pub/Sub (the embedded store), the
+/// janitor's dead-letter sweep finds nothing.
+pub struct NoDeadLetters;
+
+#[async_trait]
+impl DeadLetters for NoDeadLetters {
+    fn describe(&self) -> String {
+        "no dead-letter subscription (no Pub/Sub)".into()
+    }
+
+    async fn pull(&self, _max: usize) -> Result<Vec<DeadLetter>> {
+        Ok(Vec::new())
+    }
+
+    async fn ack(&self, _ack_ids: &[String]) -> Result<()> {
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
 /// The Pub/Sub name of `subscription`: kept when it is already
 /// `projects/...`, else in `project`.
 pub fn subscription_path(project: &str, subscription: &str) -> String {

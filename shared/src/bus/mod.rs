@@ -135,15 +135,29 @@ pub async fn publish_json<T: Serialize + ?Sized>(
     bus.publish(topic, Bytes::from(data), attributes).await
 }
 
-/// Publishes the job message `{"job_id"}` of `job` to its kind's topic, with
-/// `origin` (who sent it: `intake`, `janitor`, `cli`) and `kind` as
-/// attributes; returns the message id.
+/// What announcing a job did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Announced {
+    /// Published; the bus's message id.
+    Published(String),
+    /// Nothing was sent: the workers of this bus take pending jobs from
+    /// the store ([`Bus::reaches_workers`]).
+    NoWorkers,
+}
+
+/// Announces `job` to its generator: publishes the job message
+/// `{"job_id"}` to its kind's topic, with `origin` (who sent it: `intake`,
+/// `janitor`, `cli`, `auto-promote`) and `kind` as attributes, where the
+/// bus reaches workers; elsewhere sends nothing.
 pub async fn publish_job(
     bus: &dyn Bus,
     topics: &Topics,
     job: &crate::domain::job::Job,
     origin: &str,
-) -> Result<String> {
+) -> Result<Announced> {
+    if !bus.reaches_workers() {
+        return Ok(Announced::NoWorkers);
+    }
     let message = crate::push::JobMessage {
         job_id: job.id().to_string(),
     };
@@ -151,7 +165,9 @@ pub async fn publish_job(
         ("origin".to_string(), origin.to_string()),
         ("kind".to_string(), job.kind().as_str().to_string()),
     ]);
-    publish_json(bus, &topics.for_kind(job.kind()), &message, &attributes).await
+    publish_json(bus, &topics.for_kind(job.kind()), &message, &attributes)
+        .await
+        .map(Announced::Published)
 }
 
 /// The error of a publish to a topic that does not exist.

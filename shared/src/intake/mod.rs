@@ -26,7 +26,7 @@ pub mod service;
 mod testing;
 
 use crate::ack::Handled;
-use crate::bus::{Bus, Topics};
+use crate::bus::{Announced, Bus, Topics};
 use crate::config::Adapters;
 use crate::domain::job::{Job, NewJob};
 use crate::domain::values::JobStatus;
@@ -126,13 +126,13 @@ pub async fn submit_job(
     if !created {
         same_request(&job, &digest)?;
     }
-    let dispatch = match bus.reaches_workers() {
-        false => Dispatch::NoBus,
-        true if job.status() != JobStatus::Pending => Dispatch::NotPending,
-        true => match publish(bus, topics, &job).await {
-            Ok(message_id) => Dispatch::Published(message_id),
+    let dispatch = match job.status() {
+        JobStatus::Pending => match crate::bus::publish_job(bus, topics, &job, "intake").await {
+            Ok(Announced::Published(message_id)) => Dispatch::Published(message_id),
+            Ok(Announced::NoWorkers) => Dispatch::NoBus,
             Err(e) => Dispatch::Failed(e),
         },
+        _ => Dispatch::NotPending,
     };
     Ok(SubmittedJob {
         job,
@@ -270,9 +270,108 @@ fn same_request(job: &Job, digest: &str) -> Result<()> {
     }
 }
 
-/// The job message of `job`, published to its kind's topic.
-async fn publish(bus: &dyn Bus, topics: &Topics, job: &Job) -> Result<String> {
-    crate::bus::publish_job(bus, topics, job, "intake").await
+/// How long the jobs of one request may take to create, inside
+/// [`REQUEST_TIMEOUT`], so that a store that stops answering gets an answer
+/// that names the jobs created so far rather than an empty 503.
+const SUBMIT_DEADLINE: Duration = Duration::from_secs(90);
+/// What the handlers share: where jobs go and how they are announced.
+pub struct Intake {
+    store: Store,
+    bus: Arc<dyn Bus>,
+    topics: Topics,
+    dry_run: bool,
+    promoter: Arc<Promoter>,
+    /// Verifies who calls the API, where the deployment names identities;
+    /// the verified account scopes the caller's idempotency keys.
+    callers: Option<Arc<IdTokens>>,
+}
+
+impl Intake {
+    /// Intake over the adapters, publishing job messages on their bus;
+    /// `dry_run` marks every new job, and `auto_promote` says which job
+    /// events pushed to `/v1/job-events` make a video of their image.
+    pub fn new(adapters: Adapters, dry_run: bool, auto_promote: AutoPromote) -> Self {
+        let promoter = Arc::new(Promoter {
+            store: adapters.store.clone(),
+            bus: adapters.bus.clone(),
+            topics: adapters.topics.clone(),
+            mode: auto_promote,
+        });
+        Self {
+            store: adapters.store,
+            bus: adapters.bus,
+            topics: adapters.topics,
+            dry_run,
+            promoter,
+            callers: None,
+        }
+    }
+
+    /// Intake that verifies the Google ID token of every API call that
+    /// creates jobs with `callers`, and keeps each account's idempotency
+    /// keys apart from every other's. `None` leaves callers unchecked, in
+    /// one namespace (the emulators send no token).
+    pub fn verifying_callers(mut self, callers: Option<Arc<IdTokens>>) -> Self {
+        self.callers = callers;
+        self
+    }
+
+    pub(crate) async fn submit(&self, jobs: Vec<NewJob>) -> Result<Submitted, Unfinished> {
+        let deadline = tokio::time::Instant::now() + SUBMIT_DEADLINE;
+        submit(
+            &self.store,
+            self.bus.as_ref(),
+            &self.topics,
+            jobs,
+            Some(deadline),
+        )
+        .await
+    }
+
+    /// Records a request that can never become jobs and acknowledges it;
+    /// if the record cannot be written, asks for a redelivery instead, so
+    /// the request is not lost unseen. The record keeps `reason`, which may
+    /// quote the request; the logs get `class`, which does not.
+    pub(crate) async fn reject(
+        &self,
+        message_id: Option<&str>,
+        attributes: BTreeMap<String, String>,
+        body: &[u8],
+        reason: String,
+        class: String,
+    ) -> Handled {
+        let record = Rejected::new(
+            RejectedSource::Pubsub,
+            message_id,
+            attributes,
+            body,
+            reason,
+            Timestamp::now(),
+        );
+        let id = record.id.clone();
+        match self.store.record_rejected(record).await {
+            Ok(created) => {
+                tracing::error!(
+                    message_id = message_id.unwrap_or("-"),
+                    rejected_id = %id,
+                    reason = class,
+                    redelivered = !created.created,
+                    event = "request.rejected",
+                    "request rejected and acknowledged"
+                );
+                Handled::Poison(class)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    message_id = message_id.unwrap_or("-"),
+                    reason = class,
+                    error = %e,
+                    "could not record a rejected request; asking for redelivery"
+                );
+                Handled::store_trouble(&e)
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -425,109 +524,5 @@ mod tests {
         .unwrap_err();
         assert!(matches!(err, Error::Invalid(_)), "{err}");
         assert_eq!(store.job_counts().await.unwrap().total(), 0);
-    }
-}
-
-/// How long the jobs of one request may take to create, inside
-/// [`REQUEST_TIMEOUT`], so that a store that stops answering gets an answer
-/// that names the jobs created so far rather than an empty 503.
-const SUBMIT_DEADLINE: Duration = Duration::from_secs(90);
-/// What the handlers share: where jobs go and how they are announced.
-pub struct Intake {
-    store: Store,
-    bus: Arc<dyn Bus>,
-    topics: Topics,
-    dry_run: bool,
-    promoter: Arc<Promoter>,
-    /// Verifies who calls the API, where the deployment names identities;
-    /// the verified account scopes the caller's idempotency keys.
-    callers: Option<Arc<IdTokens>>,
-}
-
-impl Intake {
-    /// Intake over the adapters, publishing job messages on their bus;
-    /// `dry_run` marks every new job, and `auto_promote` says which job
-    /// events pushed to `/v1/job-events` make a video of their image.
-    pub fn new(adapters: Adapters, dry_run: bool, auto_promote: AutoPromote) -> Self {
-        let promoter = Arc::new(Promoter {
-            store: adapters.store.clone(),
-            bus: adapters.bus.clone(),
-            topics: adapters.topics.clone(),
-            mode: auto_promote,
-        });
-        Self {
-            store: adapters.store,
-            bus: adapters.bus,
-            topics: adapters.topics,
-            dry_run,
-            promoter,
-            callers: None,
-        }
-    }
-
-    /// Intake that verifies the Google ID token of every API call that
-    /// creates jobs with `callers`, and keeps each account's idempotency
-    /// keys apart from every other's. `None` leaves callers unchecked, in
-    /// one namespace (the emulators send no token).
-    pub fn verifying_callers(mut self, callers: Option<Arc<IdTokens>>) -> Self {
-        self.callers = callers;
-        self
-    }
-
-    pub(crate) async fn submit(&self, jobs: Vec<NewJob>) -> Result<Submitted, Unfinished> {
-        let deadline = tokio::time::Instant::now() + SUBMIT_DEADLINE;
-        submit(
-            &self.store,
-            self.bus.as_ref(),
-            &self.topics,
-            jobs,
-            Some(deadline),
-        )
-        .await
-    }
-
-    /// Records a request that can never become jobs and acknowledges it;
-    /// if the record cannot be written, asks for a redelivery instead, so
-    /// the request is not lost unseen. The record keeps `reason`, which may
-    /// quote the request; the logs get `class`, which does not.
-    pub(crate) async fn reject(
-        &self,
-        message_id: Option<&str>,
-        attributes: BTreeMap<String, String>,
-        body: &[u8],
-        reason: String,
-        class: String,
-    ) -> Handled {
-        let record = Rejected::new(
-            RejectedSource::Pubsub,
-            message_id,
-            attributes,
-            body,
-            reason,
-            Timestamp::now(),
-        );
-        let id = record.id.clone();
-        match self.store.record_rejected(record).await {
-            Ok(created) => {
-                tracing::error!(
-                    message_id = message_id.unwrap_or("-"),
-                    rejected_id = %id,
-                    reason = class,
-                    redelivered = !created.created,
-                    event = "request.rejected",
-                    "request rejected and acknowledged"
-                );
-                Handled::Poison(class)
-            }
-            Err(e) => {
-                tracing::warn!(
-                    message_id = message_id.unwrap_or("-"),
-                    reason = class,
-                    error = %e,
-                    "could not record a rejected request; asking for redelivery"
-                );
-                Handled::store_trouble(&e)
-            }
-        }
     }
 }

@@ -35,8 +35,10 @@
 
 pub mod service;
 
+#[cfg(doc)]
+use crate::bus::dead_letters::NoDeadLetters;
 use crate::bus::dead_letters::{DeadLetter, DeadLetters};
-use crate::bus::{Bus, Topics};
+use crate::bus::{Announced, Bus, Topics};
 use crate::domain::invalid::ValidationError;
 use crate::domain::job::Job;
 use crate::domain::values::{JobError, JobStatus};
@@ -65,8 +67,9 @@ pub struct Janitor {
     pub bus: Arc<dyn Bus>,
     /// The topic names.
     pub topics: Topics,
-    /// The dead-letter subscription; `None` where there is no Pub/Sub.
-    pub dead_letters: Option<Arc<dyn DeadLetters>>,
+    /// The dead-letter subscription; [`NoDeadLetters`] where there is no
+    /// Pub/Sub.
+    pub dead_letters: Arc<dyn DeadLetters>,
 }
 
 /// How the janitor runs.
@@ -224,17 +227,15 @@ pub async fn run_once(janitor: &Janitor, settings: &JanitorSettings) -> Result<J
 }
 
 impl Janitor {
-    /// Publishes `{"job_id"}` to the job's topic. `false` without a bus.
-    async fn dispatch(&self, job: &Job) -> Result<bool> {
-        let bus = &self.bus;
-        if !bus.reaches_workers() {
-            return Ok(false);
+    /// Announces the job to its generator again.
+    async fn dispatch(&self, job: &Job) -> Result<()> {
+        let announced =
+            crate::bus::publish_job(self.bus.as_ref(), &self.topics, job, "janitor").await?;
+        if let Announced::Published(message_id) = announced {
+            let topic = self.topics.for_kind(job.kind());
+            tracing::info!(job_id = %job.id(), topic, message_id, "job message published again");
         }
-        let topic = self.topics.for_kind(job.kind());
-        let message_id =
-            crate::bus::publish_job(bus.as_ref(), &self.topics, job, "janitor").await?;
-        tracing::info!(job_id = %job.id(), topic, message_id, "job message published again");
-        Ok(true)
+        Ok(())
     }
 
     async fn expire_leases(&self, report: &mut JanitorReport) -> Result<u64> {
@@ -297,9 +298,7 @@ impl Janitor {
     }
 
     async fn drain_dead_letters(&self, max: usize, report: &mut JanitorReport) -> Result<u64> {
-        let Some(letters) = &self.dead_letters else {
-            return Ok(0);
-        };
+        let letters = &self.dead_letters;
         let drained = self.drain(letters.as_ref(), max, report).await;
         let closed = letters.close().await;
         let failures = drained.map_err(|e| match e {
@@ -497,7 +496,7 @@ mod tests {
                 store,
                 bus: bus.clone(),
                 topics,
-                dead_letters: Some(letters.clone()),
+                dead_letters: letters.clone(),
             },
             bus,
             letters,
@@ -709,7 +708,7 @@ mod tests {
     #[tokio::test]
     async fn a_missing_dead_letter_subscription_fails_that_sweep_only() {
         let mut s = setup().await;
-        s.janitor.dead_letters = Some(Arc::new(MemoryDeadLetters::missing()));
+        s.janitor.dead_letters = Arc::new(MemoryDeadLetters::missing());
         let requeue = job(&s, JobKind::Image, 3).await;
         s.janitor
             .store

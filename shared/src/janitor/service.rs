@@ -1,7 +1,7 @@
 //! The `janitor` binary: its settings from the environment, and one run.
 
 use super::{DEAD_LETTER_SUBSCRIPTION, Janitor, JanitorSettings, run_once};
-use crate::bus::dead_letters::{DeadLetters, PubSubDeadLetters};
+use crate::bus::dead_letters::{DeadLetters, NoDeadLetters, PubSubDeadLetters};
 use crate::config::{Adapters, StoreArgs, parse_duration};
 use anyhow::Context;
 use std::sync::Arc;
@@ -65,7 +65,7 @@ pub async fn run(args: JanitorArgs) -> anyhow::Result<()> {
     tracing::info!(config = %args.summary(), "janitor starting");
     let Adapters { store, bus, topics } = args.store.connect().await?;
     tracing::info!(store = %store.describe(), "store opened");
-    let dead_letters: Option<Arc<dyn DeadLetters>> = match args.store.pubsub()? {
+    let dead_letters: Arc<dyn DeadLetters> = match args.store.pubsub()? {
         Some(config) => {
             let letters = PubSubDeadLetters::new(
                 config,
@@ -74,13 +74,13 @@ pub async fn run(args: JanitorArgs) -> anyhow::Result<()> {
             )
             .await?;
             tracing::info!(dead_letters = %letters.describe(), "dead letters from");
-            Some(Arc::new(letters))
+            Arc::new(letters)
         }
         None => {
             tracing::info!(
                 "no Pub/Sub on this store: requeued jobs are not published and dead letters are not drained"
             );
-            None
+            Arc::new(NoDeadLetters)
         }
     };
     let janitor = Janitor {

@@ -23,31 +23,21 @@
 mod stages;
 mod watch;
 
-use stages::{Handed, StateLock, build_stages, keep_delivering, keep_draining, keep_polling};
+use stages::{
+    Handed, Promotions, StateLock, build_stages, keep_delivering, keep_draining, keep_polling,
+};
 use watch::{snapshot, tally, watch_until_settled, write_sheet};
 
-use crate::bus::memory::MemoryBus;
-use crate::bus::{Bus, Topics};
-use crate::deliver::{Downloader, DownloaderSettings};
-use crate::domain::destination::Destination;
-use crate::domain::gs_uri::GsUri;
-use crate::domain::job::{Job, NewJob};
-use crate::domain::review::PromoteOptions;
+use crate::config::{Adapters, LocalAdapters};
+use crate::domain::job::NewJob;
 use crate::domain::values::Chain;
 use crate::domain::values::{JobKind, JobStatus};
 use crate::error::{Error, Result};
-use crate::events::{ObjectEvent, ObjectEventKind};
-use crate::generate::images::ImageGenerator;
-use crate::generate::poller::{PollerSettings, VideoPoller};
-use crate::generate::videos::VideoGenerator;
-use crate::generate::{Generator, GeneratorCore, GeneratorSettings, drain};
-use crate::job_events::BusJobEvents;
-use crate::objects::ObjectStore;
+use crate::intake::promote::{AutoPromote, Promoter};
 use crate::requests::prompt_lines;
-use crate::stage::DrainLimits;
-use crate::store::{JobFilter, Store, StoreConfig};
-use crate::vertex::{RetryPolicy, VertexClient, VertexConfig};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use crate::store::Store;
+use crate::vertex::VertexConfig;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -317,19 +307,24 @@ where
     let started = Instant::now();
     let _lock = StateLock::take(&settings.state_dir)?;
     out_folder(&settings.out_dir)?;
-    let bus = Arc::new(MemoryBus::new());
-    let topics = Topics::default();
-    for topic in topics.all() {
-        bus.ensure_topic(&topic).await?;
-    }
-    let store = Store::open(&StoreConfig::Embedded {
-        state_dir: settings.state_dir.clone(),
-    })
-    .await?
-    .with_events(Arc::new(BusJobEvents::new(
-        bus.clone(),
-        topics.job_events(),
-    )));
+    let LocalAdapters {
+        adapters,
+        events,
+        objects,
+    } = Adapters::local(&settings.state_dir).await?;
+    let store = adapters.store.clone();
+    // Subscribed before anything happens, as a push subscription would be:
+    // a chained run's videos are made by the promoter the cloud runs.
+    let promotions = Arc::new(Promotions::new(&events, &adapters.topics));
+    let promoter = Promoter {
+        store: store.clone(),
+        bus: adapters.bus.clone(),
+        topics: adapters.topics.clone(),
+        mode: match settings.chain {
+            true => AutoPromote::All,
+            false => AutoPromote::Off,
+        },
+    };
 
     let mut report = RunReport {
         out_dir: settings.out_dir.clone(),
@@ -338,7 +333,7 @@ where
     };
     // Before anything is created: a live run that cannot reach Vertex AI
     // says so now, once, instead of failing job after job.
-    let stages = Arc::new(build_stages(store.clone(), &settings).await?);
+    let stages = Arc::new(build_stages(store.clone(), objects, &settings).await?);
     // Whatever is leased belongs to a run that died: the lock says no other
     // run is alive. Video jobs keep their operation, and a paid request the
     // dead run may have sent is settled by the next claim, never sent again.
@@ -361,6 +356,13 @@ where
         generators.spawn(async move { keep_draining(&stages.videos, &stopping).await });
     }
     let mut others = tokio::task::JoinSet::new();
+    {
+        let (promotions, finished) = (promotions.clone(), finished.clone());
+        others.spawn(async move {
+            promotions.keep_promoting(&promoter, &finished).await;
+            Ok(())
+        });
+    }
     let delivery = Arc::new(Handed::default());
     {
         let (stages, finished, delivery) = (stages.clone(), finished.clone(), delivery.clone());
@@ -372,8 +374,7 @@ where
     let work = async {
         let watch = async {
             let settled =
-                watch_until_settled(&stages.store, &ids, settings.chain, &delivery, &progress)
-                    .await;
+                watch_until_settled(&stages.store, &ids, &promotions, &delivery, &progress).await;
             finished.store(true, Ordering::SeqCst);
             stopping.store(true, Ordering::SeqCst);
             settled
@@ -421,7 +422,7 @@ where
     report.sheet = Some(write_sheet(&stages.store, &ids, &settings.out_dir).await?);
     progress(&snapshot(&stages.store, &ids).await?);
     stages.store.flush_events().await;
-    report.events = bus.published(&topics.job_events()).len() as u64;
+    report.events = events.published(&adapters.topics.job_events()).len() as u64;
     report.elapsed = started.elapsed();
     Ok(report)
 }

@@ -2,7 +2,34 @@
 //! drain loops, the poller, and the downloader fed with the finalize events
 //! the cloud would send; and the lock that keeps one run per state folder.
 
-use super::*;
+use super::{LOCAL_BUCKET, LOCK_FILE, RunSettings};
+use crate::ack::Handled;
+use crate::bus::Topics;
+use crate::bus::memory::{MemoryBus, Message};
+use crate::deliver::{Downloader, DownloaderSettings};
+use crate::domain::destination::Destination;
+use crate::domain::gs_uri::GsUri;
+use crate::domain::job::Job;
+use crate::domain::values::{JobKind, JobStatus};
+use crate::error::{Error, Result};
+use crate::events::{ObjectEvent, ObjectEventKind};
+use crate::generate::images::ImageGenerator;
+use crate::generate::poller::{PollerSettings, VideoPoller};
+use crate::generate::videos::VideoGenerator;
+use crate::generate::{Generator, GeneratorCore, GeneratorSettings, drain};
+use crate::intake::promote::Promoter;
+use crate::job_events::JobEvent;
+use crate::objects::ObjectStore;
+use crate::server::Push;
+use crate::stage::DrainLimits;
+use crate::store::{JobFilter, Store};
+use crate::vertex::{RetryPolicy, VertexClient};
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::UnboundedReceiver;
 
 /// A model for a dry run, which never calls one: every job of a dry run is
 /// generated from placeholders before a model could be asked.
@@ -80,7 +107,11 @@ pub(super) struct Stages {
     pub(super) downloader: Downloader,
 }
 
-pub(super) async fn build_stages(store: Store, settings: &RunSettings) -> Result<Stages> {
+pub(super) async fn build_stages(
+    store: Store,
+    local_objects: Arc<dyn ObjectStore>,
+    settings: &RunSettings,
+) -> Result<Stages> {
     let (objects, bucket): (Arc<dyn ObjectStore>, String) =
         match settings.live.as_ref().and_then(|live| live.bucket.clone()) {
             Some(bucket) => (
@@ -92,12 +123,7 @@ pub(super) async fn build_stages(store: Store, settings: &RunSettings) -> Result
                 ),
                 bucket,
             ),
-            None => (
-                Arc::new(crate::objects::local::LocalObjectStore::new(
-                    settings.state_dir.join("objects"),
-                )),
-                LOCAL_BUCKET.to_string(),
-            ),
+            None => (local_objects, LOCAL_BUCKET.to_string()),
         };
     objects.ensure_bucket(&bucket).await?;
     if settings.kind == JobKind::Video
@@ -251,6 +277,89 @@ pub(super) async fn keep_polling(
         }
     }
     Ok(())
+}
+
+/// The job events of the run, handed to the promoter as a push
+/// subscription would hand them, and how far it got.
+pub(super) struct Promotions {
+    events: Arc<MemoryBus>,
+    topic: String,
+    subscription: std::sync::Mutex<Option<UnboundedReceiver<Message>>>,
+    handled: AtomicU64,
+}
+
+/// Tries of one event the promoter answers with "retry" (store trouble).
+const PROMOTION_TRIES: u32 = 5;
+
+impl Promotions {
+    /// Subscribes to the job events of `events`: before anything is
+    /// published on it, so that every event is seen.
+    pub(super) fn new(events: &Arc<MemoryBus>, topics: &Topics) -> Self {
+        let topic = topics.job_events();
+        Self {
+            subscription: std::sync::Mutex::new(Some(events.subscribe(&topic))),
+            events: events.clone(),
+            topic,
+            handled: AtomicU64::new(0),
+        }
+    }
+
+    /// Hands every job event to `promoter`, in order, until `finished`.
+    pub(super) async fn keep_promoting(&self, promoter: &Promoter, finished: &AtomicBool) {
+        let taken = self
+            .subscription
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let Some(mut subscription) = taken else {
+            return;
+        };
+        while !finished.load(Ordering::SeqCst) {
+            let message = match tokio::time::timeout(TICK, subscription.recv()).await {
+                Ok(Some(message)) => message,
+                Ok(None) => return,
+                Err(_) => continue,
+            };
+            match serde_json::from_slice::<JobEvent>(&message.data) {
+                Ok(event) => {
+                    for _ in 0..PROMOTION_TRIES {
+                        let handled = promoter.handle(event.clone()).await;
+                        tracing::debug!(job_id = %event.job_id, outcome = ?handled, "job event handled");
+                        if !matches!(handled, Handled::Retry { .. }) {
+                            break;
+                        }
+                        tokio::time::sleep(TICK).await;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "a message on the job events topic is not a job event")
+                }
+            }
+            self.handled.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Events published so far (with those the store is still relaying).
+    async fn published(&self, store: &Store) -> usize {
+        store.flush_events().await;
+        self.events.published(&self.topic).len()
+    }
+
+    /// Reads the run's jobs (`read`) in a moment when the promoter has seen
+    /// every event: `Some` when no event was unhandled before the read and
+    /// none came during it, so that every video the events ask for is among
+    /// the jobs read; `None` with the jobs otherwise.
+    pub(super) async fn read_settled<T, F, Fut>(&self, store: &Store, read: F) -> Result<(T, bool)>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let seen = self.published(store).await;
+        let caught_up = self.handled.load(Ordering::SeqCst) as usize == seen;
+        let jobs = read().await?;
+        let quiet = self.published(store).await == seen;
+        Ok((jobs, caught_up && quiet))
+    }
 }
 
 /// The downloader's side of the run: which outputs it has been handed.

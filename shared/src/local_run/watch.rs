@@ -1,7 +1,16 @@
 //! Watching a local run to its end: progress, the chained videos, the
 //! final tally and the contact sheet.
 
-use super::*;
+use super::stages::{Handed, Promotions};
+use super::{FAILURES_SHOWN, Progress, RunReport};
+use crate::domain::job::Job;
+use crate::domain::values::JobStatus;
+use crate::error::Result;
+use crate::store::Store;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 /// Writes the run's contact sheet into its folder.
 pub(super) async fn write_sheet(store: &Store, ids: &[String], out_dir: &Path) -> Result<PathBuf> {
@@ -20,37 +29,6 @@ pub(super) async fn write_sheet(store: &Store, ids: &[String], out_dir: &Path) -
     let path = out_dir.join(crate::report::REPORT_NAME);
     crate::report::write(&sheet, &path)?;
     Ok(path)
-}
-
-/// Makes the video of every delivered image among `jobs` that has none
-/// yet (a chained run); says whether it linked any. Promoting is idempotent,
-/// so a rerun makes no second video; an image that cannot be promoted is
-/// reported and left.
-pub(super) async fn promote_delivered(store: &Store, jobs: &[Job]) -> Result<bool> {
-    let mut made = false;
-    for job in jobs {
-        if job.kind() != JobKind::Image
-            || job.status() != JobStatus::Delivered
-            || !job.children().is_empty()
-        {
-            continue;
-        }
-        match store.promote(job.id(), &PromoteOptions::default()).await {
-            Ok(promoted) => {
-                made = true;
-                tracing::info!(
-                    image = job.id(),
-                    video = promoted.video.id(),
-                    "video job made from the image"
-                );
-            }
-            Err(e @ (Error::Transition { .. } | Error::Invalid(_))) => {
-                tracing::warn!(image = job.id(), error = %e, "the image cannot be made into a video");
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(made)
 }
 
 /// Where this run's jobs stand.
@@ -87,19 +65,18 @@ fn progress_of(jobs: &[Job]) -> Progress {
 pub(super) async fn watch_until_settled(
     store: &Store,
     ids: &[String],
-    chain: bool,
+    promotions: &Promotions,
     delivery: &Handed,
     progress: &(impl Fn(&Progress) + Send + Sync),
 ) -> Result<()> {
     use crate::domain::download::DownloadStatus;
     let mut quiet_since: Option<Instant> = None;
     loop {
-        // One read of the run's jobs a tick; a second only when it made
-        // videos, which belong to the run from then on.
-        let mut jobs = store.jobs_with_children(ids).await?;
-        if chain && promote_delivered(store, &jobs).await? {
-            jobs = store.jobs_with_children(ids).await?;
-        }
+        // One read of the run's jobs a tick, with the videos the promoter
+        // made of them (a chained run's), which belong to the run.
+        let (jobs, promoted) = promotions
+            .read_settled(store, || store.jobs_with_children(ids))
+            .await?;
         let now = progress_of(&jobs);
         progress(&now);
         let jobs = store.job_counts().await?;
@@ -119,11 +96,12 @@ pub(super) async fn watch_until_settled(
             || [DownloadStatus::Pending, DownloadStatus::Downloading]
                 .iter()
                 .any(|s| downloads.status(*s) > 0)
-            || !delivery.caught_up.load(Ordering::SeqCst);
+            || !delivery.caught_up.load(Ordering::SeqCst)
+            || !promoted;
         // Every job of this run terminal is enough; otherwise the work must
         // have been quiet for a moment (a completed job whose copy failed
         // for good stays completed).
-        if now.total == now.delivered + now.failed {
+        if promoted && now.total == now.delivered + now.failed {
             return Ok(());
         }
         match (busy, quiet_since) {

@@ -177,7 +177,7 @@ fn quiet_janitor(store: Store) -> Janitor {
         store,
         bus: std::sync::Arc::new(shared::bus::StoreQueue::default()),
         topics: shared::bus::Topics::default(),
-        dead_letters: None,
+        dead_letters: std::sync::Arc::new(shared::bus::dead_letters::NoDeadLetters),
     }
 }
 
@@ -363,7 +363,7 @@ mod emulators {
                 store: self.store.clone(),
                 bus: self.bus().await,
                 topics: self.topics.clone(),
-                dead_letters: Some(Arc::new(letters)),
+                dead_letters: Arc::new(letters),
             }
         }
 
@@ -731,7 +731,7 @@ mod emulators {
                 .unwrap(),
             ),
             topics,
-            dead_letters: None,
+            dead_letters: Arc::new(shared::bus::dead_letters::NoDeadLetters),
         };
         let report = run_once(&janitor, &JanitorSettings::default())
             .await

@@ -26,9 +26,6 @@ impl Queue<'_> {
     /// not fatal: the job is pending, and the janitor dispatches pending
     /// jobs that sat idle.
     pub(super) async fn dispatch(&self, job: &Job) {
-        if !self.bus.reaches_workers() {
-            return;
-        }
         if let Err(e) = shared::bus::publish_job(self.bus, self.topics, job, "cli").await {
             out::note(format_args!(
                 "warning: job {} is pending but was not queued ({e}); the janitor will dispatch it",
@@ -37,8 +34,6 @@ impl Queue<'_> {
         }
     }
 }
-
-/// Page size when walking every failed job.
 
 pub async fn reset(store: &Store, queue: &Queue<'_>, args: &ResetArgs) -> Result<()> {
     let older_than = humantime::format_duration(args.older_than);

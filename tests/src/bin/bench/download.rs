@@ -264,11 +264,10 @@ async fn downloader_copy(ctx: &Context, object: &Object, prefix: &str) -> Result
         .complete_job(
             job.id(),
             "bench",
-            vec![
-                format!("gs://{}/{}", object.bucket, object.name)
-                    .parse()
-                    .unwrap(),
-            ],
+            vec![shared::domain::gs_uri::GsUri {
+                bucket: object.bucket.clone(),
+                name: object.name.clone(),
+            }],
         )
         .await?;
     let destination = ctx.dir("downloader")?;

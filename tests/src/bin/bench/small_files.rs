@@ -302,7 +302,10 @@ async fn jobs(
                     .complete_job(
                         job.id(),
                         "bench",
-                        vec![format!("gs://{bucket}/{}", object.name).parse().unwrap()],
+                        vec![shared::domain::gs_uri::GsUri {
+                            bucket: bucket.to_string(),
+                            name: object.name.clone(),
+                        }],
                     )
                     .await?;
                 Ok::<_, anyhow::Error>(())
