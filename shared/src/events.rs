@@ -69,17 +69,9 @@ pub struct ObjectEvent {
     pub name: String,
     /// The generation the event is about, when the delivery says.
     pub generation: Option<i64>,
-    /// Size in bytes, when the delivery carries the object data.
-    pub size: Option<u64>,
-    /// CRC32C (Castagnoli) of the content, when the delivery carries it.
-    pub crc32c: Option<Crc32c>,
-    /// MIME type, when the delivery carries it.
-    pub content_type: Option<String>,
     /// The Pub/Sub message id or the CloudEvent `ce-id`: the same on every
     /// redelivery of this event.
     pub event_id: String,
-    /// When the change happened (RFC 3339), as the delivery states it.
-    pub event_time: Option<String>,
 }
 
 impl ObjectEvent {
@@ -173,11 +165,7 @@ pub fn from_push(delivery: &PushedMessage) -> Result<ObjectEvent, Poison> {
         bucket: bucket.to_string(),
         name: name.to_string(),
         generation: generation.or(data.generation),
-        size: data.size,
-        crc32c: data.crc32c,
-        content_type: data.content_type,
         event_id: id.clone(),
-        event_time: attribute("eventTime").map(str::to_string),
     })
 }
 
@@ -243,11 +231,7 @@ pub fn from_cloud_event(headers: &HeaderMap, body: &[u8]) -> Result<ObjectEvent,
         bucket,
         name,
         generation: data.generation,
-        size: data.size,
-        crc32c: data.crc32c,
-        content_type: data.content_type,
         event_id: id.clone(),
-        event_time: ce_header(headers, "ce-time")?,
     })
 }
 
@@ -276,8 +260,6 @@ struct ObjectData {
     size: Option<Value>,
     #[serde(default)]
     crc32c: Option<String>,
-    #[serde(default)]
-    content_type: Option<String>,
 }
 
 /// [`ObjectData`], checked and typed.
@@ -286,28 +268,23 @@ struct ObjectFields {
     bucket: Option<String>,
     name: Option<String>,
     generation: Option<i64>,
-    size: Option<u64>,
-    crc32c: Option<Crc32c>,
-    content_type: Option<String>,
 }
 
 impl ObjectData {
-    /// Types the fields; a field that is present must be valid, even one the
-    /// caller then overrides, since a bad one means the sender is not what
-    /// this code thinks it is.
+    /// Types the fields the downloader reads (it reads the object's size
+    /// and CRC32C from the bucket itself); every field that is present must
+    /// be valid, even one nothing reads, since a bad one means the sender is
+    /// not what this code thinks it is.
     fn fields(self) -> Result<ObjectFields, String> {
         let non_empty = |text: Option<String>| text.filter(|text| !text.is_empty());
+        json_number::<u64>("size", self.size)?;
+        if let Some(crc32c) = self.crc32c.as_deref() {
+            crc32c.parse::<Crc32c>()?;
+        }
         Ok(ObjectFields {
             bucket: non_empty(self.bucket),
             name: non_empty(self.name),
             generation: json_number("generation", self.generation)?,
-            size: json_number("size", self.size)?,
-            crc32c: self
-                .crc32c
-                .as_deref()
-                .map(str::parse::<Crc32c>)
-                .transpose()?,
-            content_type: non_empty(self.content_type),
         })
     }
 }
@@ -454,11 +431,7 @@ mod tests {
                 bucket: "asmr-prod-outputs".into(),
                 name: name.clone(),
                 generation: Some(1_795_841_531_763_521),
-                size: Some(2_847_311),
-                crc32c: Some(Crc32c(0x9ebb_5039)),
-                content_type: Some("video/mp4".into()),
                 event_id: "12043795820587903".into(),
-                event_time: Some("2026-11-28T04:52:11.763521Z".into()),
             }
         );
         assert_eq!(
@@ -477,11 +450,7 @@ mod tests {
                 bucket: "asmr-prod-outputs".into(),
                 name: format!("videos/{JOB}/20261128045143512907/sample_0.mp4"),
                 generation: Some(1_795_841_531_763_521),
-                size: Some(2_847_311),
-                crc32c: Some(Crc32c(0x9ebb_5039)),
-                content_type: Some("video/mp4".into()),
                 event_id: "12150038711925448".into(),
-                event_time: Some("2026-12-05T03:00:07.204118Z".into()),
             }
         );
     }
@@ -496,11 +465,7 @@ mod tests {
                 bucket: "asmr-prod-outputs".into(),
                 name: format!("images/{JOB}/0.png"),
                 generation: Some(1_795_841_499_120_733),
-                size: None,
-                crc32c: None,
-                content_type: None,
                 event_id: "12043795820587551".into(),
-                event_time: Some("2026-11-28T04:51:39.120733Z".into()),
             }
         );
     }
@@ -515,11 +480,7 @@ mod tests {
                 bucket: "asmr-test-outputs".into(),
                 name: format!("veo/{JOB}/sample_0.mp4"),
                 generation: Some(1_795_842_948_970_295),
-                size: Some(31),
-                crc32c: Some(Crc32c::of(b"fake mp4 bytes for the fixture\n")),
-                content_type: Some("video/mp4".into()),
                 event_id: "1".into(),
-                event_time: Some("2026-11-28T05:15:48Z".into()),
             }
         );
     }
@@ -530,8 +491,6 @@ mod tests {
         assert_eq!(event.kind, ObjectEventKind::Deleted);
         assert_eq!(event.name, format!("veo/{JOB}/sample_0.mp4"));
         assert_eq!(event.generation, Some(1_795_842_948_970_295));
-        assert_eq!(event.size, Some(0));
-        assert_eq!(event.crc32c, None);
         assert_eq!(event.event_id, "2");
     }
 
@@ -548,11 +507,7 @@ mod tests {
                 bucket: "asmr-prod-outputs".into(),
                 name: name.clone(),
                 generation: Some(1_795_841_533_118_092),
-                size: Some(3_012_875),
-                crc32c: Some(Crc32c(0xa856_4e2f)),
-                content_type: Some("video/mp4".into()),
                 event_id: "12043795820587911".into(),
-                event_time: Some("2026-11-28T04:52:13.118092Z".into()),
             }
         );
         assert_eq!(
@@ -602,7 +557,6 @@ mod tests {
         assert_eq!(event.bucket, "out");
         assert_eq!(event.name, "images/j/a b%\u{e9}.png");
         assert_eq!(event.generation, Some(5));
-        assert_eq!(event.event_time, None);
     }
 
     #[test]
@@ -613,9 +567,6 @@ mod tests {
         assert_eq!(event.bucket, "b");
         assert_eq!(event.name, "videos/j/x/sample_0.mp4");
         assert_eq!(event.generation, Some(17));
-        assert_eq!(event.size, Some(3));
-        assert_eq!(event.crc32c, Some(Crc32c(1)));
-        assert_eq!(event.content_type.as_deref(), Some("image/png"));
     }
 
     #[test]

@@ -16,13 +16,15 @@ pub mod service;
 
 use crate::ack::Handled;
 use crate::domain::Lease;
-use crate::domain::destination::Destination;
+use crate::domain::destination::{Destination, Target};
 use crate::domain::download::{Download, DownloadStatus, FileType, NewDownload};
 use crate::domain::values::{DeliveredOutput, JobError};
 use crate::error::Error;
 use crate::events::{ObjectEvent, ObjectEventKind};
+use crate::objects::ObjectMeta;
 use crate::objects::ObjectStore;
 use crate::stage::Workers;
+use crate::store::downloads::{Fresh, Started};
 use crate::store::{Claim, Store};
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,12 +50,19 @@ pub struct DownloaderSettings {
     pub video_priority: i64,
 }
 
-/// What the fast path of a new object read before its copy: the versions
-/// its one final commit is conditioned on.
-struct Known {
-    download_version: crate::store::backend::Version,
-    job: crate::domain::job::Job,
-    job_version: crate::store::backend::Version,
+/// A storage event the downloader takes on ([`Downloader::accept`]): the
+/// job the object belongs to, its file type, where its copy goes, and the
+/// object as it is in the bucket.
+#[derive(Clone, Debug)]
+pub struct Accepted {
+    /// The job of the object.
+    pub job_id: String,
+    /// Image, video or other, from the object's name.
+    pub file_type: FileType,
+    /// Where the copy goes.
+    pub target: Target,
+    /// The object now.
+    pub meta: ObjectMeta,
 }
 
 fn shutting_down() -> Handled {
@@ -142,14 +151,27 @@ impl Downloader {
         self.workers.lease(self.settings.lease)
     }
 
-    /// Handles one storage event.
+    /// Handles one storage event: [`Downloader::accept`], then
+    /// [`Downloader::start`].
     pub async fn handle(&self, event: &ObjectEvent) -> Handled {
+        match self.accept(event).await {
+            Ok(accepted) => self.start(accepted).await,
+            Err(answer) => answer,
+        }
+    }
+
+    /// Whether `event` is a copy to make, and of what: a finalized object of
+    /// an output bucket, under `images/{job}/` or `videos/{job}/`, with a
+    /// name that stays inside the destination, read as it is in the bucket
+    /// now (a stale or forged event cannot make a record of another
+    /// generation). `Err` is the answer to an event that is not.
+    pub async fn accept(&self, event: &ObjectEvent) -> std::result::Result<Accepted, Handled> {
         if event.kind != ObjectEventKind::Finalized {
-            return Handled::Ignored(format!(
+            return Err(Handled::Ignored(format!(
                 "{:?} of {} is not a finalize event",
                 event.kind,
                 event.uri()
-            ));
+            )));
         }
         if !self
             .settings
@@ -157,58 +179,82 @@ impl Downloader {
             .iter()
             .any(|b| b == &event.bucket)
         {
-            return Handled::Ignored(format!("{} is not in an output bucket", event.uri()));
+            return Err(Handled::Ignored(format!(
+                "{} is not in an output bucket",
+                event.uri()
+            )));
         }
         let Some((job_id, file_type)) = job_of(&event.name) else {
-            return Handled::Ignored(format!(
+            return Err(Handled::Ignored(format!(
                 "{} is not under images/{{job}}/ or videos/{{job}}/",
                 event.uri()
-            ));
+            )));
         };
-        let destination = match self.settings.destination.target_of(&event.name) {
-            Ok(destination) => destination,
-            Err(reason) => {
-                return Handled::Poison(format!("{} cannot be delivered: {reason}", event.uri()));
-            }
-        };
-        // The event says which generation it is about; only the object as
-        // it is in the bucket is copied, so a stale or forged event cannot
-        // make a second record of the same object.
+        let target = self
+            .settings
+            .destination
+            .target_of(&event.name)
+            .map_err(|reason| {
+                Handled::Poison(format!("{} cannot be delivered: {reason}", event.uri()))
+            })?;
         let meta = match self.objects.metadata(&event.bucket, &event.name).await {
             Ok(Some(meta)) => meta,
             Ok(None) => {
-                return Handled::Ignored(format!("{} no longer exists", event.uri()));
+                return Err(Handled::Ignored(format!(
+                    "{} no longer exists",
+                    event.uri()
+                )));
             }
             Err(e) if e.is_permission_denied() => {
                 crate::stage::report_misconfiguration(
                     "Cloud Storage refuses the downloader's credentials or role",
                     &e,
                 );
-                return Handled::store_trouble(&e);
+                return Err(Handled::store_trouble(&e));
             }
-            Err(e) if e.is_retryable() => return Handled::store_trouble(&e),
-            Err(e) => return Handled::Poison(e.to_string()),
+            Err(e) if e.is_retryable() => return Err(Handled::store_trouble(&e)),
+            Err(e) => return Err(Handled::Poison(e.to_string())),
         };
         if let Some(generation) = event.generation
             && generation != meta.generation
         {
-            return Handled::Ignored(format!(
+            return Err(Handled::Ignored(format!(
                 "{} is at generation {}, not {generation}: the event is stale or not from Cloud Storage",
                 event.uri(),
                 meta.generation
-            ));
+            )));
         }
+        Ok(Accepted {
+            job_id,
+            file_type,
+            target,
+            meta,
+        })
+    }
+
+    /// Starts the copy of an accepted object: a new record is created
+    /// already claimed, with its job read alongside, and copied at once (one
+    /// commit finishes it); a record that existed (a redelivered event) is
+    /// finished, answered or claimed like any other.
+    pub async fn start(&self, accepted: Accepted) -> Handled {
+        let Accepted {
+            job_id,
+            file_type,
+            target,
+            meta,
+        } = accepted;
         let priority = match file_type {
             FileType::Image => self.settings.image_priority,
             FileType::Video => self.settings.video_priority,
             FileType::Other => 0,
         };
+        let uri = meta.uri();
         let new = NewDownload {
             job_id: job_id.clone(),
-            bucket: event.bucket.clone(),
-            object: event.name.clone(),
+            bucket: meta.bucket,
+            object: meta.name,
             generation: Some(meta.generation),
-            destination,
+            destination: target,
             file_type,
             priority,
             size: Some(meta.size),
@@ -217,42 +263,18 @@ impl Downloader {
         let Ok(_slot) = self.slots.acquire().await else {
             return shutting_down();
         };
-        // The job is read while the record is created, already claimed: a
-        // new object's copy starts after one round trip of the store.
         let lease = self.lease();
-        let (job, created) = tokio::join!(
-            self.store.job_with_version(&job_id),
-            self.store.create_claimed_download(new, &lease)
-        );
-        let (created, version) = match created {
-            Ok(created) => created,
-            Err(e) if e.is_retryable() => return Handled::store_trouble(&e),
-            Err(e) => return Handled::Poison(e.to_string()),
-        };
-        let (job, job_version) = match job {
-            Ok(Some(job)) => job,
-            Ok(None) => {
-                if created.created {
-                    // Not copied: the record made alongside goes again.
-                    let _ = self
-                        .store
-                        .delete_download(created.record.id(), &version)
-                        .await;
-                }
-                return Handled::Ignored(format!("{} belongs to no job ({job_id})", event.uri()));
+        let (download, job) = match self.store.start_download(new, &lease).await {
+            Ok(Started::Fresh(download, fresh)) => {
+                return self.attempt(download, &lease, Some(fresh)).await;
+            }
+            Ok(Started::Existing(download, job)) => (download, job),
+            Ok(Started::NoJob) => {
+                return Handled::Ignored(format!("{uri} belongs to no job ({job_id})"));
             }
             Err(e) if e.is_retryable() => return Handled::store_trouble(&e),
             Err(e) => return Handled::Poison(e.to_string()),
         };
-        let download = created.record;
-        if created.created {
-            let known = Known {
-                download_version: version,
-                job,
-                job_version,
-            };
-            return self.attempt(download, &lease, Some(known)).await;
-        }
         match download.status() {
             // A copier that stopped between completing the download and
             // recording it on the job left the job short of a delivery.
@@ -340,10 +362,10 @@ impl Downloader {
     /// One copy attempt of a claimed download: the copy, its manifest line,
     /// its record. A line that cannot be appended fails the attempt, so the
     /// next one copies again and writes it.
-    async fn attempt(&self, download: Download, lease: &Lease, known: Option<Known>) -> Handled {
+    async fn attempt(&self, download: Download, lease: &Lease, fresh: Option<Fresh>) -> Handled {
         let lease = lease.clone();
-        let job = match &known {
-            Some(known) => Some(known.job.clone()),
+        let job = match &fresh {
+            Some(fresh) => Some(fresh.job().clone()),
             None => match self.store.get_job(download.job_id()).await {
                 Ok(job) => job,
                 Err(e) => return Handled::store_trouble(&e),
@@ -376,7 +398,7 @@ impl Downloader {
             };
             return self.give_up_attempt(&download, &lease, e).await;
         }
-        self.finish(&download, &lease, verified.bytes, known).await
+        self.finish(&download, &lease, verified.bytes, fresh).await
     }
 
     /// Appends the manifest line of a verified copy. A file of no job, or
@@ -410,19 +432,14 @@ impl Downloader {
         download: &Download,
         lease: &Lease,
         bytes: u64,
-        known: Option<Known>,
+        fresh: Option<Fresh>,
     ) -> Handled {
         // The download completed and the job's delivery in one commit, when
         // neither changed since they were read.
-        if let Some(known) = known {
+        if let Some(fresh) = fresh {
             match self
                 .store
-                .finish_delivery(
-                    (download, &known.download_version),
-                    (&known.job, &known.job_version),
-                    &lease.owner,
-                    bytes,
-                )
+                .finish_delivery(download, &fresh, &lease.owner, bytes)
                 .await
             {
                 Ok(Some((_, job))) => {

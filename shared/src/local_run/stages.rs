@@ -435,11 +435,7 @@ pub(super) async fn hand_over(stages: &Stages, uri: GsUri) -> Result<()> {
         bucket: meta.bucket.clone(),
         name: meta.name.clone(),
         generation: Some(meta.generation),
-        size: Some(meta.size),
-        crc32c: Some(meta.crc32c),
-        content_type: Some(meta.content_type.clone()),
         event_id: format!("local-{}#{}", meta.uri(), meta.generation),
-        event_time: None,
     };
     let handled = stages.downloader.handle(&event).await;
     tracing::debug!(output = %uri, outcome = ?handled, "output handed to the downloader");

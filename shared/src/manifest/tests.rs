@@ -467,11 +467,7 @@ async fn completed_job(
             bucket: OUT.into(),
             name,
             generation: Some(meta.generation),
-            size: Some(meta.size),
-            crc32c: Some(meta.crc32c),
-            content_type: None,
             event_id: format!("e-{id}-{n}"),
-            event_time: None,
         });
     }
     let lease = Lease::new("w", Duration::from_secs(60));

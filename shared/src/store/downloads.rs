@@ -3,17 +3,81 @@
 
 use super::*;
 
+/// How the copy of a new object starts ([`Store::start_download`]).
+pub enum Started {
+    /// The record is new and claimed by the caller; [`Fresh`] lets the
+    /// copy finish in one commit ([`Store::finish_delivery`]).
+    Fresh(Download, Fresh),
+    /// A record of that object generation existed (a redelivered event),
+    /// unclaimed; with its job.
+    Existing(Download, Job),
+    /// The object belongs to no job: nothing was kept.
+    NoJob,
+}
+
+/// What the store read when it started a new copy, for the one commit that
+/// finishes it: opaque outside the store.
+pub struct Fresh {
+    download_version: Version,
+    job: Job,
+    job_version: Version,
+}
+
+impl Fresh {
+    /// The job, as read when the copy started.
+    pub fn job(&self) -> &Job {
+        &self.job
+    }
+}
+
 impl Store {
     /// Creates a download record unless one exists for that object generation.
     pub async fn create_download(&self, new: NewDownload) -> Result<Created<Download>> {
         self.create(Download::new(new, Timestamp::now())).await
     }
 
+    /// Starts the copy of a new object: creates its download record already
+    /// claimed under `lease` (its first attempt) while its job is read, in
+    /// one round trip. A record made for an object of no job is deleted
+    /// again.
+    pub async fn start_download(&self, new: NewDownload, lease: &Lease) -> Result<Started> {
+        let job_id = new.job_id.clone();
+        let (job, created) = tokio::join!(
+            self.load::<Job>(&job_id),
+            self.create_claimed_download(new, lease)
+        );
+        let (created, download_version) = created?;
+        let Some((job, job_version)) = job? else {
+            if created.created {
+                // Not copied: the record made alongside goes again.
+                let _ = self
+                    .backend
+                    .delete(
+                        Collection::Downloads,
+                        created.record.id(),
+                        &download_version,
+                    )
+                    .await;
+            }
+            return Ok(Started::NoJob);
+        };
+        Ok(match created.created {
+            true => Started::Fresh(
+                created.record,
+                Fresh {
+                    download_version,
+                    job,
+                    job_version,
+                },
+            ),
+            false => Started::Existing(created.record, job),
+        })
+    }
+
     /// Creates a download record already claimed under `lease` (its first
     /// attempt), in one round trip; if one exists for that object
-    /// generation, returns it unclaimed. Either way with its version, for
-    /// [`Store::finish_delivery`].
-    pub async fn create_claimed_download(
+    /// generation, returns it unclaimed. Either way with its version.
+    async fn create_claimed_download(
         &self,
         new: NewDownload,
         lease: &Lease,
@@ -26,18 +90,6 @@ impl Store {
         self.create_versioned(download).await
     }
 
-    /// Deletes a download record as read at `version`.
-    pub async fn delete_download(&self, id: &str, version: &Version) -> Result<bool> {
-        self.backend
-            .delete(Collection::Downloads, id, version)
-            .await
-    }
-
-    /// The job, if it exists, with its version.
-    pub async fn job_with_version(&self, id: &str) -> Result<Option<(Job, Version)>> {
-        self.load::<Job>(id).await
-    }
-
     /// Completes a copy and records it on its job in one atomic commit (the
     /// download and the job at the versions they were read at, with the job
     /// event when the job is now delivered): a delivered file costs one
@@ -45,13 +97,14 @@ impl Store {
     /// landed meanwhile): the caller records the two the usual way.
     pub async fn finish_delivery(
         &self,
-        download: (&Download, &Version),
-        job: (&Job, &Version),
+        download: &Download,
+        fresh: &Fresh,
         owner: &str,
         bytes: u64,
     ) -> Result<Option<(Download, Job)>> {
         let now = Timestamp::now();
-        let (mut done, download_version) = (download.0.clone(), download.1);
+        let (mut done, download_version) = (download.clone(), &fresh.download_version);
+        let job = (&fresh.job, &fresh.job_version);
         let transition = |kind, id: &str, reason| Error::Transition {
             kind,
             id: id.to_string(),

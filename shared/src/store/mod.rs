@@ -8,7 +8,7 @@
 
 pub mod backend;
 pub mod budget;
-mod downloads;
+pub mod downloads;
 pub mod embedded;
 pub mod firestore;
 mod held;

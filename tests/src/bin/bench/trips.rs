@@ -160,11 +160,7 @@ pub async fn run(ctx: &Context, report: &mut Report) -> Result<()> {
                 bucket: meta.bucket.clone(),
                 name: meta.name.clone(),
                 generation: Some(meta.generation),
-                size: Some(meta.size),
-                crc32c: Some(meta.crc32c),
-                content_type: Some(meta.content_type.clone()),
                 event_id: format!("trips-{}", meta.name),
-                event_time: None,
             });
         }
     }

@@ -302,7 +302,7 @@ fn made_from_the_code(real: &[Line]) -> Vec<Line> {
         .find(|l| l.json.get("severity").is_some())
         .expect("a real line to copy the envelope from");
     [
-        ("janitor", "janitor.dead_letter", "janitor.rs"),
+        ("janitor", "janitor.dead_letter", "janitor/mod.rs"),
         ("image-generator", "job_event.deferred", "store/outbox.rs"),
     ]
     .into_iter()
