@@ -4,7 +4,8 @@
 
 use crate::bus::memory::MemoryBus;
 use crate::bus::pubsub::{PubSubBus, PubSubConfig};
-use crate::bus::{Bus, StoreQueue, Topics};
+use crate::bus::store_queue::StoreQueue;
+use crate::bus::{Bus, Topics};
 use crate::error::{Error, Result};
 use crate::job_events::BusJobEvents;
 use crate::objects::ObjectStore;

@@ -32,5 +32,3 @@ pub mod store;
 pub mod telemetry;
 pub mod time;
 pub mod vertex;
-
-pub use error::{Error, Result};

@@ -4,8 +4,8 @@
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use shared::Result;
 use shared::bus::Bus;
+use shared::error::Result;
 use shared::store::backend::{Backend, Collection, Cond, Doc, Query, Stored, Version, Write};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -88,7 +88,7 @@ impl World {
         VideoPoller::new(
             self.store.clone(),
             Arc::new(
-                shared::vertex::VertexClient::new(self.fake.config())
+                shared::vertex::client::VertexClient::new(self.fake.config())
                     .expect("a client of the fake"),
             ),
             self.objects.clone(),

@@ -6,7 +6,7 @@
 //! the same messages as every other entry point, and exit 1.
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
-pub use shared::config::{Backend, DryRunArgs, StoreArgs, VertexArgs};
+use shared::config::{DryRunArgs, StoreArgs, VertexArgs};
 use std::path::PathBuf;
 use std::time::Duration;
 

@@ -86,7 +86,7 @@ pub fn exit_code(outcome: anyhow::Result<()>) -> ExitCode {
 }
 
 /// The error and its causes on one line, like anyhow's `{:#}`, but without
-/// repeating a cause its parent already printed: `shared::Error` variants
+/// repeating a cause its parent already printed: `shared::error::Error` variants
 /// both show their source and return it from `source()`.
 fn one_sentence(err: &Error) -> String {
     let mut message = String::new();
@@ -302,7 +302,7 @@ mod tests {
 
     #[test]
     fn errors_read_as_one_line_without_repeats() {
-        let invalid = shared::Error::from(shared::domain::invalid::ValidationError::new(
+        let invalid = shared::error::Error::from(shared::domain::invalid::ValidationError::new(
             "prompt", "is empty",
         ));
         assert_eq!(

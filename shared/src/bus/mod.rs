@@ -13,9 +13,7 @@
 pub mod dead_letters;
 pub mod memory;
 pub mod pubsub;
-mod store_queue;
-
-pub use store_queue::StoreQueue;
+pub mod store_queue;
 
 use crate::domain::values::JobKind;
 use crate::error::{Error, Result};

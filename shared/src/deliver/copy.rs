@@ -17,7 +17,7 @@ use tokio::io::AsyncWriteExt;
 /// Suffix of a file being copied; object names with it are refused (see
 /// [`crate::domain::paths`]), so a temporary file can never be mistaken for, or
 /// overwrite, an output.
-pub use crate::domain::paths::PARTIAL_SUFFIX;
+use crate::domain::paths::PARTIAL_SUFFIX;
 /// Progress is recorded (and the lease extended) every this many bytes, or
 /// after this long, whichever comes first.
 const PROGRESS_EVERY: u64 = 16 * 1024 * 1024;

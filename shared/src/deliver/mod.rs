@@ -106,7 +106,7 @@ pub struct Downloader {
     slots: Semaphore,
     workers: Workers,
     /// The manifest appends of this downloader, composed together.
-    manifest: crate::manifest::Appender,
+    manifest: crate::manifest::append::Appender,
 }
 
 /// The job an output object belongs to and its file type, from its name:
@@ -138,7 +138,7 @@ impl Downloader {
             slots: Semaphore::new(settings.concurrency.max(1)),
             settings,
             workers: Workers::new("downloader"),
-            manifest: crate::manifest::Appender::default(),
+            manifest: crate::manifest::append::Appender::default(),
         }
     }
 
@@ -423,7 +423,8 @@ impl Downloader {
             verified.crc32c,
             crate::time::Timestamp::now(),
         );
-        crate::manifest::append(&self.manifest, self.objects.as_ref(), destination, &line).await?;
+        crate::manifest::append::append(&self.manifest, self.objects.as_ref(), destination, &line)
+            .await?;
         Ok(())
     }
 

@@ -27,7 +27,7 @@ use futures::StreamExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use crate::domain::values::TIMED_OUT;
+use crate::domain::values::TIMED_OUT;
 /// Operations polled at once.
 const CONCURRENT_POLLS: usize = 8;
 

@@ -492,7 +492,7 @@ mod tests {
         let store = store();
         let submitted = submit(
             &store,
-            &crate::bus::StoreQueue::default(),
+            &crate::bus::store_queue::StoreQueue::default(),
             &Topics::default(),
             vec![
                 job("a", JobKind::Image, None),
@@ -516,7 +516,7 @@ mod tests {
         let store = store();
         let err = submit_job(
             &store,
-            &crate::bus::StoreQueue::default(),
+            &crate::bus::store_queue::StoreQueue::default(),
             &Topics::default(),
             job(" ", JobKind::Image, None),
         )

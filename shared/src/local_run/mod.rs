@@ -26,7 +26,7 @@ mod watch;
 use stages::{
     Handed, Promotions, StateLock, build_stages, keep_delivering, keep_draining, keep_polling,
 };
-use watch::{snapshot, tally, watch_until_settled, write_sheet};
+use watch::{snapshot, tally, watch_until_done, write_sheet};
 
 use crate::config::{Adapters, LocalAdapters};
 use crate::domain::job::NewJob;
@@ -374,7 +374,7 @@ where
     let work = async {
         let watch = async {
             let settled =
-                watch_until_settled(&stages.store, &ids, &promotions, &delivery, &progress).await;
+                watch_until_done(&stages.store, &ids, &promotions, &delivery, &progress).await;
             finished.store(true, Ordering::SeqCst);
             stopping.store(true, Ordering::SeqCst);
             settled

@@ -19,15 +19,15 @@ pub(super) async fn write_sheet(store: &Store, ids: &[String], out_dir: &Path) -
         "asmr run {}",
         out_dir.file_name().unwrap_or_default().to_string_lossy()
     );
-    let sheet = crate::report::sheet(
+    let sheet = crate::report::build::sheet(
         &title,
         &jobs,
         &[],
         out_dir,
         &crate::cost::PriceTable::list_prices(),
     );
-    let path = out_dir.join(crate::report::REPORT_NAME);
-    crate::report::write(&sheet, &path)?;
+    let path = out_dir.join(crate::report::build::REPORT_NAME);
+    crate::report::build::write(&sheet, &path)?;
     Ok(path)
 }
 
@@ -62,7 +62,7 @@ fn progress_of(jobs: &[Job]) -> Progress {
 /// Reports progress until nothing is left to do: no job waiting or being
 /// generated, no copy waiting or running, and every output of every
 /// completed job handed to the downloader.
-pub(super) async fn watch_until_settled(
+pub(super) async fn watch_until_done(
     store: &Store,
     ids: &[String],
     promotions: &Promotions,

@@ -1,5 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
+use super::append::{Appended, Appender, append_to_bucket, append_to_directory};
+use super::rebuild::rebuild;
 use super::*;
 use crate::deliver::{Downloader, DownloaderSettings};
 use crate::domain::Lease;
@@ -284,7 +286,7 @@ impl ObjectStore for CountingComposes {
     fn describe(&self) -> String {
         self.inner.describe()
     }
-    async fn ensure_bucket(&self, bucket: &str) -> crate::Result<()> {
+    async fn ensure_bucket(&self, bucket: &str) -> crate::error::Result<()> {
         self.inner.ensure_bucket(bucket).await
     }
     async fn write(
@@ -294,7 +296,7 @@ impl ObjectStore for CountingComposes {
         data: Bytes,
         content_type: &str,
         metadata: &std::collections::BTreeMap<String, String>,
-    ) -> crate::Result<crate::objects::ObjectMeta> {
+    ) -> crate::error::Result<crate::objects::ObjectMeta> {
         self.inner
             .write(bucket, name, data, content_type, metadata)
             .await
@@ -304,24 +306,24 @@ impl ObjectStore for CountingComposes {
         bucket: &str,
         name: &str,
         range: crate::objects::ReadRange,
-    ) -> crate::Result<crate::objects::ByteStream> {
+    ) -> crate::error::Result<crate::objects::ByteStream> {
         self.inner.read(bucket, name, range).await
     }
     async fn metadata(
         &self,
         bucket: &str,
         name: &str,
-    ) -> crate::Result<Option<crate::objects::ObjectMeta>> {
+    ) -> crate::error::Result<Option<crate::objects::ObjectMeta>> {
         self.inner.metadata(bucket, name).await
     }
     async fn list(
         &self,
         bucket: &str,
         prefix: &str,
-    ) -> crate::Result<Vec<crate::objects::ObjectMeta>> {
+    ) -> crate::error::Result<Vec<crate::objects::ObjectMeta>> {
         self.inner.list(bucket, prefix).await
     }
-    async fn delete(&self, bucket: &str, name: &str) -> crate::Result<bool> {
+    async fn delete(&self, bucket: &str, name: &str) -> crate::error::Result<bool> {
         self.inner.delete(bucket, name).await
     }
     async fn copy(
@@ -329,7 +331,7 @@ impl ObjectStore for CountingComposes {
         from: &GsUri,
         to: &GsUri,
         metadata: &std::collections::BTreeMap<String, String>,
-    ) -> crate::Result<crate::objects::ObjectMeta> {
+    ) -> crate::error::Result<crate::objects::ObjectMeta> {
         self.inner.copy(from, to, metadata).await
     }
     async fn compose(
@@ -339,7 +341,7 @@ impl ObjectStore for CountingComposes {
         destination: &str,
         content_type: &str,
         if_generation_match: i64,
-    ) -> crate::Result<Option<crate::objects::ObjectMeta>> {
+    ) -> crate::error::Result<Option<crate::objects::ObjectMeta>> {
         self.composes
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.inner
@@ -422,7 +424,7 @@ async fn a_compose_on_a_stale_generation_changes_nothing() {
         .await
         .unwrap_err();
     assert!(
-        matches!(missing, crate::Error::NotFound { .. }),
+        matches!(missing, crate::error::Error::NotFound { .. }),
         "{missing}"
     );
 }
@@ -659,7 +661,7 @@ async fn every_view_prices_a_job_by_the_model_its_generator_ran() {
         let line = ManifestLine::new(&done, "x.png".into(), 1, Crc32c::of(b"x"), Timestamp::now());
         assert_eq!((line.model.as_str(), line.cost_usd), (model, usd));
         let sheet =
-            crate::report::sheet("t", std::slice::from_ref(&done), &[], dir.path(), &prices);
+            crate::report::build::sheet("t", std::slice::from_ref(&done), &[], dir.path(), &prices);
         assert_eq!(sheet.cards[0].model, model);
     }
 }

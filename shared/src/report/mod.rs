@@ -17,9 +17,7 @@
 //!   script, with a text filter, a status filter and page links.
 //! - Every user-provided string reaches the DOM as text, never as markup.
 
-mod build;
-
-pub use build::{REPORT_NAME, Selection, parents_outside, select, sheet, write};
+pub mod build;
 
 use serde::Serialize;
 use std::fmt::Write as _;

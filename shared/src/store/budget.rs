@@ -12,7 +12,7 @@
 //! [`Backend::commit`]: super::backend::Backend::commit
 
 use super::backend::{Collection, Stored, Version, Write};
-use super::{Claim, Round, Store, Tried, from_stored_as, str_eq, to_doc, until_settled};
+use super::{Claim, Round, Store, Tried, from_stored_as, str_eq, to_doc, until_done};
 use crate::domain::Lease;
 use crate::domain::job::{ClaimRefusal, Job};
 use crate::domain::values::{BUDGET_EXHAUSTED, JobKind, JobStatus, Reservation, WAIT_REASONS};
@@ -463,12 +463,12 @@ impl Store {
         owner: Option<&str>,
         billed: Billed,
     ) -> Result<Option<Settled>> {
-        until_settled("budget", id, || async move {
+        until_done("budget", id, || async move {
             let Some((mut job, version)) = self.load::<Job>(id).await? else {
-                return Ok(Round::Settled(None));
+                return Ok(Round::Done(None));
             };
             let Some(reservation) = job.release_reservation(owner) else {
-                return Ok(Round::Settled(None));
+                return Ok(Round::Done(None));
             };
             let spent_micros = billed.of(reservation.micros);
             let now = Timestamp::now();
@@ -494,7 +494,7 @@ impl Store {
                 }
             };
             Ok(if written {
-                Round::Settled(Some(Settled {
+                Round::Done(Some(Settled {
                     reservation,
                     spent_micros,
                 }))

@@ -1,7 +1,14 @@
 //! The download operations of the store: one record per finalized output
 //! object, claimed, copied and settled like a job.
 
-use super::*;
+use super::budget;
+use super::{
+    CLAIM_ORDER, Claim, Collection, Created, DeliveredOutput, Download, DownloadCounts,
+    DownloadStatus, Job, JobError, Lease, NewDownload, Page, Store, Timestamp, Tried, Version,
+    Write, str_eq, to_doc,
+};
+use crate::error::Error;
+use crate::error::Result;
 
 /// How the copy of a new object starts ([`Store::start_download`]).
 pub enum Started {

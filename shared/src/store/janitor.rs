@@ -2,7 +2,7 @@
 //! while, and the stamp that keeps their re-dispatch to once per window.
 
 use super::backend::{Collection, Cond, Dir, Scalar};
-use super::{Deleted, MAX_PAGE, Round, Store, str_eq, to_doc, until_settled};
+use super::{Deleted, MAX_PAGE, Round, Store, str_eq, to_doc, until_done};
 use crate::domain::job::Job;
 use crate::domain::values::JobStatus;
 use crate::error::Result;
@@ -27,12 +27,12 @@ impl Store {
     /// is the only one to dispatch it again in this window. `None` when the
     /// job moved on, was stamped by someone else, or is gone.
     pub async fn stamp_idle_pending_job(&self, id: &str, cutoff: Timestamp) -> Result<Option<Job>> {
-        until_settled("job", id, || async move {
+        until_done("job", id, || async move {
             let Some((mut job, version)) = self.load::<Job>(id).await? else {
-                return Ok(Round::Settled(None));
+                return Ok(Round::Done(None));
             };
             if job.updated_at() >= cutoff || job.stamp_dispatched(Timestamp::now()).is_err() {
-                return Ok(Round::Settled(None));
+                return Ok(Round::Done(None));
             }
             Ok(
                 if self
@@ -40,7 +40,7 @@ impl Store {
                     .replace(Collection::Jobs, id, &version, &to_doc(&job)?)
                     .await?
                 {
-                    Round::Settled(Some(job))
+                    Round::Done(Some(job))
                 } else {
                     Round::Lost
                 },

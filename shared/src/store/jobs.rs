@@ -1,8 +1,15 @@
 //! The job operations of the store: create, read, list, claim and every
 //! transition, each a read → domain method → compare-and-set.
 
-use super::*;
+use super::budget;
+use super::{
+    Claim, ClaimRefusal, Collection, Cond, Created, DeliveredOutput, Dir, Duration, JOB_LIST_ORDER,
+    Job, JobCounts, JobError, JobFilter, JobKind, JobStatus, Lease, NewJob, Page, ResetReport,
+    RetryOptions, Scalar, Store, Timestamp, Verdict, from_stored, log_transition, status_in,
+    str_eq,
+};
 use crate::domain::gs_uri::GsUri;
+use crate::error::Result;
 
 impl Store {
     /// Creates a job after validating it. With a `request_id`, the same

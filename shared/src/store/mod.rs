@@ -17,11 +17,9 @@ mod janitor;
 mod jobs;
 mod outbox;
 pub mod rejected;
-mod review;
+pub mod review;
 pub mod stats;
 mod walk;
-
-pub use review::Promoted;
 
 use crate::domain::download::{Download, DownloadStatus, NewDownload};
 use crate::domain::job::{ClaimRefusal, Job, NewJob, Retention};
@@ -50,24 +48,20 @@ const CAS_ROUNDS: usize = 50;
 /// One round of a compare-and-set: read, decide, write if unchanged.
 enum Round<R> {
     /// The round ended the operation (written, or nothing to do).
-    Settled(R),
+    Done(R),
     /// Another writer came first: read again.
     Lost,
 }
 
-/// Runs `round` until it settles, at most [`CAS_ROUNDS`] times; then gives
+/// Runs `round` until one is done, at most [`CAS_ROUNDS`] times; then gives
 /// up with [`Error::Contention`] on `kind` `id`.
-async fn until_settled<R, F>(
-    kind: &'static str,
-    id: &str,
-    mut round: impl FnMut() -> F,
-) -> Result<R>
+async fn until_done<R, F>(kind: &'static str, id: &str, mut round: impl FnMut() -> F) -> Result<R>
 where
     F: Future<Output = Result<Round<R>>>,
 {
     for _ in 0..CAS_ROUNDS {
-        if let Round::Settled(settled) = round().await? {
-            return Ok(settled);
+        if let Round::Done(outcome) = round().await? {
+            return Ok(outcome);
         }
     }
     Err(Error::Contention {
@@ -536,14 +530,14 @@ impl Store {
         let id = record.id();
         // Settles with the stored record when one was there, `None` when
         // this one was written.
-        let (existing, version) = until_settled(T::KIND, id, || async move {
+        let (existing, version) = until_done(T::KIND, id, || async move {
             if let Some(version) = self.backend.create(T::COLLECTION, id, doc).await? {
-                return Ok(Round::Settled((None, version)));
+                return Ok(Round::Done((None, version)));
             }
             // It exists: return what is stored. If it vanished in between
             // (retention), create again.
             Ok(match self.load::<T>(id).await? {
-                Some((existing, version)) => Round::Settled((Some(existing), version)),
+                Some((existing, version)) => Round::Done((Some(existing), version)),
                 None => Round::Lost,
             })
         })
@@ -562,7 +556,7 @@ impl Store {
         change: impl Fn(&mut T, Timestamp) -> Result<(), TransitionError> + Send,
     ) -> Result<T> {
         let change = &change;
-        until_settled(T::KIND, id, || async move {
+        until_done(T::KIND, id, || async move {
             let Some((mut record, version)) = self.load::<T>(id).await? else {
                 return Err(Error::NotFound {
                     kind: T::KIND,
@@ -576,7 +570,7 @@ impl Store {
                 reason,
             })?;
             Ok(if self.put(&before, &record, &version, Vec::new()).await? {
-                Round::Settled(record)
+                Round::Done(record)
             } else {
                 Round::Lost
             })
@@ -621,12 +615,12 @@ impl Store {
         attempt: impl Fn(T, Version) -> F,
     ) -> Result<O> {
         let (not_found, attempt) = (&not_found, &attempt);
-        until_settled(T::KIND, id, || async move {
+        until_done(T::KIND, id, || async move {
             let Some((record, version)) = self.load::<T>(id).await? else {
-                return Ok(Round::Settled(not_found()));
+                return Ok(Round::Done(not_found()));
             };
             Ok(match attempt(record, version).await? {
-                Some(outcome) => Round::Settled(outcome),
+                Some(outcome) => Round::Done(outcome),
                 None => Round::Lost,
             })
         })
@@ -650,10 +644,10 @@ impl Store {
             limit: CLAIM_CANDIDATES,
         };
         let (query, attempt) = (&query, &attempt);
-        until_settled(T::KIND, "(next pending)", || async move {
+        until_done(T::KIND, "(next pending)", || async move {
             let mut candidates = self.backend.query(T::COLLECTION, query).await?;
             let Some(top) = candidates.first().map(|c| c.doc.get("priority").cloned()) else {
-                return Ok(Round::Settled(budget::Budgeted::Within(None)));
+                return Ok(Round::Done(budget::Budgeted::Within(None)));
             };
             // Priority is strict; age within a priority is approximate, which
             // is what lets concurrent claimers spread out.
@@ -664,7 +658,7 @@ impl Store {
                 let (record, version) = from_stored::<T>(stored)?;
                 match attempt(record, version).await? {
                     Tried::Claimed(record) => {
-                        return Ok(Round::Settled(budget::Budgeted::Within(Some(record))));
+                        return Ok(Round::Done(budget::Budgeted::Within(Some(record))));
                     }
                     Tried::Over(refused) => {
                         over.get_or_insert(refused);
@@ -673,7 +667,7 @@ impl Store {
                 }
             }
             Ok(match over {
-                Some(refused) => Round::Settled(budget::Budgeted::Over(refused)),
+                Some(refused) => Round::Done(budget::Budgeted::Over(refused)),
                 None => Round::Lost,
             })
         })

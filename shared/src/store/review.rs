@@ -4,7 +4,7 @@
 
 use super::Record;
 use super::backend::Write;
-use super::{Round, Store, log_transition, to_doc, until_settled};
+use super::{Round, Store, log_transition, to_doc, until_done};
 use crate::domain::TransitionError;
 use crate::domain::job::Job;
 use crate::domain::review::{PromoteOptions, PromoteRefusal};
@@ -69,7 +69,7 @@ impl Store {
     /// `again` returns the video made the first time (`created: false`),
     /// however many promotions run at once. A refusal creates nothing.
     pub async fn promote(&self, image_id: &str, options: &PromoteOptions) -> Result<Promoted> {
-        until_settled(Job::KIND, image_id, || async move {
+        until_done(Job::KIND, image_id, || async move {
             let Some((image, version)) = self.load::<Job>(image_id).await? else {
                 return Err(Error::NotFound {
                     kind: Job::KIND,
@@ -110,7 +110,7 @@ impl Store {
             return Ok(Round::Lost);
         }
         log_transition(None, &video);
-        Ok(Round::Settled(Promoted {
+        Ok(Round::Done(Promoted {
             video,
             created: true,
             image: linked,
@@ -122,7 +122,7 @@ impl Store {
     /// both.
     async fn link(&self, image: Job, version: &Version, video: Job) -> Result<Round<Promoted>> {
         if image.children().iter().any(|c| c == video.id()) {
-            return Ok(Round::Settled(Promoted {
+            return Ok(Round::Done(Promoted {
                 video,
                 created: false,
                 image,
@@ -134,7 +134,7 @@ impl Store {
             .map_err(|reason| transition(image.id(), reason))?;
         Ok(
             match self.put(&image, &linked, version, Vec::new()).await? {
-                true => Round::Settled(Promoted {
+                true => Round::Done(Promoted {
                     video,
                     created: false,
                     image: linked,

@@ -180,7 +180,8 @@ mod tests {
     fn pager(
         n: u32,
         asked: &std::sync::Mutex<Vec<u32>>,
-    ) -> impl FnMut(u32, Option<String>) -> std::future::Ready<crate::Result<Page<u32>>> + '_ {
+    ) -> impl FnMut(u32, Option<String>) -> std::future::Ready<crate::error::Result<Page<u32>>> + '_
+    {
         move |limit, after| {
             asked.lock().unwrap().push(limit);
             let start: u32 = after.map_or(0, |a| a.parse().unwrap());

@@ -11,8 +11,6 @@ mod quota;
 mod retry;
 pub mod wire;
 
-pub use client::VertexClient;
-
 use crate::domain::values::FirstFrame;
 use crate::domain::values::JobParams;
 use crate::redact::Secret;

@@ -37,14 +37,14 @@ struct Closed {
 }
 
 /// Leave to make one request to a model. Report how it went with
-/// [`Ticket::settle`]; a ticket dropped unsettled (its call was cancelled)
+/// [`Ticket::close`]; a ticket dropped unclosed (its call was cancelled)
 /// lets another call probe.
 #[derive(Debug)]
 pub(crate) struct Ticket<'a> {
     gates: &'a QuotaGates,
     model: &'a str,
     probe: bool,
-    settled: bool,
+    closed: bool,
 }
 
 /// How a request through the gate went.
@@ -94,7 +94,7 @@ impl QuotaGates {
                         gate.probing = true;
                         return Some(self.ticket(model, true));
                     }
-                    // A probe in flight settles and wakes everyone; else wait
+                    // A probe in flight closes and wakes everyone; else wait
                     // for the probe time.
                     Some(gate) if gate.probing => deadline,
                     Some(gate) => gate.next_probe.min(deadline),
@@ -115,7 +115,7 @@ impl QuotaGates {
             gates: self,
             model,
             probe,
-            settled: false,
+            closed: false,
         }
     }
 
@@ -134,8 +134,8 @@ impl Ticket<'_> {
 
     /// Records how the request went: an answer opens the gate, a 429 closes
     /// it (or keeps it closed) until the next probe.
-    pub(crate) fn settle(mut self, outcome: Outcome) {
-        self.settled = true;
+    pub(crate) fn close(mut self, outcome: Outcome) {
+        self.closed = true;
         let gates = self.gates;
         let mut closed = gates.lock();
         match outcome {
@@ -176,7 +176,7 @@ impl Ticket<'_> {
 
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
-        if !self.settled {
+        if !self.closed {
             let gates = self.gates;
             self.release(&mut gates.lock());
         }
@@ -195,7 +195,7 @@ mod tests {
     /// A call meets a 429 (the server asking for `retry_after`).
     async fn spend(gates: &QuotaGates, retry_after: Duration) {
         let ticket = gates.enter(MODEL, far()).await.unwrap();
-        ticket.settle(Outcome::RateLimited(retry_after));
+        ticket.close(Outcome::RateLimited(retry_after));
     }
 
     fn far() -> Instant {
@@ -209,7 +209,7 @@ mod tests {
         for _ in 0..10 {
             let ticket = gates.enter(MODEL, far()).await.unwrap();
             assert!(!ticket.probe);
-            ticket.settle(Outcome::Answered);
+            ticket.close(Outcome::Answered);
         }
         assert_eq!(started.elapsed(), Duration::ZERO);
         assert!(!gates.is_closed(MODEL));
@@ -233,9 +233,9 @@ mod tests {
                     loop {
                         let ticket = gates.enter(MODEL, far()).await.unwrap();
                         if requests.fetch_add(1, Ordering::SeqCst) < 2 {
-                            ticket.settle(Outcome::RateLimited(Duration::ZERO));
+                            ticket.close(Outcome::RateLimited(Duration::ZERO));
                         } else {
-                            ticket.settle(Outcome::Answered);
+                            ticket.close(Outcome::Answered);
                             return Instant::now();
                         }
                     }
@@ -289,7 +289,7 @@ mod tests {
         assert!(next.probe);
         assert_eq!(started.elapsed(), Duration::ZERO);
         // Other failures say nothing about the quota: still closed.
-        next.settle(Outcome::Other);
+        next.close(Outcome::Other);
         assert!(gates.is_closed(MODEL));
     }
 

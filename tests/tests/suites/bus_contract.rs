@@ -9,8 +9,8 @@
 
 use futures::future::join_all;
 use serde_json::{Value, json};
-use shared::Error;
 use shared::bus::{Bus, Topics, publish_json};
+use shared::error::Error;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;

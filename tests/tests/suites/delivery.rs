@@ -738,7 +738,7 @@ macro_rules! delegate {
             fn describe(&self) -> String {
                 self.0.describe()
             }
-            async fn ensure_bucket(&self, bucket: &str) -> shared::Result<()> {
+            async fn ensure_bucket(&self, bucket: &str) -> shared::error::Result<()> {
                 self.0.ensure_bucket(bucket).await
             }
             async fn write(
@@ -748,7 +748,7 @@ macro_rules! delegate {
                 d: Bytes,
                 c: &str,
                 m: &BTreeMap<String, String>,
-            ) -> shared::Result<ObjectMeta> {
+            ) -> shared::error::Result<ObjectMeta> {
                 self.0.write(b, n, d, c, m).await
             }
             async fn read(
@@ -756,18 +756,22 @@ macro_rules! delegate {
                 bucket: &str,
                 name: &str,
                 range: ReadRange,
-            ) -> shared::Result<ByteStream> {
+            ) -> shared::error::Result<ByteStream> {
                 let read: fn(&$ty, ByteStream, ReadRange) -> ByteStream = $read;
                 let stream = self.0.read(bucket, name, range).await?;
                 Ok(read(self, stream, range))
             }
-            async fn metadata(&self, b: &str, n: &str) -> shared::Result<Option<ObjectMeta>> {
+            async fn metadata(
+                &self,
+                b: &str,
+                n: &str,
+            ) -> shared::error::Result<Option<ObjectMeta>> {
                 self.0.metadata(b, n).await
             }
-            async fn list(&self, b: &str, p: &str) -> shared::Result<Vec<ObjectMeta>> {
+            async fn list(&self, b: &str, p: &str) -> shared::error::Result<Vec<ObjectMeta>> {
                 self.0.list(b, p).await
             }
-            async fn delete(&self, b: &str, n: &str) -> shared::Result<bool> {
+            async fn delete(&self, b: &str, n: &str) -> shared::error::Result<bool> {
                 self.0.delete(b, n).await
             }
             async fn copy(
@@ -775,7 +779,7 @@ macro_rules! delegate {
                 from: &GsUri,
                 to: &GsUri,
                 m: &BTreeMap<String, String>,
-            ) -> shared::Result<ObjectMeta> {
+            ) -> shared::error::Result<ObjectMeta> {
                 self.0.copy(from, to, m).await
             }
             async fn compose(
@@ -785,7 +789,7 @@ macro_rules! delegate {
                 to: &str,
                 c: &str,
                 generation: i64,
-            ) -> shared::Result<Option<ObjectMeta>> {
+            ) -> shared::error::Result<Option<ObjectMeta>> {
                 self.0.compose(b, sources, to, c, generation).await
             }
         }

@@ -8,10 +8,11 @@
 use futures::future::join_all;
 use shared::domain::job::Job;
 use shared::domain::review::PromoteOptions;
+use shared::domain::values::TIMED_OUT;
 use shared::domain::values::{FILTERED, JobKind, JobStatus, QUOTA_EXHAUSTED, SUBMIT_UNKNOWN};
 use shared::domain::values::{FIRST_FRAME_MISSING, Verdict};
 use shared::generate::images::ImageGenerator;
-use shared::generate::poller::{TIMED_OUT, VideoPoller};
+use shared::generate::poller::VideoPoller;
 use shared::generate::service::router;
 use shared::generate::videos::VideoGenerator;
 use shared::generate::{GeneratorSettings, drain};

@@ -175,7 +175,7 @@ async fn records_around_expiry(
 fn quiet_janitor(store: Store) -> Janitor {
     Janitor {
         store,
-        bus: std::sync::Arc::new(shared::bus::StoreQueue::default()),
+        bus: std::sync::Arc::new(shared::bus::store_queue::StoreQueue::default()),
         topics: shared::bus::Topics::default(),
         dead_letters: std::sync::Arc::new(shared::bus::dead_letters::NoDeadLetters),
     }

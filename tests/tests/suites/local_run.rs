@@ -60,7 +60,10 @@ impl Run {
     /// The delivered files so far: everything under the output directory
     /// but the manifests and contact sheets of the runs.
     fn files(&self) -> Vec<PathBuf> {
-        let not_delivered = [shared::manifest::MANIFEST_NAME, shared::report::REPORT_NAME];
+        let not_delivered = [
+            shared::manifest::MANIFEST_NAME,
+            shared::report::build::REPORT_NAME,
+        ];
         let mut files = Vec::new();
         let mut dirs = vec![self.out.clone()];
         while let Some(dir) = dirs.pop() {
@@ -358,9 +361,12 @@ fn a_chained_dry_run_makes_one_video_of_each_image_and_a_rerun_makes_nothing_new
     assert_eq!(first["out_dir"], folder.to_str().unwrap(), "{first}");
     assert_eq!(
         first["report"],
-        folder.join(shared::report::REPORT_NAME).to_str().unwrap()
+        folder
+            .join(shared::report::build::REPORT_NAME)
+            .to_str()
+            .unwrap()
     );
-    assert!(folder.join(shared::report::REPORT_NAME).is_file());
+    assert!(folder.join(shared::report::build::REPORT_NAME).is_file());
 
     let (images, videos) = jobs_by_kind(&run);
     assert_eq!((images.len(), videos.len()), (PROMPTS, PROMPTS));

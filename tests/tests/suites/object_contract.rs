@@ -6,8 +6,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use futures::StreamExt;
-use shared::Error;
 use shared::domain::gs_uri::GsUri;
+use shared::error::Error;
 use shared::objects::{JOB_ID_METADATA, ObjectMeta, ObjectStore, ReadRange};
 use std::collections::BTreeMap;
 use tests::objects::{TestObjects, pattern};

@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use futures::future::join_all;
-use shared::Error;
 use shared::domain::destination::Target;
 use shared::domain::download::{DownloadStatus, FileType, NewDownload};
 use shared::domain::job::{Job, NewJob, Retention};
@@ -16,6 +15,7 @@ use shared::domain::values::{
     RetryOptions, SUBMIT_UNKNOWN,
 };
 use shared::domain::{Lease, TransitionError};
+use shared::error::Error;
 use shared::store::backend::{Collection, Version, Write};
 use shared::store::budget::{Billed, Budget, BudgetDay, Budgeted, budget_day_of};
 use shared::store::{Claim, JobFilter, Store};
@@ -1315,7 +1315,7 @@ async fn completed_image(store: &Store, prompt: &str) -> String {
     id
 }
 
-fn is_refused(result: shared::Result<impl std::fmt::Debug>, says: &str) {
+fn is_refused(result: shared::error::Result<impl std::fmt::Debug>, says: &str) {
     match result {
         Err(e @ Error::Transition { .. }) => {
             assert!(e.to_string().contains(says), "{e} lacks {says:?}")
@@ -1324,7 +1324,7 @@ fn is_refused(result: shared::Result<impl std::fmt::Debug>, says: &str) {
     }
 }
 
-fn is_not_found(result: shared::Result<impl std::fmt::Debug>) {
+fn is_not_found(result: shared::error::Result<impl std::fmt::Debug>) {
     assert!(matches!(result, Err(Error::NotFound { .. })), "{result:?}");
 }
 
@@ -1537,7 +1537,7 @@ struct Unpublished;
 
 #[async_trait::async_trait]
 impl shared::job_events::JobEvents for Unpublished {
-    async fn publish(&self, _: &shared::job_events::JobEvent) -> shared::Result<()> {
+    async fn publish(&self, _: &shared::job_events::JobEvent) -> shared::error::Result<()> {
         Err(Error::store(
             "publishing a job event",
             "Pub/Sub is down",

@@ -11,11 +11,11 @@ use crate::out;
 use anyhow::{Context, Result, bail};
 use futures::stream::{self, StreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
-use shared::Error;
 use shared::bus::{Bus, Topics};
 use shared::domain::job::{Job, NewJob};
 use shared::domain::validate::validate_params;
 use shared::domain::values::{JobKind, JobParams};
+use shared::error::Error;
 use shared::intake::{Dispatch, SubmittedJob, submit_job};
 use shared::requests::prompt_lines;
 use shared::store::Store;
@@ -46,7 +46,7 @@ struct Intake<'a> {
 }
 
 impl Intake<'_> {
-    async fn submit(&self, job: NewJob) -> shared::Result<SubmittedJob> {
+    async fn submit(&self, job: NewJob) -> shared::error::Result<SubmittedJob> {
         submit_job(self.store, self.bus, &self.topics, job).await
     }
 }
@@ -168,7 +168,7 @@ impl Tally {
     fn record(
         &mut self,
         line: usize,
-        outcome: shared::Result<SubmittedJob>,
+        outcome: shared::error::Result<SubmittedJob>,
     ) -> std::io::Result<()> {
         match outcome {
             Ok(submitted) => {
@@ -333,7 +333,7 @@ mod tests {
         fn describe(&self) -> String {
             "failing".into()
         }
-        async fn get(&self, c: Collection, id: &str) -> shared::Result<Option<Stored>> {
+        async fn get(&self, c: Collection, id: &str) -> shared::error::Result<Option<Stored>> {
             self.inner.get(c, id).await
         }
         async fn create(
@@ -341,7 +341,7 @@ mod tests {
             c: Collection,
             id: &str,
             doc: &Doc,
-        ) -> shared::Result<Option<Version>> {
+        ) -> shared::error::Result<Option<Version>> {
             self.tried.fetch_add(1, Ordering::SeqCst);
             if self
                 .ok
@@ -358,19 +358,27 @@ mod tests {
             id: &str,
             v: &Version,
             doc: &Doc,
-        ) -> shared::Result<bool> {
+        ) -> shared::error::Result<bool> {
             self.inner.replace(c, id, v, doc).await
         }
-        async fn commit(&self, writes: &[shared::store::backend::Write]) -> shared::Result<bool> {
+        async fn commit(
+            &self,
+            writes: &[shared::store::backend::Write],
+        ) -> shared::error::Result<bool> {
             self.inner.commit(writes).await
         }
-        async fn delete(&self, c: Collection, id: &str, v: &Version) -> shared::Result<bool> {
+        async fn delete(
+            &self,
+            c: Collection,
+            id: &str,
+            v: &Version,
+        ) -> shared::error::Result<bool> {
             self.inner.delete(c, id, v).await
         }
-        async fn query(&self, c: Collection, q: &Query) -> shared::Result<Vec<Stored>> {
+        async fn query(&self, c: Collection, q: &Query) -> shared::error::Result<Vec<Stored>> {
             self.inner.query(c, q).await
         }
-        async fn count(&self, c: Collection, conds: &[Cond]) -> shared::Result<u64> {
+        async fn count(&self, c: Collection, conds: &[Cond]) -> shared::error::Result<u64> {
             self.inner.count(c, conds).await
         }
     }
@@ -385,7 +393,7 @@ mod tests {
         let store = Store::new(backend.clone());
         let intake = Intake {
             store: &store,
-            bus: &shared::bus::StoreQueue::default(),
+            bus: &shared::bus::store_queue::StoreQueue::default(),
             topics: Topics::default(),
         };
         let dir = tempfile::tempdir().unwrap();

@@ -7,10 +7,10 @@ use crate::args::{ResetArgs, RetryArgs};
 use crate::out;
 use anyhow::{Result, bail};
 use futures::stream::{self, StreamExt};
-use shared::Error;
 use shared::bus::{Bus, Topics};
 use shared::domain::job::Job;
 use shared::domain::values::{JobStatus, RetryOptions};
+use shared::error::Error;
 use shared::store::{JobFilter, Store};
 
 /// Where requeued jobs are announced: their kind's topic on Firestore, so

@@ -5,8 +5,8 @@
 use crate::args::DownloadsArgs;
 use crate::out::{self, Table};
 use anyhow::Result;
-use shared::Error;
 use shared::domain::download::{Download, DownloadStatus, FileType};
+use shared::error::Error;
 use shared::store::Store;
 
 /// Width of the source column of `asmr downloads`.

@@ -2,14 +2,15 @@
 //! [`shared::local_run`]), with a progress bar per stage and a report at the
 //! end.
 
-use crate::args::{Backend, RunArgs, StoreArgs};
+use crate::args::RunArgs;
 use crate::out;
 use anyhow::{Context, Result, bail};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::json;
-use shared::Error;
+use shared::config::{Backend, StoreArgs};
 use shared::cost::format_usd;
 use shared::domain::values::{JobKind, JobStatus};
+use shared::error::Error;
 use shared::local_run::{Live, Progress, RunReport, RunSettings, SpendCap};
 use shared::vertex::RetryPolicy;
 use std::time::Duration;

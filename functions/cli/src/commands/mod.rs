@@ -5,13 +5,11 @@ mod add;
 mod change;
 mod downloads;
 mod inspect;
-mod local_run;
+pub mod local_run;
 mod rejected;
 mod report;
 mod review;
 mod stats;
-
-pub use local_run::run as local_run;
 
 use crate::args::Command;
 use crate::out;
@@ -41,7 +39,7 @@ where
     Ok(text
         .map(str::parse::<T>)
         .transpose()
-        .map_err(shared::Error::from)?)
+        .map_err(shared::error::Error::from)?)
 }
 
 /// `path` as an absolute path without `.` or `..`, so that it compares

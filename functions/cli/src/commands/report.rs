@@ -6,7 +6,7 @@ use crate::out;
 use anyhow::{Context, Result, bail};
 use shared::cost::PriceTable;
 use shared::domain::destination::Destination;
-use shared::report::{self, Selection};
+use shared::report::build::{self, Selection};
 use shared::time::Timestamp;
 
 pub async fn report(store: &shared::store::Store, args: &ReportArgs) -> Result<()> {
@@ -16,16 +16,16 @@ pub async fn report(store: &shared::store::Store, args: &ReportArgs) -> Result<(
         since: args.since.as_deref().map(since).transpose()?,
         approved: args.approved.then_some(true),
     };
-    let jobs = report::select(store, &selection).await?;
+    let jobs = build::select(store, &selection).await?;
     let folder = args
         .out
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(std::path::Path::new("."));
-    let parents = report::parents_outside(store, &jobs).await?;
+    let parents = build::parents_outside(store, &jobs).await?;
     let title = format!("asmr: {}", count(jobs.len() as u64, "job", "jobs"));
-    let sheet = report::sheet(&title, &jobs, &parents, folder, &PriceTable::list_prices());
-    let bytes = report::write(&sheet, &args.out)?;
+    let sheet = build::sheet(&title, &jobs, &parents, folder, &PriceTable::list_prices());
+    let bytes = build::write(&sheet, &args.out)?;
     out::line(args.out.display())?;
     out::note(format_args!(
         "contact sheet of {} ({}) written to {} ({} KiB)",
@@ -72,7 +72,7 @@ pub async fn manifest(store: &shared::store::Store, args: &ManifestArgs) -> Resu
     };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let written = shared::manifest::rebuild(store, &destination, &args.out).await?;
+    let written = shared::manifest::rebuild::rebuild(store, &destination, &args.out).await?;
     out::line(written.path.display())?;
     out::note(format_args!(
         "{} for {} written to {}",

@@ -7,11 +7,11 @@ use super::change::Queue;
 use crate::args::{PromoteArgs, RejectArgs, ReviewArgs};
 use crate::out;
 use anyhow::{Result, bail};
-use shared::Error;
 use shared::cost::{PriceTable, format_usd, job_cost, model_of};
 use shared::domain::job::Job;
 use shared::domain::review::{Grounds, PromoteOptions, PromoteRefusal};
 use shared::domain::values::Verdict;
+use shared::error::Error;
 use shared::store::Store;
 use shared::time::Timestamp;
 

@@ -1,7 +1,11 @@
 //! Gemini image models (`gemini-*`): `:generateContent` yields one image a
 //! call, so a job of N samples makes N calls at once and keeps what came back.
 
-use super::*;
+use super::{
+    CallKind, Content, ErrorClass, GenerateContentRequest, GenerateContentResponse, GeneratedImage,
+    GenerationConfig, ImageConfig, ImageOutcome, ImageRequest, ModelError, Part,
+    SAFETY_FINISH_REASONS, VertexClient, decode_inline, permanent,
+};
 
 impl VertexClient {
     pub(super) async fn generate_gemini(

@@ -1,6 +1,9 @@
 //! Imagen (`imagen-*`): one `:predict` call returns every sample.
 
-use super::*;
+use super::{
+    CallKind, GeneratedImage, ImageOutcome, ImageRequest, ImagenParameters, ImagenRequest,
+    ImagenResponse, ModelError, PromptInstance, VertexClient, decode_inline, permanent,
+};
 
 impl VertexClient {
     pub(super) async fn generate_imagen(

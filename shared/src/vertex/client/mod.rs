@@ -292,7 +292,7 @@ impl VertexClient {
             let probe = ticket.is_probe();
             let failure = match self.attempt(&url, body.clone()).await {
                 Ok((status, bytes)) => {
-                    ticket.settle(Outcome::Answered);
+                    ticket.close(Outcome::Answered);
                     match serde_json::from_slice::<R>(&bytes) {
                         Ok(answer) => return Ok(answer),
                         Err(e) => Failure::BadBody {
@@ -302,7 +302,7 @@ impl VertexClient {
                     }
                 }
                 Err(failure) => {
-                    ticket.settle(quota_outcome(&failure, &policy));
+                    ticket.close(quota_outcome(&failure, &policy));
                     failure
                 }
             };

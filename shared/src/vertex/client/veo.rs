@@ -1,10 +1,15 @@
 //! Veo (`veo-*`): `:predictLongRunning` submits, `:fetchPredictOperation`
 //! polls; the video lands in the bucket the request names.
 
-use super::*;
+use super::{
+    CallKind, ErrorClass, FetchOperationRequest, ModelError, Operation, OperationRef,
+    OperationState, VeoInstance, VeoParameters, VeoRequest, VertexClient, VideoModel, VideoRequest,
+    is_path_safe, model_id, permanent,
+};
 use crate::domain::gs_uri::GsUri;
 use crate::domain::values::FirstFrame;
 use crate::vertex::wire::Media;
+use async_trait::async_trait;
 
 #[async_trait]
 impl VideoModel for VertexClient {

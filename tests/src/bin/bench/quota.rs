@@ -211,7 +211,7 @@ async fn measure(
         .collect::<Vec<_>>()
         .await
         .into_iter()
-        .collect::<shared::Result<_>>()?;
+        .collect::<shared::error::Result<_>>()?;
     let messages: Vec<(Vec<u8>, BTreeMap<String, String>)> = ids
         .iter()
         .map(|id| {

@@ -9,11 +9,8 @@
 //! repeat a line: see [`append`] for how, on a directory and in a bucket.
 //! [`rebuild`] writes the whole manifest again from the store.
 
-mod append;
-mod rebuild;
-
-pub use append::{Appended, Appender, append, append_to_bucket, append_to_directory};
-pub use rebuild::{RebuildReport, rebuild};
+pub mod append;
+pub mod rebuild;
 
 use crate::cost::{job_cost, model_of};
 use crate::crc::Crc32c;
@@ -115,9 +112,10 @@ impl ManifestLine {
 
     /// The line as written: compact JSON (no raw newline can occur in it)
     /// and a final `\n`.
-    pub fn to_bytes(&self) -> crate::Result<Vec<u8>> {
-        let mut bytes = serde_json::to_vec(self)
-            .map_err(|e| crate::Error::objects("writing a manifest line", e.to_string(), false))?;
+    pub fn to_bytes(&self) -> crate::error::Result<Vec<u8>> {
+        let mut bytes = serde_json::to_vec(self).map_err(|e| {
+            crate::error::Error::objects("writing a manifest line", e.to_string(), false)
+        })?;
         bytes.push(b'\n');
         Ok(bytes)
     }
@@ -192,7 +190,7 @@ fn cut_to_bytes(text: &str, max: usize) -> &str {
 async fn blocking<T: Send + 'static>(
     context: &str,
     work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> crate::Result<T> {
+) -> crate::error::Result<T> {
     use crate::error::Error;
     match tokio::task::spawn_blocking(work).await {
         Ok(Err(e)) if crate::beneath::is_refused(&e) => Err(Error::UnsafePath(e.to_string())),

@@ -540,11 +540,11 @@ impl Job {
         Ok(())
     }
 
-    /// Settles a paid request that went out and whose outcome will never be
-    /// known: nothing is sent again. A video waits, generating without an
+    /// Gives up on a paid request that went out and whose outcome will
+    /// never be known: nothing is sent again. A video waits, generating without an
     /// operation, for its output to appear under its prefix; an image, whose
     /// bytes came back only in the lost answer, fails as [`SUBMIT_UNKNOWN`].
-    fn settle_unknown(&mut self, what: &str, now: Timestamp, retention: &Retention) {
+    fn give_up_unknown(&mut self, what: &str, now: Timestamp, retention: &Retention) {
         self.calling = None;
         match self.kind {
             JobKind::Video => {
@@ -588,7 +588,7 @@ impl Job {
         let what = format!(
             "the paid request sent by {owner} may have reached the model, but that worker stopped before recording its outcome"
         );
-        self.settle_unknown(&what, now, retention);
+        self.give_up_unknown(&what, now, retention);
         Ok(())
     }
 
@@ -606,7 +606,7 @@ impl Job {
             return Err(self.refuse("record an unknown outcome for"));
         }
         self.check_owner(owner)?;
-        self.settle_unknown(what, now, retention);
+        self.give_up_unknown(what, now, retention);
         Ok(())
     }
 
@@ -722,7 +722,7 @@ impl Job {
         self.clear_lease();
         self.completed_at = Some(now);
         self.touch(now);
-        self.settle_delivery();
+        self.deliver_if_complete();
         Ok(())
     }
 
@@ -742,11 +742,11 @@ impl Job {
         self.clear_lease();
         self.completed_at = Some(now);
         self.touch(now);
-        self.settle_delivery();
+        self.deliver_if_complete();
         Ok(())
     }
 
-    fn settle_delivery(&mut self) {
+    fn deliver_if_complete(&mut self) {
         let all_delivered = !self.outputs.is_empty()
             && self
                 .outputs
@@ -786,7 +786,7 @@ impl Job {
             None => self.deliveries.push(delivery),
         }
         self.touch(now);
-        self.settle_delivery();
+        self.deliver_if_complete();
         Ok(())
     }
 
