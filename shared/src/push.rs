@@ -101,8 +101,7 @@ impl JobMessage {
                 json_error(&e)
             ))
         })?;
-        let id = message.job_id.trim();
-        if id.is_empty() || id.len() > 200 || id.contains('/') || id.chars().any(char::is_control) {
+        if !crate::domain::job::Job::is_plausible_id(&message.job_id) {
             return Err(Poison(format!(
                 "{:?} is not a job id",
                 crate::redact::clipped(&message.job_id)

@@ -246,7 +246,7 @@ pub struct ShowArgs {
 #[derive(Debug, Args)]
 pub struct ResetArgs {
     /// Reset jobs with no update for this long (e.g. 30m, 2h).
-    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "1h", value_parser = shared::config::parse_duration)]
     pub older_than: Duration,
 }
 

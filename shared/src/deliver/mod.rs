@@ -120,12 +120,8 @@ pub fn job_of(name: &str) -> Option<(String, FileType)> {
     };
     let job_id = parts.next()?;
     let rest = parts.next()?;
-    let valid_id = !job_id.is_empty()
-        && job_id.len() <= 200
-        && job_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    (valid_id && !rest.is_empty()).then(|| (job_id.to_string(), file_type))
+    (crate::domain::job::Job::is_plausible_id(job_id) && !rest.is_empty())
+        .then(|| (job_id.to_string(), file_type))
 }
 
 impl Downloader {

@@ -144,6 +144,25 @@ pub fn join_under(root: &Path, name: &str) -> Result<PathBuf, PathError> {
     Ok(root.join(relative_path(name)?))
 }
 
+/// `path` as an absolute path without `.` or `..`, so that it compares
+/// equal to the paths deliveries record, from whichever folder the caller
+/// runs in. Lexical: the folder need not exist yet, and symbolic links are
+/// kept as named (a page written to `../sheets/` is compared with the files
+/// by what the path names).
+pub fn absolute(path: &Path) -> std::io::Result<PathBuf> {
+    let mut normal = PathBuf::new();
+    for component in std::path::absolute(path)?.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                normal.pop();
+            }
+            other => normal.push(other),
+        }
+    }
+    Ok(normal)
+}
+
 #[cfg(test)]
 mod tests {
     use super::PathProblem::*;

@@ -256,24 +256,12 @@ async fn create(
     Ok((status, Json(answer)))
 }
 
-/// Whether `id` could be a job id at all (they are hex; request-derived
-/// ones too), so that no stray path, and no id Firestore reserves
-/// (`__name__`), reaches the store.
-fn plausible_job_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 200
-        && !id.starts_with("__")
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
 async fn get_job(
     State(intake): State<Arc<Intake>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, format!("job {id} not found"));
-    if !plausible_job_id(&id) {
+    if !crate::domain::job::Job::is_plausible_id(&id) {
         return Err(not_found());
     }
     match intake.store.get_job(&id).await {
@@ -301,7 +289,7 @@ fn review_action(segment: &str) -> Option<(&str, Verdict)> {
         "reject" => Verdict::Rejected,
         _ => return None,
     };
-    plausible_job_id(id).then_some((id, verdict))
+    crate::domain::job::Job::is_plausible_id(id).then_some((id, verdict))
 }
 
 fn review_body(body: &[u8]) -> Result<ReviewBody, ApiError> {

@@ -5,6 +5,7 @@ use super::{Card, Review, Sheet, Totals};
 use crate::cost::{PriceTable, job_cost, model_of, usd as micros_to_usd};
 use crate::domain::destination::Target;
 use crate::domain::job::Job;
+use crate::domain::paths;
 use crate::domain::values::Verdict;
 use crate::domain::values::{JobKind, JobStatus, SUBMIT_UNKNOWN};
 use crate::error::{Error, Result};
@@ -214,21 +215,10 @@ fn local_files(job: &Job, folder: &Path) -> Vec<String> {
         .collect()
 }
 
-/// `path` made absolute without `.` or `..` (lexically: a page written to
-/// `../sheets/` is compared with the files by what the path names).
+/// [`paths::absolute`], or `path` as it is where the working folder is
+/// gone.
 fn absolute(path: &Path) -> PathBuf {
-    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    let mut normal = PathBuf::new();
-    for component in path.components() {
-        match component {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                normal.pop();
-            }
-            other => normal.push(other),
-        }
-    }
-    normal
+    paths::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// `target` relative to `folder` (both absolute), `/`-separated, with `..`

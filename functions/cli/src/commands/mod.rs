@@ -15,8 +15,9 @@ use crate::args::Command;
 use crate::out;
 use anyhow::{Context, Result};
 use shared::config::{Adapters, StoreArgs};
+use shared::domain::paths::absolute;
 use std::io::Read;
-use std::path::{Component, Path, PathBuf};
+use std::path::Path;
 
 /// The bytes of a file named on the command line, or of standard input
 /// when it is `-`.
@@ -40,24 +41,6 @@ where
         .map(str::parse::<T>)
         .transpose()
         .map_err(shared::error::Error::from)?)
-}
-
-/// `path` as an absolute path without `.` or `..`, so that it compares
-/// equal to the paths deliveries record, from whichever folder the command
-/// runs. Lexical: the folder need not exist yet, and symbolic links are
-/// kept as named.
-fn absolute(path: &Path) -> std::io::Result<PathBuf> {
-    let mut normal = PathBuf::new();
-    for component in std::path::absolute(path)?.components() {
-        match component {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                normal.pop();
-            }
-            other => normal.push(other),
-        }
-    }
-    Ok(normal)
 }
 
 /// How many store calls a bulk command keeps in flight. Firestore answers

@@ -329,6 +329,20 @@ impl Job {
         }
     }
 
+    /// Whether `id` could be a job id at all: ids are hex (request-derived
+    /// ones too), so this is the one shape check wherever an id comes in
+    /// (a URL, a job message, an object name). No stray path, separator or
+    /// control character, and no id Firestore reserves (`__name__`), gets
+    /// past it.
+    pub fn is_plausible_id(id: &str) -> bool {
+        !id.is_empty()
+            && id.len() <= 200
+            && !id.starts_with("__")
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    }
+
     /// The job id a request id maps to. Deterministic, so that creating by
     /// request id is a create-if-absent on one document.
     pub fn id_for_request(request_id: &str) -> String {
