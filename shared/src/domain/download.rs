@@ -86,61 +86,41 @@ pub enum FileType {
     Other,
 }
 
-/// A download document (`downloads/{id}`).
+/// A download document (`downloads/{id}`). Each field is described once,
+/// on its accessor below.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Download {
-    /// Derived from bucket, object and generation: see [`Download::id_for`].
     pub(in crate::domain) id: String,
-    /// The job the object belongs to.
     pub(in crate::domain) job_id: String,
-    /// `gs://bucket/object`.
     pub(in crate::domain) source: GsUri,
-    /// The object generation that was finalized.
     #[serde(default)]
     pub(in crate::domain) generation: Option<i64>,
-    /// Where the copy goes.
     pub(in crate::domain) destination: Target,
-    /// From the object path.
     pub(in crate::domain) file_type: FileType,
-    /// Higher copies first.
     #[serde(default)]
     pub(in crate::domain) priority: i64,
-    /// Where it stands.
     pub(in crate::domain) status: DownloadStatus,
-    /// Copies started so far.
     #[serde(default)]
     pub(in crate::domain) attempts: u32,
-    /// Copies allowed.
     pub(in crate::domain) max_attempts: u32,
-    /// Bytes at the destination so far (a resumed copy starts here).
     #[serde(default)]
     pub(in crate::domain) bytes_copied: u64,
-    /// Object size, from its metadata.
     #[serde(default)]
     pub(in crate::domain) size: Option<u64>,
-    /// Object CRC32C (base64, as GCS gives it).
     #[serde(default)]
     pub(in crate::domain) crc32c: Option<Crc32c>,
-    /// Who holds the lease while downloading.
     #[serde(default)]
     pub(in crate::domain) lease_owner: Option<String>,
-    /// When that lease runs out.
     #[serde(default)]
     pub(in crate::domain) lease_expires_at: Option<Timestamp>,
-    /// Why it failed, or why the last attempt failed.
     #[serde(default)]
     pub(in crate::domain) error: Option<JobError>,
-    /// Creation time.
     pub(in crate::domain) created_at: Timestamp,
-    /// Last change.
     pub(in crate::domain) updated_at: Timestamp,
-    /// When the first copy started.
     #[serde(default)]
     pub(in crate::domain) started_at: Option<Timestamp>,
-    /// When the copy was verified.
     #[serde(default)]
     pub(in crate::domain) completed_at: Option<Timestamp>,
-    /// When the retention rules allow deleting it.
     #[serde(default)]
     pub(in crate::domain) expire_at: Option<Timestamp>,
 }

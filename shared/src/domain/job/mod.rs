@@ -19,109 +19,68 @@ use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-/// A job document (`jobs/{id}`).
+/// A job document (`jobs/{id}`). Each field is described once, on its
+/// accessor (`read.rs`); fields without one say here what they are.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Job {
-    /// Document id; derived from `request_id` when there is one.
     pub(in crate::domain) id: String,
-    /// The text sent to the model.
     pub(in crate::domain) prompt: String,
-    /// Image or video.
     pub(in crate::domain) kind: JobKind,
-    /// Model parameters.
     #[serde(default)]
     pub(in crate::domain) params: JobParams,
-    /// Higher runs first.
     #[serde(default)]
     pub(in crate::domain) priority: i64,
-    /// Where the job stands.
     pub(in crate::domain) status: JobStatus,
-    /// Claims so far.
     #[serde(default)]
     pub(in crate::domain) attempts: u32,
-    /// Claims allowed.
     pub(in crate::domain) max_attempts: u32,
-    /// Who holds the lease (processing, generating).
     #[serde(default)]
     pub(in crate::domain) lease_owner: Option<String>,
-    /// When the lease runs out; after that another worker may take the job.
     #[serde(default)]
     pub(in crate::domain) lease_expires_at: Option<Timestamp>,
-    /// The Veo long-running operation, once submitted. Kept across requeues so
-    /// a generator can resume polling instead of paying for a second video.
     #[serde(default)]
     pub(in crate::domain) operation_name: Option<String>,
-    /// When that operation was submitted (its age decides the time-out).
     #[serde(default)]
     pub(in crate::domain) submitted_at: Option<Timestamp>,
-    /// `gs://` URIs of what the model produced.
     #[serde(default)]
     pub(in crate::domain) outputs: Vec<GsUri>,
-    /// Where each output was copied.
     #[serde(default)]
     pub(in crate::domain) deliveries: Vec<DeliveredOutput>,
-    /// Why it failed, or why the last attempt failed.
     #[serde(default)]
     pub(in crate::domain) error: Option<JobError>,
-    /// Idempotency key of the request that created it.
     #[serde(default)]
     pub(in crate::domain) request_id: Option<String>,
-    /// The digest of the whole request that created it (see
-    /// [`NewJob::request_digest`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(in crate::domain) request_digest: Option<String>,
-    /// Placeholders instead of model calls.
     #[serde(default)]
     pub(in crate::domain) dry_run: bool,
-    /// Creation time.
     pub(in crate::domain) created_at: Timestamp,
-    /// Last change.
     pub(in crate::domain) updated_at: Timestamp,
-    /// When it reached `completed`.
     #[serde(default)]
     pub(in crate::domain) completed_at: Option<Timestamp>,
-    /// When the retention rules allow deleting it.
     #[serde(default)]
     pub(in crate::domain) expire_at: Option<Timestamp>,
-    /// Why a pending job is not being worked on ([`BUDGET_EXHAUSTED`]);
-    /// cleared by the next transition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(in crate::domain) waiting: Option<String>,
-    /// The cost reserved for this job's paid call, until it is settled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(in crate::domain) reservation: Option<Reservation>,
-    /// The claim whose paid request may be in flight: set by a claim that is
-    /// about to pay, cleared by whatever that claim records next. A later
-    /// claim that finds it set knows a paid request went out with an
-    /// unknown outcome, and does not send another.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(in crate::domain) calling: Option<String>,
-    /// Outputs generated and paid for, waiting to be written to the output
-    /// bucket (see [`HeldOutput`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(in crate::domain) held: Vec<HeldOutput>,
-    /// The image this video was made from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(in crate::domain) parent: Option<String>,
-    /// The videos made from this image, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(in crate::domain) children: Vec<String>,
     /// The reviewer's mark on this image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(in crate::domain) review: Option<Review>,
-    /// `review.verdict` again, at the top level of the document, where both
-    /// stores can filter on it; written only with `review`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(in crate::domain) verdict: Option<Verdict>,
-    /// What to make of this image once it is delivered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(in crate::domain) chain: Option<Chain>,
-    /// The image this video starts from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(in crate::domain) first_frame: Option<FirstFrame>,
-    /// The model its generator runs it on, recorded when a generator
-    /// claims it (the job's own `model` parameter, else the generator's
-    /// default): what every view prices it by.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(in crate::domain) model: Option<String>,
 }
