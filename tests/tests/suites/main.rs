@@ -2,6 +2,7 @@
 //! all of `shared`, so one binary is linked once instead of sixteen times.
 //! Run one suite with `tests/run --no-lint -E 'test(/^delivery::/)'`.
 
+mod architecture;
 mod binaries;
 mod boundaries;
 mod bus_contract;
