@@ -74,6 +74,15 @@ impl MemoryBus {
             .unwrap_or_default()
     }
 
+    /// How many messages were published to `topic` so far (0 for an
+    /// unknown topic), without copying them.
+    pub fn published_count(&self, topic: &str) -> usize {
+        self.lock()
+            .topics
+            .get(topic)
+            .map_or(0, |t| t.published.len())
+    }
+
     /// The job ids of the job messages (`{"job_id"}`) published to `topic`,
     /// in publish order; other payloads are left out.
     pub fn job_ids(&self, topic: &str) -> Vec<String> {

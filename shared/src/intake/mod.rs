@@ -271,7 +271,7 @@ fn same_request(job: &Job, digest: &str) -> Result<()> {
 }
 
 /// How long the jobs of one request may take to create, inside
-/// [`REQUEST_TIMEOUT`], so that a store that stops answering gets an answer
+/// [`service::REQUEST_TIMEOUT`], so that a store that stops answering gets an answer
 /// that names the jobs created so far rather than an empty 503.
 const SUBMIT_DEADLINE: Duration = Duration::from_secs(90);
 /// What the handlers share: where jobs go and how they are announced.
@@ -291,12 +291,7 @@ impl Intake {
     /// `dry_run` marks every new job, and `auto_promote` says which job
     /// events pushed to `/v1/job-events` make a video of their image.
     pub fn new(adapters: Adapters, dry_run: bool, auto_promote: AutoPromote) -> Self {
-        let promoter = Arc::new(Promoter {
-            store: adapters.store.clone(),
-            bus: adapters.bus.clone(),
-            topics: adapters.topics.clone(),
-            mode: auto_promote,
-        });
+        let promoter = Arc::new(Promoter::new(&adapters, auto_promote));
         Self {
             store: adapters.store,
             bus: adapters.bus,

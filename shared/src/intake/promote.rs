@@ -14,6 +14,7 @@
 
 use crate::ack::Handled;
 use crate::bus::{Bus, Topics};
+use crate::config::Adapters;
 use crate::domain::TransitionError;
 use crate::domain::review::{Grounds, PromoteOptions};
 use crate::domain::values::{Chain, Verdict};
@@ -76,6 +77,19 @@ pub struct Promoter {
     pub topics: Topics,
     /// Which events make a video.
     pub mode: AutoPromote,
+}
+
+impl Promoter {
+    /// A promoter over `adapters` (its store, its bus and topics) making
+    /// the videos `mode` asks for.
+    pub fn new(adapters: &Adapters, mode: AutoPromote) -> Self {
+        Self {
+            store: adapters.store.clone(),
+            bus: adapters.bus.clone(),
+            topics: adapters.topics.clone(),
+            mode,
+        }
+    }
 }
 
 impl server::Push for Promoter {

@@ -315,16 +315,13 @@ where
     let store = adapters.store.clone();
     // Subscribed before anything happens, as a push subscription would be:
     // a chained run's videos are made by the promoter the cloud runs.
-    let promotions = Arc::new(Promotions::new(&events, &adapters.topics));
-    let promoter = Promoter {
-        store: store.clone(),
-        bus: adapters.bus.clone(),
-        topics: adapters.topics.clone(),
-        mode: match settings.chain {
-            true => AutoPromote::All,
-            false => AutoPromote::Off,
-        },
+    let (promotions, job_events) = Promotions::new(&events, &adapters.topics);
+    let promotions = Arc::new(promotions);
+    let mode = match settings.chain {
+        true => AutoPromote::All,
+        false => AutoPromote::Off,
     };
+    let promoter = Promoter::new(&adapters, mode);
 
     let mut report = RunReport {
         out_dir: settings.out_dir.clone(),
@@ -359,7 +356,9 @@ where
     {
         let (promotions, finished) = (promotions.clone(), finished.clone());
         others.spawn(async move {
-            promotions.keep_promoting(&promoter, &finished).await;
+            promotions
+                .keep_promoting(&promoter, job_events, &finished)
+                .await;
             Ok(())
         });
     }
@@ -422,7 +421,7 @@ where
     report.sheet = Some(write_sheet(&stages.store, &ids, &settings.out_dir).await?);
     progress(&snapshot(&stages.store, &ids).await?);
     stages.store.flush_events().await;
-    report.events = events.published(&adapters.topics.job_events()).len() as u64;
+    report.events = events.published_count(&adapters.topics.job_events()) as u64;
     report.elapsed = started.elapsed();
     Ok(report)
 }

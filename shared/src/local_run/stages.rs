@@ -285,7 +285,6 @@ pub(super) async fn keep_polling(
 pub(super) struct Promotions {
     events: Arc<MemoryBus>,
     topic: String,
-    subscription: std::sync::Mutex<Option<UnboundedReceiver<Message>>>,
     handled: AtomicU64,
 }
 
@@ -293,28 +292,31 @@ pub(super) struct Promotions {
 const PROMOTION_TRIES: u32 = 5;
 
 impl Promotions {
-    /// Subscribes to the job events of `events`: before anything is
-    /// published on it, so that every event is seen.
-    pub(super) fn new(events: &Arc<MemoryBus>, topics: &Topics) -> Self {
+    /// Subscribes to the job events of `events`, before anything is
+    /// published on it, so that every event is seen; the subscription is
+    /// for [`Promotions::keep_promoting`].
+    pub(super) fn new(
+        events: &Arc<MemoryBus>,
+        topics: &Topics,
+    ) -> (Self, UnboundedReceiver<Message>) {
         let topic = topics.job_events();
-        Self {
-            subscription: std::sync::Mutex::new(Some(events.subscribe(&topic))),
+        let subscription = events.subscribe(&topic);
+        let promotions = Self {
             events: events.clone(),
             topic,
             handled: AtomicU64::new(0),
-        }
+        };
+        (promotions, subscription)
     }
 
-    /// Hands every job event to `promoter`, in order, until `finished`.
-    pub(super) async fn keep_promoting(&self, promoter: &Promoter, finished: &AtomicBool) {
-        let taken = self
-            .subscription
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        let Some(mut subscription) = taken else {
-            return;
-        };
+    /// Hands every job event of `subscription` to `promoter`, in order,
+    /// until `finished`.
+    pub(super) async fn keep_promoting(
+        &self,
+        promoter: &Promoter,
+        mut subscription: UnboundedReceiver<Message>,
+        finished: &AtomicBool,
+    ) {
         while !finished.load(Ordering::SeqCst) {
             let message = match tokio::time::timeout(TICK, subscription.recv()).await {
                 Ok(Some(message)) => message,
@@ -343,7 +345,7 @@ impl Promotions {
     /// Events published so far (with those the store is still relaying).
     async fn published(&self, store: &Store) -> usize {
         store.flush_events().await;
-        self.events.published(&self.topic).len()
+        self.events.published_count(&self.topic)
     }
 
     /// Reads the run's jobs (`read`) in a moment when the promoter has seen

@@ -59,22 +59,16 @@ impl Store {
         filter: &JobFilter,
         since: Option<Timestamp>,
     ) -> Result<Vec<Job>> {
-        let mut jobs = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = self.list_jobs(filter, MAX_PAGE, after.as_deref()).await?;
-            let before = jobs.len();
-            jobs.extend(
-                page.items
-                    .into_iter()
-                    .filter(|job| since.is_none_or(|since| job.created_at() >= since)),
-            );
-            let all_older = since.is_some() && jobs.len() == before;
-            match page.next {
-                Some(next) if !all_older => after = Some(next),
-                _ => break,
+        let page = |limit, after: Option<String>| async move {
+            let mut page = self.list_jobs(filter, limit, after.as_deref()).await?;
+            page.items
+                .retain(|job| since.is_none_or(|since| job.created_at() >= since));
+            if since.is_some() && page.items.is_empty() {
+                page.next = None;
             }
-        }
+            Ok(page)
+        };
+        let mut jobs = walk(page, None).await?.0;
         jobs.reverse();
         Ok(jobs)
     }
