@@ -121,6 +121,34 @@ locals {
         { path = "id", order = "ASCENDING" },
       ]
     }
+    # A tenant's jobs, downloads and rejected requests; Firestore merges
+    # these with the indexes above for a tenant's jobs by status, kind or
+    # verdict.
+    jobs_tenant_newest = {
+      collection = "jobs"
+      fields = [
+        { path = "tenant", order = "ASCENDING" },
+        { path = "created_at", order = "DESCENDING" },
+        { path = "id", order = "DESCENDING" },
+      ]
+    }
+    downloads_tenant_claim = {
+      collection = "downloads"
+      fields = [
+        { path = "tenant", order = "ASCENDING" },
+        { path = "priority", order = "DESCENDING" },
+        { path = "created_at", order = "ASCENDING" },
+        { path = "id", order = "ASCENDING" },
+      ]
+    }
+    rejected_tenant_newest = {
+      collection = "rejected"
+      fields = [
+        { path = "tenant", order = "ASCENDING" },
+        { path = "received_at", order = "DESCENDING" },
+        { path = "id", order = "DESCENDING" },
+      ]
+    }
     rejected_newest = {
       collection = "rejected"
       fields = [

@@ -103,6 +103,7 @@ pub fn requests_parse(data: &[u8]) {
         attributes: fields.into_iter().collect(),
         message_id: Some("4242"),
         dry_run: true,
+        ..Default::default()
     };
     let jobs = match parse(body, &envelope) {
         Ok(jobs) => jobs,

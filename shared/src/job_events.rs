@@ -17,6 +17,7 @@
 use crate::bus::{Bus, publish_json};
 use crate::domain::gs_uri::GsUri;
 use crate::domain::job::Job;
+use crate::domain::tenant::TenantName;
 use crate::domain::values::{Chain, Verdict};
 use crate::domain::values::{DeliveredOutput, JobError, JobKind, JobStatus};
 use crate::error::Result;
@@ -51,6 +52,9 @@ pub struct JobEvent {
     /// What the image is to become once delivered (`"video"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chain: Option<Chain>,
+    /// Whose job it is (absent for `default` in events of before tenants).
+    #[serde(default)]
+    pub tenant: TenantName,
 }
 
 impl JobEvent {
@@ -66,17 +70,20 @@ impl JobEvent {
             error: job.error().cloned(),
             verdict: job.verdict(),
             chain: job.chain(),
+            tenant: job.tenant().clone(),
         }
     }
 
     /// Message attributes, so that a subscription can filter on them
-    /// (`attributes.status = "failed"`) and a consumer can dedupe.
+    /// (`attributes.status = "failed"`, `attributes.tenant = "acme"`) and a
+    /// consumer can dedupe.
     pub fn attributes(&self) -> BTreeMap<String, String> {
         let mut attributes = BTreeMap::from([
             ("event_id".to_string(), self.event_id.clone()),
             ("job_id".to_string(), self.job_id.clone()),
             ("status".to_string(), self.status.as_str().to_string()),
             ("kind".to_string(), self.kind.as_str().to_string()),
+            ("tenant".to_string(), self.tenant.to_string()),
         ]);
         if let Some(verdict) = self.verdict {
             attributes.insert("verdict".to_string(), verdict.as_str().to_string());
@@ -263,6 +270,7 @@ mod tests {
                 "outputs": [],
                 "deliveries": [],
                 "error": {"code": "filtered", "message": "blocked by the safety filter", "retryable": false},
+                "tenant": "default",
             })
         );
         assert_eq!(published[0].attributes["status"], "failed");

@@ -20,6 +20,7 @@
 
 use crate::domain::invalid::ValidationError;
 use crate::domain::job::NewJob;
+use crate::domain::tenant::TenantName;
 use crate::domain::values::Chain;
 use crate::domain::values::{JobKind, JobParams};
 use crate::redact::json_error;
@@ -42,6 +43,9 @@ pub struct Rejection {
     /// The same without a word of the request (a class of mistake and
     /// where it is): what the logs carry, since a prompt is the caller's.
     pub class: String,
+    /// The request names another tenant than the one its way in
+    /// identified: not a mistake of form but one of permission (HTTP 403).
+    pub other_tenant: bool,
 }
 
 impl Rejection {
@@ -49,6 +53,7 @@ impl Rejection {
         Self {
             reason: reason.into(),
             class: class.into(),
+            other_tenant: false,
         }
     }
 
@@ -74,6 +79,10 @@ pub struct Envelope<'a> {
     pub message_id: Option<&'a str>,
     /// Whether the jobs are dry runs (the service's DRY_RUN).
     pub dry_run: bool,
+    /// The tenant the way in identified (an API key's, a `tenant`
+    /// attribute's, `--tenant`): the jobs are its, and a body that names
+    /// another is refused.
+    pub tenant: TenantName,
 }
 
 #[derive(Deserialize)]
@@ -87,6 +96,8 @@ struct Body {
     kind: Option<String>,
     #[serde(default)]
     request_id: Option<String>,
+    #[serde(default)]
+    tenant: Option<String>,
     #[serde(default)]
     priority: Option<i64>,
     #[serde(default)]
@@ -163,11 +174,24 @@ pub fn parse(body: &[u8], envelope: &Envelope<'_>) -> Result<Vec<NewJob>, Reject
             prompts: None,
             kind: None,
             request_id: None,
+            tenant: None,
             priority,
             params: None,
             chain: None,
         }
     };
+    if let Some(named) = &parsed.tenant
+        && *named != envelope.tenant.as_str()
+    {
+        return Err(Rejection {
+            other_tenant: true,
+            ..Rejection::plain(format!(
+                "the request names tenant {:?}, but comes from tenant {}",
+                crate::redact::clipped(named),
+                envelope.tenant
+            ))
+        });
+    }
     let kind = kind_from(parsed.kind.as_deref(), attributes)?;
     let params = match &parsed.params {
         Some(map) => params_from(map)?,
@@ -215,6 +239,7 @@ pub fn parse(body: &[u8], envelope: &Envelope<'_>) -> Result<Vec<NewJob>, Reject
         job.request_id = request_id;
         job.dry_run = envelope.dry_run;
         job.chain = parsed.chain;
+        job.tenant = envelope.tenant.clone();
         job.validate().map_err(|e| match batch {
             true => Rejection::new(
                 format!("prompts[{n}]: {}", e.class()),
@@ -268,6 +293,7 @@ mod tests {
                 .collect(),
             message_id,
             dry_run: true,
+            ..Default::default()
         }
     }
 

@@ -20,6 +20,16 @@ impl Answer {
     }
 }
 
+/// A client that sends `key` as its tenant's `x-api-key` on every call.
+pub fn keyed_client(key: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("x-api-key", key.parse().unwrap());
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
 /// POSTs `body` to `url` with `headers`, whose values may be any bytes (a
 /// hostile client's are).
 pub async fn post(

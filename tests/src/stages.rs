@@ -10,6 +10,7 @@ use shared::domain::job::NewJob;
 use shared::domain::values::JobKind;
 use shared::objects::ObjectStore;
 use shared::store::Store;
+use shared::time::Timestamp;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
@@ -29,7 +30,30 @@ pub struct World {
     pub _dirs: Vec<tempfile::TempDir>,
 }
 
+/// A new API key of `tenant` in `store` (the tenant is added first when it
+/// is not the default one and does not exist).
+pub async fn api_key(store: &Store, tenant: &str) -> String {
+    use shared::domain::tenant::{Tenant, TenantName, TenantSettings};
+    let name: TenantName = tenant.parse().unwrap();
+    if store.tenant(&name).await.unwrap().is_none() {
+        let new = Tenant::new(name.clone(), &TenantSettings::default(), Timestamp::now());
+        store.add_tenant(new.unwrap()).await.unwrap();
+    }
+    let (_, key) = store
+        .change_tenant(&name, |tenant, now| {
+            Ok(tenant.rotate_key(std::time::Duration::from_secs(3600), now))
+        })
+        .await
+        .unwrap();
+    key.reveal().to_string()
+}
+
 impl World {
+    /// A new API key of `tenant` in this world's store (see [`api_key`]).
+    pub async fn api_key(&self, tenant: &str) -> String {
+        api_key(&self.store, tenant).await
+    }
+
     /// `asmr` as an operator on this emulator world's Firestore and
     /// Pub/Sub, with only the documented environment; its output.
     pub fn operator(&self, args: &[&str]) -> std::process::Output {

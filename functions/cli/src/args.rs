@@ -7,6 +7,7 @@
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use shared::config::{DryRunArgs, StoreArgs, VertexArgs};
+use shared::domain::tenant::TenantName;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -19,8 +20,25 @@ use std::time::Duration;
 pub struct Cli {
     #[command(flatten)]
     pub store: StoreArgs,
+    /// The tenant the command acts for: its jobs, downloads, figures and
+    /// requests; another tenant's job is not found.
+    #[arg(long, global = true, env = "ASMR_TENANT", default_value = "default", value_parser = parse_tenant)]
+    pub tenant: TenantName,
     #[command(subcommand)]
     pub command: Command,
+}
+
+fn parse_tenant(text: &str) -> Result<TenantName, String> {
+    text.parse()
+        .map_err(|e: shared::domain::invalid::ValidationError| e.message)
+}
+
+/// `--all-tenants`: an operator's view of every tenant at once.
+#[derive(Clone, Copy, Debug, Default, Args)]
+pub struct AllTenants {
+    /// Every tenant's, not only --tenant's (an operator's view).
+    #[arg(long)]
+    pub all_tenants: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -64,6 +82,118 @@ pub enum Command {
     Report(ReportArgs),
     /// Write manifest.jsonl (one line per delivered file) from the store.
     Manifest(ManifestArgs),
+    /// Add, look at and change the tenants sharing the deployment, and their keys.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Add a tenant; prints its API key, once.
+    Add(TenantAddArgs),
+    /// List the tenants.
+    List(TenantListArgs),
+    /// Show one tenant.
+    Show(TenantShowArgs),
+    /// Change a tenant's settings (the default tenant is stored by its first change).
+    Set(TenantSetArgs),
+    /// Disable a tenant: its keys get 403 and its Pub/Sub requests are rejected.
+    Disable(TenantNameArg),
+    /// Enable a disabled tenant again.
+    Enable(TenantNameArg),
+    /// Make a new API key and print it, once; the old one keeps working for --grace.
+    Key(TenantKeyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TenantNameArg {
+    /// The tenant.
+    #[arg(value_parser = parse_tenant)]
+    pub name: TenantName,
+}
+
+#[derive(Debug, Args)]
+pub struct TenantSettingsArgs {
+    /// Its own daily budget in US dollars, on top of the deployment's (`none`: no limit of its own).
+    #[arg(long, value_name = "USD", value_parser = parse_budget)]
+    pub budget: Option<OrNone<u64>>,
+    /// Its share of each model's quota, relative to the other tenants' (1 to 1000).
+    #[arg(long)]
+    pub weight: Option<u32>,
+    /// Where its files are delivered: gs://bucket/prefix or a folder (`default`:
+    /// the deployment's destination plus /NAME).
+    #[arg(long, value_parser = parse_destination)]
+    pub destination: Option<OrNone<String>>,
+    /// A name for people.
+    #[arg(long)]
+    pub display_name: Option<String>,
+}
+
+/// A setting's new value, or `None` to remove it (`--budget none`,
+/// `--destination default`).
+#[derive(Clone, Debug)]
+pub struct OrNone<T>(pub Option<T>);
+
+fn parse_budget(text: &str) -> Result<OrNone<u64>, String> {
+    match text {
+        "none" => Ok(OrNone(None)),
+        text => shared::cost::parse_usd(text).map(|usd| OrNone(Some(usd))),
+    }
+}
+
+fn parse_destination(text: &str) -> Result<OrNone<String>, String> {
+    Ok(OrNone((text != "default").then(|| text.to_string())))
+}
+
+#[derive(Debug, Args)]
+pub struct TenantAddArgs {
+    /// The new tenant: lowercase letters, digits and dashes.
+    #[arg(value_parser = parse_tenant)]
+    pub name: TenantName,
+    #[command(flatten)]
+    pub settings: TenantSettingsArgs,
+    /// Print the tenant and its key as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TenantListArgs {
+    /// Print a JSON array of the tenant records (key hashes, never keys).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TenantShowArgs {
+    /// The tenant.
+    #[arg(value_parser = parse_tenant)]
+    pub name: TenantName,
+    /// Print the tenant record as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TenantSetArgs {
+    /// The tenant.
+    #[arg(value_parser = parse_tenant)]
+    pub name: TenantName,
+    #[command(flatten)]
+    pub settings: TenantSettingsArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TenantKeyArgs {
+    /// The tenant.
+    #[arg(value_parser = parse_tenant)]
+    pub name: TenantName,
+    /// Make a new key (required: a key is never shown again).
+    #[arg(long, required = true)]
+    pub rotate: bool,
+    /// How long the keys it replaces keep working (`0s`: stop them now).
+    #[arg(long, default_value = "24h", value_parser = shared::config::parse_duration)]
+    pub grace: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -123,6 +253,8 @@ pub struct ReportArgs {
     /// Where the page is written; delivered files are linked relative to its folder.
     #[arg(long, value_name = "FILE", default_value = "report.html")]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub scope: AllTenants,
 }
 
 #[derive(Debug, Args)]
@@ -213,6 +345,8 @@ pub struct StatsArgs {
     /// Print one JSON object instead of tables.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub scope: AllTenants,
 }
 
 #[derive(Debug, Args)]
@@ -232,6 +366,8 @@ pub struct ListArgs {
     /// Print a JSON array of the job documents.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub scope: AllTenants,
 }
 
 #[derive(Debug, Args)]
@@ -286,6 +422,8 @@ pub struct DownloadsArgs {
     /// Print a JSON array of the download records.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub scope: AllTenants,
 }
 
 #[derive(Debug, Args)]
@@ -296,6 +434,8 @@ pub struct RejectedArgs {
     /// Print a JSON array of the rejected records.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub scope: AllTenants,
 }
 
 #[derive(Debug, Args)]

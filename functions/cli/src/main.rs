@@ -23,7 +23,7 @@ async fn main() -> ExitCode {
     let outcome = match cli.command {
         // The local run opens its own embedded store under --state-dir.
         args::Command::Run(run) => commands::local_run::run(&cli.store, run).await,
-        command => commands::run(&cli.store, command).await,
+        command => commands::run(&cli.store, &cli.tenant, command).await,
     };
     out::exit_code(outcome)
 }

@@ -274,6 +274,7 @@ impl Env {
             priority,
             size,
             crc32c: None,
+            tenant: Default::default(),
         };
         let created = self.store(|store| async move { store.create_download(new).await.unwrap() });
         assert!(created.created, "{object} was added twice");
@@ -392,6 +393,7 @@ impl Env {
                 priority: 0,
                 size: Some(5),
                 crc32c: Some(shared::crc::Crc32c(0)),
+                tenant: Default::default(),
             };
             let download = self.store(|store| async move {
                 store
@@ -821,6 +823,7 @@ fn stats_json_has_the_exact_shape_and_counts(env: &Env) {
                 priority: 0,
                 size: None,
                 crc32c: None,
+                tenant: Default::default(),
             })
             .await
             .unwrap()

@@ -285,7 +285,12 @@ async fn to_file(
     size: u64,
     crc: Crc32c,
 ) -> Result<u64, CopyError> {
-    let root = match &downloader.settings().destination {
+    // The tenant's own destination is the root nothing may leave.
+    let destination = downloader
+        .destination_of(download.tenant())
+        .await
+        .map_err(|e| CopyError::retryable("store", e.to_string()))?;
+    let root = match &destination {
         crate::domain::destination::Destination::Directory(root) => root.clone(),
         other => {
             return Err(CopyError::permanent(

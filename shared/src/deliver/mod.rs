@@ -17,7 +17,8 @@ pub mod service;
 use crate::ack::Handled;
 use crate::domain::Lease;
 use crate::domain::destination::{Destination, Target};
-use crate::domain::download::{Download, DownloadStatus, FileType, NewDownload};
+use crate::domain::download::{Download, DownloadStatus, FileType, NewDownload, OutputName};
+use crate::domain::tenant::{Tenant, TenantName};
 use crate::domain::values::{DeliveredOutput, JobError};
 use crate::error::Error;
 use crate::events::{ObjectEvent, ObjectEventKind};
@@ -25,6 +26,7 @@ use crate::objects::ObjectMeta;
 use crate::objects::ObjectStore;
 use crate::stage::Workers;
 use crate::store::downloads::{Fresh, Started};
+use crate::store::tenants::TenantDirectory;
 use crate::store::{Claim, Store};
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,12 +53,14 @@ pub struct DownloaderSettings {
 }
 
 /// A storage event the downloader takes on ([`Downloader::accept`]): the
-/// job the object belongs to, its file type, where its copy goes, and the
-/// object as it is in the bucket.
+/// job the object belongs to and its tenant, its file type, where its copy
+/// goes, and the object as it is in the bucket.
 #[derive(Clone, Debug)]
 pub struct Accepted {
     /// The job of the object.
     pub job_id: String,
+    /// Whose output it is, from the object's prefix.
+    pub tenant: TenantName,
     /// Image, video or other, from the object's name.
     pub file_type: FileType,
     /// Where the copy goes.
@@ -107,21 +111,8 @@ pub struct Downloader {
     workers: Workers,
     /// The manifest appends of this downloader, composed together.
     manifest: crate::manifest::append::Appender,
-}
-
-/// The job an output object belongs to and its file type, from its name:
-/// `images/{job_id}/...` or `videos/{job_id}/...`.
-pub fn job_of(name: &str) -> Option<(String, FileType)> {
-    let mut parts = name.splitn(3, '/');
-    let file_type = match parts.next()? {
-        "images" => FileType::Image,
-        "videos" => FileType::Video,
-        _ => return None,
-    };
-    let job_id = parts.next()?;
-    let rest = parts.next()?;
-    (crate::domain::job::Job::is_plausible_id(job_id) && !rest.is_empty())
-        .then(|| (job_id.to_string(), file_type))
+    /// Where each tenant's files go.
+    tenants: TenantDirectory,
 }
 
 impl Downloader {
@@ -129,13 +120,25 @@ impl Downloader {
     /// destination) and recording in `store`.
     pub fn new(store: Store, objects: Arc<dyn ObjectStore>, settings: DownloaderSettings) -> Self {
         Self {
-            store,
             objects,
             slots: Semaphore::new(settings.concurrency.max(1)),
             settings,
             workers: Workers::new("downloader"),
             manifest: crate::manifest::append::Appender::default(),
+            tenants: TenantDirectory::new(store.clone(), TenantDirectory::TTL),
+            store,
         }
+    }
+
+    /// Where `tenant`'s files are delivered (see
+    /// [`crate::domain::tenant::Tenant::destination_in`]).
+    pub async fn destination_of(&self, tenant: &TenantName) -> crate::error::Result<Destination> {
+        let record = self
+            .tenants
+            .get(tenant)
+            .await?
+            .unwrap_or_else(|| Tenant::unstored(tenant.clone()));
+        Ok(record.destination_in(&self.settings.destination))
     }
 
     /// The settings.
@@ -180,19 +183,21 @@ impl Downloader {
                 event.uri()
             )));
         }
-        let Some((job_id, file_type)) = job_of(&event.name) else {
+        let Some(output) = OutputName::parse(&event.name) else {
             return Err(Handled::Ignored(format!(
-                "{} is not under images/{{job}}/ or videos/{{job}}/",
+                "{} is not under [tenants/{{tenant}}/]images/{{job}}/ or videos/{{job}}/",
                 event.uri()
             )));
         };
-        let target = self
-            .settings
-            .destination
-            .target_of(&event.name)
-            .map_err(|reason| {
-                Handled::Poison(format!("{} cannot be delivered: {reason}", event.uri()))
-            })?;
+        let destination = self
+            .destination_of(&output.tenant)
+            .await
+            .map_err(|e| Handled::store_trouble(&e))?;
+        let target = destination.target_of(output.relative).map_err(|reason| {
+            Handled::Poison(format!("{} cannot be delivered: {reason}", event.uri()))
+        })?;
+        let (job_id, file_type, tenant) =
+            (output.job_id.to_string(), output.file_type, output.tenant);
         let meta = match self.objects.metadata(&event.bucket, &event.name).await {
             Ok(Some(meta)) => meta,
             Ok(None) => {
@@ -222,6 +227,7 @@ impl Downloader {
         }
         Ok(Accepted {
             job_id,
+            tenant,
             file_type,
             target,
             meta,
@@ -235,6 +241,7 @@ impl Downloader {
     pub async fn start(&self, accepted: Accepted) -> Handled {
         let Accepted {
             job_id,
+            tenant,
             file_type,
             target,
             meta,
@@ -255,6 +262,7 @@ impl Downloader {
             priority,
             size: Some(meta.size),
             crc32c: Some(meta.crc32c),
+            tenant,
         };
         let Ok(_slot) = self.slots.acquire().await else {
             return shutting_down();
@@ -406,7 +414,7 @@ impl Downloader {
         job: Option<&crate::domain::job::Job>,
         verified: copy::Verified,
     ) -> crate::error::Result<()> {
-        let destination = &self.settings.destination;
+        let destination = &self.destination_of(download.tenant()).await?;
         let path = destination.relative(download.destination());
         let (Some(job), Some(path)) = (job, path) else {
             tracing::warn!(download_id = %download.id(), destination = %download.destination(), "no manifest line: the file has no job or lies outside {destination}");

@@ -105,6 +105,18 @@ impl fmt::Display for Destination {
 }
 
 impl Destination {
+    /// The folder `segment` below this destination (`segment` is one plain
+    /// path segment, such as a tenant's name).
+    pub fn below(&self, segment: &str) -> Destination {
+        match self {
+            Destination::Bucket { bucket, prefix } => Destination::Bucket {
+                bucket: bucket.clone(),
+                prefix: format!("{prefix}{segment}/"),
+            },
+            Destination::Directory(root) => Destination::Directory(root.join(segment)),
+        }
+    }
+
     /// Where the object `name` is copied to. Names that could escape the
     /// destination are refused here.
     pub fn target_of(&self, name: &str) -> Result<Target, String> {

@@ -5,6 +5,7 @@ use super::destination::Target;
 use super::gs_uri::GsUri;
 use super::invalid::ValidationError;
 use super::job::Retention;
+use super::tenant::TenantName;
 use super::values::JobError;
 use super::{Lease, Transition, TransitionError};
 use crate::crc::Crc32c;
@@ -86,6 +87,55 @@ pub enum FileType {
     Other,
 }
 
+/// What an output object's name says: whose job made it and which job,
+/// `images/{job}/...` and `videos/{job}/...` for the default tenant,
+/// `tenants/{tenant}/images/{job}/...` for any other (see
+/// [`crate::domain::job::Job::output_folder`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutputName<'a> {
+    /// The tenant of the prefix.
+    pub tenant: TenantName,
+    /// The job.
+    pub job_id: &'a str,
+    /// Image or video.
+    pub file_type: FileType,
+    /// The name below the tenant's prefix, as the tenant's destination
+    /// holds it.
+    pub relative: &'a str,
+}
+
+impl<'a> OutputName<'a> {
+    /// Reads `name`; `None` when it is not an output of a job.
+    pub fn parse(name: &'a str) -> Option<Self> {
+        let (tenant, relative) = match name.strip_prefix("tenants/") {
+            Some(rest) => {
+                let (tenant, relative) = rest.split_once('/')?;
+                let tenant: TenantName = tenant.parse().ok()?;
+                // The default tenant's outputs have no prefix: one name each.
+                if tenant.is_default() {
+                    return None;
+                }
+                (tenant, relative)
+            }
+            None => (TenantName::default(), name),
+        };
+        let mut parts = relative.splitn(3, '/');
+        let file_type = match parts.next()? {
+            "images" => FileType::Image,
+            "videos" => FileType::Video,
+            _ => return None,
+        };
+        let job_id = parts.next()?;
+        let rest = parts.next()?;
+        (super::job::Job::is_plausible_id(job_id) && !rest.is_empty()).then_some(Self {
+            tenant,
+            job_id,
+            file_type,
+            relative,
+        })
+    }
+}
+
 /// A download document (`downloads/{id}`). Each field is described once,
 /// on its accessor below.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -123,6 +173,8 @@ pub struct Download {
     pub(in crate::domain) completed_at: Option<Timestamp>,
     #[serde(default)]
     pub(in crate::domain) expire_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "TenantName::is_default")]
+    pub(in crate::domain) tenant: TenantName,
 }
 
 /// Read access: a download's fields change only through its transitions.
@@ -135,6 +187,10 @@ impl Download {
     /// The job the object belongs to.
     pub fn job_id(&self) -> &str {
         &self.job_id
+    }
+    /// Whose output it is: its job's tenant.
+    pub fn tenant(&self) -> &TenantName {
+        &self.tenant
     }
 
     /// `gs://bucket/object`.
@@ -254,6 +310,8 @@ pub struct NewDownload {
     pub size: Option<u64>,
     /// Object CRC32C, when the event carried it.
     pub crc32c: Option<Crc32c>,
+    /// Whose output it is (from the object's prefix).
+    pub tenant: TenantName,
 }
 
 impl Download {
@@ -297,6 +355,7 @@ impl Download {
             started_at: None,
             completed_at: None,
             expire_at: None,
+            tenant: new.tenant,
         }
     }
 

@@ -8,6 +8,7 @@ pub mod invalid;
 pub mod job;
 pub mod paths;
 pub mod review;
+pub mod tenant;
 pub mod validate;
 pub mod values;
 

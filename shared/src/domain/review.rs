@@ -202,6 +202,7 @@ impl Job {
         new.priority = self.priority;
         new.dry_run = options.dry_run.unwrap_or(self.dry_run);
         new.parent = Some(self.id.clone());
+        new.tenant = self.tenant.clone();
         new.first_frame = Some(first_frame);
         new.request_id = Some(self.promotion_key(options.again));
         new.validate()?;

@@ -434,6 +434,7 @@ fn download_in(status: DownloadStatus, now: Timestamp) -> Download {
             priority: 0,
             size: Some(10),
             crc32c: None,
+            tenant: Default::default(),
         },
         now,
     );

@@ -70,7 +70,7 @@ impl GeneratorCore<dyn ImageModel> {
             .map(|(n, image)| {
                 let extension = Self::extension(&image.mime_type);
                 OutputFile {
-                    name: format!("images/{}/{n}.{extension}", job.id()),
+                    name: format!("{}{n}.{extension}", job.output_folder()),
                     data: image.data,
                     content_type: match extension {
                         "jpg" => "image/jpeg",

@@ -155,7 +155,7 @@ impl VideoPoller {
     /// is under `videos/{job}/`. The cost was booked when the outcome became
     /// unknown.
     async fn look_for_output(&self, job: &Job, now: Timestamp) -> Seen {
-        let prefix = format!("videos/{}/", job.id());
+        let prefix = job.output_folder();
         let found = match self
             .objects
             .list(&self.settings.output_bucket, &prefix)

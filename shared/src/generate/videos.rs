@@ -28,9 +28,14 @@ const LEASE_MARGIN: Duration = Duration::from_secs(600);
 pub type VideoGenerator = GeneratorCore<dyn VideoModel>;
 
 impl GeneratorCore<dyn VideoModel> {
-    /// `gs://OUT/videos/{job_id}/`: where Veo writes the job's files.
+    /// `gs://OUT/videos/{job_id}/` (below the tenant's prefix): where Veo
+    /// writes the job's files.
     pub fn storage_uri(&self, job: &Job) -> String {
-        format!("gs://{}/videos/{}/", self.settings.output_bucket, job.id())
+        format!(
+            "gs://{}/{}",
+            self.settings.output_bucket,
+            job.output_folder()
+        )
     }
 
     /// The lease of a generating job: as long as the operation may take.
@@ -65,7 +70,7 @@ impl GeneratorCore<dyn VideoModel> {
         let samples = job.params().sample_count.unwrap_or(1).max(1);
         let outputs = (0..samples)
             .map(|n| OutputFile {
-                name: format!("videos/{}/{folder}/sample_{n}.mp4", job.id()),
+                name: format!("{}{folder}/sample_{n}.mp4", job.output_folder()),
                 data: crate::placeholder::mp4(
                     &placeholder_label(job, n),
                     job.params().aspect_ratio.as_deref(),

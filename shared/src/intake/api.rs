@@ -3,14 +3,23 @@
 //! `:reject`) and read the figures (`GET /v1/stats`). Every answer that is
 //! not a success is `{"error": ...}` with its status; bad input is answered,
 //! not recorded in `rejected`: the caller has the reason already.
+//!
+//! Every call carries an `x-api-key`, which names its tenant: no key or one
+//! no tenant holds is 401, a disabled tenant's is 403, a body that names
+//! another tenant is 403. A job of another tenant is 404 for every verb,
+//! exactly as a job that does not exist, so ids tell nothing across
+//! tenants.
 
-use super::{Intake, Submitted, Unfinished};
+use super::{Intake, Refused, Submitted, Unfinished};
+use crate::domain::job::Job;
+use crate::domain::tenant::Tenant;
 use crate::domain::values::Verdict;
 use crate::error::Error;
 use crate::redact;
 use crate::requests::{self, Envelope, MAX_BODY_BYTES};
 use crate::server;
 use crate::store::stats::Stats;
+use crate::store::tenants::Scope;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -23,11 +32,52 @@ use std::sync::Arc;
 
 /// The header a client sets to make `POST /v1/jobs` idempotent.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// The header that carries a tenant's API key.
+pub const API_KEY: &str = "x-api-key";
 /// The largest body of a review (`{"reason": "..."}`): a reason of
 /// [`MAX_REASON_CHARS`] characters of up to four bytes, escaped.
 const REVIEW_BODY_LIMIT: usize = 64 * 1024;
 
 impl Intake {
+    /// The tenant of a call, from its `x-api-key`: 401 without a key or
+    /// with one no tenant holds, 403 for a disabled tenant.
+    async fn caller(&self, headers: &HeaderMap) -> Result<Tenant, ApiError> {
+        let key = headers
+            .get(API_KEY)
+            .and_then(|value| value.to_str().ok())
+            .map(str::trim)
+            .filter(|key| !key.is_empty());
+        let Some(key) = key else {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "send your tenant's API key in the x-api-key header",
+            ));
+        };
+        match self.tenant_of_key(key).await {
+            Ok(Ok(tenant)) => Ok(tenant),
+            Ok(Err(refused @ Refused::Unknown(_))) => {
+                Err(ApiError::new(StatusCode::UNAUTHORIZED, refused.reason()))
+            }
+            Ok(Err(refused @ Refused::Disabled(_))) => {
+                Err(ApiError::new(StatusCode::FORBIDDEN, refused.reason()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The job `id` if it is `tenant`'s; 404 otherwise, as if it did not
+    /// exist.
+    async fn tenant_job(&self, tenant: &Tenant, id: &str) -> Result<Job, ApiError> {
+        let not_found = || ApiError::new(StatusCode::NOT_FOUND, format!("job {id} not found"));
+        if !Job::is_plausible_id(id) {
+            return Err(not_found());
+        }
+        match self.store.get_job(id).await? {
+            Some(job) if job.tenant() == tenant.name() => Ok(job),
+            _ => Err(not_found()),
+        }
+    }
+
     /// Whose idempotency keys a call's are: the verified account of its
     /// token, or the shared namespace where callers are not checked.
     async fn key_scope(&self, headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -195,6 +245,7 @@ async fn create(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let tenant = intake.caller(headers).await?;
     let body = api_body(body, MAX_BODY_BYTES).await?;
     if !body.trim_ascii_start().starts_with(b"{") {
         return Err(ApiError::new(
@@ -208,9 +259,14 @@ async fn create(
         attributes: BTreeMap::new(),
         message_id: Some(&key),
         dry_run: intake.dry_run,
+        tenant: tenant.name().clone(),
     };
     let mut jobs = requests::parse(&body, &envelope).map_err(|rejection| {
-        ApiError::quoting(StatusCode::BAD_REQUEST, rejection.reason, rejection.class)
+        let status = match rejection.other_tenant {
+            true => StatusCode::FORBIDDEN,
+            false => StatusCode::BAD_REQUEST,
+        };
+        ApiError::quoting(status, rejection.reason, rejection.class)
     })?;
     for job in &mut jobs {
         job.key_scope.clone_from(&scope);
@@ -235,6 +291,7 @@ async fn create(
         }
     };
     tracing::info!(
+        tenant = %tenant.name(),
         created = submitted.created().len(),
         existing = submitted.existing().len(),
         "jobs submitted"
@@ -258,19 +315,20 @@ async fn create(
 
 async fn get_job(
     State(intake): State<Arc<Intake>>,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let not_found = || ApiError::new(StatusCode::NOT_FOUND, format!("job {id} not found"));
-    if !crate::domain::job::Job::is_plausible_id(&id) {
-        return Err(not_found());
-    }
-    match intake.store.get_job(&id).await {
-        Ok(Some(job)) => serde_json::to_value(&job)
-            .map(Json)
-            .map_err(|e| logged(ApiError::from(Error::store("encoding a job", e, false)))),
-        Ok(None) => Err(not_found()),
-        Err(e) => Err(logged(e.into())),
-    }
+    let answer = async {
+        let tenant = intake.caller(&headers).await?;
+        job_json(&intake.tenant_job(&tenant, &id).await?)
+    };
+    answer.await.map_err(logged)
+}
+
+fn job_json(job: &Job) -> Result<Json<Value>, ApiError> {
+    serde_json::to_value(job)
+        .map(Json)
+        .map_err(|e| ApiError::from(Error::store("encoding a job", e, false)))
 }
 
 /// The optional body of a review: why.
@@ -308,9 +366,11 @@ fn review_body(body: &[u8]) -> Result<ReviewBody, ApiError> {
 
 async fn job_action(
     State(intake): State<Arc<Intake>>,
+    headers: HeaderMap,
     Path(segment): Path<String>,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
+    let tenant = intake.caller(&headers).await.map_err(logged)?;
     let body = api_body(body, REVIEW_BODY_LIMIT).await.map_err(logged)?;
     let Some((id, verdict)) = review_action(&segment) else {
         return Err(ApiError::new(
@@ -321,19 +381,28 @@ async fn job_action(
         ));
     };
     let reason = review_body(&body)?.reason;
+    intake.tenant_job(&tenant, id).await.map_err(logged)?;
     let job = intake
         .store
         .review_job(id, verdict, reason)
         .await
         .map_err(|e| logged(e.into()))?;
-    tracing::info!(job_id = %id, verdict = %verdict, event = "job_reviewed", "job reviewed");
-    serde_json::to_value(&job)
-        .map(Json)
-        .map_err(|e| logged(ApiError::from(Error::store("encoding a job", e, false))))
+    tracing::info!(job_id = %id, tenant = %tenant.name(), verdict = %verdict, event = "job_reviewed", "job reviewed");
+    job_json(&job).map_err(logged)
 }
 
-async fn stats(State(intake): State<Arc<Intake>>) -> Result<Json<Stats>, ApiError> {
-    let stats = intake.store.stats().await.map_err(|e| logged(e.into()))?;
+/// The caller's tenant's figures.
+async fn stats(
+    State(intake): State<Arc<Intake>>,
+    headers: HeaderMap,
+) -> Result<Json<Stats>, ApiError> {
+    let tenant = intake.caller(&headers).await.map_err(logged)?;
+    let scope = Scope::Tenant(tenant.name().clone());
+    let stats = intake
+        .store
+        .stats_in(&scope)
+        .await
+        .map_err(|e| logged(e.into()))?;
     Ok(Json(stats))
 }
 

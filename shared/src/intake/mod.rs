@@ -29,10 +29,12 @@ use crate::ack::Handled;
 use crate::bus::{Announced, Bus, Topics};
 use crate::config::Adapters;
 use crate::domain::job::{Job, NewJob};
+use crate::domain::tenant::{Tenant, TenantName};
 use crate::domain::values::JobStatus;
 use crate::error::{Error, Result};
 use crate::identity::IdTokens;
 use crate::store::rejected::{Rejected, RejectedSource};
+use crate::store::tenants::TenantDirectory;
 use crate::store::{Created, Store};
 use crate::time::Timestamp;
 use futures::stream::{self, StreamExt};
@@ -243,9 +245,9 @@ async fn digested(store: &Store, mut jobs: Vec<NewJob>) -> Result<Vec<NewJob>> {
         1 => request_id,
         _ => request_id.strip_suffix("#0").unwrap_or(request_id),
     };
-    let scope = first.key_scope.as_deref();
-    let single = Job::id_for_scoped_request(scope, key);
-    let batch = Job::id_for_scoped_request(scope, &format!("{key}#0"));
+    let scope = Job::request_scope(&first.tenant, first.key_scope.as_deref());
+    let single = Job::id_for_scoped_request(scope.as_deref(), key);
+    let batch = Job::id_for_scoped_request(scope.as_deref(), &format!("{key}#0"));
     // The create finds a job of the request's own first id itself.
     let other = match jobs.len() {
         1 => vec![batch],
@@ -284,6 +286,36 @@ pub struct Intake {
     /// Verifies who calls the API, where the deployment names identities;
     /// the verified account scopes the caller's idempotency keys.
     callers: Option<Arc<IdTokens>>,
+    /// Who holds which API key, and which tenants exist.
+    tenants: TenantDirectory,
+}
+
+/// Why a request is not taken for a tenant.
+pub(crate) enum Refused {
+    /// No tenant is named by the key or attribute given (HTTP 401).
+    Unknown(String),
+    /// The tenant is disabled (HTTP 403).
+    Disabled(String),
+}
+
+/// `tenant` if it is enabled.
+fn enabled(tenant: Tenant) -> std::result::Result<Tenant, Refused> {
+    match tenant.disabled() {
+        true => Err(Refused::Disabled(format!(
+            "tenant {} is disabled",
+            tenant.name()
+        ))),
+        false => Ok(tenant),
+    }
+}
+
+impl Refused {
+    /// The sentence for whoever sent it.
+    pub(crate) fn reason(&self) -> &str {
+        match self {
+            Refused::Unknown(reason) | Refused::Disabled(reason) => reason,
+        }
+    }
 }
 
 impl Intake {
@@ -293,6 +325,7 @@ impl Intake {
     pub fn new(adapters: Adapters, dry_run: bool, auto_promote: AutoPromote) -> Self {
         let promoter = Arc::new(Promoter::new(&adapters, auto_promote));
         Self {
+            tenants: TenantDirectory::new(adapters.store.clone(), TenantDirectory::TTL),
             store: adapters.store,
             bus: adapters.bus,
             topics: adapters.topics,
@@ -300,6 +333,43 @@ impl Intake {
             promoter,
             callers: None,
         }
+    }
+
+    /// The tenant a Pub/Sub request is for: the one its `tenant` attribute
+    /// names, the default tenant without one.
+    pub(crate) async fn tenant_of_message(
+        &self,
+        attributes: &BTreeMap<String, String>,
+    ) -> Result<std::result::Result<Tenant, Refused>> {
+        let named = attributes
+            .get("tenant")
+            .map_or(TenantName::DEFAULT, String::as_str);
+        let unknown = || {
+            Refused::Unknown(format!(
+                "tenant {:?} does not exist",
+                crate::redact::clipped(named)
+            ))
+        };
+        let Ok(name) = named.parse::<TenantName>() else {
+            return Ok(Err(unknown()));
+        };
+        Ok(match self.tenants.get(&name).await? {
+            None => Err(unknown()),
+            Some(tenant) => enabled(tenant),
+        })
+    }
+
+    /// The tenant holding API key `key`.
+    pub(crate) async fn tenant_of_key(
+        &self,
+        key: &str,
+    ) -> Result<std::result::Result<Tenant, Refused>> {
+        Ok(match self.tenants.by_key(key).await? {
+            None => Err(Refused::Unknown(
+                "the x-api-key is not a key of any tenant (or it was rotated out)".into(),
+            )),
+            Some(tenant) => enabled(tenant),
+        })
     }
 
     /// Intake that verifies the Google ID token of every API call that
@@ -334,8 +404,9 @@ impl Intake {
         body: &[u8],
         reason: String,
         class: String,
+        tenant: Option<&TenantName>,
     ) -> Handled {
-        let record = Rejected::new(
+        let mut record = Rejected::new(
             RejectedSource::Pubsub,
             message_id,
             attributes,
@@ -343,11 +414,15 @@ impl Intake {
             reason,
             Timestamp::now(),
         );
+        if let Some(tenant) = tenant {
+            record.tenant = tenant.clone();
+        }
         let id = record.id.clone();
         match self.store.record_rejected(record).await {
             Ok(created) => {
                 tracing::error!(
                     message_id = message_id.unwrap_or("-"),
+                    tenant = tenant.map_or("-", TenantName::as_str),
                     rejected_id = %id,
                     reason = class,
                     redelivered = !created.created,

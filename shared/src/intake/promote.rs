@@ -184,6 +184,8 @@ mod tests {
 
     struct World {
         app: axum::Router,
+        /// The default tenant's API key.
+        key: String,
         store: Store,
         bus: Arc<MemoryBus>,
         topics: Topics,
@@ -208,6 +210,7 @@ mod tests {
         let intake = Intake::new(adapters, true, mode);
         World {
             app: router(Arc::new(intake)),
+            key: crate::intake::testing::key_of(&store, "default").await,
             store,
             bus,
             topics,
@@ -216,7 +219,10 @@ mod tests {
 
     impl World {
         async fn post(&self, path: &str, body: Vec<u8>) -> StatusCode {
-            let request = Request::post(path).body(Body::from(body)).unwrap();
+            let request = Request::post(path)
+                .header(crate::intake::api::API_KEY, &self.key)
+                .body(Body::from(body))
+                .unwrap();
             self.app.clone().oneshot(request).await.unwrap().status()
         }
 

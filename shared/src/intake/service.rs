@@ -23,7 +23,7 @@
 
 use super::api;
 use super::promote::{AutoPromote, Promoter};
-use super::{Intake, Submitted, Unfinished};
+use super::{Intake, Refused, Submitted, Unfinished};
 use crate::ack::Handled;
 use crate::config::{DryRunArgs, ServeArgs, StoreArgs};
 use crate::error::Error;
@@ -101,10 +101,33 @@ impl server::Push for Intake {
 
     async fn handle(&self, delivery: push::PushedMessage) -> Handled {
         let message_id = delivery.message_id.as_str();
+        let tenant = match self.tenant_of_message(&delivery.attributes).await {
+            Ok(Ok(tenant)) => Some(tenant.name().clone()),
+            Ok(Err(refused)) => {
+                let class = match refused {
+                    Refused::Unknown(_) => "the tenant attribute names no tenant",
+                    Refused::Disabled(_) => "the tenant is disabled",
+                };
+                let reason = refused.reason().to_string();
+                let (attributes, data) = (delivery.attributes.clone(), &delivery.data);
+                return self
+                    .reject(
+                        Some(message_id),
+                        attributes,
+                        data,
+                        reason,
+                        class.into(),
+                        None,
+                    )
+                    .await;
+            }
+            Err(e) => return Handled::store_trouble(&e),
+        };
         let envelope = Envelope {
             attributes: delivery.attributes.clone(),
             message_id: Some(message_id),
             dry_run: self.dry_run,
+            tenant: tenant.clone().unwrap_or_default(),
         };
         let reject = |reason: String, class: String| {
             self.reject(
@@ -113,6 +136,7 @@ impl server::Push for Intake {
                 &delivery.data,
                 reason,
                 class,
+                tenant.as_ref(),
             )
         };
         let jobs = match requests::parse(&delivery.data, &envelope) {
@@ -140,7 +164,7 @@ impl server::Push for Intake {
     /// request before it is acknowledged.
     async fn poison(&self, body: &[u8], reason: String) -> Handled {
         // What refuses an envelope quotes none of it.
-        self.reject(None, BTreeMap::new(), body, reason.clone(), reason)
+        self.reject(None, BTreeMap::new(), body, reason.clone(), reason, None)
             .await
     }
 }
@@ -300,6 +324,7 @@ mod tests {
         let intake = Intake::new(adapters, true, AutoPromote::Off);
         let app = App {
             router: router(Arc::new(intake)),
+            key: key_of(&store, "default").await,
             store,
             bus,
         };

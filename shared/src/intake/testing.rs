@@ -2,13 +2,16 @@
 //! faces.
 
 use super::Intake;
+use super::api::API_KEY;
 use super::promote::AutoPromote;
 use super::service::router;
 use crate::bus::memory::MemoryBus;
 use crate::bus::{Bus, Topics};
 use crate::config::Adapters;
+use crate::domain::tenant::{Tenant, TenantName, TenantSettings};
 use crate::store::Store;
 use crate::store::embedded::EmbeddedBackend;
+use crate::time::Timestamp;
 use axum::Router;
 use axum::body::Body;
 use axum::http::Request;
@@ -23,6 +26,25 @@ pub(super) struct App {
     pub(super) router: Router,
     pub(super) store: Store,
     pub(super) bus: Arc<MemoryBus>,
+    /// The default tenant's API key, sent by [`call`] unless the request
+    /// carries its own.
+    pub(super) key: String,
+}
+
+/// Gives `tenant` (stored first when it is not the default one) a key.
+pub(crate) async fn key_of(store: &Store, tenant: &str) -> String {
+    let name: TenantName = tenant.parse().unwrap();
+    if !name.is_default() {
+        let tenant = Tenant::new(name.clone(), &TenantSettings::default(), Timestamp::now());
+        store.add_tenant(tenant.unwrap()).await.unwrap();
+    }
+    let (_, key) = store
+        .change_tenant(&name, |tenant, now| {
+            Ok(tenant.rotate_key(std::time::Duration::ZERO, now))
+        })
+        .await
+        .unwrap();
+    key.reveal().to_string()
 }
 
 pub(super) async fn app() -> App {
@@ -39,12 +61,18 @@ pub(super) async fn app() -> App {
     let intake = Intake::new(adapters, true, AutoPromote::Off);
     App {
         router: router(Arc::new(intake)),
+        key: key_of(&store, "default").await,
         store,
         bus,
     }
 }
 
-pub(super) async fn call(app: &App, request: Request<Body>) -> (StatusCode, Value) {
+pub(super) async fn call(app: &App, mut request: Request<Body>) -> (StatusCode, Value) {
+    if !request.headers().contains_key(API_KEY) {
+        request
+            .headers_mut()
+            .insert(API_KEY, app.key.parse().unwrap());
+    }
     let response = app.router.clone().oneshot(request).await.unwrap();
     let status = response.status();
     let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)

@@ -7,6 +7,7 @@ use crate::domain::job::Job;
 use crate::domain::values::JobStatus;
 use crate::error::Result;
 use crate::store::Store;
+use crate::store::tenants::Scope;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -120,7 +121,7 @@ pub(super) async fn tally(store: &Store, ids: &[String], report: &mut RunReport)
     // being delivered.
     let mut undelivered: HashMap<String, String> = HashMap::new();
     let failed = Some(crate::domain::download::DownloadStatus::Failed);
-    for download in store.all_downloads(failed).await? {
+    for download in store.all_downloads(failed, &Scope::Everyone).await? {
         if let Some(e) = download.error() {
             undelivered.insert(
                 download.job_id().to_string(),

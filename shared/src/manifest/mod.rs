@@ -15,6 +15,7 @@ pub mod rebuild;
 use crate::cost::{job_cost, model_of};
 use crate::crc::Crc32c;
 use crate::domain::job::Job;
+use crate::domain::tenant::TenantName;
 use crate::domain::values::{JobKind, JobParams};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -77,6 +78,10 @@ pub struct ManifestLine {
     pub created_at: Timestamp,
     /// When the file was delivered (RFC 3339).
     pub delivered_at: Timestamp,
+    /// Whose job made it (absent for `default`, as in lines of before
+    /// tenants).
+    #[serde(default, skip_serializing_if = "TenantName::is_default")]
+    pub tenant: TenantName,
 }
 
 impl ManifestLine {
@@ -107,6 +112,7 @@ impl ManifestLine {
             created_at: job.created_at(),
             delivered_at,
             model,
+            tenant: job.tenant().clone(),
         }
     }
 

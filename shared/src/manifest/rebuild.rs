@@ -8,6 +8,7 @@ use crate::domain::download::{Download, DownloadStatus};
 use crate::domain::job::Job;
 use crate::domain::values::DeliveredOutput;
 use crate::error::Result;
+use crate::store::tenants::Scope;
 use crate::store::{JobFilter, Store};
 use std::collections::HashMap;
 use std::io::Write;
@@ -28,7 +29,8 @@ pub struct RebuildReport {
 }
 
 /// Writes `out/manifest.jsonl` from the store: one line per delivered file
-/// of every job, in delivery order (the time each download completed),
+/// of every job of `scope` (a tenant's destination holds its files only),
+/// in delivery order (the time each download completed),
 /// paths relative to the root of `destination`. The file is written beside
 /// its final name and renamed, so a reader sees the old manifest or the new
 /// one. Size and CRC32C come from each file's download record, and
@@ -36,16 +38,23 @@ pub struct RebuildReport {
 /// the appended line's time). Every line is held in memory until written.
 pub async fn rebuild(
     store: &Store,
+    scope: &Scope,
     destination: &Destination,
     out: &Path,
 ) -> Result<RebuildReport> {
-    let downloads = completed_downloads(store).await?;
+    let downloads = completed_downloads(store, scope).await?;
     let mut report = RebuildReport {
         path: out.join(MANIFEST_NAME),
         ..RebuildReport::default()
     };
     let mut lines = Vec::new();
-    let jobs = store.all_jobs(&JobFilter::default()).await?;
+    let tenant = match scope {
+        Scope::Everyone => None,
+        Scope::Tenant(tenant) => Some(tenant.clone()),
+    };
+    let jobs = store
+        .all_jobs(&JobFilter::default().with_tenant(tenant))
+        .await?;
     for job in jobs.iter().filter(|j| !j.deliveries().is_empty()) {
         report.jobs += 1;
         for delivery in job.deliveries() {
@@ -63,9 +72,12 @@ pub async fn rebuild(
 
 /// Every completed download, by its source (`gs://bucket/name`); of several
 /// generations of one object, the one completed last.
-async fn completed_downloads(store: &Store) -> Result<HashMap<String, Download>> {
+async fn completed_downloads(store: &Store, scope: &Scope) -> Result<HashMap<String, Download>> {
     let mut by_source: HashMap<String, Download> = HashMap::new();
-    for download in store.all_downloads(Some(DownloadStatus::Completed)).await? {
+    for download in store
+        .all_downloads(Some(DownloadStatus::Completed), scope)
+        .await?
+    {
         let source = download.source().to_string();
         match by_source.get(&source) {
             Some(known) if known.completed_at() >= download.completed_at() => {}

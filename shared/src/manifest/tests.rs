@@ -514,7 +514,14 @@ async fn the_rebuilt_manifest_has_the_lines_the_downloader_appended() {
     let appended = lines_of(&out.path().join("delivered").join(MANIFEST_NAME));
     assert_eq!(appended.len(), 6);
     let rebuilt_dir = out.path().join("rebuilt");
-    let report = rebuild(&store, &destination, &rebuilt_dir).await.unwrap();
+    let report = rebuild(
+        &store,
+        &crate::store::tenants::Scope::Everyone,
+        &destination,
+        &rebuilt_dir,
+    )
+    .await
+    .unwrap();
     assert_eq!((report.jobs, report.lines), (3, 6));
     assert!(report.skipped.is_empty(), "{:?}", report.skipped);
     let rebuilt = lines_of(&rebuilt_dir.join(MANIFEST_NAME));
@@ -558,7 +565,10 @@ async fn an_archived_copy_carries_the_job_prompt_and_model_and_keeps_the_source_
         .await
         .unwrap()
         .unwrap();
-    let job_id = crate::deliver::job_of(&events[0].name).unwrap().0;
+    let job_id = crate::domain::download::OutputName::parse(&events[0].name)
+        .unwrap()
+        .job_id
+        .to_string();
     assert_eq!(copy.metadata[crate::objects::JOB_ID_METADATA], job_id);
     assert_eq!(copy.metadata[PROMPT_METADATA], "rain on a tin roof");
     assert_eq!(
@@ -578,7 +588,14 @@ async fn an_archived_copy_carries_the_job_prompt_and_model_and_keeps_the_source_
     assert_eq!(paths, expected);
 
     let rebuilt = tempfile::tempdir().unwrap();
-    let report = rebuild(&store, &destination, rebuilt.path()).await.unwrap();
+    let report = rebuild(
+        &store,
+        &crate::store::tenants::Scope::Everyone,
+        &destination,
+        rebuilt.path(),
+    )
+    .await
+    .unwrap();
     assert_eq!(report.lines, 2);
 }
 

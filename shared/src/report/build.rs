@@ -6,6 +6,7 @@ use crate::cost::{PriceTable, job_cost, model_of, usd as micros_to_usd};
 use crate::domain::destination::Target;
 use crate::domain::job::Job;
 use crate::domain::paths;
+use crate::domain::tenant::TenantName;
 use crate::domain::values::Verdict;
 use crate::domain::values::{JobKind, JobStatus, SUBMIT_UNKNOWN};
 use crate::error::{Error, Result};
@@ -28,6 +29,8 @@ pub struct Selection {
     pub since: Option<Timestamp>,
     /// Only approved (`true`) or rejected (`false`) images.
     pub approved: Option<bool>,
+    /// Only this tenant's jobs (every tenant's when `None`).
+    pub tenant: Option<TenantName>,
 }
 
 /// Every job `selection` names, oldest first (the order of a batch).
@@ -35,7 +38,8 @@ pub async fn select(store: &Store, selection: &Selection) -> Result<Vec<Job>> {
     let filter = JobFilter::default()
         .with_status(selection.status)
         .with_kind(selection.kind)
-        .with_approved(selection.approved);
+        .with_approved(selection.approved)
+        .with_tenant(selection.tenant.clone());
     store.jobs_since(&filter, selection.since).await
 }
 

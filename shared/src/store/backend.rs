@@ -27,17 +27,20 @@ pub enum Collection {
     /// `held/{job_id}.{output}.{chunk}`: the bytes of paid outputs the
     /// output bucket would not take yet.
     Held,
+    /// `tenants/{name}`: the teams sharing the deployment.
+    Tenants,
 }
 
 impl Collection {
     /// Every collection.
-    pub const ALL: [Collection; 6] = [
+    pub const ALL: [Collection; 7] = [
         Collection::Jobs,
         Collection::Downloads,
         Collection::Rejected,
         Collection::Budgets,
         Collection::Outbox,
         Collection::Held,
+        Collection::Tenants,
     ];
 
     /// The unprefixed name.
@@ -49,6 +52,7 @@ impl Collection {
             Collection::Budgets => "budgets",
             Collection::Outbox => "outbox",
             Collection::Held => "held",
+            Collection::Tenants => "tenants",
         }
     }
 
@@ -76,6 +80,7 @@ impl Collection {
             Collection::Budgets => &["updated_at", "expire_at"],
             Collection::Outbox => &["created_at"],
             Collection::Held => &["expire_at"],
+            Collection::Tenants => &["created_at", "updated_at"],
         }
     }
 }

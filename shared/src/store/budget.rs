@@ -12,6 +12,7 @@
 //! [`Backend::commit`]: super::backend::Backend::commit
 
 use super::backend::{Collection, Stored, Version, Write};
+use super::tenants::Scope;
 use super::{Claim, Round, Store, Tried, from_stored_as, str_eq, to_doc, until_done};
 use crate::domain::Lease;
 use crate::domain::job::{ClaimRefusal, Job};
@@ -252,17 +253,29 @@ impl Store {
     /// Pending jobs waiting for `reason` (one of
     /// [`crate::domain::values::WAIT_REASONS`]).
     pub async fn jobs_waiting(&self, reason: &str) -> Result<u64> {
-        let conds = [
+        self.jobs_waiting_in(reason, &Scope::Everyone).await
+    }
+
+    /// Pending jobs of `scope` waiting for `reason`.
+    pub async fn jobs_waiting_in(&self, reason: &str, scope: &Scope) -> Result<u64> {
+        let conds = vec![
             str_eq("status", JobStatus::Pending.as_str()),
             str_eq("waiting", reason),
         ];
-        self.backend.count(Collection::Jobs, &conds).await
+        self.count_in(Collection::Jobs, conds, scope).await
     }
 
     /// Pending jobs per wait reason, every reason listed.
     pub async fn waiting_counts(&self) -> Result<BTreeMap<&'static str, u64>> {
+        self.waiting_counts_in(&Scope::Everyone).await
+    }
+
+    /// Pending jobs of `scope` per wait reason, every reason listed.
+    pub async fn waiting_counts_in(&self, scope: &Scope) -> Result<BTreeMap<&'static str, u64>> {
         let counts = futures::future::try_join_all(
-            WAIT_REASONS.iter().map(|reason| self.jobs_waiting(reason)),
+            WAIT_REASONS
+                .iter()
+                .map(|reason| self.jobs_waiting_in(reason, scope)),
         )
         .await?;
         Ok(WAIT_REASONS.into_iter().zip(counts).collect())

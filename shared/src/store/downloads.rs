@@ -2,6 +2,7 @@
 //! object, claimed, copied and settled like a job.
 
 use super::budget;
+use super::tenants::Scope;
 use super::{
     CLAIM_ORDER, Claim, Collection, Created, DeliveredOutput, Download, DownloadCounts,
     DownloadStatus, Job, JobError, Lease, NewDownload, Page, Store, Timestamp, Tried, Version,
@@ -18,7 +19,7 @@ pub enum Started {
     /// A record of that object generation existed (a redelivered event),
     /// unclaimed; with its job.
     Existing(Download, Job),
-    /// The object belongs to no job: nothing was kept.
+    /// The object belongs to no job (of its tenant): nothing was kept.
     NoJob,
 }
 
@@ -48,13 +49,15 @@ impl Store {
     /// one round trip. A record made for an object of no job is deleted
     /// again.
     pub async fn start_download(&self, new: NewDownload, lease: &Lease) -> Result<Started> {
-        let job_id = new.job_id.clone();
+        let (job_id, tenant) = (new.job_id.clone(), new.tenant.clone());
         let (job, created) = tokio::join!(
             self.load::<Job>(&job_id),
             self.create_claimed_download(new, lease)
         );
         let (created, download_version) = created?;
-        let Some((job, job_version)) = job? else {
+        // An object under another tenant's prefix than its job's is no
+        // output of that job.
+        let Some((job, job_version)) = job?.filter(|(job, _)| *job.tenant() == tenant) else {
             if created.created {
                 // Not copied: the record made alongside goes again.
                 let _ = self
@@ -159,10 +162,28 @@ impl Store {
         limit: u32,
         after: Option<&str>,
     ) -> Result<Page<Download>> {
-        let conds = status
+        self.list_downloads_in(status, &Scope::Everyone, limit, after)
+            .await
+    }
+
+    /// [`Store::list_downloads`] of `scope` only (a page may hold fewer
+    /// than `limit` when the scope is the default tenant, whose older
+    /// records carry no tenant to query by).
+    pub async fn list_downloads_in(
+        &self,
+        status: Option<DownloadStatus>,
+        scope: &Scope,
+        limit: u32,
+        after: Option<&str>,
+    ) -> Result<Page<Download>> {
+        let mut conds = status
             .map(|s| vec![str_eq("status", s.as_str())])
             .unwrap_or_default();
-        self.page(conds, CLAIM_ORDER, limit, after).await
+        conds.extend(scope.cond());
+        let mut page: Page<Download> = self.page(conds, CLAIM_ORDER, limit, after).await?;
+        page.items
+            .retain(|download| scope.covers(download.tenant()));
+        Ok(page)
     }
 
     /// Claims one download: pending, or downloading with an expired lease.
@@ -240,9 +261,14 @@ impl Store {
 
     /// Downloads per status.
     pub async fn download_counts(&self) -> Result<DownloadCounts> {
+        self.download_counts_in(&Scope::Everyone).await
+    }
+
+    /// Downloads of `scope` per status.
+    pub async fn download_counts_in(&self, scope: &Scope) -> Result<DownloadCounts> {
         let counts = futures::future::try_join_all(DownloadStatus::ALL.iter().map(|status| {
-            let conds = [str_eq("status", status.as_str())];
-            async move { self.backend.count(Collection::Downloads, &conds).await }
+            let conds = vec![str_eq("status", status.as_str())];
+            self.count_in(Collection::Downloads, conds, scope)
         }))
         .await?;
         Ok(DownloadCounts(

@@ -60,6 +60,13 @@ CREATE TABLE IF NOT EXISTS held (
     version INTEGER NOT NULL,
     doc TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS tenants (
+    id TEXT PRIMARY KEY NOT NULL,
+    version INTEGER NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_tenant ON jobs (
+    json_extract(doc, '$.tenant'), json_extract(doc, '$.created_at'));
 ";
 
 /// The SQLite-backed store of a local run.

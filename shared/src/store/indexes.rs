@@ -125,6 +125,20 @@ pub const INDEXES: &[Index] = &[
         collection: Collection::Downloads,
         fields: &[asc("status"), CLAIM[0], CLAIM[1], CLAIM[2]],
     },
+    // a tenant's jobs, downloads and rejected requests; merged with the
+    // indexes above for a tenant's jobs by status, kind or verdict
+    Index {
+        collection: Collection::Jobs,
+        fields: &[asc("tenant"), desc("created_at"), desc("id")],
+    },
+    Index {
+        collection: Collection::Downloads,
+        fields: &[asc("tenant"), CLAIM[0], CLAIM[1], CLAIM[2]],
+    },
+    Index {
+        collection: Collection::Rejected,
+        fields: &[asc("tenant"), desc("received_at"), desc("id")],
+    },
     // list_rejected
     Index {
         collection: Collection::Rejected,
@@ -225,9 +239,33 @@ impl QueryShape {
     }
 }
 
-/// The index of [`INDEXES`] that serves `shape`, if any.
-pub fn index_for(shape: &QueryShape) -> Option<&'static Index> {
-    INDEXES.iter().find(|index| shape.served_by(index))
+/// The indexes of [`INDEXES`] that serve `shape`: one that serves it
+/// alone, else several Firestore merges (each with some of the equality
+/// fields and the query's whole order, together all of them; no range).
+/// `None` when nothing here serves it.
+pub fn index_for(shape: &QueryShape) -> Option<Vec<&'static Index>> {
+    if let Some(index) = INDEXES.iter().find(|index| shape.served_by(index)) {
+        return Some(vec![index]);
+    }
+    if !shape.ranges.is_empty() || shape.equalities.len() < 2 {
+        return None;
+    }
+    let mut covered = BTreeSet::new();
+    let mut merged = Vec::new();
+    for index in INDEXES {
+        let Some(eq) = index.fields.len().checked_sub(shape.order.len()) else {
+            continue;
+        };
+        let part = QueryShape {
+            equalities: index.fields[..eq].iter().map(|f| f.path).collect(),
+            ..shape.clone()
+        };
+        if eq > 0 && part.equalities.is_subset(&shape.equalities) && part.served_by(index) {
+            covered.extend(part.equalities);
+            merged.push(index);
+        }
+    }
+    (covered == shape.equalities).then_some(merged)
 }
 
 #[cfg(test)]
@@ -242,6 +280,7 @@ mod tests {
     use crate::store::budget::Budget;
     use crate::store::embedded::EmbeddedBackend;
     use crate::store::rejected::{Rejected, RejectedSource};
+    use crate::store::tenants::Scope;
     use crate::store::{JobFilter, Store};
     use crate::time::Timestamp;
     use async_trait::async_trait;
@@ -323,6 +362,7 @@ mod tests {
             priority: 10,
             size: Some(3),
             crc32c: None,
+            tenant: Default::default(),
         }
     }
 
@@ -346,26 +386,45 @@ mod tests {
             store.create_download(new_download(id, 1)).await.unwrap();
         }
 
+        let acme: crate::domain::tenant::TenantName = "acme".parse().unwrap();
+        let tenants = [None, Some(acme.clone())];
         for status in [None, Some(JobStatus::Pending)] {
             for kind in [None, Some(JobKind::Image)] {
                 for approved in [None, Some(true)] {
-                    let filter = JobFilter {
-                        status,
-                        kind,
-                        approved,
-                    };
-                    let first = store.list_jobs(&filter, 1, None).await.unwrap();
-                    if let Some(next) = first.next {
-                        store.list_jobs(&filter, 1, Some(&next)).await.unwrap();
+                    for tenant in &tenants {
+                        let filter = JobFilter {
+                            status,
+                            kind,
+                            approved,
+                            tenant: tenant.clone(),
+                        };
+                        let first = store.list_jobs(&filter, 1, None).await.unwrap();
+                        if let Some(next) = first.next {
+                            store.list_jobs(&filter, 1, Some(&next)).await.unwrap();
+                        }
                     }
                 }
             }
         }
-        store.promotable().await.unwrap();
+        let scopes = [
+            Scope::Everyone,
+            Scope::Tenant(acme),
+            Scope::default_tenant(),
+        ];
+        store.promotable(None).await.unwrap();
+        store
+            .promotable(Some("acme".parse().unwrap()))
+            .await
+            .unwrap();
         for status in [None, Some(crate::domain::download::DownloadStatus::Pending)] {
-            let first = store.list_downloads(status, 1, None).await.unwrap();
-            if let Some(next) = first.next {
-                store.list_downloads(status, 1, Some(&next)).await.unwrap();
+            for scope in &scopes {
+                let first = store.list_downloads_in(status, scope, 1, None).await;
+                if let Some(next) = first.unwrap().next {
+                    store
+                        .list_downloads_in(status, scope, 1, Some(&next))
+                        .await
+                        .unwrap();
+                }
             }
         }
         for kind in JobKind::ALL {
@@ -396,11 +455,14 @@ mod tests {
             );
             store.record_rejected(rejected).await.unwrap();
         }
-        let first = store.list_rejected(1, None).await.unwrap();
-        store.list_rejected(1, first.next.as_deref()).await.unwrap();
-        store.count_rejected().await.unwrap();
-        store.job_counts().await.unwrap();
-        store.download_counts().await.unwrap();
+        for scope in &scopes {
+            let first = store.list_rejected_in(scope, 1, None).await.unwrap();
+            store
+                .list_rejected_in(scope, 1, first.next.as_deref())
+                .await
+                .unwrap();
+            store.stats_in(scope).await.unwrap();
+        }
         store
             .reset_stuck_jobs(Duration::from_secs(0))
             .await
@@ -445,7 +507,11 @@ mod tests {
 
         let unused: Vec<&Index> = INDEXES
             .iter()
-            .filter(|index| !shapes.iter().any(|s| s.served_by(index)))
+            .filter(|index| {
+                !shapes
+                    .iter()
+                    .any(|s| index_for(s).is_some_and(|used| used.contains(index)))
+            })
             .collect();
         assert!(
             unused.is_empty(),

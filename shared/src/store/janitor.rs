@@ -55,10 +55,11 @@ impl Store {
         let now = Timestamp::now();
         let order = [("expire_at", Dir::Asc), ("id", Dir::Asc)];
         let mut deleted = Deleted::default();
-        // Outbox entries have no expiry: each stays until it is published.
+        // Outbox entries have no expiry: each stays until it is published;
+        // tenants stay until an operator removes them.
         for collection in Collection::ALL
             .into_iter()
-            .filter(|c| *c != Collection::Outbox)
+            .filter(|c| !matches!(c, Collection::Outbox | Collection::Tenants))
         {
             let conds = vec![Cond::Lt("expire_at", Scalar::Time(now))];
             for stored in self.sweep(collection, conds, &order).await? {
@@ -73,7 +74,7 @@ impl Store {
                         Collection::Rejected => deleted.rejected += 1,
                         Collection::Budgets => deleted.budgets += 1,
                         Collection::Held => deleted.held += 1,
-                        Collection::Outbox => {}
+                        Collection::Outbox | Collection::Tenants => {}
                     }
                 }
             }

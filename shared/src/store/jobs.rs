@@ -2,6 +2,7 @@
 //! transition, each a read → domain method → compare-and-set.
 
 use super::budget;
+use super::tenants::Scope;
 use super::{
     Claim, ClaimRefusal, Collection, Cond, Created, DeliveredOutput, Dir, Duration, JOB_LIST_ORDER,
     Job, JobCounts, JobError, JobFilter, JobKind, JobStatus, Lease, NewJob, Page, ResetReport,
@@ -55,7 +56,11 @@ impl Store {
             };
             conds.push(str_eq("verdict", verdict.as_str()));
         }
-        self.page(conds, JOB_LIST_ORDER, limit, after).await
+        let scope = filter.tenant.clone().map(Scope::Tenant).unwrap_or_default();
+        conds.extend(scope.cond());
+        let mut page: Page<Job> = self.page(conds, JOB_LIST_ORDER, limit, after).await?;
+        page.items.retain(|job| scope.covers(job.tenant()));
+        Ok(page)
     }
 
     /// Claims one job (the one a push message names): pending, or processing
@@ -231,16 +236,21 @@ impl Store {
 
     /// Jobs per status and kind.
     pub async fn job_counts(&self) -> Result<JobCounts> {
+        self.job_counts_in(&Scope::Everyone).await
+    }
+
+    /// Jobs of `scope` per status and kind.
+    pub async fn job_counts_in(&self, scope: &Scope) -> Result<JobCounts> {
         let cells: Vec<(JobStatus, JobKind)> = JobStatus::ALL
             .iter()
             .flat_map(|s| JobKind::ALL.iter().map(move |k| (*s, *k)))
             .collect();
         let counts = futures::future::try_join_all(cells.iter().map(|(status, kind)| {
-            let conds = [
+            let conds = vec![
                 str_eq("status", status.as_str()),
                 str_eq("kind", kind.as_str()),
             ];
-            async move { self.backend.count(Collection::Jobs, &conds).await }
+            self.count_in(Collection::Jobs, conds, scope)
         }))
         .await?;
         Ok(JobCounts(cells.into_iter().zip(counts).collect()))

@@ -19,10 +19,12 @@ mod outbox;
 pub mod rejected;
 pub mod review;
 pub mod stats;
+pub mod tenants;
 mod walk;
 
 use crate::domain::download::{Download, DownloadStatus, NewDownload};
 use crate::domain::job::{ClaimRefusal, Job, NewJob, Retention};
+use crate::domain::tenant::TenantName;
 use crate::domain::values::Verdict;
 use crate::domain::values::{DeliveredOutput, JobError, JobKind, JobStatus, RetryOptions};
 use crate::domain::{Lease, TransitionError};
@@ -189,6 +191,8 @@ pub struct JobFilter {
     /// Only reviewed jobs: `true` those approved, `false` those rejected
     /// (a job nobody reviewed matches neither).
     pub approved: Option<bool>,
+    /// Only this tenant's; every tenant's when `None`.
+    pub tenant: Option<TenantName>,
 }
 
 /// Jobs per status and kind.
@@ -302,6 +306,7 @@ fn log_transition(from: Option<JobStatus>, job: &Job) {
     tracing::info!(
         event = "job_transition",
         job_id = %job.id(),
+        tenant = %job.tenant(),
         kind = job.kind().as_str(),
         from = from.map_or("", JobStatus::as_str),
         to = job.status().as_str(),

@@ -8,7 +8,9 @@
 #[cfg(doc)]
 use super::MAX_PAGE;
 use super::backend::{Collection, Dir};
+use super::tenants::Scope;
 use super::{Created, Page, Store};
+use crate::domain::tenant::TenantName;
 use crate::error::Result;
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -64,6 +66,9 @@ pub struct Rejected {
     pub received_at: Timestamp,
     /// When retention may delete it.
     pub expire_at: Timestamp,
+    /// The tenant it was sent for, when intake knew it (absent: `default`).
+    #[serde(default, skip_serializing_if = "TenantName::is_default")]
+    pub tenant: TenantName,
 }
 
 impl Rejected {
@@ -102,6 +107,7 @@ impl Rejected {
             body_bytes: body.len() as u64,
             received_at: now,
             expire_at: now.plus(REJECTED_RETENTION),
+            tenant: TenantName::default(),
         }
     }
 }
@@ -161,12 +167,30 @@ impl Store {
     /// Rejected requests newest first, `limit` (at most [`MAX_PAGE`]) at a
     /// time; `after` is the previous page's `next`.
     pub async fn list_rejected(&self, limit: u32, after: Option<&str>) -> Result<Page<Rejected>> {
-        self.page(Vec::new(), LIST_ORDER, limit, after).await
+        self.list_rejected_in(&Scope::Everyone, limit, after).await
+    }
+
+    /// [`Store::list_rejected`] of `scope` only.
+    pub async fn list_rejected_in(
+        &self,
+        scope: &Scope,
+        limit: u32,
+        after: Option<&str>,
+    ) -> Result<Page<Rejected>> {
+        let conds = scope.cond().into_iter().collect();
+        let mut page: Page<Rejected> = self.page(conds, LIST_ORDER, limit, after).await?;
+        page.items.retain(|rejected| scope.covers(&rejected.tenant));
+        Ok(page)
     }
 
     /// How many rejected requests are kept.
     pub async fn count_rejected(&self) -> Result<u64> {
-        self.backend.count(Collection::Rejected, &[]).await
+        self.count_rejected_in(&Scope::Everyone).await
+    }
+
+    /// How many rejected requests of `scope` are kept.
+    pub async fn count_rejected_in(&self, scope: &Scope) -> Result<u64> {
+        self.count_in(Collection::Rejected, Vec::new(), scope).await
     }
 }
 

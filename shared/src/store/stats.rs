@@ -4,6 +4,7 @@
 //! `asmr stats --json` both serialize this one type.
 
 use super::budget::{BudgetDay, budget_day_of};
+use super::tenants::Scope;
 use super::{DownloadCounts, JobCounts, Store};
 use crate::cost::usd;
 use crate::domain::download::DownloadStatus;
@@ -152,12 +153,17 @@ impl Stats {
 impl Store {
     /// Every figure, read at once.
     pub async fn stats(&self) -> Result<Stats> {
+        self.stats_in(&Scope::Everyone).await
+    }
+
+    /// Every figure of `scope`, read at once.
+    pub async fn stats_in(&self, scope: &Scope) -> Result<Stats> {
         let today = budget_day_of(Timestamp::now());
         let (jobs, waiting, downloads, rejected, day) = tokio::try_join!(
-            self.job_counts(),
-            self.waiting_counts(),
-            self.download_counts(),
-            self.count_rejected(),
+            self.job_counts_in(scope),
+            self.waiting_counts_in(scope),
+            self.download_counts_in(scope),
+            self.count_rejected_in(scope),
             self.budget_day(&today),
         )?;
         Ok(Stats::of(&jobs, waiting, &downloads, rejected, &day))

@@ -2,9 +2,11 @@
 //! record a filter matches, or the first few, and never follow `next`
 //! themselves.
 
+use super::tenants::Scope;
 use super::{JobFilter, MAX_PAGE, Page, Store};
 use crate::domain::download::{Download, DownloadStatus};
 use crate::domain::job::Job;
+use crate::domain::tenant::TenantName;
 use crate::domain::values::JobKind;
 use crate::error::Result;
 use crate::store::rejected::Rejected;
@@ -94,38 +96,53 @@ impl Store {
         Ok(jobs)
     }
 
-    /// Approved images, newest first: what `asmr promote --approved` makes
-    /// videos of.
-    pub async fn promotable(&self) -> Result<Vec<Job>> {
-        self.all_jobs(&JobFilter::kind(JobKind::Image).approved(true))
-            .await
+    /// Approved images of `tenant` (every tenant's when `None`), newest
+    /// first: what `asmr promote --approved` makes videos of.
+    pub async fn promotable(&self, tenant: Option<TenantName>) -> Result<Vec<Job>> {
+        let filter = JobFilter::kind(JobKind::Image)
+            .approved(true)
+            .with_tenant(tenant);
+        self.all_jobs(&filter).await
     }
 
-    /// Every download in `status` (any, when `None`), in copy order.
-    pub async fn all_downloads(&self, status: Option<DownloadStatus>) -> Result<Vec<Download>> {
+    /// Every download of `scope` in `status` (any, when `None`), in copy
+    /// order.
+    pub async fn all_downloads(
+        &self,
+        status: Option<DownloadStatus>,
+        scope: &Scope,
+    ) -> Result<Vec<Download>> {
         let page = |limit, after: Option<String>| async move {
-            self.list_downloads(status, limit, after.as_deref()).await
+            self.list_downloads_in(status, scope, limit, after.as_deref())
+                .await
         };
         Ok(walk(page, None).await?.0)
     }
 
-    /// The first `limit` downloads in `status`, and whether more are left.
+    /// The first `limit` downloads of `scope` in `status`, and whether
+    /// more are left.
     pub async fn first_downloads(
         &self,
         status: Option<DownloadStatus>,
+        scope: &Scope,
         limit: usize,
     ) -> Result<(Vec<Download>, bool)> {
         let page = |limit, after: Option<String>| async move {
-            self.list_downloads(status, limit, after.as_deref()).await
+            self.list_downloads_in(status, scope, limit, after.as_deref())
+                .await
         };
         walk(page, Some(limit)).await
     }
 
-    /// The first `limit` rejected requests, newest first, and whether more
-    /// are left.
-    pub async fn first_rejected(&self, limit: usize) -> Result<(Vec<Rejected>, bool)> {
+    /// The first `limit` rejected requests of `scope`, newest first, and
+    /// whether more are left.
+    pub async fn first_rejected(
+        &self,
+        scope: &Scope,
+        limit: usize,
+    ) -> Result<(Vec<Rejected>, bool)> {
         let page = |limit, after: Option<String>| async move {
-            self.list_rejected(limit, after.as_deref()).await
+            self.list_rejected_in(scope, limit, after.as_deref()).await
         };
         walk(page, Some(limit)).await
     }
@@ -150,6 +167,11 @@ impl JobFilter {
     /// Only `kind`, when given.
     pub fn with_kind(self, kind: Option<JobKind>) -> Self {
         Self { kind, ..self }
+    }
+
+    /// Only `tenant`'s jobs, when given.
+    pub fn with_tenant(self, tenant: Option<TenantName>) -> Self {
+        Self { tenant, ..self }
     }
 
     /// Only approved jobs (`true`) or rejected ones (`false`).

@@ -69,14 +69,15 @@ async fn a_forged_or_stale_approval_event_buys_no_video() {
     let _topics = world.topics().await;
     let intake = Service::start("intake", &world, &[("AUTO_PROMOTE", "approved".into())]).await;
     let events = format!("{}/v1/job-events", intake.url);
+    let key = [("x-api-key", world.api_key("default").await)];
 
     // Approved, then rejected; the approval's event arrives (again) after
     // the rejection.
     let image = delivered_image(&world, "soap cutting").await;
-    let approve = post(&format!("{}/v1/jobs/{image}:approve", intake.url), "", &[]).await;
+    let approve = post(&format!("{}/v1/jobs/{image}:approve", intake.url), "", &key).await;
     assert_eq!(approve.status, 200, "{}", approve.body);
     let approval = JobEvent::of(&world.store.job(&image).await.unwrap());
-    let reject = post(&format!("{}/v1/jobs/{image}:reject", intake.url), "", &[]).await;
+    let reject = post(&format!("{}/v1/jobs/{image}:reject", intake.url), "", &key).await;
     assert_eq!(reject.status, 200, "{}", reject.body);
     let stale = post(&events, event_push(&approval), &[]).await;
     assert_eq!(
@@ -104,7 +105,7 @@ async fn a_forged_or_stale_approval_event_buys_no_video() {
     );
 
     // The same image approved for real: its event makes the video.
-    let approve = post(&format!("{}/v1/jobs/{image}:approve", intake.url), "", &[]).await;
+    let approve = post(&format!("{}/v1/jobs/{image}:approve", intake.url), "", &key).await;
     assert_eq!(approve.status, 200, "{}", approve.body);
     let approval = JobEvent::of(&world.store.job(&image).await.unwrap());
     let answer = post(&events, event_push(&approval), &[]).await;
@@ -242,14 +243,15 @@ async fn push_routes_take_only_the_push_identitys_signed_tokens() {
     // without a token.
     let body = r#"{"prompt": "sand", "kind": "image"}"#;
     let caller = google.bearer("operator@asmr-test.iam.gserviceaccount.com", AUDIENCE);
+    let key = ("x-api-key", world.api_key("default").await);
     let answer = post(
         &format!("{}/v1/jobs", intake.url),
         body,
-        &[("authorization", caller)],
+        &[("authorization", caller), key.clone()],
     )
     .await;
     assert_eq!(answer.status, 201, "{}", answer.body);
-    let answer = post(&format!("{}/v1/jobs", intake.url), body, &[]).await;
+    let answer = post(&format!("{}/v1/jobs", intake.url), body, &[key]).await;
     assert_eq!(answer.status, 401, "{}", answer.body);
 
     // The other push stages hold the same gate.
@@ -306,10 +308,12 @@ async fn idempotency_keys_belong_to_their_caller_and_come_back_only_with_their_r
     let jobs = format!("{}/v1/jobs", intake.url);
     let alice = google.bearer("alice@studio.example", AUDIENCE);
     let bob = google.bearer("bob@agency.example", AUDIENCE);
+    let key = ("x-api-key", world.api_key("default").await);
     let with = |caller: &str| {
         vec![
             ("authorization", caller.to_string()),
             ("idempotency-key", "batch-2026-12-05".to_string()),
+            key.clone(),
         ]
     };
     let ids = |answer: &Answer| -> Vec<String> {
@@ -372,8 +376,18 @@ async fn idempotency_keys_belong_to_their_caller_and_come_back_only_with_their_r
     // A body's own request_id is the caller's too.
     let body =
         |prompt: &str| json!({"prompt": prompt, "kind": "image", "request_id": "r-1"}).to_string();
-    let a = post(&jobs, body("a"), &[("authorization", alice.clone())]).await;
-    let b = post(&jobs, body("b"), &[("authorization", bob.clone())]).await;
+    let a = post(
+        &jobs,
+        body("a"),
+        &[("authorization", alice.clone()), key.clone()],
+    )
+    .await;
+    let b = post(
+        &jobs,
+        body("b"),
+        &[("authorization", bob.clone()), key.clone()],
+    )
+    .await;
     assert_eq!((a.status, b.status), (201, 201), "{} {}", a.body, b.body);
     assert_ne!(ids(&a), ids(&b));
     assert_eq!(world.store.job_counts().await.unwrap().total(), 4);
@@ -382,7 +396,7 @@ async fn idempotency_keys_belong_to_their_caller_and_come_back_only_with_their_r
     // its own request.
     let open = Service::start("intake", &world, &[]).await;
     let url = format!("{}/v1/jobs", open.url);
-    let key = [("idempotency-key", "shared-key".to_string())];
+    let key = [("idempotency-key", "shared-key".to_string()), key];
     let made = post(&url, r#"{"prompt": "one", "kind": "image"}"#, &key).await;
     assert_eq!(made.status, 201, "{}", made.body);
     let reused = post(&url, r#"{"prompt": "two", "kind": "image"}"#, &key).await;
@@ -408,6 +422,7 @@ async fn sixteen_oversized_bodies_at_once_hold_intake_to_its_route_limits() {
     let world = emulators(FakeOptions::default()).await;
     let _topics = world.topics().await;
     let intake = Service::start("intake", &world, &[]).await;
+    let key = [("x-api-key", world.api_key("default").await)];
     let pid = intake.process.0.id();
     let idle = peak_rss_mib(pid);
     let body = bytes::Bytes::from(vec![b' '; SIZE]);
@@ -416,7 +431,8 @@ async fn sixteen_oversized_bodies_at_once_hold_intake_to_its_route_limits() {
         let sends = (0..BODIES).map(|_| {
             let url = format!("{}{path}", intake.url);
             let body = body.clone();
-            async move { post(&url, body, &[]).await }
+            let key = key.clone();
+            async move { post(&url, body, &key).await }
         });
         for answer in futures::future::join_all(sends).await {
             assert_eq!(answer.status, want, "{path}: {}", answer.body);
@@ -432,7 +448,8 @@ async fn sixteen_oversized_bodies_at_once_hold_intake_to_its_route_limits() {
         let chunk = bytes::Bytes::from(vec![b' '; 1024 * 1024]);
         let chunks = (0..SIZE >> 20).map(move |_| Ok::<_, std::io::Error>(chunk.clone()));
         let body = reqwest::Body::wrap_stream(futures::stream::iter(chunks));
-        async move { post(&url, body, &[]).await }
+        let key = key.clone();
+        async move { post(&url, body, &key).await }
     });
     for answer in futures::future::join_all(sends).await {
         assert_eq!(answer.status, 413, "chunked: {}", answer.body);
@@ -456,8 +473,9 @@ async fn a_review_reason_is_held_to_a_paragraph() {
     let intake = Service::start("intake", &world, &[]).await;
     let image = delivered_image(&world, "slime").await;
     let url = format!("{}/v1/jobs/{image}:reject", intake.url);
+    let key = [("x-api-key", world.api_key("default").await)];
     let long = json!({"reason": "x".repeat(2_001)}).to_string();
-    let answer = post(&url, long, &[]).await;
+    let answer = post(&url, long, &key).await;
     assert_eq!(answer.status, 400, "{}", answer.body);
     assert!(
         answer.body["error"]
@@ -468,12 +486,12 @@ async fn a_review_reason_is_held_to_a_paragraph() {
         answer.body
     );
     let huge = json!({"reason": "x".repeat(2 * 1024 * 1024)}).to_string();
-    let answer = post(&url, huge, &[]).await;
+    let answer = post(&url, huge, &key).await;
     assert_eq!(answer.status, 413, "{}", answer.body);
     assert!(world.store.job(&image).await.unwrap().reviewed().is_none());
 
     let fine = json!({"reason": "too dark"}).to_string();
-    assert_eq!(post(&url, fine, &[]).await.status, 200);
+    assert_eq!(post(&url, fine, &key).await.status, 200);
 
     let output = world.operator(&["reject", &image, "--reason", &"y".repeat(5_000)]);
     assert!(!output.status.success());
@@ -494,6 +512,7 @@ async fn the_logs_never_quote_a_callers_prompt() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("intake.log");
     let intake = Service::start_logged("intake", &world, &[], &log).await;
+    let key = [("x-api-key", world.api_key("default").await)];
     let bad = [
         format!(r#"{{"prompt": ["{SECRET}"], "kind": "image"}}"#),
         format!(r#"{{"prompt": "{SECRET}", "kind": "image", "{SECRET}": 1}}"#),
@@ -506,7 +525,7 @@ async fn the_logs_never_quote_a_callers_prompt() {
         let push = envelope(&format!("bad-{n}"), body.as_bytes(), &BTreeMap::new());
         let answer = post(&format!("{}/", intake.url), push, &[]).await;
         assert_eq!(answer.body["outcome"], "poison", "{body}: {}", answer.body);
-        let answer = post(&format!("{}/v1/jobs", intake.url), body.clone(), &[]).await;
+        let answer = post(&format!("{}/v1/jobs", intake.url), body.clone(), &key).await;
         assert_eq!(answer.status, 400, "{body}: {}", answer.body);
     }
     // A push whose envelope itself quotes it.

@@ -306,6 +306,7 @@ async fn a_copy_completed_but_not_recorded_on_its_job_is_recorded_on_redelivery(
             priority: 10,
             size: Some(metas[0].size),
             crc32c: Some(metas[0].crc32c),
+            tenant: Default::default(),
         })
         .await
         .unwrap();

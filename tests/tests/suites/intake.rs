@@ -31,6 +31,8 @@ struct Intake {
     store: Store,
     pubsub: Emulator,
     url: String,
+    /// The default tenant's API key.
+    key: String,
     /// The service's JSON log lines (its stdout).
     log: PathBuf,
     _service: Running,
@@ -87,6 +89,7 @@ impl Intake {
         Self {
             prefix,
             topics,
+            key: tests::stages::api_key(&store, "default").await,
             store,
             pubsub,
             url,
@@ -400,7 +403,7 @@ async fn a_request_whose_job_could_not_be_queued_is_redelivered_until_it_is() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_http_api_creates_reads_refuses_and_counts() {
     let intake = Intake::start(true).await;
-    let http = reqwest::Client::new();
+    let http = tests::http::keyed_client(&intake.key);
     let post = async |body: reqwest::Body| {
         let response = http
             .post(format!("{}/v1/jobs", intake.url))

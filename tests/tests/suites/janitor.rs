@@ -58,6 +58,7 @@ fn completed_download(object: &str, at: Timestamp) -> Download {
             priority: 10,
             size: Some(3),
             crc32c: None,
+            tenant: Default::default(),
         },
         at,
     );
@@ -134,6 +135,7 @@ async fn records_around_expiry(
             priority: 10,
             size: None,
             crc32c: None,
+            tenant: Default::default(),
         },
         now,
     );

@@ -21,5 +21,6 @@ mod object_contract;
 mod outages;
 mod report;
 mod store_contract;
+mod tenants;
 mod terraform;
 mod vertex_client;

@@ -330,9 +330,14 @@ async fn storage_down_longer_than_the_push_deadline_pays_once_and_completes_the_
 // --- 5. intake when Pub/Sub or Firestore fail -----------------------------
 
 /// POSTs `body` to intake's `/v1/jobs`; the status, the answer, how long.
-async fn post_jobs(url: &str, body: &Value, key: Option<&str>) -> (u16, Value, Duration) {
+async fn post_jobs(
+    url: &str,
+    api_key: &str,
+    body: &Value,
+    key: Option<&str>,
+) -> (u16, Value, Duration) {
     let started = Instant::now();
-    let mut request = reqwest::Client::new()
+    let mut request = tests::http::keyed_client(api_key)
         .post(format!("{url}/v1/jobs"))
         .timeout(Duration::from_secs(200))
         .json(body);
@@ -348,6 +353,7 @@ async fn post_jobs(url: &str, body: &Value, key: Option<&str>) -> (u16, Value, D
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn intake_answers_fast_with_the_jobs_it_made_when_pubsub_is_down_or_frozen() {
     let world = emulators(FakeOptions::default()).await;
+    let api_key = world.api_key("default").await;
     let (pubsub, topics) = world.topics().await;
     let prefix = world.prefix.clone().unwrap();
     pubsub
@@ -361,7 +367,7 @@ async fn intake_answers_fast_with_the_jobs_it_made_when_pubsub_is_down_or_frozen
         let intake =
             Service::start("intake", &world, &[("PUBSUB_EMULATOR_HOST", pubsub_host)]).await;
         let body = json!({"kind": "image", "prompts": [format!("{what} a"), format!("{what} b")]});
-        let (status, answer, took) = post_jobs(&intake.url, &body, None).await;
+        let (status, answer, took) = post_jobs(&intake.url, &api_key, &body, None).await;
         assert_eq!(status, 202, "{what}: {answer}");
         assert!(
             took < Duration::from_secs(20),
@@ -376,7 +382,7 @@ async fn intake_answers_fast_with_the_jobs_it_made_when_pubsub_is_down_or_frozen
             );
         }
         // The client that resends anyway creates nothing twice.
-        let (status, again, _) = post_jobs(&intake.url, &body, None).await;
+        let (status, again, _) = post_jobs(&intake.url, &api_key, &body, None).await;
         assert!(status == 200 || status == 202, "{again}");
         assert_eq!(again["jobs"][0]["created"], false);
     }
@@ -412,6 +418,7 @@ async fn a_firestore_outage_mid_batch_is_answered_with_what_was_made_and_a_resen
     let world = emulators(FakeOptions::default()).await;
     let (_pubsub, _topics) = world.topics().await;
     let firestore = Switch::start(&tests::harness::emulator_host("FIRESTORE_EMULATOR_HOST")).await;
+    let api_key = world.api_key("default").await;
     let intake = Service::start(
         "intake",
         &world,
@@ -422,7 +429,8 @@ async fn a_firestore_outage_mid_batch_is_answered_with_what_was_made_and_a_resen
     let body = json!({"kind": "image", "prompts": prompts});
     let request = {
         let (url, body) = (intake.url.clone(), body.clone());
-        tokio::spawn(async move { post_jobs(&url, &body, None).await })
+        let api_key = api_key.clone();
+        tokio::spawn(async move { post_jobs(&url, &api_key, &body, None).await })
     };
     wait_until("part of the batch", Duration::from_secs(60), async || {
         world.store.job_counts().await.unwrap().total() >= 40
@@ -446,7 +454,7 @@ async fn a_firestore_outage_mid_batch_is_answered_with_what_was_made_and_a_resen
         .iter()
         .map(|j| j["id"].as_str().unwrap().to_string())
         .collect();
-    let (status, answer, _) = post_jobs(&intake.url, &body, None).await;
+    let (status, answer, _) = post_jobs(&intake.url, &api_key, &body, None).await;
     assert_eq!(status, 201, "{answer}");
     let jobs = answer["jobs"].as_array().unwrap();
     assert_eq!(jobs.len(), 400);

@@ -454,6 +454,7 @@ async fn listing_pages_through_everything_newest_first(t: TestStore) {
                 kind: Some(JobKind::Video),
                 status: None,
                 approved: None,
+                tenant: None,
             },
             50,
             None,
@@ -469,6 +470,7 @@ async fn listing_pages_through_everything_newest_first(t: TestStore) {
                 status: Some(JobStatus::Cancelled),
                 kind: Some(JobKind::Image),
                 approved: None,
+                tenant: None,
             },
             50,
             None,
@@ -1182,6 +1184,7 @@ fn download(job_id: &str, object: &str, priority: i64) -> NewDownload {
         priority,
         size: Some(1024),
         crc32c: Some("AAAAAA==".parse().unwrap()),
+        tenant: Default::default(),
     }
 }
 
@@ -1362,7 +1365,7 @@ async fn only_a_finished_image_is_reviewed_and_a_second_verdict_replaces_the_fir
     };
     assert_eq!(listed(true).await, [image.as_str()]);
     assert_eq!(listed(false).await, [other.as_str()]);
-    let promotable = store.promotable().await.unwrap();
+    let promotable = store.promotable(None).await.unwrap();
     assert_eq!(promotable.len(), 1);
     assert_eq!(promotable[0].id(), image);
 

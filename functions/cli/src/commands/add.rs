@@ -13,6 +13,7 @@ use futures::stream::{self, StreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use shared::bus::{Bus, Topics};
 use shared::domain::job::{Job, NewJob};
+use shared::domain::tenant::TenantName;
 use shared::domain::validate::validate_params;
 use shared::domain::values::{JobKind, JobParams};
 use shared::error::Error;
@@ -26,8 +27,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// Files with at least this many prompts get a progress bar (on a terminal).
 const PROGRESS_FROM: usize = 50;
 
-pub async fn run(store: &Store, bus: &dyn Bus, topics: Topics, args: AddArgs) -> Result<()> {
-    let template = Template::from_args(&args)?;
+pub async fn run(
+    store: &Store,
+    bus: &dyn Bus,
+    topics: Topics,
+    tenant: &TenantName,
+    args: AddArgs,
+) -> Result<()> {
+    let template = Template::from_args(&args, tenant)?;
     let intake = Intake { store, bus, topics };
     match (args.prompt, args.file) {
         (Some(prompt), None) => add_one(&intake, template.job(prompt, args.request_id)).await,
@@ -64,6 +71,7 @@ fn not_queued(submitted: &SubmittedJob) -> Option<String> {
 
 /// What every job of one `asmr add` shares.
 struct Template {
+    tenant: TenantName,
     kind: JobKind,
     params: JobParams,
     priority: i64,
@@ -72,11 +80,12 @@ struct Template {
 
 impl Template {
     /// Checks the kind and parameters once, before any prompt is read.
-    fn from_args(args: &AddArgs) -> Result<Self> {
+    fn from_args(args: &AddArgs, tenant: &TenantName) -> Result<Self> {
         let kind: JobKind = args.kind.parse().map_err(Error::from)?;
         let params = parse_params(&args.params)?;
         validate_params(kind, &params).map_err(Error::from)?;
         Ok(Self {
+            tenant: tenant.clone(),
             kind,
             params,
             priority: args.priority,
@@ -90,6 +99,7 @@ impl Template {
         job.priority = self.priority;
         job.request_id = request_id;
         job.dry_run = self.dry_run;
+        job.tenant = self.tenant.clone();
         job
     }
 }
@@ -401,6 +411,7 @@ mod tests {
         let prompts: String = (0..200).map(|i| format!("prompt {i}\n")).collect();
         std::fs::write(&file, prompts).unwrap();
         let template = Template {
+            tenant: TenantName::default(),
             kind: JobKind::Image,
             params: JobParams::default(),
             priority: 0,

@@ -2,7 +2,7 @@
 //! The state machine in `shared` decides what is allowed; these commands
 //! report what it did, ids on stdout.
 
-use super::IN_FLIGHT;
+use super::{IN_FLIGHT, Tenancy};
 use crate::args::{ResetArgs, RetryArgs};
 use crate::out;
 use anyhow::{Result, bail};
@@ -76,13 +76,19 @@ pub async fn reset(store: &Store, queue: &Queue<'_>, args: &ResetArgs) -> Result
     Ok(())
 }
 
-pub async fn retry(store: &Store, queue: &Queue<'_>, args: &RetryArgs) -> Result<()> {
+pub async fn retry(
+    store: &Store,
+    queue: &Queue<'_>,
+    tenancy: &Tenancy,
+    args: &RetryArgs,
+) -> Result<()> {
     let options = RetryOptions {
         include_filtered: args.include_filtered,
         resubmit: args.resubmit,
     };
     match (&args.id, args.failed) {
         (Some(id), false) => {
+            tenancy.job(store, id).await?;
             let job = store.retry_job(id, options).await?;
             out::line(job.id())?;
             out::note(format_args!(
@@ -94,7 +100,7 @@ pub async fn retry(store: &Store, queue: &Queue<'_>, args: &RetryArgs) -> Result
             queue.dispatch(&job).await;
             Ok(())
         }
-        (None, true) => retry_failed(store, queue, options).await,
+        (None, true) => retry_failed(store, queue, tenancy, options).await,
         // clap's `which` group makes this unreachable; say so rather than panic.
         _ => bail!("give exactly one of a job id and --failed"),
     }
@@ -122,11 +128,15 @@ fn what_the_retry_does(job: &Job) -> String {
 /// Requeues every failed job. Refusals (filtered jobs, jobs that moved on
 /// meanwhile) are reported and counted; a store error ends the command with
 /// exit 1 after the summary.
-async fn retry_failed(store: &Store, queue: &Queue<'_>, options: RetryOptions) -> Result<()> {
+async fn retry_failed(
+    store: &Store,
+    queue: &Queue<'_>,
+    tenancy: &Tenancy,
+    options: RetryOptions,
+) -> Result<()> {
     // Collect the ids first: requeued jobs leave the listing while we page.
-    let failed = store
-        .all_jobs(&JobFilter::status(JobStatus::Failed))
-        .await?;
+    let filter = JobFilter::status(JobStatus::Failed).with_tenant(Some(tenancy.tenant.clone()));
+    let failed = store.all_jobs(&filter).await?;
     let ids: Vec<String> = failed.iter().map(|job| job.id().to_string()).collect();
     if ids.is_empty() {
         out::note("no failed jobs");
@@ -193,7 +203,8 @@ async fn retry_failed(store: &Store, queue: &Queue<'_>, options: RetryOptions) -
     Ok(())
 }
 
-pub async fn cancel(store: &Store, id: &str) -> Result<()> {
+pub async fn cancel(store: &Store, tenancy: &Tenancy, id: &str) -> Result<()> {
+    tenancy.job(store, id).await?;
     let job = store.cancel_job(id).await?;
     out::line(job.id())?;
     out::note(format_args!("cancelled {} job {}", job.kind(), job.id()));

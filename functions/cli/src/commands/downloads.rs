@@ -2,17 +2,19 @@
 //! running and given-up downloads), and the operator's way to requeue a
 //! download that gave up.
 
+use super::Tenancy;
 use crate::args::DownloadsArgs;
 use crate::out::{self, Table};
 use anyhow::Result;
 use shared::domain::download::{Download, DownloadStatus, FileType};
 use shared::error::Error;
 use shared::store::Store;
+use shared::store::tenants::Scope;
 
 /// Width of the source column of `asmr downloads`.
 const SOURCE_WIDTH: usize = 60;
 
-pub async fn list(store: &Store, args: &DownloadsArgs) -> Result<()> {
+pub async fn list(store: &Store, scope: &Scope, args: &DownloadsArgs) -> Result<()> {
     let status = args
         .status
         .as_deref()
@@ -20,7 +22,9 @@ pub async fn list(store: &Store, args: &DownloadsArgs) -> Result<()> {
         .transpose()
         .map_err(Error::from)?;
 
-    let (downloads, more) = store.first_downloads(status, args.limit as usize).await?;
+    let (downloads, more) = store
+        .first_downloads(status, scope, args.limit as usize)
+        .await?;
 
     if args.json {
         out::json_pretty(&downloads)?;
@@ -91,7 +95,17 @@ fn progress(copied: u64, size: Option<u64>) -> String {
     }
 }
 
-pub async fn retry(store: &Store, id: &str) -> Result<()> {
+pub async fn retry(store: &Store, tenancy: &Tenancy, id: &str) -> Result<()> {
+    match store.get_download(id).await? {
+        Some(download) if tenancy.owns(download.tenant()) => {}
+        _ => {
+            return Err(Error::NotFound {
+                kind: "download",
+                id: id.to_string(),
+            }
+            .into());
+        }
+    }
     let download = store.retry_download(id).await?;
     out::line(download.id())?;
     out::note(format_args!(

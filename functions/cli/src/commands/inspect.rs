@@ -1,17 +1,20 @@
 //! `asmr list` and `asmr show`: read-only views of jobs.
 
+use super::{Tenancy, scope_tenant};
 use crate::args::{ListArgs, ShowArgs};
 use crate::out::{self, Table};
 use anyhow::Result;
 use shared::domain::job::Job;
+use shared::store::tenants::Scope;
 use shared::store::{JobFilter, Store};
 use std::fmt::Write as _;
 
 /// Width of the prompt column of `asmr list`.
 const PROMPT_WIDTH: usize = 60;
 
-pub async fn list(store: &Store, args: &ListArgs) -> Result<()> {
+pub async fn list(store: &Store, scope: &Scope, args: &ListArgs) -> Result<()> {
     let filter = JobFilter::default()
+        .with_tenant(scope_tenant(scope))
         .with_status(super::parsed(args.status.as_deref())?)
         .with_kind(super::parsed(args.kind.as_deref())?)
         .with_approved(args.approved.then_some(true));
@@ -62,8 +65,8 @@ fn jobs_table(jobs: &[Job]) -> String {
     table.render()
 }
 
-pub async fn show(store: &Store, args: &ShowArgs) -> Result<()> {
-    let job = store.job(&args.id).await?;
+pub async fn show(store: &Store, tenancy: &Tenancy, args: &ShowArgs) -> Result<()> {
+    let job = tenancy.job(store, &args.id).await?;
     if args.json {
         out::json_pretty(&job)
     } else {
@@ -81,6 +84,7 @@ fn describe(job: &Job) -> String {
 
     field("id", &job.id());
     field("kind", &job.kind());
+    field("tenant", job.tenant());
     field("status", &job.status());
     // A multi-line prompt keeps its lines, indented under the key.
     field("prompt", &job.prompt().replace('\n', "\n  "));

@@ -10,12 +10,18 @@ mod rejected;
 mod report;
 mod review;
 mod stats;
+mod tenant;
 
-use crate::args::Command;
+use crate::args::{AllTenants, Command};
 use crate::out;
 use anyhow::{Context, Result};
 use shared::config::{Adapters, StoreArgs};
+use shared::domain::job::Job;
 use shared::domain::paths::absolute;
+use shared::domain::tenant::TenantName;
+use shared::error::Error;
+use shared::store::Store;
+use shared::store::tenants::Scope;
 use std::io::Read;
 use std::path::Path;
 
@@ -43,6 +49,66 @@ where
         .map_err(shared::error::Error::from)?)
 }
 
+/// The tenant a command acts for (`--tenant`): its jobs and downloads are
+/// the only ones it finds by id, as if no other tenant's existed.
+pub struct Tenancy {
+    tenant: TenantName,
+}
+
+impl Tenancy {
+    /// Whose records a view covers: --tenant's, or everyone's with
+    /// --all-tenants.
+    fn scope(&self, all: AllTenants) -> Scope {
+        match all.all_tenants {
+            true => Scope::Everyone,
+            false => Scope::Tenant(self.tenant.clone()),
+        }
+    }
+
+    /// Whether `tenant` is the one acted for.
+    fn owns(&self, tenant: &TenantName) -> bool {
+        *tenant == self.tenant
+    }
+
+    /// The job `id` of the tenant, or not found.
+    async fn job(&self, store: &Store, id: &str) -> Result<Job> {
+        match store.get_job(id).await? {
+            Some(job) if self.owns(job.tenant()) => Ok(job),
+            _ => Err(Error::NotFound {
+                kind: "job",
+                id: id.to_string(),
+            }
+            .into()),
+        }
+    }
+
+    /// The tenant acted for, if it exists and is enabled: what new jobs
+    /// are made for.
+    async fn usable(&self, store: &Store) -> Result<TenantName> {
+        match store.tenant(&self.tenant).await? {
+            None => anyhow::bail!(
+                "tenant {} does not exist (`asmr tenant list`, `asmr tenant add {}`)",
+                self.tenant,
+                self.tenant
+            ),
+            Some(tenant) if tenant.disabled() => anyhow::bail!(
+                "tenant {} is disabled (`asmr tenant enable {}`)",
+                self.tenant,
+                self.tenant
+            ),
+            Some(_) => Ok(self.tenant.clone()),
+        }
+    }
+}
+
+/// The tenant a job filter keeps for `scope` (`None`: every tenant).
+fn scope_tenant(scope: &Scope) -> Option<TenantName> {
+    match scope {
+        Scope::Everyone => None,
+        Scope::Tenant(tenant) => Some(tenant.clone()),
+    }
+}
+
 /// How many store calls a bulk command keeps in flight. Firestore answers
 /// each in tens of milliseconds, so one at a time would make a 10,000-line
 /// file take minutes; the embedded store simply serialises them.
@@ -50,7 +116,7 @@ const IN_FLIGHT: usize = 32;
 
 /// Opens the store (and, for a command that creates or ends jobs, Pub/Sub),
 /// says which store it is, and runs `command` on it.
-pub async fn run(args: &StoreArgs, command: Command) -> Result<()> {
+pub async fn run(args: &StoreArgs, tenant: &TenantName, command: Command) -> Result<()> {
     let config = args.store_config()?;
     // Named before opening, so that a store that cannot be opened is still
     // named on the first line.
@@ -77,22 +143,31 @@ pub async fn run(args: &StoreArgs, command: Command) -> Result<()> {
         bus: bus.as_ref(),
         topics: &topics,
     };
+    let tenancy = Tenancy {
+        tenant: tenant.clone(),
+    };
     let outcome = match command {
-        Command::Add(args) => add::run(&store, bus.as_ref(), topics.clone(), args).await,
-        Command::Stats(args) => stats::run(&store, &args).await,
-        Command::List(args) => inspect::list(&store, &args).await,
-        Command::Show(args) => inspect::show(&store, &args).await,
+        Command::Add(args) => {
+            let tenant = tenancy.usable(&store).await?;
+            add::run(&store, bus.as_ref(), topics.clone(), &tenant, args).await
+        }
+        Command::Stats(args) => stats::run(&store, &tenancy.scope(args.scope), &args).await,
+        Command::List(args) => inspect::list(&store, &tenancy.scope(args.scope), &args).await,
+        Command::Show(args) => inspect::show(&store, &tenancy, &args).await,
         Command::Reset(args) => change::reset(&store, &queue, &args).await,
-        Command::Retry(args) => change::retry(&store, &queue, &args).await,
-        Command::Cancel(args) => change::cancel(&store, &args.id).await,
-        Command::Downloads(args) => downloads::list(&store, &args).await,
-        Command::RetryDownload(args) => downloads::retry(&store, &args.id).await,
-        Command::Rejected(args) => rejected::list(&store, &args).await,
-        Command::Approve(args) => review::approve(&store, &args).await,
-        Command::Reject(args) => review::reject(&store, &args).await,
-        Command::Promote(args) => review::promote(&store, &queue, &args).await,
-        Command::Report(args) => report::report(&store, &args).await,
-        Command::Manifest(args) => report::manifest(&store, &args).await,
+        Command::Retry(args) => change::retry(&store, &queue, &tenancy, &args).await,
+        Command::Cancel(args) => change::cancel(&store, &tenancy, &args.id).await,
+        Command::Downloads(args) => {
+            downloads::list(&store, &tenancy.scope(args.scope), &args).await
+        }
+        Command::RetryDownload(args) => downloads::retry(&store, &tenancy, &args.id).await,
+        Command::Rejected(args) => rejected::list(&store, &tenancy.scope(args.scope), &args).await,
+        Command::Approve(args) => review::approve(&store, &tenancy, &args).await,
+        Command::Reject(args) => review::reject(&store, &tenancy, &args).await,
+        Command::Promote(args) => review::promote(&store, &queue, &tenancy, &args).await,
+        Command::Report(args) => report::report(&store, &tenancy.scope(args.scope), &args).await,
+        Command::Manifest(args) => report::manifest(&store, &tenancy, &args).await,
+        Command::Tenant(command) => tenant::run(&store, command).await,
         Command::Run(_) => anyhow::bail!("`asmr run` opens its own store"),
     };
     store.flush_events().await;

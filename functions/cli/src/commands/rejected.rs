@@ -8,12 +8,13 @@ use crate::out::{self, Table};
 use anyhow::Result;
 use shared::store::Store;
 use shared::store::rejected::Rejected;
+use shared::store::tenants::Scope;
 
 /// Width of the reason column.
 const REASON_WIDTH: usize = 100;
 
-pub async fn list(store: &Store, args: &RejectedArgs) -> Result<()> {
-    let (rejected, more) = store.first_rejected(args.limit as usize).await?;
+pub async fn list(store: &Store, scope: &Scope, args: &RejectedArgs) -> Result<()> {
+    let (rejected, more) = store.first_rejected(scope, args.limit as usize).await?;
 
     if args.json {
         out::json_pretty(&rejected)?;

@@ -7,10 +7,12 @@ use anyhow::{Context, Result, bail};
 use shared::cost::PriceTable;
 use shared::domain::destination::Destination;
 use shared::report::build::{self, Selection};
+use shared::store::tenants::Scope;
 use shared::time::Timestamp;
 
-pub async fn report(store: &shared::store::Store, args: &ReportArgs) -> Result<()> {
+pub async fn report(store: &shared::store::Store, scope: &Scope, args: &ReportArgs) -> Result<()> {
     let selection = Selection {
+        tenant: super::scope_tenant(scope),
         status: super::parsed(args.status.as_deref())?,
         kind: super::parsed(args.kind.as_deref())?,
         since: args.since.as_deref().map(since).transpose()?,
@@ -55,7 +57,11 @@ fn since(text: &str) -> Result<Timestamp> {
     }
 }
 
-pub async fn manifest(store: &shared::store::Store, args: &ManifestArgs) -> Result<()> {
+pub async fn manifest(
+    store: &shared::store::Store,
+    tenancy: &super::Tenancy,
+    args: &ManifestArgs,
+) -> Result<()> {
     // Deliveries to a folder record absolute paths; a folder given relative
     // to here is compared as the absolute path it names.
     let destination: Destination = match &args.destination {
@@ -72,7 +78,9 @@ pub async fn manifest(store: &shared::store::Store, args: &ManifestArgs) -> Resu
     };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let written = shared::manifest::rebuild::rebuild(store, &destination, &args.out).await?;
+    let scope = tenancy.scope(crate::args::AllTenants::default());
+    let written =
+        shared::manifest::rebuild::rebuild(store, &scope, &destination, &args.out).await?;
     out::line(written.path.display())?;
     out::note(format_args!(
         "{} for {} written to {}",

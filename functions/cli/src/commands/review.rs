@@ -3,6 +3,7 @@
 //! reviewed or promoted; promoting twice makes one video) are the domain's;
 //! these commands report what it did, ids on stdout.
 
+use super::Tenancy;
 use super::change::Queue;
 use crate::args::{PromoteArgs, RejectArgs, ReviewArgs};
 use crate::out;
@@ -15,25 +16,34 @@ use shared::error::Error;
 use shared::store::Store;
 use shared::time::Timestamp;
 
-pub async fn approve(store: &Store, args: &ReviewArgs) -> Result<()> {
-    review(store, &args.ids, Verdict::Approved, None).await
+pub async fn approve(store: &Store, tenancy: &Tenancy, args: &ReviewArgs) -> Result<()> {
+    review(store, tenancy, &args.ids, Verdict::Approved, None).await
 }
 
-pub async fn reject(store: &Store, args: &RejectArgs) -> Result<()> {
-    review(store, &args.ids, Verdict::Rejected, args.reason.clone()).await
+pub async fn reject(store: &Store, tenancy: &Tenancy, args: &RejectArgs) -> Result<()> {
+    let reason = args.reason.clone();
+    review(store, tenancy, &args.ids, Verdict::Rejected, reason).await
 }
 
 /// Marks each job; a job that cannot be marked is reported and the others
 /// are still marked. Fails when any could not be.
 async fn review(
     store: &Store,
+    tenancy: &Tenancy,
     ids: &[String],
     verdict: Verdict,
     reason: Option<String>,
 ) -> Result<()> {
     let mut refused = 0;
     for id in ids {
-        match store.review_job(id, verdict, reason.clone()).await {
+        let reviewed = match tenancy.job(store, id).await {
+            Ok(_) => store
+                .review_job(id, verdict, reason.clone())
+                .await
+                .map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        };
+        match reviewed {
             Ok(job) => {
                 out::line(job.id())?;
                 out::note(format_args!("{} image job {}", verdict.as_str(), job.id()));
@@ -55,7 +65,12 @@ async fn review(
     Ok(())
 }
 
-pub async fn promote(store: &Store, queue: &Queue<'_>, args: &PromoteArgs) -> Result<()> {
+pub async fn promote(
+    store: &Store,
+    queue: &Queue<'_>,
+    tenancy: &Tenancy,
+    args: &PromoteArgs,
+) -> Result<()> {
     let options = PromoteOptions {
         params: args.params.clone(),
         duration: args.duration.as_deref().map(str::parse).transpose()?,
@@ -63,7 +78,7 @@ pub async fn promote(store: &Store, queue: &Queue<'_>, args: &PromoteArgs) -> Re
         again: args.again,
         grounds: Grounds::Operator,
     };
-    let Images { found, missing } = images(store, args).await?;
+    let Images { found, missing } = images(store, tenancy, args).await?;
     if found.is_empty() && missing.is_empty() {
         out::note("no approved image to promote");
         return Ok(());
@@ -153,24 +168,24 @@ struct Image {
     grounds: Grounds,
 }
 
-async fn images(store: &Store, args: &PromoteArgs) -> Result<Images> {
+async fn images(store: &Store, tenancy: &Tenancy, args: &PromoteArgs) -> Result<Images> {
     let mut images = Images {
         found: Vec::new(),
         missing: Vec::new(),
     };
     for id in &args.ids {
         match store.get_job(id).await? {
-            Some(job) => images.found.push(Image {
+            Some(job) if tenancy.owns(job.tenant()) => images.found.push(Image {
                 job,
                 grounds: Grounds::Operator,
             }),
-            None => images.missing.push(id.clone()),
+            _ => images.missing.push(id.clone()),
         }
     }
     if args.approved {
         images.found.extend(
             store
-                .promotable()
+                .promotable(Some(tenancy.tenant.clone()))
                 .await?
                 .into_iter()
                 .filter(|job| !args.ids.iter().any(|id| id == job.id()))

@@ -9,27 +9,28 @@ use shared::domain::download::DownloadStatus;
 use shared::domain::values::{BUDGET_EXHAUSTED, JobKind, JobStatus};
 use shared::store::budget::{BudgetDay, budget_day_of};
 use shared::store::stats::Stats;
+use shared::store::tenants::Scope;
 use shared::store::{DownloadCounts, JobCounts, Store};
 use shared::time::Timestamp;
 use std::collections::BTreeMap;
 
-pub async fn run(store: &Store, args: &StatsArgs) -> Result<()> {
+pub async fn run(store: &Store, scope: &Scope, args: &StatsArgs) -> Result<()> {
     if args.json {
         // The figures the API serves, without the per-kind rows and the
         // rejected count (`asmr list --kind`, `asmr rejected`).
         let stats = Stats {
             jobs_by_kind: None,
             rejected: None,
-            ..store.stats().await?
+            ..store.stats_in(scope).await?
         };
         return out::json_line(&stats);
     }
     let today = budget_day_of(Timestamp::now());
     let (jobs, downloads, day, waiting) = tokio::try_join!(
-        store.job_counts(),
-        store.download_counts(),
+        store.job_counts_in(scope),
+        store.download_counts_in(scope),
         store.budget_day(&today),
-        store.waiting_counts(),
+        store.waiting_counts_in(scope),
     )?;
     let text = format!(
         "{}\n{}\n{}\n{}",

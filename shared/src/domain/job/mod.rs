@@ -8,6 +8,7 @@ mod new;
 mod read;
 
 use super::gs_uri::GsUri;
+use super::tenant::TenantName;
 use super::values::{
     ATTEMPTS_EXHAUSTED, Chain, DeliveredOutput, FILTERED, FirstFrame, HeldOutput, JobError,
     JobKind, JobParams, JobStatus, OPERATION_FAILED, Reservation, RetryOptions, Review,
@@ -82,6 +83,8 @@ pub struct Job {
     pub(in crate::domain) first_frame: Option<FirstFrame>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(in crate::domain) model: Option<String>,
+    #[serde(default, skip_serializing_if = "TenantName::is_default")]
+    pub(in crate::domain) tenant: TenantName,
 }
 
 #[cfg(test)]
@@ -130,6 +133,8 @@ pub struct NewJob {
     pub chain: Option<Chain>,
     /// The image a video starts from (videos only).
     pub first_frame: Option<FirstFrame>,
+    /// Whose job it is.
+    pub tenant: TenantName,
 }
 
 /// How long finished records are kept before the store may delete them.

@@ -3,6 +3,7 @@
 
 use super::{Job, NewJob};
 use crate::domain::invalid::ValidationError;
+use crate::domain::tenant::TenantName;
 use crate::domain::validate::{validate_params, validate_prompt};
 use crate::domain::values::{DEFAULT_MAX_ATTEMPTS, JobKind, JobParams, JobStatus};
 use crate::time::Timestamp;
@@ -23,6 +24,7 @@ impl NewJob {
             parent: None,
             chain: None,
             first_frame: None,
+            tenant: TenantName::default(),
         }
     }
 
@@ -111,6 +113,7 @@ impl Job {
             chain: new.chain,
             first_frame: new.first_frame,
             model: None,
+            tenant: new.tenant,
         }
     }
 
@@ -155,9 +158,21 @@ impl Job {
     /// The id `new` will have, when it has a request id.
     pub fn id_of(new: &NewJob) -> Option<String> {
         let request_id = new.request_id.as_deref()?;
-        Some(Self::id_for_scoped_request(
-            new.key_scope.as_deref(),
-            request_id,
-        ))
+        let scope = Self::request_scope(&new.tenant, new.key_scope.as_deref());
+        Some(Self::id_for_scoped_request(scope.as_deref(), request_id))
+    }
+
+    /// The namespace of the request ids of `tenant`'s caller `key_scope`
+    /// (see [`NewJob::key_scope`]): request ids live in one namespace per
+    /// tenant and caller; the default tenant's are those of before tenants,
+    /// so older jobs keep their ids.
+    pub fn request_scope(tenant: &TenantName, key_scope: Option<&str>) -> Option<String> {
+        match (tenant.is_default(), key_scope) {
+            (true, scope) => scope.map(str::to_string),
+            // A tenant name holds no colon and an account name does not
+            // start with `tenant:`, so no pair spells another's scope.
+            (false, None) => Some(format!("tenant:{tenant}")),
+            (false, Some(scope)) => Some(format!("tenant:{tenant}:{scope}")),
+        }
     }
 }

@@ -2,6 +2,7 @@
 
 use super::Job;
 use crate::domain::gs_uri::GsUri;
+use crate::domain::tenant::TenantName;
 use crate::domain::values::{
     Chain, DeliveredOutput, FirstFrame, HeldOutput, JobError, JobKind, JobParams, JobStatus,
     Reservation, Review, Verdict,
@@ -176,6 +177,26 @@ impl Job {
     /// until one did.
     pub fn model(&self) -> Option<&str> {
         self.model.as_deref()
+    }
+
+    /// Whose job it is; `default` for a job written before tenants.
+    pub fn tenant(&self) -> &TenantName {
+        &self.tenant
+    }
+
+    /// Where its outputs go in the output bucket: `images/{id}/` or
+    /// `videos/{id}/` below its tenant's prefix (none for the default
+    /// tenant, `tenants/{name}/` for the others).
+    pub fn output_folder(&self) -> String {
+        let folder = match self.kind {
+            JobKind::Image => "images",
+            JobKind::Video => "videos",
+        };
+        format!(
+            "{}{folder}/{}/",
+            crate::domain::tenant::Tenant::output_prefix(&self.tenant),
+            self.id
+        )
     }
 
     /// The image this video starts from.

@@ -62,6 +62,12 @@ pub async fn capture() -> Vec<Line> {
     // intake: jobs in over HTTP, one at a time so that they are claimed in
     // this order, and a push that is not a request.
     let intake = env.serve("intake", &[], &[]).await;
+    let operator = Store::open(&StoreConfig::Embedded {
+        state_dir: state.path().to_path_buf(),
+    })
+    .await
+    .unwrap();
+    let http = tests::http::keyed_client(&tests::stages::api_key(&operator, "default").await);
     let mut ids = Vec::new();
     for (kind, prompt) in [
         ("image", "[blocked] soap cut into cubes"),
@@ -71,7 +77,7 @@ pub async fn capture() -> Vec<Line> {
         ("video", "waves on pebbles"),
         ("video", "[op-fails] waves on sand"),
     ] {
-        let answer: Value = reqwest::Client::new()
+        let answer: Value = http
             .post(format!("{}/v1/jobs", intake.url))
             .json(&json!({"kind": kind, "prompt": prompt}))
             .send()
