@@ -60,8 +60,12 @@ pub(crate) async fn settle_cost(store: &Store, job: &Job, owner: Option<&str>, b
 }
 
 pub(crate) fn describe_over_budget(over: &OverBudget) -> String {
+    let whose = match &over.tenant {
+        Some(tenant) => format!("tenant {tenant}'s own budget of "),
+        None => String::new(),
+    };
     format!(
-        "job {} waits for budget: it needs {}, and {} of today's {} ({} UTC) is committed",
+        "job {} waits for budget: it needs {}, and {} of {whose}today's {} ({} UTC) is committed",
         over.job.id(),
         format_usd(over.needed_micros),
         format_usd(over.committed_micros),

@@ -16,6 +16,7 @@ use super::tenants::Scope;
 use super::{Claim, Round, Store, Tried, from_stored_as, str_eq, to_doc, until_done};
 use crate::domain::Lease;
 use crate::domain::job::{ClaimRefusal, Job};
+use crate::domain::tenant::{Tenant, TenantName};
 use crate::domain::values::{BUDGET_EXHAUSTED, JobKind, JobStatus, Reservation, WAIT_REASONS};
 use crate::error::{Error, Result};
 use crate::time::Timestamp;
@@ -48,11 +49,12 @@ pub struct BudgetDay {
 }
 
 impl BudgetDay {
-    /// An empty day.
-    pub fn new(day: &str, now: Timestamp) -> Self {
+    /// An empty day; `id` is a day, or a tenant's day (see
+    /// [`tenant_day_of`]).
+    pub fn new(id: &str, now: Timestamp) -> Self {
         Self {
-            id: day.to_string(),
-            day: day.to_string(),
+            id: id.to_string(),
+            day: id.split('.').next().unwrap_or(id).to_string(),
             reserved_micros: 0,
             spent_micros: 0,
             limit_micros: None,
@@ -92,6 +94,21 @@ pub fn budget_day_of(at: Timestamp) -> String {
     at.as_datetime().format("%Y-%m-%d").to_string()
 }
 
+/// The id of `tenant`'s own budget document of `day`
+/// (`budgets/{YYYY-MM-DD}.{tenant}`), beside the deployment's
+/// `budgets/{YYYY-MM-DD}`.
+pub fn tenant_day_of(day: &str, tenant: &TenantName) -> String {
+    format!("{day}.{tenant}")
+}
+
+/// Whether a job of `tenant` reserves in its tenant's own day document
+/// too: every named tenant's does, so its spending is its own; the
+/// default tenant's only when it has a budget of its own (a single-team
+/// deployment writes one budget document per claim, as before tenants).
+fn keeps_own_day(tenant: &Tenant) -> bool {
+    !tenant.name().is_default() || tenant.daily_budget_micros().is_some()
+}
+
 /// The spending rule of a claim.
 pub struct Budget<'a> {
     /// The day's budget in micro-dollars; `None`: no limit (spending is
@@ -119,10 +136,13 @@ impl Budget<'static> {
     };
 }
 
-/// A claim refused because the job's cost does not fit in today's budget.
-/// The job stays pending, marked [`BUDGET_EXHAUSTED`].
+/// A claim refused because the job's cost does not fit in today's budget
+/// (the deployment's, or its tenant's own). The job stays pending, marked
+/// [`BUDGET_EXHAUSTED`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct OverBudget {
+    /// The tenant whose own budget refused it; `None`: the deployment's.
+    pub tenant: Option<TenantName>,
     /// The job, as it now stands.
     pub job: Job,
     /// The UTC day.
@@ -243,6 +263,21 @@ impl Store {
             .await?
             .map(|(d, _)| d)
             .unwrap_or_else(|| BudgetDay::new(day, Timestamp::now())))
+    }
+
+    /// The budget document of `day` as `scope` sees it: a tenant's own
+    /// (empty when none was written; the deployment's for a default tenant
+    /// that keeps none), or the deployment's.
+    pub async fn budget_day_in(&self, day: &str, scope: &Scope) -> Result<BudgetDay> {
+        let Scope::Tenant(tenant) = scope else {
+            return self.budget_day(day).await;
+        };
+        let own = tenant_day_of(day, tenant);
+        match self.load_day(&own).await? {
+            Some((day, _)) => Ok(day),
+            None if tenant.is_default() => self.budget_day(day).await,
+            None => Ok(BudgetDay::new(&own, Timestamp::now())),
+        }
     }
 
     /// Pending jobs waiting for budget.
@@ -395,31 +430,68 @@ impl Store {
         // to a submitted operation this claim resumes (the poller settles it).
         let leftover = job.take_leftover_reservation(claimed.then_some(lease.owner.as_str()));
 
-        let mut wanted: Vec<&str> = Vec::new();
+        // The tenant's own day, when its jobs keep one: reserved and
+        // settled in the same commits as the deployment's.
+        let tenant = match leftover.is_some() || cost.is_some() {
+            true => self.tenant(job.tenant()).await?,
+            false => None,
+        };
+        let own = |day: &str| {
+            tenant
+                .as_ref()
+                .filter(|t| keeps_own_day(t))
+                .map(|t| tenant_day_of(day, t.name()))
+        };
+        let mut wanted: Vec<String> = Vec::new();
         if let Some(held) = &leftover {
-            wanted.push(&held.day);
+            wanted.push(held.day.clone());
+            wanted.extend(own(&held.day));
         }
         if cost.is_some() {
-            wanted.push(&today);
+            wanted.push(today.clone());
+            wanted.extend(own(&today));
         }
+        let wanted: Vec<&str> = wanted.iter().map(String::as_str).collect();
         let mut days = self.read_days(&wanted, now).await?;
-        if let Some(held) = &leftover
-            && let Some(day) = days.get(&held.day)
-        {
-            day.settle(held.micros, held.micros, now);
-        }
-        if let Some(micros) = cost
-            && let Some(day) = days.get(&today)
-        {
-            if let Some(limit) = budget.limit_micros
-                && day.committed_micros().saturating_add(micros) > limit
-            {
-                let committed = day.committed_micros();
-                return self
-                    .wait_for_budget(before, version, &today, micros, committed, limit)
-                    .await;
+        if let Some(held) = &leftover {
+            for id in std::iter::once(held.day.clone()).chain(own(&held.day)) {
+                if let Some(day) = days.get(&id) {
+                    day.settle(held.micros, held.micros, now);
+                }
             }
-            day.reserve(micros, budget.limit_micros, now);
+        }
+        if let Some(micros) = cost {
+            let own_today = own(&today);
+            let own_limit = tenant.as_ref().and_then(Tenant::daily_budget_micros);
+            let mut limits = vec![(today.clone(), budget.limit_micros, None)];
+            if let Some(id) = &own_today {
+                limits.push((
+                    id.clone(),
+                    own_limit,
+                    tenant.as_ref().map(|t| t.name().clone()),
+                ));
+            }
+            for (id, limit, whose) in limits {
+                if let (Some(limit), Some(day)) = (limit, days.get(&id))
+                    && day.committed_micros().saturating_add(micros) > limit
+                {
+                    let over = OverBudget {
+                        tenant: whose,
+                        job: before,
+                        day: today.clone(),
+                        needed_micros: micros,
+                        committed_micros: day.committed_micros(),
+                        limit_micros: limit,
+                    };
+                    return self.wait_for_budget(over, version).await;
+                }
+            }
+            if let Some(day) = own_today.and_then(|id| days.get(&id)) {
+                day.reserve(micros, own_limit, now);
+            }
+            if let Some(day) = days.get(&today) {
+                day.reserve(micros, budget.limit_micros, now);
+            }
             job.reserve(Reservation {
                 day: today.clone(),
                 micros,
@@ -441,28 +513,19 @@ impl Store {
     /// (once: an already marked job is not written again).
     async fn wait_for_budget(
         &self,
-        mut job: Job,
+        mut over: OverBudget,
         version: &Version,
-        day: &str,
-        needed_micros: u64,
-        committed_micros: u64,
-        limit_micros: u64,
     ) -> Result<Option<Budgeted<Claim<Job>>>> {
+        let job = &mut over.job;
         if job.mark_waiting(BUDGET_EXHAUSTED)
             && !self
                 .backend
-                .replace(Collection::Jobs, job.id(), version, &to_doc(&job)?)
+                .replace(Collection::Jobs, job.id(), version, &to_doc(&*job)?)
                 .await?
         {
             return Ok(None);
         }
-        Ok(Some(Budgeted::Over(Box::new(OverBudget {
-            job,
-            day: day.to_string(),
-            needed_micros,
-            committed_micros,
-            limit_micros,
-        }))))
+        Ok(Some(Budgeted::Over(Box::new(over))))
     }
 
     /// Settles the reservation of job `id` after its paid call: `billed` of
@@ -485,27 +548,22 @@ impl Store {
             };
             let spent_micros = billed.of(reservation.micros);
             let now = Timestamp::now();
-            let written = match self.load_day(&reservation.day).await? {
-                Some((mut day, day_version)) => {
+            let own = tenant_day_of(&reservation.day, job.tenant());
+            let mut writes = vec![job_write(&job, &version)?];
+            // A day gone (retention), or a tenant's day never written (its
+            // jobs keep none), has nothing to settle.
+            for day_id in [reservation.day.as_str(), own.as_str()] {
+                if let Some((mut day, day_version)) = self.load_day(day_id).await? {
                     day.settle(reservation.micros, spent_micros, now);
-                    let writes = [
-                        job_write(&job, &version)?,
-                        Write::Replace {
-                            collection: Collection::Budgets,
-                            id: day.id.clone(),
-                            expected: day_version,
-                            doc: to_doc(&day)?,
-                        },
-                    ];
-                    self.backend.commit(&writes).await?
+                    writes.push(Write::Replace {
+                        collection: Collection::Budgets,
+                        id: day.id.clone(),
+                        expected: day_version,
+                        doc: to_doc(&day)?,
+                    });
                 }
-                // The day is gone (retention): only the job's record is left.
-                None => {
-                    self.backend
-                        .replace(Collection::Jobs, id, &version, &to_doc(&job)?)
-                        .await?
-                }
-            };
+            }
+            let written = self.backend.commit(&writes).await?;
             Ok(if written {
                 Round::Done(Some(Settled {
                     reservation,

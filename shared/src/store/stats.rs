@@ -164,7 +164,7 @@ impl Store {
             self.waiting_counts_in(scope),
             self.download_counts_in(scope),
             self.count_rejected_in(scope),
-            self.budget_day(&today),
+            self.budget_day_in(&today, scope),
         )?;
         Ok(Stats::of(&jobs, waiting, &downloads, rejected, &day))
     }

@@ -280,6 +280,136 @@ async fn each_tenants_files_land_in_its_own_destination(world: World) {
     assert_eq!(downloads.len(), 1, "only globex's own file");
 }
 
+/// A tenant's own daily budget is reserved in the same commit as the
+/// deployment's: exact under concurrent claims, a tenant out of budget
+/// waits while another goes on, and a settlement frees its room.
+async fn a_tenant_out_of_its_budget_waits_while_another_goes_on(world: World) {
+    use shared::store::Claim;
+    use shared::store::budget::{Billed, Budget, Budgeted, budget_day_of};
+    const COST: u64 = 40_000;
+    world.api_key("globex").await;
+    world.api_key("acme").await;
+    world
+        .store
+        .change_tenant(&tenant("acme"), |t, now| {
+            let settings = shared::domain::tenant::TenantSettings {
+                daily_budget_micros: Some(Some(5 * COST)),
+                ..Default::default()
+            };
+            t.set(&settings, now)
+        })
+        .await
+        .unwrap();
+    let cost = |_: &shared::domain::job::Job| Some(COST);
+    let budget = Budget {
+        limit_micros: Some(1_000 * COST),
+        cost: &cost,
+        model: None,
+    };
+    let mut acme = Vec::new();
+    for n in 0..10 {
+        acme.push(job_of(&world, "acme", &format!("acme {n}")).await);
+    }
+    let mut globex = Vec::new();
+    for n in 0..3 {
+        globex.push(job_of(&world, "globex", &format!("globex {n}")).await);
+    }
+    // Ten claims of acme's at once, room for five.
+    let claims = acme.iter().enumerate().map(|(n, id)| {
+        let (store, budget) = (world.store.clone(), &budget);
+        async move {
+            let lease = Lease::new(format!("w{n}"), Duration::from_secs(60));
+            store.claim_job_within(id, &lease, budget).await.unwrap()
+        }
+    });
+    let outcomes = futures::future::join_all(claims).await;
+    let claimed: Vec<&String> = acme
+        .iter()
+        .zip(&outcomes)
+        .filter(|(_, o)| matches!(o, Budgeted::Within(Claim::Claimed(_))))
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(claimed.len(), 5, "{outcomes:?}");
+    for outcome in &outcomes {
+        if let Budgeted::Over(over) = outcome {
+            assert_eq!(over.tenant, Some(tenant("acme")));
+            assert_eq!(over.limit_micros, 5 * COST);
+        }
+    }
+    // globex is not held back by acme's budget.
+    for (n, id) in globex.iter().enumerate() {
+        let lease = Lease::new(format!("g{n}"), Duration::from_secs(60));
+        let outcome = world
+            .store
+            .claim_job_within(id, &lease, &budget)
+            .await
+            .unwrap();
+        assert!(
+            matches!(outcome, Budgeted::Within(Claim::Claimed(_))),
+            "{outcome:?}"
+        );
+    }
+    let today = budget_day_of(shared::time::Timestamp::now());
+    let day = |scope: Scope| {
+        let (store, today) = (world.store.clone(), today.clone());
+        async move { store.budget_day_in(&today, &scope).await.unwrap() }
+    };
+    assert_eq!(day(Scope::Everyone).await.reserved_micros, 8 * COST);
+    assert_eq!(
+        day(Scope::Tenant(tenant("acme"))).await.reserved_micros,
+        5 * COST
+    );
+    assert_eq!(
+        day(Scope::Tenant(tenant("globex"))).await.reserved_micros,
+        3 * COST
+    );
+    let stats = world
+        .store
+        .stats_in(&Scope::Tenant(tenant("acme")))
+        .await
+        .unwrap();
+    assert_eq!(stats.waiting.get("budget_exhausted"), Some(&5), "{stats:?}");
+    assert_eq!(stats.budget.unwrap().reserved_usd, 0.2);
+    let stats = world
+        .store
+        .stats_in(&Scope::Tenant(tenant("globex")))
+        .await
+        .unwrap();
+    assert_eq!(stats.waiting.get("budget_exhausted"), Some(&0));
+
+    // One of acme's calls is refused (nothing billed): its room comes back,
+    // in both documents, and exactly one more acme job fits.
+    let settled = world
+        .store
+        .settle_reservation(claimed[0], None, Billed::Nothing)
+        .await
+        .unwrap();
+    assert!(settled.is_some());
+    assert_eq!(
+        day(Scope::Tenant(tenant("acme"))).await.reserved_micros,
+        4 * COST
+    );
+    assert_eq!(day(Scope::Everyone).await.reserved_micros, 7 * COST);
+    let waiting: Vec<&String> = acme.iter().filter(|id| !claimed.contains(id)).collect();
+    let mut more = 0;
+    for (n, id) in waiting.iter().enumerate() {
+        let lease = Lease::new(format!("again{n}"), Duration::from_secs(60));
+        if let Budgeted::Within(Claim::Claimed(_)) = world
+            .store
+            .claim_job_within(id, &lease, &budget)
+            .await
+            .unwrap()
+        {
+            more += 1;
+        }
+    }
+    assert_eq!(more, 1);
+    assert_eq!(
+        day(Scope::Tenant(tenant("acme"))).await.committed_micros(),
+        5 * COST
+    );
+}
+
 macro_rules! scenarios {
     ($world:ident, $make:path) => {
         mod $world {
@@ -288,6 +418,13 @@ macro_rules! scenarios {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn listings_and_counts_are_per_tenant() {
                 super::listings_and_counts_are_per_tenant($make(FakeOptions::default()).await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_tenant_out_of_its_budget_waits_while_another_goes_on() {
+                super::a_tenant_out_of_its_budget_waits_while_another_goes_on(
+                    $make(FakeOptions::default()).await,
+                )
+                .await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn each_tenants_files_land_in_its_own_destination() {

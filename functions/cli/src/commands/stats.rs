@@ -29,17 +29,56 @@ pub async fn run(store: &Store, scope: &Scope, args: &StatsArgs) -> Result<()> {
     let (jobs, downloads, day, waiting) = tokio::try_join!(
         store.job_counts_in(scope),
         store.download_counts_in(scope),
-        store.budget_day(&today),
+        store.budget_day_in(&today, scope),
         store.waiting_counts_in(scope),
     )?;
-    let text = format!(
+    let mut text = format!(
         "{}\n{}\n{}\n{}",
         jobs_table(&jobs),
         waiting_table(&waiting),
         downloads_table(&downloads),
         budget_table(&day, waiting.get(BUDGET_EXHAUSTED).copied().unwrap_or(0))
     );
+    if *scope == Scope::Everyone {
+        text.push('\n');
+        text.push_str(&tenants_table(store).await?);
+    }
     Ok(out::text(&text)?)
+}
+
+/// A row per tenant: its jobs, and today's spending against its own budget.
+async fn tenants_table(store: &Store) -> Result<String> {
+    let today = budget_day_of(Timestamp::now());
+    let mut table = Table::new(&[
+        "tenant",
+        "pending",
+        "waiting on budget",
+        "total",
+        "reserved",
+        "spent",
+        "budget/day",
+    ])
+    .right(&[1, 2, 3, 4, 5, 6]);
+    for tenant in store.tenants().await? {
+        let scope = Scope::Tenant(tenant.name().clone());
+        let (jobs, day, waiting) = tokio::try_join!(
+            store.job_counts_in(&scope),
+            store.budget_day_in(&today, &scope),
+            store.jobs_waiting_in(BUDGET_EXHAUSTED, &scope),
+        )?;
+        table.row(vec![
+            tenant.name().to_string(),
+            jobs.status(JobStatus::Pending).to_string(),
+            waiting.to_string(),
+            jobs.total().to_string(),
+            format_usd(day.reserved_micros),
+            format_usd(day.spent_micros),
+            tenant
+                .daily_budget_micros()
+                .map_or_else(|| "-".into(), format_usd),
+        ]);
+    }
+    Ok(table.render())
 }
 
 /// Pending jobs that wait, and why: none of these costs an attempt.
