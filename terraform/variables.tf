@@ -341,3 +341,29 @@ variable "dead_letter_alert_after" {
     error_message = "dead_letter_alert_after must be a number of seconds such as 7200s."
   }
 }
+
+variable "tenants" {
+  type = map(object({
+    display_name = optional(string)
+    budget_usd   = optional(number)
+    weight       = optional(number, 1)
+    destination  = optional(string)
+  }))
+  description = "The teams sharing the deployment, by name (lowercase letters, digits and dashes): each gets a tenants/{name} record with its own daily budget in US dollars, its weight (share of each model's quota) and its delivery destination (gs://bucket/prefix or a folder; default: the deployment's destination plus /{name}). A gs:// destination gets the IAM for the downloader to write there. The record is created here and then owned by `asmr tenant` (keys, later settings): terraform does not overwrite it. The default tenant always exists and needs no entry."
+  default     = {}
+
+  validation {
+    condition     = alltrue([for name in keys(var.tenants) : can(regex("^[a-z]([a-z0-9-]{0,28}[a-z0-9])?$", name)) && name != "default"])
+    error_message = "tenant names are 1 to 30 lowercase letters, digits and dashes, starting with a letter and not ending with a dash, and not \"default\" (it always exists)."
+  }
+
+  validation {
+    condition     = alltrue([for t in values(var.tenants) : t.weight >= 1 && t.weight <= 1000 && floor(t.weight) == t.weight])
+    error_message = "a tenant's weight is a whole number from 1 to 1000."
+  }
+
+  validation {
+    condition     = alltrue([for t in values(var.tenants) : t.budget_usd == null ? true : t.budget_usd >= 0])
+    error_message = "a tenant's budget_usd is 0 or more US dollars."
+  }
+}

@@ -901,7 +901,7 @@ fn the_alert_and_the_charts_add_services_and_jobs() {
 
 /// Every resource and data type terraform/ uses, and the API it needs
 /// ("": the enablement and the waits themselves).
-const API_OF: [(&str, &str); 29] = [
+const API_OF: [(&str, &str); 30] = [
     ("google_project_service", ""),
     ("time_sleep", ""),
     (
@@ -946,6 +946,7 @@ const API_OF: [(&str, &str); 29] = [
     ),
     ("google_firestore_database", "firestore.googleapis.com"),
     ("google_firestore_index", "firestore.googleapis.com"),
+    ("google_firestore_document", "firestore.googleapis.com"),
     ("google_firestore_field", "firestore.googleapis.com"),
     ("google_logging_metric", "logging.googleapis.com"),
     ("google_monitoring_dashboard", "monitoring.googleapis.com"),
