@@ -28,19 +28,19 @@ locals {
       event       = "job_transition"
       to          = "completed"
       description = "Jobs whose outputs are all written (kind: image or video)."
-      labels      = { kind = "EXTRACT(jsonPayload.kind)" }
+      labels      = { kind = "EXTRACT(jsonPayload.kind)", tenant = "EXTRACT(jsonPayload.tenant)" }
     }
     jobs_failed = {
       event       = "job_transition"
       to          = "failed"
       description = "Jobs that failed, by kind and reason (error code: filtered, timed_out, invalid_argument, attempts_exhausted, dead_lettered...)."
-      labels      = { kind = "EXTRACT(jsonPayload.kind)", reason = "EXTRACT(jsonPayload.code)" }
+      labels      = { kind = "EXTRACT(jsonPayload.kind)", reason = "EXTRACT(jsonPayload.code)", tenant = "EXTRACT(jsonPayload.tenant)" }
     }
     jobs_delivered = {
       event       = "job_transition"
       to          = "delivered"
       description = "Jobs whose every output reached the destination."
-      labels      = { kind = "EXTRACT(jsonPayload.kind)" }
+      labels      = { kind = "EXTRACT(jsonPayload.kind)", tenant = "EXTRACT(jsonPayload.tenant)" }
     }
     # The Vertex client logs one line for every 429 / RESOURCE_EXHAUSTED the
     # model answers, whatever the call does next.
@@ -71,14 +71,14 @@ locals {
     budget_exhausted = {
       event       = "budget_exhausted"
       to          = null
-      description = "Claims refused because the day's budget (BUDGET_USD_PER_DAY) is spent; the jobs wait as pending."
-      labels      = {}
+      description = "Claims refused because the day's budget (BUDGET_USD_PER_DAY, or the tenant's own) is spent; the jobs wait as pending."
+      labels      = { tenant = "EXTRACT(jsonPayload.tenant)" }
     }
     requests_rejected = {
       event       = "request.rejected"
       to          = null
-      description = "Requests intake could not turn into jobs (kept in the rejected collection)."
-      labels      = {}
+      description = "Requests intake could not turn into jobs (kept in the rejected collection), by tenant (- when the request named none that exists)."
+      labels      = { tenant = "EXTRACT(jsonPayload.tenant)" }
     }
     # Every push endpoint logs its outcome through one place, with fixed
     # event names: push_poison is a push acknowledged without being

@@ -249,7 +249,7 @@ where
         // delivery attempts towards the dead-letter topic.
         Ok(Budgeted::Over(over)) => {
             let detail = describe_over_budget(&over);
-            tracing::warn!(job_id = %over.job.id(), event = "budget_exhausted", "{detail}");
+            tracing::warn!(job_id = %over.job.id(), tenant = %over.job.tenant(), event = "budget_exhausted", "{detail}");
             Handled::Done(detail)
         }
         Err(e) if e.is_retryable() => Handled::store_trouble(&e),
@@ -297,7 +297,7 @@ where
             Budgeted::Within(None) => break,
             Budgeted::Over(over) => {
                 let detail = describe_over_budget(&over);
-                tracing::warn!(event = "budget_exhausted", "stopping the drain: {detail}");
+                tracing::warn!(tenant = %over.job.tenant(), event = "budget_exhausted", "stopping the drain: {detail}");
                 break;
             }
         };
