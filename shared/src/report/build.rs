@@ -159,6 +159,7 @@ fn card(job: &Job, files: Vec<String>, poster: Option<String>, prices: &PriceTab
         parent: job.parent().map(str::to_string),
         children: job.children().to_vec(),
         created_at: job.created_at().to_string(),
+        tenant: (!job.tenant().is_default()).then(|| job.tenant().to_string()),
     }
 }
 
@@ -277,6 +278,21 @@ mod tests {
         assert_eq!(
             (totals.spent_usd, totals.reserved_usd),
             (micros_to_usd(list), 0.0)
+        );
+    }
+
+    #[test]
+    fn a_card_names_its_tenant_unless_it_is_the_default_one() {
+        use crate::domain::job::NewJob;
+        let prices = PriceTable::list_prices();
+        let mut new = NewJob::new("crinkling foil", JobKind::Image);
+        let mine = Job::new(new.clone(), Timestamp::now());
+        new.tenant = "acme".parse().unwrap();
+        let theirs = Job::new(new, Timestamp::now());
+        assert_eq!(card(&mine, Vec::new(), None, &prices).tenant, None);
+        assert_eq!(
+            card(&theirs, Vec::new(), None, &prices).tenant.as_deref(),
+            Some("acme")
         );
     }
 

@@ -95,6 +95,9 @@ pub struct Card {
     pub children: Vec<String>,
     /// When the job was created, RFC 3339; shown as given.
     pub created_at: String,
+    /// Whose job it is, for any tenant but the default one (a sheet of
+    /// several tenants' jobs, `asmr report --all-tenants`, names them).
+    pub tenant: Option<String>,
 }
 
 /// A reviewer's verdict on a job's output.

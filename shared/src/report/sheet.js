@@ -146,6 +146,7 @@
 
     const facts = el("dl", "facts");
     row(facts, "model", card.model);
+    if (card.tenant) row(facts, "tenant", card.tenant);
     row(facts, "attempts", card.attempts + "/" + card.max_attempts);
     if (card.parent) row(facts, "parent", links([card.parent]));
     if (card.children.length) row(facts, "children", links(card.children));
@@ -162,7 +163,7 @@
 
   function haystack(card) {
     if (card._haystack === undefined) {
-      card._haystack = (card.id + "\n" + card.prompt + "\n" + (card.negative_prompt || "")).toLowerCase();
+      card._haystack = (card.id + "\n" + card.prompt + "\n" + (card.negative_prompt || "") + "\n" + (card.tenant || "")).toLowerCase();
     }
     return card._haystack;
   }
