@@ -26,7 +26,6 @@ use crate::objects::ObjectMeta;
 use crate::objects::ObjectStore;
 use crate::stage::Workers;
 use crate::store::downloads::{Fresh, Started};
-use crate::store::tenants::TenantDirectory;
 use crate::store::{Claim, Store};
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,8 +110,6 @@ pub struct Downloader {
     workers: Workers,
     /// The manifest appends of this downloader, composed together.
     manifest: crate::manifest::append::Appender,
-    /// Where each tenant's files go.
-    tenants: TenantDirectory,
 }
 
 impl Downloader {
@@ -125,7 +122,6 @@ impl Downloader {
             settings,
             workers: Workers::new("downloader"),
             manifest: crate::manifest::append::Appender::default(),
-            tenants: TenantDirectory::new(store.clone(), TenantDirectory::TTL),
             store,
         }
     }
@@ -134,8 +130,8 @@ impl Downloader {
     /// [`crate::domain::tenant::Tenant::destination_in`]).
     pub async fn destination_of(&self, tenant: &TenantName) -> crate::error::Result<Destination> {
         let record = self
-            .tenants
-            .get(tenant)
+            .store
+            .cached_tenant(tenant)
             .await?
             .unwrap_or_else(|| Tenant::unstored(tenant.clone()));
         Ok(record.destination_in(&self.settings.destination))

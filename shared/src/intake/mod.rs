@@ -34,7 +34,6 @@ use crate::domain::values::JobStatus;
 use crate::error::{Error, Result};
 use crate::identity::IdTokens;
 use crate::store::rejected::{Rejected, RejectedSource};
-use crate::store::tenants::TenantDirectory;
 use crate::store::{Created, Store};
 use crate::time::Timestamp;
 use futures::stream::{self, StreamExt};
@@ -286,8 +285,6 @@ pub struct Intake {
     /// Verifies who calls the API, where the deployment names identities;
     /// the verified account scopes the caller's idempotency keys.
     callers: Option<Arc<IdTokens>>,
-    /// Who holds which API key, and which tenants exist.
-    tenants: TenantDirectory,
 }
 
 /// Why a request is not taken for a tenant.
@@ -325,7 +322,6 @@ impl Intake {
     pub fn new(adapters: Adapters, dry_run: bool, auto_promote: AutoPromote) -> Self {
         let promoter = Arc::new(Promoter::new(&adapters, auto_promote));
         Self {
-            tenants: TenantDirectory::new(adapters.store.clone(), TenantDirectory::TTL),
             store: adapters.store,
             bus: adapters.bus,
             topics: adapters.topics,
@@ -353,7 +349,7 @@ impl Intake {
         let Ok(name) = named.parse::<TenantName>() else {
             return Ok(Err(unknown()));
         };
-        Ok(match self.tenants.get(&name).await? {
+        Ok(match self.store.cached_tenant(&name).await? {
             None => Err(unknown()),
             Some(tenant) => enabled(tenant),
         })
@@ -364,7 +360,7 @@ impl Intake {
         &self,
         key: &str,
     ) -> Result<std::result::Result<Tenant, Refused>> {
-        Ok(match self.tenants.by_key(key).await? {
+        Ok(match self.store.tenant_of_key(key).await? {
             None => Err(Refused::Unknown(
                 "the x-api-key is not a key of any tenant (or it was rotated out)".into(),
             )),

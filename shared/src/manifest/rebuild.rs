@@ -48,12 +48,9 @@ pub async fn rebuild(
         ..RebuildReport::default()
     };
     let mut lines = Vec::new();
-    let tenant = match scope {
-        Scope::Everyone => None,
-        Scope::Tenant(tenant) => Some(tenant.clone()),
-    };
+
     let jobs = store
-        .all_jobs(&JobFilter::default().with_tenant(tenant))
+        .all_jobs(&JobFilter::default().with_tenant(scope.tenant()))
         .await?;
     for job in jobs.iter().filter(|j| !j.deliveries().is_empty()) {
         report.jobs += 1;

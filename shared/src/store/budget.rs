@@ -12,7 +12,7 @@
 //! [`Backend::commit`]: super::backend::Backend::commit
 
 use super::backend::{Collection, Stored, Version, Write};
-use super::tenants::Scope;
+use super::tenants::{Counting, Scope};
 use super::{Claim, Round, Store, Tried, from_stored_as, str_eq, to_doc, until_done};
 use crate::domain::Lease;
 use crate::domain::job::{ClaimRefusal, Job};
@@ -293,11 +293,16 @@ impl Store {
 
     /// Pending jobs of `scope` waiting for `reason`.
     pub async fn jobs_waiting_in(&self, reason: &str, scope: &Scope) -> Result<u64> {
+        self.jobs_waiting_counted(reason, &self.counting(scope).await?)
+            .await
+    }
+
+    async fn jobs_waiting_counted(&self, reason: &str, counting: &Counting) -> Result<u64> {
         let conds = vec![
             str_eq("status", JobStatus::Pending.as_str()),
             str_eq("waiting", reason),
         ];
-        self.count_in(Collection::Jobs, conds, scope).await
+        self.count_in(Collection::Jobs, conds, counting).await
     }
 
     /// Pending jobs per wait reason, every reason listed.
@@ -307,10 +312,11 @@ impl Store {
 
     /// Pending jobs of `scope` per wait reason, every reason listed.
     pub async fn waiting_counts_in(&self, scope: &Scope) -> Result<BTreeMap<&'static str, u64>> {
+        let counting = &self.counting(scope).await?;
         let counts = futures::future::try_join_all(
             WAIT_REASONS
                 .iter()
-                .map(|reason| self.jobs_waiting_in(reason, scope)),
+                .map(|reason| self.jobs_waiting_counted(reason, counting)),
         )
         .await?;
         Ok(WAIT_REASONS.into_iter().zip(counts).collect())
@@ -433,7 +439,7 @@ impl Store {
         // The tenant's own day, when its jobs keep one: reserved and
         // settled in the same commits as the deployment's.
         let tenant = match leftover.is_some() || cost.is_some() {
-            true => self.tenant(job.tenant()).await?,
+            true => self.cached_tenant(job.tenant()).await?,
             false => None,
         };
         let own = |day: &str| {

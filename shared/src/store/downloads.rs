@@ -266,9 +266,10 @@ impl Store {
 
     /// Downloads of `scope` per status.
     pub async fn download_counts_in(&self, scope: &Scope) -> Result<DownloadCounts> {
+        let counting = &self.counting(scope).await?;
         let counts = futures::future::try_join_all(DownloadStatus::ALL.iter().map(|status| {
             let conds = vec![str_eq("status", status.as_str())];
-            self.count_in(Collection::Downloads, conds, scope)
+            self.count_in(Collection::Downloads, conds, counting)
         }))
         .await?;
         Ok(DownloadCounts(

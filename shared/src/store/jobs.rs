@@ -245,12 +245,13 @@ impl Store {
             .iter()
             .flat_map(|s| JobKind::ALL.iter().map(move |k| (*s, *k)))
             .collect();
+        let counting = &self.counting(scope).await?;
         let counts = futures::future::try_join_all(cells.iter().map(|(status, kind)| {
             let conds = vec![
                 str_eq("status", status.as_str()),
                 str_eq("kind", kind.as_str()),
             ];
-            self.count_in(Collection::Jobs, conds, scope)
+            self.count_in(Collection::Jobs, conds, counting)
         }))
         .await?;
         Ok(JobCounts(cells.into_iter().zip(counts).collect()))

@@ -289,6 +289,8 @@ pub struct Store {
     events: Option<Arc<dyn JobEvents>>,
     /// Publishes of fresh events still under way.
     relays: Arc<outbox::Relays>,
+    /// The tenants, as last read (see [`tenants::TenantDirectory`]).
+    tenant_directory: Arc<tenants::TenantDirectory>,
 }
 
 impl std::fmt::Debug for Store {
@@ -416,6 +418,7 @@ impl Store {
             retention: Retention::default(),
             events: None,
             relays: Arc::default(),
+            tenant_directory: Arc::default(),
         }
     }
 

@@ -190,7 +190,9 @@ impl Store {
 
     /// How many rejected requests of `scope` are kept.
     pub async fn count_rejected_in(&self, scope: &Scope) -> Result<u64> {
-        self.count_in(Collection::Rejected, Vec::new(), scope).await
+        let counting = self.counting(scope).await?;
+        self.count_in(Collection::Rejected, Vec::new(), &counting)
+            .await
     }
 }
 

@@ -31,9 +31,13 @@ impl Scope {
         Scope::Tenant(TenantName::default())
     }
 
-    /// One tenant's records, or everyone's when `tenant` is `None`.
-    pub fn of(tenant: Option<&TenantName>) -> Self {
-        tenant.map_or(Scope::Everyone, |tenant| Scope::Tenant(tenant.clone()))
+    /// The one tenant in scope; `None` for everyone (a job filter's
+    /// tenant).
+    pub fn tenant(&self) -> Option<TenantName> {
+        match self {
+            Scope::Everyone => None,
+            Scope::Tenant(tenant) => Some(tenant.clone()),
+        }
     }
 
     /// The condition a query takes: `tenant == name` for a named tenant;
@@ -59,6 +63,14 @@ impl Scope {
     }
 }
 
+/// A [`Scope`] resolved for counting ([`Store::counting`]).
+pub(super) enum Counting {
+    /// The records matching this condition (or all of them).
+    Where(Option<Cond>),
+    /// Every record but those matching any of these conditions.
+    AllBut(Vec<Cond>),
+}
+
 impl Record for Tenant {
     const COLLECTION: Collection = Collection::Tenants;
     const KIND: &'static str = "tenant";
@@ -72,7 +84,9 @@ impl Store {
     /// Stores a new tenant; `created` is false when one of that name exists
     /// (then the stored one is returned).
     pub async fn add_tenant(&self, tenant: Tenant) -> Result<Created<Tenant>> {
-        self.create(tenant).await
+        let added = self.create(tenant).await;
+        self.tenant_directory.forget().await;
+        added
     }
 
     /// The tenant `name`: the stored one, the implicit default, or `None`.
@@ -97,37 +111,45 @@ impl Store {
         Ok(tenants)
     }
 
-    /// How many records of `collection` match `conds` in `scope`. The
-    /// default tenant's are every record less those of the named tenants,
-    /// since its older records carry no tenant field to count by.
+    /// How `scope`'s records are counted, resolved once for the many
+    /// counts of one view: by a condition, or, for the default tenant, as
+    /// every record less those of the named tenants (its older records
+    /// carry no tenant field to count by).
+    pub(super) async fn counting(&self, scope: &Scope) -> Result<Counting> {
+        Ok(match scope {
+            Scope::Tenant(name) if name.is_default() => Counting::AllBut(
+                self.tenants()
+                    .await?
+                    .iter()
+                    .filter_map(|t| Scope::Tenant(t.name().clone()).cond())
+                    .collect(),
+            ),
+            scope => Counting::Where(scope.cond()),
+        })
+    }
+
+    /// How many records of `collection` match `conds`, counted as
+    /// `counting` says.
     pub(super) async fn count_in(
         &self,
         collection: Collection,
-        conds: Vec<Cond>,
-        scope: &Scope,
+        mut conds: Vec<Cond>,
+        counting: &Counting,
     ) -> Result<u64> {
-        match scope {
-            Scope::Tenant(name) if name.is_default() => {
-                let named: Vec<Scope> = self
-                    .tenants()
-                    .await?
-                    .into_iter()
-                    .filter(|t| !t.name().is_default())
-                    .map(|t| Scope::Tenant(t.name().clone()))
-                    .collect();
-                let counts = futures::future::try_join_all(named.iter().map(|scope| {
+        match counting {
+            Counting::Where(cond) => {
+                conds.extend(cond.clone());
+                self.backend.count(collection, &conds).await
+            }
+            Counting::AllBut(others) => {
+                let counts = futures::future::try_join_all(others.iter().map(|other| {
                     let mut conds = conds.clone();
-                    conds.extend(scope.cond());
+                    conds.push(other.clone());
                     async move { self.backend.count(collection, &conds).await }
                 }));
                 let (all, others) =
                     tokio::try_join!(self.backend.count(collection, &conds), counts)?;
                 Ok(all.saturating_sub(others.iter().sum()))
-            }
-            scope => {
-                let mut conds = conds;
-                conds.extend(scope.cond());
-                self.backend.count(collection, &conds).await
             }
         }
     }
@@ -141,7 +163,7 @@ impl Store {
         change: impl Fn(&mut Tenant, Timestamp) -> Result<R, ValidationError> + Send + Sync,
     ) -> Result<(Tenant, R)> {
         let change = &change;
-        until_done(Tenant::KIND, name.as_str(), || async move {
+        let changed = until_done(Tenant::KIND, name.as_str(), || async move {
             let now = Timestamp::now();
             let (mut tenant, version) = match self.load::<Tenant>(name.as_str()).await? {
                 Some((tenant, version)) => (tenant, Some(version)),
@@ -172,20 +194,23 @@ impl Store {
                 false => Round::Lost,
             })
         })
-        .await
+        .await;
+        self.tenant_directory.forget().await;
+        changed
     }
 }
 
-/// The tenants as a stage sees them: read from the store at most once per
-/// `ttl` (tenants change rarely, and a lookup per request or per file would
-/// be a store read each). A name or key not found is looked up once more in
-/// a read at least a second newer, so a key made a moment ago works within
-/// a second, while unknown keys cost at most one store read a second
-/// (concurrent lookups share it). A key rotated out, or a tenant disabled,
-/// is noticed within `ttl`.
-pub struct TenantDirectory {
-    store: Store,
-    ttl: Duration,
+/// The tenants as the stages see them, one per [`Store`] and its clones:
+/// read from the store at most once per [`TenantDirectory::TTL`] (tenants
+/// change rarely, and a lookup per request, per paid claim or per file
+/// would be a store read each). A name or key not found is looked up once
+/// more in a read at least a second newer, so a key made a moment ago
+/// works within a second, while unknown keys cost at most one store read a
+/// second (concurrent lookups share it). A change made through this store
+/// is seen at once; one made elsewhere (another instance, `asmr tenant`)
+/// within the TTL.
+#[derive(Default)]
+pub(super) struct TenantDirectory {
     cached: tokio::sync::Mutex<Option<Snapshot>>,
 }
 
@@ -196,36 +221,34 @@ type Snapshot = (Instant, Arc<Vec<Tenant>>);
 const MISS_REFRESH: Duration = Duration::from_secs(1);
 
 impl TenantDirectory {
-    /// How long a directory trusts what it read, unless told otherwise.
-    pub const TTL: Duration = Duration::from_secs(10);
+    /// How long the directory trusts what it read.
+    const TTL: Duration = Duration::from_secs(10);
 
-    /// A directory over `store` that reads it again after `ttl`.
-    pub fn new(store: Store, ttl: Duration) -> Self {
-        Self {
-            store,
-            ttl,
-            cached: tokio::sync::Mutex::new(None),
-        }
+    /// Forgets what it read: the next lookup reads the store.
+    async fn forget(&self) {
+        *self.cached.lock().await = None;
     }
+}
 
-    /// The tenants as read within the ttl and after `newer_than`, else
-    /// read now (once, however many ask at the same time).
+impl Store {
+    /// The tenants as read within the TTL and after `newer_than`, else read
+    /// now (once, however many ask at the same time).
     async fn snapshot(&self, newer_than: Option<Instant>) -> Result<Snapshot> {
-        let mut cached = self.cached.lock().await;
+        let mut cached = self.tenant_directory.cached.lock().await;
         if let Some((at, tenants)) = &*cached
-            && at.elapsed() < self.ttl
+            && at.elapsed() < TenantDirectory::TTL
             && newer_than.is_none_or(|then| *at > then)
         {
             return Ok((*at, tenants.clone()));
         }
-        let read = (Instant::now(), Arc::new(self.store.tenants().await?));
+        let read = (Instant::now(), Arc::new(self.tenants().await?));
         *cached = Some(read.clone());
         Ok(read)
     }
 
     /// The first tenant `wanted` picks, looked for again in a newer read
     /// when the cached one has none.
-    async fn find(&self, wanted: impl Fn(&Tenant) -> bool) -> Result<Option<Tenant>> {
+    async fn find_tenant(&self, wanted: impl Fn(&Tenant) -> bool) -> Result<Option<Tenant>> {
         let (at, tenants) = self.snapshot(None).await?;
         if let Some(tenant) = tenants.iter().find(|t| wanted(t)) {
             return Ok(Some(tenant.clone()));
@@ -235,15 +258,16 @@ impl TenantDirectory {
         Ok(tenants.iter().find(|t| wanted(t)).cloned())
     }
 
-    /// The tenant `name`, if it exists (the default one always does).
-    pub async fn get(&self, name: &TenantName) -> Result<Option<Tenant>> {
-        self.find(|tenant| tenant.name() == name).await
+    /// The tenant `name` as the directory has it, if it exists (the
+    /// default one always does).
+    pub async fn cached_tenant(&self, name: &TenantName) -> Result<Option<Tenant>> {
+        self.find_tenant(|tenant| tenant.name() == name).await
     }
 
     /// The tenant holding the live API key `key`, if any.
-    pub async fn by_key(&self, key: &str) -> Result<Option<Tenant>> {
+    pub async fn tenant_of_key(&self, key: &str) -> Result<Option<Tenant>> {
         let hash = ApiKey::hash_of(key);
-        self.find(|tenant| tenant.accepts(&hash, Timestamp::now()))
+        self.find_tenant(|tenant| tenant.accepts(&hash, Timestamp::now()))
             .await
     }
 }
@@ -293,10 +317,9 @@ mod tests {
             .map(|t| t.name().to_string())
             .collect();
         assert_eq!(names, ["default", "acme"]);
-        let directory = TenantDirectory::new(store.clone(), TenantDirectory::TTL);
         let found = async |key: &str| {
-            directory
-                .by_key(key)
+            store
+                .tenant_of_key(key)
                 .await
                 .unwrap()
                 .map(|t| t.name().to_string())

@@ -1,6 +1,6 @@
 //! `asmr list` and `asmr show`: read-only views of jobs.
 
-use super::{Tenancy, scope_tenant};
+use super::Tenancy;
 use crate::args::{ListArgs, ShowArgs};
 use crate::out::{self, Table};
 use anyhow::Result;
@@ -14,7 +14,7 @@ const PROMPT_WIDTH: usize = 60;
 
 pub async fn list(store: &Store, scope: &Scope, args: &ListArgs) -> Result<()> {
     let filter = JobFilter::default()
-        .with_tenant(scope_tenant(scope))
+        .with_tenant(scope.tenant())
         .with_status(super::parsed(args.status.as_deref())?)
         .with_kind(super::parsed(args.kind.as_deref())?)
         .with_approved(args.approved.then_some(true));

@@ -101,14 +101,6 @@ impl Tenancy {
     }
 }
 
-/// The tenant a job filter keeps for `scope` (`None`: every tenant).
-fn scope_tenant(scope: &Scope) -> Option<TenantName> {
-    match scope {
-        Scope::Everyone => None,
-        Scope::Tenant(tenant) => Some(tenant.clone()),
-    }
-}
-
 /// How many store calls a bulk command keeps in flight. Firestore answers
 /// each in tens of milliseconds, so one at a time would make a 10,000-line
 /// file take minutes; the embedded store simply serialises them.

@@ -12,7 +12,7 @@ use shared::time::Timestamp;
 
 pub async fn report(store: &shared::store::Store, scope: &Scope, args: &ReportArgs) -> Result<()> {
     let selection = Selection {
-        tenant: super::scope_tenant(scope),
+        tenant: scope.tenant(),
         status: super::parsed(args.status.as_deref())?,
         kind: super::parsed(args.kind.as_deref())?,
         since: args.since.as_deref().map(since).transpose()?,
