@@ -138,6 +138,7 @@ impl Generator for ImageGenerator {
             prompt: job.prompt().to_string(),
             params: job.params().clone(),
             model: crate::cost::model_of(&job),
+            share: super::share_of(&self.store, &job).await,
         };
         let outcome = if self.settings.is_dry(&job) {
             DryRunImages.generate(&request).await

@@ -166,6 +166,20 @@ where
     Some(estimate.micros)
 }
 
+/// The share of the model's quota `job`'s call is entitled to: its tenant
+/// at the tenant's weight (1 when the record cannot be read now: the call
+/// still goes, only its turn may come a little early or late).
+async fn share_of(store: &Store, job: &Job) -> crate::vertex::QuotaShare {
+    let weight = match store.cached_tenant(job.tenant()).await {
+        Ok(tenant) => tenant.map_or(1, |t| t.weight()),
+        Err(e) => {
+            tracing::warn!(job_id = %job.id(), tenant = %job.tenant(), "the tenant's weight could not be read; its call goes at weight 1: {e}");
+            1
+        }
+    };
+    crate::vertex::QuotaShare::new(job.tenant().to_string(), weight)
+}
+
 fn describe_refusal(job: &Job, refusal: &crate::domain::job::ClaimRefusal) -> String {
     use crate::domain::job::ClaimRefusal;
     match refusal {

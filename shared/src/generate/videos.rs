@@ -206,6 +206,7 @@ impl Generator for VideoGenerator {
             model: crate::cost::model_of(&job),
             storage_uri: self.storage_uri(&job),
             first_frame: job.first_frame().cloned(),
+            share: super::share_of(&self.store, &job).await,
         };
         match self.model.submit(&request).await {
             // The reservation stays until the poller sees the operation end.

@@ -8,6 +8,7 @@
 mod classify;
 pub mod client;
 mod quota;
+pub use quota::QuotaShare;
 mod retry;
 pub mod wire;
 
@@ -92,6 +93,8 @@ pub struct ImageRequest {
     pub params: JobParams,
     /// The model id to call (the job's override or IMAGE_MODEL).
     pub model: String,
+    /// Whose call it is, for its share of the model's quota.
+    pub share: QuotaShare,
 }
 
 /// One generated image.
@@ -137,6 +140,8 @@ pub struct VideoRequest {
     pub storage_uri: String,
     /// The image the video opens on (image-to-video), if any.
     pub first_frame: Option<FirstFrame>,
+    /// Whose call it is, for its share of the model's quota.
+    pub share: QuotaShare,
 }
 
 /// Where a Veo operation stands.

@@ -1,4 +1,5 @@
-//! One process's view of each model's quota.
+//! One process's view of each model's quota, and the share of it each
+//! tenant gets.
 //!
 //! Vertex AI counts requests per model per minute and answers 429 beyond.
 //! Left to their own back-off, calls that met a 429 each retry on their own
@@ -6,11 +7,19 @@
 //! quota frees, a call in the middle of a 20 s step only notices at its end.
 //! So after a 429 the model's gate closes: calls to it (new ones too) wait,
 //! one call at a time probes every `probe_interval` (or when the server's
-//! `Retry-After` says), and the first success opens the gate for everyone.
+//! `Retry-After` says), and the first success opens the gate again.
 //! The quota is used from the moment it frees, with about one 429 per probe
 //! interval instead of one per waiting call.
+//!
+//! Waiting calls go in turn, not all at once: the next to go (and the next
+//! to probe) is the one whose tenant has made the fewest calls to the model
+//! in the last [`SHARE_WINDOW`] per unit of its weight, counting the calls
+//! on their way; between calls of one tenant, the one that waited longest.
+//! So when the quota is the bottleneck, tenants share it by weight, and a
+//! tenant with ten jobs is not held behind one with a thousand; with a
+//! single tenant the order is arrival order.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -19,12 +28,120 @@ use tokio::time::Instant;
 /// The longest pause between probes of a spent quota.
 pub(crate) const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
+/// How far back a tenant's calls count towards its turn: Vertex AI counts
+/// quota per minute.
+pub(crate) const SHARE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Whose call it is: the tenant and its weight, for its share of a model's
+/// quota when the quota is the bottleneck.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuotaShare {
+    /// The tenant's name.
+    pub tenant: String,
+    /// Its weight (at least 1): twice the weight, twice the calls.
+    pub weight: u32,
+}
+
+impl QuotaShare {
+    /// The share of `tenant` at `weight` (0 counts as 1).
+    pub fn new(tenant: impl Into<String>, weight: u32) -> Self {
+        Self {
+            tenant: tenant.into(),
+            weight: weight.max(1),
+        }
+    }
+}
+
+impl Default for QuotaShare {
+    /// The default tenant at weight 1.
+    fn default() -> Self {
+        Self::new("default", 1)
+    }
+}
+
 /// The gates of every model one client calls.
 #[derive(Debug)]
 pub(crate) struct QuotaGates {
     probe_interval: Duration,
-    closed: Mutex<HashMap<String, Closed>>,
-    opened: Notify,
+    models: Mutex<HashMap<String, ModelGate>>,
+    /// Something changed: the gate opened or closed, a call went or ended.
+    changed: Notify,
+}
+
+/// One model: whether its quota is spent, who waits, who called lately.
+#[derive(Debug, Default)]
+struct ModelGate {
+    closed: Option<Closed>,
+    /// Waiting calls in arrival order.
+    waiting: BTreeMap<u64, QuotaShare>,
+    next_seq: u64,
+    /// Per tenant: its calls of the window.
+    used: HashMap<String, Used>,
+}
+
+/// A tenant's recent calls to one model.
+#[derive(Debug, Default)]
+struct Used {
+    /// When its calls were answered, within the window.
+    answered: VecDeque<Instant>,
+    /// Calls on their way.
+    in_flight: u64,
+}
+
+impl Used {
+    fn load(&self) -> u64 {
+        self.answered.len() as u64 + self.in_flight
+    }
+}
+
+impl ModelGate {
+    fn forget_before(&mut self, now: Instant) {
+        let since = now.checked_sub(SHARE_WINDOW);
+        self.used.retain(|_, used| {
+            while let (Some(first), Some(since)) = (used.answered.front(), since)
+                && *first < since
+            {
+                used.answered.pop_front();
+            }
+            used.load() > 0
+        });
+    }
+
+    /// The waiting call whose turn it is: the fewest calls in the window per
+    /// unit of weight, then the longest wait.
+    fn in_turn(&self) -> Option<u64> {
+        let load = |share: &QuotaShare| self.used.get(&share.tenant).map_or(0, Used::load);
+        let mut best: Option<(u64, u64, u32)> = None;
+        for (seq, share) in &self.waiting {
+            let mine = load(share);
+            // mine/weight < theirs/their weight, without division.
+            let fewer = best.is_none_or(|(_, theirs, their_weight)| {
+                u128::from(mine) * u128::from(their_weight)
+                    < u128::from(theirs) * u128::from(share.weight)
+            });
+            if fewer {
+                best = Some((*seq, mine, share.weight));
+            }
+        }
+        best.map(|(seq, _, _)| seq)
+    }
+
+    /// Lets waiting call `seq` go.
+    fn admit(&mut self, seq: u64) -> Option<String> {
+        let share = self.waiting.remove(&seq)?;
+        self.used.entry(share.tenant.clone()).or_default().in_flight += 1;
+        Some(share.tenant)
+    }
+
+    /// A call of `tenant` ended; `answered` when it counted against the
+    /// quota.
+    fn ended(&mut self, tenant: &str, answered: bool, now: Instant) {
+        let used = self.used.entry(tenant.to_string()).or_default();
+        used.in_flight = used.in_flight.saturating_sub(1);
+        if answered {
+            used.answered.push_back(now);
+        }
+    }
 }
 
 /// A model whose quota is spent.
@@ -43,6 +160,7 @@ struct Closed {
 pub(crate) struct Ticket<'a> {
     gates: &'a QuotaGates,
     model: &'a str,
+    tenant: String,
     probe: bool,
     closed: bool,
 }
@@ -58,71 +176,121 @@ pub(crate) enum Outcome {
     Other,
 }
 
+/// A call in the waiting line; leaving it (given up, cancelled) lets the
+/// next one's turn come.
+struct InLine<'a> {
+    gates: &'a QuotaGates,
+    model: &'a str,
+    seq: u64,
+}
+
+impl Drop for InLine<'_> {
+    fn drop(&mut self) {
+        let mut models = self.gates.lock();
+        if let Some(gate) = models.get_mut(self.model)
+            && gate.waiting.remove(&self.seq).is_some()
+        {
+            drop(models);
+            self.gates.changed.notify_waiters();
+        }
+    }
+}
+
 impl QuotaGates {
     /// Gates that probe a spent quota every `probe_interval`.
     pub(crate) fn new(probe_interval: Duration) -> Self {
         QuotaGates {
             probe_interval,
-            closed: Mutex::new(HashMap::new()),
-            opened: Notify::new(),
+            models: Mutex::new(HashMap::new()),
+            changed: Notify::new(),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Closed>> {
-        self.closed.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, ModelGate>> {
+        self.models.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Waits until a request to `model` may go: at once while its quota is
-    /// not known to be spent, else when the gate opens or it is this call's
+    /// Waits until a request to `model` for `share` may go: when it is its
+    /// turn and the model's quota is not known to be spent, or it is its
     /// turn to probe. `None` when `deadline` comes first.
     pub(crate) async fn enter<'a>(
         &'a self,
         model: &'a str,
+        share: &QuotaShare,
         deadline: Instant,
     ) -> Option<Ticket<'a>> {
+        let seq = {
+            let mut models = self.lock();
+            let gate = models.entry(model.to_string()).or_default();
+            let seq = gate.next_seq;
+            gate.next_seq += 1;
+            gate.waiting.insert(seq, share.clone());
+            seq
+        };
+        let in_line = InLine {
+            gates: self,
+            model,
+            seq,
+        };
         loop {
-            // Registered before the state is read, so an opening between the
+            // Registered before the state is read, so a change between the
             // two is not missed.
-            let opened = self.opened.notified();
-            tokio::pin!(opened);
-            opened.as_mut().enable();
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let now = Instant::now();
             let wake_at = {
-                let mut closed = self.lock();
-                match closed.get_mut(model) {
-                    None => return Some(self.ticket(model, false)),
-                    Some(gate) if !gate.probing && Instant::now() >= gate.next_probe => {
-                        gate.probing = true;
-                        return Some(self.ticket(model, true));
+                let mut models = self.lock();
+                let gate = models.entry(model.to_string()).or_default();
+                gate.forget_before(now);
+                let my_turn = gate.in_turn() == Some(seq);
+                let probe = match &mut gate.closed {
+                    None => my_turn.then_some(false),
+                    Some(closed) if my_turn && !closed.probing && now >= closed.next_probe => {
+                        closed.probing = true;
+                        Some(true)
                     }
-                    // A probe in flight closes and wakes everyone; else wait
-                    // for the probe time.
-                    Some(gate) if gate.probing => deadline,
-                    Some(gate) => gate.next_probe.min(deadline),
+                    _ => None,
+                };
+                if let Some(probe) = probe {
+                    let tenant = gate.admit(seq).unwrap_or_default();
+                    drop(models);
+                    drop(in_line);
+                    // The next in line may go now.
+                    self.changed.notify_waiters();
+                    return Some(Ticket {
+                        gates: self,
+                        model,
+                        tenant,
+                        probe,
+                        closed: false,
+                    });
+                }
+                match gate.closed {
+                    // Everyone looks again at the probe time: whose turn
+                    // it is may have changed as old calls left the window.
+                    Some(closed) if !closed.probing && now < closed.next_probe => {
+                        closed.next_probe.min(deadline)
+                    }
+                    // A probe in flight, or another call's turn: the
+                    // change wakes this one.
+                    _ => deadline,
                 }
             };
-            if Instant::now() >= deadline {
+            if now >= deadline {
                 return None;
             }
             tokio::select! {
-                () = &mut opened => {}
+                () = &mut changed => {}
                 () = tokio::time::sleep_until(wake_at) => {}
             }
-        }
-    }
-
-    fn ticket<'a>(&'a self, model: &'a str, probe: bool) -> Ticket<'a> {
-        Ticket {
-            gates: self,
-            model,
-            probe,
-            closed: false,
         }
     }
 
     /// Whether `model`'s gate is closed.
     #[cfg(test)]
     fn is_closed(&self, model: &str) -> bool {
-        self.lock().contains_key(model)
+        self.lock().get(model).is_some_and(|g| g.closed.is_some())
     }
 }
 
@@ -137,39 +305,36 @@ impl Ticket<'_> {
     pub(crate) fn close(mut self, outcome: Outcome) {
         self.closed = true;
         let gates = self.gates;
-        let mut closed = gates.lock();
+        let now = Instant::now();
+        let mut models = gates.lock();
+        let gate = models.entry(self.model.to_string()).or_default();
+        gate.ended(&self.tenant, outcome == Outcome::Answered, now);
         match outcome {
-            Outcome::Answered => {
-                if closed.remove(self.model).is_some() {
-                    drop(closed);
-                    gates.opened.notify_waiters();
-                }
-            }
+            Outcome::Answered => gate.closed = None,
             Outcome::RateLimited(retry_after) => {
-                let next_probe = Instant::now() + retry_after.max(gates.probe_interval);
-                let gate = closed.entry(self.model.to_string()).or_insert(Closed {
+                let next_probe = now + retry_after.max(gates.probe_interval);
+                let closed = gate.closed.get_or_insert(Closed {
                     next_probe,
                     probing: false,
                 });
-                gate.next_probe = gate.next_probe.max(next_probe);
+                closed.next_probe = closed.next_probe.max(next_probe);
                 if self.probe {
                     // The others wait for the next probe time now.
-                    gate.probing = false;
-                    drop(closed);
-                    gates.opened.notify_waiters();
+                    closed.probing = false;
                 }
             }
-            Outcome::Other => self.release(&mut closed),
+            Outcome::Other => self.release(gate),
         }
+        drop(models);
+        gates.changed.notify_waiters();
     }
 
     /// A probe that learnt nothing lets the next waiter probe.
-    fn release(&self, closed: &mut HashMap<String, Closed>) {
+    fn release(&self, gate: &mut ModelGate) {
         if self.probe
-            && let Some(gate) = closed.get_mut(self.model)
+            && let Some(closed) = &mut gate.closed
         {
-            gate.probing = false;
-            self.gates.opened.notify_waiters();
+            closed.probing = false;
         }
     }
 }
@@ -178,7 +343,12 @@ impl Drop for Ticket<'_> {
     fn drop(&mut self) {
         if !self.closed {
             let gates = self.gates;
-            self.release(&mut gates.lock());
+            let mut models = gates.lock();
+            let gate = models.entry(self.model.to_string()).or_default();
+            gate.ended(&self.tenant, false, Instant::now());
+            self.release(gate);
+            drop(models);
+            gates.changed.notify_waiters();
         }
     }
 }
@@ -186,15 +356,18 @@ impl Drop for Ticket<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
 
     const MODEL: &str = "imagen-4.0-generate-001";
     const PROBE: Duration = Duration::from_secs(2);
 
     /// A call meets a 429 (the server asking for `retry_after`).
     async fn spend(gates: &QuotaGates, retry_after: Duration) {
-        let ticket = gates.enter(MODEL, far()).await.unwrap();
+        let ticket = gates
+            .enter(MODEL, &QuotaShare::default(), far())
+            .await
+            .unwrap();
         ticket.close(Outcome::RateLimited(retry_after));
     }
 
@@ -207,7 +380,10 @@ mod tests {
         let gates = QuotaGates::new(PROBE);
         let started = Instant::now();
         for _ in 0..10 {
-            let ticket = gates.enter(MODEL, far()).await.unwrap();
+            let ticket = gates
+                .enter(MODEL, &QuotaShare::default(), far())
+                .await
+                .unwrap();
             assert!(!ticket.probe);
             ticket.close(Outcome::Answered);
         }
@@ -231,7 +407,10 @@ mod tests {
                 tokio::spawn(async move {
                     // A call retries through the gate until it is answered.
                     loop {
-                        let ticket = gates.enter(MODEL, far()).await.unwrap();
+                        let ticket = gates
+                            .enter(MODEL, &QuotaShare::default(), far())
+                            .await
+                            .unwrap();
                         if requests.fetch_add(1, Ordering::SeqCst) < 2 {
                             ticket.close(Outcome::RateLimited(Duration::ZERO));
                         } else {
@@ -258,7 +437,10 @@ mod tests {
         let gates = QuotaGates::new(PROBE);
         spend(&gates, Duration::from_secs(30)).await;
         let started = Instant::now();
-        let probe = gates.enter(MODEL, far()).await.unwrap();
+        let probe = gates
+            .enter(MODEL, &QuotaShare::default(), far())
+            .await
+            .unwrap();
         assert!(probe.probe);
         assert_eq!(started.elapsed(), Duration::from_secs(30));
     }
@@ -270,7 +452,11 @@ mod tests {
         let started = Instant::now();
         assert!(
             gates
-                .enter(MODEL, Instant::now() + Duration::from_secs(5))
+                .enter(
+                    MODEL,
+                    &QuotaShare::default(),
+                    Instant::now() + Duration::from_secs(5)
+                )
                 .await
                 .is_none()
         );
@@ -281,11 +467,17 @@ mod tests {
     async fn a_cancelled_probe_lets_another_call_probe() {
         let gates = QuotaGates::new(PROBE);
         spend(&gates, Duration::ZERO).await;
-        let probe = gates.enter(MODEL, far()).await.unwrap();
+        let probe = gates
+            .enter(MODEL, &QuotaShare::default(), far())
+            .await
+            .unwrap();
         assert!(probe.probe);
         drop(probe);
         let started = Instant::now();
-        let next = gates.enter(MODEL, far()).await.unwrap();
+        let next = gates
+            .enter(MODEL, &QuotaShare::default(), far())
+            .await
+            .unwrap();
         assert!(next.probe);
         assert_eq!(started.elapsed(), Duration::ZERO);
         // Other failures say nothing about the quota: still closed.
@@ -298,8 +490,103 @@ mod tests {
         let gates = QuotaGates::new(PROBE);
         spend(&gates, Duration::from_secs(60)).await;
         let started = Instant::now();
-        let other = gates.enter("veo-3.1-generate-001", far()).await.unwrap();
+        let other = gates
+            .enter("veo-3.1-generate-001", &QuotaShare::default(), far())
+            .await
+            .unwrap();
         assert!(!other.probe);
         assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    /// Calls of `line` (tenant, weight) wait behind a spent quota in that
+    /// order; the quota frees at the first probe. The order they went in.
+    async fn order_after_a_429(gates: Arc<QuotaGates>, line: &[(&str, u32)]) -> Vec<String> {
+        spend(&gates, Duration::ZERO).await;
+        let went = Arc::new(Mutex::new(Vec::new()));
+        let mut calls = Vec::new();
+        for (tenant, weight) in line {
+            let (gates, went) = (gates.clone(), went.clone());
+            let share = QuotaShare::new(*tenant, *weight);
+            calls.push(tokio::spawn(async move {
+                let ticket = gates.enter(MODEL, &share, far()).await.unwrap();
+                went.lock().unwrap().push(share.tenant.clone());
+                ticket.close(Outcome::Answered);
+            }));
+            // Each is in line before the next arrives.
+            tokio::task::yield_now().await;
+        }
+        for call in calls {
+            call.await.unwrap();
+        }
+        went.lock().unwrap().clone()
+    }
+
+    fn count(went: &[String], tenant: &str) -> usize {
+        went.iter().filter(|t| *t == tenant).count()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_tenants_go_in_turn_not_in_arrival_order() {
+        // Ten of a's calls arrive first, then two of b's.
+        let mut line = vec![("a", 1); 10];
+        line.extend([("b", 1); 2]);
+        let went = order_after_a_429(Arc::new(QuotaGates::new(PROBE)), &line).await;
+        assert_eq!(went.len(), 12);
+        // Equal weights: b's two are among the first four, not the last two.
+        assert_eq!(count(&went[..4], "b"), 2, "{went:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tenant_that_called_lately_waits_for_one_that_did_not() {
+        let gates = Arc::new(QuotaGates::new(PROBE));
+        // a made five calls this minute before the quota ran out.
+        for _ in 0..5 {
+            let ticket = gates
+                .enter(MODEL, &QuotaShare::new("a", 1), far())
+                .await
+                .unwrap();
+            ticket.close(Outcome::Answered);
+        }
+        let mut line = vec![("a", 1); 4];
+        line.extend([("b", 1); 4]);
+        let went = order_after_a_429(gates.clone(), &line).await;
+        assert_eq!(went[..4], ["b", "b", "b", "b"], "{went:?}");
+        // A minute later a's old calls no longer count: arrival order again.
+        tokio::time::advance(SHARE_WINDOW + PROBE).await;
+        let went = order_after_a_429(gates, &[("a", 1), ("b", 1), ("a", 1)]).await;
+        assert_eq!(went, ["a", "b", "a"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn weights_set_the_share() {
+        // a at weight 3, b at 1, eight calls each, b's first in line.
+        let mut line = vec![("b", 1); 8];
+        line.extend([("a", 3); 8]);
+        let went = order_after_a_429(Arc::new(QuotaGates::new(PROBE)), &line).await;
+        // Of any first eight, a has six and b two (3:1), give or take one.
+        let a = count(&went[..8], "a");
+        assert!((5..=7).contains(&a), "{went:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_that_gives_up_passes_its_turn_on() {
+        let gates = Arc::new(QuotaGates::new(PROBE));
+        spend(&gates, Duration::from_secs(10)).await;
+        // b's call is in turn but gives up before the probe time; a's call,
+        // behind it, probes at the probe time.
+        let (g, started) = (gates.clone(), Instant::now());
+        let b = tokio::spawn(async move {
+            g.enter(MODEL, &QuotaShare::new("b", 1), Instant::now() + PROBE)
+                .await
+                .is_none()
+        });
+        tokio::task::yield_now().await;
+        let probe = gates
+            .enter(MODEL, &QuotaShare::new("a", 1), far())
+            .await
+            .unwrap();
+        assert!(probe.probe);
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        assert!(b.await.unwrap());
     }
 }

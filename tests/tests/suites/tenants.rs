@@ -291,6 +291,23 @@ async fn each_tenants_files_land_in_its_own_destination(world: World) {
     assert_eq!(downloads.len(), 1, "only globex's own file");
 }
 
+/// Tenants acme, with a daily budget of `micros`, and globex.
+async fn acme_and_globex(world: &World, micros: u64) {
+    world.api_key("globex").await;
+    world.api_key("acme").await;
+    world
+        .store
+        .change_tenant(&tenant("acme"), |t, now| {
+            let settings = shared::domain::tenant::TenantSettings {
+                daily_budget_micros: Some(Some(micros)),
+                ..Default::default()
+            };
+            t.set(&settings, now)
+        })
+        .await
+        .unwrap();
+}
+
 /// A tenant's own daily budget is reserved in the same commit as the
 /// deployment's: exact under concurrent claims, a tenant out of budget
 /// waits while another goes on, and a settlement frees its room.
@@ -298,19 +315,7 @@ async fn a_tenant_out_of_its_budget_waits_while_another_goes_on(world: World) {
     use shared::store::Claim;
     use shared::store::budget::{Billed, Budget, Budgeted, budget_day_of};
     const COST: u64 = 40_000;
-    world.api_key("globex").await;
-    world.api_key("acme").await;
-    world
-        .store
-        .change_tenant(&tenant("acme"), |t, now| {
-            let settings = shared::domain::tenant::TenantSettings {
-                daily_budget_micros: Some(Some(5 * COST)),
-                ..Default::default()
-            };
-            t.set(&settings, now)
-        })
-        .await
-        .unwrap();
+    acme_and_globex(&world, 5 * COST).await;
     let cost = |_: &shared::domain::job::Job| Some(COST);
     let budget = Budget {
         limit_micros: Some(1_000 * COST),
@@ -421,6 +426,58 @@ async fn a_tenant_out_of_its_budget_waits_while_another_goes_on(world: World) {
     );
 }
 
+/// Claiming the next job in queue order goes past a tenant out of its own
+/// budget, however many of its jobs are ahead: the other tenants' work goes
+/// on, and only when nothing else fits does the claim say so.
+async fn the_next_claim_goes_past_a_tenant_out_of_budget(world: World) {
+    use shared::store::budget::{Budget, Budgeted};
+    const COST: u64 = 40_000;
+    acme_and_globex(&world, 2 * COST).await;
+    let cost = |_: &shared::domain::job::Job| Some(COST);
+    let budget = Budget {
+        limit_micros: None,
+        cost: &cost,
+        model: None,
+    };
+    // More of acme's jobs ahead than one claim reads at a time.
+    for n in 0..40 {
+        job_of(&world, "acme", &format!("acme {n}")).await;
+    }
+    let mut globex = Vec::new();
+    for n in 0..3 {
+        globex.push(job_of(&world, "globex", &format!("globex {n}")).await);
+    }
+    let mut claimed: Vec<(String, String)> = Vec::new();
+    let over = loop {
+        let lease = Lease::new(format!("drain{}", claimed.len()), Duration::from_secs(60));
+        match world
+            .store
+            .claim_next_job_within(JobKind::Image, &lease, &budget)
+            .await
+            .unwrap()
+        {
+            Budgeted::Within(Some(job)) => {
+                claimed.push((job.tenant().to_string(), job.id().to_string()));
+            }
+            Budgeted::Within(None) => panic!("acme's jobs are still pending: {claimed:?}"),
+            Budgeted::Over(over) => break over,
+        }
+        assert!(claimed.len() <= 5, "{claimed:?}");
+    };
+    let of = |name: &str| claimed.iter().filter(|(t, _)| t == name).count();
+    assert_eq!((of("acme"), of("globex")), (2, 3), "{claimed:?}");
+    assert_eq!(over.tenant, Some(tenant("acme")));
+    let stats = world
+        .store
+        .stats_in(&Scope::Tenant(tenant("acme")))
+        .await
+        .unwrap();
+    assert!(
+        stats.waiting.get("budget_exhausted").copied().unwrap_or(0) >= 1,
+        "{stats:?}"
+    );
+}
+
 macro_rules! scenarios {
     ($world:ident, $make:path) => {
         mod $world {
@@ -433,6 +490,13 @@ macro_rules! scenarios {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_tenant_out_of_its_budget_waits_while_another_goes_on() {
                 super::a_tenant_out_of_its_budget_waits_while_another_goes_on(
+                    $make(FakeOptions::default()).await,
+                )
+                .await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn the_next_claim_goes_past_a_tenant_out_of_budget() {
+                super::the_next_claim_goes_past_a_tenant_out_of_budget(
                     $make(FakeOptions::default()).await,
                 )
                 .await

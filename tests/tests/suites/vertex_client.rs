@@ -33,6 +33,7 @@ fn image(model: &str, prompt: &str, params: JobParams) -> ImageRequest {
         prompt: prompt.into(),
         params,
         model: model.into(),
+        share: Default::default(),
     }
 }
 
@@ -50,6 +51,7 @@ fn video(prompt: &str, params: JobParams) -> VideoRequest {
         model: VEO.into(),
         storage_uri: "gs://out/videos/job-1/".into(),
         first_frame: None,
+        share: Default::default(),
     }
 }
 
@@ -728,6 +730,7 @@ async fn vertex_an_image_to_video_submit_sends_its_first_frame_to_veo() {
     };
     let request = VideoRequest {
         first_frame: Some(frame.clone()),
+        share: Default::default(),
         ..video("foam pressed flat", JobParams::default())
     };
     client(fake.config()).submit(&request).await.unwrap();

@@ -17,7 +17,13 @@ impl VertexClient {
         let samples = request.params.sample_count.unwrap_or(1).max(1);
         let calls = (0..samples).map(|_| async {
             let answer: GenerateContentResponse = self
-                .call(model, "generateContent", &body, CallKind::Paid)
+                .call(
+                    model,
+                    "generateContent",
+                    &body,
+                    CallKind::Paid,
+                    &request.share,
+                )
                 .await?;
             gemini_sample(answer)
         });

@@ -13,7 +13,9 @@ impl VertexClient {
     ) -> Result<ImageOutcome, ModelError> {
         let body = imagen_request(model, request)?;
         let sample_count = body.parameters.sample_count.unwrap_or(1);
-        let answer: ImagenResponse = self.call(model, "predict", &body, CallKind::Paid).await?;
+        let answer: ImagenResponse = self
+            .call(model, "predict", &body, CallKind::Paid, &request.share)
+            .await?;
         imagen_outcome(answer, sample_count)
     }
 }

@@ -19,7 +19,7 @@
 //! needs is in [`VertexConfig`].
 
 use super::classify::{CallKind, Failure, classify};
-use super::quota::{Outcome, PROBE_INTERVAL, QuotaGates};
+use super::quota::{Outcome, PROBE_INTERVAL, QuotaGates, QuotaShare};
 use super::retry::{delay_before_retry, jitter, parse_retry_after};
 use super::wire::{
     Content, FetchOperationRequest, GenerateContentRequest, GenerateContentResponse,
@@ -270,6 +270,7 @@ impl VertexClient {
         verb: &str,
         body: &B,
         kind: CallKind,
+        share: &QuotaShare,
     ) -> Result<R, ModelError>
     where
         B: Serialize + Sync,
@@ -286,7 +287,7 @@ impl VertexClient {
         let mut quota_deadline = tokio::time::Instant::now() + policy.quota_wait;
         let mut retry = 0;
         loop {
-            let Some(ticket) = self.quota.enter(model, quota_deadline).await else {
+            let Some(ticket) = self.quota.enter(model, share, quota_deadline).await else {
                 return Err(quota_spent(model, policy.quota_wait));
             };
             let probe = ticket.is_probe();

@@ -39,6 +39,7 @@ fn image_request(model: &str, params: JobParams) -> ImageRequest {
         prompt: "soft brush on a microphone".into(),
         params,
         model: model.into(),
+        share: Default::default(),
     }
 }
 
@@ -387,6 +388,7 @@ fn veo_requests_carry_the_job_parameters_and_a_slash_ended_prefix() {
         model: "veo-3.1-generate-001".into(),
         storage_uri: "gs://out/videos/job-1".into(),
         first_frame: None,
+        share: Default::default(),
     };
     assert_eq!(
         serde_json::to_value(veo_request(&request).unwrap()).unwrap(),
@@ -416,6 +418,7 @@ fn an_image_to_video_request_sends_the_first_frame_from_cloud_storage() {
         model: "veo-3.1-generate-001".into(),
         storage_uri: "gs://out/videos/job-2/".into(),
         first_frame: Some(frame.clone()),
+        share: Default::default(),
     };
     let body = serde_json::to_value(veo_request(&request).unwrap()).unwrap();
     assert_eq!(
@@ -542,6 +545,7 @@ async fn models_of_the_wrong_family_are_refused_without_a_call() {
             model: "imagen-4.0-generate-001".into(),
             storage_uri: "gs://b/v/".into(),
             first_frame: None,
+            share: Default::default(),
         })
         .await
         .unwrap_err();

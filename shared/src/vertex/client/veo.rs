@@ -8,6 +8,7 @@ use super::{
 };
 use crate::domain::gs_uri::GsUri;
 use crate::domain::values::FirstFrame;
+use crate::vertex::QuotaShare;
 use crate::vertex::wire::Media;
 use async_trait::async_trait;
 
@@ -23,7 +24,13 @@ impl VideoModel for VertexClient {
         }
         let body = veo_request(request)?;
         let answer: OperationRef = self
-            .call(model, "predictLongRunning", &body, CallKind::Paid)
+            .call(
+                model,
+                "predictLongRunning",
+                &body,
+                CallKind::Paid,
+                &request.share,
+            )
             .await?;
         if answer.name.trim().is_empty() {
             return Err(ModelError {
@@ -49,7 +56,13 @@ impl VideoModel for VertexClient {
             operation_name: operation_name.trim().to_string(),
         };
         let operation: Operation = self
-            .call(model, "fetchPredictOperation", &body, CallKind::Free)
+            .call(
+                model,
+                "fetchPredictOperation",
+                &body,
+                CallKind::Free,
+                &QuotaShare::default(),
+            )
             .await?;
         operation_state(operation)
     }
