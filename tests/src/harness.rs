@@ -113,6 +113,23 @@ pub fn emulator_host(name: &str) -> String {
         .unwrap_or_else(|_| panic!("{name} is not set: run the tests with tests/run"))
 }
 
+/// `asmr --state-dir STATE ARGS` with nothing else in its environment; its
+/// standard output (it must succeed).
+pub fn asmr_local(state: &std::path::Path, args: &[&str]) -> String {
+    let output = std::process::Command::new(binary("asmr"))
+        .env_clear()
+        .args(["--state-dir", state.to_str().unwrap()])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "asmr {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
 /// A built binary of the workspace (`asmr`, `intake`...), next to the
 /// running test's own target directory. Fails with how to build it.
 pub fn binary(name: &str) -> std::path::PathBuf {

@@ -22,7 +22,7 @@ async fn main() -> ExitCode {
     let cli = args::Cli::parse();
     let outcome = match cli.command {
         // The local run opens its own embedded store under --state-dir.
-        args::Command::Run(run) => commands::local_run::run(&cli.store, run).await,
+        args::Command::Run(run) => commands::local_run::run(&cli.store, &cli.tenant, run).await,
         command => commands::run(&cli.store, &cli.tenant, command).await,
     };
     out::exit_code(outcome)

@@ -141,6 +141,9 @@ pub struct RunSettings {
     pub operation_timeout: Duration,
     /// Make a video of every image once it is delivered, starting from it.
     pub chain: bool,
+    /// Whose jobs they are: a named tenant's files go under `out_dir/{name}`
+    /// (its record is made in the local store when there is none).
+    pub tenant: crate::domain::tenant::TenantName,
 }
 
 impl RunSettings {
@@ -158,6 +161,7 @@ impl RunSettings {
             polling_interval: Duration::from_secs(15),
             operation_timeout: Duration::from_secs(1800),
             chain: false,
+            tenant: crate::domain::tenant::TenantName::default(),
         }
     }
 }
@@ -431,6 +435,16 @@ async fn create_jobs(
     settings: &RunSettings,
     report: &mut RunReport,
 ) -> Result<Vec<String>> {
+    use crate::domain::tenant::{Tenant, TenantSettings};
+    if store.tenant(&settings.tenant).await?.is_none() {
+        let tenant = Tenant::new(
+            settings.tenant.clone(),
+            &TenantSettings::default(),
+            crate::time::Timestamp::now(),
+        )
+        .map_err(Error::Invalid)?;
+        store.add_tenant(tenant).await?;
+    }
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut ids = Vec::new();
     for (line, prompt) in prompt_lines(&settings.prompts) {
@@ -448,6 +462,7 @@ async fn create_jobs(
         let mut new = NewJob::new(prompt.clone(), settings.kind);
         new.request_id = Some(request_id(settings.kind, &prompt, *occurrence));
         new.dry_run = settings.live.is_none();
+        new.tenant = settings.tenant.clone();
         if settings.chain && settings.kind == JobKind::Image {
             new.chain = Some(Chain::Video);
         }

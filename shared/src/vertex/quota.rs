@@ -18,12 +18,23 @@
 //! So when the quota is the bottleneck, tenants share it by weight, and a
 //! tenant with ten jobs is not held behind one with a thousand; with a
 //! single tenant the order is arrival order.
+//!
+//! Two things keep that order when the quota frees. Calls do not all rush
+//! out at once after a successful probe (the first few to reach the model
+//! would win, whoever's turn it was): the gate reopens slowly, one more call
+//! on its way for every call answered, which doubles the calls in flight
+//! every round trip. And probes come at a jittered interval, so that of
+//! several instances the one whose probe last found the quota free does not
+//! always find it first again.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+
+/// Calls in flight past which a reopening gate counts as open.
+const OPEN_WINDOW: u64 = 4096;
 
 /// The longest pause between probes of a spent quota.
 pub(crate) const PROBE_INTERVAL: Duration = Duration::from_secs(2);
@@ -63,6 +74,8 @@ impl Default for QuotaShare {
 #[derive(Debug)]
 pub(crate) struct QuotaGates {
     probe_interval: Duration,
+    /// Probes go between half the interval and the whole of it.
+    jitter: bool,
     models: Mutex<HashMap<String, ModelGate>>,
     /// Something changed: the gate opened or closed, a call went or ended.
     changed: Notify,
@@ -72,6 +85,9 @@ pub(crate) struct QuotaGates {
 #[derive(Debug, Default)]
 struct ModelGate {
     closed: Option<Closed>,
+    /// After a reopening, how many calls may be on their way (`None`: as
+    /// many as come).
+    window: Option<u64>,
     /// Waiting calls in arrival order.
     waiting: BTreeMap<u64, QuotaShare>,
     next_seq: u64,
@@ -124,6 +140,16 @@ impl ModelGate {
             }
         }
         best.map(|(seq, _, _)| seq)
+    }
+
+    /// Calls on their way, of every tenant.
+    fn in_flight(&self) -> u64 {
+        self.used.values().map(|u| u.in_flight).sum()
+    }
+
+    /// Whether one more call may go while the gate is open.
+    fn has_room(&self) -> bool {
+        self.window.is_none_or(|window| self.in_flight() < window)
     }
 
     /// Lets waiting call `seq` go.
@@ -201,8 +227,26 @@ impl QuotaGates {
     pub(crate) fn new(probe_interval: Duration) -> Self {
         QuotaGates {
             probe_interval,
+            jitter: false,
             models: Mutex::new(HashMap::new()),
             changed: Notify::new(),
+        }
+    }
+
+    /// Gates whose probes go at a random point between half the interval
+    /// and the whole of it.
+    pub(crate) fn jittered(mut self) -> Self {
+        self.jitter = true;
+        self
+    }
+
+    /// The pause before the next probe.
+    fn probe_pause(&self) -> Duration {
+        if self.jitter {
+            self.probe_interval
+                .mul_f64(0.5 + rand::random::<f64>() / 2.0)
+        } else {
+            self.probe_interval
         }
     }
 
@@ -245,7 +289,7 @@ impl QuotaGates {
                 gate.forget_before(now);
                 let my_turn = gate.in_turn() == Some(seq);
                 let probe = match &mut gate.closed {
-                    None => my_turn.then_some(false),
+                    None => (my_turn && gate.has_room()).then_some(false),
                     Some(closed) if my_turn && !closed.probing && now >= closed.next_probe => {
                         closed.probing = true;
                         Some(true)
@@ -310,9 +354,17 @@ impl Ticket<'_> {
         let gate = models.entry(self.model.to_string()).or_default();
         gate.ended(&self.tenant, outcome == Outcome::Answered, now);
         match outcome {
-            Outcome::Answered => gate.closed = None,
+            Outcome::Answered => {
+                if gate.closed.take().is_some() {
+                    // Reopening: the probe's answer lets one more go.
+                    gate.window = Some(1);
+                }
+                // One more on its way per call answered, until the
+                // window is wider than any burst.
+                gate.window = gate.window.map(|w| w + 1).filter(|w| *w < OPEN_WINDOW);
+            }
             Outcome::RateLimited(retry_after) => {
-                let next_probe = now + retry_after.max(gates.probe_interval);
+                let next_probe = now + retry_after.max(gates.probe_pause());
                 let closed = gate.closed.get_or_insert(Closed {
                     next_probe,
                     probing: false,
@@ -588,5 +640,49 @@ mod tests {
         assert!(probe.probe);
         assert_eq!(started.elapsed(), Duration::from_secs(10));
         assert!(b.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reopened_gate_lets_calls_out_a_few_more_each_round_trip() {
+        let gates = Arc::new(QuotaGates::new(PROBE));
+        spend(&gates, Duration::ZERO).await;
+        let on_way = Arc::new(AtomicUsize::new(0));
+        let rounds = Arc::new(Mutex::new(Vec::new()));
+        let started = Instant::now();
+        let calls: Vec<_> = (0..15)
+            .map(|_| {
+                let (gates, on_way, rounds) = (gates.clone(), on_way.clone(), rounds.clone());
+                tokio::spawn(async move {
+                    let ticket = gates
+                        .enter(MODEL, &QuotaShare::default(), far())
+                        .await
+                        .unwrap();
+                    let now = on_way.fetch_add(1, Ordering::SeqCst) + 1;
+                    rounds.lock().unwrap().push((started.elapsed(), now));
+                    // Each call takes 100 ms to answer.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    on_way.fetch_sub(1, Ordering::SeqCst);
+                    ticket.close(Outcome::Answered);
+                })
+            })
+            .collect();
+        for call in calls {
+            call.await.unwrap();
+        }
+        let rounds = rounds.lock().unwrap().clone();
+        // The probe alone, then at most 2, 4, 8... on their way.
+        let most = |at: Duration| {
+            rounds
+                .iter()
+                .filter(|(t, _)| *t >= at && *t < at + Duration::from_millis(100))
+                .map(|(_, n)| *n)
+                .max()
+                .unwrap_or(0)
+        };
+        let first = PROBE;
+        assert_eq!(most(first), 1, "{rounds:?}");
+        assert!(most(first + Duration::from_millis(100)) <= 2, "{rounds:?}");
+        assert!(most(first + Duration::from_millis(200)) <= 4, "{rounds:?}");
+        assert_eq!(rounds.len(), 15);
     }
 }

@@ -518,18 +518,7 @@ async fn a_sheet_of_ten_thousand_jobs_opens_on_its_first_page() {
 /// `asmr ARGS` on the state in `state`; its stdout, after checking it
 /// succeeded.
 fn asmr(state: &Path, args: &[&str]) -> String {
-    let output = std::process::Command::new(tests::harness::binary("asmr"))
-        .env_clear()
-        .args(["--state-dir", state.to_str().unwrap()])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "asmr {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
+    tests::harness::asmr_local(state, args)
 }
 
 #[tokio::test]

@@ -786,3 +786,70 @@ async fn the_cli_acts_for_its_tenant_and_shows_every_tenant_only_when_asked() {
         "{text}"
     );
 }
+
+/// `asmr run --tenant`: the local run's jobs are the tenant's, its files go
+/// under the tenant's folder with their own manifest, and the same prompts
+/// run for another tenant are that tenant's own jobs.
+#[tokio::test]
+async fn a_local_run_acts_for_its_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, out) = (dir.path().join("state"), dir.path().join("out"));
+    let prompts = dir.path().join("prompts.txt");
+    std::fs::write(&prompts, "rain on a tin roof\nslow page turns\n").unwrap();
+    let asmr = |args: &[&str]| tests::harness::asmr_local(&state, args);
+
+    let run = |tenant: &str| {
+        let report: Value = serde_json::from_str(&asmr(&[
+            "run",
+            prompts.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--tenant",
+            tenant,
+            "--json",
+        ]))
+        .unwrap();
+        assert_eq!(report["statuses"], json!({"delivered": 2}), "{report}");
+    };
+    run("acme");
+    let files: Vec<String> = walk(&out)
+        .into_iter()
+        .filter(|p| p.ends_with(".png"))
+        .collect();
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert!(files.iter().all(|p| p.contains("/acme/")), "{files:?}");
+    let manifests: Vec<String> = walk(&out)
+        .into_iter()
+        .filter(|p| p.ends_with("manifest.jsonl"))
+        .collect();
+    assert_eq!(manifests.len(), 1, "{manifests:?}");
+    let lines = std::fs::read_to_string(&manifests[0]).unwrap();
+    assert_eq!(lines.matches(r#""tenant":"acme""#).count(), 2, "{lines}");
+
+    let listed = |tenant: &str| -> usize {
+        let jobs: Value =
+            serde_json::from_str(&asmr(&["list", "--tenant", tenant, "--json"])).unwrap();
+        jobs.as_array().unwrap().len()
+    };
+    assert_eq!((listed("acme"), listed("default")), (2, 0));
+    // The same prompts for the default tenant: its own jobs, not acme's.
+    run("default");
+    assert_eq!((listed("acme"), listed("default")), (2, 2));
+}
+
+/// Every file below `root`, as paths.
+fn walk(root: &std::path::Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                found.push(path.to_string_lossy().into_owned());
+            }
+        }
+    }
+    found
+}

@@ -9,13 +9,14 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::json;
 use shared::config::{Backend, StoreArgs};
 use shared::cost::format_usd;
+use shared::domain::tenant::TenantName;
 use shared::domain::values::{JobKind, JobStatus};
 use shared::error::Error;
 use shared::local_run::{Live, Progress, RunReport, RunSettings, SpendCap};
 use shared::vertex::RetryPolicy;
 use std::time::Duration;
 
-pub async fn run(store: &StoreArgs, args: RunArgs) -> Result<()> {
+pub async fn run(store: &StoreArgs, tenant: &TenantName, args: RunArgs) -> Result<()> {
     if store.backend != Backend::Embedded {
         bail!("`asmr run` keeps its state in --state-dir; it does not run on --backend firestore");
     }
@@ -33,6 +34,7 @@ pub async fn run(store: &StoreArgs, args: RunArgs) -> Result<()> {
         super::absolute(&out_dir).with_context(|| format!("resolving {}", out_dir.display()))?;
     let mut settings = RunSettings::dry_run(prompts, kind, delivery_root, store.state_dir.clone());
     settings.chain = args.chain;
+    settings.tenant = tenant.clone();
     settings.image_workers = args.image_workers.into();
     settings.video_workers = args.video_workers.into();
     settings.download_workers = args.download_workers.into();

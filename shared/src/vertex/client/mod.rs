@@ -205,7 +205,7 @@ impl VertexClient {
             Some(token) if !token.is_empty() => Auth::Static(token.to_string()),
             _ => Auth::Adc(OnceCell::new()),
         };
-        let quota = QuotaGates::new(PROBE_INTERVAL.min(config.retry.base_delay));
+        let quota = QuotaGates::new(PROBE_INTERVAL.min(config.retry.base_delay)).jittered();
         Ok(Self {
             config,
             base_url,

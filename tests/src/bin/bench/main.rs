@@ -14,6 +14,9 @@
 //! - `quota`: a batch of live image jobs through the image-generator binary
 //!   behind a Pub/Sub push subscription, against the fake Vertex AI limited
 //!   to N requests per minute;
+//! - `fair-share`: two tenants' live image jobs through two image-generator
+//!   instances behind one push subscription, at a small quota: how soon the
+//!   small tenant is done, quota use, one paid call per job;
 //! - `pipeline`: dry-run jobs per second of `asmr run` and of the emulator
 //!   topology (intake → image-generator → bucket notification → downloader);
 //! - `startup`: exec to first `/healthz` answer, idle RSS and stripped size
@@ -21,6 +24,7 @@
 
 mod common;
 mod download;
+mod fair_share;
 mod pipeline;
 mod quota;
 mod small_files;
@@ -41,7 +45,7 @@ Usage: bench [OPTIONS]
 
 Options:
   --out FILE            also write the table and its notes to FILE
-  --only LIST           comma-separated groups: small-files,download,quota,pipeline,startup (default: all)
+  --only LIST           comma-separated groups: small-files,download,quota,fair-share,pipeline,startup (default: all)
   --image-counts LIST   1.5 MiB images per small-files run (default: 200,1000)
   --video-count N       20 MiB videos of the small-files group (default: 50)
   --file-rounds N       runs of each copier per small-files workload (default: 3)
@@ -49,6 +53,7 @@ Options:
   --rounds N            runs of each copier per size; the median counts (default: 5)
   --quota-rpm N         requests per minute the fake Vertex AI accepts (default: 120)
   --quota-jobs N        live image jobs of the quota group (default: 200)
+  --fair-rpm N          requests per minute of the fair-share group (default: 12)
   --run-prompts N       prompts of the `asmr run` measurement (default: 500)
   --topology-jobs N     prompts of the emulator topology measurement (default: 200)
   --startup-runs N      starts of each service; the median counts (default: 5)
@@ -80,6 +85,7 @@ struct Options {
     rounds: usize,
     quota_rpm: u32,
     quota_jobs: usize,
+    fair_rpm: u32,
     image_counts: Vec<usize>,
     video_count: usize,
     file_rounds: usize,
@@ -89,7 +95,14 @@ struct Options {
     keep: bool,
 }
 
-const GROUPS: [&str; 5] = ["small-files", "download", "quota", "pipeline", "startup"];
+const GROUPS: [&str; 6] = [
+    "small-files",
+    "download",
+    "quota",
+    "fair-share",
+    "pipeline",
+    "startup",
+];
 
 impl Options {
     fn parse(mut args: impl Iterator<Item = String>) -> Result<Option<Self>> {
@@ -100,6 +113,7 @@ impl Options {
             rounds: 5,
             quota_rpm: 120,
             quota_jobs: 200,
+            fair_rpm: 12,
             image_counts: vec![200, 1000],
             video_count: 50,
             file_rounds: 3,
@@ -145,6 +159,7 @@ impl Options {
                 "--file-rounds" => options.file_rounds = number("--file-rounds", &value()?)?,
                 "--quota-rpm" => options.quota_rpm = number("--quota-rpm", &value()?)?,
                 "--quota-jobs" => options.quota_jobs = number("--quota-jobs", &value()?)?,
+                "--fair-rpm" => options.fair_rpm = number("--fair-rpm", &value()?)?,
                 "--run-prompts" => options.run_prompts = number("--run-prompts", &value()?)?,
                 "--topology-jobs" => options.topology_jobs = number("--topology-jobs", &value()?)?,
                 "--startup-runs" => options.startup_runs = number("--startup-runs", &value()?)?,
@@ -259,6 +274,10 @@ async fn run(options: &Options) -> Result<()> {
     if options.runs("quota") {
         common::progress("quota use");
         quota::run(&ctx, options.quota_rpm, options.quota_jobs, &mut report).await?;
+    }
+    if options.runs("fair-share") {
+        common::progress("fair share of a model quota");
+        fair_share::run(&ctx, options.fair_rpm, &mut report).await?;
     }
     report.total = started.elapsed();
     let markdown = report.markdown();

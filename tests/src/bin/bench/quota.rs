@@ -14,26 +14,46 @@ use axum::response::Response;
 use futures::StreamExt;
 use shared::bus::Topics;
 use shared::domain::job::NewJob;
+use shared::domain::tenant::TenantName;
 use shared::domain::values::{JobKind, JobStatus};
 use shared::store::JobFilter;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tests::fake_vertex::{FakeOptions, FakeVertex};
 
 const GROUP: &str = "Quota use";
 
-/// One answer the fake gave, when the proxy passed it on.
-type Seen = (Instant, u16);
+/// One answer an upstream gave, when the proxy passed it on, and the
+/// prompt of the request when it was a Gemini `generateContent`.
+pub(crate) type Seen = (Instant, u16, Option<String>);
 
-struct ProxyState {
-    upstream: String,
+/// A proxy in front of one upstream (recording every answer) or several
+/// (taking turns, as a load balancer spreads pushes over instances).
+pub(crate) struct Proxy {
+    upstreams: Vec<String>,
+    next: AtomicUsize,
     http: reqwest::Client,
     seen: Mutex<Vec<Seen>>,
 }
 
-impl ProxyState {
-    fn seen(&self) -> Vec<Seen> {
+impl Proxy {
+    /// A proxy to `upstreams`, served on a local port: its URL.
+    pub(crate) async fn serve(upstreams: Vec<String>) -> (Arc<Self>, String) {
+        let proxy = Arc::new(Self {
+            upstreams,
+            next: AtomicUsize::new(0),
+            http: reqwest::Client::new(),
+            seen: Mutex::new(Vec::new()),
+        });
+        let url =
+            tests::stages::serve(Router::new().fallback(forward).with_state(proxy.clone())).await;
+        (proxy, url)
+    }
+
+    /// Every answer so far.
+    pub(crate) fn seen(&self) -> Vec<Seen> {
         self.seen
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -41,18 +61,29 @@ impl ProxyState {
     }
 }
 
-/// Passes every request to the fake and records the status of its answer.
+/// The prompt of a Gemini `generateContent` body.
+fn prompt_of(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    value
+        .pointer("/contents/0/parts/0/text")?
+        .as_str()
+        .map(str::to_string)
+}
+
+/// Passes every request to the next upstream and records its answer.
 async fn forward(
-    State(state): State<Arc<ProxyState>>,
+    State(state): State<Arc<Proxy>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let turn = state.next.fetch_add(1, Ordering::Relaxed) % state.upstreams.len().max(1);
+    let prompt = prompt_of(&body);
     let mut request = state
         .http
-        .request(method, format!("{}{path}", state.upstream))
+        .request(method, format!("{}{path}", state.upstreams[turn]))
         .body(body);
     for (name, value) in &headers {
         if name != "host" && name != "content-length" {
@@ -73,7 +104,7 @@ async fn forward(
                 .seen
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .push((Instant::now(), status.as_u16()));
+                .push((Instant::now(), status.as_u16(), prompt));
             let mut response = Response::new(Body::from(body));
             *response.status_mut() = status;
             for (name, value) in &headers {
@@ -91,55 +122,81 @@ async fn forward(
     }
 }
 
+/// What a quota measurement runs in: the fake Vertex AI at `rpm` behind a
+/// counting proxy, a bucket, and this run's topics.
+pub(crate) struct Space {
+    pub(crate) fake: FakeVertex,
+    /// The counting proxy and its URL.
+    pub(crate) vertex: (Arc<Proxy>, String),
+    objects: shared::objects::gcs::GcsObjectStore,
+    pub(crate) prefix: String,
+    pub(crate) bucket: String,
+    pub(crate) topics: Topics,
+}
+
+impl Space {
+    pub(crate) async fn open(ctx: &Context, rpm: u32) -> Result<Self> {
+        let fake = FakeVertex::start(FakeOptions {
+            requests_per_minute: Some(rpm),
+            ..FakeOptions::default()
+        })
+        .await;
+        let vertex = Proxy::serve(vec![fake.base_url()]).await;
+        let objects = tests::harness::gcs().await;
+        let prefix = common::unique_prefix();
+        let bucket = common::unique_bucket();
+        shared::objects::ObjectStore::ensure_bucket(&objects, &bucket).await?;
+        let topics = Topics::new(prefix.clone());
+        for topic in topics.all().iter() {
+            ctx.pubsub.topic(topic).await?;
+        }
+        Ok(Self {
+            fake,
+            vertex,
+            objects,
+            prefix,
+            bucket,
+            topics,
+        })
+    }
+
+    /// Removes `subscriptions`, the topics, the bucket and its objects.
+    pub(crate) async fn close(self, ctx: &Context, subscriptions: &[String]) {
+        let topic_names: Vec<String> = self.topics.all().to_vec();
+        ctx.pubsub.remove(subscriptions, &topic_names).await;
+        let objects = &self.objects;
+        if let Ok(listed) = shared::objects::ObjectStore::list(objects, &self.bucket, "").await {
+            for object in listed {
+                let _ =
+                    shared::objects::ObjectStore::delete(objects, &self.bucket, &object.name).await;
+            }
+        }
+        common::delete_bucket(ctx, &self.bucket).await;
+    }
+}
+
 /// Runs `jobs` live image jobs at `rpm` requests per minute.
 pub async fn run(ctx: &Context, rpm: u32, jobs: usize, report: &mut Report) -> Result<()> {
     ensure!(
         jobs > rpm as usize,
         "--quota-jobs ({jobs}) must be more than --quota-rpm ({rpm}), or the quota never binds"
     );
-    let fake = FakeVertex::start(FakeOptions {
-        requests_per_minute: Some(rpm),
-        ..FakeOptions::default()
-    })
-    .await;
-    let state = Arc::new(ProxyState {
-        upstream: fake.base_url(),
-        http: reqwest::Client::new(),
-        seen: Mutex::new(Vec::new()),
-    });
-    let proxy =
-        tests::stages::serve(Router::new().fallback(forward).with_state(state.clone())).await;
-
-    let objects = tests::harness::gcs().await;
-    let prefix = common::unique_prefix();
-    let bucket = common::unique_bucket();
-    shared::objects::ObjectStore::ensure_bucket(&objects, &bucket).await?;
-    let topics = Topics::new(prefix.clone());
-    let topic_names: Vec<String> = topics.all().to_vec();
-    for topic in &topic_names {
-        ctx.pubsub.topic(topic).await?;
-    }
-    let subscription = format!("{prefix}images");
+    let space = Space::open(ctx, rpm).await?;
+    let subscription = format!("{}images", space.prefix);
     let outcome = measure(
         ctx,
-        &prefix,
-        &bucket,
-        &topics,
+        &space.prefix,
+        &space.bucket,
+        &space.topics,
         &subscription,
-        &proxy,
-        fake.token(),
+        &space.vertex.1,
+        space.fake.token(),
         rpm,
         jobs,
-        &state,
+        &space.vertex.0,
     )
     .await;
-    ctx.pubsub.remove(&[subscription], &topic_names).await;
-    if let Ok(listed) = shared::objects::ObjectStore::list(&objects, &bucket, "").await {
-        for object in listed {
-            let _ = shared::objects::ObjectStore::delete(&objects, &bucket, &object.name).await;
-        }
-    }
-    common::delete_bucket(ctx, &bucket).await;
+    space.close(ctx, &[subscription]).await;
     let run = outcome?;
     tabulate(&run, rpm, jobs, report);
     Ok(())
@@ -171,7 +228,7 @@ async fn measure(
     token: &str,
     rpm: u32,
     jobs: usize,
-    state: &ProxyState,
+    state: &Proxy,
 ) -> Result<Run> {
     let mut env = ctx.stage_env(prefix, bucket);
     env.extend(
@@ -195,23 +252,7 @@ async fn measure(
 
     let store = ctx.store(prefix).await;
     common::detail(&format!("creating {jobs} live image jobs"));
-    let ids: Vec<String> = futures::stream::iter(0..jobs)
-        .map(|n| {
-            let store = &store;
-            async move {
-                let mut new = NewJob::new(crate::pipeline::prompt(n), JobKind::Image);
-                new.dry_run = false;
-                store
-                    .create_job(new)
-                    .await
-                    .map(|created| created.record.id().to_string())
-            }
-        })
-        .buffer_unordered(16)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<shared::error::Result<_>>()?;
+    let ids = live_image_jobs(&store, jobs, &TenantName::default()).await?;
     let messages: Vec<(Vec<u8>, BTreeMap<String, String>)> = ids
         .iter()
         .map(|id| {
@@ -254,7 +295,7 @@ async fn measure(
             common::detail(&format!(
                 "quota: {completed} completed, {failed} failed; the fake answered {} calls, {} with 429",
                 seen.len(),
-                seen.iter().filter(|(_, s)| *s == 429).count()
+                seen.iter().filter(|(_, s, _)| *s == 429).count()
             ));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -266,7 +307,7 @@ async fn measure(
     // Every answer, for a look at how the retries spread (with --keep).
     let calls: String = seen
         .iter()
-        .map(|(t, status)| format!("{:.3},{status}\n", t.duration_since(started).as_secs_f64()))
+        .map(|(t, status, _)| format!("{:.3},{status}\n", t.duration_since(started).as_secs_f64()))
         .collect();
     std::fs::write(
         ctx.work.join("quota-calls.csv"),
@@ -274,8 +315,8 @@ async fn measure(
     )?;
     let ok: Vec<Instant> = seen
         .iter()
-        .filter(|(_, s)| *s == 200)
-        .map(|(t, _)| *t)
+        .filter(|(_, s, _)| *s == 200)
+        .map(|(t, _, _)| *t)
         .collect();
     let (Some(first), Some(last)) = (ok.iter().min(), ok.iter().max()) else {
         bail!("the fake accepted no call; {}", common::tail(&log));
@@ -309,15 +350,42 @@ async fn measure(
         first_call: first.duration_since(started),
         span: last.duration_since(*first),
         accepted: ok.len(),
-        rejected: seen.iter().filter(|(_, s)| *s == 429).count(),
+        rejected: seen.iter().filter(|(_, s, _)| *s == 429).count(),
         completed,
         failed,
         unfinished: jobs as u64 - completed - failed_count,
     })
 }
 
+/// Creates `jobs` live image jobs of `tenant`, 16 at a time; their ids.
+pub(crate) async fn live_image_jobs(
+    store: &shared::store::Store,
+    jobs: usize,
+    tenant: &TenantName,
+) -> Result<Vec<String>> {
+    Ok(futures::stream::iter(0..jobs)
+        .map(|n| async move {
+            let prompt = crate::pipeline::prompt(n);
+            let mut new = match tenant.is_default() {
+                true => NewJob::new(prompt, JobKind::Image),
+                false => NewJob::new(format!("{prompt} for {tenant}"), JobKind::Image),
+            };
+            new.dry_run = false;
+            new.tenant = tenant.clone();
+            store
+                .create_job(new)
+                .await
+                .map(|created| created.record.id().to_string())
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<shared::error::Result<_>>()?)
+}
+
 /// One run of the release `janitor` binary on this run's collections.
-async fn run_janitor(ctx: &Context, prefix: &str, bucket: &str) -> Result<()> {
+pub(crate) async fn run_janitor(ctx: &Context, prefix: &str, bucket: &str) -> Result<()> {
     let mut command = std::process::Command::new(ctx.binary("janitor")?);
     command
         .env_clear()
@@ -334,7 +402,7 @@ async fn run_janitor(ctx: &Context, prefix: &str, bucket: &str) -> Result<()> {
 /// The shortest time from the first accepted call to the last under a quota
 /// of `rpm` calls in any rolling minute: the first `rpm` calls at once, the
 /// next `rpm` a minute later, and so on.
-fn ideal_span(rpm: u32, jobs: usize) -> Duration {
+pub(crate) fn ideal_span(rpm: u32, jobs: usize) -> Duration {
     let windows = jobs.div_ceil(rpm as usize).saturating_sub(1);
     Duration::from_secs(60 * windows as u64)
 }
