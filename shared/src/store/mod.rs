@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod budget;
+mod claim;
 pub mod downloads;
 pub mod embedded;
 pub mod firestore;
@@ -32,10 +33,9 @@ use crate::error::{Error, Result};
 use crate::job_events::{JobEvent, JobEvents, OutboxEntry, raises_event};
 use crate::time::Timestamp;
 use backend::{Backend, Collection, Cond, Dir, Doc, Query, Scalar, Stored, Version, Write};
-use rand::seq::SliceRandom;
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,11 +43,6 @@ use std::time::Duration;
 /// its own random order, so concurrent claimers rarely fight over one
 /// document.
 const CLAIM_CANDIDATES: u32 = 16;
-/// Past candidates of tenants out of budget, a claim reads on in pages of
-/// this many...
-const CLAIM_PAGE: u32 = 100;
-/// ...up to this many pages in all.
-const CLAIM_PAGES: usize = 10;
 /// Rounds of re-reading before a contended write gives up with
 /// [`Error::Contention`].
 const CAS_ROUNDS: usize = 50;
@@ -409,20 +404,6 @@ fn parse_cursor(
 }
 
 const JOB_LIST_ORDER: &[(&str, Dir)] = &[("created_at", Dir::Desc), ("id", Dir::Desc)];
-/// `stored` (in claim order) in runs of one priority.
-fn by_priority(stored: Vec<Stored>) -> Vec<Vec<Stored>> {
-    let mut groups: Vec<Vec<Stored>> = Vec::new();
-    for one in stored {
-        match groups.last_mut() {
-            Some(group) if group[0].doc.get("priority") == one.doc.get("priority") => {
-                group.push(one);
-            }
-            _ => groups.push(vec![one]),
-        }
-    }
-    groups
-}
-
 const CLAIM_ORDER: &[(&str, Dir)] = &[
     ("priority", Dir::Desc),
     ("created_at", Dir::Asc),
@@ -649,85 +630,6 @@ impl Store {
             Ok(match attempt(record, version).await? {
                 Some(outcome) => Round::Done(outcome),
                 None => Round::Lost,
-            })
-        })
-        .await
-    }
-
-    /// Claims the first record of `conds` in claim order: the highest
-    /// priority, and among the oldest few of that priority a random one, so
-    /// that concurrent claimers spread out instead of fighting over one.
-    /// `attempt` tries one candidate. `Over` when nothing was claimed and at
-    /// least one candidate did not fit the budget.
-    async fn claim_first<T: Claimable, F: Future<Output = Result<Tried<T>>>>(
-        &self,
-        conds: Vec<Cond>,
-        attempt: impl Fn(T, Version) -> F,
-    ) -> Result<budget::Budgeted<Option<T>>> {
-        let (conds, attempt) = (&conds, &attempt);
-        until_done(T::KIND, "(next pending)", || async move {
-            // Tenants whose own budget refused a candidate: their other
-            // candidates are passed over, so one tenant out of money does
-            // not stop the others' work.
-            let mut broke: BTreeSet<String> = BTreeSet::new();
-            let mut over = None;
-            let mut contended = false;
-            let mut after = None;
-            for page in 0..CLAIM_PAGES {
-                let query = Query {
-                    conds: conds.clone(),
-                    order: CLAIM_ORDER.to_vec(),
-                    after: after.take(),
-                    limit: if page == 0 {
-                        CLAIM_CANDIDATES
-                    } else {
-                        CLAIM_PAGE
-                    },
-                };
-                let candidates = self.backend.query(T::COLLECTION, &query).await?;
-                let full = candidates.len() == query.limit as usize;
-                if let Some(last) = candidates.last() {
-                    let cursor = cursor_of(CLAIM_ORDER, &last.doc)?;
-                    after = Some(parse_cursor(T::COLLECTION, CLAIM_ORDER, &cursor)?);
-                }
-                // Priority is strict; age within a priority is approximate,
-                // which is what lets concurrent claimers spread out.
-                for mut group in by_priority(candidates) {
-                    group.shuffle(&mut rand::rng());
-                    for stored in group {
-                        let tenant = stored
-                            .doc
-                            .get("tenant")
-                            .and_then(Value::as_str)
-                            .unwrap_or(TenantName::DEFAULT)
-                            .to_string();
-                        if broke.contains(&tenant) {
-                            continue;
-                        }
-                        let (record, version) = from_stored::<T>(stored)?;
-                        match attempt(record, version).await? {
-                            Tried::Claimed(record) => {
-                                return Ok(Round::Done(budget::Budgeted::Within(Some(record))));
-                            }
-                            // A cheaper job may still fit.
-                            Tried::Over(refused) => {
-                                if refused.tenant.is_some() {
-                                    broke.insert(tenant);
-                                }
-                                over.get_or_insert(refused);
-                            }
-                            Tried::Passed => contended = true,
-                        }
-                    }
-                }
-                if !full || broke.is_empty() {
-                    break;
-                }
-            }
-            Ok(match over {
-                Some(refused) => Round::Done(budget::Budgeted::Over(refused)),
-                None if contended => Round::Lost,
-                None => Round::Done(budget::Budgeted::Within(None)),
             })
         })
         .await
