@@ -113,6 +113,22 @@ pub fn emulator_host(name: &str) -> String {
         .unwrap_or_else(|_| panic!("{name} is not set: run the tests with tests/run"))
 }
 
+/// Every file below `root`, however deep.
+pub fn files_below(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            match path.is_dir() {
+                true => dirs.push(path),
+                false => files.push(path),
+            }
+        }
+    }
+    files
+}
+
 /// `asmr --state-dir STATE ARGS` with nothing else in its environment; its
 /// standard output (it must succeed).
 pub fn asmr_local(state: &std::path::Path, args: &[&str]) -> String {

@@ -4,8 +4,8 @@
 
 use super::backend::{Query, Stored, Version};
 use super::{
-    CLAIM_CANDIDATES, CLAIM_ORDER, Claimable, Cond, Round, Store, Tried, budget, cursor_of,
-    from_stored, parse_cursor, until_done,
+    CLAIM_CANDIDATES, CLAIM_ORDER, Claimable, Cond, Round, Store, Tried, budget, cursor_after,
+    from_stored, until_done,
 };
 use crate::domain::tenant::TenantName;
 use crate::error::Result;
@@ -66,8 +66,7 @@ impl Store {
                 let candidates = self.backend.query(T::COLLECTION, &query).await?;
                 let full = candidates.len() == query.limit as usize;
                 if let Some(last) = candidates.last() {
-                    let cursor = cursor_of(CLAIM_ORDER, &last.doc)?;
-                    after = Some(parse_cursor(T::COLLECTION, CLAIM_ORDER, &cursor)?);
+                    after = Some(cursor_after(T::COLLECTION, CLAIM_ORDER, &last.doc)?);
                 }
                 // Priority is strict; age within a priority is approximate,
                 // which is what lets concurrent claimers spread out.

@@ -389,16 +389,45 @@ fn parse_cursor(
     if values.len() != order.len() {
         return Err(bad());
     }
+    scalars_of(collection, order, values).ok_or_else(bad)
+}
+
+/// A cursor right after `doc` in `order`, without a token's round trip.
+fn cursor_after(
+    collection: Collection,
+    order: &[(&'static str, Dir)],
+    doc: &Doc,
+) -> Result<Vec<Scalar>> {
+    let values = order
+        .iter()
+        .map(|(field, _)| doc.get(*field).cloned().unwrap_or(Value::Null))
+        .collect();
+    scalars_of(collection, order, values).ok_or_else(|| {
+        Error::store(
+            "reading a record's order fields",
+            "a field is not a string, number or time",
+            false,
+        )
+    })
+}
+
+/// `values` of the `order` fields as query scalars; `None` when one is of no
+/// orderable kind.
+fn scalars_of(
+    collection: Collection,
+    order: &[(&'static str, Dir)],
+    values: Vec<Value>,
+) -> Option<Vec<Scalar>> {
     order
         .iter()
         .zip(values)
         .map(|((field, _), value)| match value {
             Value::String(s) if collection.timestamp_fields().contains(field) => {
-                Timestamp::parse(&s).map(Scalar::Time).ok_or_else(bad)
+                Timestamp::parse(&s).map(Scalar::Time)
             }
-            Value::String(s) => Ok(Scalar::Str(s)),
-            Value::Number(n) => n.as_i64().map(Scalar::Int).ok_or_else(bad),
-            _ => Err(bad()),
+            Value::String(s) => Some(Scalar::Str(s)),
+            Value::Number(n) => n.as_i64().map(Scalar::Int),
+            _ => None,
         })
         .collect()
 }

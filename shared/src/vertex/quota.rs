@@ -66,7 +66,7 @@ impl QuotaShare {
 impl Default for QuotaShare {
     /// The default tenant at weight 1.
     fn default() -> Self {
-        Self::new("default", 1)
+        Self::new(crate::domain::tenant::TenantName::DEFAULT, 1)
     }
 }
 

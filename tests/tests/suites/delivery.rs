@@ -461,17 +461,7 @@ async fn hostile_object_names_never_escape_the_destination() {
     );
     // Under the root: exactly the copies meant to land there, and the
     // manifest.
-    let mut files = Vec::new();
-    let mut dirs = vec![root.clone()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            match path.is_dir() {
-                true => dirs.push(path),
-                false => files.push(path),
-            }
-        }
-    }
+    let mut files = tests::harness::files_below(&root);
     files.retain(|f| !f.ends_with(shared::manifest::MANIFEST_NAME));
     let mut want: Vec<_> = delivered
         .iter()

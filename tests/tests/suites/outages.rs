@@ -613,22 +613,9 @@ fn a_live_local_run_without_credentials_stops_at_once_and_creates_nothing() {
     assert!(took < Duration::from_secs(20), "stopped after {took:?}");
     // The same state directory, read back: `asmr list` must succeed and
     // answer a JSON list, so that an empty one means no job, not a failure.
-    let list = Command::new(binary("asmr"))
-        .env_clear()
-        .args(["list", "--json", "--state-dir", state.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        list.status.success(),
-        "asmr list failed: {}",
-        String::from_utf8_lossy(&list.stderr)
-    );
-    let jobs: Value = serde_json::from_slice(&list.stdout).unwrap_or_else(|e| {
-        panic!(
-            "asmr list did not answer JSON ({e}): {}",
-            String::from_utf8_lossy(&list.stdout)
-        )
-    });
+    let list = tests::harness::asmr_local(&state, &["list", "--json"]);
+    let jobs: Value = serde_json::from_str(&list)
+        .unwrap_or_else(|e| panic!("asmr list did not answer JSON ({e}): {list}"));
     assert_eq!(
         jobs.as_array().map(Vec::len),
         Some(0),

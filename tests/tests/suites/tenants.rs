@@ -787,6 +787,14 @@ async fn the_cli_acts_for_its_tenant_and_shows_every_tenant_only_when_asked() {
     );
 }
 
+/// Every file below `root`, as text.
+fn walk(root: &std::path::Path) -> Vec<String> {
+    tests::harness::files_below(root)
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect()
+}
+
 /// `asmr run --tenant`: the local run's jobs are the tenant's, its files go
 /// under the tenant's folder with their own manifest, and the same prompts
 /// run for another tenant are that tenant's own jobs.
@@ -835,21 +843,4 @@ async fn a_local_run_acts_for_its_tenant() {
     // The same prompts for the default tenant: its own jobs, not acme's.
     run("default");
     assert_eq!((listed("acme"), listed("default")), (2, 2));
-}
-
-/// Every file below `root`, as paths.
-fn walk(root: &std::path::Path) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut dirs = vec![root.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else {
-                found.push(path.to_string_lossy().into_owned());
-            }
-        }
-    }
-    found
 }

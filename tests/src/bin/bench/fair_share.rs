@@ -178,41 +178,19 @@ fn push_all(
 
 async fn run_case(ctx: &Context, rpm: u32, case: &Case) -> Result<Run> {
     let space = Space::open(ctx, rpm).await?;
-    let outcome = measure(
-        ctx,
-        rpm,
-        case,
-        &space.prefix,
-        &space.bucket,
-        (&space.vertex.0, &space.vertex.1, space.fake.token()),
-    )
-    .await;
+    let outcome = measure(ctx, rpm, case, &space).await;
     space.close(ctx, &[]).await;
     outcome
 }
 
-async fn measure(
-    ctx: &Context,
-    rpm: u32,
-    case: &Case,
-    prefix: &str,
-    bucket: &str,
-    (vertex, vertex_url, token): (&Proxy, &str, &str),
-) -> Result<Run> {
+async fn measure(ctx: &Context, rpm: u32, case: &Case, space: &Space) -> Result<Run> {
+    let (prefix, vertex) = (&space.prefix, &*space.vertex.0);
     let store = ctx.store(prefix).await;
     let sides: Vec<Side> = std::iter::once(case.big).chain(case.small).collect();
     for side in &sides {
         add_tenant(&store, side).await?;
     }
-    let mut env = ctx.stage_env(prefix, bucket);
-    env.extend(
-        [
-            ("VERTEX_BASE_URL", vertex_url),
-            ("VERTEX_ACCESS_TOKEN", token),
-            ("DRY_RUN", "false"),
-        ]
-        .map(|(k, v)| (k.to_string(), v.to_string())),
-    );
+    let env = space.live_env(ctx);
     let mut generators = Vec::new();
     for _ in 0..INSTANCES {
         let mut generator = ctx.spawn("image-generator", &env)?;

@@ -160,6 +160,21 @@ impl Space {
         })
     }
 
+    /// The environment of a live `image-generator` here: the stages' own,
+    /// calling the fake through the counting proxy.
+    pub(crate) fn live_env(&self, ctx: &Context) -> Vec<(String, String)> {
+        let mut env = ctx.stage_env(&self.prefix, &self.bucket);
+        env.extend(
+            [
+                ("VERTEX_BASE_URL", self.vertex.1.as_str()),
+                ("VERTEX_ACCESS_TOKEN", self.fake.token()),
+                ("DRY_RUN", "false"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        env
+    }
+
     /// Removes `subscriptions`, the topics, the bucket and its objects.
     pub(crate) async fn close(self, ctx: &Context, subscriptions: &[String]) {
         let topic_names: Vec<String> = self.topics.all().to_vec();
@@ -183,19 +198,7 @@ pub async fn run(ctx: &Context, rpm: u32, jobs: usize, report: &mut Report) -> R
     );
     let space = Space::open(ctx, rpm).await?;
     let subscription = format!("{}images", space.prefix);
-    let outcome = measure(
-        ctx,
-        &space.prefix,
-        &space.bucket,
-        &space.topics,
-        &subscription,
-        &space.vertex.1,
-        space.fake.token(),
-        rpm,
-        jobs,
-        &space.vertex.0,
-    )
-    .await;
+    let outcome = measure(ctx, &space, &subscription, rpm, jobs).await;
     space.close(ctx, &[subscription]).await;
     let run = outcome?;
     tabulate(&run, rpm, jobs, report);
@@ -217,28 +220,20 @@ struct Run {
     unfinished: u64,
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn measure(
     ctx: &Context,
-    prefix: &str,
-    bucket: &str,
-    topics: &Topics,
+    space: &Space,
     subscription: &str,
-    proxy: &str,
-    token: &str,
     rpm: u32,
     jobs: usize,
-    state: &Proxy,
 ) -> Result<Run> {
-    let mut env = ctx.stage_env(prefix, bucket);
-    env.extend(
-        [
-            ("VERTEX_BASE_URL", proxy),
-            ("VERTEX_ACCESS_TOKEN", token),
-            ("DRY_RUN", "false"),
-        ]
-        .map(|(k, v)| (k.to_string(), v.to_string())),
+    let (prefix, bucket, topics, state) = (
+        &space.prefix,
+        &space.bucket,
+        &space.topics,
+        &*space.vertex.0,
     );
+    let env = space.live_env(ctx);
     let mut generator = ctx.spawn("image-generator", &env)?;
     generator.healthy(&ctx.http).await?;
     ctx.pubsub
