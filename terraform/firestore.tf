@@ -191,6 +191,29 @@ locals {
         { path = "id", order = "ASCENDING" },
       ]
     }
+    charges_expired = {
+      collection = "charges"
+      fields = [
+        { path = "expire_at", order = "ASCENDING" },
+        { path = "id", order = "ASCENDING" },
+      ]
+    }
+    # A day's budget as a whole: its main document's shards.
+    budgets_shards = {
+      collection = "budgets"
+      fields = [
+        { path = "budget", order = "ASCENDING" },
+        { path = "id", order = "ASCENDING" },
+      ]
+    }
+    # The charges (one per settled paid attempt) of a day.
+    charges_of_day = {
+      collection = "charges"
+      fields = [
+        { path = "day", order = "ASCENDING" },
+        { path = "id", order = "ASCENDING" },
+      ]
+    }
     # The janitor's sweep of job events left in the outbox.
     outbox_oldest = {
       collection = "outbox"
@@ -203,7 +226,7 @@ locals {
 
   # Every collection whose records carry expire_at (retention). Outbox
   # entries have none: each stays until it is published.
-  ttl_collections = toset(["jobs", "downloads", "rejected", "budgets", "held"])
+  ttl_collections = toset(["jobs", "downloads", "rejected", "budgets", "held", "charges"])
 }
 
 resource "google_firestore_database" "db" {

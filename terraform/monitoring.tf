@@ -194,14 +194,22 @@ locals {
     { title = "Job events deferred to the outbox (per minute)", metric = "job_events_deferred", by = "" },
   ]
 
-  # sum by (LABEL) (rate(M{services}[5m]) or rate(M{jobs}[5m])) * 60
+  # sum by (LABEL) (rate(M{services}[5m]) or rate(M{jobs}[5m])) * 60. The
+  # selectors of a counter with a tenant label are narrowed by the
+  # dashboard's tenant variable: Cloud Monitoring puts the variable's
+  # matcher (tenant=~"...", nothing for all tenants) where ${tenant} stands.
   chart_query = {
     for chart in local.dashboard_charts : chart.metric => format(
-      "sum%s(rate(%s{monitored_resource=\"cloud_run_revision\"}[5m]) or rate(%s{monitored_resource=\"cloud_run_job\"}[5m])) * 60",
+      "sum%s(rate(%s{monitored_resource=\"cloud_run_revision\"%s}[5m]) or rate(%s{monitored_resource=\"cloud_run_job\"%s}[5m])) * 60",
       chart.by == "" ? "" : " by (${chart.by}) ",
       local.promql_name[chart.metric],
+      local.tenant_matcher[chart.metric],
       local.promql_name[chart.metric],
+      local.tenant_matcher[chart.metric],
     )
+  }
+  tenant_matcher = {
+    for key, m in local.event_metrics : key => contains(keys(m.labels), "tenant") ? ",$${tenant}" : ""
   }
 
   # Failed jobs per completed job over the last hour, both resource types
@@ -223,6 +231,12 @@ locals {
 resource "google_monitoring_dashboard" "asmr" {
   dashboard_json = jsonencode({
     displayName = "${var.prefix}asmr"
+    # A tenant picker: the charts of per-tenant counters follow it.
+    dashboardFilters = [{
+      filterType       = "METRIC_LABEL"
+      labelKey         = "tenant"
+      templateVariable = "tenant"
+    }]
     mosaicLayout = {
       columns = 48
       tiles = concat(

@@ -10,6 +10,7 @@ use shared::store::backend::{Backend, Collection, Cond, Doc, Query, Stored, Vers
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 /// Round trips to the store, by kind.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -49,8 +50,19 @@ impl Trips {
 pub struct Counting {
     inner: Arc<dyn Backend>,
     trips: Mutex<Trips>,
-    /// Writes per document (`collection/id`), for the hot ones.
-    per_document: Mutex<BTreeMap<String, u64>>,
+    /// When each document (`collection/id`) was written, for the hot ones.
+    per_document: Mutex<BTreeMap<String, Vec<Instant>>>,
+}
+
+/// How hard one document was written.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WriteRate {
+    /// `collection/id`.
+    pub document: String,
+    /// Writes in all.
+    pub writes: usize,
+    /// Writes per second in its busiest window.
+    pub busiest_per_second: f64,
 }
 
 impl Counting {
@@ -68,15 +80,44 @@ impl Counting {
         *self.trips.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The documents written most, with their write counts.
-    pub fn hottest(&self, n: usize) -> Vec<(String, u64)> {
-        let counts = self
+    /// Forgets the writes counted per document so far.
+    pub fn forget_writes(&self) {
+        self.per_document
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    /// Every document written, with its writes per second in its busiest
+    /// `window` (the whole count over `window` when it never spans one), the
+    /// hottest first.
+    pub fn rates(&self, window: Duration) -> Vec<WriteRate> {
+        let per_document = self
             .per_document
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let mut all: Vec<(String, u64)> = counts.iter().map(|(k, v)| (k.clone(), *v)).collect();
-        all.sort_by_key(|(_, writes)| std::cmp::Reverse(*writes));
-        all.truncate(n);
+        let seconds = window.as_secs_f64();
+        let mut all: Vec<WriteRate> = per_document
+            .iter()
+            .map(|(document, times)| {
+                // Two pointers over the sorted times: the most writes within
+                // any `window`.
+                let mut busiest = 0;
+                let mut start = 0;
+                for (end, at) in times.iter().enumerate() {
+                    while at.duration_since(times[start]) >= window {
+                        start += 1;
+                    }
+                    busiest = busiest.max(end + 1 - start);
+                }
+                WriteRate {
+                    document: document.clone(),
+                    writes: times.len(),
+                    busiest_per_second: busiest as f64 / seconds,
+                }
+            })
+            .collect();
+        all.sort_by(|a, b| b.busiest_per_second.total_cmp(&a.busiest_per_second));
         all
     }
 
@@ -85,12 +126,12 @@ impl Counting {
     }
 
     fn wrote(&self, collection: Collection, id: &str) {
-        *self
-            .per_document
+        self.per_document
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .entry(format!("{}/{id}", collection.name()))
-            .or_default() += 1;
+            .or_default()
+            .push(Instant::now());
     }
 }
 

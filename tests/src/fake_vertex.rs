@@ -230,6 +230,9 @@ pub struct RecordedRequest {
     pub body: Value,
     /// The `Authorization` header, if any.
     pub authorization: Option<String>,
+    /// Whether it got past authentication, injected faults and the quota:
+    /// a call the model answers, and Google may bill.
+    pub served: bool,
 }
 
 struct FakeOperation {
@@ -379,6 +382,17 @@ impl FakeVertex {
             .requests
             .iter()
             .filter(|r| r.prompt.as_deref() == Some(prompt))
+            .count()
+    }
+
+    /// Requests whose prompt is exactly `prompt` that the model answered
+    /// (not refused by the quota, a fault or authentication).
+    pub fn served_for_prompt(&self, prompt: &str) -> usize {
+        self.shared
+            .lock()
+            .requests
+            .iter()
+            .filter(|r| r.served && r.prompt.as_deref() == Some(prompt))
             .count()
     }
 
@@ -541,6 +555,7 @@ async fn handle(
             prompt: prompt.clone(),
             body: json.clone(),
             authorization: authorization.clone(),
+            served: false,
         });
         let delay = inner.slow.pop_front().unwrap_or(inner.latency);
         let decision = if authorization.as_deref() != Some(expected.as_str()) {
@@ -569,6 +584,9 @@ async fn handle(
         } else {
             Decision::Serve
         };
+        if let (Decision::Serve, Some(request)) = (&decision, inner.requests.last_mut()) {
+            request.served = true;
+        }
         (delay, decision)
     };
     if !delay.is_zero() {

@@ -49,6 +49,15 @@ pub async fn api_key(store: &Store, tenant: &str) -> String {
 }
 
 impl World {
+    /// Every job of this world's store (every tenant's), newest first.
+    pub async fn jobs(&self) -> Vec<shared::domain::job::Job> {
+        self.store
+            .list_jobs(&shared::store::JobFilter::default(), 1000, None)
+            .await
+            .expect("the jobs are listed")
+            .items
+    }
+
     /// A new API key of `tenant` in this world's store (see [`api_key`]).
     pub async fn api_key(&self, tenant: &str) -> String {
         api_key(&self.store, tenant).await

@@ -581,6 +581,8 @@ fn reservation(owner: &str) -> super::values::Reservation {
         day: "2026-12-03".into(),
         micros: 40_000,
         owner: owner.into(),
+        shard: Some(3),
+        charge: None,
     }
 }
 

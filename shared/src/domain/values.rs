@@ -325,6 +325,13 @@ pub struct Reservation {
     /// The claim that made it (the lease owner), so that a late settlement by
     /// an earlier holder cannot touch a later claim's reservation.
     pub owner: String,
+    /// The budget shard that holds it (`None`: the day's main document, as
+    /// for reservations made before budgets had shards).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<u32>,
+    /// The id of the charge record its settlement creates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub charge: Option<String>,
 }
 
 /// An output that was generated and paid for but not yet written to the

@@ -117,8 +117,7 @@ async fn hold(
         report_misconfiguration("the output bucket refuses this stage's writes", e);
     }
     let held =
-        with_store_retries(|| store.hold_outputs(job.id(), &lease.owner, outputs, error.clone()))
-            .await;
+        with_store_retries(|| store.hold_outputs(job, &lease.owner, outputs, error.clone())).await;
     match held {
         Ok(_) => {
             tracing::warn!(job_id = %job.id(), outputs = outputs.len(), error = %e, event = "outputs_held", "the output bucket would not take the outputs; they are held in the store for the next attempt");

@@ -29,11 +29,13 @@ pub enum Collection {
     Held,
     /// `tenants/{name}`: the teams sharing the deployment.
     Tenants,
+    /// `charges/{id}`: what each settled paid attempt held and spent.
+    Charges,
 }
 
 impl Collection {
     /// Every collection.
-    pub const ALL: [Collection; 7] = [
+    pub const ALL: [Collection; 8] = [
         Collection::Jobs,
         Collection::Downloads,
         Collection::Rejected,
@@ -41,6 +43,7 @@ impl Collection {
         Collection::Outbox,
         Collection::Held,
         Collection::Tenants,
+        Collection::Charges,
     ];
 
     /// The unprefixed name.
@@ -53,6 +56,7 @@ impl Collection {
             Collection::Outbox => "outbox",
             Collection::Held => "held",
             Collection::Tenants => "tenants",
+            Collection::Charges => "charges",
         }
     }
 
@@ -81,6 +85,7 @@ impl Collection {
             Collection::Outbox => &["created_at"],
             Collection::Held => &["expire_at"],
             Collection::Tenants => &["created_at", "updated_at"],
+            Collection::Charges => &["settled_at", "expire_at"],
         }
     }
 }

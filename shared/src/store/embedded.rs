@@ -65,6 +65,13 @@ CREATE TABLE IF NOT EXISTS tenants (
     version INTEGER NOT NULL,
     doc TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS budgets_budget ON budgets (json_extract(doc, '$.budget'));
+CREATE TABLE IF NOT EXISTS charges (
+    id TEXT PRIMARY KEY NOT NULL,
+    version INTEGER NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS charges_day ON charges (json_extract(doc, '$.day'));
 CREATE INDEX IF NOT EXISTS jobs_tenant ON jobs (
     json_extract(doc, '$.tenant'), json_extract(doc, '$.created_at'));
 ";

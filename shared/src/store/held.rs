@@ -10,6 +10,7 @@ use super::backend::{Collection, Write};
 use super::{Store, from_stored_as, to_doc};
 use crate::crc::Crc32c;
 use crate::domain::job::Job;
+use crate::domain::tenant::TenantName;
 use crate::domain::values::{HeldOutput, JobError};
 use crate::error::{Error, Result};
 use crate::objects::OutputFile;
@@ -33,6 +34,9 @@ pub const HELD_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 struct HeldChunk {
     id: String,
     job_id: String,
+    /// The job's tenant (absent in chunks held before tenants: `default`).
+    #[serde(default)]
+    tenant: TenantName,
     /// Base64 of the bytes.
     data: String,
     expire_at: Timestamp,
@@ -43,18 +47,20 @@ fn chunk_id(key: &str, n: u32) -> String {
 }
 
 impl Store {
-    /// Holds the outputs of job `id`, claimed by `owner`, that could not be
-    /// written: their bytes go to the store, then the job waits (see
-    /// [`Job::hold`]) listing them, without using up an attempt.
+    /// Holds the outputs of `job`, claimed by `owner`, that could not be
+    /// written: their bytes go to the store (each chunk naming the job and
+    /// its tenant), then the job waits (see [`Job::hold`]) listing them,
+    /// without using up an attempt.
     pub async fn hold_outputs(
         &self,
-        id: &str,
+        job: &Job,
         owner: &str,
         outputs: &[OutputFile],
         error: JobError,
     ) -> Result<Job> {
         // A fresh key per hold: chunks of an earlier, abandoned hold of the
         // same job can never be mistaken for these.
+        let (id, tenant) = (job.id(), job.tenant());
         let nonce = uuid::Uuid::new_v4().simple().to_string();
         let expire_at = Timestamp::now().plus(HELD_RETENTION);
         let mut held = Vec::with_capacity(outputs.len());
@@ -67,6 +73,7 @@ impl Store {
                 chunks.push(HeldChunk {
                     id: chunk_id(&key, c),
                     job_id: id.to_string(),
+                    tenant: tenant.clone(),
                     data: base64::engine::general_purpose::STANDARD.encode(piece),
                     expire_at,
                 });
@@ -146,5 +153,54 @@ impl Store {
             self.backend.commit(batch).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Lease;
+    use crate::domain::job::NewJob;
+    use crate::domain::values::JobKind;
+    use crate::store::embedded::EmbeddedBackend;
+    use crate::store::{Claim, Store};
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn held_chunks_name_their_job_and_its_tenant_and_read_back_whole() {
+        let store = Store::new(Arc::new(EmbeddedBackend::in_memory().unwrap()));
+        let mut new = NewJob::new("hail on a roof", JobKind::Image);
+        new.tenant = "acme".parse().unwrap();
+        let id = store.create_job(new).await.unwrap().record.id().to_string();
+        let lease = Lease::new("w", Duration::from_secs(60));
+        let Claim::Claimed(job) = store.claim_job(&id, &lease).await.unwrap() else {
+            panic!("claimed");
+        };
+        let output = OutputFile {
+            name: format!("images/{id}/0.png"),
+            content_type: "image/png".into(),
+            data: Bytes::from(vec![7u8; CHUNK_BYTES + 10]),
+        };
+        let error = JobError::new("storage_unavailable", "the bucket is down", true);
+        let held = store
+            .hold_outputs(&job, "w", std::slice::from_ref(&output), error)
+            .await
+            .unwrap();
+        let outputs = held.held();
+        assert_eq!((outputs.len(), outputs[0].chunks), (1, 2));
+        for n in 0..2 {
+            let stored = store
+                .backend
+                .get(Collection::Held, &chunk_id(&outputs[0].key, n))
+                .await
+                .unwrap()
+                .unwrap();
+            let (chunk, _) = from_stored_as::<HeldChunk>(Collection::Held, stored).unwrap();
+            assert_eq!(
+                (chunk.job_id.as_str(), chunk.tenant.as_str()),
+                (id.as_str(), "acme")
+            );
+        }
+        assert_eq!(store.held_bytes(&outputs[0]).await.unwrap(), output.data);
     }
 }

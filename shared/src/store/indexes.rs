@@ -165,6 +165,20 @@ pub const INDEXES: &[Index] = &[
         collection: Collection::Held,
         fields: &[asc("expire_at"), asc("id")],
     },
+    Index {
+        collection: Collection::Charges,
+        fields: &[asc("expire_at"), asc("id")],
+    },
+    // a day's budget as a whole: its shards
+    Index {
+        collection: Collection::Budgets,
+        fields: &[asc("budget"), asc("id")],
+    },
+    // charges_on
+    Index {
+        collection: Collection::Charges,
+        fields: &[asc("day"), asc("id")],
+    },
     // publish_outbox: entries left behind, oldest first
     Index {
         collection: Collection::Outbox,
@@ -443,6 +457,8 @@ mod tests {
         }
         store.jobs_waiting_on_budget().await.unwrap();
         store.waiting_counts().await.unwrap();
+        let today = crate::store::budget::budget_day_of(Timestamp::now());
+        store.charges_on(&today).await.unwrap();
         store.claim_next_download(&lease).await.unwrap();
         for id in ["1", "2"] {
             let rejected = Rejected::new(

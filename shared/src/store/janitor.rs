@@ -74,6 +74,7 @@ impl Store {
                         Collection::Rejected => deleted.rejected += 1,
                         Collection::Budgets => deleted.budgets += 1,
                         Collection::Held => deleted.held += 1,
+                        Collection::Charges => deleted.charges += 1,
                         Collection::Outbox | Collection::Tenants => {}
                     }
                 }

@@ -255,6 +255,8 @@ pub struct Deleted {
     pub budgets: u64,
     /// Chunks of held outputs deleted (left behind by a crash).
     pub held: u64,
+    /// Charge records deleted.
+    pub charges: u64,
 }
 
 /// Which adapter holds the store, and where.
@@ -291,6 +293,11 @@ pub struct Store {
     relays: Arc<outbox::Relays>,
     /// The tenants, as last read (see [`tenants::TenantDirectory`]).
     tenant_directory: Arc<tenants::TenantDirectory>,
+    /// How many shards each day's budget is split over.
+    budget_shards: u32,
+    /// The shard this store's next paid claim reserves on (taken in turn
+    /// from a random start, so that instances spread their writes).
+    next_shard: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl std::fmt::Debug for Store {
@@ -448,6 +455,8 @@ impl Store {
             events: None,
             relays: Arc::default(),
             tenant_directory: Arc::default(),
+            budget_shards: budget::BUDGET_SHARDS,
+            next_shard: Arc::new(rand::random::<u32>().into()),
         }
     }
 

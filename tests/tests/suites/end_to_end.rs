@@ -10,9 +10,7 @@
 
 use shared::bus::Topics;
 use shared::domain::destination::Target;
-use shared::domain::job::Job;
 use shared::domain::values::{JobKind, JobStatus};
-use shared::store::JobFilter;
 use std::collections::BTreeMap;
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -47,15 +45,6 @@ fn gcloud_publish(topic: &str, message: &str, attributes: &[(&str, &str)]) {
         "gcloud pubsub topics publish failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-}
-
-async fn jobs(world: &World) -> Vec<Job> {
-    world
-        .store
-        .list_jobs(&JobFilter::default(), 100, None)
-        .await
-        .unwrap()
-        .items
 }
 
 /// `asmr ARGS` as an operator of `world`, which must succeed; its JSON.
@@ -142,7 +131,7 @@ async fn gcloud_requests_become_delivered_files_and_one_event_per_job() {
     gcloud_publish(&requests, "A prompt with no kind", &[]);
 
     wait_until("four jobs", Duration::from_secs(60), async || {
-        jobs(&world).await.len() >= 4
+        world.jobs().await.len() >= 4
     })
     .await;
     // The video operation finishes when the poller (a Cloud Run job, every
@@ -151,7 +140,8 @@ async fn gcloud_requests_become_delivered_files_and_one_event_per_job() {
         "the video job to be generating",
         Duration::from_secs(60),
         async || {
-            jobs(&world)
+            world
+                .jobs()
                 .await
                 .iter()
                 .any(|j| j.kind() == JobKind::Video && j.status() == JobStatus::Generating)
@@ -190,12 +180,12 @@ async fn gcloud_requests_become_delivered_files_and_one_event_per_job() {
     assert!(poller.success());
 
     wait_until("every job delivered", Duration::from_secs(60), async || {
-        let all = jobs(&world).await;
+        let all = world.jobs().await;
         all.len() == 4 && all.iter().all(|j| j.status() == JobStatus::Delivered)
     })
     .await;
 
-    let all = jobs(&world).await;
+    let all = world.jobs().await;
     assert_eq!(all.len(), 4, "the repeated request made one job");
     for job in &all {
         assert_eq!(job.deliveries().len(), job.outputs().len(), "{job:?}");

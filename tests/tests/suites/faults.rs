@@ -14,7 +14,11 @@
 //! - hostile input: the corpus in `tests/fixtures/hostile/` (see its README)
 //!   and variants of it, sent to `intake`, both generators and the
 //!   downloader → no process dies, no 5xx, every poison push acknowledged
-//!   and, at intake, recorded; nothing written outside the destination.
+//!   and, at intake, recorded; nothing written outside the destination;
+//! - tenants under faults: two tenants' requests through the push topology,
+//!   every request and job message three times, the model quota half the
+//!   batch → one paid call per job, each tenant's files in its own
+//!   destination only, its listing, stats and charges its own.
 //!
 //! Duplicate delivery at scale (200 image and 100 video jobs) is ignored by
 //! default; `--run-ignored all` runs it.
@@ -1569,4 +1573,193 @@ async fn a_finalize_event_of_another_generation_copies_nothing() {
         answer.body
     );
     assert_eq!(world.store.download_counts().await.unwrap().total(), 1);
+}
+
+// --- tenants under faults ------------------------------------------------
+
+/// Every file below `dir`, relative to it (none when it does not exist).
+fn relative_files(dir: &Path) -> Vec<String> {
+    if !dir.exists() {
+        return Vec::new();
+    }
+    files_under(dir)
+        .into_iter()
+        .map(|path| path.strip_prefix(dir).unwrap().display().to_string())
+        .collect()
+}
+
+/// Two tenants through the push topology (requests with a `tenant`
+/// attribute → `intake` → `image-generator` → bucket notifications →
+/// `downloader`) while every request and every job message arrives three
+/// times and the model's quota is half the batch per window: each job is
+/// paid once, each tenant's files land in its own destination only with its
+/// own manifest, and neither tenant's listing, stats or budget holds the
+/// other's jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_tenants_under_a_duplicate_storm_and_a_quota_squeeze_never_cross() {
+    use shared::domain::tenant::{Tenant, TenantName, TenantSettings};
+    use shared::store::JobFilter;
+    use shared::store::tenants::Scope;
+    const PER_TENANT: usize = 6;
+    let world = emulators(FakeOptions {
+        latency: Duration::from_millis(100),
+        requests_per_minute: Some(PER_TENANT as u32),
+        quota_window: Duration::from_secs(3),
+        quota_retry_after: Some(Duration::from_secs(1)),
+        ..FakeOptions::default()
+    })
+    .await;
+    let (pubsub, topics) = world.topics().await;
+    let prefix = world.prefix.clone().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let names = ["acme", "globex"];
+    let own_dir = |name: &str| root.path().join(format!("{name}-archive"));
+    for name in names {
+        let settings = TenantSettings {
+            destination: Some(Some(own_dir(name).display().to_string())),
+            daily_budget_micros: Some(Some(100_000_000)),
+            ..TenantSettings::default()
+        };
+        let tenant = Tenant::new(name.parse().unwrap(), &settings, Timestamp::now()).unwrap();
+        world.store.add_tenant(tenant).await.unwrap();
+    }
+    let default_dir = root.path().join("deployment");
+    let intake = Service::start("intake", &world, &[]).await;
+    let images = Service::start("image-generator", &world, &[]).await;
+    let downloader = Service::start(
+        "downloader",
+        &world,
+        &[
+            ("DOWNLOAD_DESTINATION", default_dir.display().to_string()),
+            ("DOWNLOAD_LEASE", "2s".to_string()),
+        ],
+    )
+    .await;
+    let gcs_events = std::env::var("ASMR_TEST_GCS_EVENTS_TOPIC").unwrap();
+    for (name, topic, url) in [
+        ("requests", topics.requests(), &intake.url),
+        ("images", topics.image_jobs(), &images.url),
+        ("objects", gcs_events, &downloader.url),
+    ] {
+        pubsub
+            .push(&format!("{prefix}{name}"), &topic, &format!("{url}/"))
+            .await;
+    }
+
+    // Every request three times, each tenant's interleaved with the other's.
+    let prompt = |name: &str, n: usize| format!("{name}: gravel under boots, take {n}");
+    for n in 0..PER_TENANT {
+        for name in names {
+            let attributes: BTreeMap<String, String> = [
+                ("tenant", name.to_string()),
+                ("kind", "image".to_string()),
+                ("request_id", format!("{name}-{n}")),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+            for _ in 0..3 {
+                pubsub
+                    .publish(&topics.requests(), prompt(name, n).as_bytes(), &attributes)
+                    .await;
+            }
+        }
+    }
+    wait_until("a job per request", Duration::from_secs(60), async || {
+        world.jobs().await.len() >= 2 * PER_TENANT
+    })
+    .await;
+    // And every job message twice more, as a storm of redeliveries would.
+    let copies: Vec<String> = world
+        .jobs()
+        .await
+        .iter()
+        .flat_map(|job| std::iter::repeat_n(json!({ "job_id": job.id() }).to_string(), 2))
+        .collect();
+    pubsub.publish_all(&topics.image_jobs(), &copies).await;
+
+    wait_until(
+        "every job delivered",
+        Duration::from_secs(240),
+        async || {
+            let jobs = world.jobs().await;
+            jobs.len() == 2 * PER_TENANT && jobs.iter().all(|j| j.status() == JobStatus::Delivered)
+        },
+    )
+    .await;
+
+    let jobs = world.jobs().await;
+    assert_eq!(
+        jobs.len(),
+        2 * PER_TENANT,
+        "three copies of a request make one job"
+    );
+    assert!(world.fake.rate_limited() > 0, "the quota squeezed");
+    for name in names {
+        let tenant: TenantName = name.parse().unwrap();
+        let theirs: Vec<&Job> = jobs.iter().filter(|j| *j.tenant() == tenant).collect();
+        assert_eq!(theirs.len(), PER_TENANT, "{name}");
+        for job in &theirs {
+            assert_eq!(
+                world.fake.served_for_prompt(job.prompt()),
+                1,
+                "{name}: paid once"
+            );
+            assert!(
+                job.prompt().starts_with(name),
+                "{name} got {}",
+                job.prompt()
+            );
+        }
+        // Its files, and only its files, in its own destination.
+        let dir = own_dir(name);
+        let mut expected: Vec<String> = theirs
+            .iter()
+            .map(|j| format!("images/{}/0.png", j.id()))
+            .collect();
+        expected.push("manifest.jsonl".into());
+        expected.sort();
+        let mut found = relative_files(&dir);
+        found.sort();
+        assert_eq!(found, expected, "{name}'s destination");
+        let manifest = std::fs::read_to_string(dir.join("manifest.jsonl")).unwrap();
+        let lines: Vec<Value> = manifest
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        assert_eq!(lines.len(), PER_TENANT, "{manifest}");
+        assert!(lines.iter().all(|l| l["tenant"] == name), "{manifest}");
+        // Its listing, stats and budget count its own jobs only.
+        let filter = JobFilter {
+            tenant: Some(tenant.clone()),
+            ..JobFilter::default()
+        };
+        let listed = world
+            .store
+            .list_jobs(&filter, 100, None)
+            .await
+            .unwrap()
+            .items;
+        assert_eq!(listed.len(), PER_TENANT);
+        let scope = Scope::Tenant(tenant.clone());
+        let stats = world.store.stats_in(&scope).await.unwrap();
+        assert_eq!(stats.jobs.total, PER_TENANT as u64, "{stats:?}");
+        let today = shared::store::budget::budget_day_of(Timestamp::now());
+        let charges = world.store.charges_on(&today).await.unwrap();
+        let own = world.store.budget_day_in(&today, &scope).await.unwrap();
+        let charged: u64 = charges
+            .iter()
+            .filter(|c| c.tenant == tenant)
+            .map(|c| c.spent_micros)
+            .sum();
+        assert!(
+            own.spent_micros > 0 && own.spent_micros == charged,
+            "{own:?}"
+        );
+    }
+    assert!(
+        relative_files(&default_dir).is_empty(),
+        "nothing in the deployment's own destination: {:?}",
+        relative_files(&default_dir)
+    );
 }

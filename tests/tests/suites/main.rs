@@ -5,6 +5,7 @@
 mod architecture;
 mod binaries;
 mod boundaries;
+mod budget_shards;
 mod bus_contract;
 mod configuration;
 mod cost_guard;

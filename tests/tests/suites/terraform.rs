@@ -895,6 +895,24 @@ fn the_alert_and_the_charts_add_services_and_jobs() {
     }
     let charts = tf.local("chart_query").to_string();
     assert!(charts.contains("cloud_run_revision") && charts.contains("cloud_run_job"));
+    // The dashboard's tenant picker narrows the counters with a tenant
+    // label, and only those (a matcher on a missing label matches nothing).
+    assert_eq!(
+        charts.matches("local.tenant_matcher").count(),
+        2,
+        "{charts}"
+    );
+    let matcher = tf.local("tenant_matcher").to_string();
+    assert!(
+        matcher.contains("\"tenant\"") && matcher.contains("$${tenant}"),
+        "{matcher}"
+    );
+    let dashboard = tf.resource("google_monitoring_dashboard", "asmr");
+    let json = attr_text(dashboard, "dashboard_json");
+    assert!(
+        json.contains("dashboardFilters") && json.contains("templateVariable = \"tenant\""),
+        "{json}"
+    );
 }
 
 // --- item: every resource waits for the API it needs ---------------------------

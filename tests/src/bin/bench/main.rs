@@ -45,7 +45,7 @@ Usage: bench [OPTIONS]
 
 Options:
   --out FILE            also write the table and its notes to FILE
-  --only LIST           comma-separated groups: small-files,download,quota,fair-share,pipeline,startup (default: all)
+  --only LIST           comma-separated groups: small-files,trips,download,quota,fair-share,pipeline,startup (default: all)
   --image-counts LIST   1.5 MiB images per small-files run (default: 200,1000)
   --video-count N       20 MiB videos of the small-files group (default: 50)
   --file-rounds N       runs of each copier per small-files workload (default: 3)
@@ -95,8 +95,9 @@ struct Options {
     keep: bool,
 }
 
-const GROUPS: [&str; 6] = [
+const GROUPS: [&str; 7] = [
     "small-files",
+    "trips",
     "download",
     "quota",
     "fair-share",
@@ -254,7 +255,9 @@ async fn run(options: &Options) -> Result<()> {
             kind: shared::domain::values::JobKind::Video,
         });
         small_files::run(&ctx, &workloads, options.file_rounds, &mut report).await?;
-        common::progress("store round trips per job");
+    }
+    if options.runs("trips") {
+        common::progress("store round trips per job, and hot documents");
         trips::run(&ctx, &mut report).await?;
     }
     if options.runs("download") {

@@ -1,15 +1,24 @@
-//! The cost guard's records: one `budgets/{YYYY-MM-DD}` document per UTC day
-//! with the micro-dollars reserved by claimed jobs and spent by settled ones.
+//! The cost guard's records: each UTC day's budget of the deployment
+//! (`budgets/{YYYY-MM-DD}`) and of each tenant that keeps its own
+//! (`budgets/{YYYY-MM-DD}.{tenant}`), split over shards (see [`books`]), and
+//! the charge of every settled paid attempt (see [`charges`]).
 //!
 //! A claim that is about to pay reserves its estimated cost in the same
 //! atomic commit that claims the job ([`Backend::commit`]: the job at the
-//! version read, the day's document at the version read or created), so a
-//! crash can never leave a claimed job without its reservation or a
-//! reservation without its claim. The job records what it reserved; settling
-//! moves that amount from reserved to spent (or releases it) in one commit
-//! that also clears the job's record, so a repeated settlement is a no-op.
+//! version read, each budget document it changes at the version read or
+//! created), so a crash can never leave a claimed job without its
+//! reservation or a reservation without its claim. The job records what it
+//! reserved and where; settling moves that amount from reserved to spent (or
+//! releases it) and creates the attempt's charge in one commit that also
+//! clears the job's record, so a repeated settlement is a no-op.
 //!
 //! [`Backend::commit`]: super::backend::Backend::commit
+
+mod books;
+mod charges;
+
+pub use books::{BUDGET_SHARDS, shard_id};
+pub use charges::Charge;
 
 use super::backend::{Collection, Stored, Version, Write};
 use super::tenants::{Counting, Scope};
@@ -20,6 +29,7 @@ use crate::domain::tenant::{Tenant, TenantName};
 use crate::domain::values::{BUDGET_EXHAUSTED, JobKind, JobStatus, Reservation, WAIT_REASONS};
 use crate::error::{Error, Result};
 use crate::time::Timestamp;
+use books::Books;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -27,19 +37,31 @@ use std::time::Duration;
 /// How long a day's budget document is kept.
 pub const BUDGET_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
 
-/// One UTC day of spending (`budgets/{YYYY-MM-DD}`).
+/// One budget document: a day's main document (`budgets/{YYYY-MM-DD}`, or
+/// a tenant's `budgets/{YYYY-MM-DD}.{tenant}`) or one of its shards
+/// (`budgets/{main}~{k}`); see [`books`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BudgetDay {
-    /// Document id: the day.
+    /// Document id.
     pub id: String,
     /// `YYYY-MM-DD`, UTC.
     pub day: String,
+    /// The id of the main document of the budget it belongs to.
+    #[serde(default)]
+    pub budget: String,
+    /// Which shard it is (`None`: the main document).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<u32>,
     /// Micro-dollars held by claimed jobs whose calls have not settled.
     pub reserved_micros: u64,
     /// Micro-dollars of settled calls (including those whose outcome was
     /// unknown, counted as paid).
     pub spent_micros: u64,
-    /// The budget in force at the last reservation (`None`: no limit).
+    /// A shard: the room it was given for its claims. The main document: the
+    /// room it has handed out to its shards.
+    #[serde(default)]
+    pub allotted_micros: u64,
+    /// The budget in force when room was last handed out (`None`: no limit).
     #[serde(default)]
     pub limit_micros: Option<u64>,
     /// Last change.
@@ -49,14 +71,21 @@ pub struct BudgetDay {
 }
 
 impl BudgetDay {
-    /// An empty day; `id` is a day, or a tenant's day (see
-    /// [`tenant_day_of`]).
+    /// An empty document; `id` names a day, a tenant's day (see
+    /// [`tenant_day_of`]) or a shard of one (see [`books::shard_id`]).
     pub fn new(id: &str, now: Timestamp) -> Self {
+        let (budget, shard) = match id.split_once('~') {
+            Some((main, k)) => (main, k.parse().ok()),
+            None => (id, None),
+        };
         Self {
             id: id.to_string(),
-            day: id.split('.').next().unwrap_or(id).to_string(),
+            day: budget.split('.').next().unwrap_or(budget).to_string(),
+            budget: budget.to_string(),
+            shard,
             reserved_micros: 0,
             spent_micros: 0,
+            allotted_micros: 0,
             limit_micros: None,
             updated_at: now,
             expire_at: now.plus(BUDGET_RETENTION),
@@ -68,24 +97,28 @@ impl BudgetDay {
         self.reserved_micros.saturating_add(self.spent_micros)
     }
 
+    /// A main document's share of the limit in use: handed out to shards,
+    /// or reserved and spent on it directly (before its budget had shards).
+    fn used_micros(&self) -> u64 {
+        self.allotted_micros.saturating_add(self.committed_micros())
+    }
+
+    /// A shard's room left for claims.
+    fn room(&self) -> u64 {
+        self.allotted_micros.saturating_sub(self.committed_micros())
+    }
+
     fn touch(&mut self, now: Timestamp) {
         self.updated_at = now;
         self.expire_at = now.plus(BUDGET_RETENTION);
     }
 
-    /// Holds `micros` for a claimed call, under the budget now in force.
-    fn reserve(&mut self, micros: u64, limit_micros: Option<u64>, now: Timestamp) {
-        self.reserved_micros = self.reserved_micros.saturating_add(micros);
-        self.limit_micros = limit_micros;
-        self.touch(now);
-    }
-
     /// Settles a reservation of `reserved_micros`: the hold goes, and what
-    /// the call cost (`spent_micros`) is spent.
-    fn settle(&mut self, reserved_micros: u64, spent_micros: u64, now: Timestamp) {
+    /// the call cost (`spent_micros`) is spent. A shard keeps what was
+    /// released as room.
+    fn settle(&mut self, reserved_micros: u64, spent_micros: u64) {
         self.reserved_micros = self.reserved_micros.saturating_sub(reserved_micros);
         self.spent_micros = self.spent_micros.saturating_add(spent_micros);
-        self.touch(now);
     }
 }
 
@@ -213,39 +246,6 @@ fn decode_day(stored: Stored) -> Result<(BudgetDay, Version)> {
     from_stored_as(Collection::Budgets, stored)
 }
 
-/// Days read for one commit: each with the version it was read at (`None`:
-/// absent, to be created).
-#[derive(Default)]
-struct Days(BTreeMap<String, (BudgetDay, Option<Version>)>);
-
-impl Days {
-    fn get(&mut self, day: &str) -> Option<&mut BudgetDay> {
-        self.0.get_mut(day).map(|(d, _)| d)
-    }
-
-    fn writes(&self) -> Result<Vec<Write>> {
-        self.0
-            .values()
-            .map(|(day, version)| {
-                let doc = to_doc(day)?;
-                Ok(match version {
-                    Some(expected) => Write::Replace {
-                        collection: Collection::Budgets,
-                        id: day.id.clone(),
-                        expected: expected.clone(),
-                        doc,
-                    },
-                    None => Write::Create {
-                        collection: Collection::Budgets,
-                        id: day.id.clone(),
-                        doc,
-                    },
-                })
-            })
-            .collect()
-    }
-}
-
 fn job_write(job: &Job, version: &Version) -> Result<Write> {
     Ok(Write::Replace {
         collection: Collection::Jobs,
@@ -256,25 +256,40 @@ fn job_write(job: &Job, version: &Version) -> Result<Write> {
 }
 
 impl Store {
-    /// The budget document of `day`, or an empty day when there is none.
+    /// Splits each day's budget over `shards` documents (at least one);
+    /// see [`books`].
+    pub fn with_budget_shards(mut self, shards: u32) -> Self {
+        self.budget_shards = shards.max(1);
+        self
+    }
+
+    /// The shard the next paid claim reserves on.
+    fn next_shard(&self) -> u32 {
+        let turn = self
+            .next_shard
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        turn % self.budget_shards
+    }
+
+    /// The deployment's budget of `day` as a whole (its shards added up),
+    /// or an empty day when there is none.
     pub async fn budget_day(&self, day: &str) -> Result<BudgetDay> {
         Ok(self
-            .load_day(day)
+            .whole_budget(day)
             .await?
-            .map(|(d, _)| d)
             .unwrap_or_else(|| BudgetDay::new(day, Timestamp::now())))
     }
 
-    /// The budget document of `day` as `scope` sees it: a tenant's own
-    /// (empty when none was written; the deployment's for a default tenant
-    /// that keeps none), or the deployment's.
+    /// The budget of `day` as `scope` sees it: a tenant's own (empty when
+    /// none was written; the deployment's for a default tenant that keeps
+    /// none), or the deployment's.
     pub async fn budget_day_in(&self, day: &str, scope: &Scope) -> Result<BudgetDay> {
         let Scope::Tenant(tenant) = scope else {
             return self.budget_day(day).await;
         };
         let own = tenant_day_of(day, tenant);
-        match self.load_day(&own).await? {
-            Some((day, _)) => Ok(day),
+        match self.whole_budget(&own).await? {
+            Some(day) => Ok(day),
             None if tenant.is_default() => self.budget_day(day).await,
             None => Ok(BudgetDay::new(&own, Timestamp::now())),
         }
@@ -322,27 +337,12 @@ impl Store {
         Ok(WAIT_REASONS.into_iter().zip(counts).collect())
     }
 
-    async fn load_day(&self, day: &str) -> Result<Option<(BudgetDay, Version)>> {
+    pub(super) async fn load_day(&self, day: &str) -> Result<Option<(BudgetDay, Version)>> {
         self.backend
             .get(Collection::Budgets, day)
             .await?
             .map(decode_day)
             .transpose()
-    }
-
-    async fn read_days(&self, wanted: &[&str], now: Timestamp) -> Result<Days> {
-        let mut days = Days::default();
-        for day in wanted {
-            if days.0.contains_key(*day) {
-                continue;
-            }
-            let entry = match self.load_day(day).await? {
-                Some((record, version)) => (record, Some(version)),
-                None => (BudgetDay::new(day, now), None),
-            };
-            days.0.insert(day.to_string(), entry);
-        }
-        Ok(days)
     }
 
     /// Claims one job like [`Store::claim_job`], reserving the cost of its
@@ -436,77 +436,57 @@ impl Store {
         // to a submitted operation this claim resumes (the poller settles it).
         let leftover = job.take_leftover_reservation(claimed.then_some(lease.owner.as_str()));
 
-        // The tenant's own day, when its jobs keep one: reserved and
+        // The tenant's own budget, when its jobs keep one: reserved and
         // settled in the same commits as the deployment's.
         let tenant = match leftover.is_some() || cost.is_some() {
             true => self.cached_tenant(job.tenant()).await?,
             false => None,
         };
-        let own = |day: &str| {
-            tenant
-                .as_ref()
-                .filter(|t| keeps_own_day(t))
-                .map(|t| tenant_day_of(day, t.name()))
-        };
-        let mut wanted: Vec<String> = Vec::new();
+        let own = tenant.as_ref().filter(|t| keeps_own_day(t));
+        let mut books = Books::default();
+        let mut extra = Vec::new();
         if let Some(held) = &leftover {
-            wanted.push(held.day.clone());
-            wanted.extend(own(&held.day));
-        }
-        if cost.is_some() {
-            wanted.push(today.clone());
-            wanted.extend(own(&today));
-        }
-        let wanted: Vec<&str> = wanted.iter().map(String::as_str).collect();
-        let mut days = self.read_days(&wanted, now).await?;
-        if let Some(held) = &leftover {
-            for id in std::iter::once(held.day.clone()).chain(own(&held.day)) {
-                if let Some(day) = days.get(&id) {
-                    day.settle(held.micros, held.micros, now);
-                }
-            }
+            let charge = self
+                .settle_on(&mut books, &job, held, held.micros, now)
+                .await?;
+            extra.push(charge.write()?);
         }
         if let Some(micros) = cost {
-            let own_today = own(&today);
-            let own_limit = tenant.as_ref().and_then(Tenant::daily_budget_micros);
-            let mut limits = vec![(today.clone(), budget.limit_micros, None)];
-            if let Some(id) = &own_today {
-                limits.push((
-                    id.clone(),
-                    own_limit,
-                    tenant.as_ref().map(|t| t.name().clone()),
+            let shard = self.next_shard();
+            let mut budgets = vec![(today.clone(), budget.limit_micros, None)];
+            if let Some(tenant) = own {
+                budgets.push((
+                    tenant_day_of(&today, tenant.name()),
+                    tenant.daily_budget_micros(),
+                    Some(tenant.name().clone()),
                 ));
             }
-            for (id, limit, whose) in limits {
-                if let (Some(limit), Some(day)) = (limit, days.get(&id))
-                    && day.committed_micros().saturating_add(micros) > limit
-                {
+            for (main, limit, whose) in budgets {
+                let place = (main.as_str(), shard, self.budget_shards);
+                if let Err(short) = books.reserve(self, place, limit, micros, now).await? {
                     let over = OverBudget {
                         tenant: whose,
                         job: before,
                         day: today.clone(),
                         needed_micros: micros,
-                        committed_micros: day.committed_micros(),
-                        limit_micros: limit,
+                        committed_micros: short.committed_micros,
+                        limit_micros: short.limit_micros,
                     };
                     return self.wait_for_budget(over, version).await;
                 }
-            }
-            if let Some(day) = own_today.and_then(|id| days.get(&id)) {
-                day.reserve(micros, own_limit, now);
-            }
-            if let Some(day) = days.get(&today) {
-                day.reserve(micros, budget.limit_micros, now);
             }
             job.reserve(Reservation {
                 day: today.clone(),
                 micros,
                 owner: lease.owner.clone(),
+                shard: Some(shard),
+                charge: Some(format!("{}.{}", job.id(), uuid::Uuid::new_v4().simple())),
             })
             .map_err(|reason| transition(job.id(), reason))?;
         }
+        extra.extend(books.writes()?);
 
-        if !self.put(&before, &job, version, days.writes()?).await? {
+        if !self.put(&before, &job, version, extra).await? {
             return Ok(None);
         }
         Ok(Some(Budgeted::Within(match settled {
@@ -534,6 +514,39 @@ impl Store {
         Ok(Some(Budgeted::Over(Box::new(over))))
     }
 
+    /// Settles `reservation` of `job` in `books`, `spent_micros` of it
+    /// spent, on the documents that hold it: the deployment's and its
+    /// tenant's, on the claim's shard (or the main documents, for a
+    /// reservation made before budgets had shards). A document gone
+    /// (retention), or a tenant's never written (its jobs keep none), has
+    /// nothing to settle. Returns the attempt's charge record.
+    async fn settle_on(
+        &self,
+        books: &mut Books,
+        job: &Job,
+        reservation: &Reservation,
+        spent_micros: u64,
+        now: Timestamp,
+    ) -> Result<Charge> {
+        let day = reservation.day.as_str();
+        for main in [day.to_string(), tenant_day_of(day, job.tenant())] {
+            let id = match reservation.shard {
+                Some(k) => books::shard_id(&main, k),
+                None => main,
+            };
+            if let Some(held) = books.existing(self, &id, now).await? {
+                held.settle(reservation.micros, spent_micros);
+            }
+        }
+        Ok(Charge::of(
+            job.id(),
+            job.tenant(),
+            reservation,
+            spent_micros,
+            now,
+        ))
+    }
+
     /// Settles the reservation of job `id` after its paid call: `billed` of
     /// it moves from reserved to spent, the rest is released, and the job's
     /// record of it is cleared, all in one commit. With `owner`, only that
@@ -554,21 +567,12 @@ impl Store {
             };
             let spent_micros = billed.of(reservation.micros);
             let now = Timestamp::now();
-            let own = tenant_day_of(&reservation.day, job.tenant());
-            let mut writes = vec![job_write(&job, &version)?];
-            // A day gone (retention), or a tenant's day never written (its
-            // jobs keep none), has nothing to settle.
-            for day_id in [reservation.day.as_str(), own.as_str()] {
-                if let Some((mut day, day_version)) = self.load_day(day_id).await? {
-                    day.settle(reservation.micros, spent_micros, now);
-                    writes.push(Write::Replace {
-                        collection: Collection::Budgets,
-                        id: day.id.clone(),
-                        expected: day_version,
-                        doc: to_doc(&day)?,
-                    });
-                }
-            }
+            let mut books = Books::default();
+            let charge = self
+                .settle_on(&mut books, &job, &reservation, spent_micros, now)
+                .await?;
+            let mut writes = vec![job_write(&job, &version)?, charge.write()?];
+            writes.extend(books.writes()?);
             let written = self.backend.commit(&writes).await?;
             Ok(if written {
                 Round::Done(Some(Settled {
