@@ -1,6 +1,7 @@
 //! The REST face of intake: create jobs (`POST /v1/jobs`), read one
-//! (`GET /v1/jobs/{id}`), review an image (`POST /v1/jobs/{id}:approve`,
-//! `:reject`) and read the figures (`GET /v1/stats`). Every answer that is
+//! (`GET /v1/jobs/{id}`), list and act on them (see [`super::actions`]),
+//! read the figures (`GET /v1/stats`) and the API's own description
+//! (`GET /openapi.json`, from `api/openapi.json`). Every answer that is
 //! not a success is `{"error": ...}` with its status; bad input is answered,
 //! not recorded in `rejected`: the caller has the reason already.
 //!
@@ -13,7 +14,6 @@
 use super::{Intake, Refused, Submitted, Unfinished};
 use crate::domain::job::Job;
 use crate::domain::tenant::Tenant;
-use crate::domain::values::Verdict;
 use crate::error::Error;
 use crate::redact;
 use crate::requests::{self, Envelope, MAX_BODY_BYTES};
@@ -24,8 +24,8 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+
+use axum::Json;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -34,14 +34,11 @@ use std::sync::Arc;
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// The header that carries a tenant's API key.
 pub const API_KEY: &str = "x-api-key";
-/// The largest body of a review (`{"reason": "..."}`): a reason of
-/// [`MAX_REASON_CHARS`] characters of up to four bytes, escaped.
-const REVIEW_BODY_LIMIT: usize = 64 * 1024;
 
 impl Intake {
     /// The tenant of a call, from its `x-api-key`: 401 without a key or
     /// with one no tenant holds, 403 for a disabled tenant.
-    async fn caller(&self, headers: &HeaderMap) -> Result<Tenant, ApiError> {
+    pub(super) async fn caller(&self, headers: &HeaderMap) -> Result<Tenant, ApiError> {
         let key = headers
             .get(API_KEY)
             .and_then(|value| value.to_str().ok())
@@ -67,7 +64,7 @@ impl Intake {
 
     /// The job `id` if it is `tenant`'s; 404 otherwise, as if it did not
     /// exist.
-    async fn tenant_job(&self, tenant: &Tenant, id: &str) -> Result<Job, ApiError> {
+    pub(super) async fn tenant_job(&self, tenant: &Tenant, id: &str) -> Result<Job, ApiError> {
         let not_found = || ApiError::new(StatusCode::NOT_FOUND, format!("job {id} not found"));
         if !Job::is_plausible_id(id) {
             return Err(not_found());
@@ -89,22 +86,34 @@ impl Intake {
             Err(refused) => Err(ApiError::new(refused.status(), refused.to_string())),
         }
     }
+
+    /// Publishes `job` (pending again, or new) to its kind's topic; a
+    /// failed publish leaves it pending, and the janitor queues it.
+    pub(super) async fn dispatch(&self, job: &Job) {
+        if let Err(e) =
+            crate::bus::publish_job(self.bus.as_ref(), &self.topics, job, "intake").await
+        {
+            tracing::warn!(job_id = %job.id(), error = %e, "job not queued; the janitor will queue it");
+        }
+    }
 }
 
-/// The API's routes: create, read and review jobs, and the figures.
-pub(super) fn routes() -> Router<Arc<Intake>> {
-    Router::new()
-        .route("/v1/jobs", post(create_jobs))
-        // The router matches whole segments only, so `{id}:approve` is one
-        // parameter that the handler splits.
-        .route("/v1/jobs/{id}", get(get_job).post(job_action))
-        .route("/v1/stats", get(stats))
+/// The API's OpenAPI (Swagger 2.0) document, as `api/openapi.json` in the
+/// repository holds it.
+pub const OPENAPI: &str = include_str!("../../../api/openapi.json");
+
+pub(super) async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
+        .into_response()
 }
 
 /// An HTTP API error: a status and `{"error": ...}` (with the jobs, when
 /// some were created before the failure).
 #[derive(Debug)]
-struct ApiError {
+pub(super) struct ApiError {
     status: StatusCode,
     message: String,
     /// What the log says instead of `message` when that quotes the
@@ -114,7 +123,7 @@ struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(super) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self {
             status,
             message: message.into(),
@@ -125,7 +134,11 @@ impl ApiError {
 
     /// A refusal whose `message` may quote the caller's text; the log
     /// says `class` instead.
-    fn quoting(status: StatusCode, message: impl Into<String>, class: impl Into<String>) -> Self {
+    pub(super) fn quoting(
+        status: StatusCode,
+        message: impl Into<String>,
+        class: impl Into<String>,
+    ) -> Self {
         Self {
             class: Some(class.into()),
             ..Self::new(status, message)
@@ -160,13 +173,21 @@ impl IntoResponse for ApiError {
         if let Some(jobs) = self.jobs {
             body["jobs"] = jobs;
         }
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::METHOD_NOT_ALLOWED {
+            // The only path with a method it lacks is a job's: read-only.
+            response.headers_mut().insert(
+                axum::http::header::ALLOW,
+                axum::http::HeaderValue::from_static("GET"),
+            );
+        }
+        response
     }
 }
 
 /// Logs what an API call ends in: a warning for the caller's mistakes, an
 /// error for ours.
-fn logged(e: ApiError) -> ApiError {
+pub(super) fn logged(e: ApiError) -> ApiError {
     let said = e.class.as_deref().unwrap_or(&e.message);
     let said = redact::truncated(said, redact::MAX_LOGGED_CHARS);
     if e.status.is_server_error() {
@@ -194,7 +215,7 @@ fn jobs_json(submitted: &Submitted) -> Value {
 }
 
 /// Reads an API request's body up to `limit`; the answer when it cannot.
-async fn api_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+pub(super) async fn api_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     server::read_body(body, limit).await.map_err(|e| {
         let status = match e {
             server::BodyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -232,7 +253,7 @@ fn idempotency_key(headers: &HeaderMap, body: &[u8]) -> Result<String, ApiError>
     }
 }
 
-async fn create_jobs(
+pub(super) async fn create_jobs(
     State(intake): State<Arc<Intake>>,
     headers: HeaderMap,
     body: Body,
@@ -313,7 +334,7 @@ async fn create(
     Ok((status, Json(answer)))
 }
 
-async fn get_job(
+pub(super) async fn get_job(
     State(intake): State<Arc<Intake>>,
     headers: HeaderMap,
     Path(id): Path<String>,
@@ -325,74 +346,14 @@ async fn get_job(
     answer.await.map_err(logged)
 }
 
-fn job_json(job: &Job) -> Result<Json<Value>, ApiError> {
+pub(super) fn job_json(job: &Job) -> Result<Json<Value>, ApiError> {
     serde_json::to_value(job)
         .map(Json)
         .map_err(|e| ApiError::from(Error::store("encoding a job", e, false)))
 }
 
-/// The optional body of a review: why.
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReviewBody {
-    #[serde(default)]
-    reason: Option<String>,
-}
-
-/// The verdict a `{id}:{action}` segment asks for, with the job id.
-fn review_action(segment: &str) -> Option<(&str, Verdict)> {
-    let (id, action) = segment.rsplit_once(':')?;
-    let verdict = match action {
-        "approve" => Verdict::Approved,
-        "reject" => Verdict::Rejected,
-        _ => return None,
-    };
-    crate::domain::job::Job::is_plausible_id(id).then_some((id, verdict))
-}
-
-fn review_body(body: &[u8]) -> Result<ReviewBody, ApiError> {
-    if body.trim_ascii().is_empty() {
-        return Ok(ReviewBody::default());
-    }
-    serde_json::from_slice(body).map_err(|e| {
-        let says = "the body must be empty or {\"reason\": \"...\"}";
-        ApiError::quoting(
-            StatusCode::BAD_REQUEST,
-            format!("{says}: {e}"),
-            format!("{says}: {}", redact::json_error(&e)),
-        )
-    })
-}
-
-async fn job_action(
-    State(intake): State<Arc<Intake>>,
-    headers: HeaderMap,
-    Path(segment): Path<String>,
-    body: Body,
-) -> Result<Json<Value>, ApiError> {
-    let tenant = intake.caller(&headers).await.map_err(logged)?;
-    let body = api_body(body, REVIEW_BODY_LIMIT).await.map_err(logged)?;
-    let Some((id, verdict)) = review_action(&segment) else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!(
-                "no such action: POST /v1/jobs/{{id}}:approve or /v1/jobs/{{id}}:reject, not {segment:?}"
-            ),
-        ));
-    };
-    let reason = review_body(&body)?.reason;
-    intake.tenant_job(&tenant, id).await.map_err(logged)?;
-    let job = intake
-        .store
-        .review_job(id, verdict, reason)
-        .await
-        .map_err(|e| logged(e.into()))?;
-    tracing::info!(job_id = %id, tenant = %tenant.name(), verdict = %verdict, event = "job_reviewed", "job reviewed");
-    job_json(&job).map_err(logged)
-}
-
 /// The caller's tenant's figures.
-async fn stats(
+pub(super) async fn stats(
     State(intake): State<Arc<Intake>>,
     headers: HeaderMap,
 ) -> Result<Json<Stats>, ApiError> {
@@ -414,7 +375,6 @@ mod tests {
     use crate::domain::values::JobKind;
     use axum::http::Request;
     use serde_json::json;
-    use std::time::Duration;
 
     #[tokio::test]
     async fn the_http_api_creates_jobs_and_answers_repeats_with_200() {
@@ -489,24 +449,6 @@ mod tests {
             assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
             assert!(answer["error"].as_str().unwrap().contains("not found"));
         }
-    }
-
-    /// An image job that went through a generator: completed with one PNG.
-    async fn completed_image(app: &App, prompt: &str) -> String {
-        let created = app
-            .store
-            .create_job(NewJob::new(prompt, JobKind::Image))
-            .await
-            .unwrap();
-        let id = created.record.id().to_string();
-        let lease = crate::domain::Lease::new("w", Duration::from_secs(60));
-        app.store.claim_job(&id, &lease).await.unwrap();
-        let output = format!("gs://out/images/{id}/0.png");
-        app.store
-            .complete_job(&id, "w", vec![output.parse().unwrap()])
-            .await
-            .unwrap();
-        id
     }
 
     async fn review(app: &App, path: &str, body: &str) -> (StatusCode, Value) {
@@ -584,11 +526,15 @@ mod tests {
         let image = completed_image(&app, "fine").await;
         for (path, body, want) in [
             (
-                format!("/v1/jobs/{image}:promote"),
+                format!("/v1/jobs/{image}:delete"),
                 "",
                 StatusCode::NOT_FOUND,
             ),
-            (format!("/v1/jobs/{image}"), "", StatusCode::NOT_FOUND),
+            (
+                format!("/v1/jobs/{image}"),
+                "",
+                StatusCode::METHOD_NOT_ALLOWED,
+            ),
             (
                 format!("/v1/jobs/{image}:approve"),
                 r#"{"why": "typo"}"#,

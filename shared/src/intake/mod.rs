@@ -18,8 +18,10 @@
 //! jobs. Each job records a digest of its whole request to tell the two
 //! apart.
 
+mod actions;
 pub mod api;
 pub mod promote;
+pub mod routes;
 pub mod service;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -21,8 +21,8 @@
 //! - `GET /v1/stats`: jobs per status and kind, downloads per status, and
 //!   how many rejected requests are kept.
 
-use super::api;
 use super::promote::{AutoPromote, Promoter};
+use super::routes;
 use super::{Intake, Refused, Submitted, Unfinished};
 use crate::ack::Handled;
 use crate::config::{DryRunArgs, ServeArgs, StoreArgs};
@@ -76,7 +76,7 @@ pub fn router(intake: Arc<Intake>) -> Router {
 /// its body only up to its own limit ([`server::read_body`]).
 pub fn gated_router(intake: Arc<Intake>, gate: PushGate) -> Router {
     let gate = Arc::new(gate);
-    let app = api::routes()
+    let app = routes::routes()
         .route("/", server::push_route::<Intake>(&gate))
         .with_state(intake.clone())
         .route(

@@ -107,3 +107,23 @@ pub(super) async fn post_jobs(app: &App, body: impl Into<Body>) -> (StatusCode, 
 pub(super) fn queued(app: &App, topic: &str) -> Vec<String> {
     app.bus.job_ids(topic)
 }
+
+/// An image job that went through a generator: completed with one PNG.
+pub(super) async fn completed_image(app: &App, prompt: &str) -> String {
+    use crate::domain::job::NewJob;
+    use crate::domain::values::JobKind;
+    let created = app
+        .store
+        .create_job(NewJob::new(prompt, JobKind::Image))
+        .await
+        .unwrap();
+    let id = created.record.id().to_string();
+    let lease = crate::domain::Lease::new("w", std::time::Duration::from_secs(60));
+    app.store.claim_job(&id, &lease).await.unwrap();
+    let output = format!("gs://out/images/{id}/0.png");
+    app.store
+        .complete_job(&id, "w", vec![output.parse().unwrap()])
+        .await
+        .unwrap();
+    id
+}

@@ -53,6 +53,18 @@ impl Store {
         walk(page, Some(limit)).await
     }
 
+    /// One page of the jobs `filter` matches, newest first, for a caller
+    /// that hands the cursor to a client (the HTTP API) and never walks on
+    /// itself: `after` is the `next` of the page before.
+    pub async fn page_of_jobs(
+        &self,
+        filter: &JobFilter,
+        limit: u32,
+        after: Option<&str>,
+    ) -> Result<super::Page<Job>> {
+        self.list_jobs(filter, limit, after).await
+    }
+
     /// Every job `filter` matches created at or after `since`, oldest first
     /// (the order of a batch). Pages come newest first, so the walk stops
     /// at the first page that is all older.

@@ -612,3 +612,75 @@ async fn an_operators_approval_becomes_one_queued_video_through_the_job_events()
         1
     );
 }
+
+/// The running intake (its release of this build, on the emulators, with a
+/// tenant's key) is held to its OpenAPI document by Schemathesis, written by
+/// others: every operation from the document's examples, its boundary
+/// values and random data, valid and not; no 5xx, every status, content
+/// type, header and body as the document says, invalid input refused, a
+/// missing key refused. Every `{id}` is one of the tenant's completed
+/// images, so that the actions reach their checks instead of a 404.
+/// Bounded to 100 examples per operation and phase; its report is printed
+/// with the test's output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_running_intake_holds_to_its_openapi_document_under_schemathesis() {
+    let schemathesis = std::env::var("ASMR_TEST_SCHEMATHESIS").expect(
+        "ASMR_TEST_SCHEMATHESIS names the schemathesis that tests/run installs (tests/requirements/api.txt)",
+    );
+    let world = tests::stages::emulators(tests::fake_vertex::FakeOptions::default()).await;
+    world.topics().await;
+    let key = world.api_key("acme").await;
+    let mut image = shared::domain::job::NewJob::new("a brush on felt", JobKind::Image);
+    image.tenant = "acme".parse().unwrap();
+    let image = world.store.create_job(image).await.unwrap().record;
+    let lease = shared::domain::Lease::new("w", Duration::from_secs(60));
+    world.store.claim_job(image.id(), &lease).await.unwrap();
+    let output = format!(
+        "gs://{}/tenants/acme/images/{}/0.png",
+        world.bucket,
+        image.id()
+    );
+    world
+        .store
+        .complete_job(image.id(), "w", vec![output.parse().unwrap()])
+        .await
+        .unwrap();
+    // Schemathesis keeps its caches in its working directory: a temporary one.
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("schemathesis.toml");
+    std::fs::write(
+        &config,
+        format!("[parameters]\n\"path.id\" = \"{}\"\n", image.id()),
+    )
+    .unwrap();
+    let intake = tests::stages::Service::start("intake", &world, &[]).await;
+    let document = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../api/openapi.json");
+    let started = std::time::Instant::now();
+    let output = Command::new(&schemathesis)
+        .args(["--config-file", &config.display().to_string(), "--no-color"])
+        .args(["run", &document.display().to_string(), "--url", &intake.url])
+        .args(["--header", &format!("x-api-key: {key}")])
+        .args([
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance,negative_data_rejection,missing_required_header,unsupported_method",
+        ])
+        .args(["--phases", "examples,coverage,fuzzing"])
+        .args(["--max-examples", "100", "--workers", "1", "--seed", "20261205"])
+        .args(["--request-timeout", "10"])
+        .env("NO_COLOR", "1")
+        .current_dir(work.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("schemathesis runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    eprintln!(
+        "schemathesis, {:.0} s:\n{}",
+        started.elapsed().as_secs_f64(),
+        stdout
+    );
+    assert!(
+        output.status.success(),
+        "schemathesis found the service and its document apart:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
