@@ -191,6 +191,13 @@ locals {
         { path = "id", order = "ASCENDING" },
       ]
     }
+    limits_expired = {
+      collection = "limits"
+      fields = [
+        { path = "expire_at", order = "ASCENDING" },
+        { path = "id", order = "ASCENDING" },
+      ]
+    }
     charges_expired = {
       collection = "charges"
       fields = [
@@ -226,7 +233,7 @@ locals {
 
   # Every collection whose records carry expire_at (retention). Outbox
   # entries have none: each stays until it is published.
-  ttl_collections = toset(["jobs", "downloads", "rejected", "budgets", "held", "charges"])
+  ttl_collections = toset(["jobs", "downloads", "rejected", "budgets", "held", "charges", "limits"])
 }
 
 resource "google_firestore_database" "db" {

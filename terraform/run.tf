@@ -101,10 +101,12 @@ locals {
       memory            = "512Mi"
       ingress           = "INGRESS_TRAFFIC_ALL"
       env = merge(local.env_store, {
-        DRY_RUN       = tostring(var.dry_run)
-        AUTO_PROMOTE  = var.auto_promote
-        PUSH_IDENTITY = google_service_account.push.email
-        PUSH_AUDIENCE = local.push_audiences["intake"]
+        DRY_RUN                  = tostring(var.dry_run)
+        AUTO_PROMOTE             = var.auto_promote
+        PUSH_IDENTITY            = google_service_account.push.email
+        PUSH_AUDIENCE            = local.push_audiences["intake"]
+        TENANT_WRITES_PER_MINUTE = tostring(var.tenant_requests_per_minute.writes)
+        TENANT_READS_PER_MINUTE  = tostring(var.tenant_requests_per_minute.reads)
       })
     }
     image-generator = {

@@ -92,6 +92,25 @@ variable "auto_promote" {
   }
 }
 
+variable "tenant_requests_per_minute" {
+  type = object({
+    writes = number
+    reads  = number
+  })
+  description = "HTTP requests per minute each tenant may make (0: no limit): writes create jobs or act on them (TENANT_WRITES_PER_MINUTE of intake), reads get, list and count (TENANT_READS_PER_MINUTE). Beyond them intake answers 429 with Retry-After; the limits hold across intake instances."
+  default = {
+    writes = 600
+    reads  = 6000
+  }
+
+  validation {
+    condition = alltrue([
+      for n in values(var.tenant_requests_per_minute) : n >= 0 && floor(n) == n
+    ])
+    error_message = "tenant_requests_per_minute holds whole numbers, 0 for no limit."
+  }
+}
+
 variable "image_model" {
   type        = string
   description = "Image model (IMAGE_MODEL): gemini-* through :generateContent, imagen-* through :predict."

@@ -8,6 +8,7 @@
 
 use super::Intake;
 use super::api::{ApiError, api_body, job_json, logged};
+use super::limits::Class;
 use crate::domain::job::Job;
 use crate::domain::review::PromoteOptions;
 use crate::domain::values::{JobKind, JobStatus, RetryOptions, Verdict};
@@ -145,7 +146,7 @@ async fn act(
             ),
         ));
     }
-    let tenant = intake.caller(headers).await?;
+    let tenant = intake.caller_within(headers, Class::Writes).await?;
     let body = api_body(body, ACTION_BODY_LIMIT).await?;
     let Some((id, action)) = action_of(segment) else {
         return Err(ApiError::new(
@@ -232,7 +233,7 @@ pub(super) async fn list_tenant_jobs(
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let answer = async {
-        let tenant = intake.caller(&headers).await?;
+        let tenant = intake.caller_within(&headers, Class::Reads).await?;
         let Query(query) = query.map_err(|e| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,

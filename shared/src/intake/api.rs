@@ -11,6 +11,7 @@
 //! exactly as a job that does not exist, so ids tell nothing across
 //! tenants.
 
+use super::limits::{Admission, Class};
 use super::{Intake, Refused, Submitted, Unfinished};
 use crate::domain::job::Job;
 use crate::domain::tenant::Tenant;
@@ -59,6 +60,34 @@ impl Intake {
                 Err(ApiError::new(StatusCode::FORBIDDEN, refused.reason()))
             }
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The tenant of a call, as [`Intake::caller`], within its rate limit
+    /// for `class`: 429 with `Retry-After` beyond it.
+    pub(super) async fn caller_within(
+        &self,
+        headers: &HeaderMap,
+        class: Class,
+    ) -> Result<Tenant, ApiError> {
+        let tenant = self.caller(headers).await?;
+        match self.limits.admit(&self.store, tenant.name(), class).await? {
+            Admission::Admitted => Ok(tenant),
+            Admission::Limited { retry_after } => Err(ApiError {
+                retry_after: Some(retry_after),
+                ..ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "tenant {} is over its {} per minute; try again in {} s",
+                        tenant.name(),
+                        match class {
+                            Class::Writes => "writes",
+                            Class::Reads => "reads",
+                        },
+                        retry_after.as_secs().max(1)
+                    ),
+                )
+            }),
         }
     }
 
@@ -120,6 +149,8 @@ pub(super) struct ApiError {
     /// request (see [`redact`]).
     class: Option<String>,
     jobs: Option<Value>,
+    /// `Retry-After` of a 429.
+    retry_after: Option<std::time::Duration>,
 }
 
 impl ApiError {
@@ -129,6 +160,7 @@ impl ApiError {
             message: message.into(),
             class: None,
             jobs: None,
+            retry_after: None,
         }
     }
 
@@ -174,6 +206,12 @@ impl IntoResponse for ApiError {
             body["jobs"] = jobs;
         }
         let mut response = (self.status, Json(body)).into_response();
+        if let Some(wait) = self.retry_after {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(wait.as_secs().max(1)),
+            );
+        }
         if self.status == StatusCode::METHOD_NOT_ALLOWED {
             // The only path with a method it lacks is a job's: read-only.
             response.headers_mut().insert(
@@ -266,7 +304,7 @@ async fn create(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let tenant = intake.caller(headers).await?;
+    let tenant = intake.caller_within(headers, Class::Writes).await?;
     let body = api_body(body, MAX_BODY_BYTES).await?;
     if !body.trim_ascii_start().starts_with(b"{") {
         return Err(ApiError::new(
@@ -302,6 +340,7 @@ async fn create(
             let created = unfinished.submitted.jobs.len();
             return Err(ApiError {
                 class: None,
+                retry_after: None,
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 message: format!(
                     "{created} of the {} jobs were created before the store failed ({}); send the same request again (same body, or the same Idempotency-Key): nothing is created twice",
@@ -340,7 +379,7 @@ pub(super) async fn get_job(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let answer = async {
-        let tenant = intake.caller(&headers).await?;
+        let tenant = intake.caller_within(&headers, Class::Reads).await?;
         job_json(&intake.tenant_job(&tenant, &id).await?)
     };
     answer.await.map_err(logged)
@@ -357,7 +396,10 @@ pub(super) async fn stats(
     State(intake): State<Arc<Intake>>,
     headers: HeaderMap,
 ) -> Result<Json<Stats>, ApiError> {
-    let tenant = intake.caller(&headers).await.map_err(logged)?;
+    let tenant = intake
+        .caller_within(&headers, Class::Reads)
+        .await
+        .map_err(logged)?;
     let scope = Scope::Tenant(tenant.name().clone());
     let stats = intake
         .store

@@ -20,6 +20,7 @@
 
 mod actions;
 pub mod api;
+pub mod limits;
 pub mod promote;
 pub mod routes;
 pub mod service;
@@ -287,6 +288,8 @@ pub struct Intake {
     /// Verifies who calls the API, where the deployment names identities;
     /// the verified account scopes the caller's idempotency keys.
     callers: Option<Arc<IdTokens>>,
+    /// Each tenant's requests per minute over HTTP.
+    limits: limits::RateLimits,
 }
 
 /// Why a request is not taken for a tenant.
@@ -330,7 +333,14 @@ impl Intake {
             dry_run,
             promoter,
             callers: None,
+            limits: limits::RateLimits::default(),
         }
+    }
+
+    /// Holds each tenant to `limits` over HTTP.
+    pub fn with_rate_limits(mut self, limits: limits::RateLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The tenant a Pub/Sub request is for: the one its `tenant` attribute

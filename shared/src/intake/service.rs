@@ -58,6 +58,15 @@ pub struct IntakeArgs {
     /// image created with "chain": "video").
     #[arg(long, env = "AUTO_PROMOTE", value_enum, default_value = "off")]
     pub auto_promote: AutoPromote,
+    /// Requests per minute each tenant may make over HTTP that create jobs
+    /// or act on them (unset or 0: no limit); beyond it, 429 with
+    /// Retry-After.
+    #[arg(long, env = "TENANT_WRITES_PER_MINUTE")]
+    pub tenant_writes_per_minute: Option<u32>,
+    /// Requests per minute each tenant may make over HTTP that read jobs or
+    /// figures (unset or 0: no limit).
+    #[arg(long, env = "TENANT_READS_PER_MINUTE")]
+    pub tenant_reads_per_minute: Option<u32>,
 }
 
 /// The largest push body: a Pub/Sub message carrying a request of
@@ -209,8 +218,11 @@ pub async fn intake(args: IntakeArgs) -> anyhow::Result<()> {
         .await
         .context("connecting to the store and Pub/Sub")?;
     let gate = args.serve.identity.push_gate("intake");
+    let limits =
+        super::limits::RateLimits::new(args.tenant_writes_per_minute, args.tenant_reads_per_minute);
     let intake = Intake::new(adapters, args.dry_run.dry_run, args.auto_promote)
-        .verifying_callers(gate.id_tokens());
+        .verifying_callers(gate.id_tokens())
+        .with_rate_limits(limits);
     server::serve_on(args.serve.port, gated_router(Arc::new(intake), gate)).await
 }
 

@@ -49,6 +49,12 @@ pub(crate) async fn key_of(store: &Store, tenant: &str) -> String {
 
 pub(super) async fn app() -> App {
     let store = Store::new(Arc::new(EmbeddedBackend::in_memory().unwrap()));
+    app_on(store, super::limits::RateLimits::default()).await
+}
+
+/// An intake instance over `store` (which other instances may share),
+/// holding tenants to `limits`; its key is a new one of the default tenant.
+pub(super) async fn app_on(store: Store, limits: super::limits::RateLimits) -> App {
     let bus = Arc::new(MemoryBus::new());
     for topic in Topics::default().all() {
         bus.ensure_topic(&topic).await.unwrap();
@@ -58,7 +64,7 @@ pub(super) async fn app() -> App {
         bus: bus.clone(),
         topics: Topics::default(),
     };
-    let intake = Intake::new(adapters, true, AutoPromote::Off);
+    let intake = Intake::new(adapters, true, AutoPromote::Off).with_rate_limits(limits);
     App {
         router: router(Arc::new(intake)),
         key: key_of(&store, "default").await,

@@ -127,6 +127,10 @@ pub struct JanitorReport {
     pub deleted_budgets: u64,
     /// Chunks of held outputs deleted by retention.
     pub deleted_held: u64,
+    /// Charge records deleted by retention.
+    pub deleted_charges: u64,
+    /// Rate-limit windows deleted by retention.
+    pub deleted_limits: u64,
     /// Job events published from the outbox.
     pub events_published: u64,
     /// Failures: a sweep that failed as a whole, or one record it could not
@@ -168,6 +172,8 @@ impl JanitorReport {
             deleted_rejected = self.deleted_rejected,
             deleted_budgets = self.deleted_budgets,
             deleted_held = self.deleted_held,
+            deleted_charges = self.deleted_charges,
+            deleted_limits = self.deleted_limits,
             events_published = self.events_published,
             errors = self.errors,
             failed_sweeps = %self.failed_sweeps.join(","),
@@ -461,6 +467,8 @@ impl Janitor {
         report.deleted_downloads += deleted.downloads;
         report.deleted_rejected += deleted.rejected;
         report.deleted_budgets += deleted.budgets;
+        report.deleted_charges += deleted.charges;
+        report.deleted_limits += deleted.limits;
         Ok(0)
     }
 }

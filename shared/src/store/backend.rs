@@ -31,11 +31,14 @@ pub enum Collection {
     Tenants,
     /// `charges/{id}`: what each settled paid attempt held and spent.
     Charges,
+    /// `limits/{tenant}.{class}.{minute}`: requests a tenant's rate limit
+    /// handed out in one minute.
+    Limits,
 }
 
 impl Collection {
     /// Every collection.
-    pub const ALL: [Collection; 8] = [
+    pub const ALL: [Collection; 9] = [
         Collection::Jobs,
         Collection::Downloads,
         Collection::Rejected,
@@ -44,6 +47,7 @@ impl Collection {
         Collection::Held,
         Collection::Tenants,
         Collection::Charges,
+        Collection::Limits,
     ];
 
     /// The unprefixed name.
@@ -57,6 +61,7 @@ impl Collection {
             Collection::Held => "held",
             Collection::Tenants => "tenants",
             Collection::Charges => "charges",
+            Collection::Limits => "limits",
         }
     }
 
@@ -86,6 +91,7 @@ impl Collection {
             Collection::Held => &["expire_at"],
             Collection::Tenants => &["created_at", "updated_at"],
             Collection::Charges => &["settled_at", "expire_at"],
+            Collection::Limits => &["expire_at"],
         }
     }
 }

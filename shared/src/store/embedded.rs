@@ -72,6 +72,11 @@ CREATE TABLE IF NOT EXISTS charges (
     doc TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS charges_day ON charges (json_extract(doc, '$.day'));
+CREATE TABLE IF NOT EXISTS limits (
+    id TEXT PRIMARY KEY NOT NULL,
+    version INTEGER NOT NULL,
+    doc TEXT NOT NULL
+);
 CREATE INDEX IF NOT EXISTS jobs_tenant ON jobs (
     json_extract(doc, '$.tenant'), json_extract(doc, '$.created_at'));
 ";

@@ -169,6 +169,10 @@ pub const INDEXES: &[Index] = &[
         collection: Collection::Charges,
         fields: &[asc("expire_at"), asc("id")],
     },
+    Index {
+        collection: Collection::Limits,
+        fields: &[asc("expire_at"), asc("id")],
+    },
     // a day's budget as a whole: its shards
     Index {
         collection: Collection::Budgets,

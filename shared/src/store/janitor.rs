@@ -75,6 +75,7 @@ impl Store {
                         Collection::Budgets => deleted.budgets += 1,
                         Collection::Held => deleted.held += 1,
                         Collection::Charges => deleted.charges += 1,
+                        Collection::Limits => deleted.limits += 1,
                         Collection::Outbox | Collection::Tenants => {}
                     }
                 }

@@ -16,6 +16,7 @@ mod held;
 pub mod indexes;
 mod janitor;
 mod jobs;
+mod limits;
 mod outbox;
 pub mod rejected;
 pub mod review;
@@ -257,6 +258,8 @@ pub struct Deleted {
     pub held: u64,
     /// Charge records deleted.
     pub charges: u64,
+    /// Rate-limit windows deleted.
+    pub limits: u64,
 }
 
 /// Which adapter holds the store, and where.

@@ -618,7 +618,8 @@ async fn an_operators_approval_becomes_one_queued_video_through_the_job_events()
 /// others: every operation from the document's examples, its boundary
 /// values and random data, valid and not; no 5xx, every status, content
 /// type, header and body as the document says, invalid input refused, a
-/// missing key refused. Every `{id}` is one of the tenant's completed
+/// missing key refused, the tenant's limits answered 429 with
+/// `Retry-After`. Every `{id}` is one of the tenant's completed
 /// images, so that the actions reach their checks instead of a 404.
 /// Bounded to 100 examples per operation and phase; its report is printed
 /// with the test's output.
@@ -653,7 +654,13 @@ async fn the_running_intake_holds_to_its_openapi_document_under_schemathesis() {
         format!("[parameters]\n\"path.id\" = \"{}\"\n", image.id()),
     )
     .unwrap();
-    let intake = tests::stages::Service::start("intake", &world, &[]).await;
+    // Limits the run reaches, so that 429s and their Retry-After are held
+    // to the document too.
+    let limits = [
+        ("TENANT_WRITES_PER_MINUTE", "800".to_string()),
+        ("TENANT_READS_PER_MINUTE", "350".to_string()),
+    ];
+    let intake = tests::stages::Service::start("intake", &world, &limits).await;
     let document = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../api/openapi.json");
     let started = std::time::Instant::now();
     let output = Command::new(&schemathesis)
@@ -682,5 +689,34 @@ async fn the_running_intake_holds_to_its_openapi_document_under_schemathesis() {
         output.status.success(),
         "schemathesis found the service and its document apart:\n{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
+    );
+    // And the running binary's limit, met on purpose: a 429 with the
+    // document's error body and a Retry-After within the minute.
+    let http = tests::http::keyed_client(&key);
+    let mut limited = None;
+    // Twice the limit and one: a minute may turn once while this runs.
+    for _ in 0..=700 {
+        let answer = http
+            .get(format!("{}/v1/stats", intake.url))
+            .send()
+            .await
+            .unwrap();
+        if answer.status() == 429 {
+            limited = Some(answer);
+            break;
+        }
+        assert_eq!(answer.status(), 200);
+    }
+    let limited = limited.expect("350 reads a minute: one beyond is refused");
+    let wait: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "Retry-After {wait}");
+    let body: Value = limited.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("per minute"),
+        "{body}"
     );
 }

@@ -127,7 +127,8 @@ impl Books {
 
     /// Reserves `micros` on shard `k` of the budget `main`, under `limit`
     /// (`None`: no limit, spending only recorded). `Err(Short)` when the
-    /// budget as a whole has no room for it; nothing is changed then.
+    /// budget as a whole has no room for it: the claim then commits none of
+    /// these books' changes.
     pub(super) async fn reserve(
         &mut self,
         store: &Store,
@@ -182,12 +183,16 @@ impl Books {
             .map(|other| (self.day(&other).room(), other))
             .filter(|(room, _)| *room > 0)
             .collect();
-        let room: u64 = own_room + spare + donors.iter().map(|(room, _)| room).sum::<u64>();
+        let room = donors
+            .iter()
+            .fold(own_room.saturating_add(spare), |sum, (room, _)| {
+                sum.saturating_add(*room)
+            });
         if room < micros {
             let committed = self.0.iter().filter(|(other, _)| belongs(other, main));
-            let committed = committed
-                .map(|(_, e)| e.day.reserved_micros + e.day.spent_micros)
-                .sum();
+            let committed = committed.fold(0u64, |sum, (_, e)| {
+                sum.saturating_add(e.day.committed_micros())
+            });
             return Ok(Err(Short {
                 committed_micros: committed,
                 limit_micros: limit,
