@@ -5,7 +5,9 @@
 //! released room is claimed again, a lowered limit holds at once, a
 //! reservation made before budgets had shards settles where it was made,
 //! and every settled attempt leaves one charge whose sum is what the
-//! budget says was spent. Each scenario runs on both stores.
+//! budget says was spent. The windows of the API's rate limits, taken the
+//! same way in blocks, hand out exactly their limit. Each scenario runs on
+//! both stores.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -311,6 +313,7 @@ macro_rules! scenarios {
                 a_lowered_limit_holds_at_once_and_a_raised_one_lets_claims_through,
                 spending_without_a_limit_counts_once_a_limit_is_set,
                 a_reservation_from_before_shards_settles_on_the_main_document,
+                a_rate_limit_window_hands_out_exactly_its_limit_under_concurrent_takers,
             ]);
         }
     };
@@ -327,3 +330,48 @@ macro_rules! scenarios {
 scenarios!(embedded, tests::harness::embedded);
 #[cfg(feature = "emulators")]
 scenarios!(firestore, tests::harness::firestore);
+
+/// The windows of the API's rate limits: many instances taking blocks of
+/// one tenant's minute at once never get more than the limit between them,
+/// and the minute is spent exactly.
+async fn a_rate_limit_window_hands_out_exactly_its_limit_under_concurrent_takers(t: TestStore) {
+    let tenant: shared::domain::tenant::TenantName = "acme".parse().unwrap();
+    let minute = 29_000_000;
+    let takers = (0..12).map(|_| {
+        let (store, tenant) = (t.store.clone(), tenant.clone());
+        tokio::spawn(async move {
+            let mut got = 0;
+            loop {
+                match store
+                    .take_requests(&tenant, "writes", minute, 100, 7)
+                    .await
+                    .unwrap()
+                {
+                    0 => return got,
+                    n => got += n,
+                }
+            }
+        })
+    });
+    let got: Vec<u32> = join_all(takers)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(got.iter().sum::<u32>(), 100, "{got:?}");
+    // Another class and another minute are windows of their own.
+    assert_eq!(
+        t.store
+            .take_requests(&tenant, "reads", minute, 100, 7)
+            .await
+            .unwrap(),
+        7
+    );
+    assert_eq!(
+        t.store
+            .take_requests(&tenant, "writes", minute + 1, 100, 7)
+            .await
+            .unwrap(),
+        7
+    );
+}

@@ -62,13 +62,25 @@ impl Books {
         Ok(self.day(id))
     }
 
+    /// Keeps `day` as read at `version`: a fresher read replaces an older
+    /// one, unless this commit changed it already (its write is conditioned
+    /// on what it read, so a stale one fails and is tried again).
     fn keep(&mut self, day: BudgetDay, version: Option<Version>) {
-        let entry = Entry {
-            day,
-            version,
-            changed: false,
-        };
-        self.0.entry(entry.day.id.clone()).or_insert(entry);
+        match self.0.get_mut(&day.id) {
+            Some(entry) if entry.changed => {}
+            Some(entry) => {
+                entry.day = day;
+                entry.version = version;
+            }
+            None => {
+                let entry = Entry {
+                    day,
+                    version,
+                    changed: false,
+                };
+                self.0.insert(entry.day.id.clone(), entry);
+            }
+        }
     }
 
     fn changed(&mut self, id: &str, now: Timestamp) {
@@ -93,7 +105,8 @@ impl Books {
         Ok(self.0.get_mut(id).map(|e| &mut e.day))
     }
 
-    /// Every shard of `main` the store holds, into these books.
+    /// Every shard of `main` the store holds, into these books (with the
+    /// main document, read again where this commit has not changed it).
     async fn load_shards(&mut self, store: &Store, main: &str) -> Result<Vec<String>> {
         let order = [("id", Dir::Asc)];
         let stored = store
@@ -104,8 +117,8 @@ impl Books {
             let (day, version) = from_stored_as::<BudgetDay>(Collection::Budgets, stored)?;
             if day.shard.is_some() {
                 ids.push(day.id.clone());
-                self.keep(day, Some(version));
             }
+            self.keep(day, Some(version));
         }
         Ok(ids)
     }
@@ -164,19 +177,19 @@ impl Books {
             self.reconcile(store, (main, shards), limit, micros, now)
                 .await?;
         }
-        let spare = limit.saturating_sub(self.day(main).used_micros());
-        // (Room read before another claim took it back: this commit fails
-        // on that shard's version and is tried again.)
-        let own_room = self.day(&id).room();
-        let short = micros.saturating_sub(own_room);
-        if spare >= short {
-            let block = block_of(limit, shards).max(short);
-            self.move_room(main, &id, block.min(spare), limit, now);
-            self.take(&id, micros, now);
+        let place = (main, id.as_str(), shards);
+        if self.granted(place, limit, micros, now) {
             return Ok(Ok(()));
         }
-        // Not enough in the main document: gather from the other shards.
+        // Not enough in the main document: gather from the other shards,
+        // all read afresh together with it and this claim's own.
         let others = self.load_shards(store, main).await?;
+        if self.granted(place, limit, micros, now) {
+            return Ok(Ok(()));
+        }
+        let spare = limit.saturating_sub(self.day(main).used_micros());
+        let own_room = self.day(&id).room();
+        let short = micros.saturating_sub(own_room);
         let mut donors: Vec<(u64, String)> = others
             .into_iter()
             .filter(|other| *other != id)
@@ -210,6 +223,28 @@ impl Books {
         }
         self.take(&id, micros, now);
         Ok(Ok(()))
+    }
+
+    /// Reserves `micros` on shard `id` with room from the main document (a
+    /// block, at least what the shard lacks), if it has enough.
+    fn granted(
+        &mut self,
+        (main, id, shards): (&str, &str, u32),
+        limit: u64,
+        micros: u64,
+        now: Timestamp,
+    ) -> bool {
+        let spare = limit.saturating_sub(self.day(main).used_micros());
+        // (Room read before another claim took it back: this commit fails
+        // on that shard's version and is tried again.)
+        let short = micros.saturating_sub(self.day(id).room());
+        if spare < short {
+            return false;
+        }
+        let block = block_of(limit, shards).max(short);
+        self.move_room(main, id, block.min(spare), limit, now);
+        self.take(id, micros, now);
+        true
     }
 
     /// Takes back every shard's room into the main document under `limit`:
