@@ -438,6 +438,8 @@ mod emulators {
             "deleted_rejected",
             "deleted_budgets",
             "deleted_held",
+            "deleted_charges",
+            "deleted_limits",
             "events_published",
             "errors",
         ]
