@@ -113,19 +113,22 @@ pub fn emulator_host(name: &str) -> String {
         .unwrap_or_else(|_| panic!("{name} is not set: run the tests with tests/run"))
 }
 
-/// Every file below `root`, however deep.
+/// Every file below `root`, however deep, in name order; a link (to a
+/// file or a folder) is listed, never followed.
 pub fn files_below(root: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut files = Vec::new();
     let mut dirs = vec![root.to_path_buf()];
     while let Some(dir) = dirs.pop() {
         for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            match path.is_dir() {
-                true => dirs.push(path),
-                false => files.push(path),
+            let entry = entry.unwrap();
+            // A link is listed, never followed: a walk stays below `root`.
+            match entry.file_type().unwrap().is_dir() {
+                true => dirs.push(entry.path()),
+                false => files.push(entry.path()),
             }
         }
     }
+    files.sort();
     files
 }
 

@@ -80,10 +80,7 @@ impl Intake {
                     format!(
                         "tenant {} is over its {} per minute; try again in {} s",
                         tenant.name(),
-                        match class {
-                            Class::Writes => "writes",
-                            Class::Reads => "reads",
-                        },
+                        class.as_str(),
                         retry_after.as_secs().max(1)
                     ),
                 )

@@ -10,9 +10,10 @@
 use crate::domain::tenant::TenantName;
 use crate::error::Result;
 use crate::store::Store;
+use crate::time::Timestamp;
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// A class of API requests, each with its own limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -24,7 +25,8 @@ pub enum Class {
 }
 
 impl Class {
-    fn as_str(self) -> &'static str {
+    /// Its name in window ids and messages.
+    pub fn as_str(self) -> &'static str {
         match self {
             Class::Writes => "writes",
             Class::Reads => "reads",
@@ -87,10 +89,7 @@ impl RateLimits {
         let Some(limit) = self.limit(class) else {
             return Ok(Admission::Admitted);
         };
-        let since_epoch = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        let seconds = i64::try_from(since_epoch.as_secs()).unwrap_or(i64::MAX);
+        let (seconds, _) = Timestamp::now().unix_parts();
         let minute = seconds.div_euclid(60);
         let key = (tenant.clone(), class);
         if self.take_held(&key, minute) {
@@ -163,6 +162,11 @@ mod tests {
         Request::post("/v1/jobs").body(Body::from(body)).unwrap()
     }
 
+    /// The current UTC minute, as windows count them.
+    fn minute() -> i64 {
+        Timestamp::now().unix_parts().0.div_euclid(60)
+    }
+
     fn stats() -> Request<Body> {
         Request::get("/v1/stats").body(Body::empty()).unwrap()
     }
@@ -176,13 +180,6 @@ mod tests {
             app_on(store.clone(), limits()).await,
         );
         let acme = key_of(&store, "acme").await;
-        let minute = || {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_secs()
-                / 60
-        };
         let began = minute();
         let mut admitted = 0;
         let mut limited = Vec::new();
@@ -218,13 +215,6 @@ mod tests {
         let store = Store::new(Arc::new(EmbeddedBackend::in_memory().unwrap()));
         let limits = RateLimits::new(None, Some(64));
         let tenant: TenantName = "acme".parse().unwrap();
-        let minute = || {
-            let seconds = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_secs();
-            i64::try_from(seconds / 60).unwrap()
-        };
         let began = minute();
         for _ in 0..8 {
             let admitted = limits.admit(&store, &tenant, Class::Reads).await.unwrap();

@@ -193,6 +193,27 @@ pub enum Write {
     },
 }
 
+impl Write {
+    /// The write of `doc` as `id` over what was read of it: a replace at
+    /// `version`, or a create when it was absent (`None`), so that either
+    /// fails if someone wrote it since.
+    pub fn over(collection: Collection, id: String, version: Option<Version>, doc: Doc) -> Self {
+        match version {
+            Some(expected) => Write::Replace {
+                collection,
+                id,
+                expected,
+                doc,
+            },
+            None => Write::Create {
+                collection,
+                id,
+                doc,
+            },
+        }
+    }
+}
+
 /// A store of versioned documents. Every write is conditional, which is what
 /// makes claims safe with many writers.
 #[async_trait]

@@ -69,20 +69,7 @@ impl Store {
                 return Ok(Round::Done(0));
             }
             window.granted += taken;
-            let doc = to_doc(&window)?;
-            let write = match version {
-                Some(expected) => Write::Replace {
-                    collection: Collection::Limits,
-                    id: id.clone(),
-                    expected,
-                    doc,
-                },
-                None => Write::Create {
-                    collection: Collection::Limits,
-                    id: id.clone(),
-                    doc,
-                },
-            };
+            let write = Write::over(Collection::Limits, id.clone(), version, to_doc(&window)?);
             Ok(match self.backend.commit(&[write]).await? {
                 true => Round::Done(taken),
                 false => Round::Lost,

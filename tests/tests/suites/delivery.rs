@@ -189,19 +189,9 @@ async fn only_download(world: &World) -> shared::domain::download::Download {
 }
 
 fn no_partial_files(root: &Path) -> bool {
-    fn walk(dir: &Path, found: &mut Vec<String>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                walk(&path, found);
-            } else if path.to_string_lossy().ends_with(".asmr-partial") {
-                found.push(path.display().to_string());
-            }
-        }
-    }
-    let mut found = Vec::new();
-    walk(root, &mut found);
-    found.is_empty()
+    !tests::harness::files_below(root)
+        .iter()
+        .any(|path| path.to_string_lossy().ends_with(".asmr-partial"))
 }
 
 async fn an_eventarc_cloud_event_is_handled_the_same_way(world: World) {

@@ -709,7 +709,7 @@ async fn a_copy_killed_partway_resumes_and_reads_only_the_rest() {
             Some(crc)
         )
     );
-    let leftovers = files_under(sandbox.path());
+    let leftovers = tests::harness::files_below(sandbox.path());
     assert_eq!(
         leftovers,
         vec![
@@ -1128,26 +1128,6 @@ async fn the_generators_acknowledge_every_hostile_job_message_as_poison() {
     );
 }
 
-/// Every file (not directory) under `root`, sorted; symbolic links count as
-/// files, so that a test sees them.
-fn files_under(root: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let mut dirs = vec![root.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let entry = entry.unwrap();
-            let kind = entry.file_type().unwrap();
-            if kind.is_dir() {
-                dirs.push(entry.path());
-            } else {
-                files.push(entry.path());
-            }
-        }
-    }
-    files.sort();
-    files
-}
-
 /// Entries of `dir` whose name contains `marker`.
 fn marked(dir: &Path, marker: &str) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
@@ -1344,7 +1324,7 @@ async fn the_downloader_acknowledges_hostile_events_and_writes_only_under_its_ro
 
     // Nothing outside the destination: the sandbox holds only the
     // neighbour's file and what is under the root, as plain files.
-    let files = files_under(sandbox.path());
+    let files = tests::harness::files_below(sandbox.path());
     for file in &files {
         let inside = file.starts_with(&root) || file == &sandbox.path().join("neighbour/keep.txt");
         assert!(
@@ -1584,7 +1564,7 @@ fn relative_files(dir: &Path) -> Vec<String> {
     if !dir.exists() {
         return Vec::new();
     }
-    files_under(dir)
+    tests::harness::files_below(dir)
         .into_iter()
         .map(|path| path.strip_prefix(dir).unwrap().display().to_string())
         .collect()

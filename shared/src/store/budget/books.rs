@@ -331,21 +331,12 @@ impl Books {
             .filter(|e| e.changed)
             .map(|e| {
                 let doc = to_doc(&e.day)?;
-                let id = e.day.id.clone();
-                let collection = Collection::Budgets;
-                Ok(match &e.version {
-                    Some(expected) => Write::Replace {
-                        collection,
-                        id,
-                        expected: expected.clone(),
-                        doc,
-                    },
-                    None => Write::Create {
-                        collection,
-                        id,
-                        doc,
-                    },
-                })
+                Ok(Write::over(
+                    Collection::Budgets,
+                    e.day.id.clone(),
+                    e.version.clone(),
+                    doc,
+                ))
             })
             .collect()
     }
@@ -375,12 +366,11 @@ impl Store {
         let mut books = Books::default();
         let now = Timestamp::now();
         let shards = books.load_shards(self, main).await?;
-        let whole = books.load(self, main, now).await?.clone();
+        let mut whole = books.load(self, main, now).await?.clone();
         let existed = books.0.get(main).is_some_and(|e| e.version.is_some());
         if !existed && shards.is_empty() {
             return Ok(None);
         }
-        let mut whole = whole;
         for id in shards {
             let shard = books.day(&id);
             whole.reserved_micros = whole.reserved_micros.saturating_add(shard.reserved_micros);
