@@ -39,6 +39,12 @@ pub struct Charge {
 }
 
 impl Charge {
+    /// A fresh id for a charge of `job`: the claim that reserves picks it,
+    /// so the settlement's record is named before it exists.
+    pub(super) fn new_id(job: &str) -> String {
+        format!("{job}.{}", uuid::Uuid::new_v4().simple())
+    }
+
     /// The charge of `job`'s `reservation`, settled now with `spent_micros`.
     pub(super) fn of(
         job: &str,
@@ -51,7 +57,7 @@ impl Charge {
             id: reservation
                 .charge
                 .clone()
-                .unwrap_or_else(|| format!("{job}.{}", uuid::Uuid::new_v4().simple())),
+                .unwrap_or_else(|| Self::new_id(job)),
             job: job.to_string(),
             tenant: tenant.clone(),
             day: reservation.day.clone(),

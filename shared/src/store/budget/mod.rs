@@ -480,7 +480,7 @@ impl Store {
                 micros,
                 owner: lease.owner.clone(),
                 shard: Some(shard),
-                charge: Some(format!("{}.{}", job.id(), uuid::Uuid::new_v4().simple())),
+                charge: Some(Charge::new_id(job.id())),
             })
             .map_err(|reason| transition(job.id(), reason))?;
         }
