@@ -12,6 +12,7 @@
 locals {
   apis = toset([
     "aiplatform.googleapis.com",
+    "apigateway.googleapis.com",
     "cloudresourcemanager.googleapis.com",
     "cloudscheduler.googleapis.com",
     "eventarc.googleapis.com",
@@ -22,6 +23,9 @@ locals {
     "monitoring.googleapis.com",
     "pubsub.googleapis.com",
     "run.googleapis.com",
+    "secretmanager.googleapis.com",
+    "servicecontrol.googleapis.com",
+    "servicemanagement.googleapis.com",
     "storage.googleapis.com",
   ])
 }

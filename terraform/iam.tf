@@ -86,6 +86,7 @@ locals {
       scheduler = google_service_account.scheduler.name
     },
     { for account in google_service_account.eventarc : "eventarc" => account.name },
+    { for account in google_service_account.gateway : "gateway" => account.name },
   )
 }
 

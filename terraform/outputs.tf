@@ -58,3 +58,16 @@ output "dashboard" {
   description = "The Cloud Monitoring dashboard."
   value       = "https://console.cloud.google.com/monitoring/dashboards/builder/${element(split("/", google_monitoring_dashboard.asmr.id), length(split("/", google_monitoring_dashboard.asmr.id)) - 1)}?project=${var.project}"
 }
+
+output "gateway_url" {
+  description = "The API's public address through API Gateway (api_gateway.enabled), null without it."
+  value       = local.gateway_enabled ? "https://${google_api_gateway_gateway.api[0].default_hostname}" : null
+}
+
+output "tenant_keys" {
+  description = "Prints each tenant's first API key, kept in Secret Manager (needs secretmanager.versions.access on the secret)."
+  value = {
+    for name, secret in google_secret_manager_secret.tenant_key :
+    name => "gcloud secrets versions access latest --secret=${secret.secret_id} --project=${var.project}"
+  }
+}

@@ -107,7 +107,7 @@ locals {
         PUSH_AUDIENCE            = local.push_audiences["intake"]
         TENANT_WRITES_PER_MINUTE = tostring(var.tenant_requests_per_minute.writes)
         TENANT_READS_PER_MINUTE  = tostring(var.tenant_requests_per_minute.reads)
-      })
+      }, local.env_gateway)
     }
     image-generator = {
       binary            = "image-generator"

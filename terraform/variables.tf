@@ -386,3 +386,34 @@ variable "tenants" {
     error_message = "a tenant's budget_usd is 0 or more US dollars."
   }
 }
+
+variable "api_gateway" {
+  type = object({
+    enabled             = optional(bool, false)
+    region              = optional(string)
+    requests_per_minute = optional(number, 6000)
+    jwt = optional(object({
+      issuer       = optional(string, "https://accounts.google.com")
+      jwks_uri     = optional(string, "https://www.googleapis.com/oauth2/v3/certs")
+      audiences    = list(string)
+      tenant_claim = string
+    }))
+  })
+  description = "API Gateway in front of intake (gateway.tf): off by default. region: where the gateway runs (not every region has API Gateway; default: region). requests_per_minute: the coarse ceiling of requests through the gateway, all tenants together (each tenant's own limits are intake's, tenant_requests_per_minute). jwt: the gateway also requires a Google-signed JWT of this issuer and one of these audiences on every call, and intake takes the tenant from the token's tenant_claim instead of x-api-key."
+  default     = {}
+
+  validation {
+    condition     = var.api_gateway.region == null || can(regex("^[a-z]+-[a-z]+[0-9]+$", coalesce(var.api_gateway.region, "-")))
+    error_message = "api_gateway.region must be a region name such as us-central1."
+  }
+
+  validation {
+    condition     = var.api_gateway.requests_per_minute >= 1 && floor(var.api_gateway.requests_per_minute) == var.api_gateway.requests_per_minute
+    error_message = "api_gateway.requests_per_minute is a whole number of at least 1."
+  }
+
+  validation {
+    condition     = var.api_gateway.jwt == null || try(length(var.api_gateway.jwt.audiences) > 0 && can(regex("^[A-Za-z0-9_.:-]+$", var.api_gateway.jwt.tenant_claim)), false)
+    error_message = "api_gateway.jwt needs at least one audience and a tenant_claim (a claim name such as tenant)."
+  }
+}

@@ -2,8 +2,9 @@
 # test command checks every resource and argument here against the schema of
 # these very versions (tests/terraform_schema.py), so moving to another one is
 # a deliberate edit of both. google-beta is only used for the service agents'
-# identities (iam.tf), which the GA provider does not have; time waits where
-# Google needs propagation time (apis.tf, iam.tf, monitoring.tf).
+# identities (iam.tf) and API Gateway (gateway.tf), which the GA provider does
+# not have; time waits where Google needs propagation time (apis.tf, iam.tf,
+# monitoring.tf); random makes each tenant's first API key (tenants.tf).
 #
 # The state has no fixed path: each deployment (each `prefix`) keeps its own
 # under asmr/<prefix, or "default">/ in the state bucket, beside the variables
@@ -21,6 +22,10 @@ terraform {
     google-beta = {
       source  = "hashicorp/google-beta"
       version = "7.46.1"
+    }
+    random = {
+      source  = "hashicorp/random"
+      version = "3.9.1"
     }
     time = {
       source  = "hashicorp/time"

@@ -7,7 +7,7 @@ checks DIR (terraform/); with --self-test, then also plants mistakes in
 copies of DIR and fails unless each one is caught.
 
 The schemas come from the providers' generated CDK bindings on PyPI
-(cdktn-provider-google, -google-beta, -time), which tests/run installs at
+(cdktn-provider-google, -google-beta, -random, -time), which tests/run installs at
 pinned versions: each wheel holds a jsii assembly (JSON) that describes every
 resource and data source of one provider version, its arguments, which of
 them are optional, and its nested blocks; the docs of each property carry the
@@ -38,6 +38,7 @@ import tempfile
 BINDINGS = {
     "google": "cdktn_provider_google",
     "google-beta": "cdktn_provider_google_beta",
+    "random": "cdktn_provider_random",
     "time": "cdktn_provider_time",
 }
 # Arguments and blocks terraform itself gives every resource or data block.

@@ -38,8 +38,13 @@ pub const API_KEY: &str = "x-api-key";
 
 impl Intake {
     /// The tenant of a call, from its `x-api-key`: 401 without a key or
-    /// with one no tenant holds, 403 for a disabled tenant.
+    /// with one no tenant holds, 403 for a disabled tenant. A call through
+    /// the gateway with a consumer's JWT is the tenant its claim names
+    /// instead ([`super::gateway`]).
     pub(super) async fn caller(&self, headers: &HeaderMap) -> Result<Tenant, ApiError> {
+        if let Some(vouched) = self.vouched_tenant(headers).await? {
+            return vouched.map_err(|(status, message)| ApiError::new(status, message));
+        }
         let key = headers
             .get(API_KEY)
             .and_then(|value| value.to_str().ok())

@@ -20,6 +20,7 @@
 
 mod actions;
 pub mod api;
+pub mod gateway;
 pub mod limits;
 pub mod promote;
 pub mod routes;
@@ -290,6 +291,8 @@ pub struct Intake {
     callers: Option<Arc<IdTokens>>,
     /// Each tenant's requests per minute over HTTP.
     limits: limits::RateLimits,
+    /// The API Gateway whose consumers' claims name their tenant.
+    gateway: Option<gateway::Gateway>,
 }
 
 /// Why a request is not taken for a tenant.
@@ -334,12 +337,20 @@ impl Intake {
             promoter,
             callers: None,
             limits: limits::RateLimits::default(),
+            gateway: None,
         }
     }
 
     /// Holds each tenant to `limits` over HTTP.
     pub fn with_rate_limits(mut self, limits: limits::RateLimits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Takes the tenant of a call that comes through `gateway` with a
+    /// consumer's JWT from the claim it forwards ([`gateway`]).
+    pub fn with_gateway(mut self, gateway: Option<gateway::Gateway>) -> Self {
+        self.gateway = gateway;
         self
     }
 

@@ -67,6 +67,8 @@ pub struct IntakeArgs {
     /// figures (unset or 0: no limit).
     #[arg(long, env = "TENANT_READS_PER_MINUTE")]
     pub tenant_reads_per_minute: Option<u32>,
+    #[command(flatten)]
+    pub gateway: super::gateway::GatewayArgs,
 }
 
 /// The largest push body: a Pub/Sub message carrying a request of
@@ -222,7 +224,8 @@ pub async fn intake(args: IntakeArgs) -> anyhow::Result<()> {
         super::limits::RateLimits::new(args.tenant_writes_per_minute, args.tenant_reads_per_minute);
     let intake = Intake::new(adapters, args.dry_run.dry_run, args.auto_promote)
         .verifying_callers(gate.id_tokens())
-        .with_rate_limits(limits);
+        .with_rate_limits(limits)
+        .with_gateway(args.gateway.gateway(&args.serve.identity.google_certs_url));
     server::serve_on(args.serve.port, gated_router(Arc::new(intake), gate)).await
 }
 

@@ -55,6 +55,18 @@ pub(super) async fn app() -> App {
 /// An intake instance over `store` (which other instances may share),
 /// holding tenants to `limits`; its key is a new one of the default tenant.
 pub(super) async fn app_on(store: Store, limits: super::limits::RateLimits) -> App {
+    let (adapters, bus) = adapters_on(&store).await;
+    let intake = Intake::new(adapters, true, AutoPromote::Off).with_rate_limits(limits);
+    App {
+        router: router(Arc::new(intake)),
+        key: key_of(&store, "default").await,
+        store,
+        bus,
+    }
+}
+
+/// Adapters over `store` and a new in-memory bus that has every topic.
+pub(super) async fn adapters_on(store: &Store) -> (Adapters, Arc<MemoryBus>) {
     let bus = Arc::new(MemoryBus::new());
     for topic in Topics::default().all() {
         bus.ensure_topic(&topic).await.unwrap();
@@ -64,13 +76,7 @@ pub(super) async fn app_on(store: Store, limits: super::limits::RateLimits) -> A
         bus: bus.clone(),
         topics: Topics::default(),
     };
-    let intake = Intake::new(adapters, true, AutoPromote::Off).with_rate_limits(limits);
-    App {
-        router: router(Arc::new(intake)),
-        key: key_of(&store, "default").await,
-        store,
-        bus,
-    }
+    (adapters, bus)
 }
 
 pub(super) async fn call(app: &App, mut request: Request<Body>) -> (StatusCode, Value) {

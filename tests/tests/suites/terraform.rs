@@ -919,9 +919,11 @@ fn the_alert_and_the_charts_add_services_and_jobs() {
 
 /// Every resource and data type terraform/ uses, and the API it needs
 /// ("": the enablement and the waits themselves).
-const API_OF: [(&str, &str); 30] = [
+const API_OF: [(&str, &str); 37] = [
     ("google_project_service", ""),
     ("time_sleep", ""),
+    ("time_static", ""),
+    ("random_bytes", ""),
     (
         "google_project_service_identity",
         "serviceusage.googleapis.com",
@@ -977,6 +979,17 @@ const API_OF: [(&str, &str); 30] = [
         "monitoring.googleapis.com",
     ),
     ("google_eventarc_trigger", "eventarc.googleapis.com"),
+    ("google_api_gateway_api", "apigateway.googleapis.com"),
+    ("google_api_gateway_api_config", "apigateway.googleapis.com"),
+    ("google_api_gateway_gateway", "apigateway.googleapis.com"),
+    (
+        "google_secret_manager_secret",
+        "secretmanager.googleapis.com",
+    ),
+    (
+        "google_secret_manager_secret_version",
+        "secretmanager.googleapis.com",
+    ),
 ];
 
 /// APIs the README's first step turns on, since terraform needs them to
