@@ -31,7 +31,7 @@ COPY --from=planner /app/recipe.json recipe.json
 RUN cargo chef cook --release --locked --recipe-path recipe.json
 COPY . .
 # The deployed binaries: terraform's local.functions, one per stage.
-ARG STAGES="intake image-generator video-generator video-poller downloader janitor"
+ARG STAGES="intake image-generator video-generator video-poller downloader janitor notifier"
 # STAGES is split into words on purpose.
 # hadolint ignore=SC2086
 RUN set --; for stage in ${STAGES}; do set -- "$@" --bin "${stage}"; done \

@@ -221,6 +221,55 @@ locals {
         { path = "id", order = "ASCENDING" },
       ]
     }
+    webhooks_expired = {
+      collection = "webhooks"
+      fields = [
+        { path = "expire_at", order = "ASCENDING" },
+        { path = "id", order = "ASCENDING" },
+      ]
+    }
+    # The notifier's sweep of due webhook deliveries.
+    webhooks_due = {
+      collection = "webhooks"
+      fields = [
+        { path = "state", order = "ASCENDING" },
+        { path = "next_at", order = "ASCENDING" },
+        { path = "id", order = "ASCENDING" },
+      ]
+    }
+    # asmr webhooks [--failed] [--tenant T]
+    webhooks_newest = {
+      collection = "webhooks"
+      fields = [
+        { path = "created_at", order = "DESCENDING" },
+        { path = "id", order = "DESCENDING" },
+      ]
+    }
+    webhooks_newest_of_tenant = {
+      collection = "webhooks"
+      fields = [
+        { path = "tenant", order = "ASCENDING" },
+        { path = "created_at", order = "DESCENDING" },
+        { path = "id", order = "DESCENDING" },
+      ]
+    }
+    webhooks_newest_in_state = {
+      collection = "webhooks"
+      fields = [
+        { path = "state", order = "ASCENDING" },
+        { path = "created_at", order = "DESCENDING" },
+        { path = "id", order = "DESCENDING" },
+      ]
+    }
+    webhooks_newest_of_tenant_in_state = {
+      collection = "webhooks"
+      fields = [
+        { path = "tenant", order = "ASCENDING" },
+        { path = "state", order = "ASCENDING" },
+        { path = "created_at", order = "DESCENDING" },
+        { path = "id", order = "DESCENDING" },
+      ]
+    }
     # The janitor's sweep of job events left in the outbox.
     outbox_oldest = {
       collection = "outbox"
@@ -233,7 +282,7 @@ locals {
 
   # Every collection whose records carry expire_at (retention). Outbox
   # entries have none: each stays until it is published.
-  ttl_collections = toset(["jobs", "downloads", "rejected", "budgets", "held", "charges", "limits"])
+  ttl_collections = toset(["jobs", "downloads", "rejected", "budgets", "held", "charges", "limits", "webhooks"])
 }
 
 resource "google_firestore_database" "db" {

@@ -34,6 +34,12 @@ locals {
       project_roles = ["roles/datastore.user"]
       publishes     = ["job_events"]
     }
+    notifier = {
+      # Reads tenants and jobs' deliveries, writes deliveries; sends
+      # webhooks out, so it holds nothing else a receiver could reach.
+      project_roles = ["roles/datastore.user"]
+      publishes     = []
+    }
     janitor = {
       project_roles = ["roles/datastore.user"]
       # Re-dispatches lost jobs; fails the jobs of dead letters.
@@ -248,6 +254,16 @@ resource "google_service_account" "scheduler" {
   description  = "Identity of the Cloud Scheduler jobs that start the asmr Cloud Run jobs."
 
   depends_on = [time_sleep.apis]
+}
+
+# The scheduler's sweep of due webhooks (scheduler.tf).
+resource "google_cloud_run_v2_service_iam_member" "scheduler_sweeps_webhooks" {
+  count = var.schedules.webhook_sweep == null ? 0 : 1
+
+  name     = google_cloud_run_v2_service.stage["notifier"].name
+  location = var.region
+  role     = "roles/run.invoker"
+  member   = google_service_account.scheduler.member
 }
 
 resource "google_cloud_run_v2_job_iam_member" "scheduler_invoker" {

@@ -49,6 +49,14 @@ locals {
       filter  = null
       enabled = true
     }
+    # Webhooks: only the job events that carry a delivery.
+    webhooks = {
+      topic   = "job_events"
+      service = "notifier"
+      path    = "/"
+      filter  = "attributes:webhook_events"
+      enabled = true
+    }
     gcs-events = {
       topic   = "gcs_events"
       service = "downloader"

@@ -68,7 +68,7 @@ locals {
   # audience of the two accounts' signed tokens. GOOGLE_CERTS_URL keeps the
   # binaries' default, Google's own keys.
   push_audiences = {
-    for name in ["intake", "image-generator", "video-generator", "downloader"] :
+    for name in ["intake", "image-generator", "video-generator", "downloader", "notifier"] :
     name => "${var.project}/${var.prefix}asmr-${name}"
   }
   pushers = join(",", concat([google_service_account.push.email], google_service_account.eventarc[*].email))
@@ -107,6 +107,8 @@ locals {
         PUSH_AUDIENCE            = local.push_audiences["intake"]
         TENANT_WRITES_PER_MINUTE = tostring(var.tenant_requests_per_minute.writes)
         TENANT_READS_PER_MINUTE  = tostring(var.tenant_requests_per_minute.reads)
+        # A deployment's webhooks are https:// to public addresses only.
+        WEBHOOK_ALLOW_PRIVATE_NETWORKS = "false"
       }, local.env_gateway)
     }
     image-generator = {
@@ -146,6 +148,26 @@ locals {
         { PUSH_IDENTITY = local.pushers },
         var.storage_events == "eventarc" ? {} : { PUSH_AUDIENCE = local.push_audiences["downloader"] },
       )
+    }
+    # Sends webhooks beside the pushes it acknowledges, so its CPU stays on
+    # between requests (cpu_idle below); PUSH_TIMEOUT is 60 s.
+    notifier = {
+      binary            = "notifier"
+      args              = []
+      handler_timeout_s = 60
+      timeout_s         = 90
+      memory            = "512Mi"
+      ingress           = local.pushed_ingress
+      env = merge(local.env_store, {
+        PUSH_IDENTITY                  = join(",", [google_service_account.push.email, google_service_account.scheduler.email])
+        PUSH_AUDIENCE                  = local.push_audiences["notifier"]
+        WEBHOOK_ALLOW_PRIVATE_NETWORKS = "false"
+        WEBHOOK_TIMEOUT                = "10"
+        WEBHOOK_RETRY_DELAYS           = "5s,5m,30m,2h,5h,10h"
+        WEBHOOK_RETRY_FOR              = "24h"
+        WEBHOOK_CONCURRENCY_PER_TENANT = "8"
+        WEBHOOK_SWEEP_EVERY            = "10"
+      })
     }
   }
 
@@ -204,6 +226,7 @@ locals {
     "image-generator" = 3
     "video-generator" = 2
     downloader        = 10
+    notifier          = 3
   }, var.max_instances)
 
   concurrency = merge({
@@ -211,6 +234,7 @@ locals {
     "image-generator" = 4
     "video-generator" = 4
     downloader        = 5
+    notifier          = 80
   }, var.concurrency)
 
   # The downloader writes into the mounted archive bucket when the
@@ -263,7 +287,8 @@ resource "google_cloud_run_v2_service" "stage" {
           cpu    = "1"
           memory = each.value.memory
         }
-        cpu_idle = true
+        # The notifier sends after it has answered the push.
+        cpu_idle = each.key != "notifier"
       }
 
       dynamic "env" {

@@ -40,3 +40,34 @@ resource "google_cloud_scheduler_job" "run" {
 
   depends_on = [google_cloud_run_v2_job_iam_member.scheduler_invoker]
 }
+
+# Wakes the notifier to send webhooks that are due again (a refused or
+# unreachable receiver's), with an OIDC token of the scheduler account,
+# which the notifier takes (PUSH_IDENTITY); an instance that is up also
+# sweeps by itself (WEBHOOK_SWEEP_EVERY).
+resource "google_cloud_scheduler_job" "webhook_sweep" {
+  count = var.schedules.webhook_sweep == null ? 0 : 1
+
+  name             = "${var.prefix}asmr-webhook-sweep"
+  description      = "Sends the webhooks that are due again."
+  region           = var.region
+  schedule         = var.schedules.webhook_sweep
+  time_zone        = var.time_zone
+  attempt_deadline = "60s"
+
+  retry_config {
+    retry_count = 0
+  }
+
+  http_target {
+    http_method = "POST"
+    uri         = "${google_cloud_run_v2_service.stage["notifier"].uri}/sweep"
+
+    oidc_token {
+      service_account_email = google_service_account.scheduler.email
+      audience              = local.push_audiences["notifier"]
+    }
+  }
+
+  depends_on = [google_cloud_run_v2_service_iam_member.scheduler_sweeps_webhooks]
+}

@@ -209,6 +209,7 @@ variable "schedules" {
     image_drain    = optional(string)
     video_drain    = optional(string)
     download_drain = optional(string)
+    webhook_sweep  = optional(string, "* * * * *")
   })
   description = "Cloud Scheduler cron expressions (unix-cron, in time_zone) of the Cloud Run jobs; null leaves a job unscheduled (it can still be executed by hand). The drains are for large batches and are off by default."
   default     = {}

@@ -291,6 +291,17 @@ pub struct DryRunArgs {
     pub dry_run: bool,
 }
 
+/// Where webhooks may go.
+#[derive(Clone, Copy, Debug, Default, Args)]
+pub struct WebhookNetworkArgs {
+    /// Let webhooks be plain http:// and reach loopback, private and
+    /// link-local addresses: for tests and a laptop, never a deployment
+    /// (a webhook could then read the metadata server).
+    #[arg(long, env = "WEBHOOK_ALLOW_PRIVATE_NETWORKS", default_value = "false", action = clap::ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new(), value_name = "true|false")]
+    pub allow_private_networks: bool,
+}
+
 /// Which models, and how to reach Vertex AI.
 #[derive(Clone, Debug, Args)]
 #[command(next_help_heading = "Vertex AI options")]

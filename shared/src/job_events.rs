@@ -20,6 +20,7 @@ use crate::domain::job::Job;
 use crate::domain::tenant::TenantName;
 use crate::domain::values::{Chain, Verdict};
 use crate::domain::values::{DeliveredOutput, JobError, JobKind, JobStatus};
+use crate::domain::webhook::WebhookEvent;
 use crate::error::Result;
 use crate::time::Timestamp;
 use async_trait::async_trait;
@@ -55,6 +56,23 @@ pub struct JobEvent {
     /// Whose job it is (absent for `default` in events of before tenants).
     #[serde(default)]
     pub tenant: TenantName,
+    /// The webhook delivery this event makes, when the job has a webhook
+    /// that wants it. An event raised for a webhook alone (`start`, or
+    /// `output` before delivery) is not terminal: its `status` says where
+    /// the job is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookCall>,
+}
+
+/// What a job event asks the notifier to send.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WebhookCall {
+    /// Where.
+    pub url: String,
+    /// Which of the webhook's events this is.
+    pub events: Vec<WebhookEvent>,
+    /// The job as the API returns it at the event, sent and signed as is.
+    pub body: String,
 }
 
 impl JobEvent {
@@ -71,6 +89,25 @@ impl JobEvent {
             verdict: job.verdict(),
             chain: job.chain(),
             tenant: job.tenant().clone(),
+            webhook: None,
+        }
+    }
+
+    /// The event of the write from `before` to `after`, with the webhook
+    /// call it makes, if any.
+    pub fn of_write(before: &Job, after: &Job) -> Self {
+        let events = webhook_events(before, after);
+        let webhook = match (after.webhook(), events.is_empty()) {
+            (Some(hook), false) => serde_json::to_string(after).ok().map(|body| WebhookCall {
+                url: hook.url.clone(),
+                events,
+                body,
+            }),
+            _ => None,
+        };
+        Self {
+            webhook,
+            ..Self::of(after)
         }
     }
 
@@ -87,6 +124,10 @@ impl JobEvent {
         ]);
         if let Some(verdict) = self.verdict {
             attributes.insert("verdict".to_string(), verdict.as_str().to_string());
+        }
+        if let Some(call) = &self.webhook {
+            let names: Vec<&str> = call.events.iter().map(|e| e.as_str()).collect();
+            attributes.insert("webhook_events".to_string(), names.join(","));
         }
         attributes
     }
@@ -125,10 +166,36 @@ pub fn became_approved(before: &Job, after: &Job) -> bool {
     after.verdict() == Some(Verdict::Approved) && before.verdict() != Some(Verdict::Approved)
 }
 
+/// The events of the job's webhook that the write from `before` to `after`
+/// makes, in order: its first start, its first outputs, its end; only
+/// those the webhook asks for.
+pub fn webhook_events(before: &Job, after: &Job) -> Vec<WebhookEvent> {
+    let Some(hook) = after.webhook() else {
+        return Vec::new();
+    };
+    [
+        (
+            WebhookEvent::Start,
+            before.started_at().is_none() && after.started_at().is_some(),
+        ),
+        (
+            WebhookEvent::Output,
+            before.outputs().is_empty() && !after.outputs().is_empty(),
+        ),
+        (WebhookEvent::Completed, became_terminal(before, after)),
+    ]
+    .into_iter()
+    .filter(|(event, happened)| *happened && hook.wants(*event))
+    .map(|(event, _)| event)
+    .collect()
+}
+
 /// Whether the write from `before` to `after` raises a job event: it ended
-/// the job, or approved it.
+/// the job, approved it, or made an event its webhook asks for.
 pub fn raises_event(before: &Job, after: &Job) -> bool {
-    became_terminal(before, after) || became_approved(before, after)
+    became_terminal(before, after)
+        || became_approved(before, after)
+        || !webhook_events(before, after).is_empty()
 }
 
 /// Where job events go.

@@ -32,3 +32,4 @@ pub mod store;
 pub mod telemetry;
 pub mod time;
 pub mod vertex;
+pub mod webhooks;

@@ -12,6 +12,10 @@
 //!   `gcloud pubsub topics publish asmr-requests --message "..." --attribute kind=video`
 //!   works.
 //!
+//! Any of them may name a `webhook` (an `https://` URL) and a
+//! `webhook_events_filter` (`start`, `output`, `completed`; output and
+//! completed when left out), as body fields or, for plain text, attributes.
+//!
 //! `kind` is required, in the body or as an attribute; it is never guessed.
 //! Unknown fields and parameters are refused rather than ignored, so a typo
 //! (`"promt"`, `"aspect"`) is reported instead of silently changing the job.
@@ -23,6 +27,7 @@ use crate::domain::job::NewJob;
 use crate::domain::tenant::TenantName;
 use crate::domain::values::Chain;
 use crate::domain::values::{JobKind, JobParams};
+use crate::domain::webhook::Webhook;
 use crate::redact::json_error;
 use serde::Deserialize;
 use serde_json::Value;
@@ -83,6 +88,9 @@ pub struct Envelope<'a> {
     /// attribute's, `--tenant`): the jobs are its, and a body that names
     /// another is refused.
     pub tenant: TenantName,
+    /// Whether a webhook may be `http://` or name a private address
+    /// (`WEBHOOK_ALLOW_PRIVATE_NETWORKS`).
+    pub private_webhooks: bool,
 }
 
 #[derive(Deserialize)]
@@ -104,6 +112,10 @@ struct Body {
     params: Option<serde_json::Map<String, Value>>,
     #[serde(default)]
     chain: Option<Chain>,
+    #[serde(default)]
+    webhook: Option<String>,
+    #[serde(default)]
+    webhook_events_filter: Option<Vec<String>>,
 }
 
 fn params_from(map: &serde_json::Map<String, Value>) -> Result<JobParams, Rejection> {
@@ -178,6 +190,13 @@ pub fn parse(body: &[u8], envelope: &Envelope<'_>) -> Result<Vec<NewJob>, Reject
             priority,
             params: None,
             chain: None,
+            webhook: attributes.get("webhook").cloned(),
+            webhook_events_filter: attributes.get("webhook_events_filter").map(|names| {
+                names
+                    .split(',')
+                    .map(|name| name.trim().to_string())
+                    .collect()
+            }),
         }
     };
     if let Some(named) = &parsed.tenant
@@ -196,6 +215,19 @@ pub fn parse(body: &[u8], envelope: &Envelope<'_>) -> Result<Vec<NewJob>, Reject
     let params = match &parsed.params {
         Some(map) => params_from(map)?,
         None => JobParams::default(),
+    };
+    let webhook = match &parsed.webhook {
+        Some(url) => Some(Webhook::new(
+            url,
+            parsed.webhook_events_filter.as_deref(),
+            envelope.private_webhooks,
+        )?),
+        None if parsed.webhook_events_filter.is_some() => {
+            return Err(Rejection::plain(
+                "webhook_events_filter needs a webhook: give \"webhook\": \"https://...\"",
+            ));
+        }
+        None => None,
     };
     let key = parsed
         .request_id
@@ -240,6 +272,7 @@ pub fn parse(body: &[u8], envelope: &Envelope<'_>) -> Result<Vec<NewJob>, Reject
         job.dry_run = envelope.dry_run;
         job.chain = parsed.chain;
         job.tenant = envelope.tenant.clone();
+        job.webhook = webhook.clone();
         job.validate().map_err(|e| match batch {
             true => Rejection::new(
                 format!("prompts[{n}]: {}", e.class()),

@@ -85,6 +85,44 @@ pub enum Command {
     /// Add, look at and change the tenants sharing the deployment, and their keys.
     #[command(subcommand)]
     Tenant(TenantCommand),
+    /// List webhook deliveries (newest first) with their last answer, or send one again.
+    Webhooks(WebhooksArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct WebhooksArgs {
+    #[command(subcommand)]
+    pub command: Option<WebhooksCommand>,
+    /// Only deliveries given up on (refused or unreachable for their whole window).
+    #[arg(long)]
+    pub failed: bool,
+    /// At most this many deliveries.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: u32,
+    /// Print a JSON array of the delivery records.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub scope: AllTenants,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhooksCommand {
+    /// Send a delivery again now, whatever became of it, and print the answer
+    /// (a URL stopped by a 410 is resumed).
+    Redeliver(RedeliverArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RedeliverArgs {
+    /// The delivery's id (its webhook-id, `msg_...`).
+    pub id: String,
+    #[command(flatten)]
+    pub network: shared::config::WebhookNetworkArgs,
+    /// The longest the attempt may take.
+    #[arg(long, default_value = "10s", value_parser = shared::config::parse_duration)]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -103,6 +141,22 @@ pub enum TenantCommand {
     Enable(TenantNameArg),
     /// Make a new API key and print it, once; the old one keeps working for --grace.
     Key(TenantKeyArgs),
+    /// Print the secrets that sign a tenant's webhooks (making one if it has
+    /// none), or --rotate: a new one, the old signing beside it for --grace.
+    WebhookSecret(TenantWebhookSecretArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TenantWebhookSecretArgs {
+    /// The tenant.
+    #[arg(value_parser = parse_tenant)]
+    pub name: TenantName,
+    /// Make a new secret.
+    #[arg(long)]
+    pub rotate: bool,
+    /// How long the secrets it replaces keep signing (`0s`: stop them now).
+    #[arg(long, default_value = "24h", value_parser = shared::config::parse_duration)]
+    pub grace: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -127,6 +181,15 @@ pub struct TenantSettingsArgs {
     /// A name for people.
     #[arg(long)]
     pub display_name: Option<String>,
+    /// The webhook of its jobs that name none: an https:// URL (`none`: no default).
+    #[arg(long, value_name = "URL")]
+    pub webhook: Option<String>,
+    /// Which events the default webhook gets: start, output, completed
+    /// (comma-separated; output and completed when left out).
+    #[arg(long, value_delimiter = ',', requires = "webhook")]
+    pub webhook_events: Option<Vec<String>>,
+    #[command(flatten)]
+    pub network: shared::config::WebhookNetworkArgs,
 }
 
 /// A setting's new value, or `None` to remove it (`--budget none`,

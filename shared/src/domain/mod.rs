@@ -11,6 +11,8 @@ pub mod review;
 pub mod tenant;
 pub mod validate;
 pub mod values;
+pub mod webhook;
+pub mod webhook_delivery;
 
 #[cfg(test)]
 mod review_tests;

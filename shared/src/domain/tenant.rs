@@ -6,6 +6,7 @@
 
 use super::destination::Destination;
 use super::invalid::ValidationError;
+use super::webhook::{Webhook, WebhookSecret, rotate_secret};
 use crate::time::Timestamp;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -114,6 +115,8 @@ pub struct TenantSettings {
     /// Where its files are delivered; `Some(None)` goes back to the
     /// deployment's destination plus `/{name}`.
     pub destination: Option<Option<String>>,
+    /// The webhook of its jobs that name none; `Some(None)` removes it.
+    pub webhook: Option<Option<Webhook>>,
 }
 
 impl TenantSettings {
@@ -216,6 +219,15 @@ pub struct Tenant {
     pub(in crate::domain) keys: Vec<ApiKey>,
     #[serde(default)]
     pub(in crate::domain) disabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(in crate::domain) webhook: Option<Webhook>,
+    /// The secrets that sign its webhooks: the current one and those in
+    /// a rotation's grace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(in crate::domain) webhook_secrets: Vec<WebhookSecret>,
+    /// URLs whose receiver answered 410 Gone: nothing more goes there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(in crate::domain) gone_webhooks: Vec<String>,
     /// `None` for the default tenant while nobody stored it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(in crate::domain) created_at: Option<Timestamp>,
@@ -254,6 +266,9 @@ impl Tenant {
             destination: None,
             keys: Vec::new(),
             disabled: false,
+            webhook: None,
+            webhook_secrets: Vec::new(),
+            gone_webhooks: Vec::new(),
             created_at: None,
             updated_at: None,
         }
@@ -336,6 +351,13 @@ impl Tenant {
         if let Some(destination) = &settings.destination {
             self.destination = destination.clone();
         }
+        if let Some(webhook) = &settings.webhook {
+            // Setting a URL again is an operator's word that it listens.
+            if let Some(hook) = webhook {
+                self.gone_webhooks.retain(|url| *url != hook.url);
+            }
+            self.webhook = webhook.clone();
+        }
         self.touch(now);
         Ok(())
     }
@@ -372,6 +394,51 @@ impl Tenant {
         self.keys.drain(..excess);
         self.touch(now);
         IssuedKey(key)
+    }
+
+    /// The webhook of its jobs that name none.
+    pub fn webhook(&self) -> Option<&Webhook> {
+        self.webhook.as_ref()
+    }
+
+    /// The secrets that sign its webhooks at `now`, the newest first.
+    pub fn webhook_secrets(&self, now: Timestamp) -> Vec<&WebhookSecret> {
+        let mut live: Vec<&WebhookSecret> = self
+            .webhook_secrets
+            .iter()
+            .filter(|secret| secret.is_live(now))
+            .collect();
+        live.sort_by_key(|secret| std::cmp::Reverse(secret.created_at));
+        live
+    }
+
+    /// Makes a new signing secret; the live ones keep signing for `grace`.
+    pub fn rotate_webhook_secret(&mut self, grace: Duration, now: Timestamp) -> WebhookSecret {
+        let secret = rotate_secret(&mut self.webhook_secrets, grace, now);
+        self.touch(now);
+        secret
+    }
+
+    /// Whether its receiver at `url` answered 410 Gone.
+    pub fn is_gone(&self, url: &str) -> bool {
+        self.gone_webhooks.iter().any(|gone| gone == url)
+    }
+
+    /// Stops (`true`) or resumes deliveries to `url`.
+    pub fn set_gone(&mut self, url: &str, gone: bool, now: Timestamp) {
+        self.gone_webhooks.retain(|known| known != url);
+        if gone {
+            self.gone_webhooks.push(url.to_string());
+        }
+        self.touch(now);
+    }
+
+    /// The record without its signing secrets, for listings.
+    pub fn without_secrets(&self) -> Self {
+        Self {
+            webhook_secrets: Vec::new(),
+            ..self.clone()
+        }
     }
 
     /// Whether the key with hash `hash` is one of its live keys at `now`.

@@ -321,6 +321,7 @@ async fn create(
         message_id: Some(&key),
         dry_run: intake.dry_run,
         tenant: tenant.name().clone(),
+        private_webhooks: intake.private_webhooks,
     };
     let mut jobs = requests::parse(&body, &envelope).map_err(|rejection| {
         let status = match rejection.other_tenant {

@@ -124,6 +124,13 @@ pub async fn submit_job(
         None => request_digest(std::slice::from_ref(&new)),
     };
     new.request_digest = Some(digest.clone());
+    // The tenant's default webhook, for a job that names none; after the
+    // digest, so a changed default does not make a retry another request.
+    if new.webhook.is_none()
+        && let Some(tenant) = store.cached_tenant(&new.tenant).await?
+    {
+        new.webhook = tenant.webhook().cloned();
+    }
     let Created {
         record: job,
         created,
@@ -220,7 +227,15 @@ pub fn request_digest(jobs: &[NewJob]) -> String {
     const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x2f4c_91e0_6b3d_4a87_b5c2_7d18_e9a0_3c46);
     let asked: Vec<_> = jobs
         .iter()
-        .map(|job| serde_json::json!([job.prompt, job.kind, job.params, job.priority, job.chain]))
+        .map(|job| {
+            let mut asked =
+                serde_json::json!([job.prompt, job.kind, job.params, job.priority, job.chain]);
+            // Only when named, so requests of before webhooks keep their digest.
+            if let (Some(hook), Some(list)) = (&job.webhook, asked.as_array_mut()) {
+                list.push(serde_json::json!(hook));
+            }
+            asked
+        })
         .collect();
     let bytes = serde_json::to_vec(&asked).unwrap_or_default();
     uuid::Uuid::new_v5(&NAMESPACE, &bytes).simple().to_string()
@@ -293,6 +308,8 @@ pub struct Intake {
     limits: limits::RateLimits,
     /// The API Gateway whose consumers' claims name their tenant.
     gateway: Option<gateway::Gateway>,
+    /// Whether webhooks may be http:// or private addresses.
+    private_webhooks: bool,
 }
 
 /// Why a request is not taken for a tenant.
@@ -338,7 +355,15 @@ impl Intake {
             callers: None,
             limits: limits::RateLimits::default(),
             gateway: None,
+            private_webhooks: false,
         }
+    }
+
+    /// Intake that takes webhooks to `http://` URLs and private addresses
+    /// when `allowed` (`WEBHOOK_ALLOW_PRIVATE_NETWORKS`).
+    pub fn allowing_private_webhooks(mut self, allowed: bool) -> Self {
+        self.private_webhooks = allowed;
+        self
     }
 
     /// Holds each tenant to `limits` over HTTP.

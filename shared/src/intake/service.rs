@@ -25,7 +25,7 @@ use super::promote::{AutoPromote, Promoter};
 use super::routes;
 use super::{Intake, Refused, Submitted, Unfinished};
 use crate::ack::Handled;
-use crate::config::{DryRunArgs, ServeArgs, StoreArgs};
+use crate::config::{DryRunArgs, ServeArgs, StoreArgs, WebhookNetworkArgs};
 use crate::error::Error;
 use crate::identity::PushGate;
 use crate::push;
@@ -67,6 +67,8 @@ pub struct IntakeArgs {
     /// figures (unset or 0: no limit).
     #[arg(long, env = "TENANT_READS_PER_MINUTE")]
     pub tenant_reads_per_minute: Option<u32>,
+    #[command(flatten)]
+    pub webhooks: WebhookNetworkArgs,
     #[command(flatten)]
     pub gateway: super::gateway::GatewayArgs,
 }
@@ -139,6 +141,7 @@ impl server::Push for Intake {
             message_id: Some(message_id),
             dry_run: self.dry_run,
             tenant: tenant.clone().unwrap_or_default(),
+            private_webhooks: self.private_webhooks,
         };
         let reject = |reason: String, class: String| {
             self.reject(
@@ -225,6 +228,7 @@ pub async fn intake(args: IntakeArgs) -> anyhow::Result<()> {
     let intake = Intake::new(adapters, args.dry_run.dry_run, args.auto_promote)
         .verifying_callers(gate.id_tokens())
         .with_rate_limits(limits)
+        .allowing_private_webhooks(args.webhooks.allow_private_networks)
         .with_gateway(args.gateway.gateway(&args.serve.identity.google_certs_url));
     server::serve_on(args.serve.port, gated_router(Arc::new(intake), gate)).await
 }

@@ -131,6 +131,8 @@ pub struct JanitorReport {
     pub deleted_charges: u64,
     /// Rate-limit windows deleted by retention.
     pub deleted_limits: u64,
+    /// Finished webhook deliveries deleted by retention.
+    pub deleted_webhooks: u64,
     /// Job events published from the outbox.
     pub events_published: u64,
     /// Failures: a sweep that failed as a whole, or one record it could not
@@ -174,6 +176,7 @@ impl JanitorReport {
             deleted_held = self.deleted_held,
             deleted_charges = self.deleted_charges,
             deleted_limits = self.deleted_limits,
+            deleted_webhooks = self.deleted_webhooks,
             events_published = self.events_published,
             errors = self.errors,
             failed_sweeps = %self.failed_sweeps.join(","),
@@ -469,6 +472,7 @@ impl Janitor {
         report.deleted_budgets += deleted.budgets;
         report.deleted_charges += deleted.charges;
         report.deleted_limits += deleted.limits;
+        report.deleted_webhooks += deleted.webhooks;
         Ok(0)
     }
 }

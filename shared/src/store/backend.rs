@@ -34,11 +34,13 @@ pub enum Collection {
     /// `limits/{tenant}.{class}.{minute}`: requests a tenant's rate limit
     /// handed out in one minute.
     Limits,
+    /// `webhooks/{id}`: webhook deliveries, one per job event sent.
+    Webhooks,
 }
 
 impl Collection {
     /// Every collection.
-    pub const ALL: [Collection; 9] = [
+    pub const ALL: [Collection; 10] = [
         Collection::Jobs,
         Collection::Downloads,
         Collection::Rejected,
@@ -48,6 +50,7 @@ impl Collection {
         Collection::Tenants,
         Collection::Charges,
         Collection::Limits,
+        Collection::Webhooks,
     ];
 
     /// The unprefixed name.
@@ -62,6 +65,7 @@ impl Collection {
             Collection::Tenants => "tenants",
             Collection::Charges => "charges",
             Collection::Limits => "limits",
+            Collection::Webhooks => "webhooks",
         }
     }
 
@@ -92,6 +96,15 @@ impl Collection {
             Collection::Tenants => &["created_at", "updated_at"],
             Collection::Charges => &["settled_at", "expire_at"],
             Collection::Limits => &["expire_at"],
+            Collection::Webhooks => &[
+                "created_at",
+                "next_at",
+                "give_up_at",
+                "lease_until",
+                "last_attempt_at",
+                "delivered_at",
+                "expire_at",
+            ],
         }
     }
 }

@@ -77,6 +77,11 @@ CREATE TABLE IF NOT EXISTS limits (
     version INTEGER NOT NULL,
     doc TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS webhooks (
+    id TEXT PRIMARY KEY NOT NULL,
+    version INTEGER NOT NULL,
+    doc TEXT NOT NULL
+);
 CREATE INDEX IF NOT EXISTS jobs_tenant ON jobs (
     json_extract(doc, '$.tenant'), json_extract(doc, '$.created_at'));
 ";

@@ -173,6 +173,32 @@ pub const INDEXES: &[Index] = &[
         collection: Collection::Limits,
         fields: &[asc("expire_at"), asc("id")],
     },
+    Index {
+        collection: Collection::Webhooks,
+        fields: &[asc("expire_at"), asc("id")],
+    },
+    // due_deliveries
+    Index {
+        collection: Collection::Webhooks,
+        fields: &[asc("state"), asc("next_at"), asc("id")],
+    },
+    // list_deliveries
+    Index {
+        collection: Collection::Webhooks,
+        fields: &[desc("created_at"), desc("id")],
+    },
+    Index {
+        collection: Collection::Webhooks,
+        fields: &[asc("tenant"), desc("created_at"), desc("id")],
+    },
+    Index {
+        collection: Collection::Webhooks,
+        fields: &[asc("state"), desc("created_at"), desc("id")],
+    },
+    Index {
+        collection: Collection::Webhooks,
+        fields: &[asc("tenant"), asc("state"), desc("created_at"), desc("id")],
+    },
     // a day's budget as a whole: its shards
     Index {
         collection: Collection::Budgets,
@@ -292,13 +318,16 @@ mod tests {
     use crate::domain::Lease;
     use crate::domain::download::{FileType, NewDownload};
     use crate::domain::job::NewJob;
+    use crate::domain::tenant::TenantName;
     use crate::domain::values::{JobKind, JobStatus};
+    use crate::domain::webhook_delivery::DeliveryState;
     use crate::error::Result;
     use crate::store::backend::{Backend, Doc, Query, Scalar, Stored, Version, Write};
     use crate::store::budget::Budget;
     use crate::store::embedded::EmbeddedBackend;
     use crate::store::rejected::{Rejected, RejectedSource};
     use crate::store::tenants::Scope;
+    use crate::store::webhooks::DeliveryFilter;
     use crate::store::{JobFilter, Store};
     use crate::time::Timestamp;
     use async_trait::async_trait;
@@ -464,6 +493,16 @@ mod tests {
         let today = crate::store::budget::budget_day_of(Timestamp::now());
         store.charges_on(&today).await.unwrap();
         store.claim_next_download(&lease).await.unwrap();
+        store.due_webhooks(Timestamp::now(), 10).await.unwrap();
+        for tenant in [None, Some(TenantName::default())] {
+            for state in [None, Some(DeliveryState::Failed)] {
+                let filter = DeliveryFilter {
+                    tenant: tenant.clone(),
+                    state,
+                };
+                store.list_webhooks(&filter, 10, None).await.unwrap();
+            }
+        }
         for id in ["1", "2"] {
             let rejected = Rejected::new(
                 RejectedSource::Pubsub,

@@ -76,6 +76,7 @@ impl Store {
                         Collection::Held => deleted.held += 1,
                         Collection::Charges => deleted.charges += 1,
                         Collection::Limits => deleted.limits += 1,
+                        Collection::Webhooks => deleted.webhooks += 1,
                         Collection::Outbox | Collection::Tenants => {}
                     }
                 }

@@ -23,6 +23,7 @@ pub mod review;
 pub mod stats;
 pub mod tenants;
 mod walk;
+pub mod webhooks;
 
 use crate::domain::download::{Download, DownloadStatus, NewDownload};
 use crate::domain::job::{ClaimRefusal, Job, NewJob, Retention};
@@ -260,6 +261,8 @@ pub struct Deleted {
     pub charges: u64,
     /// Rate-limit windows deleted.
     pub limits: u64,
+    /// Webhook deliveries.
+    pub webhooks: u64,
 }
 
 /// Which adapter holds the store, and where.
@@ -484,7 +487,7 @@ impl Store {
         let jobs = before.as_job().zip(after.as_job());
         let event = match (jobs, &self.events) {
             (Some((before, after)), Some(_)) if raises_event(before, after) => {
-                let entry = OutboxEntry::new(JobEvent::of(after), Timestamp::now());
+                let entry = OutboxEntry::new(JobEvent::of_write(before, after), Timestamp::now());
                 extra.push(Write::Create {
                     collection: Collection::Outbox,
                     id: entry.id.clone(),

@@ -38,7 +38,7 @@ const LAYERS: &[&[&str]] = &[
     &["events", "server", "manifest", "report"],
     &["config", "telemetry"],
     // The stages.
-    &["generate", "deliver", "intake", "janitor"],
+    &["generate", "deliver", "intake", "janitor", "webhooks"],
     // Every stage in one process.
     &["local_run"],
 ];

@@ -440,6 +440,7 @@ mod emulators {
             "deleted_held",
             "deleted_charges",
             "deleted_limits",
+            "deleted_webhooks",
             "events_published",
             "errors",
         ]

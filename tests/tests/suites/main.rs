@@ -25,3 +25,4 @@ mod store_contract;
 mod tenants;
 mod terraform;
 mod vertex_client;
+mod webhooks;

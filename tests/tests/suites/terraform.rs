@@ -27,13 +27,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Every deployable binary (the `asmr` CLI is not deployed).
-const STAGE_BINARIES: [&str; 6] = [
+const STAGE_BINARIES: [&str; 7] = [
     "intake",
     "image-generator",
     "video-generator",
     "video-poller",
     "downloader",
     "janitor",
+    "notifier",
 ];
 
 /// Variables only tests and local runs set; terraform must not.

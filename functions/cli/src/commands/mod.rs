@@ -11,6 +11,7 @@ mod report;
 mod review;
 mod stats;
 mod tenant;
+mod webhooks;
 
 use crate::args::{AllTenants, Command};
 use crate::out;
@@ -160,6 +161,12 @@ pub async fn run(args: &StoreArgs, tenant: &TenantName, command: Command) -> Res
         Command::Report(args) => report::report(&store, &tenancy.scope(args.scope), &args).await,
         Command::Manifest(args) => report::manifest(&store, &tenancy, &args).await,
         Command::Tenant(command) => tenant::run(&store, command).await,
+        Command::Webhooks(args) => match &args.command {
+            Some(crate::args::WebhooksCommand::Redeliver(redeliver)) => {
+                webhooks::redeliver(&store, &tenancy.scope(args.scope), redeliver).await
+            }
+            None => webhooks::list(&store, &tenancy.scope(args.scope), &args).await,
+        },
         Command::Run(_) => anyhow::bail!("`asmr run` opens its own store"),
     };
     store.flush_events().await;

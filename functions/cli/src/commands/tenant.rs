@@ -2,12 +2,14 @@
 //! once, when it is made; the store keeps its hash only.
 
 use crate::args::{
-    TenantAddArgs, TenantCommand, TenantKeyArgs, TenantListArgs, TenantSettingsArgs, TenantShowArgs,
+    TenantAddArgs, TenantCommand, TenantKeyArgs, TenantListArgs, TenantSettingsArgs,
+    TenantShowArgs, TenantWebhookSecretArgs,
 };
 use crate::out::{self, Table};
 use anyhow::{Result, bail};
 use shared::cost::format_usd;
 use shared::domain::tenant::{Tenant, TenantName, TenantSettings};
+use shared::domain::webhook::Webhook;
 use shared::error::Error;
 use shared::store::Store;
 use shared::time::Timestamp;
@@ -18,7 +20,7 @@ pub async fn run(store: &Store, command: TenantCommand) -> Result<()> {
         TenantCommand::List(args) => list(store, &args).await,
         TenantCommand::Show(args) => show(store, &args).await,
         TenantCommand::Set(args) => {
-            let settings = settings(&args.settings);
+            let settings = settings(&args.settings)?;
             let (tenant, ()) = store
                 .change_tenant(&args.name, |tenant, now| tenant.set(&settings, now))
                 .await?;
@@ -29,16 +31,51 @@ pub async fn run(store: &Store, command: TenantCommand) -> Result<()> {
         TenantCommand::Disable(args) => disabled(store, &args.name, true).await,
         TenantCommand::Enable(args) => disabled(store, &args.name, false).await,
         TenantCommand::Key(args) => key(store, &args).await,
+        TenantCommand::WebhookSecret(args) => webhook_secret(store, &args).await,
     }
 }
 
-fn settings(args: &TenantSettingsArgs) -> TenantSettings {
-    TenantSettings {
+fn settings(args: &TenantSettingsArgs) -> Result<TenantSettings> {
+    let private = args.network.allow_private_networks;
+    let webhook = match args.webhook.as_deref() {
+        None => None,
+        Some("none") => Some(None),
+        Some(url) => Some(Some(
+            Webhook::new(url, args.webhook_events.as_deref(), private).map_err(Error::from)?,
+        )),
+    };
+    Ok(TenantSettings {
         display_name: args.display_name.clone(),
         daily_budget_micros: args.budget.as_ref().map(|b| b.0),
         weight: args.weight,
         destination: args.destination.as_ref().map(|d| d.0.clone()),
+        webhook,
+    })
+}
+
+/// Prints the tenant's signing secrets, newest first, making one first if
+/// it has none (or a new one with --rotate).
+async fn webhook_secret(store: &Store, args: &TenantWebhookSecretArgs) -> Result<()> {
+    let tenant = match args.rotate {
+        true => {
+            let (tenant, _) = store
+                .change_tenant(&args.name, |tenant, now| {
+                    Ok(tenant.rotate_webhook_secret(args.grace, now))
+                })
+                .await?;
+            tenant
+        }
+        false => store.tenant_with_webhook_secret(&args.name).await?,
+    };
+    let now = Timestamp::now();
+    for secret in tenant.webhook_secrets(now) {
+        out::line(&secret.secret)?;
     }
+    out::note(format_args!(
+        "{}: the secrets that sign its webhooks, newest first (Standard Webhooks, v1); during a rotation both sign",
+        args.name
+    ));
+    Ok(())
 }
 
 async fn add(store: &Store, args: TenantAddArgs) -> Result<()> {
@@ -49,7 +86,8 @@ async fn add(store: &Store, args: TenantAddArgs) -> Result<()> {
     }
     let now = Timestamp::now();
     let mut tenant =
-        Tenant::new(args.name.clone(), &settings(&args.settings), now).map_err(Error::from)?;
+        Tenant::new(args.name.clone(), &settings(&args.settings)?, now).map_err(Error::from)?;
+    tenant.rotate_webhook_secret(std::time::Duration::ZERO, now);
     let key = tenant.rotate_key(std::time::Duration::ZERO, now);
     let added = store.add_tenant(tenant).await?;
     if !added.created {
@@ -74,7 +112,8 @@ async fn add(store: &Store, args: TenantAddArgs) -> Result<()> {
 async fn list(store: &Store, args: &TenantListArgs) -> Result<()> {
     let tenants = store.tenants().await?;
     if args.json {
-        return out::json_pretty(&tenants);
+        let shown: Vec<Tenant> = tenants.iter().map(Tenant::without_secrets).collect();
+        return out::json_pretty(&shown);
     }
     let mut table = Table::new(&[
         "tenant",
@@ -119,9 +158,10 @@ fn state(tenant: &Tenant) -> &'static str {
 }
 
 async fn show(store: &Store, args: &TenantShowArgs) -> Result<()> {
-    let Some(tenant) = store.tenant(&args.name).await? else {
+    if store.tenant(&args.name).await?.is_none() {
         bail!("tenant {} not found (`asmr tenant list`)", args.name);
-    };
+    }
+    let tenant = store.tenant_with_webhook_secret(&args.name).await?;
     if args.json {
         return out::json_pretty(&tenant);
     }
@@ -150,6 +190,23 @@ async fn show(store: &Store, args: &TenantShowArgs) -> Result<()> {
             .destination()
             .map_or_else(|| "the deployment's (default)".into(), str::to_string),
     );
+    row(
+        "webhook",
+        tenant.webhook().map_or_else(
+            || "none (jobs name their own)".into(),
+            |hook| {
+                let events: Vec<&str> = hook.events.iter().map(|e| e.as_str()).collect();
+                format!("{} ({})", hook.url, events.join(", "))
+            },
+        ),
+    );
+    for secret in tenant.webhook_secrets(now) {
+        let until = secret.expires_at.map_or_else(
+            || "current".to_string(),
+            |end| format!("signs until {}", out::short_time(end)),
+        );
+        row("webhook secret", format!("{} ({until})", secret.secret));
+    }
     for key in tenant.keys() {
         let until = match key.expires_at {
             None => "current".to_string(),

@@ -14,6 +14,7 @@ use super::values::{
     JobKind, JobParams, JobStatus, OPERATION_FAILED, Reservation, RetryOptions, Review,
     STORAGE_UNAVAILABLE, SUBMIT_UNKNOWN, TIMED_OUT, Verdict,
 };
+use super::webhook::Webhook;
 use super::{Lease, Transition, TransitionError};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -85,6 +86,10 @@ pub struct Job {
     pub(in crate::domain) model: Option<String>,
     #[serde(default, skip_serializing_if = "TenantName::is_default")]
     pub(in crate::domain) tenant: TenantName,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(in crate::domain) webhook: Option<Webhook>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(in crate::domain) started_at: Option<Timestamp>,
 }
 
 #[cfg(test)]
@@ -135,6 +140,9 @@ pub struct NewJob {
     pub first_frame: Option<FirstFrame>,
     /// Whose job it is.
     pub tenant: TenantName,
+    /// Where its events are sent (the request's, else its tenant's
+    /// default).
+    pub webhook: Option<Webhook>,
 }
 
 /// How long finished records are kept before the store may delete them.
@@ -292,6 +300,7 @@ impl Job {
         }
         self.status = JobStatus::Processing;
         self.attempts += 1;
+        self.started_at.get_or_insert(now);
         self.lease_owner = Some(lease.owner.clone());
         self.lease_expires_at = Some(now.plus(lease.ttl));
         self.touch(now);

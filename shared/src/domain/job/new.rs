@@ -25,6 +25,7 @@ impl NewJob {
             chain: None,
             first_frame: None,
             tenant: TenantName::default(),
+            webhook: None,
         }
     }
 
@@ -114,6 +115,8 @@ impl Job {
             first_frame: new.first_frame,
             model: None,
             tenant: new.tenant,
+            webhook: new.webhook,
+            started_at: None,
         }
     }
 

@@ -7,6 +7,7 @@ use crate::domain::values::{
     Chain, DeliveredOutput, FirstFrame, HeldOutput, JobError, JobKind, JobParams, JobStatus,
     Reservation, Review, Verdict,
 };
+use crate::domain::webhook::Webhook;
 use crate::time::Timestamp;
 
 /// Read access: a job's fields change only through its transitions.
@@ -182,6 +183,16 @@ impl Job {
     /// Whose job it is; `default` for a job written before tenants.
     pub fn tenant(&self) -> &TenantName {
         &self.tenant
+    }
+
+    /// Where its events are sent, and which of them.
+    pub fn webhook(&self) -> Option<&Webhook> {
+        self.webhook.as_ref()
+    }
+
+    /// When a generator first took it; retries and waits keep it.
+    pub fn started_at(&self) -> Option<Timestamp> {
+        self.started_at
     }
 
     /// Where its outputs go in the output bucket: `images/{id}/` or
