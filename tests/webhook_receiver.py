@@ -13,8 +13,9 @@ path says whose receiver it is and how it answers:
 
 Every request is checked with standardwebhooks.Webhook(secret).verify() under
 the tenant's secret, and printed as one JSON line: the webhook-id, whether it
-verified (and why not), the status answered, the tenant and path, the job id
-and status in the body, and the time it arrived (Unix seconds).
+verified (and why not), the status answered, the tenant and path, the job id,
+status and updated_at in the body, and when it arrived and was verified
+(Unix seconds).
 """
 
 import argparse
@@ -58,7 +59,13 @@ def main():
             }
             try:
                 job = Webhook(secrets[tenant]).verify(body, headers)
-                record.update(verified=True, job_id=job.get("id"), job_status=job.get("status"))
+                record.update(
+                    verified=True,
+                    verified_at=time.time(),
+                    job_id=job.get("id"),
+                    job_status=job.get("status"),
+                    job_updated_at=job.get("updated_at"),
+                )
             except (WebhookVerificationError, KeyError, ValueError) as e:
                 record.update(verified=False, why=repr(e))
             with LOCK:

@@ -1,6 +1,9 @@
 //! Job events: one message on `asmr-job-events` per terminal transition, and
 //! one when an image is approved, so downstream systems (the intake's
-//! auto-promotion among them) subscribe instead of polling.
+//! auto-promotion among them) subscribe instead of polling. A job with a
+//! webhook also raises one for each event its webhook asks for (its first
+//! start, its first outputs); those carry the webhook call and a
+//! `webhook_events` attribute, and their `status` says where the job is.
 //!
 //! The [`crate::store::Store`] raises them itself, whichever stage or command
 //! ended the job, so no code path can forget one. A job is terminal when it

@@ -115,7 +115,7 @@ pub struct Delivery {
     /// Where it goes.
     pub url: String,
     /// Which of the webhook's events this is.
-    pub events: Vec<WebhookEvent>,
+    pub event: WebhookEvent,
     /// The body, exactly as signed: the job as the API returns it when the
     /// event was raised.
     pub body: String,
@@ -151,9 +151,11 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// The `webhook-id` of job event `event_id`.
-    pub fn id_of(event_id: &str) -> String {
-        format!("msg_{event_id}")
+    /// The `webhook-id` of webhook event `event` of job event `event_id`
+    /// (one write of a job can make two: its outputs and its end, when the
+    /// copy was there before the generator recorded them).
+    pub fn id_of(event_id: &str, event: WebhookEvent) -> String {
+        format!("msg_{event_id}_{event}")
     }
 
     /// A delivery of one event, due now, tried for `schedule.window`.
@@ -163,18 +165,18 @@ impl Delivery {
         job_id: &str,
         tenant: TenantName,
         url: &str,
-        events: Vec<WebhookEvent>,
+        event: WebhookEvent,
         body: String,
         schedule: &RetrySchedule,
         now: Timestamp,
     ) -> Self {
         Self {
-            id: Self::id_of(event_id),
+            id: Self::id_of(event_id, event),
             event_id: event_id.to_string(),
             job_id: job_id.to_string(),
             tenant,
             url: url.to_string(),
-            events,
+            event,
             body,
             state: DeliveryState::Pending,
             attempts: 0,
@@ -284,7 +286,7 @@ mod tests {
             "j1",
             TenantName::default(),
             "https://h.example.com/",
-            vec![WebhookEvent::Completed],
+            WebhookEvent::Completed,
             "{}".into(),
             schedule,
             now,

@@ -1,13 +1,15 @@
 //! The notifier: turns job events into webhook deliveries and sends them.
 //!
-//! A pushed job event that carries a webhook call becomes one delivery
-//! record (created once, whoever brings the event first) and is
-//! acknowledged; the sending happens beside the push, so a slow receiver
-//! holds no push and no other tenant. Each tenant has a few sending slots
-//! per instance: a receiver that hangs fills its own tenant's slots and
-//! nobody else's. What is not sent at once (no free slot, a refusal, an
-//! instance that stopped) is found by the sweep, which sends every due
-//! delivery again, on its schedule, for a day.
+//! A pushed job event that carries a webhook call becomes a delivery
+//! record per webhook event (created once, whoever brings the event first)
+//! and is acknowledged; the sending happens beside the push, so a slow
+//! receiver holds no push. Each tenant has a lane per instance: its
+//! deliveries wait there in order and a few sending slots take from it, one
+//! after another, so a receiver that hangs fills its own tenant's slots and
+//! nobody else's, and a tenant's burst moves as fast as its slots allow.
+//! What is not sent at once (a refusal, an instance that stopped) is found
+//! by the sweep, which queues every due delivery again, on its schedule,
+//! for a day.
 
 use super::send::Sender;
 use crate::ack::Handled;
@@ -17,7 +19,7 @@ use crate::error::Result;
 use crate::job_events::JobEvent;
 use crate::store::Store;
 use crate::time::Timestamp;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -46,14 +48,47 @@ impl Default for NotifierSettings {
     }
 }
 
-/// The notifier of one instance (a clone shares its slots).
+/// One tenant's deliveries waiting to be sent by this instance, and the
+/// slots that send them.
+struct Lane {
+    slots: Arc<Semaphore>,
+    waiting: Mutex<(VecDeque<String>, HashSet<String>)>,
+}
+
+impl Lane {
+    /// Adds `id` unless it waits already; whether it was added.
+    fn queue(&self, id: String) -> bool {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        let (order, known) = &mut *waiting;
+        if !known.insert(id.clone()) {
+            return false;
+        }
+        order.push_back(id);
+        true
+    }
+
+    fn next(&self) -> Option<String> {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        let (order, known) = &mut *waiting;
+        let id = order.pop_front()?;
+        known.remove(&id);
+        Some(id)
+    }
+
+    fn is_empty(&self) -> bool {
+        let waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        waiting.0.is_empty()
+    }
+}
+
+/// The notifier of one instance (a clone shares its lanes).
 #[derive(Clone)]
 pub struct Notifier {
     store: Store,
     sender: Sender,
     settings: NotifierSettings,
     owner: String,
-    slots: Arc<Mutex<HashMap<TenantName, Arc<Semaphore>>>>,
+    lanes: Arc<Mutex<HashMap<TenantName, Arc<Lane>>>>,
 }
 
 impl Notifier {
@@ -64,11 +99,12 @@ impl Notifier {
             sender,
             settings,
             owner: format!("notifier-{}", uuid::Uuid::new_v4().simple()),
-            slots: Arc::default(),
+            lanes: Arc::default(),
         }
     }
 
-    /// Records the delivery `event` asks for and starts sending it.
+    /// Records the deliveries `event` asks for (one per webhook event it
+    /// makes) and starts sending them.
     pub async fn handle(&self, event: JobEvent) -> Handled {
         let Some(call) = &event.webhook else {
             return Handled::Ignored(format!(
@@ -76,31 +112,37 @@ impl Notifier {
                 event.event_id, event.job_id
             ));
         };
-        let delivery = Delivery::new(
-            &event.event_id,
-            &event.job_id,
-            event.tenant.clone(),
-            &call.url,
-            call.events.clone(),
-            call.body.clone(),
-            &self.settings.schedule,
-            Timestamp::now(),
-        );
-        match self.store.record_webhook(delivery).await {
-            Ok(recorded) => {
-                let id = recorded.record.id.clone();
-                self.kick(recorded.record);
-                match recorded.created {
-                    true => Handled::Done(format!("webhook {id} recorded")),
-                    false => Handled::Duplicate(format!("webhook {id} was recorded before")),
-                }
+        let mut recorded = Vec::with_capacity(call.events.len());
+        for kind in &call.events {
+            let delivery = Delivery::new(
+                &event.event_id,
+                &event.job_id,
+                event.tenant.clone(),
+                &call.url,
+                *kind,
+                call.body.clone(),
+                &self.settings.schedule,
+                Timestamp::now(),
+            );
+            match self.store.record_webhook(delivery).await {
+                Ok(created) => recorded.push(created),
+                Err(e) => return Handled::store_trouble(&e),
             }
-            Err(e) => Handled::store_trouble(&e),
+        }
+        let ids: Vec<String> = recorded.iter().map(|r| r.record.id.clone()).collect();
+        let new = recorded.iter().any(|r| r.created);
+        for created in recorded {
+            self.kick(created.record);
+        }
+        match new {
+            true => Handled::Done(format!("webhooks {} recorded", ids.join(", "))),
+            false => {
+                Handled::Duplicate(format!("webhooks {} were recorded before", ids.join(", ")))
+            }
         }
     }
 
-    /// Sends every delivery that is due, as slots allow; how many it
-    /// started.
+    /// Queues every delivery that is due for sending; how many it queued.
     pub async fn sweep(&self) -> Result<usize> {
         let due = self
             .store
@@ -128,30 +170,63 @@ impl Notifier {
         });
     }
 
-    /// Starts sending `delivery` beside the caller if it is due and its
-    /// tenant has a free slot; whether it started.
+    /// Queues `delivery` on its tenant's lane if it is due, and starts a
+    /// sender there if a slot is free; whether it was queued.
     fn kick(&self, delivery: Delivery) -> bool {
         if !delivery.is_due(Timestamp::now()) {
             return false;
         }
-        let Ok(permit) = self.slot(&delivery.tenant).try_acquire_owned() else {
+        let lane = self.lane(&delivery.tenant);
+        if !lane.queue(delivery.id) {
             return false;
-        };
-        let notifier = self.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            if let Err(e) = notifier.attempt(&delivery.id).await {
-                tracing::warn!(event = "webhook_attempt_failed", webhook_id = %delivery.id, error = %e, "webhook attempt not recorded; the sweep tries again");
-            }
-        });
+        }
+        self.drive(lane);
         true
     }
 
-    fn slot(&self, tenant: &TenantName) -> Arc<Semaphore> {
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        slots
+    /// Starts a sender on `lane` if one of its slots is free. A sender
+    /// sends what the lane holds, one after another, until it is empty:
+    /// so a tenant's backlog moves as fast as its slots allow, and a slot
+    /// that frees picks up the next delivery at once.
+    fn drive(&self, lane: Arc<Lane>) {
+        let Ok(permit) = lane.slots.clone().try_acquire_owned() else {
+            // Every slot is sending, and each takes from the lane.
+            return;
+        };
+        let notifier = self.clone();
+        tokio::spawn(async move {
+            let mut permit = Some(permit);
+            loop {
+                if let Some(id) = lane.next() {
+                    if let Err(e) = notifier.attempt(&id).await {
+                        tracing::warn!(event = "webhook_attempt_failed", webhook_id = %id, error = %e, "webhook attempt not recorded; the sweep tries again");
+                    }
+                    continue;
+                }
+                // Empty: give the slot back, then look once more, since a
+                // delivery queued meanwhile may have found every slot taken.
+                drop(permit.take());
+                if lane.is_empty() {
+                    break;
+                }
+                match lane.slots.clone().try_acquire_owned() {
+                    Ok(again) => permit = Some(again),
+                    Err(_) => break,
+                }
+            }
+        });
+    }
+
+    fn lane(&self, tenant: &TenantName) -> Arc<Lane> {
+        let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        lanes
             .entry(tenant.clone())
-            .or_insert_with(|| Arc::new(Semaphore::new(self.settings.per_tenant.max(1))))
+            .or_insert_with(|| {
+                Arc::new(Lane {
+                    slots: Arc::new(Semaphore::new(self.settings.per_tenant.max(1))),
+                    waiting: Mutex::default(),
+                })
+            })
             .clone()
     }
 

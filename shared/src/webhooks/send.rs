@@ -142,6 +142,100 @@ fn describe(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::tenant::TenantName;
+    use crate::domain::webhook::WebhookEvent;
+    use crate::domain::webhook_delivery::RetrySchedule;
+    use axum::Router;
+    use axum::http::StatusCode;
+    use axum::routing::post;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A receiver on loopback: `/moved` redirects to `/target`, `/big`
+    /// answers 500 with a megabyte, `/slow` answers after 5 s; how often
+    /// `/target` was reached.
+    async fn receiver() -> (String, Arc<AtomicUsize>) {
+        let reached = Arc::new(AtomicUsize::new(0));
+        let counter = reached.clone();
+        let app = Router::new()
+            .route(
+                "/moved",
+                post(|| async { (StatusCode::FOUND, [("location", "/target")]) }),
+            )
+            .route(
+                "/target",
+                post(move || {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    async { StatusCode::NO_CONTENT }
+                }),
+            )
+            .route(
+                "/big",
+                post(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "x".repeat(1 << 20)) }),
+            )
+            .route(
+                "/slow",
+                post(|| async {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    StatusCode::NO_CONTENT
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, reached)
+    }
+
+    fn delivery(url: &str) -> Delivery {
+        Delivery::new(
+            "e",
+            "j",
+            TenantName::default(),
+            url,
+            WebhookEvent::Completed,
+            "{}".into(),
+            &RetrySchedule::default(),
+            Timestamp::now(),
+        )
+    }
+
+    #[tokio::test]
+    async fn the_sender_follows_no_redirect_reads_little_and_stops_at_its_time_limit() {
+        let (url, reached) = receiver().await;
+        let sender = Sender::new(true, Duration::from_millis(500)).unwrap();
+        let moved = sender.send(&delivery(&format!("{url}/moved")), &[]).await;
+        assert!(
+            matches!(moved, Answer::Refused { status: 302, .. }),
+            "{moved:?}"
+        );
+        assert_eq!(
+            reached.load(Ordering::SeqCst),
+            0,
+            "the redirect was not followed"
+        );
+        match sender.send(&delivery(&format!("{url}/big")), &[]).await {
+            Answer::Refused {
+                status: 500,
+                excerpt,
+                ..
+            } => assert!(excerpt.len() <= MAX_ANSWER_BYTES, "{}", excerpt.len()),
+            other => panic!("{other:?}"),
+        }
+        let started = std::time::Instant::now();
+        let slow = sender.send(&delivery(&format!("{url}/slow")), &[]).await;
+        assert!(
+            matches!(&slow, Answer::Unreachable(why) if why.starts_with("timed out")),
+            "{slow:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(3));
+        // Without private networks, the same receiver is out of reach.
+        let guarded = Sender::new(false, Duration::from_millis(500)).unwrap();
+        let refused = guarded.send(&delivery(&format!("{url}/target")), &[]).await;
+        assert!(
+            matches!(&refused, Answer::Unreachable(why) if why.starts_with("refused")),
+            "{refused:?}"
+        );
+        assert_eq!(reached.load(Ordering::SeqCst), 0);
+    }
 
     #[tokio::test]
     async fn the_resolver_keeps_only_public_addresses_unless_private_networks_are_allowed() {

@@ -42,7 +42,7 @@ fn table(deliveries: &[Delivery]) -> String {
         "webhook id",
         "job",
         "tenant",
-        "events",
+        "event",
         "state",
         "tries",
         "last answer",
@@ -50,13 +50,12 @@ fn table(deliveries: &[Delivery]) -> String {
     ])
     .right(&[6]);
     for d in deliveries {
-        let events: Vec<&str> = d.events.iter().map(|e| e.as_str()).collect();
         table.row(vec![
             out::short_time(d.created_at),
             d.id.clone(),
             d.job_id.clone(),
             d.tenant.to_string(),
-            events.join(","),
+            d.event.as_str().to_string(),
             d.state.as_str().to_string(),
             d.attempts.to_string(),
             out::one_line(d.last_answer.as_deref().unwrap_or("-"), ANSWER_WIDTH),

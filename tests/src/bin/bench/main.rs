@@ -19,6 +19,9 @@
 //!   small tenant is done, quota use, one paid call per job;
 //! - `pipeline`: dry-run jobs per second of `asmr run` and of the emulator
 //!   topology (intake → image-generator → bucket notification → downloader);
+//! - `webhooks`: dry-run jobs with webhooks through intake, the generator,
+//!   the downloader and the notifier to a receiver that verifies every
+//!   signature; job event to verified receipt, p50/p99;
 //! - `startup`: exec to first `/healthz` answer, idle RSS and stripped size
 //!   of each service binary.
 
@@ -31,6 +34,7 @@ mod small_files;
 mod startup;
 mod table;
 mod trips;
+mod webhooks;
 
 use anyhow::{Context, Result, bail};
 use std::io::Write;
@@ -45,7 +49,7 @@ Usage: bench [OPTIONS]
 
 Options:
   --out FILE            also write the table and its notes to FILE
-  --only LIST           comma-separated groups: small-files,trips,download,quota,fair-share,pipeline,startup (default: all)
+  --only LIST           comma-separated groups: small-files,trips,download,quota,fair-share,pipeline,webhooks,startup (default: all)
   --image-counts LIST   1.5 MiB images per small-files run (default: 200,1000)
   --video-count N       20 MiB videos of the small-files group (default: 50)
   --file-rounds N       runs of each copier per small-files workload (default: 3)
@@ -56,6 +60,7 @@ Options:
   --fair-rpm N          requests per minute of the fair-share group (default: 12)
   --run-prompts N       prompts of the `asmr run` measurement (default: 500)
   --topology-jobs N     prompts of the emulator topology measurement (default: 200)
+  --webhook-jobs N      dry-run jobs of the webhooks group, three events each (default: 300)
   --startup-runs N      starts of each service; the median counts (default: 5)
   --keep                keep the work directory (every service's log) and print where it is
   -h, --help            this text
@@ -91,17 +96,19 @@ struct Options {
     file_rounds: usize,
     run_prompts: usize,
     topology_jobs: usize,
+    webhook_jobs: usize,
     startup_runs: usize,
     keep: bool,
 }
 
-const GROUPS: [&str; 7] = [
+const GROUPS: [&str; 8] = [
     "small-files",
     "trips",
     "download",
     "quota",
     "fair-share",
     "pipeline",
+    "webhooks",
     "startup",
 ];
 
@@ -120,6 +127,7 @@ impl Options {
             file_rounds: 3,
             run_prompts: 500,
             topology_jobs: 200,
+            webhook_jobs: 300,
             startup_runs: 5,
             keep: false,
         };
@@ -163,6 +171,7 @@ impl Options {
                 "--fair-rpm" => options.fair_rpm = number("--fair-rpm", &value()?)?,
                 "--run-prompts" => options.run_prompts = number("--run-prompts", &value()?)?,
                 "--topology-jobs" => options.topology_jobs = number("--topology-jobs", &value()?)?,
+                "--webhook-jobs" => options.webhook_jobs = number("--webhook-jobs", &value()?)?,
                 "--startup-runs" => options.startup_runs = number("--startup-runs", &value()?)?,
                 other => bail!("unknown argument {other:?} (see --help)"),
             }
@@ -273,6 +282,10 @@ async fn run(options: &Options) -> Result<()> {
             &mut report,
         )
         .await?;
+    }
+    if options.runs("webhooks") {
+        common::progress("webhook delivery latency");
+        webhooks::run(&ctx, options.webhook_jobs, &mut report).await?;
     }
     if options.runs("quota") {
         common::progress("quota use");
