@@ -90,17 +90,30 @@ impl Store {
     }
 
     /// Makes delivery `id` due now for another full window, whatever became
-    /// of it (`asmr webhooks redeliver`).
-    pub async fn rearm_webhook(&self, id: &str, schedule: &RetrySchedule) -> Result<Delivery> {
+    /// of it, and takes it for `owner` in the same write (`asmr webhooks
+    /// redeliver`); `None` when another sender holds it right now.
+    pub async fn rearm_webhook(
+        &self,
+        id: &str,
+        owner: &str,
+        lease: Duration,
+        schedule: &RetrySchedule,
+    ) -> Result<Option<Delivery>> {
+        if self.get_webhook(id).await?.is_none() {
+            return Err(Error::NotFound {
+                kind: Delivery::KIND,
+                id: id.to_string(),
+            });
+        }
         self.change_webhook(id, |delivery, now| {
-            delivery.rearm(schedule, now);
-            Some(())
+            let held = delivery.state == DeliveryState::Pending
+                && delivery.lease_until.is_some_and(|until| until > now);
+            (!held).then(|| {
+                delivery.rearm(schedule, now);
+                delivery.take(owner, lease, now);
+            })
         })
-        .await?
-        .ok_or_else(|| Error::NotFound {
-            kind: Delivery::KIND,
-            id: id.to_string(),
-        })
+        .await
     }
 
     /// Applies `change` to delivery `id` and writes it back; `None` when

@@ -233,14 +233,39 @@ impl Notifier {
     /// Takes delivery `id` if it is due, sends it once and records the
     /// answer; `None` when it was not due or another sender holds it.
     pub async fn attempt(&self, id: &str) -> Result<Option<Delivery>> {
-        let owner = &self.owner;
-        let Some(delivery) = self
+        match self
             .store
-            .take_webhook(id, owner, self.settings.lease)
+            .take_webhook(id, &self.owner, self.settings.lease)
             .await?
-        else {
-            return Ok(None);
-        };
+        {
+            Some(delivery) => self.send_held(delivery).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Makes delivery `id` due again for a full window, whatever became of
+    /// it, takes it in the same write and sends it once (`asmr webhooks
+    /// redeliver`); `None` when another sender holds it right now.
+    pub async fn redeliver(&self, id: &str) -> Result<Option<Delivery>> {
+        match self
+            .store
+            .rearm_webhook(
+                id,
+                &self.owner,
+                self.settings.lease,
+                &self.settings.schedule,
+            )
+            .await?
+        {
+            Some(delivery) => self.send_held(delivery).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Sends `delivery`, which this notifier holds, once, and records the
+    /// answer.
+    async fn send_held(&self, delivery: Delivery) -> Result<Option<Delivery>> {
+        let (id, owner) = (delivery.id.as_str(), &self.owner);
         let tenant = self
             .store
             .tenant_with_webhook_secret(&delivery.tenant)

@@ -83,7 +83,6 @@ pub async fn redeliver(store: &Store, scope: &Scope, args: &RedeliverArgs) -> Re
         })
         .await?;
     let schedule = RetrySchedule::default();
-    store.rearm_webhook(&args.id, &schedule).await?;
     let sender = Sender::new(args.network.allow_private_networks, args.timeout)?;
     let notifier = Notifier::new(
         store.clone(),
@@ -93,7 +92,7 @@ pub async fn redeliver(store: &Store, scope: &Scope, args: &RedeliverArgs) -> Re
             ..NotifierSettings::default()
         },
     );
-    let Some(sent) = notifier.attempt(&args.id).await? else {
+    let Some(sent) = notifier.redeliver(&args.id).await? else {
         bail!(
             "webhook delivery {} is being sent by the notifier right now; see `asmr webhooks`",
             args.id
