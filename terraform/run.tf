@@ -221,21 +221,32 @@ locals {
     }
   }
 
+  # Scaling to the quota (README): at the quota, a generator has
+  # rate × latency calls in flight (Little's law), one per request; an
+  # instance takes up to 4 at once, and no more instances start than those
+  # calls fill, so Cloud Run does not start instances that only collect 429s.
+  model_of_generator = { "image-generator" = "image", "video-generator" = "video" }
+  calls_in_flight = {
+    for stage, model in local.model_of_generator :
+    stage => max(1, ceil(var.model_quota[model].requests_per_minute * var.model_quota[model].latency_s / 60))
+  }
+  generator_concurrency = { for stage, calls in local.calls_in_flight : stage => min(4, calls) }
+  generator_instances = {
+    for stage, calls in local.calls_in_flight :
+    stage => min(100, ceil(calls / local.generator_concurrency[stage]))
+  }
+
   max_instances = merge({
-    intake            = 5
-    "image-generator" = 3
-    "video-generator" = 2
-    downloader        = 10
-    notifier          = 3
-  }, var.max_instances)
+    intake     = 5
+    downloader = 10
+    notifier   = 3
+  }, local.generator_instances, var.max_instances)
 
   concurrency = merge({
-    intake            = 80
-    "image-generator" = 4
-    "video-generator" = 4
-    downloader        = 5
-    notifier          = 80
-  }, var.concurrency)
+    intake     = 80
+    downloader = 5
+    notifier   = 80
+  }, local.generator_concurrency, var.concurrency)
 
   # The downloader writes into the mounted archive bucket when the
   # destination is a volume.

@@ -228,17 +228,34 @@ variable "time_zone" {
   default     = "Etc/UTC"
 }
 
+variable "model_quota" {
+  type = object({
+    image = optional(object({ requests_per_minute = number, latency_s = number }), { requests_per_minute = 60, latency_s = 10 })
+    video = optional(object({ requests_per_minute = number, latency_s = number }), { requests_per_minute = 10, latency_s = 3 })
+  })
+  description = "The quota of the model each generator calls (image_model, video_model: requests per minute, from the model's Quotas page) and how long one call typically takes (seconds; for Veo, the submit, not the video). The generators' maximum instances and concurrency follow from it (README, \"Scaling to the quota\") unless max_instances or concurrency name them."
+  default     = {}
+
+  validation {
+    condition = alltrue([
+      for quota in [var.model_quota.image, var.model_quota.video] :
+      quota.requests_per_minute >= 1 && quota.latency_s > 0
+    ])
+    error_message = "model_quota: requests_per_minute must be at least 1 and latency_s more than 0."
+  }
+}
+
 variable "max_instances" {
   type        = map(number)
-  description = "Most instances per service; with concurrency this bounds the parallel model calls, so keep image-generator and video-generator inside the model quota. Keys: intake, image-generator, video-generator, downloader."
+  description = "Most instances per service, over what model_quota gives the generators. Keys: intake, image-generator, video-generator, downloader, notifier."
   default     = {}
 
   validation {
     condition = alltrue([
       for name, n in var.max_instances :
-      contains(["intake", "image-generator", "video-generator", "downloader"], name) && n >= 1 && n <= 100 && floor(n) == n
+      contains(["intake", "image-generator", "video-generator", "downloader", "notifier"], name) && n >= 1 && n <= 100 && floor(n) == n
     ])
-    error_message = "max_instances keys must be intake, image-generator, video-generator or downloader, with whole values from 1 to 100."
+    error_message = "max_instances keys must be intake, image-generator, video-generator, downloader or notifier, with whole values from 1 to 100."
   }
 }
 
@@ -250,9 +267,9 @@ variable "concurrency" {
   validation {
     condition = alltrue([
       for name, n in var.concurrency :
-      contains(["intake", "image-generator", "video-generator", "downloader"], name) && n >= 1 && n <= 1000 && floor(n) == n
+      contains(["intake", "image-generator", "video-generator", "downloader", "notifier"], name) && n >= 1 && n <= 1000 && floor(n) == n
     ])
-    error_message = "concurrency keys must be intake, image-generator, video-generator or downloader, with whole values from 1 to 1000."
+    error_message = "concurrency keys must be intake, image-generator, video-generator, downloader or notifier, with whole values from 1 to 1000."
   }
 }
 
