@@ -114,6 +114,19 @@ impl JobEvent {
         }
     }
 
+    /// The job event a Pub/Sub push carries; the error says why the push
+    /// is poison. The one reading of a job-event push, for every consumer.
+    pub fn from_push(body: &[u8]) -> std::result::Result<Self, String> {
+        let delivery = crate::push::decode(body).map_err(|poison| poison.0)?;
+        serde_json::from_slice(&delivery.data)
+            .map_err(|e| format!("message {} is not a job event: {e}", delivery.message_id))
+    }
+
+    /// The span a consumer handles this event in.
+    pub fn span(&self) -> tracing::Span {
+        tracing::info_span!("job_event", event_id = %self.event_id, job_id = %self.job_id)
+    }
+
     /// Message attributes, so that a subscription can filter on them
     /// (`attributes.status = "failed"`, `attributes.tenant = "acme"`) and a
     /// consumer can dedupe.

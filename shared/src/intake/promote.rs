@@ -21,7 +21,6 @@ use crate::domain::values::{Chain, Verdict};
 use crate::domain::values::{JobKind, JobStatus};
 use crate::error::Error;
 use crate::job_events::JobEvent;
-use crate::push;
 use crate::server;
 use crate::store::Store;
 use axum::body::Bytes;
@@ -96,13 +95,11 @@ impl server::Push for Promoter {
     type Message = JobEvent;
 
     fn decode(&self, _headers: &HeaderMap, body: &Bytes) -> Result<JobEvent, String> {
-        let delivery = push::decode(body).map_err(|poison| poison.0)?;
-        serde_json::from_slice(&delivery.data)
-            .map_err(|e| format!("message {} is not a job event: {e}", delivery.message_id))
+        JobEvent::from_push(body)
     }
 
     fn span(&self, event: &JobEvent) -> tracing::Span {
-        tracing::info_span!("job_event", event_id = %event.event_id, job_id = %event.job_id)
+        event.span()
     }
 
     async fn handle(&self, event: JobEvent) -> Handled {

@@ -77,13 +77,11 @@ impl server::Push for Notifier {
     type Message = JobEvent;
 
     fn decode(&self, _headers: &HeaderMap, body: &Bytes) -> Result<JobEvent, String> {
-        let delivery = crate::push::decode(body).map_err(|poison| poison.to_string())?;
-        serde_json::from_slice(&delivery.data)
-            .map_err(|e| format!("message {} is not a job event: {e}", delivery.message_id))
+        JobEvent::from_push(body)
     }
 
     fn span(&self, event: &JobEvent) -> tracing::Span {
-        tracing::info_span!("job_event", event_id = %event.event_id, job_id = %event.job_id)
+        event.span()
     }
 
     async fn handle(&self, event: JobEvent) -> Handled {
