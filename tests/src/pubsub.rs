@@ -12,11 +12,8 @@ pub const QUIET: Duration = Duration::from_millis(500);
 /// The attribute of the marker [`Emulator::assert_nothing_published`] sends.
 const MARKER: &str = "asmr-test-marker";
 /// How long a marker may take to come back: the emulator, on two busy
-/// cores with the whole suite running, has taken more than 15 s, and after
-/// a streaming pull (the janitor's) just closed, about a minute: it can
-/// lease a new message to the closed stream until that stream's ack
-/// deadline passes.
-const MARKER_WAIT: Duration = Duration::from_secs(120);
+/// cores with the whole suite running, has taken more than 15 s.
+const MARKER_WAIT: Duration = Duration::from_secs(60);
 
 /// One message as a pull returns it.
 #[derive(Clone, Debug)]

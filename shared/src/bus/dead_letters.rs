@@ -7,24 +7,20 @@
 //! delivered again on a later run). Two adapters: [`PubSubDeadLetters`] and
 //! [`MemoryDeadLetters`] (unit tests).
 //!
-//! `google-cloud-pubsub` offers only streaming pull, so the Pub/Sub adapter
-//! keeps one stream open from the first pull to [`DeadLetters::close`]: a
-//! pull waits up to its `wait` for a first message and then takes what
-//! arrives without a pause, up to the count asked for. Acknowledgements are
-//! sent by the client in the background; `close` waits until they are.
-//! Messages pulled but not acknowledged stay leased by the open stream, so a
-//! later pull of the same run does not see them again.
+//! The Pub/Sub adapter speaks Pub/Sub's REST API with unary pulls that
+//! answer at once, polling while it waits for a first message: nothing it
+//! leaves behind on the server can take messages after it is done (see
+//! [`PubSubDeadLetters`]). What a run pulls and does not acknowledge is
+//! held until [`DeadLetters::close`] gives it back with a zero ack deadline.
 
 use super::pubsub::PubSubConfig;
 use crate::error::{Error, Result};
 use async_trait::async_trait;
+use base64::Engine;
 use bytes::Bytes;
-use google_cloud_auth::credentials::anonymous;
-use google_cloud_pubsub::client::Subscriber;
-use google_cloud_pubsub::subscriber::handler::Handler;
-use google_cloud_pubsub::subscriber::{MessageStream, ShutdownBehavior};
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 /// Attribute Pub/Sub sets on a dead-lettered message: how many times the
@@ -116,25 +112,51 @@ pub fn subscription_path(project: &str, subscription: &str) -> String {
     }
 }
 
-struct Session {
-    stream: MessageStream,
-    handlers: HashMap<String, Handler>,
+/// Scope of the Pub/Sub calls.
+const PUBSUB_SCOPE: &str = "https://www.googleapis.com/auth/pubsub";
+/// The service's REST endpoint, when there is no emulator.
+const PRODUCTION_ENDPOINT: &str = "https://pubsub.googleapis.com";
+/// Time limit of one call.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause between two empty pulls while waiting for a first message.
+const POLL: Duration = Duration::from_millis(200);
+/// How long one call keeps retrying transient failures.
+const RETRY_TIME: Duration = Duration::from_secs(20);
+
+/// How the calls authenticate.
+enum Auth {
+    /// No credentials: the emulator.
+    Anonymous,
+    /// Application Default Credentials; the provider caches tokens.
+    Adc(Arc<dyn gcp_auth::TokenProvider>),
 }
 
-#[derive(Default)]
-struct PullState {
-    session: Option<Session>,
-    next_id: u64,
+/// A call that failed: the HTTP status when there was an answer.
+struct Failed {
+    status: Option<u16>,
+    message: String,
+    retryable: bool,
 }
 
-/// A dead-letter subscription in Cloud Pub/Sub (or its emulator).
+/// A dead-letter subscription in Cloud Pub/Sub (or its emulator), read with
+/// unary pulls.
+///
+/// A unary pull that answers at once (`returnImmediately`) leaves nothing
+/// behind: when it returns, every message it leased is in our hands. A
+/// streaming pull, or a unary pull abandoned while it waits, can be left
+/// open on the server's side (the emulator keeps such streams for minutes)
+/// and lease it messages nobody reads. So a pull polls: it asks, and when
+/// the answer is empty, asks again a moment later, up to its `wait`.
 pub struct PubSubDeadLetters {
-    subscriber: Subscriber,
+    http: reqwest::Client,
+    /// `https://pubsub.googleapis.com/v1/projects/P/subscriptions/S`.
+    url: String,
     subscription: String,
     wait: Duration,
     emulator: Option<String>,
-    // Held across awaits by design: one pull or close at a time.
-    state: tokio::sync::Mutex<PullState>,
+    auth: Auth,
+    /// Ack ids pulled and neither acknowledged nor given back.
+    held: tokio::sync::Mutex<BTreeSet<String>>,
 }
 
 impl PubSubDeadLetters {
@@ -142,48 +164,138 @@ impl PubSubDeadLetters {
     /// Each pull waits up to `wait` for a first message. Without an emulator
     /// endpoint this looks up Application Default Credentials.
     pub async fn new(config: PubSubConfig, subscription: &str, wait: Duration) -> Result<Self> {
+        const CONTEXT: &str = "connecting to Pub/Sub";
         let emulator = emulator_url(config.emulator_endpoint.as_deref());
-        let builder = Subscriber::builder();
-        let builder = match &emulator {
-            Some(endpoint) => builder
-                .with_endpoint(endpoint.clone())
-                .with_credentials(anonymous::Builder::new().build()),
-            None => builder,
+        let auth = match &emulator {
+            Some(_) => Auth::Anonymous,
+            None => Auth::Adc(gcp_auth::provider().await.map_err(|e| {
+                Error::store(
+                    CONTEXT,
+                    format!("no Application Default Credentials were found ({e})"),
+                    false,
+                )
+            })?),
         };
-        let subscriber = builder
+        let http = reqwest::Client::builder()
+            .timeout(CALL_TIMEOUT)
             .build()
-            .await
-            .map_err(|e| Error::store("connecting to Pub/Sub", e, false))?;
+            .map_err(|e| Error::store(CONTEXT, e, false))?;
+        let subscription = subscription_path(&config.project, subscription);
+        let endpoint = emulator.as_deref().unwrap_or(PRODUCTION_ENDPOINT);
         Ok(Self {
-            subscriber,
-            subscription: subscription_path(&config.project, subscription),
+            http,
+            url: format!("{endpoint}/v1/{subscription}"),
+            subscription,
             wait,
             emulator,
-            state: tokio::sync::Mutex::new(PullState::default()),
+            auth,
+            held: tokio::sync::Mutex::new(BTreeSet::new()),
         })
     }
 
-    fn open(&self, max: usize) -> Session {
-        let stream = self
-            .subscriber
-            .subscribe(self.subscription.clone())
-            .set_max_outstanding_messages(i64::try_from(max.max(1)).unwrap_or(i64::MAX))
-            .set_shutdown_behavior(ShutdownBehavior::NackImmediately)
-            .build();
-        Session {
-            stream,
-            handlers: HashMap::new(),
+    /// POSTs `body` to `subscription:verb`, retrying transient failures
+    /// (a refused connection, a time-out, 408, 429, 5xx) for a while. A
+    /// missing subscription is `Error::NotFound` with kind `subscription`.
+    async fn call(&self, verb: &str, body: &Value) -> Result<Value> {
+        let deadline = tokio::time::Instant::now() + RETRY_TIME;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let failed = match self.call_once(verb, body).await {
+                Ok(answer) => return Ok(answer),
+                Err(failed) => failed,
+            };
+            if failed.status == Some(404) {
+                return Err(Error::NotFound {
+                    kind: "subscription",
+                    id: self.subscription.clone(),
+                });
+            }
+            if !failed.retryable || tokio::time::Instant::now() + pause > deadline {
+                return Err(Error::store(
+                    format!("{verb} on {}", self.subscription),
+                    failed.message,
+                    failed.retryable,
+                ));
+            }
+            tracing::warn!(verb, error = %failed.message, "a Pub/Sub call failed; trying again");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
         }
     }
 
-    fn stream_error(&self, e: &google_cloud_pubsub::Error) -> Error {
-        match e.status().map(|s| s.code.name()) {
-            Some("NOT_FOUND") => Error::NotFound {
-                kind: "subscription",
-                id: self.subscription.clone(),
-            },
-            _ => Error::store(format!("pulling from {}", self.subscription), e, false),
+    async fn call_once(&self, verb: &str, body: &Value) -> Result<Value, Failed> {
+        let transport = |message: String| Failed {
+            status: None,
+            message,
+            retryable: true,
+        };
+        let mut request = self.http.post(format!("{}:{verb}", self.url)).json(body);
+        if let Auth::Adc(provider) = &self.auth {
+            let token = provider
+                .token(&[PUBSUB_SCOPE])
+                .await
+                .map_err(|e| transport(format!("getting a token: {e}")))?;
+            request = request.bearer_auth(token.as_str());
         }
+        let response = request.send().await.map_err(|e| transport(e.to_string()))?;
+        let status = response.status();
+        let text = response
+            .text()
+            .await
+            .map_err(|e| transport(e.to_string()))?;
+        if status.is_success() {
+            return serde_json::from_str(&text).map_err(|e| Failed {
+                status: Some(status.as_u16()),
+                message: format!("an answer that is not JSON ({e}): {text}"),
+                retryable: false,
+            });
+        }
+        let text: String = text.chars().take(500).collect();
+        Err(Failed {
+            status: Some(status.as_u16()),
+            message: format!("{status}: {text}"),
+            retryable: crate::gax::retryable_status(status.as_u16()),
+        })
+    }
+
+    /// One pull that answers at once, with what it leased.
+    async fn pull_once(&self, max: usize) -> Result<Vec<DeadLetter>> {
+        let body = json!({"maxMessages": max, "returnImmediately": true});
+        let answer = self.call("pull", &body).await?;
+        let received = answer["receivedMessages"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let mut letters = Vec::with_capacity(received.len());
+        for received in received {
+            let message = &received["message"];
+            let data = message["data"].as_str().unwrap_or_default();
+            let letter = DeadLetter {
+                ack_id: received["ackId"].as_str().unwrap_or_default().to_string(),
+                message_id: message["messageId"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                data: base64::engine::general_purpose::STANDARD
+                    .decode(data)
+                    .map(Bytes::from)
+                    .map_err(|e| {
+                        Error::store(
+                            format!("pulling from {}", self.subscription),
+                            format!("a message whose data is not base64 ({e})"),
+                            false,
+                        )
+                    })?,
+                attributes: serde_json::from_value(message["attributes"].clone())
+                    .unwrap_or_default(),
+                delivery_attempt: received["deliveryAttempt"]
+                    .as_i64()
+                    .and_then(|n| i32::try_from(n).ok())
+                    .filter(|n| *n > 0),
+            };
+            letters.push(letter);
+        }
+        Ok(letters)
     }
 }
 
@@ -200,82 +312,76 @@ impl DeadLetters for PubSubDeadLetters {
     }
 
     async fn pull(&self, max: usize) -> Result<Vec<DeadLetter>> {
-        let mut state = self.state.lock().await;
-        let state = &mut *state;
-        let session = match &mut state.session {
-            Some(session) => session,
-            none => none.insert(self.open(max)),
-        };
-        let mut letters = Vec::new();
+        let started = tokio::time::Instant::now();
+        let mut last = started;
+        let mut letters: Vec<DeadLetter> = Vec::new();
         while letters.len() < max {
-            let wait = if letters.is_empty() {
-                self.wait
-            } else {
-                BATCH_GAP.min(self.wait)
-            };
-            let (message, handler) = match tokio::time::timeout(wait, session.stream.next()).await {
-                Err(_) | Ok(None) => break,
-                Ok(Some(Err(e))) => {
-                    // The stream is closed for good; what was pulled stays
-                    // leased until `close` gives it back.
-                    let error = self.stream_error(&e);
-                    if letters.is_empty() {
-                        return Err(error);
-                    }
-                    tracing::warn!(error = %error, "the dead-letter stream ended early");
+            let got = match self.pull_once(max - letters.len()).await {
+                Ok(got) => got,
+                Err(e) if letters.is_empty() => return Err(e),
+                Err(e) => {
+                    // What was pulled stays held until `close` gives it back.
+                    tracing::warn!(error = %e, "a dead-letter pull failed after a first batch");
                     break;
                 }
-                Ok(Some(Ok(pair))) => pair,
             };
-            state.next_id += 1;
-            let ack_id = state.next_id.to_string();
-            letters.push(DeadLetter {
-                ack_id: ack_id.clone(),
-                message_id: message.message_id,
-                data: message.data,
-                attributes: message.attributes.into_iter().collect(),
-                delivery_attempt: handler.delivery_attempt(),
-            });
-            session.handlers.insert(ack_id, handler);
+            if got.is_empty() {
+                let quiet = if letters.is_empty() {
+                    self.wait
+                } else {
+                    BATCH_GAP.min(self.wait)
+                };
+                if last.elapsed() >= quiet {
+                    break;
+                }
+                tokio::time::sleep(POLL.min(quiet)).await;
+                continue;
+            }
+            last = tokio::time::Instant::now();
+            self.held
+                .lock()
+                .await
+                .extend(got.iter().map(|l| l.ack_id.clone()));
+            letters.extend(got);
         }
         Ok(letters)
     }
 
     async fn ack(&self, ack_ids: &[String]) -> Result<()> {
-        let mut state = self.state.lock().await;
-        let Some(session) = &mut state.session else {
+        let mut held = self.held.lock().await;
+        if let Some(id) = ack_ids.iter().find(|id| !held.contains(*id)) {
             return Err(Error::store(
                 format!("acknowledging on {}", self.subscription),
-                "nothing was pulled",
+                format!("{id} is not the handle of a message pulled and not yet acknowledged"),
                 false,
             ));
-        };
+        }
+        if ack_ids.is_empty() {
+            return Ok(());
+        }
+        self.call("acknowledge", &json!({ "ackIds": ack_ids }))
+            .await?;
         for id in ack_ids {
-            match session.handlers.remove(id) {
-                Some(handler) => handler.ack(),
-                None => {
-                    return Err(Error::store(
-                        format!("acknowledging on {}", self.subscription),
-                        format!(
-                            "{id} is not the handle of a message pulled and not yet acknowledged"
-                        ),
-                        false,
-                    ));
-                }
-            }
+            held.remove(id);
         }
         Ok(())
     }
 
     async fn close(&self) -> Result<()> {
-        let session = self.state.lock().await.session.take();
-        if let Some(Session { stream, handlers }) = session {
-            for handler in handlers.into_values() {
-                handler.nack();
-            }
-            stream.shutdown_token().shutdown().await;
+        let held: Vec<String> = std::mem::take(&mut *self.held.lock().await)
+            .into_iter()
+            .collect();
+        if held.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        // A deadline of zero gives them back now; were this to fail, they
+        // come back anyway when the subscription's ack deadline passes.
+        self.call(
+            "modifyAckDeadline",
+            &json!({"ackIds": held, "ackDeadlineSeconds": 0}),
+        )
+        .await
+        .map(|_| ())
     }
 }
 

@@ -227,7 +227,7 @@ mod emulators {
     use super::*;
     use serde_json::Value;
     use shared::bus::Topics;
-    use shared::bus::dead_letters::{PubSubDeadLetters, SOURCE_DELIVERY_COUNT};
+    use shared::bus::dead_letters::{DeadLetters, PubSubDeadLetters, SOURCE_DELIVERY_COUNT};
     use shared::bus::pubsub::{PubSubBus, PubSubConfig};
     use shared::domain::values::{ATTEMPTS_EXHAUSTED, JobStatus};
     use shared::generate::GeneratorSettings;
@@ -685,6 +685,55 @@ mod emulators {
         w.pubsub
             .assert_nothing_published(&w.dead_letter_subscription())
             .await;
+    }
+
+    /// A closed session gives the subscription back even while its
+    /// adapter lives on: what it held unacknowledged comes back, and a
+    /// message published afterwards reaches the next puller rather than a
+    /// stream that is no longer read. Several rounds, since a stream that
+    /// lingers does so only some of the time.
+    #[tokio::test]
+    async fn a_closed_dead_letter_session_gives_back_what_it_held_and_takes_nothing_more() {
+        let w = Wiring::new().await;
+        let subscription = w.dead_letter_subscription();
+        let letters =
+            PubSubDeadLetters::new(w.pubsub_config(), &subscription, Duration::from_secs(2))
+                .await
+                .unwrap();
+        for round in 0..5 {
+            for n in 0..3 {
+                w.dead_letter(&format!("round {round} letter {n}"), &[])
+                    .await;
+            }
+            let mut pulled = Vec::new();
+            while pulled.len() < 3 {
+                let batch = letters.pull(100).await.unwrap();
+                assert!(!batch.is_empty(), "round {round}: only {pulled:?}");
+                pulled.extend(batch);
+            }
+            let handled: Vec<String> = pulled[..2].iter().map(|l| l.ack_id.clone()).collect();
+            letters.ack(&handled).await.unwrap();
+            letters.close().await.unwrap();
+
+            let held = &pulled[2].message_id;
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            let mut back = Vec::new();
+            while !back.contains(held) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "round {round}: the unacknowledged {held} did not come back; got {back:?}"
+                );
+                back.extend(
+                    w.pubsub
+                        .drain(&subscription, 100)
+                        .await
+                        .into_iter()
+                        .map(|m| m.id),
+                );
+            }
+            assert_eq!(back, vec![held.clone()], "round {round}");
+            w.pubsub.assert_nothing_published(&subscription).await;
+        }
     }
 
     #[tokio::test]
