@@ -18,6 +18,7 @@ pub mod identity;
 pub mod intake;
 pub mod janitor;
 pub mod job_events;
+pub mod live;
 pub mod local_run;
 pub mod manifest;
 pub mod objects;

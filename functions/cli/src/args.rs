@@ -87,6 +87,25 @@ pub enum Command {
     Tenant(TenantCommand),
     /// List webhook deliveries (newest first) with their last answer, or send one again.
     Webhooks(WebhooksArgs),
+    /// Serve the live page: the figures of `asmr stats`, updated within seconds
+    /// of every change in the store, at http://HOST:PORT/ui until Ctrl-C. Other
+    /// commands on the same store keep working meanwhile.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Port to listen on (0 picks a free one; the URL is printed).
+    #[arg(long, default_value_t = 8090)]
+    pub port: u16,
+    /// Address to listen on; the default lets in only this machine.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: std::net::IpAddr,
+    /// Open the page in the default browser.
+    #[arg(long)]
+    pub open: bool,
+    #[command(flatten)]
+    pub scope: AllTenants,
 }
 
 #[derive(Debug, Args)]

@@ -247,7 +247,7 @@ fn cards_json(cards: &[Card]) -> String {
 
 /// `text` with the characters that mean something in HTML text or in a
 /// quoted attribute replaced by their entities.
-fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {

@@ -37,6 +37,8 @@ const LAYERS: &[&[&str]] = &[
     &["store"],
     &["events", "server", "manifest", "report"],
     &["config", "telemetry"],
+    // The live page, which intake and `asmr serve` both serve.
+    &["live"],
     // The stages.
     &["generate", "deliver", "intake", "janitor", "webhooks"],
     // Every stage in one process.

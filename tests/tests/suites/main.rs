@@ -17,6 +17,7 @@ mod fuzzing;
 mod generation;
 mod intake;
 mod janitor;
+mod live;
 mod local_run;
 mod object_contract;
 mod outages;

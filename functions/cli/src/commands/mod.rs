@@ -9,6 +9,7 @@ pub mod local_run;
 mod rejected;
 mod report;
 mod review;
+mod serve;
 mod stats;
 mod tenant;
 mod webhooks;
@@ -167,6 +168,7 @@ pub async fn run(args: &StoreArgs, tenant: &TenantName, command: Command) -> Res
             }
             None => webhooks::list(&store, &tenancy.scope(args.scope), &args).await,
         },
+        Command::Serve(args) => serve::run(&store, tenancy.scope(args.scope), &args).await,
         Command::Run(_) => anyhow::bail!("`asmr run` opens its own store"),
     };
     store.flush_events().await;

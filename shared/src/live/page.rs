@@ -1,0 +1,115 @@
+//! The live page's markup: figures grouped by their first name, each in an
+//! element with `data-metric`, and the script that keeps them current.
+
+use super::Snapshot;
+use crate::report::escape;
+use serde_json::Value;
+use std::fmt::Write as _;
+use std::sync::LazyLock;
+
+const CSS: &str = include_str!("live.css");
+
+/// The text of the page's one script element, exactly as its hash in the
+/// Content-Security-Policy covers it.
+const SCRIPT: &str = concat!("\n", include_str!("live.js"));
+
+/// The groups in the order shown; others follow, sorted.
+const GROUPS: [(&str, &str); 4] = [
+    ("jobs", "Jobs"),
+    ("waiting", "Pending jobs waiting, by reason"),
+    ("downloads", "Downloads"),
+    ("budget", "Money today (UTC)"),
+];
+
+/// Connections to the page's own origin only (its stream of figures);
+/// the one script that runs is the page's own, named by its SHA-256.
+static POLICY: LazyLock<String> = LazyLock::new(|| {
+    use base64::Engine;
+    use sha2::Digest;
+    let hash = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(SCRIPT));
+    format!(
+        "default-src 'none'; connect-src 'self'; style-src 'unsafe-inline'; \
+         script-src 'sha256-{hash}'; img-src 'self' data:; base-uri 'none'; \
+         form-action 'none'; frame-ancestors 'none'"
+    )
+});
+
+/// The page's Content-Security-Policy header.
+pub fn content_security_policy() -> &'static str {
+    POLICY.as_str()
+}
+
+/// How a figure reads: numbers and strings as they are, `null` as a dash.
+pub fn text_of(value: &Value) -> String {
+    match value {
+        Value::Null => "–".to_string(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The whole page, showing `snapshot`.
+pub fn render(snapshot: &Snapshot) -> String {
+    let mut html = String::with_capacity(8 * 1024);
+    html.push_str(
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
+         <title>asmr live</title>\n<link rel=\"icon\" href=\"data:,\">\n",
+    );
+    let _ = writeln!(html, "<style>{CSS}</style>\n</head>");
+    html.push_str(
+        "<body data-events=\"/ui/events\">\n<header>\n<h1>asmr live</h1>\n\
+         <p class=\"state\"><span id=\"connection\" data-state=\"connecting\">connecting…</span> \
+         · figures of <time id=\"at\"",
+    );
+    let _ = writeln!(
+        html,
+        " datetime=\"{at}\">{at}</time></p>\n<p id=\"error\" class=\"error\" hidden></p>\n</header>\n<main id=\"figures\">",
+        at = escape(&snapshot.at)
+    );
+    let mut names: Vec<&str> = snapshot.figures.keys().map(|name| group_of(name)).collect();
+    names.dedup();
+    let mut groups: Vec<&str> = GROUPS.iter().map(|(name, _)| *name).collect();
+    for name in names {
+        if !groups.contains(&name) {
+            groups.push(name);
+        }
+    }
+    for group in groups {
+        let title = GROUPS
+            .iter()
+            .find(|(name, _)| *name == group)
+            .map_or(group, |(_, title)| *title);
+        let _ = writeln!(
+            html,
+            "<section data-group=\"{g}\">\n<h2>{t}</h2>\n<dl>",
+            g = escape(group),
+            t = escape(title)
+        );
+        for (name, value) in snapshot
+            .figures
+            .iter()
+            .filter(|(name, _)| group_of(name) == group)
+        {
+            let _ = writeln!(
+                html,
+                "<div class=\"figure\"><dt>{label}</dt><dd data-metric=\"{name}\">{value}</dd></div>",
+                label = escape(label_of(name)),
+                name = escape(name),
+                value = escape(&text_of(value)),
+            );
+        }
+        html.push_str("</dl>\n</section>\n");
+    }
+    html.push_str("</main>\n");
+    let _ = writeln!(html, "<script>{SCRIPT}</script>\n</body>\n</html>");
+    html
+}
+
+fn group_of(name: &str) -> &str {
+    name.split_once('.').map_or(name, |(group, _)| group)
+}
+
+fn label_of(name: &str) -> &str {
+    name.split_once('.').map_or(name, |(_, rest)| rest)
+}

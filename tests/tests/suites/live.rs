@@ -1,0 +1,194 @@
+//! The live page of `asmr serve`, in a real browser: it shows the store,
+//! follows other commands' changes within 2 s without a reload, and paints
+//! a store of 10,000 jobs quickly.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tests::browser::Browser;
+use tests::harness::{asmr_local, binary};
+
+/// How soon a change in the store must show on the page.
+const FOLLOWS_WITHIN: Duration = Duration::from_secs(2);
+
+/// `asmr serve` on a state directory, stopped when dropped.
+struct Served {
+    child: Child,
+    url: String,
+}
+
+impl Served {
+    /// Starts `asmr --state-dir STATE serve --port 0` and reads the page's
+    /// address from its first line.
+    fn start(state: &Path) -> Self {
+        let mut child = Command::new(binary("asmr"))
+            .env_clear()
+            .args([
+                "--state-dir",
+                state.to_str().unwrap(),
+                "serve",
+                "--port",
+                "0",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        let url = first
+            .split_whitespace()
+            .find(|word| word.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no address in {first:?}"))
+            .to_string();
+        assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+        assert!(url.ends_with("/ui"), "{url}");
+        Self { child, url }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn fresh(test: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("live-tests")
+        .join(test);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn prompts(dir: &Path, name: &str, n: usize) -> PathBuf {
+    let file = dir.join(name);
+    let lines: Vec<String> = (0..n).map(|i| format!("{name} prompt {i}")).collect();
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    file
+}
+
+/// `asmr add` of `n` image prompts, from a file named `name`.
+fn add_images(state: &Path, dir: &Path, name: &str, n: usize) {
+    let file = prompts(dir, name, n);
+    asmr_local(
+        state,
+        &["add", "--kind", "image", "--file", file.to_str().unwrap()],
+    );
+}
+
+/// The text of the element with `data-metric="NAME"`.
+async fn metric(browser: &Browser, name: &str) -> String {
+    browser
+        .script(
+            "const e = document.querySelector('[data-metric=\"' + arguments[0] + '\"]'); \
+             return e ? e.textContent : null;",
+            vec![serde_json::json!(name)],
+        )
+        .await
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Waits until `name` reads `value`; how long that took.
+async fn until(browser: &Browser, name: &str, value: &str, limit: Duration) -> Duration {
+    let started = Instant::now();
+    browser
+        .wait_for(
+            &format!("{name} to read {value}"),
+            &format!("(document.querySelector('[data-metric=\"{name}\"]') || {{}}).textContent === '{value}'"),
+            limit,
+        )
+        .await;
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn the_live_page_follows_adds_and_a_local_run_made_by_other_commands_while_it_serves() {
+    let dir = fresh("follows");
+    let state = dir.join("state");
+    add_images(&state, &dir, "seed", 5);
+    let served = Served::start(&state);
+    let browser = Browser::start().await;
+    browser.open(&served.url).await;
+    // Painted by the server, before any event.
+    assert_eq!(metric(&browser, "jobs.total").await, "5");
+    assert_eq!(metric(&browser, "jobs.pending").await, "5");
+    browser
+        .wait_for(
+            "the stream to be live",
+            "document.getElementById('connection').dataset.state === 'live'",
+            Duration::from_secs(10),
+        )
+        .await;
+
+    // Another command adds 3 jobs while the page is open; four times, at
+    // different moments of the server's one-second reading cycle.
+    let mut latencies = Vec::new();
+    for round in 1..=4 {
+        tokio::time::sleep(Duration::from_millis(250 * (round as u64 - 1))).await;
+        add_images(&state, &dir, &format!("more{round}"), 3);
+        let total = (5 + 3 * round).to_string();
+        let took = until(&browser, "jobs.total", &total, FOLLOWS_WITHIN).await;
+        latencies.push(took);
+    }
+    eprintln!("from `asmr add` done to jobs.total changed in the browser: {latencies:?}");
+
+    // A whole local run (dry) on the same state, while the page serves.
+    let file = prompts(&dir, "run", 4);
+    let out = dir.join("out");
+    asmr_local(
+        &state,
+        &[
+            "run",
+            file.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    let delivered = asmr_local(&state, &["stats", "--json"]);
+    let delivered: serde_json::Value = serde_json::from_str(&delivered).unwrap();
+    let delivered = delivered["jobs"]["delivered"].to_string();
+    assert_ne!(delivered, "0", "the run delivered nothing");
+    until(&browser, "jobs.delivered", &delivered, FOLLOWS_WITHIN).await;
+    assert_eq!(metric(&browser, "jobs.total").await, "21");
+    browser.assert_no_console_errors().await;
+}
+
+#[tokio::test]
+async fn a_store_of_ten_thousand_jobs_paints_in_under_one_and_a_half_seconds() {
+    let dir = fresh("ten-thousand");
+    let state = dir.join("state");
+    add_images(&state, &dir, "many", 10_000);
+    let served = Served::start(&state);
+    let browser = Browser::start().await;
+    // One visit first, so the browser process itself is warm.
+    browser.open("about:blank").await;
+    let started = Instant::now();
+    browser.open(&served.url).await;
+    let loaded = started.elapsed();
+    assert_eq!(metric(&browser, "jobs.total").await, "10000");
+    let paint = browser
+        .script(
+            "const p = performance.getEntriesByName('first-contentful-paint')[0]; \
+             return p ? p.startTime : null;",
+            vec![],
+        )
+        .await;
+    eprintln!(
+        "a store of 10,000 jobs: page loaded {loaded:?} after navigating, first contentful paint at {paint} ms"
+    );
+    assert!(
+        loaded < Duration::from_millis(1500),
+        "{loaded:?} to load the page"
+    );
+    browser.assert_no_console_errors().await;
+}
