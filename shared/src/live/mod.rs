@@ -19,7 +19,10 @@
 //!   else.
 
 mod page;
+pub mod review;
 
+use crate::bus::{Bus, Topics};
+use crate::domain::job::Job;
 use crate::error::Result;
 use crate::store::Store;
 use crate::store::stats::Stats;
@@ -209,18 +212,49 @@ impl Feed {
     }
 }
 
-/// `GET /ui` (the page), `GET /ui/events` (its stream) and `GET /` (to the
-/// page).
-pub fn router(feed: Arc<Feed>) -> Router {
+/// What the page's server holds: the feed of figures, and where a video
+/// made by a promotion is announced.
+pub struct Live {
+    feed: Arc<Feed>,
+    bus: Arc<dyn Bus>,
+    topics: Topics,
+}
+
+impl Live {
+    /// The page of `feed`'s store; new jobs are announced on `bus`.
+    pub fn new(feed: Arc<Feed>, bus: Arc<dyn Bus>, topics: Topics) -> Arc<Self> {
+        Arc::new(Self { feed, bus, topics })
+    }
+
+    /// Announces a job an action made. A failure is logged, not fatal:
+    /// the job is pending, and the janitor dispatches pending jobs that sat
+    /// idle.
+    async fn dispatch(&self, job: &Job) {
+        if let Err(e) = crate::bus::publish_job(self.bus.as_ref(), &self.topics, job, "live").await
+        {
+            tracing::warn!(job_id = %job.id(), error = %e, "a job made from the live page was not queued; the janitor will dispatch it");
+        }
+    }
+}
+
+/// The page's routes: `GET /ui` (the page), `GET /ui/events` (its figures
+/// as they change), `GET /ui/cards` (the images to review),
+/// `GET /ui/files/{id}/{n}` (a delivered file), `POST
+/// /ui/jobs/{id}/{action}` (approve, reject, promote), and `GET /` (to
+/// the page).
+pub fn router(live: Arc<Live>) -> Router {
     Router::new()
         .route("/", get(|| async { Redirect::temporary("/ui") }))
         .route("/ui", get(ui))
         .route("/ui/events", get(events))
-        .with_state(feed)
+        .route("/ui/cards", get(review::cards))
+        .route("/ui/files/{id}/{n}", get(review::file))
+        .route("/ui/jobs/{id}/{action}", axum::routing::post(review::act))
+        .with_state(live)
 }
 
-async fn ui(State(feed): State<Arc<Feed>>) -> Response {
-    let snapshot = match feed.read().await {
+async fn ui(State(live): State<Arc<Live>>) -> Response {
+    let snapshot = match live.feed.read().await {
         Ok(snapshot) => snapshot,
         Err(e) => {
             return (
@@ -243,8 +277,8 @@ async fn ui(State(feed): State<Arc<Feed>>) -> Response {
     response
 }
 
-async fn events(State(feed): State<Arc<Feed>>) -> impl IntoResponse {
-    let sse = Sse::new(feed.stream()).keep_alive(KeepAlive::default());
+async fn events(State(live): State<Arc<Live>>) -> impl IntoResponse {
+    let sse = Sse::new(live.feed.stream()).keep_alive(KeepAlive::default());
     ([(header::CACHE_CONTROL, "no-store")], sse)
 }
 
@@ -256,9 +290,9 @@ pub async fn bind(host: std::net::IpAddr, port: u16) -> std::io::Result<TcpListe
 /// Serves the page on `listener` until SIGTERM or Ctrl-C, then ends every
 /// stream and stops. No request time limit: a stream lasts as long as its
 /// page stays open.
-pub async fn serve(listener: TcpListener, feed: Arc<Feed>) -> std::io::Result<()> {
-    let closing = Arc::clone(&feed);
-    crate::server::serve_until(listener, router(feed), async move {
+pub async fn serve(listener: TcpListener, live: Arc<Live>) -> std::io::Result<()> {
+    let closing = Arc::clone(&live.feed);
+    crate::server::serve_until(listener, router(live), async move {
         crate::server::shutdown_signal().await;
         closing.close();
     })

@@ -13,6 +13,25 @@ const CSS: &str = include_str!("live.css");
 /// Content-Security-Policy covers it.
 const SCRIPT: &str = concat!("\n", include_str!("live.js"));
 
+/// The review part: its controls; the script fills in the cards.
+const REVIEW: &str = "<section id=\"review\" aria-label=\"review\">\n\
+    <h2>Images to review</h2>\n\
+    <p class=\"keys\">Keys: <kbd>j</kbd>/<kbd>k</kbd> next/previous, <kbd>a</kbd> approve, \
+    <kbd>r</kbd> reject, <kbd>p</kbd> promote, <kbd>x</kbd> select.</p>\n\
+    <div class=\"toolbar\">\n\
+    <input id=\"reason\" type=\"text\" maxlength=\"2000\" placeholder=\"Reason for a rejection\" \
+    aria-label=\"reason for a rejection\">\n\
+    <button type=\"button\" id=\"select-all\">Select all</button>\n\
+    <button type=\"button\" id=\"select-none\">Select none</button>\n\
+    <span id=\"selected\">0 selected</span>\n\
+    <button type=\"button\" data-bulk=\"approve\">Approve selected</button>\n\
+    <button type=\"button\" data-bulk=\"reject\">Reject selected</button>\n\
+    <button type=\"button\" data-bulk=\"promote\">Promote selected</button>\n\
+    </div>\n\
+    <div id=\"cards\" class=\"cards\"></div>\n\
+    <button type=\"button\" id=\"more\" hidden>More images</button>\n\
+    </section>\n";
+
 /// The groups in the order shown; others follow, sorted.
 const GROUPS: [(&str, &str); 4] = [
     ("jobs", "Jobs"),
@@ -102,6 +121,7 @@ pub fn render(snapshot: &Snapshot) -> String {
         html.push_str("</dl>\n</section>\n");
     }
     html.push_str("</main>\n");
+    html.push_str(REVIEW);
     let _ = writeln!(html, "<script>{SCRIPT}</script>\n</body>\n</html>");
     html
 }

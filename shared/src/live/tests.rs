@@ -11,6 +11,14 @@ fn store() -> Store {
     Store::new(Arc::new(EmbeddedBackend::in_memory().unwrap()))
 }
 
+fn live(feed: Arc<Feed>) -> Arc<Live> {
+    Live::new(
+        feed,
+        Arc::new(crate::bus::memory::MemoryBus::new()),
+        crate::bus::Topics::new(""),
+    )
+}
+
 async fn add(store: &Store, n: usize) {
     for _ in 0..n {
         store
@@ -98,7 +106,7 @@ async fn the_page_shows_the_store_and_says_what_it_is() {
     let store = store();
     add(&store, 3).await;
     let feed = Feed::start(store, Scope::Everyone, Duration::from_millis(20));
-    let response = router(feed)
+    let response = router(live(feed))
         .oneshot(Request::get("/ui").body(Body::empty()).unwrap())
         .await
         .unwrap();
@@ -145,7 +153,7 @@ async fn the_stream_sends_the_figures_then_each_change_and_ends_when_the_feed_cl
     let store = store();
     add(&store, 1).await;
     let feed = Feed::start(store.clone(), Scope::Everyone, Duration::from_millis(20));
-    let response = router(Arc::clone(&feed))
+    let response = router(live(Arc::clone(&feed)))
         .oneshot(Request::get("/ui/events").body(Body::empty()).unwrap())
         .await
         .unwrap();
@@ -182,4 +190,101 @@ async fn nothing_is_read_while_nobody_watches() {
         .unwrap()
         .unwrap();
     assert!(watcher.borrow().is_some());
+}
+
+/// An action as a page would send it, with `headers` instead of the
+/// page's own.
+async fn act(
+    store: &Store,
+    id: &str,
+    action: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, Value) {
+    let feed = Feed::start(store.clone(), Scope::Everyone, Duration::from_millis(20));
+    let mut request = Request::post(format!("/ui/jobs/{id}/{action}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = router(live(feed))
+        .oneshot(request.body(Body::from("{}")).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+const PAGE: [(&str, &str); 2] = [
+    ("content-type", "application/json"),
+    ("x-asmr-page", "live"),
+];
+
+#[tokio::test]
+async fn an_action_without_the_pages_header_or_from_another_origin_is_refused_and_changes_nothing()
+{
+    let store = store();
+    let job = store
+        .create_job(NewJob::new("rain on a tin roof", JobKind::Image))
+        .await
+        .unwrap()
+        .record;
+    let id = job.id();
+    // What a form on another site can send.
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+    let (status, body) = act(&store, id, "approve", &form).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, _) = act(
+        &store,
+        id,
+        "approve",
+        &[("content-type", "application/json")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = act(
+        &store,
+        id,
+        "approve",
+        &[("x-asmr-page", "live"), ("content-type", "text/plain")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let mut foreign = PAGE.to_vec();
+    foreign.extend([
+        ("origin", "https://evil.example"),
+        ("host", "127.0.0.1:8090"),
+    ]);
+    let (status, body) = act(&store, id, "approve", &foreign).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(
+        store.job(id).await.unwrap(),
+        job,
+        "a refused action changed the job"
+    );
+    // The page's own origin passes the check, and the store's rules answer:
+    // a pending image cannot be approved yet.
+    let mut own = PAGE.to_vec();
+    own.extend([
+        ("origin", "http://127.0.0.1:8090"),
+        ("host", "127.0.0.1:8090"),
+    ]);
+    let (status, body) = act(&store, id, "approve", &own).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body["error"].as_str().unwrap().contains(id), "{body}");
+}
+
+#[tokio::test]
+async fn an_unknown_job_or_action_is_not_found() {
+    let store = store();
+    let (status, body) = act(&store, "0123456789abcdef0123456789abcdef", "approve", &PAGE).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let job = store
+        .create_job(NewJob::new("rain on a tin roof", JobKind::Image))
+        .await
+        .unwrap()
+        .record;
+    let (status, body) = act(&store, job.id(), "delete", &PAGE).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 }

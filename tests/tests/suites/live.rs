@@ -84,6 +84,21 @@ fn add_images(state: &Path, dir: &Path, name: &str, n: usize) {
     );
 }
 
+/// `asmr run` (a dry run, delivered into `dir/out`) of `n` image prompts.
+fn run_images(state: &Path, dir: &Path, name: &str, n: usize) {
+    let file = prompts(dir, name, n);
+    let out = dir.join("out");
+    asmr_local(
+        state,
+        &[
+            "run",
+            file.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+}
+
 /// The text of the element with `data-metric="NAME"`.
 async fn metric(browser: &Browser, name: &str) -> String {
     browser
@@ -143,17 +158,7 @@ async fn the_live_page_follows_adds_and_a_local_run_made_by_other_commands_while
     eprintln!("from `asmr add` done to jobs.total changed in the browser: {latencies:?}");
 
     // A whole local run (dry) on the same state, while the page serves.
-    let file = prompts(&dir, "run", 4);
-    let out = dir.join("out");
-    asmr_local(
-        &state,
-        &[
-            "run",
-            file.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ],
-    );
+    run_images(&state, &dir, "run", 4);
     let delivered = asmr_local(&state, &["stats", "--json"]);
     let delivered: serde_json::Value = serde_json::from_str(&delivered).unwrap();
     let delivered = delivered["jobs"]["delivered"].to_string();
@@ -190,5 +195,129 @@ async fn a_store_of_ten_thousand_jobs_paints_in_under_one_and_a_half_seconds() {
         loaded < Duration::from_millis(1500),
         "{loaded:?} to load the page"
     );
+    browser.assert_no_console_errors().await;
+}
+
+/// The job `id` as `asmr show --json` prints it.
+fn show(state: &Path, id: &str) -> serde_json::Value {
+    serde_json::from_str(&asmr_local(state, &["show", id, "--json"])).unwrap()
+}
+
+/// Clicks the button of `action` on the card of `id` and waits until the
+/// card says it is done.
+async fn click(browser: &Browser, id: &str, action: &str) {
+    browser
+        .click(&format!(
+            "button[data-action=\"{action}\"][data-job=\"{id}\"]"
+        ))
+        .await;
+    browser
+        .wait_for(
+            &format!("{action} of {id} to be done"),
+            &format!("document.getElementById('job-{id}').dataset.done === '{action}'"),
+            Duration::from_secs(10),
+        )
+        .await;
+}
+
+async fn key(browser: &Browser, key: &str) {
+    browser
+        .script(
+            "document.dispatchEvent(new KeyboardEvent('keydown', { key: arguments[0], bubbles: true }));",
+            vec![serde_json::json!(key)],
+        )
+        .await;
+}
+
+#[tokio::test]
+async fn images_are_reviewed_and_promoted_by_clicking_through_the_stores_own_checks() {
+    let dir = fresh("review");
+    let state = dir.join("state");
+    run_images(&state, &dir, "review", 6);
+    // A pending image is no card: it cannot be reviewed yet.
+    add_images(&state, &dir, "pending", 1);
+    let served = Served::start(&state);
+    let browser = Browser::start().await;
+    browser.open(&served.url).await;
+    browser
+        .wait_for(
+            "six cards with their images",
+            "document.querySelectorAll('.card').length === 6 && \
+             Array.from(document.querySelectorAll('.card img')).every(i => i.complete && i.naturalWidth > 0)",
+            Duration::from_secs(10),
+        )
+        .await;
+    let ids: Vec<String> = serde_json::from_value(
+        browser
+            .script(
+                "return Array.from(document.querySelectorAll('.card')).map(c => c.dataset.job);",
+                vec![],
+            )
+            .await,
+    )
+    .unwrap();
+
+    // Approve, and reject with a reason: stored as the CLI stores them.
+    click(&browser, &ids[0], "approve").await;
+    assert_eq!(show(&state, &ids[0])["verdict"], "approved");
+    browser
+        .script(
+            "document.getElementById('reason').value = arguments[0];",
+            vec![serde_json::json!("too dark")],
+        )
+        .await;
+    click(&browser, &ids[1], "reject").await;
+    let rejected = show(&state, &ids[1]);
+    assert_eq!(rejected["verdict"], "rejected");
+    assert_eq!(rejected["review"]["reason"], "too dark", "{rejected}");
+
+    // Promote twice: one video job, linked to its image.
+    click(&browser, &ids[0], "promote").await;
+    click(&browser, &ids[0], "promote").await;
+    let videos: Vec<serde_json::Value> =
+        serde_json::from_str(&asmr_local(&state, &["list", "--kind", "video", "--json"])).unwrap();
+    assert_eq!(videos.len(), 1, "{videos:?}");
+    assert_eq!(videos[0]["parent"], ids[0].as_str());
+    assert_eq!(show(&state, &ids[0])["children"][0], videos[0]["id"]);
+
+    // The keyboard: three times next (to the third card), then approve.
+    key(&browser, "j").await;
+    key(&browser, "j").await;
+    key(&browser, "j").await;
+    key(&browser, "a").await;
+    browser
+        .wait_for(
+            "the keyboard's approval",
+            &format!(
+                "document.getElementById('job-{}').dataset.done === 'approve'",
+                ids[2]
+            ),
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(show(&state, &ids[2])["verdict"], "approved");
+
+    // In bulk: select all, approve the selection.
+    browser.click("#select-all").await;
+    browser.click("button[data-bulk=\"approve\"]").await;
+    browser
+        .wait_for(
+            "every card approved",
+            "Array.from(document.querySelectorAll('.card')).every(c => c.dataset.verdict === 'approved')",
+            Duration::from_secs(20),
+        )
+        .await;
+    for id in &ids {
+        assert_eq!(show(&state, id)["verdict"], "approved", "{id}");
+    }
+    let figures = asmr_local(&state, &["stats", "--json"]);
+    let figures: serde_json::Value = serde_json::from_str(&figures).unwrap();
+    until(
+        &browser,
+        "jobs.total",
+        &figures["jobs"]["total"].to_string(),
+        FOLLOWS_WITHIN,
+    )
+    .await;
     browser.assert_no_console_errors().await;
 }

@@ -128,6 +128,7 @@ pub async fn run(args: &StoreArgs, tenant: &TenantName, command: Command) -> Res
             | Command::Promote(_)
             | Command::Approve(_)
             | Command::Reject(_)
+            | Command::Serve(_)
     );
     let Adapters { store, bus, topics } = args
         .connect_with(changes_jobs)
@@ -168,7 +169,10 @@ pub async fn run(args: &StoreArgs, tenant: &TenantName, command: Command) -> Res
             }
             None => webhooks::list(&store, &tenancy.scope(args.scope), &args).await,
         },
-        Command::Serve(args) => serve::run(&store, tenancy.scope(args.scope), &args).await,
+        Command::Serve(args) => {
+            let scope = tenancy.scope(args.scope);
+            serve::run(&store, bus.clone(), topics.clone(), scope, &args).await
+        }
         Command::Run(_) => anyhow::bail!("`asmr run` opens its own store"),
     };
     store.flush_events().await;

@@ -3,11 +3,19 @@
 use crate::args::ServeArgs;
 use crate::out;
 use anyhow::{Context, Result};
-use shared::live::{self, Feed};
+use shared::bus::{Bus, Topics};
+use shared::live::{self, Feed, Live};
 use shared::store::Store;
 use shared::store::tenants::Scope;
+use std::sync::Arc;
 
-pub async fn run(store: &Store, scope: Scope, args: &ServeArgs) -> Result<()> {
+pub async fn run(
+    store: &Store,
+    bus: Arc<dyn Bus>,
+    topics: Topics,
+    scope: Scope,
+    args: &ServeArgs,
+) -> Result<()> {
     let listener = live::bind(args.host, args.port)
         .await
         .with_context(|| format!("listening on {}:{}", args.host, args.port))?;
@@ -20,7 +28,7 @@ pub async fn run(store: &Store, scope: Scope, args: &ServeArgs) -> Result<()> {
     if args.open {
         open_in_browser(&url);
     }
-    live::serve(listener, feed).await?;
+    live::serve(listener, Live::new(feed, bus, topics)).await?;
     Ok(())
 }
 
