@@ -54,6 +54,27 @@ pub const WAIT_REASONS: [&str; 4] = [
     STORAGE_UNAVAILABLE,
 ];
 
+/// What a person can do about jobs waiting for `reason`, or how long they
+/// should expect to wait: said next to the count wherever waiting jobs are
+/// shown (the local run, the live page).
+pub fn wait_advice(reason: &str) -> &'static str {
+    match reason {
+        BUDGET_EXHAUSTED => {
+            "today's spending cap is reached: they wait for a larger budget (asmr run --budget USD) or the next UTC day; nothing is paid twice"
+        }
+        QUOTA_EXHAUSTED => {
+            "the model's quota is spent: they are tried again as it frees up (usually within a minute or two), using no attempt; ask for more quota if it stays spent"
+        }
+        MISCONFIGURED => {
+            "the model refused this caller (credentials or a permission; the error says which): fix it, and they are tried again without using attempts"
+        }
+        STORAGE_UNAVAILABLE => {
+            "Cloud Storage did not take outputs already paid for: they are held and written when it answers again, without calling the model again"
+        }
+        _ => "they wait without using attempts",
+    }
+}
+
 /// What a job makes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -110,9 +110,17 @@ pub fn render(snapshot: &Snapshot) -> String {
             .iter()
             .filter(|(name, _)| group_of(name) == group)
         {
+            // A wait reason says what to do about it, as the local run does.
+            let advice = match name.strip_prefix("waiting.") {
+                Some(reason) => format!(
+                    " title=\"{}\"",
+                    escape(crate::domain::values::wait_advice(reason))
+                ),
+                None => String::new(),
+            };
             let _ = writeln!(
                 html,
-                "<div class=\"figure\"><dt>{label}</dt><dd data-metric=\"{name}\">{value}</dd></div>",
+                "<div class=\"figure\"{advice}><dt>{label}</dt><dd data-metric=\"{name}\">{value}</dd></div>",
                 label = escape(label_of(name)),
                 name = escape(name),
                 value = escape(&text_of(value)),

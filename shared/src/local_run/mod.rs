@@ -167,7 +167,7 @@ impl RunSettings {
 }
 
 /// Where a run stands, for a progress display.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Progress {
     /// Jobs of this run.
     pub total: u64,
@@ -177,6 +177,17 @@ pub struct Progress {
     pub delivered: u64,
     /// Jobs failed or cancelled.
     pub failed: u64,
+    /// Pending jobs that wait, by reason (`misconfigured`...).
+    pub waiting: BTreeMap<String, Waiting>,
+}
+
+/// Jobs of a run that wait for one reason.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Waiting {
+    /// How many.
+    pub jobs: u64,
+    /// The last error one of them met (what the model or the bucket said).
+    pub error: Option<String>,
 }
 
 /// A prompt line that could not become a job.
@@ -206,6 +217,8 @@ pub struct RunReport {
     /// Jobs of this run left waiting because paying for them would pass
     /// the spending cap (`budget_exhausted`).
     pub over_budget: u64,
+    /// Jobs of this run left pending and waiting, by reason.
+    pub waiting: BTreeMap<String, u64>,
     /// Files delivered for this run's jobs.
     pub files: u64,
     /// Job events published.

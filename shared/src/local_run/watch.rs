@@ -54,7 +54,16 @@ fn progress_of(jobs: &[Job]) -> Progress {
                 progress.generated += 1;
                 progress.failed += 1;
             }
-            JobStatus::Pending | JobStatus::Processing | JobStatus::Generating => {}
+            JobStatus::Pending => {
+                if let Some(reason) = job.waiting() {
+                    let waiting = progress.waiting.entry(reason.to_string()).or_default();
+                    waiting.jobs += 1;
+                    if let Some(e) = job.error() {
+                        waiting.error = Some(format!("{}: {}", e.code, e.message));
+                    }
+                }
+            }
+            JobStatus::Processing | JobStatus::Generating => {}
         }
     }
     progress
@@ -133,6 +142,11 @@ pub(super) async fn tally(store: &Store, ids: &[String], report: &mut RunReport)
         *report.statuses.entry(job.status()).or_default() += 1;
         if job.waiting() == Some(crate::domain::values::BUDGET_EXHAUSTED) {
             report.over_budget += 1;
+        }
+        if job.status() == JobStatus::Pending
+            && let Some(reason) = job.waiting()
+        {
+            *report.waiting.entry(reason.to_string()).or_default() += 1;
         }
         report.files += job.deliveries().len() as u64;
         let reason = if job.has_ended() && job.status() != JobStatus::Delivered {

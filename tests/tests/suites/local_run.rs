@@ -674,3 +674,67 @@ fn the_state_directory_is_its_owners_alone_whatever_the_umask() {
         assert_eq!(mode(&file) & 0o044, 0o044, "{}", file.display());
     }
 }
+
+/// Credentials that lack the Vertex AI role: the model answers 403. The run
+/// says within 5 s that the jobs wait, why and what to do; once the role is
+/// granted, the same run delivers them, each paid once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_live_run_that_the_model_refuses_says_within_five_seconds_why_its_jobs_wait() {
+    use std::io::{BufRead, BufReader};
+    const JOBS: usize = 2;
+    let fake = FakeVertex::start(FakeOptions::default()).await;
+    fake.fail_next(100_000, 403);
+    let dir = tempfile::tempdir().unwrap();
+    let run = Run::new(dir.path(), JOBS);
+    let started = Instant::now();
+    let mut child = run
+        .live_command(&fake, &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines, seen) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        for line in BufReader::new(stderr).lines() {
+            let line = line.unwrap();
+            let _ = lines.send(line.clone());
+            all.push(line);
+        }
+        all
+    });
+    let said = loop {
+        let line = seen
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the run said nothing about waiting jobs");
+        if line.contains("waiting (misconfigured)") {
+            break line;
+        }
+    };
+    let within = started.elapsed();
+    eprintln!("said after {within:?}: {said}");
+    assert!(within < Duration::from_secs(5), "{within:?}: {said}");
+    assert!(said.contains("the model refused this caller"), "{said}");
+    assert!(
+        said.contains("403") || said.contains("PERMISSION_DENIED"),
+        "the error: {said}"
+    );
+    assert!(fake.total_calls() > 0);
+
+    // The role is granted: the same run goes on and delivers.
+    fake.clear_faults();
+    let output = tokio::task::block_in_place(|| child.wait_with_output().unwrap());
+    let stderr = reader.join().unwrap().join("\n");
+    assert!(output.status.success(), "{stderr}");
+    let report = report(&Output {
+        stderr: stderr.clone().into_bytes(),
+        ..output
+    });
+    assert_eq!(report["statuses"]["delivered"], JOBS, "{report}");
+    assert_eq!(report["waiting"], serde_json::json!({}), "{report}");
+    for n in 0..JOBS {
+        let prompt = format!("slow macro shot of sand number {n} pouring");
+        assert_eq!(fake.served_for_prompt(&prompt), 1, "{prompt} paid once");
+    }
+}

@@ -10,11 +10,13 @@ use serde_json::json;
 use shared::config::{Backend, StoreArgs};
 use shared::cost::format_usd;
 use shared::domain::tenant::TenantName;
-use shared::domain::values::{JobKind, JobStatus};
+use shared::domain::values::{JobKind, JobStatus, wait_advice};
 use shared::error::Error;
-use shared::local_run::{Live, Progress, RunReport, RunSettings, SpendCap};
+use shared::local_run::{Live, Progress, RunReport, RunSettings, SpendCap, Waiting};
 use shared::vertex::RetryPolicy;
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 pub async fn run(store: &StoreArgs, tenant: &TenantName, args: RunArgs) -> Result<()> {
     if store.backend != Backend::Embedded {
@@ -134,12 +136,27 @@ fn live(store: &StoreArgs, args: &RunArgs, cap: SpendCap) -> Result<Live> {
     })
 }
 
-/// One bar per stage; drawn only on a terminal.
+/// One bar per stage, and a line per reason jobs wait for, with the
+/// count, the last error and what to do; drawn only on a terminal.
+/// Elsewhere (a log, a pipe) each reason is written to stderr when it
+/// appears and when its count changes, at most every [`WAIT_NOTE_EVERY`].
 struct Bars {
-    _multi: MultiProgress,
+    multi: MultiProgress,
     generated: ProgressBar,
     delivered: ProgressBar,
+    waiting: Mutex<BTreeMap<String, Reason>>,
+    drawn: bool,
 }
+
+/// The line of one reason jobs wait for.
+struct Reason {
+    bar: ProgressBar,
+    noted: Option<(u64, Instant)>,
+}
+
+/// How often a changing count of waiting jobs is written again to a stderr
+/// that is not a terminal.
+const WAIT_NOTE_EVERY: Duration = Duration::from_secs(5);
 
 impl Bars {
     fn new() -> Self {
@@ -156,7 +173,9 @@ impl Bars {
         Self {
             generated: bar("generate"),
             delivered: bar("deliver"),
-            _multi: multi,
+            drawn: !multi.is_hidden(),
+            multi,
+            waiting: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -169,12 +188,66 @@ impl Bars {
         if p.failed > 0 {
             self.generated.set_message(format!("{} failed", p.failed));
         }
+        self.show_waiting(&p.waiting);
+    }
+
+    fn show_waiting(&self, now: &BTreeMap<String, Waiting>) {
+        let mut lines = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        lines.retain(|reason, line| {
+            let still = now.contains_key(reason);
+            if !still {
+                line.bar.finish_and_clear();
+            }
+            still
+        });
+        for (reason, waiting) in now {
+            let text = wait_line(reason, waiting.jobs, waiting.error.as_deref());
+            let line = lines.entry(reason.clone()).or_insert_with(|| {
+                let bar = self.multi.add(ProgressBar::new(0));
+                if let Ok(style) = ProgressStyle::with_template("{msg}") {
+                    bar.set_style(style);
+                }
+                Reason { bar, noted: None }
+            });
+            line.bar.set_message(text.clone());
+            if self.drawn {
+                continue;
+            }
+            let due = match line.noted {
+                None => true,
+                Some((jobs, at)) => jobs != waiting.jobs && at.elapsed() >= WAIT_NOTE_EVERY,
+            };
+            if due {
+                out::note(format_args!("asmr: {}", text.trim_start()));
+                line.noted = Some((waiting.jobs, Instant::now()));
+            }
+        }
     }
 
     fn finish(&self) {
         self.generated.finish();
         self.delivered.finish();
+        let lines = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        for line in lines.values() {
+            line.bar.finish_and_clear();
+        }
     }
+}
+
+/// One reason jobs wait for, as the run shows it: `waiting (misconfigured):
+/// 2 jobs; the model refused this caller...; last error: ...`.
+fn wait_line(reason: &str, jobs: u64, error: Option<&str>) -> String {
+    let mut line = format!(
+        "{:>9} ({reason}): {jobs} {}; {}",
+        "waiting",
+        if jobs == 1 { "job" } else { "jobs" },
+        wait_advice(reason)
+    );
+    if let Some(error) = error {
+        line.push_str("; last error: ");
+        line.push_str(&out::one_line(error, 400));
+    }
+    line
 }
 
 fn render(report: &RunReport) -> String {
@@ -186,6 +259,10 @@ fn render(report: &RunReport) -> String {
     }
     table.row(vec!["total".into(), report.jobs().to_string()]);
     let mut text = table.render();
+    for (reason, jobs) in &report.waiting {
+        text.push_str(&wait_line(reason, *jobs, None));
+        text.push('\n');
+    }
     let created = format!(
         "\n{} created, {} already there from an earlier run, {} resumed after an interruption\n",
         report.created, report.existing, report.resumed
@@ -234,6 +311,7 @@ fn report_json(report: &RunReport) -> serde_json::Value {
         "jobs_per_second": report.jobs_per_second(),
         "interrupted": report.interrupted,
         "over_budget": report.over_budget,
+        "waiting": report.waiting,
         "out_dir": report.out_dir,
         "report": report.sheet,
         "state_dir": report.state_dir,
