@@ -321,6 +321,12 @@ pub struct VertexArgs {
     /// A static bearer token for Vertex AI instead of Application Default Credentials.
     #[arg(long, env = "VERTEX_ACCESS_TOKEN", hide_env_values = true)]
     pub vertex_access_token: Option<crate::redact::Secret>,
+    /// Resource Manager base URL, asked which permissions the caller holds.
+    #[arg(long, env = "RESOURCE_MANAGER_BASE_URL", default_value = crate::vertex::RESOURCE_MANAGER_URL, hide = true)]
+    pub resource_manager_base_url: String,
+    /// Google OAuth 2.0 base URL, asked whose token the calls carry.
+    #[arg(long, env = "OAUTH2_BASE_URL", default_value = crate::vertex::OAUTH2_URL, hide = true)]
+    pub oauth2_base_url: String,
     /// Pause between polls of running video operations.
     #[arg(long, env = "POLLING_INTERVAL", default_value = "15", value_parser = parse_duration)]
     pub polling_interval: Duration,
@@ -346,6 +352,8 @@ impl VertexArgs {
             retry,
             request_timeout,
             access_token: self.vertex_access_token.clone(),
+            resource_manager_url: self.resource_manager_base_url.clone(),
+            oauth2_url: self.oauth2_base_url.clone(),
         }
     }
 }

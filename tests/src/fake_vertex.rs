@@ -34,7 +34,7 @@
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -256,6 +256,10 @@ struct Inner {
     written: Vec<String>,
     rate_limited: usize,
     frames: Vec<ReceivedFrame>,
+    /// Permissions Resource Manager says the caller lacks.
+    withheld: std::collections::BTreeSet<String>,
+    /// `testIamPermissions` calls answered.
+    permission_checks: usize,
 }
 
 struct Shared {
@@ -299,6 +303,8 @@ impl FakeVertex {
                 written: Vec::new(),
                 rate_limited: 0,
                 frames: Vec::new(),
+                withheld: std::collections::BTreeSet::new(),
+                permission_checks: 0,
             }),
         });
         let app = Router::new()
@@ -306,6 +312,8 @@ impl FakeVertex {
                 "/v1/projects/{project}/locations/{location}/publishers/google/models/{call}",
                 post(handle),
             )
+            .route("/v1/projects/{call}", post(test_permissions))
+            .route("/tokeninfo", axum::routing::get(token_info))
             .fallback(|| async {
                 google_error(404, "The requested URL was not found on this server.")
             })
@@ -356,7 +364,20 @@ impl FakeVertex {
             },
             request_timeout: Duration::from_secs(5),
             access_token: Some(self.shared.options.token.clone().into()),
+            resource_manager_url: self.base_url(),
+            oauth2_url: self.base_url(),
         }
+    }
+
+    /// Makes Resource Manager say the caller lacks `permission` (as with
+    /// credentials that lack a role).
+    pub fn withhold_permission(&self, permission: &str) {
+        self.shared.lock().withheld.insert(permission.to_string());
+    }
+
+    /// `testIamPermissions` calls answered so far.
+    pub fn permission_checks(&self) -> usize {
+        self.shared.lock().permission_checks
     }
 
     /// Requests received for `verb`, whatever the answer was.
@@ -867,4 +888,56 @@ async fn finish(shared: &Shared, name: &str, op: Finishing) -> Value {
         "raiMediaFilteredCount": 0,
         "videos": videos
     }})
+}
+
+/// The email `tokeninfo` gives for the fake's token.
+pub const FAKE_PRINCIPAL: &str = "tester@example.com";
+
+/// Resource Manager's `POST /v1/projects/{project}:testIamPermissions`: the
+/// permissions asked, less those withheld (`{}` when none is held, as
+/// Google answers).
+async fn test_permissions(
+    State(shared): State<Arc<Shared>>,
+    Path(call): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if call.split_once(':').map(|(_, verb)| verb) != Some("testIamPermissions") {
+        return google_error(404, &format!("Unknown method in {call:?}."));
+    }
+    let expected = format!("Bearer {}", shared.options.token);
+    if headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        != Some(expected.as_str())
+    {
+        return google_error(401, "Request had invalid authentication credentials.");
+    }
+    let asked: Vec<String> = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| serde_json::from_value(v["permissions"].clone()).ok())
+        .unwrap_or_default();
+    let mut inner = shared.lock();
+    inner.permission_checks += 1;
+    let held: Vec<&String> = asked
+        .iter()
+        .filter(|p| !inner.withheld.contains(*p))
+        .collect();
+    let body = if held.is_empty() {
+        serde_json::json!({})
+    } else {
+        serde_json::json!({ "permissions": held })
+    };
+    axum::Json(body).into_response()
+}
+
+/// `GET /tokeninfo?access_token=...`: whose token it is.
+async fn token_info(
+    State(shared): State<Arc<Shared>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    if query.get("access_token") != Some(&shared.options.token) {
+        return google_error(400, "invalid_token");
+    }
+    axum::Json(serde_json::json!({ "email": FAKE_PRINCIPAL, "expires_in": 3599 })).into_response()
 }

@@ -70,7 +70,18 @@ pub struct VertexConfig {
     /// A static bearer token (VERTEX_ACCESS_TOKEN); `None` uses Application
     /// Default Credentials.
     pub access_token: Option<Secret>,
+    /// Resource Manager, asked which permissions the caller holds
+    /// (RESOURCE_MANAGER_BASE_URL, for tests).
+    pub resource_manager_url: String,
+    /// Google's OAuth 2.0 endpoint, asked whose token it is
+    /// (OAUTH2_BASE_URL, for tests).
+    pub oauth2_url: String,
 }
+
+/// Resource Manager's endpoint.
+pub const RESOURCE_MANAGER_URL: &str = "https://cloudresourcemanager.googleapis.com";
+/// Google's OAuth 2.0 endpoint.
+pub const OAUTH2_URL: &str = "https://oauth2.googleapis.com";
 
 /// The default image model.
 pub const DEFAULT_IMAGE_MODEL: &str = "gemini-2.5-flash-image";

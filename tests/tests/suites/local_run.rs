@@ -53,6 +53,8 @@ impl Run {
         command
             .env("GOOGLE_CLOUD_PROJECT", FAKE_PROJECT)
             .env("VERTEX_BASE_URL", fake.base_url())
+            .env("RESOURCE_MANAGER_BASE_URL", fake.base_url())
+            .env("OAUTH2_BASE_URL", fake.base_url())
             .env("VERTEX_ACCESS_TOKEN", fake.token());
         command
     }
@@ -737,4 +739,42 @@ async fn a_live_run_that_the_model_refuses_says_within_five_seconds_why_its_jobs
         let prompt = format!("slow macro shot of sand number {n} pouring");
         assert_eq!(fake.served_for_prompt(&prompt), 1, "{prompt} paid once");
     }
+}
+
+/// Credentials without the Vertex AI role are found before anything is
+/// made: the run names the caller, the permission, the role and the command
+/// that grants it, exits non-zero, and has created no job and called no
+/// model.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_live_run_without_the_permission_to_call_the_models_stops_before_creating_anything() {
+    let fake = FakeVertex::start(FakeOptions::default()).await;
+    fake.withhold_permission("aiplatform.endpoints.predict");
+    let dir = tempfile::tempdir().unwrap();
+    let run = Run::new(dir.path(), 2);
+    let output = tokio::task::block_in_place(|| run.live_command(&fake, &[]).output().unwrap());
+    let said = stderr(&output);
+    eprintln!("{said}");
+    assert_eq!(output.status.code(), Some(1), "{said}");
+    for words in [
+        tests::fake_vertex::FAKE_PRINCIPAL,
+        "aiplatform.endpoints.predict",
+        "roles/aiplatform.user",
+        "gcloud projects add-iam-policy-binding",
+        "--member=user:tester@example.com",
+        "nothing was created",
+    ] {
+        assert!(said.contains(words), "{words:?} not in: {said}");
+    }
+    assert_eq!(fake.permission_checks(), 1);
+    assert_eq!(fake.total_calls(), 0, "a model was called");
+    let stats = run.asmr(&["stats", "--json"]);
+    assert_eq!(stats["jobs"]["total"], 0, "{stats}");
+
+    // Granted: the same command runs, checked once more.
+    let fake_granted = FakeVertex::start(FakeOptions::default()).await;
+    let output =
+        tokio::task::block_in_place(|| run.live_command(&fake_granted, &[]).output().unwrap());
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(fake_granted.permission_checks(), 1);
+    assert_eq!(fake_granted.total_calls(), 2);
 }

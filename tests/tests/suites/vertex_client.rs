@@ -682,6 +682,8 @@ async fn vertex_an_unreachable_endpoint_is_transient_after_retries() {
         },
         request_timeout: Duration::from_secs(2),
         access_token: Some("t".into()),
+        resource_manager_url: format!("http://127.0.0.1:{port}"),
+        oauth2_url: format!("http://127.0.0.1:{port}"),
     };
     let e = client(config)
         .submit(&video("never sent", JobParams::default()))
@@ -800,4 +802,32 @@ async fn vertex_the_fake_refuses_a_first_frame_veo_would_refuse() {
         fake.first_frames().is_empty(),
         "nothing refused is recorded"
     );
+}
+
+#[tokio::test]
+async fn vertex_preflight_asks_resource_manager_and_names_what_is_missing() {
+    let fake = FakeVertex::start(FakeOptions::default()).await;
+    client(fake.config()).preflight().await.unwrap();
+    assert_eq!(fake.permission_checks(), 1);
+
+    fake.withhold_permission("aiplatform.endpoints.predict");
+    let e = client(fake.config()).preflight().await.unwrap_err();
+    assert_eq!(e.class, ErrorClass::Misconfigured, "{e}");
+    assert!(
+        e.message
+            .contains("tester@example.com lacks aiplatform.endpoints.predict on project"),
+        "{e}"
+    );
+    assert!(
+        e.message
+            .contains("--member=user:tester@example.com --role=roles/aiplatform.user"),
+        "{e}"
+    );
+    assert_eq!(fake.total_calls(), 0, "the check calls no model");
+
+    // Resource Manager unreachable: the check steps aside (the model's own
+    // answer will tell).
+    let mut config = fake.config();
+    config.resource_manager_url = "http://127.0.0.1:9".into();
+    client(config).preflight().await.unwrap();
 }

@@ -70,6 +70,11 @@ const SAFETY_FINISH_REASONS: &[&str] = &[
     "IMAGE_RECITATION",
 ];
 
+/// What calling the models needs on the project.
+pub const MODEL_PERMISSIONS: [&str; 1] = ["aiplatform.endpoints.predict"];
+/// The role that grants [`MODEL_PERMISSIONS`].
+pub const MODEL_ROLE: &str = "roles/aiplatform.user";
+
 /// Where access tokens come from.
 enum Auth {
     /// `VERTEX_ACCESS_TOKEN`, used as is.
@@ -220,14 +225,98 @@ impl VertexClient {
         &self.config
     }
 
-    /// Checks, before any job is taken, that calls can be authenticated: a
+    /// Checks, before any job is taken, that calls can be authenticated (a
     /// static token is taken as it is; Application Default Credentials must
-    /// yield a token. The error says how to fix what is missing.
+    /// yield a token) and that the caller holds what calling the models
+    /// needs, asked of Resource Manager for free. The error names the
+    /// caller, the permission, the role that grants it and the command
+    /// that grants it. When Resource Manager cannot answer, the check is
+    /// passed with a warning: the model's own answer will tell.
     pub async fn preflight(&self) -> Result<(), ModelError> {
-        match self.token().await {
-            Ok(_) => Ok(()),
-            Err(failure) => Err(classify(failure, CallKind::Free, SystemTime::now()).error),
+        let token = match self.token().await {
+            Ok(token) => token,
+            Err(failure) => return Err(classify(failure, CallKind::Free, SystemTime::now()).error),
+        };
+        let missing = match self.missing_permissions(&token).await {
+            Ok(missing) => missing,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not ask Resource Manager which permissions this caller holds; going on");
+                return Ok(());
+            }
+        };
+        if missing.is_empty() {
+            return Ok(());
         }
+        let project = &self.config.project;
+        let principal = self.principal(&token).await;
+        let member = match &principal {
+            Some(email) if email.ends_with(".gserviceaccount.com") => {
+                format!("serviceAccount:{email}")
+            }
+            Some(email) => format!("user:{email}"),
+            None => "user:YOU@example.com".to_string(),
+        };
+        let who = principal.unwrap_or_else(|| "this caller".into());
+        Err(ModelError {
+            class: ErrorClass::Misconfigured,
+            code: "permission_denied".into(),
+            message: format!(
+                "{who} lacks {} on project {project}, which calling the models needs; {MODEL_ROLE} grants it: gcloud projects add-iam-policy-binding {project} --member={member} --role={MODEL_ROLE}",
+                missing.join(", "),
+            ),
+            http_status: None,
+        })
+    }
+
+    /// The permissions of [`MODEL_PERMISSIONS`] the caller lacks on the
+    /// project (Resource Manager's `testIamPermissions`, which needs no
+    /// permission itself and costs nothing).
+    async fn missing_permissions(&self, token: &str) -> Result<Vec<String>, String> {
+        let url = format!(
+            "{}/v1/projects/{}:testIamPermissions",
+            self.config.resource_manager_url.trim_end_matches('/'),
+            self.config.project
+        );
+        let response = self
+            .http
+            .post(url)
+            .bearer_auth(token)
+            .json(&serde_json::json!({ "permissions": MODEL_PERMISSIONS }))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("testIamPermissions answered {status}"));
+        }
+        let body: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
+        let granted: Vec<&str> = body["permissions"]
+            .as_array()
+            .map(|p| p.iter().filter_map(serde_json::Value::as_str).collect())
+            .unwrap_or_default();
+        Ok(MODEL_PERMISSIONS
+            .iter()
+            .filter(|p| !granted.contains(p))
+            .map(|p| (*p).to_string())
+            .collect())
+    }
+
+    /// The email of the account `token` is for, when Google says
+    /// (`tokeninfo`); `None` when it does not.
+    async fn principal(&self, token: &str) -> Option<String> {
+        let url = format!("{}/tokeninfo", self.config.oauth2_url.trim_end_matches('/'));
+        let response = self
+            .http
+            .get(url)
+            .query(&[("access_token", token)])
+            .send()
+            .await
+            .ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        let body: serde_json::Value = response.json().await.ok()?;
+        body["email"].as_str().map(str::to_string)
     }
 
     /// `{base}/v1/projects/{p}/locations/{l}/publishers/google/models/{model}:{verb}`.
