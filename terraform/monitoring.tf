@@ -222,6 +222,34 @@ locals {
     var.failure_ratio_threshold,
   )
 
+  # What the dashboard watches beyond the counters: the queues, the
+  # instances, and the two ratios the original system watched.
+  our_subscriptions = "resource.type=\"pubsub_subscription\" AND resource.label.subscription_id=starts_with(\"${var.prefix}asmr-\")"
+  our_services      = "resource.type=\"cloud_run_revision\" AND resource.label.service_name=one_of(${join(",", [for s in google_cloud_run_v2_service.stage : "\"${s.name}\""])})"
+  watch_filters = [
+    { title = "Backlog per subscription (undelivered messages)", filter = "metric.type=\"pubsub.googleapis.com/subscription/num_undelivered_messages\" AND ${local.our_subscriptions}", aligner = "ALIGN_MAX", reducer = "REDUCE_MAX", by = "resource.label.subscription_id" },
+    { title = "Oldest unacknowledged message per subscription (s)", filter = "metric.type=\"pubsub.googleapis.com/subscription/oldest_unacked_message_age\" AND ${local.our_subscriptions}", aligner = "ALIGN_MAX", reducer = "REDUCE_MAX", by = "resource.label.subscription_id" },
+    { title = "Instances per service", filter = "metric.type=\"run.googleapis.com/container/instance_count\" AND ${local.our_services}", aligner = "ALIGN_MAX", reducer = "REDUCE_SUM", by = "resource.label.service_name" },
+    { title = "CPU use per service (p99 of instances)", filter = "metric.type=\"run.googleapis.com/container/cpu/utilizations\" AND ${local.our_services}", aligner = "ALIGN_PERCENTILE_99", reducer = "REDUCE_MAX", by = "resource.label.service_name" },
+    { title = "Memory use per service (p99 of instances)", filter = "metric.type=\"run.googleapis.com/container/memory/utilizations\" AND ${local.our_services}", aligner = "ALIGN_PERCENTILE_99", reducer = "REDUCE_MAX", by = "resource.label.service_name" },
+  ]
+
+  # rate(M) over both resource types, per minute.
+  rate_of = {
+    for key in ["jobs_completed", "jobs_failed", "model_rate_limited", "jobs_delivered", "downloads_failed"] : key => format(
+      "sum(rate(%s{monitored_resource=\"cloud_run_revision\"}[15m]) or rate(%s{monitored_resource=\"cloud_run_job\"}[15m]))",
+      local.promql_name[key], local.promql_name[key],
+    )
+  }
+  watch_ratios = [
+    # Model calls that made a job (completed) over all that ended: made,
+    # refused for good (failed) or refused by the quota (429).
+    { title = "Model-call success ratio (15 min)", query = "${local.rate_of["jobs_completed"]} / (${local.rate_of["jobs_completed"]} + (${local.rate_of["jobs_failed"]} or vector(0)) + (${local.rate_of["model_rate_limited"]} or vector(0)))" },
+    # Copies that delivered a job over all copies that ended.
+    { title = "Download completion ratio (15 min)", query = "${local.rate_of["jobs_delivered"]} / (${local.rate_of["jobs_delivered"]} + (${local.rate_of["downloads_failed"]} or vector(0)))" },
+  ]
+  watch_top = ceil(length(local.dashboard_charts) / 2) * 16 + 32
+
   usd_spent_query = format(
     "sum(increase(%s_sum{monitored_resource=\"cloud_run_revision\"}[1d]) or increase(%s_sum{monitored_resource=\"cloud_run_job\"}[1d]))",
     local.promql_name["cost_spent"], local.promql_name["cost_spent"],
@@ -328,6 +356,52 @@ resource "google_monitoring_dashboard" "asmr" {
               }
             }
           },
+        ],
+        [
+          for i, chart in local.watch_filters : {
+            xPos   = (i % 2) * 24
+            yPos   = local.watch_top + floor(i / 2) * 16
+            width  = 24
+            height = 16
+            widget = {
+              title = chart.title
+              xyChart = {
+                dataSets = [{
+                  plotType = "LINE"
+                  timeSeriesQuery = {
+                    timeSeriesFilter = {
+                      filter = chart.filter
+                      aggregation = {
+                        alignmentPeriod    = "60s"
+                        perSeriesAligner   = chart.aligner
+                        crossSeriesReducer = chart.reducer
+                        groupByFields      = [chart.by]
+                      }
+                    }
+                  }
+                }]
+              }
+            }
+          }
+        ],
+        [
+          for i, chart in local.watch_ratios : {
+            xPos   = ((length(local.watch_filters) + i) % 2) * 24
+            yPos   = local.watch_top + floor((length(local.watch_filters) + i) / 2) * 16
+            width  = 24
+            height = 16
+            widget = {
+              title = chart.title
+              xyChart = {
+                dataSets = [{
+                  plotType = "LINE"
+                  timeSeriesQuery = {
+                    prometheusQuery = chart.query
+                  }
+                }]
+              }
+            }
+          }
         ],
       )
     }
