@@ -43,9 +43,7 @@ const GROUPS: [(&str, &str); 4] = [
 /// Connections to the page's own origin only (its stream of figures);
 /// the one script that runs is the page's own, named by its SHA-256.
 static POLICY: LazyLock<String> = LazyLock::new(|| {
-    use base64::Engine;
-    use sha2::Digest;
-    let hash = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(SCRIPT));
+    let hash = crate::report::script_hash(SCRIPT);
     format!(
         "default-src 'none'; connect-src 'self'; style-src 'unsafe-inline'; \
          script-src 'sha256-{hash}'; img-src 'self' data:; base-uri 'none'; \

@@ -169,15 +169,21 @@ const SCRIPT: &str = concat!("\n", include_str!("sheet.js"));
 /// script that a card's text smuggled into the page would not run, even if
 /// it escaped the escaping.
 static CONTENT_SECURITY_POLICY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    use base64::Engine;
-    use sha2::Digest;
-    let hash = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(SCRIPT));
+    let hash = script_hash(SCRIPT);
     format!(
         "<meta http-equiv=\"Content-Security-Policy\" \
          content=\"default-src 'none'; img-src 'self' file: data: blob:; media-src 'self' file: blob:; \
          style-src 'unsafe-inline'; script-src 'sha256-{hash}'; base-uri 'none'; form-action 'none'\">\n"
     )
 });
+
+/// The base64 SHA-256 of an inline script, as a Content-Security-Policy
+/// names it (`'sha256-HASH'`): only that exact script text runs.
+pub(crate) fn script_hash(script: &str) -> String {
+    use base64::Engine;
+    use sha2::Digest;
+    base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(script))
+}
 
 /// The filter and page controls; the script fills them in.
 const CONTROLS: &str = "<div class=\"controls\">\n\
