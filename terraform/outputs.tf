@@ -10,6 +10,11 @@ output "service_urls" {
   value       = { for name, s in google_cloud_run_v2_service.stage : name => s.uri }
 }
 
+output "live_page_url" {
+  description = "The live page in the cloud, for the people live_page_viewers names (they sign in through Identity-Aware Proxy); null without live_page_viewers."
+  value       = local.live_enabled ? "${google_cloud_run_v2_service.live[0].uri}/ui" : null
+}
+
 output "jobs" {
   description = "Cloud Run job names."
   value       = { for name, j in google_cloud_run_v2_job.stage : name => j.name }

@@ -286,7 +286,7 @@ variable "max_delivery_attempts" {
 
 variable "env_overrides" {
   type        = map(map(string))
-  description = "Extra or changed environment per stage, e.g. { downloader = { DOWNLOAD_CONCURRENCY = \"8\" } }. Keys: intake, image-generator, video-generator, downloader, video-poller, janitor, image-drain, video-drain, download-drain."
+  description = "Extra or changed environment per stage, e.g. { downloader = { DOWNLOAD_CONCURRENCY = \"8\" } }. Keys: intake, image-generator, video-generator, downloader, video-poller, janitor, image-drain, video-drain, download-drain, live."
   default     = {}
 
   validation {
@@ -314,6 +314,17 @@ variable "intake_invokers" {
   validation {
     condition     = alltrue([for m in var.intake_invokers : can(regex("^(user|group|serviceAccount|domain):", m))])
     error_message = "intake_invokers must be user:, group:, serviceAccount: or domain: members; the service is never public."
+  }
+}
+
+variable "live_page_viewers" {
+  type        = list(string)
+  description = "Who may open the live page in the cloud (live.tf, README \"The live page\"): members granted roles/iap.httpsResourceAccessor on its service, e.g. [\"group:media-ops@example.com\"]. Empty: no live page service. Google's documentation has required the project to be in an organization for Identity-Aware Proxy on Cloud Run."
+  default     = []
+
+  validation {
+    condition     = alltrue([for m in var.live_page_viewers : can(regex("^(user|group|serviceAccount|domain):", m))])
+    error_message = "live_page_viewers must be user:, group:, serviceAccount: or domain: members; the page is never public."
   }
 }
 

@@ -15,6 +15,16 @@
 //! (`PUSH_IDENTITY`, which terraform sets); where it does not (the
 //! emulators send no token), they are off and each stage says so once at
 //! start.
+//!
+//! The live page in the cloud is opened by people through Identity-Aware
+//! Proxy, which signs each request it lets through with an ES256 JWT in
+//! `x-goog-iap-jwt-assertion` ([`IapAssertions`]): the page's service
+//! verifies that one too, against IAP's own keys, so that a request that
+//! reached it some other way (IAP turned off by mistake, a caller that
+//! holds `run.invoker`) is never answered with the page.
+//!
+//! Both kinds of token are checked against a published JWK set that is
+//! fetched once and kept ([`KeySet`]).
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -22,7 +32,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use clap::Args;
 use jsonwebtoken::jwk::JwkSet;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +40,15 @@ use std::time::{Duration, Instant};
 pub const GOOGLE_CERTS_URL: &str = "https://www.googleapis.com/oauth2/v3/certs";
 /// The issuers of Google ID tokens.
 const ISSUERS: [&str; 2] = ["accounts.google.com", "https://accounts.google.com"];
+/// Where Identity-Aware Proxy publishes the keys that sign its assertions
+/// (a JWKS).
+pub const IAP_KEYS_URL: &str = "https://www.gstatic.com/iap/verify/public_key-jwk";
+/// The issuer of IAP's assertions.
+pub const IAP_ISSUER: &str = "https://cloud.google.com/iap";
+/// The header IAP puts its signed assertion in.
+pub const IAP_ASSERTION: &str = "x-goog-iap-jwt-assertion";
+/// How far the clocks of IAP and of the service may disagree.
+const CLOCK_SKEW_S: u64 = 60;
 /// How long fetched keys are used before they are fetched again. Google
 /// publishes a key well before it signs with it, so an hour old set still
 /// knows every key in use; a token naming an unknown key fetches sooner.
@@ -41,6 +60,34 @@ const REFETCH_PAUSE: Duration = Duration::from_secs(30);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest token looked at; Google's are about 1 KiB.
 const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// Who may open the live page in the cloud: the audience of the
+/// assertions of the Identity-Aware Proxy in front of it, and where IAP's
+/// keys are.
+#[derive(Clone, Debug, Args)]
+#[command(next_help_heading = "Identity-Aware Proxy options")]
+pub struct IapArgs {
+    /// The audience of the IAP assertions this service takes; for IAP on a
+    /// Cloud Run service, /projects/PROJECT_NUMBER/locations/REGION/services/SERVICE
+    /// (terraform sets it). Every request without an assertion of this
+    /// audience is refused.
+    #[arg(long, env = "IAP_AUDIENCE")]
+    pub iap_audience: String,
+    /// Where the keys that sign IAP's assertions are published (a JWKS).
+    #[arg(long, env = "IAP_KEYS_URL", default_value = IAP_KEYS_URL)]
+    pub iap_keys_url: String,
+}
+
+impl IapArgs {
+    /// The verifier of IAP's assertions; an error when no audience is named.
+    pub fn assertions(&self) -> Result<IapAssertions, String> {
+        let audience = self.iap_audience.trim();
+        if audience.is_empty() {
+            return Err("IAP_AUDIENCE is empty: name the audience of the Identity-Aware Proxy in front of this service".into());
+        }
+        Ok(IapAssertions::new(&self.iap_keys_url, audience))
+    }
+}
 
 /// Who may push to a stage, and where the keys that prove it are.
 #[derive(Clone, Debug, Args)]
@@ -121,15 +168,21 @@ pub enum Refused {
     /// No `Authorization: Bearer` token.
     #[error("no bearer token: send a Google-signed ID token in Authorization")]
     Missing,
+    /// No IAP assertion: the request did not come through Identity-Aware
+    /// Proxy.
+    #[error(
+        "no Identity-Aware Proxy assertion ({IAP_ASSERTION}): open the page at its own address, where IAP signs you in"
+    )]
+    NoAssertion,
     /// A token that does not verify: bad signature, expired, another
     /// issuer or audience, an unverified email, not a JWT at all.
-    #[error("the ID token is not valid: {0}")]
+    #[error("the token is not valid: {0}")]
     Invalid(String),
     /// A valid token of an account that may not do this.
     #[error("{0} may not push to this service")]
     NotAllowed(String),
     /// Google's keys could not be fetched: nothing can be verified now.
-    #[error("the keys that sign ID tokens could not be fetched: {0}")]
+    #[error("the keys that sign the token could not be fetched: {0}")]
     KeysUnavailable(String),
 }
 
@@ -139,7 +192,9 @@ impl Refused {
     /// redelivered later).
     pub fn status(&self) -> StatusCode {
         match self {
-            Refused::Missing | Refused::Invalid(_) => StatusCode::UNAUTHORIZED,
+            Refused::Missing | Refused::NoAssertion | Refused::Invalid(_) => {
+                StatusCode::UNAUTHORIZED
+            }
             Refused::NotAllowed(_) => StatusCode::FORBIDDEN,
             Refused::KeysUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -162,9 +217,11 @@ struct Claims {
     email_verified: Option<serde_json::Value>,
 }
 
-/// Verifies Google ID tokens against Google's published keys, fetched once
-/// and kept for [`KEYS_FOR`].
-pub struct IdTokens {
+/// Keys published as a JWK set at one address, fetched once and kept for
+/// [`KEYS_FOR`]; a token naming a key the set lacks fetches it again, at
+/// most once per [`REFETCH_PAUSE`]. The one cache of published keys: of
+/// Google's ID tokens and of IAP's assertions alike.
+pub struct KeySet {
     url: String,
     http: reqwest::Client,
     keys: tokio::sync::Mutex<Keys>,
@@ -176,8 +233,8 @@ struct Keys {
     fetched: Option<Instant>,
 }
 
-impl IdTokens {
-    /// A verifier whose keys are published at `url`.
+impl KeySet {
+    /// The keys published at `url`.
     pub fn new(url: &str) -> Self {
         Self {
             url: url.to_string(),
@@ -189,39 +246,15 @@ impl IdTokens {
         }
     }
 
-    /// The verified account (its email, lowercase) of the bearer token in
-    /// `headers`, whose audience must be one of `audiences` (any, if empty).
-    pub async fn verify(
-        &self,
-        headers: &HeaderMap,
-        audiences: &[String],
-    ) -> Result<String, Refused> {
-        let token = bearer(headers)?;
-        let kid = jsonwebtoken::decode_header(token)
-            .map_err(|e| Refused::Invalid(e.to_string()))?
+    /// The header of `token`, which must name its key, and that key.
+    async fn key_of(&self, token: &str) -> Result<(Header, DecodingKey), Refused> {
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| Refused::Invalid(e.to_string()))?;
+        let kid = header
             .kid
+            .clone()
             .ok_or_else(|| Refused::Invalid("the token names no signing key".into()))?;
-        let key = self.key(&kid).await?;
-        let mut validation = Validation::new(Algorithm::RS256);
-        validation.set_issuer(&ISSUERS);
-        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
-        if audiences.is_empty() {
-            validation.validate_aud = false;
-        } else {
-            validation.set_audience(audiences);
-        }
-        let claims = jsonwebtoken::decode::<Claims>(token, &key, &validation)
-            .map_err(|e| Refused::Invalid(e.to_string()))?
-            .claims;
-        let verified = matches!(claims.email_verified, Some(serde_json::Value::Bool(true)))
-            || matches!(&claims.email_verified, Some(serde_json::Value::String(s)) if s == "true");
-        match claims.email {
-            Some(email) if verified => Ok(email.to_ascii_lowercase()),
-            Some(email) => Err(Refused::Invalid(format!(
-                "the email {email} is not verified"
-            ))),
-            None => Err(Refused::Invalid("the token names no account".into())),
-        }
+        Ok((header, self.key(&kid).await?))
     }
 
     /// The key `kid`, fetching the set when it is old or lacks it.
@@ -239,7 +272,7 @@ impl IdTokens {
                 }
                 // Old keys still verify the tokens they signed.
                 Err(e) if keys.set.is_some() => {
-                    tracing::warn!(error = %e, "could not fetch Google's token keys again; using the ones fetched before");
+                    tracing::warn!(url = %self.url, error = %e, "could not fetch the token keys again; using the ones fetched before");
                 }
                 Err(e) => return Err(e),
             }
@@ -266,6 +299,152 @@ impl IdTokens {
             return Err(unavailable(&status));
         }
         response.json::<JwkSet>().await.map_err(|e| unavailable(&e))
+    }
+}
+
+/// Verifies Google ID tokens against Google's published keys.
+pub struct IdTokens {
+    keys: KeySet,
+}
+
+impl IdTokens {
+    /// A verifier whose keys are published at `url`.
+    pub fn new(url: &str) -> Self {
+        Self {
+            keys: KeySet::new(url),
+        }
+    }
+
+    /// The verified account (its email, lowercase) of the bearer token in
+    /// `headers`, whose audience must be one of `audiences` (any, if empty).
+    pub async fn verify(
+        &self,
+        headers: &HeaderMap,
+        audiences: &[String],
+    ) -> Result<String, Refused> {
+        let token = bearer(headers)?;
+        let (_, key) = self.keys.key_of(token).await?;
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.set_issuer(&ISSUERS);
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        if audiences.is_empty() {
+            validation.validate_aud = false;
+        } else {
+            validation.set_audience(audiences);
+        }
+        let claims = jsonwebtoken::decode::<Claims>(token, &key, &validation)
+            .map_err(|e| Refused::Invalid(e.to_string()))?
+            .claims;
+        let verified = matches!(claims.email_verified, Some(serde_json::Value::Bool(true)))
+            || matches!(&claims.email_verified, Some(serde_json::Value::String(s)) if s == "true");
+        match claims.email {
+            Some(email) if verified => Ok(email.to_ascii_lowercase()),
+            Some(email) => Err(Refused::Invalid(format!(
+                "the email {email} is not verified"
+            ))),
+            None => Err(Refused::Invalid("the token names no account".into())),
+        }
+    }
+}
+
+/// The claims of an IAP assertion that are read.
+#[derive(serde::Deserialize)]
+struct IapClaims {
+    iat: u64,
+    #[serde(default)]
+    email: Option<String>,
+}
+
+/// The person IAP let through, as its assertion names them: put on each
+/// request [`require_iap`] admits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Person(pub String);
+
+/// Verifies the assertions Identity-Aware Proxy signs into each request it
+/// lets through: ES256, by a key IAP publishes, of issuer [`IAP_ISSUER`]
+/// and of this service's audience, not expired and not issued in the
+/// future; the person is its `email`.
+pub struct IapAssertions {
+    keys: KeySet,
+    audience: String,
+}
+
+impl IapAssertions {
+    /// A verifier of assertions of `audience`, signed by the keys at `url`.
+    pub fn new(url: &str, audience: &str) -> Self {
+        Self {
+            keys: KeySet::new(url),
+            audience: audience.to_string(),
+        }
+    }
+
+    /// The person (their email, lowercase) of the assertion in `headers`.
+    pub async fn verify(&self, headers: &HeaderMap) -> Result<Person, Refused> {
+        let token = headers
+            .get(IAP_ASSERTION)
+            .ok_or(Refused::NoAssertion)?
+            .to_str()
+            .map_err(|_| Refused::Invalid("the IAP assertion is not ASCII".into()))?
+            .trim();
+        if token.is_empty() {
+            return Err(Refused::NoAssertion);
+        }
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(Refused::Invalid("the IAP assertion is too long".into()));
+        }
+        let (header, key) = self.keys.key_of(token).await?;
+        // Checked before the signature, so that the answer names it.
+        if header.alg != Algorithm::ES256 {
+            return Err(Refused::Invalid(format!(
+                "the IAP assertion is signed with {:?}, not ES256",
+                header.alg
+            )));
+        }
+        let mut validation = Validation::new(Algorithm::ES256);
+        validation.set_issuer(&[IAP_ISSUER]);
+        validation.set_audience(&[&self.audience]);
+        validation.set_required_spec_claims(&["exp", "iat", "iss", "aud"]);
+        validation.leeway = CLOCK_SKEW_S;
+        let claims = jsonwebtoken::decode::<IapClaims>(token, &key, &validation)
+            .map_err(|e| Refused::Invalid(format!("the IAP assertion: {e}")))?
+            .claims;
+        let now = jsonwebtoken::get_current_timestamp();
+        if claims.iat > now + CLOCK_SKEW_S {
+            return Err(Refused::Invalid(
+                "the IAP assertion is issued in the future".into(),
+            ));
+        }
+        match claims.email.map(|e| e.trim().to_ascii_lowercase()) {
+            Some(email) if !email.is_empty() => Ok(Person(email)),
+            _ => Err(Refused::Invalid("the IAP assertion names no one".into())),
+        }
+    }
+}
+
+/// The middleware of every route of the page in the cloud: a request
+/// without a valid IAP assertion is answered 401 (503 while IAP's keys
+/// cannot be fetched) and never handled; an admitted one carries the
+/// [`Person`].
+pub async fn require_iap(
+    State(assertions): State<Arc<IapAssertions>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    match assertions.verify(request.headers()).await {
+        Ok(person) => {
+            request.extensions_mut().insert(person);
+            next.run(request).await
+        }
+        Err(refused) => {
+            tracing::warn!(
+                event = "iap_refused",
+                path = %request.uri().path(),
+                status = refused.status().as_u16(),
+                reason = %refused,
+                "request refused: no valid Identity-Aware Proxy assertion"
+            );
+            refused.into_response()
+        }
     }
 }
 
@@ -359,5 +538,268 @@ pub async fn require_pusher(
             );
             refused.into_response()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use axum::body::Body;
+    use base64::Engine;
+    use jsonwebtoken::jwk::Jwk;
+    use jsonwebtoken::{EncodingKey, Header};
+    use tower::ServiceExt;
+
+    /// Two P-256 keys made for these tests only (`openssl genpkey -algorithm
+    /// EC -pkeyopt ec_paramgen_curve:P-256`, PKCS#8): the first is
+    /// published, the second is not. Neither is a credential of anything.
+    const PUBLISHED: &str = "MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg2LEBbzb6uwGyAs+354rkHOgZXFJ/4jpL/NXiVmfaiyOhRANCAARTm/L0hrV87Fb8YYXQ9p9+TktkLGEOOQbtLCt84mrd92noL9lMK9/LVo5YVnrJj0rn3mLTYAjfSoDfj3unuqsT";
+    const UNPUBLISHED: &str = "MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg30/OBF34AaJCIV+uIRbq/rsFoR2gCHzKFYPzJkSg3OmhRANCAASidFjhORRY+4zRvJ1qLPdSWy10MepYdkB7Doiv2xVvSc3WENI7Nd24z+tktXYBFzpwah8/VCtMtLSY/P+DwoWe";
+    const KID: &str = "iap-test-key";
+    const AUDIENCE: &str = "/projects/123456789/locations/europe-west1/services/asmr-live";
+
+    fn key(pkcs8: &str) -> EncodingKey {
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(pkcs8)
+            .unwrap();
+        EncodingKey::from_ec_der(&der)
+    }
+
+    /// Publishes the first key as IAP does; its address.
+    async fn publish() -> String {
+        let mut jwk = Jwk::from_encoding_key(&key(PUBLISHED), Algorithm::ES256).unwrap();
+        jwk.common.key_id = Some(KID.to_string());
+        let set = JwkSet { keys: vec![jwk] };
+        let app = axum::Router::new().route(
+            "/public_key-jwk",
+            axum::routing::get(move || {
+                let set = set.clone();
+                async move { axum::Json(set) }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        format!("http://{address}/public_key-jwk")
+    }
+
+    /// An assertion as IAP signs it, `change` applied to its claims.
+    fn assertion(change: impl FnOnce(&mut serde_json::Value)) -> String {
+        let now = jsonwebtoken::get_current_timestamp() as i64;
+        let mut claims = serde_json::json!({
+            "aud": AUDIENCE,
+            "email": "Ana@Example.com",
+            "exp": now + 600,
+            "iat": now - 5,
+            "iss": IAP_ISSUER,
+            "sub": "accounts.google.com:118194585739476423400",
+            "hd": "example.com",
+        });
+        change(&mut claims);
+        signed(&claims, Algorithm::ES256, KID, &key(PUBLISHED))
+    }
+
+    fn signed(claims: &serde_json::Value, alg: Algorithm, kid: &str, key: &EncodingKey) -> String {
+        let mut header = Header::new(alg);
+        header.kid = Some(kid.to_string());
+        jsonwebtoken::encode(&header, claims, key).unwrap()
+    }
+
+    fn with(token: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(IAP_ASSERTION, token.parse().unwrap());
+        headers
+    }
+
+    async fn refusal(assertions: &IapAssertions, token: &str) -> Refused {
+        assertions.verify(&with(token)).await.unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn an_iap_assertion_of_this_audience_names_the_person() {
+        let assertions = IapAssertions::new(&publish().await, AUDIENCE);
+        let person = assertions.verify(&with(&assertion(|_| {}))).await.unwrap();
+        assert_eq!(person, Person("ana@example.com".into()));
+    }
+
+    /// A change to an assertion's claims.
+    type Change = Box<dyn FnOnce(&mut serde_json::Value)>;
+
+    #[tokio::test]
+    async fn iap_assertions_of_another_audience_issuer_or_time_are_refused() {
+        let assertions = IapAssertions::new(&publish().await, AUDIENCE);
+        let now = jsonwebtoken::get_current_timestamp() as i64;
+        let cases: [(&str, Change, &str); 6] = [
+            (
+                "another service's audience",
+                Box::new(|c| {
+                    c["aud"] = "/projects/123456789/locations/europe-west1/services/other".into()
+                }),
+                "InvalidAudience",
+            ),
+            (
+                "a Google ID token's issuer",
+                Box::new(|c| c["iss"] = "https://accounts.google.com".into()),
+                "InvalidIssuer",
+            ),
+            (
+                "expired two minutes ago",
+                Box::new(move |c| {
+                    c["iat"] = (now - 720).into();
+                    c["exp"] = (now - 120).into();
+                }),
+                "ExpiredSignature",
+            ),
+            (
+                "issued in ten minutes",
+                Box::new(move |c| c["iat"] = (now + 600).into()),
+                "issued in the future",
+            ),
+            (
+                "no issue time",
+                Box::new(|c| {
+                    c.as_object_mut().unwrap().remove("iat");
+                }),
+                "iat",
+            ),
+            (
+                "no one named",
+                Box::new(|c| {
+                    c.as_object_mut().unwrap().remove("email");
+                }),
+                "names no one",
+            ),
+        ];
+        for (case, change, said) in cases {
+            let refused = refusal(&assertions, &assertion(change)).await;
+            assert_eq!(refused.status(), StatusCode::UNAUTHORIZED, "{case}");
+            assert!(refused.to_string().contains(said), "{case}: {refused}");
+        }
+    }
+
+    #[tokio::test]
+    async fn iap_assertions_not_signed_es256_by_a_published_key_are_refused() {
+        let assertions = IapAssertions::new(&publish().await, AUDIENCE);
+        let claims = serde_json::json!({
+            "aud": AUDIENCE, "email": "ana@example.com", "iss": IAP_ISSUER,
+            "iat": jsonwebtoken::get_current_timestamp(),
+            "exp": jsonwebtoken::get_current_timestamp() + 600,
+        });
+        // Another algorithm under the published key's id: an HMAC whose
+        // secret would be the public key is the classic forgery.
+        let hmac = signed(
+            &claims,
+            Algorithm::HS256,
+            KID,
+            &EncodingKey::from_secret(b"anything"),
+        );
+        let refused = refusal(&assertions, &hmac).await;
+        assert!(refused.to_string().contains("not ES256"), "{refused}");
+        // A key IAP never published.
+        let unknown = signed(&claims, Algorithm::ES256, "not-a-key", &key(UNPUBLISHED));
+        let refused = refusal(&assertions, &unknown).await;
+        assert!(
+            refused.to_string().contains("no published key"),
+            "{refused}"
+        );
+        // The published key's id, another key's signature.
+        let forged = signed(&claims, Algorithm::ES256, KID, &key(UNPUBLISHED));
+        let refused = refusal(&assertions, &forged).await;
+        assert!(
+            refused.to_string().contains("InvalidSignature"),
+            "{refused}"
+        );
+        // No key id, or not a JWT at all.
+        let anonymous =
+            jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &key(PUBLISHED)).unwrap();
+        for token in [anonymous.as_str(), "not.a.jwt", "garbage"] {
+            let refused = refusal(&assertions, token).await;
+            assert_eq!(
+                refused.status(),
+                StatusCode::UNAUTHORIZED,
+                "{token}: {refused}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_without_an_iap_assertion_is_refused_with_a_reason() {
+        let assertions = IapAssertions::new(&publish().await, AUDIENCE);
+        assert_eq!(
+            assertions.verify(&HeaderMap::new()).await.unwrap_err(),
+            Refused::NoAssertion
+        );
+        assert_eq!(
+            assertions.verify(&with(" ")).await.unwrap_err(),
+            Refused::NoAssertion
+        );
+        // A Google ID token in Authorization is no IAP assertion.
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
+        assert_eq!(
+            assertions.verify(&headers).await.unwrap_err(),
+            Refused::NoAssertion
+        );
+        assert_eq!(Refused::NoAssertion.status(), StatusCode::UNAUTHORIZED);
+    }
+
+    #[tokio::test]
+    async fn iap_keys_that_cannot_be_fetched_are_a_503_not_a_pass() {
+        let assertions = IapAssertions::new("http://127.0.0.1:9/public_key-jwk", AUDIENCE);
+        let refused = refusal(&assertions, &assertion(|_| {})).await;
+        assert_eq!(
+            refused.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{refused}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_iap_gate_answers_401_without_handling_and_hands_the_person_on() {
+        let assertions = Arc::new(IapAssertions::new(&publish().await, AUDIENCE));
+        let app = axum::Router::new()
+            .route(
+                "/ui",
+                axum::routing::get(
+                    |axum::Extension(Person(email)): axum::Extension<Person>| async move {
+                        format!("the page, for {email}")
+                    },
+                ),
+            )
+            .layer(axum::middleware::from_fn_with_state(
+                assertions,
+                require_iap,
+            ));
+        let answer = |token: Option<String>| {
+            let app = app.clone();
+            async move {
+                let mut request = axum::http::Request::get("/ui");
+                if let Some(token) = token {
+                    request = request.header(IAP_ASSERTION, token);
+                }
+                let response = app
+                    .oneshot(request.body(Body::empty()).unwrap())
+                    .await
+                    .unwrap();
+                let status = response.status();
+                let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+                    .await
+                    .unwrap();
+                (status, String::from_utf8(body.to_vec()).unwrap())
+            }
+        };
+        let (status, body) = answer(None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(body.contains("no Identity-Aware Proxy assertion"), "{body}");
+        let (status, body) = answer(Some(assertion(|c| c["aud"] = "/other".into()))).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(!body.contains("the page"), "{body}");
+        let (status, body) = answer(Some(assertion(|_| {}))).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, "the page, for ana@example.com");
     }
 }

@@ -22,6 +22,7 @@ mod actions;
 pub mod api;
 pub mod gateway;
 pub mod limits;
+pub mod page;
 pub mod promote;
 pub mod routes;
 pub mod service;

@@ -17,6 +17,9 @@
 //! - The page is one document with its style and script inline; its
 //!   Content-Security-Policy lets it connect to its own origin and nothing
 //!   else.
+//! - In the cloud, `intake ui` serves it behind Identity-Aware Proxy
+//!   (`crate::intake::page`), and each review action names the person IAP
+//!   let through in its log line.
 
 mod page;
 pub mod review;
@@ -291,8 +294,15 @@ pub async fn bind(host: std::net::IpAddr, port: u16) -> std::io::Result<TcpListe
 /// stream and stops. No request time limit: a stream lasts as long as its
 /// page stays open.
 pub async fn serve(listener: TcpListener, live: Arc<Live>) -> std::io::Result<()> {
+    let app = router(Arc::clone(&live));
+    serve_app(listener, &live, app).await
+}
+
+/// Serves `app`, made of [`router`] of `live` (behind a gate, say), as
+/// [`serve`] does: until SIGTERM or Ctrl-C, then ends `live`'s streams.
+pub async fn serve_app(listener: TcpListener, live: &Live, app: Router) -> std::io::Result<()> {
     let closing = Arc::clone(&live.feed);
-    crate::server::serve_until(listener, router(live), async move {
+    crate::server::serve_until(listener, app, async move {
         crate::server::shutdown_signal().await;
         closing.close();
     })

@@ -8,6 +8,10 @@
 //! the `x-asmr-page` header. A form on another site can send neither
 //! without the browser asking this server first (a CORS preflight), which
 //! it never allows; an `Origin` that is not this page's is refused too.
+//!
+//! Each action is logged (`live_review`) with the job, the action, its
+//! outcome and, in the cloud, the person Identity-Aware Proxy let through
+//! (`by`); `asmr serve` on a laptop names no one.
 
 use super::Live;
 use crate::domain::destination::Target;
@@ -15,12 +19,13 @@ use crate::domain::job::Job;
 use crate::domain::review::{Grounds, PromoteOptions};
 use crate::domain::values::{JobKind, JobStatus, Verdict};
 use crate::error::Error;
+use crate::identity::Person;
 use crate::store::JobFilter;
 use crate::store::tenants::Scope;
-use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::sync::Arc;
@@ -170,10 +175,25 @@ struct ActionBody {
 pub(super) async fn act(
     State(live): State<Arc<Live>>,
     Path((id, action)): Path<(String, String)>,
+    person: Option<Extension<Person>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(refusal) = same_page(&headers) {
+    let by = person.map(|Extension(Person(email))| email);
+    let response = act_as(&live, &id, &action, &headers, &body).await;
+    tracing::info!(
+        event = "live_review",
+        job_id = %id,
+        action = %action,
+        by = by.as_deref().unwrap_or("-"),
+        status = response.status().as_u16(),
+        "a review action from the live page"
+    );
+    response
+}
+
+async fn act_as(live: &Live, id: &str, action: &str, headers: &HeaderMap, body: &[u8]) -> Response {
+    if let Err(refusal) = same_page(headers) {
         return error(StatusCode::FORBIDDEN, &refusal);
     }
     if body.len() > BODY_LIMIT {
@@ -182,22 +202,22 @@ pub(super) async fn act(
     let body: ActionBody = if body.iter().all(u8::is_ascii_whitespace) {
         ActionBody::default()
     } else {
-        match serde_json::from_slice(&body) {
+        match serde_json::from_slice(body) {
             Ok(body) => body,
             Err(e) => return error(StatusCode::BAD_REQUEST, &format!("the body: {e}")),
         }
     };
-    if let Err(e) = job_in_scope(&live, &id).await {
+    if let Err(e) = job_in_scope(live, id).await {
         return failure(&e);
     }
     let store = &live.feed.store;
-    let outcome = match action.as_str() {
+    let outcome = match action {
         "approve" => store
-            .review_job(&id, Verdict::Approved, None)
+            .review_job(id, Verdict::Approved, None)
             .await
             .map(|job| json!({ "card": Card::of(&job) })),
         "reject" => store
-            .review_job(&id, Verdict::Rejected, body.reason)
+            .review_job(id, Verdict::Rejected, body.reason)
             .await
             .map(|job| json!({ "card": Card::of(&job) })),
         "promote" => {
@@ -208,7 +228,7 @@ pub(super) async fn act(
                 again: false,
                 grounds: Grounds::Operator,
             };
-            match store.promote(&id, &options).await {
+            match store.promote(id, &options).await {
                 Ok(promoted) => {
                     if promoted.created {
                         live.dispatch(&promoted.video).await;

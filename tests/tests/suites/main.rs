@@ -18,6 +18,7 @@ mod generation;
 mod intake;
 mod janitor;
 mod live;
+mod live_cloud;
 mod local_run;
 mod object_contract;
 mod outages;

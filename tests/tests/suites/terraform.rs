@@ -9,6 +9,8 @@
 //! for the API it needs, each deployment keeps its own state and settings,
 //! and every log-based metric counts exactly the lines the binaries print
 //! for its event (`log_lines` runs them, `filter` reads Logging filters).
+//! The live page's service is behind Identity-Aware Proxy, and intake's API
+//! service is not.
 //!
 //! The files are parsed with hcl-rs, and expressions evaluated with it where
 //! a value is needed; `tests/run` builds the binaries first.
@@ -50,9 +52,14 @@ const LOCAL_ONLY: [&str; 8] = [
     "PORT",
 ];
 
+/// Modes of a binary that read only the settings their own `--help` lists
+/// (with the binary's store options, and its port), not the rest of the
+/// binary's: `intake ui` serves the live page alone.
+const OWN_SETTINGS_MODES: [(&str, &str); 1] = [("intake", "ui")];
+
 /// Variables a binary reads that terraform may leave unset, with why the
 /// binary's default is right in the cloud.
-const OPTIONAL: [(&str, &str); 3] = [
+const OPTIONAL: [(&str, &str); 4] = [
     (
         "PUSH_IDENTITY",
         "read by every binary that can serve; the Cloud Run jobs serve no pushes, and every service sets it (push_routes_take_only_the_push_accounts_signed_tokens_of_their_audience)",
@@ -64,6 +71,10 @@ const OPTIONAL: [(&str, &str); 3] = [
     (
         "GOOGLE_CERTS_URL",
         "the default is Google's own endpoint of the keys that sign its ID tokens",
+    ),
+    (
+        "IAP_KEYS_URL",
+        "the default is Google's own endpoint of the keys that sign Identity-Aware Proxy's assertions",
     ),
 ];
 
@@ -268,6 +279,8 @@ fn deployments(tf: &Terraform) -> Vec<Deployment> {
     ["services", "jobs"]
         .into_iter()
         .flat_map(|local| entries(tf.local(local)))
+        // The live page's service (live.tf), described the same way.
+        .chain([("live".to_string(), tf.local("live"))])
         .map(|(name, stage)| Deployment {
             binary: string(field(stage, "binary")),
             args: strings(field(stage, "args")),
@@ -277,10 +290,24 @@ fn deployments(tf: &Terraform) -> Vec<Deployment> {
         .collect()
 }
 
-/// The variables `binary` reads, from its `--help` (`[env: NAME=...]`, or
-/// `[env: NAME]` for a hidden value).
-fn env_of(binary: &str) -> BTreeSet<String> {
+impl Deployment {
+    /// The variables this deployment's binary reads in its mode.
+    fn reads(&self) -> BTreeSet<String> {
+        let own = self.args.first().filter(|mode| {
+            OWN_SETTINGS_MODES
+                .iter()
+                .any(|(binary, m)| *binary == self.binary && m == mode)
+        });
+        env_of(&self.binary, own.map(String::as_str))
+    }
+}
+
+/// The variables `binary` (in `mode`, when that reads only its own) reads,
+/// from its `--help` (`[env: NAME=...]`, or `[env: NAME]` for a hidden
+/// value).
+fn env_of(binary: &str, mode: Option<&str>) -> BTreeSet<String> {
     let output = Command::new(tests::harness::binary(binary))
+        .args(mode)
         .arg("--help")
         .output()
         .unwrap();
@@ -405,7 +432,7 @@ fn every_variable_a_binary_reads_is_set_by_terraform_and_no_other() {
     let tf = Terraform::load();
     let mut problems = Vec::new();
     for d in deployments(&tf) {
-        let reads = env_of(&d.binary);
+        let reads = d.reads();
         for name in &reads {
             let exempt = LOCAL_ONLY.contains(&name.as_str())
                 || OPTIONAL.iter().any(|(optional, _)| optional == name);
@@ -920,7 +947,7 @@ fn the_alert_and_the_charts_add_services_and_jobs() {
 
 /// Every resource and data type terraform/ uses, and the API it needs
 /// ("": the enablement and the waits themselves).
-const API_OF: [(&str, &str); 37] = [
+const API_OF: [(&str, &str); 39] = [
     ("google_project_service", ""),
     ("time_sleep", ""),
     ("time_static", ""),
@@ -936,6 +963,7 @@ const API_OF: [(&str, &str); 37] = [
         "google_project_iam_member",
         "cloudresourcemanager.googleapis.com",
     ),
+    ("google_project", "cloudresourcemanager.googleapis.com"),
     (
         "google_project_iam_audit_config",
         "cloudresourcemanager.googleapis.com",
@@ -961,6 +989,10 @@ const API_OF: [(&str, &str); 37] = [
         "run.googleapis.com",
     ),
     ("google_cloud_run_v2_job_iam_member", "run.googleapis.com"),
+    (
+        "google_iap_web_cloud_run_service_iam_member",
+        "iap.googleapis.com",
+    ),
     (
         "google_cloud_scheduler_job",
         "cloudscheduler.googleapis.com",
@@ -998,10 +1030,11 @@ const API_OF: [(&str, &str); 37] = [
 const PREREQUISITE_APIS: [&str; 1] = ["serviceusage.googleapis.com"];
 
 /// The services whose agents terraform creates, and what calls them.
-const AGENT_APIS: [&str; 3] = [
+const AGENT_APIS: [&str; 4] = [
     "pubsub.googleapis.com",
     "aiplatform.googleapis.com",
     "eventarc.googleapis.com",
+    "iap.googleapis.com",
 ];
 
 /// Resources that must also wait for a grant Google checks when they are
@@ -1789,5 +1822,100 @@ fn the_image_builds_from_pinned_bases_and_sends_no_settings_or_secrets() {
         "**/*credentials*.json",
     ] {
         assert!(ignored.contains(wanted), ".dockerignore lacks {wanted}");
+    }
+}
+
+// --- item: the live page is behind Identity-Aware Proxy, intake's API is not -------
+
+#[test]
+fn the_live_page_is_behind_identity_aware_proxy_and_intakes_api_is_not() {
+    let tf = Terraform::load();
+    let spec = tf.local("live");
+    assert_eq!(string(field(spec, "binary")), "intake");
+    assert_eq!(strings(field(spec, "args")), ["ui"]);
+
+    // The intake binary of the one image, in its page-only mode, as
+    // intake's account; IAP on.
+    let live = tf.resource("google_cloud_run_v2_service", "live");
+    assert_eq!(attr_text(live, "iap_enabled"), "true");
+    assert_eq!(attr_text(live, "name"), "local.live_service_name");
+    let template = only_block(live, "template");
+    assert_eq!(
+        attr_text(template, "service_account"),
+        "google_service_account.function[local.live.binary].email"
+    );
+    let container = only_block(template, "containers");
+    assert_eq!(attr_text(container, "image"), "local.image");
+    assert_eq!(
+        strings_or_templates(attr(container, "command").unwrap()),
+        ["/usr/local/bin/${local.live.binary}"]
+    );
+    assert_eq!(attr_text(container, "args"), "local.live.args");
+
+    // A page's stream lasts as long as Cloud Run lets a request last (the
+    // browser then reconnects); CPU is allocated while a request is open.
+    assert_eq!(seconds(field(spec, "timeout_s")), 3600);
+    assert_eq!(
+        attr_text(template, "timeout"),
+        "\"${local.live.timeout_s}s\""
+    );
+    let resources = only_block(container, "resources");
+    assert_eq!(attr_text(resources, "cpu_idle"), "true");
+
+    // The service checks IAP's assertion itself, of its own audience: the
+    // project's number, the region and this service's name.
+    assert_eq!(
+        env_value(&tf, field(spec, "env"), "IAP_AUDIENCE").as_deref(),
+        Some("local.live_iap_audience")
+    );
+    let audience: String = tf
+        .local("live_iap_audience")
+        .to_string()
+        .split_whitespace()
+        .collect();
+    assert!(
+        audience.contains(
+            "\"/projects/${data.google_project.live[0].number}/locations/${var.region}/services/${local.live_service_name}\""
+        ),
+        "{audience}"
+    );
+
+    // Only IAP's agent may invoke it; people are let in by IAP.
+    let invokers: Vec<String> = tf
+        .resources("google_cloud_run_v2_service_iam_member")
+        .into_values()
+        .filter(|grant| attr_text(grant, "name").contains("google_cloud_run_v2_service.live"))
+        .map(|grant| attr_text(grant, "member"))
+        .collect();
+    assert_eq!(invokers.len(), 1, "{invokers:?}");
+    assert!(
+        invokers[0].contains("google_project_service_identity.iap[0].email"),
+        "{invokers:?}"
+    );
+    let viewers = tf.resource("google_iap_web_cloud_run_service_iam_member", "live_viewer");
+    assert_eq!(
+        attr_text(viewers, "role"),
+        "\"roles/iap.httpsResourceAccessor\""
+    );
+    assert_eq!(
+        attr_text(viewers, "for_each"),
+        "toset(var.live_page_viewers)"
+    );
+
+    // Intake's API service, which Pub/Sub pushes to and API Gateway calls,
+    // runs the API mode without IAP: IAP would refuse both.
+    let (_, intake) = entries(tf.local("services"))
+        .into_iter()
+        .find(|(name, _)| name == "intake")
+        .expect("intake is a service");
+    assert_eq!(string(field(intake, "binary")), "intake");
+    assert!(strings(field(intake, "args")).is_empty());
+    for (name, service) in tf.resources("google_cloud_run_v2_service") {
+        if name != "live" {
+            assert!(
+                attr(service, "iap_enabled").is_none(),
+                "google_cloud_run_v2_service.{name} turns IAP on"
+            );
+        }
     }
 }
