@@ -9,6 +9,7 @@ pub mod config;
 pub mod cost;
 pub mod crc;
 pub mod deliver;
+pub mod doctor;
 pub mod domain;
 pub mod error;
 pub mod events;

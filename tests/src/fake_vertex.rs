@@ -27,6 +27,11 @@
 //!   of the request's `storageUri` through [`FakeOptions::objects`]
 //!   (content: `shared::placeholder::mp4`), then returns their `gs://` URIs.
 //!   Images come back inline: a valid 1×1 PNG ([`PNG_1X1`]).
+//! - answers a read of a publisher model
+//!   (`GET /v1/publishers/google/models/{model}`, the free call `asmr
+//!   doctor` makes), 403 or 404 for a model [`FakeVertex::refuse_model`]
+//!   names, and Resource Manager's `getIamPolicy` with the policy
+//!   [`FakeVertex::set_iam_policy`] gave;
 //! - checks the first frame of an image-to-video submit as Vertex AI does
 //!   (`instances[0].image`: a `gs://bucket/object` `gcsUri` and a `mimeType`
 //!   of `image/png` or `image/jpeg`; anything else is a 400
@@ -260,6 +265,10 @@ struct Inner {
     withheld: std::collections::BTreeSet<String>,
     /// `testIamPermissions` calls answered.
     permission_checks: usize,
+    /// Models whose publisher model read is refused, with the status.
+    refused_models: BTreeMap<String, u16>,
+    /// What `getIamPolicy` answers.
+    iam_policy: Value,
 }
 
 struct Shared {
@@ -305,6 +314,8 @@ impl FakeVertex {
                 frames: Vec::new(),
                 withheld: std::collections::BTreeSet::new(),
                 permission_checks: 0,
+                refused_models: BTreeMap::new(),
+                iam_policy: json!({"version": 1, "etag": "BwYAAAAAAAA=", "bindings": []}),
             }),
         });
         let app = Router::new()
@@ -312,7 +323,11 @@ impl FakeVertex {
                 "/v1/projects/{project}/locations/{location}/publishers/google/models/{call}",
                 post(handle),
             )
-            .route("/v1/projects/{call}", post(test_permissions))
+            .route(
+                "/v1/publishers/google/models/{model}",
+                axum::routing::get(publisher_model),
+            )
+            .route("/v1/projects/{call}", post(resource_manager))
             .route("/tokeninfo", axum::routing::get(token_info))
             .fallback(|| async {
                 google_error(404, "The requested URL was not found on this server.")
@@ -373,6 +388,20 @@ impl FakeVertex {
     /// credentials that lack a role).
     pub fn withhold_permission(&self, permission: &str) {
         self.shared.lock().withheld.insert(permission.to_string());
+    }
+
+    /// Makes a read of `model`'s publisher model answer `status` (403:
+    /// refused; 404: unknown).
+    pub fn refuse_model(&self, model: &str, status: u16) {
+        self.shared
+            .lock()
+            .refused_models
+            .insert(model.to_string(), status);
+    }
+
+    /// What Resource Manager's `getIamPolicy` answers from now on.
+    pub fn set_iam_policy(&self, policy: Value) {
+        self.shared.lock().iam_policy = policy;
     }
 
     /// `testIamPermissions` calls answered so far.
@@ -895,23 +924,23 @@ pub const FAKE_PRINCIPAL: &str = "tester@example.com";
 
 /// Resource Manager's `POST /v1/projects/{project}:testIamPermissions`: the
 /// permissions asked, less those withheld (`{}` when none is held, as
-/// Google answers).
-async fn test_permissions(
+/// Google answers); and `:getIamPolicy`: the policy set, in the shape of
+/// https://cloud.google.com/resource-manager/reference/rest/v1/Policy.
+async fn resource_manager(
     State(shared): State<Arc<Shared>>,
     Path(call): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if call.split_once(':').map(|(_, verb)| verb) != Some("testIamPermissions") {
+    let verb = call.split_once(':').map(|(_, verb)| verb);
+    if !matches!(verb, Some("testIamPermissions" | "getIamPolicy")) {
         return google_error(404, &format!("Unknown method in {call:?}."));
     }
-    let expected = format!("Bearer {}", shared.options.token);
-    if headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        != Some(expected.as_str())
-    {
+    if !authenticated(&shared, &headers) {
         return google_error(401, "Request had invalid authentication credentials.");
+    }
+    if verb == Some("getIamPolicy") {
+        return ok(shared.lock().iam_policy.clone());
     }
     let asked: Vec<String> = serde_json::from_slice::<Value>(&body)
         .ok()
@@ -929,6 +958,54 @@ async fn test_permissions(
         serde_json::json!({ "permissions": held })
     };
     axum::Json(body).into_response()
+}
+
+/// Whether a request carries the fake's token.
+fn authenticated(shared: &Shared, headers: &HeaderMap) -> bool {
+    let expected = format!("Bearer {}", shared.options.token);
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        == Some(expected.as_str())
+}
+
+/// `GET /v1/publishers/google/models/{model}`: the publisher model, in
+/// the shape of
+/// https://cloud.google.com/vertex-ai/docs/reference/rest/v1/publishers.models#PublisherModel
+/// (`publishers.models.get`), or the status of [`FakeVertex::refuse_model`].
+async fn publisher_model(
+    State(shared): State<Arc<Shared>>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !authenticated(&shared, &headers) {
+        return google_error(401, "Request had invalid authentication credentials.");
+    }
+    match shared.lock().refused_models.get(&model) {
+        Some(404) => {
+            return google_error(
+                404,
+                &format!("Publisher Model `publishers/google/models/{model}` is not found."),
+            );
+        }
+        Some(status) => {
+            return google_error(
+                *status,
+                &format!(
+                    "Permission 'aiplatform.models.get' denied on resource publishers/google/models/{model}."
+                ),
+            );
+        }
+        None => {}
+    }
+    ok(json!({
+        "name": format!("publishers/google/models/{model}"),
+        "versionId": "001",
+        "openSourceCategory": "PROPRIETARY",
+        "launchStage": "GA",
+        "versionState": "VERSION_STATE_STABLE",
+        "publisherModelTemplate": format!("projects/{{project}}/locations/{{location}}/publishers/google/models/{model}")
+    }))
 }
 
 /// `GET /tokeninfo?access_token=...`: whose token it is.

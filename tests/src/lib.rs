@@ -11,6 +11,7 @@
 
 pub mod browser;
 pub mod counting;
+pub mod fake_google;
 pub mod fake_vertex;
 pub mod harness;
 pub mod http;

@@ -91,6 +91,34 @@ pub enum Command {
     /// of every change in the store, at http://HOST:PORT/ui until Ctrl-C. Other
     /// commands on the same store keep working meanwhile.
     Serve(ServeArgs),
+    /// Check a deployed project against what terraform/ deploys: APIs,
+    /// the accounts' roles, push subscriptions, the bucket notification,
+    /// Firestore indexes, scheduler jobs, the models, quota and budget. One
+    /// line per check, with the fix of what is wrong; exit code 1 when
+    /// something is.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The deployment's name prefix (terraform's `prefix`: `dev-` gives
+    /// `dev-asmr-requests`) [default: ASMR_TOPIC_PREFIX, or none].
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// Region of Cloud Run and Cloud Scheduler (terraform's `region`).
+    #[arg(long, default_value = "us-central1")]
+    pub region: String,
+    /// Print a JSON array of {check, ok, detail, fix}.
+    #[arg(long)]
+    pub json: bool,
+    /// The longest each check may take.
+    #[arg(long, default_value = "20s", value_parser = shared::config::parse_duration)]
+    pub timeout: Duration,
+    #[command(flatten)]
+    #[command(next_help_heading = "Vertex AI options")]
+    pub vertex: VertexArgs,
+    #[command(flatten)]
+    pub endpoints: shared::doctor::EndpointArgs,
 }
 
 #[derive(Debug, Args)]

@@ -23,6 +23,8 @@ async fn main() -> ExitCode {
     let outcome = match cli.command {
         // The local run opens its own embedded store under --state-dir.
         args::Command::Run(run) => commands::local_run::run(&cli.store, &cli.tenant, run).await,
+        // The doctor opens the deployment's Firestore store itself.
+        args::Command::Doctor(doctor) => commands::doctor::run(&cli.store, doctor).await,
         command => commands::run(&cli.store, &cli.tenant, command).await,
     };
     out::exit_code(outcome)

@@ -37,6 +37,8 @@ const LAYERS: &[&[&str]] = &[
     &["store"],
     &["events", "server", "manifest", "report"],
     &["config", "telemetry"],
+    // `asmr doctor`: a deployment checked against what terraform makes.
+    &["doctor"],
     // The live page, which intake and `asmr serve` both serve.
     &["live"],
     // The stages.

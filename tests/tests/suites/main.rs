@@ -10,6 +10,7 @@ mod bus_contract;
 mod configuration;
 mod cost_guard;
 mod delivery;
+mod doctor;
 mod embedded_store;
 mod end_to_end;
 mod faults;

@@ -1919,3 +1919,285 @@ fn the_live_page_is_behind_identity_aware_proxy_and_intakes_api_is_not() {
         }
     }
 }
+
+// --- what `asmr doctor` expects ----------------------------------------------
+
+/// `replace(text, from, to)`, as terraform's.
+fn replace(args: FuncArgs) -> Result<Value, String> {
+    let text = |i: usize| {
+        args[i]
+            .as_str()
+            .map(str::to_string)
+            .ok_or("replace takes strings")
+    };
+    Ok(Value::String(text(0)?.replace(&text(1)?, &text(2)?)))
+}
+
+/// Evaluates a name template of terraform with `var.project` `p`,
+/// `var.prefix` `dev-`, `each.key` and `each.value`.
+fn name_of(expr: &Expression, key: &str, value: Value) -> String {
+    let mut ctx = Context::new();
+    ctx.declare_func(
+        "replace",
+        FuncDef::builder()
+            .param(ParamType::String)
+            .param(ParamType::String)
+            .param(ParamType::String)
+            .build(replace),
+    );
+    ctx.declare_var("var", hcl::value!({ project = "p", prefix = "dev-" }));
+    ctx.declare_var("each", hcl::value!({ key = (key), value = (value) }));
+    match expr.evaluate(&ctx) {
+        Ok(Value::String(s)) => s,
+        other => panic!("{expr} is not a name: {other:?}"),
+    }
+}
+
+/// The default of a variable of variables.tf.
+fn variable_default(tf: &Terraform, name: &str) -> Value {
+    let block = tf
+        .blocks
+        .iter()
+        .find(|b| b.identifier() == "variable" && label(b, 0) == name)
+        .unwrap_or_else(|| panic!("no variable {name}"));
+    attr(block.body(), "default")
+        .unwrap_or_else(|| panic!("variable {name} has no default"))
+        .evaluate(&Context::new())
+        .unwrap()
+}
+
+#[test]
+fn what_the_doctor_expects_is_what_terraform_deploys() {
+    use shared::doctor::expected::{
+        APIS, FUNCTIONS, NOTIFIED_FOLDERS, Names, PUSH_SUBSCRIPTIONS, ProjectRole, SCHEDULER_JOBS,
+        Topic,
+    };
+    let tf = Terraform::load();
+    let names = Names {
+        project: "p".into(),
+        prefix: "dev-".into(),
+        database: "(default)".into(),
+    };
+
+    // The APIs.
+    let apis = match tf.local("apis") {
+        Expression::FuncCall(call) if call.name.name.as_str() == "toset" => strings(&call.args[0]),
+        other => panic!("apis must be toset([...]), found {other}"),
+    };
+    assert_eq!(
+        apis.iter().map(String::as_str).collect::<BTreeSet<_>>(),
+        BTreeSet::from(APIS),
+        "terraform/apis.tf and shared::doctor::expected::APIS"
+    );
+
+    // The functions' accounts and their project roles.
+    let account = attr(
+        tf.resource("google_service_account", "function"),
+        "account_id",
+    )
+    .unwrap();
+    let declared: Vec<(String, Vec<ProjectRole>)> = entries(tf.local("functions"))
+        .into_iter()
+        .map(|(function, f)| {
+            let roles = match field(f, "project_roles") {
+                Expression::Array(roles) => roles
+                    .iter()
+                    .map(|role| match role.to_string().as_str() {
+                        "\"roles/datastore.user\"" => ProjectRole::DatastoreUser,
+                        "local.vertex_caller" => ProjectRole::VertexCaller,
+                        other => panic!("{function}: a role the doctor does not know: {other}"),
+                    })
+                    .collect(),
+                other => panic!("project_roles must be a list, found {other}"),
+            };
+            assert_eq!(
+                format!(
+                    "{}@p.iam.gserviceaccount.com",
+                    name_of(account, &function, Value::Null)
+                ),
+                names.account(&function)
+            );
+            (function, roles)
+        })
+        .collect();
+    let expected: Vec<(String, Vec<ProjectRole>)> = FUNCTIONS
+        .iter()
+        .map(|(f, roles)| (f.to_string(), roles.to_vec()))
+        .collect();
+    assert_eq!(
+        declared.iter().cloned().collect::<BTreeMap<_, _>>(),
+        expected.into_iter().collect::<BTreeMap<_, _>>(),
+        "local.functions and shared::doctor::expected::FUNCTIONS"
+    );
+    let caller_role = format!(
+        "projects/p/roles/{}",
+        name_of(tf.local("vertex_caller_id"), "", Value::Null)
+    );
+    assert_eq!(caller_role, names.role(ProjectRole::VertexCaller));
+    let push = attr(tf.resource("google_service_account", "push"), "account_id").unwrap();
+    assert_eq!(
+        format!(
+            "{}@p.iam.gserviceaccount.com",
+            name_of(push, "", Value::Null)
+        ),
+        names.account("push")
+    );
+    let condition = field(
+        field(tf.local("database_condition"), "roles/datastore.user"),
+        "title",
+    );
+    assert!(
+        names
+            .database_condition()
+            .ends_with(&format!(",title={}", name_of(condition, "", Value::Null))),
+        "{}",
+        names.database_condition()
+    );
+
+    // The topics.
+    let topics: BTreeMap<String, String> = entries(tf.local("topics"))
+        .into_iter()
+        .map(|(key, name)| (key, name_of(name, "", Value::Null)))
+        .collect();
+    let expected: BTreeMap<String, String> = Topic::ALL
+        .iter()
+        .map(|t| (t.key().to_string(), t.name(&names.topics())))
+        .collect();
+    assert_eq!(topics, expected);
+
+    // The push subscriptions: name, topic, service, path, filter, and
+    // whether the default settings deploy them.
+    let mut defaults = hcl::Map::new();
+    for variable in ["auto_promote", "storage_events"] {
+        defaults.insert(variable.to_string(), variable_default(&tf, variable));
+    }
+    let mut ctx = Context::new();
+    ctx.declare_var("var", Value::Object(defaults));
+    let subscription_name =
+        attr(tf.resource("google_pubsub_subscription", "push"), "name").unwrap();
+    let declared = entries(tf.local("push_subscriptions"));
+    assert_eq!(declared.len(), PUSH_SUBSCRIPTIONS.len());
+    for subscription in PUSH_SUBSCRIPTIONS {
+        let (_, s) = declared
+            .iter()
+            .find(|(key, _)| key == subscription.key)
+            .unwrap_or_else(|| panic!("terraform has no push subscription {}", subscription.key));
+        let service = string(field(s, "service"));
+        assert_eq!(service, subscription.service);
+        assert_eq!(string(field(s, "topic")), subscription.topic.key());
+        assert_eq!(string(field(s, "path")), subscription.path);
+        let filter = match field(s, "filter") {
+            Expression::Null => None,
+            other => Some(string(other)),
+        };
+        assert_eq!(
+            filter.as_deref(),
+            subscription.filter,
+            "{}",
+            subscription.key
+        );
+        let deployed = field(s, "enabled").evaluate(&ctx).unwrap() == Value::Bool(true);
+        assert_eq!(
+            subscription.only_with.is_none(),
+            deployed,
+            "{}: only_with says whether the default settings leave it out",
+            subscription.key
+        );
+        let name = name_of(
+            subscription_name,
+            subscription.key,
+            hcl::value!({ service = (service.clone()) }),
+        );
+        assert_eq!(name, names.subscription(&subscription));
+    }
+
+    // The scheduler jobs, and which the default schedules turn on.
+    let schedules_type: String = attr(
+        tf.blocks
+            .iter()
+            .find(|b| b.identifier() == "variable" && label(b, 0) == "schedules")
+            .unwrap()
+            .body(),
+        "type",
+    )
+    .unwrap()
+    .to_string()
+    .split_whitespace()
+    .collect();
+    let jobs = match tf.local("schedules") {
+        Expression::ForExpr(f) => entries(&f.collection_expr)
+            .into_iter()
+            .map(|(job, cron)| {
+                let setting = cron
+                    .to_string()
+                    .trim_start_matches("var.schedules.")
+                    .to_string();
+                (
+                    job,
+                    schedules_type.contains(&format!("{setting}=optional(string,\"")),
+                )
+            })
+            .collect::<Vec<_>>(),
+        other => panic!("schedules must be a for expression, found {other}"),
+    };
+    let sweep = tf.resource("google_cloud_scheduler_job", "webhook_sweep");
+    let mut declared: Vec<(String, bool)> = jobs;
+    declared.push((
+        "webhook-sweep".into(),
+        schedules_type.contains("webhook_sweep=optional(string,\""),
+    ));
+    let expected: Vec<(String, bool)> = SCHEDULER_JOBS
+        .iter()
+        .map(|(j, d)| (j.to_string(), *d))
+        .collect();
+    assert_eq!(
+        declared, expected,
+        "terraform/scheduler.tf and SCHEDULER_JOBS"
+    );
+    let run = attr(tf.resource("google_cloud_scheduler_job", "run"), "name").unwrap();
+    assert_eq!(
+        name_of(run, "janitor", Value::Null),
+        names.scheduler_job("janitor")
+    );
+    assert_eq!(
+        name_of(attr(sweep, "name").unwrap(), "", Value::Null),
+        names.scheduler_job("webhook-sweep")
+    );
+
+    // The services pushed to, and the audiences of their tokens.
+    let service = attr(tf.resource("google_cloud_run_v2_service", "stage"), "name").unwrap();
+    assert_eq!(
+        name_of(service, "intake", Value::Null),
+        names.service("intake")
+    );
+    let audiences = tf.local("push_audiences").to_string();
+    assert!(
+        audiences.contains("\"${var.project}/${var.prefix}asmr-${name}\""),
+        "{audiences}"
+    );
+    assert_eq!(names.audience("intake"), "p/dev-asmr-intake");
+
+    // The output bucket and its notifications.
+    let bucket = attr(tf.resource("google_storage_bucket", "output"), "name").unwrap();
+    assert_eq!(name_of(bucket, "", Value::Null), names.output_bucket());
+    let notification = tf.resource("google_storage_notification", "output_finalized");
+    assert_eq!(
+        attr_text(notification, "topic"),
+        "google_pubsub_topic.topic[\"gcs_events\"].id"
+    );
+    assert_eq!(
+        strings(attr(notification, "event_types").unwrap()),
+        ["OBJECT_FINALIZE"]
+    );
+    let for_each: String = attr_text(notification, "for_each")
+        .split_whitespace()
+        .collect();
+    let folders: Vec<String> = NOTIFIED_FOLDERS
+        .iter()
+        .map(|f| format!("\"{f}\""))
+        .collect();
+    assert!(
+        for_each.contains(&format!("toset([{}])", folders.join(","))),
+        "{for_each}"
+    );
+}

@@ -3,6 +3,7 @@
 
 mod add;
 mod change;
+pub mod doctor;
 mod downloads;
 mod inspect;
 pub mod local_run;
@@ -174,6 +175,7 @@ pub async fn run(args: &StoreArgs, tenant: &TenantName, command: Command) -> Res
             serve::run(&store, bus.clone(), topics.clone(), scope, &args).await
         }
         Command::Run(_) => anyhow::bail!("`asmr run` opens its own store"),
+        Command::Doctor(_) => anyhow::bail!("`asmr doctor` opens its own store"),
     };
     store.flush_events().await;
     outcome
