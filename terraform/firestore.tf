@@ -270,6 +270,86 @@ locals {
         { path = "id", order = "DESCENDING" },
       ]
     }
+    # The live page's last hour: records per minute of one tenant,
+    # failures since a time (counted, and read in order), the oldest
+    # pending job.
+    jobs_tenant_created = {
+      collection = "jobs"
+      fields = [
+        { path = "tenant", order = "ASCENDING" },
+        { path = "created_at", order = "ASCENDING" },
+      ]
+    }
+    jobs_tenant_completed = {
+      collection = "jobs"
+      fields = [
+        { path = "tenant", order = "ASCENDING" },
+        { path = "completed_at", order = "ASCENDING" },
+      ]
+    }
+    downloads_tenant_completed = {
+      collection = "downloads"
+      fields = [
+        { path = "tenant", order = "ASCENDING" },
+        { path = "completed_at", order = "ASCENDING" },
+      ]
+    }
+    jobs_status_failed_since = {
+      collection = "jobs"
+      fields = [
+        { path = "status", order = "ASCENDING" },
+        { path = "updated_at", order = "ASCENDING" },
+      ]
+    }
+    jobs_tenant_status_failed_since = {
+      collection = "jobs"
+      fields = [
+        { path = "tenant", order = "ASCENDING" },
+        { path = "status", order = "ASCENDING" },
+        { path = "updated_at", order = "ASCENDING" },
+      ]
+    }
+    jobs_tenant_status_failures = {
+      collection = "jobs"
+      fields = [
+        { path = "tenant", order = "ASCENDING" },
+        { path = "status", order = "ASCENDING" },
+        { path = "updated_at", order = "ASCENDING" },
+        { path = "id", order = "ASCENDING" },
+      ]
+    }
+    downloads_status_failed_since = {
+      collection = "downloads"
+      fields = [
+        { path = "status", order = "ASCENDING" },
+        { path = "updated_at", order = "ASCENDING" },
+      ]
+    }
+    downloads_tenant_status_failed_since = {
+      collection = "downloads"
+      fields = [
+        { path = "tenant", order = "ASCENDING" },
+        { path = "status", order = "ASCENDING" },
+        { path = "updated_at", order = "ASCENDING" },
+      ]
+    }
+    jobs_status_oldest = {
+      collection = "jobs"
+      fields = [
+        { path = "status", order = "ASCENDING" },
+        { path = "created_at", order = "ASCENDING" },
+        { path = "id", order = "ASCENDING" },
+      ]
+    }
+    jobs_tenant_status_oldest = {
+      collection = "jobs"
+      fields = [
+        { path = "tenant", order = "ASCENDING" },
+        { path = "status", order = "ASCENDING" },
+        { path = "created_at", order = "ASCENDING" },
+        { path = "id", order = "ASCENDING" },
+      ]
+    }
     # The janitor's sweep of job events left in the outbox.
     outbox_oldest = {
       collection = "outbox"

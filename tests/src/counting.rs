@@ -26,6 +26,10 @@ pub struct Trips {
     /// Conditional writes and commits refused because a document had
     /// changed: contention.
     pub conflicts: u64,
+    /// Document reads as Firestore bills them: one per document read or
+    /// returned by a query (one for a query that returns none), and one
+    /// per 1000 index entries a count matches (at least one).
+    pub billed_reads: u64,
 }
 
 impl Trips {
@@ -42,6 +46,7 @@ impl Trips {
             writes: self.writes - earlier.writes,
             commits: self.commits - earlier.commits,
             conflicts: self.conflicts - earlier.conflicts,
+            billed_reads: self.billed_reads - earlier.billed_reads,
         }
     }
 }
@@ -142,7 +147,10 @@ impl Backend for Counting {
     }
 
     async fn get(&self, collection: Collection, id: &str) -> Result<Option<Stored>> {
-        self.count(|t| t.reads += 1);
+        self.count(|t| {
+            t.reads += 1;
+            t.billed_reads += 1;
+        });
         self.inner.get(collection, id).await
     }
 
@@ -195,13 +203,21 @@ impl Backend for Counting {
     }
 
     async fn query(&self, collection: Collection, query: &Query) -> Result<Vec<Stored>> {
-        self.count(|t| t.queries += 1);
-        self.inner.query(collection, query).await
+        let found = self.inner.query(collection, query).await?;
+        self.count(|t| {
+            t.queries += 1;
+            t.billed_reads += (found.len() as u64).max(1);
+        });
+        Ok(found)
     }
 
     async fn count(&self, collection: Collection, conds: &[Cond]) -> Result<u64> {
-        self.count(|t| t.queries += 1);
-        self.inner.count(collection, conds).await
+        let n = self.inner.count(collection, conds).await?;
+        self.count(|t| {
+            t.queries += 1;
+            t.billed_reads += n.div_ceil(1000).max(1);
+        });
+        Ok(n)
     }
 }
 

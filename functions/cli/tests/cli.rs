@@ -787,15 +787,19 @@ fn bad_input_is_one_clear_error_with_exit_code_1(env: &Env) {
 
 fn stats_json_has_the_exact_shape_and_counts(env: &Env) {
     let empty = env.asmr(&["stats", "--json"]).ok();
+    assert_stats_json(
+        &empty.stdout,
+        r#"{"pending": 0, "processing": 0, "generating": 0, "completed": 0, "delivered": 0, "failed": 0, "cancelled": 0, "total": 0}"#,
+        r#"{"pending": 0, "downloading": 0, "completed": 0, "failed": 0, "total": 0}"#,
+    );
+    let stats: serde_json::Value = serde_json::from_str(&empty.stdout).unwrap();
     assert_eq!(
-        empty.stdout,
-        format!(
-            "{}{}{}{}\n",
-            r#"{"jobs": {"pending": 0, "processing": 0, "generating": 0, "completed": 0, "delivered": 0, "failed": 0, "cancelled": 0, "total": 0}, "#,
-            r#""waiting": {"budget_exhausted": 0, "misconfigured": 0, "quota_exhausted": 0, "storage_unavailable": 0}, "#,
-            r#""downloads": {"pending": 0, "downloading": 0, "completed": 0, "failed": 0, "total": 0}, "#,
-            no_budget_json()
-        )
+        stats["activity"]["oldest_pending_age_s"],
+        serde_json::Value::Null
+    );
+    assert_eq!(
+        stats["activity"]["model_call_success_rate"],
+        serde_json::Value::Null
     );
 
     let a = env.add("a");
@@ -830,23 +834,69 @@ fn stats_json_has_the_exact_shape_and_counts(env: &Env) {
     });
 
     let run = env.asmr(&["stats", "--json"]).ok();
-    assert_eq!(
-        run.stdout,
-        format!(
-            "{}{}{}{}\n",
-            r#"{"jobs": {"pending": 2, "processing": 1, "generating": 0, "completed": 0, "delivered": 0, "failed": 1, "cancelled": 1, "total": 5}, "#,
-            r#""waiting": {"budget_exhausted": 0, "misconfigured": 0, "quota_exhausted": 0, "storage_unavailable": 0}, "#,
-            r#""downloads": {"pending": 1, "downloading": 0, "completed": 0, "failed": 0, "total": 1}, "#,
-            no_budget_json()
-        )
+    assert_stats_json(
+        &run.stdout,
+        r#"{"pending": 2, "processing": 1, "generating": 0, "completed": 0, "delivered": 0, "failed": 1, "cancelled": 1, "total": 5}"#,
+        r#"{"pending": 1, "downloading": 0, "completed": 0, "failed": 0, "total": 1}"#,
     );
+    let stats: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let activity = &stats["activity"];
+    assert_eq!(activity["last_hour"]["created"], 5, "{activity}");
+    assert_eq!(activity["last_hour"]["failed"], 1, "{activity}");
+    assert_eq!(activity["failures"], serde_json::json!({"model_error": 1}));
+    assert_eq!(
+        activity["model_call_success_rate"], 0.0,
+        "one call ended, in failure"
+    );
+    assert_eq!(
+        activity["per_minute"]["created"].as_array().unwrap().len(),
+        60
+    );
+    assert!(activity["oldest_pending_age_s"].as_u64().unwrap() < 120);
+    assert_eq!(stats.get("jobs_by_tenant"), None, "a view of one tenant");
+    let everyone = env.asmr(&["stats", "--json", "--all-tenants"]).ok();
+    let everyone: serde_json::Value = serde_json::from_str(&everyone.stdout).unwrap();
+    assert_eq!(everyone["jobs_by_tenant"]["default"], stats["jobs"]);
+    assert_eq!(stats["jobs_by_kind"]["video"]["processing"], 1);
+}
+
+/// `asmr stats --json` of one tenant: its members in order, the jobs and downloads rows
+/// as given, no job waiting and nothing spent today.
+fn assert_stats_json(stdout: &str, jobs: &str, downloads: &str) {
+    let members = [
+        "jobs",
+        "waiting",
+        "jobs_by_kind",
+        "downloads",
+        "rejected",
+        "budget",
+        "activity",
+    ];
+    let at: Vec<usize> = members
+        .iter()
+        .map(|m| {
+            stdout
+                .find(&format!("\"{m}\": "))
+                .unwrap_or_else(|| panic!("no {m}: {stdout}"))
+        })
+        .collect();
+    assert!(
+        at.windows(2).all(|w| w[0] < w[1]),
+        "members out of order: {stdout}"
+    );
+    assert!(stdout.starts_with(&format!(r#"{{"jobs": {jobs}, "waiting": {{"budget_exhausted": 0, "misconfigured": 0, "quota_exhausted": 0, "storage_unavailable": 0}}, "#)), "{stdout}");
+    assert!(
+        stdout.contains(&format!(r#""downloads": {downloads}, "#)),
+        "{stdout}"
+    );
+    assert!(stdout.contains(&no_budget_json()), "{stdout}");
 }
 
 /// The `budget` member of `asmr stats --json` when nothing was spent today.
 fn no_budget_json() -> String {
     let today = shared::store::budget::budget_day_of(Timestamp::now());
     format!(
-        r#""budget": {{"day": "{today}", "reserved_usd": 0.0, "spent_usd": 0.0, "budget_usd": null, "waiting_jobs": 0}}}}"#
+        r#""budget": {{"day": "{today}", "reserved_usd": 0.0, "spent_usd": 0.0, "budget_usd": null, "waiting_jobs": 0}}"#
     )
 }
 
@@ -882,14 +932,27 @@ fn stats_prints_aligned_tables(env: &Env) {
     assert_eq!(lines[22], "");
     let today = shared::store::budget::budget_day_of(Timestamp::now());
     assert_eq!(
-        &lines[23..],
+        &lines[23..29],
         [
             format!("budget (UTC {today})       usd"),
             "reserved                    $0.00".to_string(),
             "spent                       $0.00".to_string(),
             "budget                   no limit".to_string(),
             "jobs waiting                    0".to_string(),
+            String::new(),
         ]
+    );
+    assert_eq!(lines[29], "last hour                      count");
+    assert_eq!(lines[30], "jobs created                       3");
+    let oldest = lines.last().unwrap();
+    assert!(
+        oldest.starts_with("oldest pending job") && oldest.ends_with(" s"),
+        "{oldest}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("model calls that made outputs") && l.ends_with('-'))
     );
 }
 
@@ -1603,16 +1666,19 @@ fn stats_counts_downloads_per_status(env: &Env) {
     // ids[4] and ids[5] stay pending.
 
     let run = env.asmr(&["stats", "--json"]).ok();
-    assert_eq!(
-        run.stdout,
-        format!(
-            "{}{}{}{}\n",
-            r#"{"jobs": {"pending": 1, "processing": 0, "generating": 0, "completed": 0, "delivered": 0, "failed": 0, "cancelled": 0, "total": 1}, "#,
-            r#""waiting": {"budget_exhausted": 0, "misconfigured": 0, "quota_exhausted": 0, "storage_unavailable": 0}, "#,
-            r#""downloads": {"pending": 3, "downloading": 1, "completed": 1, "failed": 1, "total": 6}, "#,
-            no_budget_json()
-        )
+    assert_stats_json(
+        &run.stdout,
+        r#"{"pending": 1, "processing": 0, "generating": 0, "completed": 0, "delivered": 0, "failed": 0, "cancelled": 0, "total": 1}"#,
+        r#"{"pending": 3, "downloading": 1, "completed": 1, "failed": 1, "total": 6}"#,
     );
+    let stats: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let hour = &stats["activity"]["last_hour"];
+    assert_eq!(
+        (&hour["delivered"], &hour["downloads_failed"]),
+        (&1.into(), &1.into()),
+        "{hour}"
+    );
+    assert_eq!(stats["activity"]["download_completion_rate"], 0.5);
 
     let run = env.asmr(&["stats"]).ok();
     let table: Vec<&str> = run

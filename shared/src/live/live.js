@@ -43,10 +43,50 @@
     return value;
   }
 
+  // A series (per minute, oldest first) as a line scaled to its largest
+  // value, with the last value as text.
+  var SVG = 'http://www.w3.org/2000/svg';
+  function draw(target, values) {
+    target.dataset.value = JSON.stringify(values);
+    var line = target.querySelector('polyline');
+    if (!line) {
+      target.textContent = '';
+      var svg = document.createElementNS(SVG, 'svg');
+      svg.setAttribute('class', 'spark');
+      svg.setAttribute('viewBox', '0 0 ' + Math.max(values.length - 1, 1) + ' 20');
+      svg.setAttribute('preserveAspectRatio', 'none');
+      svg.setAttribute('aria-hidden', 'true');
+      line = document.createElementNS(SVG, 'polyline');
+      svg.appendChild(line);
+      target.appendChild(svg);
+      var now = document.createElement('span');
+      now.className = 'now';
+      target.appendChild(now);
+      target.parentNode.classList.add('series');
+    }
+    var top = Math.max.apply(null, values.concat([1]));
+    line.setAttribute('points', values.map(function (v, i) {
+      return i + ',' + (20 - (v / top) * 19).toFixed(2);
+    }).join(' '));
+    target.querySelector('.now').textContent = text(values[values.length - 1]);
+  }
+  Array.prototype.forEach.call(main.querySelectorAll('[data-value]'), function (target) {
+    draw(target, JSON.parse(target.dataset.value));
+  });
+
   function show(snapshot) {
     var figures = snapshot.figures || {};
     Object.keys(figures).forEach(function (name) {
       var target = element(name);
+      if (Array.isArray(figures[name])) {
+        if (target.dataset.value !== JSON.stringify(figures[name])) { draw(target, figures[name]); }
+        return;
+      }
+      if (figures[name] === 0) {
+        target.parentNode.setAttribute('data-zero', '');
+      } else {
+        target.parentNode.removeAttribute('data-zero');
+      }
       var value = text(figures[name]);
       if (target.textContent !== value) {
         target.textContent = value;

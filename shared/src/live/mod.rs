@@ -28,6 +28,7 @@ use crate::bus::{Bus, Topics};
 use crate::domain::job::Job;
 use crate::error::Result;
 use crate::store::Store;
+use crate::store::activity::ActivityCache;
 use crate::store::stats::Stats;
 use crate::store::tenants::Scope;
 use crate::time::Timestamp;
@@ -103,6 +104,8 @@ pub struct Feed {
     scope: Scope,
     every: Duration,
     latest: watch::Sender<Option<Arc<Snapshot>>>,
+    /// The minutes of the last hour that are over, read once.
+    cache: tokio::sync::Mutex<ActivityCache>,
     watched: Notify,
     closing: AtomicBool,
     closed: Notify,
@@ -117,6 +120,7 @@ impl Feed {
             scope,
             every,
             latest: watch::Sender::new(None),
+            cache: Default::default(),
             watched: Notify::new(),
             closing: AtomicBool::new(false),
             closed: Notify::new(),
@@ -127,7 +131,11 @@ impl Feed {
 
     /// The figures now, read from the store.
     pub async fn read(&self) -> Result<Snapshot> {
-        let stats = self.store.stats_in(&self.scope).await?;
+        let mut cache = self.cache.lock().await;
+        let stats = self
+            .store
+            .stats_with_activity(&self.scope, &mut cache)
+            .await?;
         Ok(Snapshot {
             at: Timestamp::now().to_string(),
             figures: figures(&stats),

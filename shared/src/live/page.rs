@@ -33,12 +33,19 @@ const REVIEW: &str = "<section id=\"review\" aria-label=\"review\">\n\
     </section>\n";
 
 /// The groups in the order shown; others follow, sorted.
-const GROUPS: [(&str, &str); 4] = [
+const GROUPS: [(&str, &str); 7] = [
     ("jobs", "Jobs"),
     ("waiting", "Pending jobs waiting, by reason"),
+    ("activity", "The last hour"),
     ("downloads", "Downloads"),
     ("budget", "Money today (UTC)"),
+    ("jobs_by_kind", "Jobs per kind"),
+    ("jobs_by_tenant", "Jobs per tenant"),
 ];
+
+/// An empty chart of a series; the script draws it from `data-value`.
+const SPARK: &str = "<svg class=\"spark\" viewBox=\"0 0 59 20\" preserveAspectRatio=\"none\" \
+    aria-hidden=\"true\"><polyline points=\"\"></polyline></svg>";
 
 /// Connections to the page's own origin only (its stream of figures);
 /// the one script that runs is the page's own, named by its SHA-256.
@@ -61,6 +68,11 @@ pub fn text_of(value: &Value) -> String {
     match value {
         Value::Null => "–".to_string(),
         Value::String(s) => s.clone(),
+        // As the page's script writes numbers: 1.0 reads 1.
+        Value::Number(n) => match n.as_f64() {
+            Some(x) if n.is_f64() && x.fract() == 0.0 && x.abs() < 1e15 => format!("{}", x as i64),
+            _ => n.to_string(),
+        },
         other => other.to_string(),
     }
 }
@@ -108,19 +120,37 @@ pub fn render(snapshot: &Snapshot) -> String {
             .iter()
             .filter(|(name, _)| group_of(name) == group)
         {
-            // A wait reason says what to do about it, as the local run does.
+            let label = escape(label_of(name));
+            let name = escape(name);
+            if let Value::Array(series) = value {
+                // A series (per minute, oldest first): its chart, and the
+                // last value as text.
+                let _ = writeln!(
+                    html,
+                    "<div class=\"figure series\"><dt>{label}</dt><dd data-metric=\"{name}\" \
+                     data-value=\"{all}\">{SPARK}<span class=\"now\">{last}</span></dd></div>",
+                    all = escape(&value.to_string()),
+                    last = escape(&series.last().map(text_of).unwrap_or_default()),
+                );
+                continue;
+            }
+            // A wait reason says what to do about it, as the local run does;
+            // shown while jobs wait for it.
             let advice = match name.strip_prefix("waiting.") {
                 Some(reason) => format!(
-                    " title=\"{}\"",
+                    "<p class=\"advice\">{}</p>",
                     escape(crate::domain::values::wait_advice(reason))
                 ),
                 None => String::new(),
             };
+            let zero = if value.as_u64() == Some(0) {
+                " data-zero"
+            } else {
+                ""
+            };
             let _ = writeln!(
                 html,
-                "<div class=\"figure\"{advice}><dt>{label}</dt><dd data-metric=\"{name}\">{value}</dd></div>",
-                label = escape(label_of(name)),
-                name = escape(name),
+                "<div class=\"figure\"{zero}><dt>{label}</dt><dd data-metric=\"{name}\">{value}</dd>{advice}</div>",
                 value = escape(&text_of(value)),
             );
         }

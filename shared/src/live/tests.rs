@@ -1,6 +1,7 @@
 use super::*;
 use crate::domain::job::NewJob;
 use crate::domain::values::JobKind;
+use crate::report::escape;
 use crate::store::embedded::EmbeddedBackend;
 use axum::body::Body;
 use axum::http::Request;
@@ -77,6 +78,51 @@ fn the_page_carries_every_figure_as_data_metric_with_its_text_escaped() {
     let waiting = html.find("data-group=\"waiting\"").unwrap();
     let budget = html.find("data-group=\"budget\"").unwrap();
     assert!(jobs < waiting && waiting < budget);
+}
+
+#[test]
+fn a_wait_reason_says_what_to_do_while_jobs_wait_and_a_series_carries_its_numbers() {
+    use crate::domain::values::{QUOTA_EXHAUSTED, STORAGE_UNAVAILABLE, wait_advice};
+    let mut figures = Figures::new();
+    figures.insert(format!("waiting.{QUOTA_EXHAUSTED}"), Value::from(2));
+    figures.insert(format!("waiting.{STORAGE_UNAVAILABLE}"), Value::from(0));
+    figures.insert(
+        "activity.per_minute.created".into(),
+        serde_json::json!([0, 4, 7]),
+    );
+    figures.insert("activity.model_call_success_rate".into(), Value::from(1.0));
+    let html = page::render(&Snapshot {
+        at: "2026-12-06T00:00:00Z".into(),
+        figures,
+        error: None,
+    });
+    let row = |reason: &str| {
+        let at = html
+            .find(&format!("data-metric=\"waiting.{reason}\""))
+            .unwrap();
+        let start = html[..at].rfind("<div").unwrap();
+        let end = at + html[at..].find("</div>").unwrap();
+        html[start..end].to_string()
+    };
+    let quota = row(QUOTA_EXHAUSTED);
+    assert!(!quota.contains("data-zero"), "{quota}");
+    assert!(
+        quota.contains(&format!(
+            "<p class=\"advice\">{}</p>",
+            escape(wait_advice(QUOTA_EXHAUSTED))
+        )),
+        "{quota}"
+    );
+    assert!(
+        row(STORAGE_UNAVAILABLE).contains("data-zero"),
+        "hidden while none wait"
+    );
+    assert!(
+        html.contains("data-metric=\"activity.per_minute.created\" data-value=\"[0,4,7]\""),
+        "{html}"
+    );
+    assert!(html.contains("<span class=\"now\">7</span>"));
+    assert!(html.contains("<dd data-metric=\"activity.model_call_success_rate\">1</dd>"));
 }
 
 #[test]

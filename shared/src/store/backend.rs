@@ -145,6 +145,9 @@ pub enum Cond {
     In(&'static str, Vec<Scalar>),
     /// `field < value`; documents without the field (or with null) never match.
     Lt(&'static str, Scalar),
+    /// `field >= value`; documents without the field (or with null) never
+    /// match.
+    Ge(&'static str, Scalar),
 }
 
 /// Sort direction.

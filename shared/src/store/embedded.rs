@@ -29,6 +29,9 @@ CREATE INDEX IF NOT EXISTS jobs_claim ON jobs (
     json_extract(doc, '$.priority'), json_extract(doc, '$.created_at'));
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (json_extract(doc, '$.created_at'));
 CREATE INDEX IF NOT EXISTS jobs_expire ON jobs (json_extract(doc, '$.expire_at'));
+CREATE INDEX IF NOT EXISTS jobs_completed ON jobs (json_extract(doc, '$.completed_at'));
+CREATE INDEX IF NOT EXISTS jobs_status_updated ON jobs (
+    json_extract(doc, '$.status'), json_extract(doc, '$.updated_at'));
 CREATE TABLE IF NOT EXISTS downloads (
     id TEXT PRIMARY KEY NOT NULL,
     version INTEGER NOT NULL,
@@ -38,6 +41,9 @@ CREATE INDEX IF NOT EXISTS downloads_claim ON downloads (
     json_extract(doc, '$.status'), json_extract(doc, '$.priority'),
     json_extract(doc, '$.created_at'));
 CREATE INDEX IF NOT EXISTS downloads_expire ON downloads (json_extract(doc, '$.expire_at'));
+CREATE INDEX IF NOT EXISTS downloads_completed ON downloads (json_extract(doc, '$.completed_at'));
+CREATE INDEX IF NOT EXISTS downloads_status_updated ON downloads (
+    json_extract(doc, '$.status'), json_extract(doc, '$.updated_at'));
 CREATE TABLE IF NOT EXISTS rejected (
     id TEXT PRIMARY KEY NOT NULL,
     version INTEGER NOT NULL,
@@ -222,6 +228,10 @@ fn where_clause(
             }
             Cond::Lt(field, value) => {
                 parts.push(format!("{} < ?", field_expr(field)));
+                params.push(sql_value(value));
+            }
+            Cond::Ge(field, value) => {
+                parts.push(format!("{} >= ?", field_expr(field)));
                 params.push(sql_value(value));
             }
             Cond::In(field, values) if values.is_empty() => parts.push("0".into()),

@@ -264,6 +264,10 @@ fn filter(conds: &[Cond]) -> Option<FirestoreQueryFilter> {
                 Cond::Lt(field, value) => {
                     FirestoreQueryFilterCompare::LessThan(field.to_string(), scalar(value))
                 }
+                Cond::Ge(field, value) => FirestoreQueryFilterCompare::GreaterThanOrEqual(
+                    field.to_string(),
+                    scalar(value),
+                ),
                 Cond::In(field, values) => FirestoreQueryFilterCompare::In(
                     field.to_string(),
                     FirestoreValue::from(FsValue {

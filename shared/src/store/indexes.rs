@@ -209,6 +209,49 @@ pub const INDEXES: &[Index] = &[
         collection: Collection::Charges,
         fields: &[asc("day"), asc("id")],
     },
+    // the last hour (activity_in): records per minute of one tenant;
+    // failures since a time (counted, and read in order); the oldest
+    // pending job
+    Index {
+        collection: Collection::Jobs,
+        fields: &[asc("tenant"), asc("created_at")],
+    },
+    Index {
+        collection: Collection::Jobs,
+        fields: &[asc("tenant"), asc("completed_at")],
+    },
+    Index {
+        collection: Collection::Downloads,
+        fields: &[asc("tenant"), asc("completed_at")],
+    },
+    Index {
+        collection: Collection::Jobs,
+        fields: &[asc("status"), asc("updated_at")],
+    },
+    Index {
+        collection: Collection::Jobs,
+        fields: &[asc("tenant"), asc("status"), asc("updated_at")],
+    },
+    Index {
+        collection: Collection::Jobs,
+        fields: &[asc("tenant"), asc("status"), asc("updated_at"), asc("id")],
+    },
+    Index {
+        collection: Collection::Downloads,
+        fields: &[asc("status"), asc("updated_at")],
+    },
+    Index {
+        collection: Collection::Downloads,
+        fields: &[asc("tenant"), asc("status"), asc("updated_at")],
+    },
+    Index {
+        collection: Collection::Jobs,
+        fields: &[asc("status"), asc("created_at"), asc("id")],
+    },
+    Index {
+        collection: Collection::Jobs,
+        fields: &[asc("tenant"), asc("status"), asc("created_at"), asc("id")],
+    },
     // publish_outbox: entries left behind, oldest first
     Index {
         collection: Collection::Outbox,
@@ -238,7 +281,7 @@ impl QueryShape {
         for cond in conds {
             match cond {
                 Cond::Eq(field, _) | Cond::In(field, _) => equalities.insert(*field),
-                Cond::Lt(field, _) => ranges.insert(*field),
+                Cond::Lt(field, _) | Cond::Ge(field, _) => ranges.insert(*field),
             };
         }
         Self {
@@ -247,6 +290,18 @@ impl QueryShape {
             ranges,
             order: order.to_vec(),
         }
+    }
+
+    /// The shape of a count: Firestore serves its range filter in the
+    /// order of the range's field, ascending.
+    pub fn of_count(collection: Collection, conds: &[Cond]) -> Self {
+        let mut shape = Self::of(collection, conds, &[]);
+        shape.order = shape
+            .ranges
+            .iter()
+            .map(|field| (*field, Dir::Asc))
+            .collect();
+        shape
     }
 
     /// Whether Firestore needs a composite index for it: more than one field
@@ -391,7 +446,7 @@ mod tests {
             self.inner.query(collection, query).await
         }
         async fn count(&self, collection: Collection, conds: &[Cond]) -> Result<u64> {
-            self.record(QueryShape::of(collection, conds, &[]));
+            self.record(QueryShape::of_count(collection, conds));
             self.inner.count(collection, conds).await
         }
     }
@@ -521,6 +576,10 @@ mod tests {
                 .await
                 .unwrap();
             store.stats_in(scope).await.unwrap();
+            store
+                .stats_with_activity(scope, &mut Default::default())
+                .await
+                .unwrap();
         }
         store
             .reset_stuck_jobs(Duration::from_secs(0))

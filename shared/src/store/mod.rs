@@ -6,6 +6,7 @@
 //! nobody changed it in between (compare-and-set), retrying on conflict. The
 //! two adapters, [`embedded`] and [`firestore`], only store documents.
 
+pub mod activity;
 pub mod backend;
 pub mod budget;
 mod claim;

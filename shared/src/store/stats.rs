@@ -3,6 +3,7 @@
 //! kept, and today's spending against the budget. `GET /v1/stats` and
 //! `asmr stats --json` both serialize this one type.
 
+use super::activity::{Activity, ActivityCache};
 use super::budget::{BudgetDay, budget_day_of};
 use super::tenants::Scope;
 use super::{DownloadCounts, JobCounts, Store};
@@ -34,6 +35,12 @@ pub struct Stats {
     /// Today's spending.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub budget: Option<BudgetStats>,
+    /// Jobs per status for each tenant (a view of everyone's records).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jobs_by_tenant: Option<BTreeMap<String, JobStats>>,
+    /// The last hour.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activity: Option<Activity>,
 }
 
 /// Jobs per status and in all.
@@ -97,6 +104,22 @@ impl JobStats {
     }
 }
 
+impl JobStats {
+    /// These counts less `other`'s, status by status.
+    fn less(self, other: &JobStats) -> JobStats {
+        JobStats {
+            pending: self.pending.saturating_sub(other.pending),
+            processing: self.processing.saturating_sub(other.processing),
+            generating: self.generating.saturating_sub(other.generating),
+            completed: self.completed.saturating_sub(other.completed),
+            delivered: self.delivered.saturating_sub(other.delivered),
+            failed: self.failed.saturating_sub(other.failed),
+            cancelled: self.cancelled.saturating_sub(other.cancelled),
+            total: self.total.saturating_sub(other.total),
+        }
+    }
+}
+
 impl DownloadStats {
     fn of(counts: &DownloadCounts) -> Self {
         let mut stats = Self::default();
@@ -146,6 +169,8 @@ impl Stats {
             jobs_by_kind: Some(by_kind),
             downloads: DownloadStats::of(downloads),
             rejected: Some(rejected),
+            jobs_by_tenant: None,
+            activity: None,
         }
     }
 }
@@ -167,5 +192,52 @@ impl Store {
             self.budget_day_in(&today, scope),
         )?;
         Ok(Stats::of(&jobs, waiting, &downloads, rejected, &day))
+    }
+
+    /// Jobs per status for each tenant on record, and `default` for jobs of
+    /// no named tenant: what is left of `everyone`'s once the named
+    /// tenants' are taken out (each job has one tenant), so the default
+    /// row costs no read.
+    pub async fn jobs_by_tenant(&self, everyone: &JobStats) -> Result<BTreeMap<String, JobStats>> {
+        let names: Vec<_> = self
+            .tenants()
+            .await?
+            .iter()
+            .map(|t| t.name().clone())
+            .filter(|name| !name.is_default())
+            .collect();
+        let rows = futures::future::try_join_all(names.iter().map(|name| async move {
+            let counts = self.job_counts_in(&Scope::Tenant(name.clone())).await?;
+            Ok::<_, crate::error::Error>((name.to_string(), JobStats::of(&counts, None)))
+        }))
+        .await?;
+        let rest = rows
+            .iter()
+            .fold(everyone.clone(), |rest, (_, row)| rest.less(row));
+        let mut by_tenant: BTreeMap<String, JobStats> = rows.into_iter().collect();
+        by_tenant.insert(
+            crate::domain::tenant::TenantName::default().to_string(),
+            rest,
+        );
+        Ok(by_tenant)
+    }
+
+    /// Every figure of `scope`, with the last hour's activity and, in a
+    /// view of everyone's records, jobs per tenant: what `asmr stats` and
+    /// the live page show. `cache` keeps what need not be read again.
+    pub async fn stats_with_activity(
+        &self,
+        scope: &Scope,
+        cache: &mut ActivityCache,
+    ) -> Result<Stats> {
+        let (mut stats, activity) = tokio::try_join!(
+            self.stats_in(scope),
+            self.activity_cached(scope, Timestamp::now(), cache),
+        )?;
+        if *scope == Scope::Everyone {
+            stats.jobs_by_tenant = Some(self.jobs_by_tenant(&stats.jobs).await?);
+        }
+        stats.activity = Some(activity);
+        Ok(stats)
     }
 }

@@ -165,7 +165,75 @@ async fn the_live_page_follows_adds_and_a_local_run_made_by_other_commands_while
     assert_ne!(delivered, "0", "the run delivered nothing");
     until(&browser, "jobs.delivered", &delivered, FOLLOWS_WITHIN).await;
     assert_eq!(metric(&browser, "jobs.total").await, "21");
+    until(&browser, "activity.last_hour.created", "21", FOLLOWS_WITHIN).await;
+
+    // Every figure of `asmr stats --json` is on the page under its name,
+    // reading the same; a series (per minute) carries its numbers in
+    // data-value and draws them.
+    let stats = asmr_local(&state, &["stats", "--json"]);
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    let mut figures = Vec::new();
+    leaves("", &stats, &mut figures);
+    assert!(figures.len() > 40, "{figures:?}");
+    let page = browser
+        .script(
+            "const out = {}; document.querySelectorAll('[data-metric]').forEach(e => { \
+               out[e.dataset.metric] = e.dataset.value !== undefined \
+                 ? {series: JSON.parse(e.dataset.value), points: e.querySelector('polyline').getAttribute('points')} \
+                 : e.textContent; }); return out;",
+            vec![],
+        )
+        .await;
+    for (name, value) in &figures {
+        let shown = &page[name];
+        match value {
+            serde_json::Value::Array(series) => {
+                let sum =
+                    |v: &[serde_json::Value]| v.iter().filter_map(|n| n.as_u64()).sum::<u64>();
+                let drawn = shown["series"]
+                    .as_array()
+                    .unwrap_or_else(|| panic!("{name}: {shown}"));
+                assert_eq!(
+                    (drawn.len(), sum(drawn)),
+                    (series.len(), sum(series)),
+                    "{name}"
+                );
+                let points = shown["points"].as_str().unwrap_or_default();
+                assert_eq!(
+                    points.split(' ').count(),
+                    series.len(),
+                    "{name} is drawn: {points:?}"
+                );
+            }
+            serde_json::Value::Null => assert_eq!(shown, "\u{2013}", "{name}"),
+            serde_json::Value::String(text) => assert_eq!(shown, text.as_str(), "{name}"),
+            serde_json::Value::Number(n) => {
+                let read: Option<f64> = shown.as_str().and_then(|t| t.parse().ok());
+                assert_eq!(read, n.as_f64(), "{name}: {shown}");
+            }
+            other => assert_eq!(shown, &other.to_string(), "{name}"),
+        }
+    }
+    assert_eq!(stats["activity"]["last_hour"]["created"], 21);
+    assert_eq!(stats["activity"]["model_call_success_rate"], 1.0);
     browser.assert_no_console_errors().await;
+}
+
+/// The leaves of `value`, named by their path joined with dots: the names
+/// the page's `data-metric` attributes carry.
+fn leaves(prefix: &str, value: &serde_json::Value, out: &mut Vec<(String, serde_json::Value)>) {
+    match value {
+        serde_json::Value::Object(fields) => {
+            for (key, value) in fields {
+                let name = match prefix {
+                    "" => key.clone(),
+                    _ => format!("{prefix}.{key}"),
+                };
+                leaves(&name, value, out);
+            }
+        }
+        leaf => out.push((prefix.to_string(), leaf.clone())),
+    }
 }
 
 #[tokio::test]

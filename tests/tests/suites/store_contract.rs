@@ -1599,6 +1599,133 @@ async fn an_event_that_was_not_published_waits_in_the_outbox_and_is_published_on
     assert_eq!(bus.published("events").len(), 2);
 }
 
+// ---- the last hour, as the live page shows it ----
+
+async fn the_last_hour_counts_what_was_made_delivered_and_failed(t: TestStore) {
+    let store = &t.store;
+    let acme: shared::domain::tenant::TenantName = "acme".parse().unwrap();
+    let record = shared::domain::tenant::Tenant::new(
+        acme.clone(),
+        &Default::default(),
+        shared::time::Timestamp::now(),
+    )
+    .unwrap();
+    store.add_tenant(record).await.unwrap();
+    let mut made = Vec::new();
+    for i in 0..3 {
+        made.push(completed_image(store, &format!("made {i}")).await);
+    }
+    let failed = add(store, "refused", JobKind::Image).await;
+    store.claim_job(&failed, &lease("gen")).await.unwrap();
+    store
+        .fail_job(
+            &failed,
+            Some("gen"),
+            JobError::new(FILTERED, "filtered", false),
+        )
+        .await
+        .unwrap();
+    let waiting = add(store, "waits", JobKind::Video).await;
+    let theirs = store
+        .create_job(NewJob {
+            tenant: acme.clone(),
+            ..new_job("acme's", JobKind::Image)
+        })
+        .await
+        .unwrap();
+    let copy = store
+        .create_download(download(&made[0], &format!("images/{}/0.png", made[0]), 10))
+        .await
+        .unwrap()
+        .record;
+    store.claim_download(copy.id(), &lease("c")).await.unwrap();
+    store.complete_download(copy.id(), "c", 3).await.unwrap();
+
+    let everyone = shared::store::tenants::Scope::Everyone;
+    let mut cache = shared::store::activity::ActivityCache::default();
+    let stats = store
+        .stats_with_activity(&everyone, &mut cache)
+        .await
+        .unwrap();
+    let activity = stats.activity.clone().unwrap();
+    let hour = &activity.last_hour;
+    assert_eq!(
+        (hour.created, hour.generated, hour.delivered, hour.failed),
+        (6, 3, 1, 1),
+        "{activity:?}"
+    );
+    assert_eq!(activity.per_minute.created.len(), 60);
+    assert_eq!(activity.per_minute.created.iter().sum::<u64>(), 6);
+    assert_eq!(
+        activity.per_minute.created[58..].iter().sum::<u64>(),
+        6,
+        "all made in the last two minutes: {:?}",
+        activity.per_minute.created
+    );
+    assert_eq!(
+        activity.failures,
+        BTreeMap::from([(FILTERED.to_string(), 1)])
+    );
+    assert_eq!(activity.model_call_success_rate, Some(0.75));
+    assert_eq!(activity.download_completion_rate, Some(1.0));
+    let age = activity.oldest_pending_age_s.unwrap();
+    assert!(age < 120, "the oldest pending job is new: {age}");
+    let tenants = stats.jobs_by_tenant.unwrap();
+    assert_eq!(tenants["acme"].pending, 1, "{tenants:?}");
+    assert_eq!(tenants["default"].total, 5, "{tenants:?}");
+
+    // A second read with the cache finds the same, and what is new.
+    store.claim_job(&waiting, &lease("gen")).await.unwrap();
+    store
+        .fail_job(
+            &waiting,
+            Some("gen"),
+            JobError::new(SUBMIT_UNKNOWN, "lost", false),
+        )
+        .await
+        .unwrap();
+    let again = store
+        .stats_with_activity(&everyone, &mut cache)
+        .await
+        .unwrap()
+        .activity
+        .unwrap();
+    assert_eq!(again.last_hour.created, 6);
+    assert_eq!(again.last_hour.failed, 2);
+    assert_eq!(
+        again.failures,
+        BTreeMap::from([(FILTERED.to_string(), 1), (SUBMIT_UNKNOWN.to_string(), 1)])
+    );
+
+    // One tenant sees its own only; the default tenant everything else.
+    let mine = store
+        .activity_in(&shared::store::tenants::Scope::Tenant(acme))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            mine.last_hour.created,
+            mine.last_hour.failed,
+            mine.failures.len()
+        ),
+        (1, 0, 0)
+    );
+    assert!(
+        mine.oldest_pending_age_s.is_some(),
+        "{:?}",
+        theirs.record.id()
+    );
+    let rest = store
+        .activity_in(&shared::store::tenants::Scope::default_tenant())
+        .await
+        .unwrap();
+    assert_eq!((rest.last_hour.created, rest.last_hour.failed), (5, 2));
+    assert_eq!(
+        rest.oldest_pending_age_s, None,
+        "the default tenant's jobs all ended or run"
+    );
+}
+
 /// Runs every scenario above on one adapter, each named once: a scenario
 /// left out of these lists is an unused function, which the lints refuse.
 macro_rules! contract {
@@ -1624,6 +1751,7 @@ macro_rules! contract {
                 only_a_finished_image_is_reviewed_and_a_second_verdict_replaces_the_first,
                 promoting_an_image_twice_makes_one_video_and_again_makes_another,
                 a_refused_promotion_creates_nothing,
+                the_last_hour_counts_what_was_made_delivered_and_failed,
             ]);
             contract!(@each $make, Retention::default(), (flavor = "multi_thread", worker_threads = 4), [
                 twenty_claimers_take_fifty_jobs_exactly_once,

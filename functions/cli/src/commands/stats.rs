@@ -7,8 +7,8 @@ use anyhow::Result;
 use shared::cost::format_usd;
 use shared::domain::download::DownloadStatus;
 use shared::domain::values::{BUDGET_EXHAUSTED, JobKind, JobStatus};
+use shared::store::activity::{Activity, ActivityCache};
 use shared::store::budget::{BudgetDay, budget_day_of};
-use shared::store::stats::Stats;
 use shared::store::tenants::Scope;
 use shared::store::{DownloadCounts, JobCounts, Store};
 use shared::time::Timestamp;
@@ -16,28 +16,27 @@ use std::collections::BTreeMap;
 
 pub async fn run(store: &Store, scope: &Scope, args: &StatsArgs) -> Result<()> {
     if args.json {
-        // The figures the API serves, without the per-kind rows and the
-        // rejected count (`asmr list --kind`, `asmr rejected`).
-        let stats = Stats {
-            jobs_by_kind: None,
-            rejected: None,
-            ..store.stats_in(scope).await?
-        };
+        // Every figure the live page shows, by the same names.
+        let stats = store
+            .stats_with_activity(scope, &mut ActivityCache::default())
+            .await?;
         return out::json_line(&stats);
     }
     let today = budget_day_of(Timestamp::now());
-    let (jobs, downloads, day, waiting) = tokio::try_join!(
+    let (jobs, downloads, day, waiting, activity) = tokio::try_join!(
         store.job_counts_in(scope),
         store.download_counts_in(scope),
         store.budget_day_in(&today, scope),
         store.waiting_counts_in(scope),
+        store.activity_in(scope),
     )?;
     let mut text = format!(
-        "{}\n{}\n{}\n{}",
+        "{}\n{}\n{}\n{}\n{}",
         jobs_table(&jobs),
         waiting_table(&waiting),
         downloads_table(&downloads),
-        budget_table(&day, waiting.get(BUDGET_EXHAUSTED).copied().unwrap_or(0))
+        budget_table(&day, waiting.get(BUDGET_EXHAUSTED).copied().unwrap_or(0)),
+        activity_table(&activity),
     );
     if *scope == Scope::Everyone {
         text.push('\n');
@@ -129,5 +128,40 @@ fn budget_table(day: &BudgetDay, waiting: u64) -> String {
             .map_or_else(|| "no limit".into(), format_usd),
     ]);
     table.row(vec!["jobs waiting".into(), waiting.to_string()]);
+    table.render()
+}
+
+/// The last hour: what was made and delivered, how calls and copies went,
+/// why jobs failed, and how long the oldest pending job has waited.
+fn activity_table(activity: &Activity) -> String {
+    let rate =
+        |rate: Option<f64>| rate.map_or_else(|| "-".into(), |r| format!("{:.1} %", r * 100.0));
+    let hour = &activity.last_hour;
+    let mut table = Table::new(&["last hour", "count"]).right(&[1]);
+    table.row(vec!["jobs created".into(), hour.created.to_string()]);
+    table.row(vec!["jobs generated".into(), hour.generated.to_string()]);
+    table.row(vec!["files delivered".into(), hour.delivered.to_string()]);
+    table.row(vec!["jobs failed".into(), hour.failed.to_string()]);
+    for (code, n) in &activity.failures {
+        table.row(vec![format!("  {code}"), n.to_string()]);
+    }
+    table.row(vec![
+        "copies failed".into(),
+        hour.downloads_failed.to_string(),
+    ]);
+    table.row(vec![
+        "model calls that made outputs".into(),
+        rate(activity.model_call_success_rate),
+    ]);
+    table.row(vec![
+        "copies that delivered".into(),
+        rate(activity.download_completion_rate),
+    ]);
+    table.row(vec![
+        "oldest pending job".into(),
+        activity
+            .oldest_pending_age_s
+            .map_or_else(|| "-".into(), |s| format!("{s} s")),
+    ]);
     table.render()
 }

@@ -28,6 +28,7 @@
 mod common;
 mod download;
 mod fair_share;
+mod live;
 mod pipeline;
 mod quota;
 mod small_files;
@@ -49,7 +50,7 @@ Usage: bench [OPTIONS]
 
 Options:
   --out FILE            also write the table and its notes to FILE
-  --only LIST           comma-separated groups: small-files,trips,download,quota,fair-share,pipeline,webhooks,startup (default: all)
+  --only LIST           comma-separated groups: small-files,trips,live,download,quota,fair-share,pipeline,webhooks,startup (default: all)
   --image-counts LIST   1.5 MiB images per small-files run (default: 200,1000)
   --video-count N       20 MiB videos of the small-files group (default: 50)
   --file-rounds N       runs of each copier per small-files workload (default: 3)
@@ -101,9 +102,10 @@ struct Options {
     keep: bool,
 }
 
-const GROUPS: [&str; 8] = [
+const GROUPS: [&str; 9] = [
     "small-files",
     "trips",
+    "live",
     "download",
     "quota",
     "fair-share",
@@ -268,6 +270,10 @@ async fn run(options: &Options) -> Result<()> {
     if options.runs("trips") {
         common::progress("store round trips per job, and hot documents");
         trips::run(&ctx, &mut report).await?;
+    }
+    if options.runs("live") {
+        common::progress("the live page's store reads");
+        live::run(&mut report).await?;
     }
     if options.runs("download") {
         common::progress("downloader throughput");
