@@ -327,6 +327,10 @@ pub struct VertexArgs {
     /// Google OAuth 2.0 base URL, asked whose token the calls carry.
     #[arg(long, env = "OAUTH2_BASE_URL", default_value = crate::vertex::OAUTH2_URL, hide = true)]
     pub oauth2_base_url: String,
+    /// Cloud Storage JSON API base URL, asked which permissions the caller
+    /// holds on the output bucket.
+    #[arg(long, env = "STORAGE_BASE_URL", default_value = crate::vertex::STORAGE_URL, hide = true)]
+    pub storage_base_url: String,
     /// Pause between polls of running video operations.
     #[arg(long, env = "POLLING_INTERVAL", default_value = "15", value_parser = parse_duration)]
     pub polling_interval: Duration,
@@ -354,6 +358,7 @@ impl VertexArgs {
             access_token: self.vertex_access_token.clone(),
             resource_manager_url: self.resource_manager_base_url.clone(),
             oauth2_url: self.oauth2_base_url.clone(),
+            storage_url: self.storage_base_url.clone(),
         }
     }
 }

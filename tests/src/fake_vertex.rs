@@ -265,6 +265,8 @@ struct Inner {
     withheld: std::collections::BTreeSet<String>,
     /// `testIamPermissions` calls answered.
     permission_checks: usize,
+    /// The buckets Cloud Storage was asked about, in order.
+    buckets_checked: Vec<String>,
     /// Models whose publisher model read is refused, with the status.
     refused_models: BTreeMap<String, u16>,
     /// What `getIamPolicy` answers.
@@ -314,6 +316,7 @@ impl FakeVertex {
                 frames: Vec::new(),
                 withheld: std::collections::BTreeSet::new(),
                 permission_checks: 0,
+                buckets_checked: Vec::new(),
                 refused_models: BTreeMap::new(),
                 iam_policy: json!({"version": 1, "etag": "BwYAAAAAAAA=", "bindings": []}),
             }),
@@ -328,6 +331,10 @@ impl FakeVertex {
                 axum::routing::get(publisher_model),
             )
             .route("/v1/projects/{call}", post(resource_manager))
+            .route(
+                "/storage/v1/b/{bucket}/iam/testPermissions",
+                axum::routing::get(bucket_permissions),
+            )
             .route("/tokeninfo", axum::routing::get(token_info))
             .fallback(|| async {
                 google_error(404, "The requested URL was not found on this server.")
@@ -381,6 +388,7 @@ impl FakeVertex {
             access_token: Some(self.shared.options.token.clone().into()),
             resource_manager_url: self.base_url(),
             oauth2_url: self.base_url(),
+            storage_url: self.base_url(),
         }
     }
 
@@ -404,9 +412,15 @@ impl FakeVertex {
         self.shared.lock().iam_policy = policy;
     }
 
-    /// `testIamPermissions` calls answered so far.
+    /// `testIamPermissions` calls answered so far (Resource Manager's and
+    /// Cloud Storage's).
     pub fn permission_checks(&self) -> usize {
         self.shared.lock().permission_checks
+    }
+
+    /// The buckets Cloud Storage was asked about, in order.
+    pub fn buckets_checked(&self) -> Vec<String> {
+        self.shared.lock().buckets_checked.clone()
     }
 
     /// Requests received for `verb`, whatever the answer was.
@@ -957,6 +971,43 @@ async fn resource_manager(
     } else {
         serde_json::json!({ "permissions": held })
     };
+    axum::Json(body).into_response()
+}
+
+/// Cloud Storage's `GET /storage/v1/b/{bucket}/iam/testPermissions
+/// ?permissions=P&permissions=Q`: the permissions asked, less those
+/// withheld, in the shape of
+/// https://cloud.google.com/storage/docs/json_api/v1/buckets/testIamPermissions
+/// (`permissions` left out when none is held).
+async fn bucket_permissions(
+    State(shared): State<Arc<Shared>>,
+    Path(bucket): Path<String>,
+    headers: HeaderMap,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    if !authenticated(&shared, &headers) {
+        return google_error(401, "Request had invalid authentication credentials.");
+    }
+    let asked: Vec<String> =
+        reqwest::Url::parse(&format!("http://q/?{}", query.unwrap_or_default()))
+            .map(|url| {
+                url.query_pairs()
+                    .filter(|(key, _)| key == "permissions")
+                    .map(|(_, value)| value.into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+    let mut inner = shared.lock();
+    inner.permission_checks += 1;
+    inner.buckets_checked.push(bucket);
+    let held: Vec<&String> = asked
+        .iter()
+        .filter(|p| !inner.withheld.contains(*p))
+        .collect();
+    let mut body = json!({ "kind": "storage#testIamPermissionsResponse" });
+    if !held.is_empty() {
+        body["permissions"] = json!(held);
+    }
     axum::Json(body).into_response()
 }
 

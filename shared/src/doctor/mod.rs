@@ -90,9 +90,9 @@ impl fmt::Display for Check {
 }
 
 /// Where Google's APIs are; each can be pointed elsewhere (an emulator, a
-/// test's fake). Resource Manager, OAuth 2.0 and Vertex AI come with the
-/// Vertex AI options (RESOURCE_MANAGER_BASE_URL, OAUTH2_BASE_URL,
-/// VERTEX_BASE_URL).
+/// test's fake). Resource Manager, OAuth 2.0, Cloud Storage and Vertex AI
+/// come with the Vertex AI options (RESOURCE_MANAGER_BASE_URL,
+/// OAUTH2_BASE_URL, STORAGE_BASE_URL, VERTEX_BASE_URL).
 #[derive(Clone, Debug, Args)]
 pub struct EndpointArgs {
     /// Service Usage base URL, asked which APIs are enabled.
@@ -107,15 +107,6 @@ pub struct EndpointArgs {
     /// set, else https://pubsub.googleapis.com].
     #[arg(long, env = "PUBSUB_BASE_URL", hide = true)]
     pub pubsub_base_url: Option<String>,
-    /// Cloud Storage JSON API base URL, asked for the bucket's
-    /// notifications (fake-gcs-server keeps none).
-    #[arg(
-        long,
-        env = "STORAGE_BASE_URL",
-        default_value = "https://storage.googleapis.com",
-        hide = true
-    )]
-    pub storage_base_url: String,
     /// Firestore admin base URL, asked for the indexes.
     #[arg(
         long,
@@ -176,7 +167,7 @@ impl EndpointArgs {
             resource_manager: trim(&vertex.resource_manager_url),
             oauth2: trim(&vertex.oauth2_url),
             pubsub,
-            storage: trim(&self.storage_base_url),
+            storage: trim(&vertex.storage_url),
             firestore: trim(&self.firestore_base_url),
             scheduler: trim(&self.cloud_scheduler_base_url),
             quotas: trim(&self.cloud_quotas_base_url),

@@ -100,16 +100,26 @@ fn settings(args: &StageArgs, model: &str) -> anyhow::Result<GeneratorSettings> 
     })
 }
 
-/// Checks that a live stage can call Vertex AI, and says once, at ERROR and
-/// with the fix, when it cannot. A drain stops there; a service keeps
-/// serving, and the jobs it meets wait without using attempts until the
-/// configuration is fixed.
-async fn preflight(client: Arc<VertexClient>, args: &StageArgs, mode: &Mode) -> anyhow::Result<()> {
+/// Checks that a live stage can call Vertex AI and, for images, which it
+/// writes itself, write to the output bucket (Veo writes videos as its own
+/// service agent); says once, at ERROR and with the fix, when it cannot. A
+/// drain stops there; a service keeps serving, and the jobs it meets wait
+/// without using attempts until the configuration is fixed.
+async fn preflight(
+    client: Arc<VertexClient>,
+    kind: JobKind,
+    args: &StageArgs,
+    mode: &Mode,
+) -> anyhow::Result<()> {
     if args.dry_run.dry_run {
         return Ok(());
     }
+    let bucket = match kind {
+        JobKind::Image => Some(args.output_bucket()?),
+        JobKind::Video => None,
+    };
     let check = async move {
-        match client.preflight().await {
+        match client.preflight(bucket.as_deref()).await {
             Ok(()) => {
                 tracing::info!(event = "preflight_passed", "Vertex AI credentials found");
                 Ok(())
@@ -167,7 +177,7 @@ where
 pub async fn generator(kind: JobKind, args: StageArgs, mode: Mode) -> anyhow::Result<()> {
     tracing::info!(config = %args.summary(), "{kind}-generator starting");
     let client = Arc::new(VertexClient::new(args.vertex())?);
-    preflight(client.clone(), &args, &mode).await?;
+    preflight(client.clone(), kind, &args, &mode).await?;
     let store = args.connect().await?.store;
     let objects = args.object_store().await?;
     let guard = args.cost_guard().map_err(anyhow::Error::msg)?;

@@ -146,7 +146,8 @@ pub(super) async fn build_stages(
                 VertexClient::new(live.vertex.clone())
                     .map_err(|e| Error::store("configuring Vertex AI", e, false))?,
             );
-            client.preflight().await.map_err(|e| {
+            let outputs = live.bucket.as_deref();
+            client.preflight(outputs).await.map_err(|e| {
                 Error::store(
                     "checking that Vertex AI can be called (nothing was created)",
                     e.message,

@@ -76,12 +76,17 @@ pub struct VertexConfig {
     /// Google's OAuth 2.0 endpoint, asked whose token it is
     /// (OAUTH2_BASE_URL, for tests).
     pub oauth2_url: String,
+    /// Cloud Storage's JSON API, asked which permissions the caller holds
+    /// on the output bucket (STORAGE_BASE_URL, for tests).
+    pub storage_url: String,
 }
 
 /// Resource Manager's endpoint.
 pub const RESOURCE_MANAGER_URL: &str = "https://cloudresourcemanager.googleapis.com";
 /// Google's OAuth 2.0 endpoint.
 pub const OAUTH2_URL: &str = "https://oauth2.googleapis.com";
+/// Cloud Storage's JSON API endpoint.
+pub const STORAGE_URL: &str = "https://storage.googleapis.com";
 
 /// The default image model.
 pub const DEFAULT_IMAGE_MODEL: &str = "gemini-2.5-flash-image";

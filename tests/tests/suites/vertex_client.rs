@@ -684,6 +684,7 @@ async fn vertex_an_unreachable_endpoint_is_transient_after_retries() {
         access_token: Some("t".into()),
         resource_manager_url: format!("http://127.0.0.1:{port}"),
         oauth2_url: format!("http://127.0.0.1:{port}"),
+        storage_url: format!("http://127.0.0.1:{port}"),
     };
     let e = client(config)
         .submit(&video("never sent", JobParams::default()))
@@ -805,13 +806,44 @@ async fn vertex_the_fake_refuses_a_first_frame_veo_would_refuse() {
 }
 
 #[tokio::test]
-async fn vertex_preflight_asks_resource_manager_and_names_what_is_missing() {
+async fn vertex_preflight_asks_resource_manager_and_cloud_storage_and_names_what_is_missing() {
     let fake = FakeVertex::start(FakeOptions::default()).await;
-    client(fake.config()).preflight().await.unwrap();
+    client(fake.config()).preflight(None).await.unwrap();
     assert_eq!(fake.permission_checks(), 1);
+    client(fake.config()).preflight(Some("out")).await.unwrap();
+    assert_eq!(
+        fake.permission_checks(),
+        3,
+        "the project, then the project and the bucket"
+    );
+    assert_eq!(fake.buckets_checked(), ["out"]);
+
+    // Writing to the bucket withheld: named with its role and command.
+    fake.withhold_permission("storage.objects.create");
+    let e = client(fake.config())
+        .preflight(Some("out"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.class, ErrorClass::Misconfigured, "{e}");
+    assert_eq!(
+        e.message,
+        "tester@example.com lacks storage.objects.create on bucket gs://out, which writing the outputs needs; roles/storage.objectCreator grants it: gcloud storage buckets add-iam-policy-binding gs://out --member=user:tester@example.com --role=roles/storage.objectCreator"
+    );
+    client(fake.config()).preflight(None).await.unwrap();
 
     fake.withhold_permission("aiplatform.endpoints.predict");
-    let e = client(fake.config()).preflight().await.unwrap_err();
+    let both = client(fake.config())
+        .preflight(Some("out"))
+        .await
+        .unwrap_err();
+    assert!(
+        both.message.contains("on project")
+            && both
+                .message
+                .contains("; and lacks storage.objects.create on bucket gs://out"),
+        "{both}"
+    );
+    let e = client(fake.config()).preflight(None).await.unwrap_err();
     assert_eq!(e.class, ErrorClass::Misconfigured, "{e}");
     assert!(
         e.message
@@ -825,9 +857,10 @@ async fn vertex_preflight_asks_resource_manager_and_names_what_is_missing() {
     );
     assert_eq!(fake.total_calls(), 0, "the check calls no model");
 
-    // Resource Manager unreachable: the check steps aside (the model's own
-    // answer will tell).
+    // Resource Manager and Cloud Storage unreachable: the checks step aside (the
+    // calls themselves will tell).
     let mut config = fake.config();
     config.resource_manager_url = "http://127.0.0.1:9".into();
-    client(config).preflight().await.unwrap();
+    config.storage_url = "http://127.0.0.1:9".into();
+    client(config).preflight(Some("out")).await.unwrap();
 }

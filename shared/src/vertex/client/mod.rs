@@ -74,6 +74,10 @@ const SAFETY_FINISH_REASONS: &[&str] = &[
 pub const MODEL_PERMISSIONS: [&str; 1] = ["aiplatform.endpoints.predict"];
 /// The role that grants [`MODEL_PERMISSIONS`].
 pub const MODEL_ROLE: &str = "roles/aiplatform.user";
+/// What writing the outputs needs on the output bucket.
+pub const BUCKET_PERMISSIONS: [&str; 1] = ["storage.objects.create"];
+/// The role that grants [`BUCKET_PERMISSIONS`].
+pub const BUCKET_ROLE: &str = "roles/storage.objectCreator";
 
 /// Where access tokens come from.
 enum Auth {
@@ -227,27 +231,52 @@ impl VertexClient {
 
     /// Checks, before any job is taken, that calls can be authenticated (a
     /// static token is taken as it is; Application Default Credentials must
-    /// yield a token) and that the caller holds what calling the models
-    /// needs, asked of Resource Manager for free. The error names the
-    /// caller, the permission, the role that grants it and the command
-    /// that grants it. When Resource Manager cannot answer, the check is
-    /// passed with a warning: the model's own answer will tell.
-    pub async fn preflight(&self) -> Result<(), ModelError> {
+    /// yield a token), that the caller holds what calling the models needs
+    /// (asked of Resource Manager), and, when the outputs go to `bucket`,
+    /// what writing them there needs (asked of Cloud Storage); both
+    /// questions are free. The error names the caller, each permission
+    /// missing, the role that grants it and the command that grants it.
+    /// When a service cannot answer, its check is passed with a warning:
+    /// the call itself will tell.
+    pub async fn preflight(&self, bucket: Option<&str>) -> Result<(), ModelError> {
         let token = match self.token().await {
             Ok(token) => token,
             Err(failure) => return Err(classify(failure, CallKind::Free, SystemTime::now()).error),
         };
-        let missing = match self.missing_permissions(&token).await {
-            Ok(missing) => missing,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not ask Resource Manager which permissions this caller holds; going on");
-                return Ok(());
-            }
+        let project = &self.config.project;
+        let on_project = format!(
+            "{}/v1/projects/{project}:testIamPermissions",
+            self.config.resource_manager_url.trim_end_matches('/'),
+        );
+        let on_bucket = bucket.map(|bucket| {
+            format!(
+                "{}/storage/v1/b/{bucket}/iam/testPermissions",
+                self.config.storage_url.trim_end_matches('/'),
+            )
+        });
+        let (models, outputs) = tokio::join!(
+            self.missing_permissions(&token, &on_project, &MODEL_PERMISSIONS, false),
+            async {
+                match &on_bucket {
+                    Some(url) => {
+                        self.missing_permissions(&token, url, &BUCKET_PERMISSIONS, true)
+                            .await
+                    }
+                    None => Ok(Vec::new()),
+                }
+            },
+        );
+        let missing = |asked: Result<Vec<String>, String>, of: &str| {
+            asked.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "could not ask {of} which permissions this caller holds; going on");
+                Vec::new()
+            })
         };
-        if missing.is_empty() {
+        let models = missing(models, "Resource Manager");
+        let outputs = missing(outputs, "Cloud Storage");
+        if models.is_empty() && outputs.is_empty() {
             return Ok(());
         }
-        let project = &self.config.project;
         let principal = self.principal(&token).await;
         let member = match &principal {
             Some(email) if email.ends_with(".gserviceaccount.com") => {
@@ -257,44 +286,62 @@ impl VertexClient {
             None => "user:YOU@example.com".to_string(),
         };
         let who = principal.unwrap_or_else(|| "this caller".into());
+        let mut lacks = Vec::new();
+        if !models.is_empty() {
+            lacks.push(format!(
+                "{} on project {project}, which calling the models needs; {MODEL_ROLE} grants it: gcloud projects add-iam-policy-binding {project} --member={member} --role={MODEL_ROLE}",
+                models.join(", "),
+            ));
+        }
+        if let (false, Some(bucket)) = (outputs.is_empty(), bucket) {
+            lacks.push(format!(
+                "{} on bucket gs://{bucket}, which writing the outputs needs; {BUCKET_ROLE} grants it: gcloud storage buckets add-iam-policy-binding gs://{bucket} --member={member} --role={BUCKET_ROLE}",
+                outputs.join(", "),
+            ));
+        }
         Err(ModelError {
             class: ErrorClass::Misconfigured,
             code: "permission_denied".into(),
-            message: format!(
-                "{who} lacks {} on project {project}, which calling the models needs; {MODEL_ROLE} grants it: gcloud projects add-iam-policy-binding {project} --member={member} --role={MODEL_ROLE}",
-                missing.join(", "),
-            ),
+            message: format!("{who} lacks {}", lacks.join("; and lacks ")),
             http_status: None,
         })
     }
 
-    /// The permissions of [`MODEL_PERMISSIONS`] the caller lacks on the
-    /// project (Resource Manager's `testIamPermissions`, which needs no
-    /// permission itself and costs nothing).
-    async fn missing_permissions(&self, token: &str) -> Result<Vec<String>, String> {
-        let url = format!(
-            "{}/v1/projects/{}:testIamPermissions",
-            self.config.resource_manager_url.trim_end_matches('/'),
-            self.config.project
-        );
-        let response = self
-            .http
-            .post(url)
+    /// Of `permissions`, those the caller lacks, as `url` answers a
+    /// `testIamPermissions` call (which needs no permission itself and
+    /// costs nothing): Resource Manager takes them in a JSON body, Cloud
+    /// Storage in the query (`in_query`).
+    async fn missing_permissions(
+        &self,
+        token: &str,
+        url: &str,
+        permissions: &[&str],
+        in_query: bool,
+    ) -> Result<Vec<String>, String> {
+        let request = if in_query {
+            let query: Vec<(&str, &str)> =
+                permissions.iter().map(|p| ("permissions", *p)).collect();
+            self.http.get(url).query(&query)
+        } else {
+            self.http
+                .post(url)
+                .json(&serde_json::json!({ "permissions": permissions }))
+        };
+        let response = request
             .bearer_auth(token)
-            .json(&serde_json::json!({ "permissions": MODEL_PERMISSIONS }))
             .send()
             .await
             .map_err(|e| e.to_string())?;
         let status = response.status();
         if !status.is_success() {
-            return Err(format!("testIamPermissions answered {status}"));
+            return Err(format!("{url} answered {status}"));
         }
         let body: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
         let granted: Vec<&str> = body["permissions"]
             .as_array()
             .map(|p| p.iter().filter_map(serde_json::Value::as_str).collect())
             .unwrap_or_default();
-        Ok(MODEL_PERMISSIONS
+        Ok(permissions
             .iter()
             .filter(|p| !granted.contains(p))
             .map(|p| (*p).to_string())

@@ -32,6 +32,7 @@ fn config() -> VertexConfig {
         request_timeout: Duration::from_secs(5),
         access_token: Some("t".into()),
         resource_manager_url: "http://127.0.0.1:9".into(),
+        storage_url: "http://127.0.0.1:9".into(),
         oauth2_url: "http://127.0.0.1:9".into(),
     }
 }
