@@ -126,7 +126,6 @@ pub(super) async fn build_stages(
             ),
             None => (local_objects, LOCAL_BUCKET.to_string()),
         };
-    objects.ensure_bucket(&bucket).await?;
     if settings.kind == JobKind::Video
         && let Some(live) = &settings.live
         && live.bucket.is_none()
@@ -158,6 +157,8 @@ pub(super) async fn build_stages(
         }
         None => (Arc::new(NoModel), Arc::new(NoModel)),
     };
+    // Only once the checks passed: on Cloud Storage this may create it.
+    objects.ensure_bucket(&bucket).await?;
     let generator = |model: String| GeneratorSettings {
         output_bucket: bucket.clone(),
         default_model: model,
