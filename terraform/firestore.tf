@@ -350,6 +350,14 @@ locals {
         { path = "id", order = "ASCENDING" },
       ]
     }
+    # The models jobs ran on, one after another (jobs per model).
+    jobs_models = {
+      collection = "jobs"
+      fields = [
+        { path = "model", order = "ASCENDING" },
+        { path = "id", order = "ASCENDING" },
+      ]
+    }
     # The janitor's sweep of job events left in the outbox.
     outbox_oldest = {
       collection = "outbox"

@@ -33,7 +33,7 @@ const REVIEW: &str = "<section id=\"review\" aria-label=\"review\">\n\
     </section>\n";
 
 /// The groups in the order shown; others follow, sorted.
-const GROUPS: [(&str, &str); 7] = [
+const GROUPS: [(&str, &str); 8] = [
     ("jobs", "Jobs"),
     ("waiting", "Pending jobs waiting, by reason"),
     ("activity", "The last hour"),
@@ -41,6 +41,10 @@ const GROUPS: [(&str, &str); 7] = [
     ("budget", "Money today (UTC)"),
     ("jobs_by_kind", "Jobs per kind"),
     ("jobs_by_tenant", "Jobs per tenant"),
+    (
+        "jobs_by_model",
+        "Jobs per model (once a generator took them)",
+    ),
 ];
 
 /// An empty chart of a series; the script draws it from `data-value`.

@@ -30,6 +30,7 @@ CREATE INDEX IF NOT EXISTS jobs_claim ON jobs (
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (json_extract(doc, '$.created_at'));
 CREATE INDEX IF NOT EXISTS jobs_expire ON jobs (json_extract(doc, '$.expire_at'));
 CREATE INDEX IF NOT EXISTS jobs_completed ON jobs (json_extract(doc, '$.completed_at'));
+CREATE INDEX IF NOT EXISTS jobs_model ON jobs (json_extract(doc, '$.model'));
 CREATE INDEX IF NOT EXISTS jobs_status_updated ON jobs (
     json_extract(doc, '$.status'), json_extract(doc, '$.updated_at'));
 CREATE TABLE IF NOT EXISTS downloads (

@@ -252,6 +252,11 @@ pub const INDEXES: &[Index] = &[
         collection: Collection::Jobs,
         fields: &[asc("tenant"), asc("status"), asc("created_at"), asc("id")],
     },
+    // models_in_use: the next model name after one
+    Index {
+        collection: Collection::Jobs,
+        fields: &[asc("model"), asc("id")],
+    },
     // publish_outbox: entries left behind, oldest first
     Index {
         collection: Collection::Outbox,

@@ -4,16 +4,21 @@
 //! `asmr stats --json` both serialize this one type.
 
 use super::activity::{Activity, ActivityCache};
+use super::backend::{Collection, Cond, Dir, Scalar};
 use super::budget::{BudgetDay, budget_day_of};
 use super::tenants::Scope;
 use super::{DownloadCounts, JobCounts, Store};
 use crate::cost::usd;
 use crate::domain::download::DownloadStatus;
+use crate::domain::job::Job;
 use crate::domain::values::{BUDGET_EXHAUSTED, JobKind, JobStatus};
 use crate::error::Result;
 use crate::time::Timestamp;
 use serde::Serialize;
 use std::collections::BTreeMap;
+
+/// Most models [`Store::models_in_use`] lists.
+pub const MAX_MODELS: usize = 20;
 
 /// Everything `asmr stats` shows. Fields are declared in output order, as
 /// serde_json keeps struct order; a part a face does not show is `None`
@@ -38,6 +43,10 @@ pub struct Stats {
     /// Jobs per status for each tenant (a view of everyone's records).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jobs_by_tenant: Option<BTreeMap<String, JobStats>>,
+    /// Jobs per status for each model a generator ran them on (recorded
+    /// when it takes a job; a job no generator took yet has none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jobs_by_model: Option<BTreeMap<String, JobStats>>,
     /// The last hour.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub activity: Option<Activity>,
@@ -87,17 +96,7 @@ impl JobStats {
         };
         let mut stats = Self::default();
         for status in JobStatus::ALL {
-            // Exhaustive, so a status added later cannot go missing here.
-            let slot = match status {
-                JobStatus::Pending => &mut stats.pending,
-                JobStatus::Processing => &mut stats.processing,
-                JobStatus::Generating => &mut stats.generating,
-                JobStatus::Completed => &mut stats.completed,
-                JobStatus::Delivered => &mut stats.delivered,
-                JobStatus::Failed => &mut stats.failed,
-                JobStatus::Cancelled => &mut stats.cancelled,
-            };
-            *slot = count(status);
+            *stats.slot(status) = count(status);
         }
         stats.total = kind.map_or_else(|| counts.total(), |kind| counts.kind(kind));
         stats
@@ -105,6 +104,20 @@ impl JobStats {
 }
 
 impl JobStats {
+    /// The count of `status`.
+    fn slot(&mut self, status: JobStatus) -> &mut u64 {
+        // Exhaustive, so a status added later cannot go missing here.
+        match status {
+            JobStatus::Pending => &mut self.pending,
+            JobStatus::Processing => &mut self.processing,
+            JobStatus::Generating => &mut self.generating,
+            JobStatus::Completed => &mut self.completed,
+            JobStatus::Delivered => &mut self.delivered,
+            JobStatus::Failed => &mut self.failed,
+            JobStatus::Cancelled => &mut self.cancelled,
+        }
+    }
+
     /// These counts less `other`'s, status by status.
     fn less(self, other: &JobStats) -> JobStats {
         JobStats {
@@ -170,6 +183,7 @@ impl Stats {
             downloads: DownloadStats::of(downloads),
             rejected: Some(rejected),
             jobs_by_tenant: None,
+            jobs_by_model: None,
             activity: None,
         }
     }
@@ -222,6 +236,52 @@ impl Store {
         Ok(by_tenant)
     }
 
+    /// The models jobs were run on, each named once, found a model at a
+    /// time in the order of the `model` field (a query of one record per
+    /// model, however many jobs each has), at most [`MAX_MODELS`].
+    pub async fn models_in_use(&self) -> Result<Vec<String>> {
+        let order = [("model", Dir::Asc), ("id", Dir::Asc)];
+        let mut models: Vec<String> = Vec::new();
+        while models.len() < MAX_MODELS {
+            // The least name after the last one found.
+            let after = models
+                .last()
+                .map_or_else(String::new, |m| format!("{m}\u{0}"));
+            let conds = vec![Cond::Ge("model", Scalar::Str(after))];
+            let page = self.page::<Job>(conds, &order, 1, None).await?;
+            match page.items.first().and_then(|job| job.model()) {
+                Some(model) => models.push(model.to_string()),
+                None => break,
+            }
+        }
+        Ok(models)
+    }
+
+    /// Jobs of `scope` per status for each model in use (models none of
+    /// whose jobs are in scope left out).
+    pub async fn jobs_by_model(&self, scope: &Scope) -> Result<BTreeMap<String, JobStats>> {
+        let models = self.models_in_use().await?;
+        let counting = &self.counting(scope).await?;
+        let rows = futures::future::try_join_all(models.iter().map(|model| async move {
+            let counts = futures::future::try_join_all(JobStatus::ALL.iter().map(|status| {
+                let conds = vec![
+                    super::str_eq("status", status.as_str()),
+                    super::str_eq("model", model),
+                ];
+                self.count_in(Collection::Jobs, conds, counting)
+            }))
+            .await?;
+            let mut row = JobStats::default();
+            for (status, n) in JobStatus::ALL.iter().zip(counts) {
+                *row.slot(*status) = n;
+                row.total += n;
+            }
+            Ok::<_, crate::error::Error>((model.clone(), row))
+        }))
+        .await?;
+        Ok(rows.into_iter().filter(|(_, row)| row.total > 0).collect())
+    }
+
     /// Every figure of `scope`, with the last hour's activity and, in a
     /// view of everyone's records, jobs per tenant: what `asmr stats` and
     /// the live page show. `cache` keeps what need not be read again.
@@ -230,10 +290,12 @@ impl Store {
         scope: &Scope,
         cache: &mut ActivityCache,
     ) -> Result<Stats> {
-        let (mut stats, activity) = tokio::try_join!(
+        let (mut stats, activity, by_model) = tokio::try_join!(
             self.stats_in(scope),
             self.activity_cached(scope, Timestamp::now(), cache),
+            self.jobs_by_model(scope),
         )?;
+        stats.jobs_by_model = Some(by_model);
         if *scope == Scope::Everyone {
             stats.jobs_by_tenant = Some(self.jobs_by_tenant(&stats.jobs).await?);
         }

@@ -1724,6 +1724,53 @@ async fn the_last_hour_counts_what_was_made_delivered_and_failed(t: TestStore) {
         rest.oldest_pending_age_s, None,
         "the default tenant's jobs all ended or run"
     );
+
+    // Jobs per model: the model a claim recorded, each model found once.
+    for (prompt, model) in [
+        ("a", "imagen-4.0-generate-001"),
+        ("b", "gemini-2.5-flash-image"),
+        ("c", "gemini-2.5-flash-image"),
+    ] {
+        let id = add(store, prompt, JobKind::Image).await;
+        let budget = Budget {
+            limit_micros: None,
+            cost: &free,
+            model: Some(model),
+        };
+        store
+            .claim_job_within(&id, &lease("gen"), &budget)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        store.models_in_use().await.unwrap(),
+        ["gemini-2.5-flash-image", "imagen-4.0-generate-001"]
+    );
+    let by_model = store
+        .stats_with_activity(&everyone, &mut cache)
+        .await
+        .unwrap()
+        .jobs_by_model
+        .unwrap();
+    let processing: Vec<(&str, u64, u64)> = by_model
+        .iter()
+        .map(|(model, row)| (model.as_str(), row.processing, row.total))
+        .collect();
+    assert_eq!(
+        processing,
+        [
+            ("gemini-2.5-flash-image", 2, 2),
+            ("imagen-4.0-generate-001", 1, 1)
+        ]
+    );
+    let acme = shared::store::tenants::Scope::Tenant("acme".parse().unwrap());
+    let theirs = store
+        .stats_with_activity(&acme, &mut Default::default())
+        .await
+        .unwrap()
+        .jobs_by_model
+        .unwrap();
+    assert!(theirs.is_empty(), "acme's jobs ran on no model: {theirs:?}");
 }
 
 /// Runs every scenario above on one adapter, each named once: a scenario

@@ -65,6 +65,10 @@ fn records(n: usize, start: Timestamp) -> Result<(Doc, Option<Doc>)> {
         "delivered"
     };
     doc.insert("status".into(), json!(status));
+    if status != "pending" {
+        // What a generator's claim records.
+        doc.insert("model".into(), json!(shared::vertex::DEFAULT_IMAGE_MODEL));
+    }
     if status != "delivered" {
         return Ok((doc, None));
     }
