@@ -350,6 +350,39 @@ locals {
         { path = "id", order = "ASCENDING" },
       ]
     }
+    # A model's calls that ended in the last minute (its quota in use).
+    jobs_model_completed = {
+      collection = "jobs"
+      fields = [
+        { path = "model", order = "ASCENDING" },
+        { path = "completed_at", order = "ASCENDING" },
+      ]
+    }
+    jobs_tenant_model_completed = {
+      collection = "jobs"
+      fields = [
+        { path = "tenant", order = "ASCENDING" },
+        { path = "model", order = "ASCENDING" },
+        { path = "completed_at", order = "ASCENDING" },
+      ]
+    }
+    jobs_status_model_updated = {
+      collection = "jobs"
+      fields = [
+        { path = "status", order = "ASCENDING" },
+        { path = "model", order = "ASCENDING" },
+        { path = "updated_at", order = "ASCENDING" },
+      ]
+    }
+    jobs_tenant_status_model_updated = {
+      collection = "jobs"
+      fields = [
+        { path = "tenant", order = "ASCENDING" },
+        { path = "status", order = "ASCENDING" },
+        { path = "model", order = "ASCENDING" },
+        { path = "updated_at", order = "ASCENDING" },
+      ]
+    }
     # The models jobs ran on, one after another (jobs per model).
     jobs_models = {
       collection = "jobs"

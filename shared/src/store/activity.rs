@@ -55,6 +55,11 @@ pub struct Activity {
     /// Seconds since the oldest pending job was created; `None` when none
     /// is pending.
     pub oldest_pending_age_s: Option<u64>,
+    /// The model's quota in use: per model, the calls that ended in the
+    /// last 60 seconds (outputs made, or the job failed), to read against
+    /// the model's requests-per-minute quota. A call the quota refused
+    /// (429) is not counted, as Vertex AI does not count it either.
+    pub calls_last_minute: BTreeMap<String, u64>,
 }
 
 /// Totals over the last hour.
@@ -166,7 +171,7 @@ impl Store {
                 counting,
             )
         };
-        let (counts, failed, downloads_failed, oldest) = tokio::try_join!(
+        let (counts, failed, downloads_failed, oldest, calls) = tokio::try_join!(
             futures::future::try_join_all(
                 wanted
                     .iter()
@@ -175,6 +180,7 @@ impl Store {
             failed_since(Collection::Jobs),
             failed_since(Collection::Downloads),
             self.oldest_pending(scope),
+            self.calls_last_minute(now, counting),
         )?;
         cache.minutes.extend(wanted.into_iter().zip(counts));
         self.read_failures(scope, hour_ago, cache).await?;
@@ -211,7 +217,40 @@ impl Store {
             per_minute,
             failures,
             last_hour,
+            calls_last_minute: calls,
         })
+    }
+
+    /// Per model in use, the calls that ended in the minute before `now`:
+    /// jobs that got their outputs, and jobs that failed.
+    async fn calls_last_minute(
+        &self,
+        now: Timestamp,
+        counting: &Counting,
+    ) -> Result<BTreeMap<String, u64>> {
+        let since = Scalar::Time(now.minus(Duration::from_secs(60)));
+        let models = self.models_in_use().await?;
+        let calls = futures::future::try_join_all(models.iter().map(|model| {
+            let since = since.clone();
+            async move {
+                let made = vec![
+                    str_eq("model", model),
+                    Cond::Ge("completed_at", since.clone()),
+                ];
+                let failed = vec![
+                    str_eq("status", JobStatus::Failed.as_str()),
+                    str_eq("model", model),
+                    Cond::Ge("updated_at", since),
+                ];
+                let (made, failed) = tokio::try_join!(
+                    self.count_in(Collection::Jobs, made, counting),
+                    self.count_in(Collection::Jobs, failed, counting),
+                )?;
+                Ok::<_, crate::error::Error>((model.clone(), made + failed))
+            }
+        }))
+        .await?;
+        Ok(calls.into_iter().collect())
     }
 
     async fn count_minute(&self, series: Series, minute: i64, counting: &Counting) -> Result<u64> {

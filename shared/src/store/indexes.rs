@@ -252,6 +252,28 @@ pub const INDEXES: &[Index] = &[
         collection: Collection::Jobs,
         fields: &[asc("tenant"), asc("status"), asc("created_at"), asc("id")],
     },
+    // calls_last_minute: a model's calls that ended since a time
+    Index {
+        collection: Collection::Jobs,
+        fields: &[asc("model"), asc("completed_at")],
+    },
+    Index {
+        collection: Collection::Jobs,
+        fields: &[asc("tenant"), asc("model"), asc("completed_at")],
+    },
+    Index {
+        collection: Collection::Jobs,
+        fields: &[asc("status"), asc("model"), asc("updated_at")],
+    },
+    Index {
+        collection: Collection::Jobs,
+        fields: &[
+            asc("tenant"),
+            asc("status"),
+            asc("model"),
+            asc("updated_at"),
+        ],
+    },
     // models_in_use: the next model name after one
     Index {
         collection: Collection::Jobs,
@@ -537,10 +559,11 @@ mod tests {
         for kind in JobKind::ALL {
             store.claim_next_job(kind, &lease).await.unwrap();
         }
+        // A model recorded, so that the figures per model are counted too.
         let budget = Budget {
             limit_micros: Some(1_000_000),
             cost: &|_| Some(1),
-            model: None,
+            model: Some("exercise-model"),
         };
         for kind in JobKind::ALL {
             store

@@ -1726,6 +1726,7 @@ async fn the_last_hour_counts_what_was_made_delivered_and_failed(t: TestStore) {
     );
 
     // Jobs per model: the model a claim recorded, each model found once.
+    let mut on_model = Vec::new();
     for (prompt, model) in [
         ("a", "imagen-4.0-generate-001"),
         ("b", "gemini-2.5-flash-image"),
@@ -1741,6 +1742,7 @@ async fn the_last_hour_counts_what_was_made_delivered_and_failed(t: TestStore) {
             .claim_job_within(&id, &lease("gen"), &budget)
             .await
             .unwrap();
+        on_model.push(id);
     }
     assert_eq!(
         store.models_in_use().await.unwrap(),
@@ -1762,6 +1764,32 @@ async fn the_last_hour_counts_what_was_made_delivered_and_failed(t: TestStore) {
             ("gemini-2.5-flash-image", 2, 2),
             ("imagen-4.0-generate-001", 1, 1)
         ]
+    );
+    // The quota in use: calls that ended in the last minute, per model.
+    store
+        .fail_job(
+            &on_model[0],
+            Some("gen"),
+            JobError::new(FILTERED, "filtered", false),
+        )
+        .await
+        .unwrap();
+    let output = format!("gs://out/images/{}/0.png", on_model[1]);
+    store
+        .complete_job(&on_model[1], "gen", vec![output.parse().unwrap()])
+        .await
+        .unwrap();
+    let calls = store
+        .activity_in(&everyone)
+        .await
+        .unwrap()
+        .calls_last_minute;
+    assert_eq!(
+        calls,
+        BTreeMap::from([
+            ("gemini-2.5-flash-image".to_string(), 1),
+            ("imagen-4.0-generate-001".to_string(), 1)
+        ])
     );
     let acme = shared::store::tenants::Scope::Tenant("acme".parse().unwrap());
     let theirs = store

@@ -157,6 +157,12 @@ fn activity_table(activity: &Activity) -> String {
         "copies that delivered".into(),
         rate(activity.download_completion_rate),
     ]);
+    for (model, calls) in &activity.calls_last_minute {
+        table.row(vec![
+            format!("calls in the last minute, {model}"),
+            calls.to_string(),
+        ]);
+    }
     table.row(vec![
         "oldest pending job".into(),
         activity
