@@ -5,7 +5,7 @@ use super::google::CallError;
 use super::{Check, Context, Outcome, call_failed};
 use crate::store::firestore::FirestoreConfig;
 use crate::store::{Store, StoreConfig};
-use crate::vertex::client::{MODEL_PERMISSIONS, MODEL_ROLE};
+use crate::vertex::client::{MODEL_PERMISSIONS, MODEL_ROLE, iam_member, lacking};
 use serde_json::{Value, json};
 use std::sync::Arc;
 
@@ -52,17 +52,7 @@ pub(super) async fn caller(c: Arc<Context>) -> Outcome {
             ));
         }
     };
-    let held: Vec<&str> = answer["permissions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
-    let lacking: Vec<&str> = asked
-        .iter()
-        .copied()
-        .filter(|p| !held.contains(p))
-        .collect();
+    let lacking = lacking(&asked, &answer);
     let who = principal(&c).await;
     if lacking.is_empty() {
         return Ok(Check::pass(
@@ -74,11 +64,7 @@ pub(super) async fn caller(c: Arc<Context>) -> Outcome {
             ),
         ));
     }
-    let member = match &who {
-        Some(email) if email.ends_with(".gserviceaccount.com") => format!("serviceAccount:{email}"),
-        Some(email) => format!("user:{email}"),
-        None => "user:YOU@example.com".into(),
-    };
+    let member = iam_member(who.as_deref());
     let mut roles = Vec::new();
     if lacking.iter().any(|p| READS.contains(p)) {
         roles.push(READS_ROLE);

@@ -79,6 +79,36 @@ pub const BUCKET_PERMISSIONS: [&str; 1] = ["storage.objects.create"];
 /// The role that grants [`BUCKET_PERMISSIONS`].
 pub const BUCKET_ROLE: &str = "roles/storage.objectCreator";
 
+/// The IAM member of the account `principal` names (as `tokeninfo` gives
+/// it): a service account's, a person's, or a placeholder to fill in when
+/// Google did not say whose the token is.
+pub fn iam_member(principal: Option<&str>) -> String {
+    match principal {
+        Some(email) if email.ends_with(".gserviceaccount.com") => {
+            format!("serviceAccount:{email}")
+        }
+        Some(email) => format!("user:{email}"),
+        None => "user:YOU@example.com".to_string(),
+    }
+}
+
+/// Of `asked`, the permissions a `testIamPermissions` answer does not list
+/// as held (Resource Manager's and Cloud Storage's answers alike leave
+/// `permissions` out when none is held).
+pub fn lacking<'a>(asked: &[&'a str], answer: &serde_json::Value) -> Vec<&'a str> {
+    let held: Vec<&str> = answer["permissions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(serde_json::Value::as_str)
+        .collect();
+    asked
+        .iter()
+        .copied()
+        .filter(|p| !held.contains(p))
+        .collect()
+}
+
 /// Where access tokens come from.
 enum Auth {
     /// `VERTEX_ACCESS_TOKEN`, used as is.
@@ -278,13 +308,7 @@ impl VertexClient {
             return Ok(());
         }
         let principal = self.principal(&token).await;
-        let member = match &principal {
-            Some(email) if email.ends_with(".gserviceaccount.com") => {
-                format!("serviceAccount:{email}")
-            }
-            Some(email) => format!("user:{email}"),
-            None => "user:YOU@example.com".to_string(),
-        };
+        let member = iam_member(principal.as_deref());
         let who = principal.unwrap_or_else(|| "this caller".into());
         let mut lacks = Vec::new();
         if !models.is_empty() {
@@ -337,14 +361,9 @@ impl VertexClient {
             return Err(format!("{url} answered {status}"));
         }
         let body: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
-        let granted: Vec<&str> = body["permissions"]
-            .as_array()
-            .map(|p| p.iter().filter_map(serde_json::Value::as_str).collect())
-            .unwrap_or_default();
-        Ok(permissions
-            .iter()
-            .filter(|p| !granted.contains(p))
-            .map(|p| (*p).to_string())
+        Ok(lacking(permissions, &body)
+            .into_iter()
+            .map(str::to_string)
             .collect())
     }
 

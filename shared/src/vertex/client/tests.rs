@@ -556,3 +556,27 @@ async fn models_of_the_wrong_family_are_refused_without_a_call() {
     let e = client.poll("operations/123").await.unwrap_err();
     assert_eq!(e.code, "invalid_operation_name");
 }
+
+#[test]
+fn a_principal_is_named_as_the_member_iam_grants_to() {
+    assert_eq!(
+        super::iam_member(Some("gen@p.iam.gserviceaccount.com")),
+        "serviceAccount:gen@p.iam.gserviceaccount.com"
+    );
+    assert_eq!(
+        super::iam_member(Some("ana@example.com")),
+        "user:ana@example.com"
+    );
+    assert_eq!(super::iam_member(None), "user:YOU@example.com");
+}
+
+#[test]
+fn what_an_answer_does_not_list_is_lacking() {
+    let asked = ["a.b.c", "d.e.f"];
+    assert_eq!(super::lacking(&asked, &serde_json::json!({})), asked);
+    assert_eq!(
+        super::lacking(&asked, &serde_json::json!({"permissions": ["d.e.f"]})),
+        ["a.b.c"]
+    );
+    assert!(super::lacking(&asked, &serde_json::json!({"permissions": asked})).is_empty());
+}
