@@ -139,16 +139,24 @@ fn ratio(good: u64, bad: u64) -> Option<f64> {
 impl Store {
     /// The last hour of `scope`, read with no cache (every minute read).
     pub async fn activity_in(&self, scope: &Scope) -> Result<Activity> {
-        self.activity_cached(scope, Timestamp::now(), &mut ActivityCache::default())
-            .await
+        let models = self.models_in_use().await?;
+        self.activity_cached(
+            scope,
+            Timestamp::now(),
+            &models,
+            &mut ActivityCache::default(),
+        )
+        .await
     }
 
-    /// The last hour of `scope` at `now`, reading only what `cache` does
-    /// not hold yet.
+    /// The last hour of `scope` at `now`, with the calls to each of
+    /// `models` (those in use), reading only what `cache` does not hold
+    /// yet.
     pub async fn activity_cached(
         &self,
         scope: &Scope,
         now: Timestamp,
+        models: &[String],
         cache: &mut ActivityCache,
     ) -> Result<Activity> {
         let counting = &self.counting(scope).await?;
@@ -180,7 +188,7 @@ impl Store {
             failed_since(Collection::Jobs),
             failed_since(Collection::Downloads),
             self.oldest_pending(scope),
-            self.calls_last_minute(now, counting),
+            self.calls_last_minute(now, models, counting),
         )?;
         cache.minutes.extend(wanted.into_iter().zip(counts));
         self.read_failures(scope, hour_ago, cache).await?;
@@ -226,10 +234,10 @@ impl Store {
     async fn calls_last_minute(
         &self,
         now: Timestamp,
+        models: &[String],
         counting: &Counting,
     ) -> Result<BTreeMap<String, u64>> {
         let since = Scalar::Time(now.minus(Duration::from_secs(60)));
-        let models = self.models_in_use().await?;
         let calls = futures::future::try_join_all(models.iter().map(|model| {
             let since = since.clone();
             async move {

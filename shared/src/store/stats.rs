@@ -257,10 +257,13 @@ impl Store {
         Ok(models)
     }
 
-    /// Jobs of `scope` per status for each model in use (models none of
-    /// whose jobs are in scope left out).
-    pub async fn jobs_by_model(&self, scope: &Scope) -> Result<BTreeMap<String, JobStats>> {
-        let models = self.models_in_use().await?;
+    /// Jobs of `scope` per status for each of `models` (those in use; a
+    /// model none of whose jobs are in scope left out).
+    pub async fn jobs_by_model(
+        &self,
+        scope: &Scope,
+        models: &[String],
+    ) -> Result<BTreeMap<String, JobStats>> {
         let counting = &self.counting(scope).await?;
         let rows = futures::future::try_join_all(models.iter().map(|model| async move {
             let counts = futures::future::try_join_all(JobStatus::ALL.iter().map(|status| {
@@ -290,10 +293,12 @@ impl Store {
         scope: &Scope,
         cache: &mut ActivityCache,
     ) -> Result<Stats> {
+        // Found once, for the jobs per model and the calls per model.
+        let models = self.models_in_use().await?;
         let (mut stats, activity, by_model) = tokio::try_join!(
             self.stats_in(scope),
-            self.activity_cached(scope, Timestamp::now(), cache),
-            self.jobs_by_model(scope),
+            self.activity_cached(scope, Timestamp::now(), &models, cache),
+            self.jobs_by_model(scope, &models),
         )?;
         stats.jobs_by_model = Some(by_model);
         if *scope == Scope::Everyone {
